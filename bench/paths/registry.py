@@ -1,0 +1,35 @@
+"""Which paths exist, in report order, and which run by default."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench.paths import BenchPath
+from bench.paths.nebula import Nebula
+from bench.paths.raw import Raw, RawPy
+from bench.paths.socat import Socat1, Socat2
+from bench.paths.ssh import Ssh
+from bench.paths.stunnel import Stunnel
+from bench.paths.umbranet import Umbranet
+from bench.paths.wireguard import WireguardGo
+
+__all__ = ["DEFAULT_PATHS", "KNOWN_PATHS", "make_path"]
+
+_FACTORIES: dict[str, Callable[[], BenchPath]] = {
+    "raw": Raw,
+    "rawpy": RawPy,
+    "socat1": Socat1,
+    "socat2": Socat2,
+    "stunnel": Stunnel,
+    "ssh": Ssh,
+    "wireguard": WireguardGo,
+    "nebula": Nebula,
+    "umbranet": Umbranet,
+}
+KNOWN_PATHS = tuple(_FACTORIES)
+DEFAULT_PATHS = ("raw", "socat2", "stunnel", "ssh", "wireguard", "nebula", "umbranet")
+
+
+def make_path(name: str) -> BenchPath:
+    """A fresh instance of the path called `name` (KeyError if unknown)."""
+    return _FACTORIES[name]()

@@ -1,0 +1,1 @@
+"""asyncio shells: TLS contexts, the framed link protocol, the controller client."""

@@ -1,0 +1,129 @@
+"""The framed link: one TLS connection carrying frames, received with BufferedProtocol.
+
+Receive goes straight into the frame decoder's buffer (no per-read allocation: on TLS this
+roughly doubles throughput over `data_received`, see the anchors); complete frames are handed
+to the owner in batches, one call per read, so the owner can coalesce its writes. The owner
+(router or SDK) implements `LinkOwner`. Writes go out as soon as they are made; `writable()`
+lets a sender wait while the kernel buffer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from umbranet.wire import ErrorCode, Frame, FrameDecoder, FrameType, WireError
+from umbranet.wire.control import encode_error
+from umbranet.wire.frames import encode_frame
+
+log = logging.getLogger("umbranet.link")
+
+
+class LinkOwner(Protocol):
+    """What a link reports to its owner."""
+
+    def link_made(self, link: Link) -> None:
+        """The TLS handshake finished; the peer certificate is available."""
+
+    def frames_received(self, link: Link, frames: list[Frame]) -> None:
+        """Frames from one read; payload views are valid only during this call."""
+
+    def link_lost(self, link: Link, error: BaseException | None) -> None:
+        """The connection ended; every circuit on it is gone."""
+
+
+class Link(asyncio.BufferedProtocol):
+    """One framed connection. Owners keep their per-link state in attributes they add."""
+
+    def __init__(self, owner: LinkOwner, max_payload: int | None = None) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder() if max_payload is None else FrameDecoder(max_payload)
+        self.closed = False
+        self.peer_id = ""  # SPIFFE ID once verified by the owner
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.frames_in = 0
+        self._writable: asyncio.Future[None] | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.BufferedProtocol -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.owner.link_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_in += nbytes
+        if self.closed:
+            return
+        try:
+            frames = self.decoder.buffer_updated(nbytes)
+        except WireError as exc:
+            log.warning("link %s sent a bad frame stream: %s", self.peer_id or "?", exc)
+            self.close(exc.code, exc.reason)
+            return
+        if frames:
+            self.frames_in += len(frames)
+            self.owner.frames_received(self, frames)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.owner.link_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # -- for owners ---------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send bytes (one or more encoded frames) unless the link is closed."""
+        if not self.closed and self.transport is not None:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+
+    def write_many(self, buffers: list[bytes]) -> None:
+        """Send several buffers as one write (one TLS record run instead of many)."""
+        if buffers:
+            self.write(buffers[0] if len(buffers) == 1 else b"".join(buffers))
+
+    async def writable(self) -> None:
+        """Wait while the transport's write buffer is above its high-water mark."""
+        waiter = self._writable
+        if waiter is not None and not waiter.done():
+            await asyncio.shield(waiter)
+
+    def send(self, ftype: FrameType, circuit: int, payload: bytes = b"", flags: int = 0) -> None:
+        """Send one control frame."""
+        self.write(encode_frame(ftype, circuit, payload, flags))
+
+    def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "closing") -> None:
+        """Say GOAWAY with a code and reason, then close after pending writes."""
+        if self.closed or self.transport is None:
+            return
+        self.send(FrameType.GOAWAY, 0, encode_error(code, reason))
+        self.closed = True
+        self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,69 @@
+"""Enrollment and renewal: a token or a live certificate, plus a CSR, becomes an X.509-SVID.
+
+The private TLS key and the Noise private key never reach the controller; it sees a CSR and
+the Noise public key, binds both to the identity's SPIFFE ID and stores what it issued.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+
+from cryptography import x509
+
+from umbranet.controller.service.authority import Authority
+from umbranet.controller.service.certificates import (
+    decode_noise_key,
+    issue_for_identity,
+    parse_csr,
+)
+from umbranet.controller.service.errors import BadRequest, Conflict, Forbidden
+from umbranet.controller.service.tokens import check_enrollment_token
+from umbranet.controller.store import Identity, Store
+
+__all__ = ["enroll", "renew"]
+
+
+def enroll(
+    store: Store,
+    authority: Authority,
+    *,
+    token: str,
+    csr_pem: str,
+    noise_public_key: str,
+    now: datetime,
+) -> tuple[Identity, x509.Certificate]:
+    """Exchange a one-time token and a CSR for the identity's certificate.
+
+    Checks, in order: token (``token_invalid``, ``token_expired``, ``token_used``), identity
+    enabled (``identity_disabled``), Noise key (``noise_key_invalid``), CSR (``csr_invalid``).
+    The token is consumed in the same transaction as the certificate is recorded, so a
+    rejected CSR leaves the token usable and two racing enrollments cannot both succeed.
+    """
+    _claims, enrollment = check_enrollment_token(store, authority, token, now)
+    identity = enrollment.identity
+    if not identity.enabled:
+        raise Forbidden("identity_disabled", f"identity {identity.name!r} is disabled")
+    noise_key = decode_noise_key(noise_public_key)
+    csr = parse_csr(csr_pem)
+    cert = issue_for_identity(authority, identity, csr, noise_key, now, keep_previous=False)
+    if not store.consume_enrollment(enrollment.token_id, now):
+        raise Conflict("token_used", "this enrollment token has already been used")
+    store.audit(now, identity.spiffe_id, "identity.enrolled", identity.name, {})
+    return identity, cert
+
+
+def renew(
+    store: Store, authority: Authority, identity: Identity, *, csr_pem: str, now: datetime
+) -> x509.Certificate:
+    """A fresh certificate for an authenticated identity, with the Noise key it enrolled with.
+
+    The outgoing certificate stays valid (as the previous one) until it expires.
+    """
+    if not identity.enabled:
+        raise Forbidden("identity_disabled", f"identity {identity.name!r} is disabled")
+    if identity.noise_public_key is None:
+        raise BadRequest("not_enrolled", f"identity {identity.name!r} has never enrolled")
+    noise_key = base64.b64decode(identity.noise_public_key)
+    csr = parse_csr(csr_pem)
+    return issue_for_identity(authority, identity, csr, noise_key, now, keep_previous=True)

@@ -1,0 +1,119 @@
+"""Use cases for identities: create, list, look up, disable, enable, new enrollment token.
+
+Every change is written to the audit log in the same transaction as the change itself, so the
+log never claims something that was rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from umbranet.controller.service.authority import Authority
+from umbranet.controller.service.errors import Conflict, NotFound
+from umbranet.controller.service.tokens import mint_enrollment_token
+from umbranet.controller.service.validation import check_attributes, check_kind, check_name
+from umbranet.controller.store import Conflict as StoreConflict
+from umbranet.controller.store import Identity, Store
+from umbranet.pki import SpiffeId
+
+__all__ = [
+    "create_identity",
+    "disable_identity",
+    "enable_identity",
+    "get_identity",
+    "list_identities",
+    "new_enrollment",
+    "new_identity_row",
+]
+
+
+def create_identity(
+    store: Store,
+    authority: Authority,
+    *,
+    name: str,
+    kind: str = "device",
+    attributes: Iterable[str] = (),
+    actor: str,
+    now: datetime,
+) -> tuple[Identity, str]:
+    """A new enabled identity and its first enrollment token."""
+    identity = new_identity_row(
+        store, authority, name=name, kind=check_kind(kind), attributes=attributes, now=now
+    )
+    token = mint_enrollment_token(store, authority, identity, now)
+    store.audit(
+        now,
+        actor,
+        "identity.create",
+        identity.name,
+        {"kind": identity.kind, "attributes": list(identity.attributes)},
+    )
+    return identity, token
+
+
+def new_identity_row(
+    store: Store,
+    authority: Authority,
+    *,
+    name: str,
+    kind: str,
+    attributes: Iterable[str],
+    now: datetime,
+) -> Identity:
+    """Insert the identity row (no token, no audit); shared with routers and `init`."""
+    check_name(name)
+    spiffe_id = str(SpiffeId.for_identity(authority.trust_domain, kind, name))
+    identity = Identity(
+        name=name,
+        kind=kind,
+        spiffe_id=spiffe_id,
+        attributes=check_attributes(attributes),
+        enabled=True,
+        created_at=now,
+    )
+    if store.identity_by_name(name) is not None:
+        raise Conflict("name_taken", f"an identity named {name!r} already exists")
+    try:
+        store.add(identity)
+    except StoreConflict as exc:
+        raise Conflict("name_taken", f"an identity named {name!r} already exists") from exc
+    return identity
+
+
+def list_identities(store: Store) -> Sequence[Identity]:
+    return store.identities()
+
+
+def get_identity(store: Store, name: str) -> Identity:
+    identity = store.identity_by_name(name)
+    if identity is None:
+        raise NotFound("unknown_identity", f"no identity named {name!r}")
+    return identity
+
+
+def disable_identity(store: Store, name: str, *, actor: str, now: datetime) -> Identity:
+    """Refuse the identity's tickets and API calls from now on (its certificate stays valid
+    until expiry, but every check of the identity row fails)."""
+    identity = get_identity(store, name)
+    identity.enabled = False
+    store.audit(now, actor, "identity.disable", name, {})
+    return identity
+
+
+def enable_identity(store: Store, name: str, *, actor: str, now: datetime) -> Identity:
+    identity = get_identity(store, name)
+    identity.enabled = True
+    store.audit(now, actor, "identity.enable", name, {})
+    return identity
+
+
+def new_enrollment(
+    store: Store, authority: Authority, name: str, *, actor: str, now: datetime
+) -> str:
+    """A fresh enrollment token for an existing identity (a new device, a lost key)."""
+    identity = get_identity(store, name)
+    token = mint_enrollment_token(store, authority, identity, now)
+    store.audit(now, actor, "identity.enrollment", name, {})
+    return token

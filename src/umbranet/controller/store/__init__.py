@@ -1,0 +1,30 @@
+"""The controller store: ORM models, repositories and Alembic migrations.
+
+SQLite (WAL) is the embedded default; the schema uses only types PostgreSQL also runs.
+"""
+
+from umbranet.controller.store.db import HEAD_REVISION, Database, make_engine, migrate
+from umbranet.controller.store.models import (
+    AuditEvent,
+    Base,
+    Enrollment,
+    Identity,
+    Router,
+    Service,
+)
+from umbranet.controller.store.repository import Conflict, Store
+
+__all__ = [
+    "HEAD_REVISION",
+    "AuditEvent",
+    "Base",
+    "Conflict",
+    "Database",
+    "Enrollment",
+    "Identity",
+    "Router",
+    "Service",
+    "Store",
+    "make_engine",
+    "migrate",
+]

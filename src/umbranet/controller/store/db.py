@@ -1,0 +1,82 @@
+"""Engines, sessions and schema migrations for the controller store.
+
+SQLite is the embedded default: every connection gets WAL (readers never block the writer),
+foreign keys (off by default in SQLite) and a busy timeout (a second writer waits instead of
+failing). Migrations run programmatically through Alembic with a `Config` built in code, and
+the scripts are found as package resources, so they work from an installed wheel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["HEAD_REVISION", "Database", "make_engine", "migrate"]
+
+HEAD_REVISION = "0001"
+
+
+def make_engine(db_url: str) -> sa.Engine:
+    """An engine for `db_url`; SQLite connections get the pragmas the controller relies on."""
+    url = sa.make_url(db_url)
+    kwargs: dict[str, Any] = {}
+    if url.get_backend_name() == "sqlite":
+        # Requests run in a thread pool; each session checks out its own connection.
+        kwargs["connect_args"] = {"check_same_thread": False}
+    engine = sa.create_engine(url, **kwargs)
+    if url.get_backend_name() == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def migrate(engine: sa.Engine, revision: str = "head") -> None:
+    """Upgrade the schema behind `engine` to `revision` (idempotent)."""
+    config = Config()
+    location = resources.files("umbranet.controller.store") / "migrations"
+    config.set_main_option("script_location", str(location))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+class Database:
+    """An engine plus a session factory: the one handle the controller passes around."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, db_url: str, *, migrate_schema: bool = True) -> Database:
+        engine = make_engine(db_url)
+        if migrate_schema:
+            migrate(engine)
+        return cls(engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on any exception."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the controller store (run through `store.db.migrate`)."""

@@ -1,0 +1,132 @@
+"""ORM models of the controller store (SQLAlchemy 2, declarative, typed).
+
+Only portable column types are used (String, Text, Integer, Boolean, DateTime with time zone,
+JSON) so the same schema runs on SQLite and PostgreSQL. SQLite forgets time zones, so every
+timestamp goes through `UtcDateTime`, which stores UTC and always returns aware datetimes.
+The schema itself is owned by the Alembic migrations; these classes must match them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "Enrollment",
+    "Identity",
+    "Router",
+    "Service",
+    "UtcDateTime",
+]
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware datetime column that reads back aware on every backend."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base shared by every model."""
+
+
+class Identity(Base):
+    """A person's device, a workload, a router or an admin: one SPIFFE ID, one key pair."""
+
+    __tablename__ = "identities"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(63), unique=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    spiffe_id: Mapped[str] = mapped_column(sa.String(512), unique=True)
+    attributes: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    noise_public_key: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    cert_serial: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    previous_cert_serial: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    cert_not_after: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    enrollments: Mapped[list[Enrollment]] = relationship(
+        back_populates="identity", cascade="all, delete-orphan"
+    )
+
+
+class Enrollment(Base):
+    """One enrollment token, by its `jti`; `used_at` makes it single use."""
+
+    __tablename__ = "enrollments"
+
+    token_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    identity_id: Mapped[int] = mapped_column(
+        sa.Integer, sa.ForeignKey("identities.id", ondelete="CASCADE"), index=True
+    )
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    identity: Mapped[Identity] = relationship(back_populates="enrollments")
+
+
+class Service(Base):
+    """A dark service: who may dial and bind it, where the host forwards, what is intercepted."""
+
+    __tablename__ = "services"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(63), unique=True)
+    dial_attributes: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    bind_attributes: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    host_address: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    intercepts: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Router(Base):
+    """A router: its identity and the address endpoints reach it at (once it registers)."""
+
+    __tablename__ = "routers"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(63), unique=True)
+    identity_id: Mapped[int] = mapped_column(
+        sa.Integer, sa.ForeignKey("identities.id", ondelete="CASCADE"), unique=True
+    )
+    address: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+
+    identity: Mapped[Identity] = relationship()
+
+
+class AuditEvent(Base):
+    """An administrative change: who did what to which target, when."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    actor: Mapped[str] = mapped_column(sa.String(512))
+    action: Mapped[str] = mapped_column(sa.String(64))
+    target: Mapped[str] = mapped_column(sa.String(255))
+    detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)

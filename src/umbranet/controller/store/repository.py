@@ -1,0 +1,104 @@
+"""Repositories: the queries the use cases need, over one SQLAlchemy session.
+
+The service layer never writes SQL; it asks a `Store` (one per transaction) for rows and
+hands new rows back. Integrity races (two admins creating the same name at once) surface as
+`Conflict` from `flush`, so callers get a clear error instead of a driver exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from umbranet.controller.store.models import AuditEvent, Enrollment, Identity, Router, Service
+
+__all__ = ["Conflict", "Store"]
+
+
+class Conflict(Exception):
+    """A write broke a uniqueness rule (a name or SPIFFE ID already taken)."""
+
+
+class Store:
+    """Typed queries over one session; the session's transaction is owned by the caller."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # identities
+
+    def identity_by_name(self, name: str) -> Identity | None:
+        return self.session.scalar(sa.select(Identity).where(Identity.name == name))
+
+    def identity_by_spiffe_id(self, spiffe_id: str) -> Identity | None:
+        return self.session.scalar(sa.select(Identity).where(Identity.spiffe_id == spiffe_id))
+
+    def identities(self) -> Sequence[Identity]:
+        return self.session.scalars(sa.select(Identity).order_by(Identity.name)).all()
+
+    def add(self, row: Identity | Enrollment | Service | Router | AuditEvent) -> None:
+        """Add a row and flush now, so a uniqueness clash is reported here as `Conflict`."""
+        self.session.add(row)
+        try:
+            with self.session.begin_nested():
+                self.session.flush()
+        except IntegrityError as exc:
+            raise Conflict(str(exc.orig)) from exc
+
+    # enrollments
+
+    def enrollment(self, token_id: str) -> Enrollment | None:
+        return self.session.get(Enrollment, token_id)
+
+    def consume_enrollment(self, token_id: str, now: datetime) -> bool:
+        """Mark a token used; False if it was already used.
+
+        A conditional UPDATE, so two concurrent enrollments with one token cannot both win.
+        """
+        result = self.session.execute(
+            sa.update(Enrollment)
+            .where(Enrollment.token_id == token_id, Enrollment.used_at.is_(None))
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        rowcount: int = getattr(result, "rowcount", 0)
+        return rowcount == 1
+
+    # services
+
+    def service_by_name(self, name: str) -> Service | None:
+        return self.session.scalar(sa.select(Service).where(Service.name == name))
+
+    def services(self) -> Sequence[Service]:
+        return self.session.scalars(sa.select(Service).order_by(Service.name)).all()
+
+    def delete(self, row: Service | Router | Identity) -> None:
+        self.session.delete(row)
+        self.session.flush()
+
+    # routers
+
+    def router_by_name(self, name: str) -> Router | None:
+        return self.session.scalar(sa.select(Router).where(Router.name == name))
+
+    def router_by_identity(self, identity_id: int) -> Router | None:
+        return self.session.scalar(sa.select(Router).where(Router.identity_id == identity_id))
+
+    def routers(self) -> Sequence[Router]:
+        return self.session.scalars(sa.select(Router).order_by(Router.name)).all()
+
+    # audit
+
+    def audit(
+        self, now: datetime, actor: str, action: str, target: str, detail: dict[str, Any]
+    ) -> None:
+        self.session.add(AuditEvent(at=now, actor=actor, action=action, target=target, detail=detail))
+
+    def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
+        query = sa.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+        return self.session.scalars(query).all()

@@ -1,0 +1,126 @@
+"""Session tickets: the controller's signed "identity X may dial/bind service S until T".
+
+Routers and hosting endpoints verify tickets offline against the trust bundle, so existing
+grants keep working while the controller is down; the short lifetime (10 minutes by default)
+bounds how long a revoked grant can live on without a push.
+
+Claims (unix seconds)::
+
+    {"jti": id, "sub": SPIFFE ID, "svc": service, "act": "dial"|"bind",
+     "iat": issued, "exp": expires, "kid": signing key id}
+
+Clock skew: a ticket issued up to `ISSUED_AT_SKEW` in the future is accepted (the controller's
+clock may run ahead); expiry gets no grace, ``now >= exp`` is expired.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from umbranet.pki.bundle import TrustBundle
+from umbranet.pki.errors import PkiError, require_utc
+from umbranet.pki.spiffe_id import SpiffeId
+from umbranet.pki.tokens import (
+    TokenFormatError,
+    claim_int,
+    claim_str,
+    decode_token,
+    require_keys,
+)
+
+__all__ = [
+    "ISSUED_AT_SKEW",
+    "TICKET_LIFETIME",
+    "TICKET_PREFIX",
+    "Action",
+    "Ticket",
+    "verify_ticket",
+]
+
+TICKET_PREFIX = "ut1"
+TICKET_LIFETIME = timedelta(minutes=10)
+ISSUED_AT_SKEW = timedelta(seconds=30)
+
+_CLAIMS = frozenset({"jti", "sub", "svc", "act", "iat", "exp", "kid"})
+
+
+class Action(StrEnum):
+    """What a ticket allows: dial a service, or bind (host) it."""
+
+    DIAL = "dial"
+    BIND = "bind"
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """The verified (or freshly signed) content of a session ticket."""
+
+    id: str
+    spiffe_id: str
+    service: str
+    action: Action
+    issued_at: int
+    expires_at: int
+    key_id: str
+
+    def to_claims(self) -> dict[str, Any]:
+        return {
+            "jti": self.id,
+            "sub": self.spiffe_id,
+            "svc": self.service,
+            "act": self.action.value,
+            "iat": self.issued_at,
+            "exp": self.expires_at,
+            "kid": self.key_id,
+        }
+
+    @classmethod
+    def from_claims(cls, claims: dict[str, Any]) -> "Ticket":
+        """Validate the claim set; raises `TokenFormatError`."""
+        require_keys(claims, _CLAIMS)
+        subject = claim_str(claims, "sub", 2048)
+        try:
+            SpiffeId.parse(subject)
+        except PkiError as exc:
+            raise TokenFormatError(f"claim 'sub' is not a SPIFFE ID: {exc.reason}") from exc
+        action = claim_str(claims, "act")
+        if action not in {a.value for a in Action}:
+            raise TokenFormatError("claim 'act' must be 'dial' or 'bind'")
+        issued_at, expires_at = claim_int(claims, "iat"), claim_int(claims, "exp")
+        if expires_at <= issued_at:
+            raise TokenFormatError("ticket expires before it was issued")
+        return cls(
+            id=claim_str(claims, "jti", 128),
+            spiffe_id=subject,
+            service=claim_str(claims, "svc"),
+            action=Action(action),
+            issued_at=issued_at,
+            expires_at=expires_at,
+            key_id=claim_str(claims, "kid", 64),
+        )
+
+
+def verify_ticket(token: str, bundle: TrustBundle, now: datetime) -> Ticket:
+    """Check ``token``'s format, signature (against ``bundle.ticket_keys``) and time.
+
+    Raises PkiError ``ticket_malformed``, ``ticket_unknown_key``, ``ticket_forged`` or
+    ``ticket_expired`` (also used for a ticket issued too far in the future).
+    The caller still compares the ticket's identity, service and action with the request.
+    """
+    now_ts = require_utc(now).timestamp()
+    try:
+        decoded = decode_token(token, TICKET_PREFIX)
+        ticket = Ticket.from_claims(decoded.claims)
+    except TokenFormatError as exc:
+        raise PkiError("ticket_malformed", exc.reason) from exc
+    key = bundle.ticket_keys.get(ticket.key_id)
+    if key is None:
+        raise PkiError("ticket_unknown_key", "the ticket's signing key is not in the bundle")
+    if not decoded.signature_valid(key):
+        raise PkiError("ticket_forged", "the ticket signature is invalid")
+    if ticket.issued_at > now_ts + ISSUED_AT_SKEW.total_seconds():
+        raise PkiError("ticket_expired", "the ticket is issued in the future (clock skew?)")
+    if now_ts >= ticket.expires_at:
+        raise PkiError("ticket_expired", "the ticket has expired")
+    return ticket

@@ -1,0 +1,1 @@
+"""Sans-IO protocol state machines: Noise handshakes, end-to-end sessions, flow control."""

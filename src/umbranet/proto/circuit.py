@@ -1,0 +1,356 @@
+"""One end of a circuit, as a sans-IO state machine: handshake, sealing, flow control, close.
+
+Rules of this file:
+- States and their legal moves are the table `_MOVES`; every change goes through `_move`.
+- Inputs: `handle_frame(frame, now)`, `write(data)`, `write_eof()`, `take(n)`, `reset(...)`.
+  Outputs: `poll_transmit()` (buffers to send on the link, in order) and `poll_event()`.
+- A misbehaving peer never raises out of here: the circuit resets with a code and reason,
+  sends RESET to the router, and reports `Closed`.
+- Half-close: each direction ends with a sealed DATA frame flagged FIN; the circuit is
+  finished when both directions have ended (or on RESET).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+from umbranet.proto.e2e import DialerHandshake, E2EError, E2ESession, HostHandshake, PeerIdentity
+from umbranet.proto.flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, ReceiveWindow, SendCredit
+from umbranet.wire import ErrorCode, Flag, Frame, FrameType, decode_control, encode_control
+from umbranet.wire.control import decode_error, encode_error
+from umbranet.wire.frames import WireError, encode_frame, encode_header
+
+CHUNK = 64 * 1024
+TAG = 16
+_CREDIT = struct.Struct("!I")
+# Below this much credit, wait for more rather than send a sliver of a frame.
+_MIN_SEND = 4096
+
+
+class State(Enum):
+    """Where the circuit is in its life."""
+
+    DIALING = "dialing"  # DIAL sent, waiting for the host's ACCEPT
+    ACCEPTING = "accepting"  # ACCEPT sent, waiting for the dialer's HANDSHAKE
+    OPEN = "open"  # data flows (each direction may have ended with FIN)
+    CLOSED = "closed"  # both directions ended, or reset
+
+
+_MOVES: dict[State, frozenset[State]] = {
+    State.DIALING: frozenset({State.OPEN, State.CLOSED}),
+    State.ACCEPTING: frozenset({State.OPEN, State.CLOSED}),
+    State.OPEN: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The handshake finished; `peer` is proven by certificate and ticket."""
+
+    peer: PeerIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class Readable:
+    """Plaintext (or the end of the peer's direction) is ready for `take`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Writable:
+    """Send credit arrived; queued writes may proceed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The circuit is finished. `code` NO_ERROR means both directions ended cleanly."""
+
+    code: ErrorCode
+    reason: str
+    by_peer: bool
+
+
+Event = Opened | Readable | Writable | Closed
+
+
+class Circuit:
+    """One end of one circuit. Build with `Circuit.dial` or `Circuit.accept`."""
+
+    def __init__(self, circuit_id: int, state: State, window: int) -> None:
+        self.id = circuit_id
+        self.state = state
+        self.peer: PeerIdentity | None = None
+        self.error: Closed | None = None
+        self.local_fin = False  # we sent FIN
+        self.remote_fin = False  # the peer sent FIN
+        self._fin_queued = False
+        self._session: E2ESession | None = None
+        self._dialer: DialerHandshake | None = None
+        self._host: HostHandshake | None = None
+        self._expected_dialer: str | None = None
+        self._credit = SendCredit(0)
+        self._window = ReceiveWindow(window)
+        self._inbound: deque[bytes] = deque()
+        self._inbound_size = 0
+        self._outbound: deque[bytes] = deque()
+        self._outbound_size = 0
+        self._transmit: list[bytes] = []
+        self._events: deque[Event] = deque()
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def dial(
+        cls,
+        circuit_id: int,
+        service: str,
+        handshake: DialerHandshake,
+        window: int = DEFAULT_WINDOW,
+    ) -> Circuit:
+        """A dialer's circuit; its DIAL frame is queued for transmission at once."""
+        circuit = cls(circuit_id, State.DIALING, window)
+        circuit._dialer = handshake
+        fields = {"ticket": handshake.ticket, "service": service, "window": window}
+        circuit._transmit.append(
+            encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, handshake.start()))
+        )
+        return circuit
+
+    @classmethod
+    def accept(
+        cls,
+        circuit_id: int,
+        connect: Frame,
+        handshake: HostHandshake,
+        window: int = DEFAULT_WINDOW,
+    ) -> Circuit:
+        """A host's circuit from a CONNECT frame; ACCEPT (or RESET) is queued at once."""
+        circuit = cls(circuit_id, State.ACCEPTING, window)
+        circuit._host = handshake
+        try:
+            ctl = decode_control(connect.payload)
+            peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
+            circuit._expected_dialer = ctl.str_field("dialer", 2048)
+            answer = handshake.answer(ctl.blob)
+        except (WireError, E2EError) as exc:
+            circuit.reset(exc.code, exc.reason)
+            return circuit
+        circuit._credit = SendCredit(peer_window)
+        circuit._transmit.append(
+            encode_frame(FrameType.ACCEPT, circuit_id, encode_control({"window": window}, answer))
+        )
+        return circuit
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def handle_frame(self, frame: Frame, now: datetime) -> None:
+        """Feed one frame addressed to this circuit."""
+        if self.state is State.CLOSED:
+            return
+        try:
+            ftype = frame.type
+            if ftype == FrameType.DATA:
+                self._on_data(frame)
+            elif ftype == FrameType.CREDIT:
+                self._on_credit(frame)
+            elif ftype == FrameType.ACCEPT and self.state is State.DIALING:
+                self._on_accept(frame, now)
+            elif ftype == FrameType.HANDSHAKE and self.state is State.ACCEPTING:
+                self._on_handshake(frame, now)
+            elif ftype == FrameType.RESET:
+                code, reason = decode_error(frame.payload)
+                self._finish(Closed(code, reason, by_peer=True))
+            else:
+                raise WireError(
+                    ErrorCode.PROTOCOL_ERROR,
+                    f"{FrameType(ftype).name} not expected in state {self.state.value}",
+                )
+        except (WireError, E2EError) as exc:
+            self.reset(exc.code, exc.reason)
+
+    def write(self, data: bytes) -> None:
+        """Queue application bytes; they leave as credit allows (see `poll_transmit`)."""
+        if self.local_fin or self._fin_queued or self.state is State.CLOSED:
+            raise ConnectionError("stream is closed for writing")
+        if data:
+            self._outbound.append(data)
+            self._outbound_size += len(data)
+            self._pump()
+
+    def write_eof(self) -> None:
+        """End our direction after the queued bytes (half-close)."""
+        if self.local_fin or self._fin_queued or self.state is State.CLOSED:
+            return
+        self._fin_queued = True
+        self._pump()
+
+    def take(self, limit: int) -> bytes:
+        """Up to `limit` plaintext bytes the peer sent, returning credit as they go."""
+        if not self._inbound or limit <= 0:
+            return b""
+        chunk = self._inbound[0]
+        if len(chunk) <= limit:
+            self._inbound.popleft()
+            credit = len(chunk) + TAG
+        else:
+            self._inbound[0] = chunk[limit:]
+            chunk = chunk[:limit]
+            credit = limit
+        self._inbound_size -= len(chunk)
+        self._return_credit(credit)
+        return chunk
+
+    def push_back(self, data: bytes) -> None:
+        """Return bytes taken but not used (a reader that over-read); credit is not touched."""
+        if data:
+            self._inbound.appendleft(data)
+            self._inbound_size += len(data)
+
+    def reset(self, code: ErrorCode, reason: str) -> None:
+        """Abort the circuit: RESET to the peer, nothing more is sent or delivered."""
+        if self.state is State.CLOSED:
+            return
+        self._transmit.append(encode_frame(FrameType.RESET, self.id, encode_error(code, reason)))
+        self._finish(Closed(code, reason, by_peer=False))
+
+    # -- outputs ------------------------------------------------------------------------
+
+    def poll_transmit(self) -> list[bytes]:
+        """Buffers to write on the link, in order (taken: a second call returns [])."""
+        out, self._transmit = self._transmit, []
+        return out
+
+    def poll_event(self) -> Event | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    @property
+    def readable_bytes(self) -> int:
+        """Plaintext bytes waiting for `take`."""
+        return self._inbound_size
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer ended its direction and everything it sent was taken."""
+        return self._inbound_size == 0 and (self.remote_fin or self.state is State.CLOSED)
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Application bytes queued but not yet sealed (waiting for credit)."""
+        return self._outbound_size
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _move(self, target: State) -> None:
+        if target not in _MOVES[self.state]:
+            raise WireError(
+                ErrorCode.PROTOCOL_ERROR, f"illegal move {self.state.value} -> {target.value}"
+            )
+        self.state = target
+
+    def _on_accept(self, frame: Frame, now: datetime) -> None:
+        assert self._dialer is not None
+        ctl = decode_control(frame.payload)
+        peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
+        final, self._session, self.peer = self._dialer.finish(ctl.blob, now)
+        self._dialer = None
+        self._credit = SendCredit(peer_window)
+        self._transmit.append(encode_frame(FrameType.HANDSHAKE, self.id, final))
+        self._move(State.OPEN)
+        self._events.append(Opened(self.peer))
+        self._pump()
+
+    def _on_handshake(self, frame: Frame, now: datetime) -> None:
+        assert self._host is not None
+        self._session, self.peer = self._host.finish(
+            bytes(frame.payload), now, self._expected_dialer
+        )
+        self._host = None
+        self._move(State.OPEN)
+        self._events.append(Opened(self.peer))
+        self._pump()
+
+    def _on_data(self, frame: Frame) -> None:
+        if self.state is not State.OPEN or self._session is None or self.remote_fin:
+            raise WireError(ErrorCode.PROTOCOL_ERROR, "DATA outside an open direction")
+        size = len(frame.payload)
+        if not self._window.receive(size):
+            raise WireError(ErrorCode.FLOW_CONTROL_ERROR, "peer sent beyond its window")
+        fin = bool(frame.flags & Flag.FIN)
+        plaintext = self._session.open(frame.payload, fin)
+        if plaintext:
+            self._inbound.append(plaintext)
+            self._inbound_size += len(plaintext)
+        else:
+            self._return_credit(size)
+        if fin:
+            self.remote_fin = True
+        self._events.append(Readable())
+        if fin and self.local_fin:
+            self._finish(Closed(ErrorCode.NO_ERROR, "both directions ended", by_peer=True))
+
+    def _on_credit(self, frame: Frame) -> None:
+        if len(frame.payload) != _CREDIT.size:
+            raise WireError(ErrorCode.PROTOCOL_ERROR, "CREDIT payload must be 4 bytes")
+        (amount,) = _CREDIT.unpack(frame.payload)
+        if not self._credit.grant(amount):
+            raise WireError(ErrorCode.FLOW_CONTROL_ERROR, "credit beyond the largest window")
+        self._events.append(Writable())
+        self._pump()
+
+    def _return_credit(self, nbytes: int) -> None:
+        credit = self._window.consume(nbytes)
+        if credit and self.state is State.OPEN and not self.remote_fin:
+            self._transmit.append(
+                encode_header(FrameType.CREDIT, self.id, 4) + _CREDIT.pack(credit)
+            )
+
+    def _pump(self) -> None:
+        """Seal queued bytes into DATA frames while credit lasts; then FIN if asked."""
+        if self.state is not State.OPEN or self._session is None:
+            return
+        seal = self._session.seal
+        while self._outbound:
+            room = min(self._credit.available - TAG, CHUNK)
+            if room < min(_MIN_SEND, self._outbound_size):
+                return
+            piece = self._next_piece(room)
+            sealed = seal(piece)
+            self._credit.consume(len(sealed))
+            self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed)))
+            self._transmit.append(sealed)
+        if self._fin_queued and not self.local_fin and self._credit.available >= TAG:
+            sealed = seal(b"", True)
+            self._credit.consume(len(sealed))
+            self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), Flag.FIN))
+            self._transmit.append(sealed)
+            self.local_fin = True
+            if self.remote_fin:
+                self._finish(Closed(ErrorCode.NO_ERROR, "both directions ended", by_peer=False))
+
+    def _next_piece(self, room: int) -> bytes | memoryview:
+        """Up to `room` bytes from the head of the outbound queue, copying only to join."""
+        first = self._outbound[0]
+        if len(first) > room:
+            self._outbound[0] = first[room:]
+            self._outbound_size -= room
+            return memoryview(first)[:room]
+        parts = [self._outbound.popleft()]
+        size = len(first)
+        while self._outbound and size + len(self._outbound[0]) <= room:
+            nxt = self._outbound.popleft()
+            parts.append(nxt)
+            size += len(nxt)
+        self._outbound_size -= size
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _finish(self, closed: Closed) -> None:
+        self.state = State.CLOSED
+        self.error = closed
+        self._outbound.clear()
+        self._outbound_size = 0
+        self._events.append(closed)

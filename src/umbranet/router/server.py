@@ -1,0 +1,183 @@
+"""The router process: a mutual-TLS listener for endpoint links around the Forwarder.
+
+The listener is the router's only open port. A connection becomes a link only after TLS
+(chain checked by OpenSSL against the network CA) and the SPIFFE checks at `now`; anything
+else (garbage, a client without a certificate, an expired SVID) is refused and counted, and
+other links never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from umbranet.aio.link import Link
+from umbranet.aio.tls import link_server_context, load_identity, peer_svid
+from umbranet.pki import IdentityFile, PkiError
+from umbranet.router.forwarder import Forwarder, PeerLink
+from umbranet.wire import ErrorCode, Frame
+
+log = logging.getLogger("umbranet.router")
+
+
+@dataclass(slots=True)
+class RouterConfig:
+    """Where a router listens and how long it waits for a new link to say HELLO."""
+
+    identity: IdentityFile
+    host: str = "127.0.0.1"
+    port: int = 7443
+    hello_timeout: float = 10.0
+    tls_handshake_timeout: float = 10.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Router:
+    """`async with Router(config) as router:` serves until the block ends."""
+
+    def __init__(self, config: RouterConfig, clock: Callable[[], datetime] = _utcnow) -> None:
+        self.config = config
+        self._clock = clock
+        self.identity = config.identity
+        self._ssl: ssl.SSLContext = link_server_context(config.identity)
+        self.forwarder = Forwarder(lambda: self.identity.bundle, clock, self.name)
+        self._links: dict[Link, PeerLink] = {}
+        self._server: asyncio.Server | None = None
+        self._timers: dict[Link, asyncio.TimerHandle] = {}
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    @property
+    def address(self) -> str:
+        """host:port actually bound (the port may have been 0)."""
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def __aenter__(self) -> Router:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_exception)
+        self._server = await loop.create_server(
+            lambda: Link(self),
+            self.config.host,
+            self.config.port,
+            ssl=self._ssl,
+            ssl_handshake_timeout=self.config.tls_handshake_timeout,
+            backlog=1024,
+        )
+        log.info("router %s listening on %s", self.name, self.address)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for link in list(self._links):
+                link.close(ErrorCode.SHUTTING_DOWN, "router stopping")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            self._server = None
+
+    def renew(self, identity: IdentityFile) -> None:
+        """Use a renewed certificate for new links; existing links keep theirs.
+
+        Loading into the context the listener already holds affects only later handshakes.
+        """
+        self.identity = identity
+        load_identity(self._ssl, identity)
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters for status pages and tests."""
+        return {
+            "links": len(self._links),
+            "circuits": self.forwarder.circuits,
+            "bindings": len(self.forwarder.terminators),
+            "counters": dict(self.forwarder.counters),
+        }
+
+    # -- LinkOwner ----------------------------------------------------------------------
+
+    def link_made(self, link: Link) -> None:
+        assert link.transport is not None
+        try:
+            peer = peer_svid(link.transport, self.identity.bundle, self._clock())
+        except PkiError as exc:
+            self.forwarder.counters[exc.code] += 1
+            log.warning("refused link code=%s reason=%s", exc.code, exc.reason)
+            link.close(ErrorCode.NOT_AUTHORIZED, f"certificate rejected: {exc.reason}")
+            return
+        link.peer_id = str(peer.spiffe_id)
+        self._links[link] = PeerLink(link, link.peer_id)
+        self.forwarder.counters["links_accepted"] += 1
+        self._timers[link] = asyncio.get_running_loop().call_later(
+            self.config.hello_timeout, self._hello_deadline, link
+        )
+
+    def frames_received(self, link: Link, frames: list[Frame]) -> None:
+        state = self._links.get(link)
+        if state is None:
+            return
+        dirty: set[PeerLink] = set()
+        closing = self.forwarder.frames(state, frames, dirty)
+        self._flush(dirty)
+        if closing is not None:
+            link.close(ErrorCode.PROTOCOL_ERROR, closing)
+
+    def link_lost(self, link: Link, error: BaseException | None) -> None:
+        timer = self._timers.pop(link, None)
+        if timer is not None:
+            timer.cancel()
+        state = self._links.pop(link, None)
+        if state is None:
+            return
+        dirty: set[PeerLink] = set()
+        self.forwarder.link_gone(state, dirty)
+        dirty.discard(state)
+        self._flush(dirty)
+        log.info("link lost identity=%s", link.peer_id)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _flush(self, dirty: set[PeerLink]) -> None:
+        for peer in dirty:
+            if peer.outbox:
+                out, peer.outbox = peer.outbox, []
+                link = peer.link
+                assert isinstance(link, Link)
+                link.write_many(out)
+
+    def _hello_deadline(self, link: Link) -> None:
+        self._timers.pop(link, None)
+        state = self._links.get(link)
+        if state is not None and not state.hello:
+            self.forwarder.counters["hello_timeout"] += 1
+            link.close(ErrorCode.PROTOCOL_ERROR, "no HELLO in time")
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Count TLS handshake failures (garbage, no certificate) instead of dumping traces."""
+        exc = context.get("exception")
+        if isinstance(exc, ssl.SSLError | ConnectionError | TimeoutError):
+            self.forwarder.counters["tls_handshake_failed"] += 1
+            log.warning("refused connection: TLS handshake failed (%s)", type(exc).__name__)
+            return
+        if self._previous_handler is not None:
+            self._previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)

@@ -1,0 +1,244 @@
+"""Context: an application's handle on the network, built from its identity file.
+
+It talks to the controller for tickets and certificate renewal, keeps one long-lived link
+per router, and opens streams over them. No listening socket anywhere: `listen` hosts a
+service through outbound links only.
+
+    async with Context.from_file("app.json") as ctx:
+        stream = await ctx.dial("billing")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from umbranet.pki import IdentityFile
+from umbranet.pki.tickets import Action
+from umbranet.proto.circuit import Circuit
+from umbranet.proto.e2e import DialerHandshake, LocalCredentials
+from umbranet.sdk.connection import RouterConnection
+from umbranet.sdk.errors import DialError, UmbraError
+from umbranet.sdk.listener import Listener
+from umbranet.sdk.stream import Stream
+
+log = logging.getLogger("umbranet.sdk")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A ticket from the controller and the routers to present it at."""
+
+    ticket: str
+    expires_at: int
+    routers: tuple[str, ...]
+
+
+class ControlPlane(Protocol):
+    """What the SDK needs from the controller (see `umbranet.aio.controller_client`)."""
+
+    async def grant(self, service: str, action: str) -> Grant: ...
+
+    async def renew(self) -> IdentityFile: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Context:
+    """Identity + controller + router links: everything `dial` and `listen` need."""
+
+    def __init__(
+        self,
+        identity: IdentityFile,
+        *,
+        identity_path: Path | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        control: Callable[[IdentityFile], ControlPlane] | None = None,
+        renew: bool = True,
+    ) -> None:
+        self.identity = identity
+        self.clock = clock
+        self._identity_path = identity_path
+        self._control_factory = control or _default_control
+        self._control = self._control_factory(identity)
+        self._connections: dict[str, RouterConnection] = {}
+        self._connecting: dict[str, asyncio.Task[RouterConnection]] = {}
+        self._tickets: dict[tuple[str, str], Grant] = {}
+        self._next_binding = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._renew = renew
+        self._started = False
+        self._closed = False
+        self.counters: dict[str, int] = {}
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> Context:
+        """A context for the identity stored in `path` (renewals are written back to it)."""
+        path = Path(path)
+        return cls(IdentityFile.load(path), identity_path=path, **options)
+
+    async def __aenter__(self) -> Context:
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel background work and close every router link."""
+        self._closed = True
+        for task in list(self._tasks) + list(self._connecting.values()):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
+        await self._control.aclose()
+
+    # -- the API ------------------------------------------------------------------------
+
+    async def dial(self, service: str, timeout: float = 10.0) -> Stream:
+        """An end-to-end encrypted stream to a host of `service`.
+
+        Raises DialError with the controller's, the router's or the host's code and reason.
+        """
+        self._start()
+        grant = await self.ticket(service, Action.DIAL)
+        last: UmbraError = DialError("no_router", f"the controller named no router for {service}")
+        for address in grant.routers:
+            try:
+                connection = await self.connection(address)
+            except DialError as exc:
+                last = exc
+                continue
+            handshake = DialerHandshake(service, grant.ticket, self.credentials())
+            circuit_id, opened = connection.open_circuit(
+                service, lambda cid: Circuit.dial(cid, service, handshake)
+            )
+            try:
+                return await asyncio.wait_for(opened, timeout)
+            except TimeoutError as exc:
+                connection.cancel_circuit(circuit_id)
+                raise DialError("dial_timeout", f"no answer from {service} in {timeout}s") from exc
+        raise last
+
+    def listen(self, service: str, backlog: int = 128) -> Listener:
+        """Host `service`: iterate the listener for incoming streams. Opens no port."""
+        self._start()
+        return Listener(self, service, backlog)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity.spiffe_id,
+            "routers": {a: c.live for a, c in self._connections.items()},
+            "counters": dict(self.counters),
+        }
+
+    # -- for streams and listeners ------------------------------------------------------
+
+    def credentials(self) -> LocalCredentials:
+        identity = self.identity
+        return LocalCredentials(identity.cert_pem, identity.noise_private_key, identity.bundle)
+
+    async def ticket(self, service: str, action: Action, fresh: bool = False) -> Grant:
+        """A ticket for `action` on `service`, reused until a minute before it expires."""
+        key = (service, str(action))
+        grant = self._tickets.get(key)
+        now = self.clock().timestamp()
+        if fresh or grant is None or grant.expires_at - now < 60:
+            try:
+                grant = await self._control.grant(service, str(action))
+            except UmbraError as exc:
+                raise DialError(exc.code, exc.reason) from exc
+            self._tickets[key] = grant
+        return grant
+
+    async def connection(self, address: str) -> RouterConnection:
+        """The live link to the router at `address`, connecting once if needed."""
+        connection = self._connections.get(address)
+        if connection is not None and connection.live:
+            return connection
+        task = self._connecting.get(address)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._connect(address))
+            self._connecting[address] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._connecting.pop(address, None)
+
+    def new_binding_id(self) -> int:
+        self._next_binding += 1
+        return self._next_binding
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _connect(self, address: str) -> RouterConnection:
+        connection = RouterConnection(self.identity, address, self.clock, self._lost)
+        await connection.connect()
+        self._connections[address] = connection
+        return connection
+
+    def _lost(self, connection: RouterConnection) -> None:
+        if self._connections.get(connection.address) is connection:
+            del self._connections[connection.address]
+        self.counters["router_links_lost"] = self.counters.get("router_links_lost", 0) + 1
+
+    def _start(self) -> None:
+        if self._started or self._closed:
+            return
+        self._started = True
+        if self._renew:
+            self._spawn(self._renew_forever())
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _renew_forever(self) -> None:
+        """Renew the certificate at half-life; links and streams stay up across renewals."""
+        while not self._closed:
+            certificate = self.identity.certificate
+            start = certificate.not_valid_before_utc
+            half_life = (certificate.not_valid_after_utc - start) / 2
+            delay = (start + half_life - self.clock()).total_seconds()
+            await asyncio.sleep(max(delay, 0.0))
+            try:
+                await self.renew_now()
+            except UmbraError as exc:
+                log.warning("certificate renewal failed: %s; retrying in 30s", exc)
+                await asyncio.sleep(30)
+
+    async def renew_now(self) -> None:
+        """Trade a fresh CSR for a new certificate now (also done automatically)."""
+        renewed = await self._control.renew()
+        old = self._control
+        self.identity = renewed
+        self._control = self._control_factory(renewed)
+        await old.aclose()
+        if self._identity_path is not None:
+            renewed.save(self._identity_path)
+        self.counters["renewals"] = self.counters.get("renewals", 0) + 1
+        log.info("certificate renewed, valid until %s", renewed.certificate.not_valid_after_utc)
+
+
+def _default_control(identity: IdentityFile) -> ControlPlane:
+    from umbranet.sdk.control import ControllerPlane
+
+    return ControllerPlane(identity)
+
+

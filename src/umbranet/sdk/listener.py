@@ -1,0 +1,157 @@
+"""Listener: host a service with no listening socket.
+
+The listener asks the controller for a bind ticket, presents it to every router the
+controller names (BIND), and keeps those bindings alive: it renews the ticket before it
+expires and re-binds after a link drops. Dialers arrive as CONNECT frames on those outbound
+links; each becomes a Stream once the dialer proved its identity in the handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from umbranet.pki.tickets import Action
+from umbranet.proto.e2e import HostHandshake
+from umbranet.sdk.errors import BindError, DialError, UmbraError
+from umbranet.sdk.stream import Stream
+from umbranet.wire import ErrorCode
+
+if TYPE_CHECKING:
+    from umbranet.sdk.connection import RouterConnection
+    from umbranet.sdk.context import Context
+
+log = logging.getLogger("umbranet.sdk")
+
+
+class Listener:
+    """`async for stream in ctx.listen("svc")`; or `await listener.accept()`."""
+
+    def __init__(self, context: Context, service: str, backlog: int = 128) -> None:
+        self.service = service
+        self._context = context
+        self._backlog = backlog
+        self._queue: asyncio.Queue[Stream] = asyncio.Queue()
+        self._ticket = ""
+        self._ticket_expires = 0
+        self._bindings: dict[RouterConnection, int] = {}
+        self._changed = asyncio.Event()
+        self._ready = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.counters: dict[str, int] = {}
+
+    async def start(self) -> Listener:
+        """Bind at the routers; returns once bound at least once (or raises BindError)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._keep_bound())
+        await asyncio.shield(self._ready)
+        return self
+
+    async def accept(self) -> Stream:
+        """The next dialer's stream (the dialer is authenticated and authorized)."""
+        await self.start()
+        return await self._queue.get()
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> Stream:
+        if self._closed:
+            raise StopAsyncIteration
+        return await self.accept()
+
+    async def __aenter__(self) -> Listener:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop hosting: unbind everywhere; streams already accepted keep going."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for connection, binding_id in self._bindings.items():
+            connection.unbind(binding_id)
+        self._bindings.clear()
+
+    @property
+    def bound_routers(self) -> list[str]:
+        return [c.name for c in self._bindings]
+
+    # -- for RouterConnection -----------------------------------------------------------
+
+    def handshake(self) -> HostHandshake:
+        """The host side of a new dialer's handshake, proving us with the bind ticket."""
+        return HostHandshake(self.service, self._ticket, self._context.credentials())
+
+    def deliver(self, stream: Stream) -> None:
+        if self._queue.qsize() >= self._backlog:
+            self._count("backlog_full")
+            stream.abort("listener backlog full")
+            return
+        self._queue.put_nowait(stream)
+
+    def refused(self, code: str, reason: str) -> None:
+        """A dialer failed the handshake (or a router sent a bad CONNECT)."""
+        self._count(code)
+        log.warning("refused dialer service=%s code=%s reason=%s", self.service, code, reason)
+
+    def connection_lost(self, connection: RouterConnection) -> None:
+        self._bindings.pop(connection, None)
+        self._changed.set()
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _keep_bound(self) -> None:
+        """Bind everywhere; renew before expiry; re-bind after drops, with backoff."""
+        backoff = 0.1
+        while not self._closed:
+            try:
+                await self._bind_all()
+                backoff = 0.1
+                if not self._ready.done():
+                    self._ready.set_result(None)
+            except UmbraError as exc:
+                self._count(exc.code)
+                if not self._ready.done():
+                    self._ready.set_exception(
+                        exc if isinstance(exc, BindError) else BindError(exc.code, exc.reason)
+                    )
+                    return
+                log.warning("listener %s: %s; retrying in %.1fs", self.service, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self._changed.clear()
+            refresh_in = max(1.0, (self._ticket_expires - time.time()) / 2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), refresh_in)
+
+    async def _bind_all(self) -> None:
+        grant = await self._context.ticket(self.service, Action.BIND, fresh=True)
+        self._ticket, self._ticket_expires = grant.ticket, grant.expires_at
+        bound = 0
+        last_error: UmbraError | None = None
+        for address in grant.routers:
+            try:
+                connection = await self._context.connection(address)
+                binding_id = self._bindings.get(connection) or self._context.new_binding_id()
+                await connection.bind(self, binding_id, grant.ticket)
+                self._bindings[connection] = binding_id
+                bound += 1
+            except (BindError, DialError) as exc:
+                last_error = exc
+            except TimeoutError:
+                last_error = BindError("router_timeout", f"router {address} did not answer BIND")
+        if bound == 0:
+            raise last_error or BindError(ErrorCode.NO_TERMINATOR.code, "no router to bind at")
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1

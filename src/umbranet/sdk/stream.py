@@ -1,0 +1,201 @@
+"""Stream: one end of a circuit, shaped like asyncio's StreamReader and StreamWriter together.
+
+`read`/`readexactly`/`readuntil` wait for plaintext; `write` queues and `drain` waits for the
+peer's credit and the link; `write_eof` half-closes; `close` ends our side and discards what
+the peer still sends; `abort` resets. Bytes arrive in order and complete, or the stream
+raises StreamReset with the code and reason it ended with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from umbranet.proto.circuit import Circuit, State
+from umbranet.proto.e2e import PeerIdentity
+from umbranet.sdk.errors import StreamReset
+from umbranet.wire import ErrorCode
+
+if TYPE_CHECKING:
+    from umbranet.sdk.connection import RouterConnection
+
+# drain() returns once at most this much is queued beyond the peer's window.
+_HIGH_WATER = 256 * 1024
+
+
+class Stream:
+    """A bidirectional, end-to-end encrypted byte stream to one peer identity."""
+
+    def __init__(self, connection: RouterConnection, circuit: Circuit, service: str) -> None:
+        self._connection = connection
+        self._circuit = circuit
+        self.service = service
+        self._waiter: asyncio.Future[None] | None = None
+        self._closing = False
+        self._closed = asyncio.get_running_loop().create_future()
+
+    # -- identity -----------------------------------------------------------------------
+
+    @property
+    def peer(self) -> PeerIdentity:
+        """The identity on the other end, proven by its certificate and ticket."""
+        assert self._circuit.peer is not None
+        return self._circuit.peer
+
+    @property
+    def circuit_id(self) -> int:
+        return self._circuit.id
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """asyncio-style extras: ``peer``, ``service``, ``router``."""
+        extras = {"peer": self.peer, "service": self.service, "router": self._connection.name}
+        return extras.get(name, default)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (all until EOF if n < 0); b"" at EOF."""
+        if n == 0:
+            return b""
+        if n < 0:
+            parts = []
+            while chunk := await self.read(1 << 20):
+                parts.append(chunk)
+            return b"".join(parts)
+        circuit = self._circuit
+        while not circuit.readable_bytes:
+            if circuit.at_eof:
+                self._raise_if_reset()
+                return b""
+            await self._wait()
+        data = circuit.take(n)
+        while len(data) < n and circuit.readable_bytes:
+            data += circuit.take(n - len(data))
+        self._connection.flush(circuit)
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly `n` bytes, or asyncio.IncompleteReadError at EOF."""
+        parts: list[bytes] = []
+        have = 0
+        while have < n:
+            chunk = await self.read(n - have)
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"".join(parts), n)
+            parts.append(chunk)
+            have += len(chunk)
+        return b"".join(parts)
+
+    async def readuntil(self, separator: bytes = b"\n", limit: int = 65536) -> bytes:
+        """Bytes up to and including `separator` (asyncio semantics, bounded by `limit`)."""
+        buffer = b""
+        while True:
+            index = buffer.find(separator)
+            if index >= 0:
+                end = index + len(separator)
+                self._unread(buffer[end:])
+                return buffer[:end]
+            if len(buffer) > limit:
+                raise asyncio.LimitOverrunError("separator not found within limit", len(buffer))
+            chunk = await self.read(65536)
+            if not chunk:
+                raise asyncio.IncompleteReadError(buffer, None)
+            buffer += chunk
+
+    async def readline(self) -> bytes:
+        """One line including b"\\n", or what is left at EOF."""
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+
+    def at_eof(self) -> bool:
+        return self._circuit.at_eof
+
+    # -- writing ------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes for the peer (sent as credit allows; call `drain`)."""
+        self._raise_if_reset()
+        self._circuit.write(data if isinstance(data, bytes) else bytes(data))
+        self._connection.flush(self._circuit)
+
+    def writelines(self, lines: list[bytes]) -> None:
+        self.write(b"".join(lines))
+
+    async def drain(self) -> None:
+        """Wait until the queue is short and the link accepts writes."""
+        circuit = self._circuit
+        while circuit.unsent_bytes > _HIGH_WATER:
+            self._raise_if_reset()
+            await self._wait()
+        self._raise_if_reset()
+        await self._connection.link_writable()
+
+    def write_eof(self) -> None:
+        """End our direction after what is queued (the peer reads EOF)."""
+        if self._circuit.state is not State.CLOSED:
+            self._circuit.write_eof()
+            self._connection.flush(self._circuit)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """End our direction; whatever the peer still sends is discarded."""
+        self._closing = True
+        self.write_eof()
+        self._discard_inbound()
+
+    def abort(self, reason: str = "aborted by the application") -> None:
+        """Reset the circuit at once; the peer sees CANCELLED."""
+        self._circuit.reset(ErrorCode.CANCELLED, reason)
+        self._connection.flush(self._circuit)
+        self.notify()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._circuit.state is State.CLOSED
+
+    async def wait_closed(self) -> None:
+        """Wait until both directions ended (or the stream was reset)."""
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._circuit.state is not State.CLOSED:
+            self.close()
+
+    # -- for the connection ---------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake whoever waits on this stream; called after the circuit changed."""
+        if self._closing:
+            self._discard_inbound()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._circuit.state is State.CLOSED and not self._closed.done():
+            self._closed.set_result(None)
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _wait(self) -> None:
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+
+    def _raise_if_reset(self) -> None:
+        error = self._circuit.error
+        if error is not None and error.code is not ErrorCode.NO_ERROR:
+            raise StreamReset.from_code(error.code, error.reason)
+
+    def _unread(self, data: bytes) -> None:
+        self._circuit.push_back(data)
+
+    def _discard_inbound(self) -> None:
+        circuit = self._circuit
+        while circuit.readable_bytes:
+            circuit.take(1 << 20)
+        self._connection.flush(circuit)

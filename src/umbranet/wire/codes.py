@@ -1,0 +1,55 @@
+"""Error codes carried by RESET, GOAWAY and BIND_ERR frames, shared by every component.
+
+Codes are stable numbers on the wire; the names are the machine codes used in logs, metrics
+and exceptions. Ranges: 1-9 framing, 10-19 tickets and authorization, 20-29 routing,
+30-39 end-to-end, 40-49 the application, 50-59 the router itself.
+"""
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    """Why a circuit, a binding or a whole link ended."""
+
+    NO_ERROR = 0
+    PROTOCOL_ERROR = 1
+    FRAME_TOO_LARGE = 2
+    UNSUPPORTED_VERSION = 3
+    FLOW_CONTROL_ERROR = 4
+    BAD_CONTROL_PAYLOAD = 5
+
+    TICKET_INVALID = 10
+    TICKET_EXPIRED = 11
+    TICKET_WRONG_IDENTITY = 12
+    TICKET_WRONG_SERVICE = 13
+    NOT_AUTHORIZED = 14
+    REVOKED = 15
+
+    NO_TERMINATOR = 20
+    HOST_GONE = 21
+    PEER_GONE = 22
+
+    HANDSHAKE_FAILED = 30
+    PEER_IDENTITY_MISMATCH = 31
+    PEER_NOT_AUTHORIZED = 32
+    DECRYPT_FAILED = 33
+
+    REFUSED = 40
+    CANCELLED = 41
+
+    INTERNAL_ERROR = 50
+    SHUTTING_DOWN = 51
+    TOO_MANY_CIRCUITS = 52
+
+    @property
+    def code(self) -> str:
+        """The machine code as logged and counted, e.g. ``ticket_expired``."""
+        return self.name.lower()
+
+    @classmethod
+    def from_wire(cls, value: int) -> "ErrorCode":
+        """Map a number from the wire; numbers this version does not know become PROTOCOL_ERROR."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.PROTOCOL_ERROR
