@@ -27,7 +27,7 @@ _POLICY_RC = Path("/usr/sbin/policy-rc.d")
 
 
 def install_packages(packages: Iterable[str], log: Callable[[str], None]) -> dict[str, str]:
-    """Install `packages` with apt-get; return {package: why it failed} for the ones that did not."""
+    """Install `packages` with apt-get; return {package: why it failed} for failures."""
     wanted = sorted(set(packages))
     if not wanted:
         return {}
@@ -55,7 +55,9 @@ def _apt(args: list[str]) -> str | None:
         cmd = ["apt-get", "-q", "update"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+        proc = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=900, env=env
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     if proc.returncode == 0:
@@ -69,7 +71,9 @@ def _no_service_starts() -> Iterator[None]:
     if _POLICY_RC.exists():
         yield
         return
-    _POLICY_RC.write_text("#!/bin/sh\n# temporary, from umbranet bench: no daemons at install\nexit 101\n")
+    _POLICY_RC.write_text(
+        "#!/bin/sh\n# temporary, from umbranet bench: no daemons at install\nexit 101\n"
+    )
     _POLICY_RC.chmod(0o755)
     try:
         yield

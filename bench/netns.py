@@ -41,6 +41,7 @@ def sh(argv: Sequence[str], timeout: float = 60.0, check: bool = True, merge: bo
     """Run a short command to completion and return its stdout (plus stderr if `merge`)."""
     proc = subprocess.run(
         list(argv),
+        check=False,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if merge else subprocess.PIPE,
         text=True,
@@ -59,9 +60,7 @@ class Procs:
     def __init__(self) -> None:
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
 
-    def start(
-        self, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None
-    ) -> int:
+    def start(self, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
         """Start `argv` detached (own session, stdin closed, output to `log`); return its PID."""
         with open(log, "ab") as out:
             proc = subprocess.Popen(
@@ -143,6 +142,10 @@ class Netns:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"nothing listens on {self.name}:{port} after {timeout:.0f} s")
+
+    def inode(self) -> int:
+        """Identity of the namespace, as /proc/<pid>/ns/net of its processes shows it."""
+        return os.stat(f"/run/netns/{self.name}").st_ino
 
     def pids(self) -> list[int]:
         out = sh(["ip", "netns", "pids", self.name], check=False)

@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterable
 
-__all__ = ["cpu_seconds", "set_affinity", "tree_pids"]
+__all__ = ["cpu_seconds", "foreign_cpu_seconds", "set_affinity", "tree_pids"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -73,3 +73,27 @@ def _stat_fields(pid: int) -> list[str] | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return data[data.rindex(")") + 2 :].split()
+
+
+def foreign_cpu_seconds(own_netns: frozenset[int]) -> float:
+    """CPU seconds so far of user processes outside our namespaces (other jobs on the machine).
+
+    Kernel threads are left out (softirq work for our own traffic may run in ksoftirqd), and
+    so is the harness itself.
+    """
+    ticks = 0
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        fields = _stat_fields(pid)
+        if fields is None or pid == 2 or fields[1] == "2":
+            continue
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino in own_netns:
+                continue
+        except (FileNotFoundError, PermissionError):
+            continue
+        ticks += sum(int(x) for x in fields[11:15])
+    return ticks / _TICK

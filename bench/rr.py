@@ -37,6 +37,7 @@ __all__ = [
     "measure_latency",
     "probe",
     "serve",
+    "start_servers",
     "summarize",
     "tcp_dial",
 ]
@@ -188,13 +189,21 @@ def probe(dial: Dial, wait: float, size: int = 64) -> dict[str, Any]:
 
 def serve(bind: str, echo_port: int, sink_port: int, max_seconds: float) -> None:
     """Echo on `echo_port` and sink on `sink_port`, a thread per connection; exit after a while."""
+    start_servers(bind, echo_port, sink_port)
+    time.sleep(max_seconds)
+
+
+def start_servers(bind: str, echo_port: int, sink_port: int) -> tuple[int, int]:
+    """Start the echo and sink servers in daemon threads; return their ports (0 = any free)."""
+    ports = []
     for port, handler in ((echo_port, _echo), (sink_port, _sink)):
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lsock.bind((bind, port))
         lsock.listen(512)
+        ports.append(lsock.getsockname()[1])
         threading.Thread(target=_accept_loop, args=(lsock, handler), daemon=True).start()
-    time.sleep(max_seconds)
+    return ports[0], ports[1]
 
 
 def client_main(argv: Sequence[str] | None = None, dial_for: DialFor | None = None) -> int:

@@ -81,9 +81,20 @@ class Endpoints:
 class BenchPath(Protocol):
     """One way to get from A to B. Paths are instantiated once per run and set up once."""
 
-    name: str  # short key used on the command line and in tables, e.g. "stunnel"
-    title: str  # human description, e.g. "stunnel4 mutual TLS, two ends"
-    binaries: Mapping[str, str]  # executable -> Debian package that provides it
+    @property
+    def name(self) -> str:
+        """Short key used on the command line and in tables, e.g. "stunnel"."""
+        ...
+
+    @property
+    def title(self) -> str:
+        """Human description, e.g. "stunnel4 mutual TLS, two ends"."""
+        ...
+
+    @property
+    def binaries(self) -> Mapping[str, str]:
+        """Executable -> Debian package that provides it (installed unless --no-install)."""
+        ...
 
     def unavailable(self) -> str | None:
         """None if the path can run here, else why not (checked after installing packages)."""
@@ -106,11 +117,12 @@ def have_binary(name: str) -> bool:
     return shutil.which(name) is not None or Path("/usr/sbin", name).exists()
 
 
-def tool_version(argv: list[str], line: int = 0) -> str:
-    """First (or `line`-th) non-empty output line of a version command, or why it failed."""
+def tool_version(argv: list[str], line: int = 0, prefix: str = "") -> str:
+    """The `line`-th non-empty output line (starting with `prefix`) of a version command."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
     lines = [x.strip() for x in (proc.stdout + proc.stderr).splitlines() if x.strip()]
+    lines = [x for x in lines if x.startswith(prefix)]
     return lines[line] if len(lines) > line else "unknown"

@@ -34,6 +34,8 @@ class RawPy(DaemonPath):
 
     def setup(self, ns_a: Netns, ns_b: Netns, tmpdir: Path) -> Endpoints:
         return Endpoints(
-            throughput=PyClient(ns_a.name, "bench.rr", ("--host", ns_b.addr, "--port", str(SINK_PORT))),
+            throughput=PyClient(
+                ns_a.name, "bench.rr", ("--host", ns_b.addr, "--port", str(SINK_PORT))
+            ),
             rr=PyClient(ns_a.name, "bench.rr", ("--host", ns_b.addr, "--port", str(ECHO_PORT))),
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from bench.netns import Netns
 from bench.paths import ECHO_PORT, IPERF_PORT, Endpoints, TcpTarget, tool_version
@@ -21,11 +23,11 @@ def _relay(listen_ip: str, listen_port: int, dest_ip: str, dest_port: int) -> li
 
 
 class Socat2(DaemonPath):
-    """A: 127.0.0.1 -> socat (A) -> veth -> socat (B) -> 127.0.0.1 servers (shape of stunnel/ssh)."""
+    """A: 127.0.0.1 -> socat (A) -> veth -> socat (B) -> servers (the shape of stunnel/ssh)."""
 
     name = "socat2"
     title = "socat, two relay hops, no crypto"
-    binaries = {"socat": "socat"}
+    binaries: ClassVar[Mapping[str, str]] = {"socat": "socat"}
 
     def versions(self) -> dict[str, str]:
         return {"socat": tool_version(["socat", "-V"], 1)}
@@ -56,7 +58,7 @@ class Socat1(DaemonPath):
 
     name = "socat1"
     title = "socat, one relay hop, no crypto"
-    binaries = {"socat": "socat"}
+    binaries: ClassVar[Mapping[str, str]] = {"socat": "socat"}
 
     def versions(self) -> dict[str, str]:
         return {"socat": tool_version(["socat", "-V"], 1)}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from bench.netns import Netns, sh
 from bench.paths import ECHO_PORT, IPERF_PORT, Endpoints, TcpTarget, tool_version
@@ -22,7 +24,11 @@ class Ssh(DaemonPath):
 
     name = "ssh"
     title = "ssh -L port forwarding (OpenSSH defaults)"
-    binaries = {"sshd": "openssh-server", "ssh": "openssh-client", "ssh-keygen": "openssh-client"}
+    binaries: ClassVar[Mapping[str, str]] = {
+        "sshd": "openssh-server",
+        "ssh": "openssh-client",
+        "ssh-keygen": "openssh-client",
+    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,14 +72,29 @@ class Ssh(DaemonPath):
             + "\n"
         )
         pid_b = self.spawn(
-            ns_b, ["/usr/sbin/sshd", "-D", "-e", "-f", str(tmpdir / "sshd_config")], tmpdir / "sshd.log"
+            ns_b,
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(tmpdir / "sshd_config")],
+            tmpdir / "sshd.log",
         )
         ns_b.wait_listen(_SSHD_PORT)
         opts = self._client_opts(tmpdir, client_key)
-        forwards = [a for local, remote in _FORWARDS for a in ("-L", f"127.0.0.1:{local}:127.0.0.1:{remote}")]
+        forwards = [
+            a
+            for local, remote in _FORWARDS
+            for a in ("-L", f"127.0.0.1:{local}:127.0.0.1:{remote}")
+        ]
         pid_a = self.spawn(
             ns_a,
-            ["ssh", *opts, "-N", "-T", "-o", "ExitOnForwardFailure=yes", *forwards, f"root@{ns_b.addr}"],
+            [
+                "ssh",
+                *opts,
+                "-N",
+                "-T",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                *forwards,
+                f"root@{ns_b.addr}",
+            ],
             tmpdir / "ssh.log",
         )
         for local, _ in _FORWARDS:
@@ -95,24 +116,38 @@ class Ssh(DaemonPath):
     @staticmethod
     def _client_opts(d: Path, key: Path) -> list[str]:
         return [
-            "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "LogLevel=ERROR",
-            "-i", str(key), "-p", str(_SSHD_PORT),
-        ]  # fmt: skip
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={d / 'known_hosts'}",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+            str(key),
+            "-p",
+            str(_SSHD_PORT),
+        ]
 
     @staticmethod
     def _negotiated(ns_a: Netns, ns_b: Netns, opts: list[str]) -> str:
         """Key exchange and cipher, from one extra short session inside the namespaces."""
         try:
             out = ns_a.run(
-                ["ssh", *opts, "-v", f"root@{ns_b.addr}", "true"], timeout=15, check=False, merge=True
+                ["ssh", *opts, "-v", f"root@{ns_b.addr}", "true"],
+                timeout=15,
+                check=False,
+                merge=True,
             )
         except subprocess.TimeoutExpired:
-            return "ssh: unknown (timed out)"
+            return "cipher unknown (ssh -v timed out)"
         kex = cipher = "?"
         for line in out.splitlines():
             if "kex: algorithm:" in line:
                 kex = line.rsplit(" ", 1)[-1]
             elif "kex: server->client cipher:" in line:
                 cipher = line.split("cipher:", 1)[1].split()[0]
-        return f"ssh: cipher {cipher}; kex {kex}"
+        return f"cipher {cipher}; kex {kex}"

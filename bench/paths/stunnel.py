@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from bench.netns import Netns, sh
 from bench.paths import ECHO_PORT, IPERF_PORT, Endpoints, TcpTarget, tool_version
@@ -21,26 +23,62 @@ def make_tls_pki(d: Path, names: tuple[str, ...]) -> None:
         sh(["openssl", *args])
 
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-days", "2", "-subj", "/CN=ub-bench-ca",
-            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))  # fmt: skip
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ub-bench-ca",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.crt"),
+    )
     for name in names:
         (d / f"{name}.ext").write_text(f"subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n")
-        openssl("req", *ec, "-subj", f"/CN={name}",
-                "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))  # fmt: skip
-        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
-                "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
-                "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.crt"))  # fmt: skip
+        openssl(
+            "req",
+            *ec,
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            str(d / f"{name}.key"),
+            "-out",
+            str(d / f"{name}.csr"),
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(d / f"{name}.csr"),
+            "-CA",
+            str(d / "ca.crt"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(d / f"{name}.ext"),
+            "-out",
+            str(d / f"{name}.crt"),
+        )
 
 
 class Stunnel(DaemonPath):
-    """A: 127.0.0.1 -> stunnel client (A) == TLS 1.3, both sides verified ==> stunnel (B) -> servers."""
+    """A: 127.0.0.1 -> stunnel (A) == TLS, both sides verified ==> stunnel (B) -> servers."""
 
     name = "stunnel"
     title = "stunnel4 mutual TLS, two ends"
-    binaries = {"stunnel4": "stunnel4", "openssl": "openssl"}
+    binaries: ClassVar[Mapping[str, str]] = {"stunnel4": "stunnel4", "openssl": "openssl"}
 
     def versions(self) -> dict[str, str]:
-        return {"stunnel": tool_version(["stunnel4", "-version"]), "openssl": tool_version(["openssl", "version"])}
+        return {
+            "stunnel": tool_version(["stunnel4", "-version"], prefix="stunnel "),
+            "openssl": tool_version(["openssl", "version"]),
+        }
 
     def setup(self, ns_a: Netns, ns_b: Netns, tmpdir: Path) -> Endpoints:
         make_tls_pki(tmpdir, ("ub-bench-a", _SERVER_NAME))
@@ -89,9 +127,19 @@ class Stunnel(DaemonPath):
         """Protocol and cipher, from one extra handshake made inside the namespaces."""
         try:
             out = ns_a.run(
-                ["openssl", "s_client", "-connect", f"{ns_b.addr}:8444", "-brief",
-                 "-cert", str(d / "ub-bench-a.crt"), "-key", str(d / "ub-bench-a.key"),
-                 "-CAfile", str(d / "ca.crt")],  # fmt: skip
+                [
+                    "openssl",
+                    "s_client",
+                    "-connect",
+                    f"{ns_b.addr}:8444",
+                    "-brief",
+                    "-cert",
+                    str(d / "ub-bench-a.crt"),
+                    "-key",
+                    str(d / "ub-bench-a.key"),
+                    "-CAfile",
+                    str(d / "ca.crt"),
+                ],
                 timeout=10,
                 check=False,
                 merge=True,
@@ -99,6 +147,8 @@ class Stunnel(DaemonPath):
         except subprocess.TimeoutExpired:
             return "tls: unknown (s_client timed out)"
         found = dict(
-            line.split(": ", 1) for line in out.splitlines() if line.startswith(("Protocol", "Cipher"))
+            line.split(": ", 1)
+            for line in out.splitlines()
+            if line.startswith(("Protocol", "Cipher"))
         )
         return f"tls: {found.get('Protocol version', '?')} {found.get('Ciphersuite', '?')}"

@@ -1,8 +1,8 @@
 """Umbranet's own data plane as a benchmark path (the plug-in point; the data plane fills it in).
 
-Until `umbranet.sdk` exports `Context` the path reports "not available yet" and the harness
-skips it with that note. Once it does, `setup` must (see `bench/paths/__init__.py` for the
-contract, `raw.py`/`stunnel.py` for examples):
+Until `umbranet.sdk` exports `Context` (and `SETUP_WRITTEN` below is True) the path reports
+"not available yet" and the harness skips it with that note. `setup` must (see
+`bench/paths/__init__.py` for the contract, `raw.py`/`stunnel.py` for examples):
 
 1. Mint throwaway identities under `tmpdir` (a network CA, a router, a dialing identity in A
    and a hosting identity in B; e.g. with `umbranet.testing`'s PKI factories or
@@ -33,7 +33,11 @@ from bench.netns import Netns
 from bench.paths import Endpoints
 from bench.paths._base import DaemonPath
 
-__all__ = ["Umbranet"]
+__all__ = ["SETUP_WRITTEN", "Umbranet"]
+
+# Flip to True when `Umbranet.setup` below is filled in; until then the path is skipped with
+# "not available yet" even though the SDK exists.
+SETUP_WRITTEN = False
 
 
 class Umbranet(DaemonPath):
@@ -47,6 +51,8 @@ class Umbranet(DaemonPath):
             return f"not available yet (cannot import umbranet.sdk: {exc})"
         if not hasattr(sdk, "Context"):
             return "not available yet (umbranet.sdk does not provide Context)"
+        if not SETUP_WRITTEN:
+            return "not available yet (bench/paths/umbranet.py setup() is not written)"
         return None
 
     def versions(self) -> dict[str, str]:

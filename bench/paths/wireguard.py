@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from bench.netns import Netns, sh
 from bench.paths import ECHO_PORT, IPERF_PORT, Endpoints, TcpTarget, tool_version
@@ -20,11 +22,14 @@ _SOCKET_DIR = Path("/var/run/wireguard")  # UAPI sockets are on the shared files
 
 
 class WireguardGo(DaemonPath):
-    """A -> 100.64.0.2 (wireguard-go tun in A) == UDP over the veth ==> wireguard-go (B) -> servers."""
+    """A -> 100.64.0.2 (wireguard-go tun in A) == UDP ==> wireguard-go (B) -> servers."""
 
     name = "wireguard"
     title = "wireguard-go (userspace), stock settings"
-    binaries = {"wireguard-go": "wireguard-go", "wg": "wireguard-tools"}
+    binaries: ClassVar[Mapping[str, str]] = {
+        "wireguard-go": "wireguard-go",
+        "wg": "wireguard-tools",
+    }
 
     def versions(self) -> dict[str, str]:
         deb = sh(["dpkg-query", "-W", "-f=${Version}", "wireguard-go"], check=False).strip()
@@ -39,7 +44,11 @@ class WireguardGo(DaemonPath):
             (ns_b, ns_b.ifname("ubwgb"), OVERLAY_B, ns_a.addr),
         )
         keys = {ns.name: _genkey() for ns, *_ in sides}
-        env = {**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"}
+        env = {
+            **os.environ,
+            "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1",
+            "LOG_LEVEL": "error",
+        }
         pids: dict[str, int] = {}
         for ns, ifname, _, _ in sides:
             label = "A" if ns is ns_a else "B"
@@ -69,7 +78,7 @@ class WireguardGo(DaemonPath):
             throughput=TcpTarget(ns_a.name, OVERLAY_B, IPERF_PORT),
             rr=TcpTarget(ns_a.name, OVERLAY_B, ECHO_PORT),
             cpu_pids=pids,
-            notes=(f"wireguard-go: tunnel MTU {mtu or '?'}",),
+            notes=(f"tunnel MTU {mtu or '?'}",),
         )
 
 
@@ -77,7 +86,12 @@ def _genkey() -> tuple[str, str]:
     """A fresh (private, public) key pair in wg's base64 form."""
     private = sh(["wg", "genkey"]).strip()
     public = subprocess.run(
-        ["wg", "pubkey"], input=private + "\n", capture_output=True, text=True, check=True, timeout=10
+        ["wg", "pubkey"],
+        input=private + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
     ).stdout.strip()
     return private, public
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Protocol, cast
 
 from umbranet.wire import ErrorCode, Frame, FrameDecoder, FrameType, WireError
 from umbranet.wire.control import encode_error
@@ -51,8 +51,8 @@ class Link(asyncio.BufferedProtocol):
     # -- asyncio.BufferedProtocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self.owner.link_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:

@@ -54,7 +54,7 @@ def link_server_context(identity: IdentityFile) -> ssl.SSLContext:
 def _harden(context: ssl.SSLContext, bundle: TrustBundle) -> None:
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cadata=bundle.ca_pem.decode())
+    context.load_verify_locations(cadata=bundle.ca_pem)
     # Links are long-lived and multiplexed: tickets for resumption buy nothing.
     context.options |= ssl.OP_NO_TICKET
 

@@ -23,7 +23,7 @@ import json
 import os
 import stat
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +69,11 @@ class IdentityFile:
 
     name: str
     spiffe_id: str
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)  # secrets stay out of reprs, logs and tracebacks
     cert_pem: bytes
     bundle: TrustBundle
     controller_url: str
-    noise_private_key: bytes
+    noise_private_key: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         try:
@@ -219,8 +219,9 @@ def _validate(identity: IdentityFile) -> None:
     spiffe_id = SpiffeId.parse(identity.spiffe_id)
     if spiffe_id.trust_domain != identity.bundle.trust_domain:
         raise invalid("spiffe_id is not in the bundle's trust domain")
-    expected_name = spiffe_id.name if spiffe_id.name is not None else spiffe_id.segments[-1:]
-    if identity.name not in (expected_name, *spiffe_id.segments[-1:]):
+    # The controller's own ID has no kind/name; its name is the last path segment.
+    expected_name = spiffe_id.name or (spiffe_id.segments[-1] if spiffe_id.segments else None)
+    if identity.name != expected_name:
         raise invalid("name does not match the SPIFFE ID")
 
     key = key_from_pem(identity.key_pem)

@@ -32,7 +32,9 @@ class ServiceGrants(Protocol):
     def bind_attributes(self) -> Sequence[str]: ...
 
 
-def decide_access(identity_attributes: Iterable[str], service: ServiceGrants, action: str) -> Verdict:
+def decide_access(
+    identity_attributes: Iterable[str], service: ServiceGrants, action: str
+) -> Verdict:
     """May an identity holding `identity_attributes` perform `action` on `service`?"""
     if action == "dial":
         granting = list(service.dial_attributes)

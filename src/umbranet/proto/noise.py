@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -107,13 +108,14 @@ _CIPHERS: dict[str, tuple[type[AESGCM] | type[ChaCha20Poly1305], int, Any]] = {
     "ChaChaPoly": (ChaCha20Poly1305, 32, "little"),
 }
 # hashlib constructor, name for hmac.digest (OpenSSL's one-shot HMAC), HASHLEN.
-_HASHES: dict[str, tuple[Callable[..., Any], str, int]] = {
+_HashSpec = tuple[Callable[..., Any], str, int]
+_HASHES: dict[str, _HashSpec] = {
     "SHA256": (hashlib.sha256, "sha256", 32),
     "SHA512": (hashlib.sha512, "sha512", 64),
     "BLAKE2s": (hashlib.blake2s, "blake2s", 32),
     "BLAKE2b": (hashlib.blake2b, "blake2b", 64),
 }
-_DH_TOKENS = frozenset({"ee", "es", "se", "ss"})
+_TOKENS = frozenset({"e", "s", "ee", "es", "se", "ss"})
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -297,9 +299,8 @@ class HandshakeState:
         self._re: bytes | None = None
         self._rs: bytes | None = None
         self._index = 0
-        self._state = "handshake"  # -> "complete" -> "split"; or -> "failed"
-        self._psks = [bytes(k) for k in psks]
-        self._psk_index = 0
+        self._state = _Phase.HANDSHAKE
+        self._psks = [bytes(k) for k in psks]  # consumed in order by the psk tokens
 
         n_psk = sum(m.count("psk") for m in messages)
         if len(self._psks) != n_psk or any(len(k) != 32 for k in self._psks):
@@ -328,7 +329,7 @@ class HandshakeState:
     @property
     def complete(self) -> bool:
         """Whether every handshake message has been written or read."""
-        return self._state in ("complete", "split")
+        return self._state in (_Phase.COMPLETE, _Phase.SPLIT)
 
     @property
     def remote_static(self) -> bytes | None:
@@ -359,12 +360,12 @@ class HandshakeState:
                     assert self._s is not None
                     out += sym.encrypt_and_hash(self._s[1])
                 elif token == "psk":
-                    sym.mix_key_and_hash(self._next_psk())
+                    sym.mix_key_and_hash(self._psks.pop(0))
                 else:
                     sym.mix_key(self._dh(token))
             out += sym.encrypt_and_hash(payload)
         except NoiseError:
-            self._state = "failed"
+            self._state = _Phase.FAILED
             raise
         self._advance()
         return bytes(out)
@@ -392,12 +393,12 @@ class HandshakeState:
                     self._rs = sym.decrypt_and_hash(view[pos:end])
                     pos = end
                 elif token == "psk":
-                    sym.mix_key_and_hash(self._next_psk())
+                    sym.mix_key_and_hash(self._psks.pop(0))
                 else:
                     sym.mix_key(self._dh(token))
             payload = sym.decrypt_and_hash(view[pos:])
         except NoiseError:
-            self._state = "failed"
+            self._state = _Phase.FAILED
             raise
         self._advance()
         return payload
@@ -410,19 +411,19 @@ class HandshakeState:
         initiator's receive, the responder's send) refuses every call with `wrong_state`.
         Allowed once: two copies of one key would reuse nonces. The local keys are dropped.
         """
-        if self._state != "complete":
+        if self._state != _Phase.COMPLETE:
             raise NoiseError("wrong_state", f"split in state {self._state}")
         c1, c2 = self._sym.split()
         if self._one_way:
             c2 = CipherState(c2.cipher_name)
             c2._usable = False
-        self._state = "split"
+        self._state = _Phase.SPLIT
         self._s = self._e = self._fixed_e = None
         self._psks = []
         return (c1, c2) if self.initiator else (c2, c1)
 
     def _turn(self, writing: bool) -> int:
-        if self._state != "handshake":
+        if self._state != _Phase.HANDSHAKE:
             raise NoiseError("wrong_state", f"handshake is {self._state}")
         index = self._index
         if ((index % 2 == 0) == self.initiator) != writing:
@@ -433,12 +434,7 @@ class HandshakeState:
     def _advance(self) -> None:
         self._index += 1
         if self._index == len(self._messages):
-            self._state = "complete"
-
-    def _next_psk(self) -> bytes:
-        psk = self._psks[self._psk_index]
-        self._psk_index += 1
-        return psk
+            self._state = _Phase.COMPLETE
 
     def _dh(self, token: str) -> bytes:
         # The first letter names the initiator's key, the second the responder's.
@@ -453,14 +449,21 @@ class HandshakeState:
             raise NoiseError("bad_key", "peer public key is a low-order point") from None
 
 
+class _Phase(StrEnum):
+    """Where a handshake is: HANDSHAKE -> COMPLETE -> SPLIT, or HANDSHAKE -> FAILED (final)."""
+
+    HANDSHAKE = "in progress"
+    COMPLETE = "complete"
+    SPLIT = "split"
+    FAILED = "failed"
+
+
 class _SymmetricState:
     """The spec's SymmetricState: chaining key ck, transcript hash h, and a CipherState."""
 
     __slots__ = ("_cipher_name", "_hash", "_hmac_name", "cipher", "ck", "h")
 
-    def __init__(
-        self, protocol_name: str, cipher_name: str, hash_spec: tuple[Callable[..., Any], str, int]
-    ) -> None:
+    def __init__(self, protocol_name: str, cipher_name: str, hash_spec: _HashSpec) -> None:
         self._hash, self._hmac_name, hash_len = hash_spec
         self._cipher_name = cipher_name
         name = protocol_name.encode("ascii")
@@ -508,8 +511,10 @@ class _SymmetricState:
         return out1, out2, hmac.digest(temp, out2 + b"\x03", name)
 
 
-_Pattern = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, ...], ...]]
-_NAME_RE = re.compile(r"([NKXI1]+)((?:psk\d+)(?:\+psk\d+)*)?")
+_Messages = tuple[tuple[str, ...], ...]
+_Pattern = tuple[tuple[str, ...], tuple[str, ...], _Messages]
+_PSK = r"psk(?:0|[1-9][0-9]*)"
+_NAME_RE = re.compile(rf"([NKXI1]+)({_PSK}(?:\+{_PSK})*)?")
 
 
 def _parse_pattern(text: str) -> _Pattern:
@@ -524,6 +529,8 @@ def _parse_pattern(text: str) -> _Pattern:
         if not line.startswith(arrow):
             raise ValueError(f"pattern {text!r}: message {i} must be {arrow}")
         messages.append(tuple(t.strip() for t in line[2:].split(",")))
+    if not set(pre["->"] + pre["<-"]) <= {"s"} or not set(sum(messages, ())) <= _TOKENS:
+        raise ValueError(f"pattern {text!r}: unknown token")
     return pre["->"], pre["<-"], tuple(messages)
 
 
@@ -532,20 +539,14 @@ _PATTERNS: dict[str, _Pattern] = {k: _parse_pattern(v) for k, v in _PATTERN_TABL
 
 def _parse_protocol(
     name: str,
-) -> tuple[
-    tuple[str, ...],
-    tuple[str, ...],
-    tuple[tuple[str, ...], ...],
-    str,
-    tuple[Callable[..., Any], str, int],
-]:
+) -> tuple[tuple[str, ...], tuple[str, ...], _Messages, str, _HashSpec]:
     """Split `Noise_<pattern><modifiers>_<dh>_<cipher>_<hash>` and apply psk modifiers."""
     parts = name.split("_")
     match = _NAME_RE.fullmatch(parts[1]) if len(parts) == 5 and parts[0] == "Noise" else None
     if match is None or match.group(1) not in _PATTERNS:
         raise NoiseError("unsupported", f"protocol {name!r}")
     if parts[2] != "25519" or parts[3] not in _CIPHERS or parts[4] not in _HASHES:
-        raise NoiseError("unsupported", f"protocol {name!r}: only 25519, AESGCM/ChaChaPoly")
+        raise NoiseError("unsupported", f"protocol {name!r}: DH, cipher or hash not supported")
     pre_i, pre_r, base = _PATTERNS[match.group(1)]
     messages = [list(m) for m in base]
     modifiers = match.group(2).split("+") if match.group(2) else []
@@ -562,7 +563,7 @@ def _parse_protocol(
     return pre_i, pre_r, tuple(tuple(m) for m in messages), parts[3], _HASHES[parts[4]]
 
 
-def _overheads(messages: tuple[tuple[str, ...], ...], psk_mode: bool) -> list[int]:
+def _overheads(messages: _Messages, psk_mode: bool) -> list[int]:
     """Each message's size without its payload: what a read needs at least."""
     keyed = False
     sizes = []

@@ -12,6 +12,7 @@ from datetime import timedelta
 from umbranet.pki import CertificateAuthority, Signer, TrustBundle
 
 __all__ = [
+    "ADMIN_SVID_LIFETIME",
     "ENROLLMENT_LIFETIME",
     "SVID_LIFETIME",
     "TICKET_LIFETIME",
@@ -21,6 +22,9 @@ __all__ = [
 SVID_LIFETIME = timedelta(hours=24)
 TICKET_LIFETIME = timedelta(minutes=10)
 ENROLLMENT_LIFETIME = timedelta(hours=24)
+ADMIN_SVID_LIFETIME = timedelta(days=30)
+"""Admin certificates live longer: the management CLI renews them at half-life, but an admin
+may not touch the CLI for a day, and an expired admin file locks them out of the API."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +35,7 @@ class Authority:
     signer: Signer
     controller_url: str
     svid_lifetime: timedelta = SVID_LIFETIME
+    admin_svid_lifetime: timedelta = ADMIN_SVID_LIFETIME
     ticket_lifetime: timedelta = TICKET_LIFETIME
     enrollment_lifetime: timedelta = ENROLLMENT_LIFETIME
     bundle: TrustBundle = field(init=False)
@@ -44,3 +49,7 @@ class Authority:
     @property
     def trust_domain(self) -> str:
         return self.ca.trust_domain
+
+    def lifetime_for(self, kind: str) -> timedelta:
+        """Certificate lifetime for an identity of `kind`."""
+        return self.admin_svid_lifetime if kind == "admin" else self.svid_lifetime

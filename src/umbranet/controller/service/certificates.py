@@ -68,7 +68,11 @@ def issue_for_identity(
     """
     try:
         cert = authority.ca.issue_svid(
-            csr, identity.spiffe_id, noise_public_key, now, authority.svid_lifetime
+            csr,
+            identity.spiffe_id,
+            noise_public_key,
+            now,
+            authority.lifetime_for(identity.kind),
         )
     except PkiError as exc:
         code = exc.code if exc.code in {"csr_invalid", "noise_key_invalid"} else "csr_invalid"

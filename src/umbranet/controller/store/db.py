@@ -1,9 +1,10 @@
 """Engines, sessions and schema migrations for the controller store.
 
-SQLite is the embedded default: every connection gets WAL (readers never block the writer),
-foreign keys (off by default in SQLite) and a busy timeout (a second writer waits instead of
-failing). Migrations run programmatically through Alembic with a `Config` built in code, and
-the scripts are found as package resources, so they work from an installed wheel.
+SQLite is the embedded default: every connection gets WAL (a reader never sees a half-written
+transaction and the file survives crashes), foreign keys (off by default in SQLite) and a busy
+timeout; transactions begin IMMEDIATE, so concurrent writers queue instead of failing.
+Migrations run programmatically through Alembic with a `Config` built in code, and the scripts
+are found as package resources, so they work from an installed wheel.
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ def make_engine(db_url: str) -> sa.Engine:
         kwargs["connect_args"] = {"check_same_thread": False}
     engine = sa.create_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "connect", _sqlite_connect)
+        sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin: the module's
+    # own implicit BEGIN breaks SAVEPOINTs (which `Store.add` uses to report conflicts).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -45,6 +50,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    # IMMEDIATE takes the write lock up front, so a transaction that reads and then writes
+    # waits its turn (busy_timeout) instead of failing when another writer got there first.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def migrate(engine: sa.Engine, revision: str = "head") -> None:

@@ -7,6 +7,7 @@ hands new rows back. Integrity races (two admins creating the same name at once)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,8 @@ from sqlalchemy.orm import Session
 from umbranet.controller.store.models import AuditEvent, Enrollment, Identity, Router, Service
 
 __all__ = ["Conflict", "Store"]
+
+log = logging.getLogger("umbranet.controller.audit")
 
 
 class Conflict(Exception):
@@ -43,9 +46,9 @@ class Store:
 
     def add(self, row: Identity | Enrollment | Service | Router | AuditEvent) -> None:
         """Add a row and flush now, so a uniqueness clash is reported here as `Conflict`."""
-        self.session.add(row)
         try:
             with self.session.begin_nested():
+                self.session.add(row)
                 self.session.flush()
         except IntegrityError as exc:
             raise Conflict(str(exc.orig)) from exc
@@ -97,7 +100,11 @@ class Store:
     def audit(
         self, now: datetime, actor: str, action: str, target: str, detail: dict[str, Any]
     ) -> None:
-        self.session.add(AuditEvent(at=now, actor=actor, action=action, target=target, detail=detail))
+        """Record an administrative change (in the caller's transaction) and log it."""
+        self.session.add(
+            AuditEvent(at=now, actor=actor, action=action, target=target, detail=detail)
+        )
+        log.info("audit action=%s actor=%s target=%s", action, actor, target)
 
     def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
         query = sa.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)

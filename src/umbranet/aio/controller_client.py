@@ -1,0 +1,485 @@
+"""Async client of the controller HTTP API (httpx over mutual TLS), one method per route.
+
+Built from an `IdentityFile`: the identity's key and certificate authenticate us, the bundle's
+CA authenticates the controller (with host name checking against the controller URL).
+`ControllerClient.enroll` is the one call made *before* we have an identity: it reads the
+token unverified to learn the controller URL and the CA fingerprint, fetches the bundle
+without verification, pins the CA by that fingerprint, then enrolls over TLS verified against
+the pinned CA. The TLS private key and the Noise private key are generated here and never sent.
+
+Every error the controller reports becomes `ControllerError(code, message, status)`; a
+controller that cannot be reached is ``unreachable`` (status 0).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import ssl
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+
+from umbranet.aio.tls import load_identity
+from umbranet.pki import (
+    IdentityFile,
+    PkiError,
+    TrustBundle,
+    generate_noise_keypair,
+    generate_tls_key,
+    key_to_pem,
+    make_csr,
+    read_enrollment_token_unverified,
+)
+
+__all__ = [
+    "ControllerClient",
+    "ControllerError",
+    "CreatedIdentity",
+    "CreatedRouter",
+    "IdentityInfo",
+    "Intercept",
+    "MeInfo",
+    "RouterAddress",
+    "RouterInfo",
+    "ServiceAccess",
+    "ServiceInfo",
+    "TicketGrant",
+]
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class ControllerError(Exception):
+    """The controller refused (``status`` is its HTTP status) or could not be reached (0)."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(code, message, status)
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityInfo:
+    name: str
+    kind: str
+    spiffe_id: str
+    attributes: list[str]
+    enabled: bool
+    enrolled: bool
+    cert_not_after: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedIdentity:
+    identity: IdentityInfo
+    enrollment_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Intercept:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    name: str
+    dial_attributes: list[str]
+    bind_attributes: list[str]
+    host_address: str | None
+    intercepts: list[Intercept]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RouterInfo:
+    name: str
+    spiffe_id: str
+    address: str | None
+    last_seen: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedRouter:
+    router: RouterInfo
+    enrollment_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouterAddress:
+    name: str
+    spiffe_id: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class TicketGrant:
+    """A signed session ticket and the routers to present it to."""
+
+    ticket: str
+    expires_at: datetime
+    routers: list[RouterAddress]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccess:
+    name: str
+    actions: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class MeInfo:
+    name: str
+    kind: str
+    spiffe_id: str
+    attributes: list[str]
+    services: list[ServiceAccess] = field(default_factory=list)
+
+
+class ControllerClient:
+    """Calls the controller as `identity`; use as ``async with`` or call `aclose`.
+
+    `transport` replaces the network (tests pass an ``httpx.ASGITransport``).
+    """
+
+    def __init__(
+        self,
+        identity: IdentityFile,
+        *,
+        request_timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._identity = identity
+        self._timeout = request_timeout
+        self._transport = transport
+        self._http = self._make_http(identity)
+
+    @property
+    def identity(self) -> IdentityFile:
+        """The identity in use (replaced by `renew`)."""
+        return self._identity
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> ControllerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # public
+
+    async def bundle(self) -> TrustBundle:
+        """The controller's current trust bundle (CA certificates and ticket keys)."""
+        data = await self._call("GET", "/v1/bundle")
+        return _bundle(data)
+
+    @classmethod
+    async def enroll(
+        cls,
+        token: str,
+        *,
+        request_timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> IdentityFile:
+        """Enroll with a one-time token; returns the new identity (not yet saved)."""
+        try:
+            claims = read_enrollment_token_unverified(token.strip())
+        except PkiError as exc:
+            raise ControllerError("token_invalid", exc.reason, 0) from exc
+        url = claims.controller_url
+        # Step 1: the bundle, unverified; we trust it only if its CA has the pinned fingerprint.
+        async with _client(url, False, request_timeout, transport) as insecure:
+            bundle = _bundle(await _request(insecure, "GET", "/v1/bundle"))
+        _check_fingerprint(bundle, claims.ca_fingerprint)
+        # Step 2: enroll over TLS verified against the pinned CA.
+        key = generate_tls_key()
+        noise_private, noise_public = generate_noise_keypair()
+        csr_pem = make_csr(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
+        body = {
+            "token": token.strip(),
+            "csr_pem": csr_pem,
+            "noise_public_key": base64.b64encode(noise_public).decode("ascii"),
+        }
+        async with _client(url, _server_context(bundle), request_timeout, transport) as pinned:
+            data = await _request(pinned, "POST", "/v1/enroll", json=body)
+        issued_bundle = _bundle(data["bundle"])
+        _check_fingerprint(issued_bundle, claims.ca_fingerprint)
+        try:
+            return IdentityFile(
+                name=str(data["name"]),
+                spiffe_id=str(data["spiffe_id"]),
+                key_pem=key_to_pem(key),
+                cert_pem=str(data["cert_pem"]).encode("ascii"),
+                bundle=issued_bundle,
+                controller_url=url,
+                noise_private_key=noise_private,
+            )
+        except PkiError as exc:
+            raise ControllerError("enroll_response_invalid", exc.reason, 0) from exc
+
+    # any identity
+
+    async def renew(self) -> IdentityFile:
+        """A fresh certificate for a fresh TLS key (same Noise key); the client switches to it.
+
+        The caller saves the returned identity (``identity.save(path)``).
+        """
+        key = generate_tls_key()
+        csr_pem = make_csr(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
+        data = await self._call("POST", "/v1/renew", json={"csr_pem": csr_pem})
+        try:
+            renewed = IdentityFile(
+                name=self._identity.name,
+                spiffe_id=self._identity.spiffe_id,
+                key_pem=key_to_pem(key),
+                cert_pem=str(data["cert_pem"]).encode("ascii"),
+                bundle=self._identity.bundle,
+                controller_url=self._identity.controller_url,
+                noise_private_key=self._identity.noise_private_key,
+            )
+        except PkiError as exc:
+            raise ControllerError("renew_response_invalid", exc.reason, 0) from exc
+        old = self._http
+        self._identity = renewed
+        self._http = self._make_http(renewed)
+        await old.aclose()
+        return renewed
+
+    async def renew_if_due(self, now: datetime) -> IdentityFile | None:
+        """Renew when past half of the certificate's lifetime; None if not due yet."""
+        cert = self._identity.certificate
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if now < start + (end - start) / 2:
+            return None
+        return await self.renew()
+
+    async def me(self) -> MeInfo:
+        data = await self._call("GET", "/v1/me")
+        return MeInfo(
+            name=data["name"],
+            kind=data["kind"],
+            spiffe_id=data["spiffe_id"],
+            attributes=list(data["attributes"]),
+            services=[ServiceAccess(s["name"], list(s["actions"])) for s in data["services"]],
+        )
+
+    async def ticket(self, service: str, action: str) -> TicketGrant:
+        """A session ticket to ``dial`` or ``bind`` `service`, or ControllerError
+        ``not_authorized`` (message: the policy's reason) / ``unknown_service``."""
+        data = await self._call("POST", "/v1/tickets", json={"service": service, "action": action})
+        return TicketGrant(
+            ticket=data["ticket"],
+            expires_at=_time(data["expires_at"]),
+            routers=[
+                RouterAddress(r["name"], r["spiffe_id"], r["address"]) for r in data["routers"]
+            ],
+        )
+
+    async def routers(self) -> list[RouterInfo]:
+        return [_router(r) for r in await self._call("GET", "/v1/routers")]
+
+    async def register_router(self, address: str) -> RouterInfo:
+        """(Router identities only.) Announce the ``host:port`` endpoints reach us at."""
+        return _router(await self._call("PUT", "/v1/routers/self", json={"address": address}))
+
+    # management (admin identity)
+
+    async def create_identity(
+        self, name: str, *, kind: str = "device", attributes: Iterable[str] = ()
+    ) -> CreatedIdentity:
+        body = {"name": name, "kind": kind, "attributes": list(attributes)}
+        data = await self._call("POST", "/v1/identities", json=body)
+        return CreatedIdentity(_identity(data["identity"]), data["enrollment_token"])
+
+    async def list_identities(self) -> list[IdentityInfo]:
+        return [_identity(i) for i in await self._call("GET", "/v1/identities")]
+
+    async def get_identity(self, name: str) -> IdentityInfo:
+        return _identity(await self._call("GET", f"/v1/identities/{_seg(name)}"))
+
+    async def disable_identity(self, name: str) -> IdentityInfo:
+        return _identity(await self._call("POST", f"/v1/identities/{_seg(name)}/disable"))
+
+    async def enable_identity(self, name: str) -> IdentityInfo:
+        return _identity(await self._call("POST", f"/v1/identities/{_seg(name)}/enable"))
+
+    async def new_enrollment(self, name: str) -> str:
+        """A fresh enrollment token for an existing identity."""
+        data = await self._call("POST", f"/v1/identities/{_seg(name)}/enrollments")
+        return str(data["enrollment_token"])
+
+    async def create_service(
+        self,
+        name: str,
+        *,
+        dial_attributes: Iterable[str] = (),
+        bind_attributes: Iterable[str] = (),
+        host_address: str | None = None,
+        intercepts: Iterable[Intercept] = (),
+    ) -> ServiceInfo:
+        body = {
+            "name": name,
+            "dial_attributes": list(dial_attributes),
+            "bind_attributes": list(bind_attributes),
+            "host_address": host_address,
+            "intercepts": [{"host": i.host, "port": i.port} for i in intercepts],
+        }
+        return _service(await self._call("POST", "/v1/services", json=body))
+
+    async def list_services(self) -> list[ServiceInfo]:
+        return [_service(s) for s in await self._call("GET", "/v1/services")]
+
+    async def delete_service(self, name: str) -> None:
+        await self._call("DELETE", f"/v1/services/{_seg(name)}")
+
+    async def create_router(self, name: str) -> CreatedRouter:
+        data = await self._call("POST", "/v1/routers", json={"name": name})
+        return CreatedRouter(_router(data["router"]), data["enrollment_token"])
+
+    async def metrics(self) -> dict[str, int]:
+        """The controller's counters (verdicts, refused requests by code)."""
+        data = await self._call("GET", "/v1/metrics")
+        return {str(k): int(v) for k, v in data["counters"].items()}
+
+    # internals
+
+    def _make_http(self, identity: IdentityFile) -> httpx.AsyncClient:
+        context = _server_context(identity.bundle)
+        load_identity(context, identity)
+        return _client(identity.controller_url, context, self._timeout, self._transport)
+
+    async def _call(self, method: str, path: str, *, json: Any = None) -> Any:
+        return await _request(self._http, method, path, json=json)
+
+
+def _client(
+    base_url: str,
+    verify: ssl.SSLContext | bool,
+    timeout: float,
+    transport: httpx.AsyncBaseTransport | None,
+) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url,
+        verify=verify,
+        timeout=timeout,
+        transport=transport,
+        trust_env=False,
+        follow_redirects=False,
+    )
+
+
+def _server_context(bundle: TrustBundle) -> ssl.SSLContext:
+    """Verify the controller against the bundle's CA, host name included."""
+    context = ssl.create_default_context(cadata=bundle.ca_pem)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+async def _request(http: httpx.AsyncClient, method: str, path: str, *, json: Any = None) -> Any:
+    try:
+        response = await http.request(method, path, json=json)
+    except httpx.TransportError as exc:
+        raise ControllerError(
+            "unreachable", f"cannot reach the controller at {http.base_url}: {exc}", 0
+        ) from exc
+    if response.is_success:
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ControllerError(
+                "bad_response", "the controller sent invalid JSON", response.status_code
+            ) from exc
+    raise _error(response)
+
+
+def _error(response: httpx.Response) -> ControllerError:
+    try:
+        body = response.json()
+        error = body["error"]
+        return ControllerError(str(error["code"]), str(error["message"]), response.status_code)
+    except (ValueError, KeyError, TypeError):
+        text = response.text[:200].strip() or response.reason_phrase
+        return ControllerError(f"http_{response.status_code}", text, response.status_code)
+
+
+def _check_fingerprint(bundle: TrustBundle, expected: str) -> None:
+    if not hmac.compare_digest(bundle.ca_fingerprint(), expected):
+        raise ControllerError(
+            "ca_mismatch",
+            "the controller's CA does not match the fingerprint in the enrollment token",
+            0,
+        )
+
+
+def _bundle(data: Any) -> TrustBundle:
+    try:
+        return TrustBundle.from_dict(data)
+    except PkiError as exc:
+        raise ControllerError("bundle_invalid", exc.reason, 0) from exc
+
+
+def _seg(name: str) -> str:
+    """A name as one URL path segment (names are restricted, but never trust that here)."""
+    return quote(name, safe="")
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _opt_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _identity(data: Mapping[str, Any]) -> IdentityInfo:
+    return IdentityInfo(
+        name=data["name"],
+        kind=data["kind"],
+        spiffe_id=data["spiffe_id"],
+        attributes=list(data["attributes"]),
+        enabled=bool(data["enabled"]),
+        enrolled=bool(data["enrolled"]),
+        cert_not_after=_opt_time(data.get("cert_not_after")),
+        created_at=_time(data["created_at"]),
+    )
+
+
+def _service(data: Mapping[str, Any]) -> ServiceInfo:
+    return ServiceInfo(
+        name=data["name"],
+        dial_attributes=list(data["dial_attributes"]),
+        bind_attributes=list(data["bind_attributes"]),
+        host_address=data.get("host_address"),
+        intercepts=[Intercept(i["host"], int(i["port"])) for i in data["intercepts"]],
+        created_at=_time(data["created_at"]),
+    )
+
+
+def _router(data: Mapping[str, Any]) -> RouterInfo:
+    return RouterInfo(
+        name=data["name"],
+        spiffe_id=data["spiffe_id"],
+        address=data.get("address"),
+        last_seen=_opt_time(data.get("last_seen")),
+    )

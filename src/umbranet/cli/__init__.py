@@ -1,0 +1,1 @@
+"""The ``umbra`` command line: parse arguments, call the library, render the result."""

@@ -1,0 +1,46 @@
+"""The controller's FastAPI application factory.
+
+`create_app` wires routes, error handlers and guards around an `AppContext`; it reads no
+files and starts nothing, so tests build one around an in-memory authority, a temporary
+database and a fake clock, and drive it with the client certificate injected in the scope.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from umbranet import __version__
+from umbranet.controller.api import routes_admin, routes_client, routes_public
+from umbranet.controller.api.context import AppContext, Clock, system_clock
+from umbranet.controller.api.errors import install_error_handlers
+from umbranet.controller.api.middleware import GuardMiddleware
+from umbranet.controller.metrics import Metrics
+from umbranet.controller.service import Authority
+from umbranet.controller.store import Database
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    db: Database,
+    authority: Authority,
+    *,
+    clock: Clock = system_clock,
+    metrics: Metrics | None = None,
+) -> FastAPI:
+    """The API over `db`, issuing with `authority`, reading time from `clock`."""
+    context = AppContext(db=db, authority=authority, clock=clock, metrics=metrics or Metrics())
+    app = FastAPI(
+        title="Umbranet controller",
+        version=__version__,
+        description="Identities, enrollment, services, session tickets and routers.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.umbra = context
+    app.include_router(routes_public.router)
+    app.include_router(routes_client.router)
+    app.include_router(routes_admin.router)
+    install_error_handlers(app, context.metrics)
+    app.add_middleware(GuardMiddleware, metrics=context.metrics)
+    return app

@@ -1,0 +1,39 @@
+"""What every route needs: the database, the signing authority, the clock and the counters.
+
+One `AppContext` per app (kept on ``app.state``); tests build it with a fake clock and an
+in-memory authority, `controller.server` builds it from the home directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from umbranet.controller.metrics import Metrics
+from umbranet.controller.service import Authority
+from umbranet.controller.store import Database, Store
+
+__all__ = ["AppContext", "Clock", "system_clock"]
+
+Clock = Callable[[], datetime]
+"""Returns the current time, timezone-aware UTC; injected so tests can move time."""
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class AppContext:
+    db: Database
+    authority: Authority
+    clock: Clock = system_clock
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """A store over one transaction: committed on success, rolled back on error."""
+        with self.db.session() as session:
+            yield Store(session)

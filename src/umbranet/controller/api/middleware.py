@@ -1,0 +1,120 @@
+"""ASGI guards around the API: a body size cap and a last-resort 500 handler.
+
+Both are plain ASGI (no per-request task or buffering): the cap stops reading a body past
+`MAX_BODY` and answers 413 ``body_too_large``; the guard turns an unexpected exception into a
+500 ``internal_error`` JSON response, logged once with its traceback, and does not re-raise,
+so the server keeps serving and the log holds one entry per failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from umbranet.controller.metrics import Metrics
+
+__all__ = ["MAX_BODY", "GuardMiddleware"]
+
+log = logging.getLogger("umbranet.controller.api")
+
+MAX_BODY = 256 * 1024
+"""The largest request body the API reads; its biggest input is a CSR of a few KiB."""
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive`; an HTTPException so FastAPI's body reader lets it through
+    to the error handlers (which answer 413) instead of re-wrapping it as a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+
+
+class GuardMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int = MAX_BODY) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge(self.max_body)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        if _declared_length(scope) > self.max_body:
+            await self._refuse(scope, send, 413, "body_too_large", self._too_large())
+            return
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(scope, send, 413, "body_too_large", self._too_large())
+        except Exception:
+            log.exception(
+                "request failed method=%s path=%s", scope.get("method"), scope.get("path")
+            )
+            self.metrics.inc("umbra_api_errors_total", code="internal_error")
+            if not started:
+                await _send_json(
+                    send, 500, "internal_error", "the controller failed to serve this request"
+                )
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self.max_body} bytes"
+
+    async def _refuse(self, scope: Scope, send: Send, status: int, code: str, msg: str) -> None:
+        self.metrics.inc("umbra_api_errors_total", code=code)
+        log.info(
+            "request refused method=%s path=%s status=%d code=%s reason=%s",
+            scope.get("method"),
+            scope.get("path"),
+            status,
+            code,
+            msg,
+        )
+        await _send_json(send, status, code, msg)
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+async def _send_json(send: Send, status: int, code: str, message: str) -> None:
+    body: Any = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

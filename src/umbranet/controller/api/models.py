@@ -1,0 +1,185 @@
+"""Request and response bodies of the controller API (pydantic 2), as OpenAPI shows them.
+
+Inputs forbid unknown fields and bound every string and list, so a hostile body cannot make
+the controller hold more than a few kilobytes per request.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BundleOut",
+    "EnrollIn",
+    "EnrollOut",
+    "EnrollmentTokenOut",
+    "ErrorBody",
+    "ErrorDetail",
+    "IdentityCreatedOut",
+    "IdentityIn",
+    "IdentityOut",
+    "Intercept",
+    "MeOut",
+    "MetricsOut",
+    "RenewIn",
+    "RenewOut",
+    "RouterAddressOut",
+    "RouterCreatedOut",
+    "RouterIn",
+    "RouterOut",
+    "RouterSelfIn",
+    "ServiceActionsOut",
+    "ServiceIn",
+    "ServiceOut",
+    "TicketIn",
+    "TicketOut",
+]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: a stable machine code and a human message."""
+
+    error: ErrorDetail
+
+
+class BundleOut(BaseModel):
+    trust_domain: str
+    ca_pem: str
+    ticket_keys: dict[str, str]
+
+
+class EnrollIn(_In):
+    token: str = Field(max_length=4096)
+    csr_pem: str = Field(max_length=16384)
+    noise_public_key: str = Field(max_length=128, description="base64 of the raw X25519 key")
+
+
+class EnrollOut(BaseModel):
+    name: str
+    spiffe_id: str
+    cert_pem: str
+    bundle: BundleOut
+
+
+class RenewIn(_In):
+    csr_pem: str = Field(max_length=16384)
+
+
+class RenewOut(BaseModel):
+    cert_pem: str
+
+
+class ServiceActionsOut(BaseModel):
+    name: str
+    actions: list[str]
+
+
+class MeOut(BaseModel):
+    name: str
+    kind: str
+    spiffe_id: str
+    attributes: list[str]
+    services: list[ServiceActionsOut]
+
+
+class TicketIn(_In):
+    service: str = Field(max_length=255)
+    action: Literal["dial", "bind"]
+
+
+class RouterAddressOut(BaseModel):
+    name: str
+    spiffe_id: str
+    address: str
+
+
+class TicketOut(BaseModel):
+    ticket: str
+    expires_at: datetime
+    routers: list[RouterAddressOut]
+
+
+class RouterOut(BaseModel):
+    name: str
+    spiffe_id: str
+    address: str | None
+    last_seen: datetime | None = None
+
+
+class RouterSelfIn(_In):
+    address: str = Field(max_length=255, description="host:port where endpoints reach it")
+
+
+class RouterIn(_In):
+    name: str = Field(max_length=255)
+
+
+class RouterCreatedOut(BaseModel):
+    router: RouterOut
+    enrollment_token: str
+
+
+class IdentityIn(_In):
+    name: str = Field(max_length=255)
+    kind: Literal["device", "workload", "admin"] = "device"
+    attributes: list[str] = Field(default_factory=list, max_length=64)
+
+
+class IdentityOut(BaseModel):
+    name: str
+    kind: str
+    spiffe_id: str
+    attributes: list[str]
+    enabled: bool
+    enrolled: bool
+    cert_not_after: datetime | None
+    created_at: datetime
+
+
+class IdentityCreatedOut(BaseModel):
+    identity: IdentityOut
+    enrollment_token: str
+
+
+class EnrollmentTokenOut(BaseModel):
+    enrollment_token: str
+
+
+class Intercept(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(max_length=253)
+    port: int
+
+
+class ServiceIn(_In):
+    name: str = Field(max_length=255)
+    dial_attributes: list[str] = Field(default_factory=list, max_length=64)
+    bind_attributes: list[str] = Field(default_factory=list, max_length=64)
+    host_address: str | None = Field(default=None, max_length=300)
+    intercepts: list[Intercept] = Field(default_factory=list, max_length=64)
+
+
+class ServiceOut(BaseModel):
+    name: str
+    dial_attributes: list[str]
+    bind_attributes: list[str]
+    host_address: str | None
+    intercepts: list[Intercept]
+    created_at: datetime
+
+
+class MetricsOut(BaseModel):
+    counters: dict[str, int]

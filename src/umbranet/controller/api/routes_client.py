@@ -1,0 +1,103 @@
+"""Routes for any enabled identity (mTLS) and the router's self-registration."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from umbranet.controller.api.convert import cert_pem, router_out
+from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller
+from umbranet.controller.api.models import (
+    ErrorBody,
+    MeOut,
+    RenewIn,
+    RenewOut,
+    RouterAddressOut,
+    RouterOut,
+    RouterSelfIn,
+    ServiceActionsOut,
+    TicketIn,
+    TicketOut,
+)
+from umbranet.controller.service import enrollment, routers, tickets
+from umbranet.controller.store import Identity, Store
+
+__all__ = ["router"]
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["client"],
+    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
+)
+
+
+def _identity(store: Store, caller_id: int) -> Identity:
+    identity = store.session.get(Identity, caller_id)
+    assert identity is not None  # authenticated a moment ago; rows are never deleted
+    return identity
+
+
+@router.post("/renew", response_model=RenewOut, responses={400: {"model": ErrorBody}})
+def post_renew(body: RenewIn, ctx: Ctx, caller: ClientCaller) -> RenewOut:
+    """A fresh certificate for the caller (same Noise key); the old one stays valid."""
+    now = ctx.clock()
+    with ctx.transaction() as store:
+        cert = enrollment.renew(
+            store, ctx.authority, _identity(store, caller.id), csr_pem=body.csr_pem, now=now
+        )
+    return RenewOut(cert_pem=cert_pem(cert))
+
+
+@router.get("/me", response_model=MeOut)
+def get_me(ctx: Ctx, caller: ClientCaller) -> MeOut:
+    """Who the caller is and what it may do with which service."""
+    with ctx.transaction() as store:
+        identity = _identity(store, caller.id)
+        services = tickets.services_for(store, identity, metrics=ctx.metrics)
+        return MeOut(
+            name=identity.name,
+            kind=identity.kind,
+            spiffe_id=identity.spiffe_id,
+            attributes=list(identity.attributes),
+            services=[ServiceActionsOut(name=s.name, actions=s.actions) for s in services],
+        )
+
+
+@router.post("/tickets", response_model=TicketOut, responses={404: {"model": ErrorBody}})
+def post_ticket(body: TicketIn, ctx: Ctx, caller: ClientCaller) -> TicketOut:
+    """Ask to dial or bind a service: a signed ticket, or 403 ``not_authorized`` and why."""
+    now = ctx.clock()
+    with ctx.transaction() as store:
+        grant = tickets.issue_ticket(
+            store,
+            ctx.authority,
+            _identity(store, caller.id),
+            service=body.service,
+            action=body.action,
+            now=now,
+            metrics=ctx.metrics,
+        )
+        return TicketOut(
+            ticket=grant.ticket,
+            expires_at=grant.expires_at,
+            routers=[
+                RouterAddressOut(name=r.name, spiffe_id=r.identity.spiffe_id, address=r.address)
+                for r in grant.routers
+                if r.address is not None
+            ],
+        )
+
+
+@router.get("/routers", response_model=list[RouterOut])
+def get_routers(ctx: Ctx, caller: ClientCaller) -> list[RouterOut]:
+    """Every router and, once it registered, where it listens."""
+    with ctx.transaction() as store:
+        return [router_out(r) for r in routers.list_routers(store)]
+
+
+@router.put("/routers/self", response_model=RouterOut, responses={400: {"model": ErrorBody}})
+def put_router_self(body: RouterSelfIn, ctx: Ctx, caller: RouterCaller) -> RouterOut:
+    """A router announces the address endpoints reach it at."""
+    now = ctx.clock()
+    with ctx.transaction() as store:
+        row = routers.register_address(store, _identity(store, caller.id), body.address, now)
+        return router_out(row)

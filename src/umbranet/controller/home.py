@@ -1,0 +1,304 @@
+"""The controller's home directory: create it once (`init_home`), load it at every start.
+
+Layout under the home ``D`` (see docs/architecture.md)::
+
+    D/controller/ca.key  ca.pem  signer.key  server.key  server.pem  config.json  umbra.db
+    D/admin.json         the admin identity file (mode 0600), used by the management CLI
+
+Private keys are written 0600 in a 0700 directory, created exclusively (an existing file is
+never overwritten). ``config.json`` is ``{"trust_domain", "address", "db_url"}``.
+`init_home` also creates the database, runs the migrations and enrolls the ``admin``
+identity directly (its keys generated here, never sent anywhere).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from umbranet.controller.service import Authority
+from umbranet.controller.service.certificates import issue_for_identity
+from umbranet.controller.service.identities import new_identity_row
+from umbranet.controller.store import Database, Store
+from umbranet.pki import (
+    CertificateAuthority,
+    IdentityFile,
+    PkiError,
+    Signer,
+    SpiffeId,
+    generate_noise_keypair,
+    generate_tls_key,
+    key_from_pem,
+    key_to_pem,
+    make_csr,
+    validate_trust_domain,
+)
+
+__all__ = [
+    "ADMIN_NAME",
+    "DEFAULT_ADDRESS",
+    "DEFAULT_TRUST_DOMAIN",
+    "SERVER_CERT_LIFETIME",
+    "ControllerConfig",
+    "ControllerHome",
+    "HomeError",
+    "LoadedController",
+    "init_home",
+    "load_home",
+]
+
+DEFAULT_TRUST_DOMAIN = "demo.umbra"
+DEFAULT_ADDRESS = "127.0.0.1:8443"
+ADMIN_NAME = "admin"
+SERVER_CERT_LIFETIME = timedelta(days=30)
+"""The TLS server certificate is reissued at every start, so it only has to outlive one run."""
+
+
+class HomeError(Exception):
+    """The home directory is missing, already initialised, or holds something unusable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    trust_domain: str
+    address: str
+    db_url: str
+
+    @property
+    def host(self) -> str:
+        return split_address(self.address)[0]
+
+    @property
+    def port(self) -> int:
+        return split_address(self.address)[1]
+
+    @property
+    def url(self) -> str:
+        """The URL clients use; a wildcard listen address is reached on loopback."""
+        host = self.host
+        if host in {"0.0.0.0", "::", ""}:  # a wildcard listen address
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.port}"
+
+    def to_json(self) -> str:
+        data = {"trust_domain": self.trust_domain, "address": self.address, "db_url": self.db_url}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ControllerConfig:
+        try:
+            data: Any = json.loads(text)
+            config = cls(str(data["trust_domain"]), str(data["address"]), str(data["db_url"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HomeError("config_invalid", f"config.json is not valid: {exc}") from exc
+        split_address(config.address)
+        return config
+
+
+class ControllerHome:
+    """Paths inside a controller home directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser()
+        self.dir = self.root / "controller"
+        self.ca_key = self.dir / "ca.key"
+        self.ca_pem = self.dir / "ca.pem"
+        self.signer_key = self.dir / "signer.key"
+        self.server_key = self.dir / "server.key"
+        self.server_pem = self.dir / "server.pem"
+        self.config_json = self.dir / "config.json"
+        self.db_path = self.dir / "umbra.db"
+        self.admin_file = self.root / "admin.json"
+
+    def is_initialised(self) -> bool:
+        return self.config_json.exists()
+
+    def default_db_url(self) -> str:
+        return f"sqlite:///{self.db_path.resolve()}"
+
+
+@dataclass(slots=True)
+class LoadedController:
+    """Everything `server.run` needs, loaded and checked."""
+
+    home: ControllerHome
+    config: ControllerConfig
+    authority: Authority
+    db: Database
+
+
+def init_home(
+    root: str | os.PathLike[str],
+    now: datetime,
+    *,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    address: str = DEFAULT_ADDRESS,
+) -> tuple[ControllerHome, IdentityFile]:
+    """Create CA, signer, server certificate, database and the admin identity file."""
+    home = ControllerHome(root)
+    for existing in (home.dir, home.admin_file):
+        if existing.exists():
+            raise HomeError(
+                "already_initialised",
+                f"{existing} already exists; this home is initialised (use another --home)",
+            )
+    try:
+        validate_trust_domain(trust_domain)
+    except PkiError as exc:
+        raise HomeError("invalid_trust_domain", exc.reason) from exc
+    split_address(address)
+    home.root.mkdir(parents=True, exist_ok=True)
+    home.dir.mkdir(mode=0o700)
+    try:
+        admin = _populate(home, now, trust_domain, address)
+    except BaseException:
+        # Leave no half-made home behind: `init` refuses to touch an existing one.
+        shutil.rmtree(home.dir, ignore_errors=True)
+        home.admin_file.unlink(missing_ok=True)
+        raise
+    return home, admin
+
+
+def _populate(home: ControllerHome, now: datetime, trust_domain: str, address: str) -> IdentityFile:
+    config = ControllerConfig(trust_domain, address, home.default_db_url())
+
+    ca = CertificateAuthority.create(trust_domain, now)
+    ca_key_pem, ca_cert_pem = ca.to_pem()
+    _write_private(home.ca_key, ca_key_pem)
+    _write_public(home.ca_pem, ca_cert_pem)
+    signer = Signer.generate()
+    _write_private(home.signer_key, signer.to_pem())
+    _write_private(home.server_key, key_to_pem(generate_tls_key()))
+    authority = Authority(ca=ca, signer=signer, controller_url=config.url)
+    write_server_certificate(home, authority, config, now)
+
+    db = Database.open(config.db_url)
+    try:
+        admin = _create_admin(db, authority, now)
+    finally:
+        db.dispose()
+    admin.save(home.admin_file)
+    # config.json last: its presence is what marks the home as initialised.
+    _write_public(home.config_json, config.to_json().encode())
+    return admin
+
+
+def load_home(root: str | os.PathLike[str], *, migrate_schema: bool = True) -> LoadedController:
+    """Load config, CA and signer, open (and migrate) the database."""
+    home = ControllerHome(root)
+    if not home.is_initialised():
+        raise HomeError(
+            "not_initialised",
+            f"{home.root} is not a controller home; run `umbra controller init` first",
+        )
+    config = ControllerConfig.from_json(home.config_json.read_text())
+    try:
+        ca = CertificateAuthority.from_pem(home.ca_key.read_bytes(), home.ca_pem.read_bytes())
+        signer = Signer.from_pem(home.signer_key.read_bytes())
+    except PkiError as exc:
+        raise HomeError("home_invalid", f"cannot load the CA or signer: {exc.reason}") from exc
+    except OSError as exc:
+        raise HomeError("home_invalid", f"cannot read {exc.filename}: {exc.strerror}") from exc
+    authority = Authority(ca=ca, signer=signer, controller_url=config.url)
+    db = Database.open(config.db_url, migrate_schema=migrate_schema)
+    return LoadedController(home, config, authority, db)
+
+
+def write_server_certificate(
+    home: ControllerHome, authority: Authority, config: ControllerConfig, now: datetime
+) -> None:
+    """(Re)issue the controller's TLS certificate for its address: SPIFFE ID
+    ``spiffe://<td>/controller``, DNS ``localhost`` and the address's host."""
+    key = key_from_pem(home.server_key.read_bytes())
+    host = config.host
+    dns_names = ["localhost"]
+    ip_addresses: list[str] = []
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if host and host != "localhost":
+            dns_names.append(host)
+    else:
+        ip_addresses.append("127.0.0.1" if ip.is_unspecified else str(ip))
+    if not ip_addresses:
+        ip_addresses.append("127.0.0.1")
+    cert = authority.ca.issue_svid_for_public_key(
+        key.public_key(),
+        SpiffeId.controller(authority.trust_domain),
+        None,
+        now,
+        SERVER_CERT_LIFETIME,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+    )
+    _replace_public(home.server_pem, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 in brackets) to its parts; raises HomeError ``invalid_address``."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise HomeError("invalid_address", f"address {address!r} must be HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+def _create_admin(db: Database, authority: Authority, now: datetime) -> IdentityFile:
+    key = generate_tls_key()
+    noise_private, noise_public = generate_noise_keypair()
+    with db.session() as session:
+        store = Store(session)
+        identity = new_identity_row(
+            store, authority, name=ADMIN_NAME, kind="admin", attributes=(), now=now
+        )
+        cert = issue_for_identity(
+            authority, identity, make_csr(key), noise_public, now, keep_previous=False
+        )
+        store.audit(now, "controller", "controller.init", ADMIN_NAME, {})
+        spiffe_id = identity.spiffe_id
+    return IdentityFile(
+        name=ADMIN_NAME,
+        spiffe_id=spiffe_id,
+        key_pem=key_to_pem(key),
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        bundle=authority.bundle,
+        controller_url=authority.controller_url,
+        noise_private_key=noise_private,
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _replace_public(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,69 @@
+"""Shared fixtures: an in-process network with a real router on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import pytest
+
+from umbranet.aio.runtime import run
+from umbranet.router import Router, RouterConfig
+from umbranet.sdk import Context
+from umbranet.testing import LocalNetwork
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def arun() -> Callable[[Coroutine[Any, Any, T]], T]:
+    """Run a coroutine to completion on uvloop (bounded by pytest-timeout)."""
+    return run
+
+
+@pytest.fixture
+def network() -> LocalNetwork:
+    net = LocalNetwork()
+    net.service("echo", dial=("client",), bind=("server",))
+    return net
+
+
+@asynccontextmanager
+async def running_router(network: LocalNetwork, name: str = "r1") -> AsyncIterator[Router]:
+    identity = network.identity(name, kind="router")
+    async with Router(RouterConfig(identity, port=0)) as router:
+        network.routers.append(router.address)
+        try:
+            yield router
+        finally:
+            network.routers.remove(router.address)
+
+
+def context(network: LocalNetwork, name: str, *attributes: str) -> Context:
+    identity = network.identity(name, attributes=attributes)
+    return Context(identity, control=network.control, renew=False)
+
+
+async def echo_forever(listener: Any) -> None:
+    """Echo every incoming stream until EOF, each in its own task."""
+
+    async def echo(stream: Any) -> None:
+        try:
+            while data := await stream.read(65536):
+                stream.write(data)
+                await stream.drain()
+            stream.write_eof()
+        except ConnectionError:
+            pass
+
+    tasks = set()
+    async for stream in listener:
+        task = asyncio.get_running_loop().create_task(echo(stream))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+logging.getLogger("umbranet").setLevel(logging.INFO)

@@ -1,0 +1,93 @@
+"""The benchmark harness must not rot: run `python -m bench --smoke` and read its report.
+
+The full smoke run needs root (network namespaces) and iperf3 and is skipped otherwise. The
+target guard and the `bench.rr` clients (the plug-in route Umbranet's SDK path may use) are
+also checked without root, on 127.0.0.1. No timing thresholds anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # bench/ is a top-level directory, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench import rr  # noqa: E402
+from bench.safety import TargetRefused, check_target  # noqa: E402
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (the harness creates network namespaces)"
+    if shutil.which("iperf3") is None:
+        return "iperf3 is not installed (apt-get install iperf3, or run bench/run once)"
+    if shutil.which("ip") is None:
+        return "iproute2 (ip) is not installed"
+    return None
+
+
+def _raw_row_throughput(report: str) -> float:
+    """Column 2 ("TCP 1 stream Gbit/s") of the `raw` row of the first (medians) table."""
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == "raw":
+            return float(cells[1])
+    raise AssertionError("no raw row in the report")
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_smoke_run_reports_raw_throughput(tmp_path: Path) -> None:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "RESULTS.md"
+    before = _namespaces()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--no-install", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = out.read_text()
+    assert _raw_row_throughput(report) > 0
+    assert out.with_suffix(".json").exists()
+    assert not {n for n in _namespaces() - before if n.startswith(("ubA-", "ubB-"))}
+
+
+@pytest.mark.parametrize("host", ["8.8.8.8", "10.0.0.1", "198.20.0.1", "::1", "localhost"])
+def test_target_guard_refuses_outside_ranges(host: str) -> None:
+    with pytest.raises(TargetRefused):
+        check_target(host)
+
+
+@pytest.mark.parametrize("host", ["198.18.0.2", "198.19.255.1", "100.64.1.2", "127.0.0.1"])
+def test_target_guard_allows_bench_ranges(host: str) -> None:
+    assert check_target(host) == host
+
+
+def test_rr_clients_against_loopback_servers() -> None:
+    echo_port, sink_port = rr.start_servers("127.0.0.1", 0, 0)
+    latency = rr.measure_latency(rr.tcp_dial("127.0.0.1", echo_port), count=50, warmup=5)
+    assert latency["count"] == 50
+    assert latency["p50_us"] <= latency["p99_us"]
+    connect = rr.measure_connect(rr.tcp_dial("127.0.0.1", echo_port), count=10)
+    assert connect["count"] == 10
+    blast = rr.measure_blast(rr.tcp_dial("127.0.0.1", sink_port), seconds=0.2, streams=2)
+    assert blast["errors"] == []
+    assert blast["bytes"] > 0

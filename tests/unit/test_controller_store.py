@@ -1,0 +1,154 @@
+"""The controller store: migrations, portable schema, SQLite pragmas, single-use tokens."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+
+from umbranet.controller.store import (
+    HEAD_REVISION,
+    Base,
+    Conflict,
+    Database,
+    Enrollment,
+    Identity,
+    Store,
+    make_engine,
+    migrate,
+)
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def _db(tmp_path: Path) -> Database:
+    return Database.open(f"sqlite:///{tmp_path / 'umbra.db'}")
+
+
+def _identity(name: str = "alice") -> Identity:
+    return Identity(
+        name=name,
+        kind="device",
+        spiffe_id=f"spiffe://demo.umbra/device/{name}",
+        attributes=["eng"],
+        enabled=True,
+        created_at=NOW,
+    )
+
+
+def test_migrations_create_the_schema_the_models_describe(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    with db.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    assert diff == []
+    assert version == HEAD_REVISION
+    db.dispose()
+
+
+def test_migrate_is_idempotent(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    migrate(engine)
+    migrate(engine)
+    assert set(sa.inspect(engine).get_table_names()) >= {
+        "identities",
+        "enrollments",
+        "services",
+        "routers",
+        "audit_events",
+    }
+    engine.dispose()
+
+
+def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    with db.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    with pytest.raises(sa.exc.IntegrityError), db.session() as session:
+        session.add(Enrollment(token_id="t", identity_id=999, expires_at=NOW, created_at=NOW))
+        session.flush()
+    db.dispose()
+
+
+def test_migration_ddl_is_portable_to_postgresql() -> None:
+    """The initial revision renders for PostgreSQL with no SQLite-only types."""
+    buffer = io.StringIO()
+    config = Config(output_buffer=buffer)
+    location = resources.files("umbranet.controller.store") / "migrations"
+    config.set_main_option("script_location", str(location))
+    config.set_main_option("sqlalchemy.url", "postgresql://u@localhost/umbra")
+    command.upgrade(config, "head", sql=True)
+    ddl = buffer.getvalue()
+    assert "CREATE TABLE identities" in ddl
+    assert "TIMESTAMP WITH TIME ZONE" in ddl
+    assert "JSON" in ddl
+
+
+def test_times_come_back_timezone_aware(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    with db.session() as session:
+        Store(session).add(_identity())
+    with db.session() as session:
+        row = Store(session).identity_by_name("alice")
+        assert row is not None
+        assert row.created_at == NOW
+        assert row.created_at.tzinfo is not None
+    db.dispose()
+
+
+def test_naive_datetimes_are_refused(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    row = _identity()
+    row.created_at = datetime(2030, 1, 1)  # naive on purpose
+    with pytest.raises(sa.exc.StatementError), db.session() as session:
+        Store(session).add(row)
+    db.dispose()
+
+
+def test_duplicate_names_are_a_conflict(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    with db.session() as session:
+        store = Store(session)
+        store.add(_identity())
+        with pytest.raises(Conflict):
+            duplicate = _identity()
+            duplicate.spiffe_id = "spiffe://demo.umbra/workload/alice"
+            store.add(duplicate)
+        # The savepoint rolled back only the duplicate; the session is still usable.
+        store.add(_identity("bob"))
+    with db.session() as session:
+        assert [i.name for i in Store(session).identities()] == ["alice", "bob"]
+    db.dispose()
+
+
+def test_an_enrollment_can_be_consumed_once(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    with db.session() as session:
+        store = Store(session)
+        identity = _identity()
+        store.add(identity)
+        store.add(
+            Enrollment(
+                token_id="jti-1",
+                identity_id=identity.id,
+                expires_at=NOW + timedelta(hours=1),
+                created_at=NOW,
+            )
+        )
+    with db.session() as session:
+        assert Store(session).consume_enrollment("jti-1", NOW)
+    with db.session() as session:
+        assert not Store(session).consume_enrollment("jti-1", NOW)
+        assert not Store(session).consume_enrollment("missing", NOW)
+        enrollment = Store(session).enrollment("jti-1")
+        assert enrollment is not None and enrollment.used_at == NOW
+    db.dispose()
