@@ -8,7 +8,12 @@ from typing import Annotated
 import typer
 
 from umbranet.cli.common import emit, handle_errors, out, state
-from umbranet.controller.home import DEFAULT_ADDRESS, DEFAULT_TRUST_DOMAIN, init_home
+from umbranet.controller.home import (
+    DEFAULT_ADDRESS,
+    DEFAULT_TRUST_DOMAIN,
+    init_home,
+    load_home,
+)
 
 __all__ = ["app"]
 
@@ -51,8 +56,8 @@ def init(
 @app.command("run")
 def run(ctx: typer.Context) -> None:
     """Serve the controller API (HTTPS, client certificates) until interrupted."""
+    # Imported here so `umbra --help` does not pay for uvicorn and FastAPI.
     from umbranet.controller import server
-    from umbranet.controller.home import load_home
 
     cli = state(ctx)
     with handle_errors(cli):

@@ -14,6 +14,7 @@ import typer
 
 from umbranet.cli import (
     controller_cmd,
+    endpoint_cmd,
     enroll_cmd,
     identity_cmd,
     quickstart_cmd,
@@ -58,6 +59,7 @@ router_admin_cmd.register(router_cmd.app)
 app.add_typer(router_cmd.app, name="router")
 enroll_cmd.register(app)
 quickstart_cmd.register(app)
+endpoint_cmd.register(app)
 
 
 def main() -> None:

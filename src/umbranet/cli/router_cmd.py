@@ -1,13 +1,62 @@
-"""``umbra router ...``: enroll and run a router.
-
-PLACEHOLDER owned by the lead: add ``enroll`` and ``run`` here. The admin commands
-(``create``, ``list``) are added to this same sub-app by `umbranet.cli.router_admin_cmd`.
-"""
+"""``umbra router enroll|run`` (the admin commands ``create``/``list`` join this sub-app from
+`umbranet.cli.router_admin_cmd`)."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from umbranet.aio.controller_client import ControllerClient
+from umbranet.aio.runtime import run
+from umbranet.cli.common import emit, fail, handle_errors, out, state
+from umbranet.pki import IdentityFile, SpiffeId
 
 __all__ = ["app"]
 
 app = typer.Typer(help="Create, enroll and run routers.", no_args_is_help=True)
+
+
+@app.command("enroll")
+def enroll(
+    ctx: typer.Context,
+    token: Annotated[str, typer.Argument(help="The router's enrollment token.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Identity file to write.")],
+) -> None:
+    """Enroll a router (its keys are made here; only a CSR is sent)."""
+    cli = state(ctx)
+    with handle_errors(cli):
+
+        async def call() -> IdentityFile:
+            return await ControllerClient.enroll(token)
+
+        identity = run(call())
+        if SpiffeId.parse(identity.spiffe_id).kind != "router":
+            fail(cli, "not_a_router", f"{identity.spiffe_id} is not a router identity")
+        identity.save(output)
+    emit(cli, {"spiffe_id": identity.spiffe_id, "identity_file": str(output)},
+         lambda: out.print(f"router enrolled as {identity.spiffe_id}; wrote {output}"))
+
+
+@app.command("run")
+def run_cmd(
+    ctx: typer.Context,
+    identity: Annotated[Path, typer.Option("--identity", "-i", help="Router identity file.")],
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT for endpoint links.")] = (
+        "127.0.0.1:7443"
+    ),
+    advertise: Annotated[
+        str | None, typer.Option("--advertise", help="HOST:PORT endpoints use (default: listen).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every link.")] = False,
+) -> None:
+    """Serve endpoint links (mutual TLS) until interrupted."""
+    from umbranet.router.runner import run_router
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cli = state(ctx)
+    with handle_errors(cli):
+        run(run_router(identity, listen, advertise))

@@ -10,7 +10,6 @@ from ``scope["extensions"]["tls"]["client_cert_der"]``, which uvicorn does not p
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,7 +32,6 @@ __all__ = [
     "serve",
 ]
 
-log = logging.getLogger("umbranet.controller.server")
 
 LOG_CONFIG: dict[str, Any] = {
     "version": 1,

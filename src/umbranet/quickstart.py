@@ -1,0 +1,183 @@
+"""`umbra quickstart`: a whole network on this machine, in the foreground.
+
+Initialises a controller home (once), runs the controller and a router as child processes,
+enrolls a demo host and a demo client, serves the demo HTTP service dark from a third child
+process, fetches it through the overlay once, and then keeps everything running (until
+Ctrl-C) so the directory can be used with the other `umbra` commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from umbranet.aio.controller_client import ControllerClient, ControllerError
+from umbranet.controller.home import ControllerHome, init_home, load_home
+from umbranet.demo import DEMO_SERVICE, fetch
+from umbranet.pki import IdentityFile
+from umbranet.sdk import Context
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Quickstart:
+    """The demo network's directory, ports and child processes."""
+
+    root: Path
+    router_port: int = 7443
+    say: Say = print
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def start(self) -> bytes:
+        """Bring the network up and fetch the demo service once; returns the response."""
+        home = ControllerHome(self.root)
+        if not home.is_initialised():
+            init_home(self.root, datetime.now(UTC))
+            self.say(f"initialised a new network in {self.root}")
+        loaded = load_home(self.root)
+        url = loaded.config.url
+        loaded.db.dispose()
+        self.logs.mkdir(exist_ok=True)
+        self._spawn("controller", ["--home", str(self.root), "controller", "run"])
+        asyncio.run(self._wait_controller(home.admin_file))
+        self.say(f"controller running at {url} (log: {self.logs / 'controller.log'})")
+        router_file = asyncio.run(self._enroll_router(home.admin_file))
+        self._spawn(
+            "router",
+            ["router", "run", "--identity", str(router_file),
+             "--listen", f"127.0.0.1:{self.router_port}", "-v"],
+        )
+        asyncio.run(self._wait_router_registered(home.admin_file))
+        self.say(f"router1 listening on 127.0.0.1:{self.router_port} (the only data-plane port)")
+        host_file, client_file = asyncio.run(self._enroll_demo(home.admin_file))
+        host = self._spawn("demo-host", ["demo", "serve", "--identity", str(host_file)])
+        self.say(f"demo-host serves '{DEMO_SERVICE}' dark (pid {host.pid}, no listening socket)")
+        response = asyncio.run(self._fetch_with_retry(client_file))
+        return response
+
+    def stop(self) -> None:
+        """Stop the children we started, newest first, by PID."""
+        for child in reversed(self.children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            try:
+                child.wait(5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+        self.children.clear()
+
+    def wait(self) -> None:
+        """Block until Ctrl-C or a child exits."""
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(child.poll() is None for child in self.children):
+                time.sleep(0.5)
+        for child in self.children:
+            if child.poll() is not None:
+                self.say(f"a child process exited with {child.returncode}; see {self.logs}")
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        child = subprocess.Popen(
+            [sys.executable, "-m", "umbranet.cli.main", *args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        log.close()
+        self.children.append(child)
+        return child
+
+    async def _wait_controller(self, admin_file: Path) -> None:
+        admin = IdentityFile.load(admin_file)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                async with ControllerClient(admin, request_timeout=2) as client:
+                    await client.bundle()
+                    return
+            except (ControllerError, OSError):
+                self._check_children()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the controller did not start; see its log") from None
+                await asyncio.sleep(0.2)
+
+    async def _enroll_router(self, admin_file: Path) -> Path:
+        path = self.root / "router1.json"
+        if path.exists():
+            return path
+        async with ControllerClient(IdentityFile.load(admin_file)) as client:
+            created = await client.create_router("router1")
+        (await ControllerClient.enroll(created.enrollment_token)).save(path)
+        return path
+
+    async def _wait_router_registered(self, admin_file: Path) -> None:
+        deadline = time.monotonic() + 30
+        async with ControllerClient(IdentityFile.load(admin_file)) as client:
+            while time.monotonic() < deadline:
+                routers = await client.routers()
+                if any(r.address == f"127.0.0.1:{self.router_port}" for r in routers):
+                    return
+                self._check_children()
+                await asyncio.sleep(0.2)
+        raise RuntimeError("the router did not register; see its log")
+
+    async def _enroll_demo(self, admin_file: Path) -> tuple[Path, Path]:
+        host_file, client_file = self.root / "demo-host.json", self.root / "demo-client.json"
+        async with ControllerClient(IdentityFile.load(admin_file)) as client:
+            services = {s.name for s in await client.list_services()}
+            if DEMO_SERVICE not in services:
+                await client.create_service(
+                    DEMO_SERVICE, dial_attributes=["demo-clients"], bind_attributes=["demo-hosts"]
+                )
+                self.say(f"created service '{DEMO_SERVICE}': dial by #demo-clients, "
+                         "host by #demo-hosts")
+            for path, name, attribute in (
+                (host_file, "demo-host", "demo-hosts"),
+                (client_file, "demo-client", "demo-clients"),
+            ):
+                if path.exists():
+                    continue
+                created = await client.create_identity(
+                    name, kind="workload", attributes=[attribute]
+                )
+                (await ControllerClient.enroll(created.enrollment_token)).save(path)
+                self.say(f"enrolled identity '{name}' (#{attribute}) -> {path}")
+        return host_file, client_file
+
+    async def _fetch_with_retry(self, client_file: Path) -> bytes:
+        """The host binds asynchronously: retry `no_terminator` for a few seconds."""
+        deadline = time.monotonic() + 30
+        async with Context.from_file(client_file) as context:
+            while True:
+                try:
+                    return await fetch(context, DEMO_SERVICE, "/")
+                except ConnectionError as exc:
+                    self._check_children()
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"demo fetch failed: {exc}") from exc
+                    await asyncio.sleep(0.2)
+
+    def _check_children(self) -> None:
+        for child in self.children:
+            if child.poll() is not None:
+                raise RuntimeError(
+                    f"{' '.join(child.args[3:5])} exited with {child.returncode}; "
+                    f"see {self.logs}"
+                )

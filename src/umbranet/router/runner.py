@@ -1,0 +1,81 @@
+"""Running a router as a process: serve, register with the controller, renew, stop cleanly.
+
+The router works without the controller (tickets are checked offline), so a controller that
+is down delays registration and renewal but never stops the data plane; both are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+from umbranet.aio.controller_client import ControllerClient, ControllerError
+from umbranet.pki import IdentityFile
+from umbranet.router.server import Router, RouterConfig
+
+log = logging.getLogger("umbranet.router")
+
+RETRY_SECONDS = 5.0
+
+
+async def run_router(
+    identity_path: Path,
+    listen: str,
+    advertise: str | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (or cancellation)."""
+    identity = IdentityFile.load(identity_path)
+    host, _, port = listen.rpartition(":")
+    config = RouterConfig(identity, host=host.strip("[]") or "127.0.0.1", port=int(port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    async with Router(config) as router:
+        address = advertise or router.address
+        print(f"router {router.name} listening on {router.address}", flush=True)
+        if ready is not None:
+            ready.set()
+        keeper = loop.create_task(_keep_registered(router, identity_path, address))
+        try:
+            await stop.wait()
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+
+async def _keep_registered(router: Router, identity_path: Path, address: str) -> None:
+    """Register the advertised address, then renew the certificate at half-life."""
+    registered = False
+    while True:
+        try:
+            async with ControllerClient(router.identity) as client:
+                if not registered:
+                    await client.register_router(address)
+                    registered = True
+                    log.info("registered with the controller as %s", address)
+                renewed = await client.renew_if_due(datetime.now(UTC))
+                if renewed is not None:
+                    renewed.save(identity_path)
+                    router.renew(renewed)
+                    log.info("certificate renewed until %s",
+                             renewed.certificate.not_valid_after_utc)
+        except (ControllerError, OSError) as exc:
+            log.warning("controller unavailable (%s); retrying in %.0fs", exc, RETRY_SECONDS)
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        await asyncio.sleep(_seconds_to_half_life(router.identity) if registered else 1)
+
+
+def _seconds_to_half_life(identity: IdentityFile) -> float:
+    cert = identity.certificate
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    due = start + (end - start) / 2
+    return max(1.0, min((due - datetime.now(UTC)).total_seconds() + 1, 3600.0))

@@ -1,0 +1,32 @@
+"""The SDK's control plane over HTTPS: the controller client, seen as a `ControlPlane`."""
+
+from __future__ import annotations
+
+from umbranet.aio.controller_client import ControllerClient, ControllerError
+from umbranet.pki import IdentityFile
+from umbranet.sdk.context import Grant
+from umbranet.sdk.errors import UmbraError
+
+
+class ControllerPlane:
+    """Tickets and renewals from the controller named in the identity file."""
+
+    def __init__(self, identity: IdentityFile) -> None:
+        self._client = ControllerClient(identity)
+
+    async def grant(self, service: str, action: str) -> Grant:
+        try:
+            grant = await self._client.ticket(service, action)
+        except ControllerError as exc:
+            raise UmbraError(exc.code, exc.message) from exc
+        routers = tuple(r.address for r in grant.routers if r.address)
+        return Grant(grant.ticket, int(grant.expires_at.timestamp()), routers)
+
+    async def renew(self) -> IdentityFile:
+        try:
+            return await self._client.renew()
+        except ControllerError as exc:
+            raise UmbraError(exc.code, exc.message) from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
