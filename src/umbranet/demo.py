@@ -26,18 +26,23 @@ async def serve_demo(context: Context, service: str = DEMO_SERVICE) -> None:
 
 
 async def _answer(stream: Stream, service: str) -> None:
-    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+    with contextlib.suppress(
+        ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError
+    ):
         head = await stream.readuntil(b"\r\n\r\n", limit=16384)
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        body = json.dumps(
-            {
-                "message": f"hello {stream.peer.name}, you reached {service} through Umbranet",
-                "request": request_line,
-                "peer": {"name": stream.peer.name, "spiffe_id": stream.peer.spiffe_id},
-                "host_listening_sockets": 0,
-            },
-            indent=2,
-        ).encode() + b"\n"
+        body = (
+            json.dumps(
+                {
+                    "message": f"hello {stream.peer.name}, you reached {service} through Umbranet",
+                    "request": request_line,
+                    "peer": {"name": stream.peer.name, "spiffe_id": stream.peer.spiffe_id},
+                    "host_listening_sockets": 0,
+                },
+                indent=2,
+            ).encode()
+            + b"\n"
+        )
         stream.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()

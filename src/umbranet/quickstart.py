@@ -37,6 +37,7 @@ class Quickstart:
     router_port: int = 7443
     say: Say = print
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
 
     @property
     def logs(self) -> Path:
@@ -58,8 +59,15 @@ class Quickstart:
         router_file = asyncio.run(self._enroll_router(home.admin_file))
         self._spawn(
             "router",
-            ["router", "run", "--identity", str(router_file),
-             "--listen", f"127.0.0.1:{self.router_port}", "-v"],
+            [
+                "router",
+                "run",
+                "--identity",
+                str(router_file),
+                "--listen",
+                f"127.0.0.1:{self.router_port}",
+                "-v",
+            ],
         )
         asyncio.run(self._wait_router_registered(home.admin_file))
         self.say(f"router1 listening on 127.0.0.1:{self.router_port} (the only data-plane port)")
@@ -81,6 +89,7 @@ class Quickstart:
                 child.kill()
                 child.wait(5)
         self.children.clear()
+        self.names.clear()
 
     def wait(self) -> None:
         """Block until Ctrl-C or a child exits."""
@@ -98,10 +107,14 @@ class Quickstart:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         child = subprocess.Popen(
             [sys.executable, "-m", "umbranet.cli.main", *args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         log.close()
         self.children.append(child)
+        self.names.append(name)
         return child
 
     async def _wait_controller(self, admin_file: Path) -> None:
@@ -146,8 +159,9 @@ class Quickstart:
                 await client.create_service(
                     DEMO_SERVICE, dial_attributes=["demo-clients"], bind_attributes=["demo-hosts"]
                 )
-                self.say(f"created service '{DEMO_SERVICE}': dial by #demo-clients, "
-                         "host by #demo-hosts")
+                self.say(
+                    f"created service '{DEMO_SERVICE}': dial by #demo-clients, host by #demo-hosts"
+                )
             for path, name, attribute in (
                 (host_file, "demo-host", "demo-hosts"),
                 (client_file, "demo-client", "demo-clients"),
@@ -175,9 +189,8 @@ class Quickstart:
                     await asyncio.sleep(0.2)
 
     def _check_children(self) -> None:
-        for child in self.children:
+        for name, child in zip(self.names, self.children, strict=True):
             if child.poll() is not None:
                 raise RuntimeError(
-                    f"{' '.join(child.args[3:5])} exited with {child.returncode}; "
-                    f"see {self.logs}"
+                    f"{name} exited with {child.returncode}; see {self.logs / name}.log"
                 )

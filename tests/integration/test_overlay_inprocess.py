@@ -7,8 +7,8 @@ import hashlib
 import os
 
 import pytest
-
 from tests.conftest import context, echo_forever, running_router
+
 from umbranet.sdk import DialError
 from umbranet.testing import LocalNetwork
 
@@ -49,11 +49,10 @@ def test_bytes_round_trip_through_router_and_peer_is_proven(network, arun) -> No
 
 def test_dial_to_service_without_host_is_refused_with_reason(network, arun) -> None:
     async def main() -> DialError:
-        async with running_router(network):
-            async with context(network, "alice", "client") as client:
-                with pytest.raises(DialError) as info:
-                    await client.dial("echo")
-                return info.value
+        async with running_router(network), context(network, "alice", "client") as client:
+            with pytest.raises(DialError) as info:
+                await client.dial("echo")
+            return info.value
 
     error = arun(main())
     assert error.code == "no_terminator"
@@ -62,10 +61,9 @@ def test_dial_to_service_without_host_is_refused_with_reason(network, arun) -> N
 
 def test_dial_without_attribute_is_refused_by_controller(network, arun) -> None:
     async def main() -> DialError:
-        async with running_router(network):
-            async with context(network, "mallory", "nobody") as client:
-                with pytest.raises(DialError) as info:
-                    await client.dial("echo")
-                return info.value
+        async with running_router(network), context(network, "mallory", "nobody") as client:
+            with pytest.raises(DialError) as info:
+                await client.dial("echo")
+            return info.value
 
     assert arun(main()).code == "not_authorized"

@@ -40,8 +40,9 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
 
 @settings(max_examples=200)
 @given(st.lists(frames, max_size=20), st.lists(st.integers(0, 10**6), max_size=30))
-def test_frames_survive_any_chunking(items: list[tuple[FrameType, int, bytes, int]],
-                                     cuts: list[int]) -> None:
+def test_frames_survive_any_chunking(
+    items: list[tuple[FrameType, int, bytes, int]], cuts: list[int]
+) -> None:
     stream = b"".join(encode_frame(t, c, p, f) for t, c, p, f in items)
     decoder = FrameDecoder(buffer_size=1024)
     got = []
@@ -85,8 +86,10 @@ def test_large_frames_reassemble_across_reads() -> None:
     assert got == [payload] * 3
 
 
-@given(st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=20), max_size=8),
-       st.binary(max_size=200))
+@given(
+    st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=20), max_size=8),
+    st.binary(max_size=200),
+)
 def test_control_round_trip(fields: dict[str, object], blob: bytes) -> None:
     decoded = decode_control(encode_control(fields, blob))
     assert decoded.fields == fields

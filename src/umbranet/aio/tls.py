@@ -59,9 +59,7 @@ def _harden(context: ssl.SSLContext, bundle: TrustBundle) -> None:
     context.options |= ssl.OP_NO_TICKET
 
 
-def peer_svid(
-    transport: asyncio.BaseTransport, bundle: TrustBundle, now: datetime
-) -> VerifiedPeer:
+def peer_svid(transport: asyncio.BaseTransport, bundle: TrustBundle, now: datetime) -> VerifiedPeer:
     """The verified SPIFFE identity of the peer on a TLS transport, or PkiError."""
     ssl_object = transport.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -44,8 +45,10 @@ def dial(
             stream = await context.dial(service)
             loop = asyncio.get_running_loop()
 
+            stdin = sys.stdin.buffer
+
             async def pump_in() -> None:
-                while data := await loop.run_in_executor(None, sys.stdin.buffer.read1, 65536):
+                while data := await loop.run_in_executor(None, os.read, stdin.fileno(), 65536):
                     stream.write(data)
                     await stream.drain()
                 stream.write_eof()

@@ -36,8 +36,11 @@ def enroll(
         if SpiffeId.parse(identity.spiffe_id).kind != "router":
             fail(cli, "not_a_router", f"{identity.spiffe_id} is not a router identity")
         identity.save(output)
-    emit(cli, {"spiffe_id": identity.spiffe_id, "identity_file": str(output)},
-         lambda: out.print(f"router enrolled as {identity.spiffe_id}; wrote {output}"))
+    emit(
+        cli,
+        {"spiffe_id": identity.spiffe_id, "identity_file": str(output)},
+        lambda: out.print(f"router enrolled as {identity.spiffe_id}; wrote {output}"),
+    )
 
 
 @app.command("run")
@@ -55,8 +58,10 @@ def run_cmd(
     """Serve endpoint links (mutual TLS) until interrupted."""
     from umbranet.router.runner import run_router
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     cli = state(ctx)
     with handle_errors(cli):
         run(run_router(identity, listen, advertise))

@@ -22,10 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from umbranet.pki import PkiError, Ticket, TrustBundle, load_chain, verify_svid, verify_ticket
 from umbranet.pki.tickets import Action
 from umbranet.proto.noise import CipherState, HandshakeState, NoiseError
-
-from umbranet.pki import PkiError, Ticket, TrustBundle, load_chain, verify_svid, verify_ticket
 from umbranet.wire import ErrorCode, FrameType, decode_control, encode_control
 from umbranet.wire.frames import WireError
 

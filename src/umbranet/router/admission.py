@@ -34,7 +34,7 @@ class Admission:
 
 
 def admit(
-    token: str, peer_id: str, service: str, action: Action, bundle: TrustBundle, now: datetime
+    token: str, *, peer_id: str, service: str, action: Action, bundle: TrustBundle, now: datetime
 ) -> Admission:
     """Check a ticket presented by `peer_id` to `action` `service` at `now`."""
     try:

@@ -135,8 +135,12 @@ class Forwarder:
             other = route.peer
             self._drop(route)
             code = ErrorCode.HOST_GONE if other.circuit % 2 else ErrorCode.PEER_GONE
-            self._send(other.link, FrameType.RESET, other.circuit,
-                       encode_error(code, "the other end's link to the router dropped"))
+            self._send(
+                other.link,
+                FrameType.RESET,
+                other.circuit,
+                encode_error(code, "the other end's link to the router dropped"),
+            )
             dirty.add(other.link)
         source.routes.clear()
         self.terminators.remove_link(source)
@@ -169,19 +173,30 @@ class Forwarder:
     def _bind(self, source: PeerLink, frame: Frame) -> None:
         ctl = decode_control(frame.payload)
         service = ctl.str_field("service", 256)
-        verdict = admit(ctl.str_field("ticket"), source.identity, service, Action.BIND,
-                        self._bundle(), self._clock())
+        verdict = admit(
+            ctl.str_field("ticket"),
+            peer_id=source.identity,
+            service=service,
+            action=Action.BIND,
+            bundle=self._bundle(),
+            now=self._clock(),
+        )
         if verdict.ticket is None:
             self._count(verdict.code.code, source, verdict.reason)
-            self._send(source, FrameType.BIND_ERR, frame.circuit,
-                       encode_error(verdict.code, verdict.reason))
+            self._send(
+                source,
+                FrameType.BIND_ERR,
+                frame.circuit,
+                encode_error(verdict.code, verdict.reason),
+            )
             return
         expires = verdict.ticket.expires_at
         self.terminators.add(Binding(source, frame.circuit, service, source.identity, expires))
         self.counters["binds"] += 1
-        log.info("bind service=%s identity=%s binding=%d", service, source.identity,
-                 frame.circuit)
-        self._send(source, FrameType.BIND_OK, frame.circuit, encode_control({"expires_at": expires}))
+        log.info("bind service=%s identity=%s binding=%d", service, source.identity, frame.circuit)
+        self._send(
+            source, FrameType.BIND_OK, frame.circuit, encode_control({"expires_at": expires})
+        )
 
     # -- circuits -----------------------------------------------------------------------
 
@@ -198,7 +213,14 @@ class Forwarder:
             self._refuse(source, circuit, exc.code, exc.reason)
             return
         now = self._clock()
-        verdict = admit(token, source.identity, service, Action.DIAL, self._bundle(), now)
+        verdict = admit(
+            token,
+            peer_id=source.identity,
+            service=service,
+            action=Action.DIAL,
+            bundle=self._bundle(),
+            now=now,
+        )
         if verdict.ticket is None:
             self._refuse(source, circuit, verdict.code, verdict.reason)
             return
@@ -207,8 +229,12 @@ class Forwarder:
             return
         binding = self.terminators.pick(service, int(now.timestamp()))
         if binding is None:
-            self._refuse(source, circuit, ErrorCode.NO_TERMINATOR,
-                         f"service {service!r} has no host at this router")
+            self._refuse(
+                source,
+                circuit,
+                ErrorCode.NO_TERMINATOR,
+                f"service {service!r} has no host at this router",
+            )
             return
         host = binding.link
         assert isinstance(host, PeerLink)
@@ -220,12 +246,18 @@ class Forwarder:
         host.routes[host_side.circuit] = host_side
         self.circuits += 1
         self.counters["dials"] += 1
-        fields = {"service": service, "binding": binding.binding_id, "ticket": token,
-                  "dialer": source.identity, "window": window}
+        fields = {
+            "service": service,
+            "binding": binding.binding_id,
+            "ticket": token,
+            "dialer": source.identity,
+            "window": window,
+        }
         self._send(host, FrameType.CONNECT, host_side.circuit, encode_control(fields, ctl.blob))
         dirty.add(host)
-        log.debug("circuit open service=%s dialer=%s host=%s", service, source.identity,
-                  host.identity)
+        log.debug(
+            "circuit open service=%s dialer=%s host=%s", service, source.identity, host.identity
+        )
 
     def _accept(self, source: PeerLink, frame: Frame, dirty: set[PeerLink]) -> None:
         route = source.routes.get(frame.circuit)
@@ -247,8 +279,12 @@ class Forwarder:
             return
         if frame.type == FrameType.DATA:
             if route.ended or not route.account.forward(len(frame.payload)):
-                self._reset_both(route, ErrorCode.FLOW_CONTROL_ERROR,
-                                 "DATA beyond the receiver's window or after FIN", dirty)
+                self._reset_both(
+                    route,
+                    ErrorCode.FLOW_CONTROL_ERROR,
+                    "DATA beyond the receiver's window or after FIN",
+                    dirty,
+                )
                 return
             self._forward(route, frame, dirty)
             if frame.flags & Flag.FIN:

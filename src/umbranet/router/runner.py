@@ -65,8 +65,9 @@ async def _keep_registered(router: Router, identity_path: Path, address: str) ->
                 if renewed is not None:
                     renewed.save(identity_path)
                     router.renew(renewed)
-                    log.info("certificate renewed until %s",
-                             renewed.certificate.not_valid_after_utc)
+                    log.info(
+                        "certificate renewed until %s", renewed.certificate.not_valid_after_utc
+                    )
         except (ControllerError, OSError) as exc:
             log.warning("controller unavailable (%s); retrying in %.0fs", exc, RETRY_SECONDS)
             await asyncio.sleep(RETRY_SECONDS)

@@ -1,9 +1,9 @@
 """The Python SDK: dial and host services by name through the overlay.
 
-    async with umbranet.Context.from_file("app.json") as ctx:
-        stream = await ctx.dial("billing")
-        async for incoming in ctx.listen("reports"):
-            print(incoming.peer.spiffe_id)
+async with umbranet.Context.from_file("app.json") as ctx:
+    stream = await ctx.dial("billing")
+    async for incoming in ctx.listen("reports"):
+        print(incoming.peer.spiffe_id)
 """
 
 from umbranet.proto.e2e import PeerIdentity

@@ -32,8 +32,9 @@ class BlockingContext:
 
     def __init__(self, identity_path: str | Path, **options: Any) -> None:
         self._loop = new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="umbranet-sdk")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="umbranet-sdk"
+        )
         self._thread.start()
         self._context: Context = self.call(self._make(Path(identity_path), options))
 

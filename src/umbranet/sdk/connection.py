@@ -255,8 +255,9 @@ class RouterConnection:
         listener = self._listeners.get(ctl.int_field("binding"))
         if listener is None or frame.circuit % 2 or frame.circuit in self._circuits:
             self._count("connect_refused")
-            self._send(FrameType.RESET, frame.circuit,
-                       _error(ErrorCode.REFUSED, "no such binding here"))
+            self._send(
+                FrameType.RESET, frame.circuit, _error(ErrorCode.REFUSED, "no such binding here")
+            )
             return
         circuit = Circuit.accept(frame.circuit, frame, listener.handshake())
         self._circuits[frame.circuit] = _Entry(circuit, listener.service, listener=listener)

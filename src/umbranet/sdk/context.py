@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ class Context:
                 continue
             handshake = DialerHandshake(service, grant.ticket, self.credentials())
             circuit_id, opened = connection.open_circuit(
-                service, lambda cid: Circuit.dial(cid, service, handshake)
+                service, functools.partial(Circuit.dial, service=service, handshake=handshake)
             )
             try:
                 return await asyncio.wait_for(opened, timeout)
@@ -240,5 +241,3 @@ def _default_control(identity: IdentityFile) -> ControlPlane:
     from umbranet.sdk.control import ControllerPlane
 
     return ControllerPlane(identity)
-
-

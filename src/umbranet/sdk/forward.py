@@ -14,7 +14,9 @@ from umbranet.sdk.stream import Stream
 CHUNK = 64 * 1024
 
 
-async def splice(stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def splice(
+    stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     """Copy both ways until both directions ended; a reset on either side ends both."""
 
     async def local_to_overlay() -> None:

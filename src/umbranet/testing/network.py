@@ -69,8 +69,7 @@ class LocalNetwork:
         spiffe_id = SpiffeId.for_identity(self.trust_domain, kind, name)
         key = generate_tls_key()
         noise_private, noise_public = generate_noise_keypair()
-        cert = self.ca.issue_svid(make_csr(key), spiffe_id, noise_public,
-                                  now or self.now, lifetime)
+        cert = self.ca.issue_svid(make_csr(key), spiffe_id, noise_public, now or self.now, lifetime)
         self.attributes[str(spiffe_id)] = attributes
         return IdentityFile(
             name=name,
@@ -119,7 +118,9 @@ class LocalControlPlane:
         """A fresh key and certificate for the same identity and the same noise key."""
         key = generate_tls_key()
         cert = self.network.ca.issue_svid(
-            make_csr(key), self.identity.spiffe_id, self.identity.noise_public_key,
+            make_csr(key),
+            self.identity.spiffe_id,
+            self.identity.noise_public_key,
             datetime.now(UTC),
         )
         self.identity = replace(
