@@ -35,6 +35,7 @@ class Quickstart:
 
     root: Path
     router_port: int = 7443
+    controller_port: int = 8443
     say: Say = print
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
@@ -45,18 +46,26 @@ class Quickstart:
 
     def start(self) -> bytes:
         """Bring the network up and fetch the demo service once; returns the response."""
+        self.start_core()
+        host_file, client_file = asyncio.run(self._enroll_demo())
+        host = self._spawn("demo-host", ["demo", "serve", "--identity", str(host_file)])
+        self.say(f"demo-host serves '{DEMO_SERVICE}' dark (pid {host.pid}, no listening socket)")
+        return asyncio.run(self._fetch_with_retry(client_file))
+
+    def start_core(self) -> None:
+        """Initialise the home (once) and run the controller and one router."""
         home = ControllerHome(self.root)
         if not home.is_initialised():
-            init_home(self.root, datetime.now(UTC))
+            init_home(self.root, datetime.now(UTC), address=f"127.0.0.1:{self.controller_port}")
             self.say(f"initialised a new network in {self.root}")
         loaded = load_home(self.root)
         url = loaded.config.url
         loaded.db.dispose()
         self.logs.mkdir(exist_ok=True)
         self._spawn("controller", ["--home", str(self.root), "controller", "run"])
-        asyncio.run(self._wait_controller(home.admin_file))
+        asyncio.run(self._wait_controller())
         self.say(f"controller running at {url} (log: {self.logs / 'controller.log'})")
-        router_file = asyncio.run(self._enroll_router(home.admin_file))
+        router_file = asyncio.run(self._enroll_router())
         self._spawn(
             "router",
             [
@@ -69,13 +78,33 @@ class Quickstart:
                 "-v",
             ],
         )
-        asyncio.run(self._wait_router_registered(home.admin_file))
+        asyncio.run(self._wait_router_registered())
         self.say(f"router1 listening on 127.0.0.1:{self.router_port} (the only data-plane port)")
-        host_file, client_file = asyncio.run(self._enroll_demo(home.admin_file))
-        host = self._spawn("demo-host", ["demo", "serve", "--identity", str(host_file)])
-        self.say(f"demo-host serves '{DEMO_SERVICE}' dark (pid {host.pid}, no listening socket)")
-        response = asyncio.run(self._fetch_with_retry(client_file))
-        return response
+
+    def admin(self) -> ControllerClient:
+        """A controller client as the network's admin."""
+        return ControllerClient(IdentityFile.load(ControllerHome(self.root).admin_file))
+
+    async def enroll(self, name: str, attributes: list[str], kind: str = "workload") -> Path:
+        """Create and enroll an identity (once); returns its identity file."""
+        path = self.root / f"{name}.json"
+        if not path.exists():
+            async with self.admin() as client:
+                created = await client.create_identity(name, kind=kind, attributes=attributes)
+            (await ControllerClient.enroll(created.enrollment_token)).save(path)
+            self.say(f"enrolled identity '{name}' ({', '.join(attributes)}) -> {path}")
+        return path
+
+    async def ensure_service(self, name: str, dial: list[str], bind: list[str]) -> None:
+        """Create a service unless it exists."""
+        async with self.admin() as client:
+            if name not in {s.name for s in await client.list_services()}:
+                await client.create_service(name, dial_attributes=dial, bind_attributes=bind)
+                self.say(f"created service '{name}': dial by {dial}, host by {bind}")
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """Run `umbra ARGS` as a child stopped by `stop`; output goes to logs/NAME.log."""
+        return self._spawn(name, args)
 
     def stop(self) -> None:
         """Stop the children we started, newest first, by PID."""
@@ -117,12 +146,11 @@ class Quickstart:
         self.names.append(name)
         return child
 
-    async def _wait_controller(self, admin_file: Path) -> None:
-        admin = IdentityFile.load(admin_file)
+    async def _wait_controller(self) -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
-                async with ControllerClient(admin, request_timeout=2) as client:
+                async with self.admin() as client:
                     await client.bundle()
                     return
             except (ControllerError, OSError):
@@ -131,18 +159,17 @@ class Quickstart:
                     raise RuntimeError("the controller did not start; see its log") from None
                 await asyncio.sleep(0.2)
 
-    async def _enroll_router(self, admin_file: Path) -> Path:
+    async def _enroll_router(self) -> Path:
         path = self.root / "router1.json"
-        if path.exists():
-            return path
-        async with ControllerClient(IdentityFile.load(admin_file)) as client:
-            created = await client.create_router("router1")
-        (await ControllerClient.enroll(created.enrollment_token)).save(path)
+        if not path.exists():
+            async with self.admin() as client:
+                created = await client.create_router("router1")
+            (await ControllerClient.enroll(created.enrollment_token)).save(path)
         return path
 
-    async def _wait_router_registered(self, admin_file: Path) -> None:
+    async def _wait_router_registered(self) -> None:
         deadline = time.monotonic() + 30
-        async with ControllerClient(IdentityFile.load(admin_file)) as client:
+        async with self.admin() as client:
             while time.monotonic() < deadline:
                 routers = await client.routers()
                 if any(r.address == f"127.0.0.1:{self.router_port}" for r in routers):
@@ -151,28 +178,10 @@ class Quickstart:
                 await asyncio.sleep(0.2)
         raise RuntimeError("the router did not register; see its log")
 
-    async def _enroll_demo(self, admin_file: Path) -> tuple[Path, Path]:
-        host_file, client_file = self.root / "demo-host.json", self.root / "demo-client.json"
-        async with ControllerClient(IdentityFile.load(admin_file)) as client:
-            services = {s.name for s in await client.list_services()}
-            if DEMO_SERVICE not in services:
-                await client.create_service(
-                    DEMO_SERVICE, dial_attributes=["demo-clients"], bind_attributes=["demo-hosts"]
-                )
-                self.say(
-                    f"created service '{DEMO_SERVICE}': dial by #demo-clients, host by #demo-hosts"
-                )
-            for path, name, attribute in (
-                (host_file, "demo-host", "demo-hosts"),
-                (client_file, "demo-client", "demo-clients"),
-            ):
-                if path.exists():
-                    continue
-                created = await client.create_identity(
-                    name, kind="workload", attributes=[attribute]
-                )
-                (await ControllerClient.enroll(created.enrollment_token)).save(path)
-                self.say(f"enrolled identity '{name}' (#{attribute}) -> {path}")
+    async def _enroll_demo(self) -> tuple[Path, Path]:
+        await self.ensure_service(DEMO_SERVICE, ["demo-clients"], ["demo-hosts"])
+        host_file = await self.enroll("demo-host", ["demo-hosts"])
+        client_file = await self.enroll("demo-client", ["demo-clients"])
         return host_file, client_file
 
     async def _fetch_with_retry(self, client_file: Path) -> bytes:
