@@ -67,3 +67,36 @@ def test_dial_without_attribute_is_refused_by_controller(network, arun) -> None:
             return info.value
 
     assert arun(main()).code == "not_authorized"
+
+
+def test_router_sees_only_ciphertext(network, arun) -> None:
+    marker = b"PLAINTEXT-MARKER-7f3a9c"
+
+    async def main() -> bytes:
+        async with running_router(network) as router:
+            seen = bytearray()
+            forward = router.forwarder.frames
+
+            def record(source, frames, dirty):  # type: ignore[no-untyped-def]
+                for frame in frames:
+                    seen.extend(bytes(frame.payload))
+                return forward(source, frames, dirty)
+
+            router.forwarder.frames = record  # type: ignore[method-assign]
+            host = context(network, "web", "server")
+            client = context(network, "alice", "client")
+            async with host, client:
+                listener = await host.listen("echo").start()
+                server = asyncio.get_running_loop().create_task(echo_forever(listener))
+                stream = await client.dial("echo")
+                stream.write(marker * 1000)
+                stream.write_eof()
+                echoed = await stream.read()
+                server.cancel()
+                assert echoed == marker * 1000
+            return bytes(seen)
+
+    seen = arun(main())
+    assert len(seen) > 16_000  # the router did relay the stream
+    assert marker not in seen
+    assert marker[:8] not in seen
