@@ -1,43 +1,45 @@
-"""Umbranet's own data plane as a benchmark path (the plug-in point; the data plane fills it in).
+"""Umbranet's own data plane as a benchmark path: SDK (A) -> router (B) -> SDK (B).
 
-Until `umbranet.sdk` exports `Context` (and `SETUP_WRITTEN` below is True) the path reports
-"not available yet" and the harness skips it with that note. `setup` must (see
-`bench/paths/__init__.py` for the contract, `raw.py`/`stunnel.py` for examples):
+`setup` builds a throwaway network in `tmpdir` with the real processes a user would run:
 
-1. Mint throwaway identities under `tmpdir` (a network CA, a router, a dialing identity in A
-   and a hosting identity in B; e.g. with `umbranet.testing`'s PKI factories or
-   `umbra --home <tmpdir> controller init`), and the services it dials: one ending at B's
-   iperf3 (127.0.0.1:IPERF_PORT), one at the echo server (ECHO_PORT), one at the sink
-   (SINK_PORT).
-2. Start the router, e.g. in namespace B on `ns_b.addr` (the only listening port), and the
-   hosting endpoint in B, each with `self.spawn(ns, argv, log)` so the harness owns the PIDs.
-3. Expose the dialing side in A in one of two ways:
-   - a forwarder process in A listening on 127.0.0.1:<port> per service (agent-like), and
-     return `TcpTarget(ns_a.name, "127.0.0.1", port)` for `throughput` (-> iperf3) and
-     `rr` (-> echo); or
-   - in-process SDK clients: return `PyClient(ns_a.name, "bench.paths.umbranet_client",
-     (<identity/config args>...))` for `rr` and/or `throughput`, where that module calls
-     `bench.rr.client_main(dial_for=...)` with a dial that returns a blocking stream
-     (`sendall`, `recv`, `shutdown`, `close`) from the SDK (`blast` goes to the sink service).
-4. Return `cpu_pids` with every process the bytes pass through except the clients and the
-   harness's servers (router, hosting endpoint, forwarder), labelled e.g. "router(B)".
-5. Wait until the path works before returning, or rely on the harness's probe (30 s).
+1. `umbra --home H controller init --address 198.18.0.2:8443` (files only), then
+   `umbra controller run` in namespace B;
+2. `bench.paths.umbranet_setup provision` in B: the router identity, services `bench-echo`
+   and `bench-sink` (dial #bench-clients, host #bench-hosts) and two workload identities,
+   all enrolled with one-time tokens;
+3. `umbra router run --listen 198.18.0.2:7443` in B (the only data-plane port), and a wait
+   until it registered with the controller;
+4. `bench.paths.umbranet_host` in B: an SDK process that hosts both services and speaks
+   `bench.rr`'s echo/sink protocols on the streams itself (no TCP hop on the host side);
+5. the clients in A are `bench.paths.umbranet_client` (`PyClient`): the blocking SDK facade
+   driven by `bench.rr.client_main`, dialing through the veth to the router.
+
+CPU of the path = router + host SDK process + controller (the controller is idle during data
+transfer: tickets are cached by the SDK and checked offline by the router).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from bench.netns import Netns
-from bench.paths import Endpoints
+from bench.paths import Endpoints, PyClient
 from bench.paths._base import DaemonPath
 
-__all__ = ["SETUP_WRITTEN", "Umbranet"]
+__all__ = ["CONTROLLER_PORT", "ROUTER_PORT", "SETUP_WRITTEN", "Umbranet"]
 
-# Flip to True when `Umbranet.setup` below is filled in; until then the path is skipped with
-# "not available yet" even though the SDK exists.
-SETUP_WRITTEN = False
+SETUP_WRITTEN = True
+
+CONTROLLER_PORT = 8443
+ROUTER_PORT = 7443
+REPO = Path(__file__).resolve().parents[2]
+READY_WAIT = 60.0
 
 
 class Umbranet(DaemonPath):
@@ -60,9 +62,124 @@ class Umbranet(DaemonPath):
             pkg = importlib.import_module("umbranet")
         except ImportError:
             return {}
-        return {"umbranet": str(getattr(pkg, "__version__", "source tree"))}
+        versions = {"umbranet": str(getattr(pkg, "__version__", "source tree"))}
+        try:
+            uvloop = importlib.import_module("uvloop")
+            versions["uvloop"] = str(getattr(uvloop, "__version__", "?"))
+        except ImportError:
+            versions["uvloop"] = "not installed (stock asyncio loop)"
+        return versions
 
     def setup(self, ns_a: Netns, ns_b: Netns, tmpdir: Path) -> Endpoints:
-        raise NotImplementedError(
-            "umbranet.sdk has Context, but bench/paths/umbranet.py setup() is not written yet"
+        t0 = time.monotonic()
+        env = _env()
+        home, files = tmpdir / "home", tmpdir / "ids"
+        files.mkdir(mode=0o700)
+        controller_addr = f"{ns_b.addr}:{CONTROLLER_PORT}"
+        router_addr = f"{ns_b.addr}:{ROUTER_PORT}"
+        # Only files are written here, so it runs in the harness's own namespace.
+        _check_run([*_umbra(home), "controller", "init", "--address", controller_addr], env, "init")
+        controller = self.spawn(
+            ns_b, [*_umbra(home), "controller", "run"], tmpdir / "controller.log", env
         )
+        setup = [sys.executable, "-m", "bench.paths.umbranet_setup"]
+        _ns_run(ns_b, [*setup, "provision", "--home", str(home), "--out", str(files)], env)
+        router = self.spawn(
+            ns_b,
+            [
+                sys.executable,
+                "-m",
+                "umbranet.cli.main",
+                "router",
+                "run",
+                "--identity",
+                str(files / "router.json"),
+                "--listen",
+                router_addr,
+            ],
+            tmpdir / "router.log",
+            env,
+        )
+        _ns_run(ns_b, [*setup, "wait-router", "--home", str(home), "--address", router_addr], env)
+        ready = tmpdir / "host.ready"
+        host = self.spawn(
+            ns_b,
+            [
+                sys.executable,
+                "-m",
+                "bench.paths.umbranet_host",
+                "--identity",
+                str(files / "host.json"),
+                "--ready",
+                str(ready),
+            ],
+            tmpdir / "host.log",
+            env,
+        )
+        _wait_file(ready, READY_WAIT, ns_b, host, tmpdir / "host.log")
+        client = PyClient(
+            ns_a.name,
+            "bench.paths.umbranet_client",
+            ("--identity", str(files / "dialer.json")),
+        )
+        return Endpoints(
+            throughput=client,
+            rr=client,
+            cpu_pids={"router(B)": router, "host SDK(B)": host, "controller(B)": controller},
+            notes=(
+                f"router {router_addr}, controller {controller_addr} (both in B); dialer in A "
+                "uses umbranet.sdk.blocking, host in B is an SDK process (no TCP hop)",
+                "link: mutual TLS (Python ssl on uvloop); streams: Noise XX + AES-256-GCM "
+                "end to end; client and host SDK do the rr.py echo/sink protocol themselves",
+                f"setup (controller init, enrollments, router, host bind): "
+                f"{time.monotonic() - t0:.1f} s",
+            ),
+        )
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        x for x in (str(REPO), str(REPO / "src"), env.get("PYTHONPATH", "")) if x
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _umbra(home: Path) -> list[str]:
+    return [sys.executable, "-m", "umbranet.cli.main", "--home", str(home)]
+
+
+def _check_run(argv: list[str], env: dict[str, str], what: str) -> str:
+    proc = subprocess.run(
+        argv,
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"umbranet {what} failed: {(proc.stderr or proc.stdout)[-400:]}")
+    return proc.stdout
+
+
+def _ns_run(ns: Netns, argv: list[str], env: dict[str, str]) -> dict[str, object]:
+    bounded = ns.argv(["timeout", "-k", "5", "120", *argv])
+    out = _check_run(bounded, env, argv[3])
+    value = json.loads(out.strip().splitlines()[-1])
+    if not isinstance(value, dict) or not value.get("ok"):
+        raise RuntimeError(f"umbranet setup step said {value!r}")
+    return value
+
+
+def _wait_file(path: Path, wait: float, ns: Netns, pid: int, log: Path) -> None:
+    deadline = time.monotonic() + wait
+    while not path.exists():
+        if not ns.procs.alive(pid):
+            tail = log.read_text(errors="replace")[-400:] if log.exists() else ""
+            raise RuntimeError(f"umbranet host exited during setup: {tail}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"umbranet host did not bind in {wait:.0f} s")
+        time.sleep(0.1)

@@ -19,11 +19,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from umbranet.sdk import UmbraError
-from umbranet.sdk.blocking import BlockingContext, BlockingStream, connect
-
 from bench import rr
 from bench.paths.umbranet_setup import SERVICES
+from umbranet.sdk import UmbraError
+from umbranet.sdk.blocking import BlockingContext, BlockingStream, connect
 
 __all__ = ["UmbraConn", "main"]
 

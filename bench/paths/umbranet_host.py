@@ -21,10 +21,9 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from bench.paths.umbranet_setup import SERVICES
 from umbranet.aio.runtime import run
 from umbranet.sdk import Context, Listener, Stream, UmbraError
-
-from bench.paths.umbranet_setup import SERVICES
 
 __all__ = ["main"]
 
@@ -58,13 +57,18 @@ async def _serve(identity: Path, ready: Path) -> None:
             loop.create_task(_accept(echo, _echo, tasks)),
             loop.create_task(_accept(sink, _sink, tasks)),
         ]
-        ready.write_text(json.dumps({"ok": True, "services": sorted(SERVICES.values())}))
+        _write_ready(ready)
         print(f"hosting {', '.join(sorted(SERVICES.values()))}", flush=True)
         await stop.wait()
         for task in [*acceptors, *tasks]:
             task.cancel()
         for listener in (echo, sink):
             await listener.close()
+
+
+def _write_ready(path: Path) -> None:
+    """Tell the harness both services are bound (a tiny write, once, before any traffic)."""
+    path.write_text(json.dumps({"ok": True, "services": sorted(SERVICES.values())}))
 
 
 async def _accept(listener: Listener, handler: Handler, tasks: set[asyncio.Task[None]]) -> None:

@@ -100,3 +100,19 @@ def test_router_sees_only_ciphertext(network, arun) -> None:
     assert len(seen) > 16_000  # the router did relay the stream
     assert marker not in seen
     assert marker[:8] not in seen
+
+
+def test_host_sees_the_dialers_attributes(network, arun) -> None:
+    async def main() -> tuple[str, tuple[str, ...]]:
+        async with running_router(network):
+            host = context(network, "web", "server")
+            client = context(network, "alice", "client", "team-blue")
+            async with host, client:
+                listener = await host.listen("echo").start()
+                await client.dial("echo")
+                incoming = await listener.accept()
+                return incoming.peer.name, incoming.peer.attributes
+
+    name, attributes = arun(main())
+    assert name == "alice"
+    assert set(attributes) == {"client", "team-blue"}

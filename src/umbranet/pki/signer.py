@@ -2,7 +2,7 @@
 tokens. Its public half travels in the trust bundle (``ticket_keys``) under its key id."""
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -66,6 +66,7 @@ class Signer:
         now: datetime,
         lifetime: timedelta = TICKET_LIFETIME,
         ticket_id: str | None = None,
+        attributes: Sequence[str] = (),
     ) -> tuple[Ticket, str]:
         """Sign a session ticket; returns the ticket and its token string."""
         issued_at, expires_at = _times(now, lifetime)
@@ -77,6 +78,7 @@ class Signer:
             issued_at=issued_at,
             expires_at=expires_at,
             key_id=self._key_id,
+            attributes=tuple(attributes),
         )
         _check_signable(Ticket.from_claims, ticket.to_claims())
         return ticket, encode_token(TICKET_PREFIX, ticket.to_claims(), self._key)

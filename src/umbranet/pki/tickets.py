@@ -63,9 +63,12 @@ class Ticket:
     issued_at: int
     expires_at: int
     key_id: str
+    # The holder's attributes when the ticket was issued, so a host can authorize on them
+    # offline; optional claim "att".
+    attributes: tuple[str, ...] = ()
 
     def to_claims(self) -> dict[str, Any]:
-        return {
+        claims: dict[str, Any] = {
             "jti": self.id,
             "sub": self.spiffe_id,
             "svc": self.service,
@@ -74,11 +77,15 @@ class Ticket:
             "exp": self.expires_at,
             "kid": self.key_id,
         }
+        if self.attributes:
+            claims["att"] = list(self.attributes)
+        return claims
 
     @classmethod
     def from_claims(cls, claims: dict[str, Any]) -> "Ticket":
         """Validate the claim set; raises `TokenFormatError`."""
-        require_keys(claims, _CLAIMS)
+        attributes = _attributes(claims.get("att", []))
+        require_keys({k: v for k, v in claims.items() if k != "att"}, _CLAIMS)
         subject = claim_str(claims, "sub", 2048)
         try:
             SpiffeId.parse(subject)
@@ -98,7 +105,18 @@ class Ticket:
             issued_at=issued_at,
             expires_at=expires_at,
             key_id=claim_str(claims, "kid", 64),
+            attributes=attributes,
         )
+
+
+def _attributes(value: object) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or len(value) > 256
+        or not all(isinstance(a, str) and 0 < len(a) <= 128 for a in value)
+    ):
+        raise TokenFormatError("claim 'att' must be a list of up to 256 short strings")
+    return tuple(value)
 
 
 def verify_ticket(token: str, bundle: TrustBundle, now: datetime) -> Ticket:

@@ -223,6 +223,6 @@ def _verify_peer(
     return PeerIdentity(
         name=peer.spiffe_id.name or str(peer.spiffe_id),
         spiffe_id=str(peer.spiffe_id),
-        attributes=tuple(getattr(ticket, "attributes", ()) or ()),
+        attributes=ticket.attributes,
         ticket_id=ticket.id,
     )

@@ -95,7 +95,12 @@ class LocalNetwork:
         if not verdict.allowed:
             raise UmbraError("not_authorized", verdict.reason)
         ticket, token = self.signer.sign_ticket(
-            identity.spiffe_id, service, Action(action), datetime.now(UTC), self.ticket_lifetime
+            identity.spiffe_id,
+            service,
+            Action(action),
+            datetime.now(UTC),
+            self.ticket_lifetime,
+            attributes=self.attributes.get(identity.spiffe_id, ()),
         )
         return Grant(token, ticket.expires_at, tuple(self.routers))
 

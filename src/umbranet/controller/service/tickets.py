@@ -65,7 +65,12 @@ def issue_ticket(
     if not verdict.allowed:
         raise Forbidden("not_authorized", verdict.reason)
     ticket, token = authority.signer.sign_ticket(
-        identity.spiffe_id, row.name, Action(action), now, authority.ticket_lifetime
+        identity.spiffe_id,
+        row.name,
+        Action(action),
+        now,
+        authority.ticket_lifetime,
+        attributes=identity.attributes,
     )
     expires_at = datetime.fromtimestamp(ticket.expires_at, UTC)
     return Grant(ticket=token, expires_at=expires_at, routers=reachable_routers(store))
