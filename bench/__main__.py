@@ -243,6 +243,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             env=env,
             quiet_max_wait=0,
             quiet_budget=0,
+            blast_min_bytes=0,
         )
     if args.runs < 1 or args.seconds < 1:
         raise SystemExit("bench: --runs and --seconds must be at least 1")

@@ -35,6 +35,10 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class Settings:
     iperf_seconds: int = 10
+    # Python (PyClient) blasts send at least this much even if that takes longer than
+    # iperf_seconds (a slow path still moves >= 1 GiB), but stop at blast_max_seconds.
+    blast_min_bytes: int = 1 << 30
+    blast_max_seconds: float = 90.0
     rr_count: int = 2000
     rr_warmup: int = 50
     conn_count: int = 200
@@ -221,12 +225,17 @@ class Measurer:
         server = self.servers.iperf if isinstance(target, TcpTarget) else self.servers.rr
         before = {label: procfs.cpu_seconds([pid]) for label, pid in tunnel.items()}
         server_before = procfs.cpu_seconds([server])
-        res = self._client(
-            target,
-            "blast",
-            ["--seconds", str(self.s.iperf_seconds), "--streams", str(streams)],
-            self.s.iperf_seconds + 30,
-        )
+        blast_args = ["--seconds", str(self.s.iperf_seconds), "--streams", str(streams)]
+        limit = float(self.s.iperf_seconds)
+        if isinstance(target, PyClient) and self.s.blast_min_bytes > 0:
+            limit = max(limit, self.s.blast_max_seconds)
+            blast_args += [
+                "--min-bytes",
+                str(self.s.blast_min_bytes),
+                "--max-seconds",
+                str(self.s.blast_max_seconds),
+            ]
+        res = self._client(target, "blast", blast_args, limit + 30)
         tunnel_cpu = {
             label: procfs.cpu_seconds([pid]) - before[label] for label, pid in tunnel.items()
         }

@@ -127,22 +127,39 @@ def measure_connect(dial: Dial, count: int, size: int = 64) -> dict[str, Any]:
 
 
 def measure_blast(
-    dial: Dial, seconds: float, streams: int = 1, chunk: int = 128 * 1024
+    dial: Dial,
+    seconds: float,
+    streams: int = 1,
+    chunk: int = 128 * 1024,
+    *,
+    min_bytes: int = 0,
+    max_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """Send for `seconds` on `streams` connections to a sink; count what the sink acknowledged."""
+    """Send for `seconds` on `streams` connections to a sink; count what the sink acknowledged.
+
+    With `min_bytes`, keep sending past `seconds` until that many bytes left in total (split
+    evenly over the streams), but never past `max_seconds`: a slow path still moves enough
+    data for a stable figure, and the run stays bounded.
+    """
     conns = [dial() for _ in range(streams)]
     acked = [0] * streams
     errors: list[str] = []
     block = b"\0" * chunk
     start = threading.Barrier(streams + 1)
-    deadline = [0.0]
+    deadline = [0.0, 0.0]  # soft (seconds), hard (max_seconds)
+    per_stream = -(-min_bytes // streams) if min_bytes > 0 else 0
 
     def worker(i: int) -> None:
         conn = conns[i]
+        sent = 0
         try:
             start.wait()
-            while time.monotonic() < deadline[0]:
+            while True:
+                now = time.monotonic()
+                if now >= deadline[0] and (sent >= per_stream or now >= deadline[1]):
+                    break
                 conn.sendall(block)
+                sent += chunk
             conn.shutdown(socket.SHUT_WR)
             acked[i] = int.from_bytes(_recv_exact(conn, 8), "big")
         except (OSError, ConnectionError) as exc:
@@ -155,9 +172,10 @@ def measure_blast(
         t.start()
     t0 = time.monotonic()
     deadline[0] = t0 + seconds
+    deadline[1] = t0 + max(seconds, max_seconds)
     start.wait()
     for t in threads:
-        t.join(seconds + 60)
+        t.join(max(seconds, max_seconds) + 60)
     elapsed = time.monotonic() - t0
     total = sum(acked)
     return {
@@ -219,7 +237,13 @@ def client_main(argv: Sequence[str] | None = None, dial_for: DialFor | None = No
     elif args.mode == "connect":
         result = measure_connect(chooser("echo", args), args.count, args.size)
     elif args.mode == "blast":
-        result = measure_blast(chooser("sink", args), args.seconds, args.streams)
+        result = measure_blast(
+            chooser("sink", args),
+            args.seconds,
+            args.streams,
+            min_bytes=args.min_bytes,
+            max_seconds=args.max_seconds,
+        )
     else:
         result = probe(chooser("echo", args), args.wait, args.size)
     print(json.dumps(result), flush=True)
@@ -251,6 +275,8 @@ def _client_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--min-bytes", type=int, default=0, help="blast: send at least this")
+    parser.add_argument("--max-seconds", type=float, default=0.0, help="blast: hard time cap")
     parser.add_argument("--wait", type=float, default=30.0)
     return parser
 

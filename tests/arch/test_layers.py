@@ -69,13 +69,16 @@ def test_router_never_loads_end_to_end_crypto() -> None:
         " or m.startswith('umbranet.sdk')]\n"
         "print(','.join(bad))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("package", ["umbranet.wire", "umbranet.pki", "umbranet.sdk",
-                                     "umbranet.router", "umbranet.policy"])
+@pytest.mark.parametrize(
+    "package",
+    ["umbranet.wire", "umbranet.pki", "umbranet.sdk", "umbranet.router", "umbranet.policy"],
+)
 def test_dunder_all_names_exist(package: str) -> None:
     module = importlib.import_module(package)
     for name in module.__all__:
