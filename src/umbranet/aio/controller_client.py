@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json as json_module
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -135,8 +136,12 @@ class TicketGrant:
 
 @dataclass(frozen=True, slots=True)
 class ServiceAccess:
+    """A service this identity may use: its actions, intercepts and (to hosts) host address."""
+
     name: str
     actions: list[str]
+    host_address: str | None = None
+    intercepts: list[Intercept] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +284,7 @@ class ControllerClient:
             kind=data["kind"],
             spiffe_id=data["spiffe_id"],
             attributes=list(data["attributes"]),
-            services=[ServiceAccess(s["name"], list(s["actions"])) for s in data["services"]],
+            services=[_access(s) for s in data["services"]],
         )
 
     async def ticket(self, service: str, action: str) -> TicketGrant:
@@ -360,6 +365,37 @@ class ControllerClient:
         data = await self._call("GET", "/v1/metrics")
         return {str(k): int(v) for k, v in data["counters"].items()}
 
+    # push channel
+
+    async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Server-sent events as (name, data) until the connection ends.
+
+        Raises ControllerError ``unreachable`` when the stream cannot be opened or breaks.
+        """
+        timeout = httpx.Timeout(self._timeout, read=None)
+        try:
+            async with self._http.stream("GET", "/v1/events", timeout=timeout) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise _error(response)
+                name, data = "message", ""
+                async for line in response.aiter_lines():
+                    if line.startswith("event:"):
+                        name = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data += line[5:].strip()
+                    elif not line and data:
+                        yield name, _json_object(data)
+                        name, data = "message", ""
+        except httpx.TransportError as exc:
+            raise ControllerError("unreachable", f"event stream broke: {exc}", 0) from exc
+
+    async def recheck(self, grants: list[tuple[str, str, str]]) -> tuple[int, dict[int, str]]:
+        """For a router: which (identity, service, action) grants are no longer allowed."""
+        body = {"grants": [{"identity": i, "service": s, "action": a} for i, s, a in grants]}
+        data = await self._call("POST", "/v1/recheck", json=body)
+        return int(data["epoch"]), {int(d["index"]): str(d["reason"]) for d in data["denied"]}
+
     # internals
 
     def _make_http(self, identity: IdentityFile) -> httpx.AsyncClient:
@@ -411,6 +447,14 @@ async def _request(http: httpx.AsyncClient, method: str, path: str, *, json: Any
                 "bad_response", "the controller sent invalid JSON", response.status_code
             ) from exc
     raise _error(response)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json_module.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _error(response: httpx.Response) -> ControllerError:
@@ -473,6 +517,15 @@ def _service(data: Mapping[str, Any]) -> ServiceInfo:
         host_address=data.get("host_address"),
         intercepts=[Intercept(i["host"], int(i["port"])) for i in data["intercepts"]],
         created_at=_time(data["created_at"]),
+    )
+
+
+def _access(data: Mapping[str, Any]) -> ServiceAccess:
+    return ServiceAccess(
+        name=data["name"],
+        actions=list(data["actions"]),
+        host_address=data.get("host_address"),
+        intercepts=[Intercept(i["host"], int(i["port"])) for i in data.get("intercepts") or []],
     )
 
 

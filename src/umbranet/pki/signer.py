@@ -67,6 +67,7 @@ class Signer:
         lifetime: timedelta = TICKET_LIFETIME,
         ticket_id: str | None = None,
         attributes: Sequence[str] = (),
+        epoch: int = 0,
     ) -> tuple[Ticket, str]:
         """Sign a session ticket; returns the ticket and its token string."""
         issued_at, expires_at = _times(now, lifetime)
@@ -79,6 +80,7 @@ class Signer:
             expires_at=expires_at,
             key_id=self._key_id,
             attributes=tuple(attributes),
+            epoch=epoch,
         )
         _check_signable(Ticket.from_claims, ticket.to_claims())
         return ticket, encode_token(TICKET_PREFIX, ticket.to_claims(), self._key)

@@ -43,6 +43,7 @@ TICKET_LIFETIME = timedelta(minutes=10)
 ISSUED_AT_SKEW = timedelta(seconds=30)
 
 _CLAIMS = frozenset({"jti", "sub", "svc", "act", "iat", "exp", "kid"})
+_OPTIONAL = frozenset({"att", "ep"})
 
 
 class Action(StrEnum):
@@ -66,6 +67,9 @@ class Ticket:
     # The holder's attributes when the ticket was issued, so a host can authorize on them
     # offline; optional claim "att".
     attributes: tuple[str, ...] = ()
+    # The controller's revocation epoch at issue (optional claim "ep"): routers refuse
+    # tickets from before the latest policy change or revocation they were told about.
+    epoch: int = 0
 
     def to_claims(self) -> dict[str, Any]:
         claims: dict[str, Any] = {
@@ -79,13 +83,16 @@ class Ticket:
         }
         if self.attributes:
             claims["att"] = list(self.attributes)
+        if self.epoch:
+            claims["ep"] = self.epoch
         return claims
 
     @classmethod
     def from_claims(cls, claims: dict[str, Any]) -> "Ticket":
         """Validate the claim set; raises `TokenFormatError`."""
         attributes = _attributes(claims.get("att", []))
-        require_keys({k: v for k, v in claims.items() if k != "att"}, _CLAIMS)
+        epoch = claim_int(claims, "ep") if "ep" in claims else 0
+        require_keys({k: v for k, v in claims.items() if k not in _OPTIONAL}, _CLAIMS)
         subject = claim_str(claims, "sub", 2048)
         try:
             SpiffeId.parse(subject)
@@ -106,6 +113,7 @@ class Ticket:
             expires_at=expires_at,
             key_id=claim_str(claims, "kid", 64),
             attributes=attributes,
+            epoch=epoch,
         )
 
 

@@ -34,9 +34,20 @@ class Admission:
 
 
 def admit(
-    token: str, *, peer_id: str, service: str, action: Action, bundle: TrustBundle, now: datetime
+    token: str,
+    *,
+    peer_id: str,
+    service: str,
+    action: Action,
+    bundle: TrustBundle,
+    now: datetime,
+    min_epoch: int = 0,
 ) -> Admission:
-    """Check a ticket presented by `peer_id` to `action` `service` at `now`."""
+    """Check a ticket presented by `peer_id` to `action` `service` at `now`.
+
+    A ticket from before `min_epoch` (the controller's latest revocation this router heard
+    of) is stale: access may have been removed since, so the endpoint must fetch a new one.
+    """
     try:
         ticket = verify_ticket(token, bundle, now)
     except PkiError as exc:
@@ -51,5 +62,9 @@ def admit(
             None,
             ErrorCode.TICKET_WRONG_SERVICE,
             f"ticket allows {ticket.action} {ticket.service}, not {action} {service}",
+        )
+    if ticket.epoch < min_epoch:
+        return Admission(
+            None, ErrorCode.TICKET_STALE, "ticket predates the latest revocation; get a new one"
         )
     return Admission(ticket, ErrorCode.NO_ERROR, f"ticket {ticket.id} allows {action} {service}")

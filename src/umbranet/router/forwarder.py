@@ -7,6 +7,10 @@ Rules of this file:
   releases it; a side that exceeds its window gets its circuit reset. So the bytes this
   router holds for a circuit never exceed the circuit's windows, and no link is ever paused
   for one slow reader.
+- Each circuit opens in one order: DIAL (dialer), ACCEPT (host, once), HANDSHAKE (dialer,
+  once, after ACCEPT). A frame out of that order resets the circuit (`protocol_error`): a
+  repeated ACCEPT would restart the window accounting, a repeated HANDSHAKE is unaccounted
+  bytes the router would have to buffer.
 - A circuit ends when both directions carried FIN, or on RESET, or when either link drops;
   the other side is always told why.
 - Frames for circuits that no longer exist are dropped and counted (they race with resets).
@@ -48,14 +52,21 @@ MAX_CIRCUITS_PER_LINK = 65536
 class Route:
     """One side of a relayed circuit."""
 
-    __slots__ = ("account", "circuit", "ended", "link", "peer")
+    __slots__ = ("account", "circuit", "ended", "link", "opened", "peer", "service")
 
-    def __init__(self, link: PeerLink, circuit: int) -> None:
+    def __init__(self, link: PeerLink, circuit: int, service: str = "") -> None:
         self.link = link
         self.circuit = circuit
+        self.service = service
         self.peer: Route = self
         self.account = RelayAccount(0)  # DATA from this side toward the peer
         self.ended = False  # this side sent FIN
+        self.opened = False  # this side sent its handshake frame (host ACCEPT, dialer HANDSHAKE)
+
+    @property
+    def is_host(self) -> bool:
+        """The host's side: the router opened it, so its id is even."""
+        return self.circuit % 2 == 0
 
 
 class PeerLink:
@@ -94,11 +105,14 @@ class Forwarder:
         self.terminators = TerminatorTable()
         self.counters: Counter[str] = Counter()
         self.circuits = 0
+        self.epoch = 0  # the controller's latest revocation epoch; older tickets are stale
 
     # -- link events --------------------------------------------------------------------
 
-    def frames(self, source: PeerLink, frames: list[Frame], dirty: set[PeerLink]) -> str | None:
-        """Handle one read's frames; returns a reason to close the link, or None."""
+    def frames(
+        self, source: PeerLink, frames: list[Frame], dirty: set[PeerLink]
+    ) -> tuple[ErrorCode, str] | None:
+        """Handle one read's frames; returns why to close the link (GOAWAY code, reason)."""
         dirty.add(source)
         for frame in frames:
             try:
@@ -108,12 +122,14 @@ class Forwarder:
                     closing = self._link_frame(source, frame)
                     if closing:
                         return closing
-                elif frame.type in (FrameType.DATA, FrameType.CREDIT, FrameType.HANDSHAKE):
+                elif frame.type in (FrameType.DATA, FrameType.CREDIT):
                     self._relay(source, frame, dirty)
                 elif frame.type == FrameType.DIAL:
                     self._dial(source, frame, dirty)
                 elif frame.type == FrameType.ACCEPT:
                     self._accept(source, frame, dirty)
+                elif frame.type == FrameType.HANDSHAKE:
+                    self._handshake(source, frame, dirty)
                 elif frame.type == FrameType.RESET:
                     self._reset_from(source, frame, dirty)
                 elif frame.type == FrameType.BIND:
@@ -126,8 +142,37 @@ class Forwarder:
                     )
             except WireError as exc:
                 self._count(exc.code.code, source, exc.reason)
-                return f"{exc.code.code}: {exc.reason}"
+                return exc.code, exc.reason
         return None
+
+    def live_grants(self, links: list[PeerLink]) -> list[tuple[str, str, str, object]]:
+        """(identity, service, action, handle) for every circuit end and binding carried."""
+        grants: list[tuple[str, str, str, object]] = []
+        for link in links:
+            for route in link.routes.values():
+                action = "bind" if route.circuit % 2 == 0 else "dial"
+                grants.append((link.identity, route.service, action, route))
+        for binding in self.terminators.all():
+            grants.append((binding.identity, binding.service, "bind", binding))
+        return grants
+
+    def revoke(self, handle: object, reason: str, dirty: set[PeerLink]) -> None:
+        """Close a circuit (both ends told why) or drop a binding (its host told why)."""
+        if isinstance(handle, Route):
+            if handle.link.routes.get(handle.circuit) is handle:
+                self._reset_both(handle, ErrorCode.REVOKED, reason, dirty)
+        elif isinstance(handle, Binding):
+            link = handle.link
+            if self.terminators.remove(link, handle.binding_id) is not None:
+                assert isinstance(link, PeerLink)
+                self.counters[ErrorCode.REVOKED.code] += 1
+                self._send(
+                    link,
+                    FrameType.BIND_ERR,
+                    handle.binding_id,
+                    encode_error(ErrorCode.REVOKED, reason),
+                )
+                dirty.add(link)
 
     def link_gone(self, source: PeerLink, dirty: set[PeerLink]) -> None:
         """Tell every circuit's other side that this link dropped; forget its bindings."""
@@ -157,13 +202,13 @@ class Forwarder:
         reply = {"v": PROTOCOL_VERSION, "role": "router", "name": self._name}
         self._send(source, FrameType.HELLO, 0, encode_control(reply))
 
-    def _link_frame(self, source: PeerLink, frame: Frame) -> str | None:
+    def _link_frame(self, source: PeerLink, frame: Frame) -> tuple[ErrorCode, str] | None:
         if frame.type == FrameType.PING:
             if len(frame.payload) > 64:
                 raise WireError(ErrorCode.PROTOCOL_ERROR, "PING payload over 64 bytes")
             self._send(source, FrameType.PONG, 0, bytes(frame.payload))
         elif frame.type == FrameType.GOAWAY:
-            return "peer said goodbye"
+            return ErrorCode.NO_ERROR, "goodbye acknowledged"
         elif frame.type != FrameType.PONG:
             raise WireError(ErrorCode.PROTOCOL_ERROR, f"unexpected {FrameType(frame.type).name}")
         return None
@@ -171,24 +216,24 @@ class Forwarder:
     # -- binding ------------------------------------------------------------------------
 
     def _bind(self, source: PeerLink, frame: Frame) -> None:
-        ctl = decode_control(frame.payload)
-        service = ctl.str_field("service", 256)
+        try:
+            ctl = decode_control(frame.payload)
+            service = ctl.str_field("service", 256)
+            token = ctl.str_field("ticket")
+        except WireError as exc:
+            self._refuse_bind(source, frame.circuit, exc.code, exc.reason)
+            return
         verdict = admit(
-            ctl.str_field("ticket"),
+            token,
             peer_id=source.identity,
             service=service,
             action=Action.BIND,
             bundle=self._bundle(),
             now=self._clock(),
+            min_epoch=self.epoch,
         )
         if verdict.ticket is None:
-            self._count(verdict.code.code, source, verdict.reason)
-            self._send(
-                source,
-                FrameType.BIND_ERR,
-                frame.circuit,
-                encode_error(verdict.code, verdict.reason),
-            )
+            self._refuse_bind(source, frame.circuit, verdict.code, verdict.reason)
             return
         expires = verdict.ticket.expires_at
         self.terminators.add(Binding(source, frame.circuit, service, source.identity, expires))
@@ -220,6 +265,7 @@ class Forwarder:
             action=Action.DIAL,
             bundle=self._bundle(),
             now=now,
+            min_epoch=self.epoch,
         )
         if verdict.ticket is None:
             self._refuse(source, circuit, verdict.code, verdict.reason)
@@ -238,8 +284,11 @@ class Forwarder:
             return
         host = binding.link
         assert isinstance(host, PeerLink)
-        dialer_side = Route(source, circuit)
-        host_side = Route(host, host.allocate_circuit())
+        if len(host.routes) >= MAX_CIRCUITS_PER_LINK:
+            self._refuse(source, circuit, ErrorCode.TOO_MANY_CIRCUITS, "host has too many circuits")
+            return
+        dialer_side = Route(source, circuit, service)
+        host_side = Route(host, host.allocate_circuit(), service)
         dialer_side.peer, host_side.peer = host_side, dialer_side
         host_side.account = RelayAccount(window)  # host -> dialer, bounded by the dialer
         source.routes[circuit] = dialer_side
@@ -264,12 +313,27 @@ class Forwarder:
         if route is None:
             self.counters["frames_unknown_circuit"] += 1
             return
+        if not route.is_host or route.opened:
+            self._reset_both(route, ErrorCode.PROTOCOL_ERROR, "ACCEPT out of order", dirty)
+            return
         try:
             window = decode_control(frame.payload).int_field("window", MIN_WINDOW, MAX_WINDOW)
         except WireError as exc:
             self._reset_both(route, exc.code, exc.reason, dirty)
             return
+        route.opened = True
         route.peer.account = RelayAccount(window)  # dialer -> host, bounded by the host
+        self._forward(route, frame, dirty)
+
+    def _handshake(self, source: PeerLink, frame: Frame, dirty: set[PeerLink]) -> None:
+        route = source.routes.get(frame.circuit)
+        if route is None:
+            self.counters["frames_unknown_circuit"] += 1
+            return
+        if route.is_host or route.opened or not route.peer.opened:
+            self._reset_both(route, ErrorCode.PROTOCOL_ERROR, "HANDSHAKE out of order", dirty)
+            return
+        route.opened = True
         self._forward(route, frame, dirty)
 
     def _relay(self, source: PeerLink, frame: Frame, dirty: set[PeerLink]) -> None:
@@ -296,8 +360,6 @@ class Forwarder:
             if len(payload) != 4 or not route.peer.account.credit(_CREDIT.unpack(payload)[0]):
                 self._reset_both(route, ErrorCode.FLOW_CONTROL_ERROR, "bad CREDIT", dirty)
                 return
-            self._forward(route, frame, dirty)
-        else:
             self._forward(route, frame, dirty)
 
     def _reset_from(self, source: PeerLink, frame: Frame, dirty: set[PeerLink]) -> None:
@@ -327,6 +389,10 @@ class Forwarder:
     def _refuse(self, source: PeerLink, circuit: int, code: ErrorCode, reason: str) -> None:
         self._count(code.code, source, reason)
         self._send(source, FrameType.RESET, circuit, encode_error(code, reason))
+
+    def _refuse_bind(self, source: PeerLink, binding: int, code: ErrorCode, reason: str) -> None:
+        self._count(code.code, source, reason)
+        self._send(source, FrameType.BIND_ERR, binding, encode_error(code, reason))
 
     def _drop(self, route: Route) -> None:
         if route.link.routes.pop(route.circuit, None) is not None:

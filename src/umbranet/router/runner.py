@@ -42,13 +42,18 @@ async def run_router(
         print(f"router {router.name} listening on {router.address}", flush=True)
         if ready is not None:
             ready.set()
-        keeper = loop.create_task(_keep_registered(router, identity_path, address))
+        tasks = [
+            loop.create_task(_keep_registered(router, identity_path, address)),
+            loop.create_task(follow_controller(router)),
+        ]
         try:
             await stop.wait()
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 async def _keep_registered(router: Router, identity_path: Path, address: str) -> None:
@@ -73,6 +78,27 @@ async def _keep_registered(router: Router, identity_path: Path, address: str) ->
             await asyncio.sleep(RETRY_SECONDS)
             continue
         await asyncio.sleep(_seconds_to_half_life(router.identity) if registered else 1)
+
+
+async def follow_controller(router: Router) -> None:
+    """Follow the controller's event stream; apply every new revocation epoch at once."""
+    backoff = 0.2
+    while True:
+        try:
+            async with ControllerClient(router.identity) as client:
+
+                async def recheck(grants: list[tuple[str, str, str]]) -> dict[int, str]:
+                    _epoch, denied = await client.recheck(grants)
+                    return denied
+
+                async for name, data in client.events():
+                    backoff = 0.2
+                    if name in ("hello", "epoch") and isinstance(data.get("epoch"), int):
+                        await router.apply_epoch(data["epoch"], recheck)
+        except (ControllerError, OSError) as exc:
+            log.warning("controller event stream: %s; reconnecting in %.1fs", exc, backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, RETRY_SECONDS)
 
 
 def _seconds_to_half_life(identity: IdentityFile) -> float:

@@ -4,6 +4,10 @@ The listener is the router's only open port. A connection becomes a link only af
 (chain checked by OpenSSL against the network CA) and the SPIFFE checks at `now`; anything
 else (garbage, a client without a certificate, an expired SVID) is refused and counted, and
 other links never notice.
+
+Failed handshakes are counted where they happen, in the TLS object's `do_handshake` (the
+context's documented `sslobject_class` hook): the event loop swallows them, since asyncio
+and uvloop report a handshake `SSLError` (an OSError) only in debug mode.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +28,9 @@ from umbranet.router.forwarder import Forwarder, PeerLink
 from umbranet.wire import ErrorCode, Frame
 
 log = logging.getLogger("umbranet.router")
+
+# (identity, service, action) triples -> index -> reason, for those no longer allowed.
+Recheck = Callable[[list[tuple[str, str, str]]], Awaitable[dict[int, str]]]
 
 
 @dataclass(slots=True)
@@ -49,10 +56,12 @@ class Router:
         self._clock = clock
         self.identity = config.identity
         self._ssl: ssl.SSLContext = link_server_context(config.identity)
+        self._ssl.sslobject_class = _counting_ssl_objects(self._handshake_failed)
         self.forwarder = Forwarder(lambda: self.identity.bundle, clock, self.name)
         self._links: dict[Link, PeerLink] = {}
         self._server: asyncio.Server | None = None
         self._timers: dict[Link, asyncio.TimerHandle] = {}
+        self._checked_epoch = 0  # the newest epoch whose live grants were re-checked
 
     @property
     def name(self) -> str:
@@ -74,8 +83,6 @@ class Router:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._previous_handler = loop.get_exception_handler()
-        loop.set_exception_handler(self._loop_exception)
         self._server = await loop.create_server(
             lambda: Link(self),
             self.config.host,
@@ -102,6 +109,28 @@ class Router:
         """
         self.identity = identity
         load_identity(self._ssl, identity)
+
+    async def apply_epoch(self, epoch: int, recheck: Recheck) -> int:
+        """Adopt the controller's revocation epoch and close what is no longer allowed.
+
+        Tickets from older epochs are refused from now on; live circuits and bindings are
+        sent to `recheck` (the controller) and those it denies are closed with the reason.
+        Returns how many were closed.
+        """
+        self.forwarder.epoch = max(self.forwarder.epoch, epoch)
+        if epoch <= self._checked_epoch:
+            return 0
+        grants = self.forwarder.live_grants(list(self._links.values()))
+        triples = [(who, service, action) for who, service, action, _ in grants]
+        denied = await recheck(triples) if triples else {}
+        self._checked_epoch = max(self._checked_epoch, epoch)
+        dirty: set[PeerLink] = set()
+        for index, reason in denied.items():
+            self.forwarder.revoke(grants[index][3], reason, dirty)
+        self._flush(dirty)
+        if denied:
+            log.info("epoch %d: closed %d grants no longer allowed", epoch, len(denied))
+        return len(denied)
 
     def statistics(self) -> dict[str, Any]:
         """Counters for status pages and tests."""
@@ -135,10 +164,16 @@ class Router:
         if state is None:
             return
         dirty: set[PeerLink] = set()
-        closing = self.forwarder.frames(state, frames, dirty)
+        try:
+            closing = self.forwarder.frames(state, frames, dirty)
+        except Exception:
+            # A bug must cost one link, never the loop or other links.
+            log.exception("internal error handling frames from %s", link.peer_id)
+            self.forwarder.counters["internal_error"] += 1
+            closing = ErrorCode.INTERNAL_ERROR, "internal error"
         self._flush(dirty)
         if closing is not None:
-            link.close(ErrorCode.PROTOCOL_ERROR, closing)
+            link.close(*closing)
 
     def link_lost(self, link: Link, error: BaseException | None) -> None:
         timer = self._timers.pop(link, None)
@@ -170,14 +205,24 @@ class Router:
             self.forwarder.counters["hello_timeout"] += 1
             link.close(ErrorCode.PROTOCOL_ERROR, "no HELLO in time")
 
-    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """Count TLS handshake failures (garbage, no certificate) instead of dumping traces."""
-        exc = context.get("exception")
-        if isinstance(exc, ssl.SSLError | ConnectionError | TimeoutError):
-            self.forwarder.counters["tls_handshake_failed"] += 1
-            log.warning("refused connection: TLS handshake failed (%s)", type(exc).__name__)
-            return
-        if self._previous_handler is not None:
-            self._previous_handler(loop, context)
-        else:
-            loop.default_exception_handler(context)
+    def _handshake_failed(self, exc: ssl.SSLError) -> None:
+        """Count a refused TLS handshake (garbage, no certificate, untrusted or expired)."""
+        self.forwarder.counters["tls_handshake_failed"] += 1
+        reason = getattr(exc, "verify_message", None) or exc.reason or type(exc).__name__
+        log.warning("refused connection: TLS handshake failed (%s)", reason)
+
+
+def _counting_ssl_objects(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:
+    """An SSLObject class that reports handshake failures before re-raising them."""
+
+    class CountingSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # not a failure: the handshake needs more bytes
+            except ssl.SSLError as exc:
+                on_failure(exc)
+                raise
+
+    return CountingSSLObject

@@ -76,5 +76,9 @@ class TerminatorTable:
         self._turn[service] = turn + 1
         return live[turn % len(live)]
 
+    def all(self) -> list[Binding]:
+        """Every binding, live or not yet noticed as expired."""
+        return [b for entries in self._by_service.values() for b in entries]
+
     def __len__(self) -> int:
         return sum(len(entries) for entries in self._by_service.values())

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("umbranet.sdk")
 
+_STALE_CIRCUIT_FRAMES = frozenset(
+    {FrameType.ACCEPT, FrameType.HANDSHAKE, FrameType.DATA, FrameType.CREDIT, FrameType.RESET}
+)
+
 
 class _Entry:
     """A circuit on this link and who waits for it to open (a dialer or a listener)."""
@@ -233,6 +237,8 @@ class RouterConnection:
         elif ftype in (FrameType.BIND_OK, FrameType.BIND_ERR):
             waiter = self._bind_waiters.get(frame.circuit)
             if waiter is None or waiter.done():
+                if ftype == FrameType.BIND_ERR:
+                    self._binding_revoked(frame)
                 return
             if ftype == FrameType.BIND_OK:
                 waiter.set_result(decode_control(frame.payload).int_field("expires_at"))
@@ -244,10 +250,23 @@ class RouterConnection:
             log.info("router %s said goodbye: %s %s", self.name, code.code, reason)
         elif ftype == FrameType.PING:
             self._send(FrameType.PONG, 0, bytes(frame.payload[:64]))
-        elif ftype in (FrameType.PONG, FrameType.RESET, FrameType.CREDIT, FrameType.DATA):
-            self._count("frames_unknown_circuit" if ftype != FrameType.PONG else "pong")
+        elif ftype == FrameType.PONG:
+            self._count("pong")
+        elif ftype in _STALE_CIRCUIT_FRAMES:
+            # A circuit we already ended (reset, cancelled dial) races with its last frames.
+            self._count("frames_unknown_circuit")
         else:
             raise WireError(ErrorCode.PROTOCOL_ERROR, f"unexpected {FrameType(ftype).name}")
+
+    def _binding_revoked(self, frame: Frame) -> None:
+        """The router dropped a live binding (e.g. access was revoked): tell its listener."""
+        listener = self._listeners.pop(frame.circuit, None)
+        if listener is not None:
+            code, reason = decode_error(frame.payload)
+            log.warning(
+                "binding for %s dropped by the router: %s %s", listener.service, code.code, reason
+            )
+            listener.binding_lost(self, code.code, reason)
 
     def _connect(self, frame: Frame, now: datetime, touched: dict[int, Circuit]) -> None:
         """A router brings a dialer to one of our bindings."""

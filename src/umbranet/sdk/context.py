@@ -28,6 +28,7 @@ from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
 from umbranet.sdk.listener import Listener
 from umbranet.sdk.stream import Stream
+from umbranet.wire import ErrorCode
 
 log = logging.getLogger("umbranet.sdk")
 
@@ -114,9 +115,19 @@ class Context:
         """An end-to-end encrypted stream to a host of `service`.
 
         Raises DialError with the controller's, the router's or the host's code and reason.
+        A ticket the router finds stale (access changed since it was issued) is replaced by
+        a fresh one once; the controller decides again.
         """
         self._start()
-        grant = await self.ticket(service, Action.DIAL)
+        try:
+            return await self._dial_once(service, timeout, fresh=False)
+        except DialError as exc:
+            if exc.code != ErrorCode.TICKET_STALE.code:
+                raise
+            return await self._dial_once(service, timeout, fresh=True)
+
+    async def _dial_once(self, service: str, timeout: float, fresh: bool) -> Stream:
+        grant = await self.ticket(service, Action.DIAL, fresh=fresh)
         last: UmbraError = DialError("no_router", f"the controller named no router for {service}")
         for address in grant.routers:
             try:

@@ -103,6 +103,12 @@ class Listener:
         self._count(code)
         log.warning("refused dialer service=%s code=%s reason=%s", self.service, code, reason)
 
+    def binding_lost(self, connection: RouterConnection, code: str, reason: str) -> None:
+        """The router dropped our binding there; try to bind again (the controller decides)."""
+        self._count(code)
+        self._bindings.pop(connection, None)
+        self._changed.set()
+
     def connection_lost(self, connection: RouterConnection) -> None:
         self._bindings.pop(connection, None)
         self._changed.set()

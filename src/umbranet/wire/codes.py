@@ -24,6 +24,7 @@ class ErrorCode(IntEnum):
     TICKET_WRONG_SERVICE = 13
     NOT_AUTHORIZED = 14
     REVOKED = 15
+    TICKET_STALE = 16  # issued before the latest revocation epoch: fetch a fresh one
 
     NO_TERMINATOR = 20
     HOST_GONE = 21

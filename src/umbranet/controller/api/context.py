@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from umbranet.controller.events import EventHub
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service import Authority
 from umbranet.controller.store import Database, Store
@@ -31,6 +32,10 @@ class AppContext:
     authority: Authority
     clock: Clock = system_clock
     metrics: Metrics = field(default_factory=Metrics)
+    events: EventHub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = EventHub(self.clock)
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:

@@ -84,6 +84,10 @@ class RenewOut(BaseModel):
 class ServiceActionsOut(BaseModel):
     name: str
     actions: list[str]
+    # Present only when set: the agent intercepts these names; a host forwards to the address
+    # (shown only to identities that may bind the service).
+    host_address: str | None = None
+    intercepts: list[Intercept] | None = None
 
 
 class MeOut(BaseModel):

@@ -67,7 +67,9 @@ def disable_identity(name: str, ctx: Ctx, caller: AdminCaller) -> IdentityOut:
     now = ctx.clock()
     with ctx.transaction() as store:
         row = identities.disable_identity(store, name, actor=caller.spiffe_id, now=now)
-        return identity_out(row)
+        out = identity_out(row)
+    ctx.events.bump(f"identity {name} disabled")
+    return out
 
 
 @router.post("/identities/{name}/enable", response_model=IdentityOut)
@@ -116,6 +118,7 @@ def delete_service(name: str, ctx: Ctx, caller: AdminCaller) -> Response:
     now = ctx.clock()
     with ctx.transaction() as store:
         services.delete_service(store, name, actor=caller.spiffe_id, now=now)
+    ctx.events.bump(f"service {name} deleted")
     return Response(status_code=204)
 
 

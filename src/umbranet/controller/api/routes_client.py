@@ -8,6 +8,7 @@ from umbranet.controller.api.convert import cert_pem, router_out
 from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller
 from umbranet.controller.api.models import (
     ErrorBody,
+    Intercept,
     MeOut,
     RenewIn,
     RenewOut,
@@ -47,9 +48,13 @@ def post_renew(body: RenewIn, ctx: Ctx, caller: ClientCaller) -> RenewOut:
     return RenewOut(cert_pem=cert_pem(cert))
 
 
-@router.get("/me", response_model=MeOut)
+@router.get("/me", response_model=MeOut, response_model_exclude_none=True)
 def get_me(ctx: Ctx, caller: ClientCaller) -> MeOut:
-    """Who the caller is and what it may do with which service."""
+    """Who the caller is and what it may do with which service.
+
+    Each service also shows its intercepts (if any) and, to identities that may bind it, its
+    host address: what an agent needs to intercept and to host it.
+    """
     with ctx.transaction() as store:
         identity = _identity(store, caller.id)
         services = tickets.services_for(store, identity, metrics=ctx.metrics)
@@ -58,8 +63,18 @@ def get_me(ctx: Ctx, caller: ClientCaller) -> MeOut:
             kind=identity.kind,
             spiffe_id=identity.spiffe_id,
             attributes=list(identity.attributes),
-            services=[ServiceActionsOut(name=s.name, actions=s.actions) for s in services],
+            services=[_service_actions(store, s.name, s.actions) for s in services],
         )
+
+
+def _service_actions(store: Store, name: str, actions: list[str]) -> ServiceActionsOut:
+    row = store.service_by_name(name)
+    out = ServiceActionsOut(name=name, actions=actions)
+    if row is not None:
+        if "bind" in actions:
+            out.host_address = row.host_address
+        out.intercepts = [Intercept.model_validate(i) for i in row.intercepts] or None
+    return out
 
 
 @router.post("/tickets", response_model=TicketOut, responses={404: {"model": ErrorBody}})
@@ -75,6 +90,7 @@ def post_ticket(body: TicketIn, ctx: Ctx, caller: ClientCaller) -> TicketOut:
             action=body.action,
             now=now,
             metrics=ctx.metrics,
+            epoch=ctx.events.epoch,
         )
         return TicketOut(
             ticket=grant.ticket,

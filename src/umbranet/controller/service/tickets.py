@@ -46,6 +46,7 @@ def issue_ticket(
     action: str,
     now: datetime,
     metrics: Metrics | None = None,
+    epoch: int = 0,
 ) -> Grant:
     """Decide and, if allowed, sign a ticket for `identity` to `action` the `service`.
 
@@ -71,6 +72,7 @@ def issue_ticket(
         now,
         authority.ticket_lifetime,
         attributes=identity.attributes,
+        epoch=epoch,
     )
     expires_at = datetime.fromtimestamp(ticket.expires_at, UTC)
     return Grant(ticket=token, expires_at=expires_at, routers=reachable_routers(store))

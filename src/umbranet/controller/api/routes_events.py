@@ -1,0 +1,84 @@
+"""The push channel: `GET /v1/events` (server-sent events) and `POST /v1/recheck` for routers.
+
+Subscribers receive `hello` with the current epoch at once, then an `epoch` event whenever
+access may have been removed, and a comment line every 15 s so dead connections surface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller
+from umbranet.controller.api.models import ErrorBody
+from umbranet.controller.service import recheck
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["events"], responses={401: {"model": ErrorBody}})
+
+KEEPALIVE_SECONDS = 15.0
+
+
+class GrantIn(BaseModel):
+    identity: str = Field(max_length=2048)
+    service: str = Field(max_length=256)
+    action: str = Field(pattern="^(dial|bind)$")
+
+
+class RecheckIn(BaseModel):
+    grants: list[GrantIn] = Field(max_length=100_000)
+
+
+class DeniedOut(BaseModel):
+    index: int
+    reason: str
+
+
+class RecheckOut(BaseModel):
+    epoch: int
+    denied: list[DeniedOut]
+
+
+@router.get("/events", response_class=StreamingResponse)
+async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
+    """Server-sent events: `hello` then `epoch` events, for routers and endpoints."""
+    queue = ctx.events.subscribe()
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            yield _sse("hello", {"epoch": ctx.events.epoch, "identity": caller.spiffe_id})
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    continue
+                yield _sse("epoch", {"epoch": event.epoch, "reason": event.reason})
+        finally:
+            ctx.events.unsubscribe(queue)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
+
+
+@router.post("/recheck", response_model=RecheckOut)
+def post_recheck(body: RecheckIn, ctx: Ctx, caller: RouterCaller) -> RecheckOut:
+    """Which of a router's live grants policy no longer allows, and why."""
+    grants = [recheck.Grant(g.identity, g.service, g.action) for g in body.grants]
+    with ctx.transaction() as store:
+        result = recheck.denied(store, grants, ctx.metrics)
+    return RecheckOut(
+        epoch=ctx.events.epoch,
+        denied=[DeniedOut(index=i, reason=r) for i, r in sorted(result.items())],
+    )
+
+
+def _sse(event: str, data: dict[str, object]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()

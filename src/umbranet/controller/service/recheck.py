@@ -1,0 +1,49 @@
+"""Re-checking live grants after the epoch moved: which circuits and bindings must close.
+
+A router sends what it carries (dialer/host identity, service); the controller answers with
+the ones policy no longer allows, each with the reason, using the same decision as tickets.
+Cost is proportional to what is live at that router, not to the size of the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from umbranet.controller.authz import decide_access
+from umbranet.controller.metrics import Metrics
+from umbranet.controller.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One live use of a service: `identity` doing `action` on `service`."""
+
+    identity: str  # SPIFFE ID
+    service: str
+    action: str
+
+
+def denied(store: Store, grants: list[Grant], metrics: Metrics | None = None) -> dict[int, str]:
+    """Index -> reason for every grant that is no longer allowed."""
+    out: dict[int, str] = {}
+    for index, grant in enumerate(grants):
+        identity = store.identity_by_spiffe_id(grant.identity)
+        service = store.service_by_name(grant.service)
+        if identity is None:
+            out[index] = f"{grant.identity} is not an identity of this network"
+        elif not identity.enabled:
+            out[index] = f"identity {identity.name} is disabled"
+        elif service is None:
+            out[index] = f"service {grant.service} no longer exists"
+        else:
+            verdict = decide_access(
+                identity.attributes,
+                service,
+                grant.action,
+                subject=grant.identity,
+                purpose="recheck",
+                metrics=metrics,
+            )
+            if not verdict.allowed:
+                out[index] = verdict.reason
+    return out
