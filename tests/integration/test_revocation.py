@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import echo_forever
-from umbranet.sdk import Context, DialError, StreamReset
 from umbranet.quickstart import Quickstart
+from umbranet.sdk import Context, DialError, StreamReset
 
 
 def _free_port() -> int:
