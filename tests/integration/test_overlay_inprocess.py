@@ -7,8 +7,8 @@ import hashlib
 import os
 
 import pytest
-from tests.conftest import context, echo_forever, running_router
 
+from tests.conftest import context, echo_forever, running_router
 from umbranet.sdk import DialError
 from umbranet.testing import LocalNetwork
 

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,8 @@ class ControlPlane(Protocol):
 
     async def renew(self) -> IdentityFile: ...
 
+    def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -78,6 +81,8 @@ class Context:
         self._tickets: dict[tuple[str, str], Grant] = {}
         self._next_binding = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
+        self.epoch = 0
         self._renew = renew
         self._started = False
         self._closed = False
@@ -149,7 +154,9 @@ class Context:
     def listen(self, service: str, backlog: int = 128) -> Listener:
         """Host `service`: iterate the listener for incoming streams. Opens no port."""
         self._start()
-        return Listener(self, service, backlog)
+        listener = Listener(self, service, backlog)
+        self._listeners.add(listener)
+        return listener
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -215,6 +222,7 @@ class Context:
         self._started = True
         if self._renew:
             self._spawn(self._renew_forever())
+        self._spawn(self._follow_events())
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -234,6 +242,30 @@ class Context:
             except UmbraError as exc:
                 log.warning("certificate renewal failed: %s; retrying in 30s", exc)
                 await asyncio.sleep(30)
+
+    async def _follow_events(self) -> None:
+        """Follow the controller's pushes: a new epoch means access may have changed, so
+        cached tickets are dropped and listeners bind again with fresh ones."""
+        backoff = 0.2
+        while not self._closed:
+            try:
+                async for name, data in self._control.events():
+                    backoff = 0.2
+                    epoch = data.get("epoch")
+                    if name in ("hello", "epoch") and isinstance(epoch, int) and epoch > self.epoch:
+                        self._on_epoch(epoch, name == "hello")
+            except UmbraError as exc:
+                log.debug("event stream: %s; reconnecting in %.1fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def _on_epoch(self, epoch: int, first: bool) -> None:
+        stale = self.epoch != 0 or not first
+        self.epoch = epoch
+        if stale:
+            self._tickets.clear()
+            for listener in list(self._listeners):
+                listener.refresh()
 
     async def renew_now(self) -> None:
         """Trade a fresh CSR for a new certificate now (also done automatically)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 from umbranet.aio.controller_client import ControllerClient, ControllerError
 from umbranet.pki import IdentityFile
 from umbranet.sdk.context import Grant
@@ -25,6 +28,13 @@ class ControllerPlane:
     async def renew(self) -> IdentityFile:
         try:
             return await self._client.renew()
+        except ControllerError as exc:
+            raise UmbraError(exc.code, exc.message) from exc
+
+    async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        try:
+            async for event in self._client.events():
+                yield event
         except ControllerError as exc:
             raise UmbraError(exc.code, exc.message) from exc
 

@@ -103,6 +103,10 @@ class Listener:
         self._count(code)
         log.warning("refused dialer service=%s code=%s reason=%s", self.service, code, reason)
 
+    def refresh(self) -> None:
+        """Bind again now with a fresh ticket (the controller's epoch moved)."""
+        self._changed.set()
+
     def binding_lost(self, connection: RouterConnection, code: str, reason: str) -> None:
         """The router dropped our binding there; try to bind again (the controller decides)."""
         self._count(code)

@@ -7,8 +7,11 @@ without HTTP. `LocalControlPlane` is the in-memory twin of the SDK's controller 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -49,6 +52,8 @@ class LocalNetwork:
     services: dict[str, ServiceRule] = field(default_factory=dict)
     attributes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     disabled: set[str] = field(default_factory=set)
+    epoch: int = 1
+    subscribers: list[asyncio.Queue[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.ca = CertificateAuthority.create(self.trust_domain, self.now)
@@ -101,8 +106,16 @@ class LocalNetwork:
             datetime.now(UTC),
             self.ticket_lifetime,
             attributes=self.attributes.get(identity.spiffe_id, ()),
+            epoch=self.epoch,
         )
         return Grant(token, ticket.expires_at, tuple(self.routers))
+
+    def bump(self) -> int:
+        """Start a new revocation epoch and push it to every control plane's subscribers."""
+        self.epoch += 1
+        for queue in self.subscribers:
+            queue.put_nowait(self.epoch)
+        return self.epoch
 
     def control(self, identity: IdentityFile) -> LocalControlPlane:
         return LocalControlPlane(self, identity)
@@ -133,6 +146,17 @@ class LocalControlPlane:
         )
         self.renewals += 1
         return self.identity
+
+    async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Epochs pushed by `LocalNetwork.bump`, after a `hello`."""
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        self.network.subscribers.append(queue)
+        try:
+            yield "hello", {"epoch": self.network.epoch}
+            while True:
+                yield "epoch", {"epoch": await queue.get()}
+        finally:
+            self.network.subscribers.remove(queue)
 
     async def aclose(self) -> None:
         return None
