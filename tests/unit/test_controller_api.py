@@ -7,8 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from tests.controller_harness import Harness, error_code, make_harness
 
+from tests.controller_harness import Harness, error_code, make_harness
 from umbranet.controller.store import Store
 from umbranet.pki import Action, verify_ticket
 

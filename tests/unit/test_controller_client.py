@@ -9,8 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from tests.controller_harness import Harness, make_harness
 
+from tests.controller_harness import Harness, make_harness
 from umbranet.aio.controller_client import ControllerClient, ControllerError, Intercept
 from umbranet.pki import verify_ticket
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from tests.controller_harness import Harness, enroll_request, error_code, make_harness
 
+from tests.controller_harness import Harness, enroll_request, error_code, make_harness
 from umbranet.pki import (
     CertificateAuthority,
     Signer,

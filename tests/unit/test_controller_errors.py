@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.controller_harness import Harness, error_code, make_harness
 
+from tests.controller_harness import Harness, error_code, make_harness
 from umbranet.controller.api.middleware import MAX_BODY
 
 
