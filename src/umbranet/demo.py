@@ -57,12 +57,13 @@ async def _answer(stream: Stream, service: str) -> None:
 def listening_sockets() -> int | None:
     """How many listening TCP or bound UDP sockets this process holds (Linux /proc); the
     demo reports it so a user sees the host is dark. None where /proc is unavailable."""
+    inodes = set()
     try:
-        inodes = {
-            os.readlink(f"/proc/self/fd/{fd}")[8:-1]
-            for fd in os.listdir("/proc/self/fd")
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:[")
-        }
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # the directory's own fd is gone already
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
         count = 0
         for table in ("tcp", "tcp6", "udp", "udp6"):
             with open(f"/proc/self/net/{table}") as handle:
