@@ -210,6 +210,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one run (for CI, < 60 s)")
     p.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"), help="report file")
     p.add_argument("--no-install", action="store_true", help="never call apt-get")
+    p.add_argument(
+        "--quiet-budget",
+        type=float,
+        default=Settings.quiet_budget,
+        help="seconds in total to wait for other load to stop before measurements "
+        f"(default {Settings.quiet_budget:.0f}; raise it on a shared machine)",
+    )
     return p
 
 
@@ -247,7 +254,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         )
     if args.runs < 1 or args.seconds < 1:
         raise SystemExit("bench: --runs and --seconds must be at least 1")
-    return Settings(iperf_seconds=args.seconds, python=sys.executable, env=env)
+    return Settings(
+        iperf_seconds=args.seconds,
+        python=sys.executable,
+        env=env,
+        quiet_budget=args.quiet_budget,
+    )
 
 
 def _ensure_importable() -> None:

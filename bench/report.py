@@ -1,8 +1,9 @@
 """Turning runs into medians, ratios and the RESULTS.md file (plus a table on the terminal).
 
 Ratios are only meaningful within one invocation on one machine, so every table here is
-computed from the runs of this invocation: each path against raw veth, and Umbranet against each
-peer. Throughput ratios read "x times as fast", time and CPU ratios "x times as long".
+computed from the runs of this invocation: each path against raw veth, each Umbranet variant
+(`umbranet*` paths) against each peer, and the issue's targets against nebula and ssh.
+Throughput ratios read "x times as fast", time and CPU ratios "x times as long".
 """
 
 from __future__ import annotations
@@ -148,6 +149,14 @@ def write_markdown(report: Report, out: Path) -> None:
         "- '1 CPU' = client, tunnel daemons and echo server pinned to CPU 0: the software cost of "
         "the path, the stable number for ratios. 'default' = normal scheduling: what a user "
         "sees; on small VMs it adds cross-CPU wake-ups and is bimodal.",
+        "- Library paths (`PyClient`: `rawpy`, `umbranet*`) have no TCP port to point iperf3 "
+        "at: their throughput is `bench.rr blast` (128 KiB writes for the same duration, "
+        f"and at least {s.blast_min_bytes / (1 << 30):.0f} GiB, capped at "
+        f"{s.blast_max_seconds:.0f} s) counted by the sink at the far end; their RR/connect "
+        "use the same Python clients. For Umbranet, 'connect' = dial a new end-to-end stream "
+        "(Noise XX handshake through the router, over the already open router link and "
+        "with the cached dial ticket, as an application would) + one 64 B round trip + "
+        "half-close; the CPU columns count router + host SDK process + controller.",
         "",
         "## Results (medians)",
         "",
@@ -167,15 +176,19 @@ def write_markdown(report: Report, out: Path) -> None:
             "",
         ]
         lines += _ratio_table(med, paths, "raw", percent_for_throughput=True)
-    if "umbranet" in med:
+    ours = [p for p in paths if p.startswith("umbranet")]
+    peers = [p for p in paths if not p.startswith("umbranet")]
+    for u in ours:
         lines += [
-            "## Umbranet relative to each peer",
+            f"## `{u}` relative to each peer",
             "",
-            "Umbranet's median divided by the peer's: throughput > 1 means Umbranet is "
+            f"`{u}`'s median divided by the peer's: throughput > 1 means Umbranet is "
             "faster; times and CPU per GB < 1 mean Umbranet is better.",
             "",
         ]
-        lines += _ratio_table(med, [p for p in paths if p != "umbranet"], "umbranet", invert=True)
+        lines += _ratio_table(med, peers, u, invert=True)
+    if ours and "nebula" in med:
+        lines += ["## Targets (from the issue)", "", *_targets(med, ours), ""]
     lines += ["## Per run", "", "Cells read `run1 / run2 / ...`.", ""]
     per_run = (
         "tput1_gbps",
@@ -286,6 +299,42 @@ def _ratio_table(
                 cells.append(f"{num / den:.2f}x")
         rows.append(cells)
     return [*_table(["path", *[_metric(k).header for k in _RATIO_KEYS]], rows), ""]
+
+
+def _targets(med: dict[str, dict[str, float]], ours: list[str]) -> list[str]:
+    """The issue's goals, each as Umbranet's median against the bound it must meet."""
+    neb, ssh = med["nebula"], med.get("ssh", {})
+    goals = [
+        ("1 stream >= 3x nebula", "tput1_gbps", 3 * neb.get("tput1_gbps", 0.0), True),
+        ("1 stream >= ssh -L", "tput1_gbps", ssh.get("tput1_gbps"), True),
+        ("64 B RR p50 <= nebula (1 CPU)", "rr_pin_p50", neb.get("rr_pin_p50"), False),
+        ("64 B RR p50 <= nebula (default)", "rr_def_p50", neb.get("rr_def_p50"), False),
+        (
+            "dial+1RT p50 <= 1.5x nebula connect+1RT (1 CPU)",
+            "conn_pin_p50",
+            1.5 * neb.get("conn_pin_p50", 0.0),
+            False,
+        ),
+        (
+            "dial+1RT p50 <= 1.5x nebula connect+1RT (default)",
+            "conn_def_p50",
+            1.5 * neb.get("conn_def_p50", 0.0),
+            False,
+        ),
+    ]
+    rows = []
+    for label, key, bound, higher in goals:
+        metric = _metric(key)
+        cells = [label, _fmt(bound, metric) if bound else "-"]
+        for u in ours:
+            value = med[u].get(key)
+            if value is None or not bound:
+                cells.append("-")
+                continue
+            met = value >= bound if higher else value <= bound
+            cells.append(f"{_fmt(value, metric)} ({'met' if met else 'missed'})")
+        rows.append(cells)
+    return _table(["target", "bound", *ours], rows)
 
 
 def _metric(key: str) -> Metric:

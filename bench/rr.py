@@ -31,6 +31,7 @@ __all__ = [
     "Conn",
     "Dial",
     "client_main",
+    "client_parser",
     "main",
     "measure_blast",
     "measure_connect",
@@ -230,7 +231,7 @@ def client_main(argv: Sequence[str] | None = None, dial_for: DialFor | None = No
     `dial_for(purpose, args)` with purpose "echo" (latency, connect, probe) or "sink" (blast)
     returns the `Dial` to use; the default dials TCP to --host/--port.
     """
-    args = _client_parser().parse_args(argv)
+    args = client_parser().parse_args(argv)
     chooser = dial_for or _tcp_dial_for
     if args.mode == "latency":
         result = measure_latency(chooser("echo", args), args.count, args.warmup, args.size)
@@ -265,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return client_main(args_list)
 
 
-def _client_parser() -> argparse.ArgumentParser:
+def client_parser() -> argparse.ArgumentParser:
+    """The client modes' command line (also parsed by plug-in clients that do not use Dial)."""
     parser = argparse.ArgumentParser(prog="bench.rr")
     parser.add_argument("mode", choices=["latency", "connect", "blast", "probe"])
     parser.add_argument("--host", default="")

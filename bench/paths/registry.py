@@ -10,7 +10,7 @@ from bench.paths.raw import Raw, RawPy
 from bench.paths.socat import Socat1, Socat2
 from bench.paths.ssh import Ssh
 from bench.paths.stunnel import Stunnel
-from bench.paths.umbranet import Umbranet
+from bench.paths.umbranet import Umbranet, UmbranetAsync
 from bench.paths.wireguard import WireguardGo
 
 __all__ = ["DEFAULT_PATHS", "KNOWN_PATHS", "make_path"]
@@ -25,9 +25,19 @@ _FACTORIES: dict[str, Callable[[], BenchPath]] = {
     "wireguard": WireguardGo,
     "nebula": Nebula,
     "umbranet": Umbranet,
+    "umbranet-async": UmbranetAsync,
 }
 KNOWN_PATHS = tuple(_FACTORIES)
-DEFAULT_PATHS = ("raw", "socat2", "stunnel", "ssh", "wireguard", "nebula", "umbranet")
+DEFAULT_PATHS = (
+    "raw",
+    "socat2",
+    "stunnel",
+    "ssh",
+    "wireguard",
+    "nebula",
+    "umbranet",
+    "umbranet-async",
+)
 
 
 def make_path(name: str) -> BenchPath:

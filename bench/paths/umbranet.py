@@ -32,7 +32,7 @@ from bench.netns import Netns
 from bench.paths import Endpoints, PyClient
 from bench.paths._base import DaemonPath
 
-__all__ = ["CONTROLLER_PORT", "ROUTER_PORT", "SETUP_WRITTEN", "Umbranet"]
+__all__ = ["CONTROLLER_PORT", "ROUTER_PORT", "SETUP_WRITTEN", "Umbranet", "UmbranetAsync"]
 
 SETUP_WRITTEN = True
 
@@ -44,7 +44,12 @@ READY_WAIT = 60.0
 
 class Umbranet(DaemonPath):
     name = "umbranet"
-    title = "Umbranet: SDK -> router -> SDK (mTLS links, end-to-end AEAD)"
+    title = (
+        "Umbranet: SDK -> router -> SDK (mTLS links, end-to-end AEAD); "
+        "client through the blocking facade (umbranet.sdk.blocking)"
+    )
+    client_module = "bench.paths.umbranet_client"
+    client_note = "dialer in A uses umbranet.sdk.blocking (a loop thread; 2 hand-offs per call)"
 
     def unavailable(self) -> str | None:
         try:
@@ -62,7 +67,8 @@ class Umbranet(DaemonPath):
             pkg = importlib.import_module("umbranet")
         except ImportError:
             return {}
-        versions = {"umbranet": str(getattr(pkg, "__version__", "source tree"))}
+        version = str(getattr(pkg, "__version__", "source tree"))
+        versions = {"umbranet": f"{version} ({_source_revision()})"}
         try:
             uvloop = importlib.import_module("uvloop")
             versions["uvloop"] = str(getattr(uvloop, "__version__", "?"))
@@ -117,24 +123,57 @@ class Umbranet(DaemonPath):
             env,
         )
         _wait_file(ready, READY_WAIT, ns_b, host, tmpdir / "host.log")
-        client = PyClient(
-            ns_a.name,
-            "bench.paths.umbranet_client",
-            ("--identity", str(files / "dialer.json")),
-        )
+        client = PyClient(ns_a.name, self.client_module, ("--identity", str(files / "dialer.json")))
         return Endpoints(
             throughput=client,
             rr=client,
             cpu_pids={"router(B)": router, "host SDK(B)": host, "controller(B)": controller},
             notes=(
-                f"router {router_addr}, controller {controller_addr} (both in B); dialer in A "
-                "uses umbranet.sdk.blocking, host in B is an SDK process (no TCP hop)",
+                f"router {router_addr}, controller {controller_addr} (both in B); "
+                f"{self.client_note}; host in B is an SDK process (no TCP hop)",
                 "link: mutual TLS (Python ssl on uvloop); streams: Noise XX + AES-256-GCM "
                 "end to end; client and host SDK do the rr.py echo/sink protocol themselves",
                 f"setup (controller init, enrollments, router, host bind): "
                 f"{time.monotonic() - t0:.1f} s",
             ),
         )
+
+
+class UmbranetAsync(Umbranet):
+    """The same network, measured with the async SDK in the client (no facade thread)."""
+
+    name = "umbranet-async"
+    title = "Umbranet: SDK -> router -> SDK, client on the async SDK (asyncio/uvloop)"
+    client_module = "bench.paths.umbranet_async_client"
+    client_note = "dialer in A runs the tests as coroutines on the SDK's loop"
+
+
+def _source_revision() -> str:
+    """Which source was measured: the git commit (and whether src/ had local edits).
+
+    A snapshot made with `git archive` has no .git; it carries the commit in .source-commit.
+    """
+    marker = REPO / ".source-commit"
+    if marker.exists():
+        return f"git {marker.read_text().strip()[:12]}, exported snapshot"
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "source tree, revision unknown"
+    return f"git {head[:12]}" + (" + uncommitted changes in src/" if dirty else "")
 
 
 def _env() -> dict[str, str]:

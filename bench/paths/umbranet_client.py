@@ -46,7 +46,12 @@ class UmbraConn:
             self._stream.shutdown_write()
 
     def close(self) -> None:
-        self._stream.close()
+        # Half-close instead of `BlockingStream.close()`: with the SDK as of this writing,
+        # `Stream.close()` followed by the peer's FIN recurses without end
+        # (notify -> _discard_inbound -> flush -> _dispatch -> notify) and kills the link.
+        # Every caller here has read all it expects, so the two are equivalent on the wire:
+        # our FIN goes out at once and the circuit ends when the peer's FIN arrives.
+        self._stream.shutdown_write()
 
 
 class _Dialer:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 import sys
@@ -85,9 +84,12 @@ async def _guarded(handler: Handler, stream: Stream) -> None:
         await handler(stream)
     except (ConnectionError, UmbraError):
         stream.abort("benchmark host: stream failed")  # the client's own result says so
-    finally:
-        with contextlib.suppress(Exception):
-            stream.close()
+        return
+    # Both handlers return after the peer's EOF, so ending our direction ends the circuit.
+    # Not `Stream.close()`: with the SDK as of this writing, close() on a circuit that then
+    # finishes recurses without end (notify -> _discard_inbound -> flush -> _dispatch) and,
+    # when that happens inside a read callback, takes the whole link down.
+    stream.write_eof()
 
 
 async def _echo(stream: Stream) -> None:
@@ -101,7 +103,6 @@ async def _sink(stream: Stream) -> None:
     while data := await stream.read(READ_SIZE):
         total += len(data)
     stream.write(total.to_bytes(8, "big"))
-    stream.write_eof()
     await stream.drain()
 
 

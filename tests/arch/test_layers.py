@@ -23,6 +23,8 @@ ALLOWED = {
     "controller": {"wire", "pki", "policy", "proto", "aio"},
     "router": {"wire", "pki", "policy", "proto", "aio"},  # never the SDK or controller
     "sdk": {"wire", "pki", "policy", "proto", "aio"},  # never the router or controller
+    "integrations": {"wire", "pki", "policy", "proto", "aio", "sdk"},  # built on the SDK
+    "agent": {"wire", "pki", "policy", "proto", "aio", "sdk"},  # an SDK application
 }
 PURE = {"wire", "pki", "policy", "proto"}
 IMPURE_MODULES = {"asyncio", "socket", "ssl", "time", "selectors", "threading"}

@@ -141,7 +141,7 @@ def test_quickstart_serves_the_demo_dark_and_fetches_it(tmp_path: Path) -> None:
         host_pid = net.children[net.names.index("demo-host")].pid
         assert response.startswith(b"HTTP/1.1 200 OK")
         assert b"hello demo-client" in response
-        assert b"\"host_listening_sockets\": 0" in response
+        assert b'"host_listening_sockets": 0' in response
         assert _listening_sockets(host_pid) == []
     finally:
         net.stop()

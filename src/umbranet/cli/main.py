@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from umbranet.cli import (
+    agent_cmd,
     controller_cmd,
     endpoint_cmd,
     enroll_cmd,
@@ -20,6 +21,7 @@ from umbranet.cli import (
     quickstart_cmd,
     router_admin_cmd,
     router_cmd,
+    serve_cmd,
     service_cmd,
 )
 from umbranet.cli.common import DEFAULT_HOME, CliState
@@ -60,6 +62,8 @@ app.add_typer(router_cmd.app, name="router")
 enroll_cmd.register(app)
 quickstart_cmd.register(app)
 endpoint_cmd.register(app)
+agent_cmd.register(app)
+serve_cmd.register(app)
 
 
 def main() -> None:

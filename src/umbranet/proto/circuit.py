@@ -95,7 +95,8 @@ class Circuit:
         self._credit = SendCredit(0)
         self._window = ReceiveWindow(window)
         self._inbound: deque[bytes] = deque()
-        self._inbound_size = 0
+        self._inbound_size = 0  # includes `_unread`
+        self._unread = b""  # pushed back by the reader: its credit was already returned
         self._outbound: deque[bytes] = deque()
         self._outbound_size = 0
         self._transmit: list[bytes] = []
@@ -190,7 +191,13 @@ class Circuit:
 
     def take(self, limit: int) -> bytes:
         """Up to `limit` plaintext bytes the peer sent, returning credit as they go."""
-        if not self._inbound or limit <= 0:
+        if limit <= 0:
+            return b""
+        if self._unread:
+            chunk, self._unread = self._unread[:limit], self._unread[limit:]
+            self._inbound_size -= len(chunk)
+            return chunk
+        if not self._inbound:
             return b""
         chunk = self._inbound[0]
         if len(chunk) <= limit:
@@ -205,9 +212,14 @@ class Circuit:
         return chunk
 
     def push_back(self, data: bytes) -> None:
-        """Return bytes taken but not used (a reader that over-read); credit is not touched."""
+        """Return bytes taken but not used (a reader that over-read).
+
+        Their credit went back when they were taken, so taking them again returns none:
+        crediting twice would let the sender overrun the window, and routers reset a
+        circuit whose receiver returns more credit than it was sent.
+        """
         if data:
-            self._inbound.appendleft(data)
+            self._unread = data + self._unread
             self._inbound_size += len(data)
 
     def reset(self, code: ErrorCode, reason: str) -> None:

@@ -42,6 +42,8 @@ class RouterConfig:
     port: int = 7443
     hello_timeout: float = 10.0
     tls_handshake_timeout: float = 10.0
+    # Stop reading a link while this much waits to be written to it (see `_throttle`).
+    link_buffer_limit: int = 4 * 1024 * 1024
 
 
 def _utcnow() -> datetime:
@@ -61,6 +63,7 @@ class Router:
         self._links: dict[Link, PeerLink] = {}
         self._server: asyncio.Server | None = None
         self._timers: dict[Link, asyncio.TimerHandle] = {}
+        self._throttled: dict[Link, asyncio.Task[None]] = {}
         self._checked_epoch = 0  # the newest epoch whose live grants were re-checked
 
     @property
@@ -96,6 +99,8 @@ class Router:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._throttled.values()):
+                task.cancel()
             for link in list(self._links):
                 link.close(ErrorCode.SHUTTING_DOWN, "router stopping")
             with contextlib.suppress(TimeoutError):
@@ -174,6 +179,8 @@ class Router:
         self._flush(dirty)
         if closing is not None:
             link.close(*closing)
+        else:
+            self._throttle(link)
 
     def link_lost(self, link: Link, error: BaseException | None) -> None:
         timer = self._timers.pop(link, None)
@@ -197,6 +204,30 @@ class Router:
                 link = peer.link
                 assert isinstance(link, Link)
                 link.write_many(out)
+
+    def _throttle(self, link: Link) -> None:
+        """Stop reading a link while its own outbound buffer is over the limit.
+
+        Relayed DATA is bounded by circuit windows, but answers are not: a peer that sends
+        PINGs or refused DIALs without ever reading would make the router buffer every
+        PONG and RESET. So the router reads from a link only while that link drains.
+        """
+        transport = link.transport
+        if link in self._throttled or transport is None or link.closed:
+            return
+        if transport.get_write_buffer_size() <= self.config.link_buffer_limit:
+            return
+        transport.pause_reading()
+        self.forwarder.counters["links_throttled"] += 1
+        self._throttled[link] = asyncio.get_running_loop().create_task(self._unthrottle(link))
+
+    async def _unthrottle(self, link: Link) -> None:
+        try:
+            await link.writable()  # below the transport's low-water mark, or lost
+        finally:
+            self._throttled.pop(link, None)
+        if not link.closed and link.transport is not None:
+            link.transport.resume_reading()
 
     def _hello_deadline(self, link: Link) -> None:
         self._timers.pop(link, None)

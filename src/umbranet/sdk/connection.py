@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("umbranet.sdk")
 
-_STALE_CIRCUIT_FRAMES = frozenset(
+# Frames for an open circuit. Only these go to a circuit by id: binding ids (BIND_OK,
+# BIND_ERR) and new circuits (CONNECT) share the id field but not the number space.
+_CIRCUIT_FRAMES = frozenset(
     {FrameType.ACCEPT, FrameType.HANDSHAKE, FrameType.DATA, FrameType.CREDIT, FrameType.RESET}
 )
 
@@ -189,7 +191,7 @@ class RouterConnection:
         for frame in frames:
             circuit_id = frame.circuit
             entry = self._circuits.get(circuit_id)
-            if entry is not None and frame.type != FrameType.CONNECT:
+            if entry is not None and frame.type in _CIRCUIT_FRAMES:
                 entry.circuit.handle_frame(frame, now)
                 touched[circuit_id] = entry.circuit
                 continue
@@ -252,7 +254,7 @@ class RouterConnection:
             self._send(FrameType.PONG, 0, bytes(frame.payload[:64]))
         elif ftype == FrameType.PONG:
             self._count("pong")
-        elif ftype in _STALE_CIRCUIT_FRAMES:
+        elif ftype in _CIRCUIT_FRAMES:
             # A circuit we already ended (reset, cancelled dial) races with its last frames.
             self._count("frames_unknown_circuit")
         else:
@@ -298,10 +300,12 @@ class RouterConnection:
                     entry.listener.deliver(entry.stream)
             elif isinstance(event, Closed) and entry.stream is None:
                 self._refused(entry, event)
-        if entry.stream is not None:
-            entry.stream.notify()
+        # Forget a closed circuit before waking its stream: a closing stream flushes from
+        # `notify`, and `flush` dispatches circuits it still finds here (endless recursion).
         if circuit.state is State.CLOSED:
             self._circuits.pop(circuit.id, None)
+        if entry.stream is not None:
+            entry.stream.notify()
 
     def _refused(self, entry: _Entry, event: Closed) -> None:
         """A circuit closed before it opened: a refused dial or a failed accept."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections import deque
 from typing import Self
 
 from umbranet.aio.tls import load_identity
@@ -72,7 +73,7 @@ class RawLink:
         self._writer = writer
         # Accept anything the wire allows so the probe can observe oversized frames too.
         self._decoder = FrameDecoder(max_payload=MAX_PAYLOAD)
-        self._frames: list[Frame] = []
+        self._frames: deque[Frame] = deque()
         self.closed = False
         self.close_error: BaseException | None = None
 
@@ -133,7 +134,7 @@ class RawLink:
             if self.closed:
                 raise LinkClosed([], self.close_error)
             await self._fill(timeout)
-        return self._frames.pop(0)
+        return self._frames.popleft()
 
     async def expect(
         self, ftype: int, circuit: int | None = None, timeout: float = DEFAULT_TIMEOUT
@@ -174,6 +175,9 @@ class RawLink:
     def pause_reading(self) -> None:
         """Stop reading the socket (a peer that never reads: the router must buffer)."""
         self._writer.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        self._writer.transport.resume_reading()  # type: ignore[attr-defined]
 
     # -- internals ------------------------------------------------------------------------
 

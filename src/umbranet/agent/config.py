@@ -1,0 +1,105 @@
+"""The agent's configuration and its state directory: what `umbra up` was told, where it keeps
+its socket, pidfile, log and the ports it chose.
+
+The state directory is private (0700): the local API socket inside it answers whois and
+ping for whoever can connect, so only the owner may. Ports derived here are stable across
+restarts and machines: the same service name always suggests the same loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "DERIVED_PORT_BASE",
+    "DERIVED_PORT_SPAN",
+    "REFRESH_INTERVAL",
+    "AgentConfig",
+    "ConfigError",
+    "default_state_dir",
+    "derived_port",
+    "parse_port_override",
+    "prepare_state_dir",
+]
+
+DEFAULT_STATE_DIR = Path("~/.umbra/agent")
+REFRESH_INTERVAL = 30.0
+# Derived ports live in 15000..24999: above the well-known and registered ports people
+# usually run locally, below Linux's ephemeral range (32768+), so a client's own outgoing
+# connections never hold the port the agent wants.
+DERIVED_PORT_BASE = 15000
+DERIVED_PORT_SPAN = 10000
+
+
+class ConfigError(ValueError):
+    """A configuration the user can fix: `code` for scripts, `reason` for people."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything `umbra up` needs; paths inside the state directory are derived from it."""
+
+    identity: Path
+    state_dir: Path
+    listen_base: str = "127.0.0.1"
+    ports: Mapping[str, int] = field(default_factory=dict)
+    refresh_interval: float = REFRESH_INTERVAL
+
+    @property
+    def socket_path(self) -> Path:
+        return self.state_dir / "agent.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / "agent.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "agent.log"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.state_dir / "ports.json"
+
+
+def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$UMBRA_AGENT_DIR`` if set, else ``~/.umbra/agent``."""
+    configured = environ.get("UMBRA_AGENT_DIR")
+    return Path(configured).expanduser() if configured else DEFAULT_STATE_DIR.expanduser()
+
+
+def derived_port(service: str) -> int:
+    """The loopback port a service gets when nothing else decides: stable per name."""
+    return DERIVED_PORT_BASE + zlib.crc32(service.encode("utf-8")) % DERIVED_PORT_SPAN
+
+
+def parse_port_override(text: str) -> tuple[str, int]:
+    """``SERVICE=PORT`` -> (service, port); ConfigError ``bad_port`` otherwise."""
+    service, sep, port = text.partition("=")
+    service = service.strip()
+    if not sep or not service or not port.strip().isdigit():
+        raise ConfigError("bad_port", f"expected SERVICE=PORT, got {text!r}")
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ConfigError("bad_port", f"port {number} for {service} is out of range")
+    return service, number
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create the state directory owner-only (0700), or refuse one another user owns."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise ConfigError("state_dir_not_owned", f"{path} belongs to uid {info.st_uid}")
+    if info.st_mode & 0o077:
+        path.chmod(0o700)

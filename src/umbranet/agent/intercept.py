@@ -1,0 +1,216 @@
+"""Intercept without root: one loopback TCP listener per service this identity may dial.
+
+`psql -h 127.0.0.1 -p 5432` or `curl http://127.0.0.1:18080/` reaches a dark service: each
+accepted connection dials the service through the SDK and relays. The port a service gets
+is stable, chosen in this order and recorded in the state directory:
+
+1. ``--port SERVICE=PORT`` (only that port; failing to bind it is reported, not worked
+   around, because the user asked for exactly it);
+2. the port recorded for the service by an earlier run;
+3. the service's intercept ports (``db.umbra:5432`` -> 5432) when free and bindable;
+4. ``15000 + crc32(name) % 10000``, then the next few ports after it.
+
+A dial that fails closes the client's connection with RST and is counted with its code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from umbranet.agent.config import derived_port
+from umbranet.agent.relay import relay, reset_tcp
+from umbranet.agent.stats import Counters
+from umbranet.agent.whois import Delivery, WhoisTable
+from umbranet.sdk import Context, UmbraError
+
+__all__ = ["Interceptor", "LoopbackListener", "PortBook"]
+
+log = logging.getLogger("umbranet.agent")
+
+# How many ports after the derived one to try when it is taken.
+_DERIVED_PROBES = 16
+
+
+class PortBook:
+    """Which loopback port each service should get; remembers choices across restarts."""
+
+    def __init__(self, path: Path, overrides: Mapping[str, int]) -> None:
+        self._path = path
+        self._overrides = dict(overrides)
+        self._recorded = _load_ports(path)
+
+    def candidates(self, service: str, intercept_ports: Sequence[int]) -> list[tuple[int, str]]:
+        """Ports to try in order, each with where it came from."""
+        if service in self._overrides:
+            return [(self._overrides[service], "override")]
+        found: list[tuple[int, str]] = []
+        if service in self._recorded:
+            found.append((self._recorded[service], "recorded"))
+        found.extend((port, "intercept") for port in intercept_ports)
+        base = derived_port(service)
+        found.extend((base + i, "derived") for i in range(_DERIVED_PROBES))
+        unique: dict[int, str] = {}
+        for port, source in found:
+            unique.setdefault(port, source)
+        return list(unique.items())
+
+    def record(self, service: str, port: int) -> None:
+        if self._recorded.get(service) == port:
+            return
+        self._recorded[service] = port
+        temporary = self._path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self._recorded, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, self._path)
+
+
+@dataclass
+class LoopbackListener:
+    """One service's listener and its live connections."""
+
+    service: str
+    port: int = 0
+    source: str = ""
+    server: asyncio.Server | None = None
+    error: str | None = None
+    last_failure: str | None = None
+    connections: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def to_json(self, base: str) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "listen": f"{base}:{self.port}" if self.server is not None else None,
+            "source": self.source or None,
+            "connections": len(self.connections),
+            "error": self.error,
+            "last_failure": self.last_failure,
+        }
+
+
+class Interceptor:
+    """Opens, tracks and closes the loopback listeners of the services we may dial."""
+
+    def __init__(
+        self,
+        context: Context,
+        book: PortBook,
+        whois: WhoisTable,
+        counters: Counters,
+        listen_base: str = "127.0.0.1",
+    ) -> None:
+        self._context = context
+        self._book = book
+        self._whois = whois
+        self._counters = counters
+        self.listen_base = listen_base
+        self.listeners: dict[str, LoopbackListener] = {}
+
+    async def ensure(self, service: str, intercept_ports: Sequence[int] = ()) -> LoopbackListener:
+        """A listener for `service` (opened once; a failed open is retried on each call)."""
+        current = self.listeners.get(service)
+        if current is not None and current.server is not None:
+            return current
+        entry = current or LoopbackListener(service)
+        self.listeners[service] = entry
+        errors: list[str] = []
+        for port, source in self._book.candidates(service, intercept_ports):
+            try:
+                entry.server = await asyncio.start_server(
+                    lambda r, w: self._accepted(entry, r, w),
+                    self.listen_base,
+                    port,
+                    reuse_address=True,
+                )
+            except OSError as exc:
+                errors.append(f"{port} ({source}): {exc.strerror or exc}")
+                continue
+            entry.port, entry.source, entry.error = port, source, None
+            self._book.record(service, port)
+            log.info("intercept %s on %s:%d (%s)", service, self.listen_base, port, source)
+            return entry
+        entry.error = "no port could be bound: " + "; ".join(errors)
+        self._counters.add("listen_failed")
+        log.warning("intercept %s: %s", service, entry.error)
+        return entry
+
+    async def remove(self, service: str) -> None:
+        """Stop intercepting `service` and end its connections (access was withdrawn)."""
+        entry = self.listeners.pop(service, None)
+        if entry is None:
+            return
+        if entry.server is not None:
+            entry.server.close()
+        for task in list(entry.connections):
+            task.cancel()
+        for task in list(entry.connections):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        log.info("stopped intercepting %s", service)
+
+    async def close(self) -> None:
+        for service in list(self.listeners):
+            await self.remove(service)
+
+    def live_connections(self) -> int:
+        return sum(len(e.connections) for e in self.listeners.values())
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [e.to_json(self.listen_base) for _, e in sorted(self.listeners.items())]
+
+    # -- one connection ----------------------------------------------------------------
+
+    async def _accepted(
+        self, entry: LoopbackListener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        entry.connections.add(task)
+        try:
+            await self._carry(entry, reader, writer)
+        finally:
+            entry.connections.discard(task)
+
+    async def _carry(
+        self, entry: LoopbackListener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        service = entry.service
+        peername = writer.get_extra_info("peername")
+        client = (str(peername[0]), int(peername[1]))
+        try:
+            stream = await self._context.dial(service)
+        except (UmbraError, OSError, TimeoutError) as exc:
+            code = exc.code if isinstance(exc, UmbraError) else type(exc).__name__
+            entry.last_failure = f"dial: {exc}"
+            self._counters.add(f"dial_failed.{code}")
+            log.warning("dial %s failed: %s", service, exc)
+            reset_tcp(writer)
+            return
+        self._counters.add("dial_streams")
+        router = str(stream.get_extra_info("router"))
+        self._whois.add(client, Delivery(stream.peer, service, "outbound", router))
+        try:
+            outcome = await relay(stream, reader, writer)
+        finally:
+            self._whois.remove(client)
+        if outcome.reset_by:
+            entry.last_failure = f"reset by {outcome.reset_by}: {outcome.code}: {outcome.reason}"
+            self._counters.add(f"dial_reset_by_{outcome.reset_by}.{outcome.code}")
+            log.info("flow to %s reset by %s: %s", service, outcome.reset_by, outcome.reason)
+
+
+def _load_ports(path: Path) -> dict[str, int]:
+    """The recorded choices; a missing or damaged file just means none."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): v for k, v in data.items() if isinstance(v, int) and 0 < v < 65536}

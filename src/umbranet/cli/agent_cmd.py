@@ -1,0 +1,262 @@
+"""``umbra up|down|status|whois|ping``: run the agent and talk to it through its local API.
+
+`up` runs the agent in the foreground (or detached with ``--daemon``); `down` stops it by its
+pidfile; the others call the local API on the agent's Unix socket and render the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from umbranet.agent import (
+    Agent,
+    AgentApiError,
+    AgentConfig,
+    ConfigError,
+    LocalApiClient,
+    daemonize,
+    default_state_dir,
+    run_agent,
+    stop_agent,
+)
+from umbranet.agent.config import REFRESH_INTERVAL, parse_port_override, prepare_state_dir
+from umbranet.agent.localapi import ApiError
+from umbranet.aio.runtime import run
+from umbranet.cli.common import CliState, emit, fail, handle_errors, out, state, table
+
+__all__ = ["register"]
+
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="UMBRA_AGENT_DIR",
+        help="Agent state directory (socket, pidfile, log, ports). Default ~/.umbra/agent.",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("status")(status)
+    app.command("whois")(whois)
+    app.command("ping")(ping)
+
+
+def up(
+    ctx: typer.Context,
+    *,
+    identity: Annotated[Path, typer.Option("--identity", "-i", help="Identity file.")],
+    state_dir: StateDirOption = None,
+    listen_base: Annotated[
+        str, typer.Option("--listen-base", help="Loopback address the listeners use.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        list[str] | None,
+        typer.Option("--port", help="SERVICE=PORT: a fixed loopback port (repeatable)."),
+    ] = None,
+    daemon: Annotated[bool, typer.Option("--daemon", help="Detach; log to the state dir.")] = (
+        False
+    ),
+    refresh: Annotated[
+        float, typer.Option("--refresh", help="Seconds between controller refreshes.", min=0.2)
+    ] = REFRESH_INTERVAL,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run the agent: loopback listeners for the services you may dial, hosting for the ones
+    you may bind, and the local API."""
+    cli = state(ctx)
+    with _errors(cli):
+        overrides = dict(parse_port_override(p) for p in port or [])
+        config = AgentConfig(
+            identity=identity.expanduser().resolve(),
+            state_dir=(state_dir or default_state_dir()).expanduser().resolve(),
+            listen_base=listen_base,
+            ports=overrides,
+            refresh_interval=refresh,
+        )
+        prepare_state_dir(config.state_dir)
+        if daemon:
+            pid = daemonize(config, lambda ready: _run(config, verbose, lambda _a: ready()))
+            emit(
+                cli,
+                {"pid": pid, "socket": str(config.socket_path), "log": str(config.log_file)},
+                lambda: out.print(f"agent running (pid {pid}); log: {config.log_file}"),
+            )
+            return
+        with contextlib.suppress(KeyboardInterrupt):
+            _run(config, verbose, lambda agent: _say_ready(cli, agent))
+
+
+def down(
+    ctx: typer.Context,
+    state_dir: StateDirOption = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 15.0,
+) -> None:
+    """Stop the agent recorded in the state directory and wait until it exited."""
+    cli = state(ctx)
+    with _errors(cli):
+        config = _config(state_dir)
+        pid = stop_agent(config, timeout)
+    emit(cli, {"stopped": pid}, lambda: out.print(f"agent {pid} stopped"))
+
+
+def status(ctx: typer.Context, state_dir: StateDirOption = None, json: JsonOption = False) -> None:
+    """Identity, routers and links, services and their local ports, live streams, counters."""
+    cli = _json(state(ctx), json)
+    with _errors(cli):
+        data = LocalApiClient(_config(state_dir).socket_path).get("/v1/status")
+    emit(cli, data, lambda: _render_status(data))
+
+
+def whois(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Argument(help="IP:PORT of a connection the agent carries.")],
+    state_dir: StateDirOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Who is behind a connection the agent delivered (host: the app's peer address; client:
+    the app's own address)."""
+    cli = _json(state(ctx), json)
+    with _errors(cli):
+        data = LocalApiClient(_config(state_dir).socket_path).get("/v1/whois", {"addr": address})
+    emit(
+        cli,
+        data,
+        lambda: out.print(
+            f"{data['addr']}: {data['name']} ({data['spiffe_id']}) "
+            f"attributes [{', '.join(data['attributes'])}], {data['direction']} "
+            f"on {data['service']} via {data['router']}"
+        ),
+    )
+
+
+def ping(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="Service name.")],
+    count: Annotated[int, typer.Option("--count", "-c", min=1, max=10)] = 3,
+    state_dir: StateDirOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Round-trip time to SERVICE through the overlay, and the router that carried it."""
+    cli = _json(state(ctx), json)
+    with _errors(cli):
+        client = LocalApiClient(_config(state_dir).socket_path)
+        data = client.post("/v1/ping", {"service": service, "count": count})
+    emit(
+        cli,
+        data,
+        lambda: out.print(
+            f"{service}: host {data['host'].get('name')} via router {data['router']}: "
+            + ", ".join(f"{r:.2f} ms" for r in data["rtt_ms"])
+            + f" (min {data['min_ms']:.2f}, avg {data['avg_ms']:.2f})"
+        ),
+    )
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _run(config: AgentConfig, verbose: bool, on_ready: Callable[[Agent], None]) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        force=True,
+    )
+    # One line per controller request every refresh would drown the agent's own log.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    run(run_agent(config, on_ready))
+
+
+def _say_ready(cli: CliState, agent: Agent) -> None:
+    snapshot = agent.status()
+    emit(
+        cli,
+        {"event": "ready", **snapshot},
+        lambda: out.print(
+            f"agent up as {snapshot['identity']['spiffe_id']} (pid {snapshot['agent']['pid']}); "
+            f"local API {snapshot['agent']['socket']}\n"
+            + "\n".join(
+                f"  dial {d['service']} at {d['listen'] or d['error']}" for d in snapshot["dial"]
+            )
+        ),
+    )
+
+
+def _config(state_dir: Path | None) -> AgentConfig:
+    directory = (state_dir or default_state_dir()).expanduser()
+    return AgentConfig(identity=Path(), state_dir=directory)
+
+
+def _json(cli: CliState, json: bool) -> CliState:
+    return CliState(home=cli.home, json=cli.json or json)
+
+
+@contextlib.contextmanager
+def _errors(cli: CliState) -> Iterator[None]:
+    with handle_errors(cli):
+        try:
+            yield
+        except ConfigError as exc:
+            fail(cli, exc.code, exc.reason)
+        except AgentApiError as exc:
+            fail(cli, exc.code, exc.message)
+        except ApiError as exc:
+            fail(cli, exc.code, exc.reason)
+
+
+def _render_status(data: dict[str, Any]) -> None:
+    identity, agent = data["identity"], data["agent"]
+    out.print(f"identity  {identity['spiffe_id']} (certificate until {identity['cert_not_after']})")
+    out.print(f"agent     pid {agent['pid']}, local API {agent['socket']}")
+    controller = data["controller"]
+    out.print(
+        f"controller {identity['controller_url']}: last refresh "
+        f"{controller['last_refresh'] or 'never'}"
+        + (f", error: {controller['error']}" if controller["error"] else "")
+    )
+    table(
+        "Routers",
+        ["name", "address", "link"],
+        [(r["name"], r["address"], r["link"]) for r in data["routers"]],
+    )
+    table(
+        "Services you dial",
+        ["service", "listen", "port from", "connections", "problem"],
+        [
+            (
+                d["service"],
+                d["listen"],
+                d["source"],
+                d["connections"],
+                d["error"] or d["last_failure"],
+            )
+            for d in data["dial"]
+        ],
+    )
+    table(
+        "Services you host",
+        ["service", "host address", "bound at", "streams", "problem"],
+        [
+            (
+                h["service"],
+                h["host_address"],
+                h["bound_routers"],
+                h["streams"],
+                h["error"] or h["last_failure"],
+            )
+            for h in data["host"]
+        ],
+    )
+    streams = data["streams"]
+    out.print(f"live streams: {streams['dial']} dialed, {streams['host']} hosted")
+    if data["counters"]:
+        out.print("counters: " + ", ".join(f"{k}={v}" for k, v in data["counters"].items()))
