@@ -69,8 +69,13 @@ class Stream:
                 return b""
             await self._wait()
         data = circuit.take(n)
-        while len(data) < n and circuit.readable_bytes:
-            data += circuit.take(n - len(data))
+        if len(data) < n and circuit.readable_bytes:
+            parts, have = [data], len(data)
+            while have < n and circuit.readable_bytes:
+                chunk = circuit.take(n - have)
+                parts.append(chunk)
+                have += len(chunk)
+            data = b"".join(parts)
         self._connection.flush(circuit)
         return data
 
