@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -40,6 +41,14 @@ async def running_router(network: LocalNetwork, name: str = "r1") -> AsyncIterat
             yield router
         finally:
             network.routers.remove(router.address)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def context(network: LocalNetwork, name: str, *attributes: str) -> Context:

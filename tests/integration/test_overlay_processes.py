@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,24 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from umbranet.quickstart import Quickstart
 
 PEER = Path(__file__).with_name("overlay_peer.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
     root = tmp_path_factory.mktemp("net")
     net = Quickstart(
-        root, router_port=_free_port(), controller_port=_free_port(), say=lambda _m: None
+        root, router_port=free_port(), controller_port=free_port(), say=lambda _m: None
     )
     try:
         net.start_core()
@@ -134,7 +127,7 @@ def test_disabled_identity_is_refused_its_next_dial(network: Quickstart) -> None
 
 def test_quickstart_serves_the_demo_dark_and_fetches_it(tmp_path: Path) -> None:
     net = Quickstart(
-        tmp_path / "qs", router_port=_free_port(), controller_port=_free_port(), say=lambda _m: None
+        tmp_path / "qs", router_port=free_port(), controller_port=free_port(), say=lambda _m: None
     )
     try:
         response = net.start()

@@ -8,31 +8,23 @@ next dial is refused.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import echo_forever
+from tests.conftest import echo_forever, free_port
 from umbranet.quickstart import Quickstart
 from umbranet.sdk import Context, DialError, StreamReset
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
     net = Quickstart(
         tmp_path_factory.mktemp("revoke"),
-        router_port=_free_port(),
-        controller_port=_free_port(),
+        router_port=free_port(),
+        controller_port=free_port(),
         say=lambda _m: None,
     )
     try:

@@ -10,20 +10,38 @@ import asyncio
 import contextlib
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from umbranet.aio.runtime import run
-from umbranet.cli.common import fail, handle_errors, out, state
+from umbranet.cli.common import CliState, fail, handle_errors, out, state
 from umbranet.sdk import Context, UmbraError
 
 __all__ = ["register"]
 
+T = TypeVar("T")
+
 IdentityOption = Annotated[Path, typer.Option("--identity", "-i", help="Identity file.")]
 
 demo_app = typer.Typer(help="The quickstart's demo HTTP service.", no_args_is_help=True)
+
+
+def _run(cli: CliState, main: Coroutine[Any, Any, T]) -> T:
+    """Run `main`; overlay refusals end the command with their code and reason."""
+    with handle_errors(cli):
+        try:
+            return run(main)
+        except UmbraError as exc:
+            fail(cli, exc.code, exc.reason)
+
+
+def _run_foreground(cli: CliState, main: Coroutine[Any, Any, None]) -> None:
+    """`_run` for commands that serve until Ctrl-C."""
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(cli, main)
 
 
 def register(app: typer.Typer) -> None:
@@ -59,11 +77,7 @@ def dial(
                 sys.stdout.buffer.flush()
             feeder.cancel()
 
-    with handle_errors(cli):
-        try:
-            run(main())
-        except UmbraError as exc:
-            fail(cli, exc.code, exc.reason)
+    _run(cli, main())
 
 
 def host(
@@ -91,11 +105,7 @@ def host(
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
 
-    with handle_errors(cli), contextlib.suppress(KeyboardInterrupt):
-        try:
-            run(main())
-        except UmbraError as exc:
-            fail(cli, exc.code, exc.reason)
+    _run_foreground(cli, main())
 
 
 @demo_app.command("serve")
@@ -114,11 +124,7 @@ def demo_serve(
             print(f"serving {service} dark as {context.identity.spiffe_id}", flush=True)
             await serve_demo(context, service)
 
-    with handle_errors(cli), contextlib.suppress(KeyboardInterrupt):
-        try:
-            run(main())
-        except UmbraError as exc:
-            fail(cli, exc.code, exc.reason)
+    _run_foreground(cli, main())
 
 
 @demo_app.command("fetch")
@@ -137,8 +143,4 @@ def demo_fetch(
         async with Context.from_file(identity) as context:
             return await fetch(context, service, path)
 
-    with handle_errors(cli):
-        try:
-            sys.stdout.write(run(main()).decode("utf-8", "replace"))
-        except UmbraError as exc:
-            fail(cli, exc.code, exc.reason)
+    sys.stdout.write(_run(cli, main()).decode("utf-8", "replace"))
