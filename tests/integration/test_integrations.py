@@ -371,7 +371,8 @@ def test_lifespan_startup_failure_is_fatal(web: LocalNetwork, arun) -> None:
 
 
 def test_umbra_serve_hosts_an_app_with_no_listening_socket(tmp_path: Path) -> None:
-    from tests.integration.test_overlay_processes import _free_port, _listening_sockets
+    from tests.conftest import free_port
+    from tests.integration.test_overlay_processes import _listening_sockets
     from umbranet.quickstart import Quickstart
 
     (tmp_path / "darkapp.py").write_text(
@@ -385,8 +386,8 @@ def test_umbra_serve_hosts_an_app_with_no_listening_socket(tmp_path: Path) -> No
     )
     net = Quickstart(
         tmp_path / "net",
-        router_port=_free_port(),
-        controller_port=_free_port(),
+        router_port=free_port(),
+        controller_port=free_port(),
         say=lambda _m: None,
     )
     serving: subprocess.Popen[str] | None = None

@@ -95,3 +95,38 @@ def test_deleting_a_service_closes_its_streams(network: Quickstart) -> None:
     )
     assert error.code == "revoked"
     assert "rv2" in error.reason
+
+
+def test_removing_a_policy_rule_closes_its_streams(network: Quickstart) -> None:
+    asyncio.run(network.ensure_service("rv3", ["rv3-c"], ["rv3-h"]))
+    host_file = asyncio.run(network.enroll("rv3-host", ["rv3-h"]))
+    client_file = asyncio.run(network.enroll("rv3-client", ["rv3-c"]))
+    bind = '{"action": "bind", "src": ["rv3-host"], "dst": ["svc:rv3"]}'
+    dial = '{"action": "dial", "src": ["rv3-client"], "dst": ["svc:rv3"]}'
+
+    async def allow(admin: object) -> None:
+        text = f'{{"rules": [{bind}, {dial}]}}'
+        await admin.set_policy(text, "rv3 allowed")  # type: ignore[attr-defined]
+
+    async def remove_dial(admin: object) -> None:
+        await admin.set_policy(f'{{"rules": [{bind}]}}', "rv3 dial removed")  # type: ignore[attr-defined]
+
+    async def apply_first() -> None:
+        async with network.admin() as admin:
+            await allow(admin)
+
+    asyncio.run(apply_first())
+    error, elapsed = asyncio.run(
+        _revoke_during_stream(network, client_file, host_file, "rv3", remove_dial)
+    )
+    assert error.code == "revoked"
+    assert error.reason
+    print(f"\nrevocation delay (policy change -> stream reset): {elapsed * 1000:.0f} ms")
+
+    async def dial_again() -> DialError:
+        async with Context.from_file(client_file) as client:
+            with pytest.raises(DialError) as info:
+                await client.dial("rv3")
+            return info.value
+
+    assert asyncio.run(dial_again()).code == "not_authorized"

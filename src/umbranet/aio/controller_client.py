@@ -365,6 +365,52 @@ class ControllerClient:
         data = await self._call("GET", "/v1/metrics")
         return {str(k): int(v) for k, v in data["counters"].items()}
 
+    # policy and audit (admin)
+
+    async def get_policy(self) -> dict[str, Any]:
+        """The version in force: ``version``, ``text``, ``created_at``, ``created_by``."""
+        return _json_dict(await self._call("GET", "/v1/policy"))
+
+    async def set_policy(self, text: str, comment: str | None = None) -> dict[str, Any]:
+        """Validate, test and apply; ControllerError ``policy_invalid``/``policy_tests_failed``."""
+        body = {"text": text, "comment": comment}
+        return _json_dict(await self._call("PUT", "/v1/policy", json=body))
+
+    async def test_policy(self, text: str) -> dict[str, Any]:
+        return _json_dict(await self._call("POST", "/v1/policy/test", json={"text": text}))
+
+    async def policy_history(self) -> list[dict[str, Any]]:
+        return [_json_dict(v) for v in await self._call("GET", "/v1/policy/history")]
+
+    async def rollback_policy(self, version: int) -> dict[str, Any]:
+        body = {"version": version}
+        return _json_dict(await self._call("POST", "/v1/policy/rollback", json=body))
+
+    async def explain(
+        self,
+        identity: str,
+        service: str,
+        *,
+        action: str = "dial",
+        port: int | None = None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> dict[str, Any]:
+        """The verdict, every rule considered, and ``rendered`` (plain text)."""
+        body = {
+            "identity": identity,
+            "service": service,
+            "action": action,
+            "port": port,
+            "method": method,
+            "path": path,
+        }
+        return _json_dict(await self._call("POST", "/v1/policy/explain", json=body))
+
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Administrative changes, newest first."""
+        return [_json_dict(e) for e in await self._call("GET", f"/v1/audit?limit={int(limit)}")]
+
     # push channel
 
     async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -536,3 +582,9 @@ def _router(data: Mapping[str, Any]) -> RouterInfo:
         address=data.get("address"),
         last_seen=_opt_time(data.get("last_seen")),
     )
+
+
+def _json_dict(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ControllerError("bad_response", "the controller answered with a non-object", 0)
+    return {str(k): v for k, v in data.items()}

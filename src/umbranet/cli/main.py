@@ -18,6 +18,7 @@ from umbranet.cli import (
     endpoint_cmd,
     enroll_cmd,
     identity_cmd,
+    policy_cmd,
     quickstart_cmd,
     router_admin_cmd,
     router_cmd,
@@ -64,6 +65,7 @@ quickstart_cmd.register(app)
 endpoint_cmd.register(app)
 agent_cmd.register(app)
 serve_cmd.register(app)
+policy_cmd.register(app)
 
 
 def main() -> None:

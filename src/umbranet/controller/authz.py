@@ -1,24 +1,38 @@
 """The one place the controller decides access; every verdict is logged and counted.
 
-The decision itself is `umbranet.policy.decide_access` (pure); this wrapper adds the side
-effects the house rules require, so swapping in the HuJSON policy engine touches one import.
+The decision itself is pure: the HuJSON policy in force (`ActivePolicy`, when an admin has
+saved one) or, before any policy exists, the interim attribute rule
+`umbranet.policy.decide_access`. This wrapper adds the side effects the house rules require
+(every verdict logged and counted), so tickets, listings and router re-checks all agree.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from umbranet.controller.metrics import Metrics
-from umbranet.policy import ServiceGrants, Verdict
+from umbranet.policy import CompiledPolicy, ServiceGrants, ServiceRef, Subject, Verdict
 from umbranet.policy import decide_access as _policy_decide
 
-__all__ = ["METRICS", "decide_access"]
+__all__ = ["METRICS", "ActivePolicy", "decide_access"]
 
 log = logging.getLogger("umbranet.controller.authz")
 
 METRICS = Metrics()
 """Counters used when the caller passes none (the app passes its own)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePolicy:
+    """The policy version in force, compiled; ``error`` is set if it no longer compiles
+    against the network (a service it names was deleted), and then everything is denied."""
+
+    version: int
+    compiled: CompiledPolicy | None
+    error: str | None = None
 
 
 def decide_access(
@@ -29,13 +43,23 @@ def decide_access(
     subject: str = "-",
     purpose: str = "ticket",
     metrics: Metrics | None = None,
+    identity_name: str | None = None,
+    policy: ActivePolicy | None = None,
+    now: datetime | None = None,
 ) -> Verdict:
     """Decide whether `subject` (holding `identity_attributes`) may `action` the `service`.
 
     `purpose` says why it was asked (``ticket`` for a grant, ``listing`` for ``/v1/me``) so
-    the counters can tell real grants from previews.
+    the counters can tell real grants from previews. With a `policy`, the decision is the
+    policy's (the subject is ``identity_name`` with its attributes as tags, the service carries
+    the union of its dial and bind attributes); without one, the interim attribute rule.
     """
-    verdict = _policy_decide(identity_attributes, service, action)
+    if policy is None:
+        verdict = _policy_decide(identity_attributes, service, action)
+    else:
+        verdict = _policy_verdict(
+            policy, identity_name or subject, identity_attributes, service, action, now=now
+        )
     outcome = "allow" if verdict.allowed else "deny"
     (metrics or METRICS).inc(
         "umbra_access_verdicts_total", action=action, outcome=outcome, purpose=purpose
@@ -52,3 +76,27 @@ def decide_access(
         verdict.reason,
     )
     return verdict
+
+
+def service_ref(service: ServiceGrants) -> ServiceRef:
+    """The policy engine's view of a service row: its name and all its attributes."""
+    return ServiceRef.of(service.name, [*service.dial_attributes, *service.bind_attributes])
+
+
+def _policy_verdict(
+    policy: ActivePolicy,
+    name: str,
+    attributes: Iterable[str],
+    service: ServiceGrants,
+    action: str,
+    *,
+    now: datetime | None,
+) -> Verdict:
+    if policy.compiled is None:
+        return Verdict.deny(f"policy version {policy.version} is not usable: {policy.error}")
+    return policy.compiled.decide(
+        Subject.of(name, attributes),
+        service_ref(service),
+        action,
+        now=now or datetime.now(UTC),
+    )

@@ -10,7 +10,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from umbranet import __version__
-from umbranet.controller.api import routes_admin, routes_client, routes_events, routes_public
+from umbranet.controller.api import (
+    routes_admin,
+    routes_client,
+    routes_events,
+    routes_policy,
+    routes_public,
+)
 from umbranet.controller.api.context import AppContext, Clock, system_clock
 from umbranet.controller.api.errors import install_error_handlers
 from umbranet.controller.api.middleware import GuardMiddleware
@@ -42,6 +48,7 @@ def create_app(
     app.include_router(routes_client.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_events.router)
+    app.include_router(routes_policy.router)
     install_error_handlers(app, context.metrics)
     app.add_middleware(GuardMiddleware, metrics=context.metrics)
     return app

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from umbranet.controller.authz import decide_access
 from umbranet.controller.metrics import Metrics
+from umbranet.controller.service.policy import active_policy
 from umbranet.controller.store import Store
 
 
@@ -26,6 +27,7 @@ class Grant:
 def denied(store: Store, grants: list[Grant], metrics: Metrics | None = None) -> dict[int, str]:
     """Index -> reason for every grant that is no longer allowed."""
     out: dict[int, str] = {}
+    policy = active_policy(store) if grants else None
     for index, grant in enumerate(grants):
         identity = store.identity_by_spiffe_id(grant.identity)
         service = store.service_by_name(grant.service)
@@ -43,6 +45,8 @@ def denied(store: Store, grants: list[Grant], metrics: Metrics | None = None) ->
                 subject=grant.identity,
                 purpose="recheck",
                 metrics=metrics,
+                identity_name=identity.name,
+                policy=policy,
             )
             if not verdict.allowed:
                 out[index] = verdict.reason

@@ -14,6 +14,7 @@ from umbranet.controller.authz import decide_access
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service.authority import Authority
 from umbranet.controller.service.errors import BadRequest, Forbidden, NotFound
+from umbranet.controller.service.policy import active_policy
 from umbranet.controller.service.routers import reachable_routers
 from umbranet.controller.store import Identity, Router, Store
 from umbranet.pki import Action
@@ -61,7 +62,14 @@ def issue_ticket(
     if row is None:
         raise NotFound("unknown_service", f"no service named {service!r}")
     verdict = decide_access(
-        identity.attributes, row, action, subject=identity.spiffe_id, metrics=metrics
+        identity.attributes,
+        row,
+        action,
+        subject=identity.spiffe_id,
+        metrics=metrics,
+        identity_name=identity.name,
+        policy=active_policy(store),
+        now=now,
     )
     if not verdict.allowed:
         raise Forbidden("not_authorized", verdict.reason)
@@ -83,6 +91,7 @@ def services_for(
 ) -> list[ServiceActions]:
     """Every service on which `identity` may do at least one action, with those actions."""
     result: list[ServiceActions] = []
+    policy = active_policy(store)
     for row in store.services():
         actions: list[str] = [
             action
@@ -94,6 +103,8 @@ def services_for(
                 subject=identity.spiffe_id,
                 purpose="listing",
                 metrics=metrics,
+                identity_name=identity.name,
+                policy=policy,
             ).allowed
         ]
         if actions:

@@ -9,6 +9,7 @@ from umbranet.controller.store.models import (
     Base,
     Enrollment,
     Identity,
+    PolicyVersion,
     Router,
     Service,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Database",
     "Enrollment",
     "Identity",
+    "PolicyVersion",
     "Router",
     "Service",
     "Store",

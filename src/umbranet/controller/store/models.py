@@ -20,6 +20,7 @@ __all__ = [
     "Base",
     "Enrollment",
     "Identity",
+    "PolicyVersion",
     "Router",
     "Service",
     "UtcDateTime",
@@ -130,3 +131,15 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(sa.String(64))
     target: Mapped[str] = mapped_column(sa.String(255))
     detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+
+
+class PolicyVersion(Base):
+    """One accepted policy document; the highest ``version`` is the one in force."""
+
+    __tablename__ = "policy_versions"
+
+    version: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    text: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    created_by: Mapped[str] = mapped_column(sa.String(512))
+    comment: Mapped[str | None] = mapped_column(sa.Text, default=None)

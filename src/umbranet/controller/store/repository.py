@@ -16,7 +16,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from umbranet.controller.store.models import AuditEvent, Enrollment, Identity, Router, Service
+from umbranet.controller.store.models import (
+    AuditEvent,
+    Enrollment,
+    Identity,
+    PolicyVersion,
+    Router,
+    Service,
+)
 
 __all__ = ["Conflict", "Store"]
 
@@ -44,7 +51,9 @@ class Store:
     def identities(self) -> Sequence[Identity]:
         return self.session.scalars(sa.select(Identity).order_by(Identity.name)).all()
 
-    def add(self, row: Identity | Enrollment | Service | Router | AuditEvent) -> None:
+    def add(
+        self, row: Identity | Enrollment | Service | Router | AuditEvent | PolicyVersion
+    ) -> None:
         """Add a row and flush now, so a uniqueness clash is reported here as `Conflict`."""
         try:
             with self.session.begin_nested():
@@ -108,4 +117,19 @@ class Store:
 
     def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
         query = sa.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+        return self.session.scalars(query).all()
+
+    # policy versions
+
+    def policy_current(self) -> PolicyVersion | None:
+        """The policy in force: the newest accepted version (None before the first)."""
+        query = sa.select(PolicyVersion).order_by(PolicyVersion.version.desc()).limit(1)
+        return self.session.scalar(query)
+
+    def policy_version(self, version: int) -> PolicyVersion | None:
+        return self.session.get(PolicyVersion, version)
+
+    def policy_history(self, limit: int = 100) -> Sequence[PolicyVersion]:
+        """Newest first."""
+        query = sa.select(PolicyVersion).order_by(PolicyVersion.version.desc()).limit(limit)
         return self.session.scalars(query).all()

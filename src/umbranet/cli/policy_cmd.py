@@ -1,0 +1,197 @@
+"""``umbra policy get|set|test|history|rollback|explain`` and ``umbra audit`` (admin).
+
+``set`` validates, runs the document's tests and applies it atomically on the controller; a
+refused document prints the code, line/column and reason, and the old version stays in force.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from umbranet.cli.common import (
+    admin_client,
+    emit,
+    fail,
+    handle_errors,
+    out,
+    run_async,
+    state,
+    table,
+)
+
+__all__ = ["app", "register"]
+
+app = typer.Typer(help="Manage the policy document.", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``policy`` (sub-app) and ``audit`` to the root command."""
+    root.add_typer(app, name="policy")
+    root.command("audit")(audit)
+
+
+def _read(ctx: typer.Context, file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(state(ctx), "unreadable_file", f"cannot read {file}: {exc.strerror}")
+
+
+def _summary(info: dict[str, Any]) -> None:
+    comment = f" ({info['comment']})" if info.get("comment") else ""
+    out.print(
+        f"policy version {info['version']} by {info['created_by']} at {info['created_at']}"
+        f"{comment}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@app.command("get")
+def get(ctx: typer.Context) -> None:
+    """Print the policy in force."""
+    cli = state(ctx)
+
+    async def call() -> dict[str, Any]:
+        async with admin_client(cli) as client:
+            return await client.get_policy()
+
+    with handle_errors(cli):
+        info = run_async(call)
+    emit(cli, info, lambda: print(info["text"]))
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The HuJSON policy document.")],
+    comment: Annotated[str | None, typer.Option("--comment", help="Why it changed.")] = None,
+) -> None:
+    """Validate, test and apply a policy document."""
+    cli = state(ctx)
+    text = _read(ctx, file)
+
+    async def call() -> dict[str, Any]:
+        async with admin_client(cli) as client:
+            return await client.set_policy(text, comment)
+
+    with handle_errors(cli):
+        info = run_async(call)
+    emit(cli, info, lambda: _summary(info))
+
+
+@app.command("test")
+def test(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The HuJSON policy document.")],
+) -> None:
+    """Validate and run a document's tests without applying it."""
+    cli = state(ctx)
+    text = _read(ctx, file)
+
+    async def call() -> dict[str, Any]:
+        async with admin_client(cli) as client:
+            return await client.test_policy(text)
+
+    with handle_errors(cli):
+        result = run_async(call)
+
+    def human() -> None:
+        out.print("policy is valid and its tests pass")
+        for warning in result.get("warnings", []):
+            out.print(f"warning: {warning}", markup=False, highlight=False)
+
+    emit(cli, result, human)
+
+
+@app.command("history")
+def history(ctx: typer.Context) -> None:
+    """List stored policy versions, newest first."""
+    cli = state(ctx)
+
+    async def call() -> list[dict[str, Any]]:
+        async with admin_client(cli) as client:
+            return await client.policy_history()
+
+    with handle_errors(cli):
+        rows = run_async(call)
+    emit(
+        cli,
+        rows,
+        lambda: table(
+            "Policy versions",
+            ["version", "created at", "by", "comment"],
+            [[r["version"], r["created_at"], r["created_by"], r.get("comment")] for r in rows],
+        ),
+    )
+
+
+@app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    version: Annotated[int, typer.Argument(help="The version to put back in force.")],
+) -> None:
+    """Put an old version back in force (saved as a new version)."""
+    cli = state(ctx)
+
+    async def call() -> dict[str, Any]:
+        async with admin_client(cli) as client:
+            return await client.rollback_policy(version)
+
+    with handle_errors(cli):
+        info = run_async(call)
+    emit(cli, info, lambda: _summary(info))
+
+
+@app.command("explain")
+def explain(
+    ctx: typer.Context,
+    identity: Annotated[str, typer.Argument(help="Identity name.")],
+    service: Annotated[str, typer.Argument(help="Service name.")],
+    *,
+    action: Annotated[str, typer.Option("--action", help="dial or bind.")] = "dial",
+    port: Annotated[int | None, typer.Option("--port", help="Destination port.")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="HTTP method.")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="HTTP path.")] = None,
+) -> None:
+    """Why IDENTITY may or may not reach SERVICE: the verdict and every rule considered."""
+    cli = state(ctx)
+    if (method is None) != (path is None):
+        fail(cli, "invalid_arguments", "--method and --path go together")
+
+    async def call() -> dict[str, Any]:
+        async with admin_client(cli) as client:
+            return await client.explain(
+                identity, service, action=action, port=port, method=method, path=path
+            )
+
+    with handle_errors(cli):
+        report = run_async(call)
+    emit(cli, report, lambda: print(report.get("rendered", report.get("reason", ""))))
+
+
+def audit(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", help="How many events, newest first.")] = 50,
+) -> None:
+    """Administrative changes: who did what, when."""
+    cli = state(ctx)
+
+    async def call() -> list[dict[str, Any]]:
+        async with admin_client(cli) as client:
+            return await client.audit(limit)
+
+    with handle_errors(cli):
+        rows = run_async(call)
+    emit(
+        cli,
+        rows,
+        lambda: table(
+            "Audit",
+            ["at", "actor", "action", "target", "detail"],
+            [[r["at"], r["actor"], r["action"], r["target"], r["detail"]] for r in rows],
+        ),
+    )

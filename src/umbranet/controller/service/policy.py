@@ -1,0 +1,193 @@
+"""Use cases for the policy document: save (validate, test, keep), test, roll back, explain.
+
+Every accepted version is kept in the store with who saved it and when; the newest is in
+force. A document that does not parse, names unknown things or fails its own tests is refused
+with its line and column, and the previous version stays in force (nothing is written).
+
+Compiling is not free, so compiled policies are cached by the document's hash; the cache is
+only a speed-up (any process can rebuild it from the store), and it is keyed by content, so
+two controllers in one process (tests) never see each other's policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from umbranet.controller.authz import ActivePolicy, service_ref
+from umbranet.controller.service.errors import BadRequest, NotFound
+from umbranet.controller.store import PolicyVersion, Store
+from umbranet.policy import CompiledPolicy, Inventory, PolicyError, Subject, compile_policy
+
+__all__ = [
+    "PolicyInfo",
+    "active_policy",
+    "explain",
+    "get_policy",
+    "history",
+    "inventory_of",
+    "rollback",
+    "set_policy",
+    "test_policy",
+]
+
+_CACHE_SIZE = 16
+_cache: dict[str, CompiledPolicy] = {}
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInfo:
+    """One stored version, as the API shows it."""
+
+    version: int
+    text: str
+    created_at: datetime
+    created_by: str
+    comment: str | None
+
+
+def inventory_of(store: Store) -> Inventory:
+    """The network as the policy compiler sees it: services with the union of their dial and
+    bind attributes, identities (enabled ones only) with their attributes as tags."""
+    inventory = Inventory()
+    for service in store.services():
+        ref = service_ref(service)
+        inventory.put_service(ref.name, ref.attributes)
+    for identity in store.identities():
+        if identity.enabled:
+            inventory.put_identity(identity.name, identity.attributes)
+    return inventory
+
+
+def test_policy(store: Store, text: str) -> CompiledPolicy:
+    """Compile ``text`` against the network and run its tests; raise `BadRequest` if refused.
+
+    Codes: ``policy_tests_failed`` (its own tests fail) or ``policy_invalid`` (does not parse,
+    bad shape, unknown names); the message carries the line/column and the engine's code.
+    """
+    try:
+        return compile_policy(text, inventory_of(store))
+    except PolicyError as exc:
+        code = "policy_tests_failed" if exc.code == "policy_tests_failed" else "policy_invalid"
+        message = str(exc)
+        if len(exc.details) > 1:
+            message += "; all failures: " + " | ".join(exc.details)
+        raise BadRequest(code, message) from exc
+
+
+def set_policy(
+    store: Store, text: str, *, actor: str, now: datetime, comment: str | None = None
+) -> PolicyInfo:
+    """Validate, test and store ``text`` as the new version in force; audited (before/after)."""
+    compiled = test_policy(store, text)
+    before = store.policy_current()
+    row = PolicyVersion(text=text, created_at=now, created_by=actor, comment=comment)
+    store.add(row)
+    _remember(text, compiled)
+    store.audit(
+        now,
+        actor,
+        "policy.set",
+        "policy",
+        {
+            "before": before.version if before is not None else None,
+            "after": row.version,
+            "comment": comment,
+        },
+    )
+    return _info(row)
+
+
+def rollback(store: Store, version: int, *, actor: str, now: datetime) -> PolicyInfo:
+    """Put an old version's text back in force, as a new version (history only grows)."""
+    old = store.policy_version(version)
+    if old is None:
+        raise NotFound("unknown_policy_version", f"no policy version {version}")
+    return set_policy(store, old.text, actor=actor, now=now, comment=f"rollback to {version}")
+
+
+def get_policy(store: Store) -> PolicyInfo | None:
+    row = store.policy_current()
+    return _info(row) if row is not None else None
+
+
+def history(store: Store, limit: int = 100) -> list[PolicyInfo]:
+    """Stored versions, newest first."""
+    return [_info(row) for row in store.policy_history(limit)]
+
+
+def active_policy(store: Store) -> ActivePolicy | None:
+    """The version in force, compiled (cached), or None when no policy was ever saved."""
+    row = store.policy_current()
+    if row is None:
+        return None
+    compiled = _cached(row.text)
+    if compiled is None:
+        try:
+            compiled = compile_policy(row.text, inventory_of(store), run_tests=False)
+        except PolicyError as exc:
+            return ActivePolicy(row.version, None, str(exc))
+        _remember(row.text, compiled)
+    return ActivePolicy(row.version, compiled)
+
+
+def explain(
+    store: Store,
+    identity: str,
+    service: str,
+    *,
+    action: str = "dial",
+    port: int | None = None,
+    method: str | None = None,
+    path: str | None = None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Why ``identity`` may or may not ``action`` ``service``: the verdict and every rule.
+
+    With ``method`` and ``path``, the HTTP rules of the service are explained instead.
+    """
+    subject_row = store.identity_by_name(identity)
+    if subject_row is None:
+        raise NotFound("unknown_identity", f"no identity named {identity!r}")
+    service_row = store.service_by_name(service)
+    if service_row is None:
+        raise NotFound("unknown_service", f"no service named {service!r}")
+    active = active_policy(store)
+    if active is None:
+        raise NotFound("no_policy", "no policy has been saved; access follows service attributes")
+    if active.compiled is None:
+        raise BadRequest("policy_invalid", f"policy version {active.version}: {active.error}")
+    subject = Subject.of(subject_row.name, subject_row.attributes)
+    ref = service_ref(service_row)
+    if method is not None and path is not None:
+        report = active.compiled.explain_http(subject, ref, method, path)
+    else:
+        report = active.compiled.explain(subject, ref, action, port, now=now)
+    out = report.to_dict()
+    out["version"] = active.version
+    out["rendered"] = report.render()
+    return out
+
+
+def _info(row: PolicyVersion) -> PolicyInfo:
+    return PolicyInfo(row.version, row.text, row.created_at, row.created_by, row.comment)
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cached(text: str) -> CompiledPolicy | None:
+    with _lock:
+        return _cache.get(_key(text))
+
+
+def _remember(text: str, compiled: CompiledPolicy) -> None:
+    with _lock:
+        if len(_cache) >= _CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))
+        _cache[_key(text)] = compiled
