@@ -121,7 +121,8 @@ class Quickstart:
         self.names.clear()
 
     def wait(self) -> None:
-        """Block until Ctrl-C or a child exits."""
+        """Block until Ctrl-C, SIGTERM or a child exits."""
+        signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):
             while all(child.poll() is None for child in self.children):
                 time.sleep(0.5)
@@ -203,3 +204,8 @@ class Quickstart:
                 raise RuntimeError(
                     f"{name} exited with {child.returncode}; see {self.logs / name}.log"
                 )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the network like Ctrl-C, so children are never left behind."""
+    raise KeyboardInterrupt
