@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from tests.conftest import echo_forever, free_port
 from umbranet.quickstart import Quickstart
 from umbranet.sdk import Context, DialError, StreamReset
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,11 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
         yield net
     finally:
         net.stop()
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run with a bound, so a regression fails this test instead of hanging CI."""
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
 
 
 async def _revoke_during_stream(
@@ -59,16 +67,14 @@ async def _revoke_during_stream(
 def test_disabling_an_identity_closes_its_live_stream_and_refuses_new_dials(
     network: Quickstart,
 ) -> None:
-    asyncio.run(network.ensure_service("rv1", ["rv1-c"], ["rv1-h"]))
-    host_file = asyncio.run(network.enroll("rv1-host", ["rv1-h"]))
-    client_file = asyncio.run(network.enroll("rv1-client", ["rv1-c"]))
+    _run(network.ensure_service("rv1", ["rv1-c"], ["rv1-h"]))
+    host_file = _run(network.enroll("rv1-host", ["rv1-h"]))
+    client_file = _run(network.enroll("rv1-client", ["rv1-c"]))
 
     async def disable(admin: object) -> None:
         await admin.disable_identity("rv1-client")  # type: ignore[attr-defined]
 
-    error, elapsed = asyncio.run(
-        _revoke_during_stream(network, client_file, host_file, "rv1", disable)
-    )
+    error, elapsed = _run(_revoke_during_stream(network, client_file, host_file, "rv1", disable))
     assert error.code == "revoked"
     assert "disabled" in error.reason
     print(f"\nrevocation delay (disable -> stream reset): {elapsed * 1000:.0f} ms")
@@ -79,28 +85,26 @@ def test_disabling_an_identity_closes_its_live_stream_and_refuses_new_dials(
                 await client.dial("rv1")
             return info.value
 
-    assert asyncio.run(dial_again()).code == "identity_disabled"
+    assert _run(dial_again()).code == "identity_disabled"
 
 
 def test_deleting_a_service_closes_its_streams(network: Quickstart) -> None:
-    asyncio.run(network.ensure_service("rv2", ["rv2-c"], ["rv2-h"]))
-    host_file = asyncio.run(network.enroll("rv2-host", ["rv2-h"]))
-    client_file = asyncio.run(network.enroll("rv2-client", ["rv2-c"]))
+    _run(network.ensure_service("rv2", ["rv2-c"], ["rv2-h"]))
+    host_file = _run(network.enroll("rv2-host", ["rv2-h"]))
+    client_file = _run(network.enroll("rv2-client", ["rv2-c"]))
 
     async def delete(admin: object) -> None:
         await admin.delete_service("rv2")  # type: ignore[attr-defined]
 
-    error, _elapsed = asyncio.run(
-        _revoke_during_stream(network, client_file, host_file, "rv2", delete)
-    )
+    error, _elapsed = _run(_revoke_during_stream(network, client_file, host_file, "rv2", delete))
     assert error.code == "revoked"
     assert "rv2" in error.reason
 
 
 def test_removing_a_policy_rule_closes_its_streams(network: Quickstart) -> None:
-    asyncio.run(network.ensure_service("rv3", ["rv3-c"], ["rv3-h"]))
-    host_file = asyncio.run(network.enroll("rv3-host", ["rv3-h"]))
-    client_file = asyncio.run(network.enroll("rv3-client", ["rv3-c"]))
+    _run(network.ensure_service("rv3", ["rv3-c"], ["rv3-h"]))
+    host_file = _run(network.enroll("rv3-host", ["rv3-h"]))
+    client_file = _run(network.enroll("rv3-client", ["rv3-c"]))
     bind = '{"action": "bind", "src": ["rv3-host"], "dst": ["svc:rv3"]}'
     dial = '{"action": "dial", "src": ["rv3-client"], "dst": ["svc:rv3"]}'
 
@@ -115,8 +119,8 @@ def test_removing_a_policy_rule_closes_its_streams(network: Quickstart) -> None:
         async with network.admin() as admin:
             await allow(admin)
 
-    asyncio.run(apply_first())
-    error, elapsed = asyncio.run(
+    _run(apply_first())
+    error, elapsed = _run(
         _revoke_during_stream(network, client_file, host_file, "rv3", remove_dial)
     )
     assert error.code == "revoked"
@@ -129,4 +133,4 @@ def test_removing_a_policy_rule_closes_its_streams(network: Quickstart) -> None:
                 await client.dial("rv3")
             return info.value
 
-    assert asyncio.run(dial_again()).code == "not_authorized"
+    assert _run(dial_again()).code == "not_authorized"

@@ -11,7 +11,6 @@ service through outbound links only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import weakref
@@ -32,6 +31,8 @@ from umbranet.sdk.stream import Stream
 from umbranet.wire import ErrorCode
 
 log = logging.getLogger("umbranet.sdk")
+
+CLOSE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +105,18 @@ class Context:
     async def close(self) -> None:
         """Cancel background work and close every router link."""
         self._closed = True
-        for task in list(self._tasks) + list(self._connecting.values()):
+        tasks = list(self._tasks) + list(self._connecting.values())
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded: closing a TLS stream (the controller's event stream) can wait for the
+        # peer's close_notify; a closing context must never hang its application.
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
         for connection in self._connections.values():
             connection.close()
         self._connections.clear()
-        await self._control.aclose()
+        closing = asyncio.ensure_future(self._control.aclose())
+        await asyncio.wait([closing], timeout=CLOSE_TIMEOUT)
 
     # -- the API ------------------------------------------------------------------------
 

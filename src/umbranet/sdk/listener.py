@@ -75,8 +75,7 @@ class Listener:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task], timeout=2.0)
         for connection, binding_id in self._bindings.items():
             connection.unbind(binding_id)
         self._bindings.clear()
