@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +30,7 @@ from umbranet.pki import IdentityFile, PkiError
 __all__ = [
     "DEFAULT_HOME",
     "CliState",
+    "admin_call",
     "admin_client",
     "emit",
     "fail",
@@ -91,6 +92,17 @@ async def admin_client(cli: CliState) -> AsyncIterator[ControllerClient]:
         if renewed is not None:
             renewed.save(path)
         yield client
+
+
+def admin_call(cli: CliState, call: Callable[[ControllerClient], Awaitable[T]]) -> T:
+    """One call as the home's admin; errors a user can act on end the command (exit 1)."""
+
+    async def run() -> T:
+        async with admin_client(cli) as client:
+            return await call(client)
+
+    with handle_errors(cli):
+        return run_async(run)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import typer
 from umbranet.aio.controller_client import CreatedIdentity, IdentityInfo
 from umbranet.cli.common import (
     CliState,
+    admin_call,
     admin_client,
     emit,
     fail,
@@ -85,12 +86,7 @@ def list_(ctx: typer.Context) -> None:
     """List identities."""
     cli = state(ctx)
 
-    async def call() -> list[IdentityInfo]:
-        async with admin_client(cli) as client:
-            return await client.list_identities()
-
-    with handle_errors(cli):
-        rows = run_async(call)
+    rows = admin_call(cli, lambda client: client.list_identities())
     emit(
         cli,
         rows,

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from umbranet.cli.common import (
+    admin_call,
     admin_client,
     emit,
     fail,
@@ -55,12 +56,7 @@ def get(ctx: typer.Context) -> None:
     """Print the policy in force."""
     cli = state(ctx)
 
-    async def call() -> dict[str, Any]:
-        async with admin_client(cli) as client:
-            return await client.get_policy()
-
-    with handle_errors(cli):
-        info = run_async(call)
+    info = admin_call(cli, lambda client: client.get_policy())
     emit(cli, info, lambda: print(info["text"]))
 
 
@@ -74,12 +70,7 @@ def set_(
     cli = state(ctx)
     text = _read(ctx, file)
 
-    async def call() -> dict[str, Any]:
-        async with admin_client(cli) as client:
-            return await client.set_policy(text, comment)
-
-    with handle_errors(cli):
-        info = run_async(call)
+    info = admin_call(cli, lambda client: client.set_policy(text, comment))
     emit(cli, info, lambda: _summary(info))
 
 
@@ -92,12 +83,7 @@ def test(
     cli = state(ctx)
     text = _read(ctx, file)
 
-    async def call() -> dict[str, Any]:
-        async with admin_client(cli) as client:
-            return await client.test_policy(text)
-
-    with handle_errors(cli):
-        result = run_async(call)
+    result = admin_call(cli, lambda client: client.test_policy(text))
 
     def human() -> None:
         out.print("policy is valid and its tests pass")
@@ -112,12 +98,7 @@ def history(ctx: typer.Context) -> None:
     """List stored policy versions, newest first."""
     cli = state(ctx)
 
-    async def call() -> list[dict[str, Any]]:
-        async with admin_client(cli) as client:
-            return await client.policy_history()
-
-    with handle_errors(cli):
-        rows = run_async(call)
+    rows = admin_call(cli, lambda client: client.policy_history())
     emit(
         cli,
         rows,
@@ -137,12 +118,7 @@ def rollback(
     """Put an old version back in force (saved as a new version)."""
     cli = state(ctx)
 
-    async def call() -> dict[str, Any]:
-        async with admin_client(cli) as client:
-            return await client.rollback_policy(version)
-
-    with handle_errors(cli):
-        info = run_async(call)
+    info = admin_call(cli, lambda client: client.rollback_policy(version))
     emit(cli, info, lambda: _summary(info))
 
 
@@ -180,12 +156,7 @@ def audit(
     """Administrative changes: who did what, when."""
     cli = state(ctx)
 
-    async def call() -> list[dict[str, Any]]:
-        async with admin_client(cli) as client:
-            return await client.audit(limit)
-
-    with handle_errors(cli):
-        rows = run_async(call)
+    rows = admin_call(cli, lambda client: client.audit(limit))
     emit(
         cli,
         rows,

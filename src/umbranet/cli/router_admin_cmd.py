@@ -7,8 +7,13 @@ from typing import Annotated
 
 import typer
 
-from umbranet.aio.controller_client import CreatedRouter, RouterInfo
-from umbranet.cli.common import admin_client, emit, handle_errors, out, run_async, state, table
+from umbranet.cli.common import (
+    admin_call,
+    emit,
+    out,
+    state,
+    table,
+)
 
 __all__ = ["register"]
 
@@ -26,12 +31,7 @@ def create(
     """Create a router identity and print its enrollment token."""
     cli = state(ctx)
 
-    async def call() -> CreatedRouter:
-        async with admin_client(cli) as client:
-            return await client.create_router(name)
-
-    with handle_errors(cli):
-        created = run_async(call)
+    created = admin_call(cli, lambda client: client.create_router(name))
     emit(cli, created, lambda: out.print(created.enrollment_token, markup=False))
 
 
@@ -39,12 +39,7 @@ def list_(ctx: typer.Context) -> None:
     """List routers and where they listen."""
     cli = state(ctx)
 
-    async def call() -> list[RouterInfo]:
-        async with admin_client(cli) as client:
-            return await client.routers()
-
-    with handle_errors(cli):
-        rows = run_async(call)
+    rows = admin_call(cli, lambda client: client.routers())
     emit(
         cli,
         rows,

@@ -8,6 +8,7 @@ import typer
 
 from umbranet.aio.controller_client import Intercept, ServiceInfo
 from umbranet.cli.common import (
+    admin_call,
     admin_client,
     emit,
     fail,
@@ -74,12 +75,7 @@ def list_(ctx: typer.Context) -> None:
     """List services."""
     cli = state(ctx)
 
-    async def call() -> list[ServiceInfo]:
-        async with admin_client(cli) as client:
-            return await client.list_services()
-
-    with handle_errors(cli):
-        rows = run_async(call)
+    rows = admin_call(cli, lambda client: client.list_services())
     emit(
         cli,
         rows,
