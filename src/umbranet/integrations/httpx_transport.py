@@ -62,6 +62,15 @@ class UmbraConnectError(httpx.ConnectError):
         self.reason = reason
 
 
+def _pool_limits(limits: httpx.Limits) -> dict[str, Any]:
+    """httpx's pool limits in httpcore's terms (shared by the async and sync transports)."""
+    return {
+        "max_connections": limits.max_connections,
+        "max_keepalive_connections": limits.max_keepalive_connections,
+        "keepalive_expiry": limits.keepalive_expiry,
+    }
+
+
 class UmbraTransport(httpx.AsyncBaseTransport):
     """An httpx async transport over overlay streams (HTTP/1.1, pooled, keep-alive)."""
 
@@ -75,10 +84,7 @@ class UmbraTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self.backend = OverlayNetworkBackend(context, namer or ServiceNamer(), dial_timeout)
         self._pool = httpcore.AsyncConnectionPool(
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=self.backend,
+            network_backend=self.backend, **_pool_limits(limits)
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -114,12 +120,7 @@ class UmbraSyncTransport(httpx.BaseTransport):
         dial_timeout: float = 10.0,
     ) -> None:
         self.backend = SyncOverlayNetworkBackend(context, namer or ServiceNamer(), dial_timeout)
-        self._pool = httpcore.ConnectionPool(
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=self.backend,
-        )
+        self._pool = httpcore.ConnectionPool(network_backend=self.backend, **_pool_limits(limits))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         with _translated(request):

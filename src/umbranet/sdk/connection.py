@@ -19,6 +19,7 @@ from umbranet.aio.tls import link_client_context, peer_svid
 from umbranet.pki import IdentityFile, PkiError
 from umbranet.proto.circuit import Circuit, Closed, Opened, State
 from umbranet.sdk.errors import BindError, DialError
+from umbranet.sdk.stream import Stream
 from umbranet.wire import (
     PROTOCOL_VERSION,
     ErrorCode,
@@ -28,11 +29,10 @@ from umbranet.wire import (
     decode_control,
     encode_control,
 )
-from umbranet.wire.control import decode_error
+from umbranet.wire.control import decode_error, encode_error
 
 if TYPE_CHECKING:
     from umbranet.sdk.listener import Listener
-    from umbranet.sdk.stream import Stream
 
 log = logging.getLogger("umbranet.sdk")
 
@@ -277,7 +277,9 @@ class RouterConnection:
         if listener is None or frame.circuit % 2 or frame.circuit in self._circuits:
             self._count("connect_refused")
             self._send(
-                FrameType.RESET, frame.circuit, _error(ErrorCode.REFUSED, "no such binding here")
+                FrameType.RESET,
+                frame.circuit,
+                encode_error(ErrorCode.REFUSED, "no such binding here"),
             )
             return
         circuit = Circuit.accept(frame.circuit, frame, listener.handshake())
@@ -286,8 +288,6 @@ class RouterConnection:
 
     def _dispatch(self, circuit: Circuit) -> None:
         """Deliver the circuit's events: opened streams, wake-ups, and its end."""
-        from umbranet.sdk.stream import Stream
-
         entry = self._circuits.get(circuit.id)
         if entry is None:
             return
@@ -335,9 +335,3 @@ class RouterConnection:
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
-
-
-def _error(code: ErrorCode, reason: str) -> bytes:
-    from umbranet.wire.control import encode_error
-
-    return encode_error(code, reason)
