@@ -27,10 +27,11 @@ from bench.measure import Measurer, PathRun, Servers, Settings
 from bench.netns import Topology
 from bench.paths import ECHO_PORT, IPERF_PORT, SINK_PORT, BenchPath, have_binary, tool_version
 from bench.paths.registry import DEFAULT_PATHS, KNOWN_PATHS, make_path
-from bench.report import Report, print_table, write_json, write_markdown
+from bench.report import Report, load_json, merge_reports, print_table, write_json, write_markdown
+from bench.scale import ScaleSettings, run_scale
 
 REPO = Path(__file__).resolve().parent.parent
-SMOKE_PATHS = ("raw", "rawpy")
+SMOKE_PATHS = ("raw", "rawpy", "umbranet-agent")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: needs root (it creates network namespaces)", file=sys.stderr)
         return 2
     names = _select(args)
+    scale = _scale_settings(args)
     settings = _settings(args)
     _ensure_importable()
     signal.signal(signal.SIGTERM, _sigterm)
@@ -62,16 +64,21 @@ def main(argv: list[str] | None = None) -> int:
         titles={n: paths[n].title for n in names},
         skipped=skipped,
     )
+    if scale is not None:
+        report.versions.update(make_path("umbranet").versions())
     for n, why in skipped.items():
         _log(f"skipping {n}: {why}")
+    out = Path(args.out).resolve()
     try:
-        _run_all(report, active, settings, args.runs)
+        _run_all(report, active, settings, args.runs, scale)
     except KeyboardInterrupt:
         report.notes.append("interrupted before the end: results are partial")
         _log("interrupted; cleaned up")
     report.finished = _now()
     report.facts["loadavg at end"] = Path("/proc/loadavg").read_text().strip()
-    out = Path(args.out).resolve()
+    if args.merge and out.with_suffix(".json").exists():
+        report = merge_reports(load_json(out.with_suffix(".json")), report)
+        _log(f"merged into the rows already in {out.with_suffix('.json').name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_markdown(report, out)
     write_json(report, out.with_suffix(".json"))
@@ -80,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     return 130 if report.notes and "interrupted" in report.notes[-1] else 0
 
 
-def _run_all(report: Report, active: list[str], settings: Settings, runs: int) -> None:
+def _run_all(
+    report: Report, active: list[str], settings: Settings, runs: int, scale: ScaleSettings | None
+) -> None:
     topo = Topology()
     workdir = Path(tempfile.mkdtemp(prefix="ub-bench-"))
     try:
@@ -95,6 +104,10 @@ def _run_all(report: Report, active: list[str], settings: Settings, runs: int) -
                 measurer.servers = servers
                 _log(f"run {run}/{runs}: {name}")
                 report.runs.append(_one(topo, measurer, name, run, workdir))
+        if scale is not None:
+            keep = [p for s in (servers.iperf, servers.rr) for p in procfs.tree_pids(s)]
+            topo.kill_leftovers(keep)
+            report.scale = run_scale(topo, workdir, scale, settings.env, _log)
     finally:
         topo.destroy()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -207,7 +220,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--runs", type=int, default=3, help="runs per path; medians are reported")
     p.add_argument("--seconds", type=int, default=10, help="iperf3 -t per throughput test")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, one run (for CI, < 60 s)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one run (for CI, < 90 s)")
+    p.add_argument(
+        "--scale",
+        action="store_true",
+        help="the scale rows (router memory per circuit, per-core throughput, controller, "
+        "policy); alone unless --paths is given too. A full run (no --paths) includes them",
+    )
+    p.add_argument("--no-scale", action="store_true", help="leave the scale rows out")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows in --out's JSON that this invocation does not measure",
+    )
     p.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"), help="report file")
     p.add_argument("--no-install", action="store_true", help="never call apt-get")
     p.add_argument(
@@ -221,6 +246,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _select(args: argparse.Namespace) -> list[str]:
+    if args.scale and not args.paths:
+        return []
     if args.paths:
         names = [n.strip() for n in args.paths.split(",") if n.strip()]
     else:
@@ -231,6 +258,13 @@ def _select(args: argparse.Namespace) -> list[str]:
             f"bench: unknown path(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PATHS)}"
         )
     return list(dict.fromkeys(names))
+
+
+def _scale_settings(args: argparse.Namespace) -> ScaleSettings | None:
+    """Scale rows: with --scale, in a full run (no --paths) and in smoke mode (tiny)."""
+    if args.no_scale or not (args.scale or args.smoke or not args.paths):
+        return None
+    return ScaleSettings.smoke() if args.smoke else ScaleSettings(repeats=max(1, args.runs))
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -11,6 +11,7 @@ from bench.paths.socat import Socat1, Socat2
 from bench.paths.ssh import Ssh
 from bench.paths.stunnel import Stunnel
 from bench.paths.umbranet import Umbranet, UmbranetAsync
+from bench.paths.umbranet_agent import UmbranetAgent
 from bench.paths.wireguard import WireguardGo
 
 __all__ = ["DEFAULT_PATHS", "KNOWN_PATHS", "make_path"]
@@ -26,6 +27,7 @@ _FACTORIES: dict[str, Callable[[], BenchPath]] = {
     "nebula": Nebula,
     "umbranet": Umbranet,
     "umbranet-async": UmbranetAsync,
+    "umbranet-agent": UmbranetAgent,
 }
 KNOWN_PATHS = tuple(_FACTORIES)
 DEFAULT_PATHS = (
@@ -37,6 +39,7 @@ DEFAULT_PATHS = (
     "nebula",
     "umbranet",
     "umbranet-async",
+    "umbranet-agent",
 )
 
 

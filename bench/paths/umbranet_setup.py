@@ -7,7 +7,10 @@ harness (in the root namespace) cannot reach. `bench.paths.umbranet` runs this w
 - `provision --home H --out D`: wait for the controller, then create the router, the two
   services (`bench-echo`, `bench-sink`: dialed by #bench-clients, hosted by #bench-hosts) and
   two workload identities, enroll them all (keys are made here, only CSRs travel) and write
-  `D/router.json`, `D/host.json`, `D/dialer.json`.
+  `D/router.json`, `D/host.json`, `D/dialer.json`. With `--agent` it also creates the
+  agent path's services (`bench-tcp-iperf`, `bench-tcp-echo`, `bench-tcp-sink`, whose host
+  addresses are B's loopback servers) and two device identities, `D/agent-host.json` (may
+  bind them) and `D/agent-dialer.json` (may dial them).
 - `wait-router --home H --address HOST:PORT`: wait until the router registered that address,
   so the host's bind ticket names it.
 
@@ -29,11 +32,28 @@ from umbranet.aio.runtime import run
 from umbranet.controller.home import ControllerHome
 from umbranet.pki import IdentityFile
 
-__all__ = ["DIAL_ATTRIBUTE", "HOST_ATTRIBUTE", "SERVICES", "main"]
+__all__ = [
+    "AGENT_DIAL_ATTRIBUTE",
+    "AGENT_HOST_ATTRIBUTE",
+    "AGENT_SERVICES",
+    "DIAL_ATTRIBUTE",
+    "HOST_ATTRIBUTE",
+    "SERVICES",
+    "main",
+]
 
 SERVICES = {"echo": "bench-echo", "sink": "bench-sink"}
 DIAL_ATTRIBUTE = "bench-clients"
 HOST_ATTRIBUTE = "bench-hosts"
+# The agent path: service -> the server in B its host agent forwards to (B's loopback, where
+# the harness's iperf3 and bench.rr servers listen on every address).
+AGENT_SERVICES = {
+    "bench-tcp-iperf": "tcp://127.0.0.1:5201",
+    "bench-tcp-echo": "tcp://127.0.0.1:7007",
+    "bench-tcp-sink": "tcp://127.0.0.1:7008",
+}
+AGENT_DIAL_ATTRIBUTE = "bench-agent-clients"
+AGENT_HOST_ATTRIBUTE = "bench-agent-hosts"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,13 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--address", default="")
     parser.add_argument("--wait", type=float, default=60.0)
+    parser.add_argument("--agent", action="store_true", help="also the agent path's services")
     args = parser.parse_args(argv)
     admin = IdentityFile.load(ControllerHome(args.home).admin_file)
     try:
         if args.step == "provision":
             if args.out is None:
                 parser.error("provision needs --out")
-            result = run(_provision(admin, args.out, args.wait))
+            result = run(_provision(admin, args.out, args.wait, args.agent))
         else:
             result = run(_wait_router(admin, args.address, args.wait))
     except (ControllerError, OSError, TimeoutError) as exc:
@@ -59,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _provision(admin: IdentityFile, out: Path, wait: float) -> dict[str, object]:
+async def _provision(
+    admin: IdentityFile, out: Path, wait: float, agent: bool = False
+) -> dict[str, object]:
     t0 = time.monotonic()
     await _wait_controller(admin, wait)
     waited = time.monotonic() - t0
@@ -76,7 +99,25 @@ async def _provision(admin: IdentityFile, out: Path, wait: float) -> dict[str, o
                 f"bench-{role}", kind="workload", attributes=[attribute]
             )
             files[role] = await _enroll(made.enrollment_token, out / f"{role}.json")
+        if agent:
+            await _provision_agents(client, out, files)
     return {"ok": True, "controller_wait_s": round(waited, 2), "files": files}
+
+
+async def _provision_agents(client: ControllerClient, out: Path, files: dict[str, str]) -> None:
+    for service, address in AGENT_SERVICES.items():
+        await client.create_service(
+            service,
+            dial_attributes=[AGENT_DIAL_ATTRIBUTE],
+            bind_attributes=[AGENT_HOST_ATTRIBUTE],
+            host_address=address,
+        )
+    for role, attribute in (
+        ("agent-host", AGENT_HOST_ATTRIBUTE),
+        ("agent-dialer", AGENT_DIAL_ATTRIBUTE),
+    ):
+        made = await client.create_identity(f"bench-{role}", kind="device", attributes=[attribute])
+        files[role] = await _enroll(made.enrollment_token, out / f"{role}.json")
 
 
 async def _enroll(token: str, path: Path) -> str:

@@ -1,12 +1,15 @@
 """The benchmark harness must not rot: run `python -m bench --smoke` and read its report.
 
-The full smoke run needs root (network namespaces) and iperf3 and is skipped otherwise. The
-target guard and the `bench.rr` clients (the plug-in route Umbranet's SDK path may use) are
-also checked without root, on 127.0.0.1. No timing thresholds anywhere.
+The full smoke run needs root (network namespaces) and iperf3 and is skipped otherwise; it
+covers the raw paths, Umbranet through the agent (`umbranet-agent`) and the scale rows at
+tiny sizes (idle circuits, per-core throughput, controller, policy). The target guard, the
+`bench.rr` clients (the plug-in route Umbranet's SDK path may use) and merging a new report
+into an old one are also checked without root, on 127.0.0.1. No timing thresholds anywhere.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +23,8 @@ if str(REPO) not in sys.path:  # bench/ is a top-level directory, not an install
     sys.path.insert(0, str(REPO))
 
 from bench import rr  # noqa: E402
+from bench.measure import PathRun, Settings  # noqa: E402
+from bench.report import Report, merge_reports, write_markdown  # noqa: E402
 from bench.safety import TargetRefused, check_target  # noqa: E402
 
 
@@ -33,13 +38,13 @@ def _skip_reason() -> str | None:
     return None
 
 
-def _raw_row_throughput(report: str) -> float:
-    """Column 2 ("TCP 1 stream Gbit/s") of the `raw` row of the first (medians) table."""
+def _row_throughput(report: str, path: str = "raw") -> float:
+    """Column 2 ("TCP 1 stream Gbit/s") of `path`'s row in the first (medians) table."""
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells and cells[0] == "raw":
+        if cells and cells[0] == path:
             return float(cells[1])
-    raise AssertionError("no raw row in the report")
+    raise AssertionError(f"no {path} row in the report")
 
 
 def _namespaces() -> set[str]:
@@ -60,14 +65,57 @@ def test_smoke_run_reports_raw_throughput(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = out.read_text()
-    assert _raw_row_throughput(report) > 0
-    assert out.with_suffix(".json").exists()
+    assert _row_throughput(report, "raw") > 0
+    assert _row_throughput(report, "umbranet-agent") > 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    scale = data["scale"]
+    assert scale["errors"] == [], scale["errors"]
+    circuits = scale["circuits"]
+    assert circuits["all_held"], circuits
+    assert circuits["max_held"] >= circuits["target_circuits"]
+    assert set(scale["per_core"]["levels"]) == {"1", "10", "100"}
+    assert scale["controller"]["enrollments_per_s"] > 0
+    assert scale["controller"]["tickets_per_s"] > 0
+    assert scale["policy"]["tiny_run"]["rc"] == 0
+    assert "## Scale" in report
+    assert "router RSS per idle circuit" in report
     assert not {n for n in _namespaces() - before if n.startswith(("ubA-", "ubB-"))}
+
+
+def _report(paths: dict[str, float], command: str, scale: dict[str, object]) -> Report:
+    return Report(
+        command=command,
+        started="t0",
+        finished="t1",
+        settings=Settings(),
+        runs_requested=1,
+        facts={},
+        versions={"umbranet": command},
+        titles={p: f"the {p} path" for p in paths},
+        runs=[PathRun(path=p, run=1, metrics={"tput1_gbps": v}) for p, v in paths.items()],
+        scale=dict(scale),
+    )
+
+
+def test_merge_keeps_rows_it_did_not_measure(tmp_path: Path) -> None:
+    old = _report({"raw": 20.0, "ssh": 5.0}, "old", {})
+    new = _report({"ssh": 6.0, "umbranet-agent": 3.0}, "new", {"errors": []})
+    merged = merge_reports(old, new)
+    got = {r.path: r.metrics["tput1_gbps"] for r in merged.runs}
+    assert got == {"raw": 20.0, "ssh": 6.0, "umbranet-agent": 3.0}
+    assert list(merged.titles) == ["raw", "ssh", "umbranet-agent"]  # registry order
+    assert len(merged.provenance) == 2
+    assert "umbranet (ssh, umbranet-agent, scale)" in merged.versions
+    out = tmp_path / "RESULTS.md"
+    write_markdown(merged, out)
+    text = out.read_text()
+    assert "`old`" in text and "`new`" in text
+    assert _row_throughput(text, "umbranet-agent") == 3.0
 
 
 @pytest.mark.parametrize("host", ["8.8.8.8", "10.0.0.1", "198.20.0.1", "::1", "localhost"])

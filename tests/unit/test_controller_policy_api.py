@@ -126,8 +126,10 @@ def test_history_rollback_explain_and_audit(h: Harness) -> None:
         if status != 200:
             assert body["reason"] == reason
 
-    audit = admin.get("/v1/audit", params={"limit": 3}).json()
+    audit = admin.get("/v1/audit", params={"limit": 3, "action": "policy.set"}).json()
     assert [e["action"] for e in audit] == ["policy.set", "policy.set", "policy.set"]
+    denies = admin.get("/v1/audit", params={"action": "access."}).json()
+    assert denies and {e["action"] for e in denies} == {"access.deny"}
     assert audit[0]["detail"]["before"] == 2
     assert audit[0]["detail"]["after"] == 3
     assert audit[0]["actor"] == h.admin.spiffe_id

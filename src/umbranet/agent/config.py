@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from umbranet.agent.dns_stub import DEFAULT_STUB_ADDRESS
+from umbranet.agent.proxyaddr import DEFAULT_PROXY_RANGE
+
 __all__ = [
     "DEFAULT_STATE_DIR",
     "DERIVED_PORT_BASE",
@@ -21,6 +24,7 @@ __all__ = [
     "REFRESH_INTERVAL",
     "AgentConfig",
     "ConfigError",
+    "RootSettings",
     "default_state_dir",
     "derived_port",
     "parse_port_override",
@@ -54,6 +58,10 @@ class AgentConfig:
     listen_base: str = "127.0.0.1"
     ports: Mapping[str, int] = field(default_factory=dict)
     refresh_interval: float = REFRESH_INTERVAL
+    # Root mode (``umbra up --root``, Linux): DNS stub + kernel redirect; None = loopback only.
+    root: RootSettings | None = None
+    # The SPIFFE Workload API socket (``--workload-socket``/``SPIFFE_ENDPOINT_SOCKET``).
+    workload_socket: Path | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -70,6 +78,24 @@ class AgentConfig:
     @property
     def ports_file(self) -> Path:
         return self.state_dir / "ports.json"
+
+    @property
+    def workload_socket_path(self) -> Path:
+        """Where the SPIFFE Workload API listens: as configured, else in the state dir."""
+        return self.workload_socket or self.state_dir / "workload.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class RootSettings:
+    """Root mode's knobs: the proxy range, where the DNS stub listens, the intercept suffix,
+    extra names (name -> service) and the resolv.conf to replace."""
+
+    proxy_range: str = DEFAULT_PROXY_RANGE
+    dns_address: str = DEFAULT_STUB_ADDRESS
+    dns_port: int = 53
+    suffix: str = "umbra"
+    dns_names: Mapping[str, str] = field(default_factory=dict)
+    resolv_conf: Path = Path("/etc/resolv.conf")
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:

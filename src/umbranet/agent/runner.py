@@ -25,8 +25,10 @@ from umbranet.agent.config import AgentConfig, prepare_state_dir
 from umbranet.agent.host import Hoster
 from umbranet.agent.intercept import Interceptor, PortBook
 from umbranet.agent.localapi import ApiError, LocalApiServer, Request
+from umbranet.agent.rootmode import RootMode
 from umbranet.agent.stats import Counters
 from umbranet.agent.whois import WhoisTable, parse_address
+from umbranet.agent.workload import WorkloadEndpoint
 from umbranet.aio.controller_client import ControllerClient, ControllerError, RouterAddress
 from umbranet.pki.tickets import Action
 from umbranet.sdk import Context, Stream, UmbraError
@@ -54,9 +56,12 @@ class Agent:
         self.refresh_error: str | None = None
         self.routers: list[RouterAddress] = []
         self.unhosted: list[str] = []
+        self.root: RootMode | None = None
+        self.intercept_names: dict[str, list[str]] = {}
         self._lock = asyncio.Lock()
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.workload: WorkloadEndpoint | None = None
         self.api = LocalApiServer(config.socket_path, self.handle, self.counters)
 
     async def __aenter__(self) -> Agent:
@@ -72,8 +77,19 @@ class Agent:
                 self.context, book, self.whois, self.counters, config.listen_base
             )
             self.hoster = Hoster(self.context, self.whois, self.counters)
+            if config.root is not None:
+                root = RootMode(
+                    config.root, config.state_dir, self.context, self.whois, self.counters
+                )
+                await root.start()
+                self.root = root
             await self.refresh()
+            workload = WorkloadEndpoint(self.context, config.workload_socket_path)
+            await workload.start()
+            self.workload = workload
         except BaseException:
+            if self.root is not None:
+                await self.root.close()
             await self.api.close()
             _remove_pidfile(config)
             raise
@@ -94,9 +110,13 @@ class Agent:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.root is not None:
+            await self.root.close()
         await self.interceptor.close()
         await self.hoster.close()
         await self.api.close()
+        if self.workload is not None:
+            await self.workload.close()
         await self.context.close()
         _remove_pidfile(self.config)
         log.info("agent stopped")
@@ -132,6 +152,9 @@ class Agent:
             }
             bindable = [s for s in me.services if "bind" in s.actions]
             host = {s.name: s.host_address for s in bindable if s.host_address}
+            self.intercept_names = {
+                s.name: [i.host for i in s.intercepts] for s in me.services if "dial" in s.actions
+            }
             self.unhosted = sorted(s.name for s in bindable if not s.host_address)
             await self._apply(dial, host)
             self.last_refresh, self.refresh_error = datetime.now(UTC), None
@@ -147,6 +170,8 @@ class Agent:
             await self.hoster.remove(name)
         for name, address in sorted(host.items()):
             self.hoster.ensure(name, address)
+        if self.root is not None:
+            self.root.update({n: self.intercept_names.get(n, []) for n in dial})
 
     async def _refresh_forever(self) -> None:
         ok = True
@@ -173,6 +198,7 @@ class Agent:
             "/v1/whois": {"GET": self._whois_route},
             "/v1/ping": {"POST": self._ping_route},
             "/v1/refresh": {"POST": self._refresh_route},
+            "/v1/renew": {"POST": self._renew_route},
         }
         methods = routes.get(request.path)
         if methods is None:
@@ -202,6 +228,7 @@ class Agent:
                 "socket": str(self.config.socket_path),
                 "state_dir": str(self.config.state_dir),
             },
+            "workload_api": self.workload.statistics() if self.workload is not None else None,
             "controller": {
                 "last_refresh": self.last_refresh.isoformat() if self.last_refresh else None,
                 "error": self.refresh_error,
@@ -222,6 +249,7 @@ class Agent:
                 "host": self.hoster.live_streams(),
                 "whois_entries": len(self.whois),
             },
+            "root": self.root.snapshot() if self.root is not None else None,
             "counters": self.counters.snapshot(),
         }
 
@@ -249,6 +277,17 @@ class Agent:
 
     async def _refresh_route(self, _request: Request) -> dict[str, Any]:
         return {"refreshed": await self.refresh(), "error": self.refresh_error}
+
+    async def _renew_route(self, _request: Request) -> dict[str, Any]:
+        """Renew the certificate now (it also renews itself at half-life); the Workload API
+        streams the new one."""
+        try:
+            await self.context.renew_now()
+        except UmbraError as exc:
+            self.counters.add(f"renew_failed.{exc.code}")
+            raise ApiError(_STATUS_BY_CODE.get(exc.code, 502), exc.code, exc.reason) from None
+        certificate = self.context.identity.certificate
+        return {"cert_not_after": certificate.not_valid_after_utc.isoformat()}
 
     async def ping(self, service: str, count: int = 1) -> dict[str, Any]:
         """Time `count` dials of `service` (DIAL -> ACCEPT: one round trip through a router to

@@ -46,6 +46,7 @@ __all__ = [
     "CreatedRouter",
     "IdentityInfo",
     "Intercept",
+    "JwtSvidGrant",
     "MeInfo",
     "RouterAddress",
     "RouterInfo",
@@ -132,6 +133,7 @@ class TicketGrant:
     ticket: str
     expires_at: datetime
     routers: list[RouterAddress]
+    http_rules: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,14 @@ class ServiceAccess:
     actions: list[str]
     host_address: str | None = None
     intercepts: list[Intercept] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSvidGrant:
+    """A JWT-SVID from the controller (a bearer token: never log it)."""
+
+    token: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +307,20 @@ class ControllerClient:
             routers=[
                 RouterAddress(r["name"], r["spiffe_id"], r["address"]) for r in data["routers"]
             ],
+            http_rules=data.get("http_rules"),
         )
+
+    async def report_posture(self, report: dict[str, Any]) -> bool:
+        """Tell the controller what this endpoint looks like (see `sdk.posture`); returns
+        whether the report changed access (the controller then re-checks live streams)."""
+        data = await self._call("POST", "/v1/posture", json=report)
+        return bool(data.get("rechecked"))
+
+    async def view(self) -> dict[str, Any]:
+        """This identity's filtered view: ``services`` (name -> actions), ``peers`` (name,
+        SPIFFE ID, Noise key) and ``http`` (rules of the services it hosts)."""
+        data: dict[str, Any] = await self._call("GET", "/v1/view")
+        return data
 
     async def routers(self) -> list[RouterInfo]:
         return [_router(r) for r in await self._call("GET", "/v1/routers")]
@@ -407,9 +430,10 @@ class ControllerClient:
         }
         return _json_dict(await self._call("POST", "/v1/policy/explain", json=body))
 
-    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Administrative changes, newest first."""
-        return [_json_dict(e) for e in await self._call("GET", f"/v1/audit?limit={int(limit)}")]
+    async def audit(self, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
+        """Administrative changes and access refusals, newest first (``action`` filters)."""
+        query = httpx.QueryParams({"limit": int(limit), **({"action": action} if action else {})})
+        return [_json_dict(e) for e in await self._call("GET", f"/v1/audit?{query}")]
 
     # push channel
 
@@ -451,6 +475,26 @@ class ControllerClient:
 
     async def _call(self, method: str, path: str, *, json: Any = None) -> Any:
         return await _request(self._http, method, path, json=json)
+
+    # -- JWT-SVIDs (the agent's Workload API) ---------------------------------------------
+
+    async def jwt_svid(self, audience: Iterable[str]) -> JwtSvidGrant:
+        """A short-lived JWT-SVID naming this identity, for `audience` (at least one)."""
+        data = await self._call("POST", "/v1/jwt-svid", json={"audience": list(audience)})
+        try:
+            return JwtSvidGrant(token=str(data["token"]), expires_at=_time(data["expires_at"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ControllerError("bad_response", "the JWT-SVID answer is malformed", 0) from exc
+
+    async def jwt_bundle(self) -> bytes:
+        """The trust domain's JWT-SVID keys as a JWKS document (JSON bytes, as served)."""
+        try:
+            response = await self._http.get("/v1/jwt-bundle")
+        except httpx.TransportError as exc:
+            raise ControllerError("unreachable", f"cannot reach the controller: {exc}", 0) from exc
+        if not response.is_success:
+            raise _error(response)
+        return response.content
 
 
 def _client(

@@ -106,9 +106,14 @@ class Link(asyncio.BufferedProtocol):
 
     async def writable(self) -> None:
         """Wait while the transport's write buffer is above its high-water mark."""
-        waiter = self._writable
-        if waiter is not None and not waiter.done():
+        waiter = self.write_blocked()
+        if waiter is not None:
             await asyncio.shield(waiter)
+
+    def write_blocked(self) -> asyncio.Future[None] | None:
+        """The future to wait for while writes are paused, or None (no coroutine needed)."""
+        waiter = self._writable
+        return waiter if waiter is not None and not waiter.done() else None
 
     def send(self, ftype: FrameType, circuit: int, payload: bytes = b"", flags: int = 0) -> None:
         """Send one control frame."""

@@ -25,8 +25,18 @@ from umbranet.agent import (
     run_agent,
     stop_agent,
 )
-from umbranet.agent.config import REFRESH_INTERVAL, parse_port_override, prepare_state_dir
+from umbranet.agent.config import (
+    REFRESH_INTERVAL,
+    RootSettings,
+    parse_port_override,
+    prepare_state_dir,
+)
+from umbranet.agent.dns_stub import DEFAULT_STUB_ADDRESS
 from umbranet.agent.localapi import ApiError
+from umbranet.agent.proxyaddr import DEFAULT_PROXY_RANGE
+from umbranet.agent.redirect import leftovers, require_root, uninstall
+from umbranet.agent.rootmode import parse_dns_name
+from umbranet.agent.workload import parse_endpoint_socket
 from umbranet.aio.runtime import run
 from umbranet.cli.common import CliState, emit, fail, handle_errors, out, state, table
 
@@ -56,6 +66,15 @@ def up(
     *,
     identity: Annotated[Path, typer.Option("--identity", "-i", help="Identity file.")],
     state_dir: StateDirOption = None,
+    workload_socket: Annotated[
+        str | None,
+        typer.Option(
+            "--workload-socket",
+            envvar="SPIFFE_ENDPOINT_SOCKET",
+            help="SPIFFE Workload API socket (PATH or unix:///PATH). "
+            "Default: workload.sock in the state directory.",
+        ),
+    ] = None,
     listen_base: Annotated[
         str, typer.Option("--listen-base", help="Loopback address the listeners use.")
     ] = "127.0.0.1",
@@ -70,6 +89,24 @@ def up(
         float, typer.Option("--refresh", help="Seconds between controller refreshes.", min=0.2)
     ] = REFRESH_INTERVAL,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    root: Annotated[
+        bool,
+        typer.Option(
+            "--root",
+            help="Root mode (Linux): a DNS stub answers SERVICE.umbra with proxy addresses "
+            "and nftables steers their TCP to the agent; undone by `umbra down`.",
+        ),
+    ] = False,
+    proxy_range: Annotated[
+        str, typer.Option("--proxy-range", help="Root mode: the proxy address range.")
+    ] = DEFAULT_PROXY_RANGE,
+    dns_address: Annotated[
+        str, typer.Option("--dns-address", help="Root mode: where the DNS stub listens (:53).")
+    ] = DEFAULT_STUB_ADDRESS,
+    dns_name: Annotated[
+        list[str] | None,
+        typer.Option("--dns-name", help="Root mode: NAME=SERVICE, an extra name (repeatable)."),
+    ] = None,
 ) -> None:
     """Run the agent: loopback listeners for the services you may dial, hosting for the ones
     you may bind, and the local API."""
@@ -82,7 +119,17 @@ def up(
             listen_base=listen_base,
             ports=overrides,
             refresh_interval=refresh,
+            workload_socket=_workload_socket(workload_socket),
+            root=RootSettings(
+                proxy_range=proxy_range,
+                dns_address=dns_address,
+                dns_names=dict(parse_dns_name(n) for n in dns_name or []),
+            )
+            if root
+            else None,
         )
+        if root:
+            require_root()
         prepare_state_dir(config.state_dir)
         if daemon:
             pid = daemonize(config, lambda ready: _run(config, verbose, lambda _a: ready()))
@@ -105,8 +152,22 @@ def down(
     cli = state(ctx)
     with _errors(cli):
         config = _config(state_dir)
-        pid = stop_agent(config, timeout)
-    emit(cli, {"stopped": pid}, lambda: out.print(f"agent {pid} stopped"))
+        pid: int | None = None
+        try:
+            pid = stop_agent(config, timeout)
+        except ConfigError as exc:
+            # A crashed root-mode agent left rules, a route and resolv.conf: undo them.
+            if exc.code != "not_running" or leftovers(config.state_dir) is None:
+                raise
+        cleaned = uninstall(config.state_dir)
+    emit(
+        cli,
+        {"stopped": pid, "cleaned": cleaned},
+        lambda: out.print(
+            (f"agent {pid} stopped" if pid else "no agent was running")
+            + (f"; removed leftovers: {'; '.join(cleaned)}" if cleaned else "")
+        ),
+    )
 
 
 def status(ctx: typer.Context, state_dir: StateDirOption = None, json: JsonOption = False) -> None:
@@ -196,6 +257,15 @@ def _config(state_dir: Path | None) -> AgentConfig:
     return AgentConfig(identity=Path(), state_dir=directory)
 
 
+def _workload_socket(value: str | None) -> Path | None:
+    if not value:
+        return None
+    try:
+        return parse_endpoint_socket(value).resolve()
+    except ValueError as exc:
+        raise ConfigError("bad_workload_socket", str(exc)) from None
+
+
 def _json(cli: CliState, json: bool) -> CliState:
     return CliState(home=cli.home, json=cli.json or json)
 
@@ -256,6 +326,18 @@ def _render_status(data: dict[str, Any]) -> None:
             for h in data["host"]
         ],
     )
+    if data.get("root"):
+        root = data["root"]
+        dns = root["dns"] or {}
+        out.print(
+            f"root mode: {root['proxy_range']} -> {root['transparent_listen']}, DNS stub "
+            f"{dns.get('listen')} (upstream {', '.join(dns.get('upstreams', [])) or 'none'})"
+        )
+        table(
+            "Intercept names",
+            ["name", "proxy address"],
+            sorted(dns.get("names", {}).items()),
+        )
     streams = data["streams"]
     out.print(f"live streams: {streams['dial']} dialed, {streams['host']} hosted")
     if data["counters"]:

@@ -54,7 +54,18 @@ def init(
 
 
 @app.command("run")
-def run(ctx: typer.Context) -> None:
+def run(
+    ctx: typer.Context,
+    posture_interval: Annotated[
+        float,
+        typer.Option(
+            "--posture-interval",
+            envvar="UMBRA_POSTURE_INTERVAL",
+            min=0.1,
+            help="Seconds between re-evaluations of every endpoint's posture.",
+        ),
+    ] = 60.0,
+) -> None:
     """Serve the controller API (HTTPS, client certificates) until interrupted."""
     # Imported here so `umbra --help` does not pay for uvicorn and FastAPI.
     from umbranet.controller import server
@@ -63,4 +74,4 @@ def run(ctx: typer.Context) -> None:
     with handle_errors(cli):
         loaded = load_home(cli.home)
         out.print(f"controller for {loaded.config.trust_domain} on {loaded.config.url}")
-        server.serve(loaded)
+        server.serve(loaded, posture_interval=posture_interval)

@@ -152,11 +152,17 @@ def explain(
 def audit(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option("--limit", help="How many events, newest first.")] = 50,
+    action: Annotated[
+        str | None,
+        typer.Option(
+            "--action", help="Only this action (access.deny), or a family ending in '.' (access.)."
+        ),
+    ] = None,
 ) -> None:
-    """Administrative changes: who did what, when."""
+    """Administrative changes and access refusals: who did what, when."""
     cli = state(ctx)
 
-    rows = admin_call(cli, lambda client: client.audit(limit))
+    rows = admin_call(cli, lambda client: client.audit(limit, action))
     emit(
         cli,
         rows,

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from umbranet.controller.metrics import Metrics
-from umbranet.policy import CompiledPolicy, ServiceGrants, ServiceRef, Subject, Verdict
+from umbranet.policy import (
+    CompiledPolicy,
+    PostureReport,
+    ServiceGrants,
+    ServiceRef,
+    Subject,
+    Verdict,
+)
 from umbranet.policy import decide_access as _policy_decide
 
 __all__ = ["METRICS", "ActivePolicy", "decide_access"]
@@ -45,6 +52,7 @@ def decide_access(
     metrics: Metrics | None = None,
     identity_name: str | None = None,
     policy: ActivePolicy | None = None,
+    posture: PostureReport | None = None,
     now: datetime | None = None,
 ) -> Verdict:
     """Decide whether `subject` (holding `identity_attributes`) may `action` the `service`.
@@ -52,13 +60,20 @@ def decide_access(
     `purpose` says why it was asked (``ticket`` for a grant, ``listing`` for ``/v1/me``) so
     the counters can tell real grants from previews. With a `policy`, the decision is the
     policy's (the subject is ``identity_name`` with its attributes as tags, the service carries
-    the union of its dial and bind attributes); without one, the interim attribute rule.
+    the union of its dial and bind attributes, ``posture`` is the endpoint's newest report);
+    without one, the interim attribute rule.
     """
     if policy is None:
         verdict = _policy_decide(identity_attributes, service, action)
     else:
         verdict = _policy_verdict(
-            policy, identity_name or subject, identity_attributes, service, action, now=now
+            policy,
+            identity_name or subject,
+            identity_attributes,
+            service,
+            action,
+            posture=posture,
+            now=now,
         )
     outcome = "allow" if verdict.allowed else "deny"
     (metrics or METRICS).inc(
@@ -90,6 +105,7 @@ def _policy_verdict(
     service: ServiceGrants,
     action: str,
     *,
+    posture: PostureReport | None,
     now: datetime | None,
 ) -> Verdict:
     if policy.compiled is None:
@@ -98,5 +114,6 @@ def _policy_verdict(
         Subject.of(name, attributes),
         service_ref(service),
         action,
+        posture=posture,
         now=now or datetime.now(UTC),
     )

@@ -2,11 +2,13 @@
 
 Layout under the home ``D`` (see docs/architecture.md)::
 
-    D/controller/ca.key  ca.pem  signer.key  server.key  server.pem  config.json  umbra.db
+    D/controller/ca.key  ca.pem  signer.key  jwt.key  server.key  server.pem  config.json  umbra.db
     D/admin.json         the admin identity file (mode 0600), used by the management CLI
 
 Private keys are written 0600 in a 0700 directory, created exclusively (an existing file is
 never overwritten). ``config.json`` is ``{"trust_domain", "address", "db_url"}``.
+``jwt.key`` (the ES256 JWT-SVID key) is created at load when missing, so homes made before
+JWT-SVIDs existed gain one.
 `init_home` also creates the database, runs the migrations and enrolls the ``admin``
 identity directly (its keys generated here, never sent anywhere).
 """
@@ -41,6 +43,7 @@ from umbranet.pki import (
     make_csr,
     validate_trust_domain,
 )
+from umbranet.pki.jwt_svid import JwtAuthority
 
 __all__ = [
     "ADMIN_NAME",
@@ -122,6 +125,7 @@ class ControllerHome:
         self.ca_key = self.dir / "ca.key"
         self.ca_pem = self.dir / "ca.pem"
         self.signer_key = self.dir / "signer.key"
+        self.jwt_key = self.dir / "jwt.key"
         self.server_key = self.dir / "server.key"
         self.server_pem = self.dir / "server.pem"
         self.config_json = self.dir / "config.json"
@@ -186,8 +190,11 @@ def _populate(home: ControllerHome, now: datetime, trust_domain: str, address: s
     _write_public(home.ca_pem, ca_cert_pem)
     signer = Signer.generate()
     _write_private(home.signer_key, signer.to_pem())
+    jwt_authority = _load_jwt_authority(home)
     _write_private(home.server_key, key_to_pem(generate_tls_key()))
-    authority = Authority(ca=ca, signer=signer, controller_url=config.url)
+    authority = Authority(
+        ca=ca, signer=signer, controller_url=config.url, jwt_authority=jwt_authority
+    )
     write_server_certificate(home, authority, config, now)
 
     db = Database.open(config.db_url)
@@ -213,11 +220,14 @@ def load_home(root: str | os.PathLike[str], *, migrate_schema: bool = True) -> L
     try:
         ca = CertificateAuthority.from_pem(home.ca_key.read_bytes(), home.ca_pem.read_bytes())
         signer = Signer.from_pem(home.signer_key.read_bytes())
+        jwt_authority = _load_jwt_authority(home)
     except PkiError as exc:
         raise HomeError("home_invalid", f"cannot load the CA or signer: {exc.reason}") from exc
     except OSError as exc:
         raise HomeError("home_invalid", f"cannot read {exc.filename}: {exc.strerror}") from exc
-    authority = Authority(ca=ca, signer=signer, controller_url=config.url)
+    authority = Authority(
+        ca=ca, signer=signer, controller_url=config.url, jwt_authority=jwt_authority
+    )
     db = Database.open(config.db_url, migrate_schema=migrate_schema)
     return LoadedController(home, config, authority, db)
 
@@ -284,6 +294,20 @@ def _create_admin(db: Database, authority: Authority, now: datetime) -> Identity
         controller_url=authority.controller_url,
         noise_private_key=noise_private,
     )
+
+
+def _load_jwt_authority(home: ControllerHome) -> JwtAuthority:
+    """The JWT-SVID key, created (exclusively, 0600) on first use."""
+    try:
+        return JwtAuthority.from_pem(home.jwt_key.read_bytes())
+    except FileNotFoundError:
+        pass
+    created = JwtAuthority.generate()
+    try:
+        _write_private(home.jwt_key, created.to_pem())
+    except FileExistsError:  # another process created it a moment ago: use theirs
+        return JwtAuthority.from_pem(home.jwt_key.read_bytes())
+    return created
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from umbranet.controller.api import create_app
 from umbranet.controller.home import LoadedController, load_home, write_server_certificate
+from umbranet.controller.posture_ticker import DEFAULT_INTERVAL, PostureTicker
 
 __all__ = [
     "LOG_CONFIG",
@@ -117,12 +119,23 @@ def build_server(
     return uvicorn.Server(config)
 
 
-def serve(loaded: LoadedController) -> None:
-    """Refresh the server certificate and serve until SIGINT/SIGTERM; closes the database."""
+def serve(loaded: LoadedController, *, posture_interval: float = DEFAULT_INTERVAL) -> None:
+    """Refresh the server certificate and serve until SIGINT/SIGTERM; closes the database.
+
+    Postures are re-evaluated every ``posture_interval`` seconds while it serves.
+    """
+    ticker: PostureTicker | None = None
     try:
         write_server_certificate(loaded.home, loaded.authority, loaded.config, datetime.now(UTC))
-        build_server(loaded).run()
+        server = build_server(loaded)
+        app = server.config.app
+        assert isinstance(app, FastAPI)  # build_server always serves the API app
+        ticker = PostureTicker(app.state.umbra, posture_interval)
+        ticker.start()
+        server.run()
     finally:
+        if ticker is not None:
+            ticker.stop()
         loaded.db.dispose()
 
 

@@ -36,6 +36,13 @@ CODES: frozenset[str] = frozenset(
         "ticket_forged",
         "ticket_expired",
         "ticket_unknown_key",
+        # JWT-SVIDs (pki.jwt_svid)
+        "jwt_malformed",
+        "jwt_forged",
+        "jwt_expired",
+        "jwt_unknown_key",
+        "jwt_wrong_audience",
+        "jwt_bundle_invalid",
         # names and stored material
         "spiffe_id_invalid",
         "key_invalid",

@@ -22,6 +22,7 @@ was, but the stream must still be torn down by the caller.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -33,6 +34,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from umbranet.proto.noise_patterns import DH_LEN, PATTERNS, TAG_LEN, Messages, overheads
+
 __all__ = [
     "MAX_MESSAGE_LEN",
     "CipherState",
@@ -42,64 +45,7 @@ __all__ = [
     "x25519_public",
 ]
 
-# Handshake patterns, written exactly as in the Noise specification (7.4, 7.5 and 18.4).
-# Rules of this table:
-# - Messages are separated by ";" and alternate, the initiator ("->") always sending first.
-# - Pre-messages (public keys a side knows before the handshake starts) stand before "...":
-#   at most one "->" line, then at most one "<-" line; only "s" occurs there.
-# - Tokens: "e" / "s" send the sender's ephemeral / static public key ("s" is encrypted once a
-#   key exists); "ee", "es", "se", "ss" mix a DH into the chaining key, the first letter naming
-#   the initiator's key and the second the responder's.
-# - psk modifiers are applied to a pattern from its name: "psk0" puts a "psk" token at the start
-#   of the first message, "pskN" at the end of message N. With any psk, "e" also mixes the key.
-# - A pattern of one message is one-way: only the initiator sends, before and after the split.
-_PATTERN_TABLE: dict[str, str] = {
-    # One-way.
-    "N": "<- s ... -> e, es",
-    "K": "-> s; <- s ... -> e, es, ss",
-    "X": "<- s ... -> e, es, s, ss",
-    # Fundamental interactive.
-    "NN": "-> e; <- e, ee",
-    "NK": "<- s ... -> e, es; <- e, ee",
-    "NX": "-> e; <- e, ee, s, es",
-    "XN": "-> e; <- e, ee; -> s, se",
-    "XK": "<- s ... -> e, es; <- e, ee; -> s, se",
-    "XX": "-> e; <- e, ee, s, es; -> s, se",
-    "KN": "-> s ... -> e; <- e, ee, se",
-    "KK": "-> s; <- s ... -> e, es, ss; <- e, ee, se",
-    "KX": "-> s ... -> e; <- e, ee, se, s, es",
-    "IN": "-> e, s; <- e, ee, se",
-    "IK": "<- s ... -> e, es, s, ss; <- e, ee, se",
-    "IX": "-> e, s; <- e, ee, se, s, es",
-    # Deferred ("1" = that side's DH is put off by one message).
-    "NK1": "<- s ... -> e; <- e, ee, es",
-    "NX1": "-> e; <- e, ee, s; -> es",
-    "X1N": "-> e; <- e, ee; -> s; <- se",
-    "X1K": "<- s ... -> e, es; <- e, ee; -> s; <- se",
-    "XK1": "<- s ... -> e; <- e, ee, es; -> s, se",
-    "X1K1": "<- s ... -> e; <- e, ee, es; -> s; <- se",
-    "X1X": "-> e; <- e, ee, s, es; -> s; <- se",
-    "XX1": "-> e; <- e, ee, s; -> es, s, se",
-    "X1X1": "-> e; <- e, ee, s; -> es, s; <- se",
-    "K1N": "-> s ... -> e; <- e, ee; -> se",
-    "K1K": "-> s; <- s ... -> e, es; <- e, ee; -> se",
-    "KK1": "-> s; <- s ... -> e; <- e, ee, se, es",
-    "K1K1": "-> s; <- s ... -> e; <- e, ee, es; -> se",
-    "K1X": "-> s ... -> e; <- e, ee, s, es; -> se",
-    "KX1": "-> s ... -> e; <- e, ee, se, s; -> es",
-    "K1X1": "-> s ... -> e; <- e, ee, s; -> se, es",
-    "I1N": "-> e, s; <- e, ee; -> se",
-    "I1K": "<- s ... -> e, es, s; <- e, ee; -> se",
-    "IK1": "<- s ... -> e, s; <- e, ee, se, es",
-    "I1K1": "<- s ... -> e, s; <- e, ee, es; -> se",
-    "I1X": "-> e, s; <- e, ee, s, es; -> se",
-    "IX1": "-> e, s; <- e, ee, se, s; -> es",
-    "I1X1": "-> e, s; <- e, ee, s; -> se, es",
-}
-
 MAX_MESSAGE_LEN = 65535
-DH_LEN = 32
-TAG_LEN = 16
 _MAX_NONCE = 2**64 - 1  # reserved by the spec: n never reaches it
 # AEAD class, shift, byte order: the 96-bit nonce is 32 zero bits then the 64-bit counter,
 # big-endian for AES-GCM and little-endian for ChaCha20-Poly1305, i.e. one int.to_bytes call.
@@ -115,7 +61,6 @@ _HASHES: dict[str, _HashSpec] = {
     "BLAKE2s": (hashlib.blake2s, "blake2s", 32),
     "BLAKE2b": (hashlib.blake2b, "blake2b", 64),
 }
-_TOKENS = frozenset({"e", "s", "ee", "es", "se", "ss"})
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -292,7 +237,7 @@ class HandshakeState:
         self._messages = messages
         self._one_way = len(messages) == 1
         self._psk_mode = any("psk" in m for m in messages)
-        self._s = _load_private(s) if s is not None else None
+        self._s = _load_static(s) if s is not None else None
         self.local_static_public: bytes | None = self._s[1] if self._s is not None else None
         self._fixed_e = _load_private(e) if e is not None else None
         self._e: tuple[X25519PrivateKey, bytes] | None = None
@@ -324,7 +269,7 @@ class HandshakeState:
                 key = self.local_static_public if local else self._rs
                 assert key is not None
                 self._sym.mix_hash(key)
-        self._overheads = _overheads(messages, self._psk_mode)
+        self._overheads = overheads(messages, self._psk_mode)
 
     @property
     def complete(self) -> bool:
@@ -511,43 +456,26 @@ class _SymmetricState:
         return out1, out2, hmac.digest(temp, out2 + b"\x03", name)
 
 
-_Messages = tuple[tuple[str, ...], ...]
-_Pattern = tuple[tuple[str, ...], tuple[str, ...], _Messages]
 _PSK = r"psk(?:0|[1-9][0-9]*)"
 _NAME_RE = re.compile(rf"([NKXI1]+)({_PSK}(?:\+{_PSK})*)?")
 
 
-def _parse_pattern(text: str) -> _Pattern:
-    """Turn one line of `_PATTERN_TABLE` into (initiator pre, responder pre, messages)."""
-    pre_text, _, msg_text = text.rpartition("...")
-    pre: dict[str, tuple[str, ...]] = {"->": (), "<-": ()}
-    for line in filter(None, (part.strip() for part in pre_text.split(";"))):
-        pre[line[:2]] = tuple(t.strip() for t in line[2:].split(","))
-    messages = []
-    for i, line in enumerate(part.strip() for part in msg_text.split(";")):
-        arrow = "->" if i % 2 == 0 else "<-"
-        if not line.startswith(arrow):
-            raise ValueError(f"pattern {text!r}: message {i} must be {arrow}")
-        messages.append(tuple(t.strip() for t in line[2:].split(",")))
-    if not set(pre["->"] + pre["<-"]) <= {"s"} or not set(sum(messages, ())) <= _TOKENS:
-        raise ValueError(f"pattern {text!r}: unknown token")
-    return pre["->"], pre["<-"], tuple(messages)
-
-
-_PATTERNS: dict[str, _Pattern] = {k: _parse_pattern(v) for k, v in _PATTERN_TABLE.items()}
-
-
+@functools.lru_cache(maxsize=64)
 def _parse_protocol(
     name: str,
-) -> tuple[tuple[str, ...], tuple[str, ...], _Messages, str, _HashSpec]:
-    """Split `Noise_<pattern><modifiers>_<dh>_<cipher>_<hash>` and apply psk modifiers."""
+) -> tuple[tuple[str, ...], tuple[str, ...], Messages, str, _HashSpec]:
+    """Split `Noise_<pattern><modifiers>_<dh>_<cipher>_<hash>` and apply psk modifiers.
+
+    Cached: an endpoint parses the same name for every circuit it opens or accepts, and the
+    result is immutable (errors are raised, never cached).
+    """
     parts = name.split("_")
     match = _NAME_RE.fullmatch(parts[1]) if len(parts) == 5 and parts[0] == "Noise" else None
-    if match is None or match.group(1) not in _PATTERNS:
+    if match is None or match.group(1) not in PATTERNS:
         raise NoiseError("unsupported", f"protocol {name!r}")
     if parts[2] != "25519" or parts[3] not in _CIPHERS or parts[4] not in _HASHES:
         raise NoiseError("unsupported", f"protocol {name!r}: DH, cipher or hash not supported")
-    pre_i, pre_r, base = _PATTERNS[match.group(1)]
+    pre_i, pre_r, base = PATTERNS[match.group(1)]
     messages = [list(m) for m in base]
     modifiers = match.group(2).split("+") if match.group(2) else []
     if len(set(modifiers)) != len(modifiers):
@@ -563,27 +491,24 @@ def _parse_protocol(
     return pre_i, pre_r, tuple(tuple(m) for m in messages), parts[3], _HASHES[parts[4]]
 
 
-def _overheads(messages: _Messages, psk_mode: bool) -> list[int]:
-    """Each message's size without its payload: what a read needs at least."""
-    keyed = False
-    sizes = []
-    for tokens in messages:
-        size = 0
-        for token in tokens:
-            if token == "e":
-                size += DH_LEN
-                keyed = keyed or psk_mode
-            elif token == "s":
-                size += DH_LEN + (TAG_LEN if keyed else 0)
-            else:
-                keyed = True  # a DH or psk token always sets a key
-        sizes.append(size + (TAG_LEN if keyed else 0))
-    return sizes
-
-
 def _new_ephemeral() -> tuple[X25519PrivateKey, bytes]:
     key = X25519PrivateKey.generate()
     return key, key.public_key().public_bytes_raw()
+
+
+def _load_static(private: bytes) -> tuple[X25519PrivateKey, bytes]:
+    """`_load_private`, remembered: deriving the public key costs ~20 us, and an endpoint
+    uses one static key for every handshake (ephemeral keys never come through here)."""
+    if not isinstance(private, bytes) or private not in _STATIC_KEYS:
+        loaded = _load_private(private)
+        if len(_STATIC_KEYS) >= 16:
+            _STATIC_KEYS.clear()
+        _STATIC_KEYS[bytes(private)] = loaded
+        return loaded
+    return _STATIC_KEYS[private]
+
+
+_STATIC_KEYS: dict[bytes, tuple[X25519PrivateKey, bytes]] = {}
 
 
 def _load_private(private: bytes) -> tuple[X25519PrivateKey, bytes]:

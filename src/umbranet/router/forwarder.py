@@ -28,7 +28,7 @@ from datetime import datetime
 from umbranet.pki import TrustBundle
 from umbranet.pki.tickets import Action
 from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, RelayAccount
-from umbranet.router.admission import admit
+from umbranet.router.admission import Admission, admit
 from umbranet.router.terminators import Binding, TerminatorTable
 from umbranet.wire import (
     PROTOCOL_VERSION,
@@ -46,6 +46,10 @@ from umbranet.wire.frames import encode_frame, encode_header
 log = logging.getLogger("umbranet.router")
 
 _CREDIT = struct.Struct("!I")
+# Plain ints for the per-frame tests: `int & IntFlag` runs Python-level enum code.
+_FIN = int(Flag.FIN)
+_DATA = int(FrameType.DATA)
+_RELAYED = frozenset({_DATA, int(FrameType.CREDIT)})
 MAX_CIRCUITS_PER_LINK = 65536
 
 
@@ -106,6 +110,9 @@ class Forwarder:
         self.counters: Counter[str] = Counter()
         self.circuits = 0
         self.epoch = 0  # the controller's latest revocation epoch; older tickets are stale
+        # Tickets this router admitted: (token, identity, service, action) ->
+        # (verdict, bundle it was checked against, when). See `_admit`.
+        self._admitted: dict[tuple[str, str, str, Action], tuple[Admission, object, float]] = {}
 
     # -- link events --------------------------------------------------------------------
 
@@ -116,14 +123,14 @@ class Forwarder:
         dirty.add(source)
         for frame in frames:
             try:
-                if not source.hello:
+                if frame.type in _RELAYED and source.hello:
+                    self._relay(source, frame, dirty)
+                elif not source.hello:
                     self._hello(source, frame)
                 elif frame.circuit == 0 and frame.type < FrameType.BIND:
                     closing = self._link_frame(source, frame)
                     if closing:
                         return closing
-                elif frame.type in (FrameType.DATA, FrameType.CREDIT):
-                    self._relay(source, frame, dirty)
                 elif frame.type == FrameType.DIAL:
                     self._dial(source, frame, dirty)
                 elif frame.type == FrameType.ACCEPT:
@@ -223,15 +230,7 @@ class Forwarder:
         except WireError as exc:
             self._refuse_bind(source, frame.circuit, exc.code, exc.reason)
             return
-        verdict = admit(
-            token,
-            peer_id=source.identity,
-            service=service,
-            action=Action.BIND,
-            bundle=self._bundle(),
-            now=self._clock(),
-            min_epoch=self.epoch,
-        )
+        verdict = self._admit(token, source, service, Action.BIND, self._clock())
         if verdict.ticket is None:
             self._refuse_bind(source, frame.circuit, verdict.code, verdict.reason)
             return
@@ -258,15 +257,7 @@ class Forwarder:
             self._refuse(source, circuit, exc.code, exc.reason)
             return
         now = self._clock()
-        verdict = admit(
-            token,
-            peer_id=source.identity,
-            service=service,
-            action=Action.DIAL,
-            bundle=self._bundle(),
-            now=now,
-            min_epoch=self.epoch,
-        )
+        verdict = self._admit(token, source, service, Action.DIAL, now)
         if verdict.ticket is None:
             self._refuse(source, circuit, verdict.code, verdict.reason)
             return
@@ -341,7 +332,7 @@ class Forwarder:
         if route is None:
             self.counters["frames_unknown_circuit"] += 1
             return
-        if frame.type == FrameType.DATA:
+        if frame.type == _DATA:
             if route.ended or not route.account.forward(len(frame.payload)):
                 self._reset_both(
                     route,
@@ -351,11 +342,11 @@ class Forwarder:
                 )
                 return
             self._forward(route, frame, dirty)
-            if frame.flags & Flag.FIN:
+            if frame.flags & _FIN:
                 route.ended = True
                 if route.peer.ended:
                     self._drop(route)
-        elif frame.type == FrameType.CREDIT:
+        else:  # CREDIT: `frames` sends only DATA and CREDIT here
             payload = frame.payload
             if len(payload) != 4 or not route.peer.account.credit(_CREDIT.unpack(payload)[0]):
                 self._reset_both(route, ErrorCode.FLOW_CONTROL_ERROR, "bad CREDIT", dirty)
@@ -370,6 +361,46 @@ class Forwarder:
         self._drop(route)
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _admit(
+        self, token: str, source: PeerLink, service: str, action: Action, now: datetime
+    ) -> Admission:
+        """`admit`, remembering tickets it allowed (an application dials with one cached
+        ticket for minutes; the check costs ~20 us of every DIAL).
+
+        A remembered verdict is reused only for the same token, identity, service and
+        action, against the same bundle object, while the ticket has not expired, the clock
+        has not gone back, and no newer revocation epoch was adopted; otherwise `admit`
+        decides again. Refusals are never remembered.
+        """
+        bundle = self._bundle()
+        now_ts = now.timestamp()
+        key = (token, source.identity, service, action)
+        hit = self._admitted.get(key)
+        if hit is not None:
+            verdict, checked_bundle, checked_at = hit
+            ticket = verdict.ticket
+            if (
+                ticket is not None
+                and checked_bundle is bundle
+                and checked_at <= now_ts < ticket.expires_at
+                and ticket.epoch >= self.epoch
+            ):
+                return verdict
+        verdict = admit(
+            token,
+            peer_id=source.identity,
+            service=service,
+            action=action,
+            bundle=bundle,
+            now=now,
+            min_epoch=self.epoch,
+        )
+        if verdict.ticket is not None:
+            if len(self._admitted) >= 4096:
+                self._admitted.clear()
+            self._admitted[key] = (verdict, bundle, now_ts)
+        return verdict
 
     def _forward(self, route: Route, frame: Frame, dirty: set[PeerLink]) -> None:
         other = route.peer

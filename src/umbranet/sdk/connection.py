@@ -83,6 +83,9 @@ class RouterConnection:
         self._circuits: dict[int, _Entry] = {}
         self._bind_waiters: dict[int, asyncio.Future[int]] = {}
         self._listeners: dict[int, Listener] = {}
+        # A just-opened dial's HANDSHAKE, held back so it leaves with the application's
+        # first write (one TLS record and one router read instead of two); see `_cork`.
+        self._corked: dict[int, list[bytes]] = {}
         self.closed = False
         self.counters: dict[str, int] = {}
 
@@ -118,6 +121,10 @@ class RouterConnection:
         if self._link is not None:
             await self._link.writable()
 
+    def link_blocked(self) -> asyncio.Future[None] | None:
+        """What to wait for while the link's writes are paused; None when it accepts writes."""
+        return self._link.write_blocked() if self._link is not None else None
+
     @property
     def live(self) -> bool:
         return not self.closed and self._link is not None and not self._link.closed
@@ -139,11 +146,11 @@ class RouterConnection:
         entry = self._circuits.pop(circuit_id, None)
         if entry is not None and entry.circuit.state is not State.CLOSED:
             entry.circuit.reset(ErrorCode.CANCELLED, "dial abandoned")
-            self._write(entry.circuit.poll_transmit())
+            self._write(self._outgoing(entry.circuit))
 
     def flush(self, circuit: Circuit) -> None:
         """Send what the circuit queued."""
-        self._write(circuit.poll_transmit())
+        self._write(self._outgoing(circuit))
         if circuit.state is State.CLOSED and circuit.id in self._circuits:
             # Keep it until its events were delivered; `_dispatch` removes it.
             self._dispatch(circuit)
@@ -202,14 +209,24 @@ class RouterConnection:
                 link.close(exc.code, exc.reason)
                 return
         out: list[bytes] = []
-        for circuit in touched.values():
-            out.extend(circuit.poll_transmit())
+        corked: list[int] = []
+        for circuit_id, circuit in touched.items():
+            if self._just_dialed(circuit):
+                self._corked[circuit_id] = circuit.poll_transmit()
+                corked.append(circuit_id)
+            else:
+                out.extend(self._outgoing(circuit))
         self._write(out)
         for circuit in touched.values():
             self._dispatch(circuit)
+        for circuit_id in corked:
+            # The dialer's task runs within two loop turns (future -> wait_for -> task);
+            # whatever it has not sent by then goes out anyway.
+            asyncio.get_running_loop().call_soon(self._uncork, circuit_id, 2)
 
     def link_lost(self, link: Link, error: BaseException | None) -> None:
         self.closed = True
+        self._corked.clear()
         self._fail_hello(DialError("router_unreachable", f"link to {self.address} lost"))
         for entry in list(self._circuits.values()):
             circuit = entry.circuit
@@ -293,7 +310,10 @@ class RouterConnection:
             return
         while (event := circuit.poll_event()) is not None:
             if isinstance(event, Opened):
-                entry.stream = Stream(self, circuit, entry.service)
+                if entry.listener is not None:
+                    entry.stream = entry.listener.new_stream(self, circuit)
+                else:
+                    entry.stream = Stream(self, circuit, entry.service)
                 if entry.dialer is not None and not entry.dialer.done():
                     entry.dialer.set_result(entry.stream)
                 elif entry.listener is not None:
@@ -320,6 +340,33 @@ class RouterConnection:
             self._next_circuit = (self._next_circuit + 2) % (1 << 32) or 1
             if self._next_circuit not in self._circuits:
                 return self._next_circuit
+
+    def _outgoing(self, circuit: Circuit) -> list[bytes]:
+        """What to write for `circuit`: its held-back handshake first, then its new frames."""
+        held = self._corked.pop(circuit.id, None) if self._corked else None
+        if held is None:
+            return circuit.poll_transmit()
+        held.extend(circuit.poll_transmit())
+        return held
+
+    def _just_dialed(self, circuit: Circuit) -> bool:
+        """Our dial opened in this read and its stream is not handed out yet."""
+        entry = self._circuits.get(circuit.id)
+        return (
+            entry is not None
+            and entry.dialer is not None
+            and entry.stream is None
+            and circuit.state is State.OPEN
+            and circuit.id not in self._corked
+        )
+
+    def _uncork(self, circuit_id: int, turns: int) -> None:
+        if circuit_id not in self._corked:
+            return
+        if turns > 1:
+            asyncio.get_running_loop().call_soon(self._uncork, circuit_id, turns - 1)
+            return
+        self._write(self._corked.pop(circuit_id))
 
     def _send(self, ftype: FrameType, circuit: int, payload: bytes = b"") -> None:
         if self._link is not None:

@@ -11,6 +11,7 @@ service through outbound links only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import weakref
@@ -27,12 +28,14 @@ from umbranet.proto.e2e import DialerHandshake, LocalCredentials
 from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
 from umbranet.sdk.listener import Listener
+from umbranet.sdk.posture import collect, report_interval
 from umbranet.sdk.stream import Stream
 from umbranet.wire import ErrorCode
 
 log = logging.getLogger("umbranet.sdk")
 
 CLOSE_TIMEOUT = 2.0
+POSTURE_FIRST_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class Grant:
     ticket: str
     expires_at: int
     routers: tuple[str, ...]
+    http_rules: dict[str, Any] | None = None
 
 
 class ControlPlane(Protocol):
@@ -50,6 +54,8 @@ class ControlPlane(Protocol):
     async def grant(self, service: str, action: str) -> Grant: ...
 
     async def renew(self) -> IdentityFile: ...
+
+    async def report_posture(self, report: dict[str, Any]) -> bool: ...
 
     def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
 
@@ -71,6 +77,7 @@ class Context:
         clock: Callable[[], datetime] = _utcnow,
         control: Callable[[IdentityFile], ControlPlane] | None = None,
         renew: bool = True,
+        report_posture: bool = True,
     ) -> None:
         self.identity = identity
         self.clock = clock
@@ -85,9 +92,13 @@ class Context:
         self._listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
         self.epoch = 0
         self._renew = renew
+        self._report_posture = report_posture
+        self._posture_sent = asyncio.Event()
+        self._posture_last: dict[str, Any] | None = None
         self._started = False
         self._closed = False
         self.counters: dict[str, int] = {}
+        self._renewal_callbacks: list[Callable[[IdentityFile], None]] = []
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> Context:
@@ -162,6 +173,13 @@ class Context:
         self._listeners.add(listener)
         return listener
 
+    def on_renewal(self, callback: Callable[[IdentityFile], None]) -> Callable[[], None]:
+        """Call `callback` with each renewed identity (after it is in use and saved), so
+        whoever hands the certificate out (the agent's Workload API) serves the new one.
+        Returns a function that removes the callback."""
+        self._renewal_callbacks.append(callback)
+        return lambda: self._renewal_callbacks.remove(callback)
+
     def statistics(self) -> dict[str, Any]:
         return {
             "identity": self.identity.spiffe_id,
@@ -177,6 +195,10 @@ class Context:
 
     async def ticket(self, service: str, action: Action, fresh: bool = False) -> Grant:
         """A ticket for `action` on `service`, reused until a minute before it expires."""
+        if self._report_posture and not self._posture_sent.is_set():
+            # Posture-gated rules can only allow once the controller has our report.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._posture_sent.wait(), POSTURE_FIRST_WAIT)
         key = (service, str(action))
         grant = self._tickets.get(key)
         now = self.clock().timestamp()
@@ -226,6 +248,8 @@ class Context:
         self._started = True
         if self._renew:
             self._spawn(self._renew_forever())
+        if self._report_posture:
+            self._spawn(self._report_posture_forever())
         self._spawn(self._follow_events())
 
     def _spawn(self, coroutine: Any) -> None:
@@ -246,6 +270,23 @@ class Context:
             except UmbraError as exc:
                 log.warning("certificate renewal failed: %s; retrying in 30s", exc)
                 await asyncio.sleep(30)
+
+    async def _report_posture_forever(self) -> None:
+        """Report our posture at start, then whenever it changed (sampled periodically)."""
+        interval = report_interval()
+        while not self._closed:
+            report = await asyncio.to_thread(collect)
+            if report != self._posture_last:
+                try:
+                    await self._control.report_posture(report)
+                    self._posture_last = report
+                except UmbraError as exc:
+                    self.counters["posture_report_failed"] = (
+                        self.counters.get("posture_report_failed", 0) + 1
+                    )
+                    log.debug("posture report failed: %s", exc)
+            self._posture_sent.set()
+            await asyncio.sleep(interval)
 
     async def _follow_events(self) -> None:
         """Follow the controller's pushes: a new epoch means access may have changed, so
@@ -277,11 +318,17 @@ class Context:
         old = self._control
         self.identity = renewed
         self._control = self._control_factory(renewed)
+        self._posture_last = None  # the certificate's age is part of posture: report again
         await old.aclose()
         if self._identity_path is not None:
             renewed.save(self._identity_path)
         self.counters["renewals"] = self.counters.get("renewals", 0) + 1
         log.info("certificate renewed, valid until %s", renewed.certificate.not_valid_after_utc)
+        for callback in list(self._renewal_callbacks):
+            try:
+                callback(renewed)
+            except Exception:  # one broken listener must not stop renewal or the others
+                log.exception("a renewal callback failed")
 
 
 def _default_control(identity: IdentityFile) -> ControlPlane:

@@ -23,7 +23,14 @@ class ControllerPlane:
         except ControllerError as exc:
             raise UmbraError(exc.code, exc.message) from exc
         routers = tuple(r.address for r in grant.routers if r.address)
-        return Grant(grant.ticket, int(grant.expires_at.timestamp()), routers)
+        expires_at = int(grant.expires_at.timestamp())
+        return Grant(grant.ticket, expires_at, routers, grant.http_rules)
+
+    async def report_posture(self, report: dict[str, Any]) -> bool:
+        try:
+            return await self._client.report_posture(report)
+        except ControllerError as exc:
+            raise UmbraError(exc.code, exc.message) from exc
 
     async def renew(self) -> IdentityFile:
         try:

@@ -4,6 +4,10 @@ The listener asks the controller for a bind ticket, presents it to every router 
 controller names (BIND), and keeps those bindings alive: it renews the ticket before it
 expires and re-binds after a link drops. Dialers arrive as CONNECT frames on those outbound
 links; each becomes a Stream once the dialer proved its identity in the handshake.
+
+When the policy has HTTP rules for the service, the bind grant carries them and each stream is
+a `GatedStream`: the application reads only requests those rules allow for that dialer. Every
+fresh bind ticket (after each epoch bump) brings the rules in force.
 """
 
 from __future__ import annotations
@@ -12,15 +16,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from umbranet.pki.tickets import Action
+from umbranet.policy import HttpFragment, PolicyError
+from umbranet.policy.http_gate import GateStop
 from umbranet.proto.e2e import HostHandshake
 from umbranet.sdk.errors import BindError, DialError, UmbraError
+from umbranet.sdk.http_gate import GatedStream
 from umbranet.sdk.stream import Stream
 from umbranet.wire import ErrorCode
 
 if TYPE_CHECKING:
+    from umbranet.proto.circuit import Circuit
     from umbranet.sdk.connection import RouterConnection
     from umbranet.sdk.context import Context
 
@@ -42,6 +50,7 @@ class Listener:
         self._ready = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._http_rules: HttpFragment | None = None
         self.counters: dict[str, int] = {}
 
     async def start(self) -> Listener:
@@ -89,6 +98,13 @@ class Listener:
     def handshake(self) -> HostHandshake:
         """The host side of a new dialer's handshake, proving us with the bind ticket."""
         return HostHandshake(self.service, self._ticket, self._context.credentials())
+
+    def new_stream(self, connection: RouterConnection, circuit: Circuit) -> Stream:
+        """The stream for a dialer who passed the handshake: gated if HTTP rules apply."""
+        rules = self._http_rules
+        if rules is None or not rules.grants:
+            return Stream(connection, circuit, self.service)
+        return GatedStream(connection, circuit, self.service, rules, self._http_stopped)
 
     def deliver(self, stream: Stream) -> None:
         if self._queue.qsize() >= self._backlog:
@@ -146,6 +162,7 @@ class Listener:
     async def _bind_all(self) -> None:
         grant = await self._context.ticket(self.service, Action.BIND, fresh=True)
         self._ticket, self._ticket_expires = grant.ticket, grant.expires_at
+        self._http_rules = self._rules_of(grant.http_rules)
         bound = 0
         last_error: UmbraError | None = None
         for address in grant.routers:
@@ -161,6 +178,19 @@ class Listener:
                 last_error = BindError("router_timeout", f"router {address} did not answer BIND")
         if bound == 0:
             raise last_error or BindError(ErrorCode.NO_TERMINATOR.code, "no router to bind at")
+
+    def _rules_of(self, data: dict[str, Any] | None) -> HttpFragment | None:
+        if data is None:
+            return None
+        try:
+            return HttpFragment.from_json(data)
+        except PolicyError as exc:
+            # Fail closed: rules we cannot read must not turn into "no rules" (allow all).
+            self._count("http_rules_malformed")
+            raise BindError("http_rules_malformed", exc.reason) from exc
+
+    def _http_stopped(self, stop: GateStop) -> None:
+        self._count(stop.code)
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1

@@ -135,7 +135,10 @@ class Stream:
             self._raise_if_reset()
             await self._wait()
         self._raise_if_reset()
-        await self._connection.link_writable()
+        # No coroutine on the common path: the link almost always accepts writes.
+        blocked = self._connection.link_blocked()
+        if blocked is not None:
+            await asyncio.shield(blocked)
 
     def write_eof(self) -> None:
         """End our direction after what is queued (the peer reads EOF)."""

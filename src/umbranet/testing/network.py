@@ -128,9 +128,15 @@ class LocalControlPlane:
         self.network = network
         self.identity = identity
         self.renewals = 0
+        self.posture: dict[str, Any] | None = None
 
     async def grant(self, service: str, action: str) -> Grant:
         return self.network.grant(self.identity, service, action)
+
+    async def report_posture(self, report: dict[str, Any]) -> bool:
+        """Kept for tests to look at; the in-memory network has no posture rules."""
+        self.posture = report
+        return False
 
     async def renew(self) -> IdentityFile:
         """A fresh key and certificate for the same identity and the same noise key."""

@@ -14,6 +14,7 @@ from umbranet.controller.api import (
     routes_admin,
     routes_client,
     routes_events,
+    routes_jwt,
     routes_policy,
     routes_public,
 )
@@ -49,6 +50,7 @@ def create_app(
     app.include_router(routes_admin.router)
     app.include_router(routes_events.router)
     app.include_router(routes_policy.router)
+    app.include_router(routes_jwt.router)
     install_error_handlers(app, context.metrics)
     app.add_middleware(GuardMiddleware, metrics=context.metrics)
     return app

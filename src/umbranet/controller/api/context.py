@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from umbranet.controller.events import EventHub
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service import Authority
+from umbranet.controller.service.tickets import DenyAudit
 from umbranet.controller.store import Database, Store
 
 __all__ = ["AppContext", "Clock", "system_clock"]
@@ -32,6 +33,7 @@ class AppContext:
     authority: Authority
     clock: Clock = system_clock
     metrics: Metrics = field(default_factory=Metrics)
+    deny_audit: DenyAudit = field(default_factory=DenyAudit)
     events: EventHub = field(init=False)
 
     def __post_init__(self) -> None:

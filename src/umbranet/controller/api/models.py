@@ -7,7 +7,7 @@ the controller hold more than a few kilobytes per request.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,9 +21,17 @@ __all__ = [
     "IdentityCreatedOut",
     "IdentityIn",
     "IdentityOut",
+    "JwkOut",
+    "JwksOut",
+    "JwtSvidIn",
+    "JwtSvidOut",
     "Intercept",
     "MeOut",
     "MetricsOut",
+    "PeerKeyOut",
+    "PostureIn",
+    "PostureOut",
+    "ViewOut",
     "RenewIn",
     "RenewOut",
     "RouterAddressOut",
@@ -113,6 +121,42 @@ class TicketOut(BaseModel):
     ticket: str
     expires_at: datetime
     routers: list[RouterAddressOut]
+    http_rules: dict[str, Any] | None = Field(
+        default=None,
+        description="Bind grants only: the HTTP rules the host checks each request against.",
+    )
+
+
+ProcessName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class PostureIn(_In):
+    """What an endpoint reports about itself; omitted fields are unknown to policy."""
+
+    os: str | None = Field(default=None, max_length=64)
+    os_version: str | None = Field(default=None, max_length=64)
+    sdk_version: str | None = Field(default=None, max_length=64)
+    processes: list[ProcessName] | None = Field(default=None, max_length=8192)
+
+
+class PostureOut(BaseModel):
+    changed: bool
+    rechecked: bool
+    epoch: int
+
+
+class PeerKeyOut(BaseModel):
+    name: str
+    spiffe_id: str
+    noise_public_key: str | None
+
+
+class ViewOut(BaseModel):
+    """What the caller may reach and the peers whose keys it needs; nothing else."""
+
+    services: dict[str, list[str]]
+    peers: list[PeerKeyOut]
+    http: dict[str, dict[str, Any]]
 
 
 class RouterOut(BaseModel):
@@ -187,3 +231,30 @@ class ServiceOut(BaseModel):
 
 class MetricsOut(BaseModel):
     counters: dict[str, int]
+
+
+Audience = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class JwtSvidIn(_In):
+    audience: list[Audience] = Field(min_length=1, max_length=16)
+
+
+class JwtSvidOut(BaseModel):
+    token: str
+    expires_at: datetime
+
+
+class JwkOut(BaseModel):
+    kty: str
+    crv: str
+    x: str
+    y: str
+    kid: str
+    use: str
+
+
+class JwksOut(BaseModel):
+    """The JWT-SVID authorities of the trust domain, as a JWKS (SPIFFE ``use: jwt-svid``)."""
+
+    keys: list[JwkOut]

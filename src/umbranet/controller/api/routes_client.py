@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from cryptography import x509
+from fastapi import APIRouter, Request
 
 from umbranet.controller.api.convert import cert_pem, router_out
-from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller
+from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller, peer_certificate_der
 from umbranet.controller.api.models import (
     ErrorBody,
     Intercept,
     MeOut,
+    PeerKeyOut,
+    PostureIn,
+    PostureOut,
     RenewIn,
     RenewOut,
     RouterAddressOut,
@@ -18,8 +22,10 @@ from umbranet.controller.api.models import (
     ServiceActionsOut,
     TicketIn,
     TicketOut,
+    ViewOut,
 )
-from umbranet.controller.service import enrollment, routers, tickets
+from umbranet.controller.service import Forbidden, enrollment, posture, routers, tickets, views
+from umbranet.controller.service.policy import active_policy
 from umbranet.controller.store import Identity, Store
 
 __all__ = ["router"]
@@ -67,6 +73,22 @@ def get_me(ctx: Ctx, caller: ClientCaller) -> MeOut:
         )
 
 
+@router.get("/view", response_model=ViewOut)
+def get_view(ctx: Ctx, caller: ClientCaller) -> ViewOut:
+    """The caller's filtered view: the services it may use, the peers (SPIFFE ID and Noise
+    key) on the other side of them, and the HTTP rules of the services it hosts."""
+    with ctx.transaction() as store:
+        view = views.view_of(store, _identity(store, caller.id), now=ctx.clock())
+    return ViewOut(
+        services=view.services,
+        peers=[
+            PeerKeyOut(name=p.name, spiffe_id=p.spiffe_id, noise_public_key=p.noise_public_key)
+            for p in view.peers
+        ],
+        http=view.http,
+    )
+
+
 def _service_actions(store: Store, name: str, actions: list[str]) -> ServiceActionsOut:
     row = store.service_by_name(name)
     out = ServiceActionsOut(name=name, actions=actions)
@@ -81,26 +103,68 @@ def _service_actions(store: Store, name: str, actions: list[str]) -> ServiceActi
 def post_ticket(body: TicketIn, ctx: Ctx, caller: ClientCaller) -> TicketOut:
     """Ask to dial or bind a service: a signed ticket, or 403 ``not_authorized`` and why."""
     now = ctx.clock()
+    try:
+        with ctx.transaction() as store:
+            grant = tickets.issue_ticket(
+                store,
+                ctx.authority,
+                _identity(store, caller.id),
+                service=body.service,
+                action=body.action,
+                now=now,
+                metrics=ctx.metrics,
+                epoch=ctx.events.epoch,
+            )
+    except Forbidden as exc:
+        if exc.code == "not_authorized":
+            with ctx.transaction() as store:
+                ctx.deny_audit.record(
+                    store,
+                    caller.spiffe_id,
+                    body.service,
+                    body.action,
+                    exc.message,
+                    now=now,
+                )
+        raise
+    return TicketOut(
+        ticket=grant.ticket,
+        expires_at=grant.expires_at,
+        routers=[
+            RouterAddressOut(name=r.name, spiffe_id=r.identity.spiffe_id, address=r.address)
+            for r in grant.routers
+            if r.address is not None
+        ],
+        http_rules=grant.http_rules,
+    )
+
+
+@router.post("/posture", response_model=PostureOut)
+def post_posture(body: PostureIn, request: Request, ctx: Ctx, caller: ClientCaller) -> PostureOut:
+    """The caller's endpoint reports its posture (OS, versions, processes).
+
+    The controller adds the source address and the age of the certificate in use. If the
+    report changes the outcome of a posture the policy names, the epoch is bumped at once, so
+    live streams that no longer pass are closed and new tickets follow the new outcome.
+    """
+    now = ctx.clock()
+    der = peer_certificate_der(request.scope)
+    not_before = x509.load_der_x509_certificate(der).not_valid_before_utc if der else None
+    source = request.client.host if request.client is not None else None
     with ctx.transaction() as store:
-        grant = tickets.issue_ticket(
-            store,
-            ctx.authority,
-            _identity(store, caller.id),
-            service=body.service,
-            action=body.action,
-            now=now,
-            metrics=ctx.metrics,
-            epoch=ctx.events.epoch,
+        identity = _identity(store, caller.id)
+        before = posture.report_of(identity)
+        changed = posture.record(
+            identity, body.model_dump(), source_ip=source, cert_not_before=not_before, now=now
         )
-        return TicketOut(
-            ticket=grant.ticket,
-            expires_at=grant.expires_at,
-            routers=[
-                RouterAddressOut(name=r.name, spiffe_id=r.identity.spiffe_id, address=r.address)
-                for r in grant.routers
-                if r.address is not None
-            ],
+        active = active_policy(store)
+        compiled = active.compiled if active is not None else None
+        moved = changed and posture.outcomes_differ(
+            compiled, before, posture.report_of(identity), now
         )
+    if moved:
+        ctx.events.bump(f"posture of {caller.name} changed")
+    return PostureOut(changed=changed, rechecked=moved, epoch=ctx.events.epoch)
 
 
 @router.get("/routers", response_model=list[RouterOut])

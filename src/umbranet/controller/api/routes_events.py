@@ -47,7 +47,12 @@ class RecheckOut(BaseModel):
 
 @router.get("/events", response_class=StreamingResponse)
 async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
-    """Server-sent events: `hello` then `epoch` events, for routers and endpoints."""
+    """Server-sent events: `hello` then `epoch` events, for routers and endpoints.
+
+    Reasons name identities and services ("identity bob disabled"), so only routers and
+    admins get them: an endpoint's view of the network must not grow from the push channel.
+    """
+    trusted = caller.kind in ("router", "admin")
     queue = ctx.events.subscribe()
 
     async def stream() -> AsyncIterator[bytes]:
@@ -59,7 +64,10 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
                 except TimeoutError:
                     yield b": keepalive\n\n"
                     continue
-                yield _sse("epoch", {"epoch": event.epoch, "reason": event.reason})
+                data: dict[str, object] = {"epoch": event.epoch}
+                if trusted:
+                    data["reason"] = event.reason
+                yield _sse("epoch", data)
         finally:
             ctx.events.unsubscribe(queue)
 
@@ -73,7 +81,9 @@ def post_recheck(body: RecheckIn, ctx: Ctx, caller: RouterCaller) -> RecheckOut:
     """Which of a router's live grants policy no longer allows, and why."""
     grants = [recheck.Grant(g.identity, g.service, g.action) for g in body.grants]
     with ctx.transaction() as store:
-        result = recheck.denied(store, grants, ctx.metrics)
+        result = recheck.denied(
+            store, grants, now=ctx.clock(), audit=ctx.deny_audit, metrics=ctx.metrics
+        )
     return RecheckOut(
         epoch=ctx.events.epoch,
         denied=[DeniedOut(index=i, reason=r) for i, r in sorted(result.items())],

@@ -171,13 +171,17 @@ def explain(body: ExplainIn, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]:
 
 @router.get("/audit", response_model=list[AuditOut])
 def audit(
-    ctx: Ctx, caller: AdminCaller, limit: int = Query(default=100, ge=1, le=1000)
+    ctx: Ctx,
+    caller: AdminCaller,
+    limit: int = Query(default=100, ge=1, le=1000),
+    action: str | None = Query(default=None, max_length=64),
 ) -> list[AuditOut]:
-    """Administrative changes, newest first."""
+    """Administrative changes and access refusals (``access.deny``, ``access.revoked``),
+    newest first; ``action`` filters by one action or, ending in ``.``, a family of them."""
     with ctx.transaction() as store:
         return [
             AuditOut(
                 id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target, detail=e.detail
             )
-            for e in store.audit_events(limit)
+            for e in store.audit_events(limit, action)
         ]

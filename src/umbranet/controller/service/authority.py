@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from umbranet.pki import CertificateAuthority, Signer, TrustBundle
+from umbranet.pki.jwt_svid import JWT_SVID_LIFETIME, JwtAuthority
 
 __all__ = [
     "ADMIN_SVID_LIFETIME",
     "ENROLLMENT_LIFETIME",
+    "JWT_SVID_LIFETIME",
     "SVID_LIFETIME",
     "TICKET_LIFETIME",
     "Authority",
@@ -29,7 +31,7 @@ may not touch the CLI for a day, and an expired admin file locks them out of the
 
 @dataclass(frozen=True, slots=True)
 class Authority:
-    """CA, token signer, the bundle peers trust, and where the controller is reached."""
+    """CA, token signer, JWT-SVID key, the bundle peers trust, where the controller is."""
 
     ca: CertificateAuthority
     signer: Signer
@@ -38,6 +40,9 @@ class Authority:
     admin_svid_lifetime: timedelta = ADMIN_SVID_LIFETIME
     ticket_lifetime: timedelta = TICKET_LIFETIME
     enrollment_lifetime: timedelta = ENROLLMENT_LIFETIME
+    jwt_authority: JwtAuthority = field(default_factory=JwtAuthority.generate)
+    """Signs JWT-SVIDs (ES256); a fresh one if the caller has none to load (tests)."""
+    jwt_svid_lifetime: timedelta = JWT_SVID_LIFETIME
     bundle: TrustBundle = field(init=False)
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from umbranet.controller.authz import ActivePolicy, service_ref
 from umbranet.controller.service.errors import BadRequest, NotFound
+from umbranet.controller.service.posture import report_of
 from umbranet.controller.store import PolicyVersion, Store
 from umbranet.policy import CompiledPolicy, Inventory, PolicyError, Subject, compile_policy
 
@@ -166,7 +167,8 @@ def explain(
     if method is not None and path is not None:
         report = active.compiled.explain_http(subject, ref, method, path)
     else:
-        report = active.compiled.explain(subject, ref, action, port, now=now)
+        posture = report_of(subject_row)  # the endpoint's newest report, as tickets see it
+        report = active.compiled.explain(subject, ref, action, port, posture=posture, now=now)
     out = report.to_dict()
     out["version"] = active.version
     out["rendered"] = report.render()

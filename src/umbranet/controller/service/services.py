@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from umbranet.controller.service.errors import Conflict, NotFound
+from umbranet.controller.service.policy import inventory_of
 from umbranet.controller.service.validation import (
     check_attributes,
     check_host_address,
@@ -15,6 +16,7 @@ from umbranet.controller.service.validation import (
 )
 from umbranet.controller.store import Conflict as StoreConflict
 from umbranet.controller.store import Service, Store
+from umbranet.policy import PolicyError, compile_policy
 
 __all__ = ["create_service", "delete_service", "get_service", "list_services"]
 
@@ -71,5 +73,23 @@ def list_services(store: Store) -> Sequence[Service]:
 
 
 def delete_service(store: Store, name: str, *, actor: str, now: datetime) -> None:
-    store.delete(get_service(store, name))
+    """Delete a service; refused (``service_in_policy``) while the policy in force names it.
+
+    Deleting it anyway would leave a policy that no longer compiles, and a policy that does
+    not compile denies everything: one deletion would cut off the whole network.
+    """
+    row = get_service(store, name)
+    current = store.policy_current()
+    if current is not None:
+        inventory = inventory_of(store)
+        inventory.remove_service(name)
+        try:
+            compile_policy(current.text, inventory, run_tests=False)
+        except PolicyError as exc:
+            raise Conflict(
+                "service_in_policy",
+                f"policy version {current.version} needs service {name!r} ({exc}); "
+                "change the policy first, then delete the service",
+            ) from exc
+    store.delete(row)
     store.audit(now, actor, "service.delete", name, {})

@@ -2,25 +2,71 @@
 
 A ticket is the controller's signed "yes" to one (identity, service, action); routers and the
 hosting endpoint check it offline. The decision is made by `controller.authz`, which logs and
-counts every verdict.
+counts every verdict; the API writes refusals to the audit log too (`DenyAudit`, in a
+transaction of its own since the refused one rolls back), throttled per (identity, service,
+action) so a client retrying in a loop cannot flood the table.
+
+A bind grant also carries the service's HTTP rules (`policy.HttpFragment`, groups flattened):
+the hosting endpoint checks each request line against them, and gets fresh ones with every
+new bind ticket, that is after every epoch bump.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from umbranet.controller.authz import decide_access
+from umbranet.controller.authz import decide_access, service_ref
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service.authority import Authority
 from umbranet.controller.service.errors import BadRequest, Forbidden, NotFound
 from umbranet.controller.service.policy import active_policy
+from umbranet.controller.service.posture import report_of
 from umbranet.controller.service.routers import reachable_routers
 from umbranet.controller.store import Identity, Router, Store
 from umbranet.pki import Action
 from umbranet.policy import ACTIONS
 
-__all__ = ["Grant", "ServiceActions", "issue_ticket", "services_for"]
+__all__ = ["DenyAudit", "Grant", "ServiceActions", "issue_ticket", "services_for"]
+
+
+class DenyAudit:
+    """Writes refusals to the audit log: at most one row per `interval` seconds for the same
+    refusal (one instance per controller), so a client retrying in a loop cannot flood it."""
+
+    def __init__(self, interval: float = 10.0, memory: int = 10_000) -> None:
+        self.interval = interval
+        self._memory = memory
+        self._last: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()
+
+    def record(
+        self,
+        store: Store,
+        subject: str,
+        service: str,
+        action: str,
+        reason: str,
+        *,
+        now: datetime,
+        kind: str = "access.deny",
+    ) -> None:
+        """Audit ``subject`` refused ``action`` on ``service`` (``kind``: deny or revoked)."""
+        if self._admit((kind, subject, service, action), now):
+            store.audit(now, subject, kind, service, {"action": action, "reason": reason})
+
+    def _admit(self, key: tuple[str, ...], now: datetime) -> bool:
+        stamp = now.timestamp()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and 0 <= stamp - last < self.interval:
+                return False
+            if len(self._last) >= self._memory:
+                self._last.clear()
+            self._last[key] = stamp
+            return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +76,7 @@ class Grant:
     ticket: str
     expires_at: datetime
     routers: list[Router]
+    http_rules: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +108,7 @@ def issue_ticket(
     row = store.service_by_name(service)
     if row is None:
         raise NotFound("unknown_service", f"no service named {service!r}")
+    policy = active_policy(store)
     verdict = decide_access(
         identity.attributes,
         row,
@@ -68,7 +116,8 @@ def issue_ticket(
         subject=identity.spiffe_id,
         metrics=metrics,
         identity_name=identity.name,
-        policy=active_policy(store),
+        policy=policy,
+        posture=report_of(identity),
         now=now,
     )
     if not verdict.allowed:
@@ -83,7 +132,10 @@ def issue_ticket(
         epoch=epoch,
     )
     expires_at = datetime.fromtimestamp(ticket.expires_at, UTC)
-    return Grant(ticket=token, expires_at=expires_at, routers=reachable_routers(store))
+    http_rules = None
+    if action == "bind" and policy is not None and policy.compiled is not None:
+        http_rules = policy.compiled.http_fragment(service_ref(row)).to_json()
+    return Grant(token, expires_at, reachable_routers(store), http_rules)
 
 
 def services_for(
@@ -92,6 +144,7 @@ def services_for(
     """Every service on which `identity` may do at least one action, with those actions."""
     result: list[ServiceActions] = []
     policy = active_policy(store)
+    posture = report_of(identity)
     for row in store.services():
         actions: list[str] = [
             action
@@ -105,6 +158,7 @@ def services_for(
                 metrics=metrics,
                 identity_name=identity.name,
                 policy=policy,
+                posture=posture,
             ).allowed
         ]
         if actions:

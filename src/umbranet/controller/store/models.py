@@ -68,6 +68,9 @@ class Identity(Base):
     previous_cert_serial: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     cert_not_after: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The endpoint's newest posture report (see controller.service.posture) and its time.
+    posture: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)
+    posture_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
 
     enrollments: Mapped[list[Enrollment]] = relationship(
         back_populates="identity", cascade="all, delete-orphan"

@@ -115,8 +115,15 @@ class Store:
         )
         log.info("audit action=%s actor=%s target=%s", action, actor, target)
 
-    def audit_events(self, limit: int = 100) -> Sequence[AuditEvent]:
-        query = sa.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    def audit_events(self, limit: int = 100, action: str | None = None) -> Sequence[AuditEvent]:
+        """Newest first; ``action`` keeps one kind (``access.deny``) or a family (``access.``)."""
+        query = sa.select(AuditEvent)
+        if action:
+            if action.endswith("."):
+                query = query.where(AuditEvent.action.startswith(action, autoescape=True))
+            else:
+                query = query.where(AuditEvent.action == action)
+        query = query.order_by(AuditEvent.id.desc()).limit(limit)
         return self.session.scalars(query).all()
 
     # policy versions

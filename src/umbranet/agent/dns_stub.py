@@ -1,0 +1,346 @@
+"""The root mode's DNS stub: intercept names resolve to proxy addresses, the rest goes upstream.
+
+The agent points ``/etc/resolv.conf`` at this stub (UDP and TCP, default ``127.0.0.153:53``:
+inside 127/8 so it is reachable only from this host, and clear of ``127.0.0.1`` where
+dnsmasq and friends listen and of systemd-resolved's ``127.0.0.53``). For each query:
+
+- a name of a service this identity may dial (``web.umbra``, an intercept name such as
+  ``db.corp.internal``, a ``--dns-name``): an A record with the service's proxy address and
+  a short TTL (access can be withdrawn); AAAA and other types get NODATA (no IPv6 proxy);
+- any other name under the intercept suffix (``nope.umbra``): NXDOMAIN, never forwarded,
+  so made-up names do not leak to the upstream resolver;
+- everything else: forwarded byte for byte to the upstream resolvers the agent replaced,
+  one after the other, each with a timeout; SERVFAIL if none answers.
+
+Bad input is answered or dropped, and counted (``dns_*`` counters), and harms no other
+client: an unreadable query gets FORMERR if it carries an id (dropped otherwise), each source
+address has a token bucket, forwards in flight are bounded (SERVFAIL beyond), TCP
+connections are bounded and time out when idle. `decide` holds the rules and does no IO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from umbranet.agent import dnswire as dns
+from umbranet.agent.stats import Counters
+
+__all__ = [
+    "DEFAULT_STUB_ADDRESS",
+    "DEFAULT_SUFFIX",
+    "Answer",
+    "DnsStub",
+    "Drop",
+    "Forward",
+    "decide",
+    "normalise_name",
+]
+
+log = logging.getLogger("umbranet.agent.dns")
+
+DEFAULT_STUB_ADDRESS = "127.0.0.153"
+DEFAULT_SUFFIX = "umbra"
+ANSWER_TTL = 5
+FORWARD_TIMEOUT = 2.0
+MAX_INFLIGHT = 128
+MAX_TCP_CONNECTIONS = 64
+TCP_IDLE = 10.0
+# Per source address: a resolver library sends a handful of queries per name; a flood from
+# one client is cut at this rate and cannot use up the forwards others need.
+RATE_PER_SECOND = 200.0
+BURST = 400.0
+_MAX_SOURCES = 4096
+
+# How one forward asks one upstream: over UDP or over TCP.
+_Ask = Callable[[tuple[str, int], bytes, int], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Send `data` back; `kind` names the counter."""
+
+    data: bytes
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    query: dns.Message
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    code: str
+
+
+def normalise_name(name: str) -> str:
+    """Names compare case-insensitively and without the root's trailing dot."""
+    return name.rstrip(".").lower()
+
+
+def decide(
+    data: bytes, names: Mapping[str, str], suffix: str = DEFAULT_SUFFIX, ttl: int = ANSWER_TTL
+) -> Answer | Forward | Drop:
+    """What to do with one query; `names` maps normalised names to IPv4 proxy addresses."""
+    try:
+        query = dns.parse_message(data)
+    except dns.DnsError as exc:
+        reply = dns.build_error_header(data, dns.FORMERR)
+        return Answer(reply, f"malformed.{exc.code}") if reply else Drop(f"malformed.{exc.code}")
+    if query.is_response:
+        return Drop("unexpected_response")
+    if query.opcode != 0:
+        return Answer(dns.build_response(query, dns.NOTIMP, authoritative=False), "notimp")
+    if len(query.questions) != 1:
+        return Answer(dns.build_response(query, dns.FORMERR, authoritative=False), "formerr")
+    question = query.questions[0]
+    name = normalise_name(question.name)
+    address = names.get(name)
+    if address is not None:
+        if question.qtype == dns.TYPE_A and question.qclass == dns.CLASS_IN:
+            record = dns.a_record(question.name, address, ttl)
+            return Answer(dns.build_response(query, answers=(record,)), "answered")
+        return Answer(dns.build_response(query), "nodata")
+    if name == suffix or name.endswith("." + suffix):
+        return Answer(dns.build_response(query, dns.NXDOMAIN), "nxdomain")
+    return Forward(query)
+
+
+class DnsStub:
+    """The UDP and TCP servers around `decide`, with forwarding, bounds and counters."""
+
+    def __init__(
+        self,
+        counters: Counters,
+        upstreams: Sequence[tuple[str, int]],
+        *,
+        host: str = DEFAULT_STUB_ADDRESS,
+        port: int = 53,
+        suffix: str = DEFAULT_SUFFIX,
+        forward_timeout: float = FORWARD_TIMEOUT,
+        max_inflight: int = MAX_INFLIGHT,
+        rate: float = RATE_PER_SECOND,
+        burst: float = BURST,
+    ) -> None:
+        self.counters = counters
+        self.upstreams = list(upstreams)
+        self.host, self.port = host, port
+        self.suffix = normalise_name(suffix)
+        self.forward_timeout = forward_timeout
+        self.max_inflight = max_inflight
+        self._names: dict[str, str] = {}
+        self._buckets = _Buckets(rate, burst)
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tcp_connections = 0
+
+    def set_names(self, names: Mapping[str, str]) -> None:
+        """Replace the intercept table: name -> IPv4 proxy address."""
+        self._names = {normalise_name(n): a for n, a in names.items()}
+
+    async def start(self) -> None:
+        """Bind UDP, then TCP on the same port (port 0: the kernel picks it for both)."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self), local_addr=(self.host, self.port)
+        )
+        self._udp = transport
+        self.port = int(transport.get_extra_info("sockname")[1])
+        try:
+            self._tcp = await asyncio.start_server(
+                self._tcp_client, self.host, self.port, reuse_address=True
+            )
+        except BaseException:
+            transport.close()
+            raise
+        log.info("DNS stub on %s:%d (suffix .%s)", self.host, self.port, self.suffix)
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "listen": f"{self.host}:{self.port}",
+            "suffix": self.suffix,
+            "upstreams": [f"{h}:{p}" for h, p in self.upstreams],
+            "names": dict(sorted(self._names.items())),
+            "forwards_in_flight": self._inflight,
+        }
+
+    # -- one query ----------------------------------------------------------------------------
+
+    def _admit(self, source: str) -> bool:
+        if self._buckets.take(source, asyncio.get_running_loop().time()):
+            return True
+        self.counters.add("dns_rate_limited")
+        return False
+
+    def _udp_query(self, data: bytes, source: tuple[str, int]) -> None:
+        if self._udp is None or not self._admit(source[0]):
+            return
+        outcome = decide(data, self._names, self.suffix)
+        if isinstance(outcome, Drop):
+            self.counters.add(f"dns_{outcome.code}")
+        elif isinstance(outcome, Answer):
+            self.counters.add(f"dns_{outcome.kind}")
+            self._udp.sendto(outcome.data, source)
+        elif self._inflight >= self.max_inflight:
+            self.counters.add("dns_forward_overloaded")
+            self._udp.sendto(_servfail(outcome.query), source)
+        else:
+            self._inflight += 1
+            self._spawn(self._udp_forward(outcome.query, data, source))
+
+    async def _udp_forward(self, query: dns.Message, data: bytes, source: tuple[str, int]) -> None:
+        try:
+            reply = await self._forward(query, data, _ask_udp)
+        finally:
+            self._inflight -= 1
+        if self._udp is not None and not self._udp.is_closing():
+            self._udp.sendto(reply, source)
+
+    async def _forward(self, query: dns.Message, data: bytes, ask: _Ask) -> bytes:
+        for upstream in self.upstreams:
+            try:
+                async with asyncio.timeout(self.forward_timeout):
+                    reply = await ask(upstream, data, query.id)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                self.counters.add("dns_upstream_failed")
+                continue
+            self.counters.add("dns_forwarded")
+            return reply
+        self.counters.add("dns_servfail")
+        return _servfail(query)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tcp_connections >= MAX_TCP_CONNECTIONS:
+            self.counters.add("dns_tcp_refused")
+            writer.transport.abort()
+            return
+        self._tcp_connections += 1
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if peer else "?"
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(TCP_IDLE):
+                        size = struct.unpack("!H", await reader.readexactly(2))[0]
+                        data = await reader.readexactly(size)
+                except (TimeoutError, asyncio.IncompleteReadError, OSError):
+                    return
+                if not self._admit(source):
+                    return
+                reply = await self._tcp_answer(data)
+                if reply is None:
+                    return
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except OSError:
+            return
+        finally:
+            self._tcp_connections -= 1
+            writer.close()
+
+    async def _tcp_answer(self, data: bytes) -> bytes | None:
+        outcome = decide(data, self._names, self.suffix)
+        if isinstance(outcome, Drop):
+            self.counters.add(f"dns_{outcome.code}")
+            return None
+        if isinstance(outcome, Answer):
+            self.counters.add(f"dns_{outcome.kind}")
+            return outcome.data
+        if self._inflight >= self.max_inflight:
+            self.counters.add("dns_forward_overloaded")
+            return _servfail(outcome.query)
+        self._inflight += 1
+        try:
+            return await self._forward(outcome.query, data, _ask_tcp)
+        finally:
+            self._inflight -= 1
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _ask_udp(upstream: tuple[str, int], data: bytes, ident: int) -> bytes:
+    """One query over a fresh connected UDP socket (a random source port per query makes
+    off-path spoofing harder); replies that are not the answer to it are ignored."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, upstream)
+        await loop.sock_sendall(sock, data)
+        while True:
+            reply = await loop.sock_recv(sock, 65535)
+            if len(reply) >= 12 and _matches(reply, ident):
+                return reply
+
+
+async def _ask_tcp(upstream: tuple[str, int], data: bytes, ident: int) -> bytes:
+    reader, writer = await asyncio.open_connection(*upstream)
+    try:
+        writer.write(struct.pack("!H", len(data)) + data)
+        await writer.drain()
+        size = struct.unpack("!H", await reader.readexactly(2))[0]
+        reply = await reader.readexactly(size)
+    finally:
+        writer.close()
+    if not _matches(reply, ident):
+        raise OSError("upstream answered a different query")
+    return reply
+
+
+def _matches(reply: bytes, ident: int) -> bool:
+    head_id, flags = struct.unpack_from("!HH", reply)
+    return head_id == ident and bool(flags & 0x8000)
+
+
+def _servfail(query: dns.Message) -> bytes:
+    return dns.build_response(query, dns.SERVFAIL, authoritative=False)
+
+
+class _Buckets:
+    """A token bucket per source address, bounded in number (oldest forgotten first)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, source: str, now: float) -> bool:
+        tokens, last = self._state.pop(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._state[source] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._state) > _MAX_SOURCES:
+            del self._state[next(iter(self._state))]
+        return allowed
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, stub: DnsStub) -> None:
+        self._stub = stub
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._stub._udp_query(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        self._stub.counters.add("dns_udp_error")

@@ -1,0 +1,216 @@
+"""Intercept with root (Linux): DNS names to proxy addresses, and a kernel redirect to the agent.
+
+`RootMode` is the part of the agent that `umbra up --root` adds. It runs the DNS stub
+(`dns_stub`), keeps a transparent TCP listener on 127.0.0.1, and installs the system changes
+(`redirect`) that steer connections for the proxy range to that listener. Each accepted
+connection's original destination (``SO_ORIGINAL_DST``) names the proxy address, the
+allocation table (`proxyaddr`) names the service, and the flow is dialed and relayed like a
+loopback intercept's. A connection to a proxy address no dialable service holds is reset
+(RST) and counted; it touches no other flow.
+
+Names a service answers to: ``<service>.<suffix>`` (``web.umbra``), the host names of its
+intercepts (``db.corp.internal:5432`` from the controller), and ``--dns-name NAME=SERVICE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from umbranet.agent import redirect
+from umbranet.agent.config import ConfigError, RootSettings
+from umbranet.agent.dns_stub import DnsStub
+from umbranet.agent.proxyaddr import ProxyAddresses, parse_range
+from umbranet.agent.relay import relay, reset_tcp
+from umbranet.agent.stats import Counters
+from umbranet.agent.whois import Delivery, WhoisTable
+from umbranet.sdk import Context, UmbraError
+
+__all__ = ["RootMode", "RootSettings", "parse_dns_name"]
+
+log = logging.getLogger("umbranet.agent")
+
+# From <linux/netfilter_ipv4.h>: the destination a connection had before nat redirected it.
+_SO_ORIGINAL_DST = 80
+
+
+def parse_dns_name(text: str) -> tuple[str, str]:
+    """``NAME=SERVICE`` -> (name, service); ConfigError ``bad_dns_name`` otherwise."""
+    name, sep, service = text.partition("=")
+    name, service = name.strip().rstrip(".").lower(), service.strip()
+    if not sep or not name or not service or " " in name:
+        raise ConfigError("bad_dns_name", f"expected NAME=SERVICE, got {text!r}")
+    return name, service
+
+
+class RootMode:
+    """``await start()`` installs; ``update(...)`` follows the controller; ``close()`` undoes."""
+
+    def __init__(
+        self,
+        settings: RootSettings,
+        state_dir: Path,
+        context: Context,
+        whois: WhoisTable,
+        counters: Counters,
+    ) -> None:
+        try:
+            self.network = parse_range(settings.proxy_range)
+        except ValueError as exc:
+            raise ConfigError("bad_proxy_range", str(exc)) from None
+        self.settings = settings
+        self._state_dir = state_dir
+        self._context = context
+        self._whois = whois
+        self._counters = counters
+        self.proxies = ProxyAddresses(self.network, state_dir / "proxies.json")
+        self.stub: DnsStub | None = None
+        self._server: asyncio.Server | None = None
+        self._dialable: set[str] = set()
+        self._connections: set[asyncio.Task[Any]] = set()
+        self.installed: redirect.Installed | None = None
+
+    async def start(self) -> None:
+        """Start the stub and listener, then change the system (undone if anything fails)."""
+        redirect.require_root()
+        settings = self.settings
+        # Leftovers of a crashed run first: their resolv.conf would name our stub upstream.
+        await asyncio.to_thread(redirect.uninstall, self._state_dir)
+        try:
+            original = settings.resolv_conf.read_text()
+        except OSError as exc:
+            raise ConfigError("no_resolv_conf", f"{settings.resolv_conf}: {exc}") from None
+        upstreams = redirect.read_upstreams(original, settings.dns_address)
+        self.stub = DnsStub(
+            self._counters,
+            upstreams,
+            host=settings.dns_address,
+            port=settings.dns_port,
+            suffix=settings.suffix,
+        )
+        try:
+            await self.stub.start()
+            self._server = await asyncio.start_server(self._accepted, "127.0.0.1", 0)
+            port = int(self._server.sockets[0].getsockname()[1])
+            self.installed = await asyncio.to_thread(
+                redirect.install,
+                self._state_dir,
+                str(self.network),
+                port,
+                settings.dns_address,
+                settings.resolv_conf,
+            )
+        except OSError as exc:
+            await self.close()
+            raise ConfigError("root_mode_failed", f"cannot start root mode: {exc}") from None
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "root mode: %s -> 127.0.0.1:%d, DNS stub %s:%d (upstream %s)",
+            self.network,
+            port,
+            settings.dns_address,
+            self.stub.port,
+            ", ".join(h for h, _ in upstreams) or "none",
+        )
+
+    def update(self, dial: Mapping[str, Sequence[str]]) -> None:
+        """Follow the controller: `dial` maps each dialable service to its intercept names."""
+        self._dialable = set(dial)
+        names: dict[str, str] = {}
+        for service in sorted(dial):
+            address = str(self.proxies.ensure(service))
+            names[f"{service}.{self.settings.suffix}"] = address
+            for host in dial[service]:
+                names[host] = address
+        for name, service in self.settings.dns_names.items():
+            if service in dial:
+                names[name] = str(self.proxies.ensure(service))
+        if self.stub is not None:
+            self.stub.set_names(names)
+
+    async def close(self) -> None:
+        """Undo the system changes first (so apps stop being steered here), then stop."""
+        if self.installed is not None:
+            removed = await asyncio.to_thread(redirect.uninstall, self._state_dir)
+            log.info("root mode removed: %s", "; ".join(removed) or "nothing")
+            self.installed = None
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.stub is not None:
+            await self.stub.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        listen = None
+        if self._server is not None and self._server.sockets:
+            listen = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return {
+            "proxy_range": str(self.network),
+            "transparent_listen": listen,
+            "dns": self.stub.snapshot() if self.stub is not None else None,
+            "proxies": {s: a for s, a in self.proxies.snapshot().items() if s in self._dialable},
+            "connections": len(self._connections),
+        }
+
+    # -- one redirected connection ------------------------------------------------------------
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._carry(reader, writer)
+        finally:
+            self._connections.discard(task)
+
+    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        original = _original_destination(writer)
+        service = self.proxies.service_for(original[0]) if original else None
+        if service is None or service not in self._dialable:
+            self._counters.add("root_no_service")
+            reset_tcp(writer)
+            return
+        peer = writer.get_extra_info("peername")
+        client = (str(peer[0]), int(peer[1]))
+        try:
+            stream = await self._context.dial(service)
+        except (UmbraError, OSError, TimeoutError) as exc:
+            code = exc.code if isinstance(exc, UmbraError) else type(exc).__name__
+            self._counters.add(f"dial_failed.{code}")
+            log.warning("dial %s (root mode) failed: %s", service, exc)
+            reset_tcp(writer)
+            return
+        self._counters.add("root_streams")
+        router = str(stream.get_extra_info("router"))
+        self._whois.add(client, Delivery(stream.peer, service, "outbound", router))
+        try:
+            outcome = await relay(stream, reader, writer)
+        finally:
+            self._whois.remove(client)
+        if outcome.reset_by:
+            self._counters.add(f"dial_reset_by_{outcome.reset_by}.{outcome.code}")
+
+
+def _original_destination(writer: asyncio.StreamWriter) -> tuple[str, int] | None:
+    """Where the app connected before the redirect (None if it was not redirected)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    port, packed = struct.unpack_from("!2xH4s", raw)
+    return socket.inet_ntoa(packed), port

@@ -1,0 +1,61 @@
+"""The minute clock of posture: re-evaluate every endpoint's postures and push any change.
+
+Reports trigger re-checks as they arrive (`routes_client.post_posture`), but some outcomes move
+with time alone: a certificate ages past its limit, a time window closes. A background thread
+runs `PostureWatch` at a fixed interval (60 s by default) and bumps the epoch when an outcome
+changed, so routers re-check their live circuits and close those no longer allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from umbranet.controller.api.context import AppContext
+from umbranet.controller.service.policy import active_policy
+from umbranet.controller.service.posture import PostureWatch
+
+__all__ = ["DEFAULT_INTERVAL", "PostureTicker"]
+
+log = logging.getLogger("umbranet.controller.posture")
+
+DEFAULT_INTERVAL = 60.0
+
+
+class PostureTicker:
+    """``ticker.start()`` ... ``ticker.stop()``; `tick` runs one evaluation (tests call it)."""
+
+    def __init__(self, context: AppContext, interval: float = DEFAULT_INTERVAL) -> None:
+        self.context = context
+        self.interval = interval
+        self._watch = PostureWatch()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> list[str]:
+        """Evaluate once; bump the epoch if some endpoint's posture outcome changed."""
+        context = self.context
+        with context.transaction() as store:
+            active = active_policy(store)
+            compiled = active.compiled if active is not None else None
+            moved = self._watch.changed(store, compiled, context.clock())
+        if moved:
+            shown = ", ".join(moved[:5]) + (f" and {len(moved) - 5} more" if len(moved) > 5 else "")
+            context.events.bump(f"posture changed for {shown}")
+        return moved
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="posture-ticker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:  # a bad row must not stop the clock for everyone
+                log.exception("posture re-evaluation failed")

@@ -1,0 +1,133 @@
+"""Network namespaces for root-mode tests: created with random names, always deleted.
+
+Only addresses in 198.18.0.0/15 are ever assigned. Every process a test starts is recorded
+and killed by PID; `Lab.destroy` then kills what still runs inside the lab's namespaces
+(only the lab put anything there), deletes them and the ``/etc/netns/<name>`` directories
+it created. Nothing in the root namespace is touched besides creating veth pairs that move
+straight into the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["Lab", "sh"]
+
+
+def sh(argv: Sequence[str], check: bool = True, timeout: float = 60.0) -> str:
+    """Run a short command; its stdout (RuntimeError with stderr if it fails and `check`)."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr[-800:]}")
+    return proc.stdout
+
+
+class Lab:
+    """Namespaces joined by veth pairs, and the processes run inside them."""
+
+    def __init__(self, logs: Path) -> None:
+        self.suffix = secrets.token_hex(3)
+        self.logs = logs
+        self.namespaces: list[str] = []
+        self.netns_dirs: list[Path] = []
+        self.created_parent = False
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def namespace(self, stem: str) -> str:
+        name = f"urm{stem}-{self.suffix}"
+        sh(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        sh(["ip", "-n", name, "link", "set", "lo", "up"])
+        return name
+
+    def link(self, left: str, left_cidr: str, right: str, right_cidr: str) -> None:
+        """A veth pair between two of our namespaces, with one 198.18/15 address each end."""
+        for cidr in (left_cidr, right_cidr):
+            assert cidr.startswith(("198.18.", "198.19.")), cidr
+        index = len(self.namespaces) + secrets.randbelow(1000)
+        a, b = f"uv{self.suffix}{index}a"[:15], f"uv{self.suffix}{index}b"[:15]
+        sh(["ip", "link", "add", a, "type", "veth", "peer", "name", b])
+        sh(["ip", "link", "set", a, "netns", left])
+        sh(["ip", "link", "set", b, "netns", right])
+        for ns, dev, cidr in ((left, a, left_cidr), (right, b, right_cidr)):
+            sh(["ip", "-n", ns, "addr", "add", cidr, "dev", dev])
+            sh(["ip", "-n", ns, "link", "set", dev, "up"])
+
+    def resolv_conf(self, ns: str, text: str) -> Path:
+        """The file ``ip netns exec`` bind-mounts over /etc/resolv.conf in `ns`."""
+        parent = Path("/etc/netns")
+        if not parent.exists():
+            parent.mkdir(mode=0o755)
+            self.created_parent = True
+        directory = parent / ns
+        directory.mkdir(exist_ok=False)
+        self.netns_dirs.append(directory)
+        path = directory / "resolv.conf"
+        path.write_text(text)
+        return path
+
+    def argv(self, ns: str, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", ns, *argv]
+
+    def run(self, ns: str, argv: Sequence[str], check: bool = True, timeout: float = 60) -> str:
+        return sh(self.argv(ns, argv), check, timeout)
+
+    def umbra(self, ns: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(ns, [sys.executable, "-m", "umbranet.cli.main", *args]),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def spawn(self, ns: str, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        """A long-running process in `ns` (``ip netns exec`` execs, so the PID is its own)."""
+        with open(self.logs / f"{name}.log", "ab") as log:
+            child = subprocess.Popen(
+                self.argv(ns, argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
+        self.children[child.pid] = child
+        return child
+
+    def stop(self, child: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(sig)
+        try:
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(5)
+        self.children.pop(child.pid, None)
+
+    def destroy(self) -> None:
+        """Kill our processes, delete our namespaces and /etc/netns entries (idempotent)."""
+        for child in list(self.children.values()):
+            self.stop(child)
+        for ns in self.namespaces:
+            for pid in sh(["ip", "netns", "pids", ns], check=False).split():
+                if int(pid) != os.getpid():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+        for ns in self.namespaces:
+            sh(["ip", "netns", "del", ns], check=False)
+        self.namespaces.clear()
+        for directory in self.netns_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        self.netns_dirs.clear()
+        if self.created_parent:
+            with contextlib.suppress(OSError):
+                Path("/etc/netns").rmdir()  # only if still empty
