@@ -8,6 +8,8 @@ next dial is refused.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -86,6 +88,60 @@ def test_disabling_an_identity_closes_its_live_stream_and_refuses_new_dials(
             return info.value
 
     assert _run(dial_again()).code == "identity_disabled"
+
+
+def test_revoking_certificates_closes_live_streams_and_refuses_the_old_key(
+    network: Quickstart, tmp_path: Path
+) -> None:
+    _run(network.ensure_service("rv4", ["rv4-c"], ["rv4-h"]))
+    host_file = _run(network.enroll("rv4-host", ["rv4-h"]))
+    client_file = _run(network.enroll("rv4-client", ["rv4-c"]))
+    tokens: list[str] = []
+
+    async def revoke(admin: object) -> None:
+        tokens.append(await admin.revoke_certificates("rv4-client"))  # type: ignore[attr-defined]
+
+    error, elapsed = _run(_revoke_during_stream(network, client_file, host_file, "rv4", revoke))
+    assert error.code == "revoked"
+    assert "certificates of rv4-client were revoked" in error.reason
+    print(f"\nrevocation delay (certificate revoked -> stream reset): {elapsed * 1000:.0f} ms")
+
+    async def dial(identity: Path) -> DialError | None:
+        async with Context.from_file(identity) as client:
+            try:
+                stream = await client.dial("rv4")
+            except DialError as exc:
+                return exc
+            stream.close()
+            return None
+
+    refused = _run(dial(client_file))
+    assert refused is not None and refused.code == "cert_revoked"
+
+    # The one-time token from the revocation enrolls a new key, which works at once.
+    fresh = tmp_path / "rv4-client-new.json"
+    enrolled = subprocess.run(
+        [sys.executable, "-m", "umbranet.cli.main", "enroll", tokens[0], "--output", str(fresh)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert _run(dial_and_echo(network, fresh, host_file, "rv4")) == b"ping"
+
+
+async def dial_and_echo(net: Quickstart, client_file: Path, host_file: Path, service: str) -> bytes:
+    async with Context.from_file(host_file) as host, Context.from_file(client_file) as client:
+        listener = await host.listen(service).start()
+        server = asyncio.get_running_loop().create_task(echo_forever(listener))
+        stream = await client.dial(service)
+        stream.write(b"ping")
+        answer = await stream.readexactly(4)
+        stream.close()
+        server.cancel()
+        await listener.close()
+        return answer
 
 
 def test_deleting_a_service_closes_its_streams(network: Quickstart) -> None:

@@ -350,6 +350,11 @@ class ControllerClient:
     async def enable_identity(self, name: str) -> IdentityInfo:
         return _identity(await self._call("POST", f"/v1/identities/{_seg(name)}/enable"))
 
+    async def revoke_certificates(self, name: str) -> str:
+        """Revoke the identity's certificates; returns its new enrollment token."""
+        data = await self._call("POST", f"/v1/identities/{_seg(name)}/revoke")
+        return str(data["enrollment_token"])
+
     async def new_enrollment(self, name: str) -> str:
         """A fresh enrollment token for an existing identity."""
         data = await self._call("POST", f"/v1/identities/{_seg(name)}/enrollments")

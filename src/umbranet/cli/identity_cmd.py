@@ -131,11 +131,24 @@ def _set_enabled(ctx: typer.Context, name: str, *, enabled: bool) -> None:
 @app.command("token")
 def token(ctx: typer.Context, name: str, output: OutputOption = None) -> None:
     """Issue a new enrollment token for an existing identity (new device, lost key)."""
+    _issue_token(ctx, name, output, revoke=False)
+
+
+@app.command("revoke")
+def revoke(ctx: typer.Context, name: str, output: OutputOption = None) -> None:
+    """Revoke the identity's certificates (stolen key): its live streams close now. Prints a
+    new enrollment token for the identity's replacement key."""
+    _issue_token(ctx, name, output, revoke=True)
+
+
+def _issue_token(ctx: typer.Context, name: str, output: Path | None, *, revoke: bool) -> None:
     cli = state(ctx)
     _refuse_existing(cli, output)
 
     async def call() -> str:
         async with admin_client(cli) as client:
+            if revoke:
+                return await client.revoke_certificates(name)
             return await client.new_enrollment(name)
 
     with handle_errors(cli):

@@ -7,7 +7,8 @@ time (`now` from the injected clock) and matched to an enabled identity whose cu
 previous certificate it is.
 
 Refusals: 401 ``client_cert_required`` / ``cert_*`` / ``unknown_identity`` /
-``cert_superseded``; 403 ``identity_disabled`` / ``admin_required`` / ``router_required``.
+``cert_superseded`` / ``cert_revoked``; 403 ``identity_disabled`` / ``admin_required`` /
+``router_required``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def _principal(request: Request, context: AppContext) -> Principal:
         if not identity.enabled:
             raise Forbidden("identity_disabled", f"identity {identity.name!r} is disabled")
         serial = serial_text(peer.serial)
+        if identity.cert_serial is None and identity.noise_public_key is not None:
+            raise Unauthenticated(
+                "cert_revoked", "this identity's certificates were revoked; enroll again"
+            )
         if serial not in {identity.cert_serial, identity.previous_cert_serial}:
             raise Unauthenticated(
                 "cert_superseded", "this certificate has been replaced; enroll or renew again"

@@ -80,6 +80,19 @@ def enable_identity(name: str, ctx: Ctx, caller: AdminCaller) -> IdentityOut:
         return identity_out(row)
 
 
+@router.post("/identities/{name}/revoke", response_model=EnrollmentTokenOut)
+def revoke_certificates(name: str, ctx: Ctx, caller: AdminCaller) -> EnrollmentTokenOut:
+    """Revoke the identity's certificates: live streams close, old tickets go stale; the
+    answer is a fresh enrollment token for the identity's new key."""
+    now = ctx.clock()
+    with ctx.transaction() as store:
+        token = identities.revoke_certificates(
+            store, ctx.authority, name, actor=caller.spiffe_id, now=now
+        )
+    ctx.events.bump(f"certificates of {name} revoked")
+    return EnrollmentTokenOut(enrollment_token=token)
+
+
 @router.post("/identities/{name}/enrollments", response_model=EnrollmentTokenOut, status_code=201)
 def new_enrollment(name: str, ctx: Ctx, caller: AdminCaller) -> EnrollmentTokenOut:
     now = ctx.clock()

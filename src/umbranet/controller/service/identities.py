@@ -109,6 +109,25 @@ def enable_identity(store: Store, name: str, *, actor: str, now: datetime) -> Id
     return identity
 
 
+def revoke_certificates(
+    store: Store, authority: Authority, name: str, *, actor: str, now: datetime
+) -> str:
+    """Revoke every certificate the identity holds (a stolen key, a lost device).
+
+    Its certificates stop working at the controller at once (``cert_revoked``); the caller
+    bumps the epoch so every outstanding ticket goes stale and routers close the identity's
+    live circuits and bindings. The identity stays enabled: it enrolls again with the
+    returned one-time token, on a new key.
+    """
+    identity = get_identity(store, name)
+    before = [s for s in (identity.cert_serial, identity.previous_cert_serial) if s]
+    identity.cert_serial = None
+    identity.previous_cert_serial = None
+    token = mint_enrollment_token(store, authority, identity, now)
+    store.audit(now, actor, "identity.revoke", name, {"serials": before})
+    return token
+
+
 def new_enrollment(
     store: Store, authority: Authority, name: str, *, actor: str, now: datetime
 ) -> str:

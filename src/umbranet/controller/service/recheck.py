@@ -46,6 +46,8 @@ def denied(
             out[index] = f"{grant.identity} is not an identity of this network"
         elif not identity.enabled:
             out[index] = f"identity {identity.name} is disabled"
+        elif identity.cert_serial is None:
+            out[index] = f"the certificates of {identity.name} were revoked"
         elif service is None:
             out[index] = f"service {grant.service} no longer exists"
         else:
