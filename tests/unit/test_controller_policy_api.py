@@ -141,3 +141,17 @@ def test_policy_routes_need_an_admin(h: Harness) -> None:
     assert alice.get("/v1/policy").status_code == 403
     assert alice.put("/v1/policy", json={"text": ALLOW_ALICE}).status_code == 403
     assert alice.get("/v1/audit").status_code == 403
+
+
+def test_admin_changes_are_audited_with_before_and_after(h: Harness) -> None:
+    admin, _alice, _bob = _setup(h)
+    assert admin.post("/v1/identities/bob/disable").status_code == 200
+    assert admin.delete("/v1/services/svc").status_code == 204
+    audit = admin.get("/v1/audit", params={"limit": 2}).json()
+    deleted, disabled = audit
+    assert disabled["action"] == "identity.disable"
+    assert disabled["detail"] == {"before": {"enabled": True}, "after": {"enabled": False}}
+    assert deleted["action"] == "service.delete"
+    assert deleted["detail"]["before"]["dial_attributes"] == ["eng"]
+    assert deleted["detail"]["after"] is None
+    assert {e["actor"] for e in audit} == {h.admin.spiffe_id}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from umbranet.controller.service.authority import Authority
 from umbranet.controller.service.errors import Conflict, NotFound
@@ -97,15 +98,17 @@ def disable_identity(store: Store, name: str, *, actor: str, now: datetime) -> I
     """Refuse the identity's tickets and API calls from now on (its certificate stays valid
     until expiry, but every check of the identity row fails)."""
     identity = get_identity(store, name)
+    before = identity.enabled
     identity.enabled = False
-    store.audit(now, actor, "identity.disable", name, {})
+    store.audit(now, actor, "identity.disable", name, _enabled_change(before, False))
     return identity
 
 
 def enable_identity(store: Store, name: str, *, actor: str, now: datetime) -> Identity:
     identity = get_identity(store, name)
+    before = identity.enabled
     identity.enabled = True
-    store.audit(now, actor, "identity.enable", name, {})
+    store.audit(now, actor, "identity.enable", name, _enabled_change(before, True))
     return identity
 
 
@@ -136,3 +139,7 @@ def new_enrollment(
     token = mint_enrollment_token(store, authority, identity, now)
     store.audit(now, actor, "identity.enrollment", name, {})
     return token
+
+
+def _enabled_change(before: bool, after: bool) -> dict[str, Any]:
+    return {"before": {"enabled": before}, "after": {"enabled": after}}

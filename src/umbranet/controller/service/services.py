@@ -79,6 +79,12 @@ def delete_service(store: Store, name: str, *, actor: str, now: datetime) -> Non
     not compile denies everything: one deletion would cut off the whole network.
     """
     row = get_service(store, name)
+    before = {
+        "dial_attributes": row.dial_attributes,
+        "bind_attributes": row.bind_attributes,
+        "host_address": row.host_address,
+        "intercepts": row.intercepts,
+    }
     current = store.policy_current()
     if current is not None:
         inventory = inventory_of(store)
@@ -92,4 +98,4 @@ def delete_service(store: Store, name: str, *, actor: str, now: datetime) -> Non
                 "change the policy first, then delete the service",
             ) from exc
     store.delete(row)
-    store.audit(now, actor, "service.delete", name, {})
+    store.audit(now, actor, "service.delete", name, {"before": before, "after": None})
