@@ -37,6 +37,8 @@ POLICY = f"""{{
     {{"action": "dial", "src": ["alice", "bob"], "dst": ["svc:web"]}},
     {{"action": "bind", "src": ["vault-host"], "dst": ["svc:vault"]}},
     {{"action": "dial", "src": ["carol"], "dst": ["svc:vault"], "posture": ["posture:sentry"]}},
+    {{"action": "bind", "src": ["web-host"], "dst": ["svc:other"]}},
+    {{"action": "dial", "src": ["bob"], "dst": ["svc:other:8080"]}},
   ],
   "http": [
     {{"src": ["alice"], "dst": ["svc:web"], "methods": ["GET"], "paths": ["/public"]}},
@@ -174,6 +176,27 @@ def test_a_failing_posture_closes_the_live_stream_and_refuses_new_dials(
     print(f"\nrevocation delay (posture fails -> stream reset): {elapsed * 1e3:.0f} ms")
 
 
+def test_port_rules_decide_per_port_and_the_host_sees_the_port(network: Quickstart) -> None:
+    async def main() -> tuple[int | None, DialError]:
+        async with (
+            Context.from_file(_identity(network, "web-host")) as host,
+            Context.from_file(_identity(network, "bob")) as bob,
+        ):
+            listener = await host.listen("other").start()
+            dialed = await bob.dial("other", port=8080)
+            accepted = await listener.accept()
+            with pytest.raises(DialError) as refused:
+                await bob.dial("other", port=22)
+            dialed.close()
+            await listener.close()
+            return accepted.peer.port, refused.value
+
+    port, refused = _run(main())
+    assert port == 8080
+    assert refused.code == "not_authorized"
+    assert "port 22" in refused.reason
+
+
 def test_views_show_only_what_policy_allows(network: Quickstart) -> None:
     async def view(name: str) -> dict[str, Any]:
         async with ControllerClient(IdentityFile.load(_identity(network, name))) as client:
@@ -186,11 +209,11 @@ def test_views_show_only_what_policy_allows(network: Quickstart) -> None:
     assert host_key and alice["http"] == {}
 
     host = _run(view("web-host"))
-    assert host["services"] == {"web": ["bind"]}
+    assert host["services"] == {"other": ["bind"], "web": ["bind"]}
     assert [p["name"] for p in host["peers"]] == ["alice", "bob"]
     assert [r["names"] for r in host["http"]["web"]["rules"]] == [["alice"], ["bob"]]
 
     carol = _run(view("carol"))  # her only rule needs the sentry posture, which fails now
     assert carol["services"] == {}
-    for outsider in ("vault", "other", "vault-host", "carol"):
+    for outsider in ("vault", "vault-host", "carol"):
         assert f"'{outsider}'" not in repr([alice, host, carol]), outsider

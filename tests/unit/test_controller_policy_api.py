@@ -155,3 +155,21 @@ def test_admin_changes_are_audited_with_before_and_after(h: Harness) -> None:
     assert deleted["detail"]["before"]["dial_attributes"] == ["eng"]
     assert deleted["detail"]["after"] is None
     assert {e["actor"] for e in audit} == {h.admin.spiffe_id}
+
+
+def test_port_rules_decide_tickets_per_port(h: Harness) -> None:
+    admin, alice, _bob = _setup(h)
+    text = '{"rules": [{"action": "dial", "src": ["alice"], "dst": ["svc:svc:443,8000-8099"]}]}'
+    assert admin.put("/v1/policy", json={"text": text}).status_code == 200
+
+    def ticket(**extra: object) -> int:
+        body = {"service": "svc", "action": "dial", **extra}
+        return alice.post("/v1/tickets", json=body).status_code
+
+    assert ticket(port=443) == 200
+    assert ticket(port=8042) == 200
+    assert ticket() == 200  # by name: some port is allowed
+    assert ticket(port=22) == 403
+    assert ticket(port=0) == 422
+    bind = alice.post("/v1/tickets", json={"service": "svc", "action": "bind", "port": 443})
+    assert error_code(bind) == "invalid_port"

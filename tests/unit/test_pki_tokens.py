@@ -152,6 +152,16 @@ def test_ticket_tampered_claims(changes: dict[str, object]) -> None:
     assert ticket_code(swap_claims(token, **changes)) == "ticket_forged"
 
 
+def test_a_ticket_names_the_port_it_was_granted_for() -> None:
+    ticket, token = SIGNER.sign_ticket(ALICE, "db", Action.DIAL, NOW, port=5432)
+    assert verify_ticket(token, BUNDLE, NOW).port == ticket.port == 5432
+    assert (
+        verify_ticket(SIGNER.sign_ticket(ALICE, "db", Action.DIAL, NOW)[1], BUNDLE, NOW).port
+        is None
+    )
+    assert ticket_code(swap_claims(token, prt=22)) == "ticket_forged"
+
+
 def test_ticket_unknown_key() -> None:
     _, token = OTHER_SIGNER.sign_ticket(ALICE, "db", Action.DIAL, NOW)
     assert ticket_code(token) == "ticket_unknown_key"
@@ -196,6 +206,9 @@ GOOD_TICKET_CLAIMS = {
         json.dumps({**GOOD_TICKET_CLAIMS, "svc": ""}).encode(),
         json.dumps({**GOOD_TICKET_CLAIMS, "jti": 7}).encode(),
         json.dumps({**GOOD_TICKET_CLAIMS, "exp": float("nan")}).encode(),
+        json.dumps({**GOOD_TICKET_CLAIMS, "prt": 0}).encode(),
+        json.dumps({**GOOD_TICKET_CLAIMS, "prt": 65536}).encode(),
+        json.dumps({**GOOD_TICKET_CLAIMS, "prt": "443"}).encode(),
     ],
 )
 def test_ticket_with_validly_signed_bad_claims_is_malformed(body: bytes) -> None:

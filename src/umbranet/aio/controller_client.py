@@ -297,10 +297,14 @@ class ControllerClient:
             services=[_access(s) for s in data["services"]],
         )
 
-    async def ticket(self, service: str, action: str) -> TicketGrant:
-        """A session ticket to ``dial`` or ``bind`` `service`, or ControllerError
-        ``not_authorized`` (message: the policy's reason) / ``unknown_service``."""
-        data = await self._call("POST", "/v1/tickets", json={"service": service, "action": action})
+    async def ticket(self, service: str, action: str, port: int | None = None) -> TicketGrant:
+        """A session ticket to ``dial`` or ``bind`` `service` (dial: on `port`, if given), or
+        ControllerError ``not_authorized`` (message: the policy's reason) /
+        ``unknown_service``."""
+        body: dict[str, Any] = {"service": service, "action": action}
+        if port is not None:
+            body["port"] = port
+        data = await self._call("POST", "/v1/tickets", json=body)
         return TicketGrant(
             ticket=data["ticket"],
             expires_at=_time(data["expires_at"]),

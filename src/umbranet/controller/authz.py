@@ -53,6 +53,7 @@ def decide_access(
     identity_name: str | None = None,
     policy: ActivePolicy | None = None,
     posture: PostureReport | None = None,
+    port: int | None = None,
     now: datetime | None = None,
 ) -> Verdict:
     """Decide whether `subject` (holding `identity_attributes`) may `action` the `service`.
@@ -60,8 +61,9 @@ def decide_access(
     `purpose` says why it was asked (``ticket`` for a grant, ``listing`` for ``/v1/me``) so
     the counters can tell real grants from previews. With a `policy`, the decision is the
     policy's (the subject is ``identity_name`` with its attributes as tags, the service carries
-    the union of its dial and bind attributes, ``posture`` is the endpoint's newest report);
-    without one, the interim attribute rule.
+    the union of its dial and bind attributes, ``posture`` is the endpoint's newest report,
+    ``port`` the service port asked for); without one, the interim attribute rule (which
+    knows no ports).
     """
     if policy is None:
         verdict = _policy_decide(identity_attributes, service, action)
@@ -73,6 +75,7 @@ def decide_access(
             service,
             action,
             posture=posture,
+            port=port,
             now=now,
         )
     outcome = "allow" if verdict.allowed else "deny"
@@ -106,6 +109,7 @@ def _policy_verdict(
     action: str,
     *,
     posture: PostureReport | None,
+    port: int | None,
     now: datetime | None,
 ) -> Verdict:
     if policy.compiled is None:
@@ -114,6 +118,7 @@ def _policy_verdict(
         Subject.of(name, attributes),
         service_ref(service),
         action,
+        port,
         posture=posture,
         now=now or datetime.now(UTC),
     )

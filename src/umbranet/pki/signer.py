@@ -68,6 +68,7 @@ class Signer:
         ticket_id: str | None = None,
         attributes: Sequence[str] = (),
         epoch: int = 0,
+        port: int | None = None,
     ) -> tuple[Ticket, str]:
         """Sign a session ticket; returns the ticket and its token string."""
         issued_at, expires_at = _times(now, lifetime)
@@ -81,6 +82,7 @@ class Signer:
             key_id=self._key_id,
             attributes=tuple(attributes),
             epoch=epoch,
+            port=port,
         )
         _check_signable(Ticket.from_claims, ticket.to_claims())
         return ticket, encode_token(TICKET_PREFIX, ticket.to_claims(), self._key)

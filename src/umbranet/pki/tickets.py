@@ -43,7 +43,7 @@ TICKET_LIFETIME = timedelta(minutes=10)
 ISSUED_AT_SKEW = timedelta(seconds=30)
 
 _CLAIMS = frozenset({"jti", "sub", "svc", "act", "iat", "exp", "kid"})
-_OPTIONAL = frozenset({"att", "ep"})
+_OPTIONAL = frozenset({"att", "ep", "prt"})
 
 
 class Action(StrEnum):
@@ -70,6 +70,9 @@ class Ticket:
     # The controller's revocation epoch at issue (optional claim "ep"): routers refuse
     # tickets from before the latest policy change or revocation they were told about.
     epoch: int = 0
+    # The service port the dial was decided for (optional claim "prt"): a policy may allow a
+    # service only on some ports, and the host learns which one the dialer was granted.
+    port: int | None = None
 
     def to_claims(self) -> dict[str, Any]:
         claims: dict[str, Any] = {
@@ -85,6 +88,8 @@ class Ticket:
             claims["att"] = list(self.attributes)
         if self.epoch:
             claims["ep"] = self.epoch
+        if self.port is not None:
+            claims["prt"] = self.port
         return claims
 
     @classmethod
@@ -92,6 +97,9 @@ class Ticket:
         """Validate the claim set; raises `TokenFormatError`."""
         attributes = _attributes(claims.get("att", []))
         epoch = claim_int(claims, "ep") if "ep" in claims else 0
+        port = claim_int(claims, "prt") if "prt" in claims else None
+        if port is not None and not 0 < port < 65536:
+            raise TokenFormatError("claim 'prt' must be a port number (1-65535)")
         require_keys({k: v for k, v in claims.items() if k not in _OPTIONAL}, _CLAIMS)
         subject = claim_str(claims, "sub", 2048)
         try:
@@ -114,6 +122,7 @@ class Ticket:
             key_id=claim_str(claims, "kid", 64),
             attributes=attributes,
             epoch=epoch,
+            port=port,
         )
 
 

@@ -52,6 +52,7 @@ class PeerIdentity:
     spiffe_id: str
     attributes: tuple[str, ...] = ()
     ticket_id: str = ""
+    port: int | None = None  # the service port the dialer's ticket was granted for, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,4 +227,5 @@ def _verify_peer(
         spiffe_id=str(peer.spiffe_id),
         attributes=ticket.attributes,
         ticket_id=ticket.id,
+        port=ticket.port,
     )

@@ -51,7 +51,7 @@ class Grant:
 class ControlPlane(Protocol):
     """What the SDK needs from the controller (see `umbranet.aio.controller_client`)."""
 
-    async def grant(self, service: str, action: str) -> Grant: ...
+    async def grant(self, service: str, action: str, port: int | None = None) -> Grant: ...
 
     async def renew(self) -> IdentityFile: ...
 
@@ -86,7 +86,7 @@ class Context:
         self._control = self._control_factory(identity)
         self._connections: dict[str, RouterConnection] = {}
         self._connecting: dict[str, asyncio.Task[RouterConnection]] = {}
-        self._tickets: dict[tuple[str, str], Grant] = {}
+        self._tickets: dict[tuple[str, str, int | None], Grant] = {}
         self._next_binding = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
@@ -131,8 +131,9 @@ class Context:
 
     # -- the API ------------------------------------------------------------------------
 
-    async def dial(self, service: str, timeout: float = 10.0) -> Stream:
-        """An end-to-end encrypted stream to a host of `service`.
+    async def dial(self, service: str, timeout: float = 10.0, *, port: int | None = None) -> Stream:
+        """An end-to-end encrypted stream to a host of `service` (its `port`, when the policy
+        allows the service only on some ports; the host sees it as ``peer.port``).
 
         Raises DialError with the controller's, the router's or the host's code and reason.
         A ticket the router finds stale (access changed since it was issued) is replaced by
@@ -140,14 +141,16 @@ class Context:
         """
         self._start()
         try:
-            return await self._dial_once(service, timeout, fresh=False)
+            return await self._dial_once(service, timeout, fresh=False, port=port)
         except DialError as exc:
             if exc.code != ErrorCode.TICKET_STALE.code:
                 raise
-            return await self._dial_once(service, timeout, fresh=True)
+            return await self._dial_once(service, timeout, fresh=True, port=port)
 
-    async def _dial_once(self, service: str, timeout: float, fresh: bool) -> Stream:
-        grant = await self.ticket(service, Action.DIAL, fresh=fresh)
+    async def _dial_once(
+        self, service: str, timeout: float, *, fresh: bool, port: int | None
+    ) -> Stream:
+        grant = await self.ticket(service, Action.DIAL, fresh=fresh, port=port)
         last: UmbraError = DialError("no_router", f"the controller named no router for {service}")
         for address in grant.routers:
             try:
@@ -193,18 +196,21 @@ class Context:
         identity = self.identity
         return LocalCredentials(identity.cert_pem, identity.noise_private_key, identity.bundle)
 
-    async def ticket(self, service: str, action: Action, fresh: bool = False) -> Grant:
-        """A ticket for `action` on `service`, reused until a minute before it expires."""
+    async def ticket(
+        self, service: str, action: Action, fresh: bool = False, port: int | None = None
+    ) -> Grant:
+        """A ticket for `action` on `service` (on `port`, if given: policy may allow only some
+        ports of a service), reused until a minute before it expires."""
         if self._report_posture and not self._posture_sent.is_set():
             # Posture-gated rules can only allow once the controller has our report.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._posture_sent.wait(), POSTURE_FIRST_WAIT)
-        key = (service, str(action))
+        key = (service, str(action), port)
         grant = self._tickets.get(key)
         now = self.clock().timestamp()
         if fresh or grant is None or grant.expires_at - now < 60:
             try:
-                grant = await self._control.grant(service, str(action))
+                grant = await self._control.grant(service, str(action), port)
             except UmbraError as exc:
                 raise DialError(exc.code, exc.reason) from exc
             self._tickets[key] = grant

@@ -17,9 +17,9 @@ class ControllerPlane:
     def __init__(self, identity: IdentityFile) -> None:
         self._client = ControllerClient(identity)
 
-    async def grant(self, service: str, action: str) -> Grant:
+    async def grant(self, service: str, action: str, port: int | None = None) -> Grant:
         try:
-            grant = await self._client.ticket(service, action)
+            grant = await self._client.ticket(service, action, port)
         except ControllerError as exc:
             raise UmbraError(exc.code, exc.message) from exc
         routers = tuple(r.address for r in grant.routers if r.address)

@@ -130,7 +130,8 @@ class LocalControlPlane:
         self.renewals = 0
         self.posture: dict[str, Any] | None = None
 
-    async def grant(self, service: str, action: str) -> Grant:
+    async def grant(self, service: str, action: str, port: int | None = None) -> Grant:
+        """The in-memory network grants by attributes; it knows no ports."""
         return self.network.grant(self.identity, service, action)
 
     async def report_posture(self, report: dict[str, Any]) -> bool:

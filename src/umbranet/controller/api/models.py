@@ -109,6 +109,9 @@ class MeOut(BaseModel):
 class TicketIn(_In):
     service: str = Field(max_length=255)
     action: Literal["dial", "bind"]
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Dial only: the service port to reach."
+    )
 
 
 class RouterAddressOut(BaseModel):

@@ -111,6 +111,7 @@ def post_ticket(body: TicketIn, ctx: Ctx, caller: ClientCaller) -> TicketOut:
                 _identity(store, caller.id),
                 service=body.service,
                 action=body.action,
+                port=body.port,
                 now=now,
                 metrics=ctx.metrics,
                 epoch=ctx.events.epoch,

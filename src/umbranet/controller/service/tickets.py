@@ -93,16 +93,20 @@ def issue_ticket(
     service: str,
     action: str,
     now: datetime,
+    port: int | None = None,
     metrics: Metrics | None = None,
     epoch: int = 0,
 ) -> Grant:
     """Decide and, if allowed, sign a ticket for `identity` to `action` the `service`.
 
+    With a `port` (dial only), the policy decides for that port and the ticket names it.
     Raises `Forbidden` (``identity_disabled``, ``not_authorized`` with the verdict's reason),
-    `NotFound` (``unknown_service``) or `BadRequest` (``invalid_action``).
+    `NotFound` (``unknown_service``) or `BadRequest` (``invalid_action``, ``invalid_port``).
     """
     if action not in ACTIONS:
         raise BadRequest("invalid_action", f"action must be one of {list(ACTIONS)}")
+    if port is not None and action != "dial":
+        raise BadRequest("invalid_port", "only a dial names a port")
     if not identity.enabled:
         raise Forbidden("identity_disabled", f"identity {identity.name!r} is disabled")
     row = store.service_by_name(service)
@@ -118,6 +122,7 @@ def issue_ticket(
         identity_name=identity.name,
         policy=policy,
         posture=report_of(identity),
+        port=port,
         now=now,
     )
     if not verdict.allowed:
@@ -130,6 +135,7 @@ def issue_ticket(
         authority.ticket_lifetime,
         attributes=identity.attributes,
         epoch=epoch,
+        port=port,
     )
     expires_at = datetime.fromtimestamp(ticket.expires_at, UTC)
     http_rules = None
