@@ -201,14 +201,15 @@ class Context:
     ) -> Grant:
         """A ticket for `action` on `service` (on `port`, if given: policy may allow only some
         ports of a service), reused until a minute before it expires."""
-        if self._report_posture and not self._posture_sent.is_set():
-            # Posture-gated rules can only allow once the controller has our report.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._posture_sent.wait(), POSTURE_FIRST_WAIT)
         key = (service, str(action), port)
         grant = self._tickets.get(key)
         now = self.clock().timestamp()
         if fresh or grant is None or grant.expires_at - now < 60:
+            self._start()
+            if self._report_posture and not self._posture_sent.is_set():
+                # Posture-gated rules can only allow once the controller has our first report.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._posture_sent.wait(), POSTURE_FIRST_WAIT)
             try:
                 grant = await self._control.grant(service, str(action), port)
             except UmbraError as exc:
@@ -280,19 +281,23 @@ class Context:
     async def _report_posture_forever(self) -> None:
         """Report our posture at start, then whenever it changed (sampled periodically)."""
         interval = report_interval()
-        while not self._closed:
-            report = await asyncio.to_thread(collect)
-            if report != self._posture_last:
+        try:
+            while not self._closed:
                 try:
-                    await self._control.report_posture(report)
-                    self._posture_last = report
-                except UmbraError as exc:
+                    report = await asyncio.to_thread(collect)
+                    if report != self._posture_last:
+                        await self._control.report_posture(report)
+                        self._posture_last = report
+                except Exception as exc:  # a posture report must never stop dials
                     self.counters["posture_report_failed"] = (
                         self.counters.get("posture_report_failed", 0) + 1
                     )
                     log.debug("posture report failed: %s", exc)
+                # Tickets wait for the first attempt only, whatever its outcome.
+                self._posture_sent.set()
+                await asyncio.sleep(interval)
+        finally:
             self._posture_sent.set()
-            await asyncio.sleep(interval)
 
     async def _follow_events(self) -> None:
         """Follow the controller's pushes: a new epoch means access may have changed, so
