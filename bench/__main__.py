@@ -2,8 +2,10 @@
 
 Needs root (network namespaces). One invocation: install missing Debian packages (unless
 --no-install), build the namespaces, start the servers in B, then for each run measure every
-path in turn (setup, measure, teardown), and finally tear everything down and write the
-report. Cleanup runs on success, error, Ctrl-C and SIGTERM.
+path in turn (setup, measure, teardown), then the scale rows (`bench.scale`: in a full run,
+with --scale, and at tiny sizes with --smoke), and finally tear everything down and write the
+report (with --merge, into the rows --out already holds). Cleanup runs on success, error,
+Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations

@@ -113,9 +113,7 @@ def merge_reports(old: Report, new: Report) -> Report:
     measured = {r.path for r in new.runs}
     kept = [r for r in old.runs if r.path not in measured]
     titles = {**old.titles, **new.titles}
-    order = [p for p in _path_order() if p in titles] + [
-        p for p in titles if p not in _path_order()
-    ]
+    order = _ordered(titles)
     provenance = list(old.provenance) or [_provenance(old, sorted({r.path for r in old.runs}))]
     rows = sorted(measured) + (["scale"] if new.scale else [])
     provenance.append(_provenance(new, rows))
@@ -160,7 +158,7 @@ def write_json(report: Report, out: Path) -> None:
 
 def write_markdown(report: Report, out: Path) -> None:
     med = medians(report.runs)
-    paths = [p for p in report.titles if p in med]
+    paths = [p for p in _ordered(report.titles) if p in med]
     s = report.settings
     if report.provenance:
         origin = [
@@ -290,7 +288,7 @@ def write_markdown(report: Report, out: Path) -> None:
 def print_table(report: Report) -> None:
     """The medians on the terminal: a Rich table when Rich is installed, plain text otherwise."""
     med = medians(report.runs)
-    paths = [p for p in report.titles if p in med]
+    paths = [p for p in _ordered(report.titles) if p in med]
     headers = ["path", *[_SHORT.get(k, _metric(k).header) for k in _TERMINAL_KEYS]]
     rows = [[p, *[_fmt(med[p].get(k), _metric(k)) for k in _TERMINAL_KEYS]] for p in paths]
     try:
@@ -345,6 +343,12 @@ def _provenance(report: Report, rows: list[str]) -> str:
         f"{', '.join(rows) or 'no rows'}: `{report.command}` "
         f"({report.started} to {report.finished}; umbranet {source})"
     )
+
+
+def _ordered(titles: dict[str, str]) -> list[str]:
+    """Paths in the registry's order (JSON keeps keys sorted; the tables should not be)."""
+    known = _path_order()
+    return [p for p in known if p in titles] + [p for p in titles if p not in known]
 
 
 def _path_order() -> tuple[str, ...]:

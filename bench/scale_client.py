@@ -105,7 +105,8 @@ async def _hold(identity: Path, contexts: int, stages: list[int], stage_seconds:
                 "error_count": len(errors),
             }
         )
-        if not ok or i == len(stages) or not await _next():
+        # Wait on the last stage too: the harness reads memory while the circuits are held.
+        if not ok or not await _next():
             return
 
 

@@ -4,7 +4,9 @@
   with 192.0.2.1, so the test can tell a forwarded answer from the stub's own;
 - ``query NAME [aaaa]``: ask the first nameserver of /etc/resolv.conf, print the answer;
 - ``garbage``: send a malformed packet to that nameserver, print the reply's rcode;
-- ``connect IP PORT``: connect and read, print how the connection ended.
+- ``connect IP PORT``: connect and read, print how the connection ended;
+- ``udpecho HOST PORT``: a UDP echo server (replies ``echo:`` + the datagram);
+- ``udp IP PORT TEXT``: send one datagram, print the reply or how it failed.
 
 Each command prints one JSON line.
 """
@@ -51,7 +53,7 @@ def upstream(host: str) -> None:
                 name = query.questions[0].name
             except (dns.DnsError, IndexError):
                 continue
-            answers = ()
+            answers: tuple[dns.Record, ...] = ()
             if query.questions[0].qtype == dns.TYPE_A:
                 answers = (dns.a_record(name, UPSTREAM_ANSWER, 60),)
             sock.sendto(dns.build_response(query, answers=answers, authoritative=False), source)
@@ -90,15 +92,44 @@ def connect(ip: str, port: int) -> dict[str, object]:
     return {"result": "data" if data else "eof"}
 
 
+def udpecho(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, port))
+        while True:
+            data, source = sock.recvfrom(65535)
+            sock.sendto(b"echo:" + data, source)
+
+
+def udp(ip: str, port: int, text: str) -> dict[str, object]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        try:
+            sock.connect((ip, port))
+            sock.send(text.encode())
+            return {"result": "reply", "data": sock.recv(65535).decode()}
+        except (ConnectionRefusedError, PermissionError):
+            # Rejected in the output hook: send() fails at once (EPERM), or ICMP follows.
+            return {"result": "refused"}
+        except TimeoutError:
+            return {"result": "timeout"}
+        except OSError as exc:
+            return {"result": f"error: {exc}"}
+
+
 def main(argv: list[str]) -> None:
     command, args = argv[0], argv[1:]
     if command == "upstream":
         upstream(args[0])
         return
+    if command == "udpecho":
+        udpecho(args[0], int(args[1]))
+        return
     if command == "query":
         result = query(*args)
     elif command == "garbage":
         result = garbage()
+    elif command == "udp":
+        result = udp(args[0], int(args[1]), args[2])
     else:
         result = connect(args[0], int(args[1]))
     print(json.dumps(result), flush=True)

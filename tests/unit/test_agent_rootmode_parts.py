@@ -50,8 +50,21 @@ def test_the_nft_table_matches_only_the_range() -> None:
     matching = [line for line in rules.splitlines() if "daddr" in line]
     assert matching == [
         "    ip daddr 100.64.0.0/10 meta l4proto tcp redirect to :41000",
+        "    ip daddr 100.64.0.0/10 ip daddr . udp dport @udp_keys"
+        " redirect to :ip daddr . udp dport map @udp_ports",
         "    ip daddr 100.64.0.0/10 reject",
     ]
+
+
+def test_udp_redirects_are_replaced_as_a_whole() -> None:
+    script = redirect.udp_map_script({("100.64.0.9", 5353): 40001, ("100.64.0.7", 53): 40002})
+    assert script.splitlines() == [
+        "flush set ip umbranet udp_keys",
+        "flush map ip umbranet udp_ports",
+        "add element ip umbranet udp_keys { 100.64.0.7 . 53, 100.64.0.9 . 5353 }",
+        "add element ip umbranet udp_ports { 100.64.0.7 . 53 : 40002, 100.64.0.9 . 5353 : 40001 }",
+    ]
+    assert redirect.udp_map_script({}).count("add element") == 0
 
 
 def test_resolv_conf_points_at_the_stub_and_keeps_other_settings() -> None:

@@ -183,8 +183,12 @@ def test_service_management(h: Harness) -> None:
     assert created.status_code == 201, created.text
     assert created.json()["intercepts"] == [{"host": "db.umbra", "port": 5432}]
     assert error_code(admin.post("/v1/services", json=body)) == "name_taken"
-    bad_host = admin.post("/v1/services", json={**body, "name": "x", "host_address": "udp://x"})
-    assert (bad_host.status_code, error_code(bad_host)) == (400, "invalid_host_address")
+    for address in ("udp://x", "sctp://127.0.0.1:1", "127.0.0.1:5432", "tcp://h:99999"):
+        bad_host = admin.post("/v1/services", json={**body, "name": "x", "host_address": address})
+        assert (bad_host.status_code, error_code(bad_host)) == (400, "invalid_host_address")
+    udp = {**body, "name": "dns", "host_address": "udp://127.0.0.1:53", "intercepts": []}
+    assert admin.post("/v1/services", json=udp).status_code == 201
+    assert admin.delete("/v1/services/dns").status_code == 204
     bad_intercept = admin.post(
         "/v1/services", json={**body, "name": "y", "intercepts": [{"host": "x", "port": 0}]}
     )

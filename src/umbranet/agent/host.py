@@ -22,6 +22,7 @@ from typing import Any
 
 from umbranet.agent.relay import relay
 from umbranet.agent.stats import Counters
+from umbranet.agent.udpflow import offload_udp
 from umbranet.agent.whois import Address, Delivery, WhoisTable
 from umbranet.sdk import Context, Listener, Stream, UmbraError
 from umbranet.sdk.forward import parse_tcp_address
@@ -133,6 +134,9 @@ class Hoster:
 
     async def _offload(self, entry: HostedService, stream: Stream) -> None:
         address = entry.host_address
+        if address.startswith("udp://"):
+            await self._offload_udp(entry, stream)
+            return
         delivery = Delivery(
             stream.peer, entry.service, "inbound", str(stream.get_extra_info("router"))
         )
@@ -163,6 +167,18 @@ class Hoster:
         if outcome.reset_by:
             entry.last_failure = f"reset by {outcome.reset_by}: {outcome.code}: {outcome.reason}"
             self._counters.add(f"host_reset_by_{outcome.reset_by}.{outcome.code}")
+
+    async def _offload_udp(self, entry: HostedService, stream: Stream) -> None:
+        """A UDP service: the stream carries length-prefixed datagrams (`udpflow`)."""
+        self._counters.add("host_udp_flows")
+        try:
+            failure = await offload_udp(stream, entry.host_address)
+        except (OSError, ValueError) as exc:
+            failure = _describe(exc)
+            stream.abort(f"host address {entry.host_address} refused: {failure}")
+        if failure:
+            entry.last_failure = f"udp: {failure}"
+            self._counters.add("host_udp_failed")
 
     async def _connect(
         self, host: str, port: int, delivery: Delivery

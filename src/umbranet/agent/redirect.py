@@ -3,8 +3,10 @@
 What the agent installs (Linux, as root), and nothing else:
 
 - ``table ip umbranet``: a nat ``output`` chain redirecting TCP to the proxy range to the
-  agent's transparent listener on 127.0.0.1, and a filter ``output`` chain rejecting anything
-  else sent to the range (UDP gets ICMP port unreachable at once instead of silence).
+  agent's transparent listener on 127.0.0.1 and UDP for each (proxy address, intercept
+  port) to its own agent socket (a map the agent refills as services come and go), and a
+  filter ``output`` chain rejecting anything else sent to the range (ICMP port unreachable
+  at once instead of silence).
   Only traffic to the range is matched; the table is ours alone, so removing it removes
   every rule we added and touches no one else's;
 - ``ip route add <range> dev lo src 127.0.0.1``, because the kernel must route a connect to
@@ -29,6 +31,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +47,8 @@ __all__ = [
     "read_upstreams",
     "require_root",
     "resolv_conf_for",
+    "set_udp_redirects",
+    "udp_map_script",
     "uninstall",
 ]
 
@@ -76,12 +81,21 @@ def require_root() -> None:
 
 
 def nft_ruleset(network: str, tcp_port: int) -> str:
-    """The table the agent loads (``nft -f``): redirect TCP to the range, reject the rest."""
+    """The table the agent loads (``nft -f``): redirect TCP to the range and UDP to the
+    (proxy address, port) pairs in the ``udp_ports`` map, reject the rest."""
     return (
         f"table ip {TABLE} {{\n"
+        "  set udp_keys {\n"
+        "    type ipv4_addr . inet_service\n"
+        "  }\n"
+        "  map udp_ports {\n"
+        "    type ipv4_addr . inet_service : inet_service\n"
+        "  }\n"
         "  chain nat_output {\n"
         "    type nat hook output priority -100; policy accept;\n"
         f"    ip daddr {network} meta l4proto tcp redirect to :{tcp_port}\n"
+        f"    ip daddr {network} ip daddr . udp dport @udp_keys"
+        " redirect to :ip daddr . udp dport map @udp_ports\n"
         "  }\n"
         "  chain filter_output {\n"
         "    type filter hook output priority 0; policy accept;\n"
@@ -89,6 +103,22 @@ def nft_ruleset(network: str, tcp_port: int) -> str:
         "  }\n"
         "}\n"
     )
+
+
+def udp_map_script(entries: Mapping[tuple[str, int], int]) -> str:
+    """Replace the UDP redirects at once: (proxy address, port) -> agent's loopback port."""
+    lines = [f"flush set ip {TABLE} udp_keys", f"flush map ip {TABLE} udp_ports"]
+    if entries:
+        keys = ", ".join(f"{a} . {p}" for a, p in sorted(entries))
+        pairs = ", ".join(f"{a} . {p} : {local}" for (a, p), local in sorted(entries.items()))
+        lines.append(f"add element ip {TABLE} udp_keys {{ {keys} }}")
+        lines.append(f"add element ip {TABLE} udp_ports {{ {pairs} }}")
+    return "\n".join(lines) + "\n"
+
+
+def set_udp_redirects(entries: Mapping[tuple[str, int], int]) -> None:
+    """Load `udp_map_script` into our table (which `install` created)."""
+    _run(["nft", "-f", "-"], stdin=udp_map_script(entries))
 
 
 def resolv_conf_for(original: str, stub_address: str) -> str:

@@ -2,7 +2,8 @@
 
 `RootMode` is the part of the agent that `umbra up --root` adds. It runs the DNS stub
 (`dns_stub`), keeps a transparent TCP listener on 127.0.0.1, and installs the system changes
-(`redirect`) that steer connections for the proxy range to that listener. Each accepted
+(`redirect`) that steer connections for the proxy range to that listener, plus one UDP
+socket per (service, intercept port) for UDP flows (`udpflow`). Each accepted
 connection's original destination (``SO_ORIGINAL_DST``) names the proxy address, the
 allocation table (`proxyaddr`) names the service, and the flow is dialed and relayed like a
 loopback intercept's. A connection to a proxy address no dialable service holds is reset
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import struct
@@ -29,6 +31,7 @@ from umbranet.agent.dns_stub import DnsStub
 from umbranet.agent.proxyaddr import ProxyAddresses, parse_range
 from umbranet.agent.relay import relay, reset_tcp
 from umbranet.agent.stats import Counters
+from umbranet.agent.udpflow import UdpPort
 from umbranet.agent.whois import Delivery, WhoisTable
 from umbranet.sdk import Context, UmbraError
 
@@ -74,6 +77,8 @@ class RootMode:
         self._server: asyncio.Server | None = None
         self._dialable: set[str] = set()
         self._connections: set[asyncio.Task[Any]] = set()
+        self._udp: dict[tuple[str, int], UdpPort] = {}
+        self._udp_entries: dict[tuple[str, int], int] = {}
         self.installed: redirect.Installed | None = None
 
     async def start(self) -> None:
@@ -121,8 +126,11 @@ class RootMode:
             ", ".join(h for h, _ in upstreams) or "none",
         )
 
-    def update(self, dial: Mapping[str, Sequence[str]]) -> None:
-        """Follow the controller: `dial` maps each dialable service to its intercept names."""
+    async def update(
+        self, dial: Mapping[str, Sequence[str]], ports: Mapping[str, Sequence[int]] | None = None
+    ) -> None:
+        """Follow the controller: `dial` maps each dialable service to its intercept names,
+        `ports` to its intercept ports (which also get UDP redirects)."""
         self._dialable = set(dial)
         names: dict[str, str] = {}
         for service in sorted(dial):
@@ -135,6 +143,24 @@ class RootMode:
                 names[name] = str(self.proxies.ensure(service))
         if self.stub is not None:
             self.stub.set_names(names)
+        if self.installed is not None:
+            await self._update_udp({s: (ports or {}).get(s, []) for s in dial})
+
+    async def _update_udp(self, wanted: Mapping[str, Sequence[int]]) -> None:
+        keys = {(service, port) for service, listed in wanted.items() for port in listed}
+        for key in set(self._udp) - keys:
+            await self._udp.pop(key).close()
+        for service, port in sorted(keys - set(self._udp)):
+            dial = functools.partial(self._context.dial, port=port)
+            udp = UdpPort(service, port, dial, self._counters)
+            await udp.start()
+            self._udp[service, port] = udp
+        entries = {
+            (str(self.proxies.ensure(s)), p): udp.local_port for (s, p), udp in self._udp.items()
+        }
+        if entries != self._udp_entries:
+            await asyncio.to_thread(redirect.set_udp_redirects, entries)
+            self._udp_entries = entries
 
     async def close(self) -> None:
         """Undo the system changes first (so apps stop being steered here), then stop."""
@@ -144,6 +170,9 @@ class RootMode:
             self.installed = None
         if self._server is not None:
             self._server.close()
+        for udp in self._udp.values():
+            await udp.close()
+        self._udp.clear()
         for task in list(self._connections):
             task.cancel()
         for task in list(self._connections):
@@ -162,6 +191,7 @@ class RootMode:
             "dns": self.stub.snapshot() if self.stub is not None else None,
             "proxies": {s: a for s, a in self.proxies.snapshot().items() if s in self._dialable},
             "connections": len(self._connections),
+            "udp": [u.snapshot() | {"listen": u.local_port} for _, u in sorted(self._udp.items())],
         }
 
     # -- one redirected connection ------------------------------------------------------------
@@ -185,7 +215,8 @@ class RootMode:
         peer = writer.get_extra_info("peername")
         client = (str(peer[0]), int(peer[1]))
         try:
-            stream = await self._context.dial(service)
+            # The port the app aimed at is the service port policy rules may name.
+            stream = await self._context.dial(service, port=original[1] if original else None)
         except (UmbraError, OSError, TimeoutError) as exc:
             code = exc.code if isinstance(exc, UmbraError) else type(exc).__name__
             self._counters.add(f"dial_failed.{code}")

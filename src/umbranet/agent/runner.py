@@ -171,7 +171,7 @@ class Agent:
         for name, address in sorted(host.items()):
             self.hoster.ensure(name, address)
         if self.root is not None:
-            self.root.update({n: self.intercept_names.get(n, []) for n in dial})
+            await self.root.update({n: self.intercept_names.get(n, []) for n in dial}, dial)
 
     async def _refresh_forever(self) -> None:
         ok = True

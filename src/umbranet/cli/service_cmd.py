@@ -39,7 +39,9 @@ def create(
     ] = None,
     host: Annotated[
         str | None,
-        typer.Option("--host", help="Where the hosting side forwards: tcp://127.0.0.1:PORT."),
+        typer.Option(
+            "--host", help="Where the hosting side forwards: tcp://127.0.0.1:PORT or udp://..."
+        ),
     ] = None,
     intercept: Annotated[
         list[str] | None,

@@ -73,13 +73,16 @@ def check_address(address: str) -> str:
 
 
 def check_host_address(address: str | None) -> str | None:
-    """``tcp://host:port``: where the hosting side forwards accepted streams."""
+    """``tcp://host:port`` or ``udp://host:port``: where the hosting side forwards accepted
+    streams (for ``udp://``, the datagrams each stream carries)."""
     if address is None:
         return None
-    prefix = "tcp://"
-    if not address.startswith(prefix):
-        raise BadRequest("invalid_host_address", "host address must look like tcp://HOST:PORT")
-    host, port = _split_host_port(address[len(prefix) :], "invalid_host_address")
+    scheme, sep, rest = address.partition("://")
+    if not sep or scheme not in ("tcp", "udp"):
+        raise BadRequest(
+            "invalid_host_address", "host address must look like tcp://HOST:PORT or udp://HOST:PORT"
+        )
+    host, port = _split_host_port(rest, "invalid_host_address")
     _check_host(host, "invalid_host_address")
     _check_port(port, "invalid_host_address")
     return address
