@@ -53,10 +53,6 @@ async def running(
 ) -> AsyncIterator[tuple[DnsStub, FakeUpstream]]:
     loop = asyncio.get_running_loop()
     fake = FakeUpstream(silent)
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: _UpstreamUdp(fake), local_addr=("127.0.0.1", 0)
-    )
-    fake.port = transport.get_extra_info("sockname")[1]
 
     async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         size = struct.unpack("!H", await reader.readexactly(2))[0]
@@ -65,7 +61,18 @@ async def running(
         await writer.drain()
         writer.close()
 
-    tcp_server = await asyncio.start_server(tcp, "127.0.0.1", fake.port)
+    for _attempt in range(10):  # the UDP port the kernel picks may be taken for TCP
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UpstreamUdp(fake), local_addr=("127.0.0.1", 0)
+        )
+        fake.port = transport.get_extra_info("sockname")[1]
+        try:
+            tcp_server = await asyncio.start_server(tcp, "127.0.0.1", fake.port)
+            break
+        except OSError:
+            transport.close()
+    else:
+        raise RuntimeError("no port free for both UDP and TCP")
     stub = DnsStub(Counters(), [("127.0.0.1", fake.port)], host="127.0.0.1", port=0, **options)
     await stub.start()
     stub.set_names(NAMES)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
@@ -60,6 +61,8 @@ _MAX_SOURCES = 4096
 
 # How one forward asks one upstream: over UDP or over TCP.
 _Ask = Callable[[tuple[str, int], bytes, int], Awaitable[bytes]]
+
+_BIND_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,20 +151,29 @@ class DnsStub:
         self._names = {normalise_name(n): a for n, a in names.items()}
 
     async def start(self) -> None:
-        """Bind UDP, then TCP on the same port (port 0: the kernel picks it for both)."""
+        """Bind UDP, then TCP on the same port. With port 0 the kernel picks the UDP port,
+        which a TCP socket may already hold: then try another (a few times)."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), local_addr=(self.host, self.port)
-        )
-        self._udp = transport
-        self.port = int(transport.get_extra_info("sockname")[1])
-        try:
-            self._tcp = await asyncio.start_server(
-                self._tcp_client, self.host, self.port, reuse_address=True
+        wanted = self.port
+        for attempt in range(_BIND_ATTEMPTS):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(self.host, wanted)
             )
-        except BaseException:
-            transport.close()
-            raise
+            port = int(transport.get_extra_info("sockname")[1])
+            try:
+                self._tcp = await asyncio.start_server(
+                    self._tcp_client, self.host, port, reuse_address=True
+                )
+            except OSError as exc:
+                transport.close()
+                if wanted != 0 or exc.errno != errno.EADDRINUSE or attempt == _BIND_ATTEMPTS - 1:
+                    raise
+                continue
+            except BaseException:
+                transport.close()
+                raise
+            self._udp, self.port = transport, port
+            break
         log.info("DNS stub on %s:%d (suffix .%s)", self.host, self.port, self.suffix)
 
     async def close(self) -> None:

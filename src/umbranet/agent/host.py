@@ -20,12 +20,11 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from umbranet.agent.relay import relay
 from umbranet.agent.stats import Counters
 from umbranet.agent.udpflow import offload_udp
 from umbranet.agent.whois import Address, Delivery, WhoisTable
 from umbranet.sdk import Context, Listener, Stream, UmbraError
-from umbranet.sdk.forward import parse_tcp_address
+from umbranet.sdk.forward import parse_tcp_address, relay
 
 __all__ = ["HostedService", "Hoster"]
 

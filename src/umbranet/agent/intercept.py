@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from umbranet.agent.config import derived_port
-from umbranet.agent.relay import relay, reset_tcp
 from umbranet.agent.stats import Counters
 from umbranet.agent.whois import Delivery, WhoisTable
 from umbranet.sdk import Context, UmbraError
+from umbranet.sdk.forward import relay, reset_tcp
 
 __all__ = ["Interceptor", "LoopbackListener", "PortBook"]
 

@@ -29,11 +29,11 @@ from umbranet.agent import redirect
 from umbranet.agent.config import ConfigError, RootSettings
 from umbranet.agent.dns_stub import DnsStub
 from umbranet.agent.proxyaddr import ProxyAddresses, parse_range
-from umbranet.agent.relay import relay, reset_tcp
 from umbranet.agent.stats import Counters
 from umbranet.agent.udpflow import UdpPort
 from umbranet.agent.whois import Delivery, WhoisTable
 from umbranet.sdk import Context, UmbraError
+from umbranet.sdk.forward import relay, reset_tcp
 
 __all__ = ["RootMode", "RootSettings", "parse_dns_name"]
 

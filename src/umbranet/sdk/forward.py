@@ -1,52 +1,100 @@
-"""Splicing an overlay stream with a local TCP connection, in both directions, with half-close.
+"""Relaying an overlay stream and a local TCP connection, both ways, resets included.
 
-Used to host a service at a local address (the host side offloads each stream to e.g.
-127.0.0.1:5432) and by command-line tools; the agent builds on the same function.
+Used wherever a stream meets a local socket: hosting a service at a local address (each stream
+offloaded to e.g. 127.0.0.1:5432), the agent's intercepts, and command-line tools. Half-close
+passes through (FIN for FIN), and so does a reset: an app whose service went away mid-flow sees
+RST (ECONNRESET), as from a server that crashed, never a clean end of data it could mistake for
+a complete response. The outcome says which side ended the flow and why, for the counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Literal
 
+from umbranet.sdk.errors import StreamReset
 from umbranet.sdk.stream import Stream
+
+__all__ = ["CHUNK", "Outcome", "offload", "parse_tcp_address", "relay", "reset_tcp"]
 
 CHUNK = 64 * 1024
 
 
-async def splice(
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a relayed flow ended: byte counts and, if reset, by which side with what code."""
+
+    sent: int
+    received: int
+    reset_by: Literal["", "overlay", "local"] = ""
+    code: str = ""
+    reason: str = ""
+
+
+async def relay(
     stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    """Copy both ways until both directions ended; a reset on either side ends both."""
+) -> Outcome:
+    """Copy both ways with half-close until both directions ended or one side reset."""
+    counts = [0, 0]
 
     async def local_to_overlay() -> None:
         while data := await reader.read(CHUNK):
             stream.write(data)
+            counts[0] += len(data)
             await stream.drain()
         stream.write_eof()
 
     async def overlay_to_local() -> None:
         while data := await stream.read(CHUNK):
             writer.write(data)
+            counts[1] += len(data)
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
 
-    tasks = [asyncio.ensure_future(local_to_overlay()), asyncio.ensure_future(overlay_to_local())]
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(local_to_overlay()), loop.create_task(overlay_to_local())]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-        await asyncio.gather(*tasks)
-    except (ConnectionError, OSError):
-        stream.abort("local side failed")
+        error = next((t.exception() for t in done if t.exception() is not None), None)
+    except asyncio.CancelledError:
+        stream.abort("the relay is shutting down")
+        reset_tcp(writer)
+        raise
     finally:
         for task in tasks:
             task.cancel()
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if isinstance(error, StreamReset):
+        reset_tcp(writer)
+        return Outcome(counts[0], counts[1], "overlay", error.code, error.reason)
+    if isinstance(error, OSError):
+        stream.abort("the local connection was reset")
+        reset_tcp(writer)
+        return Outcome(counts[0], counts[1], "local", "local_reset", str(error))
+    if error is not None:
+        stream.abort("the relay failed")
+        reset_tcp(writer)
+        raise error
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return Outcome(counts[0], counts[1])
+
+
+def reset_tcp(writer: asyncio.StreamWriter) -> None:
+    """Close with RST, not FIN (SO_LINGER 0), so the app sees its connection fail."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 async def offload(stream: Stream, host: str, port: int) -> None:
@@ -56,7 +104,7 @@ async def offload(stream: Stream, host: str, port: int) -> None:
     except OSError as exc:
         stream.abort(f"host address {host}:{port} refused: {exc.strerror or exc}")
         return
-    await splice(stream, reader, writer)
+    await relay(stream, reader, writer)
 
 
 def parse_tcp_address(address: str) -> tuple[str, int]:
