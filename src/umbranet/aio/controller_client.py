@@ -17,8 +17,7 @@ import base64
 import hmac
 import json as json_module
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -27,6 +26,24 @@ from urllib.parse import quote
 import httpx
 from cryptography.hazmat.primitives import serialization
 
+from umbranet.aio.controller_models import (
+    CreatedIdentity,
+    CreatedRouter,
+    IdentityInfo,
+    Intercept,
+    JwtSvidGrant,
+    MeInfo,
+    RouterAddress,
+    RouterInfo,
+    ServiceAccess,
+    ServiceInfo,
+    TicketGrant,
+    identity_info,
+    parse_time,
+    router_info,
+    service_access,
+    service_info,
+)
 from umbranet.aio.tls import load_identity
 from umbranet.pki import (
     IdentityFile,
@@ -69,98 +86,6 @@ class ControllerError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityInfo:
-    name: str
-    kind: str
-    spiffe_id: str
-    attributes: list[str]
-    enabled: bool
-    enrolled: bool
-    cert_not_after: datetime | None
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class CreatedIdentity:
-    identity: IdentityInfo
-    enrollment_token: str
-
-
-@dataclass(frozen=True, slots=True)
-class Intercept:
-    host: str
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceInfo:
-    name: str
-    dial_attributes: list[str]
-    bind_attributes: list[str]
-    host_address: str | None
-    intercepts: list[Intercept]
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class RouterInfo:
-    name: str
-    spiffe_id: str
-    address: str | None
-    last_seen: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class CreatedRouter:
-    router: RouterInfo
-    enrollment_token: str
-
-
-@dataclass(frozen=True, slots=True)
-class RouterAddress:
-    name: str
-    spiffe_id: str
-    address: str
-
-
-@dataclass(frozen=True, slots=True)
-class TicketGrant:
-    """A signed session ticket and the routers to present it to."""
-
-    ticket: str
-    expires_at: datetime
-    routers: list[RouterAddress]
-    http_rules: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceAccess:
-    """A service this identity may use: its actions, intercepts and (to hosts) host address."""
-
-    name: str
-    actions: list[str]
-    host_address: str | None = None
-    intercepts: list[Intercept] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class JwtSvidGrant:
-    """A JWT-SVID from the controller (a bearer token: never log it)."""
-
-    token: str
-    expires_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class MeInfo:
-    name: str
-    kind: str
-    spiffe_id: str
-    attributes: list[str]
-    services: list[ServiceAccess] = field(default_factory=list)
 
 
 class ControllerClient:
@@ -294,7 +219,7 @@ class ControllerClient:
             kind=data["kind"],
             spiffe_id=data["spiffe_id"],
             attributes=list(data["attributes"]),
-            services=[_access(s) for s in data["services"]],
+            services=[service_access(s) for s in data["services"]],
         )
 
     async def ticket(self, service: str, action: str, port: int | None = None) -> TicketGrant:
@@ -307,7 +232,7 @@ class ControllerClient:
         data = await self._call("POST", "/v1/tickets", json=body)
         return TicketGrant(
             ticket=data["ticket"],
-            expires_at=_time(data["expires_at"]),
+            expires_at=parse_time(data["expires_at"]),
             routers=[
                 RouterAddress(r["name"], r["spiffe_id"], r["address"]) for r in data["routers"]
             ],
@@ -327,11 +252,11 @@ class ControllerClient:
         return data
 
     async def routers(self) -> list[RouterInfo]:
-        return [_router(r) for r in await self._call("GET", "/v1/routers")]
+        return [router_info(r) for r in await self._call("GET", "/v1/routers")]
 
     async def register_router(self, address: str) -> RouterInfo:
         """(Router identities only.) Announce the ``host:port`` endpoints reach us at."""
-        return _router(await self._call("PUT", "/v1/routers/self", json={"address": address}))
+        return router_info(await self._call("PUT", "/v1/routers/self", json={"address": address}))
 
     # management (admin identity)
 
@@ -340,19 +265,19 @@ class ControllerClient:
     ) -> CreatedIdentity:
         body = {"name": name, "kind": kind, "attributes": list(attributes)}
         data = await self._call("POST", "/v1/identities", json=body)
-        return CreatedIdentity(_identity(data["identity"]), data["enrollment_token"])
+        return CreatedIdentity(identity_info(data["identity"]), data["enrollment_token"])
 
     async def list_identities(self) -> list[IdentityInfo]:
-        return [_identity(i) for i in await self._call("GET", "/v1/identities")]
+        return [identity_info(i) for i in await self._call("GET", "/v1/identities")]
 
     async def get_identity(self, name: str) -> IdentityInfo:
-        return _identity(await self._call("GET", f"/v1/identities/{_seg(name)}"))
+        return identity_info(await self._call("GET", f"/v1/identities/{_seg(name)}"))
 
     async def disable_identity(self, name: str) -> IdentityInfo:
-        return _identity(await self._call("POST", f"/v1/identities/{_seg(name)}/disable"))
+        return identity_info(await self._call("POST", f"/v1/identities/{_seg(name)}/disable"))
 
     async def enable_identity(self, name: str) -> IdentityInfo:
-        return _identity(await self._call("POST", f"/v1/identities/{_seg(name)}/enable"))
+        return identity_info(await self._call("POST", f"/v1/identities/{_seg(name)}/enable"))
 
     async def revoke_certificates(self, name: str) -> str:
         """Revoke the identity's certificates; returns its new enrollment token."""
@@ -380,17 +305,17 @@ class ControllerClient:
             "host_address": host_address,
             "intercepts": [{"host": i.host, "port": i.port} for i in intercepts],
         }
-        return _service(await self._call("POST", "/v1/services", json=body))
+        return service_info(await self._call("POST", "/v1/services", json=body))
 
     async def list_services(self) -> list[ServiceInfo]:
-        return [_service(s) for s in await self._call("GET", "/v1/services")]
+        return [service_info(s) for s in await self._call("GET", "/v1/services")]
 
     async def delete_service(self, name: str) -> None:
         await self._call("DELETE", f"/v1/services/{_seg(name)}")
 
     async def create_router(self, name: str) -> CreatedRouter:
         data = await self._call("POST", "/v1/routers", json={"name": name})
-        return CreatedRouter(_router(data["router"]), data["enrollment_token"])
+        return CreatedRouter(router_info(data["router"]), data["enrollment_token"])
 
     async def metrics(self) -> dict[str, int]:
         """The controller's counters (verdicts, refused requests by code)."""
@@ -491,7 +416,7 @@ class ControllerClient:
         """A short-lived JWT-SVID naming this identity, for `audience` (at least one)."""
         data = await self._call("POST", "/v1/jwt-svid", json={"audience": list(audience)})
         try:
-            return JwtSvidGrant(token=str(data["token"]), expires_at=_time(data["expires_at"]))
+            return JwtSvidGrant(token=str(data["token"]), expires_at=parse_time(data["expires_at"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ControllerError("bad_response", "the JWT-SVID answer is malformed", 0) from exc
 
@@ -585,56 +510,6 @@ def _bundle(data: Any) -> TrustBundle:
 def _seg(name: str) -> str:
     """A name as one URL path segment (names are restricted, but never trust that here)."""
     return quote(name, safe="")
-
-
-def _time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def _opt_time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def _identity(data: Mapping[str, Any]) -> IdentityInfo:
-    return IdentityInfo(
-        name=data["name"],
-        kind=data["kind"],
-        spiffe_id=data["spiffe_id"],
-        attributes=list(data["attributes"]),
-        enabled=bool(data["enabled"]),
-        enrolled=bool(data["enrolled"]),
-        cert_not_after=_opt_time(data.get("cert_not_after")),
-        created_at=_time(data["created_at"]),
-    )
-
-
-def _service(data: Mapping[str, Any]) -> ServiceInfo:
-    return ServiceInfo(
-        name=data["name"],
-        dial_attributes=list(data["dial_attributes"]),
-        bind_attributes=list(data["bind_attributes"]),
-        host_address=data.get("host_address"),
-        intercepts=[Intercept(i["host"], int(i["port"])) for i in data["intercepts"]],
-        created_at=_time(data["created_at"]),
-    )
-
-
-def _access(data: Mapping[str, Any]) -> ServiceAccess:
-    return ServiceAccess(
-        name=data["name"],
-        actions=list(data["actions"]),
-        host_address=data.get("host_address"),
-        intercepts=[Intercept(i["host"], int(i["port"])) for i in data.get("intercepts") or []],
-    )
-
-
-def _router(data: Mapping[str, Any]) -> RouterInfo:
-    return RouterInfo(
-        name=data["name"],
-        spiffe_id=data["spiffe_id"],
-        address=data.get("address"),
-        last_seen=_opt_time(data.get("last_seen")),
-    )
 
 
 def _json_dict(data: Any) -> dict[str, Any]:
