@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from umbranet.agent.config import derived_port
+from umbranet.agent.outbound import carry_outbound
 from umbranet.agent.stats import Counters
-from umbranet.agent.whois import Delivery, WhoisTable
-from umbranet.sdk import Context, UmbraError
-from umbranet.sdk.forward import relay, reset_tcp
+from umbranet.agent.whois import WhoisTable
+from umbranet.sdk import Context
 
 __all__ = ["Interceptor", "LoopbackListener", "PortBook"]
 
@@ -180,29 +180,18 @@ class Interceptor:
     async def _carry(
         self, entry: LoopbackListener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        service = entry.service
-        peername = writer.get_extra_info("peername")
-        client = (str(peername[0]), int(peername[1]))
-        try:
-            stream = await self._context.dial(service)
-        except (UmbraError, OSError, TimeoutError) as exc:
-            code = exc.code if isinstance(exc, UmbraError) else type(exc).__name__
-            entry.last_failure = f"dial: {exc}"
-            self._counters.add(f"dial_failed.{code}")
-            log.warning("dial %s failed: %s", service, exc)
-            reset_tcp(writer)
-            return
-        self._counters.add("dial_streams")
-        router = str(stream.get_extra_info("router"))
-        self._whois.add(client, Delivery(stream.peer, service, "outbound", router))
-        try:
-            outcome = await relay(stream, reader, writer)
-        finally:
-            self._whois.remove(client)
-        if outcome.reset_by:
-            entry.last_failure = f"reset by {outcome.reset_by}: {outcome.code}: {outcome.reason}"
-            self._counters.add(f"dial_reset_by_{outcome.reset_by}.{outcome.code}")
-            log.info("flow to %s reset by %s: %s", service, outcome.reset_by, outcome.reason)
+        failure = await carry_outbound(
+            self._context,
+            entry.service,
+            reader,
+            writer,
+            port=None,
+            whois=self._whois,
+            counters=self._counters,
+            counter="dial_streams",
+        )
+        if failure is not None:
+            entry.last_failure = failure
 
 
 def _load_ports(path: Path) -> dict[str, int]:

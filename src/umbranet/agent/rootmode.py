@@ -28,12 +28,13 @@ from typing import Any
 from umbranet.agent import redirect
 from umbranet.agent.config import ConfigError, RootSettings
 from umbranet.agent.dns_stub import DnsStub
+from umbranet.agent.outbound import carry_outbound
 from umbranet.agent.proxyaddr import ProxyAddresses, parse_range
 from umbranet.agent.stats import Counters
 from umbranet.agent.udpflow import UdpPort
-from umbranet.agent.whois import Delivery, WhoisTable
-from umbranet.sdk import Context, UmbraError
-from umbranet.sdk.forward import relay, reset_tcp
+from umbranet.agent.whois import WhoisTable
+from umbranet.sdk import Context
+from umbranet.sdk.forward import reset_tcp
 
 __all__ = ["RootMode", "RootSettings", "parse_dns_name"]
 
@@ -212,26 +213,16 @@ class RootMode:
             self._counters.add("root_no_service")
             reset_tcp(writer)
             return
-        peer = writer.get_extra_info("peername")
-        client = (str(peer[0]), int(peer[1]))
-        try:
-            # The port the app aimed at is the service port policy rules may name.
-            stream = await self._context.dial(service, port=original[1] if original else None)
-        except (UmbraError, OSError, TimeoutError) as exc:
-            code = exc.code if isinstance(exc, UmbraError) else type(exc).__name__
-            self._counters.add(f"dial_failed.{code}")
-            log.warning("dial %s (root mode) failed: %s", service, exc)
-            reset_tcp(writer)
-            return
-        self._counters.add("root_streams")
-        router = str(stream.get_extra_info("router"))
-        self._whois.add(client, Delivery(stream.peer, service, "outbound", router))
-        try:
-            outcome = await relay(stream, reader, writer)
-        finally:
-            self._whois.remove(client)
-        if outcome.reset_by:
-            self._counters.add(f"dial_reset_by_{outcome.reset_by}.{outcome.code}")
+        await carry_outbound(
+            self._context,
+            service,
+            reader,
+            writer,
+            port=original[1] if original else None,  # the service port policy rules may name
+            whois=self._whois,
+            counters=self._counters,
+            counter="root_streams",
+        )
 
 
 def _original_destination(writer: asyncio.StreamWriter) -> tuple[str, int] | None:
