@@ -19,7 +19,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,32 +26,13 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import free_port, wait_for
 from umbranet.agent import LocalApiClient
 from umbranet.quickstart import Quickstart
 
 pytestmark = pytest.mark.slow
 
 SERVICES = ("web", "echo", "whoami", "broken", "nohost")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll `check` until it returns something truthy (a deadline, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = check()
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def _serve_tcp(handler: Callable[[socket.socket], None]) -> tuple[socket.socket, int]:
@@ -138,14 +118,14 @@ def _start_agent(
 def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
     root = tmp_path_factory.mktemp("agentnet")
     net = Quickstart(
-        root / "net", router_port=_free_port(), controller_port=_free_port(), say=lambda _m: None
+        root / "net", router_port=free_port(), controller_port=free_port(), say=lambda _m: None
     )
     www = root / "www"
     www.mkdir()
     blob = os.urandom(3 << 20)
     (www / "blob.bin").write_bytes(blob)
     (www / "index.html").write_text("hello from a dark web server\n")
-    http_port = _free_port()
+    http_port = free_port()
     http = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"],
         cwd=www,
@@ -165,29 +145,29 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
     agents = Agents(net, root, host_dir, client_dir, {}, blob)
     try:
         net.start_core()
-        _wait_for("the http server", lambda: socket.create_connection(("127.0.0.1", http_port)))
+        wait_for("the http server", lambda: socket.create_connection(("127.0.0.1", http_port)))
         addresses = {
             "web": f"tcp://127.0.0.1:{http_port}",
             "echo": f"tcp://127.0.0.1:{echo_port}",
             "whoami": f"tcp://127.0.0.1:{whoami_port}",
-            "broken": f"tcp://127.0.0.1:{_free_port()}",
+            "broken": f"tcp://127.0.0.1:{free_port()}",
             "nohost": None,
         }
         asyncio.run(_create_services(net, addresses))
         host_file = asyncio.run(net.enroll("agent-host", ["agent-hosts"]))
         client_file = asyncio.run(net.enroll("agent-client", ["agent-clients", "team-blue"]))
-        agents.ports = {name: _free_port() for name in SERVICES}
+        agents.ports = {name: free_port() for name in SERVICES}
         overrides = [f"--port={name}={port}" for name, port in agents.ports.items()]
         agents.children.append(_start_agent(net, host_file, host_dir, []))
         agents.children.append(_start_agent(net, client_file, client_dir, overrides))
-        _wait_for(
+        wait_for(
             "the host agent to bind",
             lambda: (
                 all(h["bound_routers"] for h in agents.status(host_dir)["host"])
                 and len(agents.status(host_dir)["host"]) == 4
             ),
         )
-        _wait_for(
+        wait_for(
             "the client agent's listeners",
             lambda: len([d for d in agents.status(client_dir)["dial"] if d["listen"]]) == 5,
         )
@@ -389,13 +369,13 @@ def test_the_agent_follows_the_controller(agents: Agents) -> None:
             await admin.delete_service("late")
 
     asyncio.run(create())
-    late = _wait_for(
+    late = wait_for(
         "the new service's listener",
         lambda: [d for d in agents.status(agents.client_dir)["dial"] if d["service"] == "late"],
     )
     assert late[0]["listen"] and late[0]["source"] in ("derived", "recorded", "intercept")
     asyncio.run(delete())
-    _wait_for(
+    wait_for(
         "the listener to close",
         lambda: "late" not in {d["service"] for d in agents.status(agents.client_dir)["dial"]},
     )

@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.integration.netns_helper import Lab, sh
 from umbranet.agent import LocalApiClient
 
@@ -57,18 +57,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reaso
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll `check` until it returns something truthy (a deadline, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as exc:  # keep polling; report the last failure
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    return wait_for(what, check, timeout)
 
 
 @dataclass

@@ -21,13 +21,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import free_port, wait_for
 from umbranet.agent import LocalApiClient
 from umbranet.quickstart import Quickstart
 
@@ -42,26 +43,6 @@ pytestmark = [
 
 CLIENT = Path(__file__).with_name("spiffe_client.py")
 AUDIENCE = "billing.example"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll `check` until it returns something truthy (a deadline, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = check()
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 @dataclass
@@ -95,7 +76,7 @@ class Network:
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     root = tmp_path_factory.mktemp("wlapi")
     net = Quickstart(
-        root / "net", router_port=_free_port(), controller_port=_free_port(), say=lambda _m: None
+        root / "net", router_port=free_port(), controller_port=free_port(), say=lambda _m: None
     )
     agent: subprocess.Popen[bytes] | None = None
     try:
@@ -125,7 +106,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
             env=environment,
         )
         log.close()
-        _wait_for("the workload socket", sock.exists)
+        wait_for("the workload socket", sock.exists)
         yield Network(net, state_dir, sock, spiffe_id, agent)
     finally:
         if agent is not None:
