@@ -9,10 +9,11 @@ and prints medians of several client runs:
 - `connect`: dial a new end-to-end stream + one 64 B round trip + half-close (>= 200 each);
 - `latency`: 64 B round trips on one stream (>= 2000 each), p50 and p99.
 
-`--pin` runs every process on CPU 0 (the harness's '1 CPU' mode: the software cost, stable
-for ratios); without it the scheduler places them. `--profile client` runs the client under
-cProfile (a .prof file per run in the work directory); `--hold` keeps the network up after
-measuring and prints the PIDs, for `py-spy record -p PID` while a client runs by hand.
+`--client blocking` drives the same tests through `umbranet.sdk.blocking` (the harness's
+`umbranet` row). `--pin` runs every process on CPU 0 (the harness's '1 CPU' mode: the software
+cost, stable for ratios); without it the scheduler places them. `--profile client` runs the
+client under cProfile (a .prof file per run in the work directory); `--hold` keeps the network
+up after measuring and prints the PIDs, for `py-spy record -p PID` while a client runs by hand.
 
     .venv/bin/python -m bench.latency_probe --pin --runs 3
 """
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pin", action="store_true", help="all processes on CPU 0")
     parser.add_argument("--profile", choices=["none", "client"], default="none")
     parser.add_argument("--modes", default="connect,latency")
+    parser.add_argument(
+        "--client", choices=["async", "blocking"], default="async", help="SDK client to drive"
+    )
     parser.add_argument("--hold", action="store_true", help="keep the network up at the end")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
@@ -59,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in range(args.runs):
             for mode in args.modes.split(","):
                 count = args.connects if mode == "connect" else args.round_trips
-                results.setdefault(mode, []).append(net.client(mode, count, args.profile, run))
+                result = net.client(mode, count, args.profile, run, args.client)
+                results.setdefault(mode, []).append(result)
         _report(results, args.pin)
         if args.hold:
             print(json.dumps({"pids": net.pids, "dialer": str(work / "ids" / "dialer.json")}))
@@ -111,11 +116,14 @@ class _Network:
                 raise RuntimeError("the host did not bind within 60 s")
             time.sleep(0.1)
 
-    def client(self, mode: str, count: int, profile: str, run: int) -> dict[str, Any]:
+    def client(
+        self, mode: str, count: int, profile: str, run: int, kind: str = "async"
+    ) -> dict[str, Any]:
         argv = [PY]
         if profile == "client":
             argv += ["-m", "cProfile", "-o", str(self.work / f"client-{mode}-{run}.prof")]
-        argv += ["-m", "bench.paths.umbranet_async_client", mode, "--count", str(count)]
+        module = "umbranet_async_client" if kind == "async" else "umbranet_client"
+        argv += ["-m", f"bench.paths.{module}", mode, "--count", str(count)]
         argv += ["--identity", str(self.work / "ids" / "dialer.json")]
         out = self._run(argv, timeout=600)
         result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])

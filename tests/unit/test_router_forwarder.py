@@ -457,3 +457,55 @@ def test_random_frames_never_raise_and_routes_stay_paired(steps: list[tuple[bool
             assert route.peer.peer is route
             assert route.peer.link.routes[route.peer.circuit] is route.peer
             assert route.account.in_flight <= route.account.window
+
+
+# -- the admission cache -----------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _dial_with(switch: Switch, dialer: PeerLink, circuit: int, ticket: str) -> list[Frame]:
+    switch.dial(dialer, circuit, ticket=ticket)
+    return _out(dialer)
+
+
+def test_a_remembered_ticket_is_still_refused_once_stale_or_expired() -> None:
+    clock = Clock(NOW)
+    bundle = NET.bundle
+    switch = Switch()
+    switch.forwarder = Forwarder(lambda: bundle, clock, "r1")
+    dialer, host = switch.link(ALICE), switch.link(WEB)
+    switch.bind(host)
+    token = NET.signer.sign_ticket(ALICE.spiffe_id, SERVICE, Action.DIAL, NOW, epoch=5)[1]
+    assert _dial_with(switch, dialer, 1, token) == []  # admitted (and remembered)
+    assert [f.type for f in _out(host)] == [FrameType.CONNECT]
+    assert _dial_with(switch, dialer, 3, token) == []  # admitted again from memory
+    _out(host)
+
+    switch.forwarder.epoch = 6  # a revocation the ticket predates
+    assert _reset(_dial_with(switch, dialer, 5, token))[0].code == "ticket_stale"
+
+    switch.forwarder.epoch = 5
+    clock.now = NOW + timedelta(hours=1)  # past the ticket's expiry
+    assert _reset(_dial_with(switch, dialer, 7, token))[0].code == "ticket_expired"
+
+    clock.now = NOW
+    bundle = NET.bundle.without_ticket_key(NET.signer.key_id)  # the key was rotated out
+    assert _reset(_dial_with(switch, dialer, 9, token))[0].code == "ticket_invalid"
+
+
+def test_a_remembered_ticket_never_serves_another_identity_or_service() -> None:
+    switch = Switch()
+    alice, web, host = switch.link(ALICE), switch.link(WEB), switch.link(WEB)
+    switch.bind(host)
+    token = _ticket(ALICE, Action.DIAL)
+    assert _dial_with(switch, alice, 1, token) == []
+    assert _reset(_dial_with(switch, web, 1, token))[0].code == "ticket_wrong_identity"
+    switch.dial(alice, 3, ticket=token, service="billing")
+    assert _reset(_out(alice))[0].code == "ticket_wrong_service"

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from umbranet.pki import PkiError, Ticket, TrustBundle, verify_ticket
+from umbranet.pki import PkiError, Ticket, TrustBundle
 from umbranet.pki.tickets import Action
 from umbranet.proto.noise import CipherState, HandshakeState, NoiseError
-from umbranet.proto.peer_cache import verified_svid
+from umbranet.proto.peer_cache import verified_svid, verified_ticket
 from umbranet.wire import ErrorCode, FrameType, decode_control, encode_control
 from umbranet.wire.frames import WireError
 
@@ -207,7 +207,7 @@ def _verify_peer(
         raise E2EError(ErrorCode.HANDSHAKE_FAILED, f"peer proof malformed: {exc.reason}") from exc
     try:
         peer = verified_svid(cert_pem, bundle, now)
-        ticket = verify_ticket(token, bundle, now)
+        ticket = verified_ticket(token, bundle, now)
     except PkiError as exc:
         raise E2EError(ErrorCode.PEER_NOT_AUTHORIZED, f"peer proof rejected: {exc}") from exc
     if remote_static is None or peer.noise_public_key != remote_static:

@@ -406,10 +406,11 @@ class _Phase(StrEnum):
 class _SymmetricState:
     """The spec's SymmetricState: chaining key ck, transcript hash h, and a CipherState."""
 
-    __slots__ = ("_cipher_name", "_hash", "_hmac_name", "cipher", "ck", "h")
+    __slots__ = ("_block", "_cipher_name", "_hash", "_hmac_name", "cipher", "ck", "h")
 
     def __init__(self, protocol_name: str, cipher_name: str, hash_spec: _HashSpec) -> None:
         self._hash, self._hmac_name, hash_len = hash_spec
+        self._block: int = self._hash().block_size
         self._cipher_name = cipher_name
         name = protocol_name.encode("ascii")
         h = name.ljust(hash_len, b"\0") if len(name) <= hash_len else self._hash(name).digest()
@@ -447,13 +448,29 @@ class _SymmetricState:
         return CipherState(self._cipher_name, k1[:32]), CipherState(self._cipher_name, k2[:32])
 
     def _hkdf(self, ikm: bytes, outputs: int) -> tuple[bytes, bytes, bytes]:
-        name = self._hmac_name
-        temp = hmac.digest(self.ck, ikm, name)
-        out1 = hmac.digest(temp, b"\x01", name)
-        out2 = hmac.digest(temp, out1 + b"\x02", name)
+        mac = self._hmac
+        temp = mac(self.ck, ikm)
+        out1 = mac(temp, b"\x01")
+        out2 = mac(temp, out1 + b"\x02")
         if outputs == 2:
             return out1, out2, b""
-        return out1, out2, hmac.digest(temp, out2 + b"\x03", name)
+        return out1, out2, mac(temp, out2 + b"\x03")
+
+    def _hmac(self, key: bytes, data: bytes) -> bytes:
+        """HMAC (RFC 2104) from two hash calls: ~2x faster than `hmac.digest`, whose
+        OpenSSL one-shot fetches the algorithm on every call (12 HMACs per handshake side).
+        Keys here are ck or HKDF's temp key, always HASHLEN, so never longer than a block."""
+        block = self._block
+        if len(key) > block:
+            return hmac.digest(key, data, self._hmac_name)
+        padded = key.ljust(block, b"\0")
+        inner = self._hash(padded.translate(_IPAD) + data).digest()
+        result: bytes = self._hash(padded.translate(_OPAD) + inner).digest()
+        return result
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 _PSK = r"psk(?:0|[1-9][0-9]*)"

@@ -32,7 +32,8 @@ class Stream:
         self.service = service
         self._waiter: asyncio.Future[None] | None = None
         self._closing = False
-        self._closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()  # looked up once: each lookup is a getpid()
+        self._closed = self._loop.create_future()
 
     # -- identity -----------------------------------------------------------------------
 
@@ -62,12 +63,23 @@ class Stream:
             while chunk := await self.read(1 << 20):
                 parts.append(chunk)
             return b"".join(parts)
+        while (data := self.read_nowait(n)) is None:
+            await self._wait()
+        return data
+
+    def read_nowait(self, n: int) -> bytes | None:
+        """Up to `n` bytes already received, b"" at EOF, or None if a read would wait.
+
+        The unfiltered stream only: a subclass that filters `read` is read through `read`.
+        """
         circuit = self._circuit
-        while not circuit.readable_bytes:
+        if n <= 0:
+            return b""
+        if not circuit.readable_bytes:
             if circuit.at_eof:
                 self._raise_if_reset()
                 return b""
-            await self._wait()
+            return None
         data = circuit.take(n)
         if len(data) < n and circuit.readable_bytes:
             parts, have = [data], len(data)
@@ -127,6 +139,14 @@ class Stream:
 
     def writelines(self, lines: list[bytes]) -> None:
         self.write(b"".join(lines))
+
+    def must_drain(self) -> bool:
+        """Whether `drain` would wait (or raise): queue over the mark, link paused, reset."""
+        return (
+            self._circuit.unsent_bytes > _HIGH_WATER
+            or self._circuit.error is not None
+            or self._connection.link_blocked() is not None
+        )
 
     async def drain(self) -> None:
         """Wait until the queue is short and the link accepts writes."""
@@ -189,10 +209,14 @@ class Stream:
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _wait(self) -> None:
+    def wake_waiter(self) -> asyncio.Future[None]:
+        """A future resolved the next time the circuit changes (data, credit, end)."""
         if self._waiter is None or self._waiter.done():
-            self._waiter = asyncio.get_running_loop().create_future()
-        await self._waiter
+            self._waiter = self._loop.create_future()
+        return self._waiter
+
+    async def _wait(self) -> None:
+        await self.wake_waiter()
 
     def _raise_if_reset(self) -> None:
         error = self._circuit.error
