@@ -154,6 +154,8 @@ def test_a_bad_frame_stream_ends_that_link_with_goaway(
         assert len(goaway) == 1, frames
         assert RawLink.error(goaway[0])[0] is code
         await until(lambda: net.router.statistics()["links"] == 2)
+        if code is not ErrorCode.NO_ERROR:  # every refusal is counted by its code
+            assert net.router.statistics()["counters"].get(code.code, 0) >= 1
 
     run_with_bystanders(network, arun, run)
 

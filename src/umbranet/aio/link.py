@@ -45,6 +45,9 @@ class Link(asyncio.BufferedProtocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.frames_in = 0
+        # Why the peer's byte stream could not be framed (the link closed with GOAWAY), so
+        # the owner can count it when the link is lost.
+        self.decode_error: WireError | None = None
         self._writable: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -66,6 +69,7 @@ class Link(asyncio.BufferedProtocol):
             frames = self.decoder.buffer_updated(nbytes)
         except WireError as exc:
             log.warning("link %s sent a bad frame stream: %s", self.peer_id or "?", exc)
+            self.decode_error = exc
             self.close(exc.code, exc.reason)
             return
         if frames:

@@ -189,6 +189,8 @@ class Router:
         state = self._links.pop(link, None)
         if state is None:
             return
+        if link.decode_error is not None:  # garbage that never became frames: count it too
+            self.forwarder.counters[link.decode_error.code.code] += 1
         dirty: set[PeerLink] = set()
         self.forwarder.link_gone(state, dirty)
         dirty.discard(state)
