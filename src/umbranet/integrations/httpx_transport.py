@@ -108,7 +108,7 @@ class UmbraTransport(httpx.AsyncBaseTransport):
 class UmbraSyncTransport(httpx.BaseTransport):
     """An httpx sync transport (for `httpx.Client`) over a BlockingContext's streams.
 
-    Reads and writes block without their own timeout: the blocking facade has none yet.
+    Reads honour httpx's read timeout; writes wait for flow-control credit without one.
     """
 
     def __init__(
@@ -267,7 +267,9 @@ class _SyncOverlayStream(httpcore.NetworkStream):
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
-            return self._stream.recv(max_bytes)
+            return self._stream.recv(max_bytes, timeout)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(f"no data from the service in {timeout}s") from exc
         except StreamReset as exc:
             raise httpcore.ReadError(str(exc)) from exc
 

@@ -10,7 +10,8 @@ BlockingContext, dialed for the service the URL's host names.
         session.get("http://billing.umbra/invoices")
 
 Proxies from the environment are ignored for these URLs: the overlay is the route. Reads
-have no timeout of their own yet (the blocking facade has none); connect uses the dial's.
+honour the request's read timeout (a `socket.timeout`, as urllib3 expects); connect uses the
+dial's.
 """
 
 from __future__ import annotations
@@ -160,11 +161,11 @@ class _StreamSocket:
         return len(payload)
 
     def recv(self, size: int) -> bytes:
-        return self._stream.recv(size)
+        return self._stream.recv(size, self._timeout)
 
     def recv_into(self, buffer: Any, size: int = 0) -> int:
         view = memoryview(buffer).cast("B")
-        data = self._stream.recv(size or len(view))
+        data = self._stream.recv(size or len(view), self._timeout)
         view[: len(data)] = data
         return len(data)
 

@@ -54,11 +54,13 @@ class BlockingContext:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         return future.result(timeout)
 
-    def run_soon(self, fn: _Fn) -> Any:
-        """Run `fn(handoff)` on the loop thread; block until it calls `handoff.done`/`fail`."""
+    def run_soon(self, fn: _Fn, timeout: float | None = None) -> Any:
+        """Run `fn(handoff)` on the loop thread; block until it calls `handoff.done`/`fail`,
+        or raise TimeoutError after `timeout` seconds (then `fn`'s pending work is dropped:
+        it must check `handoff.abandoned` before taking anything)."""
         handoff = _Handoff()
         self._loop.call_soon_threadsafe(handoff.run, fn)
-        return handoff.wait()
+        return handoff.wait(self._loop, timeout)
 
     def dial(self, service: str, timeout: float = 10.0) -> BlockingStream:
         return BlockingStream(self, self.call(self._context.dial(service, timeout)))
@@ -93,6 +95,11 @@ class BlockingStream:
         # A subclass that filters what `read` returns (e.g. the HTTP gate) must be read
         # through `read`; only the plain stream may be read with `read_nowait`.
         self._plain = type(stream).read is Stream.read
+        self._timeout: float | None = None
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Seconds `recv` waits for data before raising TimeoutError (None: forever)."""
+        self._timeout = timeout
 
     @property
     def peer(self) -> PeerIdentity:
@@ -112,10 +119,14 @@ class BlockingStream:
 
     write = sendall
 
-    def recv(self, n: int) -> bytes:
+    def recv(self, n: int, timeout: float | None = None) -> bytes:
+        """Up to `n` bytes, b"" at EOF; TimeoutError after `timeout` (or `settimeout`'s)
+        seconds without data, and then nothing was taken from the stream."""
         stream = self._stream
 
         def receive(handoff: _Handoff) -> None:
+            if handoff.abandoned:
+                return
             data = stream.read_nowait(n) if self._plain else None
             if data is not None:
                 handoff.done(data)
@@ -124,7 +135,9 @@ class BlockingStream:
             else:
                 handoff.await_(stream.read(n))
 
-        result: bytes = self._owner.run_soon(receive)
+        result: bytes = self._owner.run_soon(
+            receive, timeout if timeout is not None else self._timeout
+        )
         return result
 
     read = recv
@@ -178,13 +191,16 @@ class BlockingListener:
 class _Handoff:
     """One blocking call's result, passed from the loop thread to the caller through a lock."""
 
-    __slots__ = ("_error", "_lock", "_value")
+    __slots__ = ("_completed", "_error", "_lock", "_task", "_value", "abandoned")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()  # released once, by `done` or `fail`, on the loop thread
         self._value: Any = None
         self._error: BaseException | None = None
+        self._completed = False
+        self._task: asyncio.Future[Any] | None = None
+        self.abandoned = False  # the caller timed out; pending work must take nothing
 
     def run(self, fn: _Fn) -> None:
         """Loop thread: call `fn`; an exception it raises is the caller's result."""
@@ -194,16 +210,31 @@ class _Handoff:
             self.fail(exc)
 
     def done(self, value: Any) -> None:
-        self._value = value
-        self._lock.release()
+        if not self._completed:
+            self._completed = True
+            self._value = value
+            self._lock.release()
 
     def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._lock.release()
+        if not self._completed:
+            self._completed = True
+            self._error = error
+            self._lock.release()
+
+    def abandon(self) -> None:
+        """Loop thread: the caller timed out. Give up unless a result already exists (a
+        task that finished but whose callback has not run yet holds data: deliver it)."""
+        if self._completed or (self._task is not None and self._task.done()):
+            return
+        self.abandoned = True
+        if self._task is not None:
+            self._task.cancel()
+        self.fail(TimeoutError("timed out waiting for the stream"))
 
     def await_(self, awaitable: Coroutine[Any, Any, Any]) -> None:
         """Loop thread: finish with what a coroutine returns (the rare, waiting path)."""
         task = asyncio.ensure_future(awaitable)
+        self._task = task
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Future[Any]) -> None:
@@ -214,9 +245,12 @@ class _Handoff:
         else:
             self.done(task.result())
 
-    def wait(self) -> Any:
-        """Caller thread: block until the loop thread finished the call."""
-        self._lock.acquire()
+    def wait(self, loop: asyncio.AbstractEventLoop, timeout: float | None = None) -> Any:
+        """Caller thread: block until the loop thread finished the call (or, after
+        `timeout`, until it either finished meanwhile or agreed to abandon it)."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            loop.call_soon_threadsafe(self.abandon)
+            self._lock.acquire()
         if self._error is not None:
             raise self._error
         return self._value
