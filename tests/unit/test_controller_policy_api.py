@@ -173,3 +173,27 @@ def test_port_rules_decide_tickets_per_port(h: Harness) -> None:
     assert ticket(port=0) == 422
     bind = alice.post("/v1/tickets", json={"service": "svc", "action": "bind", "port": 443})
     assert error_code(bind) == "invalid_port"
+
+
+def test_views_follow_identities_and_services_as_they_change(h: Harness) -> None:
+    admin, alice, _bob = _setup(h)
+    host = h.client(h.new_device("host", ["host"]))
+    text = """{"rules": [
+      {"action": "dial", "src": ["alice", "carol"], "dst": ["*"]},
+      {"action": "bind", "src": ["host"], "dst": ["*"]},
+    ]}"""
+    assert admin.put("/v1/policy", json={"text": text}).status_code == 200
+
+    def peers() -> list[str]:
+        return [p["name"] for p in host.get("/v1/view").json()["peers"]]
+
+    assert peers() == ["alice"]
+    h.new_device("carol")
+    assert peers() == ["alice", "carol"]  # a new identity is seen at once
+    assert admin.post("/v1/identities/carol/disable").status_code == 200
+    assert peers() == ["alice"]
+    assert admin.post("/v1/identities/carol/enable").status_code == 200
+    assert peers() == ["alice", "carol"]
+    assert alice.get("/v1/view").json()["services"] == {"svc": ["dial"]}
+    assert admin.post("/v1/services", json={"name": "svc2"}).status_code == 201
+    assert alice.get("/v1/view").json()["services"] == {"svc": ["dial"], "svc2": ["dial"]}

@@ -78,7 +78,9 @@ def get_view(ctx: Ctx, caller: ClientCaller) -> ViewOut:
     """The caller's filtered view: the services it may use, the peers (SPIFFE ID and Noise
     key) on the other side of them, and the HTTP rules of the services it hosts."""
     with ctx.transaction() as store:
-        view = views.view_of(store, _identity(store, caller.id), now=ctx.clock())
+        view = views.view_of(
+            store, _identity(store, caller.id), now=ctx.clock(), epoch=ctx.events.epoch
+        )
     return ViewOut(
         services=view.services,
         peers=[

@@ -37,6 +37,7 @@ __all__ = [
 
 _CACHE_SIZE = 16
 _cache: dict[str, CompiledPolicy] = {}
+_inventories: dict[tuple[int, ...], Inventory] = {}
 _lock = threading.Lock()
 
 
@@ -61,6 +62,29 @@ def inventory_of(store: Store) -> Inventory:
     for identity in store.identities():
         if identity.enabled:
             inventory.put_identity(identity.name, identity.attributes)
+    return inventory
+
+
+def shared_inventory(store: Store, epoch: int) -> Inventory:
+    """`inventory_of`, reused while the network has not changed (for views).
+
+    Rebuilding the inventory also rebuilds the policy's peer caches (keyed by inventory), which
+    costs seconds at 100,000 identities; views are asked for often and the network changes
+    rarely. The key covers everything the inventory holds that can change: the fingerprint
+    moves when identities or services are added or identities enabled or disabled (attributes
+    are fixed at creation), and the revocation ``epoch`` moves when a service is deleted (so a
+    new service reusing its row id is never mistaken for it).
+    """
+    key = (id(store.session.get_bind()), epoch, *store.inventory_fingerprint())
+    with _lock:
+        cached = _inventories.get(key)
+    if cached is not None:
+        return cached
+    inventory = inventory_of(store)
+    with _lock:
+        if len(_inventories) >= _CACHE_SIZE:
+            _inventories.pop(next(iter(_inventories)))
+        _inventories[key] = inventory
     return inventory
 
 

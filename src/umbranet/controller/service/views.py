@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from umbranet.controller.service.policy import active_policy, inventory_of
+from umbranet.controller.service.policy import active_policy, shared_inventory
 from umbranet.controller.service.posture import report_of
 from umbranet.controller.service.tickets import services_for
 from umbranet.controller.store import Identity, Store
@@ -40,13 +40,14 @@ class IdentityView:
     http: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def view_of(store: Store, identity: Identity, *, now: datetime) -> IdentityView:
-    """The caller's view (see the module docstring)."""
+def view_of(store: Store, identity: Identity, *, now: datetime, epoch: int) -> IdentityView:
+    """The caller's view (see the module docstring); ``epoch`` is the controller's current
+    revocation epoch (it keys the shared inventory)."""
     active = active_policy(store)
     if active is not None and active.compiled is not None:
         view = active.compiled.view(
             Subject.of(identity.name, identity.attributes),
-            inventory_of(store),
+            shared_inventory(store, epoch),
             posture=report_of(identity),
             now=now,
         )

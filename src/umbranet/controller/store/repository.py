@@ -86,6 +86,20 @@ class Store:
     def service_by_name(self, name: str) -> Service | None:
         return self.session.scalar(sa.select(Service).where(Service.name == name))
 
+    def inventory_fingerprint(self) -> tuple[int, ...]:
+        """Changes whenever an identity or service is added, removed, enabled or disabled."""
+        idents = self.session.execute(
+            sa.select(
+                sa.func.count(Identity.id),
+                sa.func.coalesce(sa.func.max(Identity.id), 0),
+                sa.func.count(Identity.id).filter(Identity.enabled.is_(True)),
+            )
+        ).one()
+        services = self.session.execute(
+            sa.select(sa.func.count(Service.id), sa.func.coalesce(sa.func.max(Service.id), 0))
+        ).one()
+        return (*(int(v) for v in idents), *(int(v) for v in services))
+
     def services(self) -> Sequence[Service]:
         return self.session.scalars(sa.select(Service).order_by(Service.name)).all()
 
