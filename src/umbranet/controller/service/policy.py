@@ -37,7 +37,7 @@ __all__ = [
 
 _CACHE_SIZE = 16
 _cache: dict[str, CompiledPolicy] = {}
-_inventories: dict[tuple[int, ...], Inventory] = {}
+_inventories: dict[tuple[str | int, ...], Inventory] = {}
 _lock = threading.Lock()
 
 
@@ -75,7 +75,8 @@ def shared_inventory(store: Store, epoch: int) -> Inventory:
     are fixed at creation), and the revocation ``epoch`` moves when a service is deleted (so a
     new service reusing its row id is never mistaken for it).
     """
-    key = (id(store.session.get_bind()), epoch, *store.inventory_fingerprint())
+    url: str = str(store.session.get_bind().engine.url)
+    key: tuple[str | int, ...] = (url, epoch, *store.inventory_fingerprint())
     with _lock:
         cached = _inventories.get(key)
     if cached is not None:
