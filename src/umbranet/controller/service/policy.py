@@ -15,7 +15,7 @@ import hashlib
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from umbranet.controller.authz import ActivePolicy, service_ref
 from umbranet.controller.service.errors import BadRequest, NotFound
@@ -36,9 +36,31 @@ __all__ = [
 ]
 
 _CACHE_SIZE = 16
-_cache: dict[str, CompiledPolicy] = {}
-_inventories: dict[tuple[str | int, ...], Inventory] = {}
-_lock = threading.Lock()
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Bounded(Generic[K, V]):
+    """A small thread-safe cache that forgets its oldest entry when full (a speed-up only)."""
+
+    def __init__(self, size: int = _CACHE_SIZE) -> None:
+        self._size = size
+        self._items: dict[K, V] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            if len(self._items) >= self._size:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = value
+
+
+_compiled: _Bounded[str, CompiledPolicy] = _Bounded()
+_inventories: _Bounded[tuple[str | int, ...], Inventory] = _Bounded()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +99,10 @@ def shared_inventory(store: Store, epoch: int) -> Inventory:
     """
     url: str = str(store.session.get_bind().engine.url)
     key: tuple[str | int, ...] = (url, epoch, *store.inventory_fingerprint())
-    with _lock:
-        cached = _inventories.get(key)
-    if cached is not None:
-        return cached
-    inventory = inventory_of(store)
-    with _lock:
-        if len(_inventories) >= _CACHE_SIZE:
-            _inventories.pop(next(iter(_inventories)))
-        _inventories[key] = inventory
+    inventory = _inventories.get(key)
+    if inventory is None:
+        inventory = inventory_of(store)
+        _inventories.put(key, inventory)
     return inventory
 
 
@@ -209,12 +226,8 @@ def _key(text: str) -> str:
 
 
 def _cached(text: str) -> CompiledPolicy | None:
-    with _lock:
-        return _cache.get(_key(text))
+    return _compiled.get(_key(text))
 
 
 def _remember(text: str, compiled: CompiledPolicy) -> None:
-    with _lock:
-        if len(_cache) >= _CACHE_SIZE:
-            _cache.pop(next(iter(_cache)))
-        _cache[_key(text)] = compiled
+    _compiled.put(_key(text), compiled)
