@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import logging
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -91,3 +94,33 @@ async def echo_forever(listener: Any) -> None:
 
 
 logging.getLogger("umbranet").setLevel(logging.INFO)
+
+
+def start_agent(
+    identity: Path,
+    state_dir: Path,
+    log_path: Path,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`umbra up` as a real process (refreshing every 0.5 s), its output appended to a log."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "umbranet.cli.main",
+                "up",
+                "--identity",
+                str(identity),
+                "--state-dir",
+                str(state_dir),
+                "--refresh",
+                "0.5",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=None if env is None else dict(env),
+        )

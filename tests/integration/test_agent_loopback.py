@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, start_agent, wait_for
 from umbranet.agent import LocalApiClient
 from umbranet.quickstart import Quickstart
 
@@ -91,27 +91,7 @@ class Agents:
 def _start_agent(
     net: Quickstart, identity: Path, state_dir: Path, extra: list[str]
 ) -> subprocess.Popen[bytes]:
-    log = open(net.logs / f"agent-{state_dir.name}.log", "ab")  # noqa: SIM115
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "umbranet.cli.main",
-            "up",
-            "--identity",
-            str(identity),
-            "--state-dir",
-            str(state_dir),
-            "--refresh",
-            "0.5",
-            *extra,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    log.close()
-    return child
+    return start_agent(identity, state_dir, net.logs / f"agent-{state_dir.name}.log", extra)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, start_agent, wait_for
 from umbranet.agent import LocalApiClient
 from umbranet.quickstart import Quickstart
 
@@ -85,27 +85,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         spiffe_id = json.loads(identity.read_text())["spiffe_id"]
         state_dir = root / "agent"
         sock = root / "wl.sock"
-        log = open(net.logs / "agent-workload.log", "ab")  # noqa: SIM115
         environment = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": f"unix://{sock}"}
-        agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "umbranet.cli.main",
-                "up",
-                "--identity",
-                str(identity),
-                "--state-dir",
-                str(state_dir),
-                "--refresh",
-                "0.5",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=environment,
-        )
-        log.close()
+        agent = start_agent(identity, state_dir, net.logs / "agent-workload.log", env=environment)
         wait_for("the workload socket", sock.exists)
         yield Network(net, state_dir, sock, spiffe_id, agent)
     finally:
