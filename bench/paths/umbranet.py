@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.netns import Netns
@@ -40,6 +41,17 @@ CONTROLLER_PORT = 8443
 ROUTER_PORT = 7443
 REPO = Path(__file__).resolve().parents[2]
 READY_WAIT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Core:
+    """What `Umbranet.start_core` started: identity files, daemon PIDs and addresses."""
+
+    files: Path
+    controller: int
+    router: int
+    controller_addr: str
+    router_addr: str
 
 
 class Umbranet(DaemonPath):
@@ -76,9 +88,10 @@ class Umbranet(DaemonPath):
             versions["uvloop"] = "not installed (stock asyncio loop)"
         return versions
 
-    def setup(self, ns_a: Netns, ns_b: Netns, tmpdir: Path) -> Endpoints:
-        t0 = time.monotonic()
-        env = _env()
+    def start_core(
+        self, ns_b: Netns, tmpdir: Path, env: dict[str, str], *, agent: bool = False
+    ) -> Core:
+        """Controller and router in B, identities provisioned (with the agents' if `agent`)."""
         home, files = tmpdir / "home", tmpdir / "ids"
         files.mkdir(mode=0o700)
         controller_addr = f"{ns_b.addr}:{CONTROLLER_PORT}"
@@ -89,7 +102,8 @@ class Umbranet(DaemonPath):
             ns_b, [*_umbra(home), "controller", "run"], tmpdir / "controller.log", env
         )
         setup = [sys.executable, "-m", "bench.paths.umbranet_setup"]
-        _ns_run(ns_b, [*setup, "provision", "--home", str(home), "--out", str(files)], env)
+        provision = [*setup, "provision", *(["--agent"] if agent else [])]
+        _ns_run(ns_b, [*provision, "--home", str(home), "--out", str(files)], env)
         router = self.spawn(
             ns_b,
             [
@@ -107,6 +121,14 @@ class Umbranet(DaemonPath):
             env,
         )
         _ns_run(ns_b, [*setup, "wait-router", "--home", str(home), "--address", router_addr], env)
+        return Core(files, controller, router, controller_addr, router_addr)
+
+    def setup(self, ns_a: Netns, ns_b: Netns, tmpdir: Path) -> Endpoints:
+        t0 = time.monotonic()
+        env = _env()
+        core = self.start_core(ns_b, tmpdir, env)
+        files, router, controller = core.files, core.router, core.controller
+        router_addr, controller_addr = core.router_addr, core.controller_addr
         ready = tmpdir / "host.ready"
         host = self.spawn(
             ns_b,

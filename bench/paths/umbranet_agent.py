@@ -27,13 +27,8 @@ from pathlib import Path
 from bench.netns import Netns
 from bench.paths import ECHO_PORT, IPERF_PORT, SINK_PORT, Endpoints, TcpTarget
 from bench.paths.umbranet import (
-    CONTROLLER_PORT,
-    ROUTER_PORT,
     Umbranet,
-    _check_run,
     _env,
-    _ns_run,
-    _umbra,
 )
 
 __all__ = ["AGENT_PORTS", "UmbranetAgent"]
@@ -57,35 +52,9 @@ class UmbranetAgent(Umbranet):
     def setup(self, ns_a: Netns, ns_b: Netns, tmpdir: Path) -> Endpoints:
         t0 = time.monotonic()
         env = _env()
-        home, files = tmpdir / "home", tmpdir / "ids"
-        files.mkdir(mode=0o700)
-        controller_addr = f"{ns_b.addr}:{CONTROLLER_PORT}"
-        router_addr = f"{ns_b.addr}:{ROUTER_PORT}"
-        _check_run([*_umbra(home), "controller", "init", "--address", controller_addr], env, "init")
-        controller = self.spawn(
-            ns_b, [*_umbra(home), "controller", "run"], tmpdir / "controller.log", env
-        )
-        setup = [sys.executable, "-m", "bench.paths.umbranet_setup"]
-        _ns_run(
-            ns_b, [*setup, "provision", "--agent", "--home", str(home), "--out", str(files)], env
-        )
-        router = self.spawn(
-            ns_b,
-            [
-                sys.executable,
-                "-m",
-                "umbranet.cli.main",
-                "router",
-                "run",
-                "--identity",
-                str(files / "router.json"),
-                "--listen",
-                router_addr,
-            ],
-            tmpdir / "router.log",
-            env,
-        )
-        _ns_run(ns_b, [*setup, "wait-router", "--home", str(home), "--address", router_addr], env)
+        core = self.start_core(ns_b, tmpdir, env, agent=True)
+        files, router, controller = core.files, core.router, core.controller
+        router_addr, controller_addr = core.router_addr, core.controller_addr
         host_agent = self.spawn(
             ns_b,
             _up(files / "agent-host.json", tmpdir / "agent-b"),
