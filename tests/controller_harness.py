@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -29,19 +28,7 @@ from umbranet.pki import (
     key_to_pem,
     make_csr,
 )
-
-
-class FakeClock:
-    """A clock tests move by hand; starts at a whole second of the real current time."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime.now(UTC).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
+from umbranet.testing.clock import FakeClock
 
 
 @dataclass

@@ -13,18 +13,25 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "umbranet"
 MODULES = sorted(p for p in SRC.rglob("*.py") if "migrations" not in p.parts)
 
+# The ground floor: modules at the package root that every layer may use (time as `Instant`,
+# metrics, the one bounded cache). They import no layer above them.
+GROUND = {"clock", "obs", "cache"}
 # Each layer may import only these umbranet layers (and itself). Reason in the comment.
 ALLOWED = {
-    "wire": set(),  # the byte format stands alone
-    "pki": set(),  # identities and tokens stand alone
-    "policy": set(),  # decisions are pure functions of data
-    "proto": {"wire", "pki", "policy"},  # state machines over the format and identities
-    "aio": {"wire", "pki", "policy", "proto"},  # shells drive the machines
-    "controller": {"wire", "pki", "policy", "proto", "aio"},
-    "router": {"wire", "pki", "policy", "proto", "aio"},  # never the SDK or controller
-    "sdk": {"wire", "pki", "policy", "proto", "aio"},  # never the router or controller
-    "integrations": {"wire", "pki", "policy", "proto", "aio", "sdk"},  # built on the SDK
-    "agent": {"wire", "pki", "policy", "proto", "aio", "sdk"},  # an SDK application
+    "wire": GROUND,  # the byte format stands alone
+    "pki": GROUND,  # identities and tokens stand alone
+    "policy": GROUND,  # decisions are pure functions of data
+    "proto": GROUND | {"wire", "pki", "policy"},  # state machines over format and identities
+    "aio": GROUND | {"wire", "pki", "policy", "proto"},  # shells drive the machines
+    "controller": GROUND | {"wire", "pki", "policy", "proto", "aio"},
+    "router": GROUND | {"wire", "pki", "policy", "proto", "aio"},  # never the SDK or controller
+    "sdk": GROUND | {"wire", "pki", "policy", "proto", "aio"},  # never the router or controller
+    # built on the SDK; never the router or the controller
+    "integrations": GROUND | {"wire", "pki", "policy", "proto", "aio", "sdk"},
+    "agent": GROUND | {"wire", "pki", "policy", "proto", "aio", "sdk"},  # an SDK application
+    # the test kit drives the real machines and shells of every layer below the CLI
+    "testing": GROUND
+    | {"wire", "pki", "policy", "proto", "aio", "controller", "router", "sdk", "agent"},
 }
 PURE = {"wire", "pki", "policy", "proto"}
 IMPURE_MODULES = {"asyncio", "socket", "ssl", "time", "selectors", "threading"}
@@ -57,6 +64,27 @@ def test_module_imports_follow_the_layers(path: Path) -> None:
             assert target == layer or target in ALLOWED[layer], f"{layer} imports {name}"
         if layer in PURE:
             assert name.split(".")[0] not in IMPURE_MODULES, f"pure {layer} imports {name}"
+
+
+@pytest.mark.parametrize("name", sorted(GROUND))
+def test_the_ground_floor_imports_no_layer(name: str) -> None:
+    path = SRC / f"{name}.py"
+    if not path.exists():
+        pytest.skip(f"{name}.py is not part of this tree")
+    assert not [n for n in _imports(path) if n.startswith("umbranet.")]
+
+
+def test_nothing_in_the_package_imports_the_test_kit() -> None:
+    # umbranet.testing holds fakes (clocks, networks); production code must never reach them.
+    offenders = [
+        str(path.relative_to(SRC))
+        for path in MODULES
+        if _layer(path) != "testing"
+        and any(
+            n == "umbranet.testing" or n.startswith("umbranet.testing.") for n in _imports(path)
+        )
+    ]
+    assert offenders == []
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))

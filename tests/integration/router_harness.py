@@ -19,7 +19,7 @@ from umbranet.pki.tickets import Action
 from umbranet.proto.e2e import LocalCredentials
 from umbranet.proto.flow import DEFAULT_WINDOW
 from umbranet.router import Router
-from umbranet.router.forwarder import PeerLink
+from umbranet.router.switch import SwitchLink
 from umbranet.sdk import Context, Listener, Stream
 from umbranet.testing import LocalNetwork
 from umbranet.testing.rawlink import RawLink
@@ -177,7 +177,7 @@ def spiffe_id(network: LocalNetwork, name: str) -> str:
     return f"spiffe://{network.trust_domain}/workload/{name}"
 
 
-def peer_link(router: Router, spiffe_id: str) -> PeerLink:
+def peer_link(router: Router, spiffe_id: str) -> SwitchLink:
     links = [p for p in router._links.values() if p.identity == spiffe_id]
     assert len(links) == 1
     return links[0]

@@ -75,14 +75,14 @@ def test_router_sees_only_ciphertext(network, arun) -> None:
     async def main() -> bytes:
         async with running_router(network) as router:
             seen = bytearray()
-            forward = router.forwarder.frames
+            forward = router.switch.frames
 
-            def record(source, frames, dirty):  # type: ignore[no-untyped-def]
+            def record(source, frames, now):  # type: ignore[no-untyped-def]
                 for frame in frames:
                     seen.extend(bytes(frame.payload))
-                return forward(source, frames, dirty)
+                return forward(source, frames, now)
 
-            router.forwarder.frames = record  # type: ignore[method-assign]
+            router.switch.frames = record  # type: ignore[method-assign]
             host = context(network, "web", "server")
             client = context(network, "alice", "client")
             async with host, client:

@@ -34,15 +34,12 @@ from tests.integration.router_harness import (
 from umbranet.pki import IdentityFile, Signer
 from umbranet.pki.tickets import Action
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
-from umbranet.proto.flow import MIN_WINDOW
 from umbranet.sdk import DialError, StreamReset
-from umbranet.sdk.connection import RouterConnection
 from umbranet.testing import LocalNetwork
 from umbranet.testing.rawlink import RawLink
 from umbranet.wire import (
     MAX_PAYLOAD,
     ErrorCode,
-    Frame,
     FrameType,
     decode_control,
     encode_control,
@@ -390,31 +387,4 @@ def test_host_resets_a_dialer_whose_proof_fails_and_keeps_accepting(
     run_with_bystanders(network, arun, run)
 
 
-# -- 7. frames that race with a circuit's end do not cost the endpoint its link ------------------
-
-
-class _FakeLink:
-    closed = False
-
-    def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
-        self.closed = True
-
-    def write_many(self, buffers: list[bytes]) -> None:
-        pass
-
-    def send(self, ftype: int, circuit: int, payload: bytes = b"", flags: int = 0) -> None:
-        pass
-
-
-@pytest.mark.parametrize("ftype", [FrameType.ACCEPT, FrameType.HANDSHAKE, FrameType.DATA])
-def test_late_frames_for_an_ended_circuit_are_dropped(network: LocalNetwork, ftype: int) -> None:
-    # E.g. a dial that timed out (RESET sent) crosses the host's ACCEPT at the router.
-    connection = RouterConnection(
-        network.identity("alice"), "127.0.0.1:1", lambda: datetime.now(UTC)
-    )
-    link = _FakeLink()
-    connection._link = link  # type: ignore[assignment]
-    late = Frame(ftype, 0, 3, encode_control({"window": MIN_WINDOW}))
-    connection.frames_received(link, [late])  # type: ignore[arg-type]
-    assert not link.closed
-    assert connection.counters == {"frames_unknown_circuit": 1}
+# -- 7. frames that race with a circuit's end: see tests/unit/test_proto_endpoint.py ---------

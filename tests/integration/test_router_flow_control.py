@@ -156,7 +156,7 @@ def test_router_buffers_at_most_the_window_for_a_host_that_stops_reading(
             assert route.peer.account.in_flight <= MIN_WINDOW
             # Everything the router ever wrote to this host is still buffered somewhere
             # (router or kernel), and it is the window plus a few control frames.
-            assert peer.link.bytes_out <= MIN_WINDOW + 8192  # type: ignore[attr-defined]
+            assert peer.handle.bytes_out <= MIN_WINDOW + 8192  # type: ignore[attr-defined]
             writer.cancel()
             host.abort()
 
@@ -188,7 +188,7 @@ def test_a_peer_that_never_reads_its_answers_is_throttled(network: LocalNetwork,
             peer = peer_link(net.router, spiffe_id(network, "mallory"))
             await echo_round_trip(net.client)  # meanwhile everybody else is served
             # At most the limit plus the answers to one read.
-            buffered = peer.link.transport.get_write_buffer_size()  # type: ignore[attr-defined]
+            buffered = peer.handle.transport.get_write_buffer_size()  # type: ignore[attr-defined]
             assert buffered <= limit + 512 * 1024
             flooder.cancel()
             # Once the peer reads again, so does the router: a last PING is answered.

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.controller_harness import FakeClock, Harness, make_harness
+from tests.controller_harness import Harness, make_harness
 from umbranet.agent.workload import (
     JwtSvidCache,
     WorkloadApiError,
@@ -29,6 +29,7 @@ from umbranet.agent.workload import workload_pb2_grpc as pb_grpc
 from umbranet.aio.controller_client import JwtSvidGrant
 from umbranet.pki import SpiffeId
 from umbranet.pki.jwt_svid import JwtAuthority
+from umbranet.testing.clock import FakeClock
 
 HEADER = (("workload.spiffe.io", "true"),)
 JWT_KEY = JwtAuthority.generate()

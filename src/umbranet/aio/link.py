@@ -131,6 +131,13 @@ class Link(asyncio.BufferedProtocol):
         self.closed = True
         self.transport.close()
 
+    def close_transport(self) -> None:
+        """Close after pending writes, without a GOAWAY (the owner's machine queued one)."""
+        if self.closed or self.transport is None:
+            return
+        self.closed = True
+        self.transport.close()
+
     def abort(self) -> None:
         """Drop the connection at once."""
         self.closed = True

@@ -1,9 +1,10 @@
-"""The router process: a mutual-TLS listener for endpoint links around the Forwarder.
+"""The router process: a mutual-TLS listener for links, the asyncio shell around the Switch.
 
 The listener is the router's only open port. A connection becomes a link only after TLS
 (chain checked by OpenSSL against the network CA) and the SPIFFE checks at `now`; anything
 else (garbage, a client without a certificate, an expired SVID) is refused and counted, and
-other links never notice.
+other links never notice. The switch and each link's session are sans-IO machines; this
+shell feeds them reads and timer expiries and writes what they produce (`aio/driver.py`).
 
 Failed handshakes are counted where they happen, in the TLS object's `do_handshake` (the
 context's documented `sslobject_class` hook): the event loop swallows them, since asyncio
@@ -17,14 +18,16 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from typing import Any
 
+from umbranet.aio.driver import MachineTimer
 from umbranet.aio.link import Link
 from umbranet.aio.tls import link_server_context, load_identity, peer_svid
+from umbranet.clock import Clock, system_clock
 from umbranet.pki import IdentityFile, PkiError
-from umbranet.router.forwarder import Forwarder, PeerLink
+from umbranet.router.quotas import SwitchLimits
+from umbranet.router.switch import Switch, SwitchLink
 from umbranet.wire import ErrorCode, Frame
 
 log = logging.getLogger("umbranet.router")
@@ -35,34 +38,31 @@ Recheck = Callable[[list[tuple[str, str, str]]], Awaitable[dict[int, str]]]
 
 @dataclass(slots=True)
 class RouterConfig:
-    """Where a router listens and how long it waits for a new link to say HELLO."""
+    """Where a router listens, and what it lets each link cost it (`limits`)."""
 
     identity: IdentityFile
     host: str = "127.0.0.1"
     port: int = 7443
-    hello_timeout: float = 10.0
     tls_handshake_timeout: float = 10.0
     # Stop reading a link while this much waits to be written to it (see `_throttle`).
     link_buffer_limit: int = 4 * 1024 * 1024
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+    limits: SwitchLimits = field(default_factory=SwitchLimits)
 
 
 class Router:
     """`async with Router(config) as router:` serves until the block ends."""
 
-    def __init__(self, config: RouterConfig, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, config: RouterConfig, clock: Clock = system_clock) -> None:
         self.config = config
         self._clock = clock
         self.identity = config.identity
         self._ssl: ssl.SSLContext = link_server_context(config.identity)
         self._ssl.sslobject_class = _counting_ssl_objects(self._handshake_failed)
-        self.forwarder = Forwarder(lambda: self.identity.bundle, clock, self.name)
-        self._links: dict[Link, PeerLink] = {}
+        self.switch = Switch(lambda: self.identity.bundle, self.name, config.limits)
+        self._links: dict[Link, SwitchLink] = {}
         self._server: asyncio.Server | None = None
-        self._timers: dict[Link, asyncio.TimerHandle] = {}
+        self._timers: dict[Link, MachineTimer] = {}
+        self._switch_timer: MachineTimer | None = None
         self._throttled: dict[Link, asyncio.Task[None]] = {}
         self._checked_epoch = 0  # the newest epoch whose live grants were re-checked
 
@@ -86,6 +86,7 @@ class Router:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._switch_timer = MachineTimer(self._clock, self._switch_deadline)
         self._server = await loop.create_server(
             lambda: Link(self),
             self.config.host,
@@ -101,8 +102,11 @@ class Router:
             self._server.close()
             for task in list(self._throttled.values()):
                 task.cancel()
-            for link in list(self._links):
-                link.close(ErrorCode.SHUTTING_DOWN, "router stopping")
+            for link, state in list(self._links.items()):
+                state.session.close(ErrorCode.SHUTTING_DOWN, "router stopping")
+                self._close(link)
+            if self._switch_timer is not None:
+                self._switch_timer.cancel()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None
@@ -122,65 +126,77 @@ class Router:
         sent to `recheck` (the controller) and those it denies are closed with the reason.
         Returns how many were closed.
         """
-        self.forwarder.epoch = max(self.forwarder.epoch, epoch)
+        self.switch.epoch = max(self.switch.epoch, epoch)
         if epoch <= self._checked_epoch:
             return 0
-        grants = self.forwarder.live_grants(list(self._links.values()))
+        grants = self.switch.live_grants(list(self._links.values()))
         triples = [(who, service, action) for who, service, action, _ in grants]
         denied = await recheck(triples) if triples else {}
         self._checked_epoch = max(self._checked_epoch, epoch)
-        dirty: set[PeerLink] = set()
         for index, reason in denied.items():
-            self.forwarder.revoke(grants[index][3], reason, dirty)
-        self._flush(dirty)
+            self.switch.revoke(grants[index][3], reason)
+        self._flush()
         if denied:
             log.info("epoch %d: closed %d grants no longer allowed", epoch, len(denied))
         return len(denied)
 
     def statistics(self) -> dict[str, Any]:
         """Counters for status pages and tests."""
+        switch = self.switch
         return {
             "links": len(self._links),
-            "circuits": self.forwarder.circuits,
-            "bindings": len(self.forwarder.terminators),
-            "counters": dict(self.forwarder.counters),
+            "circuits": switch.circuits,
+            "bindings": len(switch.terminators),
+            "pending_handshakes": switch.pending_handshakes,
+            "in_flight": switch.in_flight,
+            "bytes_in": sum(link.bytes_in for link in self._links),
+            "bytes_out": sum(link.bytes_out for link in self._links),
+            "frames_in": sum(link.frames_in for link in self._links),
+            "counters": dict(switch.counters),
         }
 
     # -- LinkOwner ----------------------------------------------------------------------
 
     def link_made(self, link: Link) -> None:
         assert link.transport is not None
+        now = self._clock.now()
         try:
-            peer = peer_svid(link.transport, self.identity.bundle, self._clock())
+            peer = peer_svid(link.transport, self.identity.bundle, now.wall)
         except PkiError as exc:
-            self.forwarder.counters[exc.code] += 1
-            log.warning("refused link code=%s reason=%s", exc.code, exc.reason)
+            self.switch.counters[exc.code] += 1
+            log.warning("refused link code=%s reason=%r", exc.code, exc.reason)
             link.close(ErrorCode.NOT_AUTHORIZED, f"certificate rejected: {exc.reason}")
             return
         link.peer_id = str(peer.spiffe_id)
-        self._links[link] = PeerLink(link, link.peer_id)
-        self.forwarder.counters["links_accepted"] += 1
-        self._timers[link] = asyncio.get_running_loop().call_later(
-            self.config.hello_timeout, self._hello_deadline, link
-        )
+        state = self.switch.add_link(link, link.peer_id, peer.spiffe_id.kind or "", now)
+        self._links[link] = state
+        self.switch.counters["links_accepted"] += 1
+        timer = MachineTimer(self._clock, lambda: self._link_deadline(link))
+        self._timers[link] = timer
+        timer.arm(state.session.poll_timeout())
 
     def frames_received(self, link: Link, frames: list[Frame]) -> None:
         state = self._links.get(link)
         if state is None:
             return
-        dirty: set[PeerLink] = set()
         try:
-            closing = self.forwarder.frames(state, frames, dirty)
+            closing = self.switch.frames(state, frames, self._clock.now())
         except Exception:
             # A bug must cost one link, never the loop or other links.
             log.exception("internal error handling frames from %s", link.peer_id)
-            self.forwarder.counters["internal_error"] += 1
+            self.switch.counters["internal_error"] += 1
+            state.session.close(ErrorCode.INTERNAL_ERROR, "internal error")
             closing = ErrorCode.INTERNAL_ERROR, "internal error"
-        self._flush(dirty)
+        self._flush()
         if closing is not None:
-            link.close(*closing)
-        else:
-            self._throttle(link)
+            self._close(link)
+            return
+        timer = self._timers.get(link)
+        if timer is not None:
+            timer.arm(state.session.poll_timeout())
+        if self._switch_timer is not None:
+            self._switch_timer.arm(self.switch.poll_timeout())
+        self._throttle(link)
 
     def link_lost(self, link: Link, error: BaseException | None) -> None:
         timer = self._timers.pop(link, None)
@@ -190,22 +206,49 @@ class Router:
         if state is None:
             return
         if link.decode_error is not None:  # garbage that never became frames: count it too
-            self.forwarder.counters[link.decode_error.code.code] += 1
-        dirty: set[PeerLink] = set()
-        self.forwarder.link_gone(state, dirty)
-        dirty.discard(state)
-        self._flush(dirty)
+            self.switch.counters[link.decode_error.code.code] += 1
+        self.switch.link_gone(state)
+        self._flush()
         log.info("link lost identity=%s", link.peer_id)
 
     # -- internals ----------------------------------------------------------------------
 
-    def _flush(self, dirty: set[PeerLink]) -> None:
-        for peer in dirty:
-            if peer.outbox:
-                out, peer.outbox = peer.outbox, []
-                link = peer.link
-                assert isinstance(link, Link)
+    def _flush(self) -> None:
+        for peer, out in self.switch.poll_transmit():
+            handle = peer.handle
+            assert isinstance(handle, Link)
+            handle.write_many(out)
+        for shed in self.switch.poll_shed():
+            assert isinstance(shed.handle, Link)
+            self._close(shed.handle)
+
+    def _close(self, link: Link) -> None:
+        """Close a link whose GOAWAY its session has queued (and `_flush` written)."""
+        state = self._links.get(link)
+        if state is not None:
+            out = state.session.poll_transmit()
+            if out:
                 link.write_many(out)
+        link.close_transport()
+
+    def _link_deadline(self, link: Link) -> None:
+        state = self._links.get(link)
+        if state is None:
+            return
+        closing = self.switch.link_timeout(state, self._clock.now())
+        self._flush()
+        if closing is None:
+            self._timers[link].arm(state.session.poll_timeout())
+        elif closing[0] is ErrorCode.PEER_GONE:
+            link.abort()  # a silent peer never drains what is queued for it
+        else:
+            self._close(link)
+
+    def _switch_deadline(self) -> None:
+        self.switch.handle_timeout(self._clock.now())
+        self._flush()
+        if self._switch_timer is not None:
+            self._switch_timer.arm(self.switch.poll_timeout())
 
     def _throttle(self, link: Link) -> None:
         """Stop reading a link while its own outbound buffer is over the limit.
@@ -220,7 +263,7 @@ class Router:
         if transport.get_write_buffer_size() <= self.config.link_buffer_limit:
             return
         transport.pause_reading()
-        self.forwarder.counters["links_throttled"] += 1
+        self.switch.counters["links_throttled"] += 1
         self._throttled[link] = asyncio.get_running_loop().create_task(self._unthrottle(link))
 
     async def _unthrottle(self, link: Link) -> None:
@@ -231,16 +274,9 @@ class Router:
         if not link.closed and link.transport is not None:
             link.transport.resume_reading()
 
-    def _hello_deadline(self, link: Link) -> None:
-        self._timers.pop(link, None)
-        state = self._links.get(link)
-        if state is not None and not state.hello:
-            self.forwarder.counters["hello_timeout"] += 1
-            link.close(ErrorCode.PROTOCOL_ERROR, "no HELLO in time")
-
     def _handshake_failed(self, exc: ssl.SSLError) -> None:
         """Count a refused TLS handshake (garbage, no certificate, untrusted or expired)."""
-        self.forwarder.counters["tls_handshake_failed"] += 1
+        self.switch.counters["tls_handshake_failed"] += 1
         reason = getattr(exc, "verify_message", None) or exc.reason or type(exc).__name__
         log.warning("refused connection: TLS handshake failed (%s)", reason)
 

@@ -1,9 +1,11 @@
-"""RouterConnection: an endpoint's long-lived, multiplexed link to one router.
+"""RouterConnection: the asyncio shell around one endpoint link (`proto.endpoint.EndpointLink`).
 
 One TLS handshake per router, not per stream (a handshake costs ~1 ms of CPU): dials and
-bindings share the link, each circuit with its own flow control. The connection checks that
-the server is a router of our network (SPIFFE ID kind `router`), says HELLO, then dispatches
-frames to circuits and listeners, writing everything a read produced in one go.
+bindings share the link, each circuit with its own flow control. The shell checks that the
+server is a router of our network (SPIFFE ID kind `router`), then drives the machine: frames
+in, events out (futures resolved, streams woken), writes out, one timer armed. Keepalive,
+dial and bind deadlines and the handshake cork are the machine's; the shell only keeps
+the asyncio objects (futures, streams, listeners) keyed by the machine's ids.
 """
 
 from __future__ import annotations
@@ -11,55 +13,34 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime
 from typing import TYPE_CHECKING
 
+from umbranet.aio.driver import MachineTimer
 from umbranet.aio.link import Link
 from umbranet.aio.tls import link_client_context, peer_svid
+from umbranet.clock import Clock
 from umbranet.pki import IdentityFile, PkiError
-from umbranet.proto.circuit import Circuit, Closed, Opened, State
+from umbranet.proto.circuit import Circuit, State
+from umbranet.proto.endpoint import (
+    AcceptFailed,
+    BindFailed,
+    BindingLost,
+    Bound,
+    Dialed,
+    DialFailed,
+    EndpointLink,
+    Incoming,
+    LinkDown,
+)
+from umbranet.proto.link import LinkTimers
 from umbranet.sdk.errors import BindError, DialError
 from umbranet.sdk.stream import Stream
-from umbranet.wire import (
-    PROTOCOL_VERSION,
-    ErrorCode,
-    Frame,
-    FrameType,
-    WireError,
-    decode_control,
-    encode_control,
-)
-from umbranet.wire.control import decode_error, encode_error
+from umbranet.wire import ErrorCode, Frame
 
 if TYPE_CHECKING:
     from umbranet.sdk.listener import Listener
 
 log = logging.getLogger("umbranet.sdk")
-
-# Frames for an open circuit. Only these go to a circuit by id: binding ids (BIND_OK,
-# BIND_ERR) and new circuits (CONNECT) share the id field but not the number space.
-_CIRCUIT_FRAMES = frozenset(
-    {FrameType.ACCEPT, FrameType.HANDSHAKE, FrameType.DATA, FrameType.CREDIT, FrameType.RESET}
-)
-
-
-class _Entry:
-    """A circuit on this link and who waits for it to open (a dialer or a listener)."""
-
-    __slots__ = ("circuit", "dialer", "listener", "service", "stream")
-
-    def __init__(
-        self,
-        circuit: Circuit,
-        service: str,
-        dialer: asyncio.Future[Stream] | None = None,
-        listener: Listener | None = None,
-    ) -> None:
-        self.circuit = circuit
-        self.service = service
-        self.dialer = dialer
-        self.listener = listener
-        self.stream: Stream | None = None
 
 
 class RouterConnection:
@@ -69,25 +50,25 @@ class RouterConnection:
         self,
         identity: IdentityFile,
         address: str,
-        clock: Callable[[], datetime],
+        clock: Clock,
         on_lost: Callable[[RouterConnection], None] | None = None,
+        timers: LinkTimers | None = None,
     ) -> None:
         self.identity = identity
         self.address = address
         self.name = address
         self._clock = clock
         self._on_lost = on_lost
+        self._timers = timers
         self._link: Link | None = None
+        self._machine: EndpointLink | None = None
+        self._timer: MachineTimer | None = None
         self._hello: asyncio.Future[None] | None = None
-        self._next_circuit = 1  # we are the TLS client: odd ids
-        self._circuits: dict[int, _Entry] = {}
+        self._dials: dict[int, tuple[asyncio.Future[Stream], str]] = {}
+        self._streams: dict[int, Stream] = {}
         self._bind_waiters: dict[int, asyncio.Future[int]] = {}
         self._listeners: dict[int, Listener] = {}
-        # A just-opened dial's HANDSHAKE, held back so it leaves with the application's
-        # first write (one TLS record and one router read instead of two); see `_cork`.
-        self._corked: dict[int, list[bytes]] = {}
         self.closed = False
-        self.counters: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -113,13 +94,15 @@ class RouterConnection:
             raise DialError("router_unreachable", f"router {self.address}: {exc!r}") from exc
 
     def close(self) -> None:
-        if self._link is not None:
-            self._link.close(ErrorCode.NO_ERROR, "endpoint closing")
+        if self._machine is not None and self._link is not None and not self._link.closed:
+            self._machine.close()
+            self._transmit()
+            self._link.close_transport()
+        elif self._link is not None:
+            self._link.abort()
+        if self._timer is not None:
+            self._timer.cancel()
         self.closed = True
-
-    async def link_writable(self) -> None:
-        if self._link is not None:
-            await self._link.writable()
 
     def link_blocked(self) -> asyncio.Future[None] | None:
         """What to wait for while the link's writes are paused; None when it accepts writes."""
@@ -129,56 +112,83 @@ class RouterConnection:
     def live(self) -> bool:
         return not self.closed and self._link is not None and not self._link.closed
 
+    @property
+    def counters(self) -> dict[str, int]:
+        return self._machine.counters if self._machine is not None else {}
+
+    def statistics(self) -> dict[str, object]:
+        machine = self._machine
+        link = self._link
+        return {
+            "router": self.name,
+            "live": self.live,
+            "circuits": machine.circuits if machine is not None else 0,
+            "link": machine.session.statistics() if machine is not None else {},
+            "bytes_in": link.bytes_in if link is not None else 0,
+            "bytes_out": link.bytes_out if link is not None else 0,
+            "counters": dict(self.counters),
+        }
+
     # -- circuits -----------------------------------------------------------------------
 
     def open_circuit(
-        self, service: str, make: Callable[[int], Circuit]
+        self, service: str, make: Callable[[int], Circuit], timeout: float = 10.0
     ) -> tuple[int, asyncio.Future[Stream]]:
-        """Start a dial: `make(circuit_id)` builds the circuit; the future yields the stream."""
-        circuit_id = self._allocate()
-        circuit = make(circuit_id)
+        """Start a dial: `make(circuit_id)` builds the circuit; the future yields the stream
+        (or DialError, `dial_timeout` when nothing answered within `timeout`)."""
+        machine = self._require_machine()
         waiter: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
-        self._circuits[circuit_id] = _Entry(circuit, service, dialer=waiter)
-        self.flush(circuit)
-        return circuit_id, waiter
+        circuit = machine.dial(make, self._clock.now(), timeout)
+        self._dials[circuit.id] = (waiter, service)
+        self._step()
+        return circuit.id, waiter
 
     def cancel_circuit(self, circuit_id: int) -> None:
-        entry = self._circuits.pop(circuit_id, None)
-        if entry is not None and entry.circuit.state is not State.CLOSED:
-            entry.circuit.reset(ErrorCode.CANCELLED, "dial abandoned")
-            self._write(self._outgoing(entry.circuit))
+        self._dials.pop(circuit_id, None)
+        if self._machine is not None:
+            self._machine.cancel(circuit_id)
+            self._step()
 
     def flush(self, circuit: Circuit) -> None:
-        """Send what the circuit queued."""
-        self._write(self._outgoing(circuit))
-        if circuit.state is State.CLOSED and circuit.id in self._circuits:
-            # Keep it until its events were delivered; `_dispatch` removes it.
-            self._dispatch(circuit)
+        """Send what the circuit queued (called by streams after every operation)."""
+        machine = self._machine
+        if machine is None:
+            return
+        machine.flush(circuit)
+        # Writes, reads and closes never move a deadline earlier: no timer to re-arm.
+        self._step(arm=False)
 
     # -- bindings -----------------------------------------------------------------------
 
     async def bind(self, listener: Listener, binding_id: int, ticket: str) -> int:
         """Ask the router to route dials for the listener's service here; returns expiry."""
+        machine = self._require_machine()
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._bind_waiters[binding_id] = waiter
         self._listeners[binding_id] = listener
-        fields = {"ticket": ticket, "service": listener.service}
-        self._send(FrameType.BIND, binding_id, encode_control(fields))
+
+        def accept(circuit_id: int, connect: Frame) -> Circuit:
+            return Circuit.accept(circuit_id, connect, listener.handshake())
+
+        machine.bind(binding_id, listener.service, ticket, accept, self._clock.now())
+        self._step()
         try:
-            return await asyncio.wait_for(waiter, 10.0)
+            return await waiter
         finally:
             self._bind_waiters.pop(binding_id, None)
 
     def unbind(self, binding_id: int) -> None:
-        if self._listeners.pop(binding_id, None) is not None:
-            self._send(FrameType.UNBIND, binding_id)
+        if self._listeners.pop(binding_id, None) is not None and self._machine is not None:
+            self._machine.unbind(binding_id)
+            self._step()
 
     # -- LinkOwner ----------------------------------------------------------------------
 
     def link_made(self, link: Link) -> None:
         assert link.transport is not None
+        now = self._clock.now()
         try:
-            peer = peer_svid(link.transport, self.identity.bundle, self._clock())
+            peer = peer_svid(link.transport, self.identity.bundle, now.wall)
         except PkiError as exc:
             link.abort()
             self._fail_hello(DialError(exc.code, f"router certificate: {exc.reason}"))
@@ -190,50 +200,25 @@ class RouterConnection:
         link.peer_id = str(peer.spiffe_id)
         self.name = peer.spiffe_id.name or self.address
         self._link = link
-        link.send(FrameType.HELLO, 0, encode_control({"v": PROTOCOL_VERSION, "role": "endpoint"}))
+        self._machine = EndpointLink(name=self.identity.name, now=now, timers=self._timers)
+        self._timer = MachineTimer(self._clock, self._on_timer)
+        self._step()
 
     def frames_received(self, link: Link, frames: list[Frame]) -> None:
-        now = self._clock()
-        touched: dict[int, Circuit] = {}
-        for frame in frames:
-            circuit_id = frame.circuit
-            entry = self._circuits.get(circuit_id)
-            if entry is not None and frame.type in _CIRCUIT_FRAMES:
-                entry.circuit.handle_frame(frame, now)
-                touched[circuit_id] = entry.circuit
-                continue
-            try:
-                self._control_frame(frame, now, touched)
-            except WireError as exc:
-                log.warning("router %s sent a bad frame: %s", self.name, exc)
-                link.close(exc.code, exc.reason)
-                return
-        out: list[bytes] = []
-        corked: list[int] = []
-        for circuit_id, circuit in touched.items():
-            if self._just_dialed(circuit):
-                self._corked[circuit_id] = circuit.poll_transmit()
-                corked.append(circuit_id)
-            else:
-                out.extend(self._outgoing(circuit))
-        self._write(out)
-        for circuit in touched.values():
-            self._dispatch(circuit)
-        for circuit_id in corked:
-            # The dialer's task runs within two loop turns (future -> wait_for -> task);
-            # whatever it has not sent by then goes out anyway.
-            asyncio.get_running_loop().call_soon(self._uncork, circuit_id, 2)
+        machine = self._machine
+        if machine is None:
+            return
+        machine.handle_frames(frames, self._clock.now())
+        self._step()
 
     def link_lost(self, link: Link, error: BaseException | None) -> None:
         self.closed = True
-        self._corked.clear()
+        if self._timer is not None:
+            self._timer.cancel()
         self._fail_hello(DialError("router_unreachable", f"link to {self.address} lost"))
-        for entry in list(self._circuits.values()):
-            circuit = entry.circuit
-            if circuit.state is not State.CLOSED:
-                circuit.reset(ErrorCode.PEER_GONE, "link to the router dropped")
-                circuit.poll_transmit()
-            self._dispatch(circuit)
+        if self._machine is not None:
+            self._machine.link_lost()
+            self._deliver()
         for waiter in self._bind_waiters.values():
             if not waiter.done():
                 waiter.set_exception(BindError("router_unreachable", "link lost"))
@@ -243,142 +228,119 @@ class RouterConnection:
         if self._on_lost is not None:
             self._on_lost(self)
 
-    # -- internals ----------------------------------------------------------------------
+    # -- the driver ---------------------------------------------------------------------
 
-    def _control_frame(self, frame: Frame, now: datetime, touched: dict[int, Circuit]) -> None:
-        ftype = frame.type
-        if ftype == FrameType.HELLO:
-            decode_control(frame.payload).int_field("v", 0, 65535)
-            if self._hello is not None and not self._hello.done():
-                self._hello.set_result(None)
-        elif ftype == FrameType.CONNECT:
-            self._connect(frame, now, touched)
-        elif ftype in (FrameType.BIND_OK, FrameType.BIND_ERR):
-            waiter = self._bind_waiters.get(frame.circuit)
-            if waiter is None or waiter.done():
-                if ftype == FrameType.BIND_ERR:
-                    self._binding_revoked(frame)
-                return
-            if ftype == FrameType.BIND_OK:
-                waiter.set_result(decode_control(frame.payload).int_field("expires_at"))
+    def _on_timer(self) -> None:
+        if self._machine is not None and not self.closed:
+            self._machine.handle_timeout(self._clock.now())
+            self._step()
+
+    def _step(self, arm: bool = True) -> None:
+        """After any input: write, deliver events, wake streams, re-arm the timer."""
+        self._transmit()
+        self._deliver()
+        if arm and self._timer is not None and self._machine is not None and not self.closed:
+            self._timer.arm(self._machine.poll_timeout())
+
+    def _transmit(self) -> None:
+        machine, link = self._machine, self._link
+        if machine is not None and link is not None:
+            out = machine.poll_transmit()
+            if out:
+                link.write_many(out)
+
+    def _deliver(self) -> None:
+        machine = self._machine
+        if machine is None:
+            return
+        hello = self._hello
+        if hello is not None and not hello.done() and machine.ready:
+            hello.set_result(None)
+        while (event := machine.poll_event()) is not None:
+            if isinstance(event, Dialed):
+                self._dialed(event.circuit)
+            elif isinstance(event, Incoming):
+                self._incoming(event.binding_id, event.circuit)
+            elif isinstance(event, DialFailed):
+                dial = self._dials.pop(event.circuit_id, None)
+                if dial is not None and not dial[0].done():
+                    dial[0].set_exception(DialError(event.code, event.reason))
+            elif isinstance(event, AcceptFailed):
+                listener = self._listeners.get(event.binding_id)
+                if listener is not None:
+                    listener.refused(event.code, event.reason)
+            elif isinstance(event, Bound | BindFailed):
+                self._bind_answered(event)
+            elif isinstance(event, BindingLost):
+                self._binding_lost(event)
+            elif isinstance(event, LinkDown):
+                self._link_down(event)
+        for circuit in machine.take_touched():
+            if circuit.state is State.CLOSED:
+                stream = self._streams.pop(circuit.id, None)
             else:
-                code, reason = decode_error(frame.payload)
-                waiter.set_exception(BindError(code.code, reason))
-        elif ftype == FrameType.GOAWAY:
-            code, reason = decode_error(frame.payload)
-            log.info("router %s said goodbye: %s %s", self.name, code.code, reason)
-        elif ftype == FrameType.PING:
-            self._send(FrameType.PONG, 0, bytes(frame.payload[:64]))
-        elif ftype == FrameType.PONG:
-            self._count("pong")
-        elif ftype in _CIRCUIT_FRAMES:
-            # A circuit we already ended (reset, cancelled dial) races with its last frames.
-            self._count("frames_unknown_circuit")
+                stream = self._streams.get(circuit.id)
+            if stream is not None:
+                stream.notify()
+
+    def _dialed(self, circuit: Circuit) -> None:
+        waiter, service = self._dials.pop(circuit.id, (None, ""))
+        if waiter is None or waiter.done():
+            circuit.reset(ErrorCode.CANCELLED, "dial abandoned")
+            self.flush(circuit)
+            return
+        stream = Stream(self, circuit, service)
+        self._streams[circuit.id] = stream
+        waiter.set_result(stream)
+
+    def _incoming(self, binding_id: int, circuit: Circuit) -> None:
+        listener = self._listeners.get(binding_id)
+        if listener is None:
+            circuit.reset(ErrorCode.REFUSED, "no longer hosting this service")
+            self.flush(circuit)
+            return
+        stream = listener.new_stream(self, circuit)
+        self._streams[circuit.id] = stream
+        listener.deliver(stream)
+
+    def _bind_answered(self, event: Bound | BindFailed) -> None:
+        waiter = self._bind_waiters.get(event.binding_id)
+        if waiter is None or waiter.done():
+            return
+        if isinstance(event, Bound):
+            waiter.set_result(event.expires_at)
         else:
-            raise WireError(ErrorCode.PROTOCOL_ERROR, f"unexpected {FrameType(ftype).name}")
+            waiter.set_exception(BindError(event.code, event.reason))
 
-    def _binding_revoked(self, frame: Frame) -> None:
+    def _binding_lost(self, event: BindingLost) -> None:
         """The router dropped a live binding (e.g. access was revoked): tell its listener."""
-        listener = self._listeners.pop(frame.circuit, None)
+        listener = self._listeners.pop(event.binding_id, None)
         if listener is not None:
-            code, reason = decode_error(frame.payload)
             log.warning(
-                "binding for %s dropped by the router: %s %s", listener.service, code.code, reason
+                "binding dropped by the router service=%s code=%s reason=%r",
+                listener.service,
+                event.code,
+                event.reason,
             )
-            listener.binding_lost(self, code.code, reason)
+            listener.binding_lost(self, event.code, event.reason)
 
-    def _connect(self, frame: Frame, now: datetime, touched: dict[int, Circuit]) -> None:
-        """A router brings a dialer to one of our bindings."""
-        ctl = decode_control(frame.payload)
-        listener = self._listeners.get(ctl.int_field("binding"))
-        if listener is None or frame.circuit % 2 or frame.circuit in self._circuits:
-            self._count("connect_refused")
-            self._send(
-                FrameType.RESET,
-                frame.circuit,
-                encode_error(ErrorCode.REFUSED, "no such binding here"),
-            )
+    def _link_down(self, event: LinkDown) -> None:
+        if self._hello is not None and not self._hello.done() and event.code != "no_error":
+            self._fail_hello(DialError(event.code, event.reason))
+        log.info("link down router=%s code=%s reason=%r", self.name, event.code, event.reason)
+        if self._link is None:
             return
-        circuit = Circuit.accept(frame.circuit, frame, listener.handshake())
-        self._circuits[frame.circuit] = _Entry(circuit, listener.service, listener=listener)
-        touched[frame.circuit] = circuit
+        if event.code == "peer_silent":
+            self._link.abort()  # a dead peer never drains what is queued for it
+        else:
+            self._transmit()
+            self._link.close_transport()
 
-    def _dispatch(self, circuit: Circuit) -> None:
-        """Deliver the circuit's events: opened streams, wake-ups, and its end."""
-        entry = self._circuits.get(circuit.id)
-        if entry is None:
-            return
-        while (event := circuit.poll_event()) is not None:
-            if isinstance(event, Opened):
-                if entry.listener is not None:
-                    entry.stream = entry.listener.new_stream(self, circuit)
-                else:
-                    entry.stream = Stream(self, circuit, entry.service)
-                if entry.dialer is not None and not entry.dialer.done():
-                    entry.dialer.set_result(entry.stream)
-                elif entry.listener is not None:
-                    entry.listener.deliver(entry.stream)
-            elif isinstance(event, Closed) and entry.stream is None:
-                self._refused(entry, event)
-        # Forget a closed circuit before waking its stream: a closing stream flushes from
-        # `notify`, and `flush` dispatches circuits it still finds here (endless recursion).
-        if circuit.state is State.CLOSED:
-            self._circuits.pop(circuit.id, None)
-        if entry.stream is not None:
-            entry.stream.notify()
-
-    def _refused(self, entry: _Entry, event: Closed) -> None:
-        """A circuit closed before it opened: a refused dial or a failed accept."""
-        self._count(event.code.code)
-        if entry.dialer is not None and not entry.dialer.done():
-            entry.dialer.set_exception(DialError(event.code.code, event.reason))
-        if entry.listener is not None:
-            entry.listener.refused(event.code.code, event.reason)
-
-    def _allocate(self) -> int:
-        while True:
-            self._next_circuit = (self._next_circuit + 2) % (1 << 32) or 1
-            if self._next_circuit not in self._circuits:
-                return self._next_circuit
-
-    def _outgoing(self, circuit: Circuit) -> list[bytes]:
-        """What to write for `circuit`: its held-back handshake first, then its new frames."""
-        held = self._corked.pop(circuit.id, None) if self._corked else None
-        if held is None:
-            return circuit.poll_transmit()
-        held.extend(circuit.poll_transmit())
-        return held
-
-    def _just_dialed(self, circuit: Circuit) -> bool:
-        """Our dial opened in this read and its stream is not handed out yet."""
-        entry = self._circuits.get(circuit.id)
-        return (
-            entry is not None
-            and entry.dialer is not None
-            and entry.stream is None
-            and circuit.state is State.OPEN
-            and circuit.id not in self._corked
-        )
-
-    def _uncork(self, circuit_id: int, turns: int) -> None:
-        if circuit_id not in self._corked:
-            return
-        if turns > 1:
-            asyncio.get_running_loop().call_soon(self._uncork, circuit_id, turns - 1)
-            return
-        self._write(self._corked.pop(circuit_id))
-
-    def _send(self, ftype: FrameType, circuit: int, payload: bytes = b"") -> None:
-        if self._link is not None:
-            self._link.send(ftype, circuit, payload)
-
-    def _write(self, buffers: list[bytes]) -> None:
-        if buffers and self._link is not None:
-            self._link.write_many(buffers)
+    def _require_machine(self) -> EndpointLink:
+        if self._machine is None or self.closed:
+            raise DialError("router_unreachable", f"no link to {self.address}")
+        return self._machine
 
     def _fail_hello(self, error: Exception) -> None:
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(error)
-
-    def _count(self, key: str) -> None:
-        self.counters[key] = self.counters.get(key, 0) + 1

@@ -17,10 +17,10 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from umbranet.clock import Clock, system_clock
 from umbranet.pki import IdentityFile
 from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit
@@ -62,10 +62,6 @@ class ControlPlane(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Context:
     """Identity + controller + router links: everything `dial` and `listen` need."""
 
@@ -74,7 +70,7 @@ class Context:
         identity: IdentityFile,
         *,
         identity_path: Path | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Clock = system_clock,
         control: Callable[[IdentityFile], ControlPlane] | None = None,
         renew: bool = True,
         report_posture: bool = True,
@@ -160,13 +156,15 @@ class Context:
                 continue
             handshake = DialerHandshake(service, grant.ticket, self.credentials())
             circuit_id, opened = connection.open_circuit(
-                service, functools.partial(Circuit.dial, service=service, handshake=handshake)
+                service,
+                functools.partial(Circuit.dial, service=service, handshake=handshake),
+                timeout,
             )
             try:
-                return await asyncio.wait_for(opened, timeout)
-            except TimeoutError as exc:
+                return await opened
+            except asyncio.CancelledError:
                 connection.cancel_circuit(circuit_id)
-                raise DialError("dial_timeout", f"no answer from {service} in {timeout}s") from exc
+                raise
         raise last
 
     def listen(self, service: str, backlog: int = 128) -> Listener:
@@ -203,7 +201,7 @@ class Context:
         ports of a service), reused until a minute before it expires."""
         key = (service, str(action), port)
         grant = self._tickets.get(key)
-        now = self.clock().timestamp()
+        now = self.clock.now().unix
         if fresh or grant is None or grant.expires_at - now < 60:
             self._start()
             if self._report_posture and not self._posture_sent.is_set():
@@ -270,7 +268,7 @@ class Context:
             certificate = self.identity.certificate
             start = certificate.not_valid_before_utc
             half_life = (certificate.not_valid_after_utc - start) / 2
-            delay = (start + half_life - self.clock()).total_seconds()
+            delay = (start + half_life - self.clock.now().wall).total_seconds()
             await asyncio.sleep(max(delay, 0.0))
             try:
                 await self.renew_now()

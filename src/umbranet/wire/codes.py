@@ -41,6 +41,10 @@ class ErrorCode(IntEnum):
     INTERNAL_ERROR = 50
     SHUTTING_DOWN = 51
     TOO_MANY_CIRCUITS = 52
+    HANDSHAKE_TIMEOUT = 53  # a circuit's handshake did not finish in time
+    RATE_LIMITED = 54  # too many control frames or ticket checks from one link or identity
+    QUOTA_EXCEEDED = 55  # an identity's or link's share (pending circuits, windows) is spent
+    OVERLOADED = 56  # the router's own budget is spent; the biggest holder was shed
 
     @property
     def code(self) -> str:

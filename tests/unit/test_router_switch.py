@@ -1,14 +1,15 @@
-"""The router's frame switch without sockets: PeerLinks whose outboxes the tests read.
+"""The router's switch without sockets: SwitchLinks whose outboxes the tests read.
 
-The Forwarder is IO-free (it only appends to `PeerLink.outbox`), so every admission rule,
-relay rule and error code can be driven frame by frame here; `tests/integration/
-test_router_bad_input.py` checks the same promises through real TLS links.
+The Switch is sans-IO (it only appends to each link's session outbox), so every admission
+rule, relay rule, deadline, quota and error code can be driven frame by frame here, in
+virtual time; `tests/integration/test_router_bad_input.py` checks the same promises through
+real TLS links.
 """
 
 from __future__ import annotations
 
 import struct
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,8 +19,11 @@ from hypothesis import strategies as st
 from umbranet.pki import IdentityFile, Signer
 from umbranet.pki.tickets import Action
 from umbranet.proto.flow import MIN_WINDOW
-from umbranet.router.forwarder import Forwarder, PeerLink
+from umbranet.router.quotas import SwitchLimits
+from umbranet.router.switch import Switch as RouterSwitch
+from umbranet.router.switch import SwitchLink
 from umbranet.testing import LocalNetwork
+from umbranet.testing.clock import FakeClock
 from umbranet.wire import (
     PROTOCOL_VERSION,
     ErrorCode,
@@ -35,12 +39,13 @@ from umbranet.wire.control import decode_error
 NET = LocalNetwork()
 ALICE = NET.identity("alice")
 WEB = NET.identity("web")
-NOW = datetime.now(UTC)
+CLOCK = FakeClock()
+NOW = CLOCK.wall
 SERVICE = "echo"
 
 
 class FakeLink:
-    """Stands in for the asyncio Link: the Forwarder only keeps it as an identity."""
+    """Stands in for the asyncio Link: the Switch only keeps it as an identity."""
 
 
 def _ticket(
@@ -57,40 +62,40 @@ def _frame(ftype: int, circuit: int = 0, payload: bytes = b"", flags: int = 0) -
     return Frame(ftype, flags, circuit, payload)
 
 
-def _out(peer: PeerLink) -> list[Frame]:
-    """What the forwarder queued for `peer` (and clear it)."""
-    data, peer.outbox = b"".join(peer.outbox), []
+def _out(peer: SwitchLink) -> list[Frame]:
+    """What the switch queued for `peer` (and clear it)."""
+    data = b"".join(peer.session.poll_transmit())
     return [Frame(f.type, f.flags, f.circuit, bytes(f.payload)) for f in FrameDecoder().feed(data)]
 
 
 class Switch:
-    """A Forwarder plus helpers to feed it frames from named links."""
+    """A router Switch plus helpers to feed it frames from named links."""
 
-    def __init__(self) -> None:
-        self.forwarder = Forwarder(lambda: NET.bundle, lambda: NOW, "r1")
+    def __init__(self, clock: FakeClock | None = None, limits: SwitchLimits | None = None) -> None:
+        self.clock = clock or FakeClock(NOW)
+        self.forwarder = RouterSwitch(lambda: NET.bundle, "r1", limits)
 
-    def link(self, identity: IdentityFile, hello: bool = True) -> PeerLink:
-        peer = PeerLink(FakeLink(), identity.spiffe_id)
+    def link(self, identity: IdentityFile, hello: bool = True, kind: str = "device") -> SwitchLink:
+        peer = self.forwarder.add_link(FakeLink(), identity.spiffe_id, kind, self.clock.now())
         if hello:
             assert self.feed(peer, _hello()) is None
             assert [f.type for f in _out(peer)] == [FrameType.HELLO]
         return peer
 
-    def feed(self, source: PeerLink, *frames: Frame) -> tuple[ErrorCode, str] | None:
-        dirty: set[PeerLink] = set()
-        return self.forwarder.frames(source, list(frames), dirty)
+    def feed(self, source: SwitchLink, *frames: Frame) -> tuple[ErrorCode, str] | None:
+        return self.forwarder.frames(source, list(frames), self.clock.now())
 
-    def bind(self, host: PeerLink, binding: int = 7) -> None:
+    def bind(self, host: SwitchLink, binding: int = 7) -> None:
         fields = {"ticket": _ticket(WEB, Action.BIND), "service": SERVICE}
         assert self.feed(host, _frame(FrameType.BIND, binding, encode_control(fields))) is None
         assert [f.type for f in _out(host)] == [FrameType.BIND_OK]
 
-    def dial(self, dialer: PeerLink, circuit: int = 1, **overrides: Any) -> None:
+    def dial(self, dialer: SwitchLink, circuit: int = 1, **overrides: Any) -> None:
         fields = {"ticket": _ticket(ALICE, Action.DIAL), "service": SERVICE, "window": MIN_WINDOW}
         fields.update(overrides)
         self.feed(dialer, _frame(FrameType.DIAL, circuit, encode_control(fields, b"noise-1")))
 
-    def open_circuit(self) -> tuple[PeerLink, PeerLink, int]:
+    def open_circuit(self) -> tuple[SwitchLink, SwitchLink, int]:
         """A dialer and a host with one open circuit; returns the host's circuit id."""
         dialer, host = self.link(ALICE), self.link(WEB)
         self.bind(host)
@@ -131,7 +136,8 @@ def test_a_link_must_start_with_a_good_hello(first: Frame, code: ErrorCode) -> N
     peer = switch.link(ALICE, hello=False)
     closing = switch.feed(peer, first)
     assert closing is not None and closing[0] is code
-    assert _out(peer) == []
+    (goaway,) = _out(peer)  # the link says why it closes, and says nothing else
+    assert goaway.type == FrameType.GOAWAY and decode_error(goaway.payload)[0] is code
     assert switch.forwarder.counters[code.code] == 1
 
 
@@ -403,9 +409,10 @@ def test_a_dropped_link_resets_the_other_side(gone: str, code: str) -> None:
     switch = Switch()
     dialer, host, _ = switch.open_circuit()
     lost, survivor = (host, dialer) if gone == "host" else (dialer, host)
-    dirty: set[PeerLink] = set()
-    switch.forwarder.link_gone(lost, dirty)
-    assert survivor in dirty
+    switch.forwarder.link_gone(lost)
+    handed = dict(switch.forwarder.poll_transmit())  # what the shell writes, per link
+    assert list(handed) == [survivor]
+    survivor.outbox.extend(handed[survivor])
     assert _reset(_out(survivor))[0].code == code
     assert switch.forwarder.circuits == 0
     assert len(switch.forwarder.terminators) == (1 if gone == "dialer" else 0)
@@ -450,7 +457,7 @@ def test_random_frames_never_raise_and_routes_stay_paired(steps: list[tuple[bool
             continue
         if switch.feed(source, frame) is not None:
             closed.add(id(source))
-            switch.forwarder.link_gone(source, set())
+            switch.forwarder.link_gone(source)
         routes = [r for peer in (dialer, host) for r in peer.routes.values()]
         assert switch.forwarder.circuits * 2 == len(routes)
         for route in routes:
@@ -462,24 +469,16 @@ def test_random_frames_never_raise_and_routes_stay_paired(steps: list[tuple[bool
 # -- the admission cache -----------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def _dial_with(switch: Switch, dialer: PeerLink, circuit: int, ticket: str) -> list[Frame]:
+def _dial_with(switch: Switch, dialer: SwitchLink, circuit: int, ticket: str) -> list[Frame]:
     switch.dial(dialer, circuit, ticket=ticket)
     return _out(dialer)
 
 
 def test_a_remembered_ticket_is_still_refused_once_stale_or_expired() -> None:
-    clock = Clock(NOW)
+    clock = FakeClock(NOW)
     bundle = NET.bundle
-    switch = Switch()
-    switch.forwarder = Forwarder(lambda: bundle, clock, "r1")
+    switch = Switch(clock)
+    switch.forwarder = RouterSwitch(lambda: bundle, "r1")
     dialer, host = switch.link(ALICE), switch.link(WEB)
     switch.bind(host)
     token = NET.signer.sign_ticket(ALICE.spiffe_id, SERVICE, Action.DIAL, NOW, epoch=5)[1]
@@ -492,10 +491,10 @@ def test_a_remembered_ticket_is_still_refused_once_stale_or_expired() -> None:
     assert _reset(_dial_with(switch, dialer, 5, token))[0].code == "ticket_stale"
 
     switch.forwarder.epoch = 5
-    clock.now = NOW + timedelta(hours=1)  # past the ticket's expiry
+    clock.step_wall(timedelta(hours=1))  # past the ticket's expiry
     assert _reset(_dial_with(switch, dialer, 7, token))[0].code == "ticket_expired"
 
-    clock.now = NOW
+    clock.step_wall(timedelta(hours=-1))
     bundle = NET.bundle.without_ticket_key(NET.signer.key_id)  # the key was rotated out
     assert _reset(_dial_with(switch, dialer, 9, token))[0].code == "ticket_invalid"
 

@@ -1,0 +1,61 @@
+"""Driving sans-IO machines from asyncio: one loop timer per machine, armed lazily.
+
+Every machine in `proto/` and the router's switch says when it next needs time with
+`poll_timeout() -> Deadline | None` and takes it in `handle_timeout(now)`. A shell drives a
+machine in four steps after each input (aioquic's loop, written once here): feed the input,
+deliver the machine's events, write what `poll_transmit()` returns, then `MachineTimer.arm`
+with the new deadline.
+
+Arming is cheap on the data path: a deadline that moved later (a keepalive pushed back by
+traffic) keeps the timer already armed; the early wake-up finds nothing due, and the
+machine's next `poll_timeout` re-arms it. Only an earlier deadline replaces the loop timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from umbranet.clock import Clock, Deadline
+
+__all__ = ["MachineTimer"]
+
+
+class MachineTimer:
+    """The one loop timer of one machine. `fire` runs the machine's `handle_timeout`."""
+
+    __slots__ = ("_at", "_clock", "_fire", "_handle", "_loop")
+
+    def __init__(self, clock: Clock, fire: Callable[[], None]) -> None:
+        self._clock = clock
+        self._fire = fire
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0
+
+    def arm(self, deadline: Deadline | None) -> None:
+        """Make sure the timer fires no later than `deadline` (None: nothing to wait for)."""
+        if deadline is None:
+            self.cancel()
+            return
+        if self._handle is not None and self._at <= deadline.at:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        delay = max(0.0, deadline.at - self._clock.now().mono)
+        self._at = deadline.at
+        self._handle = self._loop.call_later(delay, self._fired)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    @property
+    def armed_at(self) -> float | None:
+        """The monotonic moment the timer fires, for tests and statistics."""
+        return self._at if self._handle is not None else None
+
+    def _fired(self) -> None:
+        self._handle = None
+        self._fire()

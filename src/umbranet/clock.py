@@ -1,0 +1,74 @@
+"""Time for every machine: one reading carries both a monotonic and a wall-clock value.
+
+Deadlines (keepalives, handshake and dial timeouts, cork delays) must not jump when the
+system clock is stepped, so they use `Instant.mono`; certificates and tickets name wall-clock
+moments, so their checks use `Instant.wall`. Machines never read the clock themselves: the
+shell passes `now`, and tests pass a fake (`umbranet.testing.clock.FakeClock`) that moves only
+when told, so whole networks run in virtual time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+__all__ = ["Clock", "Deadline", "Instant", "SystemClock", "system_clock"]
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """One reading of the clock: `mono` seconds for deadlines, `wall` for certificates."""
+
+    mono: float
+    wall: datetime
+
+    @property
+    def unix(self) -> float:
+        """Wall-clock seconds since the epoch (what tickets and certificates carry)."""
+        return self.wall.timestamp()
+
+    def later(self, seconds: float) -> float:
+        """The monotonic moment `seconds` from this one (a deadline's `at`)."""
+        return self.mono + seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When a machine next needs `handle_timeout`, and why (for logs and traces)."""
+
+    at: float  # monotonic seconds, comparable with Instant.mono
+    reason: str
+
+
+class Clock(Protocol):
+    """Where shells get `now`."""
+
+    def now(self) -> Instant:
+        """The current instant."""
+
+
+class SystemClock:
+    """The real clock: `time.monotonic()` and the UTC wall clock."""
+
+    __slots__ = ()
+
+    def now(self) -> Instant:
+        return Instant(time.monotonic(), datetime.now(UTC))
+
+    def __call__(self) -> datetime:
+        """The wall clock alone, for code that checks certificates and tickets."""
+        return datetime.now(UTC)
+
+
+system_clock = SystemClock()
+
+
+def earliest(*deadlines: Deadline | None) -> Deadline | None:
+    """The first of several deadlines (None when there is none)."""
+    best: Deadline | None = None
+    for deadline in deadlines:
+        if deadline is not None and (best is None or deadline.at < best.at):
+            best = deadline
+    return best

@@ -1,0 +1,471 @@
+"""The endpoint's side of a link to a router, sans-IO: circuits, bindings, CONNECT, deadlines.
+
+What an SDK `Context` does on one router link, without asyncio, so it runs the same over TLS,
+in the simulated network, or on any other carrier:
+
+- dials: `dial(...)` opens a circuit (odd ids, we open the link); its DIAL leaves at once;
+  `Dialed` or `DialFailed` follows, `DialFailed` with `dial_timeout` if nothing answered by
+  the dial's deadline (the circuit is then reset, so a late ACCEPT finds nothing);
+- bindings: `bind(...)` sends BIND; `Bound`, `BindFailed` (also `bind_timeout`) or later
+  `BindingLost` (the router dropped it, e.g. access was revoked);
+- incoming: a router's CONNECT for one of our bindings becomes a host circuit, answered at
+  once; `Incoming` follows when the dialer's handshake completes, `AcceptFailed` if it fails.
+  At most `max_pending_accepts` handshakes may be in progress: a flood of dials that never
+  finish their handshake cannot take the host's memory or its other dialers' turns.
+- the cork: a dial that opened in this read holds its HANDSHAKE until the application's
+  first write (one TLS record and one router read instead of two), or until a short
+  deadline (`cork_delay`) for applications that wait for the server to speak first.
+
+Rules of this file:
+- Inputs: `handle_frames(frames, now)`, `handle_timeout(now)`, `dial`, `bind`, `unbind`,
+  `cancel`, `flush(circuit)`, `close`. Outputs: `poll_transmit()`, `poll_event()`,
+  `poll_timeout()`, `take_touched()` (circuits whose streams need waking).
+- Circuit-level events (Opened/Closed) are consumed here and turned into the events above;
+  a closed circuit is forgotten after its stream was told (`take_touched`).
+- A misbehaving router raises nothing out of here: the link closes with the frame's error.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from umbranet.clock import Deadline, Instant, earliest
+from umbranet.proto.circuit import Circuit, Closed, Opened, State
+from umbranet.proto.link import Closing, LinkSession, LinkTimers, PeerSilent, Role
+from umbranet.wire import ErrorCode, Frame, FrameType, WireError, decode_control, encode_control
+from umbranet.wire.control import decode_error, encode_error
+
+__all__ = [
+    "AcceptFailed",
+    "BindFailed",
+    "Bound",
+    "BindingLost",
+    "DialFailed",
+    "Dialed",
+    "EndpointLink",
+    "Incoming",
+    "LinkDown",
+]
+
+# Frames for an open circuit. Only these go to a circuit by id: binding ids (BIND_OK,
+# BIND_ERR) and new circuits (CONNECT) share the id field but not the number space.
+_CIRCUIT_FRAMES = frozenset(
+    {FrameType.ACCEPT, FrameType.HANDSHAKE, FrameType.DATA, FrameType.CREDIT, FrameType.RESET}
+)
+_LINK_FRAMES = frozenset({FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY})
+
+DEFAULT_MAX_PENDING_ACCEPTS = 1024
+DEFAULT_BIND_TIMEOUT = 10.0
+DEFAULT_CORK_DELAY = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class Dialed:
+    """Our dial's handshake finished: the circuit carries data now."""
+
+    circuit: Circuit
+
+
+@dataclass(frozen=True, slots=True)
+class DialFailed:
+    """Our dial ended before it opened: refused on the way, or timed out."""
+
+    circuit_id: int
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A dialer finished its handshake with one of our bindings."""
+
+    binding_id: int
+    circuit: Circuit
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptFailed:
+    """A dialer's handshake to one of our bindings failed (or the CONNECT was bad)."""
+
+    binding_id: int
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    binding_id: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class BindFailed:
+    binding_id: int
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BindingLost:
+    """The router dropped a binding it had accepted (e.g. access was revoked)."""
+
+    binding_id: int
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """The link is over (GOAWAY either way, or the router went silent); close the carrier."""
+
+    code: str
+    reason: str
+
+
+Event = Dialed | DialFailed | Incoming | AcceptFailed | Bound | BindFailed | BindingLost | LinkDown
+
+
+class _Entry:
+    """A circuit on this link: ours (a dial) or a host circuit."""
+
+    __slots__ = ("binding_id", "circuit", "opened")
+
+    def __init__(self, circuit: Circuit, binding_id: int | None) -> None:
+        self.circuit = circuit
+        self.binding_id = binding_id  # None for our own dials
+        self.opened = False
+
+
+class _Binding:
+    __slots__ = ("accept", "deadline", "service")
+
+    def __init__(self, service: str, accept: Callable[[int, Frame], Circuit]) -> None:
+        self.service = service
+        self.accept = accept  # builds the host circuit for a CONNECT (Circuit.accept)
+        self.deadline: float | None = None  # while a BIND waits for its answer
+
+
+class EndpointLink:
+    """An endpoint's link to one router. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        now: Instant,
+        timers: LinkTimers | None = None,
+        max_pending_accepts: int = DEFAULT_MAX_PENDING_ACCEPTS,
+        bind_timeout: float = DEFAULT_BIND_TIMEOUT,
+        cork_delay: float = DEFAULT_CORK_DELAY,
+    ) -> None:
+        self.session = LinkSession(
+            Role.ENDPOINT, opener=True, name=name, peer_kind="router", now=now, timers=timers
+        )
+        self.max_pending_accepts = max_pending_accepts
+        self.bind_timeout = bind_timeout
+        self.cork_delay = cork_delay
+        self.counters: dict[str, int] = {}
+        self._circuits: dict[int, _Entry] = {}
+        self._bindings: dict[int, _Binding] = {}
+        self._pending_accepts = 0
+        self._touched: dict[int, Circuit] = {}
+        self._corked: dict[int, tuple[list[bytes], float]] = {}
+        self._dialing: dict[int, float] = {}  # circuit id -> when to give up
+        # The earliest deadline set since the last `handle_timeout` (which recomputes it):
+        # `poll_timeout` runs after every read and must not scan every circuit.
+        self._due: float | None = None
+        self._events: deque[Event] = deque()
+        self._down = False
+
+    # -- inputs: the application --------------------------------------------------------
+
+    def dial(self, make: Callable[[int], Circuit], now: Instant, timeout: float) -> Circuit:
+        """Open a circuit built by `make(circuit_id)` (`Circuit.dial`); its DIAL is queued."""
+        circuit_id = self.session.next_id(self._circuits)
+        circuit = make(circuit_id)
+        self._circuits[circuit_id] = _Entry(circuit, None)
+        self._dialing[circuit_id] = self._due_at(now.later(timeout))
+        self.flush(circuit)
+        return circuit
+
+    def cancel(self, circuit_id: int, reason: str = "dial abandoned") -> None:
+        """Give up a dial (or any circuit): reset it and forget it."""
+        entry = self._circuits.pop(circuit_id, None)
+        self._dialing.pop(circuit_id, None)
+        if entry is not None and entry.circuit.state is not State.CLOSED:
+            entry.circuit.reset(ErrorCode.CANCELLED, reason)
+            self._corked.pop(circuit_id, None)
+            self.session.outbox.extend(entry.circuit.poll_transmit())
+
+    def bind(
+        self,
+        binding_id: int,
+        service: str,
+        ticket: str,
+        accept: Callable[[int, Frame], Circuit],
+        now: Instant,
+    ) -> None:
+        """Ask the router to route dials for `service` here (again, to renew the ticket)."""
+        binding = self._bindings.get(binding_id)
+        if binding is None or binding.service != service:
+            binding = self._bindings[binding_id] = _Binding(service, accept)
+        binding.accept = accept
+        binding.deadline = self._due_at(now.later(self.bind_timeout))
+        fields = {"ticket": ticket, "service": service}
+        self.session.send(FrameType.BIND, binding_id, encode_control(fields))
+
+    def unbind(self, binding_id: int) -> None:
+        if self._bindings.pop(binding_id, None) is not None:
+            self.session.send(FrameType.UNBIND, binding_id)
+
+    def flush(self, circuit: Circuit) -> None:
+        """Queue what `circuit` produced (a write, a read's credit, a close)."""
+        held = self._corked.pop(circuit.id, None) if self._corked else None
+        if held is not None:
+            self.session.outbox.extend(held[0])
+        self.session.outbox.extend(circuit.poll_transmit())
+        if circuit.state is State.CLOSED and circuit.id in self._circuits:
+            self._dispatch(circuit)
+
+    def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "endpoint closing") -> None:
+        self.session.close(code, reason)
+        self._drain_session()
+
+    # -- inputs: the carrier ------------------------------------------------------------
+
+    def handle_frames(self, frames: list[Frame], now: Instant) -> None:
+        """One read's frames. A frame the router should never send closes the link."""
+        self.session.heard(now)
+        touched: dict[int, Circuit] = {}
+        circuits = self._circuits
+        for frame in frames:
+            entry = circuits.get(frame.circuit)
+            if entry is not None and frame.type in _CIRCUIT_FRAMES:
+                entry.circuit.handle_frame(frame, now.wall)
+                touched[frame.circuit] = entry.circuit
+                continue
+            try:
+                self._control_frame(frame, now, touched)
+            except WireError as exc:
+                self._count(exc.code.code)
+                self.session.close(exc.code, exc.reason)
+                break
+        for circuit_id, circuit in touched.items():
+            if self._just_dialed(circuit_id, circuit):
+                at = self._due_at(now.later(self.cork_delay))
+                self._corked[circuit_id] = (circuit.poll_transmit(), at)
+            else:
+                self.session.outbox.extend(circuit.poll_transmit())
+        for circuit in touched.values():
+            self._dispatch(circuit)
+        self._drain_session()
+
+    def handle_timeout(self, now: Instant) -> None:
+        """Release held handshakes, time out dials and binds, keep the link alive."""
+        self.session.handle_timeout(now)
+        mono = now.mono
+        for circuit_id, (held, at) in list(self._corked.items()):
+            if at <= mono:
+                del self._corked[circuit_id]
+                self.session.outbox.extend(held)
+        for circuit_id, at in list(self._dialing.items()):
+            if at <= mono:
+                self.cancel(circuit_id, "dial timed out")
+                self._count("dial_timeout")
+                self._events.append(
+                    DialFailed(circuit_id, "dial_timeout", "no answer from the service in time")
+                )
+        for binding_id, binding in self._bindings.items():
+            if binding.deadline is not None and binding.deadline <= mono:
+                binding.deadline = None
+                self._count("bind_timeout")
+                self._events.append(
+                    BindFailed(binding_id, "router_timeout", "the router did not answer BIND")
+                )
+        pending = [at for _, at in self._corked.values()]
+        pending += self._dialing.values()
+        pending += [b.deadline for b in self._bindings.values() if b.deadline is not None]
+        self._due = min(pending, default=None)
+        self._drain_session()
+
+    def link_lost(self) -> None:
+        """The carrier is gone: every circuit ends with `peer_gone`, every wait fails."""
+        self._corked.clear()
+        for entry in list(self._circuits.values()):
+            circuit = entry.circuit
+            if circuit.state is not State.CLOSED:
+                circuit.reset(ErrorCode.PEER_GONE, "link to the router dropped")
+                circuit.poll_transmit()
+            self._dispatch(circuit)
+        for binding_id, binding in self._bindings.items():
+            if binding.deadline is not None:
+                self._events.append(BindFailed(binding_id, "router_unreachable", "link lost"))
+        self._bindings.clear()
+        if not self._down:
+            self._down = True
+            self._events.append(LinkDown("router_unreachable", "link lost"))
+
+    # -- outputs ------------------------------------------------------------------------
+
+    def poll_transmit(self) -> list[bytes]:
+        return self.session.poll_transmit()
+
+    def poll_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def take_touched(self) -> list[Circuit]:
+        """Circuits that changed since the last call (their streams need waking)."""
+        if not self._touched:
+            return []
+        touched = list(self._touched.values())
+        self._touched.clear()
+        return touched
+
+    def poll_timeout(self) -> Deadline | None:
+        """The link's next deadline, or an earlier cork, dial or bind deadline (which may
+        have passed already without work: `handle_timeout` then only recomputes)."""
+        due = self._due
+        link = self.session.poll_timeout()
+        if due is None:
+            return link
+        return earliest(link, Deadline(due, "circuits"))
+
+    @property
+    def ready(self) -> bool:
+        return self.session.ready
+
+    @property
+    def circuits(self) -> int:
+        return len(self._circuits)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _control_frame(self, frame: Frame, now: Instant, touched: dict[int, Circuit]) -> None:
+        ftype = frame.type
+        if ftype in _LINK_FRAMES and frame.circuit == 0:
+            self.session.handle_link_frame(frame, now)
+        elif not self.session.ready:
+            raise WireError(ErrorCode.PROTOCOL_ERROR, "frame before HELLO")
+        elif ftype == FrameType.CONNECT:
+            self._connect(frame, touched)
+        elif ftype in (FrameType.BIND_OK, FrameType.BIND_ERR):
+            self._bind_answer(frame)
+        elif ftype in _CIRCUIT_FRAMES:
+            # A circuit we already ended (reset, cancelled dial) races with its last frames.
+            self._count("frames_unknown_circuit")
+        else:
+            raise WireError(ErrorCode.PROTOCOL_ERROR, f"unexpected {FrameType(ftype).name}")
+
+    def _bind_answer(self, frame: Frame) -> None:
+        binding = self._bindings.get(frame.circuit)
+        if binding is None:
+            return  # an answer for a binding we dropped meanwhile
+        waiting = binding.deadline is not None
+        binding.deadline = None
+        if frame.type == FrameType.BIND_OK:
+            if waiting:
+                expires = decode_control(frame.payload).int_field("expires_at")
+                self._events.append(Bound(frame.circuit, expires))
+            return
+        code, reason = decode_error(frame.payload)
+        if waiting:
+            self._events.append(BindFailed(frame.circuit, code.code, reason))
+        else:
+            del self._bindings[frame.circuit]
+            self._count(code.code)
+            self._events.append(BindingLost(frame.circuit, code.code, reason))
+
+    def _connect(self, frame: Frame, touched: dict[int, Circuit]) -> None:
+        """A router brings a dialer to one of our bindings."""
+        ctl = decode_control(frame.payload)
+        binding_id = ctl.int_field("binding")
+        binding = self._bindings.get(binding_id)
+        circuit_id = frame.circuit
+        if (
+            binding is None
+            or not self.session.is_peer_id(circuit_id)
+            or circuit_id in self._circuits
+        ):
+            self._refuse(circuit_id, "connect_refused", ErrorCode.REFUSED, "no such binding here")
+            return
+        if self._pending_accepts >= self.max_pending_accepts:
+            self._refuse(
+                circuit_id,
+                "too_many_pending",
+                ErrorCode.TOO_MANY_CIRCUITS,
+                "the host has too many handshakes in progress",
+            )
+            return
+        circuit = binding.accept(circuit_id, frame)
+        self._circuits[circuit_id] = _Entry(circuit, binding_id)
+        self._pending_accepts += 1
+        touched[circuit_id] = circuit
+
+    def _dispatch(self, circuit: Circuit) -> None:
+        """Turn the circuit's Opened/Closed into link events; forget it once closed."""
+        entry = self._circuits.get(circuit.id)
+        if entry is None:
+            return
+        while (event := circuit.poll_event()) is not None:
+            if isinstance(event, Opened):
+                entry.opened = True
+                self._dialing.pop(circuit.id, None)
+                if entry.binding_id is None:
+                    self._events.append(Dialed(circuit))
+                else:
+                    self._pending_accepts -= 1
+                    self._events.append(Incoming(entry.binding_id, circuit))
+            elif isinstance(event, Closed) and not entry.opened:
+                self._not_opened(entry, event)
+        if circuit.state is State.CLOSED:
+            del self._circuits[circuit.id]
+            self._corked.pop(circuit.id, None)
+            self._dialing.pop(circuit.id, None)
+        self._touched[circuit.id] = circuit
+
+    def _not_opened(self, entry: _Entry, event: Closed) -> None:
+        """A circuit closed before it opened: a refused dial or a failed accept."""
+        self._count(event.code.code)
+        if entry.binding_id is None:
+            self._events.append(DialFailed(entry.circuit.id, event.code.code, event.reason))
+        else:
+            self._pending_accepts -= 1
+            self._events.append(AcceptFailed(entry.binding_id, event.code.code, event.reason))
+        entry.opened = True  # reported once
+
+    def _just_dialed(self, circuit_id: int, circuit: Circuit) -> bool:
+        """Our dial opened in this read and its stream has not written yet."""
+        entry = self._circuits.get(circuit_id)
+        return (
+            entry is not None
+            and entry.binding_id is None
+            and not entry.opened
+            and circuit.state is State.OPEN
+            and circuit_id not in self._corked
+        )
+
+    def _due_at(self, at: float) -> float:
+        if self._due is None or at < self._due:
+            self._due = at
+        return at
+
+    def _refuse(self, circuit_id: int, counter: str, code: ErrorCode, reason: str) -> None:
+        self._count(counter)
+        self.session.send(FrameType.RESET, circuit_id, encode_error(code, reason))
+
+    def _drain_session(self) -> None:
+        while (event := self.session.poll_event()) is not None:
+            if isinstance(event, Closing) and not self._down:
+                self._down = True
+                self._events.append(LinkDown(event.code.code, event.reason))
+            elif isinstance(event, PeerSilent) and not self._down:
+                self._down = True
+                self._count("peer_silent")
+                self._events.append(
+                    LinkDown("peer_silent", f"router silent for {event.silent_for:.1f}s")
+                )
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1

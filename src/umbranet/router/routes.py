@@ -1,0 +1,70 @@
+"""Where a dial for a service goes next from this router: a verdict, never a guess.
+
+`RouteTable.next_hop(service, now)` answers `Local(binding)` (a host of the service is bound
+here), `Via(link, cost)` (forward the dial to a neighbouring router) or `Refuse(code,
+reason)`. Local hosts win over remote ones. Remote routes are installed by whoever knows
+the topology (a static configuration today, the controller's link graph once routers mesh);
+each names the neighbour's link and a cost, and the cheapest live one is chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from umbranet.router.terminators import Binding, TerminatorTable
+from umbranet.wire import ErrorCode
+
+__all__ = ["Local", "Refuse", "RouteTable", "Via"]
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    binding: Binding
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    link: Hashable
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    code: ErrorCode
+    reason: str
+
+
+@dataclass(slots=True)
+class RouteTable:
+    """Local terminators plus remote routes per service."""
+
+    terminators: TerminatorTable = field(default_factory=TerminatorTable)
+    _remote: dict[str, dict[Hashable, float]] = field(default_factory=dict)
+
+    def next_hop(self, service: str, now: int) -> Local | Via | Refuse:
+        binding = self.terminators.pick(service, now)
+        if binding is not None:
+            return Local(binding)
+        remote = self._remote.get(service)
+        if remote:
+            link, cost = min(remote.items(), key=lambda item: item[1])
+            return Via(link, cost)
+        return Refuse(ErrorCode.NO_TERMINATOR, f"service {service!r} has no host at this router")
+
+    def add_route(self, service: str, link: Hashable, cost: float) -> None:
+        """Reach `service` through the neighbour on `link` (replacing its earlier cost)."""
+        self._remote.setdefault(service, {})[link] = cost
+
+    def remove_route(self, service: str, link: Hashable) -> None:
+        routes = self._remote.get(service)
+        if routes is not None:
+            routes.pop(link, None)
+            if not routes:
+                del self._remote[service]
+
+    def link_gone(self, link: Hashable) -> None:
+        """Forget every binding and remote route that used `link`."""
+        self.terminators.remove_link(link)
+        for service in list(self._remote):
+            self.remove_route(service, link)

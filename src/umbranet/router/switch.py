@@ -1,0 +1,661 @@
+"""The router's switch, sans-IO: admits DIAL and BIND, routes and relays circuits, enforces
+windows, deadlines and quotas, for links to endpoints and to other routers alike.
+
+Rules of this file:
+- Every link is a `SwitchLink`: its `LinkSession` (HELLO, keepalive, GOAWAY, id spaces) and
+  its routes. Its kind (endpoint or router) comes from the HELLO role, which the session
+  checked against the peer's certificate.
+- Every circuit is two `Route`s, one per link, each pointing at the other. A frame arriving
+  on (link, circuit) goes to route.peer's link under route.peer's circuit id. Each route
+  stores its side: whether its link leads towards the dialer or towards the host. Nothing
+  is inferred from circuit-id parity (on a router-to-router link both parities occur).
+- Tickets are checked only on endpoint links (the peer is the ticket's subject); a dial that
+  arrives from a router is re-checked at the last router before it reaches a host. Router
+  links are trusted to relay, not to grant.
+- Each circuit opens in one order: DIAL (towards the host), ACCEPT (from the host's side,
+  once), HANDSHAKE (from the dialer's side, once, after ACCEPT), within
+  `handshake_timeout`; a frame out of that order resets the circuit (`protocol_error`).
+- DATA counts against the sending side's window (`RelayAccount`), CREDIT passing back
+  releases it; a side that exceeds its window gets its circuit reset. Windows are budgeted
+  per destination link, per identity and router-wide (see `quotas.py`), so the bytes this
+  router can be made to hold are bounded, and no link is ever paused for one slow reader.
+- A circuit ends when both directions carried FIN, or on RESET, or when either link drops;
+  the other side is always told why. Frames for circuits that no longer exist are dropped
+  and counted (they race with resets).
+- Outputs go to each link's session outbox; `poll_transmit()` hands over every link written
+  to since the last call, so all writes produced by one read are coalesced per link.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+from collections.abc import Callable, Hashable
+from enum import Enum
+
+from umbranet.clock import Deadline, Instant
+from umbranet.pki import TrustBundle
+from umbranet.pki.tickets import Action
+from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, RelayAccount
+from umbranet.proto.link import Closing, LinkSession, PeerSilent, Role
+from umbranet.router.admission import Admission, admit
+from umbranet.router.quotas import SwitchLimits, TokenBucket
+from umbranet.router.routes import Local, Refuse, RouteTable
+from umbranet.router.terminators import Binding, TerminatorTable
+from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError, decode_control
+from umbranet.wire.control import encode_control, encode_error
+from umbranet.wire.frames import encode_frame, encode_header
+
+__all__ = ["LinkKind", "Route", "Side", "Switch", "SwitchLink"]
+
+log = logging.getLogger("umbranet.router")
+
+_CREDIT = struct.Struct("!I")
+# Plain ints for the per-frame tests: `int & IntFlag` runs Python-level enum code.
+_FIN = int(Flag.FIN)
+_DATA = int(FrameType.DATA)
+_RELAYED = frozenset({_DATA, int(FrameType.CREDIT)})
+_LINK_FRAME_MAX = int(FrameType.BIND)  # HELLO, PING, PONG, GOAWAY sort below BIND
+_KEEPALIVE = frozenset({int(FrameType.PING), int(FrameType.PONG)})
+
+
+class LinkKind(Enum):
+    """Who is on the other end of a link, from its HELLO role (checked against its SVID)."""
+
+    ENDPOINT = "endpoint"
+    ROUTER = "router"
+
+
+class Side(Enum):
+    """Which end of its circuit a route's link leads to."""
+
+    DIALER = "dialer"
+    HOST = "host"
+
+
+class Route:
+    """One side of a relayed circuit."""
+
+    __slots__ = (
+        "account",
+        "circuit",
+        "dialer",
+        "ended",
+        "expires_at",
+        "link",
+        "opened",
+        "peer",
+        "service",
+        "side",
+    )
+
+    def __init__(self, link: SwitchLink, circuit: int, service: str, side: Side) -> None:
+        self.link = link
+        self.circuit = circuit
+        self.service = service
+        self.side = side
+        self.peer: Route = self
+        self.account = RelayAccount(0)  # DATA from this side toward the peer
+        self.ended = False  # this side sent FIN
+        self.opened = False  # this side sent its handshake frame (ACCEPT or HANDSHAKE)
+        self.dialer = ""  # the dialing identity
+        self.expires_at = 0  # the admitting ticket's expiry (unix seconds), 0 if none here
+
+
+class SwitchLink:
+    """The switch's state for one link."""
+
+    __slots__ = (
+        "control_bucket",
+        "handle",
+        "identity",
+        "in_flight",
+        "outbox",
+        "routes",
+        "session",
+        "ticket_bucket",
+    )
+
+    def __init__(
+        self, handle: Hashable, identity: str, session: LinkSession, limits: SwitchLimits
+    ) -> None:
+        self.handle = handle  # the shell's carrier (an aio Link), kept as an identity only
+        self.identity = identity
+        self.session = session
+        self.outbox = session.outbox  # the same list: relayed frames go straight to it
+        self.routes: dict[int, Route] = {}
+        self.in_flight = 0  # relayed DATA bytes towards this link, not yet credited back
+        # Buckets start full (their clock starts at 0: the first `take` refills them).
+        self.ticket_bucket = TokenBucket(
+            limits.ticket_checks_per_second, limits.ticket_check_burst, 0.0
+        )
+        self.control_bucket = TokenBucket(
+            limits.control_frames_per_second, limits.control_frame_burst, 0.0
+        )
+
+    @property
+    def kind(self) -> LinkKind | None:
+        role = self.session.peer_role
+        if role is None:
+            return None
+        return LinkKind.ROUTER if role is Role.ROUTER else LinkKind.ENDPOINT
+
+    def send(self, ftype: FrameType, circuit: int, payload: bytes) -> None:
+        self.outbox.append(encode_frame(ftype, circuit, payload))
+
+
+class Switch:
+    """Frame handling for all links of one router. See the module docstring."""
+
+    def __init__(
+        self,
+        bundle: Callable[[], TrustBundle],
+        name: str,
+        limits: SwitchLimits | None = None,
+    ) -> None:
+        self._bundle = bundle
+        self._name = name
+        self.limits = limits or SwitchLimits()
+        self.routes = RouteTable()
+        self.counters: Counter[str] = Counter()
+        self.circuits = 0
+        self.epoch = 0  # the controller's latest revocation epoch; older tickets are stale
+        self.in_flight = 0  # relayed DATA bytes not yet credited back, router-wide
+        self._identity_buckets: dict[str, TokenBucket] = {}
+        self._pending: dict[Route, float] = {}  # dialer-side routes -> handshake deadline
+        self._pending_by_identity: Counter[str] = Counter()
+        self._dirty: set[SwitchLink] = set()
+        self.links: set[SwitchLink] = set()
+        self._shed_links: list[SwitchLink] = []
+        # Tickets this router admitted: (token, identity, service, action) ->
+        # (verdict, bundle it was checked against, when). See `_admit`.
+        self._admitted: dict[tuple[str, str, str, Action], tuple[Admission, object, float]] = {}
+
+    @property
+    def pending_handshakes(self) -> int:
+        return len(self._pending)
+
+    @property
+    def terminators(self) -> TerminatorTable:
+        return self.routes.terminators
+
+    # -- links --------------------------------------------------------------------------
+
+    def add_link(self, handle: Hashable, identity: str, peer_kind: str, now: Instant) -> SwitchLink:
+        """A link whose TLS handshake passed; it must say HELLO before anything else."""
+        session = LinkSession(
+            Role.ROUTER,
+            opener=False,
+            name=self._name,
+            peer_kind=peer_kind,
+            now=now,
+            timers=self.limits.timers,
+        )
+        link = SwitchLink(handle, identity, session, self.limits)
+        self.links.add(link)
+        return link
+
+    def frames(
+        self, source: SwitchLink, frames: list[Frame], now: Instant
+    ) -> tuple[ErrorCode, str] | None:
+        """Handle one read's frames; returns why to close the link (its GOAWAY is queued)."""
+        session = source.session
+        session.heard(now)
+        self._dirty.add(source)
+        for frame in frames:
+            ftype = frame.type
+            try:
+                if ftype in _RELAYED and session.ready:
+                    self._relay(source, frame)
+                    continue
+                # Keepalives are cheap and answered under the link's output throttle; every
+                # other control frame costs parsing (or a ticket check) and is budgeted.
+                if ftype not in _KEEPALIVE and not source.control_bucket.take(now.mono):
+                    raise WireError(ErrorCode.RATE_LIMITED, "too many control frames")
+                if not session.ready or (frame.circuit == 0 and ftype < _LINK_FRAME_MAX):
+                    session.handle_link_frame(frame, now)
+                    if self._session_closed(source):
+                        return ErrorCode.NO_ERROR, "goodbye acknowledged"
+                elif ftype == FrameType.DIAL:
+                    self._dial(source, frame, now)
+                elif ftype == FrameType.ACCEPT:
+                    self._accept(source, frame)
+                elif ftype == FrameType.HANDSHAKE:
+                    self._handshake(source, frame)
+                elif ftype == FrameType.RESET:
+                    self._reset_from(source, frame)
+                elif ftype == FrameType.BIND and source.kind is LinkKind.ENDPOINT:
+                    self._bind(source, frame, now)
+                elif ftype == FrameType.UNBIND and source.kind is LinkKind.ENDPOINT:
+                    self.terminators.remove(source, frame.circuit)
+                else:
+                    raise WireError(
+                        ErrorCode.PROTOCOL_ERROR, f"{FrameType(ftype).name} from a {source.kind}"
+                    )
+            except WireError as exc:
+                self._count(exc.code.code, source, exc.reason)
+                session.close(exc.code, exc.reason)
+                session.poll_event()
+                return exc.code, exc.reason
+        return None
+
+    def link_timeout(self, source: SwitchLink, now: Instant) -> tuple[ErrorCode, str] | None:
+        """Run the link's timers (HELLO deadline, keepalive); returns why to close it."""
+        session = source.session
+        session.handle_timeout(now)
+        self._dirty.add(source)
+        while (event := session.poll_event()) is not None:
+            if isinstance(event, PeerSilent):
+                self.counters["peer_silent"] += 1
+                log.warning("link silent identity=%s for=%.1fs", source.identity, event.silent_for)
+                return ErrorCode.PEER_GONE, "peer silent"
+            if isinstance(event, Closing):
+                self._count("hello_timeout", source, event.reason)
+                return event.code, event.reason
+        return None
+
+    def link_gone(self, source: SwitchLink) -> None:
+        """Tell every circuit's other side that this link dropped; forget its bindings."""
+        for route in list(source.routes.values()):
+            other = route.peer
+            self._drop(route)
+            code = ErrorCode.HOST_GONE if route.side is Side.HOST else ErrorCode.PEER_GONE
+            self._send(
+                other.link,
+                FrameType.RESET,
+                other.circuit,
+                encode_error(code, "the other end's link to the router dropped"),
+            )
+        source.routes.clear()
+        self.routes.link_gone(source)
+        self._dirty.discard(source)
+        self.links.discard(source)
+
+    def poll_transmit(self) -> list[tuple[SwitchLink, list[bytes]]]:
+        """(link, buffers) for every link written to since the last call."""
+        if not self._dirty:
+            return []
+        out = [(link, link.session.poll_transmit()) for link in self._dirty if link.outbox]
+        self._dirty.clear()
+        return out
+
+    def poll_shed(self) -> list[SwitchLink]:
+        """Links the switch gave up (their GOAWAY is queued): the shell closes them."""
+        shed, self._shed_links = self._shed_links, []
+        return shed
+
+    # -- deadlines ----------------------------------------------------------------------
+
+    def handle_timeout(self, now: Instant) -> None:
+        """Reset circuits whose handshake did not finish in time."""
+        mono = now.mono
+        for route, deadline in list(self._pending.items()):
+            if deadline > mono:
+                break  # insertion order is deadline order: one timeout for every circuit
+            if route.link.routes.get(route.circuit) is route:
+                self._reset_both(
+                    route, ErrorCode.HANDSHAKE_TIMEOUT, "the circuit's handshake took too long"
+                )
+            else:
+                self._unpend(route)
+
+    def poll_timeout(self) -> Deadline | None:
+        for deadline in self._pending.values():
+            return Deadline(deadline, "handshake")
+        return None
+
+    # -- the controller's decisions -----------------------------------------------------
+
+    def live_grants(self, links: list[SwitchLink]) -> list[tuple[str, str, str, object]]:
+        """(identity, service, action, handle) for every circuit end and binding that an
+        endpoint holds here by a ticket (router links hold none)."""
+        grants: list[tuple[str, str, str, object]] = []
+        for link in links:
+            if link.kind is not LinkKind.ENDPOINT:
+                continue
+            for route in link.routes.values():
+                action = "dial" if route.side is Side.DIALER else "bind"
+                grants.append((link.identity, route.service, action, route))
+        for binding in self.terminators.all():
+            grants.append((binding.identity, binding.service, "bind", binding))
+        return grants
+
+    def revoke(self, handle: object, reason: str) -> None:
+        """Close a circuit (both ends told why) or drop a binding (its host told why)."""
+        if isinstance(handle, Route):
+            if handle.link.routes.get(handle.circuit) is handle:
+                self._reset_both(handle, ErrorCode.REVOKED, reason)
+        elif isinstance(handle, Binding):
+            link = handle.link
+            if self.terminators.remove(link, handle.binding_id) is not None:
+                assert isinstance(link, SwitchLink)
+                self.counters[ErrorCode.REVOKED.code] += 1
+                self._send(
+                    link,
+                    FrameType.BIND_ERR,
+                    handle.binding_id,
+                    encode_error(ErrorCode.REVOKED, reason),
+                )
+
+    # -- binding ------------------------------------------------------------------------
+
+    def _bind(self, source: SwitchLink, frame: Frame, now: Instant) -> None:
+        try:
+            ctl = decode_control(frame.payload)
+            service = ctl.str_field("service", 256)
+            token = ctl.str_field("ticket")
+        except WireError as exc:
+            self._refuse_bind(source, frame.circuit, exc.code, exc.reason)
+            return
+        verdict = self._admit(token, source, source.identity, service, Action.BIND, now)
+        if verdict.ticket is None:
+            self._refuse_bind(source, frame.circuit, verdict.code, verdict.reason)
+            return
+        expires = verdict.ticket.expires_at
+        self.terminators.add(Binding(source, frame.circuit, service, source.identity, expires))
+        self.counters["binds"] += 1
+        log.info("bind service=%r identity=%s binding=%d", service, source.identity, frame.circuit)
+        self._send(
+            source, FrameType.BIND_OK, frame.circuit, encode_control({"expires_at": expires})
+        )
+
+    # -- circuits -----------------------------------------------------------------------
+
+    def _dial(self, source: SwitchLink, frame: Frame, now: Instant) -> None:
+        circuit = frame.circuit
+        if not source.session.is_peer_id(circuit) or circuit in source.routes:
+            raise WireError(ErrorCode.PROTOCOL_ERROR, f"DIAL on bad circuit id {circuit}")
+        try:
+            ctl = decode_control(frame.payload)
+            service = ctl.str_field("service", 256)
+            token = ctl.str_field("ticket")
+            window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
+            from_router = source.kind is LinkKind.ROUTER
+            dialer = ctl.str_field("dialer", 2048) if from_router else source.identity
+        except WireError as exc:
+            self._refuse(source, circuit, exc.code, exc.reason)
+            return
+        expires_at = 0
+        if not from_router:
+            verdict = self._admit(token, source, dialer, service, Action.DIAL, now)
+            if verdict.ticket is None:
+                self._refuse(source, circuit, verdict.code, verdict.reason)
+                return
+            expires_at = verdict.ticket.expires_at
+        refusal = self._quota(source, dialer, window)
+        if refusal is not None:
+            self._refuse(source, circuit, *refusal)
+            return
+        hop = self.routes.next_hop(service, int(now.unix))
+        if isinstance(hop, Refuse):
+            self._refuse(source, circuit, hop.code, hop.reason)
+            return
+        if isinstance(hop, Local):
+            target = hop.binding.link
+            if from_router:  # the last router checks the ticket again before a host sees it
+                verdict = self._admit(token, source, dialer, service, Action.DIAL, now)
+                if verdict.ticket is None:
+                    self._refuse(source, circuit, verdict.code, verdict.reason)
+                    return
+        else:
+            target = hop.link
+        assert isinstance(target, SwitchLink)
+        if len(target.routes) >= self.limits.max_circuits_per_link:
+            self._refuse(source, circuit, ErrorCode.TOO_MANY_CIRCUITS, "host has too many circuits")
+            return
+        dialer_side = Route(source, circuit, service, Side.DIALER)
+        host_side = Route(target, target.session.next_id(target.routes), service, Side.HOST)
+        dialer_side.peer, host_side.peer = host_side, dialer_side
+        dialer_side.dialer = host_side.dialer = dialer
+        dialer_side.expires_at = expires_at
+        host_side.account = RelayAccount(window)  # host -> dialer, bounded by the dialer
+        source.routes[circuit] = dialer_side
+        target.routes[host_side.circuit] = host_side
+        self._pending[dialer_side] = now.later(self.limits.handshake_timeout)
+        self._pending_by_identity[dialer] += 1
+        self.circuits += 1
+        self.counters["dials"] += 1
+        fields = {"service": service, "ticket": token, "dialer": dialer, "window": window}
+        if isinstance(hop, Local):
+            fields["binding"] = hop.binding.binding_id
+            self._send(
+                target, FrameType.CONNECT, host_side.circuit, encode_control(fields, ctl.blob)
+            )
+        else:
+            self._send(target, FrameType.DIAL, host_side.circuit, encode_control(fields, ctl.blob))
+        log.debug("circuit open service=%r dialer=%s via=%s", service, dialer, target.identity)
+
+    def _quota(self, source: SwitchLink, dialer: str, window: int) -> tuple[ErrorCode, str] | None:
+        """Why a new circuit from `dialer` on `source` would cost more than it may."""
+        limits = self.limits
+        if len(source.routes) >= limits.max_circuits_per_link:
+            return ErrorCode.TOO_MANY_CIRCUITS, "link has too many circuits"
+        if self._pending_by_identity[dialer] >= limits.max_pending_per_identity:
+            return ErrorCode.QUOTA_EXCEEDED, "too many circuits waiting for their handshake"
+        if window > limits.max_window:
+            return ErrorCode.QUOTA_EXCEEDED, f"window over this router's {limits.max_window}"
+        return None
+
+    def _over_budget(self, dest: SwitchLink) -> None:
+        """DATA towards `dest` took it (or the router) over its in-flight budget: the circuit
+        holding the most there is reset, or, router-wide, the link holding the most is shed.
+        Every byte counted here was promised by a window, so only readers that stop reading
+        while many circuits push at them ever get here."""
+        limits = self.limits
+        if dest.in_flight > limits.in_flight_per_link and dest.routes:
+            heaviest = max(dest.routes.values(), key=lambda r: r.peer.account.in_flight)
+            self._reset_both(
+                heaviest, ErrorCode.QUOTA_EXCEEDED, "the link's buffer budget is spent"
+            )
+        if self.in_flight > limits.in_flight_total:
+            biggest = max(self.links, key=lambda link: link.in_flight)
+            self.counters["links_shed"] += 1
+            log.warning(
+                "shedding link identity=%s in_flight=%d", biggest.identity, biggest.in_flight
+            )
+            biggest.session.close(ErrorCode.OVERLOADED, "the router is over its memory budget")
+            out = biggest.session.poll_transmit()
+            self.link_gone(biggest)
+            biggest.outbox.extend(out)  # the GOAWAY still leaves
+            self._dirty.add(biggest)
+            self._shed_links.append(biggest)
+
+    def _accept(self, source: SwitchLink, frame: Frame) -> None:
+        route = source.routes.get(frame.circuit)
+        if route is None:
+            self.counters["frames_unknown_circuit"] += 1
+            return
+        if route.side is not Side.HOST or route.opened:
+            self._reset_both(route, ErrorCode.PROTOCOL_ERROR, "ACCEPT out of order")
+            return
+        try:
+            window = decode_control(frame.payload).int_field("window", MIN_WINDOW, MAX_WINDOW)
+        except WireError as exc:
+            self._reset_both(route, exc.code, exc.reason)
+            return
+        if window > self.limits.max_window:
+            reason = f"window over this router's {self.limits.max_window}"
+            self._reset_both(route, ErrorCode.QUOTA_EXCEEDED, reason)
+            return
+        route.opened = True
+        route.peer.account = RelayAccount(window)  # dialer -> host, bounded by the host
+        self._forward(route, frame)
+
+    def _handshake(self, source: SwitchLink, frame: Frame) -> None:
+        route = source.routes.get(frame.circuit)
+        if route is None:
+            self.counters["frames_unknown_circuit"] += 1
+            return
+        if route.side is not Side.DIALER or route.opened or not route.peer.opened:
+            self._reset_both(route, ErrorCode.PROTOCOL_ERROR, "HANDSHAKE out of order")
+            return
+        route.opened = True
+        self._unpend(route)
+        self._forward(route, frame)
+
+    def _relay(self, source: SwitchLink, frame: Frame) -> None:
+        route = source.routes.get(frame.circuit)
+        if route is None:
+            self.counters["frames_unknown_circuit"] += 1
+            return
+        if frame.type == _DATA:
+            size = len(frame.payload)
+            if route.ended or not route.account.forward(size):
+                self._reset_both(
+                    route,
+                    ErrorCode.FLOW_CONTROL_ERROR,
+                    "DATA beyond the receiver's window or after FIN",
+                )
+                return
+            dest = route.peer.link
+            dest.in_flight += size
+            self.in_flight += size
+            self._forward(route, frame)
+            limits = self.limits
+            if (
+                dest.in_flight > limits.in_flight_per_link
+                or self.in_flight > limits.in_flight_total
+            ):
+                self._over_budget(dest)
+                return
+            if frame.flags & _FIN:
+                route.ended = True
+                if route.peer.ended:
+                    self._drop(route)
+        else:  # CREDIT: `frames` sends only DATA and CREDIT here
+            payload = frame.payload
+            credit = _CREDIT.unpack(payload)[0] if len(payload) == 4 else 0
+            if not route.peer.account.credit(credit):
+                self._reset_both(route, ErrorCode.FLOW_CONTROL_ERROR, "bad CREDIT")
+                return
+            source.in_flight -= credit
+            self.in_flight -= credit
+            self._forward(route, frame)
+
+    def _reset_from(self, source: SwitchLink, frame: Frame) -> None:
+        route = source.routes.get(frame.circuit)
+        if route is None:
+            return
+        self._forward(route, frame)
+        self._drop(route)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _admit(  # noqa: PLR0917
+        self,
+        token: str,
+        source: SwitchLink,
+        subject: str,
+        service: str,
+        action: Action,
+        now: Instant,
+    ) -> Admission:
+        """`admit`, remembering tickets it allowed (an application dials with one cached
+        ticket for minutes; the check costs ~20 us of every DIAL).
+
+        A remembered verdict is reused only for the same token, identity, service and
+        action, against the same bundle object, while the ticket has not expired, the clock
+        has not gone back, and no newer revocation epoch was adopted; otherwise `admit`
+        decides again, if the link's and the identity's verification budgets allow.
+        Refusals are never remembered.
+        """
+        bundle = self._bundle()
+        now_ts = now.unix
+        key = (token, subject, service, action)
+        hit = self._admitted.get(key)
+        if hit is not None:
+            verdict, checked_bundle, checked_at = hit
+            ticket = verdict.ticket
+            if (
+                ticket is not None
+                and checked_bundle is bundle
+                and checked_at <= now_ts < ticket.expires_at
+                and ticket.epoch >= self.epoch
+            ):
+                return verdict
+        if not self._may_verify(source, now):
+            return Admission(None, ErrorCode.RATE_LIMITED, "too many ticket checks; slow down")
+        self.counters["ticket_verifications"] += 1
+        verdict = admit(
+            token,
+            peer_id=subject,
+            service=service,
+            action=action,
+            bundle=bundle,
+            now=now.wall,
+            min_epoch=self.epoch,
+        )
+        if verdict.ticket is not None:
+            if len(self._admitted) >= 4096:
+                self._admitted.clear()
+            self._admitted[key] = (verdict, bundle, now_ts)
+        return verdict
+
+    def _may_verify(self, source: SwitchLink, now: Instant) -> bool:
+        bucket = self._identity_buckets.get(source.identity)
+        if bucket is None:
+            if len(self._identity_buckets) >= 65536:
+                self._identity_buckets.clear()
+            limits = self.limits
+            bucket = TokenBucket(limits.ticket_checks_per_second, limits.ticket_check_burst, 0.0)
+            self._identity_buckets[source.identity] = bucket
+        return source.ticket_bucket.take(now.mono) and bucket.take(now.mono)
+
+    def _unpend(self, route: Route) -> None:
+        if self._pending.pop(route, None) is not None:
+            left = self._pending_by_identity[route.dialer] - 1
+            if left > 0:
+                self._pending_by_identity[route.dialer] = left
+            else:
+                del self._pending_by_identity[route.dialer]
+
+    def _forward(self, route: Route, frame: Frame) -> None:
+        other = route.peer
+        out = other.link.outbox
+        out.append(encode_header(frame.type, other.circuit, len(frame.payload), frame.flags))
+        out.append(frame.payload)  # type: ignore[arg-type]  # joined (copied) before the read ends
+        self._dirty.add(other.link)
+
+    def _reset_both(self, route: Route, code: ErrorCode, reason: str) -> None:
+        self._count(code.code, route.link, reason)
+        payload = encode_error(code, reason)
+        for side in (route, route.peer):
+            self._send(side.link, FrameType.RESET, side.circuit, payload)
+        self._drop(route)
+
+    def _refuse(self, source: SwitchLink, circuit: int, code: ErrorCode, reason: str) -> None:
+        self._count(code.code, source, reason)
+        self._send(source, FrameType.RESET, circuit, encode_error(code, reason))
+
+    def _refuse_bind(self, source: SwitchLink, binding: int, code: ErrorCode, reason: str) -> None:
+        self._count(code.code, source, reason)
+        self._send(source, FrameType.BIND_ERR, binding, encode_error(code, reason))
+
+    def _drop(self, route: Route) -> None:
+        for side in (route, route.peer):
+            if side.link.routes.pop(side.circuit, None) is not None and side is route:
+                self.circuits -= 1
+            # What this side sent and was never credited is no longer owed to the other link.
+            owed = side.account.in_flight
+            if owed:
+                side.peer.link.in_flight -= owed
+                self.in_flight -= owed
+                side.account.in_flight = 0
+            if side.side is Side.DIALER:
+                self._unpend(side)
+
+    def _session_closed(self, source: SwitchLink) -> bool:
+        """The peer said GOAWAY."""
+        event = source.session.poll_event()
+        while event is not None and not isinstance(event, Closing):
+            event = source.session.poll_event()
+        return event is not None
+
+    def _send(self, target: SwitchLink, ftype: FrameType, circuit: int, payload: bytes) -> None:
+        target.outbox.append(encode_frame(ftype, circuit, payload))
+        self._dirty.add(target)
+
+    def _count(self, code: str, source: SwitchLink, reason: str) -> None:
+        self.counters[code] += 1
+        log.warning("refused code=%s identity=%s reason=%r", code, source.identity, reason)
