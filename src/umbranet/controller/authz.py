@@ -28,6 +28,7 @@ __all__ = ["ActivePolicy", "decide_access"]
 
 log = logging.getLogger("umbranet.controller.authz")
 
+
 @dataclass(frozen=True, slots=True)
 class ActivePolicy:
     """The policy version in force, compiled; ``error`` is set if it no longer compiles
