@@ -31,7 +31,13 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
@@ -54,6 +60,11 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """The ``Content-Type`` of `render`'s output (the Prometheus text format every scraper reads)."""
 
 _Metric = Counter | Gauge | Histogram
+
+# The library's one process-wide switch: no ``x_created`` series beside every counter and
+# histogram. They would double the series count; no dashboard here reads them, and a
+# restart is visible anyway as a counter going back to zero.
+disable_created_metrics()
 
 
 def render(registry: CollectorRegistry) -> bytes:
@@ -146,7 +157,7 @@ class Metrics:
             if family.type not in ("counter", "gauge"):
                 continue
             for sample in family.samples:
-                if sample.name.endswith("_created") or not sample.value:
+                if not sample.value:
                     continue
                 out[_key(sample.name, sample.labels)] = sample.value
         return dict(sorted(out.items()))
@@ -173,17 +184,22 @@ def _key(name: str, labels: Mapping[str, str]) -> str:
 
 FIELDS: tuple[str, ...] = (
     "identity",
+    "peer",
+    "dialer",
+    "host",
     "service",
+    "action",
+    "purpose",
+    "verdict",
     "circuit",
     "binding",
     "link",
     "router",
-    "peer",
-    "action",
-    "verdict",
     "code",
     "reason",
     "epoch",
+    "actor",
+    "target",
     "method",
     "path",
     "route",
@@ -200,8 +216,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def escape(text: str) -> str:
-    """`text` with control characters (newlines, escape sequences) written as ``\\xNN``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """`text` with control characters (newlines, escape sequences) written as ``\\xNN``
+    (``\\uNNNN`` for the Unicode line separators)."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:

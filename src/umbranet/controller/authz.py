@@ -82,7 +82,7 @@ def decide_access(
     level = logging.INFO if purpose == "ticket" else logging.DEBUG
     log.log(
         level,
-        "access verdict=%s subject=%s service=%s action=%s purpose=%s reason=%s",
+        "access verdict=%s identity=%s service=%s action=%s purpose=%s reason=%s",
         outcome,
         subject,
         service.name,

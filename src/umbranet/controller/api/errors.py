@@ -43,7 +43,7 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     def refuse(request: Request, status: int, code: str, message: str) -> JSONResponse:
         metrics.api_errors.labels(code=code).inc()
-        log.info(
+        log.warning(
             "request refused method=%s path=%s status=%d code=%s reason=%s",
             request.method,
             request.url.path,

@@ -84,7 +84,7 @@ class GuardMiddleware:
 
     async def _refuse(self, scope: Scope, send: Send, status: int, code: str, msg: str) -> None:
         self.metrics.api_errors.labels(code=code).inc()
-        log.info(
+        log.warning(
             "request refused method=%s path=%s status=%d code=%s reason=%s",
             scope.get("method"),
             scope.get("path"),
