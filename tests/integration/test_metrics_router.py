@@ -7,14 +7,17 @@ again: what an operator's dashboard would see move.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from tests.integration.router_harness import (
     LIVENESS,
     Overlay,
@@ -27,6 +30,7 @@ from tests.scrape import Scrape
 from umbranet.aio.metrics_listener import MetricsListener
 from umbranet.pki.tickets import Action
 from umbranet.router.metrics import serve_metrics
+from umbranet.router.runner import run_router
 from umbranet.testing import LocalNetwork
 from umbranet.testing.rawlink import RawLink
 from umbranet.wire import FrameType
@@ -126,5 +130,33 @@ def test_the_listener_serves_only_get_metrics(network: LocalNetwork, arun: Any) 
             quitter.write(b"GET /metr")
             quitter.close()
             assert (await scrape(listener)).value("umbra_router_bindings") == 1
+
+    arun(main())
+
+
+def test_router_run_serves_metrics_on_the_address_given(
+    network: LocalNetwork, arun: Any, tmp_path: Path
+) -> None:
+    identity_path = tmp_path / "router.json"
+    network.identity("r9", kind="router").save(identity_path)
+    port = free_port()
+
+    async def main() -> None:
+        ready = asyncio.Event()
+        run = run_router(
+            identity_path, "127.0.0.1:0", ready=ready, metrics_listen=f"127.0.0.1:{port}"
+        )
+        task = asyncio.get_running_loop().create_task(run)
+        try:
+            await asyncio.wait_for(ready.wait(), LIVENESS)
+            async with httpx.AsyncClient(trust_env=False, timeout=LIVENESS) as http:
+                response = await http.get(f"http://127.0.0.1:{port}/metrics")
+            scrape = Scrape.parse(response.text)
+            assert scrape.value("umbra_router_links") == 0
+            assert scrape.types["umbra_router_refused"] == "counter"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     arun(main())

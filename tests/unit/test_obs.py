@@ -148,3 +148,16 @@ def test_the_vocabulary_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "logging.md").read_text()
     for name in FIELDS:
         assert f"`{name}`" in doc, name
+
+
+def test_the_cli_refuses_an_unknown_log_format() -> None:
+    from typer.testing import CliRunner
+
+    from umbranet.cli.main import app
+
+    result = CliRunner().invoke(app, ["--log-format", "xml", "router", "run", "--help"])
+    assert result.exit_code == 2
+    assert "use one of text, json" in result.output
+    result = CliRunner().invoke(app, ["--log-format", "json", "router", "run", "--help"])
+    assert result.exit_code == 0
+    assert "--metrics-listen" in result.output
