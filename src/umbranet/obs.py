@@ -17,11 +17,14 @@ structured without a second logging API. `TextFormatter` escapes control charact
 rendered message, because a reason or a name may come from a peer and must not be able to forge
 a second log line or drive the terminal.
 
-This module imports nothing from umbranet: every floor may use it.
+This module imports nothing from umbranet: every floor may use it. It imports
+`prometheus_client` on first use of a registry, so code that only logs (every ``umbra``
+command reads ``--log-format``) does not pay for loading it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -29,17 +32,14 @@ import sys
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import IO, Any, Literal
+from types import ModuleType
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-)
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.registry import Collector
+
+_M = TypeVar("_M")
 
 __all__ = [
     "CONTENT_TYPE",
@@ -56,20 +56,25 @@ __all__ = [
     "render",
 ]
 
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The ``Content-Type`` of `render`'s output (the Prometheus text format every scraper reads)."""
 
-_Metric = Counter | Gauge | Histogram
 
-# The library's one process-wide switch: no ``x_created`` series beside every counter and
-# histogram. They would double the series count; no dashboard here reads them, and a
-# restart is visible anyway as a counter going back to zero.
-disable_created_metrics()
+@functools.cache
+def _prometheus() -> ModuleType:
+    import prometheus_client
+
+    # The library's one process-wide switch: no ``x_created`` series beside every counter and
+    # histogram. They would double the series count; no dashboard here reads them, and a
+    # restart is visible anyway as a counter going back to zero.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
+    return prometheus_client
 
 
 def render(registry: CollectorRegistry) -> bytes:
     """The registry's metrics in the Prometheus text exposition format."""
-    return generate_latest(registry)
+    text: bytes = _prometheus().generate_latest(registry)
+    return text
 
 
 class Metrics:
@@ -82,8 +87,11 @@ class Metrics:
     """
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._metrics: dict[str, _Metric] = {}
+        self._prom = _prometheus()
+        self.registry: CollectorRegistry = self._prom.CollectorRegistry(auto_describe=True)
+        self._counters: dict[str, Counter] = {}
+        self._gauges: dict[str, Gauge] = {}
+        self._histograms: dict[str, Histogram] = {}
         self._lock = threading.Lock()
 
     # -- declaring -------------------------------------------------------------------------
@@ -92,52 +100,50 @@ class Metrics:
         """Declare a monotonically increasing count; `name` ends in ``_total``."""
         if not name.endswith("_total"):
             raise ValueError(f"counter {name!r} must end in _total")
-        metric = Counter(name, doc, tuple(labels), registry=None)
-        self._declare(name, metric)
+        metric: Counter = self._prom.Counter(name, doc, tuple(labels), registry=None)
+        self._declare(name, metric, self._counters)
         return metric
 
     def gauge(self, name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
         """Declare a value that goes up and down (open links, the current epoch)."""
-        metric = Gauge(name, doc, tuple(labels), registry=None)
-        self._declare(name, metric)
+        metric: Gauge = self._prom.Gauge(name, doc, tuple(labels), registry=None)
+        self._declare(name, metric, self._gauges)
         return metric
 
     def histogram(
         self, name: str, doc: str, labels: Iterable[str] = (), buckets: Iterable[float] = ()
     ) -> Histogram:
         """Declare a distribution (latencies in seconds); default buckets when none given."""
-        chosen = tuple(buckets) or Histogram.DEFAULT_BUCKETS
-        metric = Histogram(name, doc, tuple(labels), registry=None, buckets=chosen)
-        self._declare(name, metric)
+        histogram = self._prom.Histogram
+        chosen = tuple(buckets) or histogram.DEFAULT_BUCKETS
+        metric: Histogram = histogram(name, doc, tuple(labels), registry=None, buckets=chosen)
+        self._declare(name, metric, self._histograms)
         return metric
 
     def collector(self, collector: Collector) -> None:
         """Add a custom collector (numbers read from a component at scrape time)."""
         self.registry.register(collector)
 
-    def _declare(self, name: str, metric: _Metric) -> None:
+    def _declare(self, name: str, metric: Any, kind: dict[str, Any]) -> None:
         with self._lock:
-            if name in self._metrics:
+            if any(name in d for d in (self._counters, self._gauges, self._histograms)):
                 raise ValueError(f"metric {name!r} declared twice")
-            self._metrics[name] = metric
+            kind[name] = metric
             self.registry.register(metric)
 
     # -- using, by name ----------------------------------------------------------------------
 
     def count(self, name: str, amount: float = 1, **labels: str) -> None:
         """Add `amount` to the declared counter `name` (with exactly its labels)."""
-        metric = self._metric(name)
-        assert isinstance(metric, Counter), f"{name} is not a counter"
+        metric = _declared(self._counters, name, "counter")
         (metric.labels(**labels) if labels else metric).inc(amount)
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        metric = self._metric(name)
-        assert isinstance(metric, Gauge), f"{name} is not a gauge"
+        metric = _declared(self._gauges, name, "gauge")
         (metric.labels(**labels) if labels else metric).set(value)
 
     def observe(self, name: str, value: float, **labels: str) -> None:
-        metric = self._metric(name)
-        assert isinstance(metric, Histogram), f"{name} is not a histogram"
+        metric = _declared(self._histograms, name, "histogram")
         (metric.labels(**labels) if labels else metric).observe(value)
 
     def get(self, sample: str, **labels: str) -> float:
@@ -166,11 +172,12 @@ class Metrics:
         """Every metric family this registry exposes (declared and collected)."""
         return sorted({family.name for family in self.registry.collect()})
 
-    def _metric(self, name: str) -> _Metric:
-        metric = self._metrics.get(name)
-        if metric is None:
-            raise KeyError(f"metric {name!r} was never declared")
-        return metric
+
+def _declared(metrics: Mapping[str, _M], name: str, kind: str) -> _M:
+    metric = metrics.get(name)
+    if metric is None:
+        raise KeyError(f"no {kind} named {name!r} was declared")
+    return metric
 
 
 def _key(name: str, labels: Mapping[str, str]) -> str:

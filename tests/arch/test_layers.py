@@ -13,18 +13,24 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "umbranet"
 MODULES = sorted(p for p in SRC.rglob("*.py") if "migrations" not in p.parts)
 
+# The ground floor: modules at the package root that every layer may use and that import no
+# other part of umbranet (metrics and log formats; the one bounded cache type).
+GROUND = {"obs", "cache"}
+
 # Each layer may import only these umbranet layers (and itself). Reason in the comment.
 ALLOWED = {
-    "wire": set(),  # the byte format stands alone
-    "pki": set(),  # identities and tokens stand alone
-    "policy": set(),  # decisions are pure functions of data
-    "proto": {"wire", "pki", "policy"},  # state machines over the format and identities
-    "aio": {"wire", "pki", "policy", "proto"},  # shells drive the machines
-    "controller": {"wire", "pki", "policy", "proto", "aio"},
-    "router": {"wire", "pki", "policy", "proto", "aio"},  # never the SDK or controller
-    "sdk": {"wire", "pki", "policy", "proto", "aio"},  # never the router or controller
-    "integrations": {"wire", "pki", "policy", "proto", "aio", "sdk"},  # built on the SDK
-    "agent": {"wire", "pki", "policy", "proto", "aio", "sdk"},  # an SDK application
+    "obs": set(),  # observability is below everything it observes
+    "cache": set(),  # a data structure, nothing more
+    "wire": GROUND | set(),  # the byte format stands alone
+    "pki": GROUND | set(),  # identities and tokens stand alone
+    "policy": GROUND | set(),  # decisions are pure functions of data
+    "proto": GROUND | {"wire", "pki", "policy"},  # state machines over the format and identities
+    "aio": GROUND | {"wire", "pki", "policy", "proto"},  # shells drive the machines
+    "controller": GROUND | {"wire", "pki", "policy", "proto", "aio"},
+    "router": GROUND | {"wire", "pki", "policy", "proto", "aio"},  # never the SDK or controller
+    "sdk": GROUND | {"wire", "pki", "policy", "proto", "aio"},  # never the router or controller
+    "integrations": GROUND | {"wire", "pki", "policy", "proto", "aio", "sdk"},  # on the SDK
+    "agent": GROUND | {"wire", "pki", "policy", "proto", "aio", "sdk"},  # an SDK application
 }
 PURE = {"wire", "pki", "policy", "proto"}
 IMPURE_MODULES = {"asyncio", "socket", "ssl", "time", "selectors", "threading"}
@@ -32,7 +38,9 @@ IMPURE_MODULES = {"asyncio", "socket", "ssl", "time", "selectors", "threading"}
 
 def _layer(path: Path) -> str:
     parts = path.relative_to(SRC).parts
-    return parts[0] if len(parts) > 1 else ""
+    if len(parts) == 1:
+        return path.stem if path.stem in GROUND else ""
+    return parts[0]
 
 
 def _imports(path: Path) -> set[str]:
@@ -75,6 +83,19 @@ def test_router_never_loads_end_to_end_crypto() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_logging_alone_does_not_load_the_metrics_library() -> None:
+    """Every `umbra` command reads --log-format; only components that keep metrics pay for
+    prometheus_client (obs imports it on first use of a registry)."""
+    code = (
+        "import sys, umbranet.cli.main, umbranet.sdk, umbranet.obs\n"
+        "print('prometheus_client' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(

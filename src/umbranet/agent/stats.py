@@ -10,9 +10,12 @@ empty for plain events). The registry is the agent's own, never the process-glob
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+from typing import TYPE_CHECKING
 
 from umbranet.obs import Metrics
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["EVENTS_TOTAL", "Counters"]
 

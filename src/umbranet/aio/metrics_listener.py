@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-
-from prometheus_client import CollectorRegistry
+from typing import TYPE_CHECKING
 
 from umbranet.obs import CONTENT_TYPE, render
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["MetricsListener", "parse_listen"]
 
