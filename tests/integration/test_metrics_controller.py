@@ -3,14 +3,24 @@ for tickets through the real API (the in-process harness: real routes, database 
 
 from __future__ import annotations
 
+import json
+import signal
+import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from tests.conftest import free_port
 from tests.controller_harness import Harness, error_code, make_harness
+from tests.integration.test_controller_process import Controller
+from tests.integration.test_controller_process import _wait_until_serving as wait_until_serving
 from tests.scrape import Scrape
+from umbranet.aio.tls import load_identity
 from umbranet.pki import generate_tls_key, make_csr
 
 
@@ -99,3 +109,44 @@ def test_the_json_view_still_serves_the_counters(h: Harness) -> None:
     counters = h.client(h.admin).get("/v1/metrics").json()["counters"]
     assert counters['umbra_api_errors_total{code="client_cert_required"}'] == 1
     assert all(isinstance(value, int) for value in counters.values())
+
+
+@pytest.mark.slow
+def test_a_controller_process_serves_metrics_over_mtls_and_logs_json(tmp_path: Path) -> None:
+    """The real server: /metrics read with an admin's certificate over TLS; with
+    ``--log-format json`` every log line is a JSON object carrying the refusal's code."""
+    home, port = tmp_path / "home", free_port()
+    umbra = [sys.executable, "-m", "umbranet.cli.main", "--home", str(home)]
+    init = [*umbra, "controller", "init", "--address", f"127.0.0.1:{port}"]
+    subprocess.run(init, capture_output=True, check=True, timeout=60)
+    log = tmp_path / "controller.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*umbra, "--log-format", "json", "controller", "run"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    controller = Controller(home, port, process, log)
+    try:
+        wait_until_serving(controller)
+        admin = controller.admin()
+        tls = ssl.create_default_context(cadata=admin.bundle.ca_pem)
+        load_identity(tls, admin)
+        with httpx.Client(verify=tls, trust_env=False, timeout=30) as http:
+            assert http.get(f"{controller.url}/v1/me", headers={}).status_code == 200
+            text = http.get(f"{controller.url}/metrics").text
+        with httpx.Client(verify=False, trust_env=False, timeout=30) as anonymous:
+            assert anonymous.get(f"{controller.url}/metrics").status_code == 401
+        scrape = Scrape.parse(text)
+        me = {"route": "/v1/me", "method": "GET", "status": "200"}
+        assert scrape.value("umbra_api_requests_total", **me) == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    refusals = [entry for entry in lines if entry.get("code") == "client_cert_required"]
+    assert len(refusals) == 1 and refusals[0]["level"] == "WARNING", lines
