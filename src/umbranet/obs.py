@@ -168,10 +168,6 @@ class Metrics:
                 out[_key(sample.name, sample.labels)] = sample.value
         return dict(sorted(out.items()))
 
-    def names(self) -> list[str]:
-        """Every metric family this registry exposes (declared and collected)."""
-        return sorted({family.name for family in self.registry.collect()})
-
 
 def _declared(metrics: Mapping[str, _M], name: str, kind: str) -> _M:
     metric = metrics.get(name)
