@@ -39,7 +39,9 @@ IMPURE_MODULES = {"asyncio", "socket", "ssl", "time", "selectors", "threading"}
 
 def _layer(path: Path) -> str:
     parts = path.relative_to(SRC).parts
-    return parts[0] if len(parts) > 1 else ""
+    if len(parts) == 1:
+        return path.stem if path.stem in GROUND else ""
+    return parts[0]
 
 
 def _imports(path: Path) -> set[str]:
@@ -103,6 +105,19 @@ def test_router_never_loads_end_to_end_crypto() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_logging_alone_does_not_load_the_metrics_library() -> None:
+    """Every `umbra` command reads --log-format; only components that keep metrics pay for
+    prometheus_client (obs imports it on first use of a registry)."""
+    code = (
+        "import sys, umbranet.cli.main, umbranet.sdk, umbranet.obs\n"
+        "print('prometheus_client' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ Small on purpose: one request per connection (``Connection: close``), bodies onl
 Content-Length, heads up to 16 KiB, bodies up to 64 KiB, ten seconds to send a request. The
 parser (`parse_head`) is a pure function; whatever bytes arrive, the server answers with an
 HTTP error that names the reason (``{"error": {"code", "message"}}``), counts it, and keeps
-serving everyone else. `LocalApiClient` is what ``umbra status|whois|ping`` use.
+serving everyone else. ``GET /metrics`` answers the agent's counters in Prometheus text.
+`LocalApiClient` is what ``umbra status|whois|ping`` use.
 
 The socket is created with umask 0177 and then chmod 0600, inside the 0700 state directory:
 whois reveals who is connected to what, which is for the machine's owner only.
@@ -29,6 +30,8 @@ from urllib.parse import parse_qsl
 import httpx
 
 from umbranet.agent.stats import Counters
+from umbranet.obs import CONTENT_TYPE
+from umbranet.obs import render as render_metrics
 
 __all__ = [
     "MAX_BODY",
@@ -132,6 +135,15 @@ def render(status: int, body: Any) -> bytes:
     return head.encode("ascii") + payload
 
 
+def _text(status: int, payload: bytes, content_type: str) -> bytes:
+    """A complete response with a non-JSON body (``GET /metrics``, Prometheus text)."""
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + payload
+
+
 def error_body(code: str, reason: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": reason}}
 
@@ -199,12 +211,14 @@ class LocalApiServer:
             return None
         except ApiError as exc:
             self._counters.add(f"api_bad_request.{exc.code}")
-            log.info("local API refused a request: %s", exc)
+            log.warning("local API refused a request code=%s reason=%s", exc.code, exc.reason)
             return render(exc.status, error_body(exc.code, exc.reason))
         except TimeoutError:
             self._counters.add("api_bad_request.timeout")
             return render(408, error_body("timeout", f"no complete request in {READ_TIMEOUT}s"))
         self._counters.add("api_requests")
+        if request.path == "/metrics" and request.method == "GET":
+            return _text(200, render_metrics(self._counters.registry), CONTENT_TYPE)
         try:
             status, body = await self._handler(request)
         except ApiError as exc:

@@ -39,6 +39,7 @@ from umbranet.agent.rootmode import parse_dns_name
 from umbranet.agent.workload import parse_endpoint_socket
 from umbranet.aio.runtime import run
 from umbranet.cli.common import CliState, emit, fail, handle_errors, out, state, table
+from umbranet.obs import LogFormat, configure_logging
 
 __all__ = ["register"]
 
@@ -132,7 +133,9 @@ def up(
             require_root()
         prepare_state_dir(config.state_dir)
         if daemon:
-            pid = daemonize(config, lambda ready: _run(config, verbose, lambda _a: ready()))
+            pid = daemonize(
+                config, lambda ready: _run(config, verbose, lambda _a: ready(), cli.log_format)
+            )
             emit(
                 cli,
                 {"pid": pid, "socket": str(config.socket_path), "log": str(config.log_file)},
@@ -140,7 +143,7 @@ def up(
             )
             return
         with contextlib.suppress(KeyboardInterrupt):
-            _run(config, verbose, lambda agent: _say_ready(cli, agent))
+            _run(config, verbose, lambda agent: _say_ready(cli, agent), cli.log_format)
 
 
 def down(
@@ -226,12 +229,13 @@ def ping(
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _run(config: AgentConfig, verbose: bool, on_ready: Callable[[Agent], None]) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        force=True,
-    )
+def _run(
+    config: AgentConfig,
+    verbose: bool,
+    on_ready: Callable[[Agent], None],
+    log_format: LogFormat = "text",
+) -> None:
+    configure_logging(logging.DEBUG if verbose else logging.INFO, log_format)
     # One line per controller request every refresh would drown the agent's own log.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
     run(run_agent(config, on_ready))

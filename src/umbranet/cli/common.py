@@ -25,6 +25,7 @@ from rich.table import Table
 
 from umbranet.aio.controller_client import ControllerClient, ControllerError
 from umbranet.controller.home import ControllerHome, HomeError
+from umbranet.obs import LogFormat
 from umbranet.pki import IdentityFile, PkiError
 
 __all__ = [
@@ -51,10 +52,12 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 @dataclass(frozen=True, slots=True)
 class CliState:
-    """The global options: where the home directory is, and whether to print JSON."""
+    """The global options: where the home directory is, whether to print JSON, and how the
+    long-running commands (controller, router, agent) write their logs."""
 
     home: Path
     json: bool = False
+    log_format: LogFormat = "text"
 
     @property
     def admin_file(self) -> Path:

@@ -74,4 +74,4 @@ def run(
     with handle_errors(cli):
         loaded = load_home(cli.home)
         out.print(f"controller for {loaded.config.trust_domain} on {loaded.config.url}")
-        server.serve(loaded, posture_interval=posture_interval)
+        server.serve(loaded, posture_interval=posture_interval, log_format=cli.log_format)

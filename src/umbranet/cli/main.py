@@ -2,7 +2,8 @@
 
 Global options come before the command: ``umbra --home D --json identity list``. The home
 directory defaults to ``~/.umbra`` (or ``$UMBRA_HOME``); ``--json`` prints machine-readable
-output for scripts.
+output for scripts; ``--log-format json`` makes the long-running commands (``controller run``,
+``router run``, ``up``) log one JSON object per line (fields in docs/logging.md).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from umbranet.cli import (
     service_cmd,
 )
 from umbranet.cli.common import DEFAULT_HOME, CliState
+from umbranet.obs import LOG_FORMATS, LogFormat
 
 __all__ = ["app", "main"]
 
@@ -51,8 +53,19 @@ def _global(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print machine-readable JSON.")
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="UMBRA_LOG_FORMAT",
+            help="Logs of long-running commands: text, or json (one object per line).",
+        ),
+    ] = "text",
 ) -> None:
-    ctx.obj = CliState(home=home.expanduser(), json=json_output)
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"use one of {', '.join(LOG_FORMATS)}", param_hint="--log-format")
+    chosen: LogFormat = "json" if log_format == "json" else "text"
+    ctx.obj = CliState(home=home.expanduser(), json=json_output, log_format=chosen)
 
 
 app.add_typer(controller_cmd.app, name="controller")

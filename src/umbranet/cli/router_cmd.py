@@ -12,6 +12,7 @@ import typer
 from umbranet.aio.controller_client import ControllerClient
 from umbranet.aio.runtime import run
 from umbranet.cli.common import emit, fail, handle_errors, out, state
+from umbranet.obs import configure_logging
 from umbranet.pki import IdentityFile, SpiffeId
 
 __all__ = ["app"]
@@ -46,6 +47,7 @@ def enroll(
 @app.command("run")
 def run_cmd(
     ctx: typer.Context,
+    *,
     identity: Annotated[Path, typer.Option("--identity", "-i", help="Router identity file.")],
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT for endpoint links.")] = (
         "127.0.0.1:7443"
@@ -54,14 +56,18 @@ def run_cmd(
         str | None, typer.Option("--advertise", help="HOST:PORT endpoints use (default: listen).")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every link.")] = False,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen",
+            help="HOST:PORT (or a PORT on 127.0.0.1) to serve GET /metrics (Prometheus text).",
+        ),
+    ] = None,
 ) -> None:
     """Serve endpoint links (mutual TLS) until interrupted."""
     from umbranet.router.runner import run_router
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
     cli = state(ctx)
+    configure_logging(logging.INFO if verbose else logging.WARNING, cli.log_format)
     with handle_errors(cli):
-        run(run_router(identity, listen, advertise))
+        run(run_router(identity, listen, advertise, metrics_listen=metrics_listen))

@@ -24,12 +24,9 @@ from umbranet.policy import (
 )
 from umbranet.policy import decide_access as _policy_decide
 
-__all__ = ["METRICS", "ActivePolicy", "decide_access"]
+__all__ = ["ActivePolicy", "decide_access"]
 
 log = logging.getLogger("umbranet.controller.authz")
-
-METRICS = Metrics()
-"""Counters used when the caller passes none (the app passes its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +60,8 @@ def decide_access(
     policy's (the subject is ``identity_name`` with its attributes as tags, the service carries
     the union of its dial and bind attributes, ``posture`` is the endpoint's newest report,
     ``port`` the service port asked for); without one, the interim attribute rule (which
-    knows no ports).
+    knows no ports). The verdict is counted in `metrics`, the app's registry; a caller
+    without one (a unit test, a preview) is not counted anywhere: there is no global registry.
     """
     if policy is None:
         verdict = _policy_decide(identity_attributes, service, action)
@@ -79,13 +77,12 @@ def decide_access(
             now=now,
         )
     outcome = "allow" if verdict.allowed else "deny"
-    (metrics or METRICS).inc(
-        "umbra_access_verdicts_total", action=action, outcome=outcome, purpose=purpose
-    )
+    if metrics is not None:
+        metrics.verdicts.labels(action=action, outcome=outcome, purpose=purpose).inc()
     level = logging.INFO if purpose == "ticket" else logging.DEBUG
     log.log(
         level,
-        "access verdict=%s subject=%s service=%s action=%s purpose=%s reason=%s",
+        "access verdict=%s identity=%s service=%s action=%s purpose=%s reason=%s",
         outcome,
         subject,
         service.name,

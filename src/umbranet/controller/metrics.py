@@ -1,39 +1,66 @@
-"""In-process counters of the controller, served as JSON at ``GET /v1/metrics``.
+"""The controller's metrics, one registry per app, served at ``GET /metrics`` (Prometheus text,
+admin only) and as JSON at ``GET /v1/metrics``.
 
-Every access verdict and every refused request is counted here, keyed in the Prometheus text
-style (``name{label="value"}``) so a later exporter can serve the same numbers unchanged.
+Every access verdict, refused request, issued credential and API request is counted here. The
+names are stable and listed in ``docs/metrics.md``; a new metric is declared below (with its
+labels) and documented there, or counting it raises. The controller's metric names carry no
+component infix (``umbra_access_verdicts_total``), as they did before they were exported.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 
-__all__ = ["Metrics"]
+from umbranet.obs import Metrics as _Registry
+
+__all__ = ["API_BUCKETS", "Metrics"]
+
+API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+"""Seconds; API calls are a few milliseconds, a policy save with tests up to seconds."""
 
 
-class Metrics:
-    """Thread-safe monotonically increasing counters (routes run in a thread pool)."""
+class Metrics(_Registry):
+    """The controller's declared metrics (thread-safe: routes run in a thread pool)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counters: dict[str, int] = {}
+        super().__init__()
+        self.verdicts = self.counter(
+            "umbra_access_verdicts_total",
+            "Access decisions by outcome (allow, deny), action and why they were asked.",
+            ("action", "outcome", "purpose"),
+        )
+        self.api_requests = self.counter(
+            "umbra_api_requests_total",
+            "API requests answered, by route template, method and HTTP status.",
+            ("route", "method", "status"),
+        )
+        self.api_latency = self.histogram(
+            "umbra_api_request_duration_seconds",
+            "Time to answer an API request, by route template and method.",
+            ("route", "method"),
+            buckets=API_BUCKETS,
+        )
+        self.api_errors = self.counter(
+            "umbra_api_errors_total",
+            "Refused or failed API requests by machine code.",
+            ("code",),
+        )
+        self.tickets = self.counter(
+            "umbra_tickets_issued_total", "Session tickets issued, by action.", ("action",)
+        )
+        self.enrollments = self.counter(
+            "umbra_enrollments_total", "Identities enrolled (token exchanged), by kind.", ("kind",)
+        )
+        self.renewals = self.counter(
+            "umbra_renewals_total", "Certificates renewed, by identity kind.", ("kind",)
+        )
+        self.jwt_svids = self.counter("umbra_jwt_svids_issued_total", "JWT-SVIDs issued.")
+        self.epoch = self.gauge("umbra_epoch", "The current revocation epoch.")
+        self.subscribers = self.gauge(
+            "umbra_event_subscribers", "Routers and endpoints following the epoch stream."
+        )
 
-    def inc(self, name: str, amount: int = 1, **labels: str) -> None:
-        key = _key(name, labels)
-        with self._lock:
-            self._counters[key] = self._counters.get(key, 0) + amount
-
-    def get(self, name: str, **labels: str) -> int:
-        with self._lock:
-            return self._counters.get(_key(name, labels), 0)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(sorted(self._counters.items()))
-
-
-def _key(name: str, labels: dict[str, str]) -> str:
-    if not labels:
-        return name
-    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    return f"{name}{{{inner}}}"
+    def follow_events(self, epoch: Callable[[], float], subscribers: Callable[[], float]) -> None:
+        """Read the epoch and the subscriber count at scrape time from the event hub."""
+        self.epoch.set_function(epoch)
+        self.subscribers.set_function(subscribers)

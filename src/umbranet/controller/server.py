@@ -10,6 +10,7 @@ from ``scope["extensions"]["tls"]["client_cert_der"]``, which uvicorn does not p
 from __future__ import annotations
 
 import asyncio
+import copy
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,12 +25,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from umbranet.controller.api import create_app
 from umbranet.controller.home import LoadedController, load_home, write_server_certificate
 from umbranet.controller.posture_ticker import DEFAULT_INTERVAL, PostureTicker
+from umbranet.obs import LogFormat
 
 __all__ = [
     "LOG_CONFIG",
     "MtlsH11Protocol",
     "TlsScopeApp",
     "build_server",
+    "log_config",
     "run",
     "serve",
 ]
@@ -39,7 +42,7 @@ LOG_CONFIG: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "plain": {"()": "umbranet.obs.TextFormatter"},
     },
     "handlers": {
         "stderr": {
@@ -56,6 +59,14 @@ LOG_CONFIG: dict[str, Any] = {
     },
 }
 """Quiet uvicorn (warnings only, no access log); the controller's own decisions at INFO."""
+
+
+def log_config(log_format: LogFormat = "text") -> dict[str, Any]:
+    """`LOG_CONFIG` writing text (control characters escaped) or one JSON object per line."""
+    config = copy.deepcopy(LOG_CONFIG)
+    factory = "umbranet.obs.JsonFormatter" if log_format == "json" else "umbranet.obs.TextFormatter"
+    config["formatters"]["plain"] = {"()": factory}
+    return config
 
 
 class TlsScopeApp:
@@ -94,6 +105,7 @@ def build_server(
     clock: Callable[[], datetime] | None = None,
     host: str | None = None,
     port: int | None = None,
+    log_format: LogFormat = "text",
 ) -> uvicorn.Server:
     """A uvicorn server for the loaded controller (not started)."""
     kwargs: dict[str, Any] = {}
@@ -109,7 +121,7 @@ def build_server(
         ssl_certfile=str(loaded.home.server_pem),
         ssl_ca_certs=str(loaded.home.ca_pem),
         ssl_cert_reqs=ssl.CERT_OPTIONAL,
-        log_config=LOG_CONFIG,
+        log_config=log_config(log_format),
         access_log=False,
         server_header=False,
         lifespan="off",
@@ -119,7 +131,12 @@ def build_server(
     return uvicorn.Server(config)
 
 
-def serve(loaded: LoadedController, *, posture_interval: float = DEFAULT_INTERVAL) -> None:
+def serve(
+    loaded: LoadedController,
+    *,
+    posture_interval: float = DEFAULT_INTERVAL,
+    log_format: LogFormat = "text",
+) -> None:
     """Refresh the server certificate and serve until SIGINT/SIGTERM; closes the database.
 
     Postures are re-evaluated every ``posture_interval`` seconds while it serves.
@@ -127,7 +144,7 @@ def serve(loaded: LoadedController, *, posture_interval: float = DEFAULT_INTERVA
     ticker: PostureTicker | None = None
     try:
         write_server_certificate(loaded.home, loaded.authority, loaded.config, datetime.now(UTC))
-        server = build_server(loaded)
+        server = build_server(loaded, log_format=log_format)
         app = server.config.app
         assert isinstance(app, FastAPI)  # build_server always serves the API app
         ticker = PostureTicker(app.state.umbra, posture_interval)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from umbranet.aio.controller_client import ControllerClient, ControllerError
 from umbranet.pki import IdentityFile
+from umbranet.router.metrics import serve_metrics
 from umbranet.router.server import Router, RouterConfig
 
 log = logging.getLogger("umbranet.router")
@@ -27,8 +28,10 @@ async def run_router(
     listen: str,
     advertise: str | None = None,
     ready: asyncio.Event | None = None,
+    metrics_listen: str | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (or cancellation)."""
+    """Serve until SIGINT/SIGTERM (or cancellation); with `metrics_listen` (``HOST:PORT`` or a
+    loopback ``PORT``), also serve ``GET /metrics`` there."""
     identity = IdentityFile.load(identity_path)
     host, _, port = listen.rpartition(":")
     config = RouterConfig(identity, host=host.strip("[]") or "127.0.0.1", port=int(port))
@@ -37,9 +40,11 @@ async def run_router(
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    async with Router(config) as router:
+    async with Router(config) as router, serve_metrics(router.statistics, metrics_listen) as m:
         address = advertise or router.address
         print(f"router {router.name} listening on {router.address}", flush=True)
+        if m is not None:
+            print(f"router metrics on http://{m.address}/metrics", flush=True)
         if ready is not None:
             ready.set()
         tasks = [

@@ -63,6 +63,8 @@ class Router:
         self._server: asyncio.Server | None = None
         self._timers: dict[Link, MachineTimer] = {}
         self._switch_timer: MachineTimer | None = None
+        # Bytes in, bytes out and frames in of links already gone (totals only grow).
+        self._gone_totals = [0, 0, 0]
         self._throttled: dict[Link, asyncio.Task[None]] = {}
         self._checked_epoch = 0  # the newest epoch whose live grants were re-checked
 
@@ -130,6 +132,7 @@ class Router:
         if epoch <= self._checked_epoch:
             return 0
         grants = self.switch.live_grants(list(self._links.values()))
+        self.switch.counters["rechecks"] += 1
         triples = [(who, service, action) for who, service, action, _ in grants]
         denied = await recheck(triples) if triples else {}
         self._checked_epoch = max(self._checked_epoch, epoch)
@@ -149,9 +152,11 @@ class Router:
             "bindings": len(switch.terminators),
             "pending_handshakes": switch.pending_handshakes,
             "in_flight": switch.in_flight,
-            "bytes_in": sum(link.bytes_in for link in self._links),
-            "bytes_out": sum(link.bytes_out for link in self._links),
-            "frames_in": sum(link.frames_in for link in self._links),
+            "bytes_in": self._gone_totals[0] + sum(link.bytes_in for link in self._links),
+            "bytes_out": self._gone_totals[1] + sum(link.bytes_out for link in self._links),
+            "frames_in": self._gone_totals[2] + sum(link.frames_in for link in self._links),
+            "frames_out": switch.frames_out,
+            "epoch": switch.epoch,
             "counters": dict(switch.counters),
         }
 
@@ -205,6 +210,10 @@ class Router:
         state = self._links.pop(link, None)
         if state is None:
             return
+        totals = self._gone_totals
+        totals[0] += link.bytes_in
+        totals[1] += link.bytes_out
+        totals[2] += link.frames_in
         if link.decode_error is not None:  # garbage that never became frames: count it too
             self.switch.counters[link.decode_error.code.code] += 1
         self.switch.link_gone(state)

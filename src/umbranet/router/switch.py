@@ -162,6 +162,7 @@ class Switch:
         self.circuits = 0
         self.epoch = 0  # the controller's latest revocation epoch; older tickets are stale
         self.in_flight = 0  # relayed DATA bytes not yet credited back, router-wide
+        self.frames_out = 0  # frames relayed or sent by the switch
         self._identity_buckets: dict[str, TokenBucket] = {}
         self._pending: dict[Route, float] = {}  # dialer-side routes -> handshake deadline
         self._pending_by_identity: Counter[str] = Counter()
@@ -450,7 +451,7 @@ class Switch:
             )
         if self.in_flight > limits.in_flight_total:
             biggest = max(self.links, key=lambda link: link.in_flight)
-            self.counters["links_shed"] += 1
+            self.counters[ErrorCode.OVERLOADED.code] += 1
             log.warning(
                 "shedding link identity=%s in_flight=%d", biggest.identity, biggest.in_flight
             )
@@ -616,6 +617,7 @@ class Switch:
         out.append(encode_header(frame.type, other.circuit, len(frame.payload), frame.flags))
         out.append(frame.payload)  # type: ignore[arg-type]  # joined (copied) before the read ends
         self._dirty.add(other.link)
+        self.frames_out += 1
 
     def _reset_both(self, route: Route, code: ErrorCode, reason: str) -> None:
         self._count(code.code, route.link, reason)
@@ -655,6 +657,7 @@ class Switch:
     def _send(self, target: SwitchLink, ftype: FrameType, circuit: int, payload: bytes) -> None:
         target.outbox.append(encode_frame(ftype, circuit, payload))
         self._dirty.add(target)
+        self.frames_out += 1
 
     def _count(self, code: str, source: SwitchLink, reason: str) -> None:
         self.counters[code] += 1

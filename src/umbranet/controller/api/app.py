@@ -15,6 +15,7 @@ from umbranet.controller.api import (
     routes_client,
     routes_events,
     routes_jwt,
+    routes_metrics,
     routes_policy,
     routes_public,
 )
@@ -51,6 +52,10 @@ def create_app(
     app.include_router(routes_events.router)
     app.include_router(routes_policy.router)
     app.include_router(routes_jwt.router)
+    app.include_router(routes_metrics.router)
     install_error_handlers(app, context.metrics)
     app.add_middleware(GuardMiddleware, metrics=context.metrics)
+    app.add_middleware(routes_metrics.RequestMetrics, metrics=context.metrics)
+    events = context.events
+    context.metrics.follow_events(lambda: events.epoch, lambda: events.subscribers)
     return app

@@ -42,8 +42,8 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     def refuse(request: Request, status: int, code: str, message: str) -> JSONResponse:
-        metrics.inc("umbra_api_errors_total", code=code)
-        log.info(
+        metrics.api_errors.labels(code=code).inc()
+        log.warning(
             "request refused method=%s path=%s status=%d code=%s reason=%s",
             request.method,
             request.url.path,

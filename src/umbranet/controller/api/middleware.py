@@ -73,7 +73,7 @@ class GuardMiddleware:
             log.exception(
                 "request failed method=%s path=%s", scope.get("method"), scope.get("path")
             )
-            self.metrics.inc("umbra_api_errors_total", code="internal_error")
+            self.metrics.api_errors.labels(code="internal_error").inc()
             if not started:
                 await _send_json(
                     send, 500, "internal_error", "the controller failed to serve this request"
@@ -83,8 +83,8 @@ class GuardMiddleware:
         return f"the request body is larger than {self.max_body} bytes"
 
     async def _refuse(self, scope: Scope, send: Send, status: int, code: str, msg: str) -> None:
-        self.metrics.inc("umbra_api_errors_total", code=code)
-        log.info(
+        self.metrics.api_errors.labels(code=code).inc()
+        log.warning(
             "request refused method=%s path=%s status=%d code=%s reason=%s",
             scope.get("method"),
             scope.get("path"),

@@ -148,4 +148,4 @@ def create_router(body: RouterIn, ctx: Ctx, caller: AdminCaller) -> RouterCreate
 @router.get("/metrics", response_model=MetricsOut)
 def get_metrics(ctx: Ctx, caller: AdminCaller) -> MetricsOut:
     """In-process counters: access verdicts and refused requests by code."""
-    return MetricsOut(counters=ctx.metrics.snapshot())
+    return MetricsOut(counters={k: int(v) for k, v in ctx.metrics.snapshot().items()})

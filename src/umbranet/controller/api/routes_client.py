@@ -51,6 +51,7 @@ def post_renew(body: RenewIn, ctx: Ctx, caller: ClientCaller) -> RenewOut:
         cert = enrollment.renew(
             store, ctx.authority, _identity(store, caller.id), csr_pem=body.csr_pem, now=now
         )
+    ctx.metrics.renewals.labels(kind=caller.kind).inc()
     return RenewOut(cert_pem=cert_pem(cert))
 
 
@@ -130,6 +131,7 @@ def post_ticket(body: TicketIn, ctx: Ctx, caller: ClientCaller) -> TicketOut:
                     now=now,
                 )
         raise
+    ctx.metrics.tickets.labels(action=body.action).inc()
     return TicketOut(
         ticket=grant.ticket,
         expires_at=grant.expires_at,

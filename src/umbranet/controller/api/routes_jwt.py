@@ -38,5 +38,5 @@ def post_jwt_svid(body: JwtSvidIn, ctx: Ctx, caller: ClientCaller) -> JwtSvidOut
         ctx.clock(),
         ctx.authority.jwt_svid_lifetime,
     )
-    ctx.metrics.inc("umbra_jwt_svids_issued_total")
+    ctx.metrics.jwt_svids.inc()
     return JwtSvidOut(token=token, expires_at=expires_at)

@@ -48,4 +48,6 @@ def post_enroll(body: EnrollIn, ctx: Ctx) -> EnrollOut:
             cert_pem=cert_pem(cert),
             bundle=bundle_out(ctx.authority.bundle),
         )
+        kind = identity.kind  # read before the session closes
+    ctx.metrics.enrollments.labels(kind=kind).inc()
     return result

@@ -12,11 +12,11 @@ two controllers in one process (tests) never see each other's policy.
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
+from umbranet.cache import BoundedCache
 from umbranet.controller.authz import ActivePolicy, service_ref
 from umbranet.controller.service.errors import BadRequest, NotFound
 from umbranet.controller.service.posture import report_of
@@ -36,31 +36,10 @@ __all__ = [
 ]
 
 _CACHE_SIZE = 16
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Bounded(Generic[K, V]):
-    """A small thread-safe cache that forgets its oldest entry when full (a speed-up only)."""
-
-    def __init__(self, size: int = _CACHE_SIZE) -> None:
-        self._size = size
-        self._items: dict[K, V] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            return self._items.get(key)
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            if len(self._items) >= self._size:
-                self._items.pop(next(iter(self._items)))
-            self._items[key] = value
-
-
-_compiled: _Bounded[str, CompiledPolicy] = _Bounded()
-_inventories: _Bounded[tuple[str | int, ...], Inventory] = _Bounded()
+# Module-level because compiled policies are keyed by content and inventories by database
+# URL, so two controllers in one process (tests) cannot see each other's entries.
+_compiled: BoundedCache[str, CompiledPolicy] = BoundedCache(_CACHE_SIZE)
+_inventories: BoundedCache[tuple[str | int, ...], Inventory] = BoundedCache(_CACHE_SIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +78,7 @@ def shared_inventory(store: Store, epoch: int) -> Inventory:
     """
     url: str = str(store.session.get_bind().engine.url)
     key: tuple[str | int, ...] = (url, epoch, *store.inventory_fingerprint())
-    inventory = _inventories.get(key)
-    if inventory is None:
-        inventory = inventory_of(store)
-        _inventories.put(key, inventory)
-    return inventory
+    return _inventories.fetch(key, lambda: inventory_of(store))
 
 
 def test_policy(store: Store, text: str) -> CompiledPolicy:
