@@ -100,10 +100,10 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
 
 
 def test_py_spiffe_fetches_and_validates_x509_and_jwt_svids(network: Network) -> None:
+    answer = network.client("fetch", AUDIENCE)
+    # Checked once the API answered: the socket appears (0755 at most) just before its chmod.
     info = network.socket.stat()
     assert info.st_mode & 0o077 == 0, oct(info.st_mode)  # owner only
-
-    answer = network.client("fetch", AUDIENCE)
 
     assert answer["spiffe_id"] == network.spiffe_id
     assert answer["context_spiffe_id"] == network.spiffe_id
