@@ -65,6 +65,7 @@ class Router:
         self._switch_timer: MachineTimer | None = None
         # Bytes in, bytes out and frames in of links already gone (totals only grow).
         self._gone_totals = [0, 0, 0]
+        self._address = ""
         self._throttled: dict[Link, asyncio.Task[None]] = {}
         self._checked_epoch = 0  # the newest epoch whose live grants were re-checked
 
@@ -75,9 +76,8 @@ class Router:
     @property
     def address(self) -> str:
         """host:port actually bound (the port may have been 0)."""
-        assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
+        assert self._address, "the router has not started"
+        return self._address
 
     async def __aenter__(self) -> Router:
         await self.start()
@@ -97,6 +97,8 @@ class Router:
             ssl_handshake_timeout=self.config.tls_handshake_timeout,
             backlog=1024,
         )
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self._address = f"{host}:{port}"
         log.info("router %s listening on %s", self.name, self.address)
 
     async def stop(self) -> None:

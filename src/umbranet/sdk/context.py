@@ -25,6 +25,7 @@ from umbranet.pki import IdentityFile
 from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
+from umbranet.proto.link import LinkTimers
 from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
 from umbranet.sdk.listener import Listener
@@ -74,9 +75,11 @@ class Context:
         control: Callable[[IdentityFile], ControlPlane] | None = None,
         renew: bool = True,
         report_posture: bool = True,
+        link_timers: LinkTimers | None = None,
     ) -> None:
         self.identity = identity
         self.clock = clock
+        self.link_timers = link_timers  # keepalive: how soon a silent router is given up
         self._identity_path = identity_path
         self._control_factory = control or _default_control
         self._control = self._control_factory(identity)
@@ -237,7 +240,9 @@ class Context:
     # -- internals ----------------------------------------------------------------------
 
     async def _connect(self, address: str) -> RouterConnection:
-        connection = RouterConnection(self.identity, address, self.clock, self._lost)
+        connection = RouterConnection(
+            self.identity, address, self.clock, self._lost, self.link_timers
+        )
         await connection.connect()
         self._connections[address] = connection
         return connection

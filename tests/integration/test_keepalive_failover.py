@@ -1,0 +1,66 @@
+"""A router that goes silent (a frozen process, a dropped NAT mapping) is noticed by the
+endpoints' keepalive, not by the kernel: streams through it end with `peer_gone`, and the
+next dial goes through another router. Real TLS links on loopback; short keepalive timers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.conftest import echo_forever, running_router
+from umbranet.proto.link import LinkTimers
+from umbranet.router import Router
+from umbranet.sdk import Context, StreamReset
+from umbranet.testing import LocalNetwork
+
+TIMERS = LinkTimers(ping_interval=0.2, silent_after=0.8)
+
+
+def _freeze(router: Router) -> None:
+    """The router stops accepting, reading, writing and keeping time, without closing any
+    connection: to its peers it looks like a hung process or a black-holed path."""
+    assert router._server is not None
+    router._server.close()
+    for link in list(router._links):
+        assert link.transport is not None
+        link.transport.pause_reading()
+        router._timers[link].cancel()
+
+
+def _context(network: LocalNetwork, name: str, attribute: str) -> Context:
+    identity = network.identity(name, attributes=(attribute,))
+    return Context(identity, control=network.control, renew=False, link_timers=TIMERS)
+
+
+def test_a_silent_router_is_detected_and_dials_fail_over(network: LocalNetwork, arun: Any) -> None:
+    async def main() -> None:
+        async with running_router(network, "r1") as r1, running_router(network, "r2"):
+            host, client = _context(network, "web", "server"), _context(network, "alice", "client")
+            async with host, client:
+                listener = await host.listen("echo").start()
+                assert sorted(listener.bound_routers) == ["r1", "r2"]
+                server = asyncio.get_running_loop().create_task(echo_forever(listener))
+                stream = await client.dial("echo")
+                assert stream.get_extra_info("router") == "r1"
+                stream.write(b"before")
+                assert await stream.readexactly(6) == b"before"
+
+                _freeze(r1)
+                started = asyncio.get_running_loop().time()
+                with pytest.raises(StreamReset) as info:
+                    await asyncio.wait_for(stream.read(), 30)
+                noticed = asyncio.get_running_loop().time() - started
+                assert info.value.code == "peer_gone"
+                print(f"silent router noticed in {noticed:.2f}s, deadline {TIMERS.silent_after}s")
+
+                again = await client.dial("echo")
+                assert again.get_extra_info("router") == "r2"
+                again.write(b"after")
+                again.write_eof()
+                assert await again.read() == b"after"
+                assert client.statistics()["counters"]["router_links_lost"] >= 1
+                server.cancel()
+
+    arun(main())
