@@ -508,3 +508,115 @@ def test_a_remembered_ticket_never_serves_another_identity_or_service() -> None:
     assert _reset(_dial_with(switch, web, 1, token))[0].code == "ticket_wrong_identity"
     switch.dial(alice, 3, ticket=token, service="billing")
     assert _reset(_out(alice))[0].code == "ticket_wrong_service"
+
+
+# -- deadlines, quotas and rate limits (one client must not starve the rest) -------------------
+
+
+def _dials(switch: Switch, dialer: SwitchLink, first: int, count: int) -> list[Frame]:
+    token = _ticket(ALICE, Action.DIAL)
+    fields = {"ticket": token, "service": SERVICE, "window": MIN_WINDOW}
+    frames = [
+        _frame(FrameType.DIAL, first + 2 * i, encode_control(fields, b"m1")) for i in range(count)
+    ]
+    switch.feed(dialer, *frames)
+    return _out(dialer)
+
+
+def test_a_handshake_that_never_finishes_is_reset_at_the_deadline() -> None:
+    clock = FakeClock(NOW)
+    switch = Switch(clock, SwitchLimits(handshake_timeout=10.0))
+    dialer, host = switch.link(ALICE), switch.link(WEB)
+    switch.bind(host)
+    switch.dial(dialer, 1)
+    (connect,) = _out(host)
+    accept = encode_control({"window": MIN_WINDOW}, b"noise-2")
+    switch.feed(host, _frame(FrameType.ACCEPT, connect.circuit, accept))
+    _out(dialer)
+    deadline = switch.forwarder.poll_timeout()
+    assert deadline is not None and deadline.at == clock.mono + 10.0
+    clock.advance(10.0)
+    switch.forwarder.handle_timeout(clock.now())
+    assert _reset(_out(dialer))[0] is ErrorCode.HANDSHAKE_TIMEOUT
+    assert _reset(_out(host))[0] is ErrorCode.HANDSHAKE_TIMEOUT
+    assert switch.forwarder.circuits == 0 and switch.forwarder.pending_handshakes == 0
+    assert switch.forwarder.poll_timeout() is None
+
+
+def test_pending_handshakes_are_capped_per_dialer_and_others_still_get_through() -> None:
+    switch = Switch(limits=SwitchLimits(max_pending_per_identity=8))
+    mallory, dialer, host = switch.link(ALICE), switch.link(ALICE), switch.link(WEB)
+    switch.bind(host)
+    refused = [_reset([f])[0] for f in _dials(switch, mallory, 1, 20)]
+    assert refused == [ErrorCode.QUOTA_EXCEEDED] * 12  # 8 wait for their handshake
+    assert len(_out(host)) == 8
+    assert switch.forwarder.counters["quota_exceeded"] == 12
+    # Another identity is not affected by ALICE's share.
+    bob = NET.identity("bob")
+    good = switch.link(bob)
+    fields = {"ticket": _ticket(bob, Action.DIAL), "service": SERVICE, "window": MIN_WINDOW}
+    switch.feed(good, _frame(FrameType.DIAL, 1, encode_control(fields, b"m1")))
+    assert _out(good) == [] and [f.type for f in _out(host)] == [FrameType.CONNECT]
+    del dialer
+
+
+def test_forged_tickets_are_checked_at_most_at_the_budgeted_rate() -> None:
+    clock = FakeClock(NOW)
+    limits = SwitchLimits(ticket_checks_per_second=10, ticket_check_burst=20)
+    switch = Switch(clock, limits)
+    mallory = switch.link(ALICE)
+    forged = encode_control({"ticket": "ut1.x.y", "service": SERVICE, "window": MIN_WINDOW})
+    switch.feed(mallory, *[_frame(FrameType.DIAL, 1 + 2 * i, forged) for i in range(100)])
+    codes = [_reset([f])[0] for f in _out(mallory)]
+    assert codes.count(ErrorCode.TICKET_INVALID) == 20
+    assert codes.count(ErrorCode.RATE_LIMITED) == 80
+    assert switch.forwarder.counters["ticket_verifications"] == 20
+    clock.advance(1.0)  # the bucket refills at its rate
+    switch.feed(mallory, *[_frame(FrameType.DIAL, 301 + 2 * i, forged) for i in range(20)])
+    assert [_reset([f])[0] for f in _out(mallory)].count(ErrorCode.TICKET_INVALID) == 10
+
+
+def test_a_control_frame_flood_closes_only_that_link() -> None:
+    switch = Switch(limits=SwitchLimits(control_frames_per_second=100, control_frame_burst=50))
+    mallory, bystander, host = switch.link(ALICE), switch.link(ALICE), switch.link(WEB)
+    switch.bind(host)
+    junk = [_frame(FrameType.UNBIND, 99) for _ in range(200)]
+    closing = switch.feed(mallory, *junk)
+    assert closing is not None and closing[0] is ErrorCode.RATE_LIMITED
+    switch.dial(bystander, 1)
+    assert [f.type for f in _out(host)] == [FrameType.CONNECT]
+
+
+def test_windows_above_the_routers_cap_are_refused() -> None:
+    switch = Switch(limits=SwitchLimits(max_window=MIN_WINDOW))
+    dialer, host = switch.link(ALICE), switch.link(WEB)
+    switch.bind(host)
+    switch.dial(dialer, 1, window=MIN_WINDOW + 1)
+    assert _reset(_out(dialer))[0] is ErrorCode.QUOTA_EXCEEDED
+    assert _out(host) == []
+
+
+def test_a_reader_that_stops_is_bounded_by_the_links_budget() -> None:
+    # Three circuits push at one dialer that never credits: past the link's budget its
+    # heaviest circuit is reset; what the router holds towards the link stays bounded.
+    switch = Switch(limits=SwitchLimits(in_flight_per_link=2 * MIN_WINDOW))
+    dialer, host = switch.link(ALICE), switch.link(WEB)
+    switch.bind(host)
+    circuits = []
+    for circuit in (1, 3, 5):
+        switch.dial(dialer, circuit)
+        (connect,) = _out(host)
+        accept = encode_control({"window": MIN_WINDOW}, b"noise-2")
+        switch.feed(host, _frame(FrameType.ACCEPT, connect.circuit, accept))
+        switch.feed(dialer, _frame(FrameType.HANDSHAKE, circuit, b"noise-3"))
+        _out(host)
+        circuits.append(connect.circuit)
+    _out(dialer), _out(host)
+    chunk = b"x" * (MIN_WINDOW - 16)
+    for circuit in circuits:
+        switch.feed(host, _frame(FrameType.DATA, circuit, chunk))
+    assert dialer.in_flight <= 2 * MIN_WINDOW
+    resets = [f for f in _out(dialer) if f.type == FrameType.RESET]
+    assert [decode_error(f.payload)[0] for f in resets] == [ErrorCode.QUOTA_EXCEEDED]
+    assert switch.forwarder.circuits == 2
+    assert switch.forwarder.in_flight == dialer.in_flight
