@@ -63,10 +63,17 @@ class FrameType(IntEnum):
 
 
 class Flag(IntFlag):
-    """Frame flags. FIN is bound into the AEAD associated data, so no router can forge it."""
+    """DATA frame flags, all bound into the AEAD associated data: no router can forge one.
+
+    FIN ends the sender's direction. KEY_PHASE flips on the first frame sealed under the
+    sender's next key (rekey, see `umbranet.proto.e2e`). ABORT carries a sealed error
+    `{"code", "reason"}`: the peer's authenticated abort of the whole circuit.
+    """
 
     NONE = 0
     FIN = 0x01
+    KEY_PHASE = 0x02
+    ABORT = 0x04
 
 
 CIRCUIT_FRAMES = frozenset(
