@@ -24,8 +24,8 @@ from umbranet.proto.flow import DEFAULT_WINDOW
 from umbranet.proto.peer_cache import verified_svid
 from umbranet.sdk.stream import Stream
 from umbranet.wire import Frame, FrameDecoder, FrameType, decode_control, encode_control
-from umbranet.wire.control import encode_error
 from umbranet.wire.codes import ErrorCode
+from umbranet.wire.control import encode_error
 from umbranet.wire.frames import encode_frame
 
 __all__ = ["Direction", "Hook", "MemoryCircuit", "TruncateAndReset", "reset_frame"]
@@ -114,7 +114,10 @@ class MemoryCircuit:
         connect_frame = Frame(FrameType.CONNECT, 0, _HOST_ID, bytes(connect_frame.payload))
         self.host = Circuit.accept(_HOST_ID, connect_frame, host, window=window)
         self._circuits = {"dialer": self.dialer, "host": self.host}
-        self._connections = {"dialer": _Connection(self, "dialer"), "host": _Connection(self, "host")}
+        self._connections = {
+            "dialer": _Connection(self, "dialer"),
+            "host": _Connection(self, "host"),
+        }
         self.streams: dict[str, Stream] = {}
         self._queue: deque[tuple[str, Frame]] = deque()
         self._scheduled = False
