@@ -290,6 +290,13 @@ class Circuit:
         """The peer ended its direction and everything it sent was taken."""
         return self._inbound_size == 0 and (self.remote_fin or self.state is State.CLOSED)
 
+    def statistics(self) -> dict[str, int]:
+        """Key updates so far: ours (`rekeys_sent`) and the peer's (`rekeys_received`)."""
+        session = self._session
+        if session is None:
+            return {"rekeys_sent": 0, "rekeys_received": 0}
+        return {"rekeys_sent": session.rekeys_sent, "rekeys_received": session.rekeys_received}
+
     @property
     def unsent_bytes(self) -> int:
         """Application bytes queued but not yet sealed (waiting for credit)."""

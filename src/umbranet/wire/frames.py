@@ -198,12 +198,13 @@ class FrameDecoder:
         frames: list[Frame] = []
         data = memoryview(data)
         while data:
+            # Frames from earlier chunks stay valid: copy them out before `get_buffer` may
+            # move the bytes their views point at.
+            if frames:
+                frames = [Frame(f.type, f.flags, f.circuit, bytes(f.payload)) for f in frames]
             buf = self.get_buffer(len(data))
             n = min(len(buf), len(data))
             buf[:n] = data[:n]
             data = data[n:]
-            # Frames from earlier chunks stay valid: copy them out before the buffer moves.
-            if frames:
-                frames = [Frame(f.type, f.flags, f.circuit, bytes(f.payload)) for f in frames]
             frames.extend(self.buffer_updated(n))
         return frames
