@@ -15,11 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from umbranet.pki import IdentityFile
-from umbranet.pki.tickets import Action
+from umbranet.pki import IdentityFile, generate_tls_key, make_csr
+from umbranet.pki.tickets import TICKET_PREFIX, Action
+from umbranet.pki.tokens import encode_token
 from umbranet.proto.circuit import Circuit, Closed, State
 from umbranet.proto.e2e import (
     DialerHandshake,
@@ -28,6 +30,7 @@ from umbranet.proto.e2e import (
     HostHandshake,
     LocalCredentials,
     RekeyLimits,
+    certificate_thumbprint,
 )
 from umbranet.proto.noise import CipherState
 from umbranet.proto.text import printable
@@ -333,6 +336,30 @@ def test_host_refuses_a_dial_ticket_from_before_the_newest_epoch_it_knows() -> N
     assert _closed(stale.host).code is ErrorCode.TICKET_STALE
     assert stale.dialer.error is not None and stale.dialer.error.code is ErrorCode.TICKET_STALE
     _open(dial_ticket=_ticket(ALICE, Action.DIAL, epoch=5), host={"min_epoch": 5})
+
+
+def _bound_ticket(identity: IdentityFile, cert_pem: bytes) -> str:
+    """A dial ticket bound (claim `cnf`) to the certificate `cert_pem`."""
+    ticket, _ = NET.signer.sign_ticket(identity.spiffe_id, SERVICE, Action.DIAL, _now())
+    claims = ticket.to_claims() | {"cnf": {"x5t#S256": certificate_thumbprint(cert_pem)}}
+    return encode_token(TICKET_PREFIX, claims, NET.signer._key)
+
+
+def test_host_refuses_a_ticket_bound_to_another_certificate() -> None:
+    # Alice's other certificate (same identity and noise key, e.g. one since revoked).
+    other = NET.ca.issue_svid(
+        make_csr(generate_tls_key()), ALICE.spiffe_id, ALICE.noise_public_key, _now()
+    ).public_bytes(Encoding.PEM)
+    link = Link(dial_ticket=_bound_ticket(ALICE, other))
+    link.settle()
+    assert _closed(link.host).code is ErrorCode.TICKET_UNBOUND
+    _open(dial_ticket=_bound_ticket(ALICE, ALICE.cert_pem), host={"require_bound": True})
+
+
+def test_host_that_knows_tickets_are_bound_refuses_an_unbound_one() -> None:
+    link = Link(host={"require_bound": True})
+    link.settle()
+    assert _closed(link.host).code is ErrorCode.TICKET_UNBOUND
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,9 @@ TICKET_LIFETIME = timedelta(minutes=10)
 ISSUED_AT_SKEW = timedelta(seconds=30)
 
 _CLAIMS = frozenset({"jti", "sub", "svc", "act", "iat", "exp", "kid"})
-_OPTIONAL = frozenset({"att", "ep", "prt"})
+# "cnf" ({"x5t#S256": certificate thumbprint}, RFC 8705) binds a ticket to the certificate
+# that requested it; hosts check it in the end-to-end handshake (`umbranet.proto.e2e`).
+_OPTIONAL = frozenset({"att", "ep", "prt", "cnf"})
 
 
 class Action(StrEnum):
@@ -96,6 +98,8 @@ class Ticket:
     def from_claims(cls, claims: dict[str, Any]) -> "Ticket":
         """Validate the claim set; raises `TokenFormatError`."""
         attributes = _attributes(claims.get("att", []))
+        if "cnf" in claims:
+            _confirmation(claims["cnf"])
         epoch = claim_int(claims, "ep") if "ep" in claims else 0
         port = claim_int(claims, "prt") if "prt" in claims else None
         if port is not None and not 0 < port < 65536:
@@ -124,6 +128,12 @@ class Ticket:
             epoch=epoch,
             port=port,
         )
+
+
+def _confirmation(value: object) -> None:
+    thumbprint = value.get("x5t#S256") if isinstance(value, dict) else None
+    if not isinstance(thumbprint, str) or not 0 < len(thumbprint) <= 64:
+        raise TokenFormatError("claim 'cnf' must be an object with a short 'x5t#S256' string")
 
 
 def _attributes(value: object) -> tuple[str, ...]:
