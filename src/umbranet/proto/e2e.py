@@ -237,7 +237,7 @@ class DialerHandshake:
             payload = self._state.read_message(message)
         except NoiseError as exc:
             raise E2EError(ErrorCode.HANDSHAKE_FAILED, f"host handshake: {exc}") from exc
-        proven, _, _ = _verify_peer(
+        proven, bind, _ = _verify_peer(
             payload,
             remote_static=self._state.remote_static,
             bundle=self.credentials.bundle,
@@ -245,6 +245,14 @@ class DialerHandshake:
             service=self.service,
             action=Action.BIND,
         )
+        own_epoch = ticket_epoch(self.ticket)
+        if bind.epoch > own_epoch:
+            # The host would refuse our ticket after the handshake, when the stream is
+            # already the application's; failing here lets the dial retry with a fresh one.
+            raise E2EError(
+                ErrorCode.TICKET_STALE,
+                f"the host is at epoch {bind.epoch}, our dial ticket at {own_epoch}",
+            )
         fields: dict[str, object] = {"cert": _leaf_pem(self.credentials), "ticket": self.ticket}
         if self.port is not None:
             fields["port"] = self.port

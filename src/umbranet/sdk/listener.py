@@ -106,6 +106,11 @@ class Listener:
         self._bindings.clear()
 
     @property
+    def min_epoch(self) -> int:
+        """Dial tickets from before this revocation epoch are refused here."""
+        return max(self._context.epoch, self._ticket_epoch)
+
+    @property
     def bound_routers(self) -> list[str]:
         return [c.name for c in self._bindings]
 
@@ -117,7 +122,7 @@ class Listener:
             self.service,
             self._ticket,
             self._context.credentials(),
-            min_epoch=max(self._context.epoch, self._ticket_epoch),
+            min_epoch=self.min_epoch,
             ports=self.ports,
             require_bound=self._bound_tickets,
         )
