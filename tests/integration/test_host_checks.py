@@ -77,7 +77,7 @@ def test_host_refuses_a_stale_dial_ticket_the_router_let_through(
         with pytest.raises(StreamReset) as caught:
             stream.write(b"x")
             await asyncio.wait_for(stream.read(), 10)
-        assert caught.value.code == "ticket_stale"
+        assert caught.value.code == "ticket_stale" and caught.value.authenticated
         assert listener.counters.get("ticket_stale") == 1
 
     arun(_overlay(network, check))

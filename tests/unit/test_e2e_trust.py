@@ -334,7 +334,9 @@ def test_host_refuses_a_dial_ticket_from_before_the_newest_epoch_it_knows() -> N
     stale = Link(dial_ticket=_ticket(ALICE, Action.DIAL, epoch=3), host={"min_epoch": 5})
     stale.settle()
     assert _closed(stale.host).code is ErrorCode.TICKET_STALE
-    assert stale.dialer.error is not None and stale.dialer.error.code is ErrorCode.TICKET_STALE
+    refusal = stale.dialer.error
+    assert refusal is not None and refusal.code is ErrorCode.TICKET_STALE
+    assert refusal.authenticated  # sealed by the host: no router could have made it up
     _open(dial_ticket=_ticket(ALICE, Action.DIAL, epoch=5), host={"min_epoch": 5})
 
 

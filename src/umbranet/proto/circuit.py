@@ -325,9 +325,15 @@ class Circuit:
 
     def _on_handshake(self, frame: Frame, now: datetime) -> None:
         assert self._host is not None
-        self._session, self.peer = self._host.finish(
-            bytes(frame.payload), now, self._expected_dialer
-        )
+        try:
+            self._session, self.peer = self._host.finish(
+                bytes(frame.payload), now, self._expected_dialer
+            )
+        except E2EError as exc:
+            # The dialer holds the keys already (its side finished with message 3): seal
+            # the refusal so it is told apart from a RESET a router made up.
+            self._session = exc.session
+            raise
         self._host = None
         self._move(State.OPEN)
         self._events.append(Opened(self.peer))
@@ -369,7 +375,7 @@ class Circuit:
         """Tell the peer, sealed, why we abort; skipped without credit or after our FIN
         (routers refuse DATA past FIN), so the peer sees only the unauthenticated RESET."""
         session = self._session
-        if session is None or self.state is not State.OPEN or self.local_fin:
+        if session is None or self.state is State.CLOSED or self.local_fin:
             return
         body = encode_error(code, reason[:_ABORT_REASON])
         if self._credit.available < len(body) + TAG:

@@ -89,6 +89,9 @@ class E2EError(Exception):
         super().__init__(f"{code.code}: {reason}")
         self.code = code
         self.reason = reason
+        # Set when the handshake completed but the peer was refused: the keys to seal the
+        # refusal with, so the peer can tell it from a RESET a router made up.
+        self.session: E2ESession | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +312,25 @@ class HostHandshake:
             payload = self._state.read_message(message)
         except NoiseError as exc:
             raise E2EError(ErrorCode.HANDSHAKE_FAILED, f"dialer handshake: {exc}") from exc
+        try:
+            dialer, ticket, port = self._check_dialer(payload, now, expected_dialer)
+        except E2EError as exc:
+            send, receive = self._state.split()
+            exc.session = E2ESession(send, receive, dialer=False, now=now, limits=self.limits)
+            raise
+        send, receive = self._state.split()
+        session = E2ESession(send, receive, dialer=False, now=now, limits=self.limits)
+        return session, PeerIdentity(
+            name=dialer.name,
+            spiffe_id=dialer.spiffe_id,
+            attributes=ticket.attributes,
+            ticket_id=ticket.id,
+            port=port,
+        )
+
+    def _check_dialer(
+        self, payload: bytes, now: datetime, expected_dialer: str | None
+    ) -> tuple[PeerIdentity, Ticket, int | None]:
         dialer, ticket, proof = _verify_peer(
             payload,
             remote_static=self._state.remote_static,
@@ -328,16 +350,7 @@ class HostHandshake:
                 f"dial ticket from epoch {ticket.epoch}, before {self.min_epoch}: get a new one",
             )
         self._check_binding(proof, ticket)
-        port = self._check_port(proof, ticket)
-        send, receive = self._state.split()
-        session = E2ESession(send, receive, dialer=False, now=now, limits=self.limits)
-        return session, PeerIdentity(
-            name=dialer.name,
-            spiffe_id=dialer.spiffe_id,
-            attributes=ticket.attributes,
-            ticket_id=ticket.id,
-            port=port,
-        )
+        return dialer, ticket, self._check_port(proof, ticket)
 
     def _check_binding(self, proof: ControlPayload, ticket: Ticket) -> None:
         """A ticket bound to a certificate must be proven with that certificate."""
