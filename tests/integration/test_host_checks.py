@@ -5,6 +5,9 @@ compromised router would be) passes a dialer's stale ticket; the host, which fol
 controller's events, refuses it with `ticket_stale`. An honest dialer sees the host's epoch
 in the host's bind ticket, fails its own dial before the stream is handed out, and the SDK
 fetches a fresh ticket and gets through on its second try.
+
+Also through the real router: a transfer cut short by an unsealed RESET that claims
+"no_error" reaches the host's application as an unauthenticated error, never as a clean end.
 """
 
 from __future__ import annotations
@@ -12,16 +15,29 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from tests.conftest import context, echo_forever, running_router
+from tests.integration.router_harness import (
+    Overlay,
+    credentials,
+    run_with_bystanders,
+    ticket,
+)
 from umbranet.pki import IdentityFile
+from umbranet.pki.tickets import Action
 from umbranet.proto import e2e
+from umbranet.proto.circuit import Circuit, State
+from umbranet.proto.e2e import DialerHandshake
 from umbranet.sdk import Context, StreamReset
 from umbranet.testing import LocalNetwork
 from umbranet.testing.network import LocalControlPlane
+from umbranet.testing.rawlink import RawLink
+from umbranet.wire import ErrorCode, FrameType
+from umbranet.wire.control import encode_error
 
 
 class _Deaf(LocalControlPlane):
@@ -100,3 +116,36 @@ async def _echo(client: Context) -> None:
     stream.write(payload)
     stream.write_eof()
     assert await stream.read() == payload
+
+
+def test_an_unsealed_reset_no_error_through_a_real_router_is_an_error_at_the_host(
+    network: LocalNetwork, arun: Callable[[Coroutine[Any, Any, None]], None]
+) -> None:
+    """A peer (or any hop) that cuts a transfer short with RESET code 0: the host's app reads
+    what arrived, then an unauthenticated error, never a clean end; bystanders unharmed."""
+
+    async def misbehave(net: Overlay) -> None:
+        listener = await net.host.listen("sink").start()
+        try:
+            carol = network.identity("carol", attributes=("client",))
+            token = ticket(network, carol, "sink", Action.DIAL)
+            circuit = Circuit.dial(1, "sink", DialerHandshake("sink", token, credentials(carol)))
+            async with await RawLink.open(net.router.address, carol) as raw:
+                await raw.hello()
+                raw.send_bytes(b"".join(circuit.poll_transmit()))
+                while circuit.state is not State.OPEN:
+                    circuit.handle_frame(await raw.recv(), datetime.now(UTC))
+                circuit.write(b"x" * 100_000)  # a part of what was promised
+                raw.send_bytes(b"".join(circuit.poll_transmit()))
+                raw.send(FrameType.RESET, 1, encode_error(ErrorCode.NO_ERROR, "all done"))
+                stream = await asyncio.wait_for(listener.accept(), 10)
+                received = bytearray()
+                with pytest.raises(StreamReset) as caught:
+                    while chunk := await asyncio.wait_for(stream.read(65536), 10):
+                        received += chunk
+            assert len(received) == 100_000  # everything that was sent before the cut
+            assert caught.value.code == "no_error" and not caught.value.authenticated
+        finally:
+            await listener.close()
+
+    run_with_bystanders(network, arun, misbehave)
