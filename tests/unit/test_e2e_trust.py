@@ -254,6 +254,34 @@ def test_a_frame_reflected_back_to_its_sender_does_not_open() -> None:
     assert host.open(sealed, flags) == b"to the host"
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=12),
+    victim=st.integers(0, 11),
+    change=st.integers(1, 255),
+    limit=st.integers(1, 8000),
+)
+def test_no_flag_change_on_any_frame_is_ever_accepted(
+    sizes: list[int], victim: int, change: int, limit: int
+) -> None:
+    key = bytes(range(32))
+    now = _now()
+    limits = RekeyLimits(bytes=limit)  # small: key phases flip along the way
+    sender = E2ESession(
+        CipherState(key=key), CipherState(key=key), dialer=True, now=now, limits=limits
+    )
+    receiver = E2ESession(CipherState(key=key), CipherState(key=key), dialer=False, now=now)
+    victim %= len(sizes)
+    for index, size in enumerate(sizes):
+        flags, sealed = sender.seal(bytes([index % 256]) * size, int(Flag.FIN) * (index == victim))
+        if index == victim:
+            with pytest.raises(E2EError) as caught:
+                receiver.open(sealed, flags ^ change)
+            assert caught.value.code in {ErrorCode.PROTOCOL_ERROR, ErrorCode.DECRYPT_FAILED}
+            return
+        assert receiver.open(sealed, flags) == bytes([index % 256]) * size
+
+
 # -- #14: rekey by data and by age, both ways, across the boundary ----
 
 
