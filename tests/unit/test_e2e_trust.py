@@ -346,6 +346,43 @@ def test_rekey_after_the_time_limit_at_the_next_frame() -> None:
     assert next_deadline > start + timedelta(minutes=5)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 400), st.integers(1, 70_000), st.booleans()),
+        min_size=1,
+        max_size=15,
+    )
+)
+def test_rekey_by_age_across_the_boundary_both_ways(steps: list[tuple[int, int, bool]]) -> None:
+    """Random clock steps (seconds) around a 5-minute limit and random writes either way."""
+    limits = RekeyLimits(after=timedelta(minutes=5))
+    start = _now()
+    link = Link(dial_limits=limits, host={"limits": limits})
+    link.settle(now=start)
+    now = start
+    sent = {"dialer": bytearray(), "host": bytearray()}
+    got = {"dialer": bytearray(), "host": bytearray()}
+    for index, (seconds, size, from_dialer) in enumerate(steps):
+        now += timedelta(seconds=seconds)
+        link.dialer.handle_timer(now)
+        link.host.handle_timer(now)
+        writer, name = (link.dialer, "dialer") if from_dialer else (link.host, "host")
+        data = bytes([index]) * size
+        writer.write(data)
+        sent[name] += data
+        link.settle(now=now)
+        # The key that just sealed `data` is younger than the limit (it moved on if not).
+        deadline, _ = writer.poll_timeout() or (start, "")
+        assert deadline > now
+        got["host"] += _take_all(link.host)
+        got["dialer"] += _take_all(link.dialer)
+        link.settle(now=now)
+    assert got["host"] == sent["dialer"] and got["dialer"] == sent["host"]
+    for circuit, other in ((link.dialer, link.host), (link.host, link.dialer)):
+        assert circuit.statistics()["rekeys_sent"] == other.statistics()["rekeys_received"]
+
+
 def test_a_peer_that_never_rekeys_is_cut_off() -> None:
     link = _open(
         dial_limits=RekeyLimits(bytes=1 << 31), host={"limits": RekeyLimits(receive_max=200_000)}
