@@ -30,7 +30,7 @@ from umbranet.proto.e2e import (
     HostHandshake,
     LocalCredentials,
     RekeyLimits,
-    certificate_thumbprint,
+    certificate_key_fingerprint,
 )
 from umbranet.proto.noise import CipherState
 from umbranet.proto.text import printable
@@ -408,7 +408,7 @@ def test_host_refuses_a_dial_ticket_from_before_the_newest_epoch_it_knows() -> N
 def _bound_ticket(identity: IdentityFile, cert_pem: bytes) -> str:
     """A dial ticket bound (claim `cnf`) to the certificate `cert_pem`."""
     ticket, _ = NET.signer.sign_ticket(identity.spiffe_id, SERVICE, Action.DIAL, _now())
-    claims = ticket.to_claims() | {"cnf": {"x5t#S256": certificate_thumbprint(cert_pem)}}
+    claims = ticket.to_claims() | {"cnf": [certificate_key_fingerprint(cert_pem)]}
     return encode_token(TICKET_PREFIX, claims, NET.signer._key)
 
 

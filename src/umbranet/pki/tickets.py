@@ -43,8 +43,8 @@ TICKET_LIFETIME = timedelta(minutes=10)
 ISSUED_AT_SKEW = timedelta(seconds=30)
 
 _CLAIMS = frozenset({"jti", "sub", "svc", "act", "iat", "exp", "kid"})
-# "cnf" ({"x5t#S256": certificate thumbprint}, RFC 8705) binds a ticket to the certificate
-# that requested it; hosts check it in the end-to-end handshake (`umbranet.proto.e2e`).
+# "cnf": 1-2 SHA-256 hex fingerprints of the SubjectPublicKeyInfo of the certificate key(s)
+# the ticket may be used with; hosts check it in the end-to-end handshake (`proto.e2e`).
 _OPTIONAL = frozenset({"att", "ep", "prt", "cnf"})
 
 
@@ -99,7 +99,7 @@ class Ticket:
         """Validate the claim set; raises `TokenFormatError`."""
         attributes = _attributes(claims.get("att", []))
         if "cnf" in claims:
-            _confirmation(claims["cnf"])
+            _key_binding(claims["cnf"])
         epoch = claim_int(claims, "ep") if "ep" in claims else 0
         port = claim_int(claims, "prt") if "prt" in claims else None
         if port is not None and not 0 < port < 65536:
@@ -130,10 +130,16 @@ class Ticket:
         )
 
 
-def _confirmation(value: object) -> None:
-    thumbprint = value.get("x5t#S256") if isinstance(value, dict) else None
-    if not isinstance(thumbprint, str) or not 0 < len(thumbprint) <= 64:
-        raise TokenFormatError("claim 'cnf' must be an object with a short 'x5t#S256' string")
+def _key_binding(value: object) -> None:
+    if (
+        not isinstance(value, list)
+        or not 0 < len(value) <= 2
+        or not all(
+            isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+            for v in value
+        )
+    ):
+        raise TokenFormatError("claim 'cnf' must list 1-2 key fingerprints")
 
 
 def _attributes(value: object) -> tuple[str, ...]:

@@ -31,13 +31,12 @@ so both ends switch at exactly the same frame. A receiver refuses more than
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from umbranet.pki import PkiError, Ticket, TrustBundle, load_chain
 from umbranet.pki.tickets import TICKET_PREFIX, Action
@@ -64,7 +63,6 @@ _AD = tuple(
 # A sender never seals more than this under one key (AES-GCM with 64 KiB frames stays far
 # inside its bounds); receivers enforce it so a peer that never rekeys is cut off.
 MAX_BYTES_PER_KEY = 1 << 32
-_CNF_CERT = "x5t#S256"  # RFC 8705: base64url SHA-256 of the certificate's DER
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,15 +352,15 @@ class HostHandshake:
 
     def _check_binding(self, proof: ControlPayload, ticket: Ticket) -> None:
         """A ticket bound to a certificate must be proven with that certificate."""
-        bound_to = ticket_confirmation(proof.fields["ticket"])
-        if bound_to is None:
+        bound_to = ticket_key_binding(proof.fields["ticket"])
+        if not bound_to:
             if self.require_bound:
                 raise E2EError(
                     ErrorCode.TICKET_UNBOUND,
                     "dial ticket is not bound to a certificate; this network binds tickets",
                 )
             return
-        if bound_to != certificate_thumbprint(proof.fields["cert"].encode()):
+        if certificate_key_fingerprint(proof.fields["cert"].encode()) not in bound_to:
             raise E2EError(
                 ErrorCode.TICKET_UNBOUND,
                 "dial ticket is bound to another certificate than the one proven",
@@ -391,23 +389,24 @@ class HostHandshake:
         return port
 
 
-def certificate_thumbprint(cert_pem: bytes) -> str:
-    """RFC 8705 `x5t#S256` of the leaf in `cert_pem`: base64url SHA-256 of its DER."""
-    der = load_chain(cert_pem)[0].public_bytes(Encoding.DER)
-    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+def certificate_key_fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 hex of the SubjectPublicKeyInfo of the leaf in `cert_pem`: what `cnf` lists."""
+    key = load_chain(cert_pem)[0].public_key()
+    return hashlib.sha256(
+        key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    ).hexdigest()
 
 
-def ticket_confirmation(token: str) -> str | None:
-    """The certificate thumbprint a (verified) ticket is bound to, from its `cnf` claim."""
+def ticket_key_binding(token: str) -> tuple[str, ...]:
+    """The certificate keys a (verified) ticket may be used with (claim `cnf`); () if unbound."""
     try:
         claims = decode_token(token, TICKET_PREFIX).claims
     except TokenFormatError:
-        return None
-    cnf = claims.get("cnf")
-    if not isinstance(cnf, dict):
-        return None
-    value = cnf.get(_CNF_CERT)
-    return value if isinstance(value, str) else None
+        return ()
+    keys = claims.get("cnf")
+    if not isinstance(keys, list):
+        return ()
+    return tuple(k for k in keys if isinstance(k, str))
 
 
 def ticket_epoch(token: str) -> int:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from umbranet.pki.tickets import Action
 from umbranet.policy import HttpFragment, PolicyError
 from umbranet.policy.http_gate import GateStop
-from umbranet.proto.e2e import HostHandshake, ticket_confirmation, ticket_epoch
+from umbranet.proto.e2e import HostHandshake, ticket_epoch, ticket_key_binding
 from umbranet.proto.text import printable
 from umbranet.sdk.errors import BindError, DialError, UmbraError
 from umbranet.sdk.http_gate import GatedStream
@@ -202,7 +202,7 @@ class Listener:
         self._ticket, self._ticket_expires = grant.ticket, grant.expires_at
         self._ticket_epoch = ticket_epoch(grant.ticket)
         # A controller that binds our ticket to our certificate binds dialers' tickets too.
-        self._bound_tickets = ticket_confirmation(grant.ticket) is not None
+        self._bound_tickets = bool(ticket_key_binding(grant.ticket))
         self._http_rules = self._rules_of(grant.http_rules)
         bound = 0
         last_error: UmbraError | None = None

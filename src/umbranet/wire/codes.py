@@ -36,7 +36,7 @@ class ErrorCode(IntEnum):
     DECRYPT_FAILED = 33
     PORT_NOT_GRANTED = 34  # the stream's port is not the one the dialer's ticket grants
     KEY_LIMIT_EXCEEDED = 35  # the peer sealed more under one key than the protocol allows
-    TICKET_UNBOUND = 36  # the dialer's ticket is not bound to the certificate it proved
+    TICKET_UNBOUND = 36  # the dial ticket is bound (cnf) to another certificate key than proven
 
     REFUSED = 40
     CANCELLED = 41
