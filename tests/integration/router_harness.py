@@ -152,7 +152,10 @@ def ticket(
 ) -> str:
     subject = identity if isinstance(identity, str) else identity.spiffe_id
     signer = signer or network.signer
-    return signer.sign_ticket(subject, service, action, now or datetime.now(UTC))[1]
+    # Of the network's current epoch, as the controller issues them: hosts refuse older ones.
+    return signer.sign_ticket(
+        subject, service, action, now or datetime.now(UTC), epoch=network.epoch
+    )[1]
 
 
 def flip_signature(token: str) -> str:

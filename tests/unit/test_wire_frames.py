@@ -114,3 +114,11 @@ def test_error_payloads_round_trip_and_tolerate_garbage() -> None:
     assert code is ErrorCode.PROTOCOL_ERROR
     assert "malformed" in reason
     assert ErrorCode.from_wire(60000) is ErrorCode.PROTOCOL_ERROR
+
+
+def test_feed_of_more_than_the_buffer_keeps_every_payload_intact() -> None:
+    # Earlier frames' views must be copied before the buffer is compacted for the next chunk.
+    payloads = [bytes([i]) * 65_552 for i in range(6)]  # 393 KB: beyond the 256 KiB buffer
+    data = b"".join(encode_frame(FrameType.DATA, 1, p) for p in payloads)
+    frames = FrameDecoder().feed(data)
+    assert [bytes(f.payload) for f in frames] == payloads

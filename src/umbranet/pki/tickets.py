@@ -43,7 +43,9 @@ TICKET_LIFETIME = timedelta(minutes=10)
 ISSUED_AT_SKEW = timedelta(seconds=30)
 
 _CLAIMS = frozenset({"jti", "sub", "svc", "act", "iat", "exp", "kid"})
-_OPTIONAL = frozenset({"att", "ep", "prt"})
+# "cnf": 1-2 SHA-256 hex fingerprints of the SubjectPublicKeyInfo of the certificate key(s)
+# the ticket may be used with; hosts check it in the end-to-end handshake (`proto.e2e`).
+_OPTIONAL = frozenset({"att", "ep", "prt", "cnf"})
 
 
 class Action(StrEnum):
@@ -96,6 +98,8 @@ class Ticket:
     def from_claims(cls, claims: dict[str, Any]) -> "Ticket":
         """Validate the claim set; raises `TokenFormatError`."""
         attributes = _attributes(claims.get("att", []))
+        if "cnf" in claims:
+            _key_binding(claims["cnf"])
         epoch = claim_int(claims, "ep") if "ep" in claims else 0
         port = claim_int(claims, "prt") if "prt" in claims else None
         if port is not None and not 0 < port < 65536:
@@ -124,6 +128,18 @@ class Ticket:
             epoch=epoch,
             port=port,
         )
+
+
+def _key_binding(value: object) -> None:
+    if (
+        not isinstance(value, list)
+        or not 0 < len(value) <= 2
+        or not all(
+            isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+            for v in value
+        )
+    ):
+        raise TokenFormatError("claim 'cnf' must list 1-2 key fingerprints")
 
 
 def _attributes(value: object) -> tuple[str, ...]:

@@ -2,12 +2,18 @@
 
 Rules of this file:
 - States and their legal moves are the table `_MOVES`; every change goes through `_move`.
-- Inputs: `handle_frame(frame, now)`, `write(data)`, `write_eof()`, `take(n)`, `reset(...)`.
-  Outputs: `poll_transmit()` (buffers to send on the link, in order) and `poll_event()`.
+- Inputs: `handle_frame(frame, now)`, `handle_timer(now)`, `write(data)`, `write_eof()`,
+  `take(n)`, `reset(...)`. Outputs: `poll_transmit()` (buffers to send on the link, in
+  order), `poll_event()` and `poll_timeout()` (when the send key must move on).
 - A misbehaving peer never raises out of here: the circuit resets with a code and reason,
   sends RESET to the router, and reports `Closed`.
 - Half-close: each direction ends with a sealed DATA frame flagged FIN; the circuit is
-  finished when both directions have ended (or on RESET).
+  finished cleanly when both directions have ended. Only that sealed FIN is an end of data.
+- Aborts: a RESET frame is not authenticated (any router on the path can send one), so it
+  ends the circuit as `Closed(authenticated=False)` whatever code it names, and an
+  application never mistakes it for a clean end. An endpoint that aborts sends, when it
+  has the credit, a sealed DATA frame flagged ABORT carrying the code and reason before its
+  RESET: the peer reports that one as `Closed(authenticated=True)`.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from enum import Enum
 
 from umbranet.proto.e2e import DialerHandshake, E2EError, E2ESession, HostHandshake, PeerIdentity
 from umbranet.proto.flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, ReceiveWindow, SendCredit
+from umbranet.proto.text import printable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, decode_control, encode_control
 from umbranet.wire.control import decode_error, encode_error
-from umbranet.wire.frames import WireError, encode_frame, encode_header
+from umbranet.wire.frames import MAX_DATA_PAYLOAD, WireError, encode_frame, encode_header
 
 CHUNK = 64 * 1024
 TAG = 16
@@ -31,6 +38,9 @@ _CREDIT = struct.Struct("!I")
 _MIN_SEND = 4096
 # A plain int: `int & IntFlag` runs IntFlag's Python-level __rand__ (~0.5 us per frame).
 _FIN = int(Flag.FIN)
+_ABORT = int(Flag.ABORT)
+# An abort's reason is cut so the sealed frame stays small (it needs credit to leave).
+_ABORT_REASON = 200
 
 
 class State(Enum):
@@ -69,11 +79,19 @@ class Writable:
 
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """The circuit is finished. `code` NO_ERROR means both directions ended cleanly."""
+    """The circuit is finished. `code` NO_ERROR with `authenticated` means both directions
+    ended cleanly. `authenticated` is False when the end came in a RESET frame from the
+    network: its code and reason are only what some hop claimed (even "no_error")."""
 
     code: ErrorCode
     reason: str
     by_peer: bool
+    authenticated: bool = True
+
+    @property
+    def clean(self) -> bool:
+        """Both directions ended with their sealed FIN; nothing was cut short."""
+        return self.code is ErrorCode.NO_ERROR and self.authenticated
 
 
 Event = Opened | Readable | Writable | Closed
@@ -157,6 +175,8 @@ class Circuit:
         """Feed one frame addressed to this circuit."""
         if self.state is State.CLOSED:
             return
+        if self._session is not None:
+            self._session.tick(now)
         try:
             ftype = frame.type
             if ftype == FrameType.DATA:
@@ -169,7 +189,7 @@ class Circuit:
                 self._on_handshake(frame, now)
             elif ftype == FrameType.RESET:
                 code, reason = decode_error(frame.payload)
-                self._finish(Closed(code, reason, by_peer=True))
+                self._finish(Closed(code, printable(reason), by_peer=True, authenticated=False))
             else:
                 raise WireError(
                     ErrorCode.PROTOCOL_ERROR,
@@ -228,11 +248,26 @@ class Circuit:
             self._inbound_size += len(data)
 
     def reset(self, code: ErrorCode, reason: str) -> None:
-        """Abort the circuit: RESET to the peer, nothing more is sent or delivered."""
+        """Abort the circuit: a sealed abort (when credit allows) and RESET to the peer;
+        nothing more is sent or delivered."""
         if self.state is State.CLOSED:
             return
+        # Reasons often quote what a peer or router sent (names, fields): never raw.
+        reason = printable(reason)
+        self._seal_abort(code, reason)
         self._transmit.append(encode_frame(FrameType.RESET, self.id, encode_error(code, reason)))
         self._finish(Closed(code, reason, by_peer=False))
+
+    def handle_timer(self, now: datetime) -> None:
+        """Time passed: a send key past its age moves on before the next frame is sealed."""
+        if self._session is not None and self.state is State.OPEN:
+            self._session.tick(now)
+
+    def poll_timeout(self) -> tuple[datetime, str] | None:
+        """When `handle_timer` is next due, and why; None when no timer is needed."""
+        if self._session is None or self.state is not State.OPEN or self.local_fin:
+            return None
+        return self._session.rekey_deadline, "rekey"
 
     # -- outputs ------------------------------------------------------------------------
 
@@ -254,6 +289,13 @@ class Circuit:
     def at_eof(self) -> bool:
         """The peer ended its direction and everything it sent was taken."""
         return self._inbound_size == 0 and (self.remote_fin or self.state is State.CLOSED)
+
+    def statistics(self) -> dict[str, int]:
+        """Key updates so far: ours (`rekeys_sent`) and the peer's (`rekeys_received`)."""
+        session = self._session
+        if session is None:
+            return {"rekeys_sent": 0, "rekeys_received": 0}
+        return {"rekeys_sent": session.rekeys_sent, "rekeys_received": session.rekeys_received}
 
     @property
     def unsent_bytes(self) -> int:
@@ -283,9 +325,15 @@ class Circuit:
 
     def _on_handshake(self, frame: Frame, now: datetime) -> None:
         assert self._host is not None
-        self._session, self.peer = self._host.finish(
-            bytes(frame.payload), now, self._expected_dialer
-        )
+        try:
+            self._session, self.peer = self._host.finish(
+                bytes(frame.payload), now, self._expected_dialer
+            )
+        except E2EError as exc:
+            # The dialer holds the keys already (its side finished with message 3): seal
+            # the refusal so it is told apart from a RESET a router made up.
+            self._session = exc.session
+            raise
         self._host = None
         self._move(State.OPEN)
         self._events.append(Opened(self.peer))
@@ -295,10 +343,16 @@ class Circuit:
         if self.state is not State.OPEN or self._session is None or self.remote_fin:
             raise WireError(ErrorCode.PROTOCOL_ERROR, "DATA outside an open direction")
         size = len(frame.payload)
+        if size > MAX_DATA_PAYLOAD:
+            raise WireError(ErrorCode.FRAME_TOO_LARGE, f"DATA of {size} bytes > {MAX_DATA_PAYLOAD}")
         if not self._window.receive(size):
             raise WireError(ErrorCode.FLOW_CONTROL_ERROR, "peer sent beyond its window")
-        fin = bool(frame.flags & _FIN)
-        plaintext = self._session.open(frame.payload, fin)
+        flags = frame.flags
+        plaintext = self._session.open(frame.payload, flags)
+        if flags & _ABORT:
+            self._on_abort(plaintext, flags)
+            return
+        fin = bool(flags & _FIN)
         if plaintext:
             self._inbound.append(plaintext)
             self._inbound_size += len(plaintext)
@@ -309,6 +363,27 @@ class Circuit:
         self._events.append(_READABLE)
         if fin and self.local_fin:
             self._finish(Closed(ErrorCode.NO_ERROR, "both directions ended", by_peer=True))
+
+    def _on_abort(self, plaintext: bytes, flags: int) -> None:
+        """The peer's sealed abort: its own code and reason, proven by the session key."""
+        if flags & _FIN:
+            raise WireError(ErrorCode.PROTOCOL_ERROR, "DATA flagged both ABORT and FIN")
+        code, reason = decode_error(plaintext)
+        self._finish(Closed(code, printable(reason), by_peer=True, authenticated=True))
+
+    def _seal_abort(self, code: ErrorCode, reason: str) -> None:
+        """Tell the peer, sealed, why we abort; skipped without credit or after our FIN
+        (routers refuse DATA past FIN), so the peer sees only the unauthenticated RESET."""
+        session = self._session
+        if session is None or self.state is State.CLOSED or self.local_fin:
+            return
+        body = encode_error(code, reason[:_ABORT_REASON])
+        if self._credit.available < len(body) + TAG:
+            return
+        flags, sealed = session.seal(body, _ABORT)
+        self._credit.consume(len(sealed))
+        self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), flags))
+        self._transmit.append(sealed)
 
     def _on_credit(self, frame: Frame) -> None:
         if len(frame.payload) != _CREDIT.size:
@@ -336,14 +411,14 @@ class Circuit:
             if room < min(_MIN_SEND, self._outbound_size):
                 return
             piece = self._next_piece(room)
-            sealed = seal(piece)
+            flags, sealed = seal(piece)
             self._credit.consume(len(sealed))
-            self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed)))
+            self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), flags))
             self._transmit.append(sealed)
         if self._fin_queued and not self.local_fin and self._credit.available >= TAG:
-            sealed = seal(b"", True)
+            flags, sealed = seal(b"", _FIN)
             self._credit.consume(len(sealed))
-            self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), Flag.FIN))
+            self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), flags))
             self._transmit.append(sealed)
             self.local_fin = True
             if self.remote_fin:

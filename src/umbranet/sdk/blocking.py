@@ -65,9 +65,13 @@ class BlockingContext:
     def dial(self, service: str, timeout: float = 10.0) -> BlockingStream:
         return BlockingStream(self, self.call(self._context.dial(service, timeout)))
 
-    def listen(self, service: str, backlog: int = 128) -> BlockingListener:
+    def listen(
+        self, service: str, backlog: int = 128, *, ports: frozenset[int] | None = None
+    ) -> BlockingListener:
+        """Host `service` (only for dialers granted one of `ports`, when given)."""
+
         async def start() -> Listener:
-            return await self._context.listen(service, backlog).start()
+            return await self._context.listen(service, backlog, ports=ports).start()
 
         return BlockingListener(self, self.call(start()))
 

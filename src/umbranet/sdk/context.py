@@ -157,7 +157,7 @@ class Context:
             except DialError as exc:
                 last = exc
                 continue
-            handshake = DialerHandshake(service, grant.ticket, self.credentials())
+            handshake = DialerHandshake(service, grant.ticket, self.credentials(), port=port)
             circuit_id, opened = connection.open_circuit(
                 service,
                 functools.partial(Circuit.dial, service=service, handshake=handshake),
@@ -170,10 +170,16 @@ class Context:
                 raise
         raise last
 
-    def listen(self, service: str, backlog: int = 128) -> Listener:
-        """Host `service`: iterate the listener for incoming streams. Opens no port."""
+    def listen(
+        self, service: str, backlog: int = 128, *, ports: frozenset[int] | None = None
+    ) -> Listener:
+        """Host `service`: iterate the listener for incoming streams. Opens no port.
+
+        With `ports`, only dialers whose ticket grants one of those service ports get through
+        (the rest are refused with ``port_not_granted``); the stream's ``peer.port`` says which.
+        """
         self._start()
-        listener = Listener(self, service, backlog)
+        listener = Listener(self, service, backlog, ports)
         self._listeners.add(listener)
         return listener
 

@@ -23,8 +23,20 @@ class BindError(UmbraError):
 
 
 class StreamReset(UmbraError, ConnectionResetError):
-    """The stream ended abnormally: the peer, a router or this side reset it."""
+    """The stream ended abnormally: the peer, a router or this side reset it.
+
+    `authenticated` tells who is speaking: True when the code and reason are this side's own
+    or came sealed from the peer; False when they came in a RESET frame that any router on
+    the path could have sent (or forged), so they are a claim, not a fact. Such a reset is
+    an error even when it claims "no_error": only the peer's sealed FIN ends a stream
+    cleanly.
+    """
+
+    def __init__(self, code: str, reason: str, authenticated: bool = True) -> None:
+        super().__init__(code, reason if authenticated else f"{reason} (unauthenticated)")
+        self.reason = reason
+        self.authenticated = authenticated
 
     @classmethod
-    def from_code(cls, code: ErrorCode, reason: str) -> StreamReset:
-        return cls(code.code, reason)
+    def from_code(cls, code: ErrorCode, reason: str, authenticated: bool = True) -> StreamReset:
+        return cls(code.code, reason, authenticated)

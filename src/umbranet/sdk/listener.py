@@ -8,6 +8,12 @@ links; each becomes a Stream once the dialer proved its identity in the handshak
 When the policy has HTTP rules for the service, the bind grant carries them and each stream is
 a `GatedStream`: the application reads only requests those rules allow for that dialer. Every
 fresh bind ticket (after each epoch bump) brings the rules in force.
+
+Each dialer's ticket is checked again here, against what only the host knows: it must not be
+older than the newest revocation epoch this host heard of (from the controller's events or
+its own bind ticket), it must be bound to the dialer's certificate once the controller binds
+tickets (seen from our own bind ticket), and, when the listener names the `ports` it serves,
+it must grant one of them.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from umbranet.pki.tickets import Action
 from umbranet.policy import HttpFragment, PolicyError
 from umbranet.policy.http_gate import GateStop
-from umbranet.proto.e2e import HostHandshake
+from umbranet.proto.e2e import HostHandshake, ticket_epoch, ticket_key_binding
+from umbranet.proto.text import printable
 from umbranet.sdk.errors import BindError, DialError, UmbraError
 from umbranet.sdk.http_gate import GatedStream
 from umbranet.sdk.stream import Stream
@@ -38,13 +45,22 @@ log = logging.getLogger("umbranet.sdk")
 class Listener:
     """`async for stream in ctx.listen("svc")`; or `await listener.accept()`."""
 
-    def __init__(self, context: Context, service: str, backlog: int = 128) -> None:
+    def __init__(
+        self,
+        context: Context,
+        service: str,
+        backlog: int = 128,
+        ports: frozenset[int] | None = None,
+    ) -> None:
         self.service = service
+        self.ports = ports
         self._context = context
         self._backlog = backlog
         self._queue: asyncio.Queue[Stream] = asyncio.Queue()
         self._ticket = ""
         self._ticket_expires = 0
+        self._ticket_epoch = 0
+        self._bound_tickets = False
         self._bindings: dict[RouterConnection, int] = {}
         self._changed = asyncio.Event()
         self._ready = asyncio.get_running_loop().create_future()
@@ -90,6 +106,11 @@ class Listener:
         self._bindings.clear()
 
     @property
+    def min_epoch(self) -> int:
+        """Dial tickets from before this revocation epoch are refused here."""
+        return max(self._context.epoch, self._ticket_epoch)
+
+    @property
     def bound_routers(self) -> list[str]:
         return [c.name for c in self._bindings]
 
@@ -97,7 +118,14 @@ class Listener:
 
     def handshake(self) -> HostHandshake:
         """The host side of a new dialer's handshake, proving us with the bind ticket."""
-        return HostHandshake(self.service, self._ticket, self._context.credentials())
+        return HostHandshake(
+            self.service,
+            self._ticket,
+            self._context.credentials(),
+            min_epoch=self.min_epoch,
+            ports=self.ports,
+            require_bound=self._bound_tickets,
+        )
 
     def new_stream(self, connection: RouterConnection, circuit: Circuit) -> Stream:
         """The stream for a dialer who passed the handshake: gated if HTTP rules apply."""
@@ -116,7 +144,12 @@ class Listener:
     def refused(self, code: str, reason: str) -> None:
         """A dialer failed the handshake (or a router sent a bad CONNECT)."""
         self._count(code)
-        log.warning("refused dialer service=%s code=%s reason=%s", self.service, code, reason)
+        log.warning(
+            "refused dialer service=%s code=%s reason=%s",
+            printable(self.service),
+            printable(code, 64),
+            printable(reason),
+        )
 
     def refresh(self) -> None:
         """Bind again now with a fresh ticket (the controller's epoch moved)."""
@@ -150,7 +183,12 @@ class Listener:
                         exc if isinstance(exc, BindError) else BindError(exc.code, exc.reason)
                     )
                     return
-                log.warning("listener %s: %s; retrying in %.1fs", self.service, exc, backoff)
+                log.warning(
+                    "listener %s: %s; retrying in %.1fs",
+                    printable(self.service),
+                    printable(exc),
+                    backoff,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -162,6 +200,9 @@ class Listener:
     async def _bind_all(self) -> None:
         grant = await self._context.ticket(self.service, Action.BIND, fresh=True)
         self._ticket, self._ticket_expires = grant.ticket, grant.expires_at
+        self._ticket_epoch = ticket_epoch(grant.ticket)
+        # A controller that binds our ticket to our certificate binds dialers' tickets too.
+        self._bound_tickets = bool(ticket_key_binding(grant.ticket))
         self._http_rules = self._rules_of(grant.http_rules)
         bound = 0
         last_error: UmbraError | None = None

@@ -4,6 +4,11 @@
 peer's credit and the link; `write_eof` half-closes; `close` ends our side and discards what
 the peer still sends; `abort` resets. Bytes arrive in order and complete, or the stream
 raises StreamReset with the code and reason it ended with.
+
+`read` returns b"" (end of data) only after the peer's sealed FIN. A circuit that ended any
+other way (a RESET from the network, even one that says "no_error", a sealed abort, a local
+reset) makes `read` raise once the bytes that did arrive were read: a truncated stream is
+never mistaken for a complete one.
 """
 
 from __future__ import annotations
@@ -77,7 +82,8 @@ class Stream:
             return b""
         if not circuit.readable_bytes:
             if circuit.at_eof:
-                self._raise_if_reset()
+                if not circuit.remote_fin:
+                    self._raise_closed()
                 return b""
             return None
         data = circuit.take(n)
@@ -176,7 +182,8 @@ class Stream:
         self._discard_inbound()
 
     def abort(self, reason: str = "aborted by the application") -> None:
-        """Reset the circuit at once; the peer sees CANCELLED."""
+        """Reset the circuit at once; the peer sees CANCELLED (sealed, so it can tell this
+        abort from one a router forged, when the window had room for it)."""
         self._circuit.reset(ErrorCode.CANCELLED, reason)
         self._connection.flush(self._circuit)
         self.notify()
@@ -220,8 +227,15 @@ class Stream:
 
     def _raise_if_reset(self) -> None:
         error = self._circuit.error
-        if error is not None and error.code is not ErrorCode.NO_ERROR:
-            raise StreamReset.from_code(error.code, error.reason)
+        if error is not None and not error.clean:
+            raise StreamReset.from_code(error.code, error.reason, error.authenticated)
+
+    def _raise_closed(self) -> None:
+        """The circuit ended before the peer's FIN: always an error, whatever it claims."""
+        error = self._circuit.error
+        if error is None:
+            raise StreamReset("closed", "the stream ended before the peer's end of data")
+        raise StreamReset.from_code(error.code, error.reason, error.authenticated)
 
     def _unread(self, data: bytes) -> None:
         self._circuit.push_back(data)

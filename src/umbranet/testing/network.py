@@ -105,7 +105,8 @@ class LocalNetwork:
             Action(action),
             datetime.now(UTC),
             self.ticket_lifetime,
-            attributes=self.attributes.get(identity.spiffe_id, ()),
+            # As the controller: a bind ticket, shown to every dialer, names no attributes.
+            attributes=self.attributes.get(identity.spiffe_id, ()) if action == "dial" else (),
             epoch=self.epoch,
         )
         return Grant(token, ticket.expires_at, tuple(self.routers))

@@ -34,6 +34,9 @@ class ErrorCode(IntEnum):
     PEER_IDENTITY_MISMATCH = 31
     PEER_NOT_AUTHORIZED = 32
     DECRYPT_FAILED = 33
+    PORT_NOT_GRANTED = 34  # the stream's port is not the one the dialer's ticket grants
+    KEY_LIMIT_EXCEEDED = 35  # the peer sealed more under one key than the protocol allows
+    TICKET_UNBOUND = 36  # the dial ticket is bound (cnf) to another certificate key than proven
 
     REFUSED = 40
     CANCELLED = 41

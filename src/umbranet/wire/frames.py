@@ -63,10 +63,17 @@ class FrameType(IntEnum):
 
 
 class Flag(IntFlag):
-    """Frame flags. FIN is bound into the AEAD associated data, so no router can forge it."""
+    """DATA frame flags, all bound into the AEAD associated data: no router can forge one.
+
+    FIN ends the sender's direction. KEY_PHASE flips on the first frame sealed under the
+    sender's next key (rekey, see `umbranet.proto.e2e`). ABORT carries a sealed error
+    `{"code", "reason"}`: the peer's authenticated abort of the whole circuit.
+    """
 
     NONE = 0
     FIN = 0x01
+    KEY_PHASE = 0x02
+    ABORT = 0x04
 
 
 CIRCUIT_FRAMES = frozenset(
@@ -191,12 +198,13 @@ class FrameDecoder:
         frames: list[Frame] = []
         data = memoryview(data)
         while data:
+            # Frames from earlier chunks stay valid: copy them out before `get_buffer` may
+            # move the bytes their views point at.
+            if frames:
+                frames = [Frame(f.type, f.flags, f.circuit, bytes(f.payload)) for f in frames]
             buf = self.get_buffer(len(data))
             n = min(len(buf), len(data))
             buf[:n] = data[:n]
             data = data[n:]
-            # Frames from earlier chunks stay valid: copy them out before the buffer moves.
-            if frames:
-                frames = [Frame(f.type, f.flags, f.circuit, bytes(f.payload)) for f in frames]
             frames.extend(self.buffer_updated(n))
         return frames

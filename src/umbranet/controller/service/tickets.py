@@ -133,7 +133,9 @@ def issue_ticket(
         Action(action),
         now,
         authority.ticket_lifetime,
-        attributes=identity.attributes,
+        # A bind ticket is shown to every dialer in the handshake: it proves the right to
+        # host, and the host's attributes are nobody's business there (nothing reads them).
+        attributes=identity.attributes if action == "dial" else (),
         epoch=epoch,
         port=port,
     )
