@@ -72,7 +72,7 @@ def _overlay(
                     await _echo(client)  # caches a dial ticket of the current epoch
                     epoch = network.bump()
                     await _until(lambda: listener.min_epoch == epoch and host.epoch == epoch)
-                    assert router.forwarder.epoch < epoch  # the router lags: no help there
+                    assert router.switch.epoch < epoch  # the router lags: no help there
                     await check(host, client, listener, router)
                 finally:
                     server.cancel()

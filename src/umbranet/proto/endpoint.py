@@ -263,9 +263,18 @@ class EndpointLink:
         self._drain_session()
 
     def handle_timeout(self, now: Instant) -> None:
-        """Release held handshakes, time out dials and binds, keep the link alive."""
+        """Release held handshakes, time out dials and binds, keep the link alive, and let
+        every circuit rekey by age. The keepalive deadline makes this run at least every
+        `ping_interval`, which bounds how late an age-based rekey can be."""
         self.session.handle_timeout(now)
         mono = now.mono
+        for entry in list(self._circuits.values()):
+            circuit = entry.circuit
+            due = circuit.poll_timeout()
+            if due is not None and due[0] <= now.wall:
+                circuit.handle_timer(now.wall)
+                self.session.outbox.extend(circuit.poll_transmit())
+                self._dispatch(circuit)
         for circuit_id, (held, at) in list(self._corked.items()):
             if at <= mono:
                 del self._corked[circuit_id]
@@ -417,17 +426,29 @@ class EndpointLink:
                 else:
                     self._pending_accepts -= 1
                     self._events.append(Incoming(entry.binding_id, circuit))
-            elif isinstance(event, Closed) and not entry.opened:
-                self._not_opened(entry, event)
+            elif isinstance(event, Closed):
+                if not entry.opened:
+                    self._not_opened(entry, event)
+                elif not event.clean:
+                    self._ended(event)
         if circuit.state is State.CLOSED:
             del self._circuits[circuit.id]
             self._corked.pop(circuit.id, None)
             self._dialing.pop(circuit.id, None)
         self._touched[circuit.id] = circuit
 
+    def _ended(self, event: Closed) -> None:
+        """An open circuit ended other than by both sealed FINs: count why, and count apart
+        the ends nobody authenticated (a RESET any router could have forged)."""
+        if not event.by_peer:
+            self._count(event.code.code)
+        if not event.authenticated:
+            self._count("reset_unauthenticated")
+
     def _not_opened(self, entry: _Entry, event: Closed) -> None:
-        """A circuit closed before it opened: a refused dial or a failed accept."""
-        self._count(event.code.code)
+        """A circuit closed before it opened: a refused dial or a failed accept (our own
+        aborts, e.g. a dialer refusing a host's stale bind ticket, are counted apart)."""
+        self._count(event.code.code if event.by_peer else f"aborted_{event.code.code}")
         if entry.binding_id is None:
             self._events.append(DialFailed(entry.circuit.id, event.code.code, event.reason))
         else:

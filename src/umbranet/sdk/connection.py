@@ -33,6 +33,7 @@ from umbranet.proto.endpoint import (
     LinkDown,
 )
 from umbranet.proto.link import LinkTimers
+from umbranet.proto.text import printable
 from umbranet.sdk.errors import BindError, DialError
 from umbranet.sdk.stream import Stream
 from umbranet.wire import ErrorCode, Frame
@@ -264,7 +265,7 @@ class RouterConnection:
             elif isinstance(event, DialFailed):
                 dial = self._dials.pop(event.circuit_id, None)
                 if dial is not None and not dial[0].done():
-                    dial[0].set_exception(DialError(event.code, event.reason))
+                    dial[0].set_exception(DialError(event.code, printable(event.reason)))
             elif isinstance(event, AcceptFailed):
                 listener = self._listeners.get(event.binding_id)
                 if listener is not None:
@@ -310,24 +311,29 @@ class RouterConnection:
         if isinstance(event, Bound):
             waiter.set_result(event.expires_at)
         else:
-            waiter.set_exception(BindError(event.code, event.reason))
+            waiter.set_exception(BindError(event.code, printable(event.reason)))
 
     def _binding_lost(self, event: BindingLost) -> None:
         """The router dropped a live binding (e.g. access was revoked): tell its listener."""
         listener = self._listeners.pop(event.binding_id, None)
         if listener is not None:
             log.warning(
-                "binding dropped by the router service=%s code=%s reason=%r",
-                listener.service,
+                "binding dropped by the router service=%s code=%s reason=%s",
+                printable(listener.service),
                 event.code,
-                event.reason,
+                printable(event.reason),
             )
             listener.binding_lost(self, event.code, event.reason)
 
     def _link_down(self, event: LinkDown) -> None:
         if self._hello is not None and not self._hello.done() and event.code != "no_error":
             self._fail_hello(DialError(event.code, event.reason))
-        log.info("link down router=%s code=%s reason=%r", self.name, event.code, event.reason)
+        log.info(
+            "link down router=%s code=%s reason=%s",
+            printable(self.name),
+            event.code,
+            printable(event.reason),
+        )
         if self._link is None:
             return
         if event.code == "peer_silent":
