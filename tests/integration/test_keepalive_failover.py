@@ -21,8 +21,7 @@ TIMERS = LinkTimers(ping_interval=0.2, silent_after=0.8)
 def _freeze(router: Router) -> None:
     """The router stops accepting, reading, writing and keeping time, without closing any
     connection: to its peers it looks like a hung process or a black-holed path."""
-    assert router._server is not None
-    router._server.close()
+    router.stop_accepting()
     for link in list(router._links):
         assert link.transport is not None
         link.transport.pause_reading()

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from umbranet.aio.acceptor import AcceptLimits, Acceptor
 from umbranet.aio.driver import MachineTimer
 from umbranet.aio.link import Link
 from umbranet.aio.tls import link_server_context, load_identity, peer_svid
@@ -43,7 +45,8 @@ class RouterConfig:
     identity: IdentityFile
     host: str = "127.0.0.1"
     port: int = 7443
-    tls_handshake_timeout: float = 10.0
+    # How many TLS handshakes may be in progress (per source address, in all) and for how long.
+    accept: AcceptLimits = field(default_factory=AcceptLimits)
     # Stop reading a link while this much waits to be written to it (see `_throttle`).
     link_buffer_limit: int = 4 * 1024 * 1024
     limits: SwitchLimits = field(default_factory=SwitchLimits)
@@ -60,7 +63,7 @@ class Router:
         self._ssl.sslobject_class = _counting_ssl_objects(self._handshake_failed)
         self.switch = Switch(lambda: self.identity.bundle, self.name, config.limits)
         self._links: dict[Link, SwitchLink] = {}
-        self._server: asyncio.Server | None = None
+        self._acceptor: Acceptor | None = None
         self._timers: dict[Link, MachineTimer] = {}
         self._switch_timer: MachineTimer | None = None
         # Bytes in, bytes out and frames in of links already gone (totals only grow).
@@ -87,23 +90,20 @@ class Router:
         await self.stop()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         self._switch_timer = MachineTimer(self._clock, self._switch_deadline)
-        self._server = await loop.create_server(
-            lambda: Link(self),
-            self.config.host,
-            self.config.port,
-            ssl=self._ssl,
-            ssl_handshake_timeout=self.config.tls_handshake_timeout,
-            backlog=1024,
+        _raise_fd_limit()
+        sock = Acceptor.bind(self.config.host, self.config.port)
+        self._acceptor = Acceptor(
+            sock, lambda: Link(self), self._ssl, self.config.accept, self._count
         )
-        host, port = self._server.sockets[0].getsockname()[:2]
+        self._acceptor.start()
+        host, port = self._acceptor.address
         self._address = f"{host}:{port}"
         log.info("router %s listening on %s", self.name, self.address)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
             for task in list(self._throttled.values()):
                 task.cancel()
             for link, state in list(self._links.items()):
@@ -111,9 +111,7 @@ class Router:
                 self._close(link)
             if self._switch_timer is not None:
                 self._switch_timer.cancel()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-            self._server = None
+            self._acceptor = None
 
     def renew(self, identity: IdentityFile) -> None:
         """Use a renewed certificate for new links; existing links keep theirs.
@@ -285,6 +283,15 @@ class Router:
         if not link.closed and link.transport is not None:
             link.transport.resume_reading()
 
+    def stop_accepting(self) -> None:
+        """Accept no new links; those already made carry on."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+
+    def _count(self, code: str) -> None:
+        self.switch.counters[code] += 1
+        log.warning("refused connection code=%s", code)
+
     def _handshake_failed(self, exc: ssl.SSLError) -> None:
         """Count a refused TLS handshake (garbage, no certificate, untrusted or expired)."""
         self.switch.counters["tls_handshake_failed"] += 1
@@ -306,3 +313,12 @@ def _counting_ssl_objects(on_failure: Callable[[ssl.SSLError], None]) -> type[ss
                 raise
 
     return CountingSSLObject
+
+
+def _raise_fd_limit() -> None:
+    """Use every file descriptor the system allows this process (the soft limit is often
+    1,024 while the hard one is far higher): a router's links are its file descriptors."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -113,8 +113,13 @@ class Context:
         await self.close()
 
     async def close(self) -> None:
-        """Cancel background work and close every router link."""
+        """Stop hosting, cancel background work and close every router link."""
         self._closed = True
+        listeners = [listener.close() for listener in list(self._listeners)]
+        if listeners:
+            await asyncio.wait(
+                [asyncio.ensure_future(closing) for closing in listeners], timeout=CLOSE_TIMEOUT
+            )
         tasks = list(self._tasks) + list(self._connecting.values())
         for task in tasks:
             task.cancel()
