@@ -1,0 +1,113 @@
+"""Faults on the simulated network, in virtual time: a router that goes silent, a partition
+in the middle of a transfer, a carrier that breaks. Whatever happens, a stream ends with a
+code saying why, and a transfer cut short never looks finished."""
+
+from __future__ import annotations
+
+import random
+
+from umbranet.proto.link import LinkTimers
+from umbranet.testing.simnet import SimEndpoint, SimListener, SimNet, SimStream, echo, sink
+
+MiB = 1024 * 1024
+TIMERS = LinkTimers()  # the defaults users get
+DETECTED_WITHIN = TIMERS.silent_after + TIMERS.ping_interval
+
+
+def _one_router(seed: int) -> tuple[SimNet, SimEndpoint, SimEndpoint]:
+    net = SimNet(seed=seed)
+    r1 = net.router("r1")
+    web = net.endpoint("web", via=[r1])
+    alice = net.endpoint("alice", via=[r1])
+    return net, alice, web
+
+
+def _open_echo(net: SimNet, alice: SimEndpoint, web: SimEndpoint) -> tuple[SimStream, SimStream]:
+    listener = web.listen("echo", echo)
+    net.run_until(lambda: listener.bound, within=1.0)
+    stream = alice.dial("echo")
+    stream.write(b"hello")
+    net.run_until(lambda: stream.received == 5, within=1.0)
+    (host,) = listener.accepted
+    return stream, host
+
+
+def _transfer(
+    net: SimNet, alice: SimEndpoint, listener: SimListener, size: int
+) -> tuple[SimStream, SimStream]:
+    """A transfer from alice to the listener, under way: more than a MiB arrived."""
+    stream = alice.dial("bulk")
+    stream.write(random.Random(4).randbytes(size))
+    stream.write_eof()
+    net.run_until(lambda: bool(listener.accepted) and listener.accepted[0].received > MiB, 5.0)
+    return stream, listener.accepted[0]
+
+
+def test_a_silent_router_is_detected_by_keepalive_within_its_deadline() -> None:
+    net, alice, web = _one_router(seed=3)
+    stream, host = _open_echo(net, alice, web)
+    net.run_for(2 * TIMERS.ping_interval)  # an idle link: only keepalives keep it alive
+    assert stream.ended is None and host.ended is None
+    r1 = net.routers["r1"]
+    killed_at = net.now
+    net.kill(r1)
+    net.run_until(lambda: stream.ended and host.ended, within=DETECTED_WITHIN)
+    for name, end in (("alice", stream.ended), ("web", host.ended)):
+        down = net.trace.first("LINK_DOWN", src=name)
+        assert down is not None and down.note.startswith("peer_silent"), down
+        assert killed_at < down.time <= killed_at + DETECTED_WITHIN
+        assert end is not None and end.code == "peer_gone", end
+    assert not stream.eof and not host.eof
+    # Both kept asking; the dead router never answered.
+    assert net.trace.find("PING", src="alice", dst="r1")[-1].time > killed_at
+    assert [r for r in net.trace.find("PONG", src="r1") if r.time > killed_at] == []
+
+
+def test_a_partition_during_a_transfer_ends_the_stream_with_an_error() -> None:
+    net, alice, web = _one_router(seed=4)
+    listener = web.listen("bulk", sink)
+    net.run_until(lambda: listener.bound, within=1.0)
+    size = 16 * MiB
+    dialer, host = _transfer(net, alice, listener, size)
+    r1 = net.routers["r1"]
+    net.partition(alice, r1)
+    cut_at = net.now
+    net.run_until(lambda: host.ended is not None, within=DETECTED_WITHIN)
+    # Never a silent truncation: the host got part of the stream and no sealed FIN, so
+    # the stream did not finish; it ended with why.
+    assert host.ended is not None and host.ended.code == "peer_gone"
+    assert 0 < host.received < size
+    assert not host.eof and not host.finished
+    assert net.trace.find("DATA", dst="web", note="FIN") == []
+    # The trace tells the story: the partition, the router giving up on alice's silent
+    # link, its RESET to web.
+    partition = net.trace.first("PARTITION")
+    router_down = net.trace.first("LINK_DOWN", src="r1", dst="alice")
+    reset = net.trace.first("RESET", src="r1", dst="web")
+    assert partition is not None and router_down is not None and reset is not None
+    assert router_down.note.startswith("peer_gone")
+    assert "peer_gone" in reset.note
+    assert cut_at < router_down.time <= reset.time <= cut_at + DETECTED_WITHIN
+    # The dialer learns it the same way, by its own keepalive.
+    net.run_until(lambda: dialer.ended is not None, within=DETECTED_WITHIN)
+    assert dialer.ended is not None and dialer.ended.code == "peer_gone"
+    # Healing does not revive what ended, nor deliver the rest of the stream.
+    received = host.received
+    net.heal(alice, r1)
+    net.run_for(1.0)
+    assert host.received == received and host.ended.code == "peer_gone"
+    assert net.trace.first("HEAL") is not None
+
+
+def test_a_broken_carrier_ends_its_circuits_at_once() -> None:
+    net, alice, web = _one_router(seed=8)
+    stream, host = _open_echo(net, alice, web)
+    r1 = net.routers["r1"]
+    broken_at = net.now
+    net.link_down(alice, r1)
+    net.run_until(lambda: stream.ended and host.ended, within=1.0)
+    assert stream.ended is not None and stream.ended.code == "peer_gone"
+    assert host.ended is not None and host.ended.code == "peer_gone"
+    reset = net.trace.first("RESET", src="r1", dst="web")
+    assert reset is not None and reset.time - broken_at < TIMERS.ping_interval
+    assert r1.switch.circuits == 0
