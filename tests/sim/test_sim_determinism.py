@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from umbranet.testing.simnet import SimNet, echo
 from umbranet.wire import FrameDecoder, FrameType
@@ -75,6 +77,34 @@ def test_jitter_and_loss_never_reorder_or_lose_bytes() -> None:
     assert stream.finished, stream.ended
     assert stream.read() == payload
     assert net.trace.find("RESET") == []
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    latency=st.floats(0.0001, 0.05),
+    jitter=st.floats(0.0, 0.05),
+    loss=st.floats(0.0, 0.5),
+    sizes=st.lists(st.integers(1, 150 * KiB), min_size=1, max_size=6),
+)
+def test_any_delays_and_any_writes_echo_exactly_the_bytes_written(
+    seed: int, latency: float, jitter: float, loss: float, sizes: list[int]
+) -> None:
+    net = SimNet(seed=seed)
+    r1 = net.router("r1")
+    alice, web = net.endpoint("alice"), net.endpoint("web")
+    for endpoint in (alice, web):
+        net.connect(endpoint, r1, latency=latency, jitter=jitter, loss=loss)
+    listener = web.listen("echo", echo)
+    net.run_until(lambda: listener.bound, within=5.0)
+    writes = [random.Random(seed + n).randbytes(size) for n, size in enumerate(sizes)]
+    stream = alice.dial("echo")
+    for data in writes:
+        stream.write(data)
+    stream.write_eof()
+    net.run_until(lambda: stream.ended is not None, within=60.0)
+    assert stream.finished, stream.ended
+    assert stream.read() == b"".join(writes)
 
 
 @pytest.mark.xfail(

@@ -6,8 +6,18 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from umbranet.proto.link import LinkTimers
-from umbranet.testing.simnet import SimEndpoint, SimListener, SimNet, SimStream, echo, sink
+from umbranet.testing.simnet import (
+    SimEndpoint,
+    SimListener,
+    SimNet,
+    SimRouter,
+    SimStream,
+    echo,
+    sink,
+)
 
 MiB = 1024 * 1024
 TIMERS = LinkTimers()  # the defaults users get
@@ -58,8 +68,8 @@ def test_a_silent_router_is_detected_by_keepalive_within_its_deadline() -> None:
         assert killed_at < down.time <= killed_at + DETECTED_WITHIN
         assert end is not None and end.code == "peer_gone", end
     assert not stream.eof and not host.eof
-    # Both kept asking; the dead router never answered.
-    assert net.trace.find("PING", src="alice", dst="r1")[-1].time > killed_at
+    # Both kept asking; the dead router never read a PING nor answered one.
+    assert net.trace.find("PING", src="alice", dst="r1", note="unread")
     assert [r for r in net.trace.find("PONG", src="r1") if r.time > killed_at] == []
 
 
@@ -111,3 +121,49 @@ def test_a_broken_carrier_ends_its_circuits_at_once() -> None:
     reset = net.trace.first("RESET", src="r1", dst="web")
     assert reset is not None and reset.time - broken_at < TIMERS.ping_interval
     assert r1.switch.circuits == 0
+
+
+def test_a_dial_into_a_dead_router_fails_at_its_own_deadline() -> None:
+    net, alice, web = _one_router(seed=9)
+    listener = web.listen("echo", echo)
+    net.run_until(lambda: listener.bound, within=1.0)
+    net.kill(net.routers["r1"])
+    dialed_at = net.now
+    stream = alice.dial("echo", timeout=3.0)
+    net.run_until(lambda: stream.ended is not None, within=TIMERS.silent_after)
+    assert stream.ended is not None and stream.ended.code == "dial_timeout"
+    failed = net.trace.first("DIAL_FAILED", src="alice")
+    assert failed is not None and failed.time == pytest.approx(dialed_at + 3.0)  # not keepalive
+    assert not stream.opened
+
+
+def test_after_a_router_dies_the_service_is_reached_through_the_other() -> None:
+    net = SimNet(seed=10)
+    r1, r2 = net.router("r1"), net.router("r2")
+    web = net.endpoint("web", via=[r1, r2])
+    alice = net.endpoint("alice", via=[r1, r2])
+    listener = web.listen("echo", echo)
+    net.run_until(lambda: sorted(listener.bound) == ["r1", "r2"], within=1.0)
+    first, _ = _open_echo_on(net, alice, listener, r1)
+    killed_at = net.now
+    net.kill(r1)
+    net.run_until(lambda: first.ended is not None, within=DETECTED_WITHIN)
+    assert first.ended is not None and first.ended.code == "peer_gone"
+    assert net.now - killed_at <= DETECTED_WITHIN
+    # The dead router's links are down at both endpoints; a new dial takes the live one.
+    assert alice.links["r1"].down is not None
+    second = alice.dial("echo")
+    assert second.link.router == "r2"
+    second.write(b"again")
+    second.write_eof()
+    net.run_until(lambda: second.ended is not None, within=1.0)
+    assert second.finished and second.read() == b"again"
+
+
+def _open_echo_on(
+    net: SimNet, alice: SimEndpoint, listener: SimListener, router: SimRouter
+) -> tuple[SimStream, SimStream]:
+    stream = alice.dial("echo", router=router)
+    stream.write(b"hello")
+    net.run_until(lambda: stream.received == 5, within=1.0)
+    return stream, listener.accepted[-1]

@@ -271,19 +271,20 @@ class SimNet:
             port.peer.inbound.clear()
         self._enqueue(port.peer, None)
 
-    def arrived(self, port: Port, frames: list[Frame]) -> list[Frame]:
-        """Trace the frames that reached `port`, minus those a filter removes."""
+    def arrived(self, port: Port, frames: list[Frame], *, unread: bool = False) -> list[Frame]:
+        """Trace the frames that reached `port`; returns those its node gets to read (not
+        those a filter removes; none when the node is dead, `unread`)."""
         src, dst = port.peer.node.name, port.node.name
         kept: list[Frame] = []
         for frame in frames:
             what, note = describe_frame(frame)
-            if any(drop(frame) for drop in port.filters):
-                self.trace.add(
-                    TraceRecord(self.now, src, dst, what, frame.circuit, "dropped", frame=True)
-                )
-                continue
+            if unread:
+                note = f"unread ({dst} is dead)"
+            elif any(drop(frame) for drop in port.filters):
+                note = "dropped"
+            else:
+                kept.append(frame)
             self.trace.add(TraceRecord(self.now, src, dst, what, frame.circuit, note, frame=True))
-            kept.append(frame)
         return kept
 
     def note(self, src: str, dst: str, what: str, note: str = "", circuit: int = 0) -> None:
@@ -333,7 +334,7 @@ class SimNet:
         if not node.alive:
             if data is not None:  # show what a dead node is sent, once decoded
                 for frames in reads(port.decoder, data):
-                    self.arrived(port, frames)
+                    self.arrived(port, frames, unread=True)
             return
         if data is None:
             port.open = False

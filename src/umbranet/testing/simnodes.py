@@ -106,8 +106,11 @@ class SimRouter:
                 if closing is not None:
                     self._close(port, closing[1], abort=False)
                     return
-                self._timers[port].arm(link.session.poll_timeout())
                 self._timer.arm(self.switch.poll_timeout())
+                timer = self._timers.get(port)
+                if timer is None:
+                    return  # the switch shed this very link (over its memory budget)
+                timer.arm(link.session.poll_timeout())
         except WireError as exc:  # bytes that are no frame stream: the link is over
             link = self._links.get(port)
             if link is not None:
