@@ -167,3 +167,60 @@ def _open_echo_on(
     stream.write(b"hello")
     net.run_until(lambda: stream.received == 5, within=1.0)
     return stream, listener.accepted[-1]
+
+
+def test_an_endpoint_that_leaves_says_goodbye_and_is_forgotten_at_once() -> None:
+    net, alice, web = _one_router(seed=12)
+    stream, host = _open_echo(net, alice, web)
+    r1 = net.routers["r1"]
+    left_at = net.now
+    web.close()
+    net.run_until(lambda: stream.ended is not None, within=1.0)
+    # A goodbye is not a silence: nobody waits for keepalive.
+    assert net.now - left_at < TIMERS.ping_interval
+    assert stream.ended is not None and stream.ended.code == "host_gone"  # the host's link
+    assert host.ended is not None and host.ended.code == "peer_gone"  # its own link is gone
+    goaway = net.trace.first("GOAWAY", src="web", dst="r1")
+    assert goaway is not None and goaway.note.startswith("no_error")
+    assert len(r1.switch.terminators) == 0 and r1.switch.circuits == 0
+    again = alice.dial("echo")
+    net.run_until(lambda: again.ended is not None, within=1.0)
+    assert again.ended is not None and again.ended.code == "no_terminator"
+
+
+def test_a_stopping_router_says_so_and_its_endpoints_end_their_circuits_at_once() -> None:
+    net, alice, web = _one_router(seed=13)
+    stream, host = _open_echo(net, alice, web)
+    stopped_at = net.now
+    net.routers["r1"].stop()
+    net.run_until(lambda: stream.ended and host.ended, within=1.0)
+    assert net.now - stopped_at < TIMERS.ping_interval
+    for name, end in (("alice", stream.ended), ("web", host.ended)):
+        down = net.trace.first("LINK_DOWN", src=name)
+        assert down is not None and down.note.startswith("shutting_down"), down
+        assert end is not None and end.code == "peer_gone"
+    assert not stream.eof and not host.eof
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="router/switch.py link_gone: a lost router-to-router link resets the dialer's "
+    "circuit with host_gone ('the other end's link to the router dropped') because the "
+    "route on it has Side.HOST; Side has no HOP, so a lost hop reads as the host's link "
+    "dropping (docs/wire.md: host_gone = the host's link dropped), while the design "
+    "(architecture review item 3) resets circuits of a lost hop with peer_gone",
+)
+def test_a_lost_hop_ends_the_dialer_s_circuit_with_peer_gone() -> None:
+    net = SimNet(seed=14)
+    r1, r2 = net.router("r1"), net.router("r2")
+    net.link(r1, r2, latency=0.02)
+    alice = net.endpoint("alice", via=[r1])
+    web = net.endpoint("web", via=[r2])
+    listener = web.listen("echo", echo)
+    net.route(r1, "echo", via=r2)
+    net.run_until(lambda: listener.bound, within=1.0)
+    stream, host = _open_echo_on(net, alice, listener, r1)
+    net.partition(r1, r2)
+    net.run_until(lambda: stream.ended and host.ended, within=DETECTED_WITHIN)
+    assert host.ended is not None and host.ended.code == "peer_gone"
+    assert stream.ended is not None and stream.ended.code == "peer_gone", stream.ended

@@ -91,6 +91,19 @@ class SimRouter:
     def counters(self) -> dict[str, int]:
         return dict(self.switch.counters)
 
+    def stop(self) -> None:
+        """Shut down as `Router.stop` does: GOAWAY `shutting_down` on every link and close
+        them all; only then does each link's loss reach the switch (writes to links already
+        closed go nowhere)."""
+        self.net.note(self.name, "", "STOP", "router stopping")
+        ports = list(self._links)
+        for port in ports:
+            self._links[port].session.close(ErrorCode.SHUTTING_DOWN, "router stopping")
+            self._close(port, abort=False, forget=False)
+        for port in ports:
+            self._gone(port)
+        self._timer.cancel()
+
     # -- Node -----------------------------------------------------------------------------
 
     def receive(self, port: Port, data: bytes) -> None:
@@ -104,7 +117,11 @@ class SimRouter:
                 )
                 self._flush()  # joins what was relayed: the frames' views die with this read
                 if closing is not None:
-                    self._close(port, closing[1], abort=False)
+                    code, reason = closing
+                    self.net.note(
+                        self.name, port.peer.node.name, "LINK_DOWN", f"{code.code}: {reason}"
+                    )
+                    self._close(port, abort=False)
                     return
                 self._timer.arm(self.switch.poll_timeout())
                 timer = self._timers.get(port)
@@ -115,7 +132,7 @@ class SimRouter:
             link = self._links.get(port)
             if link is not None:
                 link.session.close(exc.code, exc.reason)
-                self._close(port, exc.reason, abort=False)
+                self._close(port, abort=False)
 
     def carrier_lost(self, port: Port) -> None:
         if port in self._links:
@@ -135,7 +152,7 @@ class SimRouter:
         code, reason = closing
         self.net.note(self.name, port.peer.node.name, "LINK_DOWN", f"{code.code}: {reason}")
         # A silent peer never drains what is queued for it: abort, as the shell does.
-        self._close(port, reason, abort=code is ErrorCode.PEER_GONE)
+        self._close(port, abort=code is ErrorCode.PEER_GONE)
 
     def _switch_due(self) -> None:
         if not self.alive:
@@ -158,13 +175,14 @@ class SimRouter:
             self.net.close(port, abort=False)
             self._forget(port)
 
-    def _close(self, port: Port, reason: str, *, abort: bool) -> None:
+    def _close(self, port: Port, *, abort: bool, forget: bool = True) -> None:
         """Close a link whose GOAWAY (if any) its session has queued, then forget it."""
         link = self._links.get(port)
         if link is not None and not abort:
             self.net.send(port, b"".join(link.session.poll_transmit()))
         self.net.close(port, abort=abort)
-        self._gone(port)
+        if forget:
+            self._gone(port)
 
     def _gone(self, port: Port) -> None:
         link = self._links.get(port)
@@ -271,6 +289,13 @@ class SimEndpoint:
                 link.machine.bind(binding_id, service, token, accept, self.net.clock.now())
                 self._step(link)
         return listener
+
+    def close(self, router: SimRouter | None = None) -> None:
+        """Leave: GOAWAY `no_error` on the link to `router`, or on every link."""
+        for link in self.links.values():
+            if link.down is None and (router is None or link.router == router.name):
+                link.machine.close()
+                self._step(link)
 
     def flush(self, link: RouterLink, circuit: Circuit) -> None:
         """Send what a stream's operation queued on its circuit."""
