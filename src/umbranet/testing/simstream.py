@@ -96,6 +96,8 @@ class SimStream:
         return self.circuit.readable_bytes
 
     def write(self, data: bytes) -> None:
+        """Queue bytes; they leave as the peer's credit allows. ConnectionError once the
+        stream is closed for writing (as the SDK's `Stream`)."""
         self.circuit.write(data)
         self.endpoint.flush(self.link, self.circuit)
 
