@@ -114,12 +114,6 @@ async def bystanders_unharmed(net: Overlay, flow: Flow) -> None:
     await echo_round_trip(net.client)
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for a condition the loop will make true soon (bounded by the test timeout)."""
-    while not condition():  # noqa: ASYNC110 - router internals expose no event to wait on
-        await asyncio.sleep(0.005)
-
-
 def run_with_bystanders(
     network: LocalNetwork, arun: Any, misbehave: Callable[[Overlay], Awaitable[None]]
 ) -> dict[str, int]:

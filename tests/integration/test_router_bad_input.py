@@ -29,13 +29,12 @@ from tests.integration.router_harness import (
     run_with_bystanders,
     spiffe_id,
     ticket,
-    until,
 )
 from umbranet.pki import IdentityFile, Signer
 from umbranet.pki.tickets import Action
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
 from umbranet.sdk import DialError, StreamReset
-from umbranet.testing import LocalNetwork
+from umbranet.testing import LocalNetwork, eventually
 from umbranet.testing.rawlink import RawLink
 from umbranet.wire import (
     MAX_PAYLOAD,
@@ -150,7 +149,7 @@ def test_a_bad_frame_stream_ends_that_link_with_goaway(
         goaway = [f for f in frames if f.type == FrameType.GOAWAY]
         assert len(goaway) == 1, frames
         assert RawLink.error(goaway[0])[0] is code
-        await until(lambda: net.router.statistics()["links"] == 2)
+        await eventually(lambda: net.router.statistics()["links"] == 2)
         if code is not ErrorCode.NO_ERROR:  # every refusal is counted by its code
             assert net.router.statistics()["counters"].get(code.code, 0) >= 1
 

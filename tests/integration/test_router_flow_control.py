@@ -23,13 +23,12 @@ from tests.integration.router_harness import (
     run_with_bystanders,
     spiffe_id,
     ticket,
-    until,
 )
 from umbranet.pki.tickets import Action
 from umbranet.proto.e2e import HostHandshake
 from umbranet.proto.flow import DEFAULT_WINDOW, MIN_WINDOW
 from umbranet.sdk import Stream
-from umbranet.testing import LocalNetwork
+from umbranet.testing import LocalNetwork, eventually
 from umbranet.testing.rawlink import RawLink
 from umbranet.wire import (
     MAX_DATA_PAYLOAD,
@@ -113,7 +112,7 @@ def test_a_stream_nobody_reads_stalls_only_itself(network: LocalNetwork, arun: A
         holder = asyncio.get_running_loop().create_task(hold())
         stream = await net.client.dial("sink")
         writer = asyncio.get_running_loop().create_task(_write_forever(stream, 8 << 20))
-        await until(
+        await eventually(
             lambda: bool(held) and held[0].at_eof() is False and stream._circuit.unsent_bytes > 0
         )
         # The same client link, the same host link: another stream runs to completion.
@@ -150,7 +149,7 @@ def test_router_buffers_at_most_the_window_for_a_host_that_stops_reading(
 
             peer = peer_link(net.router, sinkhost.spiffe_id)
             route = peer.routes[connect.circuit]
-            await until(lambda: route.peer.account.in_flight >= MIN_WINDOW - 4096 - 16)
+            await eventually(lambda: route.peer.account.in_flight >= MIN_WINDOW - 4096 - 16)
             await echo_round_trip(net.client, 2_000_000)  # the dialer's link is not stalled
             assert not writer.done()
             assert route.peer.account.in_flight <= MIN_WINDOW
@@ -183,7 +182,7 @@ def test_a_peer_that_never_reads_its_answers_is_throttled(network: LocalNetwork,
                     await raw.drain()
 
             flooder = asyncio.get_running_loop().create_task(flood())
-            await until(lambda: throttled() or flooder.done())
+            await eventually(lambda: throttled() or flooder.done())
             assert throttled()
             peer = peer_link(net.router, spiffe_id(network, "mallory"))
             await echo_round_trip(net.client)  # meanwhile everybody else is served

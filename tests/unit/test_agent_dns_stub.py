@@ -13,6 +13,7 @@ from typing import Any
 from umbranet.agent import dnswire as dns
 from umbranet.agent.dns_stub import DnsStub, decide
 from umbranet.agent.stats import Counters
+from umbranet.testing import eventually
 
 NAMES = {"web.umbra": "100.64.0.7", "db.corp.internal": "100.64.0.9"}
 OUTSIDE_ADDRESS = "192.0.2.80"
@@ -111,13 +112,7 @@ async def ask_tcp(stub: DnsStub, data: bytes) -> bytes:
     return reply
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll a condition the stub reaches on its own (a bound, not a timing assertion)."""
-    for _ in range(3000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never became true")
+wait_until = eventually  # a condition the stub reaches on its own, within 30 s
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:

@@ -21,7 +21,7 @@ from umbranet.agent.intercept import Interceptor, PortBook
 from umbranet.agent.stats import Counters
 from umbranet.agent.whois import WhoisTable
 from umbranet.sdk import Context
-from umbranet.testing import LocalNetwork
+from umbranet.testing import LocalNetwork, eventually
 
 
 @dataclass
@@ -65,12 +65,13 @@ async def _agents(network: LocalNetwork, tmp_path: Path) -> AsyncIterator[Pair]:
 
 
 async def _bound(hoster: Hoster, service: str) -> None:
-    """Poll until the host side is bound at the router (bounded by the caller's wait_for)."""
-    for _ in range(10_000):
+    """Wait until the host side is bound at the router (bounded by the caller's wait_for)."""
+
+    def bound() -> bool:
         listener = hoster.hosted[service].listener
-        if listener is not None and listener.bound_routers:
-            return
-        await asyncio.sleep(0.02)
+        return listener is not None and bool(listener.bound_routers)
+
+    await eventually(bound, within=60.0, interval=0.02)
 
 
 def _free_port() -> int:

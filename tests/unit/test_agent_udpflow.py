@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from umbranet.agent.stats import Counters
 from umbranet.agent.udpflow import Deframer, UdpPort, frame, offload_udp, parse_udp_address
+from umbranet.testing import eventually
 
 
 class PipeEnd:
@@ -62,12 +63,7 @@ class Echo(asyncio.DatagramProtocol):
         self.transport.sendto(b"echo:" + data, addr)
 
 
-async def poll(condition: Callable[[], bool]) -> None:
-    for _ in range(3000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never became true")
+poll = eventually  # a condition the flows reach on their own, within 30 s
 
 
 def run(body: Callable[[], Awaitable[None]]) -> None:
