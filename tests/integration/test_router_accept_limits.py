@@ -5,6 +5,7 @@ other sources are made meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
@@ -29,10 +30,8 @@ def test_idle_connections_from_one_source_cannot_exhaust_the_listener(
                     sock = socket.socket()
                     sock.bind(("127.0.0.2", 0))
                     sock.setblocking(False)
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         sock.connect((host, int(port)))
-                    except BlockingIOError:
-                        pass
                     idle.append(sock)
                 counters = router.switch.counters
                 await eventually(lambda: counters["accept_source_limit"] >= 84, within=10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -107,12 +106,6 @@ def test_any_delays_and_any_writes_echo_exactly_the_bytes_written(
     assert stream.read() == b"".join(writes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wire.FrameDecoder.feed copies the frames of earlier chunks only after get_buffer "
-    "has moved the buffer under them: input longer than the buffer's free space corrupts "
-    "earlier payloads (the simulated carrier reads with get_buffer/buffer_updated instead)",
-)
 def test_frame_decoder_feed_keeps_earlier_frames_of_a_long_input() -> None:
     first = encode_frame(FrameType.HANDSHAKE, 1, b"A" * 100)
     data = b"".join(encode_header(FrameType.DATA, 1, 65552) + bytes([n]) * 65552 for n in range(8))

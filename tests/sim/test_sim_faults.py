@@ -202,14 +202,6 @@ def test_a_stopping_router_says_so_and_its_endpoints_end_their_circuits_at_once(
     assert not stream.eof and not host.eof
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router/switch.py link_gone: a lost router-to-router link resets the dialer's "
-    "circuit with host_gone ('the other end's link to the router dropped') because the "
-    "route on it has Side.HOST; Side has no HOP, so a lost hop reads as the host's link "
-    "dropping (docs/wire.md: host_gone = the host's link dropped), while the design "
-    "(architecture review item 3) resets circuits of a lost hop with peer_gone",
-)
 def test_a_lost_hop_ends_the_dialer_s_circuit_with_peer_gone() -> None:
     net = SimNet(seed=14)
     r1, r2 = net.router("r1"), net.router("r2")

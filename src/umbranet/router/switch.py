@@ -183,11 +183,14 @@ class Switch:
 
     # -- links --------------------------------------------------------------------------
 
-    def add_link(self, handle: Hashable, identity: str, peer_kind: str, now: Instant) -> SwitchLink:
-        """A link whose TLS handshake passed; it must say HELLO before anything else."""
+    def add_link(
+        self, handle: Hashable, identity: str, peer_kind: str, now: Instant, opener: bool = False
+    ) -> SwitchLink:
+        """A link whose TLS handshake passed; HELLO comes first. `opener`: this router
+        connected (to a neighbouring router), so it speaks first and opens odd ids."""
         session = LinkSession(
             Role.ROUTER,
-            opener=False,
+            opener=opener,
             name=self._name,
             peer_kind=peer_kind,
             now=now,
@@ -261,7 +264,10 @@ class Switch:
         for route in list(source.routes.values()):
             other = route.peer
             self._drop(route)
-            code = ErrorCode.HOST_GONE if route.side is Side.HOST else ErrorCode.PEER_GONE
+            # The host's own link is gone: host_gone. A lost hop (a router link) leaves the
+            # host alive behind it, so the circuit's other end reads peer_gone.
+            host_left = route.side is Side.HOST and source.kind is LinkKind.ENDPOINT
+            code = ErrorCode.HOST_GONE if host_left else ErrorCode.PEER_GONE
             self._send(
                 other.link,
                 FrameType.RESET,

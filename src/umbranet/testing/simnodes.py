@@ -26,7 +26,7 @@ from umbranet.proto.endpoint import (
     LinkDown,
 )
 from umbranet.proto.flow import DEFAULT_WINDOW
-from umbranet.proto.link import LinkSession, LinkTimers, Role
+from umbranet.proto.link import LinkTimers
 from umbranet.router.quotas import SwitchLimits
 from umbranet.router.switch import Switch, SwitchLink
 from umbranet.testing.simcarrier import Port, Timer, reads
@@ -58,23 +58,9 @@ class SimRouter:
     def attach(self, port: Port, identity: str, peer_kind: str, *, opener: bool) -> SwitchLink:
         """A carrier whose TLS handshake passed (the peer's SVID kind is `peer_kind`)."""
         now = self.net.clock.now()
-        if opener:
-            # The switch adds only links it accepted; the side that dials a neighbouring
-            # router builds the opener's session itself (odd ids, HELLO first).
-            limits = self.switch.limits
-            session = LinkSession(
-                Role.ROUTER,
-                opener=True,
-                name=self.name,
-                peer_kind=peer_kind,
-                now=now,
-                timers=limits.timers,
-            )
-            link = SwitchLink(port, identity, session, limits)
-            self.switch.links.add(link)
-            self.net.send(port, b"".join(session.poll_transmit()))
-        else:
-            link = self.switch.add_link(port, identity, peer_kind, now)
+        link = self.switch.add_link(port, identity, peer_kind, now, opener=opener)
+        if opener:  # the side that dialed says HELLO first
+            self.net.send(port, b"".join(link.session.poll_transmit()))
         self._links[port] = link
         self._timers[port] = Timer(self.net, lambda: self._link_due(port))
         self._timers[port].arm(link.session.poll_timeout())
