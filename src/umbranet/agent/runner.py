@@ -146,7 +146,7 @@ class Agent:
             except ControllerError as exc:
                 self.refresh_error = str(exc)
                 self.counters.add(f"refresh_failed.{exc.code}")
-                log.warning("refresh from the controller failed: %s", exc)
+                log.warning("refresh from the controller failed: %r", str(exc))
                 if exc.status in (401, 403):
                     await self._apply({}, {})
                 return False
@@ -193,7 +193,7 @@ class Agent:
                 await self.context.connection(router.address)
             except (UmbraError, OSError) as exc:
                 self.counters.add("router_connect_failed")
-                log.info("router %s unreachable: %s", router.name, exc)
+                log.info("router %s unreachable: %r", router.name, str(exc))
 
     # -- the local API ----------------------------------------------------------------------
 
