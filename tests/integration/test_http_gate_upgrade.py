@@ -30,6 +30,7 @@ UPGRADE = (
     b"GET /public HTTP/1.1\r\nHost: web\r\nUpgrade: %s\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
 FOLLOW_UP = b"GET /public HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
 DELETE = b"DELETE /admin HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n"
 
@@ -198,3 +199,45 @@ def test_a_request_pipelined_behind_an_upgrade_is_still_judged(
         assert attack.index(b"HTTP/1.1 403") > attack.index(b"HTTP/1.1")
         assert seen == ["GET /public", "GET /public"]
     assert after.startswith(b"HTTP/1.1 200") and after.endswith(b"answered /public")
+
+
+def test_an_upgrade_the_server_accepts_becomes_a_tunnel(web: LocalNetwork, arun: Any) -> None:
+    """The legitimate case still works: after the server's own 101, bytes pass unexamined."""
+
+    async def upgrading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(SWITCHED)
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> bytes:
+        app = await asyncio.start_server(upgrading, "127.0.0.1", 0)
+        port = app.sockets[0].getsockname()[1]
+        async with (
+            app,
+            running_router(web),
+            context(web, "web-host", "server") as host_ctx,
+            context(web, "alice", "client") as alice,
+        ):
+            listener = await host_ctx.listen("web").start()
+            try:
+                stream = await alice.dial("web")
+                served = asyncio.get_running_loop().create_task(
+                    offload(await listener.accept(), "127.0.0.1", port)
+                )
+                frames = b"\x81\x05hello" + DELETE  # not HTTP any more: not judged
+                stream.write(UPGRADE % b"websocket" + frames)
+                expected = len(SWITCHED) + len(frames)
+                got = b""
+                async with asyncio.timeout(20):
+                    while len(got) < expected and (chunk := await stream.read(65536)):
+                        got += chunk
+                stream.close()
+                await asyncio.wait_for(served, 20)
+                return got
+            finally:
+                await listener.close()
+
+    assert arun(main()) == SWITCHED + b"\x81\x05hello" + DELETE
