@@ -66,6 +66,7 @@ class GatedStream(Stream):
             if self._gate.holding:
                 # Bytes behind a switch request wait for our own answer (see `write`), and
                 # the circuit's window keeps the dialer from sending much more meanwhile.
+                self._raise_if_reset()
                 await self._wait()
                 continue
             data = Stream.read_nowait(self, _READ_SIZE)
