@@ -199,7 +199,7 @@ class LocalApiServer:
             return None
         except ApiError as exc:
             self._counters.add(f"api_bad_request.{exc.code}")
-            log.info("local API refused a request: %r", str(exc))
+            log.info("local API refused a request: %s", exc)
             return render(exc.status, error_body(exc.code, exc.reason))
         except TimeoutError:
             self._counters.add("api_bad_request.timeout")
