@@ -66,10 +66,18 @@ def parse_table(text: str) -> Iterator[tuple[Address, Address, int]]:
 def owner_uid(client: Address, server: Address, tables: Iterable[str]) -> int | None:
     """The uid owning the socket at `client` connected to `server`, from table texts."""
     want = (_normal(client), _normal(server))
+    # Only rows whose local port is the client's can match: skip the rest unparsed.
+    suffix = f":{want[0][1]:04X}"
     for text in tables:
-        for local, remote, uid in parse_table(text):
-            if (local, remote) == want:
-                return uid
+        for line in text.splitlines()[1:]:
+            fields = line.split(maxsplit=8)
+            if len(fields) < 8 or not fields[1].endswith(suffix):
+                continue
+            try:
+                if (_address(fields[1]), _address(fields[2])) == want:
+                    return int(fields[7])
+            except ValueError:
+                continue
     return None
 
 
