@@ -77,13 +77,6 @@ def test_absolute_form_targets_are_judged_by_their_path() -> None:
     assert stop is None and passed.startswith(b"GET http://web/public")
 
 
-def test_upgraded_connections_pass_unexamined_after_the_judged_request() -> None:
-    upgrade = b"GET /public/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-    frames = b"\x81\x05hello POST /admin HTTP/1.1\r\n\r\n"
-    passed, stop, heads = run(upgrade + frames)
-    assert stop is None and passed == upgrade + frames and heads == 1
-
-
 MALFORMED = [
     (b"GET /public\r\n\r\n", "malformed request line"),
     (b"GET /public HTTP/2.0\r\n\r\n", "malformed request line"),

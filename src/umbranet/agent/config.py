@@ -62,6 +62,10 @@ class AgentConfig:
     root: RootSettings | None = None
     # The SPIFFE Workload API socket (``--workload-socket``/``SPIFFE_ENDPOINT_SOCKET``).
     workload_socket: Path | None = None
+    # Local users besides the agent's own who may use the loopback listeners (each connection
+    # acts as the agent's identity): ``--allow-uid N`` (repeatable), ``--allow-any-user``.
+    allow_uids: frozenset[int] = frozenset()
+    allow_any_user: bool = False
 
     @property
     def socket_path(self) -> Path:

@@ -9,8 +9,10 @@ dnsmasq and friends listen and of systemd-resolved's ``127.0.0.53``). For each q
   a short TTL (access can be withdrawn); AAAA and other types get NODATA (no IPv6 proxy);
 - any other name under the intercept suffix (``nope.umbra``): NXDOMAIN, never forwarded,
   so made-up names do not leak to the upstream resolver;
-- everything else: forwarded byte for byte to the upstream resolvers the agent replaced,
-  one after the other, each with a timeout; SERVFAIL if none answers.
+- everything else: forwarded to the upstream resolvers the agent replaced, one after the
+  other, each with a timeout; SERVFAIL if none answers. The forward carries an id of our own
+  and a fresh source port, and only a reply from the upstream's address and port, with that
+  id and the same question, is taken (`dns_upstream`); forged ones are dropped and counted.
 
 Bad input is answered or dropped, and counted (``dns_*`` counters), and harms no other
 client: an unreadable query gets FORMERR if it carries an id (dropped otherwise), each source
@@ -24,13 +26,13 @@ import asyncio
 import contextlib
 import errno
 import logging
-import socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from umbranet.agent import dnswire as dns
+from umbranet.agent.dns_upstream import Dropped, ask_tcp, ask_udp
 from umbranet.agent.stats import Counters
 
 __all__ = [
@@ -59,8 +61,8 @@ RATE_PER_SECOND = 200.0
 BURST = 400.0
 _MAX_SOURCES = 4096
 
-# How one forward asks one upstream: over UDP or over TCP.
-_Ask = Callable[[tuple[str, int], bytes, int], Awaitable[bytes]]
+# How one forward asks one upstream: over UDP or over TCP (see `dns_upstream`).
+_Ask = Callable[[tuple[str, int], bytes, dns.Question, Dropped], Awaitable[bytes]]
 
 _BIND_ATTEMPTS = 5
 
@@ -222,7 +224,7 @@ class DnsStub:
 
     async def _udp_forward(self, query: dns.Message, data: bytes, source: tuple[str, int]) -> None:
         try:
-            reply = await self._forward(query, data, _ask_udp)
+            reply = await self._forward(query, data, ask_udp)
         finally:
             self._inflight -= 1
         if self._udp is not None and not self._udp.is_closing():
@@ -232,7 +234,7 @@ class DnsStub:
         for upstream in self.upstreams:
             try:
                 async with asyncio.timeout(self.forward_timeout):
-                    reply = await ask(upstream, data, query.id)
+                    reply = await ask(upstream, data, query.questions[0], self._dropped)
             except (OSError, TimeoutError, asyncio.IncompleteReadError):
                 self.counters.add("dns_upstream_failed")
                 continue
@@ -240,6 +242,9 @@ class DnsStub:
             return reply
         self.counters.add("dns_servfail")
         return _servfail(query)
+
+    def _dropped(self, why: str) -> None:
+        self.counters.add(f"dns_spoof_dropped.{why}")
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._tcp_connections >= MAX_TCP_CONNECTIONS:
@@ -283,7 +288,7 @@ class DnsStub:
             return _servfail(outcome.query)
         self._inflight += 1
         try:
-            return await self._forward(outcome.query, data, _ask_tcp)
+            return await self._forward(outcome.query, data, ask_tcp)
         finally:
             self._inflight -= 1
 
@@ -291,39 +296,6 @@ class DnsStub:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-async def _ask_udp(upstream: tuple[str, int], data: bytes, ident: int) -> bytes:
-    """One query over a fresh connected UDP socket (a random source port per query makes
-    off-path spoofing harder); replies that are not the answer to it are ignored."""
-    loop = asyncio.get_running_loop()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        await loop.sock_connect(sock, upstream)
-        await loop.sock_sendall(sock, data)
-        while True:
-            reply = await loop.sock_recv(sock, 65535)
-            if len(reply) >= 12 and _matches(reply, ident):
-                return reply
-
-
-async def _ask_tcp(upstream: tuple[str, int], data: bytes, ident: int) -> bytes:
-    reader, writer = await asyncio.open_connection(*upstream)
-    try:
-        writer.write(struct.pack("!H", len(data)) + data)
-        await writer.drain()
-        size = struct.unpack("!H", await reader.readexactly(2))[0]
-        reply = await reader.readexactly(size)
-    finally:
-        writer.close()
-    if not _matches(reply, ident):
-        raise OSError("upstream answered a different query")
-    return reply
-
-
-def _matches(reply: bytes, ident: int) -> bool:
-    head_id, flags = struct.unpack_from("!HH", reply)
-    return head_id == ident and bool(flags & 0x8000)
 
 
 def _servfail(query: dns.Message) -> bytes:

@@ -113,7 +113,7 @@ class Hoster:
             except UmbraError as exc:
                 entry.error = f"bind: {exc}"
                 self._counters.add(f"bind_failed.{exc.code}")
-                log.warning("host %s: %s; retrying in %.0fs", entry.service, exc, backoff)
+                log.warning("host %s: %r; retrying in %.0fs", entry.service, str(exc), backoff)
                 await listener.close()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
@@ -146,7 +146,7 @@ class Hoster:
             reason = f"host address {address} refused: {_describe(exc)}"
             entry.last_failure = reason
             self._counters.add("host_refused")
-            log.warning("host %s: %s", entry.service, reason)
+            log.warning("host %s: %r", entry.service, reason)
             stream.abort(reason)
             return
         except asyncio.CancelledError:

@@ -11,6 +11,11 @@ is stable, chosen in this order and recorded in the state directory:
 4. ``15000 + crc32(name) % 10000``, then the next few ports after it.
 
 A dial that fails closes the client's connection with RST and is counted with its code.
+
+Every connection carries the agent's identity, so by default only the agent's own user may
+connect: the connecting socket's owner is looked up (`peeruid`) before anything is dialled,
+and another user's connection is reset and counted (``local_user_refused``). ``--allow-uid``
+and ``--allow-any-user`` widen that on purpose.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from typing import Any
 
 from umbranet.agent.config import derived_port
 from umbranet.agent.outbound import carry_outbound
+from umbranet.agent.peeruid import LocalUsers, read_owner_uid
 from umbranet.agent.stats import Counters
 from umbranet.agent.whois import WhoisTable
 from umbranet.sdk import Context
+from umbranet.sdk.forward import reset_tcp
 
 __all__ = ["Interceptor", "LoopbackListener", "PortBook"]
 
@@ -104,8 +111,11 @@ class Interceptor:
         whois: WhoisTable,
         counters: Counters,
         listen_base: str = "127.0.0.1",
+        *,
+        users: LocalUsers | None = None,
     ) -> None:
         self._context = context
+        self.users = users or LocalUsers(os.getuid())
         self._book = book
         self._whois = whois
         self._counters = counters
@@ -173,9 +183,35 @@ class Interceptor:
         assert task is not None
         entry.connections.add(task)
         try:
-            await self._carry(entry, reader, writer)
+            if await self._admitted(entry, writer):
+                await self._carry(entry, reader, writer)
         finally:
             entry.connections.discard(task)
+
+    async def _admitted(self, entry: LoopbackListener, writer: asyncio.StreamWriter) -> bool:
+        """Whether the connecting socket's owner may act as this agent's identity."""
+        users = self.users
+        if users.any_user:
+            return True
+        peer = writer.get_extra_info("peername")
+        local = writer.get_extra_info("sockname")
+        uid = None
+        if peer is not None and local is not None:
+            client, server = (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1]))
+            uid = await asyncio.to_thread(read_owner_uid, client, server)
+        verdict = users.decide(uid)
+        if verdict.allowed:
+            return True
+        code = "local_user_unknown" if uid is None else "local_user_refused"
+        self._counters.add(code)
+        log.warning(
+            "intercept %s refused a local connection code=%s reason=%s",
+            entry.service,
+            code,
+            verdict.reason,
+        )
+        reset_tcp(writer)
+        return False
 
     async def _carry(
         self, entry: LoopbackListener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

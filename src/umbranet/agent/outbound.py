@@ -43,7 +43,7 @@ async def carry_outbound(
     except (UmbraError, OSError, TimeoutError) as exc:
         code = exc.code if isinstance(exc, UmbraError) else type(exc).__name__
         counters.add(f"dial_failed.{code}")
-        log.warning("dial %s failed: %s", service, exc)
+        log.warning("dial %s failed: %r", service, str(exc))  # the reason may be a peer's
         reset_tcp(writer)
         return f"dial: {exc}"
     counters.add(counter)
@@ -56,5 +56,5 @@ async def carry_outbound(
     if not outcome.reset_by:
         return None
     counters.add(f"dial_reset_by_{outcome.reset_by}.{outcome.code}")
-    log.info("flow to %s reset by %s: %s", service, outcome.reset_by, outcome.reason)
+    log.info("flow to %s reset by %s: %r", service, outcome.reset_by, outcome.reason)
     return f"reset by {outcome.reset_by}: {outcome.code}: {outcome.reason}"

@@ -25,6 +25,7 @@ from umbranet.agent.config import AgentConfig, prepare_state_dir
 from umbranet.agent.host import Hoster
 from umbranet.agent.intercept import Interceptor, PortBook
 from umbranet.agent.localapi import ApiError, LocalApiServer, Request
+from umbranet.agent.peeruid import LocalUsers
 from umbranet.agent.rootmode import RootMode
 from umbranet.agent.stats import Counters
 from umbranet.agent.whois import WhoisTable, parse_address
@@ -74,7 +75,12 @@ class Agent:
             await self.context.__aenter__()
             book = PortBook(config.ports_file, config.ports)
             self.interceptor = Interceptor(
-                self.context, book, self.whois, self.counters, config.listen_base
+                self.context,
+                book,
+                self.whois,
+                self.counters,
+                config.listen_base,
+                users=LocalUsers(os.getuid(), config.allow_uids, config.allow_any_user),
             )
             self.hoster = Hoster(self.context, self.whois, self.counters)
             if config.root is not None:
@@ -140,7 +146,7 @@ class Agent:
             except ControllerError as exc:
                 self.refresh_error = str(exc)
                 self.counters.add(f"refresh_failed.{exc.code}")
-                log.warning("refresh from the controller failed: %s", exc)
+                log.warning("refresh from the controller failed: %r", str(exc))
                 if exc.status in (401, 403):
                     await self._apply({}, {})
                 return False
@@ -187,7 +193,7 @@ class Agent:
                 await self.context.connection(router.address)
             except (UmbraError, OSError) as exc:
                 self.counters.add("router_connect_failed")
-                log.info("router %s unreachable: %s", router.name, exc)
+                log.info("router %s unreachable: %r", router.name, str(exc))
 
     # -- the local API ----------------------------------------------------------------------
 
@@ -242,6 +248,11 @@ class Agent:
                 for r in self.routers
             ],
             "dial": self.interceptor.snapshot(),
+            "local_users": {
+                **self.interceptor.users.to_json(),
+                "refused": self.counters.get("local_user_refused"),
+                "unknown": self.counters.get("local_user_unknown"),
+            },
             "host": self.hoster.snapshot(),
             "host_skipped": self.unhosted,
             "streams": {

@@ -10,28 +10,67 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import ssl
 import tempfile
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from umbranet.pki import IdentityFile, PkiError, TrustBundle, VerifiedPeer, verify_svid
+from umbranet.pki import (
+    IdentityFile,
+    PkiError,
+    TrustBundle,
+    VerifiedPeer,
+    key_from_pem,
+    verify_svid,
+)
 
 
 def load_identity(context: ssl.SSLContext, identity: IdentityFile) -> None:
-    """Load the identity's key and certificate into `context`.
+    """Load the identity's key and certificate into `context` without writing the key to disk.
 
-    The ssl module reads keys only from files, so the key goes through a private temporary
-    directory (mode 0700) and is deleted right after loading.
+    The ssl module reads keys only from a path. On Linux the path is an anonymous memory file
+    (`os.memfd_create`, reached as ``/proc/self/fd/N``): it has no name in any file system and
+    vanishes with its descriptor. Where that is missing (other systems, no /proc) the key goes
+    through a private temporary file, but encrypted with a random one-time password that only
+    this process ever holds, and the file is removed right after loading.
     """
+    if not _load_from_memory(context, identity):
+        _load_through_sealed_file(context, identity)
+
+
+def _load_from_memory(context: ssl.SSLContext, identity: IdentityFile) -> bool:
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None or not os.path.isdir("/proc/self/fd"):
+        return False
+    try:
+        fd = memfd_create("umbra-identity", getattr(os, "MFD_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        os.write(fd, identity.key_pem + b"\n" + identity.cert_pem)
+        context.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    return True
+
+
+def _load_through_sealed_file(context: ssl.SSLContext, identity: IdentityFile) -> None:
+    password = secrets.token_bytes(32)
+    sealed = key_from_pem(identity.key_pem).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
     with tempfile.TemporaryDirectory(prefix="umbra-") as tmp:
         os.chmod(tmp, 0o700)
         path = os.path.join(tmp, "identity.pem")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(identity.key_pem + b"\n" + identity.cert_pem)
-        context.load_cert_chain(path)
+            handle.write(sealed + b"\n" + identity.cert_pem)
+        context.load_cert_chain(path, password=password)
 
 
 def link_client_context(identity: IdentityFile) -> ssl.SSLContext:

@@ -108,6 +108,18 @@ def up(
         list[str] | None,
         typer.Option("--dns-name", help="Root mode: NAME=SERVICE, an extra name (repeatable)."),
     ] = None,
+    allow_uid: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--allow-uid",
+            help="Let this local uid use the loopback listeners too (repeatable); by default "
+            "only the agent's own user may, since every connection acts as its identity.",
+        ),
+    ] = None,
+    allow_any_user: Annotated[
+        bool,
+        typer.Option("--allow-any-user", help="Let every local user use the loopback listeners."),
+    ] = False,
 ) -> None:
     """Run the agent: loopback listeners for the services you may dial, hosting for the ones
     you may bind, and the local API."""
@@ -121,6 +133,8 @@ def up(
             ports=overrides,
             refresh_interval=refresh,
             workload_socket=_workload_socket(workload_socket),
+            allow_uids=frozenset(allow_uid or []),
+            allow_any_user=allow_any_user,
             root=RootSettings(
                 proxy_range=proxy_range,
                 dns_address=dns_address,
@@ -297,6 +311,16 @@ def _render_status(data: dict[str, Any]) -> None:
         f"{controller['last_refresh'] or 'never'}"
         + (f", error: {controller['error']}" if controller["error"] else "")
     )
+    users = data.get("local_users")
+    if users:
+        who = (
+            "any user"
+            if users["any"]
+            else ", ".join(str(uid) for uid in [users["own_uid"], *users["allowed"]])
+        )
+        out.print(
+            f"listeners local uids {who}; refused {users['refused']}, unknown {users['unknown']}"
+        )
     table(
         "Routers",
         ["name", "address", "link"],

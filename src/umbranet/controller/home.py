@@ -6,7 +6,9 @@ Layout under the home ``D`` (see docs/architecture.md)::
     D/admin.json         the admin identity file (mode 0600), used by the management CLI
 
 Private keys are written 0600 in a 0700 directory, created exclusively (an existing file is
-never overwritten). ``config.json`` is ``{"trust_domain", "address", "db_url"}``.
+never overwritten); with a key passphrase configured (`pki.keys.key_passphrase`) the CA,
+signer and JWT keys are stored encrypted. ``server.key`` stays plain (0600): the HTTPS server
+reads it by path. ``config.json`` is ``{"trust_domain", "address", "db_url"}``.
 ``jwt.key`` (the ES256 JWT-SVID key) is created at load when missing, so homes made before
 JWT-SVIDs existed gain one.
 `init_home` also creates the database, runs the migrations and enrolls the ``admin``
@@ -44,6 +46,7 @@ from umbranet.pki import (
     validate_trust_domain,
 )
 from umbranet.pki.jwt_svid import JwtAuthority
+from umbranet.pki.keys import key_passphrase, read_private_key, write_private_key
 
 __all__ = [
     "ADMIN_NAME",
@@ -186,10 +189,11 @@ def _populate(home: ControllerHome, now: datetime, trust_domain: str, address: s
 
     ca = CertificateAuthority.create(trust_domain, now)
     ca_key_pem, ca_cert_pem = ca.to_pem()
-    _write_private(home.ca_key, ca_key_pem)
+    passphrase = key_passphrase()
+    write_private_key(home.ca_key, ca_key_pem, passphrase)
     _write_public(home.ca_pem, ca_cert_pem)
     signer = Signer.generate()
-    _write_private(home.signer_key, signer.to_pem())
+    write_private_key(home.signer_key, signer.to_pem(), passphrase)
     jwt_authority = _load_jwt_authority(home)
     _write_private(home.server_key, key_to_pem(generate_tls_key()))
     authority = Authority(
@@ -218,8 +222,11 @@ def load_home(root: str | os.PathLike[str], *, migrate_schema: bool = True) -> L
         )
     config = ControllerConfig.from_json(home.config_json.read_text())
     try:
-        ca = CertificateAuthority.from_pem(home.ca_key.read_bytes(), home.ca_pem.read_bytes())
-        signer = Signer.from_pem(home.signer_key.read_bytes())
+        passphrase = key_passphrase()
+        ca = CertificateAuthority.from_pem(
+            read_private_key(home.ca_key, passphrase), home.ca_pem.read_bytes()
+        )
+        signer = Signer.from_pem(read_private_key(home.signer_key, passphrase))
         jwt_authority = _load_jwt_authority(home)
     except PkiError as exc:
         raise HomeError("home_invalid", f"cannot load the CA or signer: {exc.reason}") from exc
@@ -298,15 +305,16 @@ def _create_admin(db: Database, authority: Authority, now: datetime) -> Identity
 
 def _load_jwt_authority(home: ControllerHome) -> JwtAuthority:
     """The JWT-SVID key, created (exclusively, 0600) on first use."""
+    passphrase = key_passphrase()
     try:
-        return JwtAuthority.from_pem(home.jwt_key.read_bytes())
+        return JwtAuthority.from_pem(read_private_key(home.jwt_key, passphrase))
     except FileNotFoundError:
         pass
     created = JwtAuthority.generate()
     try:
-        _write_private(home.jwt_key, created.to_pem())
+        write_private_key(home.jwt_key, created.to_pem(), passphrase)
     except FileExistsError:  # another process created it a moment ago: use theirs
-        return JwtAuthority.from_pem(home.jwt_key.read_bytes())
+        return JwtAuthority.from_pem(read_private_key(home.jwt_key, passphrase))
     return created
 
 

@@ -50,6 +50,10 @@ CODES: frozenset[str] = frozenset(
         "bundle_invalid",
         "identity_file_invalid",
         "identity_file_insecure",
+        # keys at rest (pki.keys)
+        "key_encrypted",
+        "key_passphrase_wrong",
+        "key_passphrase_unreadable",
     }
 )
 

@@ -5,6 +5,12 @@ the management CLI. It holds private keys, so `IdentityFile.save` writes it with
 (atomically: a temp file in the same directory, then ``os.replace``, so a crash never leaves a
 half-written identity) and `IdentityFile.load` refuses a file that group or others can read.
 
+One exception, for Kubernetes Secrets (mounted 0644 by default, or 0440 with an fsGroup so a
+non-root container can read them): a file owned by root, writable by nobody else, on a
+read-only mount is accepted with a warning. Nobody but root can have put it there or change
+it; who else can read it is the pod's business, and the warning says how to narrow it
+(``defaultMode: 0400`` on the volume).
+
 Every field is checked on construction: the key matches the certificate, the certificate's
 SPIFFE ID is ``spiffe_id`` in the bundle's trust domain and was issued by a bundle CA, and the
 certificate's Noise key (if any) belongs to ``noise_private_key``. Validity *times* are not
@@ -20,6 +26,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -44,6 +51,8 @@ from umbranet.pki.svid import load_chain, noise_public_key_of, spiffe_id_of
 __all__ = ["IDENTITY_FILE_MODE", "IdentityFile"]
 
 IDENTITY_FILE_MODE = 0o600
+
+log = logging.getLogger("umbranet.pki")
 _VERSION = 1
 _FIELDS = frozenset(
     {
@@ -183,19 +192,41 @@ class IdentityFile:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "IdentityFile":
         """Read and validate; raises PkiError ``identity_file_insecure`` if group/other may
-        access it, ``identity_file_invalid`` if its content is wrong, OSError if unreadable."""
+        access it (unless it is a read-only root-owned mount, see the module doc),
+        ``identity_file_invalid`` if its content is wrong, OSError if unreadable."""
         with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if stat.S_IMODE(mode) & 0o077:
+            info = os.fstat(handle.fileno())
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o077 and not _read_only_root_mount(handle.fileno(), info):
                 raise PkiError(
                     "identity_file_insecure",
-                    f"{os.fspath(path)} is accessible by group or others "
-                    f"(mode {stat.S_IMODE(mode):o}); run chmod 600 on it",
+                    f"{os.fspath(path)} is accessible by group or others (mode {mode:o}); run "
+                    "chmod 600 on it, or for a Kubernetes Secret set defaultMode: 0400 on "
+                    "the volume",
+                )
+            if mode & 0o077:
+                log.warning(
+                    "identity file %s is readable by group or others (mode %o) but owned by "
+                    "root on a read-only mount (a Kubernetes Secret?): accepted; set "
+                    "defaultMode: 0400 on the volume to keep other users in the container "
+                    "from reading the key",
+                    os.fspath(path),
+                    mode,
                 )
             data = handle.read(_MAX_FILE_BYTES + 1)
         if len(data) > _MAX_FILE_BYTES:
             raise PkiError("identity_file_invalid", "the identity file is too large")
         return cls.from_json(data)
+
+
+def _read_only_root_mount(fd: int, info: os.stat_result) -> bool:
+    """Owned by root, writable by root alone, on a file system mounted read-only."""
+    if info.st_uid != 0 or stat.S_IMODE(info.st_mode) & 0o022:
+        return False
+    try:
+        return bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def _validate(identity: IdentityFile) -> None:

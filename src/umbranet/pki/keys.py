@@ -1,11 +1,22 @@
-"""Key material: TLS keys and CSRs, X25519 Noise static keys, Ed25519 key ids.
+"""Key material: TLS keys and CSRs, X25519 Noise static keys, Ed25519 key ids, keys at rest.
 
 TLS keys are ECDSA P-256 (what every leaf certificate uses, see architecture.md); Ed25519 is
 accepted when loading because the CA accepts Ed25519 CSRs too. The private key never leaves the
 endpoint: the endpoint makes a CSR and only that travels to the controller.
+
+Keys at rest (the controller's CA, ticket-signing and JWT keys): files are mode 0600, and a
+file found readable by others is tightened to 0600 when it is loaded. With a passphrase
+(``UMBRA_KEY_PASSPHRASE``, or the first line of the file named by
+``UMBRA_KEY_PASSPHRASE_FILE``) they are written encrypted (PKCS#8 with the best encryption the
+`cryptography` build offers) and decrypted only in memory; `seal_key_pem`/`open_key_pem` are
+the two directions and leave the key types to the loaders.
 """
 
 import hashlib
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TypeAlias, TypeGuard
 
 from cryptography import x509
@@ -21,14 +32,26 @@ __all__ = [
     "TlsPublicKey",
     "generate_noise_keypair",
     "generate_tls_key",
+    "PASSPHRASE_ENV",
+    "PASSPHRASE_FILE_ENV",
+    "PRIVATE_KEY_MODE",
     "is_supported_tls_public_key",
     "key_from_pem",
+    "key_passphrase",
     "key_to_pem",
     "load_csr",
     "make_csr",
     "noise_public_key_from_private",
+    "open_key_pem",
+    "read_private_key",
+    "seal_key_pem",
     "signing_key_id",
+    "write_private_key",
 ]
+
+PASSPHRASE_ENV = "UMBRA_KEY_PASSPHRASE"
+PASSPHRASE_FILE_ENV = "UMBRA_KEY_PASSPHRASE_FILE"
+PRIVATE_KEY_MODE = 0o600
 
 TlsPrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 TlsPublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -114,3 +137,75 @@ def noise_public_key_from_private(private_key: bytes) -> bytes:
 def signing_key_id(public_key: ed25519.Ed25519PublicKey) -> str:
     """Key id of a token-signing key: the first 16 hex chars of SHA-256 of the raw key."""
     return hashlib.sha256(public_key.public_bytes_raw()).hexdigest()[:16]
+
+
+# -- keys at rest --------------------------------------------------------------------------
+
+
+def key_passphrase(environ: Mapping[str, str] = os.environ) -> bytes | None:
+    """The passphrase for keys at rest, if one is configured; PkiError if it cannot be read."""
+    text = environ.get(PASSPHRASE_ENV)
+    if text is None and environ.get(PASSPHRASE_FILE_ENV):
+        path = environ[PASSPHRASE_FILE_ENV]
+        try:
+            text = Path(path).read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise PkiError(
+                "key_passphrase_unreadable", f"{PASSPHRASE_FILE_ENV}={path} cannot be read"
+            ) from exc
+    if text is None:
+        return None
+    if not text:
+        raise PkiError("key_passphrase_unreadable", "the key passphrase is empty")
+    return text.encode("utf-8")
+
+
+def seal_key_pem(pem: bytes, passphrase: bytes | None) -> bytes:
+    """`pem` (an unencrypted PKCS#8 key) as it should be stored: encrypted if a passphrase."""
+    if passphrase is None:
+        return pem
+    key = serialization.load_pem_private_key(pem, password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+
+
+def open_key_pem(pem: bytes, passphrase: bytes | None) -> bytes:
+    """A stored key as unencrypted PKCS#8 PEM, in memory only; PkiError if it cannot be."""
+    if b"ENCRYPTED" not in pem.split(b"\n", 1)[0]:
+        return pem  # stored before encryption was configured: still loads
+    if passphrase is None:
+        raise PkiError(
+            "key_encrypted",
+            f"the key is encrypted; set {PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV}",
+        )
+    try:
+        key = serialization.load_pem_private_key(pem, password=passphrase)
+    except PARSE_ERRORS as exc:
+        raise PkiError("key_passphrase_wrong", "the key passphrase does not open the key") from exc
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_private_key(path: Path, pem: bytes, passphrase: bytes | None) -> None:
+    """Create `path` exclusively at 0600 (never overwriting) holding the sealed key."""
+    data = seal_key_pem(pem, passphrase)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_KEY_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), PRIVATE_KEY_MODE)  # whatever the umask said
+        handle.write(data)
+
+
+def read_private_key(path: Path, passphrase: bytes | None) -> bytes:
+    """The key stored at `path`, opened; a file others may read is tightened to 0600 first."""
+    with open(path, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        if mode & 0o077:
+            os.fchmod(handle.fileno(), PRIVATE_KEY_MODE)
+        data = handle.read()
+    return open_key_pem(data, passphrase)

@@ -104,7 +104,7 @@ class WorkloadEndpoint:
                 self.server.publish_jwt_bundle(jwks)
                 wait, retry = self._bundle_refresh, _RETRY_FIRST
             except (ControllerError, PkiError) as exc:
-                log.warning("cannot fetch the JWT bundle: %s; retrying in %.1fs", exc, retry)
+                log.warning("cannot fetch the JWT bundle: %r; retrying in %.1fs", str(exc), retry)
                 wait, retry = retry, min(retry * 2, _RETRY_MAX)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._bundle_due.wait(), wait)

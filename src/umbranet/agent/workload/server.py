@@ -324,7 +324,7 @@ class _Servicer(pb_grpc.SpiffeWorkloadAPIServicer):
     async def _refuse(self, context: Any, code: str, reason: str) -> NoReturn:
         """End the call with status `code` (a grpc.StatusCode name); abort always raises."""
         self._server.count(f"refused.{code.lower()}")
-        log.info("workload API call refused: %s (%s)", code, reason)
+        log.info("workload API call refused: %s (%r)", code, reason)
         await context.abort(getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN), reason)
         raise AssertionError("grpc's abort returned")
 
