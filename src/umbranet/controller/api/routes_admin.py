@@ -97,9 +97,11 @@ def revoke_certificates(name: str, ctx: Ctx, caller: AdminCaller) -> EnrollmentT
 def new_enrollment(name: str, ctx: Ctx, caller: AdminCaller) -> EnrollmentTokenOut:
     now = ctx.clock()
     with ctx.transaction() as store:
-        token = identities.new_enrollment(
+        token, revoked = identities.new_enrollment(
             store, ctx.authority, name, actor=caller.spiffe_id, now=now
         )
+    if revoked:
+        ctx.events.bump(f"certificates of {name} revoked")
     return EnrollmentTokenOut(enrollment_token=token)
 
 

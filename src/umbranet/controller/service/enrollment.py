@@ -35,7 +35,8 @@ def enroll(
 ) -> tuple[Identity, x509.Certificate]:
     """Exchange a one-time token and a CSR for the identity's certificate.
 
-    Checks, in order: token (``token_invalid``, ``token_expired``, ``token_used``), identity
+    Checks, in order: token (``token_invalid``, ``token_expired``, ``token_used``,
+    ``token_retired``), identity
     enabled (``identity_disabled``), Noise key (``noise_key_invalid``), CSR (``csr_invalid``).
     The token is consumed in the same transaction as the certificate is recorded, so a
     rejected CSR leaves the token usable and two racing enrollments cannot both succeed.
@@ -49,6 +50,8 @@ def enroll(
     cert = issue_for_identity(authority, identity, csr, noise_key, now, keep_previous=False)
     if not store.consume_enrollment(enrollment.token_id, now):
         raise Conflict("token_used", "this enrollment token has already been used")
+    # Any other token still out there would replace this key behind the owner's back.
+    store.retire_enrollments(identity.id, now, keep=enrollment.token_id)
     store.audit(now, identity.spiffe_id, "identity.enrolled", identity.name, {})
     return identity, cert
 

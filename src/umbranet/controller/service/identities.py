@@ -120,12 +120,10 @@ def revoke_certificates(
     Its certificates stop working at the controller at once (``cert_revoked``); the caller
     bumps the epoch so every outstanding ticket goes stale and routers close the identity's
     live circuits and bindings. The identity stays enabled: it enrolls again with the
-    returned one-time token, on a new key.
+    returned one-time token, on a new key; every earlier unused token is retired.
     """
     identity = get_identity(store, name)
-    before = [s for s in (identity.cert_serial, identity.previous_cert_serial) if s]
-    identity.cert_serial = None
-    identity.previous_cert_serial = None
+    before = _drop_certificates(identity)
     token = mint_enrollment_token(store, authority, identity, now)
     store.audit(now, actor, "identity.revoke", name, {"serials": before})
     return token
@@ -133,12 +131,26 @@ def revoke_certificates(
 
 def new_enrollment(
     store: Store, authority: Authority, name: str, *, actor: str, now: datetime
-) -> str:
-    """A fresh enrollment token for an existing identity (a new device, a lost key)."""
+) -> tuple[str, bool]:
+    """A fresh enrollment token for an existing identity (a new device, a lost key).
+
+    An identity has one key at a time, so a new token means the old key is gone or about to
+    be replaced: its certificates are revoked now rather than left valid for the key that
+    may be in someone else's hands. Returns the token and whether certificates were revoked
+    (the caller then bumps the epoch, as for `revoke_certificates`).
+    """
     identity = get_identity(store, name)
+    before = _drop_certificates(identity)
     token = mint_enrollment_token(store, authority, identity, now)
-    store.audit(now, actor, "identity.enrollment", name, {})
-    return token
+    store.audit(now, actor, "identity.enrollment", name, {"revoked_serials": before})
+    return token, bool(before)
+
+
+def _drop_certificates(identity: Identity) -> list[str]:
+    before = [s for s in (identity.cert_serial, identity.previous_cert_serial) if s]
+    identity.cert_serial = None
+    identity.previous_cert_serial = None
+    return before
 
 
 def _enabled_change(before: bool, after: bool) -> dict[str, Any]:

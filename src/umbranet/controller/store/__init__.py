@@ -7,6 +7,7 @@ from umbranet.controller.store.db import HEAD_REVISION, Database, make_engine, m
 from umbranet.controller.store.models import (
     AuditEvent,
     Base,
+    ControllerState,
     Enrollment,
     Identity,
     PolicyVersion,
@@ -20,6 +21,7 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Conflict",
+    "ControllerState",
     "Database",
     "Enrollment",
     "Identity",

@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "AuditEvent",
     "Base",
+    "ControllerState",
     "Enrollment",
     "Identity",
     "PolicyVersion",
@@ -88,9 +89,20 @@ class Enrollment(Base):
     )
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+    # Set when a newer token, an enrollment or a revocation superseded it unused.
+    retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     identity: Mapped[Identity] = relationship(back_populates="enrollments")
+
+
+class ControllerState(Base):
+    """A named counter that must survive restarts (``epoch``)."""
+
+    __tablename__ = "controller_state"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(sa.BigInteger)
 
 
 class Service(Base):

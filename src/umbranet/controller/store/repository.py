@@ -81,6 +81,27 @@ class Store:
         rowcount: int = getattr(result, "rowcount", 0)
         return rowcount == 1
 
+    def retire_enrollments(
+        self, identity_id: int, now: datetime, *, keep: str | None = None
+    ) -> int:
+        """Retire every unused, unretired token of the identity except `keep`; how many.
+
+        A token handed out earlier (and perhaps leaked) must not enroll after the identity got
+        a newer one, enrolled, or had its certificates revoked.
+        """
+        query = sa.update(Enrollment).where(
+            Enrollment.identity_id == identity_id,
+            Enrollment.used_at.is_(None),
+            Enrollment.retired_at.is_(None),
+        )
+        if keep is not None:
+            query = query.where(Enrollment.token_id != keep)
+        result = self.session.execute(
+            query.values(retired_at=now).execution_options(synchronize_session=False)
+        )
+        rowcount: int = getattr(result, "rowcount", 0)
+        return rowcount
+
     # services
 
     def service_by_name(self, name: str) -> Service | None:
