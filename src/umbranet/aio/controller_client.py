@@ -3,9 +3,13 @@
 Built from an `IdentityFile`: the identity's key and certificate authenticate us, the bundle's
 CA authenticates the controller (with host name checking against the controller URL).
 `ControllerClient.enroll` is the one call made *before* we have an identity: it reads the
-token unverified to learn the controller URL and the CA fingerprint, fetches the bundle
-without verification, pins the CA by that fingerprint, then enrolls over TLS verified against
-the pinned CA. The TLS private key and the Noise private key are generated here and never sent.
+token unverified to learn the controller URL (``https://`` only) and the CA fingerprint,
+fetches the bundle without verification only to find the one CA certificate with that
+fingerprint, then enrolls over TLS that trusts exactly that certificate (nothing else the
+unverified bundle held: an on-path attacker can append its own CA to it). The trust bundle
+kept in the identity file (CA certificates and ticket keys) is the one the controller sent
+over that pinned connection. The TLS private key and the Noise private key are generated
+here and never sent.
 
 Every error the controller reports becomes `ControllerError(code, message, status)`; a
 controller that cannot be reached is ``unreachable`` (status 0).
@@ -24,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from umbranet.aio.controller_models import (
@@ -146,10 +151,16 @@ class ControllerClient:
         except PkiError as exc:
             raise ControllerError("token_invalid", exc.reason, 0) from exc
         url = claims.controller_url
-        # Step 1: the bundle, unverified; we trust it only if its CA has the pinned fingerprint.
+        if not url.lower().startswith("https://"):
+            raise ControllerError(
+                "insecure_url", f"the enrollment token names a non-HTTPS controller: {url!r}", 0
+            )
+        # Step 1: the bundle, unverified, only to learn the certificate the token pins.
         async with _client(url, False, request_timeout, transport) as insecure:
-            bundle = _bundle(await _request(insecure, "GET", "/v1/bundle"))
-        _check_fingerprint(bundle, claims.ca_fingerprint)
+            offered = _bundle(await _request(insecure, "GET", "/v1/bundle"))
+        pinned_ca = offered.ca_with_fingerprint(claims.ca_fingerprint)
+        if pinned_ca is None:
+            raise _ca_mismatch()
         # Step 2: enroll over TLS verified against the pinned CA.
         key = generate_tls_key()
         noise_private, noise_public = generate_noise_keypair()
@@ -159,9 +170,12 @@ class ControllerClient:
             "csr_pem": csr_pem,
             "noise_public_key": base64.b64encode(noise_public).decode("ascii"),
         }
-        async with _client(url, _server_context(bundle), request_timeout, transport) as pinned:
+        context = _pinned_context(pinned_ca)
+        async with _client(url, context, request_timeout, transport) as pinned:
             data = await _request(pinned, "POST", "/v1/enroll", json=body)
-        issued_bundle = _bundle(data["bundle"])
+        if not isinstance(data, dict):
+            raise ControllerError("enroll_response_invalid", "the answer is not an object", 0)
+        issued_bundle = _bundle(data.get("bundle"))
         _check_fingerprint(issued_bundle, claims.ca_fingerprint)
         try:
             return IdentityFile(
@@ -458,6 +472,12 @@ async def _request(http: httpx.AsyncClient, method: str, path: str, *, json: Any
     try:
         response = await http.request(method, path, json=json)
     except httpx.TransportError as exc:
+        if _untrusted(exc):
+            raise ControllerError(
+                "controller_untrusted",
+                f"the server at {http.base_url} is not the controller its CA vouches for: {exc}",
+                0,
+            ) from exc
         raise ControllerError(
             "unreachable", f"cannot reach the controller at {http.base_url}: {exc}", 0
         ) from exc
@@ -493,11 +513,35 @@ def _error(response: httpx.Response) -> ControllerError:
 
 def _check_fingerprint(bundle: TrustBundle, expected: str) -> None:
     if not hmac.compare_digest(bundle.ca_fingerprint(), expected):
-        raise ControllerError(
-            "ca_mismatch",
-            "the controller's CA does not match the fingerprint in the enrollment token",
-            0,
-        )
+        raise _ca_mismatch()
+
+
+def _ca_mismatch() -> ControllerError:
+    return ControllerError(
+        "ca_mismatch",
+        "the controller's CA does not match the fingerprint in the enrollment token",
+        0,
+    )
+
+
+def _pinned_context(ca: x509.Certificate) -> ssl.SSLContext:
+    """TLS that trusts one CA certificate and nothing else (host name checked)."""
+    pem = ca.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    context = ssl.create_default_context(cadata=pem)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _untrusted(exc: BaseException) -> bool:
+    """Did the TLS handshake fail because the server's certificate is not trusted?"""
+    seen: BaseException | None = exc
+    for _ in range(8):  # exception chains are short; bound the walk anyway
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _bundle(data: Any) -> TrustBundle:

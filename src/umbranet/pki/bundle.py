@@ -14,6 +14,7 @@ current one (its fingerprint is what enrollment tokens pin).
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from umbranet.pki.errors import PARSE_ERRORS, PkiError
 from umbranet.pki.keys import signing_key_id
 from umbranet.pki.spiffe_id import validate_trust_domain
 
-__all__ = ["TrustBundle"]
+__all__ = ["TrustBundle", "certificate_fingerprint"]
 
 _MAX_BUNDLE_JSON = 1 << 20
 
@@ -80,8 +81,18 @@ class TrustBundle:
 
     def ca_fingerprint(self) -> str:
         """SHA-256 hex of the current (first) CA certificate's DER: what enrollees pin."""
-        der = self.ca_certificates[0].public_bytes(serialization.Encoding.DER)
-        return hashlib.sha256(der).hexdigest()
+        return certificate_fingerprint(self.ca_certificates[0])
+
+    def ca_with_fingerprint(self, fingerprint: str) -> x509.Certificate | None:
+        """The one CA certificate whose SHA-256 fingerprint is `fingerprint`, if any.
+
+        Enrollment trusts exactly this certificate, never the rest of a bundle that reached
+        it over an unauthenticated connection (an on-path attacker can append its own CA).
+        """
+        for cert in self.ca_certificates:
+            if hmac.compare_digest(certificate_fingerprint(cert), fingerprint.lower()):
+                return cert
+        return None
 
     def with_ticket_key(self, public_key: ed25519.Ed25519PublicKey) -> "TrustBundle":
         """A copy that also trusts ``public_key`` for tickets (key rotation)."""
@@ -133,6 +144,11 @@ class TrustBundle:
         except (ValueError, RecursionError) as exc:
             raise PkiError("bundle_invalid", "trust bundle is not valid JSON") from exc
         return cls.from_dict(parsed)
+
+
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 hex of a certificate's DER (the form enrollment tokens pin)."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def _load_ca_certificates(ca_pem: str) -> tuple[x509.Certificate, ...]:
