@@ -94,6 +94,8 @@ def test_router_rechecks_use_posture_and_are_audited(h: Harness) -> None:
     created = admin.post("/v1/routers", json={"name": "r1"}).json()
     router = h.client(h.enroll(created["enrollment_token"]))
     alice.post("/v1/posture", json=GUARDED)
+    # Routers re-check only grants the controller issued a current ticket for.
+    assert alice.post("/v1/tickets", json={"service": "web", "action": "dial"}).status_code == 200
     grant = {"identity": alice.get("/v1/me").json()["spiffe_id"], "service": "web"}
     grant["action"] = "dial"
 
@@ -106,6 +108,8 @@ def test_router_rechecks_use_posture_and_are_audited(h: Harness) -> None:
     revoked = [e for e in audit if e["action"] == "access.revoked"]
     assert revoked and revoked[0]["target"] == "web"
     assert "edr-agent" in revoked[0]["detail"]["reason"]
+    assert revoked[0]["actor"] == "spiffe://demo.umbra/router/r1"
+    assert revoked[0]["detail"]["identity"] == grant["identity"]
 
 
 def test_denied_tickets_are_audited_once_per_interval(h: Harness) -> None:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +25,7 @@ from umbranet.aio.link import Link
 from umbranet.aio.tls import link_server_context, load_identity, peer_svid
 from umbranet.pki import IdentityFile, PkiError
 from umbranet.router.forwarder import Forwarder, PeerLink
+from umbranet.router.recheck import RecheckRound
 from umbranet.wire import ErrorCode, Frame
 
 log = logging.getLogger("umbranet.router")
@@ -115,27 +116,58 @@ class Router:
         self.identity = identity
         load_identity(self._ssl, identity)
 
-    async def apply_epoch(self, epoch: int, recheck: Recheck) -> int:
+    async def apply_epoch(
+        self, epoch: int, recheck: Recheck, identities: Collection[str] | None = None
+    ) -> int:
         """Adopt the controller's revocation epoch and close what is no longer allowed.
 
         Tickets from older epochs are refused from now on; live circuits and bindings are
-        sent to `recheck` (the controller) and those it denies are closed with the reason.
-        Returns how many were closed.
+        re-checked with the controller (`recheck`), deduplicated and in bounded chunks, and
+        those it denies are closed with the reason. Grants it could not answer for (two
+        failed attempts, or `recheck.DEADLINE_SECONDS`) are closed too: a revocation must
+        not be outlived by a failing controller. With `identities` (an event naming whose
+        posture moved), only their grants are re-checked. Returns how many were closed.
         """
         self.forwarder.epoch = max(self.forwarder.epoch, epoch)
         if epoch <= self._checked_epoch:
             return 0
+        loop = asyncio.get_running_loop()
         grants = self.forwarder.live_grants(list(self._links.values()))
-        triples = [(who, service, action) for who, service, action, _ in grants]
-        denied = await recheck(triples) if triples else {}
-        self._checked_epoch = max(self._checked_epoch, epoch)
+        rnd = RecheckRound(epoch, grants, loop.time(), only=identities)
+        while (chunk := rnd.poll_request(loop.time())) is not None:
+            try:
+                denied = await asyncio.wait_for(
+                    recheck(chunk.triples()), max(0.001, rnd.remaining(loop.time()))
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # refused, timed out, unreachable: all count alike
+                log.warning("epoch %d: re-check failed: %s", epoch, exc)
+                rnd.handle_failure(chunk.id, type(exc).__name__)
+                continue
+            rnd.handle_answer(chunk.id, denied)
+        if identities is None:
+            self._checked_epoch = max(self._checked_epoch, epoch)
+        closures = rnd.poll_closures()
         dirty: set[PeerLink] = set()
-        for index, reason in denied.items():
-            self.forwarder.revoke(grants[index][3], reason, dirty)
+        for closure in closures:
+            self.forwarder.revoke(closure.handle, closure.reason, dirty)
         self._flush(dirty)
-        if denied:
-            log.info("epoch %d: closed %d grants no longer allowed", epoch, len(denied))
-        return len(denied)
+        stats = rnd.statistics()
+        counters = self.forwarder.counters
+        counters["recheck_rounds"] += 1
+        counters["recheck_requests"] += stats["requests"]
+        counters["recheck_failures"] += stats["failures"]
+        counters[ErrorCode.RECHECK_FAILED.code] += stats["failed_closed"]
+        if closures:
+            log.info(
+                "epoch %d: closed %d grants (%d denied, %d not re-checkable)",
+                epoch,
+                len(closures),
+                stats["denied"],
+                stats["failed_closed"],
+            )
+        return len(closures)
 
     def statistics(self) -> dict[str, Any]:
         """Counters for status pages and tests."""

@@ -52,10 +52,19 @@ class DenyAudit:
         *,
         now: datetime,
         kind: str = "access.deny",
+        actor: str | None = None,
     ) -> None:
-        """Audit ``subject`` refused ``action`` on ``service`` (``kind``: deny or revoked)."""
+        """Audit ``subject`` refused ``action`` on ``service`` (``kind``: deny or revoked).
+
+        The row's actor is whoever caused it: the subject asking for a ticket, or the router
+        (`actor`) whose re-check found a live grant no longer allowed; the subject is then
+        in the detail. A router must never write rows in someone else's name.
+        """
         if self._admit((kind, subject, service, action), now):
-            store.audit(now, subject, kind, service, {"action": action, "reason": reason})
+            detail = {"action": action, "reason": reason}
+            if actor is not None and actor != subject:
+                detail["identity"] = subject
+            store.audit(now, actor or subject, kind, service, detail)
 
     def _admit(self, key: tuple[str, ...], now: datetime) -> bool:
         stamp = now.timestamp()
@@ -138,6 +147,7 @@ def issue_ticket(
         port=port,
     )
     expires_at = datetime.fromtimestamp(ticket.expires_at, UTC)
+    store.note_issued(identity.id, row.name, action, expires_at)
     http_rules = None
     if action == "bind" and policy is not None and policy.compiled is not None:
         http_rules = policy.compiled.http_fragment(service_ref(row)).to_json()

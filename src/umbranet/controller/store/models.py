@@ -21,6 +21,7 @@ __all__ = [
     "ControllerState",
     "Enrollment",
     "Identity",
+    "IssuedGrant",
     "PolicyVersion",
     "Router",
     "Service",
@@ -94,6 +95,23 @@ class Enrollment(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     identity: Mapped[Identity] = relationship(back_populates="enrollments")
+
+
+class IssuedGrant(Base):
+    """The latest ticket expiry for one (identity, service, action): what re-checks answer."""
+
+    __tablename__ = "issued_grants"
+    __table_args__ = (
+        sa.UniqueConstraint("identity_id", "service", "action", name="uq_issued_grant"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    identity_id: Mapped[int] = mapped_column(
+        sa.Integer, sa.ForeignKey("identities.id", ondelete="CASCADE")
+    )
+    service: Mapped[str] = mapped_column(sa.String(63))
+    action: Mapped[str] = mapped_column(sa.String(8))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class ControllerState(Base):

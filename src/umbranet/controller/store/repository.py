@@ -8,7 +8,7 @@ hands new rows back. Integrity races (two admins creating the same name at once)
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from umbranet.controller.store.models import (
     AuditEvent,
     Enrollment,
     Identity,
+    IssuedGrant,
     PolicyVersion,
     Router,
     Service,
@@ -52,7 +53,8 @@ class Store:
         return self.session.scalars(sa.select(Identity).order_by(Identity.name)).all()
 
     def add(
-        self, row: Identity | Enrollment | Service | Router | AuditEvent | PolicyVersion
+        self,
+        row: Identity | Enrollment | Service | Router | AuditEvent | PolicyVersion | IssuedGrant,
     ) -> None:
         """Add a row and flush now, so a uniqueness clash is reported here as `Conflict`."""
         try:
@@ -101,6 +103,48 @@ class Store:
         )
         rowcount: int = getattr(result, "rowcount", 0)
         return rowcount
+
+    # issued grants (what router re-checks may ask about)
+
+    def note_issued(
+        self, identity_id: int, service: str, action: str, expires_at: datetime
+    ) -> None:
+        """Remember that a ticket for this grant is valid until `expires_at` (latest wins)."""
+        row = self._issued(identity_id, service, action)
+        if row is None:
+            try:
+                self.add(
+                    IssuedGrant(
+                        identity_id=identity_id,
+                        service=service,
+                        action=action,
+                        expires_at=expires_at,
+                    )
+                )
+                return
+            except Conflict:  # another replica inserted it first: update theirs
+                row = self._issued(identity_id, service, action)
+                if row is None:
+                    raise
+        row.expires_at = max(row.expires_at, expires_at)
+
+    def issued_for(self, identity_ids: Collection[int]) -> dict[tuple[int, str, str], datetime]:
+        """(identity id, service, action) -> latest ticket expiry, for these identities."""
+        if not identity_ids:
+            return {}
+        rows = self.session.scalars(
+            sa.select(IssuedGrant).where(IssuedGrant.identity_id.in_(sorted(identity_ids)))
+        )
+        return {(r.identity_id, r.service, r.action): r.expires_at for r in rows}
+
+    def _issued(self, identity_id: int, service: str, action: str) -> IssuedGrant | None:
+        return self.session.scalar(
+            sa.select(IssuedGrant).where(
+                IssuedGrant.identity_id == identity_id,
+                IssuedGrant.service == service,
+                IssuedGrant.action == action,
+            )
+        )
 
     # services
 

@@ -3,6 +3,10 @@
 ``enrollments.retired_at``: a token superseded by a newer one, an enrollment or a
 revocation before it was used; it can never enroll (``token_retired``).
 
+``issued_grants``: for each (identity, service, action) the latest expiry of a ticket issued
+for it. A router's re-check is answered only for grants with a current ticket, so a router
+cannot use it to ask about arbitrary identities and services.
+
 ``controller_state``: small named counters that must survive a restart; the first is
 ``epoch``, which must never go backwards even when the clock does.
 
@@ -26,6 +30,20 @@ def upgrade() -> None:
     with op.batch_alter_table("enrollments") as batch:
         batch.add_column(sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
+        "issued_grants",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column(
+            "identity_id",
+            sa.Integer,
+            sa.ForeignKey("identities.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("service", sa.String(63), nullable=False),
+        sa.Column("action", sa.String(8), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("identity_id", "service", "action", name="uq_issued_grant"),
+    )
+    op.create_table(
         "controller_state",
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("value", sa.BigInteger, nullable=False),
@@ -34,5 +52,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("controller_state")
+    op.drop_table("issued_grants")
     with op.batch_alter_table("enrollments") as batch:
         batch.drop_column("retired_at")
