@@ -166,7 +166,7 @@ def post_posture(body: PostureIn, request: Request, ctx: Ctx, caller: ClientCall
             compiled, before, posture.report_of(identity), now
         )
     if moved:
-        ctx.events.bump(f"posture of {caller.name} changed")
+        ctx.events.bump(f"posture of {caller.name} changed", [caller.spiffe_id])
     return PostureOut(changed=changed, rechecked=moved, epoch=ctx.events.epoch)
 
 

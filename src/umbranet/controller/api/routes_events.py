@@ -67,6 +67,8 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
                 data: dict[str, object] = {"epoch": event.epoch}
                 if trusted:
                     data["reason"] = event.reason
+                    if event.identities:
+                        data["identities"] = list(event.identities)
                 yield _sse("epoch", data)
         finally:
             ctx.events.unsubscribe(queue)
