@@ -5,6 +5,8 @@ service the policy needs cannot be deleted from under it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.controller_harness import Harness, error_code, make_harness
+from umbranet.controller.events import BumpLimiter, EpochEvent
 from umbranet.controller.posture_ticker import PostureTicker
 
 POLICY = """{
@@ -84,6 +87,7 @@ def test_only_changes_that_move_an_outcome_bump_the_epoch(h: Harness) -> None:
     assert other_process.json() == {"changed": True, "rechecked": False, "epoch": epoch}
     assert events.epoch == epoch
 
+    h.clock.advance(timedelta(seconds=10))  # past the per-endpoint bump limit
     failing = alice.post("/v1/posture", json=UNGUARDED).json()
     assert failing["rechecked"] is True
     assert events.epoch > epoch
@@ -181,3 +185,31 @@ def test_a_service_the_policy_needs_cannot_be_deleted(h: Harness) -> None:
 
     assert admin.put("/v1/policy", json={"text": '{"rules": []}'}).status_code == 200
     assert admin.delete("/v1/services/web").status_code == 204
+
+
+def test_a_flapping_posture_bumps_the_epoch_at_most_once_per_interval(h: Harness) -> None:
+    _, alice, _ = _setup(h)
+    context = h.app.state.umbra
+    context.posture_bumps = BumpLimiter(interval=0.5)
+    seen: list[EpochEvent] = []
+
+    async def run() -> None:
+        queue = context.events.subscribe()
+        try:
+            for n in range(30):  # 30 flips in well under the interval
+                body = GUARDED if n % 2 == 0 else UNGUARDED
+                await asyncio.to_thread(alice.post, "/v1/posture", json=body)
+            # The flips after the first are coalesced into one bump, due at the interval's end.
+            for _ in range(2):
+                seen.append(await asyncio.wait_for(queue.get(), 10))
+            with contextlib.suppress(TimeoutError):
+                seen.append(await asyncio.wait_for(queue.get(), 1.0))
+        finally:
+            context.events.unsubscribe(queue)
+
+    asyncio.run(run())
+    assert len(seen) == 2
+    assert context.posture_bumps.deferred == 29
+    alice_id = "spiffe://demo.umbra/device/alice"
+    # Each event names the one endpoint whose posture moved: routers re-check only its grants.
+    assert all(event.identities == (alice_id,) for event in seen)

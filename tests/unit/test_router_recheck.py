@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from umbranet.router.recheck import GrantKey, RecheckRound
+from umbranet.router.runner import event_identities
 from umbranet.wire import ErrorCode
 
 IDS = [f"spiffe://t.umbra/device/d{i}" for i in range(4)]
@@ -125,3 +126,9 @@ def test_every_handle_is_closed_exactly_when_its_grant_was_denied_or_unverifiabl
             assert handle in revoked
         elif handle not in failed:
             assert handle not in revoked
+
+
+def test_only_a_well_formed_identity_list_narrows_a_recheck() -> None:
+    assert event_identities({"identities": [IDS[0]]}) == [IDS[0]]
+    for bad in ([], ["not-spiffe"], [IDS[0], 3], "spiffe://x/y", [IDS[0]] * 65, None):
+        assert event_identities({"identities": bad}) is None, bad

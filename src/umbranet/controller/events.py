@@ -35,6 +35,7 @@ from umbranet.controller.store import ControllerState, Database
 __all__ = [
     "EpochBus",
     "EpochEvent",
+    "BumpLimiter",
     "EpochStore",
     "EventHub",
     "MemoryEpochStore",
@@ -179,6 +180,45 @@ class EventHub:
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
+
+
+class BumpLimiter:
+    """At most one epoch bump per `interval` seconds per key (an endpoint's posture).
+
+    An endpoint flipping its posture report must not make every router re-check and every
+    ticket go stale many times a second. Bumps inside the interval are not dropped (access
+    may have been lost): they are coalesced into one, due when the interval ends.
+    """
+
+    def __init__(self, interval: float = 5.0, memory: int = 10_000) -> None:
+        self.interval = interval
+        self._memory = memory
+        self._last: dict[str, float] = {}
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self.deferred = 0
+
+    def offer(self, key: str, now: float) -> float | None:
+        """None: bump now. Otherwise the seconds until the deferred bump is due, or 0.0 if
+        one is already pending for `key` (nothing more to schedule)."""
+        with self._lock:
+            last = self._last.get(key)
+            if last is None or not 0 <= now - last < self.interval:
+                if len(self._last) >= self._memory:
+                    self._last.clear()
+                self._last[key] = now
+                return None
+            self.deferred += 1
+            if key in self._pending:
+                return 0.0
+            self._pending.add(key)
+            return last + self.interval - now
+
+    def fired(self, key: str, now: float) -> None:
+        """The deferred bump for `key` happened at `now`."""
+        with self._lock:
+            self._pending.discard(key)
+            self._last[key] = now
 
 
 def escape(text: str) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 from cryptography import x509
 from fastapi import APIRouter, Request
 
+from umbranet.controller.api.context import AppContext
 from umbranet.controller.api.convert import cert_pem, router_out
 from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller, peer_certificate_der
 from umbranet.controller.api.models import (
@@ -166,8 +169,26 @@ def post_posture(body: PostureIn, request: Request, ctx: Ctx, caller: ClientCall
             compiled, before, posture.report_of(identity), now
         )
     if moved:
-        ctx.events.bump(f"posture of {caller.name} changed", [caller.spiffe_id])
+        _posture_bump(ctx, caller.name, caller.spiffe_id)
     return PostureOut(changed=changed, rechecked=moved, epoch=ctx.events.epoch)
+
+
+def _posture_bump(ctx: AppContext, name: str, spiffe_id: str) -> None:
+    """Bump the epoch for this endpoint's grants only, at most once per limiter interval;
+    a bump inside the interval is deferred to its end (coalesced), never dropped."""
+    reason = f"posture of {name} changed"
+    delay = ctx.posture_bumps.offer(spiffe_id, ctx.clock().timestamp())
+    if delay is None:
+        ctx.events.bump(reason, [spiffe_id])
+    elif delay > 0:
+
+        def deferred() -> None:
+            ctx.posture_bumps.fired(spiffe_id, ctx.clock().timestamp())
+            ctx.events.bump(reason, [spiffe_id])
+
+        timer = threading.Timer(delay, deferred)
+        timer.daemon = True
+        timer.start()
 
 
 @router.get("/routers", response_model=list[RouterOut])
