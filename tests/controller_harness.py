@@ -135,3 +135,13 @@ def error_code(response: httpx.Response) -> str:
     assert set(body["error"]) == {"code", "message"}, body
     code: str = body["error"]["code"]
     return code
+
+
+def refusal_reason(h: Harness, message: str) -> str:
+    """The reason behind a refused ticket, as an admin looks it up by its decision id (the
+    endpoint itself is told only the id)."""
+    decision = message.split("decision ", 1)[1].split(";", 1)[0]
+    response = h.client(h.admin).get(f"/v1/policy/decisions/{decision}")
+    assert response.status_code == 200, response.text
+    reason: str = response.json()["reason"]
+    return reason

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from tests.controller_harness import FakeClock
 from umbranet.controller.api import create_app
-from umbranet.controller.events import EventHub, MemoryEpochStore, SqlEpochStore, epoch_of
+from umbranet.controller.events import (
+    BumpLimiter,
+    EventHub,
+    MemoryEpochStore,
+    SqlEpochStore,
+    epoch_of,
+)
 from umbranet.controller.home import init_home, load_home
 from umbranet.controller.store import Database, make_engine, migrate
 
@@ -89,3 +95,21 @@ def test_the_migration_upgrades_an_existing_database(tmp_path: Path) -> None:
     columns = {c["name"] for c in sa.inspect(engine).get_columns("enrollments")}
     assert "retired_at" in columns
     engine.dispose()
+
+
+def test_59_posture_flips_in_7_seconds_cost_at_most_5_bumps() -> None:
+    limiter = BumpLimiter()  # burst 3, then one per 5 s
+    now, bumps, pending_until = 0.0, 0, None
+    for n in range(59):
+        now = n * 7.0 / 59
+        if pending_until is not None and now >= pending_until:
+            limiter.fired("alice", pending_until)
+            bumps, pending_until = bumps + 1, None
+        delay = limiter.offer("alice", now)
+        if delay is None:
+            bumps += 1
+        elif delay > 0:
+            pending_until = now + delay
+    assert bumps <= 5
+    assert pending_until is not None  # the last change is still owed a bump: not dropped
+    assert limiter.offer("bob", now) is None  # other endpoints are not held back

@@ -238,8 +238,8 @@ class ControllerClient:
 
     async def ticket(self, service: str, action: str, port: int | None = None) -> TicketGrant:
         """A session ticket to ``dial`` or ``bind`` `service` (dial: on `port`, if given), or
-        ControllerError ``not_authorized`` (message: the policy's reason) /
-        ``unknown_service``."""
+        ControllerError ``not_authorized`` (for a service that does not exist too; the
+        message holds a decision id an administrator can look up, never the reason)."""
         body: dict[str, Any] = {"service": service, "action": action}
         if port is not None:
             body["port"] = port
@@ -377,6 +377,12 @@ class ControllerClient:
             "path": path,
         }
         return _json_dict(await self._call("POST", "/v1/policy/explain", json=body))
+
+    async def decision(self, decision_id: str) -> dict[str, Any]:
+        """A refused ticket by the decision id its endpoint was given (admin): who, what,
+        when, and the reason (``rendered``: plain text)."""
+        path = f"/v1/policy/decisions/{_seg(decision_id)}"
+        return _json_dict(await self._call("GET", path))
 
     async def audit(self, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
         """Administrative changes and access refusals, newest first (``action`` filters)."""

@@ -183,17 +183,20 @@ class EventHub:
 
 
 class BumpLimiter:
-    """At most one epoch bump per `interval` seconds per key (an endpoint's posture).
+    """Epoch bumps per key (an endpoint's posture): a burst of `burst`, then one per
+    `interval` seconds (a token bucket).
 
     An endpoint flipping its posture report must not make every router re-check and every
-    ticket go stale many times a second. Bumps inside the interval are not dropped (access
-    may have been lost): they are coalesced into one, due when the interval ends.
+    ticket go stale many times a second, while a real change or two (a process stops, then
+    starts again) must still take effect at once. Bumps over the limit are not dropped
+    (access may have been lost): they are coalesced into one, due when the next token is.
     """
 
-    def __init__(self, interval: float = 5.0, memory: int = 10_000) -> None:
+    def __init__(self, interval: float = 5.0, burst: int = 3, memory: int = 10_000) -> None:
         self.interval = interval
+        self.burst = burst
         self._memory = memory
-        self._last: dict[str, float] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self.deferred = 0
@@ -202,23 +205,27 @@ class BumpLimiter:
         """None: bump now. Otherwise the seconds until the deferred bump is due, or 0.0 if
         one is already pending for `key` (nothing more to schedule)."""
         with self._lock:
-            last = self._last.get(key)
-            if last is None or not 0 <= now - last < self.interval:
-                if len(self._last) >= self._memory:
-                    self._last.clear()
-                self._last[key] = now
+            tokens = self._refill(key, now)
+            if tokens >= 1 and key not in self._pending:
+                self._buckets[key] = (tokens - 1, now)
                 return None
             self.deferred += 1
             if key in self._pending:
                 return 0.0
             self._pending.add(key)
-            return last + self.interval - now
+            return max(0.0, (1 - tokens) * self.interval)
 
     def fired(self, key: str, now: float) -> None:
-        """The deferred bump for `key` happened at `now`."""
+        """The deferred bump for `key` happened at `now` (it spends a token)."""
         with self._lock:
             self._pending.discard(key)
-            self._last[key] = now
+            self._buckets[key] = (max(0.0, self._refill(key, now) - 1), now)
+
+    def _refill(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        if len(self._buckets) >= self._memory and key not in self._buckets:
+            self._buckets.clear()  # forgetting only ever allows more bumps, never fewer
+        return min(float(self.burst), tokens + max(0.0, now - at) / self.interval)
 
 
 def escape(text: str) -> str:

@@ -27,7 +27,15 @@ from umbranet.controller.api.models import (
     TicketOut,
     ViewOut,
 )
-from umbranet.controller.service import Forbidden, enrollment, posture, routers, tickets, views
+from umbranet.controller.service import (
+    Forbidden,
+    NotFound,
+    enrollment,
+    posture,
+    routers,
+    tickets,
+    views,
+)
 from umbranet.controller.service.policy import active_policy
 from umbranet.controller.store import Identity, Store
 
@@ -104,9 +112,15 @@ def _service_actions(store: Store, name: str, actions: list[str]) -> ServiceActi
     return out
 
 
-@router.post("/tickets", response_model=TicketOut, responses={404: {"model": ErrorBody}})
+@router.post("/tickets", response_model=TicketOut)
 def post_ticket(body: TicketIn, ctx: Ctx, caller: ClientCaller) -> TicketOut:
-    """Ask to dial or bind a service: a signed ticket, or 403 ``not_authorized`` and why."""
+    """Ask to dial or bind a service: a signed ticket, or 403 ``not_authorized``.
+
+    A refusal says nothing but a decision id: not which rule or attribute failed, and not
+    whether the service exists (a name the caller may not see and a name nobody uses are
+    refused alike). The reason is in the audit log under that id, for `umbra policy explain
+    --id`.
+    """
     now = ctx.clock()
     try:
         with ctx.transaction() as store:
@@ -121,18 +135,18 @@ def post_ticket(body: TicketIn, ctx: Ctx, caller: ClientCaller) -> TicketOut:
                 metrics=ctx.metrics,
                 epoch=ctx.events.epoch,
             )
-    except Forbidden as exc:
-        if exc.code == "not_authorized":
-            with ctx.transaction() as store:
-                ctx.deny_audit.record(
-                    store,
-                    caller.spiffe_id,
-                    body.service,
-                    body.action,
-                    exc.message,
-                    now=now,
-                )
-        raise
+    except (Forbidden, NotFound) as exc:
+        if exc.code not in {"not_authorized", "unknown_service"}:
+            raise
+        with ctx.transaction() as store:
+            decision = ctx.deny_audit.record(
+                store, caller.spiffe_id, body.service, body.action, exc.message, now=now
+            )
+        raise Forbidden(
+            "not_authorized",
+            f"not authorized to {body.action} this service (decision {decision}; an "
+            "administrator can look it up)",
+        ) from None
     return TicketOut(
         ticket=grant.ticket,
         expires_at=grant.expires_at,

@@ -164,6 +164,8 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(sa.String(64))
     target: Mapped[str] = mapped_column(sa.String(255))
     detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    # For a refused ticket: the id the endpoint was given instead of the reason.
+    decision_id: Mapped[str | None] = mapped_column(sa.String(32), default=None, index=True)
 
 
 class PolicyVersion(Base):

@@ -31,6 +31,10 @@ __all__ = ["Conflict", "Store"]
 log = logging.getLogger("umbranet.controller.audit")
 
 
+def _escape(text: str) -> str:
+    return repr(text)[1:-1]
+
+
 class Conflict(Exception):
     """A write broke a uniqueness rule (a name or SPIFFE ID already taken)."""
 
@@ -186,13 +190,42 @@ class Store:
     # audit
 
     def audit(
-        self, now: datetime, actor: str, action: str, target: str, detail: dict[str, Any]
+        self,
+        now: datetime,
+        actor: str,
+        action: str,
+        target: str,
+        detail: dict[str, Any],
+        *,
+        decision_id: str | None = None,
     ) -> None:
         """Record an administrative change (in the caller's transaction) and log it."""
         self.session.add(
-            AuditEvent(at=now, actor=actor, action=action, target=target, detail=detail)
+            AuditEvent(
+                at=now,
+                actor=actor,
+                action=action,
+                target=target,
+                detail=detail,
+                decision_id=decision_id,
+            )
         )
-        log.info("audit action=%s actor=%s target=%s", action, actor, target)
+        # Actors and targets may come from peers (a service name asked for): one line each.
+        log.info(
+            "audit action=%s actor=%s target=%s",
+            _escape(action),
+            _escape(actor),
+            _escape(target),
+        )
+
+    def decision(self, decision_id: str) -> AuditEvent | None:
+        """The refusal recorded under `decision_id`, if any."""
+        return self.session.scalar(
+            sa.select(AuditEvent)
+            .where(AuditEvent.decision_id == decision_id)
+            .order_by(AuditEvent.id.desc())
+            .limit(1)
+        )
 
     def audit_events(self, limit: int = 100, action: str | None = None) -> Sequence[AuditEvent]:
         """Newest first; ``action`` keeps one kind (``access.deny``) or a family (``access.``)."""

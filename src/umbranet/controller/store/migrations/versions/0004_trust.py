@@ -7,6 +7,9 @@ revocation before it was used; it can never enroll (``token_retired``).
 for it. A router's re-check is answered only for grants with a current ticket, so a router
 cannot use it to ask about arbitrary identities and services.
 
+``audit_events.decision_id``: the id an endpoint is given with a refused ticket (it learns
+nothing else); an administrator looks the refusal up by it.
+
 ``controller_state``: small named counters that must survive a restart; the first is
 ``epoch``, which must never go backwards even when the clock does.
 
@@ -27,6 +30,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("audit_events") as batch:
+        batch.add_column(sa.Column("decision_id", sa.String(32), nullable=True))
+        batch.create_index("ix_audit_events_decision_id", ["decision_id"])
     with op.batch_alter_table("enrollments") as batch:
         batch.add_column(sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
@@ -55,3 +61,6 @@ def downgrade() -> None:
     op.drop_table("issued_grants")
     with op.batch_alter_table("enrollments") as batch:
         batch.drop_column("retired_at")
+    with op.batch_alter_table("audit_events") as batch:
+        batch.drop_index("ix_audit_events_decision_id")
+        batch.drop_column("decision_id")
