@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -29,6 +30,7 @@ from umbranet.pki import (
     key_to_pem,
     make_csr,
 )
+from umbranet.pki.noise_pop import NoiseChallenge, csr_binding, prove_noise_key
 
 
 class FakeClock:
@@ -106,14 +108,28 @@ def enroll_request(
 ) -> tuple[httpx.Response, tuple[bytes, bytes]]:
     key = generate_tls_key()
     noise_private, noise_public = generate_noise_keypair()
+    csr = make_csr(key)
     body = {
         "token": token,
         "csr_pem": csr_pem
         if csr_pem is not None
-        else make_csr(key).public_bytes(serialization.Encoding.PEM).decode(),
+        else csr.public_bytes(serialization.Encoding.PEM).decode(),
         "noise_public_key": noise if noise is not None else base64.b64encode(noise_public).decode(),
+        **noise_proof(client, noise_private, csr),
     }
     return client.post("/v1/enroll", json=body), (key_to_pem(key), noise_private)
+
+
+def noise_proof(
+    client: TestClient, noise_private: bytes, csr: x509.CertificateSigningRequest
+) -> dict[str, str]:
+    """A fresh challenge from the controller and the proof for it (request fields)."""
+    data = client.get("/v1/noise-challenge").json()
+    challenge = NoiseChallenge(data["challenge"], data["public_key"])
+    return {
+        "noise_challenge": challenge.challenge,
+        "noise_proof": prove_noise_key(noise_private, challenge, csr_binding(csr)),
+    }
 
 
 def make_harness(tmp_path: Path) -> Iterator[Harness]:

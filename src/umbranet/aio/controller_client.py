@@ -60,6 +60,7 @@ from umbranet.pki import (
     make_csr,
     read_enrollment_token_unverified,
 )
+from umbranet.pki.noise_pop import NoiseChallenge, csr_binding, prove_noise_key
 
 __all__ = [
     "ControllerClient",
@@ -161,17 +162,20 @@ class ControllerClient:
         pinned_ca = offered.ca_with_fingerprint(claims.ca_fingerprint)
         if pinned_ca is None:
             raise _ca_mismatch()
-        # Step 2: enroll over TLS verified against the pinned CA.
+        # Step 2: over TLS that trusts only the pinned CA, prove the Noise key and enroll.
         key = generate_tls_key()
         noise_private, noise_public = generate_noise_keypair()
-        csr_pem = make_csr(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
-        body = {
-            "token": token.strip(),
-            "csr_pem": csr_pem,
-            "noise_public_key": base64.b64encode(noise_public).decode("ascii"),
-        }
+        csr = make_csr(key)
         context = _pinned_context(pinned_ca)
         async with _client(url, context, request_timeout, transport) as pinned:
+            challenge = await _noise_challenge(pinned)
+            body = {
+                "token": token.strip(),
+                "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+                "noise_public_key": base64.b64encode(noise_public).decode("ascii"),
+                "noise_challenge": challenge.challenge,
+                "noise_proof": _prove(noise_private, challenge, csr),
+            }
             data = await _request(pinned, "POST", "/v1/enroll", json=body)
         if not isinstance(data, dict):
             raise ControllerError("enroll_response_invalid", "the answer is not an object", 0)
@@ -198,8 +202,14 @@ class ControllerClient:
         The caller saves the returned identity (``identity.save(path)``).
         """
         key = generate_tls_key()
-        csr_pem = make_csr(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
-        data = await self._call("POST", "/v1/renew", json={"csr_pem": csr_pem})
+        csr = make_csr(key)
+        challenge = await _noise_challenge(self._http)
+        body = {
+            "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+            "noise_challenge": challenge.challenge,
+            "noise_proof": _prove(self._identity.noise_private_key, challenge, csr),
+        }
+        data = await self._call("POST", "/v1/renew", json=body)
         try:
             renewed = IdentityFile(
                 name=self._identity.name,
@@ -520,6 +530,23 @@ def _error(response: httpx.Response) -> ControllerError:
 def _check_fingerprint(bundle: TrustBundle, expected: str) -> None:
     if not hmac.compare_digest(bundle.ca_fingerprint(), expected):
         raise _ca_mismatch()
+
+
+async def _noise_challenge(http: httpx.AsyncClient) -> NoiseChallenge:
+    data = await _request(http, "GET", "/v1/noise-challenge")
+    try:
+        return NoiseChallenge(str(data["challenge"]), str(data["public_key"]))
+    except (KeyError, TypeError) as exc:
+        raise ControllerError("bad_response", "the Noise challenge is malformed", 0) from exc
+
+
+def _prove(
+    noise_private: bytes, challenge: NoiseChallenge, csr: x509.CertificateSigningRequest
+) -> str:
+    try:
+        return prove_noise_key(noise_private, challenge, csr_binding(csr))
+    except PkiError as exc:
+        raise ControllerError("bad_response", exc.reason, 0) from exc
 
 
 def _ca_mismatch() -> ControllerError:

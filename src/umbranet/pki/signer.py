@@ -1,6 +1,7 @@
 """The controller's token signer: one Ed25519 key that signs session tickets and enrollment
 tokens. Its public half travels in the trust bundle (``ticket_keys``) under its key id."""
 
+import hashlib
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -57,6 +58,14 @@ class Signer:
     @property
     def public_key(self) -> ed25519.Ed25519PublicKey:
         return self._public_key
+
+    def derive_secret(self, label: bytes) -> bytes:
+        """A 32-byte secret bound to this signing key and `label`, stable across restarts
+        (Ed25519 signatures are deterministic), so derived keys need no storage of their own.
+        Never use the same label for two purposes."""
+        return hashlib.sha256(
+            b"umbra-derive-v1" + self._key.sign(b"umbra-derive:" + label)
+        ).digest()
 
     def sign_ticket(  # noqa: PLR0917 - positional order is the documented contract
         self,

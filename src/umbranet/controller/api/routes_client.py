@@ -60,7 +60,13 @@ def post_renew(body: RenewIn, ctx: Ctx, caller: ClientCaller) -> RenewOut:
     now = ctx.clock()
     with ctx.transaction() as store:
         cert = enrollment.renew(
-            store, ctx.authority, _identity(store, caller.id), csr_pem=body.csr_pem, now=now
+            store,
+            ctx.authority,
+            _identity(store, caller.id),
+            csr_pem=body.csr_pem,
+            noise_challenge=body.noise_challenge,
+            noise_proof=body.noise_proof,
+            now=now,
         )
     return RenewOut(cert_pem=cert_pem(cert))
 

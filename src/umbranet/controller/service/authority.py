@@ -44,12 +44,15 @@ class Authority:
     """Signs JWT-SVIDs (ES256); a fresh one if the caller has none to load (tests)."""
     jwt_svid_lifetime: timedelta = JWT_SVID_LIFETIME
     bundle: TrustBundle = field(init=False)
+    noise_pop_secret: bytes = field(init=False, repr=False)
+    """Derives the keys of Noise proof-of-possession challenges (`pki.noise_pop`)."""
 
     def __post_init__(self) -> None:
         bundle = TrustBundle.from_certificates(
             self.ca.trust_domain, [self.ca.certificate], [self.signer.public_key]
         )
         object.__setattr__(self, "bundle", bundle)
+        object.__setattr__(self, "noise_pop_secret", self.signer.derive_secret(b"noise-pop"))
 
     @property
     def trust_domain(self) -> str:

@@ -53,6 +53,12 @@ class Store:
     def identity_by_spiffe_id(self, spiffe_id: str) -> Identity | None:
         return self.session.scalar(sa.select(Identity).where(Identity.spiffe_id == spiffe_id))
 
+    def identity_by_noise_key(self, noise_public_key: str) -> Identity | None:
+        """The identity that registered this Noise key (base64), if any."""
+        return self.session.scalar(
+            sa.select(Identity).where(Identity.noise_public_key == noise_public_key).limit(1)
+        )
+
     def identities(self) -> Sequence[Identity]:
         return self.session.scalars(sa.select(Identity).order_by(Identity.name)).all()
 
