@@ -46,6 +46,8 @@ __all__ = [
 log = logging.getLogger("umbranet.controller.events")
 
 _QUEUE_LIMIT = 64
+MAX_REVOKED_KEYS = 1024
+"""Revoked certificate keys remembered for `hello` (newest kept)."""
 _EPOCH = "epoch"
 
 
@@ -54,11 +56,14 @@ class EpochEvent:
     """Access may have been removed: re-check what was issued before `epoch`.
 
     `identities` (SPIFFE IDs) limits the re-check to their grants; empty means everything.
+    `revoked_keys` are key fingerprints of certificates revoked now: routers close links
+    made with them.
     """
 
     epoch: int
     reason: str
     identities: tuple[str, ...] = ()
+    revoked_keys: tuple[str, ...] = ()
 
 
 def epoch_of(now: datetime) -> int:
@@ -130,7 +135,11 @@ class EpochBus(Protocol):
     @property
     def subscribers(self) -> int: ...
 
-    def bump(self, reason: str, identities: Sequence[str] = ()) -> int: ...
+    def bump(
+        self, reason: str, identities: Sequence[str] = (), revoked_keys: Sequence[str] = ()
+    ) -> int: ...
+
+    def revoked_keys(self) -> list[str]: ...
 
     def subscribe(self) -> asyncio.Queue[EpochEvent]: ...
 
@@ -148,18 +157,32 @@ class EventHub:
         # restart with the clock set back starts from here, not from the clock.
         self._epoch = self._store.advance(epoch_of(clock()), step=False)
         self._subscribers: dict[asyncio.Queue[EpochEvent], asyncio.AbstractEventLoop] = {}
+        # Recently revoked certificate keys, oldest first, re-sent in every `hello` so a
+        # router that missed the event still closes links made with them. In memory: a
+        # restart forgets them (routers still refuse their tickets: the re-check denies them).
+        self._revoked: dict[str, None] = {}
 
     @property
     def epoch(self) -> int:
         return self._epoch
 
-    def bump(self, reason: str, identities: Sequence[str] = ()) -> int:
+    def revoked_keys(self) -> list[str]:
+        with self._lock:
+            return list(self._revoked)
+
+    def bump(
+        self, reason: str, identities: Sequence[str] = (), revoked_keys: Sequence[str] = ()
+    ) -> int:
         """Start a new epoch, store it and push it; callable from any thread."""
         with self._lock:
             self._epoch = self._store.advance(
                 max(self._epoch + 1, epoch_of(self._clock())), step=True
             )
-            event = EpochEvent(self._epoch, reason, tuple(identities))
+            event = EpochEvent(self._epoch, reason, tuple(identities), tuple(revoked_keys))
+            for key in revoked_keys:
+                self._revoked[key] = None
+            while len(self._revoked) > MAX_REVOKED_KEYS:
+                del self._revoked[next(iter(self._revoked))]
             subscribers = list(self._subscribers.items())
         log.info("epoch %d: %s (%d subscribers)", event.epoch, escape(reason), len(subscribers))
         for queue, loop in subscribers:
@@ -241,6 +264,7 @@ def _offer(queue: asyncio.Queue[EpochEvent], event: EpochEvent) -> None:
     event goes out unscoped (re-check everything): too much work, never too little.
     """
     if queue.full():
-        queue.get_nowait()
-        event = EpochEvent(event.epoch, event.reason)
+        dropped = queue.get_nowait()
+        keys = tuple(dict.fromkeys(dropped.revoked_keys + event.revoked_keys))
+        event = EpochEvent(event.epoch, event.reason, (), keys)
     queue.put_nowait(event)

@@ -78,6 +78,7 @@ class Signer:
         attributes: Sequence[str] = (),
         epoch: int = 0,
         port: int | None = None,
+        key_binding: Sequence[str] = (),
     ) -> tuple[Ticket, str]:
         """Sign a session ticket; returns the ticket and its token string."""
         issued_at, expires_at = _times(now, lifetime)
@@ -92,6 +93,7 @@ class Signer:
             attributes=tuple(attributes),
             epoch=epoch,
             port=port,
+            key_binding=tuple(key_binding),
         )
         _check_signable(Ticket.from_claims, ticket.to_claims())
         return ticket, encode_token(TICKET_PREFIX, ticket.to_claims(), self._key)

@@ -103,7 +103,7 @@ async def follow_controller(router: Router) -> None:
                     epoch = data.get("epoch")
                     if name in ("hello", "epoch") and isinstance(epoch, int):
                         scope = event_identities(data) if name == "epoch" else None
-                        await router.apply_epoch(epoch, recheck, scope)
+                        await router.apply_epoch(epoch, recheck, scope, event_revoked_keys(data))
         except (ControllerError, OSError) as exc:
             log.warning("controller event stream: %s; reconnecting in %.1fs", exc, backoff)
         await asyncio.sleep(backoff)
@@ -127,6 +127,21 @@ def event_identities(data: Mapping[str, Any]) -> list[str] | None:
     ):
         return list(value)
     return None
+
+
+MAX_REVOKED_KEYS = 1024
+
+
+def event_revoked_keys(data: Mapping[str, Any]) -> list[str]:
+    """Certificate key fingerprints the event says were revoked (malformed ones skipped)."""
+    value = data.get("revoked_keys")
+    if not isinstance(value, list):
+        return []
+    return [
+        v
+        for v in value[:MAX_REVOKED_KEYS]
+        if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+    ]
 
 
 def _seconds_to_half_life(identity: IdentityFile) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 from umbranet.aio.link import Link
 from umbranet.aio.tls import link_server_context, load_identity, peer_svid
 from umbranet.pki import IdentityFile, PkiError
+from umbranet.router.admission import link_key_fingerprint
 from umbranet.router.forwarder import Forwarder, PeerLink
 from umbranet.router.recheck import RecheckRound
 from umbranet.wire import ErrorCode, Frame
@@ -117,7 +118,11 @@ class Router:
         load_identity(self._ssl, identity)
 
     async def apply_epoch(
-        self, epoch: int, recheck: Recheck, identities: Collection[str] | None = None
+        self,
+        epoch: int,
+        recheck: Recheck,
+        identities: Collection[str] | None = None,
+        revoked_keys: Collection[str] = (),
     ) -> int:
         """Adopt the controller's revocation epoch and close what is no longer allowed.
 
@@ -126,9 +131,20 @@ class Router:
         those it denies are closed with the reason. Grants it could not answer for (two
         failed attempts, or `recheck.DEADLINE_SECONDS`) are closed too: a revocation must
         not be outlived by a failing controller. With `identities` (an event naming whose
-        posture moved), only their grants are re-checked. Returns how many were closed.
+        posture moved), only their grants are re-checked. Links whose client certificate has
+        one of `revoked_keys` are closed first (``cert_revoked``). Returns how many grants
+        were closed.
         """
         self.forwarder.epoch = max(self.forwarder.epoch, epoch)
+        if revoked_keys:
+            revoked = frozenset(revoked_keys)
+            for link in list(self._links):
+                ssl_object = link.transport.get_extra_info("ssl_object") if link.transport else None
+                der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+                if der and link_key_fingerprint(der) in revoked:
+                    self.forwarder.counters[ErrorCode.CERT_REVOKED.code] += 1
+                    log.info("closing link of %s: certificate revoked", link.peer_id)
+                    link.close(ErrorCode.CERT_REVOKED, "this link's certificate was revoked")
         if epoch <= self._checked_epoch:
             return 0
         loop = asyncio.get_running_loop()

@@ -57,7 +57,10 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
 
     async def stream() -> AsyncIterator[bytes]:
         try:
-            yield _sse("hello", {"epoch": ctx.events.epoch, "identity": caller.spiffe_id})
+            hello: dict[str, object] = {"epoch": ctx.events.epoch, "identity": caller.spiffe_id}
+            if trusted:
+                hello["revoked_keys"] = ctx.events.revoked_keys()
+            yield _sse("hello", hello)
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
@@ -69,6 +72,8 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
                     data["reason"] = event.reason
                     if event.identities:
                         data["identities"] = list(event.identities)
+                    if event.revoked_keys:
+                        data["revoked_keys"] = list(event.revoked_keys)
                 yield _sse("epoch", data)
         finally:
             ctx.events.unsubscribe(queue)

@@ -22,6 +22,7 @@ from typing import Any
 from umbranet.controller.authz import decide_access, service_ref
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service.authority import Authority
+from umbranet.controller.service.certificates import certificate_keys
 from umbranet.controller.service.errors import BadRequest, Forbidden, NotFound
 from umbranet.controller.service.policy import active_policy
 from umbranet.controller.service.posture import report_of
@@ -154,6 +155,7 @@ def issue_ticket(
         attributes=identity.attributes,
         epoch=epoch,
         port=port,
+        key_binding=certificate_keys(identity),
     )
     expires_at = datetime.fromtimestamp(ticket.expires_at, UTC)
     store.note_issued(identity.id, row.name, action, expires_at)

@@ -69,6 +69,9 @@ class Identity(Base):
     cert_serial: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     previous_cert_serial: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     cert_not_after: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+    # SHA-256 of each certificate's public key: tickets are bound to these (claim "cnf").
+    cert_key_fp: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    previous_cert_key_fp: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # The endpoint's newest posture report (see controller.service.posture) and its time.
     posture: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)

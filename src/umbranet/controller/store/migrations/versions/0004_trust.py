@@ -10,6 +10,10 @@ cannot use it to ask about arbitrary identities and services.
 ``audit_events.decision_id``: the id an endpoint is given with a refused ticket (it learns
 nothing else); an administrator looks the refusal up by it.
 
+``identities.cert_key_fp`` / ``previous_cert_key_fp``: SHA-256 of the public keys of the
+current and previous certificate, which tickets are bound to (claim ``cnf``) and which are
+pushed to routers when revoked.
+
 ``controller_state``: small named counters that must survive a restart; the first is
 ``epoch``, which must never go backwards even when the clock does.
 
@@ -30,6 +34,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("identities") as batch:
+        batch.add_column(sa.Column("cert_key_fp", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("previous_cert_key_fp", sa.String(64), nullable=True))
     with op.batch_alter_table("audit_events") as batch:
         batch.add_column(sa.Column("decision_id", sa.String(32), nullable=True))
         batch.create_index("ix_audit_events_decision_id", ["decision_id"])
@@ -57,6 +64,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("identities") as batch:
+        batch.drop_column("previous_cert_key_fp")
+        batch.drop_column("cert_key_fp")
     op.drop_table("controller_state")
     op.drop_table("issued_grants")
     with op.batch_alter_table("enrollments") as batch:
