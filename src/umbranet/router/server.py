@@ -132,11 +132,13 @@ class Router:
         failed attempts, or `recheck.DEADLINE_SECONDS`) are closed too: a revocation must
         not be outlived by a failing controller. With `identities` (an event naming whose
         posture moved), only their grants are re-checked. Links whose client certificate has
-        one of `revoked_keys` are closed first (``cert_revoked``). Returns how many grants
+        one of `revoked_keys` are closed then (``cert_revoked``). Returns how many grants
         were closed.
         """
-        self.forwarder.epoch = max(self.forwarder.epoch, epoch)
-        if revoked_keys:
+
+        def close_revoked_links() -> None:
+            if not revoked_keys:
+                return
             revoked = frozenset(revoked_keys)
             for link in list(self._links):
                 ssl_object = link.transport.get_extra_info("ssl_object") if link.transport else None
@@ -145,7 +147,10 @@ class Router:
                     self.forwarder.counters[ErrorCode.CERT_REVOKED.code] += 1
                     log.info("closing link of %s: certificate revoked", link.peer_id)
                     link.close(ErrorCode.CERT_REVOKED, "this link's certificate was revoked")
+
+        self.forwarder.epoch = max(self.forwarder.epoch, epoch)
         if epoch <= self._checked_epoch:
+            close_revoked_links()  # a `hello` repeats recent revocations
             return 0
         loop = asyncio.get_running_loop()
         grants = self.forwarder.live_grants(list(self._links.values()))
@@ -169,6 +174,9 @@ class Router:
         for closure in closures:
             self.forwarder.revoke(closure.handle, closure.reason, dirty)
         self._flush(dirty)
+        # After the re-check, so live streams end with the reason (`revoked`), not with
+        # the loss of their link.
+        close_revoked_links()
         stats = rnd.statistics()
         counters = self.forwarder.counters
         counters["recheck_rounds"] += 1
