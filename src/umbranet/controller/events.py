@@ -30,6 +30,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
+from umbranet.controller.logfmt import safe
 from umbranet.controller.store import ControllerState, Database
 
 __all__ = [
@@ -184,7 +185,7 @@ class EventHub:
             while len(self._revoked) > MAX_REVOKED_KEYS:
                 del self._revoked[next(iter(self._revoked))]
             subscribers = list(self._subscribers.items())
-        log.info("epoch %d: %s (%d subscribers)", event.epoch, escape(reason), len(subscribers))
+        log.info("epoch %d: %s (%d subscribers)", event.epoch, safe(reason), len(subscribers))
         for queue, loop in subscribers:
             loop.call_soon_threadsafe(_offer, queue, event)
         return event.epoch
@@ -249,12 +250,6 @@ class BumpLimiter:
         if len(self._buckets) >= self._memory and key not in self._buckets:
             self._buckets.clear()  # forgetting only ever allows more bumps, never fewer
         return min(float(self.burst), tokens + max(0.0, now - at) / self.interval)
-
-
-def escape(text: str) -> str:
-    """A peer- or admin-supplied string made safe for one log line (no newlines, no
-    control characters): ``repr`` without the quotes."""
-    return repr(text)[1:-1]
 
 
 def _offer(queue: asyncio.Queue[EpochEvent], event: EpochEvent) -> None:

@@ -35,6 +35,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from umbranet.controller.api import create_app
 from umbranet.controller.home import LoadedController, load_home, write_server_certificate
+from umbranet.controller.logfmt import safe
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.posture_ticker import DEFAULT_INTERVAL, PostureTicker
 
@@ -166,7 +167,7 @@ class MtlsH11Protocol(H11Protocol):
     def _refuse(self, code: str) -> None:
         if self.metrics is not None:
             self.metrics.inc("umbra_api_errors_total", code=code)
-        log.info("connection closed code=%s client=%s", code, self.client)
+        log.info("connection closed code=%s client=%s", code, safe(self.client))
         self.transport.close()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from umbranet.controller.logfmt import safe
 from umbranet.controller.metrics import Metrics
 
 __all__ = ["MAX_BODY", "ROUTE_BODY_LIMITS", "GuardMiddleware"]
@@ -82,7 +83,9 @@ class GuardMiddleware:
                 await self._refuse(scope, send, 413, "body_too_large", _too_large(limit))
         except Exception:
             log.exception(
-                "request failed method=%s path=%s", scope.get("method"), scope.get("path")
+                "request failed method=%s path=%s",
+                safe(scope.get("method", "")),
+                safe(scope.get("path", "")),
             )
             self.metrics.inc("umbra_api_errors_total", code="internal_error")
             if not started:
@@ -94,11 +97,11 @@ class GuardMiddleware:
         self.metrics.inc("umbra_api_errors_total", code=code)
         log.info(
             "request refused method=%s path=%s status=%d code=%s reason=%s",
-            scope.get("method"),
-            scope.get("path"),
+            safe(scope.get("method", "")),
+            safe(scope.get("path", "")),
             status,
             code,
-            msg,
+            safe(msg),
         )
         await _send_json(send, status, code, msg)
 

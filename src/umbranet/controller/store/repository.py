@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from umbranet.controller.logfmt import safe
 from umbranet.controller.store.models import (
     AuditEvent,
     Enrollment,
@@ -29,10 +30,6 @@ from umbranet.controller.store.models import (
 __all__ = ["Conflict", "Store"]
 
 log = logging.getLogger("umbranet.controller.audit")
-
-
-def _escape(text: str) -> str:
-    return repr(text)[1:-1]
 
 
 class Conflict(Exception):
@@ -219,9 +216,9 @@ class Store:
         # Actors and targets may come from peers (a service name asked for): one line each.
         log.info(
             "audit action=%s actor=%s target=%s",
-            _escape(action),
-            _escape(actor),
-            _escape(target),
+            safe(action),
+            safe(actor),
+            safe(target),
         )
 
     def decision(self, decision_id: str) -> AuditEvent | None:
