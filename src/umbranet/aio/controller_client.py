@@ -60,6 +60,7 @@ from umbranet.pki import (
     make_csr,
     read_enrollment_token_unverified,
 )
+from umbranet.pki.bundle_update import apply_bundle_updates
 from umbranet.pki.noise_pop import NoiseChallenge, csr_binding, prove_noise_key
 
 __all__ = [
@@ -199,6 +200,8 @@ class ControllerClient:
     async def renew(self) -> IdentityFile:
         """A fresh certificate for a fresh TLS key (same Noise key); the client switches to it.
 
+        A newer trust bundle that comes with it (signed by a key of ours) is taken too.
+
         The caller saves the returned identity (``identity.save(path)``).
         """
         key = generate_tls_key()
@@ -210,13 +213,17 @@ class ControllerClient:
             "noise_proof": _prove(self._identity.noise_private_key, challenge, csr),
         }
         data = await self._call("POST", "/v1/renew", json=body)
+        updates = data.get("bundle_updates") if isinstance(data, dict) else None
+        bundle = apply_bundle_updates(
+            updates if isinstance(updates, list) else [], self._identity.bundle
+        )
         try:
             renewed = IdentityFile(
                 name=self._identity.name,
                 spiffe_id=self._identity.spiffe_id,
                 key_pem=key_to_pem(key),
                 cert_pem=str(data["cert_pem"]).encode("ascii"),
-                bundle=self._identity.bundle,
+                bundle=bundle,
                 controller_url=self._identity.controller_url,
                 noise_private_key=self._identity.noise_private_key,
             )
@@ -227,6 +234,22 @@ class ControllerClient:
         self._http = self._make_http(renewed)
         await old.aclose()
         return renewed
+
+    async def refresh_bundle(self) -> IdentityFile | None:
+        """Take a newer trust bundle (after a rotation) if the controller has one that our
+        bundle vouches for; the client switches to it. None if ours is current."""
+        data = await self._call("GET", "/v1/bundle/updates")
+        updates = data.get("updates") if isinstance(data, dict) else None
+        current = self._identity.bundle
+        bundle = apply_bundle_updates(updates if isinstance(updates, list) else [], current)
+        if bundle is current:
+            return None
+        refreshed = self._identity.with_bundle(bundle)
+        old = self._http
+        self._identity = refreshed
+        self._http = self._make_http(refreshed)
+        await old.aclose()
+        return refreshed
 
     async def renew_if_due(self, now: datetime) -> IdentityFile | None:
         """Renew when past half of the certificate's lifetime; None if not due yet."""

@@ -1,19 +1,22 @@
-"""``umbra controller init|run``: create a controller home, serve the controller from it."""
+"""``umbra controller init|run|rotate``: create a controller home, serve the controller from it,
+rotate its ticket key."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
 
-from umbranet.cli.common import emit, handle_errors, out, state
+from umbranet.cli.common import emit, fail, handle_errors, out, state
 from umbranet.controller.home import (
     DEFAULT_ADDRESS,
     DEFAULT_TRUST_DOMAIN,
+    ControllerHome,
     init_home,
     load_home,
 )
+from umbranet.controller.rotation import DEFAULT_OVERLAP, rotate_ticket_key
 
 __all__ = ["app"]
 
@@ -75,3 +78,37 @@ def run(
         loaded = load_home(cli.home)
         out.print(f"controller for {loaded.config.trust_domain} on {loaded.config.url}")
         server.serve(loaded, posture_interval=posture_interval)
+
+
+@app.command("rotate")
+def rotate(
+    ctx: typer.Context,
+    what: Annotated[str, typer.Argument(help="What to rotate: ticket-key.")],
+    overlap_hours: Annotated[
+        float,
+        typer.Option(
+            "--overlap-hours",
+            min=0.0,
+            help="How long the old key stays trusted (at least one certificate lifetime, so "
+            "every identity renews and picks up the new bundle meanwhile).",
+        ),
+    ] = DEFAULT_OVERLAP.total_seconds() / 3600,
+) -> None:
+    """Rotate the ticket-signing key with an overlap; a running controller takes it up at
+    restart. (CA rotation is not supported yet.)"""
+    cli = state(ctx)
+    if what != "ticket-key":
+        fail(cli, "not_supported", f"cannot rotate {what!r}; only 'ticket-key' is supported")
+    with handle_errors(cli):
+        home = ControllerHome(cli.home)
+        if not home.is_initialised():
+            fail(cli, "not_initialised", f"{home.root} is not a controller home")
+        key_id = rotate_ticket_key(home.dir, datetime.now(UTC), timedelta(hours=overlap_hours))
+    emit(
+        cli,
+        {"rotated": what, "key_id": key_id, "overlap_hours": overlap_hours},
+        lambda: out.print(
+            f"new ticket key {key_id}; the old one stays trusted for {overlap_hours:g} h "
+            "(restart the controller to use the new key)"
+        ),
+    )

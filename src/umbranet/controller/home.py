@@ -20,12 +20,13 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from umbranet.controller.rotation import load_rotation
 from umbranet.controller.service import Authority
 from umbranet.controller.service.certificates import issue_for_identity
 from umbranet.controller.service.identities import new_identity_row
@@ -221,12 +222,18 @@ def load_home(root: str | os.PathLike[str], *, migrate_schema: bool = True) -> L
         ca = CertificateAuthority.from_pem(home.ca_key.read_bytes(), home.ca_pem.read_bytes())
         signer = Signer.from_pem(home.signer_key.read_bytes())
         jwt_authority = _load_jwt_authority(home)
+        rotation = load_rotation(home.dir, datetime.now(UTC))
     except PkiError as exc:
         raise HomeError("home_invalid", f"cannot load the CA or signer: {exc.reason}") from exc
     except OSError as exc:
         raise HomeError("home_invalid", f"cannot read {exc.filename}: {exc.strerror}") from exc
     authority = Authority(
-        ca=ca, signer=signer, controller_url=config.url, jwt_authority=jwt_authority
+        ca=ca,
+        signer=signer,
+        controller_url=config.url,
+        jwt_authority=jwt_authority,
+        retired_signers=rotation.retired,
+        bundle_version=rotation.bundle_version,
     )
     db = Database.open(config.db_url, migrate_schema=migrate_schema)
     return LoadedController(home, config, authority, db)

@@ -10,6 +10,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from umbranet.pki.bundle import TrustBundle
+from umbranet.pki.bundle_update import BUNDLE_UPDATE_PREFIX
 from umbranet.pki.enrollment import ENROLLMENT_LIFETIME, ENROLLMENT_PREFIX, EnrollmentClaims
 from umbranet.pki.errors import PARSE_ERRORS, PkiError, PkiUsageError, require_utc
 from umbranet.pki.keys import key_to_pem, signing_key_id
@@ -66,6 +68,16 @@ class Signer:
         return hashlib.sha256(
             b"umbra-derive-v1" + self._key.sign(b"umbra-derive:" + label)
         ).digest()
+
+    def sign_bundle_update(self, bundle: TrustBundle, now: datetime) -> str:
+        """Sign `bundle` (with its version) for holders that trust this key already."""
+        claims = {
+            "ver": bundle.version,
+            "iat": int(require_utc(now).timestamp()),
+            "kid": self._key_id,
+            "bundle": bundle.to_dict(),
+        }
+        return encode_token(BUNDLE_UPDATE_PREFIX, claims, self._key)
 
     def sign_ticket(  # noqa: PLR0917 - positional order is the documented contract
         self,

@@ -101,6 +101,12 @@ async def follow_controller(router: Router) -> None:
                 async for name, data in client.events():
                     backoff = 0.2
                     epoch = data.get("epoch")
+                    version = data.get("bundle_version")
+                    if isinstance(version, int) and version > router.identity.bundle.version:
+                        refreshed = await client.refresh_bundle()
+                        if refreshed is not None:
+                            router.renew(refreshed)
+                            log.info("trust bundle updated to version %d", version)
                     if name in ("hello", "epoch") and isinstance(epoch, int):
                         scope = event_identities(data) if name == "epoch" else None
                         await router.apply_epoch(epoch, recheck, scope, event_revoked_keys(data))

@@ -96,6 +96,14 @@ class NoiseChallengeOut(BaseModel):
 
 class RenewOut(BaseModel):
     cert_pem: str
+    bundle_updates: list[str] = Field(
+        default_factory=list, description="the current bundle, signed by each ticket key held"
+    )
+
+
+class BundleUpdatesOut(BaseModel):
+    version: int
+    updates: list[str]
 
 
 class ServiceActionsOut(BaseModel):

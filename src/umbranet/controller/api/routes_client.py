@@ -11,6 +11,7 @@ from umbranet.controller.api.context import AppContext
 from umbranet.controller.api.convert import cert_pem, router_out
 from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller, peer_certificate_der
 from umbranet.controller.api.models import (
+    BundleUpdatesOut,
     ErrorBody,
     Intercept,
     MeOut,
@@ -56,7 +57,9 @@ def _identity(store: Store, caller_id: int) -> Identity:
 
 @router.post("/renew", response_model=RenewOut, responses={400: {"model": ErrorBody}})
 def post_renew(body: RenewIn, ctx: Ctx, caller: ClientCaller) -> RenewOut:
-    """A fresh certificate for the caller (same Noise key); the old one stays valid."""
+    """A fresh certificate for the caller (same Noise key); the old one stays valid. The
+    answer carries the current trust bundle as signed updates, so rotations reach every
+    identity at its renewal."""
     now = ctx.clock()
     with ctx.transaction() as store:
         cert = enrollment.renew(
@@ -68,7 +71,17 @@ def post_renew(body: RenewIn, ctx: Ctx, caller: ClientCaller) -> RenewOut:
             noise_proof=body.noise_proof,
             now=now,
         )
-    return RenewOut(cert_pem=cert_pem(cert))
+    return RenewOut(cert_pem=cert_pem(cert), bundle_updates=ctx.authority.bundle_updates(now))
+
+
+@router.get("/bundle/updates", response_model=BundleUpdatesOut)
+def get_bundle_updates(ctx: Ctx, caller: ClientCaller) -> BundleUpdatesOut:
+    """The current trust bundle, signed by every ticket key the controller holds, for
+    holders of an older bundle (after a rotation; see `controller.rotation`)."""
+    authority = ctx.authority
+    return BundleUpdatesOut(
+        version=authority.bundle.version, updates=authority.bundle_updates(ctx.clock())
+    )
 
 
 @router.get("/me", response_model=MeOut, response_model_exclude_none=True)

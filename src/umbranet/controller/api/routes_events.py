@@ -58,6 +58,7 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
     async def stream() -> AsyncIterator[bytes]:
         try:
             hello: dict[str, object] = {"epoch": ctx.events.epoch, "identity": caller.spiffe_id}
+            hello["bundle_version"] = ctx.authority.bundle.version
             if trusted:
                 hello["revoked_keys"] = ctx.events.revoked_keys()
             yield _sse("hello", hello)
