@@ -120,8 +120,10 @@ class SqlEpochStore:
                     return int(value)
             try:
                 with self._db.session() as session:
-                    session.execute(sa.insert(row).values(name=_EPOCH, value=floor))
-                    return floor
+                    # No row yet means a stored 0, as in the in-memory twin.
+                    value = max(increment, floor)
+                    session.execute(sa.insert(row).values(name=_EPOCH, value=value))
+                    return value
             except sa.exc.IntegrityError:
                 continue
         raise RuntimeError("could not store the epoch")
