@@ -18,9 +18,9 @@ from umbranet.aio.controller_client import ControllerClient
 from umbranet.cli.main import app as cli_app
 from umbranet.controller.api import create_app
 from umbranet.controller.home import LoadedController, init_home, load_home
-from umbranet.controller.rotation import load_rotation, rotate_ticket_key
-from umbranet.controller.server import TlsScopeApp
-from umbranet.pki import PkiError, Signer, TrustBundle, verify_ticket
+from umbranet.controller.rotation import advance_ca, load_rotation, rotate_ca, rotate_ticket_key
+from umbranet.controller.server import TlsScopeApp, build_server
+from umbranet.pki import IdentityFile, PkiError, Signer, TrustBundle, verify_svid, verify_ticket
 from umbranet.pki.bundle_update import apply_bundle_updates, verify_bundle_update
 from umbranet.pki.tickets import Action
 
@@ -116,5 +116,54 @@ def test_the_cli_rotates_the_ticket_key(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["rotated"] == "ticket-key"
     assert (home / "controller" / "rotation.json").exists()
-    refused = runner.invoke(cli_app, ["--home", str(home), "--json", "controller", "rotate", "ca"])
+    refused = runner.invoke(
+        cli_app, ["--home", str(home), "--json", "controller", "rotate", "keys"]
+    )
     assert json.loads(refused.output)["error"]["code"] == "not_supported"
+
+
+def test_a_ca_rotation_announces_the_new_ca_before_it_issues(tmp_path: Path) -> None:
+    clock = FakeClock()
+    home, admin = init_home(tmp_path / "home", clock())
+    old_ca_pem = (home.dir / "ca.pem").read_bytes()
+    rotate_ca(home.dir, clock(), "demo.umbra", timedelta(hours=1))
+
+    def renew(loaded: LoadedController, who: IdentityFile) -> IdentityFile:
+        async def call() -> IdentityFile:
+            async with ControllerClient(who, transport=_transport(loaded, clock, who)) as c:
+                return await c.renew()
+
+        return asyncio.run(call())
+
+    # Phase 1: the new CA is in the bundle, the old one still issues.
+    announced = load_home(tmp_path / "home")
+    try:
+        bundle = announced.authority.bundle
+        assert (bundle.version, len(bundle.ca_certificates)) == (1, 2)
+        assert (
+            announced.authority.ca.certificate.public_bytes(serialization.Encoding.PEM)
+            == old_ca_pem
+        )
+        phase1 = renew(announced, admin)
+        assert len(phase1.bundle.ca_certificates) == 2
+        build_server(announced, port=0)  # the TLS layer trusts client certs of both CAs
+        assert (home.dir / "trust.pem").read_text().count("BEGIN CERTIFICATE") == 2
+    finally:
+        announced.db.dispose()
+
+    # Phase 2 (the overlap is over): the new CA issues; the old one is trusted, not used.
+    assert advance_ca(home.dir, clock() + timedelta(hours=2))
+    switched = load_home(tmp_path / "home")
+    try:
+        bundle = switched.authority.bundle
+        assert bundle.version == 2
+        assert bundle.ca_certificates[0] != phase1.bundle.ca_certificates[0]
+        assert (home.dir / "ca.pem").read_bytes() != old_ca_pem  # the old key is gone
+        phase2 = renew(switched, phase1)
+        # A peer that only ever got the phase-1 bundle already trusts the new certificates,
+        # and certificates from the old CA still verify under the new bundle.
+        verify_svid(phase2.certificate_chain, phase1.bundle, clock())
+        verify_svid(admin.certificate_chain, phase2.bundle, clock())
+        assert phase2.bundle.version == 2
+    finally:
+        switched.db.dispose()

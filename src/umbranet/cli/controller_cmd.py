@@ -12,11 +12,12 @@ from umbranet.cli.common import emit, fail, handle_errors, out, state
 from umbranet.controller.home import (
     DEFAULT_ADDRESS,
     DEFAULT_TRUST_DOMAIN,
+    ControllerConfig,
     ControllerHome,
     init_home,
     load_home,
 )
-from umbranet.controller.rotation import DEFAULT_OVERLAP, rotate_ticket_key
+from umbranet.controller.rotation import DEFAULT_OVERLAP, rotate_ca, rotate_ticket_key
 
 __all__ = ["app"]
 
@@ -83,32 +84,39 @@ def run(
 @app.command("rotate")
 def rotate(
     ctx: typer.Context,
-    what: Annotated[str, typer.Argument(help="What to rotate: ticket-key.")],
+    what: Annotated[str, typer.Argument(help="What to rotate: ticket-key or ca.")],
     overlap_hours: Annotated[
         float,
         typer.Option(
             "--overlap-hours",
             min=0.0,
-            help="How long the old key stays trusted (at least one certificate lifetime, so "
-            "every identity renews and picks up the new bundle meanwhile).",
+            help="ticket-key: how long the old key stays trusted; ca: how long the new CA is "
+            "announced before it issues. At least one certificate lifetime, so every "
+            "identity renews and picks up the new bundle meanwhile.",
         ),
     ] = DEFAULT_OVERLAP.total_seconds() / 3600,
 ) -> None:
-    """Rotate the ticket-signing key with an overlap; a running controller takes it up at
-    restart. (CA rotation is not supported yet.)"""
+    """Rotate the ticket-signing key or the CA with an overlap; a running controller takes
+    it up at restart."""
     cli = state(ctx)
-    if what != "ticket-key":
-        fail(cli, "not_supported", f"cannot rotate {what!r}; only 'ticket-key' is supported")
-    with handle_errors(cli):
-        home = ControllerHome(cli.home)
-        if not home.is_initialised():
-            fail(cli, "not_initialised", f"{home.root} is not a controller home")
-        key_id = rotate_ticket_key(home.dir, datetime.now(UTC), timedelta(hours=overlap_hours))
+    if what not in {"ticket-key", "ca"}:
+        fail(cli, "not_supported", f"cannot rotate {what!r}; choose 'ticket-key' or 'ca'")
+    home = ControllerHome(cli.home)
+    if not home.is_initialised():
+        fail(cli, "not_initialised", f"{home.root} is not a controller home")
+    now, overlap = datetime.now(UTC), timedelta(hours=overlap_hours)
+    try:
+        if what == "ticket-key":
+            new_id = rotate_ticket_key(home.dir, now, overlap)
+            message = f"new ticket key {new_id}; the old one stays trusted for {overlap_hours:g} h"
+        else:
+            trust_domain = ControllerConfig.from_json(home.config_json.read_text()).trust_domain
+            new_id = rotate_ca(home.dir, now, trust_domain, overlap)
+            message = f"new CA {new_id[:16]} announced; it issues in {overlap_hours:g} h"
+    except ValueError as exc:
+        fail(cli, "rotation_in_progress", str(exc))
     emit(
         cli,
-        {"rotated": what, "key_id": key_id, "overlap_hours": overlap_hours},
-        lambda: out.print(
-            f"new ticket key {key_id}; the old one stays trusted for {overlap_hours:g} h "
-            "(restart the controller to use the new key)"
-        ),
+        {"rotated": what, "id": new_id, "overlap_hours": overlap_hours},
+        lambda: out.print(f"{message} (restart the controller to take it up)"),
     )

@@ -13,6 +13,15 @@ State: ``controller/rotation.json`` ``{"bundle_version": n, "retired": [{"key": 
 version the controller serves is ``bundle_version`` plus the number of retired keys whose
 overlap has ended, so it grows when a key is dropped as well as when one is added.
 
+CA rotation (`rotate_ca`) has two phases, because a certificate is only useful once every
+peer trusts its issuer: during the overlap the new CA is *announced* (in the bundle, after
+the current one) while the old CA keeps issuing; when the overlap ends (`advance_ca`, run at
+load), the new CA becomes the issuer and the first CA of the bundle (enrollment tokens pin
+it), and the old CA's certificate stays in the bundle for `CA_RETENTION`, until everything it
+issued has expired; its key is destroyed. State: ``"ca": {"pending": {"key", "cert",
+"active_at"} | null, "retired": [{"cert", "until"}]}`` in ``rotation.json``. Enrollment
+tokens minted before the switch pin the old CA and must be re-issued after it.
+
 The rotation is done on the home directory; a running controller takes it up at restart.
 """
 
@@ -25,11 +34,25 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from umbranet.pki import PkiError, Signer
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-__all__ = ["DEFAULT_OVERLAP", "Rotation", "load_rotation", "rotate_ticket_key"]
+from umbranet.pki import CertificateAuthority, PkiError, Signer
+from umbranet.pki.bundle import certificate_fingerprint
+
+__all__ = [
+    "CA_RETENTION",
+    "DEFAULT_OVERLAP",
+    "Rotation",
+    "advance_ca",
+    "load_rotation",
+    "rotate_ca",
+    "rotate_ticket_key",
+]
 
 DEFAULT_OVERLAP = timedelta(hours=48)
+CA_RETENTION = timedelta(days=31)
+"""How long a replaced CA stays trusted: longer than any certificate it issued (admin: 30 d)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +61,8 @@ class Rotation:
 
     retired: tuple[Signer, ...]
     bundle_version: int
+    extra_cas: tuple[x509.Certificate, ...] = ()
+    """Trusted besides the issuing CA: the announced next one, and replaced ones."""
 
 
 def rotate_ticket_key(
@@ -61,8 +86,56 @@ def rotate_ticket_key(
     return new.key_id
 
 
+def rotate_ca(
+    controller_dir: Path,
+    now: datetime,
+    trust_domain: str,
+    overlap: timedelta = DEFAULT_OVERLAP,
+) -> str:
+    """Announce a new CA now, to issue from ``now + overlap``; returns its fingerprint."""
+    if overlap < timedelta(0):
+        raise ValueError("the overlap cannot be negative")
+    state = _read_state(controller_dir)
+    if state["ca"]["pending"] is not None:
+        raise ValueError("a CA rotation is already under way")
+    ca = CertificateAuthority.create(trust_domain, now)
+    fingerprint = certificate_fingerprint(ca.certificate)
+    key_pem, cert_pem = ca.to_pem()
+    key_name, cert_name = f"ca-{fingerprint[:16]}.key", f"ca-{fingerprint[:16]}.pem"
+    _write_private(controller_dir / key_name, key_pem)
+    (controller_dir / cert_name).write_bytes(cert_pem)
+    state["ca"]["pending"] = {
+        "key": key_name,
+        "cert": cert_name,
+        "active_at": (now + overlap).isoformat(),
+    }
+    state["bundle_version"] += 1
+    _write_state(controller_dir, state)
+    return fingerprint
+
+
+def advance_ca(controller_dir: Path, now: datetime) -> bool:
+    """Make the announced CA the issuer once its overlap ended; True if it did now."""
+    state = _read_state(controller_dir)
+    pending = state["ca"]["pending"]
+    if pending is None or now < datetime.fromisoformat(pending["active_at"]):
+        return False
+    old_cert = x509.load_pem_x509_certificate((controller_dir / "ca.pem").read_bytes())
+    retired_name = f"ca-{certificate_fingerprint(old_cert)[:16]}-retired.pem"
+    (controller_dir / retired_name).write_bytes(old_cert.public_bytes(serialization.Encoding.PEM))
+    # Replacing ca.key destroys the old CA's key: it must never issue again.
+    os.replace(controller_dir / pending["key"], controller_dir / "ca.key")
+    os.replace(controller_dir / pending["cert"], controller_dir / "ca.pem")
+    until = datetime.fromisoformat(pending["active_at"]) + CA_RETENTION
+    state["ca"]["retired"].append({"cert": retired_name, "until": until.isoformat()})
+    state["ca"]["pending"] = None
+    state["bundle_version"] += 1
+    _write_state(controller_dir, state)
+    return True
+
+
 def load_rotation(controller_dir: Path, now: datetime) -> Rotation:
-    """The retired keys still in overlap at `now` and the bundle version to serve."""
+    """The retired keys and CAs still trusted at `now` and the bundle version to serve."""
     state = _read_state(controller_dir)
     retired: list[Signer] = []
     ended = 0
@@ -71,7 +144,23 @@ def load_rotation(controller_dir: Path, now: datetime) -> Rotation:
             ended += 1
             continue
         retired.append(Signer.from_pem((controller_dir / entry["key"]).read_bytes()))
-    return Rotation(tuple(retired), state["bundle_version"] + ended)
+    extra: list[x509.Certificate] = []
+    pending = state["ca"]["pending"]
+    if pending is not None:
+        extra.append(_load_cert(controller_dir / pending["cert"]))
+    for entry in state["ca"]["retired"]:
+        if datetime.fromisoformat(entry["until"]) <= now:
+            ended += 1
+            continue
+        extra.append(_load_cert(controller_dir / entry["cert"]))
+    return Rotation(tuple(retired), state["bundle_version"] + ended, tuple(extra))
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as exc:
+        raise PkiError("ca_invalid", f"{path.name} is not a certificate") from exc
 
 
 def _read_state(controller_dir: Path) -> dict[str, Any]:
@@ -79,7 +168,7 @@ def _read_state(controller_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        return {"bundle_version": 0, "retired": []}
+        return {"bundle_version": 0, "retired": [], "ca": {"pending": None, "retired": []}}
     except ValueError as exc:
         raise PkiError("key_invalid", f"{path.name} is not valid JSON") from exc
     if (
@@ -93,6 +182,13 @@ def _read_state(controller_dir: Path) -> dict[str, Any]:
             and "/" not in e["key"]
             for e in data["retired"]
         )
+    ):
+        raise PkiError("key_invalid", f"{path.name} is malformed")
+    ca = data.setdefault("ca", {"pending": None, "retired": []})
+    if (
+        not isinstance(ca, dict)
+        or not isinstance(ca.get("retired"), list)
+        or not (ca.get("pending") is None or isinstance(ca.get("pending"), dict))
     ):
         raise PkiError("key_invalid", f"{path.name} is malformed")
     return data

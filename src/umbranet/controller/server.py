@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import ssl
 from collections.abc import Callable
@@ -201,7 +202,7 @@ def build_server(
         http=protocol,
         ssl_keyfile=str(loaded.home.server_key),
         ssl_certfile=str(loaded.home.server_pem),
-        ssl_ca_certs=str(loaded.home.ca_pem),
+        ssl_ca_certs=str(_trust_file(loaded)),
         ssl_cert_reqs=ssl.CERT_OPTIONAL,
         log_config=LOG_CONFIG,
         access_log=False,
@@ -232,6 +233,16 @@ def serve(loaded: LoadedController, *, posture_interval: float = DEFAULT_INTERVA
         if ticker is not None:
             ticker.stop()
         loaded.db.dispose()
+
+
+def _trust_file(loaded: LoadedController) -> Path:
+    """Every CA of the bundle, for verifying client certificates: during a CA rotation,
+    certificates of both the old and the new CA must get through the handshake."""
+    path = loaded.home.dir / "trust.pem"
+    tmp = path.with_name("trust.pem.new")
+    tmp.write_text(loaded.authority.bundle.ca_pem)
+    os.replace(tmp, path)
+    return path
 
 
 def _raise_file_limit() -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from cryptography import x509
+
 from umbranet.pki import CertificateAuthority, Signer, TrustBundle
 from umbranet.pki.jwt_svid import JWT_SVID_LIFETIME, JwtAuthority
 
@@ -47,6 +49,8 @@ class Authority:
     """Ticket keys being rotated out: still trusted (in the bundle) until their overlap
     ends, and still used to sign bundle updates for holders that trust only them."""
     bundle_version: int = 0
+    extra_cas: tuple[x509.Certificate, ...] = ()
+    """CA certificates trusted besides `ca` (a CA rotation's next or previous one)."""
     bundle: TrustBundle = field(init=False)
     noise_pop_secret: bytes = field(init=False, repr=False)
     """Derives the keys of Noise proof-of-possession challenges (`pki.noise_pop`)."""
@@ -54,7 +58,7 @@ class Authority:
     def __post_init__(self) -> None:
         bundle = TrustBundle.from_certificates(
             self.ca.trust_domain,
-            [self.ca.certificate],
+            [self.ca.certificate, *self.extra_cas],
             [self.signer.public_key, *(s.public_key for s in self.retired_signers)],
             self.bundle_version,
         )
