@@ -147,8 +147,20 @@ def test_the_minute_clock_catches_postures_that_change_with_time(h: Harness) -> 
     h.clock.advance(timedelta(minutes=30))
     assert ticker.tick() == []
     h.clock.advance(timedelta(minutes=31))
-    assert ticker.tick() == ["carol"]
-    assert h.app.state.umbra.events.epoch > epoch
+    events = h.app.state.umbra.events
+
+    async def tick() -> tuple[list[str], EpochEvent]:
+        queue = events.subscribe()
+        try:
+            moved = await asyncio.to_thread(ticker.tick)
+            return moved, await asyncio.wait_for(queue.get(), 10)
+        finally:
+            events.unsubscribe(queue)
+
+    moved, event = asyncio.run(tick())
+    assert moved == ["carol"]
+    assert events.epoch > epoch
+    assert event.identities == ("spiffe://demo.umbra/device/carol",)  # only carol re-checked
     status, reason = _dial(carol, h)
     assert status == 403 and "certificate age" in reason
 
