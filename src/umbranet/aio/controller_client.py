@@ -49,6 +49,7 @@ from umbranet.aio.controller_models import (
     service_access,
     service_info,
 )
+from umbranet.aio.enrollment_tls import certificate_untrusted, pinned_context
 from umbranet.aio.tls import load_identity
 from umbranet.pki import (
     IdentityFile,
@@ -167,7 +168,7 @@ class ControllerClient:
         key = generate_tls_key()
         noise_private, noise_public = generate_noise_keypair()
         csr = make_csr(key)
-        context = _pinned_context(pinned_ca)
+        context = pinned_context(pinned_ca)
         async with _client(url, context, request_timeout, transport) as pinned:
             challenge = await _noise_challenge(pinned)
             body = {
@@ -511,7 +512,7 @@ async def _request(http: httpx.AsyncClient, method: str, path: str, *, json: Any
     try:
         response = await http.request(method, path, json=json)
     except httpx.TransportError as exc:
-        if _untrusted(exc):
+        if certificate_untrusted(exc):
             raise ControllerError(
                 "controller_untrusted",
                 f"the server at {http.base_url} is not the controller its CA vouches for: {exc}",
@@ -578,26 +579,6 @@ def _ca_mismatch() -> ControllerError:
         "the controller's CA does not match the fingerprint in the enrollment token",
         0,
     )
-
-
-def _pinned_context(ca: x509.Certificate) -> ssl.SSLContext:
-    """TLS that trusts one CA certificate and nothing else (host name checked)."""
-    pem = ca.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    context = ssl.create_default_context(cadata=pem)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-def _untrusted(exc: BaseException) -> bool:
-    """Did the TLS handshake fail because the server's certificate is not trusted?"""
-    seen: BaseException | None = exc
-    for _ in range(8):  # exception chains are short; bound the walk anyway
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _bundle(data: Any) -> TrustBundle:
