@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -28,6 +29,7 @@ from umbranet.pki import (
     key_to_pem,
     make_csr,
 )
+from umbranet.pki.noise_pop import NoiseChallenge, csr_binding, prove_noise_key
 from umbranet.testing.clock import FakeClock
 
 
@@ -93,14 +95,28 @@ def enroll_request(
 ) -> tuple[httpx.Response, tuple[bytes, bytes]]:
     key = generate_tls_key()
     noise_private, noise_public = generate_noise_keypair()
+    csr = make_csr(key)
     body = {
         "token": token,
         "csr_pem": csr_pem
         if csr_pem is not None
-        else make_csr(key).public_bytes(serialization.Encoding.PEM).decode(),
+        else csr.public_bytes(serialization.Encoding.PEM).decode(),
         "noise_public_key": noise if noise is not None else base64.b64encode(noise_public).decode(),
+        **noise_proof(client, noise_private, csr),
     }
     return client.post("/v1/enroll", json=body), (key_to_pem(key), noise_private)
+
+
+def noise_proof(
+    client: TestClient, noise_private: bytes, csr: x509.CertificateSigningRequest
+) -> dict[str, str]:
+    """A fresh challenge from the controller and the proof for it (request fields)."""
+    data = client.get("/v1/noise-challenge").json()
+    challenge = NoiseChallenge(data["challenge"], data["public_key"])
+    return {
+        "noise_challenge": challenge.challenge,
+        "noise_proof": prove_noise_key(noise_private, challenge, csr_binding(csr)),
+    }
 
 
 def make_harness(tmp_path: Path) -> Iterator[Harness]:
@@ -122,3 +138,13 @@ def error_code(response: httpx.Response) -> str:
     assert set(body["error"]) == {"code", "message"}, body
     code: str = body["error"]["code"]
     return code
+
+
+def refusal_reason(h: Harness, message: str) -> str:
+    """The reason behind a refused ticket, as an admin looks it up by its decision id (the
+    endpoint itself is told only the id)."""
+    decision = message.split("decision ", 1)[1].split(";", 1)[0]
+    response = h.client(h.admin).get(f"/v1/policy/decisions/{decision}")
+    assert response.status_code == 200, response.text
+    reason: str = response.json()["reason"]
+    return reason

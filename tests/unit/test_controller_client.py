@@ -52,7 +52,9 @@ def test_admin_and_client_round_trip(h: Harness) -> None:
                 with pytest.raises(ControllerError) as denied:
                     await client.ticket("db", "bind")
                 assert (denied.value.code, denied.value.status) == ("not_authorized", 403)
-                assert "dbhost" in denied.value.message
+                assert "dbhost" not in denied.value.message  # only a decision id
+                decision = denied.value.message.split("decision ")[1].split(";")[0]
+                assert "dbhost" in (await admin.decision(decision))["reason"]
                 with pytest.raises(ControllerError) as forbidden:
                     await client.list_identities()
                 assert forbidden.value.code == "admin_required"

@@ -11,7 +11,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.controller_harness import Harness, enroll_request, error_code, make_harness
+from tests.controller_harness import (
+    Harness,
+    enroll_request,
+    error_code,
+    make_harness,
+    noise_proof,
+)
 from umbranet.pki import (
     CertificateAuthority,
     Signer,
@@ -117,8 +123,10 @@ def test_renew_keeps_the_previous_certificate_valid(h: Harness) -> None:
     alice = h.new_device("alice")
 
     def renew() -> x509.Certificate:
-        csr = make_csr(generate_tls_key()).public_bytes(serialization.Encoding.PEM).decode()
-        response = h.client(alice).post("/v1/renew", json={"csr_pem": csr})
+        csr = make_csr(generate_tls_key())
+        pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+        proof = noise_proof(h.client(), alice.noise_private_key, csr)
+        response = h.client(alice).post("/v1/renew", json={"csr_pem": pem, **proof})
         assert response.status_code == 200, response.text
         return load_chain(response.json()["cert_pem"])[0]
 
@@ -135,10 +143,11 @@ def test_renew_keeps_the_previous_certificate_valid(h: Harness) -> None:
 
 def test_renew_needs_a_client_certificate_and_a_valid_csr(h: Harness) -> None:
     alice = h.new_device("alice")
-    assert error_code(h.client().post("/v1/renew", json={"csr_pem": "x"})) == (
+    proof = noise_proof(h.client(), alice.noise_private_key, make_csr(generate_tls_key()))
+    assert error_code(h.client().post("/v1/renew", json={"csr_pem": "x", **proof})) == (
         "client_cert_required"
     )
-    response = h.client(alice).post("/v1/renew", json={"csr_pem": "garbage"})
+    response = h.client(alice).post("/v1/renew", json={"csr_pem": "garbage", **proof})
     assert response.status_code == 400
     assert error_code(response) == "csr_invalid"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.controller_harness import Harness, error_code, make_harness
+from tests.controller_harness import Harness, error_code, make_harness, refusal_reason
 
 ALLOW_ALICE = """{
   // alice may dial svc; nobody else may
@@ -124,7 +124,7 @@ def test_history_rollback_explain_and_audit(h: Harness) -> None:
         assert body["version"] == 3
         assert any(rule["decisive"] for rule in body["rules"]) or not body["allowed"]
         if status != 200:
-            assert body["reason"] == reason
+            assert body["reason"] == refusal_reason(h, reason)
 
     audit = admin.get("/v1/audit", params={"limit": 3, "action": "policy.set"}).json()
     assert [e["action"] for e in audit] == ["policy.set", "policy.set", "policy.set"]

@@ -5,6 +5,8 @@ service the policy needs cannot be deleted from under it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.controller_harness import Harness, error_code, make_harness
+from tests.controller_harness import Harness, error_code, make_harness, refusal_reason
+from umbranet.controller.events import BumpLimiter, EpochEvent
 from umbranet.controller.posture_ticker import PostureTicker
 
 POLICY = """{
@@ -49,16 +52,18 @@ def _setup(h: Harness) -> tuple[TestClient, TestClient, TestClient]:
     return admin, alice, host
 
 
-def _dial(client: TestClient) -> tuple[int, str]:
+def _dial(client: TestClient, h: Harness | None = None) -> tuple[int, str]:
+    """Status and, with `h`, the refusal's reason as an admin sees it by decision id."""
     response = client.post("/v1/tickets", json={"service": "web", "action": "dial"})
     if response.status_code == 200:
         return 200, ""
-    return response.status_code, response.json()["error"]["message"]
+    message: str = response.json()["error"]["message"]
+    return response.status_code, refusal_reason(h, message) if h is not None else message
 
 
 def test_tickets_follow_the_reported_posture(h: Harness) -> None:
     _, alice, _ = _setup(h)
-    status, reason = _dial(alice)
+    status, reason = _dial(alice, h)
     assert status == 403 and "posture:guarded is unknown" in reason
 
     response = alice.post("/v1/posture", json=GUARDED)
@@ -67,7 +72,7 @@ def test_tickets_follow_the_reported_posture(h: Harness) -> None:
     assert _dial(alice) == (200, "")
 
     alice.post("/v1/posture", json=UNGUARDED)
-    status, reason = _dial(alice)
+    status, reason = _dial(alice, h)
     assert status == 403 and "process 'edr-agent' not running" in reason
 
 
@@ -94,6 +99,8 @@ def test_router_rechecks_use_posture_and_are_audited(h: Harness) -> None:
     created = admin.post("/v1/routers", json={"name": "r1"}).json()
     router = h.client(h.enroll(created["enrollment_token"]))
     alice.post("/v1/posture", json=GUARDED)
+    # Routers re-check only grants the controller issued a current ticket for.
+    assert alice.post("/v1/tickets", json={"service": "web", "action": "dial"}).status_code == 200
     grant = {"identity": alice.get("/v1/me").json()["spiffe_id"], "service": "web"}
     grant["action"] = "dial"
 
@@ -106,6 +113,8 @@ def test_router_rechecks_use_posture_and_are_audited(h: Harness) -> None:
     revoked = [e for e in audit if e["action"] == "access.revoked"]
     assert revoked and revoked[0]["target"] == "web"
     assert "edr-agent" in revoked[0]["detail"]["reason"]
+    assert revoked[0]["actor"] == "spiffe://demo.umbra/router/r1"
+    assert revoked[0]["detail"]["identity"] == grant["identity"]
 
 
 def test_denied_tickets_are_audited_once_per_interval(h: Harness) -> None:
@@ -138,9 +147,21 @@ def test_the_minute_clock_catches_postures_that_change_with_time(h: Harness) -> 
     h.clock.advance(timedelta(minutes=30))
     assert ticker.tick() == []
     h.clock.advance(timedelta(minutes=31))
-    assert ticker.tick() == ["carol"]
-    assert h.app.state.umbra.events.epoch > epoch
-    status, reason = _dial(carol)
+    events = h.app.state.umbra.events
+
+    async def tick() -> tuple[list[str], EpochEvent]:
+        queue = events.subscribe()
+        try:
+            moved = await asyncio.to_thread(ticker.tick)
+            return moved, await asyncio.wait_for(queue.get(), 10)
+        finally:
+            events.unsubscribe(queue)
+
+    moved, event = asyncio.run(tick())
+    assert moved == ["carol"]
+    assert events.epoch > epoch
+    assert event.identities == ("spiffe://demo.umbra/device/carol",)  # only carol re-checked
+    status, reason = _dial(carol, h)
     assert status == 403 and "certificate age" in reason
 
 
@@ -177,3 +198,32 @@ def test_a_service_the_policy_needs_cannot_be_deleted(h: Harness) -> None:
 
     assert admin.put("/v1/policy", json={"text": '{"rules": []}'}).status_code == 200
     assert admin.delete("/v1/services/web").status_code == 204
+
+
+def test_a_flapping_posture_bumps_the_epoch_at_most_once_per_interval(h: Harness) -> None:
+    _, alice, _ = _setup(h)
+    context = h.app.state.umbra
+    context.posture_bumps = BumpLimiter(interval=0.5, burst=2)
+    seen: list[EpochEvent] = []
+
+    async def run() -> None:
+        queue = context.events.subscribe()
+        try:
+            for n in range(30):  # 30 flips in well under the interval
+                body = GUARDED if n % 2 == 0 else UNGUARDED
+                await asyncio.to_thread(alice.post, "/v1/posture", json=body)
+            # Two go out at once (the burst); the other 28 are coalesced into one, due when
+            # the next token is.
+            for _ in range(3):
+                seen.append(await asyncio.wait_for(queue.get(), 10))
+            with contextlib.suppress(TimeoutError):
+                seen.append(await asyncio.wait_for(queue.get(), 1.0))
+        finally:
+            context.events.unsubscribe(queue)
+
+    asyncio.run(run())
+    assert len(seen) == 3
+    assert context.posture_bumps.deferred == 28
+    alice_id = "spiffe://demo.umbra/device/alice"
+    # Each event names the one endpoint whose posture moved: routers re-check only its grants.
+    assert all(event.identities == (alice_id,) for event in seen)

@@ -3,9 +3,13 @@
 Built from an `IdentityFile`: the identity's key and certificate authenticate us, the bundle's
 CA authenticates the controller (with host name checking against the controller URL).
 `ControllerClient.enroll` is the one call made *before* we have an identity: it reads the
-token unverified to learn the controller URL and the CA fingerprint, fetches the bundle
-without verification, pins the CA by that fingerprint, then enrolls over TLS verified against
-the pinned CA. The TLS private key and the Noise private key are generated here and never sent.
+token unverified to learn the controller URL (``https://`` only) and the CA fingerprint,
+fetches the bundle without verification only to find the one CA certificate with that
+fingerprint, then enrolls over TLS that trusts exactly that certificate (nothing else the
+unverified bundle held: an on-path attacker can append its own CA to it). The trust bundle
+kept in the identity file (CA certificates and ticket keys) is the one the controller sent
+over that pinned connection. The TLS private key and the Noise private key are generated
+here and never sent.
 
 Every error the controller reports becomes `ControllerError(code, message, status)`; a
 controller that cannot be reached is ``unreachable`` (status 0).
@@ -24,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from umbranet.aio.controller_models import (
@@ -44,6 +49,7 @@ from umbranet.aio.controller_models import (
     service_access,
     service_info,
 )
+from umbranet.aio.enrollment_tls import certificate_untrusted, pinned_context
 from umbranet.aio.tls import load_identity
 from umbranet.pki import (
     IdentityFile,
@@ -55,6 +61,8 @@ from umbranet.pki import (
     make_csr,
     read_enrollment_token_unverified,
 )
+from umbranet.pki.bundle_update import apply_bundle_updates
+from umbranet.pki.noise_pop import NoiseChallenge, csr_binding, prove_noise_key
 
 __all__ = [
     "ControllerClient",
@@ -146,22 +154,34 @@ class ControllerClient:
         except PkiError as exc:
             raise ControllerError("token_invalid", exc.reason, 0) from exc
         url = claims.controller_url
-        # Step 1: the bundle, unverified; we trust it only if its CA has the pinned fingerprint.
+        if not url.lower().startswith("https://"):
+            raise ControllerError(
+                "insecure_url", f"the enrollment token names a non-HTTPS controller: {url!r}", 0
+            )
+        # Step 1: the bundle, unverified, only to learn the certificate the token pins.
         async with _client(url, False, request_timeout, transport) as insecure:
-            bundle = _bundle(await _request(insecure, "GET", "/v1/bundle"))
-        _check_fingerprint(bundle, claims.ca_fingerprint)
-        # Step 2: enroll over TLS verified against the pinned CA.
+            offered = _bundle(await _request(insecure, "GET", "/v1/bundle"))
+        pinned_ca = offered.ca_with_fingerprint(claims.ca_fingerprint)
+        if pinned_ca is None:
+            raise _ca_mismatch()
+        # Step 2: over TLS that trusts only the pinned CA, prove the Noise key and enroll.
         key = generate_tls_key()
         noise_private, noise_public = generate_noise_keypair()
-        csr_pem = make_csr(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
-        body = {
-            "token": token.strip(),
-            "csr_pem": csr_pem,
-            "noise_public_key": base64.b64encode(noise_public).decode("ascii"),
-        }
-        async with _client(url, _server_context(bundle), request_timeout, transport) as pinned:
+        csr = make_csr(key)
+        context = pinned_context(pinned_ca)
+        async with _client(url, context, request_timeout, transport) as pinned:
+            challenge = await _noise_challenge(pinned)
+            body = {
+                "token": token.strip(),
+                "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+                "noise_public_key": base64.b64encode(noise_public).decode("ascii"),
+                "noise_challenge": challenge.challenge,
+                "noise_proof": _prove(noise_private, challenge, csr),
+            }
             data = await _request(pinned, "POST", "/v1/enroll", json=body)
-        issued_bundle = _bundle(data["bundle"])
+        if not isinstance(data, dict):
+            raise ControllerError("enroll_response_invalid", "the answer is not an object", 0)
+        issued_bundle = _bundle(data.get("bundle"))
         _check_fingerprint(issued_bundle, claims.ca_fingerprint)
         try:
             return IdentityFile(
@@ -181,18 +201,30 @@ class ControllerClient:
     async def renew(self) -> IdentityFile:
         """A fresh certificate for a fresh TLS key (same Noise key); the client switches to it.
 
+        A newer trust bundle that comes with it (signed by a key of ours) is taken too.
+
         The caller saves the returned identity (``identity.save(path)``).
         """
         key = generate_tls_key()
-        csr_pem = make_csr(key).public_bytes(serialization.Encoding.PEM).decode("ascii")
-        data = await self._call("POST", "/v1/renew", json={"csr_pem": csr_pem})
+        csr = make_csr(key)
+        challenge = await _noise_challenge(self._http)
+        body = {
+            "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+            "noise_challenge": challenge.challenge,
+            "noise_proof": _prove(self._identity.noise_private_key, challenge, csr),
+        }
+        data = await self._call("POST", "/v1/renew", json=body)
+        updates = data.get("bundle_updates") if isinstance(data, dict) else None
+        bundle = apply_bundle_updates(
+            updates if isinstance(updates, list) else [], self._identity.bundle
+        )
         try:
             renewed = IdentityFile(
                 name=self._identity.name,
                 spiffe_id=self._identity.spiffe_id,
                 key_pem=key_to_pem(key),
                 cert_pem=str(data["cert_pem"]).encode("ascii"),
-                bundle=self._identity.bundle,
+                bundle=bundle,
                 controller_url=self._identity.controller_url,
                 noise_private_key=self._identity.noise_private_key,
             )
@@ -203,6 +235,22 @@ class ControllerClient:
         self._http = self._make_http(renewed)
         await old.aclose()
         return renewed
+
+    async def refresh_bundle(self) -> IdentityFile | None:
+        """Take a newer trust bundle (after a rotation) if the controller has one that our
+        bundle vouches for; the client switches to it. None if ours is current."""
+        data = await self._call("GET", "/v1/bundle/updates")
+        updates = data.get("updates") if isinstance(data, dict) else None
+        current = self._identity.bundle
+        bundle = apply_bundle_updates(updates if isinstance(updates, list) else [], current)
+        if bundle is current:
+            return None
+        refreshed = self._identity.with_bundle(bundle)
+        old = self._http
+        self._identity = refreshed
+        self._http = self._make_http(refreshed)
+        await old.aclose()
+        return refreshed
 
     async def renew_if_due(self, now: datetime) -> IdentityFile | None:
         """Renew when past half of the certificate's lifetime; None if not due yet."""
@@ -224,8 +272,8 @@ class ControllerClient:
 
     async def ticket(self, service: str, action: str, port: int | None = None) -> TicketGrant:
         """A session ticket to ``dial`` or ``bind`` `service` (dial: on `port`, if given), or
-        ControllerError ``not_authorized`` (message: the policy's reason) /
-        ``unknown_service``."""
+        ControllerError ``not_authorized`` (for a service that does not exist too; the
+        message holds a decision id an administrator can look up, never the reason)."""
         body: dict[str, Any] = {"service": service, "action": action}
         if port is not None:
             body["port"] = port
@@ -364,6 +412,12 @@ class ControllerClient:
         }
         return _json_dict(await self._call("POST", "/v1/policy/explain", json=body))
 
+    async def decision(self, decision_id: str) -> dict[str, Any]:
+        """A refused ticket by the decision id its endpoint was given (admin): who, what,
+        when, and the reason (``rendered``: plain text)."""
+        path = f"/v1/policy/decisions/{_seg(decision_id)}"
+        return _json_dict(await self._call("GET", path))
+
     async def audit(self, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
         """Administrative changes and access refusals, newest first (``action`` filters)."""
         query = httpx.QueryParams({"limit": int(limit), **({"action": action} if action else {})})
@@ -458,6 +512,12 @@ async def _request(http: httpx.AsyncClient, method: str, path: str, *, json: Any
     try:
         response = await http.request(method, path, json=json)
     except httpx.TransportError as exc:
+        if certificate_untrusted(exc):
+            raise ControllerError(
+                "controller_untrusted",
+                f"the server at {http.base_url} is not the controller its CA vouches for: {exc}",
+                0,
+            ) from exc
         raise ControllerError(
             "unreachable", f"cannot reach the controller at {http.base_url}: {exc}", 0
         ) from exc
@@ -493,11 +553,32 @@ def _error(response: httpx.Response) -> ControllerError:
 
 def _check_fingerprint(bundle: TrustBundle, expected: str) -> None:
     if not hmac.compare_digest(bundle.ca_fingerprint(), expected):
-        raise ControllerError(
-            "ca_mismatch",
-            "the controller's CA does not match the fingerprint in the enrollment token",
-            0,
-        )
+        raise _ca_mismatch()
+
+
+async def _noise_challenge(http: httpx.AsyncClient) -> NoiseChallenge:
+    data = await _request(http, "GET", "/v1/noise-challenge")
+    try:
+        return NoiseChallenge(str(data["challenge"]), str(data["public_key"]))
+    except (KeyError, TypeError) as exc:
+        raise ControllerError("bad_response", "the Noise challenge is malformed", 0) from exc
+
+
+def _prove(
+    noise_private: bytes, challenge: NoiseChallenge, csr: x509.CertificateSigningRequest
+) -> str:
+    try:
+        return prove_noise_key(noise_private, challenge, csr_binding(csr))
+    except PkiError as exc:
+        raise ControllerError("bad_response", exc.reason, 0) from exc
+
+
+def _ca_mismatch() -> ControllerError:
+    return ControllerError(
+        "ca_mismatch",
+        "the controller's CA does not match the fingerprint in the enrollment token",
+        0,
+    )
 
 
 def _bundle(data: Any) -> TrustBundle:

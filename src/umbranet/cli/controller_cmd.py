@@ -1,19 +1,23 @@
-"""``umbra controller init|run``: create a controller home, serve the controller from it."""
+"""``umbra controller init|run|rotate``: create a controller home, serve the controller from it,
+rotate its ticket key."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
 
-from umbranet.cli.common import emit, handle_errors, out, state
+from umbranet.cli.common import emit, fail, handle_errors, out, state
 from umbranet.controller.home import (
     DEFAULT_ADDRESS,
     DEFAULT_TRUST_DOMAIN,
+    ControllerConfig,
+    ControllerHome,
     init_home,
     load_home,
 )
+from umbranet.controller.rotation import DEFAULT_OVERLAP, rotate_ca, rotate_ticket_key
 
 __all__ = ["app"]
 
@@ -75,3 +79,44 @@ def run(
         loaded = load_home(cli.home)
         out.print(f"controller for {loaded.config.trust_domain} on {loaded.config.url}")
         server.serve(loaded, posture_interval=posture_interval, log_format=cli.log_format)
+
+
+@app.command("rotate")
+def rotate(
+    ctx: typer.Context,
+    what: Annotated[str, typer.Argument(help="What to rotate: ticket-key or ca.")],
+    overlap_hours: Annotated[
+        float,
+        typer.Option(
+            "--overlap-hours",
+            min=0.0,
+            help="ticket-key: how long the old key stays trusted; ca: how long the new CA is "
+            "announced before it issues. At least one certificate lifetime, so every "
+            "identity renews and picks up the new bundle meanwhile.",
+        ),
+    ] = DEFAULT_OVERLAP.total_seconds() / 3600,
+) -> None:
+    """Rotate the ticket-signing key or the CA with an overlap; a running controller takes
+    it up at restart."""
+    cli = state(ctx)
+    if what not in {"ticket-key", "ca"}:
+        fail(cli, "not_supported", f"cannot rotate {what!r}; choose 'ticket-key' or 'ca'")
+    home = ControllerHome(cli.home)
+    if not home.is_initialised():
+        fail(cli, "not_initialised", f"{home.root} is not a controller home")
+    now, overlap = datetime.now(UTC), timedelta(hours=overlap_hours)
+    try:
+        if what == "ticket-key":
+            new_id = rotate_ticket_key(home.dir, now, overlap)
+            message = f"new ticket key {new_id}; the old one stays trusted for {overlap_hours:g} h"
+        else:
+            trust_domain = ControllerConfig.from_json(home.config_json.read_text()).trust_domain
+            new_id = rotate_ca(home.dir, now, trust_domain, overlap)
+            message = f"new CA {new_id[:16]} announced; it issues in {overlap_hours:g} h"
+    except ValueError as exc:
+        fail(cli, "rotation_in_progress", str(exc))
+    emit(
+        cli,
+        {"rotated": what, "id": new_id, "overlap_hours": overlap_hours},
+        lambda: out.print(f"{message} (restart the controller to take it up)"),
+    )

@@ -125,21 +125,31 @@ def rollback(
 @app.command("explain")
 def explain(
     ctx: typer.Context,
-    identity: Annotated[str, typer.Argument(help="Identity name.")],
-    service: Annotated[str, typer.Argument(help="Service name.")],
+    identity: Annotated[str | None, typer.Argument(help="Identity name.")] = None,
+    service: Annotated[str | None, typer.Argument(help="Service name.")] = None,
     *,
+    decision: Annotated[
+        str | None,
+        typer.Option("--id", help="A refused ticket's decision id, as its endpoint saw it."),
+    ] = None,
     action: Annotated[str, typer.Option("--action", help="dial or bind.")] = "dial",
     port: Annotated[int | None, typer.Option("--port", help="Destination port.")] = None,
     method: Annotated[str | None, typer.Option("--method", help="HTTP method.")] = None,
     path: Annotated[str | None, typer.Option("--path", help="HTTP path.")] = None,
 ) -> None:
-    """Why IDENTITY may or may not reach SERVICE: the verdict and every rule considered."""
+    """Why IDENTITY may or may not reach SERVICE (every rule considered), or, with --id, why
+    a ticket was refused (endpoints are told only the decision id)."""
     cli = state(ctx)
     if (method is None) != (path is None):
         fail(cli, "invalid_arguments", "--method and --path go together")
+    if decision is None and (identity is None or service is None):
+        fail(cli, "invalid_arguments", "give IDENTITY and SERVICE, or --id DECISION")
 
     async def call() -> dict[str, Any]:
         async with admin_client(cli) as client:
+            if decision is not None:
+                return await client.decision(decision)
+            assert identity is not None and service is not None
             return await client.explain(
                 identity, service, action=action, port=port, method=method, path=path
             )

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from umbranet.controller.logfmt import safe
 from umbranet.controller.metrics import Metrics
 from umbranet.policy import (
     CompiledPolicy,
@@ -84,11 +85,11 @@ def decide_access(
         level,
         "access verdict=%s identity=%s service=%s action=%s purpose=%s reason=%s",
         outcome,
-        subject,
-        service.name,
-        action,
+        safe(subject),
+        safe(service.name),
+        safe(action),
         purpose,
-        verdict.reason,
+        safe(verdict.reason),
     )
     return verdict
 

@@ -7,8 +7,15 @@ fetches a fresh one, which the controller grants only if still allowed), and re-
 live circuits and bindings with the controller, closing those no longer allowed. Existing
 grants keep working while the controller is down: nothing changes the epoch then.
 
-The epoch is derived from the clock (0.1 s units) and only ever increases, so a restarted
-controller never goes back in time and tickets from before a restart are merely refreshed.
+The epoch only ever increases, across restarts and clock steps back: it is stored
+(`EpochStore`) and each bump is ``max(stored + 1, clock in 0.1 s units)``, so a controller
+restarted with its clock set back neither reuses an epoch nor makes every ticket stale. An
+event may name the identities it concerns (one endpoint's posture moved): routers then
+re-check only their grants.
+
+`EpochBus` is the interface the API uses; `EventHub` is the single-process implementation
+(in-process fan-out, stored epoch). A PostgreSQL implementation (LISTEN/NOTIFY across
+replicas) slots in behind the same interface.
 """
 
 from __future__ import annotations
@@ -16,43 +23,171 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
+
+import sqlalchemy as sa
+
+from umbranet.controller.logfmt import safe
+from umbranet.controller.store import ControllerState, Database
+
+__all__ = [
+    "EpochBus",
+    "EpochEvent",
+    "BumpLimiter",
+    "EpochStore",
+    "EventHub",
+    "MemoryEpochStore",
+    "SqlEpochStore",
+    "epoch_of",
+]
 
 log = logging.getLogger("umbranet.controller.events")
 
 _QUEUE_LIMIT = 64
+MAX_REVOKED_KEYS = 1024
+"""Revoked certificate keys remembered for `hello` (newest kept)."""
+_EPOCH = "epoch"
 
 
 @dataclass(frozen=True, slots=True)
 class EpochEvent:
-    """Access may have been removed: re-check everything issued before `epoch`."""
+    """Access may have been removed: re-check what was issued before `epoch`.
+
+    `identities` (SPIFFE IDs) limits the re-check to their grants; empty means everything.
+    `revoked_keys` are key fingerprints of certificates revoked now: routers close links
+    made with them.
+    """
 
     epoch: int
     reason: str
+    identities: tuple[str, ...] = ()
+    revoked_keys: tuple[str, ...] = ()
 
 
 def epoch_of(now: datetime) -> int:
     return int(now.timestamp() * 10)
 
 
+class EpochStore(Protocol):
+    """Where the epoch survives restarts; `advance` must be atomic across writers."""
+
+    def advance(self, floor: int, *, step: bool) -> int:
+        """Set the epoch to ``max(stored + (1 if step else 0), floor)`` and return it."""
+        ...
+
+
+class MemoryEpochStore:
+    """The in-memory twin of `SqlEpochStore` (tests, tools): forgets on restart."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def advance(self, floor: int, *, step: bool) -> int:
+        self.value = max(self.value + (1 if step else 0), floor)
+        return self.value
+
+
+class SqlEpochStore:
+    """The epoch in the ``controller_state`` table (one row, ``name = 'epoch'``).
+
+    One conditional UPDATE in its own transaction: the row lock (PostgreSQL) or the write
+    lock (SQLite, BEGIN IMMEDIATE) makes concurrent bumps from several workers or replicas
+    each get a distinct, larger value. Plain SQL (CASE, no upsert dialects) so every
+    backend runs it.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def advance(self, floor: int, *, step: bool) -> int:
+        row = ControllerState
+        increment = 1 if step else 0
+        candidate = row.value + increment
+        for _ in range(3):  # the row may be inserted by another writer between our two steps
+            with self._db.session() as session:
+                result = session.execute(
+                    sa.update(row)
+                    .where(row.name == _EPOCH)
+                    .values(value=sa.case((candidate > floor, candidate), else_=floor))
+                    .execution_options(synchronize_session=False)
+                )
+                if getattr(result, "rowcount", 0) == 1:
+                    value = session.scalar(sa.select(row.value).where(row.name == _EPOCH))
+                    assert value is not None
+                    return int(value)
+            try:
+                with self._db.session() as session:
+                    # No row yet means a stored 0, as in the in-memory twin.
+                    value = max(increment, floor)
+                    session.execute(sa.insert(row).values(name=_EPOCH, value=value))
+                    return value
+            except sa.exc.IntegrityError:
+                continue
+        raise RuntimeError("could not store the epoch")
+
+
+class EpochBus(Protocol):
+    """What the API needs of the epoch: read it, bump it, follow it."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def subscribers(self) -> int: ...
+
+    def bump(
+        self, reason: str, identities: Sequence[str] = (), revoked_keys: Sequence[str] = ()
+    ) -> int: ...
+
+    def revoked_keys(self) -> list[str]: ...
+
+    def subscribe(self) -> asyncio.Queue[EpochEvent]: ...
+
+    def unsubscribe(self, queue: asyncio.Queue[EpochEvent]) -> None: ...
+
+
 class EventHub:
     """Fan-out of epoch events to subscribers on the server's event loop (thread-safe)."""
 
-    def __init__(self, clock: Callable[[], datetime]) -> None:
+    def __init__(self, clock: Callable[[], datetime], store: EpochStore | None = None) -> None:
         self._clock = clock
+        self._store: EpochStore = store if store is not None else MemoryEpochStore()
         self._lock = threading.Lock()
-        self.epoch = epoch_of(clock())
+        # Never below what was stored, nor below the clock: stored at once, so a later
+        # restart with the clock set back starts from here, not from the clock.
+        self._epoch = self._store.advance(epoch_of(clock()), step=False)
         self._subscribers: dict[asyncio.Queue[EpochEvent], asyncio.AbstractEventLoop] = {}
+        # Recently revoked certificate keys, oldest first, re-sent in every `hello` so a
+        # router that missed the event still closes links made with them. In memory: a
+        # restart forgets them (routers still refuse their tickets: the re-check denies them).
+        self._revoked: dict[str, None] = {}
 
-    def bump(self, reason: str) -> int:
-        """Start a new epoch and push it; callable from any thread (routes run in a pool)."""
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def revoked_keys(self) -> list[str]:
         with self._lock:
-            self.epoch = max(self.epoch + 1, epoch_of(self._clock()))
-            event = EpochEvent(self.epoch, reason)
+            return list(self._revoked)
+
+    def bump(
+        self, reason: str, identities: Sequence[str] = (), revoked_keys: Sequence[str] = ()
+    ) -> int:
+        """Start a new epoch, store it and push it; callable from any thread."""
+        with self._lock:
+            self._epoch = self._store.advance(
+                max(self._epoch + 1, epoch_of(self._clock())), step=True
+            )
+            event = EpochEvent(self._epoch, reason, tuple(identities), tuple(revoked_keys))
+            for key in revoked_keys:
+                self._revoked[key] = None
+            while len(self._revoked) > MAX_REVOKED_KEYS:
+                del self._revoked[next(iter(self._revoked))]
             subscribers = list(self._subscribers.items())
-        log.info("epoch %d: %s (%d subscribers)", event.epoch, reason, len(subscribers))
+        log.info("epoch %d: %s (%d subscribers)", event.epoch, safe(reason), len(subscribers))
         for queue, loop in subscribers:
             loop.call_soon_threadsafe(_offer, queue, event)
         return event.epoch
@@ -73,8 +208,60 @@ class EventHub:
         return len(self._subscribers)
 
 
+class BumpLimiter:
+    """Epoch bumps per key (an endpoint's posture): a burst of `burst`, then one per
+    `interval` seconds (a token bucket).
+
+    An endpoint flipping its posture report must not make every router re-check and every
+    ticket go stale many times a second, while a real change or two (a process stops, then
+    starts again) must still take effect at once. Bumps over the limit are not dropped
+    (access may have been lost): they are coalesced into one, due when the next token is.
+    """
+
+    def __init__(self, interval: float = 5.0, burst: int = 3, memory: int = 10_000) -> None:
+        self.interval = interval
+        self.burst = burst
+        self._memory = memory
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self.deferred = 0
+
+    def offer(self, key: str, now: float) -> float | None:
+        """None: bump now. Otherwise the seconds until the deferred bump is due, or 0.0 if
+        one is already pending for `key` (nothing more to schedule)."""
+        with self._lock:
+            tokens = self._refill(key, now)
+            if tokens >= 1 and key not in self._pending:
+                self._buckets[key] = (tokens - 1, now)
+                return None
+            self.deferred += 1
+            if key in self._pending:
+                return 0.0
+            self._pending.add(key)
+            return max(0.0, (1 - tokens) * self.interval)
+
+    def fired(self, key: str, now: float) -> None:
+        """The deferred bump for `key` happened at `now` (it spends a token)."""
+        with self._lock:
+            self._pending.discard(key)
+            self._buckets[key] = (max(0.0, self._refill(key, now) - 1), now)
+
+    def _refill(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        if len(self._buckets) >= self._memory and key not in self._buckets:
+            self._buckets.clear()  # forgetting only ever allows more bumps, never fewer
+        return min(float(self.burst), tokens + max(0.0, now - at) / self.interval)
+
+
 def _offer(queue: asyncio.Queue[EpochEvent], event: EpochEvent) -> None:
-    """A slow subscriber only needs the newest epoch: drop the oldest rather than block."""
+    """A slow subscriber only needs the newest epoch: drop the oldest rather than block.
+
+    The dropped event may have asked for a full re-check, so after an overflow the newest
+    event goes out unscoped (re-check everything): too much work, never too little.
+    """
     if queue.full():
-        queue.get_nowait()
+        dropped = queue.get_nowait()
+        keys = tuple(dict.fromkeys(dropped.revoked_keys + event.revoked_keys))
+        event = EpochEvent(event.epoch, event.reason, (), keys)
     queue.put_nowait(event)

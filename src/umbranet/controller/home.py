@@ -22,12 +22,13 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from umbranet.controller.rotation import advance_ca, load_rotation
 from umbranet.controller.service import Authority
 from umbranet.controller.service.certificates import issue_for_identity
 from umbranet.controller.service.identities import new_identity_row
@@ -221,19 +222,28 @@ def load_home(root: str | os.PathLike[str], *, migrate_schema: bool = True) -> L
             f"{home.root} is not a controller home; run `umbra controller init` first",
         )
     config = ControllerConfig.from_json(home.config_json.read_text())
+    now = datetime.now(UTC)
     try:
+        advance_ca(home.dir, now)
         passphrase = key_passphrase()
         ca = CertificateAuthority.from_pem(
             read_private_key(home.ca_key, passphrase), home.ca_pem.read_bytes()
         )
         signer = Signer.from_pem(read_private_key(home.signer_key, passphrase))
         jwt_authority = _load_jwt_authority(home)
+        rotation = load_rotation(home.dir, now)
     except PkiError as exc:
         raise HomeError("home_invalid", f"cannot load the CA or signer: {exc.reason}") from exc
     except OSError as exc:
         raise HomeError("home_invalid", f"cannot read {exc.filename}: {exc.strerror}") from exc
     authority = Authority(
-        ca=ca, signer=signer, controller_url=config.url, jwt_authority=jwt_authority
+        ca=ca,
+        signer=signer,
+        controller_url=config.url,
+        jwt_authority=jwt_authority,
+        retired_signers=rotation.retired,
+        bundle_version=rotation.bundle_version,
+        extra_cas=rotation.extra_cas,
     )
     db = Database.open(config.db_url, migrate_schema=migrate_schema)
     return LoadedController(home, config, authority, db)

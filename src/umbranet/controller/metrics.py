@@ -55,6 +55,10 @@ class Metrics(_Registry):
             "umbra_renewals_total", "Certificates renewed, by identity kind.", ("kind",)
         )
         self.jwt_svids = self.counter("umbra_jwt_svids_issued_total", "JWT-SVIDs issued.")
+        self.recheck_unscoped = self.counter(
+            "umbra_recheck_unscoped_total",
+            "Re-checked grants answered 'close' without a decision: no current ticket for them.",
+        )
         self.epoch = self.gauge("umbra_epoch", "The current revocation epoch.")
         self.subscribers = self.gauge(
             "umbra_event_subscribers", "Routers and endpoints following the epoch stream."

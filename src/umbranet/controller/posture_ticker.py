@@ -20,6 +20,8 @@ __all__ = ["DEFAULT_INTERVAL", "PostureTicker"]
 log = logging.getLogger("umbranet.controller.posture")
 
 DEFAULT_INTERVAL = 60.0
+MAX_SCOPED = 64
+"""More endpoints than this moving at once: routers re-check everything (one request size)."""
 
 
 class PostureTicker:
@@ -39,9 +41,12 @@ class PostureTicker:
             active = active_policy(store)
             compiled = active.compiled if active is not None else None
             moved = self._watch.changed(store, compiled, context.clock())
+            ids = [i.spiffe_id for n in moved if (i := store.identity_by_name(n)) is not None]
         if moved:
             shown = ", ".join(moved[:5]) + (f" and {len(moved) - 5} more" if len(moved) > 5 else "")
-            context.events.bump(f"posture changed for {shown}")
+            # Routers re-check only these endpoints' grants (all of them if many moved).
+            scope = ids if len(ids) == len(moved) and len(ids) <= MAX_SCOPED else []
+            context.events.bump(f"posture changed for {shown}", scope)
         return moved
 
     def start(self) -> None:

@@ -5,12 +5,25 @@ because enrollment and the bundle are public; a certificate that *is* presented 
 the network CA or the handshake fails. Routes that need an identity read the certificate
 from ``scope["extensions"]["tls"]["client_cert_der"]``, which uvicorn does not provide: the
 `MtlsH11Protocol` below adds it per connection, right after the TLS handshake.
+
+Slow clients cannot pin connections (slowloris): each request must arrive whole, headers and
+body, within `READ_TIMEOUT` of the connection being made (or of the previous response), and
+at most `MAX_ANONYMOUS` connections without a client certificate are open at once
+(enrollment and the bundle are all they can ask for); past that, new anonymous connections
+are closed at once, so certificate holders keep being served. Both refusals are counted
+(``umbra_api_errors_total{code="read_timeout"}``, ``{code="too_many_anonymous"}``). `serve`
+raises the open-file limit to the hard limit, and asyncio pauses accepting for a second when
+descriptors do run out, so the server degrades instead of failing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import logging
+import os
+import resource
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,11 +37,17 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from umbranet.controller.api import create_app
 from umbranet.controller.home import LoadedController, load_home, write_server_certificate
+from umbranet.controller.logfmt import safe
+from umbranet.controller.metrics import Metrics
 from umbranet.controller.posture_ticker import DEFAULT_INTERVAL, PostureTicker
 from umbranet.obs import LogFormat
 
+log = logging.getLogger("umbranet.controller.server")
+
 __all__ = [
     "LOG_CONFIG",
+    "MAX_ANONYMOUS",
+    "READ_TIMEOUT",
     "MtlsH11Protocol",
     "TlsScopeApp",
     "build_server",
@@ -85,8 +104,23 @@ class TlsScopeApp:
         await self.app(scope, receive, send)
 
 
+READ_TIMEOUT = 10.0
+"""Seconds a client has to send one whole request (headers and body)."""
+MAX_ANONYMOUS = 256
+"""Connections without a client certificate open at once."""
+
+
 class MtlsH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus the peer certificate in the scope (see `TlsScopeApp`)."""
+    """uvicorn's h11 protocol, plus the peer certificate in the scope (see `TlsScopeApp`),
+    a whole-request read deadline and a cap on anonymous connections (see the module doc).
+
+    `build_server` makes a subclass with the limits and the counters to use.
+    """
+
+    read_timeout: float = READ_TIMEOUT
+    max_anonymous: int = MAX_ANONYMOUS
+    metrics: Metrics | None = None
+    anonymous = False
 
     def connection_made(  # type: ignore[override]
         self, transport: asyncio.Transport
@@ -97,6 +131,56 @@ class MtlsH11Protocol(H11Protocol):
         if ssl_object is not None:
             der = ssl_object.getpeercert(binary_form=True) or None
         self.app = TlsScopeApp(self.app, der)
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._armed_cycle: object = None
+        self._bytes_since_arm = 0
+        self._served = 0
+        self.anonymous = der is None
+        if self.anonymous:
+            others = sum(1 for c in self.connections if getattr(c, "anonymous", False))
+            if others > self.max_anonymous:  # `others` includes this one
+                self._refuse("too_many_anonymous")
+                return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self._bytes_since_arm += len(data)
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self._served += 1
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+        self._armed_cycle = self.cycle
+        self._bytes_since_arm = 0
+        self._read_timer = self.loop.call_later(self.read_timeout, self._read_deadline)
+
+    def _read_deadline(self) -> None:
+        self._read_timer = None
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._armed_cycle:
+            if not cycle.more_body or cycle.response_started:
+                return  # the request arrived whole (or was answered already)
+        elif self._bytes_since_arm == 0 and self._served > 0:
+            return  # idle between requests: uvicorn's keep-alive timeout ends that
+        self._refuse("read_timeout")
+
+    def _refuse(self, code: str) -> None:
+        if self.metrics is not None:
+            self.metrics.api_errors.labels(code=code).inc()
+        log.info("connection closed code=%s client=%s", code, safe(self.client))
+        self.transport.close()
 
 
 def build_server(
@@ -106,20 +190,31 @@ def build_server(
     host: str | None = None,
     port: int | None = None,
     log_format: LogFormat = "text",
+    read_timeout: float = READ_TIMEOUT,
+    max_anonymous: int = MAX_ANONYMOUS,
 ) -> uvicorn.Server:
     """A uvicorn server for the loaded controller (not started)."""
     kwargs: dict[str, Any] = {}
     if clock is not None:
         kwargs["clock"] = clock
     app = create_app(loaded.db, loaded.authority, **kwargs)
+    protocol = type(
+        "UmbraH11Protocol",
+        (MtlsH11Protocol,),
+        {
+            "read_timeout": read_timeout,
+            "max_anonymous": max_anonymous,
+            "metrics": app.state.umbra.metrics,
+        },
+    )
     config = uvicorn.Config(
         app,
         host=host if host is not None else loaded.config.host,
         port=port if port is not None else loaded.config.port,
-        http=MtlsH11Protocol,
+        http=protocol,
         ssl_keyfile=str(loaded.home.server_key),
         ssl_certfile=str(loaded.home.server_pem),
-        ssl_ca_certs=str(loaded.home.ca_pem),
+        ssl_ca_certs=str(_trust_file(loaded)),
         ssl_cert_reqs=ssl.CERT_OPTIONAL,
         log_config=log_config(log_format),
         access_log=False,
@@ -142,6 +237,7 @@ def serve(
     Postures are re-evaluated every ``posture_interval`` seconds while it serves.
     """
     ticker: PostureTicker | None = None
+    _raise_file_limit()
     try:
         write_server_certificate(loaded.home, loaded.authority, loaded.config, datetime.now(UTC))
         server = build_server(loaded, log_format=log_format)
@@ -154,6 +250,25 @@ def serve(
         if ticker is not None:
             ticker.stop()
         loaded.db.dispose()
+
+
+def _trust_file(loaded: LoadedController) -> Path:
+    """Every CA of the bundle, for verifying client certificates: during a CA rotation,
+    certificates of both the old and the new CA must get through the handshake."""
+    path = loaded.home.dir / "trust.pem"
+    tmp = path.with_name("trust.pem.new")
+    tmp.write_text(loaded.authority.bundle.ca_pem)
+    os.replace(tmp, path)
+    return path
+
+
+def _raise_file_limit() -> None:
+    """Use every file descriptor the hard limit allows: connections are descriptors."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def run(home: str | Path) -> None:

@@ -8,12 +8,15 @@ grants while the controller is down. JSON form, as served at ``GET /v1/bundle``:
      "ticket_keys": {"<kid>": "<base64 of the raw 32-byte Ed25519 key>"}}
 
 Rotation adds a key or CA certificate beside the old one; the first CA certificate is the
-current one (its fingerprint is what enrollment tokens pin).
+current one (its fingerprint is what enrollment tokens pin). A bundle may carry a
+``"version"`` (a positive integer, absent means 0): each rotation publishes a higher one,
+signed (`pki.bundle_update`), and holders accept only newer versions.
 """
 
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from umbranet.pki.errors import PARSE_ERRORS, PkiError
 from umbranet.pki.keys import signing_key_id
 from umbranet.pki.spiffe_id import validate_trust_domain
 
-__all__ = ["TrustBundle"]
+__all__ = ["TrustBundle", "certificate_fingerprint"]
 
 _MAX_BUNDLE_JSON = 1 << 20
 
@@ -43,6 +46,7 @@ class TrustBundle:
     trust_domain: str
     ca_pem: str
     ticket_keys: dict[str, ed25519.Ed25519PublicKey] = field(default_factory=dict)
+    version: int = 0
     ca_certificates: tuple[x509.Certificate, ...] = field(
         init=False, repr=False, compare=False, default=()
     )
@@ -56,6 +60,8 @@ class TrustBundle:
             raise PkiError("bundle_invalid", "ca_pem must be a PEM string")
         certificates = _load_ca_certificates(self.ca_pem)
         object.__setattr__(self, "ca_certificates", certificates)
+        if type(self.version) is not int or not 0 <= self.version < 1 << 53:
+            raise PkiError("bundle_invalid", "version must be a non-negative integer")
         if not isinstance(self.ticket_keys, dict):
             raise PkiError("bundle_invalid", "ticket_keys must be a dict")
         for key_id, key in self.ticket_keys.items():
@@ -70,33 +76,45 @@ class TrustBundle:
         trust_domain: str,
         ca_certificates: Sequence[x509.Certificate],
         ticket_keys: Sequence[ed25519.Ed25519PublicKey] = (),
+        version: int = 0,
     ) -> "TrustBundle":
         """Build a bundle from certificate objects (current CA first) and public keys."""
         pem = "".join(
             cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
             for cert in ca_certificates
         )
-        return cls(trust_domain, pem, {signing_key_id(key): key for key in ticket_keys})
+        keys = {signing_key_id(key): key for key in ticket_keys}
+        return cls(trust_domain, pem, keys, version)
 
     def ca_fingerprint(self) -> str:
         """SHA-256 hex of the current (first) CA certificate's DER: what enrollees pin."""
-        der = self.ca_certificates[0].public_bytes(serialization.Encoding.DER)
-        return hashlib.sha256(der).hexdigest()
+        return certificate_fingerprint(self.ca_certificates[0])
+
+    def ca_with_fingerprint(self, fingerprint: str) -> x509.Certificate | None:
+        """The one CA certificate whose SHA-256 fingerprint is `fingerprint`, if any.
+
+        Enrollment trusts exactly this certificate, never the rest of a bundle that reached
+        it over an unauthenticated connection (an on-path attacker can append its own CA).
+        """
+        for cert in self.ca_certificates:
+            if hmac.compare_digest(certificate_fingerprint(cert), fingerprint.lower()):
+                return cert
+        return None
 
     def with_ticket_key(self, public_key: ed25519.Ed25519PublicKey) -> "TrustBundle":
         """A copy that also trusts ``public_key`` for tickets (key rotation)."""
         keys = dict(self.ticket_keys)
         keys[signing_key_id(public_key)] = public_key
-        return TrustBundle(self.trust_domain, self.ca_pem, keys)
+        return TrustBundle(self.trust_domain, self.ca_pem, keys, self.version)
 
     def without_ticket_key(self, key_id: str) -> "TrustBundle":
         """A copy that no longer trusts the ticket key ``key_id`` (end of a rotation)."""
         keys = {kid: key for kid, key in self.ticket_keys.items() if kid != key_id}
-        return TrustBundle(self.trust_domain, self.ca_pem, keys)
+        return TrustBundle(self.trust_domain, self.ca_pem, keys, self.version)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict (for embedding in API responses and identity files)."""
-        return {
+        out: dict[str, Any] = {
             "trust_domain": self.trust_domain,
             "ca_pem": self.ca_pem,
             "ticket_keys": {
@@ -104,6 +122,9 @@ class TrustBundle:
                 for kid, key in sorted(self.ticket_keys.items())
             },
         }
+        if self.version:
+            out["version"] = self.version
+        return out
 
     @classmethod
     def from_dict(cls, data: object) -> "TrustBundle":
@@ -111,14 +132,19 @@ class TrustBundle:
         if not isinstance(data, dict):
             raise PkiError("bundle_invalid", "trust bundle must be a JSON object")
         expected = {"trust_domain", "ca_pem", "ticket_keys"}
-        if set(data) != expected:
-            raise PkiError("bundle_invalid", f"trust bundle must have exactly {sorted(expected)}")
+        if not expected <= set(data) <= expected | {"version"}:
+            raise PkiError(
+                "bundle_invalid", f"trust bundle must have {sorted(expected)} (and a version)"
+            )
+        version = data.get("version", 0)
+        if type(version) is not int:
+            raise PkiError("bundle_invalid", "version must be an integer")
         trust_domain, ca_pem, raw_keys = data["trust_domain"], data["ca_pem"], data["ticket_keys"]
         if not isinstance(trust_domain, str) or not isinstance(ca_pem, str):
             raise PkiError("bundle_invalid", "trust_domain and ca_pem must be strings")
         if not isinstance(raw_keys, dict):
             raise PkiError("bundle_invalid", "ticket_keys must be an object")
-        return cls(trust_domain, ca_pem, _decode_ticket_keys(raw_keys))
+        return cls(trust_domain, ca_pem, _decode_ticket_keys(raw_keys), version)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -133,6 +159,11 @@ class TrustBundle:
         except (ValueError, RecursionError) as exc:
             raise PkiError("bundle_invalid", "trust bundle is not valid JSON") from exc
         return cls.from_dict(parsed)
+
+
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 hex of a certificate's DER (the form enrollment tokens pin)."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def _load_ca_certificates(ca_pem: str) -> tuple[x509.Certificate, ...]:

@@ -27,6 +27,7 @@ CODES: frozenset[str] = frozenset(
         # issuance
         "csr_invalid",
         "noise_key_invalid",
+        "noise_proof_invalid",
         # enrollment tokens
         "token_malformed",
         "token_forged",

@@ -1,6 +1,7 @@
 """The controller's token signer: one Ed25519 key that signs session tickets and enrollment
 tokens. Its public half travels in the trust bundle (``ticket_keys``) under its key id."""
 
+import hashlib
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -9,6 +10,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from umbranet.pki.bundle import TrustBundle
+from umbranet.pki.bundle_update import BUNDLE_UPDATE_PREFIX
 from umbranet.pki.enrollment import ENROLLMENT_LIFETIME, ENROLLMENT_PREFIX, EnrollmentClaims
 from umbranet.pki.errors import PARSE_ERRORS, PkiError, PkiUsageError, require_utc
 from umbranet.pki.keys import key_to_pem, signing_key_id
@@ -58,6 +61,24 @@ class Signer:
     def public_key(self) -> ed25519.Ed25519PublicKey:
         return self._public_key
 
+    def derive_secret(self, label: bytes) -> bytes:
+        """A 32-byte secret bound to this signing key and `label`, stable across restarts
+        (Ed25519 signatures are deterministic), so derived keys need no storage of their own.
+        Never use the same label for two purposes."""
+        return hashlib.sha256(
+            b"umbra-derive-v1" + self._key.sign(b"umbra-derive:" + label)
+        ).digest()
+
+    def sign_bundle_update(self, bundle: TrustBundle, now: datetime) -> str:
+        """Sign `bundle` (with its version) for holders that trust this key already."""
+        claims = {
+            "ver": bundle.version,
+            "iat": int(require_utc(now).timestamp()),
+            "kid": self._key_id,
+            "bundle": bundle.to_dict(),
+        }
+        return encode_token(BUNDLE_UPDATE_PREFIX, claims, self._key)
+
     def sign_ticket(  # noqa: PLR0917 - positional order is the documented contract
         self,
         spiffe_id: SpiffeId | str,
@@ -69,6 +90,7 @@ class Signer:
         attributes: Sequence[str] = (),
         epoch: int = 0,
         port: int | None = None,
+        key_binding: Sequence[str] = (),
     ) -> tuple[Ticket, str]:
         """Sign a session ticket; returns the ticket and its token string."""
         issued_at, expires_at = _times(now, lifetime)
@@ -83,6 +105,7 @@ class Signer:
             attributes=tuple(attributes),
             epoch=epoch,
             port=port,
+            key_binding=tuple(key_binding),
         )
         _check_signable(Ticket.from_claims, ticket.to_claims())
         return ticket, encode_token(TICKET_PREFIX, ticket.to_claims(), self._key)

@@ -9,14 +9,26 @@ Claims (unix seconds)::
     {"jti": id, "sub": SPIFFE ID, "svc": service, "act": "dial"|"bind",
      "iat": issued, "exp": expires, "kid": signing key id}
 
+Optional: "att" (attributes), "ep" (epoch), "prt" (port), and ``cnf`` (`KEY_BINDING_CLAIM`):
+the holder's certificate keys, a list of 1-2 SHA-256 hex fingerprints of a certificate's
+SubjectPublicKeyInfo (`certificate_key_fingerprint`): its current certificate's key and,
+during a renewal, the previous one's. A ticket bound this way is valid only over a TLS
+connection whose client certificate has one of those keys: a revoked or stolen certificate
+with a fresh ticket of the same identity gets nowhere (routers: ``ticket_wrong_key``;
+hosts check the dialer's certificate against it too).
+
 Clock skew: a ticket issued up to `ISSUED_AT_SKEW` in the future is accepted (the controller's
 clock may run ahead); expiry gets no grace, ``now >= exp`` is expired.
 """
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from umbranet.pki.bundle import TrustBundle
 from umbranet.pki.errors import PkiError, require_utc
@@ -31,10 +43,12 @@ from umbranet.pki.tokens import (
 
 __all__ = [
     "ISSUED_AT_SKEW",
+    "KEY_BINDING_CLAIM",
     "TICKET_LIFETIME",
     "TICKET_PREFIX",
     "Action",
     "Ticket",
+    "certificate_key_fingerprint",
     "verify_ticket",
 ]
 
@@ -43,9 +57,10 @@ TICKET_LIFETIME = timedelta(minutes=10)
 ISSUED_AT_SKEW = timedelta(seconds=30)
 
 _CLAIMS = frozenset({"jti", "sub", "svc", "act", "iat", "exp", "kid"})
-# "cnf": 1-2 SHA-256 hex fingerprints of the SubjectPublicKeyInfo of the certificate key(s)
-# the ticket may be used with; hosts check it in the end-to-end handshake (`proto.e2e`).
-_OPTIONAL = frozenset({"att", "ep", "prt", "cnf"})
+KEY_BINDING_CLAIM = "cnf"
+"""The claim binding a ticket to its holder's certificate key(s); see the module doc."""
+_OPTIONAL = frozenset({"att", "ep", "prt", KEY_BINDING_CLAIM})
+_FINGERPRINT_HEX = 64
 
 
 class Action(StrEnum):
@@ -75,6 +90,13 @@ class Ticket:
     # The service port the dial was decided for (optional claim "prt"): a policy may allow a
     # service only on some ports, and the host learns which one the dialer was granted.
     port: int | None = None
+    # SHA-256 hex of the SubjectPublicKeyInfo of each certificate key the ticket may be used
+    # with (claim "cnf"); empty: not bound (tickets from before binding existed).
+    key_binding: tuple[str, ...] = ()
+
+    def bound_to(self, key_fingerprint: str) -> bool:
+        """May this ticket be presented over a connection with this certificate key?"""
+        return not self.key_binding or key_fingerprint in self.key_binding
 
     def to_claims(self) -> dict[str, Any]:
         claims: dict[str, Any] = {
@@ -92,6 +114,8 @@ class Ticket:
             claims["ep"] = self.epoch
         if self.port is not None:
             claims["prt"] = self.port
+        if self.key_binding:
+            claims[KEY_BINDING_CLAIM] = list(self.key_binding)
         return claims
 
     @classmethod
@@ -104,6 +128,7 @@ class Ticket:
         port = claim_int(claims, "prt") if "prt" in claims else None
         if port is not None and not 0 < port < 65536:
             raise TokenFormatError("claim 'prt' must be a port number (1-65535)")
+        key_binding = _key_binding(claims[KEY_BINDING_CLAIM]) if KEY_BINDING_CLAIM in claims else ()
         require_keys({k: v for k, v in claims.items() if k not in _OPTIONAL}, _CLAIMS)
         subject = claim_str(claims, "sub", 2048)
         try:
@@ -127,19 +152,31 @@ class Ticket:
             attributes=attributes,
             epoch=epoch,
             port=port,
+            key_binding=key_binding,
         )
 
 
-def _key_binding(value: object) -> None:
+def certificate_key_fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 hex of a certificate's SubjectPublicKeyInfo DER: what claim "cnf" lists."""
+    der = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def _key_binding(value: object) -> tuple[str, ...]:
     if (
         not isinstance(value, list)
-        or not 0 < len(value) <= 2
+        or not 1 <= len(value) <= 2
         or not all(
-            isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+            isinstance(v, str)
+            and len(v) == _FINGERPRINT_HEX
+            and all(c in "0123456789abcdef" for c in v)
             for v in value
         )
     ):
-        raise TokenFormatError("claim 'cnf' must list 1-2 key fingerprints")
+        raise TokenFormatError(f"claim {KEY_BINDING_CLAIM!r} must list 1-2 key fingerprints")
+    return tuple(value)
 
 
 def _attributes(value: object) -> tuple[str, ...]:

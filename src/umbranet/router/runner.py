@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from umbranet.aio.controller_client import ControllerClient, ControllerError
 from umbranet.pki import IdentityFile
@@ -86,7 +88,12 @@ async def _keep_registered(router: Router, identity_path: Path, address: str) ->
 
 
 async def follow_controller(router: Router) -> None:
-    """Follow the controller's event stream; apply every new revocation epoch at once."""
+    """Follow the controller's event stream; apply every new revocation epoch at once.
+
+    An ``epoch`` event that names ``identities`` (one endpoint's posture moved) re-checks
+    only their grants; ``hello`` (after every reconnect) re-checks everything, since events
+    may have been missed.
+    """
     backoff = 0.2
     while True:
         try:
@@ -98,12 +105,54 @@ async def follow_controller(router: Router) -> None:
 
                 async for name, data in client.events():
                     backoff = 0.2
-                    if name in ("hello", "epoch") and isinstance(data.get("epoch"), int):
-                        await router.apply_epoch(data["epoch"], recheck)
+                    epoch = data.get("epoch")
+                    version = data.get("bundle_version")
+                    if isinstance(version, int) and version > router.identity.bundle.version:
+                        refreshed = await client.refresh_bundle()
+                        if refreshed is not None:
+                            router.renew(refreshed)
+                            log.info("trust bundle updated to version %d", version)
+                    if name in ("hello", "epoch") and isinstance(epoch, int):
+                        scope = event_identities(data) if name == "epoch" else None
+                        await router.apply_epoch(epoch, recheck, scope, event_revoked_keys(data))
         except (ControllerError, OSError) as exc:
             log.warning("controller event stream: %s; reconnecting in %.1fs", exc, backoff)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, RETRY_SECONDS)
+
+
+MAX_EVENT_IDENTITIES = 64
+
+
+def event_identities(data: Mapping[str, Any]) -> list[str] | None:
+    """The SPIFFE IDs an epoch event is limited to, or None (re-check everything).
+
+    Anything malformed or too long means "everything": re-checking too much costs time,
+    re-checking too little would keep a revoked grant alive.
+    """
+    value = data.get("identities")
+    if (
+        isinstance(value, list)
+        and 0 < len(value) <= MAX_EVENT_IDENTITIES
+        and all(isinstance(v, str) and v.startswith("spiffe://") for v in value)
+    ):
+        return list(value)
+    return None
+
+
+MAX_REVOKED_KEYS = 1024
+
+
+def event_revoked_keys(data: Mapping[str, Any]) -> list[str]:
+    """Certificate key fingerprints the event says were revoked (malformed ones skipped)."""
+    value = data.get("revoked_keys")
+    if not isinstance(value, list):
+        return []
+    return [
+        v
+        for v in value[:MAX_REVOKED_KEYS]
+        if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+    ]
 
 
 def _seconds_to_half_life(identity: IdentityFile) -> float:

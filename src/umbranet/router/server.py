@@ -18,7 +18,7 @@ import contextlib
 import logging
 import resource
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,9 @@ from umbranet.aio.link import Link
 from umbranet.aio.tls import link_server_context, load_identity, peer_svid
 from umbranet.clock import Clock, system_clock
 from umbranet.pki import IdentityFile, PkiError
+from umbranet.router.admission import link_key_fingerprint
 from umbranet.router.quotas import SwitchLimits
+from umbranet.router.recheck import RecheckRound
 from umbranet.router.switch import Switch, SwitchLink
 from umbranet.wire import ErrorCode, Frame
 
@@ -121,27 +123,85 @@ class Router:
         self.identity = identity
         load_identity(self._ssl, identity)
 
-    async def apply_epoch(self, epoch: int, recheck: Recheck) -> int:
+    async def apply_epoch(
+        self,
+        epoch: int,
+        recheck: Recheck,
+        identities: Collection[str] | None = None,
+        revoked_keys: Collection[str] = (),
+    ) -> int:
         """Adopt the controller's revocation epoch and close what is no longer allowed.
 
         Tickets from older epochs are refused from now on; live circuits and bindings are
-        sent to `recheck` (the controller) and those it denies are closed with the reason.
-        Returns how many were closed.
+        re-checked with the controller (`recheck`), deduplicated and in bounded chunks, and
+        those it denies are closed with the reason. Grants it could not answer for (two
+        failed attempts, or `recheck.DEADLINE_SECONDS`) are closed too: a revocation must
+        not be outlived by a failing controller. With `identities` (an event naming whose
+        posture moved), only their grants are re-checked. Links whose client certificate has
+        one of `revoked_keys` are closed then (``cert_revoked``). Returns how many grants
+        were closed.
         """
+
+        def close_revoked_links() -> None:
+            if not revoked_keys:
+                return
+            revoked = frozenset(revoked_keys)
+            for link in list(self._links):
+                ssl_object = link.transport.get_extra_info("ssl_object") if link.transport else None
+                der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+                if der and link_key_fingerprint(der) in revoked:
+                    self.switch.counters[ErrorCode.CERT_REVOKED.code] += 1
+                    log.info("closing link of %s: certificate revoked", link.peer_id)
+                    state = self._links.get(link)
+                    if state is not None:
+                        reason = "this link's certificate was revoked"
+                        state.session.close(ErrorCode.CERT_REVOKED, reason)
+                    self._close(link)
+
         self.switch.epoch = max(self.switch.epoch, epoch)
         if epoch <= self._checked_epoch:
+            close_revoked_links()  # a `hello` repeats recent revocations
             return 0
+        loop = asyncio.get_running_loop()
         grants = self.switch.live_grants(list(self._links.values()))
         self.switch.counters["rechecks"] += 1
-        triples = [(who, service, action) for who, service, action, _ in grants]
-        denied = await recheck(triples) if triples else {}
-        self._checked_epoch = max(self._checked_epoch, epoch)
-        for index, reason in denied.items():
-            self.switch.revoke(grants[index][3], reason)
+        rnd = RecheckRound(epoch, grants, loop.time(), only=identities)
+        while (chunk := rnd.poll_request(loop.time())) is not None:
+            try:
+                denied = await asyncio.wait_for(
+                    recheck(chunk.triples()), max(0.001, rnd.remaining(loop.time()))
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # refused, timed out, unreachable: all count alike
+                log.warning("epoch %d: re-check failed: %s", epoch, exc)
+                rnd.handle_failure(chunk.id, type(exc).__name__)
+                continue
+            rnd.handle_answer(chunk.id, denied)
+        if identities is None:
+            self._checked_epoch = max(self._checked_epoch, epoch)
+        closures = rnd.poll_closures()
+        for closure in closures:
+            self.switch.revoke(closure.handle, closure.reason, closure.code)
         self._flush()
-        if denied:
-            log.info("epoch %d: closed %d grants no longer allowed", epoch, len(denied))
-        return len(denied)
+        # After the re-check, so live streams end with the reason (`revoked`), not with
+        # the loss of their link.
+        close_revoked_links()
+        stats = rnd.statistics()
+        counters = self.switch.counters
+        counters["recheck_rounds"] += 1
+        counters["recheck_requests"] += stats["requests"]
+        counters["recheck_failures"] += stats["failures"]
+        counters[ErrorCode.RECHECK_FAILED.code] += stats["failed_closed"]
+        if closures:
+            log.info(
+                "epoch %d: closed %d grants (%d denied, %d not re-checkable)",
+                epoch,
+                len(closures),
+                stats["denied"],
+                stats["failed_closed"],
+            )
+        return len(closures)
 
     def statistics(self) -> dict[str, Any]:
         """Counters for status pages and tests."""
@@ -173,7 +233,12 @@ class Router:
             link.close(ErrorCode.NOT_AUTHORIZED, f"certificate rejected: {exc.reason}")
             return
         link.peer_id = str(peer.spiffe_id)
-        state = self.switch.add_link(link, link.peer_id, peer.spiffe_id.kind or "", now)
+        ssl_object = link.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        key = link_key_fingerprint(der) if der else None
+        state = self.switch.add_link(
+            link, link.peer_id, peer.spiffe_id.kind or "", now, peer_key=key
+        )
         self._links[link] = state
         self.switch.counters["links_accepted"] += 1
         timer = MachineTimer(self._clock, lambda: self._link_deadline(link))

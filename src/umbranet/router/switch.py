@@ -112,6 +112,7 @@ class SwitchLink:
         "identity",
         "in_flight",
         "outbox",
+        "peer_key",
         "routes",
         "session",
         "ticket_bucket",
@@ -122,6 +123,9 @@ class SwitchLink:
     ) -> None:
         self.handle = handle  # the shell's carrier (an aio Link), kept as an identity only
         self.identity = identity
+        # The fingerprint of the peer certificate's key: tickets bound to another key of the
+        # same identity (say, a revoked certificate's) are refused over this link.
+        self.peer_key: str | None = None
         self.session = session
         self.outbox = session.outbox  # the same list: relayed frames go straight to it
         self.routes: dict[int, Route] = {}
@@ -171,7 +175,9 @@ class Switch:
         self._shed_links: list[SwitchLink] = []
         # Tickets this router admitted: (token, identity, service, action) ->
         # (verdict, bundle it was checked against, when). See `_admit`.
-        self._admitted: dict[tuple[str, str, str, Action], tuple[Admission, object, float]] = {}
+        self._admitted: dict[
+            tuple[str, str, str, Action, str | None], tuple[Admission, object, float]
+        ] = {}
 
     @property
     def pending_handshakes(self) -> int:
@@ -184,7 +190,14 @@ class Switch:
     # -- links --------------------------------------------------------------------------
 
     def add_link(
-        self, handle: Hashable, identity: str, peer_kind: str, now: Instant, opener: bool = False
+        self,
+        handle: Hashable,
+        identity: str,
+        peer_kind: str,
+        now: Instant,
+        *,
+        opener: bool = False,
+        peer_key: str | None = None,
     ) -> SwitchLink:
         """A link whose TLS handshake passed; HELLO comes first. `opener`: this router
         connected (to a neighbouring router), so it speaks first and opens odd ids."""
@@ -197,6 +210,7 @@ class Switch:
             timers=self.limits.timers,
         )
         link = SwitchLink(handle, identity, session, self.limits)
+        link.peer_key = peer_key
         self.links.add(link)
         return link
 
@@ -328,22 +342,17 @@ class Switch:
             grants.append((binding.identity, binding.service, "bind", binding))
         return grants
 
-    def revoke(self, handle: object, reason: str) -> None:
+    def revoke(self, handle: object, reason: str, code: ErrorCode = ErrorCode.REVOKED) -> None:
         """Close a circuit (both ends told why) or drop a binding (its host told why)."""
         if isinstance(handle, Route):
             if handle.link.routes.get(handle.circuit) is handle:
-                self._reset_both(handle, ErrorCode.REVOKED, reason)
+                self._reset_both(handle, code, reason)
         elif isinstance(handle, Binding):
             link = handle.link
             if self.terminators.remove(link, handle.binding_id) is not None:
                 assert isinstance(link, SwitchLink)
-                self.counters[ErrorCode.REVOKED.code] += 1
-                self._send(
-                    link,
-                    FrameType.BIND_ERR,
-                    handle.binding_id,
-                    encode_error(ErrorCode.REVOKED, reason),
-                )
+                self.counters[code.code] += 1
+                self._send(link, FrameType.BIND_ERR, handle.binding_id, encode_error(code, reason))
 
     # -- binding ------------------------------------------------------------------------
 
@@ -569,7 +578,9 @@ class Switch:
         """
         bundle = self._bundle()
         now_ts = now.unix
-        key = (token, subject, service, action)
+        # Over a router link the subject's key is not known here (the first router checked it).
+        peer_key = source.peer_key if subject == source.identity else None
+        key = (token, subject, service, action, peer_key)
         hit = self._admitted.get(key)
         if hit is not None:
             verdict, checked_bundle, checked_at = hit
@@ -592,6 +603,7 @@ class Switch:
             bundle=bundle,
             now=now.wall,
             min_epoch=self.epoch,
+            peer_key=peer_key,
         )
         if verdict.ticket is not None:
             if len(self._admitted) >= 4096:

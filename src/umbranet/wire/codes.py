@@ -25,6 +25,9 @@ class ErrorCode(IntEnum):
     NOT_AUTHORIZED = 14
     REVOKED = 15
     TICKET_STALE = 16  # issued before the latest revocation epoch: fetch a fresh one
+    RECHECK_FAILED = 17  # after an epoch, the grant could not be re-checked: closed, not kept
+    TICKET_WRONG_KEY = 18  # the ticket is bound to another certificate than the link's
+    CERT_REVOKED = 19  # the link's certificate was revoked by the controller
 
     NO_TERMINATOR = 20
     HOST_GONE = 21

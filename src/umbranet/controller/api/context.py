@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from umbranet.controller.events import EventHub
+from umbranet.controller.events import BumpLimiter, EventHub, SqlEpochStore
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service import Authority
 from umbranet.controller.service.tickets import DenyAudit
@@ -34,10 +34,11 @@ class AppContext:
     clock: Clock = system_clock
     metrics: Metrics = field(default_factory=Metrics)
     deny_audit: DenyAudit = field(default_factory=DenyAudit)
+    posture_bumps: BumpLimiter = field(default_factory=BumpLimiter)
     events: EventHub = field(init=False)
 
     def __post_init__(self) -> None:
-        self.events = EventHub(self.clock)
+        self.events = EventHub(self.clock, SqlEpochStore(self.db))
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:

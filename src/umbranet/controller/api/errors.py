@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from umbranet.controller.logfmt import safe
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service import ControllerServiceError
 
@@ -45,11 +46,11 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         metrics.api_errors.labels(code=code).inc()
         log.warning(
             "request refused method=%s path=%s status=%d code=%s reason=%s",
-            request.method,
-            request.url.path,
+            safe(request.method),
+            safe(request.url.path),
             status,
             code,
-            message,
+            safe(message),
         )
         return error_response(status, code, message)
 

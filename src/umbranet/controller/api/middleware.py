@@ -15,14 +15,18 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from umbranet.controller.logfmt import safe
 from umbranet.controller.metrics import Metrics
 
-__all__ = ["MAX_BODY", "GuardMiddleware"]
+__all__ = ["MAX_BODY", "ROUTE_BODY_LIMITS", "GuardMiddleware"]
 
 log = logging.getLogger("umbranet.controller.api")
 
 MAX_BODY = 256 * 1024
 """The largest request body the API reads; its biggest input is a CSR of a few KiB."""
+
+ROUTE_BODY_LIMITS: dict[str, int] = {"/v1/recheck": 1024 * 1024}
+"""Routes whose bodies are larger by design: a router's re-check of up to 1,024 grants."""
 
 
 class _BodyTooLarge(HTTPException):
@@ -34,10 +38,17 @@ class _BodyTooLarge(HTTPException):
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body: int = MAX_BODY,
+        route_limits: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
+        self.route_limits = ROUTE_BODY_LIMITS if route_limits is None else route_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,14 +56,15 @@ class GuardMiddleware:
             return
         started = False
         received = 0
+        limit = self.route_limits.get(scope.get("path", ""), self.max_body)
 
         async def counting_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise _BodyTooLarge(self.max_body)
+                if received > limit:
+                    raise _BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -61,17 +73,19 @@ class GuardMiddleware:
                 started = True
             await send(message)
 
-        if _declared_length(scope) > self.max_body:
-            await self._refuse(scope, send, 413, "body_too_large", self._too_large())
+        if _declared_length(scope) > limit:
+            await self._refuse(scope, send, 413, "body_too_large", _too_large(limit))
             return
         try:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await self._refuse(scope, send, 413, "body_too_large", self._too_large())
+                await self._refuse(scope, send, 413, "body_too_large", _too_large(limit))
         except Exception:
             log.exception(
-                "request failed method=%s path=%s", scope.get("method"), scope.get("path")
+                "request failed method=%s path=%s",
+                safe(scope.get("method", "")),
+                safe(scope.get("path", "")),
             )
             self.metrics.api_errors.labels(code="internal_error").inc()
             if not started:
@@ -79,20 +93,21 @@ class GuardMiddleware:
                     send, 500, "internal_error", "the controller failed to serve this request"
                 )
 
-    def _too_large(self) -> str:
-        return f"the request body is larger than {self.max_body} bytes"
-
     async def _refuse(self, scope: Scope, send: Send, status: int, code: str, msg: str) -> None:
         self.metrics.api_errors.labels(code=code).inc()
         log.warning(
             "request refused method=%s path=%s status=%d code=%s reason=%s",
-            scope.get("method"),
-            scope.get("path"),
+            safe(scope.get("method", "")),
+            safe(scope.get("path", "")),
             status,
             code,
-            msg,
+            safe(msg),
         )
         await _send_json(send, status, code, msg)
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is larger than {limit} bytes"
 
 
 def _declared_length(scope: Scope) -> int:

@@ -72,6 +72,8 @@ class EnrollIn(_In):
     token: str = Field(max_length=4096)
     csr_pem: str = Field(max_length=16384)
     noise_public_key: str = Field(max_length=128, description="base64 of the raw X25519 key")
+    noise_challenge: str = Field(max_length=64, description="from GET /v1/noise-challenge")
+    noise_proof: str = Field(max_length=64, description="proof of the Noise private key")
 
 
 class EnrollOut(BaseModel):
@@ -83,10 +85,25 @@ class EnrollOut(BaseModel):
 
 class RenewIn(_In):
     csr_pem: str = Field(max_length=16384)
+    noise_challenge: str = Field(max_length=64, description="from GET /v1/noise-challenge")
+    noise_proof: str = Field(max_length=64, description="proof of the Noise private key")
+
+
+class NoiseChallengeOut(BaseModel):
+    challenge: str
+    public_key: str
 
 
 class RenewOut(BaseModel):
     cert_pem: str
+    bundle_updates: list[str] = Field(
+        default_factory=list, description="the current bundle, signed by each ticket key held"
+    )
+
+
+class BundleUpdatesOut(BaseModel):
+    version: int
+    updates: list[str]
 
 
 class ServiceActionsOut(BaseModel):

@@ -86,10 +86,10 @@ def revoke_certificates(name: str, ctx: Ctx, caller: AdminCaller) -> EnrollmentT
     answer is a fresh enrollment token for the identity's new key."""
     now = ctx.clock()
     with ctx.transaction() as store:
-        token = identities.revoke_certificates(
+        token, keys = identities.revoke_certificates(
             store, ctx.authority, name, actor=caller.spiffe_id, now=now
         )
-    ctx.events.bump(f"certificates of {name} revoked")
+    ctx.events.bump(f"certificates of {name} revoked", revoked_keys=keys)
     return EnrollmentTokenOut(enrollment_token=token)
 
 
@@ -97,9 +97,11 @@ def revoke_certificates(name: str, ctx: Ctx, caller: AdminCaller) -> EnrollmentT
 def new_enrollment(name: str, ctx: Ctx, caller: AdminCaller) -> EnrollmentTokenOut:
     now = ctx.clock()
     with ctx.transaction() as store:
-        token = identities.new_enrollment(
+        token, revoked = identities.new_enrollment(
             store, ctx.authority, name, actor=caller.spiffe_id, now=now
         )
+    if revoked is not None:
+        ctx.events.bump(f"certificates of {name} revoked", revoked_keys=revoked)
     return EnrollmentTokenOut(enrollment_token=token)
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 from cryptography import x509
 from fastapi import APIRouter, Request
 
+from umbranet.controller.api.context import AppContext
 from umbranet.controller.api.convert import cert_pem, router_out
 from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller, peer_certificate_der
 from umbranet.controller.api.models import (
+    BundleUpdatesOut,
     ErrorBody,
     Intercept,
     MeOut,
@@ -24,7 +28,15 @@ from umbranet.controller.api.models import (
     TicketOut,
     ViewOut,
 )
-from umbranet.controller.service import Forbidden, enrollment, posture, routers, tickets, views
+from umbranet.controller.service import (
+    Forbidden,
+    NotFound,
+    enrollment,
+    posture,
+    routers,
+    tickets,
+    views,
+)
 from umbranet.controller.service.policy import active_policy
 from umbranet.controller.store import Identity, Store
 
@@ -45,14 +57,32 @@ def _identity(store: Store, caller_id: int) -> Identity:
 
 @router.post("/renew", response_model=RenewOut, responses={400: {"model": ErrorBody}})
 def post_renew(body: RenewIn, ctx: Ctx, caller: ClientCaller) -> RenewOut:
-    """A fresh certificate for the caller (same Noise key); the old one stays valid."""
+    """A fresh certificate for the caller (same Noise key); the old one stays valid. The
+    answer carries the current trust bundle as signed updates, so rotations reach every
+    identity at its renewal."""
     now = ctx.clock()
     with ctx.transaction() as store:
         cert = enrollment.renew(
-            store, ctx.authority, _identity(store, caller.id), csr_pem=body.csr_pem, now=now
+            store,
+            ctx.authority,
+            _identity(store, caller.id),
+            csr_pem=body.csr_pem,
+            noise_challenge=body.noise_challenge,
+            noise_proof=body.noise_proof,
+            now=now,
         )
     ctx.metrics.renewals.labels(kind=caller.kind).inc()
-    return RenewOut(cert_pem=cert_pem(cert))
+    return RenewOut(cert_pem=cert_pem(cert), bundle_updates=ctx.authority.bundle_updates(now))
+
+
+@router.get("/bundle/updates", response_model=BundleUpdatesOut)
+def get_bundle_updates(ctx: Ctx, caller: ClientCaller) -> BundleUpdatesOut:
+    """The current trust bundle, signed by every ticket key the controller holds, for
+    holders of an older bundle (after a rotation; see `controller.rotation`)."""
+    authority = ctx.authority
+    return BundleUpdatesOut(
+        version=authority.bundle.version, updates=authority.bundle_updates(ctx.clock())
+    )
 
 
 @router.get("/me", response_model=MeOut, response_model_exclude_none=True)
@@ -102,9 +132,15 @@ def _service_actions(store: Store, name: str, actions: list[str]) -> ServiceActi
     return out
 
 
-@router.post("/tickets", response_model=TicketOut, responses={404: {"model": ErrorBody}})
+@router.post("/tickets", response_model=TicketOut)
 def post_ticket(body: TicketIn, ctx: Ctx, caller: ClientCaller) -> TicketOut:
-    """Ask to dial or bind a service: a signed ticket, or 403 ``not_authorized`` and why."""
+    """Ask to dial or bind a service: a signed ticket, or 403 ``not_authorized``.
+
+    A refusal says nothing but a decision id: not which rule or attribute failed, and not
+    whether the service exists (a name the caller may not see and a name nobody uses are
+    refused alike). The reason is in the audit log under that id, for `umbra policy explain
+    --id`.
+    """
     now = ctx.clock()
     try:
         with ctx.transaction() as store:
@@ -119,18 +155,18 @@ def post_ticket(body: TicketIn, ctx: Ctx, caller: ClientCaller) -> TicketOut:
                 metrics=ctx.metrics,
                 epoch=ctx.events.epoch,
             )
-    except Forbidden as exc:
-        if exc.code == "not_authorized":
-            with ctx.transaction() as store:
-                ctx.deny_audit.record(
-                    store,
-                    caller.spiffe_id,
-                    body.service,
-                    body.action,
-                    exc.message,
-                    now=now,
-                )
-        raise
+    except (Forbidden, NotFound) as exc:
+        if exc.code not in {"not_authorized", "unknown_service"}:
+            raise
+        with ctx.transaction() as store:
+            decision = ctx.deny_audit.record(
+                store, caller.spiffe_id, body.service, body.action, exc.message, now=now
+            )
+        raise Forbidden(
+            "not_authorized",
+            f"not authorized to {body.action} this service (decision {decision}; an "
+            "administrator can look it up)",
+        ) from None
     ctx.metrics.tickets.labels(action=body.action).inc()
     return TicketOut(
         ticket=grant.ticket,
@@ -168,8 +204,26 @@ def post_posture(body: PostureIn, request: Request, ctx: Ctx, caller: ClientCall
             compiled, before, posture.report_of(identity), now
         )
     if moved:
-        ctx.events.bump(f"posture of {caller.name} changed")
+        _posture_bump(ctx, caller.name, caller.spiffe_id)
     return PostureOut(changed=changed, rechecked=moved, epoch=ctx.events.epoch)
+
+
+def _posture_bump(ctx: AppContext, name: str, spiffe_id: str) -> None:
+    """Bump the epoch for this endpoint's grants only, at most once per limiter interval;
+    a bump inside the interval is deferred to its end (coalesced), never dropped."""
+    reason = f"posture of {name} changed"
+    delay = ctx.posture_bumps.offer(spiffe_id, ctx.clock().timestamp())
+    if delay is None:
+        ctx.events.bump(reason, [spiffe_id])
+    elif delay > 0:
+
+        def deferred() -> None:
+            ctx.posture_bumps.fired(spiffe_id, ctx.clock().timestamp())
+            ctx.events.bump(reason, [spiffe_id])
+
+        timer = threading.Timer(delay, deferred)
+        timer.daemon = True
+        timer.start()
 
 
 @router.get("/routers", response_model=list[RouterOut])

@@ -32,7 +32,7 @@ class GrantIn(BaseModel):
 
 
 class RecheckIn(BaseModel):
-    grants: list[GrantIn] = Field(max_length=100_000)
+    grants: list[GrantIn] = Field(max_length=recheck.MAX_GRANTS_PER_REQUEST)
 
 
 class DeniedOut(BaseModel):
@@ -57,7 +57,11 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
 
     async def stream() -> AsyncIterator[bytes]:
         try:
-            yield _sse("hello", {"epoch": ctx.events.epoch, "identity": caller.spiffe_id})
+            hello: dict[str, object] = {"epoch": ctx.events.epoch, "identity": caller.spiffe_id}
+            hello["bundle_version"] = ctx.authority.bundle.version
+            if trusted:
+                hello["revoked_keys"] = ctx.events.revoked_keys()
+            yield _sse("hello", hello)
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
@@ -67,6 +71,10 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
                 data: dict[str, object] = {"epoch": event.epoch}
                 if trusted:
                     data["reason"] = event.reason
+                    if event.identities:
+                        data["identities"] = list(event.identities)
+                    if event.revoked_keys:
+                        data["revoked_keys"] = list(event.revoked_keys)
                 yield _sse("epoch", data)
         finally:
             ctx.events.unsubscribe(queue)
@@ -78,11 +86,20 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
 
 @router.post("/recheck", response_model=RecheckOut)
 def post_recheck(body: RecheckIn, ctx: Ctx, caller: RouterCaller) -> RecheckOut:
-    """Which of a router's live grants policy no longer allows, and why."""
+    """Which of a router's live grants policy no longer allows, and why.
+
+    At most `recheck.MAX_GRANTS_PER_REQUEST` grants per request (routers send chunks);
+    grants without a current ticket are answered "close" without a policy decision.
+    """
     grants = [recheck.Grant(g.identity, g.service, g.action) for g in body.grants]
     with ctx.transaction() as store:
         result = recheck.denied(
-            store, grants, now=ctx.clock(), audit=ctx.deny_audit, metrics=ctx.metrics
+            store,
+            grants,
+            now=ctx.clock(),
+            audit=ctx.deny_audit,
+            metrics=ctx.metrics,
+            router=caller.spiffe_id,
         )
     return RecheckOut(
         epoch=ctx.events.epoch,

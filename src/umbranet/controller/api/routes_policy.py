@@ -87,6 +87,7 @@ class AuditOut(BaseModel):
     action: str
     target: str
     detail: dict[str, Any]
+    decision_id: str | None = None
 
 
 def _out(info: PolicyInfo) -> PolicyOut:
@@ -169,6 +170,28 @@ def explain(body: ExplainIn, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]:
         )
 
 
+@router.get("/policy/decisions/{decision_id}")
+def decision(decision_id: str, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]:
+    """A refused ticket, by the decision id the endpoint was given: who asked for what, when,
+    and the reason it was not told."""
+    with ctx.transaction() as store:
+        row = store.decision(decision_id[:32])
+        if row is None:
+            raise NotFound("unknown_decision", f"no refusal is recorded as {decision_id!r}")
+        detail = dict(row.detail)
+        reason = str(detail.get("reason", ""))
+        return {
+            "decision": row.decision_id,
+            "at": row.at.isoformat(),
+            "identity": detail.get("identity", row.actor),
+            "service": row.target,
+            "action": detail.get("action"),
+            "kind": row.action,
+            "reason": reason,
+            "rendered": f"{row.actor} {detail.get('action')} {row.target}: refused, {reason}",
+        }
+
+
 @router.get("/audit", response_model=list[AuditOut])
 def audit(
     ctx: Ctx,
@@ -181,7 +204,13 @@ def audit(
     with ctx.transaction() as store:
         return [
             AuditOut(
-                id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target, detail=e.detail
+                id=e.id,
+                at=e.at,
+                actor=e.actor,
+                action=e.action,
+                target=e.target,
+                detail=e.detail,
+                decision_id=e.decision_id,
             )
             for e in store.audit_events(limit, action)
         ]

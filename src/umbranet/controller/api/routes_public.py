@@ -6,8 +6,15 @@ from fastapi import APIRouter
 
 from umbranet.controller.api.convert import bundle_out, cert_pem
 from umbranet.controller.api.deps import Ctx
-from umbranet.controller.api.models import BundleOut, EnrollIn, EnrollOut, ErrorBody
+from umbranet.controller.api.models import (
+    BundleOut,
+    EnrollIn,
+    EnrollOut,
+    ErrorBody,
+    NoiseChallengeOut,
+)
 from umbranet.controller.service import enrollment
+from umbranet.pki.noise_pop import issue_challenge
 
 __all__ = ["router"]
 
@@ -18,6 +25,14 @@ router = APIRouter(prefix="/v1", tags=["public"])
 def get_bundle(ctx: Ctx) -> BundleOut:
     """The trust bundle: CA certificates and ticket-signing keys."""
     return bundle_out(ctx.authority.bundle)
+
+
+@router.get("/noise-challenge", response_model=NoiseChallengeOut)
+def get_noise_challenge(ctx: Ctx) -> NoiseChallengeOut:
+    """A challenge for proving possession of a Noise key at enrollment and renewal (valid
+    for 5 minutes; the controller keeps no state for it)."""
+    challenge = issue_challenge(ctx.authority.noise_pop_secret, ctx.clock())
+    return NoiseChallengeOut(challenge=challenge.challenge, public_key=challenge.public_key)
 
 
 @router.post(
@@ -40,6 +55,8 @@ def post_enroll(body: EnrollIn, ctx: Ctx) -> EnrollOut:
             token=body.token,
             csr_pem=body.csr_pem,
             noise_public_key=body.noise_public_key,
+            noise_challenge=body.noise_challenge,
+            noise_proof=body.noise_proof,
             now=now,
         )
         result = EnrollOut(

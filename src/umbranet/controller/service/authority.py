@@ -7,7 +7,9 @@ pure: they take a store, an `Authority` and `now`, and return rows, certificates
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from cryptography import x509
 
 from umbranet.pki import CertificateAuthority, Signer, TrustBundle
 from umbranet.pki.jwt_svid import JWT_SVID_LIFETIME, JwtAuthority
@@ -43,13 +45,35 @@ class Authority:
     jwt_authority: JwtAuthority = field(default_factory=JwtAuthority.generate)
     """Signs JWT-SVIDs (ES256); a fresh one if the caller has none to load (tests)."""
     jwt_svid_lifetime: timedelta = JWT_SVID_LIFETIME
+    retired_signers: tuple[Signer, ...] = ()
+    """Ticket keys being rotated out: still trusted (in the bundle) until their overlap
+    ends, and still used to sign bundle updates for holders that trust only them."""
+    bundle_version: int = 0
+    extra_cas: tuple[x509.Certificate, ...] = ()
+    """CA certificates trusted besides `ca` (a CA rotation's next or previous one)."""
     bundle: TrustBundle = field(init=False)
+    noise_pop_secret: bytes = field(init=False, repr=False)
+    """Derives the keys of Noise proof-of-possession challenges (`pki.noise_pop`)."""
 
     def __post_init__(self) -> None:
         bundle = TrustBundle.from_certificates(
-            self.ca.trust_domain, [self.ca.certificate], [self.signer.public_key]
+            self.ca.trust_domain,
+            [self.ca.certificate, *self.extra_cas],
+            [self.signer.public_key, *(s.public_key for s in self.retired_signers)],
+            self.bundle_version,
         )
         object.__setattr__(self, "bundle", bundle)
+        object.__setattr__(self, "noise_pop_secret", self.signer.derive_secret(b"noise-pop"))
+
+    def bundle_updates(self, now: datetime) -> list[str]:
+        """The current bundle signed by every ticket key we hold (`pki.bundle_update`), so
+        a holder of any earlier bundle still in overlap can take it; empty before the first
+        rotation."""
+        if not self.bundle_version:
+            return []
+        return [
+            s.sign_bundle_update(self.bundle, now) for s in (self.signer, *self.retired_signers)
+        ]
 
     @property
     def trust_domain(self) -> str:

@@ -18,8 +18,10 @@ from umbranet.controller.service.authority import Authority
 from umbranet.controller.service.errors import BadRequest
 from umbranet.controller.store import Identity
 from umbranet.pki import PkiError, load_csr
+from umbranet.pki.tickets import certificate_key_fingerprint
 
 __all__ = [
+    "certificate_keys",
     "decode_noise_key",
     "issue_for_identity",
     "parse_csr",
@@ -79,6 +81,13 @@ def issue_for_identity(
         raise BadRequest(code, exc.reason) from exc
     identity.previous_cert_serial = identity.cert_serial if keep_previous else None
     identity.cert_serial = serial_text(cert.serial_number)
+    identity.previous_cert_key_fp = identity.cert_key_fp if keep_previous else None
+    identity.cert_key_fp = certificate_key_fingerprint(cert)
     identity.cert_not_after = cert.not_valid_after_utc
     identity.noise_public_key = base64.b64encode(noise_public_key).decode("ascii")
     return cert
+
+
+def certificate_keys(identity: Identity) -> list[str]:
+    """Fingerprints of the identity's valid certificate keys (current first)."""
+    return [fp for fp in (identity.cert_key_fp, identity.previous_cert_key_fp) if fp]

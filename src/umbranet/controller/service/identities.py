@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from umbranet.controller.service.authority import Authority
+from umbranet.controller.service.certificates import certificate_keys
 from umbranet.controller.service.errors import Conflict, NotFound
 from umbranet.controller.service.tokens import mint_enrollment_token
 from umbranet.controller.service.validation import check_attributes, check_kind, check_name
@@ -114,31 +115,50 @@ def enable_identity(store: Store, name: str, *, actor: str, now: datetime) -> Id
 
 def revoke_certificates(
     store: Store, authority: Authority, name: str, *, actor: str, now: datetime
-) -> str:
+) -> tuple[str, list[str]]:
     """Revoke every certificate the identity holds (a stolen key, a lost device).
 
     Its certificates stop working at the controller at once (``cert_revoked``); the caller
     bumps the epoch so every outstanding ticket goes stale and routers close the identity's
     live circuits and bindings. The identity stays enabled: it enrolls again with the
-    returned one-time token, on a new key.
+    returned one-time token, on a new key; every earlier unused token is retired. Returns the
+    token and the revoked certificates' key fingerprints (pushed to routers, which close
+    links made with them).
     """
     identity = get_identity(store, name)
-    before = [s for s in (identity.cert_serial, identity.previous_cert_serial) if s]
-    identity.cert_serial = None
-    identity.previous_cert_serial = None
+    keys = certificate_keys(identity)
+    before = _drop_certificates(identity)
     token = mint_enrollment_token(store, authority, identity, now)
     store.audit(now, actor, "identity.revoke", name, {"serials": before})
-    return token
+    return token, keys
 
 
 def new_enrollment(
     store: Store, authority: Authority, name: str, *, actor: str, now: datetime
-) -> str:
-    """A fresh enrollment token for an existing identity (a new device, a lost key)."""
+) -> tuple[str, list[str] | None]:
+    """A fresh enrollment token for an existing identity (a new device, a lost key).
+
+    An identity has one key at a time, so a new token means the old key is gone or about to
+    be replaced: its certificates are revoked now rather than left valid for the key that
+    may be in someone else's hands. Returns the token and the revoked certificates' key
+    fingerprints, None if there were no certificates (otherwise the caller bumps the epoch,
+    as for `revoke_certificates`).
+    """
     identity = get_identity(store, name)
+    keys = certificate_keys(identity)
+    before = _drop_certificates(identity)
     token = mint_enrollment_token(store, authority, identity, now)
-    store.audit(now, actor, "identity.enrollment", name, {})
-    return token
+    store.audit(now, actor, "identity.enrollment", name, {"revoked_serials": before})
+    return token, keys if before else None
+
+
+def _drop_certificates(identity: Identity) -> list[str]:
+    before = [s for s in (identity.cert_serial, identity.previous_cert_serial) if s]
+    identity.cert_serial = None
+    identity.previous_cert_serial = None
+    identity.cert_key_fp = None
+    identity.previous_cert_key_fp = None
+    return before
 
 
 def _enabled_change(before: bool, after: bool) -> dict[str, Any]:

@@ -13,6 +13,7 @@ new bind ticket, that is after every epoch bump.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from typing import Any
 from umbranet.controller.authz import decide_access, service_ref
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service.authority import Authority
+from umbranet.controller.service.certificates import certificate_keys
 from umbranet.controller.service.errors import BadRequest, Forbidden, NotFound
 from umbranet.controller.service.policy import active_policy
 from umbranet.controller.service.posture import report_of
@@ -34,12 +36,16 @@ __all__ = ["DenyAudit", "Grant", "ServiceActions", "issue_ticket", "services_for
 
 class DenyAudit:
     """Writes refusals to the audit log: at most one row per `interval` seconds for the same
-    refusal (one instance per controller), so a client retrying in a loop cannot flood it."""
+    refusal (one instance per controller), so a client retrying in a loop cannot flood it.
+
+    Each row gets a decision id, which is all a refused endpoint is told; the same refusal
+    (same reason too) inside the interval is given the id of the row already written for it.
+    """
 
     def __init__(self, interval: float = 10.0, memory: int = 10_000) -> None:
         self.interval = interval
         self._memory = memory
-        self._last: dict[tuple[str, ...], float] = {}
+        self._last: dict[tuple[str, ...], tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     def record(
@@ -52,21 +58,34 @@ class DenyAudit:
         *,
         now: datetime,
         kind: str = "access.deny",
-    ) -> None:
-        """Audit ``subject`` refused ``action`` on ``service`` (``kind``: deny or revoked)."""
-        if self._admit((kind, subject, service, action), now):
-            store.audit(now, subject, kind, service, {"action": action, "reason": reason})
+        actor: str | None = None,
+    ) -> str:
+        """Audit ``subject`` refused ``action`` on ``service`` (``kind``: deny or revoked);
+        returns the decision id.
 
-    def _admit(self, key: tuple[str, ...], now: datetime) -> bool:
+        The row's actor is whoever caused it: the subject asking for a ticket, or the router
+        (`actor`) whose re-check found a live grant no longer allowed; the subject is then
+        in the detail. A router must never write rows in someone else's name.
+        """
+        decision_id, fresh = self._admit((kind, subject, service, action, reason), now)
+        if fresh:
+            detail = {"action": action, "reason": reason}
+            if actor is not None and actor != subject:
+                detail["identity"] = subject
+            store.audit(now, actor or subject, kind, service, detail, decision_id=decision_id)
+        return decision_id
+
+    def _admit(self, key: tuple[str, ...], now: datetime) -> tuple[str, bool]:
         stamp = now.timestamp()
         with self._lock:
             last = self._last.get(key)
-            if last is not None and 0 <= stamp - last < self.interval:
-                return False
+            if last is not None and 0 <= stamp - last[0] < self.interval:
+                return last[1], False
             if len(self._last) >= self._memory:
                 self._last.clear()
-            self._last[key] = stamp
-            return True
+            decision_id = secrets.token_hex(8)
+            self._last[key] = (stamp, decision_id)
+            return decision_id, True
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +157,10 @@ def issue_ticket(
         attributes=identity.attributes if action == "dial" else (),
         epoch=epoch,
         port=port,
+        key_binding=certificate_keys(identity),
     )
     expires_at = datetime.fromtimestamp(ticket.expires_at, UTC)
+    store.note_issued(identity.id, row.name, action, expires_at)
     http_rules = None
     if action == "bind" and policy is not None and policy.compiled is not None:
         http_rules = policy.compiled.http_fragment(service_ref(row)).to_json()

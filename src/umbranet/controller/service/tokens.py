@@ -2,7 +2,9 @@
 
 The signature and expiry are the PKI's business; single use is the store's: each token's
 ``jti`` has a row in ``enrollments`` whose ``used_at`` is set, atomically, by the enrollment
-that consumes it.
+that consumes it. A token is also *retired* (``retired_at``) as soon as the identity gets a
+newer one, enrolls, or has its certificates revoked: a token leaked before any of those must
+not enroll afterwards and lock the owner out.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ __all__ = ["check_enrollment_token", "mint_enrollment_token"]
 def mint_enrollment_token(
     store: Store, authority: Authority, identity: Identity, now: datetime
 ) -> str:
-    """Sign a token for `identity` and record its id so it can be used exactly once."""
+    """Sign a token for `identity` and record its id so it can be used exactly once.
+
+    Every earlier unused token of the identity is retired: only the newest one enrolls.
+    """
     claims, token = authority.signer.sign_enrollment_token(
         identity.spiffe_id,
         authority.controller_url,
@@ -28,6 +33,7 @@ def mint_enrollment_token(
         now,
         authority.enrollment_lifetime,
     )
+    store.retire_enrollments(identity.id, now)
     store.add(
         Enrollment(
             token_id=claims.token_id,
@@ -44,8 +50,8 @@ def check_enrollment_token(
 ) -> tuple[EnrollmentClaims, Enrollment]:
     """Verify signature and expiry and find the unused enrollment row; do not consume it.
 
-    Raises `Unauthenticated` (``token_invalid``, ``token_expired``) or `Conflict`
-    (``token_used``).
+    Raises `Unauthenticated` (``token_invalid``, ``token_expired``, ``token_retired``) or
+    `Conflict` (``token_used``).
     """
     try:
         claims = verify_enrollment_token(token, authority.bundle.ticket_keys, now)
@@ -58,6 +64,12 @@ def check_enrollment_token(
         raise Unauthenticated("token_invalid", "the controller has no record of this token")
     if enrollment.used_at is not None:
         raise Conflict("token_used", "this enrollment token has already been used")
+    if enrollment.retired_at is not None:
+        raise Unauthenticated(
+            "token_retired",
+            "this enrollment token was superseded by a newer token, an enrollment or a "
+            "revocation; ask the administrator for a new one",
+        )
     if now >= enrollment.expires_at:
         raise Unauthenticated("token_expired", "the enrollment token has expired")
     return claims, enrollment

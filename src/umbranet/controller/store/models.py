@@ -18,8 +18,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "AuditEvent",
     "Base",
+    "ControllerState",
     "Enrollment",
     "Identity",
+    "IssuedGrant",
     "PolicyVersion",
     "Router",
     "Service",
@@ -67,6 +69,9 @@ class Identity(Base):
     cert_serial: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     previous_cert_serial: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     cert_not_after: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+    # SHA-256 of each certificate's public key: tickets are bound to these (claim "cnf").
+    cert_key_fp: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    previous_cert_key_fp: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # The endpoint's newest posture report (see controller.service.posture) and its time.
     posture: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)
@@ -88,9 +93,37 @@ class Enrollment(Base):
     )
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+    # Set when a newer token, an enrollment or a revocation superseded it unused.
+    retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     identity: Mapped[Identity] = relationship(back_populates="enrollments")
+
+
+class IssuedGrant(Base):
+    """The latest ticket expiry for one (identity, service, action): what re-checks answer."""
+
+    __tablename__ = "issued_grants"
+    __table_args__ = (
+        sa.UniqueConstraint("identity_id", "service", "action", name="uq_issued_grant"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    identity_id: Mapped[int] = mapped_column(
+        sa.Integer, sa.ForeignKey("identities.id", ondelete="CASCADE")
+    )
+    service: Mapped[str] = mapped_column(sa.String(63))
+    action: Mapped[str] = mapped_column(sa.String(8))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ControllerState(Base):
+    """A named counter that must survive restarts (``epoch``)."""
+
+    __tablename__ = "controller_state"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(sa.BigInteger)
 
 
 class Service(Base):
@@ -134,6 +167,8 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(sa.String(64))
     target: Mapped[str] = mapped_column(sa.String(255))
     detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    # For a refused ticket: the id the endpoint was given instead of the reason.
+    decision_id: Mapped[str | None] = mapped_column(sa.String(32), default=None, index=True)
 
 
 class PolicyVersion(Base):

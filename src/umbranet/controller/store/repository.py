@@ -8,7 +8,7 @@ hands new rows back. Integrity races (two admins creating the same name at once)
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,10 +16,12 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from umbranet.controller.logfmt import safe
 from umbranet.controller.store.models import (
     AuditEvent,
     Enrollment,
     Identity,
+    IssuedGrant,
     PolicyVersion,
     Router,
     Service,
@@ -48,11 +50,18 @@ class Store:
     def identity_by_spiffe_id(self, spiffe_id: str) -> Identity | None:
         return self.session.scalar(sa.select(Identity).where(Identity.spiffe_id == spiffe_id))
 
+    def identity_by_noise_key(self, noise_public_key: str) -> Identity | None:
+        """The identity that registered this Noise key (base64), if any."""
+        return self.session.scalar(
+            sa.select(Identity).where(Identity.noise_public_key == noise_public_key).limit(1)
+        )
+
     def identities(self) -> Sequence[Identity]:
         return self.session.scalars(sa.select(Identity).order_by(Identity.name)).all()
 
     def add(
-        self, row: Identity | Enrollment | Service | Router | AuditEvent | PolicyVersion
+        self,
+        row: Identity | Enrollment | Service | Router | AuditEvent | PolicyVersion | IssuedGrant,
     ) -> None:
         """Add a row and flush now, so a uniqueness clash is reported here as `Conflict`."""
         try:
@@ -80,6 +89,69 @@ class Store:
         )
         rowcount: int = getattr(result, "rowcount", 0)
         return rowcount == 1
+
+    def retire_enrollments(
+        self, identity_id: int, now: datetime, *, keep: str | None = None
+    ) -> int:
+        """Retire every unused, unretired token of the identity except `keep`; how many.
+
+        A token handed out earlier (and perhaps leaked) must not enroll after the identity got
+        a newer one, enrolled, or had its certificates revoked.
+        """
+        query = sa.update(Enrollment).where(
+            Enrollment.identity_id == identity_id,
+            Enrollment.used_at.is_(None),
+            Enrollment.retired_at.is_(None),
+        )
+        if keep is not None:
+            query = query.where(Enrollment.token_id != keep)
+        result = self.session.execute(
+            query.values(retired_at=now).execution_options(synchronize_session=False)
+        )
+        rowcount: int = getattr(result, "rowcount", 0)
+        return rowcount
+
+    # issued grants (what router re-checks may ask about)
+
+    def note_issued(
+        self, identity_id: int, service: str, action: str, expires_at: datetime
+    ) -> None:
+        """Remember that a ticket for this grant is valid until `expires_at` (latest wins)."""
+        row = self._issued(identity_id, service, action)
+        if row is None:
+            try:
+                self.add(
+                    IssuedGrant(
+                        identity_id=identity_id,
+                        service=service,
+                        action=action,
+                        expires_at=expires_at,
+                    )
+                )
+                return
+            except Conflict:  # another replica inserted it first: update theirs
+                row = self._issued(identity_id, service, action)
+                if row is None:
+                    raise
+        row.expires_at = max(row.expires_at, expires_at)
+
+    def issued_for(self, identity_ids: Collection[int]) -> dict[tuple[int, str, str], datetime]:
+        """(identity id, service, action) -> latest ticket expiry, for these identities."""
+        if not identity_ids:
+            return {}
+        rows = self.session.scalars(
+            sa.select(IssuedGrant).where(IssuedGrant.identity_id.in_(sorted(identity_ids)))
+        )
+        return {(r.identity_id, r.service, r.action): r.expires_at for r in rows}
+
+    def _issued(self, identity_id: int, service: str, action: str) -> IssuedGrant | None:
+        return self.session.scalar(
+            sa.select(IssuedGrant).where(
+                IssuedGrant.identity_id == identity_id,
+                IssuedGrant.service == service,
+                IssuedGrant.action == action,
+            )
+        )
 
     # services
 
@@ -121,13 +193,42 @@ class Store:
     # audit
 
     def audit(
-        self, now: datetime, actor: str, action: str, target: str, detail: dict[str, Any]
+        self,
+        now: datetime,
+        actor: str,
+        action: str,
+        target: str,
+        detail: dict[str, Any],
+        *,
+        decision_id: str | None = None,
     ) -> None:
         """Record an administrative change (in the caller's transaction) and log it."""
         self.session.add(
-            AuditEvent(at=now, actor=actor, action=action, target=target, detail=detail)
+            AuditEvent(
+                at=now,
+                actor=actor,
+                action=action,
+                target=target,
+                detail=detail,
+                decision_id=decision_id,
+            )
         )
-        log.info("audit action=%s actor=%s target=%s", action, actor, target)
+        # Actors and targets may come from peers (a service name asked for): one line each.
+        log.info(
+            "audit action=%s actor=%s target=%s",
+            safe(action),
+            safe(actor),
+            safe(target),
+        )
+
+    def decision(self, decision_id: str) -> AuditEvent | None:
+        """The refusal recorded under `decision_id`, if any."""
+        return self.session.scalar(
+            sa.select(AuditEvent)
+            .where(AuditEvent.decision_id == decision_id)
+            .order_by(AuditEvent.id.desc())
+            .limit(1)
+        )
 
     def audit_events(self, limit: int = 100, action: str | None = None) -> Sequence[AuditEvent]:
         """Newest first; ``action`` keeps one kind (``access.deny``) or a family (``access.``)."""
