@@ -1,7 +1,7 @@
 """Revocation on a busy router: 10,000 live grants re-checked against the real controller API.
 
 The router's shell (`Router.apply_epoch`) talks to the in-process controller through the same
-client it uses in production; the router's forwarder is replaced by a table of 12,000 live
+client it uses in production; the router's switch is replaced by a table of 12,000 live
 grants (10,000 distinct, 2,000 duplicates) so the test needs no sockets.
 """
 
@@ -77,10 +77,10 @@ def _live_grants() -> list[tuple[str, str, str, object]]:
 class _Revocations:
     def __init__(self, router: Router, grants: list[tuple[str, str, str, object]]) -> None:
         self.closed: dict[object, str] = {}
-        router.forwarder.live_grants = lambda links: grants  # type: ignore[method-assign]
-        router.forwarder.revoke = self._revoke  # type: ignore[method-assign]
+        router.switch.live_grants = lambda links: grants  # type: ignore[method-assign]
+        router.switch.revoke = self._revoke  # type: ignore[method-assign]
 
-    def _revoke(self, handle: object, reason: str, dirty: Any) -> None:
+    def _revoke(self, handle: object, reason: str, code: Any = None) -> None:
         assert handle not in self.closed, "closed twice"
         self.closed[handle] = reason
 
