@@ -20,7 +20,8 @@ ALLOWED = {
     "policy": set(),  # decisions are pure functions of data
     "proto": {"wire", "pki", "policy"},  # state machines over the format and identities
     "aio": {"wire", "pki", "policy", "proto"},  # shells drive the machines
-    "controller": {"wire", "pki", "policy", "proto", "aio"},
+    # home_layout: the home's paths, shared with the CLI (stdlib only, so the CLI starts fast)
+    "controller": {"wire", "pki", "policy", "proto", "aio", "home_layout"},
     "router": {"wire", "pki", "policy", "proto", "aio"},  # never the SDK or controller
     "sdk": {"wire", "pki", "policy", "proto", "aio"},  # never the router or controller
     "integrations": {"wire", "pki", "policy", "proto", "aio", "sdk"},  # built on the SDK

@@ -1,22 +1,29 @@
-"""``umbra router enroll|run`` (the admin commands ``create``/``list`` join this sub-app from
-`umbranet.cli.router_admin_cmd`)."""
+"""``umbra router enroll|run`` (the admin commands ``create``/``list``/``delete`` join this
+sub-app from `umbranet.cli.router_admin_cmd` in `register`)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from umbranet.aio.controller_client import ControllerClient
-from umbranet.aio.runtime import run
+from umbranet.cli import router_admin_cmd
 from umbranet.cli.common import emit, fail, handle_errors, out, state
-from umbranet.pki import IdentityFile, SpiffeId
 
-__all__ = ["app"]
+if TYPE_CHECKING:
+    from umbranet.pki import IdentityFile
+
+__all__ = ["app", "register"]
 
 app = typer.Typer(help="Create, enroll and run routers.", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``router`` with the admin commands and the router's own to `root`."""
+    router_admin_cmd.register(app)
+    root.add_typer(app, name="router")
 
 
 @app.command("enroll")
@@ -26,6 +33,10 @@ def enroll(
     output: Annotated[Path, typer.Option("-o", "--output", help="Identity file to write.")],
 ) -> None:
     """Enroll a router (its keys are made here; only a CSR is sent)."""
+    from umbranet.aio.controller_client import ControllerClient
+    from umbranet.aio.runtime import run
+    from umbranet.pki import SpiffeId
+
     cli = state(ctx)
     with handle_errors(cli):
 
@@ -56,6 +67,7 @@ def run_cmd(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every link.")] = False,
 ) -> None:
     """Serve endpoint links (mutual TLS) until interrupted."""
+    from umbranet.aio.runtime import run
     from umbranet.router.runner import run_router
 
     logging.basicConfig(
