@@ -6,7 +6,7 @@ a bare ``python -c pass``, the floor no command can go below. ``--importtime`` t
 command once under ``python -X importtime`` and lists the slowest top-level imports.
 
     python -m bench.cli_startup --runs 15 --importtime
-    python -m bench.cli_startup --src OTHER_CHECKOUT/src   # the same, for another tree
+    python -m bench.cli_startup --baseline OTHER_CHECKOUT/src   # and another tree, interleaved
 
 Commands that need a controller or an agent are run without one (a fresh ``--home`` and
 ``--state-dir``): they fail fast with their usual message, after paying all of their start-up.
@@ -84,27 +84,41 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src")
+    parser.add_argument(
+        "--baseline", type=Path, help="Also time this source tree, interleaved, for a ratio."
+    )
     parser.add_argument("--importtime", action="store_true")
     parser.add_argument("--top", type=int, default=8)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch:
         env = _environment(args.src.resolve(), Path(scratch))
-        times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-        for command in COMMANDS.values():  # warm-up: page cache, .pyc files
-            _time_once(_argv(command), env)
+        trees = {"": env}
+        if args.baseline is not None:
+            trees[" (baseline)"] = _environment(args.baseline.resolve(), Path(scratch))
+        jobs = {
+            f"{name}{tag}": (command, tree_env)
+            for name, command in COMMANDS.items()
+            for tag, tree_env in trees.items()
+            if command or not tag
+        }
+        times: dict[str, list[float]] = {name: [] for name in jobs}
+        for command, tree_env in jobs.values():  # warm-up: page cache, .pyc files
+            _time_once(_argv(command), tree_env)
         for _ in range(args.runs):
-            for name, command in COMMANDS.items():
-                times[name].append(_time_once(_argv(command), env))
+            for name, (command, tree_env) in jobs.items():
+                times[name].append(_time_once(_argv(command), tree_env))
 
         print(f"| command | median s | min s | p90 s | runs={args.runs} |")
         print("|---|---|---|---|---|")
         for name, samples in times.items():
             ordered = sorted(samples)
             p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-            print(
-                f"| `{name}` | {statistics.median(samples):.3f} | {ordered[0]:.3f} | {p90:.3f} | |"
+            label = f"`{name.removesuffix(' (baseline)')}`" + (
+                " baseline" if name.endswith("(baseline)") else ""
             )
+            median = statistics.median(samples)
+            print(f"| {label} | {median:.3f} | {ordered[0]:.3f} | {p90:.3f} | |")
         if args.importtime:
             for name, command in COMMANDS.items():
                 if not command:
