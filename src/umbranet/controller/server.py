@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from umbranet.controller.api import create_app
+from umbranet.controller.ephemeral_sweeper import EphemeralSweeper
 from umbranet.controller.home import LoadedController, load_home, write_server_certificate
 from umbranet.controller.posture_ticker import DEFAULT_INTERVAL, PostureTicker
 
@@ -125,6 +126,7 @@ def serve(loaded: LoadedController, *, posture_interval: float = DEFAULT_INTERVA
     Postures are re-evaluated every ``posture_interval`` seconds while it serves.
     """
     ticker: PostureTicker | None = None
+    sweeper: EphemeralSweeper | None = None
     try:
         write_server_certificate(loaded.home, loaded.authority, loaded.config, datetime.now(UTC))
         server = build_server(loaded)
@@ -132,8 +134,12 @@ def serve(loaded: LoadedController, *, posture_interval: float = DEFAULT_INTERVA
         assert isinstance(app, FastAPI)  # build_server always serves the API app
         ticker = PostureTicker(app.state.umbra, posture_interval)
         ticker.start()
+        sweeper = EphemeralSweeper(app.state.umbra)
+        sweeper.start()
         server.run()
     finally:
+        if sweeper is not None:
+            sweeper.stop()
         if ticker is not None:
             ticker.stop()
         loaded.db.dispose()

@@ -14,6 +14,7 @@ from umbranet.controller.api import (
     routes_admin,
     routes_client,
     routes_events,
+    routes_joinkeys,
     routes_jwt,
     routes_policy,
     routes_public,
@@ -51,6 +52,7 @@ def create_app(
     app.include_router(routes_events.router)
     app.include_router(routes_policy.router)
     app.include_router(routes_jwt.router)
+    app.include_router(routes_joinkeys.router)
     install_error_handlers(app, context.metrics)
     app.add_middleware(GuardMiddleware, metrics=context.metrics)
     return app
