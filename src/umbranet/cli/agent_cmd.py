@@ -50,7 +50,9 @@ def register(app: typer.Typer) -> None:
 def up(
     ctx: typer.Context,
     *,
-    identity: Annotated[Path, typer.Option("--identity", "-i", help="Identity file.")],
+    identity: Annotated[
+        Path, typer.Option("--identity", "-i", envvar="UMBRA_IDENTITY", help="Identity file.")
+    ],
     state_dir: StateDirOption = None,
     workload_socket: Annotated[
         str | None,

@@ -24,7 +24,9 @@ __all__ = ["register"]
 
 T = TypeVar("T")
 
-IdentityOption = Annotated[Path, typer.Option("--identity", "-i", help="Identity file.")]
+IdentityOption = Annotated[
+    Path, typer.Option("--identity", "-i", envvar="UMBRA_IDENTITY", help="Identity file.")
+]
 
 demo_app = typer.Typer(help="The quickstart's demo HTTP service.", no_args_is_help=True)
 
@@ -59,7 +61,9 @@ def dial(
     cli = state(ctx)
 
     async def main() -> None:
-        async with Context.from_file(identity) as context:
+        async with Context.from_file(
+            identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE")
+        ) as context:
             stream = await context.dial(service)
             loop = asyncio.get_running_loop()
 
@@ -96,7 +100,9 @@ def host(
         fail(cli, "bad_address", str(exc))
 
     async def main() -> None:
-        async with Context.from_file(identity) as context:
+        async with Context.from_file(
+            identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE")
+        ) as context:
             tasks: set[asyncio.Task[None]] = set()
             async with context.listen(service) as listener:
                 out.print(f"hosting {service} -> tcp://{address[0]}:{address[1]}")
@@ -120,7 +126,9 @@ def demo_serve(
     cli = state(ctx)
 
     async def main() -> None:
-        async with Context.from_file(identity) as context:
+        async with Context.from_file(
+            identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE")
+        ) as context:
             print(f"serving {service} dark as {context.identity.spiffe_id}", flush=True)
             await serve_demo(context, service)
 
@@ -140,7 +148,9 @@ def demo_fetch(
     cli = state(ctx)
 
     async def main() -> bytes:
-        async with Context.from_file(identity) as context:
+        async with Context.from_file(
+            identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE")
+        ) as context:
             return await fetch(context, service, path)
 
     sys.stdout.write(_run(cli, main()).decode("utf-8", "replace"))
