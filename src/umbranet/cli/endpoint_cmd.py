@@ -10,17 +10,18 @@ import asyncio
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, BinaryIO, TypeVar
 
 import typer
 
 from umbranet.aio.runtime import run
 from umbranet.cli.common import CliState, fail, handle_errors, out, state
-from umbranet.sdk import Context, UmbraError
+from umbranet.sdk import Context, Stream, UmbraError
 
-__all__ = ["register"]
+__all__ = ["pipe_stdio", "register"]
 
 T = TypeVar("T")
 
@@ -65,23 +66,51 @@ def dial(
             identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE")
         ) as context:
             stream = await context.dial(service)
-            loop = asyncio.get_running_loop()
-
-            stdin = sys.stdin.buffer
-
-            async def pump_in() -> None:
-                while data := await loop.run_in_executor(None, os.read, stdin.fileno(), 65536):
-                    stream.write(data)
-                    await stream.drain()
-                stream.write_eof()
-
-            feeder = loop.create_task(pump_in())
-            while data := await stream.read(65536):
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
-            feeder.cancel()
+            await pipe_stdio(stream, sys.stdin.buffer.fileno(), sys.stdout.buffer)
 
     _run(cli, main())
+
+
+async def pipe_stdio(stream: Stream, stdin_fd: int, stdout: BinaryIO) -> None:
+    """Copy `stdin_fd` to the stream and the stream to `stdout` until the *stream* ends.
+
+    stdin is read by a daemon thread, not the loop's executor: a read blocked on a terminal
+    would otherwise keep the process alive after the far side closed (the executor is joined
+    at exit). Bounded: at most four chunks wait between the thread and the stream.
+    """
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes] = asyncio.Queue()
+    room = threading.Semaphore(4)
+
+    def read_stdin() -> None:
+        while True:
+            room.acquire()
+            try:
+                data = os.read(stdin_fd, 65536)
+            except OSError:
+                data = b""
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, data)
+            except RuntimeError:
+                return  # the loop is closed: the command is over
+            if not data:
+                return
+
+    async def pump_in() -> None:
+        while data := await chunks.get():
+            room.release()
+            stream.write(data)
+            await stream.drain()
+        stream.write_eof()
+
+    threading.Thread(target=read_stdin, name="umbra-dial-stdin", daemon=True).start()
+    feeder = loop.create_task(pump_in())
+    try:
+        while data := await stream.read(65536):
+            stdout.write(data)
+            stdout.flush()
+    finally:
+        feeder.cancel()
 
 
 def host(
