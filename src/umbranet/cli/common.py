@@ -257,4 +257,7 @@ def _cell(value: Any) -> str:
         return value.strftime("%Y-%m-%d %H:%M:%SZ")
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value) or "-"
+    if isinstance(value, dict):
+        # Audit details and the like: key=value, values as JSON, never a Python repr.
+        return " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in value.items()) or "-"
     return str(value)

@@ -69,6 +69,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Modules whose `register(app)` adds commands to another module's sub-app when it loads.
+EXTENSIONS: dict[str, tuple[str, ...]] = {"identity": ("identity_extra_cmd",)}
+
+
 class LazyGroup(TyperGroup):
     """The root group: commands come from `COMMANDS`, imported on first use.
 
@@ -130,6 +134,8 @@ def json_first(args: list[str]) -> list[str]:
 def _load(name: str) -> Any:
     """Import the module behind `name` and build its click command (once per process)."""
     module = importlib.import_module(f"umbranet.cli.{COMMANDS[name][0]}")
+    for extension in EXTENSIONS.get(name, ()):
+        importlib.import_module(f"umbranet.cli.{extension}").register(module.app)
     holder = typer.Typer()
     register = getattr(module, "register", None)
     if register is not None:

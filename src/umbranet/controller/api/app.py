@@ -16,6 +16,7 @@ from umbranet.controller.api import (
     routes_events,
     routes_joinkeys,
     routes_jwt,
+    routes_manage,
     routes_policy,
     routes_public,
 )
@@ -53,6 +54,7 @@ def create_app(
     app.include_router(routes_policy.router)
     app.include_router(routes_jwt.router)
     app.include_router(routes_joinkeys.router)
+    app.include_router(routes_manage.router)
     install_error_handlers(app, context.metrics)
     app.add_middleware(GuardMiddleware, metrics=context.metrics)
     return app
