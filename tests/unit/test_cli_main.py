@@ -113,3 +113,17 @@ def test_error_text_is_never_markup(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(typer.Exit):
         common.fail(common.CliState(home=tmp_path), "bad", "attribute [db-hosts] is unknown")
     assert "[db-hosts]" in capsys.readouterr().err
+
+
+def test_no_controller_running_says_how_to_start_it(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from tests.conftest import free_port
+    from umbranet.controller.home import init_home
+
+    init_home(tmp_path / "home", datetime.now(UTC), address=f"127.0.0.1:{free_port()}")
+    result = runner.invoke(app, ["--home", str(tmp_path / "home"), "identity", "list", "--json"])
+    assert result.exit_code == 1
+    error = json.loads(result.output)["error"]
+    assert error["code"] == "unreachable"
+    assert "umbra controller run" in error["hint"]

@@ -96,3 +96,29 @@ def test_agent_client_commands_load_no_controller_stack(args: list[str], tmp_pat
     loaded = _loaded([*args[:1], "--state-dir", str(tmp_path / "agent"), *args[1:]], tmp_path)
     heavy = set(HEAVY) - {"grpc"}
     assert not loaded & heavy, sorted(loaded & heavy)
+
+
+def test_tab_completion_of_commands_loads_no_command_module(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
+        "_UMBRA_COMPLETE": "complete_bash",
+        "COMP_WORDS": "umbra sta",
+        "COMP_CWORD": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _RUNNER],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    # The completion words come first (no newline after them), then the runner's module list.
+    completions, bracket, modules = result.stdout.strip().partition("[")
+    assert completions.split() == ["status"]
+    modules = bracket + modules
+    loaded = set(json.loads(modules))
+    assert not any(m.endswith("_cmd") for m in loaded)
+    assert not loaded & set(HELP_ONLY)
