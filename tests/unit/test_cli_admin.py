@@ -68,11 +68,22 @@ def test_identity_show_prints_fields(h: Harness) -> None:
     assert "spiffe://demo.umbra/device/alice" in result.output
 
 
-def test_identity_delete_refuses_its_certificate(h: Harness) -> None:
+def test_identity_delete_refuses_its_certificate_and_its_live_grants(h: Harness) -> None:
+    umbra(h, "service", "create", "db", "--dial-attr", "eng")
     alice = h.new_device("alice", ["eng"])
+    router = h.enroll(umbra(h, "router", "create", "r1")["enrollment_token"])
+    grant = {"grants": [{"identity": alice.spiffe_id, "service": "db", "action": "dial"}]}
+    assert h.client(router).post("/v1/recheck", json=grant).json()["denied"] == []
+    epoch = h.app.state.umbra.events.epoch
+
     assert umbra(h, "identity", "delete", "alice", "--yes") == {"deleted": "alice"}
     response = h.client(alice).get("/v1/me")
     assert (response.status_code, error_code(response)) == (401, "unknown_identity")
+    # The epoch moved, so routers re-check; alice's live stream is among those closed.
+    assert h.app.state.umbra.events.epoch > epoch
+    assert [
+        d["index"] for d in h.client(router).post("/v1/recheck", json=grant).json()["denied"]
+    ] == [0]
     result = runner.invoke(app, ["--home", str(h.home), "--json", "identity", "delete", "admin"])
     assert json.loads(result.output)["error"]["code"] == "cannot_delete_admin"
 
