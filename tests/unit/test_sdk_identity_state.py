@@ -4,15 +4,19 @@ restart picks the newer certificate; ``Context.from_env`` for twelve-factor apps
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from umbranet.pki import IdentityFile
 from umbranet.sdk import Context, UmbraError
+from umbranet.sdk import context as context_module
 from umbranet.testing import LocalNetwork
+from umbranet.testing.network import LocalControlPlane
 
 
 def _saved_identity(network: LocalNetwork, directory: Path) -> Path:
@@ -83,3 +87,39 @@ def test_from_env(network: LocalNetwork, tmp_path: Path, monkeypatch: pytest.Mon
     context = Context.from_env(control=network.control, renew=False)
     assert context.identity.spiffe_id.endswith("/app")
     assert context._state_path == tmp_path / "state.json"
+
+
+def test_the_renewal_loop_survives_any_failure(
+    network: LocalNetwork, arun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(context_module, "RENEWAL_RETRY", 0.01)
+    failures = iter([RuntimeError("controller hiccup"), OSError(errno.ECONNRESET, "reset")])
+
+    class Flaky(LocalControlPlane):
+        async def renew(self) -> IdentityFile:
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+            return await super().renew()
+
+    identity = network.identity("app", attributes=("client",))
+    # A clock past half-life: every wait before renewing is zero.
+    late = identity.certificate.not_valid_after_utc - timedelta(seconds=1)
+    context = Context(
+        identity,
+        control=lambda i: Flaky(network, i),
+        clock=lambda: late,
+        report_posture=False,
+    )
+
+    async def main() -> dict[str, int]:
+        async with context:
+            for _ in range(500):  # bounded: 5 s at most
+                if context.counters.get("renewals"):
+                    break
+                await asyncio.sleep(0.01)
+            return dict(context.counters)
+
+    counters = arun(main())
+    assert counters["renewal_failed"] == 2
+    assert counters["renewals"] >= 1

@@ -42,6 +42,8 @@ from umbranet.wire import ErrorCode
 log = logging.getLogger("umbranet.sdk")
 
 CLOSE_TIMEOUT = 2.0
+RENEWAL_RETRY = 30.0
+"""Seconds between renewal attempts after one failed."""
 POSTURE_FIRST_WAIT = 2.0
 
 
@@ -305,9 +307,10 @@ class Context:
             await asyncio.sleep(max(delay, 0.0))
             try:
                 await self.renew_now()
-            except UmbraError as exc:
-                log.warning("certificate renewal failed: %s; retrying in 30s", exc)
-                await asyncio.sleep(30)
+            except Exception as exc:  # whatever failed, the next attempt must still come
+                self.counters["renewal_failed"] = self.counters.get("renewal_failed", 0) + 1
+                log.warning("certificate renewal failed: %s; retrying in %gs", exc, RENEWAL_RETRY)
+                await asyncio.sleep(RENEWAL_RETRY)
 
     async def _report_posture_forever(self) -> None:
         """Report our posture at start, then whenever it changed (sampled periodically)."""
