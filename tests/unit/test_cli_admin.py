@@ -145,3 +145,18 @@ def test_audit_prints_fields_not_reprs(h: Harness) -> None:
     assert result.exit_code == 0, result.output
     assert 'dial_attributes=["eng"]' in result.output
     assert "{'" not in result.output
+
+
+def test_policy_explain_works_before_a_policy_is_saved(h: Harness) -> None:
+    umbra(h, "service", "create", "db", "--dial-attr", "eng", "--bind-attr", "dbhost")
+    h.new_device("alice", ["eng"])
+    h.new_device("bob", ["ops"])
+    allowed = umbra(h, "policy", "explain", "alice", "db")
+    assert allowed["allowed"] is True and allowed["version"] is None
+    denied = umbra(h, "policy", "explain", "bob", "db")
+    assert denied["allowed"] is False and "'eng'" in denied["reason"]
+    hosting = umbra(h, "policy", "explain", "alice", "db", "--action", "bind")
+    assert hosting["allowed"] is False
+    shown = runner.invoke(app, ["--home", str(h.home), "policy", "explain", "bob", "db"])
+    assert shown.exit_code == 0
+    assert "no policy saved yet" in shown.output and "bob holds: ops" in shown.output
