@@ -169,6 +169,9 @@ _HINTS = {
     "not_initialised": "create one with `umbra controller init`, or pass --home",
     "cert_expired": "the identity's certificate lapsed; re-enroll it with a new token "
     "(`umbra identity token NAME` on the admin side)",
+    "join_key_expired": "ask an admin for a new join key: `umbra joinkey create ...`",
+    "join_key_revoked": "ask an admin for a new join key: `umbra joinkey create ...`",
+    "join_key_used": "a single-use join key enrolls one replica; use `--reusable` keys for more",
 }
 
 
