@@ -17,7 +17,9 @@ Refusals (all audited by the caller's transaction rules, and returned as service
 Ephemeral keys: identities made with one are removed once offline longer than the key says.
 "Online" means holding the controller's event stream open (every SDK context and agent does);
 `Presence` counts those streams and `sweep_ephemeral` moves ``last_seen_at`` and removes the
-identities whose last sighting is too old.
+identities whose last sighting is too old. With several controller replicas on one database
+each sees only its own streams, but each writes ``last_seen_at`` for them at every sweep (every
+30 s, and the shortest limit is 60 s), so no replica removes an identity another one sees.
 """
 
 from __future__ import annotations
