@@ -20,6 +20,7 @@ from umbranet.aio.controller_client import ControllerClient, ControllerError
 from umbranet.aio.joinkey_client import enroll_with_join_key, redeem_join_key
 from umbranet.cli.joinkey_cmd import parse_duration
 from umbranet.controller.ephemeral_sweeper import EphemeralSweeper
+from umbranet.controller.service.joinkeys import sweep_ephemeral
 from umbranet.pki.join_key import format_join_key, parse_join_key
 
 
@@ -181,3 +182,19 @@ def test_durations(text: str, seconds: int) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_a_replica_that_does_not_see_the_stream_does_not_remove_the_identity(h: Harness) -> None:
+    key = _create(h, reusable=True, ephemeral_seconds=60)["join_key"]
+    replica = h.enroll(_redeem(h, key).json()["enrollment_token"])
+    context = h.app.state.umbra
+    seen_here = frozenset({replica.spiffe_id})  # controller A holds its event stream
+    for _ in range(5):  # 5 sweeps 30 s apart: A keeps last_seen fresh for B
+        h.clock.advance(timedelta(seconds=30))
+        with context.transaction() as store:
+            assert sweep_ephemeral(store, seen_here, h.clock()) == []
+        with context.transaction() as store:  # controller B sees no stream at all
+            assert sweep_ephemeral(store, frozenset(), h.clock()) == []
+    h.clock.advance(timedelta(seconds=61))  # A stopped seeing it too
+    with context.transaction() as store:
+        assert sweep_ephemeral(store, frozenset(), h.clock()) == [replica.name]
