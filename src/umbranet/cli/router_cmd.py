@@ -29,7 +29,9 @@ def register(root: typer.Typer) -> None:
 @app.command("enroll")
 def enroll(
     ctx: typer.Context,
-    token: Annotated[str, typer.Argument(help="The router's enrollment token.")],
+    token: Annotated[
+        str, typer.Argument(help="The router's enrollment token, or a file holding it.")
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Identity file to write.")],
 ) -> None:
     """Enroll a router (its keys are made here; only a CSR is sent)."""
@@ -39,9 +41,12 @@ def enroll(
 
     cli = state(ctx)
     with handle_errors(cli):
+        text = token
+        if not token.startswith("ue1.") and Path(token).is_file():
+            text = Path(token).read_text().strip()
 
         async def call() -> IdentityFile:
-            return await ControllerClient.enroll(token)
+            return await ControllerClient.enroll(text)
 
         identity = run(call())
         if SpiffeId.parse(identity.spiffe_id).kind != "router":
