@@ -55,6 +55,14 @@ def test_help_loads_no_network_or_crypto_code(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "args", [["dial", "--help"], ["serve", "--help"], ["demo", "fetch", "--help"]], ids=" ".join
+)
+def test_endpoint_command_help_loads_no_sdk(args: list[str], tmp_path: Path) -> None:
+    loaded = _loaded(args, tmp_path)
+    assert not loaded & set(HELP_ONLY), sorted(loaded & set(HELP_ONLY))
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["dial", "--help"],

@@ -6,20 +6,23 @@ forwarding every stream to a local address; `demo serve|fetch` are the quickstar
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, TypeVar
 
 import typer
 
-from umbranet.aio.runtime import run
 from umbranet.cli.common import CliState, fail, handle_errors, out, state
-from umbranet.sdk import Context, Stream, UmbraError
+
+if TYPE_CHECKING:
+    from umbranet.sdk import Context, Stream
+
+# The SDK (and asyncio with it) is imported by the commands when they run, so `--help` and
+# TAB completion do not pay for it.
 
 __all__ = ["pipe_stdio", "register"]
 
@@ -34,6 +37,9 @@ demo_app = typer.Typer(help="The quickstart's demo HTTP service.", no_args_is_he
 
 def _run(cli: CliState, main: Coroutine[Any, Any, T]) -> T:
     """Run `main`; overlay refusals end the command with their code and reason."""
+    from umbranet.aio.runtime import run
+    from umbranet.sdk import UmbraError
+
     with handle_errors(cli):
         try:
             return run(main)
@@ -45,6 +51,13 @@ def _run_foreground(cli: CliState, main: Coroutine[Any, Any, None]) -> None:
     """`_run` for commands that serve until Ctrl-C."""
     with contextlib.suppress(KeyboardInterrupt):
         _run(cli, main)
+
+
+def _context(identity: Path) -> Context:
+    """The SDK context for `identity`; renewals go to ``$UMBRA_IDENTITY_STATE`` when set."""
+    from umbranet.sdk import Context
+
+    return Context.from_file(identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE"))
 
 
 def register(app: typer.Typer) -> None:
@@ -62,9 +75,7 @@ def dial(
     cli = state(ctx)
 
     async def main() -> None:
-        async with Context.from_file(
-            identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE")
-        ) as context:
+        async with _context(identity) as context:
             stream = await context.dial(service)
             await pipe_stdio(stream, sys.stdin.buffer.fileno(), sys.stdout.buffer)
 
@@ -78,6 +89,8 @@ async def pipe_stdio(stream: Stream, stdin_fd: int, stdout: BinaryIO) -> None:
     would otherwise keep the process alive after the far side closed (the executor is joined
     at exit). Bounded: at most four chunks wait between the thread and the stream.
     """
+    import asyncio
+
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[bytes] = asyncio.Queue()
     room = threading.Semaphore(4)
@@ -120,6 +133,8 @@ def host(
     to: Annotated[str, typer.Option("--to", help="Local address, tcp://127.0.0.1:PORT.")],
 ) -> None:
     """Host SERVICE by forwarding each stream to a local address. Opens no port."""
+    import asyncio
+
     from umbranet.sdk.forward import offload, parse_tcp_address
 
     cli = state(ctx)
@@ -129,9 +144,7 @@ def host(
         fail(cli, "bad_address", str(exc))
 
     async def main() -> None:
-        async with Context.from_file(
-            identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE")
-        ) as context:
+        async with _context(identity) as context:
             tasks: set[asyncio.Task[None]] = set()
             async with context.listen(service) as listener:
                 out.print(f"hosting {service} -> tcp://{address[0]}:{address[1]}")
@@ -155,9 +168,7 @@ def demo_serve(
     cli = state(ctx)
 
     async def main() -> None:
-        async with Context.from_file(
-            identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE")
-        ) as context:
+        async with _context(identity) as context:
             print(f"serving {service} dark as {context.identity.spiffe_id}", flush=True)
             await serve_demo(context, service)
 
@@ -177,9 +188,7 @@ def demo_fetch(
     cli = state(ctx)
 
     async def main() -> bytes:
-        async with Context.from_file(
-            identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE")
-        ) as context:
+        async with _context(identity) as context:
             return await fetch(context, service, path)
 
     sys.stdout.write(_run(cli, main()).decode("utf-8", "replace"))

@@ -8,7 +8,6 @@ extension ``umbranet`` or the WSGI environ key ``umbranet.peer``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
@@ -17,9 +16,7 @@ from typing import Annotated
 
 import typer
 
-from umbranet.aio.runtime import run
 from umbranet.cli.common import fail, handle_errors, out, state
-from umbranet.sdk import Context, UmbraError
 
 __all__ = ["register"]
 
@@ -38,7 +35,12 @@ def serve(
     wsgi: Annotated[bool, typer.Option("--wsgi", help="The app is WSGI, not ASGI.")] = False,
 ) -> None:
     """Serve a Python web app (ASGI, or WSGI with --wsgi) as SERVICE. Opens no port."""
+    # Imported here, so `--help` and TAB completion do not pay for the SDK.
+    import asyncio
+
+    from umbranet.aio.runtime import run
     from umbranet.integrations import AsgiServer, WsgiServer, import_app
+    from umbranet.sdk import Context, UmbraError
 
     cli = state(ctx)
     sys.path.insert(0, str(Path.cwd()))
