@@ -34,6 +34,7 @@ DISTRIBUTION = {
     "pydantic": "pydantic",
     "requests": "requests",
     "urllib3": "requests",
+    "prometheus_client": "prometheus_client",
 }
 # The parts of the package and the extra that must cover each ("" = the base install).
 PARTS = {
