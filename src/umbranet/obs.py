@@ -306,3 +306,9 @@ def configure_logging(
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter(log_format))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # One place decides where umbranet's records go: undo an earlier server log config
+    # (the controller's gives the package its own handler and stops propagation).
+    package = logging.getLogger("umbranet")
+    package.handlers.clear()
+    package.propagate = True
+    package.setLevel(logging.NOTSET)

@@ -15,7 +15,7 @@ MODULES = sorted(p for p in SRC.rglob("*.py") if "migrations" not in p.parts)
 
 # The ground floor: modules at the package root that every layer may use (time as `Instant`,
 # metrics, the one bounded cache). They import no layer above them.
-GROUND = {"clock", "obs", "cache"}
+GROUND = {"clock", "obs", "cache", "home_layout"}
 # Each layer may import only these umbranet layers (and itself). Reason in the comment.
 ALLOWED = {
     "wire": GROUND,  # the byte format stands alone

@@ -148,8 +148,23 @@ def test_a_passing_policy_compiles() -> None:
     compiled = compile_policy(text, INVENTORY)
     assert compiled.run_tests() == []
     assert len(compiled.rules) == 3
-    assert compiled.warnings == ()
+    # carol is in a group but not (yet) in the network: said, not refused.
+    assert compiled.warnings == ("'carol' (line 4) is not the name of any identity (yet)",)
     assert len(compiled.digest) == 64
+
+
+def test_names_and_tags_that_match_nobody_are_warned_about() -> None:
+    text = (
+        '{"tagOwners": {"tag:ghost": [], "tag:ci": []}, "rules": ['
+        '{"action": "dial", "src": ["alcie", "tag:ghost", "tag:ci"], "dst": ["*"]}]}'
+    )
+    warnings = compile_policy(text, INVENTORY).warnings
+    assert warnings == (
+        "'alcie' (line 1) is not the name of any identity (yet)",
+        "tag:ghost (line 1) is carried by no identity (yet)",
+    )
+    # Without an inventory there is nothing to compare with, so nothing is said.
+    assert compile_policy(text).warnings == ()
 
 
 def test_attribute_selector_may_carry_colons() -> None:

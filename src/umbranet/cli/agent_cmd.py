@@ -2,6 +2,10 @@
 
 `up` runs the agent in the foreground (or detached with ``--daemon``); `down` stops it by its
 pidfile; the others call the local API on the agent's Unix socket and render the answer.
+
+Only the modules that give options their defaults are imported at the top: `status`, `whois`
+and `ping` need the local API client, not the agent's data path or its Workload API (gRPC),
+which `up` imports when it runs.
 """
 
 from __future__ import annotations
@@ -10,36 +14,19 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from umbranet.agent import (
-    Agent,
-    AgentApiError,
-    AgentConfig,
-    ConfigError,
-    LocalApiClient,
-    daemonize,
-    default_state_dir,
-    run_agent,
-    stop_agent,
-)
-from umbranet.agent.config import (
-    REFRESH_INTERVAL,
-    RootSettings,
-    parse_port_override,
-    prepare_state_dir,
-)
+from umbranet.agent.config import REFRESH_INTERVAL, ConfigError
 from umbranet.agent.dns_stub import DEFAULT_STUB_ADDRESS
-from umbranet.agent.localapi import ApiError
 from umbranet.agent.proxyaddr import DEFAULT_PROXY_RANGE
-from umbranet.agent.redirect import leftovers, require_root, uninstall
-from umbranet.agent.rootmode import parse_dns_name
-from umbranet.agent.workload import parse_endpoint_socket
-from umbranet.aio.runtime import run
 from umbranet.cli.common import CliState, emit, fail, handle_errors, out, state, table
 from umbranet.obs import LogFormat, configure_logging
+
+if TYPE_CHECKING:
+    from umbranet.agent.config import AgentConfig
+    from umbranet.agent.runner import Agent
 
 __all__ = ["register"]
 
@@ -51,7 +38,6 @@ StateDirOption = Annotated[
         help="Agent state directory (socket, pidfile, log, ports). Default ~/.umbra/agent.",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +51,9 @@ def register(app: typer.Typer) -> None:
 def up(
     ctx: typer.Context,
     *,
-    identity: Annotated[Path, typer.Option("--identity", "-i", help="Identity file.")],
+    identity: Annotated[
+        Path, typer.Option("--identity", "-i", envvar="UMBRA_IDENTITY", help="Identity file.")
+    ],
     state_dir: StateDirOption = None,
     workload_socket: Annotated[
         str | None,
@@ -123,6 +111,17 @@ def up(
 ) -> None:
     """Run the agent: loopback listeners for the services you may dial, hosting for the ones
     you may bind, and the local API."""
+    from umbranet.agent.config import (
+        AgentConfig,
+        RootSettings,
+        default_state_dir,
+        parse_port_override,
+        prepare_state_dir,
+    )
+    from umbranet.agent.daemon import daemonize
+    from umbranet.agent.redirect import require_root
+    from umbranet.agent.rootmode import parse_dns_name
+
     cli = state(ctx)
     with _errors(cli):
         overrides = dict(parse_port_override(p) for p in port or [])
@@ -166,6 +165,9 @@ def down(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 15.0,
 ) -> None:
     """Stop the agent recorded in the state directory and wait until it exited."""
+    from umbranet.agent.daemon import stop_agent
+    from umbranet.agent.redirect import leftovers, uninstall
+
     cli = state(ctx)
     with _errors(cli):
         config = _config(state_dir)
@@ -187,11 +189,11 @@ def down(
     )
 
 
-def status(ctx: typer.Context, state_dir: StateDirOption = None, json: JsonOption = False) -> None:
+def status(ctx: typer.Context, state_dir: StateDirOption = None) -> None:
     """Identity, routers and links, services and their local ports, live streams, counters."""
-    cli = _json(state(ctx), json)
+    cli = state(ctx)
     with _errors(cli):
-        data = LocalApiClient(_config(state_dir).socket_path).get("/v1/status")
+        data = _local_api(state_dir).get("/v1/status")
     emit(cli, data, lambda: _render_status(data))
 
 
@@ -199,21 +201,21 @@ def whois(
     ctx: typer.Context,
     address: Annotated[str, typer.Argument(help="IP:PORT of a connection the agent carries.")],
     state_dir: StateDirOption = None,
-    json: JsonOption = False,
 ) -> None:
     """Who is behind a connection the agent delivered (host: the app's peer address; client:
     the app's own address)."""
-    cli = _json(state(ctx), json)
+    cli = state(ctx)
     with _errors(cli):
-        data = LocalApiClient(_config(state_dir).socket_path).get("/v1/whois", {"addr": address})
-    emit(
-        cli,
-        data,
-        lambda: out.print(
-            f"{data['addr']}: {data['name']} ({data['spiffe_id']}) "
-            f"attributes [{', '.join(data['attributes'])}], {data['direction']} "
-            f"on {data['service']} via {data['router']}"
-        ),
+        data = _local_api(state_dir).get("/v1/whois", {"addr": address})
+    emit(cli, data, lambda: _say(whois_line(data)))
+
+
+def whois_line(data: dict[str, Any]) -> str:
+    """One line for a whois answer; attributes in brackets, printed as text, never markup."""
+    return (
+        f"{data['addr']}: {data['name']} ({data['spiffe_id']}) "
+        f"attributes [{', '.join(data['attributes'])}], {data['direction']} "
+        f"on {data['service']} via {data['router']}"
     )
 
 
@@ -222,17 +224,15 @@ def ping(
     service: Annotated[str, typer.Argument(help="Service name.")],
     count: Annotated[int, typer.Option("--count", "-c", min=1, max=10)] = 3,
     state_dir: StateDirOption = None,
-    json: JsonOption = False,
 ) -> None:
     """Round-trip time to SERVICE through the overlay, and the router that carried it."""
-    cli = _json(state(ctx), json)
+    cli = state(ctx)
     with _errors(cli):
-        client = LocalApiClient(_config(state_dir).socket_path)
-        data = client.post("/v1/ping", {"service": service, "count": count})
+        data = _local_api(state_dir).post("/v1/ping", {"service": service, "count": count})
     emit(
         cli,
         data,
-        lambda: out.print(
+        lambda: _say(
             f"{service}: host {data['host'].get('name')} via router {data['router']}: "
             + ", ".join(f"{r:.2f} ms" for r in data["rtt_ms"])
             + f" (min {data['min_ms']:.2f}, avg {data['avg_ms']:.2f})"
@@ -243,12 +243,26 @@ def ping(
 # -- helpers -----------------------------------------------------------------------------------
 
 
+def _say(text: str) -> None:
+    """Print data from the network as text: rich would read ``[db-hosts]`` as markup."""
+    out.print(text, markup=False)
+
+
+def _local_api(state_dir: Path | None) -> Any:
+    from umbranet.agent.localapi import LocalApiClient
+
+    return LocalApiClient(_config(state_dir).socket_path)
+
+
 def _run(
     config: AgentConfig,
     verbose: bool,
     on_ready: Callable[[Agent], None],
     log_format: LogFormat = "text",
 ) -> None:
+    from umbranet.agent.runner import run_agent
+    from umbranet.aio.runtime import run
+
     configure_logging(logging.DEBUG if verbose else logging.INFO, log_format)
     # One line per controller request every refresh would drown the agent's own log.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -271,11 +285,15 @@ def _say_ready(cli: CliState, agent: Agent) -> None:
 
 
 def _config(state_dir: Path | None) -> AgentConfig:
+    from umbranet.agent.config import AgentConfig, default_state_dir
+
     directory = (state_dir or default_state_dir()).expanduser()
     return AgentConfig(identity=Path(), state_dir=directory)
 
 
 def _workload_socket(value: str | None) -> Path | None:
+    from umbranet.agent.workload import parse_endpoint_socket
+
     if not value:
         return None
     try:
@@ -284,12 +302,10 @@ def _workload_socket(value: str | None) -> Path | None:
         raise ConfigError("bad_workload_socket", str(exc)) from None
 
 
-def _json(cli: CliState, json: bool) -> CliState:
-    return CliState(home=cli.home, json=cli.json or json)
-
-
 @contextlib.contextmanager
 def _errors(cli: CliState) -> Iterator[None]:
+    from umbranet.agent.localapi import AgentApiError, ApiError
+
     with handle_errors(cli):
         try:
             yield

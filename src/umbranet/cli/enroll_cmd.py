@@ -20,23 +20,42 @@ def register(app: typer.Typer) -> None:
 
 def enroll(
     ctx: typer.Context,
-    token: Annotated[str, typer.Argument(help="The enrollment token, or a file holding it.")],
+    token: Annotated[
+        str | None, typer.Argument(help="The enrollment token, or a file holding it.")
+    ] = None,
+    *,
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Where to write the identity file (0600).")
     ],
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    join_key: Annotated[
+        str | None,
+        typer.Option("--join-key", help="Enroll a new identity of its own from a join key."),
+    ] = None,
+    name_prefix: Annotated[
+        str | None, typer.Option("--name-prefix", help="With --join-key: name prefix, e.g. web-.")
+    ] = None,
 ) -> None:
     """Enroll this machine: keys are made here, only a CSR is sent."""
     cli = state(ctx)
     if output.exists() and not force:
         fail(cli, "file_exists", f"{output} exists; pass --force to replace it")
+    if (token is None) == (join_key is None):
+        fail(cli, "usage", "give either an enrollment TOKEN or --join-key KEY")
     with handle_errors(cli):
-        text = _token_text(token)
+        if join_key is not None:
+            # Join keys: see umbranet.cli.joinkey_cmd.
+            from umbranet.cli.joinkey_cmd import enroll_with_join_key
 
-        async def call() -> IdentityFile:
-            return await ControllerClient.enroll(text)
+            identity = enroll_with_join_key(join_key, name_prefix)
+        else:
+            assert token is not None
+            text = _token_text(token)
 
-        identity = run_async(call)
+            async def call() -> IdentityFile:
+                return await ControllerClient.enroll(text)
+
+            identity = run_async(call)
         identity.save(output)
     emit(
         cli,

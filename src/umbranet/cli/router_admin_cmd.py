@@ -1,5 +1,5 @@
-"""``umbra router create|list``: the admin side of routers (``enroll``/``run`` live in
-`router_cmd`, which the router's owner maintains)."""
+"""``umbra router create|list|delete|token``: the admin side of routers (``enroll``/``run``
+live in `router_cmd`)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def register(router_app: typer.Typer) -> None:
     """Add the admin commands to the ``router`` sub-app."""
     router_app.command("create")(create)
     router_app.command("list")(list_)
+    router_app.command("delete")(delete)
+    router_app.command("token")(token)
 
 
 def create(
@@ -49,3 +51,27 @@ def list_(ctx: typer.Context) -> None:
             [[r.name, r.address, r.last_seen, r.spiffe_id] for r in rows],
         ),
     )
+
+
+def delete(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Router name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a router and its identity: its links are refused from now on."""
+    from umbranet.aio.manage_client import delete_router
+
+    cli = state(ctx)
+    if not yes and not cli.json and not typer.confirm(f"delete router {name}?"):
+        raise typer.Exit(1)
+    admin_call(cli, lambda client: delete_router(client, name))
+    emit(cli, {"deleted": name}, lambda: out.print(f"deleted router {name}", markup=False))
+
+
+def token(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Router name.")]) -> None:
+    """A new enrollment token for a router (a rebuilt machine, a lost key)."""
+    from umbranet.aio.manage_client import router_token
+
+    cli = state(ctx)
+    value = admin_call(cli, lambda client: router_token(client, name))
+    emit(cli, {"enrollment_token": value}, lambda: out.print(value, markup=False))

@@ -1,37 +1,53 @@
-"""``umbra router enroll|run`` (the admin commands ``create``/``list`` join this sub-app from
-`umbranet.cli.router_admin_cmd`)."""
+"""``umbra router enroll|run`` (the admin commands ``create``/``list``/``delete`` join this
+sub-app from `umbranet.cli.router_admin_cmd` in `register`)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from umbranet.aio.controller_client import ControllerClient
-from umbranet.aio.runtime import run
+from umbranet.cli import router_admin_cmd
 from umbranet.cli.common import emit, fail, handle_errors, out, state
 from umbranet.obs import configure_logging
-from umbranet.pki import IdentityFile, SpiffeId
 
-__all__ = ["app"]
+if TYPE_CHECKING:
+    from umbranet.pki import IdentityFile
+
+__all__ = ["app", "register"]
 
 app = typer.Typer(help="Create, enroll and run routers.", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``router`` with the admin commands and the router's own to `root`."""
+    router_admin_cmd.register(app)
+    root.add_typer(app, name="router")
 
 
 @app.command("enroll")
 def enroll(
     ctx: typer.Context,
-    token: Annotated[str, typer.Argument(help="The router's enrollment token.")],
+    token: Annotated[
+        str, typer.Argument(help="The router's enrollment token, or a file holding it.")
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Identity file to write.")],
 ) -> None:
     """Enroll a router (its keys are made here; only a CSR is sent)."""
+    from umbranet.aio.controller_client import ControllerClient
+    from umbranet.aio.runtime import run
+    from umbranet.pki import SpiffeId
+
     cli = state(ctx)
     with handle_errors(cli):
+        text = token
+        if not token.startswith("ue1.") and Path(token).is_file():
+            text = Path(token).read_text().strip()
 
         async def call() -> IdentityFile:
-            return await ControllerClient.enroll(token)
+            return await ControllerClient.enroll(text)
 
         identity = run(call())
         if SpiffeId.parse(identity.spiffe_id).kind != "router":
@@ -65,6 +81,7 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Serve endpoint links (mutual TLS) until interrupted."""
+    from umbranet.aio.runtime import run
     from umbranet.router.runner import run_router
 
     cli = state(ctx)

@@ -8,17 +8,15 @@ extension ``umbranet`` or the WSGI environ key ``umbranet.peer``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from umbranet.aio.runtime import run
 from umbranet.cli.common import fail, handle_errors, out, state
-from umbranet.sdk import Context, UmbraError
 
 __all__ = ["register"]
 
@@ -31,11 +29,18 @@ def serve(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="The app to serve, as module:attribute.")],
     service: Annotated[str, typer.Option("--service", help="Service name to host.")],
-    identity: Annotated[Path, typer.Option("--identity", "-i", help="Identity file.")],
+    identity: Annotated[
+        Path, typer.Option("--identity", "-i", envvar="UMBRA_IDENTITY", help="Identity file.")
+    ],
     wsgi: Annotated[bool, typer.Option("--wsgi", help="The app is WSGI, not ASGI.")] = False,
 ) -> None:
     """Serve a Python web app (ASGI, or WSGI with --wsgi) as SERVICE. Opens no port."""
+    # Imported here, so `--help` and TAB completion do not pay for the SDK.
+    import asyncio
+
+    from umbranet.aio.runtime import run
     from umbranet.integrations import AsgiServer, WsgiServer, import_app
+    from umbranet.sdk import Context, UmbraError
 
     cli = state(ctx)
     sys.path.insert(0, str(Path.cwd()))
@@ -45,7 +50,9 @@ def serve(
         fail(cli, exc.code, exc.reason)
 
     async def main() -> None:
-        async with Context.from_file(identity) as context:
+        async with Context.from_file(
+            identity, state_path=os.environ.get("UMBRA_IDENTITY_STATE")
+        ) as context:
             server = (
                 WsgiServer(context, service, app) if wsgi else AsgiServer(context, service, app)
             )

@@ -1,16 +1,21 @@
-"""``umbra service create|list|delete``: define dark services and who may use them (admin)."""
+"""``umbra service create|update|list|delete``: define dark services and who may use them
+(admin).
+
+``--dial-attr``/``--bind-attr`` decide access only while no policy document is in force; once
+one is, the policy decides, and setting them says so (a warning on stderr)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from umbranet.aio.controller_client import Intercept, ServiceInfo
 from umbranet.cli.common import (
+    CliState,
     admin_call,
     admin_client,
     emit,
+    err,
     fail,
     handle_errors,
     out,
@@ -18,6 +23,10 @@ from umbranet.cli.common import (
     state,
     table,
 )
+
+if TYPE_CHECKING:
+    from umbranet.aio.controller_client import ControllerClient, ServiceInfo
+    from umbranet.aio.controller_models import Intercept
 
 __all__ = ["app"]
 
@@ -50,15 +59,12 @@ def create(
 ) -> None:
     """Create a service."""
     cli = state(ctx)
-    intercepts: list[Intercept] = []
-    for item in intercept or []:
-        host_name, sep, port = item.rpartition(":")
-        if not sep or not host_name or not port.isdigit():
-            fail(cli, "invalid_intercept", f"--intercept {item!r} must be NAME:PORT")
-        intercepts.append(Intercept(host_name, int(port)))
+    intercepts = _intercepts(cli, intercept or [])
 
     async def call() -> ServiceInfo:
         async with admin_client(cli) as client:
+            if dial_attr or bind_attr:
+                await _warn_if_policy_decides(client)
             return await client.create_service(
                 name,
                 dial_attributes=dial_attr or [],
@@ -70,6 +76,81 @@ def create(
     with handle_errors(cli):
         service = run_async(call)
     emit(cli, service, lambda: out.print(f"created service {service.name}"))
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    *,
+    dial_attr: Annotated[
+        list[str] | None,
+        typer.Option("--dial-attr", help="Replace who may dial, by attribute (repeat)."),
+    ] = None,
+    bind_attr: Annotated[
+        list[str] | None,
+        typer.Option("--bind-attr", help="Replace who may host, by attribute (repeat)."),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="New host address (tcp://... or udp://...).")
+    ] = None,
+    no_host: Annotated[bool, typer.Option("--no-host", help="Remove the host address.")] = False,
+    intercept: Annotated[
+        list[str] | None,
+        typer.Option("--intercept", help="Replace the intercepts, NAME:PORT (repeat)."),
+    ] = None,
+) -> None:
+    """Change a service; options not given stay as they are."""
+    from umbranet.aio.manage_client import update_service
+
+    cli = state(ctx)
+    intercepts = None if intercept is None else _intercepts(cli, intercept)
+
+    async def call() -> ServiceInfo:
+        async with admin_client(cli) as client:
+            if dial_attr is not None or bind_attr is not None:
+                await _warn_if_policy_decides(client)
+            return await update_service(
+                client,
+                name,
+                dial_attributes=dial_attr,
+                bind_attributes=bind_attr,
+                host_address=host,
+                clear_host_address=no_host,
+                intercepts=intercepts,
+            )
+
+    with handle_errors(cli):
+        service = run_async(call)
+    emit(cli, service, lambda: out.print(f"updated service {service.name}", markup=False))
+
+
+def _intercepts(cli: CliState, items: list[str]) -> list[Intercept]:
+    from umbranet.aio.controller_models import Intercept
+
+    intercepts: list[Intercept] = []
+    for item in items:
+        host_name, sep, port = item.rpartition(":")
+        if not sep or not host_name or not port.isdigit():
+            fail(cli, "invalid_intercept", f"--intercept {item!r} must be NAME:PORT")
+        intercepts.append(Intercept(host_name, int(port)))
+    return intercepts
+
+
+async def _warn_if_policy_decides(client: ControllerClient) -> None:
+    """Say so when a policy is in force: it, not the service's attributes, decides access."""
+    from umbranet.aio.controller_client import ControllerError
+
+    try:
+        policy = await client.get_policy()
+    except ControllerError:
+        return  # no policy saved (no_policy), or we may not read it: nothing to add
+    err.print(
+        f"warning: policy version {policy.get('version')} is in force and decides who may dial "
+        "and host; --dial-attr/--bind-attr take effect only without a policy "
+        "(see `umbra policy get`)",
+        markup=False,
+    )
 
 
 @app.command("list")

@@ -33,6 +33,7 @@ from umbranet.controller.service import Authority
 from umbranet.controller.service.certificates import issue_for_identity
 from umbranet.controller.service.identities import new_identity_row
 from umbranet.controller.store import Database, Store
+from umbranet.home_layout import ControllerHome, HomeError
 from umbranet.pki import (
     CertificateAuthority,
     IdentityFile,
@@ -67,18 +68,6 @@ DEFAULT_ADDRESS = "127.0.0.1:8443"
 ADMIN_NAME = "admin"
 SERVER_CERT_LIFETIME = timedelta(days=30)
 """The TLS server certificate is reissued at every start, so it only has to outlive one run."""
-
-
-class HomeError(Exception):
-    """The home directory is missing, already initialised, or holds something unusable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,29 +107,6 @@ class ControllerConfig:
             raise HomeError("config_invalid", f"config.json is not valid: {exc}") from exc
         split_address(config.address)
         return config
-
-
-class ControllerHome:
-    """Paths inside a controller home directory."""
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).expanduser()
-        self.dir = self.root / "controller"
-        self.ca_key = self.dir / "ca.key"
-        self.ca_pem = self.dir / "ca.pem"
-        self.signer_key = self.dir / "signer.key"
-        self.jwt_key = self.dir / "jwt.key"
-        self.server_key = self.dir / "server.key"
-        self.server_pem = self.dir / "server.pem"
-        self.config_json = self.dir / "config.json"
-        self.db_path = self.dir / "umbra.db"
-        self.admin_file = self.root / "admin.json"
-
-    def is_initialised(self) -> bool:
-        return self.config_json.exists()
-
-    def default_db_url(self) -> str:
-        return f"sqlite:///{self.db_path.resolve()}"
 
 
 @dataclass(slots=True)

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from umbranet.controller.api import create_app
+from umbranet.controller.ephemeral_sweeper import EphemeralSweeper
 from umbranet.controller.home import LoadedController, load_home, write_server_certificate
 from umbranet.controller.logfmt import safe
 from umbranet.controller.metrics import Metrics
@@ -238,6 +239,7 @@ def serve(
     """
     ticker: PostureTicker | None = None
     _raise_file_limit()
+    sweeper: EphemeralSweeper | None = None
     try:
         write_server_certificate(loaded.home, loaded.authority, loaded.config, datetime.now(UTC))
         server = build_server(loaded, log_format=log_format)
@@ -245,8 +247,12 @@ def serve(
         assert isinstance(app, FastAPI)  # build_server always serves the API app
         ticker = PostureTicker(app.state.umbra, posture_interval)
         ticker.start()
+        sweeper = EphemeralSweeper(app.state.umbra)
+        sweeper.start()
         server.run()
     finally:
+        if sweeper is not None:
+            sweeper.stop()
         if ticker is not None:
             ticker.stop()
         loaded.db.dispose()

@@ -15,6 +15,7 @@ Stages, each refusing at its first fault:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 
 from umbranet.policy import hujson
@@ -39,6 +40,10 @@ def compile_policy(
     document = hujson.parse(text)
     policy = build_policy(document)
     check_references(policy, inventory)
+    if known is not None:
+        extra = reference_warnings(policy, known)
+        if extra:
+            policy = dataclasses.replace(policy, warnings=(*policy.warnings, *extra))
     groups = resolve_groups(policy)
     compiled = CompiledPolicy(policy, groups, text, inventory)
     if run_tests:
@@ -88,6 +93,34 @@ def check_references(policy: Policy, known: Inventory) -> None:
             if known.service(case.service) is None:
                 reason = f"test entry {case.text!r} names unknown service {case.service!r}"
                 raise PolicyError("policy_unknown_service", reason, case.line, case.column)
+
+
+def reference_warnings(policy: Policy, known: Inventory) -> list[str]:
+    """Names that are valid but match nobody yet: an identity name no identity has, a tag no
+    identity carries. Not refused (the identity may be created next), but said, since a typo
+    here silently grants or denies nothing."""
+    names = known.identity_names()
+    selectors = [
+        *(s for owners in policy.tag_owners.values() for s in owners),
+        *(s for members in policy.groups.values() for s in members),
+        *(s for rule in policy.rules for s in rule.src),
+        *(s for rule in policy.http for s in rule.src),
+    ]
+    warnings: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for selector in selectors:
+        key = (selector.kind, selector.value)
+        if key in seen:
+            continue
+        seen.add(key)
+        where = f" (line {selector.line})" if selector.line is not None else ""
+        if selector.kind == "name" and selector.value not in names:
+            warnings.append(f"{selector.value!r}{where} is not the name of any identity (yet)")
+        elif selector.kind == "tag" and not any(
+            True for _ in known.identities_with(selector.value)
+        ):
+            warnings.append(f"tag:{selector.value}{where} is carried by no identity (yet)")
+    return warnings
 
 
 def resolve_groups(policy: Policy) -> dict[str, ResolvedGroup]:

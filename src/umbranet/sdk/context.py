@@ -6,6 +6,12 @@ service through outbound links only.
 
     async with Context.from_file("app.json") as ctx:
         stream = await ctx.dial("billing")
+
+Renewed certificates are written back to the identity file, or to a separate writable
+``state_path`` when the identity file is a read-only mount (a Kubernetes Secret). Renewal never
+depends on the write: a save that fails is logged and counted (``renewal_save_failed``) and the
+renewed identity stays in use in memory. `Context.from_env` reads the paths from
+``UMBRA_IDENTITY`` and ``UMBRA_IDENTITY_STATE`` for twelve-factor apps.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from umbranet.clock import Clock, system_clock
-from umbranet.pki import IdentityFile
+from umbranet.pki import IdentityFile, PkiError
 from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
@@ -36,6 +43,8 @@ from umbranet.wire import ErrorCode
 log = logging.getLogger("umbranet.sdk")
 
 CLOSE_TIMEOUT = 2.0
+RENEWAL_RETRY = 30.0
+"""Seconds between renewal attempts after one failed."""
 POSTURE_FIRST_WAIT = 2.0
 
 
@@ -71,6 +80,7 @@ class Context:
         identity: IdentityFile,
         *,
         identity_path: Path | None = None,
+        state_path: Path | None = None,
         clock: Clock = system_clock,
         control: Callable[[IdentityFile], ControlPlane] | None = None,
         renew: bool = True,
@@ -81,6 +91,7 @@ class Context:
         self.clock = clock
         self.link_timers = link_timers  # keepalive: how soon a silent router is given up
         self._identity_path = identity_path
+        self._state_path = state_path
         self._control_factory = control or _default_control
         self._control = self._control_factory(identity)
         self._connections: dict[str, RouterConnection] = {}
@@ -100,10 +111,32 @@ class Context:
         self._renewal_callbacks: list[Callable[[IdentityFile], None]] = []
 
     @classmethod
-    def from_file(cls, path: str | Path, **options: Any) -> Context:
-        """A context for the identity stored in `path` (renewals are written back to it)."""
+    def from_file(
+        cls, path: str | Path, *, state_path: str | Path | None = None, **options: Any
+    ) -> Context:
+        """A context for the identity stored in `path`.
+
+        Renewals are written back to `path`, or to `state_path` when given (for a read-only
+        identity file); a `state_path` holding a newer certificate of the same identity (an
+        earlier run's renewal) is used instead of `path`.
+        """
         path = Path(path)
-        return cls(IdentityFile.load(path), identity_path=path, **options)
+        identity = IdentityFile.load(path)
+        state = Path(state_path) if state_path is not None else None
+        if state is not None:
+            identity = _newest(identity, state)
+        return cls(identity, identity_path=path, state_path=state, **options)
+
+    @classmethod
+    def from_env(cls, **options: Any) -> Context:
+        """`from_file` with the paths in ``UMBRA_IDENTITY`` and (optional, writable)
+        ``UMBRA_IDENTITY_STATE``; UmbraError ``no_identity`` when the first is not set."""
+        path = os.environ.get("UMBRA_IDENTITY")
+        if not path:
+            raise UmbraError(
+                "no_identity", "set UMBRA_IDENTITY to the path of this app's identity file"
+            )
+        return cls.from_file(path, state_path=os.environ.get("UMBRA_IDENTITY_STATE"), **options)
 
     async def __aenter__(self) -> Context:
         self._start()
@@ -288,9 +321,10 @@ class Context:
             await asyncio.sleep(max(delay, 0.0))
             try:
                 await self.renew_now()
-            except UmbraError as exc:
-                log.warning("certificate renewal failed: %s; retrying in 30s", exc)
-                await asyncio.sleep(30)
+            except Exception as exc:  # whatever failed, the next attempt must still come
+                self.counters["renewal_failed"] = self.counters.get("renewal_failed", 0) + 1
+                log.warning("certificate renewal failed: %s; retrying in %gs", exc, RENEWAL_RETRY)
+                await asyncio.sleep(RENEWAL_RETRY)
 
     async def _report_posture_forever(self) -> None:
         """Report our posture at start, then whenever it changed (sampled periodically)."""
@@ -345,8 +379,7 @@ class Context:
         self._control = self._control_factory(renewed)
         self._posture_last = None  # the certificate's age is part of posture: report again
         await old.aclose()
-        if self._identity_path is not None:
-            renewed.save(self._identity_path)
+        self._save_renewal(renewed)
         self.counters["renewals"] = self.counters.get("renewals", 0) + 1
         log.info("certificate renewed, valid until %s", renewed.certificate.not_valid_after_utc)
         for callback in list(self._renewal_callbacks):
@@ -354,6 +387,41 @@ class Context:
                 callback(renewed)
             except Exception:  # one broken listener must not stop renewal or the others
                 log.exception("a renewal callback failed")
+
+    def _save_renewal(self, renewed: IdentityFile) -> None:
+        """Persist a renewal where we may; the renewal itself never depends on it."""
+        target = self._state_path or self._identity_path
+        if target is None:
+            return
+        try:
+            renewed.save(target)
+        except OSError as exc:
+            self.counters["renewal_save_failed"] = self.counters.get("renewal_save_failed", 0) + 1
+            log.warning(
+                "renewed certificate kept in memory only: cannot write %s (%s); "
+                "pass a writable state path (UMBRA_IDENTITY_STATE) so restarts keep it",
+                target,
+                exc.strerror or exc,
+            )
+
+
+def _newest(identity: IdentityFile, state: Path) -> IdentityFile:
+    """The identity file's content, or the state file's when it is the same identity with a
+    later certificate; a missing or unusable state file is ignored (renewals will rewrite it)."""
+    try:
+        saved = IdentityFile.load(state)
+    except (OSError, ValueError, PkiError) as exc:
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("ignoring the identity state file %s: %s", state, exc)
+        return identity
+    if saved.spiffe_id != identity.spiffe_id:
+        log.warning("ignoring %s: it holds %s, not %s", state, saved.spiffe_id, identity.spiffe_id)
+        return identity
+    # Ties go to the state file: only renewals write it, and a renewal in the same second as
+    # the enrollment is newer. A later re-enrollment (a new identity file) wins by its date.
+    if saved.certificate.not_valid_before_utc >= identity.certificate.not_valid_before_utc:
+        return saved
+    return identity
 
 
 def _default_control(identity: IdentityFile) -> ControlPlane:

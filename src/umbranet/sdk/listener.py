@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,15 @@ class Listener:
         for connection, binding_id in self._bindings.items():
             connection.unbind(binding_id)
         self._bindings.clear()
+
+    def as_socket(self) -> socket.socket:
+        """A listening Unix socket (no network port) on which each accepted stream arrives as
+        a connection, for server libraries that take a socket; `socket_bridge` is then the
+        `umbranet.sdk.socket_bridge.ListenerBridge` (``peer_of``, ``statistics``, ``aclose``)."""
+        from umbranet.sdk.socket_bridge import listener_bridge
+
+        self.socket_bridge = listener_bridge(self)
+        return self.socket_bridge.socket
 
     @property
     def min_epoch(self) -> int:

@@ -14,6 +14,7 @@ never mistaken for a complete one.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import TYPE_CHECKING, Any
 
 from umbranet.proto.circuit import Circuit, State
@@ -194,6 +195,13 @@ class Stream:
     async def wait_closed(self) -> None:
         """Wait until both directions ended (or the stream was reset)."""
         await asyncio.shield(self._closed)
+
+    def as_socket(self) -> socket.socket:
+        """A connected local socket relayed to this stream, for libraries that take a socket
+        (see `umbranet.sdk.socket_bridge`); use it from another thread or through asyncio."""
+        from umbranet.sdk.socket_bridge import stream_socket
+
+        return stream_socket(self)
 
     async def __aenter__(self) -> Stream:
         return self

@@ -14,7 +14,9 @@ from umbranet.controller.api import (
     routes_admin,
     routes_client,
     routes_events,
+    routes_joinkeys,
     routes_jwt,
+    routes_manage,
     routes_metrics,
     routes_policy,
     routes_public,
@@ -53,6 +55,8 @@ def create_app(
     app.include_router(routes_policy.router)
     app.include_router(routes_jwt.router)
     app.include_router(routes_metrics.router)
+    app.include_router(routes_joinkeys.router)
+    app.include_router(routes_manage.router)
     install_error_handlers(app, context.metrics)
     app.add_middleware(GuardMiddleware, metrics=context.metrics)
     app.add_middleware(routes_metrics.RequestMetrics, metrics=context.metrics)

@@ -56,6 +56,7 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
     queue = ctx.events.subscribe()
 
     async def stream() -> AsyncIterator[bytes]:
+        ctx.presence.enter(caller.spiffe_id)
         try:
             hello: dict[str, object] = {"epoch": ctx.events.epoch, "identity": caller.spiffe_id}
             hello["bundle_version"] = ctx.authority.bundle.version
@@ -78,6 +79,7 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
                 yield _sse("epoch", data)
         finally:
             ctx.events.unsubscribe(queue)
+            ctx.presence.leave(caller.spiffe_id)
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}

@@ -20,8 +20,15 @@ from umbranet.cache import BoundedCache
 from umbranet.controller.authz import ActivePolicy, service_ref
 from umbranet.controller.service.errors import BadRequest, NotFound
 from umbranet.controller.service.posture import report_of
-from umbranet.controller.store import PolicyVersion, Store
-from umbranet.policy import CompiledPolicy, Inventory, PolicyError, Subject, compile_policy
+from umbranet.controller.store import Identity, PolicyVersion, Service, Store
+from umbranet.policy import (
+    CompiledPolicy,
+    Inventory,
+    PolicyError,
+    Subject,
+    compile_policy,
+    decide_access,
+)
 
 __all__ = [
     "PolicyInfo",
@@ -176,7 +183,7 @@ def explain(
         raise NotFound("unknown_service", f"no service named {service!r}")
     active = active_policy(store)
     if active is None:
-        raise NotFound("no_policy", "no policy has been saved; access follows service attributes")
+        return _explain_without_policy(subject_row, service_row, action)
     if active.compiled is None:
         raise BadRequest("policy_invalid", f"policy version {active.version}: {active.error}")
     subject = Subject.of(subject_row.name, subject_row.attributes)
@@ -190,6 +197,31 @@ def explain(
     out["version"] = active.version
     out["rendered"] = report.render()
     return out
+
+
+def _explain_without_policy(identity: Identity, service: Service, action: str) -> dict[str, Any]:
+    """Before any policy is saved, access follows the services' attributes: explain that
+    rule (the same one tickets use), so `policy explain` answers from the first minute."""
+    verdict = decide_access(identity.attributes, service, action)
+    word = "allowed" if verdict.allowed else "denied"
+    held = ", ".join(identity.attributes) or "none"
+    return {
+        "allowed": verdict.allowed,
+        "reason": verdict.reason,
+        "request": f"{action} {service.name}",
+        "subject": {"name": identity.name, "tags": list(identity.attributes), "groups": []},
+        "service": {"name": service.name, "attributes": [*service.dial_attributes]},
+        "rules": [],
+        "postures": [],
+        "unrelated_rules": 0,
+        "version": None,
+        "rendered": (
+            f"{identity.name} -> {action} {service.name}: {word}\n"
+            f"  no policy saved yet: the service's --dial-attr/--bind-attr decide "
+            f"({identity.name} holds: {held})\n"
+            f"  {verdict.reason}"
+        ),
+    }
 
 
 def _info(row: PolicyVersion) -> PolicyInfo:

@@ -1,0 +1,55 @@
+"""The clock of ephemeral identities: note who is online, remove those offline too long.
+
+A background thread runs `joinkeys.sweep_ephemeral` every ``interval`` seconds (30 s by
+default: removals happen within that much of the limit). A removal bumps the epoch, so routers
+re-check the circuits of the removed identities and close them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from umbranet.controller.api.context import AppContext
+from umbranet.controller.service.joinkeys import sweep_ephemeral
+
+__all__ = ["DEFAULT_INTERVAL", "EphemeralSweeper"]
+
+log = logging.getLogger("umbranet.controller.joinkeys")
+
+DEFAULT_INTERVAL = 30.0
+
+
+class EphemeralSweeper:
+    """``sweeper.start()`` ... ``sweeper.stop()``; `tick` sweeps once (tests call it)."""
+
+    def __init__(self, context: AppContext, interval: float = DEFAULT_INTERVAL) -> None:
+        self.context = context
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> list[str]:
+        context = self.context
+        with context.transaction() as store:
+            removed = sweep_ephemeral(store, context.presence.online(), context.clock())
+        if removed:
+            log.info("removed offline ephemeral identities: %s", ", ".join(removed))
+            context.events.bump(f"ephemeral identities removed: {', '.join(removed[:5])}")
+        return removed
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ephemeral-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:  # one bad row must not stop removals for good
+                log.exception("ephemeral sweep failed")
