@@ -327,7 +327,11 @@ class Device:
             peer.handshake_attempts = 0
         last = peer.last_initiation_sent
         if last is not None and 0 <= t - last < REKEY_TIMEOUT:
-            return  # one initiation per REKEY_TIMEOUT; the retransmit timer tries again
+            # One initiation per REKEY_TIMEOUT. Unlike the reference implementations, which
+            # wait for the next packet to try again, make sure a try is due when the pause
+            # ends, so a packet staged now is not held until some later send.
+            peer.timers.setdefault("retransmit_handshake", last + REKEY_TIMEOUT)
+            return
         if peer.endpoint is None:
             self._drops["tx_no_endpoint"] += 1
             return
