@@ -17,10 +17,13 @@ import base64
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -56,7 +59,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _wait_for_line(log: Path, marker: str, child_alive: object, seconds: float = 20) -> None:
+def _wait_for_line(log: Path, marker: str, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if log.exists() and marker in log.read_text(errors="replace"):
@@ -74,7 +77,16 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         lab.destroy()
 
 
-def test_wireguard_go_and_umbranet_ping_each_other(lab: Lab, tmp_path: Path) -> None:
+@dataclass
+class Setup:
+    g: str
+    u: str
+    umbra_public: bytes
+    peer_log: Path
+    peer: subprocess.Popen[bytes]
+
+
+def _setup(lab: Lab, tmp_path: Path, mp: pytest.MonkeyPatch, *extra: str) -> Setup:
     g = lab.namespace("wgg")
     u = lab.namespace("wgu")
     lab.link(g, "198.18.77.1/24", u, "198.18.77.2/24")
@@ -100,19 +112,32 @@ def test_wireguard_go_and_umbranet_ping_each_other(lab: Lab, tmp_path: Path) -> 
     lab.run(g, ["ip", "link", "set", "wg0", "up"])
 
     # The Umbranet side: the sans-IO machine over a real UDP socket and a TUN.
-    env_python = [sys.executable, PEER_SCRIPT]
-    os.environ.setdefault("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = os.pathsep.join([SRC, REPO, os.environ["PYTHONPATH"]])
-    peer = lab.spawn(u, "umbra-peer", [*env_python,
-                                       "--private-key", _b64(umbra_private),
-                                       "--listen", "198.18.77.2:51821",
-                                       "--peer", _b64(go_public),
-                                       "--endpoint", "198.18.77.1:51820",
-                                       "--allowed", "198.19.77.1/32",
-                                       "--address", "198.19.77.2/24",
-                                       "--seconds", "90"])  # fmt: skip
+    mp.setenv("PYTHONPATH", os.pathsep.join([SRC, REPO, os.environ.get("PYTHONPATH", "")]))
+    peer = lab.spawn(u, "umbra-peer", [sys.executable, PEER_SCRIPT,
+                                "--private-key", _b64(umbra_private),
+                                "--listen", "198.18.77.2:51821",
+                                "--peer", _b64(go_public),
+                                "--endpoint", "198.18.77.1:51820",
+                                "--allowed", "198.19.77.1/32",
+                                "--address", "198.19.77.2/24",
+                                "--seconds", "90", *extra])  # fmt: skip
     log = tmp_path / "umbra-peer.log"
-    _wait_for_line(log, "READY", peer)
+    _wait_for_line(log, "READY")
+    return Setup(g, u, umbra_public, log, peer)
+
+
+def _peer_statistics(lab: Lab, setup: Setup) -> dict[str, Any]:
+    lab.stop(setup.peer)
+    text = setup.peer_log.read_text()
+    stats: dict[str, Any] = json.loads(text.split("STATS ", 1)[1].splitlines()[0])["device"]
+    return stats
+
+
+def test_wireguard_go_and_umbranet_ping_each_other(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup = _setup(lab, tmp_path, monkeypatch)
+    g, u, umbra_public = setup.g, setup.u, setup.umbra_public
 
     # The Umbranet side initiates (its first packet to the peer starts the handshake) ...
     lab.run(u, ["ping", "-c", "3", "-i", "0.2", "-W", "5", "198.19.77.1"], timeout=60)
@@ -131,13 +156,25 @@ def test_wireguard_go_and_umbranet_ping_each_other(lab: Lab, tmp_path: Path) -> 
     transfer = lab.run(g, ["wg", "show", "wg0", "transfer"]).split()
     assert int(transfer[1]) > 0 and int(transfer[2]) > 0  # bytes received and sent
 
-    lab.stop(peer)
-    text = log.read_text()
-    stats = json.loads(text.split("STATS ", 1)[1].splitlines()[0])
-    counts = stats["device"]["counts"]
+    stats = _peer_statistics(lab, setup)
+    counts = stats["counts"]
     assert counts["rx_packets"] >= 10 and counts["tx_packets"] >= 10
     assert counts["tx_initiations"] >= 1 and counts["rx_initiations"] >= 1  # both roles
     assert counts["handshakes_completed"] >= 2
     # Nothing that arrived was refused (the kernel's own IPv6 chatter into the TUN has no
     # route to the peer and is counted as tx_no_route, which is expected).
-    assert {r: n for r, n in stats["device"]["drops"].items() if not r.startswith("tx_")} == {}
+    assert {r: n for r, n in stats["drops"].items() if not r.startswith("tx_")} == {}
+
+
+def test_wireguard_go_retries_with_our_cookie_when_we_are_under_load(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our side acts as if under a flood: every handshake without a valid MAC2 gets a cookie
+    # reply. wireguard-go must open it (XChaCha20-Poly1305 under our cookie key, bound to its
+    # MAC1) and retry REKEY_TIMEOUT later with a MAC2 we accept.
+    setup = _setup(lab, tmp_path, monkeypatch, "--always-under-load")
+    lab.run(setup.g, ["ping", "-c", "1", "-W", "15", "198.19.77.2"], timeout=60)
+    stats = _peer_statistics(lab, setup)
+    assert stats["counts"]["tx_cookie_replies"] >= 1
+    assert stats["counts"]["rx_initiations"] >= 1
+    assert stats["drops"].get("under_load_no_cookie", 0) >= 1

@@ -18,7 +18,7 @@ import subprocess
 
 from umbranet.aio.tun import Tun
 from umbranet.aio.wg_driver import WireGuardDriver
-from umbranet.proto.wireguard import Device
+from umbranet.proto.wireguard import Device, DeviceConfig
 
 
 def main() -> None:
@@ -31,9 +31,11 @@ def main() -> None:
     parser.add_argument("--tun", default="wgu0")
     parser.add_argument("--address", required=True, help="CIDR for the TUN")
     parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--always-under-load", action="store_true", help="cookie path test")
     args = parser.parse_args()
 
-    device = Device(base64.b64decode(args.private_key))
+    config = DeviceConfig(handshake_load_threshold=0) if args.always_under_load else None
+    device = Device(base64.b64decode(args.private_key), config=config)
     endpoint = None
     if args.endpoint:
         host, port = args.endpoint.rsplit(":", 1)
