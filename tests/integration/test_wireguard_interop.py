@@ -68,6 +68,15 @@ def _wait_for_line(log: Path, marker: str, seconds: float = 20) -> None:
     raise AssertionError(f"{marker!r} never appeared in {log.name}: {log.read_text()[-2000:]}")
 
 
+def _wait_listening(lab: Lab, ns: str, port: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if f":{port} " in lab.run(ns, ["ss", "-Hltn"], check=False):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port} in {ns}")
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     lab = Lab(tmp_path)
@@ -150,6 +159,23 @@ def test_wireguard_go_and_umbranet_ping_each_other(
     # Large packets: padding and lengths survive both ways.
     lab.run(g, ["ping", "-c", "2", "-s", "1300", "-W", "5", "198.19.77.2"], timeout=60)
     lab.run(u, ["ping", "-c", "2", "-s", "1300", "-W", "5", "198.19.77.1"], timeout=60)
+
+    if shutil.which("iperf3"):
+        # TCP through the tunnel both ways (the interop check names iperf3); the
+        # figure is printed for the record, never asserted against a threshold.
+        server = lab.spawn(u, "iperf3-server", ["iperf3", "-s", "-1", "-B", "198.19.77.2"])
+        _wait_listening(lab, u, 5201)
+        for extra in ([], ["-R"]):
+            report = json.loads(lab.run(g, ["iperf3", "-c", "198.19.77.2", "-t", "2", "-J",
+                                            *extra], timeout=60))  # fmt: skip
+            received = report["end"]["sum_received"]
+            assert received["bytes"] > 0
+            print(f"iperf3 {extra}: {received['bits_per_second'] / 1e6:.0f} Mbit/s")
+            if not extra:
+                lab.stop(server)
+                server = lab.spawn(u, "iperf3-server", ["iperf3", "-s", "-1", "-B", "198.19.77.2"])
+                _wait_listening(lab, u, 5201)
+        lab.stop(server)
 
     handshakes = lab.run(g, ["wg", "show", "wg0", "latest-handshakes"]).split()
     assert handshakes[0] == _b64(umbra_public) and int(handshakes[1]) > 0
