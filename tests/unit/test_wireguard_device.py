@@ -281,3 +281,32 @@ def test_roaming_follows_the_last_authenticated_source() -> None:
     # A replayed old packet from elsewhere neither arrives nor moves the endpoint.
     pair.b.handle_datagram(data, ("198.18.6.6", 1), pair.clock.now())
     assert pair.b.endpoint_of(public_key(key("a"))) == moved
+
+
+def test_a_device_uses_the_noise_key_its_svid_binds() -> None:
+    from datetime import UTC, datetime
+
+    from umbranet.pki import (
+        CertificateAuthority,
+        SpiffeId,
+        generate_noise_keypair,
+        generate_tls_key,
+        make_csr,
+    )
+    from umbranet.pki.svid import noise_public_key_of
+
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    ca = CertificateAuthority.create("acme.umbra", now)
+    noise_private, noise_public = generate_noise_keypair()
+    svid = ca.issue_svid(
+        make_csr(generate_tls_key()),
+        SpiffeId.for_identity("acme.umbra", "device", "alice"),
+        noise_public,
+        now,
+    )
+
+    class Identity:
+        noise_private_key = noise_private
+
+    device = Device.for_identity(Identity())
+    assert device.public_key == noise_public_key_of(svid) == noise_public

@@ -11,11 +11,13 @@ timer rules. The modules, smallest first:
     handshake   Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s, one function per message and side
     cookie      MAC1/MAC2 and cookie replies under load
     timers      the protocol's constants and timer names
+    config      DeviceConfig (load threshold), NoiseIdentity
     peer, ip    per-peer state; cryptokey routing by allowed IPs
     device      the machine: handle_datagram / send_packet / handle_timeout, poll_*
 """
 
-from umbranet.proto.wireguard.device import Device, DeviceConfig
+from umbranet.proto.wireguard.config import DeviceConfig, NoiseIdentity
+from umbranet.proto.wireguard.device import Device
 from umbranet.proto.wireguard.events import Event, HandshakeCompleted, PacketReceived, PeerSilent
 from umbranet.proto.wireguard.peer import Address
 
@@ -25,6 +27,7 @@ __all__ = [
     "DeviceConfig",
     "Event",
     "HandshakeCompleted",
+    "NoiseIdentity",
     "PacketReceived",
     "PeerSilent",
 ]

@@ -18,6 +18,7 @@ that message can open it.
 from __future__ import annotations
 
 import hmac as _hmac
+import ipaddress
 from collections.abc import Callable
 
 from umbranet.proto.wireguard.crypto import AeadError, hash_, mac, xaead_open, xaead_seal
@@ -30,6 +31,7 @@ __all__ = [
     "LABEL_MAC1",
     "CookieChecker",
     "CookieGenerator",
+    "address_bytes",
     "cookie_key",
     "mac1_key",
 ]
@@ -131,3 +133,13 @@ class CookieGenerator:
     def has_cookie(self, now: float) -> bool:
         """Whether the next handshake message would carry a MAC2."""
         return self._cookie is not None and 0 <= now - self._cookie_at < COOKIE_REFRESH_TIME
+
+
+def address_bytes(addr: tuple[str, int]) -> bytes:
+    """What the cookie is bound to: the packed IP address and the port."""
+    host, port = addr[0], addr[1]
+    try:
+        packed = ipaddress.ip_address(host).packed
+    except ValueError:
+        packed = str(host).encode("utf-8", "replace")
+    return packed + (port & 0xFFFF).to_bytes(2, "big")

@@ -26,16 +26,15 @@ Rules of this file:
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 
 from umbranet.clock import Deadline, Instant
-from umbranet.proto.wireguard.cookie import CookieChecker, CookieGenerator
+from umbranet.proto.wireguard.config import DeviceConfig, NoiseIdentity
+from umbranet.proto.wireguard.cookie import CookieChecker, CookieGenerator, address_bytes
 from umbranet.proto.wireguard.crypto import public_key, tai64n
 from umbranet.proto.wireguard.events import Event, HandshakeCompleted, PacketReceived, PeerSilent
 from umbranet.proto.wireguard.handshake import (
@@ -77,22 +76,10 @@ from umbranet.proto.wireguard.timers import (
     UNDER_LOAD_AFTER,
 )
 
-__all__ = ["Device", "DeviceConfig"]
+__all__ = ["Device"]
 
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
 _PADDING = bytes(16)
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceConfig:
-    """Knobs that are not part of the protocol.
-
-    `handshake_load_threshold`: more handshake messages than this (with a valid MAC1) within
-    one second puts the device under load, where MAC2 is required (the reference
-    implementations use the length of their handshake queue for the same decision).
-    """
-
-    handshake_load_threshold: int = 64
 
 
 class Device:
@@ -121,6 +108,18 @@ class Device:
         self._load_window = 0.0
         self._load_count = 0
         self._under_load_until: float | None = None
+
+    @classmethod
+    def for_identity(
+        cls,
+        identity: NoiseIdentity,
+        *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        config: DeviceConfig | None = None,
+    ) -> Device:
+        """A device keyed by the identity's X25519 Noise key, the one its SVID binds, so the
+        public key peers configure is the one the controller already vouches for."""
+        return cls(identity.noise_private_key, random_bytes=random_bytes, config=config)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -248,6 +247,7 @@ class Device:
         """Counters by name, drops by reason, and per-peer figures (keys as hex)."""
         return {
             "peers": len(self._peers),
+            "under_load_until": self._under_load_until,
             "counts": dict(self._counts),
             "drops": dict(self._drops),
             "per_peer": {
@@ -363,7 +363,7 @@ class Device:
             self._under_load_until = t + UNDER_LOAD_AFTER
         if not self.under_load(t):
             return True
-        source = _address_bytes(addr)
+        source = address_bytes(addr)
         if self._checker.check_mac2(data, source, t):
             return True
         sender = int.from_bytes(data[4:8], "little")
@@ -583,13 +583,3 @@ class Device:
 
     def _jitter(self) -> float:
         return int.from_bytes(self._random(2), "little") / 65536 * REKEY_TIMEOUT_JITTER
-
-
-def _address_bytes(addr: Address) -> bytes:
-    """What the cookie is bound to: the packed IP address and the port."""
-    host, port = addr[0], addr[1]
-    try:
-        packed = ipaddress.ip_address(host).packed
-    except ValueError:
-        packed = str(host).encode("utf-8", "replace")
-    return packed + (port & 0xFFFF).to_bytes(2, "big")
