@@ -310,3 +310,57 @@ def test_a_device_uses_the_noise_key_its_svid_binds() -> None:
 
     device = Device.for_identity(Identity())
     assert device.public_key == noise_public_key_of(svid) == noise_public
+
+
+def test_initiations_faster_than_the_flood_limit_are_dropped() -> None:
+    pair = make_pair()
+    a_private, b_public = key("a"), public_key(key("b"))
+    first, _ = create_initiation(a_private, b_public, key("e1"), 1, tai64n(pair.clock.wall))
+    pair.clock.advance(0.005)  # a newer timestamp, but 5 ms after the last one consumed
+    later = tai64n(pair.clock.wall.replace(second=pair.clock.wall.second + 1))
+    second, _ = create_initiation(a_private, b_public, key("e2"), 2, later)
+    macs = CookieGenerator(b_public)
+    pair.b.handle_datagram(macs.add_macs(first, 0.0), A_ADDR, pair.clock.now())
+    pair.b.handle_datagram(macs.add_macs(second, 0.0), A_ADDR, pair.clock.now())
+    assert _counts(pair.b)["tx_responses"] == 1
+    assert _drops(pair.b) == {"initiation_flood": 1}
+
+
+def _ipv6_packet(src: str, dst: str, payload: bytes) -> bytes:
+    import ipaddress
+    import struct
+
+    header = struct.pack("!IHBB", 6 << 28, len(payload), 17, 64)
+    return header + ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed + payload
+
+
+def test_ipv6_packets_route_by_allowed_ips() -> None:
+    pair = make_pair()
+    pair.a.add_peer(public_key(key("b")), allowed_ips=["fd00:1::2/128"])
+    pair.b.add_peer(public_key(key("a")), allowed_ips=["fd00:1::1/128"])
+    packet = _ipv6_packet("fd00:1::1", "fd00:1::2", b"six")
+    pair.a.send_packet(packet + bytes(5), pair.clock.now())  # trailing bytes are not the packet
+    pair.pump()
+    assert pair.received(B_ADDR) == [packet]
+    assert pair.b.endpoint_of(public_key(key("a"))) == A_ADDR
+    pair.a.send_packet(_ipv6_packet("fd00:1::1", "fd00:9::9", b"nowhere"), pair.clock.now())
+    assert _drops(pair.a) == {"tx_no_route": 1}
+
+
+@pytest.mark.parametrize("lost", [1, 2, 5, 17])
+def test_lost_handshakes_are_retried_and_the_staged_packet_arrives(lost: int) -> None:
+    pair = make_pair()
+    dropped = {"n": 0}
+
+    def drop_handshakes(data: bytes, src: object, dst: object) -> bool:
+        if data[0] in (TYPE_INITIATION, TYPE_RESPONSE) and dropped["n"] < lost:
+            dropped["n"] += 1
+            return True
+        return False
+
+    pair.drop = drop_handshakes
+    _send(pair, b"patience")
+    assert pair.received(B_ADDR) == []
+    pair.run(REKEY_TIMEOUT * (lost + 1) + 2)
+    assert pair.received(B_ADDR) == [ipv4_packet(A_IP, B_IP, b"patience")]
+    assert not [e for e in pair.events.get(A_ADDR, []) if isinstance(e, PeerSilent)]

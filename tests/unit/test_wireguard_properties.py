@@ -96,14 +96,22 @@ _garbage = st.one_of(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_garbage, min_size=1, max_size=10), st.data())
+@given(st.lists(_garbage, min_size=1, max_size=10), st.data(), st.booleans())
 def test_garbage_never_raises_and_is_counted_once(
-    datagrams: list[bytes], data: st.DataObject
+    datagrams: list[bytes], data: st.DataObject, pending: bool
 ) -> None:
     pair = make_pair()
     pair.a.send_packet(ipv4_packet(A_IP, B_IP, b"before"), pair.clock.now())
     pair.pump()
     captured = [d for d, _, _ in pair.wire]
+    if pending:
+        # A second peer whose handshake is still open, so responses and cookie replies have
+        # an index to name.
+        pair.a.add_peer(
+            public_key(key("c")), endpoint=("198.18.0.3", 1), allowed_ips=["100.64.0.3/32"]
+        )
+        pair.a.send_packet(ipv4_packet(A_IP, "100.64.0.3", b"pending"), pair.clock.now())
+        captured.append(pair.a.poll_transmit()[0])  # type: ignore[index]
     # Real messages with a flipped bit are garbage too, and the hardest kind.
     for _ in range(data.draw(st.integers(0, 3))):
         original = bytearray(data.draw(st.sampled_from(captured)))
@@ -111,11 +119,12 @@ def test_garbage_never_raises_and_is_counted_once(
         original[bit // 8] ^= 1 << (bit % 8)
         datagrams.append(bytes(original))
     for datagram in datagrams:
-        before = sum(pair.b.statistics()["drops"].values())  # type: ignore[attr-defined]
-        pair.b.handle_datagram(datagram, ("198.18.7.7", 7), pair.clock.now())
-        after = sum(pair.b.statistics()["drops"].values())  # type: ignore[attr-defined]
+        device = data.draw(st.sampled_from([pair.a, pair.b]))
+        before = sum(device.statistics()["drops"].values())  # type: ignore[attr-defined]
+        device.handle_datagram(datagram, ("198.18.7.7", 7), pair.clock.now())
+        after = sum(device.statistics()["drops"].values())  # type: ignore[attr-defined]
         assert after == before + 1
-        assert pair.b.poll_transmit() is None
+        assert device.poll_transmit() is None
     # Nothing harmed the session.
     pair.a.send_packet(ipv4_packet(A_IP, B_IP, b"after"), pair.clock.now())
     pair.pump()
