@@ -4,8 +4,9 @@ This is the check that the data plane is WireGuard and not something like it: th
 is the reference userspace implementation, configured with `wg set` exactly as an
 administrator would, holding an Umbranet identity's X25519 key as its peer's public key.
 
-    namespace G: wireguard-go (wg0 198.19.77.1/24) --veth 198.18.77.1 <-> 198.18.77.2--
-    namespace U: tests/integration/wg_umbra_peer.py (TUN wgu0 198.19.77.2/24)
+    namespace G: wireguard-go (wg0 198.19.77.1/24, 2001:2:0:77::1/64)
+                 --veth 198.18.77.1 <-> 198.18.77.2--
+    namespace U: tests/integration/wg_umbra_peer.py (TUN wgu0 198.19.77.2/24, ...::2/64)
 
 Needs root, /dev/net/tun and the Debian packages wireguard-go, wireguard-tools, iproute2
 and iputils-ping; skips with the reason otherwise. Namespaces are deleted in a finally.
@@ -31,6 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tests.integration.netns_helper import Lab
 from umbranet.pki.keys import generate_noise_keypair
 
+# Tunnel addresses: IPv4 198.19.77.0/24 and IPv6 from the benchmarking range 2001:2::/48
+# (RFC 5180), inside the test's own namespaces only.
+G6, U6 = "2001:2:0:77::1", "2001:2:0:77::2"
 PEER_SCRIPT = str(Path(__file__).with_name("wg_umbra_peer.py"))
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 REPO = str(Path(__file__).resolve().parents[2])
@@ -115,9 +119,10 @@ def _setup(lab: Lab, tmp_path: Path, mp: pytest.MonkeyPatch, *extra: str) -> Set
     key_file.write_text(_b64(go_private) + "\n")
     key_file.chmod(0o600)
     lab.run(g, ["wg", "set", "wg0", "private-key", str(key_file), "listen-port", "51820",
-                "peer", _b64(umbra_public), "allowed-ips", "198.19.77.2/32",
+                "peer", _b64(umbra_public), "allowed-ips", f"198.19.77.2/32,{U6}/128",
                 "endpoint", "198.18.77.2:51821"])  # fmt: skip
     lab.run(g, ["ip", "addr", "add", "198.19.77.1/24", "dev", "wg0"])
+    lab.run(g, ["ip", "-6", "addr", "add", f"{G6}/64", "dev", "wg0", "nodad"])
     lab.run(g, ["ip", "link", "set", "wg0", "up"])
 
     # The Umbranet side: the sans-IO machine over a real UDP socket and a TUN.
@@ -128,6 +133,8 @@ def _setup(lab: Lab, tmp_path: Path, mp: pytest.MonkeyPatch, *extra: str) -> Set
                                 "--peer", _b64(go_public),
                                 "--endpoint", "198.18.77.1:51820",
                                 "--allowed", "198.19.77.1/32",
+                                "--allowed", f"{G6}/128",
+                                "--address6", f"{U6}/64",
                                 "--address", "198.19.77.2/24",
                                 "--seconds", "90", *extra])  # fmt: skip
     log = tmp_path / "umbra-peer.log"
@@ -153,12 +160,16 @@ def test_wireguard_go_and_umbranet_ping_each_other(
     # ... then wireguard-go forgets the session and initiates a fresh one: we answer as the
     # responder and switch to the new session when its first data arrives.
     lab.run(g, ["wg", "set", "wg0", "peer", _b64(umbra_public), "remove"])
-    lab.run(g, ["wg", "set", "wg0", "peer", _b64(umbra_public), "allowed-ips", "198.19.77.2/32",
+    lab.run(g, ["wg", "set", "wg0", "peer", _b64(umbra_public),
+                "allowed-ips", f"198.19.77.2/32,{U6}/128",
                 "endpoint", "198.18.77.2:51821"])  # fmt: skip
     lab.run(g, ["ping", "-c", "3", "-i", "0.2", "-W", "5", "198.19.77.2"], timeout=60)
     # Large packets: padding and lengths survive both ways.
     lab.run(g, ["ping", "-c", "2", "-s", "1300", "-W", "5", "198.19.77.2"], timeout=60)
     lab.run(u, ["ping", "-c", "2", "-s", "1300", "-W", "5", "198.19.77.1"], timeout=60)
+    # IPv6 inside the tunnel, both ways.
+    lab.run(g, ["ping", "-6", "-c", "2", "-W", "5", U6], timeout=60)
+    lab.run(u, ["ping", "-6", "-c", "2", "-W", "5", G6], timeout=60)
 
     if shutil.which("iperf3"):
         # TCP through the tunnel both ways (the interop check names iperf3); the

@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--allowed", action="append", default=[])
     parser.add_argument("--tun", default="wgu0")
     parser.add_argument("--address", required=True, help="CIDR for the TUN")
+    parser.add_argument("--address6", default=None, help="IPv6 CIDR for the TUN")
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--always-under-load", action="store_true", help="cookie path test")
     args = parser.parse_args()
@@ -46,6 +47,10 @@ def main() -> None:
     sock.bind((host, int(port)))
     with Tun.open(args.tun) as tun:
         subprocess.run(["ip", "addr", "add", args.address, "dev", tun.name], check=True)
+        if args.address6:
+            subprocess.run(
+                ["ip", "-6", "addr", "add", args.address6, "dev", tun.name, "nodad"], check=True
+            )
         subprocess.run(["ip", "link", "set", tun.name, "mtu", "1420", "up"], check=True)
         asyncio.run(serve(device, sock, tun, args.seconds))
     sock.close()
