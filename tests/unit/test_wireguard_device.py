@@ -364,3 +364,27 @@ def test_lost_handshakes_are_retried_and_the_staged_packet_arrives(lost: int) ->
     pair.run(REKEY_TIMEOUT * (lost + 1) + 2)
     assert pair.received(B_ADDR) == [ipv4_packet(A_IP, B_IP, b"patience")]
     assert not [e for e in pair.events.get(A_ADDR, []) if isinstance(e, PeerSilent)]
+
+
+def test_under_load_a_source_with_a_cookie_is_still_rate_limited() -> None:
+    pair = make_pair(config=DeviceConfig(handshake_load_threshold=0))  # always under load
+    b_public = public_key(key("b"))
+    source = ("198.18.44.4", 4444)
+    macs = CookieGenerator(b_public)
+
+    def initiation(i: int) -> bytes:
+        stamp = tai64n(pair.clock.wall)
+        body, _ = create_initiation(key(f"s{i}"), b_public, key(f"se{i}"), i, stamp)
+        return macs.add_macs(body, pair.clock.mono)
+
+    pair.b.handle_datagram(initiation(0), source, pair.clock.now())
+    reply, _ = pair.b.poll_transmit() or (b"", source)
+    assert reply[0] == TYPE_COOKIE_REPLY and macs.consume_reply(reply, pair.clock.mono)
+    for i in range(1, 11):  # ten at once, each with a valid MAC2
+        pair.b.handle_datagram(initiation(i), source, pair.clock.now())
+    drops = _drops(pair.b)
+    assert drops["unknown_peer"] == 5  # the burst got through to the handshake (and failed)
+    assert drops["rate_limited"] == 5
+    pair.clock.advance(1.0)
+    pair.b.handle_datagram(initiation(11), source, pair.clock.now())
+    assert _drops(pair.b)["unknown_peer"] == 6  # refilled

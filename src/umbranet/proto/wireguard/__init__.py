@@ -10,6 +10,7 @@ timer rules. The modules, smallest first:
     replay      the 2048-bit anti-replay window (RFC 6479 style)
     handshake   Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s, one function per message and side
     cookie      MAC1/MAC2 and cookie replies under load
+    ratelimit   per-source token buckets for handshakes under load
     timers      the protocol's constants and timer names
     config      DeviceConfig (load threshold), NoiseIdentity
     peer, ip    per-peer state; cryptokey routing by allowed IPs

@@ -9,11 +9,12 @@ Outputs: `poll_transmit() -> (datagram, addr) | None`, `poll_event() -> Event | 
 Rules of this file:
 - Nothing raises on bad input. Every datagram that is not used is counted in
   `statistics()["drops"]` by a reason string (`bad_type`, `bad_length`, `bad_mac1`,
-  `unknown_peer`, `unknown_index`, `replayed_initiation`, `initiation_flood`,
+  `unknown_peer`, `unknown_index`, `replayed_initiation`, `initiation_flood`, `rate_limited`,
   `replayed_data`, `decrypt_failed`, `expired_key`, `source_not_allowed`, ...).
 - Work is proportional to trust: a handshake message's MAC1 is checked before any
   Diffie-Hellman; under load, its MAC2 (a cookie bound to the sender's address) too, and a
-  sender without one gets a cookie reply instead of a handshake. A data packet's counter is
+  sender without one gets a cookie reply instead of a handshake; one with it is still held to
+  a per-source rate (`ratelimit.py`). A data packet's counter is
   checked against the replay window before decryption and recorded only after it.
 - Sessions follow the reference implementations (see `peer.py`): the initiator sends on a
   new session as soon as the response arrives; the responder only after the initiator's first
@@ -62,6 +63,7 @@ from umbranet.proto.wireguard.messages import (
     parse_response,
 )
 from umbranet.proto.wireguard.peer import Address, Keypair, Peer
+from umbranet.proto.wireguard.ratelimit import HandshakeRateLimiter, source_key
 from umbranet.proto.wireguard.timers import (
     INITIATIONS_MIN_INTERVAL,
     KEEPALIVE_TIMEOUT,
@@ -97,6 +99,7 @@ class Device:
         self._random = random_bytes
         self._config = config or DeviceConfig()
         self._checker = CookieChecker(self.public_key, random_bytes)
+        self._limiter = HandshakeRateLimiter()
         self._peers: dict[bytes, Peer] = {}
         self._routes: AllowedIps[Peer] = AllowedIps()
         # receiver index -> (peer, keypair); keypair None while it names a pending handshake
@@ -365,7 +368,10 @@ class Device:
             return True
         source = address_bytes(addr)
         if self._checker.check_mac2(data, source, t):
-            return True
+            if self._limiter.allow(source_key(addr[0]), t):
+                return True
+            self._drops["rate_limited"] += 1
+            return False
         sender = int.from_bytes(data[4:8], "little")
         self._transmit.append((self._checker.create_reply(data, sender, source, t), addr))
         self._counts["tx_cookie_replies"] += 1
