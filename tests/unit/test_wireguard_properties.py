@@ -195,3 +195,20 @@ def test_a_key_is_never_used_past_reject_after_messages(count: int) -> None:
     assert old.send_counter == REJECT_AFTER_MESSAGES
     assert len(pair.received(B_ADDR)) == 1 + count
     assert pair.b.statistics()["drops"] == {}
+
+
+def test_a_burst_of_staged_packets_stops_at_reject_after_messages() -> None:
+    pair = make_pair()
+    pair.a.send_packet(ipv4_packet(A_IP, B_IP, b"start"), pair.clock.now())
+    pair.pump()
+    pair.clock.advance(6)
+    peer = pair.a._peers[public_key(key("b"))]
+    assert peer.current is not None
+    old = peer.current
+    old.send_counter = REJECT_AFTER_MESSAGES - 2
+    peer.staged.extend(ipv4_packet(A_IP, B_IP, bytes([i])) for i in range(3))  # white-box
+    pair.a.send_packet(ipv4_packet(A_IP, B_IP, b"last"), pair.clock.now())
+    pair.pump()
+    assert old.send_counter == REJECT_AFTER_MESSAGES
+    assert len(pair.received(B_ADDR)) == 1 + 4
+    assert pair.b.statistics()["drops"] == {}

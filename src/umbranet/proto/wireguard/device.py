@@ -69,6 +69,7 @@ from umbranet.proto.wireguard.timers import (
     KEEPALIVE_TIMEOUT,
     MAX_STAGED_PACKETS,
     MAX_TIMER_HANDSHAKES,
+    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
@@ -284,6 +285,8 @@ class Device:
             return
         sent_data = False
         while peer.staged:
+            if keypair.send_counter >= REJECT_AFTER_MESSAGES:
+                break  # the rest wait for the new session the check below starts
             packet = peer.staged.popleft()
             self._seal(peer, keypair, packet, t)
             sent_data = sent_data or bool(packet)
