@@ -511,7 +511,7 @@ class Device:
             if old_previous is not None:
                 self._indices.pop(old_previous.local_index, None)
             self._handshake_done(peer, now, initiator=False)
-            peer.endpoint = addr
+            peer.endpoint = addr  # before sending what waited for this session
             if peer.staged:
                 self._send_staged(peer, t, now)
         peer.endpoint = addr
