@@ -56,7 +56,11 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.root,
+    pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
+]
 
 
 def _b64(data: bytes) -> str:
