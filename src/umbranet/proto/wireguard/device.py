@@ -172,7 +172,7 @@ class Device:
         if fields is None:
             self._drops["tx_not_ip"] += 1
             return
-        peer = self._routes.lookup(fields[1])
+        peer = self._routes.lookup(fields[0], fields[2])
         if peer is None:
             self._drops["tx_no_route"] += 1
             return
@@ -532,7 +532,7 @@ class Device:
         if fields is None:
             self._drops["rx_not_ip"] += 1
             return
-        if self._routes.lookup(fields[0]) is not peer:
+        if self._routes.lookup(fields[0], fields[1]) is not peer:
             self._drops["source_not_allowed"] += 1
             return
         self._counts["rx_packets"] += 1
@@ -540,7 +540,7 @@ class Device:
             peer.need_another_keepalive = True
         else:
             peer.timers["send_keepalive"] = t + KEEPALIVE_TIMEOUT
-        self._events.append(PacketReceived(peer.public_key, plaintext[: fields[2]]))
+        self._events.append(PacketReceived(peer.public_key, plaintext[: fields[3]]))
 
     # -- timers --------------------------------------------------------------------------
 
