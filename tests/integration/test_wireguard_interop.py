@@ -149,7 +149,9 @@ def _setup(lab: Lab, tmp_path: Path, mp: pytest.MonkeyPatch, *extra: str) -> Set
 def _peer_statistics(lab: Lab, setup: Setup) -> dict[str, Any]:
     lab.stop(setup.peer)
     text = setup.peer_log.read_text()
-    stats: dict[str, Any] = json.loads(text.split("STATS ", 1)[1].splitlines()[0])["device"]
+    both = json.loads(text.split("STATS ", 1)[1].splitlines()[0])
+    print("umbranet peer io:", both["io"])  # batching counters, for the record (-s)
+    stats: dict[str, Any] = both["device"]
     return stats
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from tests.wireguard_harness import A_IP, B_IP, ipv4_packet, key
 from umbranet.aio.wg_driver import WireGuardDriver
 from umbranet.proto.wireguard import Device, Event, HandshakeCompleted
@@ -53,7 +55,7 @@ async def _recv(sock: socket.socket, timeout: float = 5.0) -> bytes:
     return await asyncio.wait_for(loop.sock_recv(sock, 65535), timeout)
 
 
-async def _scenario() -> tuple[list[bytes], list[Event], dict[str, object]]:
+async def _scenario(batching: bool) -> tuple[list[bytes], list[Event], dict[str, object]]:
     udp_a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp_b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp_a.bind(("127.0.0.1", 0))
@@ -66,8 +68,10 @@ async def _scenario() -> tuple[list[bytes], list[Event], dict[str, object]]:
     events: list[Event] = []
     try:
         async with (
-            WireGuardDriver(a, udp_a, port_a, on_event=events.append) as driver_a,
-            WireGuardDriver(b, udp_b, port_b),
+            WireGuardDriver(
+                a, udp_a, port_a, on_event=events.append, gso=batching, gro=batching
+            ) as driver_a,
+            WireGuardDriver(b, udp_b, port_b, gso=batching, gro=batching) as driver_b,
         ):
             got: list[bytes] = []
             for i in range(20):
@@ -76,7 +80,7 @@ async def _scenario() -> tuple[list[bytes], list[Event], dict[str, object]]:
                 got.append(await _recv(port_b.kernel))
             port_b.kernel.send(ipv4_packet(B_IP, A_IP, b"reply"))
             got.append(await _recv(port_a.kernel))
-            stats = driver_a.statistics()
+            stats = {"a": driver_a.statistics()["io"], "b": driver_b.statistics()["io"]}
     finally:
         udp_a.close()
         udp_b.close()
@@ -85,11 +89,19 @@ async def _scenario() -> tuple[list[bytes], list[Event], dict[str, object]]:
     return got, events, stats
 
 
-def test_packets_cross_real_udp_sockets_through_the_driver() -> None:
-    got, events, stats = asyncio.run(_scenario())
+@pytest.mark.parametrize("batching", [True, False], ids=["gso+gro", "plain"])
+def test_packets_cross_real_udp_sockets_through_the_driver(batching: bool) -> None:
+    got, events, stats = asyncio.run(_scenario(batching))
     assert got[:20] == [ipv4_packet(A_IP, B_IP, f"out {i}".encode()) for i in range(20)]
     assert got[20] == ipv4_packet(B_IP, A_IP, b"reply")
     assert events == [HandshakeCompleted(public_key(key("b")), True)]
-    io = stats["io"]
-    assert isinstance(io, dict)
-    assert io["tun_packets_in"] == 20 and io["tun_packets_out"] == 1
+    a, b = stats["a"], stats["b"]
+    assert isinstance(a, dict) and isinstance(b, dict)
+    assert a["tun_packets_in"] == 20 and a["tun_packets_out"] == 1
+    assert b["tun_packets_out"] == 20
+    assert a.get("udp_send_errors", 0) == 0 and b.get("udp_recv_errors", 0) == 0
+    if batching:
+        # The 20 staged packets leave in one segmented send (or GSO was refused, and said so).
+        assert a.get("udp_gso_batches", 0) >= 1 or a.get("udp_gso_disabled", 0) == 1
+    else:
+        assert "udp_gso_batches" not in a and "udp_gro_batches" not in b
