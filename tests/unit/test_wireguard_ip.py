@@ -1,0 +1,68 @@
+"""Cryptokey routing: the integer longest-prefix table against `ipaddress` as the reference."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from umbranet.proto.wireguard.ip import AllowedIps, packet_fields
+
+_v4_nets = st.builds(
+    lambda a, p: ipaddress.IPv4Network((a, p), strict=False),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 32),
+)
+_v6_nets = st.builds(
+    lambda a, p: ipaddress.IPv6Network((a, p), strict=False),
+    st.integers(0, 2**128 - 1),
+    st.integers(0, 128),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.one_of(_v4_nets, _v6_nets), st.integers(0, 4)), max_size=12),
+    st.lists(
+        st.one_of(
+            st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
+            st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
+        ),
+        max_size=10,
+    ),
+)
+def test_lookup_is_longest_prefix_match(
+    entries: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]],
+    probes: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
+) -> None:
+    table: AllowedIps[int] = AllowedIps()
+    reference: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, int] = {}
+    for network, owner in entries:
+        table.add([network], owner)
+        reference[network] = owner  # a later owner takes the network over
+    # Probe inside each network too, not only at random.
+    probes = probes + [network.network_address for network, _ in entries]
+    for address in probes:
+        holding = [n for n in reference if n.version == address.version and address in n]
+        expected = reference[max(holding, key=lambda n: n.prefixlen)] if holding else None
+        assert table.lookup(address.version, int(address)) == expected
+
+
+def test_networks_of_and_removal() -> None:
+    table: AllowedIps[str] = AllowedIps()
+    table.add(["10.0.0.0/8", "fd00::/64"], "a")
+    table.add(["10.1.0.0/16"], "b")
+    assert sorted(map(str, table.networks_of("a"))) == ["10.0.0.0/8", "fd00::/64"]
+    table.remove_owner("b")
+    assert table.lookup(4, int(ipaddress.IPv4Address("10.1.2.3"))) == "a"
+
+
+def test_packet_fields_refuses_what_is_not_a_whole_ip_packet() -> None:
+    assert packet_fields(b"") is None
+    assert packet_fields(bytes([0x45]) + bytes(10)) is None  # too short for IPv4
+    header = bytearray(20)
+    header[0], header[3] = 0x45, 40  # claims 40 bytes, has 20
+    assert packet_fields(bytes(header)) is None
+    assert packet_fields(bytes([0x60]) + bytes(20)) is None  # too short for IPv6
+    assert packet_fields(bytes([0x50]) + bytes(40)) is None  # version 5
