@@ -113,6 +113,10 @@ class RouterConnection:
     def live(self) -> bool:
         return not self.closed and self._link is not None and not self._link.closed
 
+    def open_services(self) -> set[str]:
+        """Services this link carries open streams of (ours as dialer or host)."""
+        return {stream.service for stream in self._streams.values()}
+
     @property
     def counters(self) -> dict[str, int]:
         return self._machine.counters if self._machine is not None else {}

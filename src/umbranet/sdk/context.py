@@ -46,6 +46,8 @@ CLOSE_TIMEOUT = 2.0
 RENEWAL_RETRY = 30.0
 """Seconds between renewal attempts after one failed."""
 POSTURE_FIRST_WAIT = 2.0
+GRANT_CHECK_INTERVAL = 30.0
+GRANT_REFRESH_BEFORE = 120.0  # seconds before a dial ticket expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +307,29 @@ class Context:
         if self._report_posture:
             self._spawn(self._report_posture_forever())
         self._spawn(self._follow_events())
+        self._spawn(self._keep_grants_current())
+
+    async def _keep_grants_current(self) -> None:
+        """Fetch a fresh dial ticket before the cached one expires while streams of that
+        service are open: routers re-validate live circuits with the controller, which
+        answers only for grants with a current ticket (so a long stream is not cut at the
+        next policy change because its ticket aged out)."""
+        while not self._closed:
+            await asyncio.sleep(GRANT_CHECK_INTERVAL)
+            open_services: set[str] = set()
+            for connection in list(self._connections.values()):
+                open_services |= connection.open_services()
+            now = self.clock.now().unix
+            for (service, action, port), grant in list(self._tickets.items()):
+                due = grant.expires_at - now < GRANT_REFRESH_BEFORE
+                if action == str(Action.DIAL) and service in open_services and due:
+                    try:
+                        await self.ticket(service, Action.DIAL, fresh=True, port=port)
+                        self.counters["grants_refreshed"] = (
+                            self.counters.get("grants_refreshed", 0) + 1
+                        )
+                    except UmbraError as exc:  # denied now: the router's re-check decides
+                        log.info("grant for %s not refreshed: %s", service, exc)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
