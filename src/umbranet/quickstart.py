@@ -84,6 +84,7 @@ class Quickstart:
     router_port: int = DEFAULT_ROUTER_PORT
     controller_port: int = DEFAULT_CONTROLLER_PORT
     say: Say = print
+    router_args: list[str] = field(default_factory=list)  # extra `umbra router run` options
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
@@ -124,6 +125,7 @@ class Quickstart:
                 "--listen",
                 f"127.0.0.1:{self.router_port}",
                 "-v",
+                *self.router_args,
             ],
         )
         asyncio.run(self._wait_router_registered())

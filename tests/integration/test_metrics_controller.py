@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import free_port
-from tests.controller_harness import Harness, error_code, make_harness
+from tests.controller_harness import Harness, error_code, make_harness, noise_proof
 from tests.integration.test_controller_process import Controller
 from tests.integration.test_controller_process import _wait_until_serving as wait_until_serving
 from tests.scrape import Scrape
@@ -53,8 +53,10 @@ def test_credentials_and_verdicts_move_as_identities_use_the_api(h: Harness) -> 
     granted = h.client(alice).post("/v1/tickets", json={"service": "db", "action": "dial"})
     refused = h.client(alice).post("/v1/tickets", json={"service": "db", "action": "bind"})
     assert (granted.status_code, refused.status_code) == (200, 403)
-    csr = make_csr(generate_tls_key()).public_bytes(serialization.Encoding.PEM).decode()
-    assert h.client(alice).post("/v1/renew", json={"csr_pem": csr}).status_code == 200
+    request = make_csr(generate_tls_key())
+    csr = request.public_bytes(serialization.Encoding.PEM).decode()
+    proof = noise_proof(h.client(), alice.noise_private_key, request)
+    assert h.client(alice).post("/v1/renew", json={"csr_pem": csr, **proof}).status_code == 200
 
     after = scrape(h)
 

@@ -36,6 +36,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
         router_port=free_port(),
         controller_port=free_port(),
         say=lambda _m: None,
+        # One dialer holds 10,000 circuits that never finish their handshake: beyond what a
+        # router allows one identity by default (256 pending, 10 s), so this router allows it.
+        router_args=["--max-pending-per-identity", "20000", "--handshake-timeout", "600"],
     )
     try:
         net.start_core()

@@ -79,6 +79,20 @@ def run_cmd(
             help="HOST:PORT (or a PORT on 127.0.0.1) to serve GET /metrics (Prometheus text).",
         ),
     ] = None,
+    handshake_timeout: Annotated[
+        float,
+        typer.Option(
+            "--handshake-timeout", min=0.1, help="Seconds a circuit may take to open (then reset)."
+        ),
+    ] = 10.0,
+    max_pending_per_identity: Annotated[
+        int,
+        typer.Option(
+            "--max-pending-per-identity",
+            min=1,
+            help="Circuits one identity may have waiting for their handshake.",
+        ),
+    ] = 256,
 ) -> None:
     """Serve endpoint links (mutual TLS) until interrupted."""
     from umbranet.aio.runtime import run
@@ -87,4 +101,10 @@ def run_cmd(
     cli = state(ctx)
     configure_logging(logging.INFO if verbose else logging.WARNING, cli.log_format)
     with handle_errors(cli):
-        run(run_router(identity, listen, advertise, metrics_listen=metrics_listen))
+        from umbranet.router.quotas import SwitchLimits
+
+        limits = SwitchLimits(
+            handshake_timeout=handshake_timeout,
+            max_pending_per_identity=max_pending_per_identity,
+        )
+        run(run_router(identity, listen, advertise, metrics_listen=metrics_listen, limits=limits))

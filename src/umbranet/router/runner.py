@@ -18,6 +18,7 @@ from typing import Any
 from umbranet.aio.controller_client import ControllerClient, ControllerError
 from umbranet.pki import IdentityFile
 from umbranet.router.metrics import serve_metrics
+from umbranet.router.quotas import SwitchLimits
 from umbranet.router.server import Router, RouterConfig
 
 log = logging.getLogger("umbranet.router")
@@ -30,13 +31,17 @@ async def run_router(
     listen: str,
     advertise: str | None = None,
     ready: asyncio.Event | None = None,
+    *,
     metrics_listen: str | None = None,
+    limits: SwitchLimits | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation); with `metrics_listen` (``HOST:PORT`` or a
     loopback ``PORT``), also serve ``GET /metrics`` there."""
     identity = IdentityFile.load(identity_path)
     host, _, port = listen.rpartition(":")
     config = RouterConfig(identity, host=host.strip("[]") or "127.0.0.1", port=int(port))
+    if limits is not None:
+        config.limits = limits
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
