@@ -678,5 +678,14 @@ class Switch:
         self.frames_out += 1
 
     def _count(self, code: str, source: SwitchLink, reason: str) -> None:
-        self.counters[code] += 1
-        log.warning("refused code=%s identity=%s reason=%r", code, source.identity, reason)
+        count = self.counters[code] = self.counters[code] + 1
+        # Every refusal is counted; the first hundred of a code are logged, then every
+        # hundredth, so a flood of bad frames cannot turn into a flood of log lines.
+        if count <= 100 or count % 100 == 0:
+            log.warning(
+                "refused code=%s identity=%s reason=%r count=%d",
+                code,
+                source.identity,
+                reason,
+                count,
+            )
