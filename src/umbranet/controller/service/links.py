@@ -13,10 +13,11 @@ Rules of this file:
   the end-to-end handshake still authenticates the host).
 - Cost of crossing an edge into router v: `HOP_COST + admin cost of v + RTT in ms` (the RTT
   is the larger of the two ends' measurements; unmeasured links count `UNMEASURED_RTT_MS`).
-  Edges are symmetric, so one Dijkstra from each router hosting a service gives every
-  router's distance to it.
-- A router gets a route to a service through each neighbour that is strictly closer to a
-  host than the router itself (the feasibility condition of distance-vector protocols).
+  Edges are symmetric, so one Dijkstra per service, started from all its hosts at once,
+  gives every router's distance to the nearest host.
+- A router gets a route to a service through each neighbour that is strictly closer to
+  the service (its nearest host) than the router itself (the feasibility condition of
+  distance-vector protocols).
   Every hop then strictly lowers the distance, so a dial can never loop, even when a router
   falls back to its second route after a link died and before it asked again; and the
   fallback is there at once.
@@ -76,24 +77,20 @@ def routes_for(
             hosts.setdefault(service, []).append(name)
     neighbours = edges.get(source, {})
     routes: list[MeshRoute] = []
-    distances: dict[str, dict[str, float]] = {}  # host -> router -> distance
     for service in sorted(hosts):
         if source in hosts[service]:
             continue  # bound here: the router's own terminators win
-        best: dict[str, float] = {}
-        for host in hosts[service]:
-            dist = distances.get(host)
-            if dist is None:
-                dist = distances[host] = _dijkstra(incoming, host)
-            mine = dist.get(source)
-            if mine is None:
-                continue  # not reachable from here
-            for peer, cost in neighbours.items():
-                theirs = dist.get(peer)
-                if theirs is not None and theirs < mine:
-                    total = cost + theirs
-                    if total < best.get(peer, float("inf")):
-                        best[peer] = total
+        # Distances to the nearest host (the service as one destination): feasibility per
+        # host would let two hosts' routes chain into a loop.
+        dist = _dijkstra(incoming, hosts[service])
+        mine = dist.get(source)
+        if mine is None:
+            continue  # not reachable from here
+        best = {
+            peer: cost + dist[peer]
+            for peer, cost in neighbours.items()
+            if peer in dist and dist[peer] < mine
+        }
         for peer, total in sorted(best.items(), key=lambda item: (item[1], item[0])):
             routes.append(MeshRoute(service, peer, round(total, 3)))
     return routes
@@ -124,7 +121,10 @@ class LinkGraph:
             return routes_for(router, self._reports, self._admin_costs)
 
     def set_admin_cost(self, router: str, cost: float) -> None:
-        """An operator's extra cost for paths entering `router` (0 to clear)."""
+        """An operator's extra cost for paths entering `router` (0 to clear). Never negative:
+        a path's cost must grow with every hop, or routes could loop."""
+        if not cost >= 0:
+            raise ValueError("an admin cost is a non-negative number")
         with self._lock:
             if cost:
                 self._admin_costs[router] = cost
@@ -167,11 +167,11 @@ def _edges(
     return edges
 
 
-def _dijkstra(incoming: Mapping[str, Mapping[str, float]], target: str) -> dict[str, float]:
-    """Every router's distance to `target`, walking edges backwards (`incoming[v][u]` is
-    the cost of u -> v)."""
-    dist = {target: 0.0}
-    heap = [(0.0, target)]
+def _dijkstra(incoming: Mapping[str, Mapping[str, float]], targets: list[str]) -> dict[str, float]:
+    """Every router's distance to the nearest of `targets`, walking edges backwards
+    (`incoming[v][u]` is the cost of u -> v)."""
+    dist = dict.fromkeys(targets, 0.0)
+    heap = [(0.0, target) for target in targets]
     while heap:
         d, node = heapq.heappop(heap)
         if d > dist.get(node, float("inf")):
