@@ -10,17 +10,20 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import echo_forever
-from umbranet.aio.controller_client import MeshRoute
+from tests.conftest import echo_forever, free_port
+from umbranet.aio.controller_client import ControllerClient, MeshRoute
 from umbranet.controller.service.links import LinkGraph
 from umbranet.pki import IdentityFile
+from umbranet.quickstart import Quickstart
 from umbranet.router import Router, RouterConfig
 from umbranet.router.peers import PeerAddress, Peers
-from umbranet.sdk import Context, StreamReset
+from umbranet.sdk import Context, DialError, StreamReset, UmbraError
 from umbranet.sdk.context import Grant
+from umbranet.sdk.control import ControllerPlane
 from umbranet.testing import LocalNetwork
 from umbranet.testing.network import LocalControlPlane
 
@@ -244,3 +247,78 @@ def test_revocation_at_either_router_of_a_two_hop_path_closes_the_dialers_stream
     code, reason = arun(main())
     assert code == "revoked"
     assert "lost access" in reason
+
+
+class PinnedPlane(ControllerPlane):
+    """The SDK's controller plane, presenting every grant at one router only."""
+
+    def __init__(self, identity: IdentityFile, address: str) -> None:
+        super().__init__(identity)
+        self.address = address
+
+    async def grant(self, service: str, action: str, port: int | None = None) -> Grant:
+        grant = await super().grant(service, action, port)
+        return dataclasses.replace(grant, routers=(self.address,))
+
+
+def test_router_processes_mesh_through_the_controller_and_relay_a_dial(tmp_path: Path) -> None:
+    """The runner as shipped: two router processes register, learn each other from the
+    controller, link, report over HTTP and install the routes the controller computed."""
+    net = Quickstart(
+        tmp_path, router_port=free_port(), controller_port=free_port(), say=lambda _m: None
+    )
+    try:
+        net.start_core()
+        second = f"127.0.0.1:{free_port()}"
+
+        async def prepare() -> tuple[Path, Path]:
+            path = tmp_path / "router2.json"
+            async with net.admin() as admin:
+                created = await admin.create_router("router2")
+            (await ControllerClient.enroll(created.enrollment_token)).save(path)
+            args = ["router", "run", "--identity", str(path), "--listen", second, "-v"]
+            net.spawn("router2", args)
+            await net.ensure_service("mesh", ["mesh-c"], ["mesh-h"])
+            return await net.enroll("mesh-host", ["mesh-h"]), await net.enroll(
+                "mesh-client", ["mesh-c"]
+            )
+
+        host_file, client_file = asyncio.run(prepare())
+
+        async def main() -> bytes:
+            first = f"127.0.0.1:{net.router_port}"
+            host_id = IdentityFile.load(host_file)
+            client_id = IdentityFile.load(client_file)
+            host = Context(host_id, control=lambda i: PinnedPlane(i, second), renew=False)
+            client = Context(client_id, control=lambda i: PinnedPlane(i, first), renew=False)
+            async with host, client:
+                deadline = time.monotonic() + BOUND
+                while True:  # until router2 registered and both reported their state
+                    try:
+                        listener = await host.listen("mesh").start()
+                        break
+                    except UmbraError:
+                        assert time.monotonic() < deadline, "router2 never came up"
+                        await asyncio.sleep(0.3)
+                server = asyncio.get_running_loop().create_task(echo_forever(listener))
+                while True:
+                    try:
+                        stream = await client.dial("mesh")
+                        break
+                    except DialError as exc:  # no route yet: the mesh is still forming
+                        assert exc.code == "no_terminator", exc
+                        assert time.monotonic() < deadline, "no route from router1 to router2"
+                        await asyncio.sleep(0.3)
+                payload = b"through two router processes " * 3000
+                stream.write(payload)
+                stream.write_eof()
+                echoed = await asyncio.wait_for(stream.read(), BOUND)
+                server.cancel()
+                await listener.close()
+                return echoed
+
+        assert asyncio.run(asyncio.wait_for(main(), 2 * BOUND)) == (
+            b"through two router processes " * 3000
+        )
+    finally:
+        net.stop()
