@@ -249,6 +249,55 @@ def test_revocation_at_either_router_of_a_two_hop_path_closes_the_dialers_stream
     assert "lost access" in reason
 
 
+def test_a_dropped_router_link_is_dialed_again_and_carries_dials_again(
+    network: LocalNetwork, arun
+) -> None:
+    async def main() -> tuple[int, int, bytes]:
+        async with _mesh(network, ["r1", "r2"]) as (shells, _twin):
+            r1, r2 = (s.router for s in shells)
+            host = _context(network, "web", "server", r2)
+            client = _context(network, "alice", "client", r1)
+            async with host, client:
+                listener = await host.listen("echo").start()
+                server = asyncio.get_running_loop().create_task(echo_forever(listener))
+                await _routed(shells[1], shells[0])
+                first = r1.router_links()[r2.identity.spiffe_id]
+                first.handle.abort()  # type: ignore[attr-defined]  # the carrier breaks
+                await _until(lambda: r2.identity.spiffe_id not in r1.router_links())
+                await _until(lambda: r2.identity.spiffe_id in r1.router_links())
+                assert r1.router_links()[r2.identity.spiffe_id] is not first
+                await _routed(shells[1], shells[0])
+                echoed = await _echo(client, b"again" * 1000)
+                server.cancel()
+                await listener.close()
+                counters = shells[0].counters
+                return counters["dialed"], counters["lost"], echoed
+
+    dialed, lost, echoed = arun(main())
+    assert (dialed, lost) == (2, 1)
+    assert echoed == b"again" * 1000
+
+
+def test_a_router_answering_with_another_certificate_never_becomes_a_link(
+    network: LocalNetwork, arun
+) -> None:
+    async def main() -> tuple[dict[str, int], dict[str, object], bool]:
+        r2_identity = network.identity("r2", kind="router")
+        r1_identity = network.identity("r1", kind="router")
+        async with (
+            Router(RouterConfig(r1_identity, port=0)) as r1,
+            Router(RouterConfig(r2_identity, port=0)) as r2,
+        ):
+            # r2's address, but r1 expects r3 there (a stale or hijacked registration).
+            link = await r1.dial_router(r2.address, "spiffe://test.umbra/router/r3")
+            await asyncio.wait_for(asyncio.shield(link.lost), BOUND)
+            return dict(r1.switch.counters), r1.statistics(), bool(r1.router_links())
+
+    counters, stats, linked = arun(main())
+    assert counters["mesh_wrong_peer"] == 1
+    assert not linked and stats["links"] == 0
+
+
 class PinnedPlane(ControllerPlane):
     """The SDK's controller plane, presenting every grant at one router only."""
 
