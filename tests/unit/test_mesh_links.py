@@ -3,14 +3,19 @@ and the API that routers report to."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from tests.controller_harness import Harness, error_code, make_harness
+from umbranet.aio.controller_client import ControllerClient
+from umbranet.cli.main import app
 from umbranet.controller.service.links import (
     HOP_COST,
     UNMEASURED_RTT_MS,
@@ -119,8 +124,19 @@ def test_following_any_installed_route_reaches_a_host_without_a_loop(
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    yield from make_harness(tmp_path)
+def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+    harnesses = make_harness(tmp_path)
+    harness = next(harnesses)
+    original = ControllerClient.__init__
+
+    def in_process(self: ControllerClient, identity: Any, **options: Any) -> None:
+        # The CLI's admin client reaches the in-process app instead of a socket.
+        options.setdefault("transport", harness.transport(identity))
+        original(self, identity, **options)
+
+    monkeypatch.setattr(ControllerClient, "__init__", in_process)
+    yield harness
+    harnesses.close()
 
 
 def _router(h: Harness, name: str):  # type: ignore[no-untyped-def]
@@ -149,3 +165,33 @@ def test_only_routers_report_mesh_state(h: Harness) -> None:
     r1 = _router(h, "r1")
     too_many = {"services": ["s"] * 5000, "links": []}
     assert h.client(r1).post("/v1/routers/me/state", json=too_many).status_code == 422
+
+
+def test_umbra_router_update_cost_steers_routes_away_from_a_router(h: Harness) -> None:
+    r1, r2, r3 = _router(h, "r1"), _router(h, "r2"), _router(h, "r3")
+    state = "/v1/routers/me/state"
+
+    def report(who: Any, services: list[str], peers: list[Any]) -> list[str]:
+        links = [{"peer": p.spiffe_id, "rtt_ms": 1.0} for p in peers]
+        response = h.client(who).post(state, json={"services": services, "links": links})
+        assert response.status_code == 200, response.text
+        return [r["via"] for r in response.json()["routes"]]
+
+    report(r2, ["echo"], [r1])
+    report(r3, ["echo"], [r1])
+    assert report(r1, [], [r2, r3]) == [r2.spiffe_id, r3.spiffe_id]  # a tie: by name
+
+    result = CliRunner().invoke(
+        app, ["--home", str(h.home), "router", "update", "r2", "--cost", "10", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"name": "r2", "cost": 10.0}
+    assert report(r1, [], [r2, r3]) == [r3.spiffe_id, r2.spiffe_id]
+
+    alice = h.new_device("alice", ["eng"])
+    refused = h.client(alice).put("/v1/routers/r2/cost", json={"cost": 0})
+    assert refused.status_code == 403
+    unknown = h.client(h.admin).put("/v1/routers/nope/cost", json={"cost": 1})
+    assert (unknown.status_code, error_code(unknown)) == (404, "unknown_router")
+    negative = h.client(h.admin).put("/v1/routers/r2/cost", json={"cost": -1})
+    assert negative.status_code == 422

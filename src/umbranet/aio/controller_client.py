@@ -332,6 +332,11 @@ class ControllerClient:
 
     # management (admin identity)
 
+    async def set_router_cost(self, name: str, cost: float) -> float:
+        """(Admin.) The extra cost of paths through router `name` (0 clears it)."""
+        data = await self._call("PUT", f"/v1/routers/{_seg(name)}/cost", json={"cost": cost})
+        return float(data["cost"])
+
     async def create_identity(
         self, name: str, *, kind: str = "device", attributes: Iterable[str] = ()
     ) -> CreatedIdentity:

@@ -14,8 +14,9 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from umbranet.controller.api.deps import Ctx, RouterCaller
+from umbranet.controller.api.deps import AdminCaller, Ctx, RouterCaller
 from umbranet.controller.api.models import ErrorBody
+from umbranet.controller.service import NotFound
 from umbranet.controller.service.links import MAX_LINKS, MAX_SERVICES, LinkGraph
 
 __all__ = ["link_graph", "router"]
@@ -49,6 +50,17 @@ class RouterStateOut(BaseModel):
     routes: list[MeshRouteOut]
 
 
+class RouterCostIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cost: float = Field(ge=0, le=1_000_000, description="added to every path entering it")
+
+
+class RouterCostOut(BaseModel):
+    name: str
+    spiffe_id: str
+    cost: float
+
+
 def link_graph(app: FastAPI) -> LinkGraph:
     """The app's mesh graph (made on first use)."""
     with _graph_lock:  # handlers run in a thread pool: make exactly one
@@ -74,3 +86,21 @@ def post_router_state(
     return RouterStateOut(
         routes=[MeshRouteOut(service=r.service, via=r.via, cost=r.cost) for r in routes]
     )
+
+
+@router.put(
+    "/routers/{name}/cost", response_model=RouterCostOut, responses={404: {"model": ErrorBody}}
+)
+def put_router_cost(
+    name: str, body: RouterCostIn, request: Request, ctx: Ctx, caller: AdminCaller
+) -> RouterCostOut:
+    """An operator's cost for paths through the router `name` (0 clears it). Kept with the
+    mesh graph, in memory: set it again after a controller restart (see docs/mesh.md)."""
+    with ctx.transaction() as store:
+        row = store.router_by_name(name)
+        if row is None:
+            raise NotFound("unknown_router", f"no router named {name!r}")
+        spiffe_id = row.identity.spiffe_id
+        store.audit(ctx.clock(), caller.spiffe_id, "router.cost", name, {"cost": body.cost})
+    link_graph(request.app).set_admin_cost(spiffe_id, body.cost)
+    return RouterCostOut(name=name, spiffe_id=spiffe_id, cost=body.cost)
