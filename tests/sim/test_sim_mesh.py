@@ -9,7 +9,17 @@ import random
 import pytest
 
 from umbranet.proto.flow import DEFAULT_WINDOW
-from umbranet.testing.simnet import SimEndpoint, SimListener, SimNet, SimRouter, SimStream, echo
+from umbranet.testing.simnet import (
+    Port,
+    SimEndpoint,
+    SimListener,
+    SimNet,
+    SimRouter,
+    SimStream,
+    echo,
+)
+from umbranet.wire import FrameType, encode_control
+from umbranet.wire.frames import encode_frame
 
 KEEPALIVE_MEASURED = 6.0  # one keepalive interval (5 s) and change: every link has an RTT
 
@@ -185,3 +195,57 @@ def test_without_a_loop_free_fallback_the_router_asks_again_and_the_next_dial_go
     assert again.finished, again.ended
     assert again.read() == _payload(size, 6)
     assert _dials(net, mark) == [("alice", "r1"), ("r1", "r4"), ("r4", "r3"), ("r3", "web")]
+
+
+def _forge(
+    net: SimNet, src: SimRouter, dst: SimRouter, ftype: FrameType, fields: dict[str, object]
+) -> int:
+    """`src` misbehaves: one frame written straight onto its link to `dst`."""
+    circuit = 1001  # in the opener's (odd) half of the link's id space
+    port = src.link_to(dst).handle
+    assert isinstance(port, Port)
+    net.send(port, encode_frame(ftype, circuit, encode_control(fields)))
+    return circuit
+
+
+@pytest.mark.parametrize(
+    ("subject", "service", "code"),
+    [
+        ("mallory", "echo", "ticket_wrong_identity"),  # someone else's ticket, alice's name
+        ("alice", "other", "ticket_wrong_service"),  # alice's ticket for another service
+    ],
+)
+def test_a_router_forging_a_dial_is_refused_at_the_last_router(
+    subject: str, service: str, code: str
+) -> None:
+    net = SimNet(seed=25)
+    r1, r2 = _line(net, 2)
+    web = net.endpoint("web", via=[r2])
+    listener = web.listen("echo", echo)
+    net.run_until(lambda: listener.bound, within=1.0)
+    mark = len(net.trace.records)
+    ticket = net.ticket(f"spiffe://test.umbra/workload/{subject}", service, "dial")
+    alice = "spiffe://test.umbra/workload/alice"
+    fields = {"service": "echo", "ticket": ticket, "dialer": alice, "window": DEFAULT_WINDOW}
+    circuit = _forge(net, r1, r2, FrameType.DIAL, fields)
+    net.run_for(1.0)
+    (reset,) = net.trace.find("RESET", src="r2", dst="r1")
+    assert reset.circuit == circuit and code in reset.note
+    assert r2.counters[code] == 1
+    # The host never heard of it; the link between the routers lives on.
+    assert not [r for r in net.trace.records[mark:] if r.dst == "web" and r.what == "CONNECT"]
+    assert listener.accepted == [] and r2.switch.circuits == 0
+    assert r1.link_to(r2).session.ready
+
+
+def test_a_router_link_may_not_bind_and_is_closed_for_trying() -> None:
+    net = SimNet(seed=26)
+    r1, r2 = _line(net, 2)
+    net.run_for(0.1)
+    ticket = net.ticket("spiffe://test.umbra/router/r1", "echo", "bind")
+    _forge(net, r1, r2, FrameType.BIND, {"service": "echo", "ticket": ticket})
+    net.run_for(1.0)
+    assert r2.counters["protocol_error"] == 1
+    assert "echo" not in {b.service for b in r2.switch.terminators.all()}
+    with pytest.raises(LookupError):
+        r2.link_to(r1)
