@@ -21,7 +21,8 @@ import base64
 import hmac
 import json as json_module
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -73,6 +74,7 @@ __all__ = [
     "Intercept",
     "JwtSvidGrant",
     "MeInfo",
+    "MeshRoute",
     "RouterAddress",
     "RouterInfo",
     "ServiceAccess",
@@ -81,6 +83,16 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class MeshRoute:
+    """A route the controller computed for this router: dials for `service` go to the
+    neighbouring router `via` (a SPIFFE ID) at total path `cost`."""
+
+    service: str
+    via: str
+    cost: float
 
 
 class ControllerError(Exception):
@@ -306,7 +318,24 @@ class ControllerClient:
         """(Router identities only.) Announce the ``host:port`` endpoints reach us at."""
         return router_info(await self._call("PUT", "/v1/routers/self", json={"address": address}))
 
+    async def router_state(
+        self, services: Iterable[str], links: Mapping[str, float | None]
+    ) -> list[MeshRoute]:
+        """(Router identities only.) Report the services bound here and the live router
+        links (peer SPIFFE ID -> RTT in ms); answers with the routes to install."""
+        body = {
+            "services": sorted(services),
+            "links": [{"peer": peer, "rtt_ms": rtt} for peer, rtt in sorted(links.items())],
+        }
+        data = await self._call("POST", "/v1/routers/me/state", json=body)
+        return [MeshRoute(r["service"], r["via"], float(r["cost"])) for r in data["routes"]]
+
     # management (admin identity)
+
+    async def set_router_cost(self, name: str, cost: float) -> float:
+        """(Admin.) The extra cost of paths through router `name` (0 clears it)."""
+        data = await self._call("PUT", f"/v1/routers/{_seg(name)}/cost", json={"cost": cost})
+        return float(data["cost"])
 
     async def create_identity(
         self, name: str, *, kind: str = "device", attributes: Iterable[str] = ()

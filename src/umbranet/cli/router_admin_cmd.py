@@ -1,4 +1,4 @@
-"""``umbra router create|list|delete|token``: the admin side of routers (``enroll``/``run``
+"""``umbra router create|list|delete|token|update``: the admin side of routers (``enroll``/``run``
 live in `router_cmd`)."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def register(router_app: typer.Typer) -> None:
     router_app.command("list")(list_)
     router_app.command("delete")(delete)
     router_app.command("token")(token)
+    router_app.command("update")(update)
 
 
 def create(
@@ -75,3 +76,21 @@ def token(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Router n
     cli = state(ctx)
     value = admin_call(cli, lambda client: router_token(client, name))
     emit(cli, {"enrollment_token": value}, lambda: out.print(value, markup=False))
+
+
+def update(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Router name.")],
+    cost: Annotated[
+        float,
+        typer.Option("--cost", min=0, help="Added to every path through this router (0 clears)."),
+    ],
+) -> None:
+    """Steer paths away from (or towards) a router: its admin cost in the mesh."""
+    cli = state(ctx)
+    value = admin_call(cli, lambda client: client.set_router_cost(name, cost))
+    emit(
+        cli,
+        {"name": name, "cost": value},
+        lambda: out.print(f"router {name}: cost {value:g}", markup=False),
+    )

@@ -9,7 +9,7 @@ each names the neighbour's link and a cost, and the cheapest live one is chosen.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from umbranet.router.terminators import Binding, TerminatorTable
@@ -62,6 +62,15 @@ class RouteTable:
             routes.pop(link, None)
             if not routes:
                 del self._remote[service]
+
+    def replace_remote(self, routes: Mapping[str, Mapping[Hashable, float]]) -> None:
+        """Make `routes` (service -> link -> cost) the whole set of remote routes: what the
+        controller computed replaces what it computed before, in one step."""
+        self._remote = {service: dict(via) for service, via in routes.items() if via}
+
+    def remote(self) -> dict[str, dict[Hashable, float]]:
+        """A copy of the remote routes (service -> link -> cost)."""
+        return {service: dict(via) for service, via in self._remote.items()}
 
     def link_gone(self, link: Hashable) -> None:
         """Forget every binding and remote route that used `link`."""

@@ -10,14 +10,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from umbranet.aio.controller_client import ControllerClient, ControllerError
+from umbranet.aio.controller_client import ControllerClient, ControllerError, MeshRoute
 from umbranet.pki import IdentityFile
 from umbranet.router.metrics import serve_metrics
+from umbranet.router.peers import PeerAddress, Peers
 from umbranet.router.quotas import SwitchLimits
 from umbranet.router.server import Router, RouterConfig
 
@@ -47,7 +48,12 @@ async def run_router(
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    async with Router(config) as router, serve_metrics(router.statistics, metrics_listen) as m:
+    async with (
+        Router(config) as router,
+        serve_metrics(router.statistics, metrics_listen) as m,
+        ControllerMesh(router) as mesh,
+        Peers(router, mesh),
+    ):
         address = advertise or router.address
         print(f"router {router.name} listening on {router.address}", flush=True)
         if m is not None:
@@ -66,6 +72,39 @@ async def run_router(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+class ControllerMesh:
+    """`MeshControl` over the controller's HTTP API, as the router's current identity (a
+    renewed certificate gets a new client)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self._client: ControllerClient | None = None
+
+    async def __aenter__(self) -> ControllerMesh:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def peers(self) -> list[PeerAddress]:
+        routers = await (await self._current()).routers()
+        return [PeerAddress(r.spiffe_id, r.address) for r in routers if r.address is not None]
+
+    async def report(
+        self, services: Collection[str], links: Mapping[str, float | None]
+    ) -> list[MeshRoute]:
+        return await (await self._current()).router_state(services, links)
+
+    async def _current(self) -> ControllerClient:
+        client = self._client
+        if client is None or client.identity is not self.router.identity:
+            if client is not None:
+                await client.aclose()
+            client = self._client = ControllerClient(self.router.identity)
+        return client
 
 
 async def _keep_registered(router: Router, identity_path: Path, address: str) -> None:

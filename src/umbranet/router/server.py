@@ -25,13 +25,13 @@ from typing import Any
 from umbranet.aio.acceptor import AcceptLimits, Acceptor
 from umbranet.aio.driver import MachineTimer
 from umbranet.aio.link import Link
-from umbranet.aio.tls import link_server_context, load_identity, peer_svid
+from umbranet.aio.tls import link_client_context, link_server_context, load_identity, peer_svid
 from umbranet.clock import Clock, system_clock
 from umbranet.pki import IdentityFile, PkiError
 from umbranet.router.admission import link_key_fingerprint
 from umbranet.router.quotas import SwitchLimits
 from umbranet.router.recheck import RecheckRound
-from umbranet.router.switch import Switch, SwitchLink
+from umbranet.router.switch import LinkKind, Switch, SwitchLink
 from umbranet.wire import ErrorCode, Frame
 
 log = logging.getLogger("umbranet.router")
@@ -73,6 +73,11 @@ class Router:
         self._address = ""
         self._throttled: dict[Link, asyncio.Task[None]] = {}
         self._checked_epoch = 0  # the newest epoch whose live grants were re-checked
+        # Links this router dialed (to neighbouring routers) -> the SPIFFE ID expected there.
+        self._outbound: dict[Link, str] = {}
+        self._client_ssl: ssl.SSLContext | None = None
+        # Called when a router link becomes ready or is lost (the mesh shell re-plans).
+        self.on_mesh_change: Callable[[], None] | None = None
 
     @property
     def name(self) -> str:
@@ -122,6 +127,51 @@ class Router:
         """
         self.identity = identity
         load_identity(self._ssl, identity)
+        self._client_ssl = None  # the next dial to a neighbour presents the new certificate
+
+    async def dial_router(self, address: str, spiffe_id: str, timeout: float = 10.0) -> Link:
+        """Open a link to the neighbouring router `spiffe_id` listening at `address`.
+
+        The link is multiplexed like an accepted one; this side says HELLO first and opens
+        odd circuit ids. A certificate other than `spiffe_id`'s is refused after the TLS
+        handshake (the link closes with ``not_authorized``), so a stale or hijacked address
+        never becomes a route. Returns once TLS is done (`on_mesh_change` says when HELLO
+        is); raises OSError or TimeoutError if the neighbour cannot be reached.
+        """
+        if self._client_ssl is None:
+            self._client_ssl = link_client_context(self.identity)
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        made: list[Link] = []
+
+        def factory() -> Link:
+            link = Link(self)
+            self._outbound[link] = spiffe_id
+            made.append(link)
+            return link
+
+        loop = asyncio.get_running_loop()
+        try:
+            _, link = await asyncio.wait_for(
+                loop.create_connection(
+                    factory, host, int(port), ssl=self._client_ssl, server_hostname=host
+                ),
+                timeout,
+            )
+        finally:
+            for attempt in made:  # a connection that never became a link
+                if attempt not in self._links:
+                    self._outbound.pop(attempt, None)
+        return link
+
+    def router_links(self) -> dict[str, SwitchLink]:
+        """Ready links to neighbouring routers, by the neighbour's SPIFFE ID (the newest if
+        there are several)."""
+        return {
+            state.identity: state
+            for state in self._links.values()
+            if state.kind is LinkKind.ROUTER and state.session.ready
+        }
 
     async def apply_epoch(
         self,
@@ -233,14 +283,24 @@ class Router:
             link.close(ErrorCode.NOT_AUTHORIZED, f"certificate rejected: {exc.reason}")
             return
         link.peer_id = str(peer.spiffe_id)
+        expected = self._outbound.get(link)
+        if expected is not None and link.peer_id != expected:
+            self._outbound.pop(link, None)
+            self.switch.counters["mesh_wrong_peer"] += 1
+            log.warning("refused link to %s: it presented %s", expected, link.peer_id)
+            link.close(ErrorCode.NOT_AUTHORIZED, "not the router that was dialed")
+            return
         ssl_object = link.transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         key = link_key_fingerprint(der) if der else None
+        opener = expected is not None
         state = self.switch.add_link(
-            link, link.peer_id, peer.spiffe_id.kind or "", now, peer_key=key
+            link, link.peer_id, peer.spiffe_id.kind or "", now, opener=opener, peer_key=key
         )
         self._links[link] = state
-        self.switch.counters["links_accepted"] += 1
+        self.switch.counters["links_dialed" if opener else "links_accepted"] += 1
+        if opener:
+            link.write_many(state.session.poll_transmit())  # HELLO: the dialer speaks first
         timer = MachineTimer(self._clock, lambda: self._link_deadline(link))
         self._timers[link] = timer
         timer.arm(state.session.poll_timeout())
@@ -249,6 +309,7 @@ class Router:
         state = self._links.get(link)
         if state is None:
             return
+        was_ready = state.session.ready
         try:
             closing = self.switch.frames(state, frames, self._clock.now())
         except Exception:
@@ -261,6 +322,8 @@ class Router:
         if closing is not None:
             self._close(link)
             return
+        if not was_ready and state.session.ready and state.kind is LinkKind.ROUTER:
+            self._mesh_changed()
         timer = self._timers.get(link)
         if timer is not None:
             timer.arm(state.session.poll_timeout())
@@ -272,6 +335,7 @@ class Router:
         timer = self._timers.pop(link, None)
         if timer is not None:
             timer.cancel()
+        self._outbound.pop(link, None)
         state = self._links.pop(link, None)
         if state is None:
             return
@@ -281,11 +345,17 @@ class Router:
         totals[2] += link.frames_in
         if link.decode_error is not None:  # garbage that never became frames: count it too
             self.switch.counters[link.decode_error.code.code] += 1
-        self.switch.link_gone(state)
+        self.switch.link_gone(state)  # also drops every route through this link, at once
         self._flush()
         log.info("link lost identity=%s", link.peer_id)
+        if state.kind is LinkKind.ROUTER:
+            self._mesh_changed()
 
     # -- internals ----------------------------------------------------------------------
+
+    def _mesh_changed(self) -> None:
+        if self.on_mesh_change is not None:
+            self.on_mesh_change()
 
     def _flush(self) -> None:
         for peer, out in self.switch.poll_transmit():

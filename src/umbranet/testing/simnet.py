@@ -36,12 +36,14 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
+from umbranet.controller.service.links import RouterReport, routes_for
 from umbranet.pki import SpiffeId
 from umbranet.pki.tickets import Action
 from umbranet.proto.link import LinkTimers
 from umbranet.router.quotas import SwitchLimits
+from umbranet.router.switch import LinkKind, Route
 from umbranet.testing.clock import FakeClock
 from umbranet.testing.network import LocalNetwork
 from umbranet.testing.simcarrier import Carrier, Node, Port, reads
@@ -155,6 +157,49 @@ class SimNet:
     def route(self, router: SimRouter, service: str, via: SimRouter, cost: float = 1.0) -> None:
         """A static route: dials for `service` at `router` go to its neighbour `via`."""
         router.switch.routes.add_route(service, router.link_to(via), cost)
+
+    def mesh_routes(self, admin_costs: dict[str, float] | None = None) -> None:
+        """Install in every router the routes the controller would compute (`routes_for`)
+        from reports of the network as it is now: bound services, ready router links and
+        their measured RTTs. Replaces each router's remote routes, as a report's answer does."""
+        reports: dict[str, RouterReport] = {}
+        for router in self.routers.values():
+            links = {
+                link.identity: None if link.session.rtt is None else link.session.rtt * 1000
+                for link in router.switch.links
+                if link.kind is LinkKind.ROUTER and link.session.ready
+            }
+            services = frozenset(b.service for b in router.switch.terminators.all())
+            reports[router.spiffe_id] = RouterReport(services, links, self.now)
+        costs = {self.routers[name].spiffe_id: c for name, c in (admin_costs or {}).items()}
+        for router in self.routers.values():
+            by_peer = {
+                link.identity: link
+                for link in router.switch.links
+                if link.kind is LinkKind.ROUTER and link.session.ready
+            }
+            table: dict[str, dict[Hashable, float]] = {}
+            for route in routes_for(router.spiffe_id, reports, costs):
+                table.setdefault(route.service, {})[by_peer[route.via]] = route.cost
+            router.switch.routes.replace_remote(table)
+
+    def revoke(self, router: SimRouter, holder: str, action: str, service: str) -> int:
+        """Close, at `router`, every circuit end that `holder` (an endpoint's name) holds
+        there by an `action` ticket for `service`, as a re-check round that denied it would
+        (`Router.apply_epoch`). Returns how many were closed."""
+        switch = router.switch
+        closed = 0
+        for identity, svc, act, handle in switch.live_grants(list(switch.links)):
+            if (
+                isinstance(handle, Route)
+                and identity.rsplit("/", 1)[-1] == holder
+                and (svc, act) == (service, action)
+            ):
+                switch.revoke(handle, "no longer allowed")
+                closed += 1
+        router._flush()  # the shell writes what the round queued
+        self.note(router.name, "", "REVOKE", f"{holder} {action} {service}: {closed}")
+        return closed
 
     def ticket(self, spiffe_id: str, service: str, action: str) -> str:
         """A ticket from the network's signer, issued now (virtual wall clock)."""

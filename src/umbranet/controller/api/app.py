@@ -17,6 +17,7 @@ from umbranet.controller.api import (
     routes_joinkeys,
     routes_jwt,
     routes_manage,
+    routes_mesh,
     routes_metrics,
     routes_policy,
     routes_public,
@@ -57,6 +58,7 @@ def create_app(
     app.include_router(routes_metrics.router)
     app.include_router(routes_joinkeys.router)
     app.include_router(routes_manage.router)
+    app.include_router(routes_mesh.router)
     install_error_handlers(app, context.metrics)
     app.add_middleware(GuardMiddleware, metrics=context.metrics)
     app.add_middleware(routes_metrics.RequestMetrics, metrics=context.metrics)

@@ -1,0 +1,197 @@
+"""The controller's mesh graph: path costs, feasible routes, what a lying router can do,
+and the API that routers report to."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from tests.controller_harness import Harness, error_code, make_harness
+from umbranet.aio.controller_client import ControllerClient
+from umbranet.cli.main import app
+from umbranet.controller.service.links import (
+    HOP_COST,
+    UNMEASURED_RTT_MS,
+    LinkGraph,
+    MeshRoute,
+    RouterReport,
+    routes_for,
+)
+
+
+def _reports(
+    edges: dict[tuple[str, str], float | None], services: dict[str, set[str]]
+) -> dict[str, RouterReport]:
+    """Both ends report each edge with the same RTT."""
+    names = {n for edge in edges for n in edge} | set(services)
+    reports = {n: RouterReport(frozenset(services.get(n, ())), {}, 0.0) for n in names}
+    for (a, b), rtt in edges.items():
+        reports[a].links[b] = rtt
+        reports[b].links[a] = rtt
+    return reports
+
+
+def test_the_cheapest_path_by_measured_rtt_wins_and_costs_add_up() -> None:
+    reports = _reports(
+        {("a", "b"): 5.0, ("b", "d"): 5.0, ("a", "c"): 1.0, ("c", "d"): 1.0},
+        {"d": {"echo"}},
+    )
+    routes = routes_for("a", reports)
+    assert routes[0] == MeshRoute("echo", "c", 2 * (HOP_COST + 1.0))
+    # b is 6 from d, a only 4: sending a dial to b could bring it back, so no route via b.
+    assert [r.via for r in routes] == ["c"]
+
+
+def test_admin_cost_steers_paths_away_from_a_router() -> None:
+    reports = _reports(
+        {("a", "b"): 1.0, ("b", "d"): 1.0, ("a", "c"): 1.0, ("c", "d"): 1.0}, {"d": {"echo"}}
+    )
+    first = routes_for("a", reports, {"b": 100.0})[0]
+    assert first.via == "c"
+    assert routes_for("a", reports, {"c": 100.0})[0].via == "b"
+
+
+def test_an_unmeasured_link_counts_the_default_rtt() -> None:
+    reports = _reports({("a", "b"): None}, {"b": {"echo"}})
+    assert routes_for("a", reports) == [MeshRoute("echo", "b", HOP_COST + UNMEASURED_RTT_MS)]
+
+
+def test_a_link_only_one_router_reports_is_not_a_path() -> None:
+    # "evil" claims a link to "a" and hosts a service; "a" never confirmed the link.
+    reports = _reports({}, {"evil": {"echo"}, "a": set()})
+    reports["evil"].links["a"] = 0.0
+    assert routes_for("a", reports) == []
+    reports["a"].links["evil"] = 3.0  # now both ends say so: the larger RTT counts
+    assert routes_for("a", reports) == [MeshRoute("echo", "evil", HOP_COST + 3.0)]
+
+
+def test_a_service_bound_at_the_router_itself_gets_no_remote_route() -> None:
+    reports = _reports({("a", "b"): 1.0}, {"a": {"echo"}, "b": {"echo"}})
+    assert routes_for("a", reports) == []
+    assert routes_for("b", reports) == []
+
+
+def test_graph_expires_routers_that_stopped_reporting() -> None:
+    graph = LinkGraph(stale_after=30.0)
+    graph.report("b", ["echo"], {"a": 1.0}, now=0.0)
+    assert graph.report("a", [], {"b": 1.0}, now=10.0) == [MeshRoute("echo", "b", 2.0)]
+    assert graph.report("a", [], {"b": 1.0}, now=41.0) == []  # b silent for 41 s
+    assert graph.statistics()["routers"] == 1
+
+
+_NAMES = [f"r{i}" for i in range(7)]
+
+
+@st.composite
+def _meshes(draw: st.DrawFn) -> tuple[dict[tuple[str, str], float | None], set[str]]:
+    pairs = [(a, b) for i, a in enumerate(_NAMES) for b in _NAMES[i + 1 :]]
+    chosen = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=len(pairs)))
+    rtt = st.one_of(st.none(), st.floats(0.0, 200.0, allow_nan=False))
+    edges = {pair: draw(rtt) for pair in chosen}
+    hosts = draw(st.sets(st.sampled_from(_NAMES), min_size=1, max_size=3))
+    return edges, hosts
+
+
+@settings(max_examples=200, deadline=None)
+@given(_meshes())
+def test_following_any_installed_route_reaches_a_host_without_a_loop(
+    mesh: tuple[dict[tuple[str, str], float | None], set[str]],
+) -> None:
+    edges, hosts = mesh
+    reports = _reports(edges, {h: {"svc"} for h in hosts})
+    tables = {n: routes_for(n, reports) for n in reports}
+    for start in reports:
+        # Walk every route, not only the best: a router may fall back to any of them.
+        frontier, seen_paths = [(start, (start,))], 0
+        while frontier:
+            node, path = frontier.pop()
+            seen_paths += 1
+            assert seen_paths < 10_000
+            if node in hosts:
+                continue
+            for route in tables[node]:
+                assert route.via not in path, f"loop {path} -> {route.via}"
+                frontier.append((route.via, (*path, route.via)))
+        best = [r.cost for r in tables[start]]
+        assert best == sorted(best)
+
+
+@pytest.fixture
+def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+    harnesses = make_harness(tmp_path)
+    harness = next(harnesses)
+    original = ControllerClient.__init__
+
+    def in_process(self: ControllerClient, identity: Any, **options: Any) -> None:
+        # The CLI's admin client reaches the in-process app instead of a socket.
+        options.setdefault("transport", harness.transport(identity))
+        original(self, identity, **options)
+
+    monkeypatch.setattr(ControllerClient, "__init__", in_process)
+    yield harness
+    harnesses.close()
+
+
+def _router(h: Harness, name: str):  # type: ignore[no-untyped-def]
+    token = h.client(h.admin).post("/v1/routers", json={"name": name}).json()["enrollment_token"]
+    return h.enroll(token)
+
+
+def test_routers_report_state_and_get_routes_through_confirmed_links(h: Harness) -> None:
+    r1, r2 = _router(h, "r1"), _router(h, "r2")
+    state = "/v1/routers/me/state"
+    body = {"services": ["echo"], "links": [{"peer": r1.spiffe_id, "rtt_ms": 2.0}]}
+    response = h.client(r2).post(state, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"routes": []}
+    body = {"services": [], "links": [{"peer": r2.spiffe_id, "rtt_ms": 1.0}]}
+    response = h.client(r1).post(state, json=body)
+    assert response.json() == {
+        "routes": [{"service": "echo", "via": r2.spiffe_id, "cost": HOP_COST + 2.0}]
+    }
+
+
+def test_only_routers_report_mesh_state(h: Harness) -> None:
+    alice = h.new_device("alice", ["eng"])
+    response = h.client(alice).post("/v1/routers/me/state", json={"services": [], "links": []})
+    assert (response.status_code, error_code(response)) == (403, "router_required")
+    r1 = _router(h, "r1")
+    too_many = {"services": ["s"] * 5000, "links": []}
+    assert h.client(r1).post("/v1/routers/me/state", json=too_many).status_code == 422
+
+
+def test_umbra_router_update_cost_steers_routes_away_from_a_router(h: Harness) -> None:
+    r1, r2, r3 = _router(h, "r1"), _router(h, "r2"), _router(h, "r3")
+    state = "/v1/routers/me/state"
+
+    def report(who: Any, services: list[str], peers: list[Any]) -> list[str]:
+        links = [{"peer": p.spiffe_id, "rtt_ms": 1.0} for p in peers]
+        response = h.client(who).post(state, json={"services": services, "links": links})
+        assert response.status_code == 200, response.text
+        return [r["via"] for r in response.json()["routes"]]
+
+    report(r2, ["echo"], [r1])
+    report(r3, ["echo"], [r1])
+    assert report(r1, [], [r2, r3]) == [r2.spiffe_id, r3.spiffe_id]  # a tie: by name
+
+    result = CliRunner().invoke(
+        app, ["--home", str(h.home), "router", "update", "r2", "--cost", "10", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"name": "r2", "cost": 10.0}
+    assert report(r1, [], [r2, r3]) == [r3.spiffe_id, r2.spiffe_id]
+
+    alice = h.new_device("alice", ["eng"])
+    refused = h.client(alice).put("/v1/routers/r2/cost", json={"cost": 0})
+    assert refused.status_code == 403
+    unknown = h.client(h.admin).put("/v1/routers/nope/cost", json={"cost": 1})
+    assert (unknown.status_code, error_code(unknown)) == (404, "unknown_router")
+    negative = h.client(h.admin).put("/v1/routers/r2/cost", json={"cost": -1})
+    assert negative.status_code == 422
