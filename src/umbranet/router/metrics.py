@@ -47,6 +47,20 @@ EVENTS: dict[str, tuple[str, str]] = {
         "umbra_router_links_silent",
         "Links closed because the peer sent nothing for the keepalive deadline.",
     ),
+    "recheck_rounds": ("umbra_router_recheck_rounds", "Re-check rounds run (epochs, expiries)."),
+    "recheck_requests": (
+        "umbra_router_recheck_requests",
+        "Re-check requests (chunks of at most 256 grants) sent to the controller.",
+    ),
+    "recheck_failures": (
+        "umbra_router_recheck_failures",
+        "Re-check requests that failed (refused, timed out, unreachable).",
+    ),
+    "revalidations": (
+        "umbra_router_revalidations",
+        "Rounds re-validating circuits whose ticket expired.",
+    ),
+    "links_dialed": ("umbra_router_links_dialed", "Links this router dialed to other routers."),
     "ticket_verifications": (
         "umbra_router_ticket_verifications",
         "Tickets checked in full (signature, expiry, identity, service, epoch).",

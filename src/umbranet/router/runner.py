@@ -63,6 +63,7 @@ async def run_router(
         tasks = [
             loop.create_task(_keep_registered(router, identity_path, address)),
             loop.create_task(follow_controller(router)),
+            loop.create_task(revalidate_forever(router)),
         ]
         try:
             await stop.wait()
@@ -129,6 +130,23 @@ async def _keep_registered(router: Router, identity_path: Path, address: str) ->
             await asyncio.sleep(RETRY_SECONDS)
             continue
         await asyncio.sleep(_seconds_to_half_life(router.identity) if registered else 1)
+
+
+async def revalidate_forever(router: Router, interval: float = 30.0) -> None:
+    """Every `interval`, re-validate circuits whose ticket expired (see
+    `Router.revalidate_expired`); a controller that cannot answer closes them (fail closed)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with ControllerClient(router.identity) as client:
+
+                async def recheck(grants: list[tuple[str, str, str]]) -> dict[int, str]:
+                    _epoch, denied = await client.recheck(grants)
+                    return denied
+
+                await router.revalidate_expired(recheck)
+        except (ControllerError, OSError) as exc:
+            log.warning("re-validating expired circuits: %s", exc)
 
 
 async def follow_controller(router: Router) -> None:

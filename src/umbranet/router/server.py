@@ -36,6 +36,8 @@ from umbranet.wire import ErrorCode, Frame
 
 log = logging.getLogger("umbranet.router")
 
+# A re-validated circuit lives this much longer: what a fresh ticket would give it.
+REVALIDATED_LIFETIME = 600
 # (identity, service, action) triples -> index -> reason, for those no longer allowed.
 Recheck = Callable[[list[tuple[str, str, str]]], Awaitable[dict[int, str]]]
 
@@ -212,9 +214,43 @@ class Router:
         if epoch <= self._checked_epoch:
             close_revoked_links()  # a `hello` repeats recent revocations
             return 0
-        loop = asyncio.get_running_loop()
         grants = self.switch.live_grants(list(self._links.values()))
         self.switch.counters["rechecks"] += 1
+        closed = await self._recheck_round(epoch, grants, recheck, identities)
+        if identities is None:
+            self._checked_epoch = max(self._checked_epoch, epoch)
+        # After the re-check, so live streams end with the reason (`revoked`), not with
+        # the loss of their link.
+        close_revoked_links()
+        return len(closed)
+
+    async def revalidate_expired(self, recheck: Recheck) -> int:
+        """A circuit lives as long as its ticket: one whose ticket has expired is re-checked
+        with the controller, which answers only for grants with a current ticket (the SDK
+        fetches one while its streams are open). Confirmed circuits live another ticket
+        lifetime; the rest are closed with the controller's reason, or `recheck_failed`
+        when it cannot answer. Returns how many were closed."""
+        now = int(self._clock.now().unix)
+        expired = self.switch.expired_grants(now)
+        if not expired:
+            return 0
+        self.switch.counters["revalidations"] += 1
+        closed = await self._recheck_round(self.switch.epoch, expired, recheck, None)
+        for _identity, _service, _action, route in expired:
+            if id(route) not in closed:
+                route.expires_at = now + REVALIDATED_LIFETIME  # type: ignore[attr-defined]
+        return len(closed)
+
+    async def _recheck_round(
+        self,
+        epoch: int,
+        grants: list[tuple[str, str, str, object]],
+        recheck: Recheck,
+        identities: Collection[str] | None,
+    ) -> set[int]:
+        """One re-check round (chunks, retries, fail closed); closes what it must and
+        returns the ids of the handles it closed."""
+        loop = asyncio.get_running_loop()
         rnd = RecheckRound(epoch, grants, loop.time(), only=identities)
         while (chunk := rnd.poll_request(loop.time())) is not None:
             try:
@@ -228,15 +264,10 @@ class Router:
                 rnd.handle_failure(chunk.id, type(exc).__name__)
                 continue
             rnd.handle_answer(chunk.id, denied)
-        if identities is None:
-            self._checked_epoch = max(self._checked_epoch, epoch)
         closures = rnd.poll_closures()
         for closure in closures:
             self.switch.revoke(closure.handle, closure.reason, closure.code)
         self._flush()
-        # After the re-check, so live streams end with the reason (`revoked`), not with
-        # the loss of their link.
-        close_revoked_links()
         stats = rnd.statistics()
         counters = self.switch.counters
         counters["recheck_rounds"] += 1
@@ -251,7 +282,7 @@ class Router:
                 stats["denied"],
                 stats["failed_closed"],
             )
-        return len(closures)
+        return {id(closure.handle) for closure in closures}
 
     def statistics(self) -> dict[str, Any]:
         """Counters for status pages and tests."""

@@ -342,6 +342,18 @@ class Switch:
             grants.append((binding.identity, binding.service, "bind", binding))
         return grants
 
+    def expired_grants(self, now: int) -> list[tuple[str, str, str, object]]:
+        """Dial grants on endpoint links whose ticket expired by `now` (unix seconds), as
+        `live_grants` lists them: they must be re-validated or closed."""
+        expired: list[tuple[str, str, str, object]] = []
+        for link in self.links:
+            if link.kind is not LinkKind.ENDPOINT:
+                continue
+            for route in link.routes.values():
+                if route.side is Side.DIALER and 0 < route.expires_at <= now:
+                    expired.append((link.identity, route.service, "dial", route))
+        return expired
+
     def revoke(self, handle: object, reason: str, code: ErrorCode = ErrorCode.REVOKED) -> None:
         """Close a circuit (both ends told why) or drop a binding (its host told why)."""
         if isinstance(handle, Route):
