@@ -129,6 +129,9 @@ class Router:
         """
         self.identity = identity
         load_identity(self._ssl, identity)
+        # A CA announced by a rotation is trusted from now on (a context's CA list only
+        # grows; the old CA stays trusted through the overlap, as the bundle says).
+        self._ssl.load_verify_locations(cadata=identity.bundle.ca_pem)
         self._client_ssl = None  # the next dial to a neighbour presents the new certificate
 
     async def dial_router(self, address: str, spiffe_id: str, timeout: float = 10.0) -> Link:

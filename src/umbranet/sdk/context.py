@@ -69,6 +69,8 @@ class ControlPlane(Protocol):
 
     async def report_posture(self, report: dict[str, Any]) -> bool: ...
 
+    async def refresh_bundle(self) -> IdentityFile | None: ...
+
     def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
 
     async def aclose(self) -> None: ...
@@ -381,12 +383,26 @@ class Context:
                 async for name, data in self._control.events():
                     backoff = 0.2
                     epoch = data.get("epoch")
+                    version = data.get("bundle_version")
+                    if isinstance(version, int) and version > self.identity.bundle.version:
+                        await self._refresh_bundle()
                     if name in ("hello", "epoch") and isinstance(epoch, int) and epoch > self.epoch:
                         self._on_epoch(epoch, name == "hello")
             except UmbraError as exc:
                 log.debug("event stream: %s; reconnecting in %.1fs", exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
+
+    async def _refresh_bundle(self) -> None:
+        """Take the controller's newer trust bundle (a ticket key or CA rotation): new
+        handshakes check tickets and certificates against it; live streams are untouched."""
+        refreshed = await self._control.refresh_bundle()
+        if refreshed is None:
+            return
+        self.identity = self.identity.with_bundle(refreshed.bundle)
+        self._save_renewal(self.identity)
+        self.counters["bundle_refreshed"] = self.counters.get("bundle_refreshed", 0) + 1
+        log.info("trust bundle updated to version %d", refreshed.bundle.version)
 
     def _on_epoch(self, epoch: int, first: bool) -> None:
         stale = self.epoch != 0 or not first

@@ -32,6 +32,12 @@ class ControllerPlane:
         except ControllerError as exc:
             raise UmbraError(exc.code, exc.message) from exc
 
+    async def refresh_bundle(self) -> IdentityFile | None:
+        try:
+            return await self._client.refresh_bundle()
+        except ControllerError as exc:
+            raise UmbraError(exc.code, exc.message) from exc
+
     async def renew(self) -> IdentityFile:
         try:
             return await self._client.renew()

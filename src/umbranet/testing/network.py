@@ -118,6 +118,15 @@ class LocalNetwork:
             queue.put_nowait(self.epoch)
         return self.epoch
 
+    def rotate_ticket_key(self) -> Signer:
+        """A new ticket-signing key: the bundle trusts both (a new version), new tickets are
+        signed with the new one, and holders hear of it with the next epoch."""
+        self.signer = Signer.generate()
+        bundle = self.bundle.with_ticket_key(self.signer.public_key)
+        self.bundle = replace(bundle, version=bundle.version + 1)
+        self.bump()
+        return self.signer
+
     def control(self, identity: IdentityFile) -> LocalControlPlane:
         return LocalControlPlane(self, identity)
 
@@ -155,14 +164,24 @@ class LocalControlPlane:
         self.renewals += 1
         return self.identity
 
+    async def refresh_bundle(self) -> IdentityFile | None:
+        """The network's bundle, when it is newer than ours (after `LocalNetwork.rotate`)."""
+        if self.network.bundle.version <= self.identity.bundle.version:
+            return None
+        self.identity = self.identity.with_bundle(self.network.bundle)
+        return self.identity
+
     async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Epochs pushed by `LocalNetwork.bump`, after a `hello`."""
+        """Epochs pushed by `LocalNetwork.bump`, after a `hello`; each names the bundle's
+        version, as the controller's events do."""
         queue: asyncio.Queue[int] = asyncio.Queue()
         self.network.subscribers.append(queue)
         try:
-            yield "hello", {"epoch": self.network.epoch}
+            version = self.network.bundle.version
+            yield "hello", {"epoch": self.network.epoch, "bundle_version": version}
             while True:
-                yield "epoch", {"epoch": await queue.get()}
+                epoch = await queue.get()
+                yield "epoch", {"epoch": epoch, "bundle_version": self.network.bundle.version}
         finally:
             self.network.subscribers.remove(queue)
 
