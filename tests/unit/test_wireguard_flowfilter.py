@@ -1,0 +1,149 @@
+"""The receiver's packet filter: new flows need a grant, return traffic of ours passes, a
+withdrawn grant stops a live flow at its next packet, and every drop has a counted reason."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from umbranet.proto.wireguard.flowfilter import FLOW_IDLE, FlowFilter, parse_grant
+
+ME, PEER, OTHER = "100.64.0.1", "100.64.0.2", "100.64.0.3"
+ME6, PEER6 = "fd00::1", "fd00::2"
+K_PEER, K_OTHER = b"p" * 32, b"o" * 32
+
+
+def ipv4(src: str, dst: str, proto: int, body: bytes, frag: int = 0) -> bytes:
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(body),
+        0,
+        frag,
+        64,
+        proto,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    return header + body
+
+
+def ipv6(src: str, dst: str, proto: int, body: bytes) -> bytes:
+    return (
+        struct.pack("!IHBB", 6 << 28, len(body), proto, 64)
+        + ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + body
+    )
+
+
+def tcp(sport: int, dport: int, flags: int) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 0x50, flags, 1024, 0, 0)
+
+
+def udp(sport: int, dport: int) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8, 0)
+
+
+def echo(kind: int, ident: int) -> bytes:
+    return struct.pack("!BBHHH", kind, 0, 0, ident, 1)
+
+
+SYN, SYNACK, ACK = 0x02, 0x12, 0x10
+
+
+def make() -> FlowFilter:
+    f = FlowFilter([ME, ME6])
+    f.set_grants({K_PEER: parse_grant(["tcp/8080", "udp/53", "sctp/9", "tcp/x"])})
+    return f
+
+
+def test_a_granted_port_passes_and_others_are_dropped_and_counted() -> None:
+    f = make()
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, tcp(40000, 8080, SYN)), 0.0) is None
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, tcp(40000, 22, SYN)), 0.0) == "no_grant"
+    assert f.check_inbound(K_OTHER, ipv4(OTHER, ME, 6, tcp(1, 8080, SYN)), 0.0) == "no_grant"
+    assert f.check_inbound(K_PEER, ipv6(PEER6, ME6, 17, udp(5000, 53)), 0.0) is None
+    assert f.statistics()["drops"] == {"no_grant": 2}
+
+
+def test_withdrawing_the_grant_stops_a_live_flow_at_its_next_packet() -> None:
+    f = make()
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, tcp(40000, 8080, SYN)), 0.0) is None
+    f.handle_outbound(ipv4(ME, PEER, 6, tcp(8080, 40000, SYNACK)), 0.1, K_PEER)
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, tcp(40000, 8080, ACK)), 0.2) is None
+    f.set_grants({})
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, tcp(40000, 8080, ACK)), 0.3) == "no_grant"
+
+
+def test_our_udp_answers_do_not_become_our_flows() -> None:
+    """Answering a peer's granted UDP flow must not make it return traffic that outlives the
+    grant."""
+    f = make()
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 17, udp(5000, 53)), 0.0) is None
+    f.handle_outbound(ipv4(ME, PEER, 17, udp(53, 5000)), 0.1, K_PEER)
+    f.set_grants({})
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 17, udp(5000, 53)), 0.2) == "no_grant"
+
+
+def test_return_traffic_of_our_flows_passes_only_from_that_peer_and_while_fresh() -> None:
+    f = FlowFilter([ME])  # no grants at all
+    f.handle_outbound(ipv4(ME, PEER, 6, tcp(50000, 443, SYN)), 0.0, K_PEER)
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, tcp(443, 50000, SYNACK)), 1.0) is None
+    assert f.check_inbound(K_OTHER, ipv4(PEER, ME, 6, tcp(443, 50000, ACK)), 1.0) == "no_grant"
+    late = 1.0 + FLOW_IDLE[6] + 1
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, tcp(443, 50000, ACK)), late) == "no_grant"
+    # A bare ACK we send does not start a flow: only a SYN does.
+    f.handle_outbound(ipv4(ME, PEER, 6, tcp(50001, 443, ACK)), 2.0, K_PEER)
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, tcp(443, 50001, ACK)), 2.0) == "no_grant"
+
+
+def test_ping_needs_a_grant_but_replies_to_our_pings_pass() -> None:
+    f = make()
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 1, echo(8, 7)), 0.0) is None
+    assert f.check_inbound(K_OTHER, ipv4(OTHER, ME, 1, echo(8, 7)), 0.0) == "icmp_no_grant"
+    assert f.check_inbound(K_OTHER, ipv4(OTHER, ME, 1, echo(0, 9)), 0.0) == "icmp_no_grant"
+    f.handle_outbound(ipv4(ME, OTHER, 1, echo(8, 9)), 0.0, K_OTHER)
+    assert f.check_inbound(K_OTHER, ipv4(OTHER, ME, 1, echo(0, 9)), 0.1) is None
+    f.handle_outbound(ipv6(ME6, PEER6, 58, echo(128, 3)), 0.0, K_PEER)
+    assert f.check_inbound(K_PEER, ipv6(PEER6, ME6, 58, echo(129, 3)), 0.1) is None
+
+
+def test_packets_not_for_us_and_odd_packets_have_their_reasons() -> None:
+    f = make()
+    assert f.check_inbound(K_PEER, ipv4(PEER, "10.0.0.1", 6, tcp(1, 8080, SYN)), 0) == "not_for_us"
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, tcp(1, 8080, SYN), frag=5), 0) == "fragment"
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, b"\x00"), 0) == "truncated"
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 47, b"gre!"), 0) == "unknown_protocol"
+    assert f.check_inbound(K_PEER, b"", 0) == "not_ip"
+
+
+def test_the_flow_table_is_bounded() -> None:
+    f = FlowFilter([ME], max_flows=4)
+    for port in range(10):
+        f.handle_outbound(ipv4(ME, PEER, 6, tcp(port + 1, 443, SYN)), 0.0, K_PEER)
+    assert f.statistics()["flows"] == 4
+    assert f.statistics()["flows_evicted"] == 6
+
+
+@given(st.binary(max_size=80), st.booleans())
+def test_any_bytes_are_a_verdict_never_an_exception(data: bytes, outbound: bool) -> None:
+    f = make()
+    if outbound:
+        f.handle_outbound(data, 0.0, K_PEER)
+    else:
+        assert f.check_inbound(K_PEER, data, 0.0) in {
+            None,
+            "not_ip",
+            "not_for_us",
+            "fragment",
+            "truncated",
+            "no_grant",
+            "icmp_no_grant",
+            "unknown_protocol",
+        }
