@@ -1,0 +1,288 @@
+"""Network mode in network namespaces: `umbra up --tun` on three devices, one controller.
+
+    A (dev-a) ─┐
+    B (dev-b) ─┼── bridge in R (controller at 198.18.90.254:8443)
+    C (dev-c) ─┘   devices at 198.18.90.1, .2, .3 (namespaces made for the test, deleted after)
+
+Policy (the attribute rule, no HuJSON document): dev-a hosts ``on-a`` (tcp 7001), which
+dev-b may dial; dev-b hosts ``on-b`` (tcp 7002), which dev-a may dial; dev-c has no grant
+at all. So A and B are each other's peers, each may open the other's one port (and ping),
+and C is nobody's peer: it never receives their keys or addresses and cannot reach them.
+WireGuard runs directly between the devices over UDP on the bridge; each device publishes
+its port and the controller records the address it sees.
+
+Checked: ping between overlay addresses both ways, IPv6 too, and by name (``dev-b.umbra``
+through the DNS stub); a TCP port the receiver's policy does not grant is dropped there and
+counted (``no_grant``) while the granted one answers; C has no peers and no route; after
+``umbra down`` (A after SIGKILL) links, addresses, routes and resolv.conf are as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.integration.netns_helper import Lab, sh
+from umbranet.agent import LocalApiClient
+
+CORE = "198.18.90.254"
+CONTROLLER = f"{CORE}:8443"
+DEVICES = {"a": "198.18.90.1", "b": "198.18.90.2", "c": "198.18.90.3"}
+RESOLV_CONF = f"nameserver {CORE}\nsearch lab.test\n"
+PORT_A, PORT_B, CLOSED_PORT = 7001, 7002, 7777
+
+
+def _missing() -> str | None:
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return "network mode needs Linux and root (network namespaces, TUN)"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing"
+    for tool, package in (("ip", "iproute2"), ("ping", "iputils-ping"), ("socat", "socat")):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (Debian package {package})"
+    return None
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+
+
+@dataclass
+class Net:
+    lab: Lab
+    root: Path
+    ns: dict[str, str] = field(default_factory=dict)
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def state_dir(self, device: str) -> Path:
+        return self.root / f"agent-{device}"
+
+    def status(self, device: str) -> dict[str, Any]:
+        data: dict[str, Any] = LocalApiClient(self.state_dir(device) / "agent.sock").get(
+            "/v1/status"
+        )
+        return data
+
+    def tun(self, device: str) -> dict[str, Any]:
+        tun: dict[str, Any] = self.status(device)["tun"]
+        return tun
+
+    def run(self, device: str, *argv: str, check: bool = True, timeout: float = 30) -> str:
+        return self.lab.run(self.ns[device], list(argv), check, timeout)
+
+    def snapshot(self, device: str) -> dict[str, str]:
+        """Everything network mode may change in a device's namespace."""
+        return {
+            "link": self.run(device, "ip", "-o", "link", "show"),
+            "addr": self.run(device, "ip", "-o", "addr", "show"),
+            "route4": self.run(device, "ip", "-4", "route", "show", "table", "all"),
+            "route6": self.run(device, "ip", "-6", "route", "show", "table", "all"),
+            "rule": self.run(device, "ip", "rule"),
+            "resolv": self.run(device, "cat", "/etc/resolv.conf"),
+        }
+
+    def up(self, device: str) -> subprocess.Popen[bytes]:
+        child = self.lab.spawn(
+            self.ns[device],
+            f"agent-{device}",
+            [
+                sys.executable, "-m", "umbranet.cli.main", "up", "--tun",
+                "--identity", str(self.root / f"dev-{device}.json"),
+                "--state-dir", str(self.state_dir(device)),
+                "--refresh", "0.5",
+            ],
+        )  # fmt: skip
+        self.agents[device] = child
+
+        def ready() -> bool:
+            if child.poll() is not None:
+                log = (self.lab.logs / f"agent-{device}.log").read_text()
+                pytest.fail(f"agent {device} exited with {child.returncode}: {log[-3000:]}")
+            return bool(self.tun(device)["interface"])
+
+        wait_for(f"agent {device} in network mode", ready, 60)
+        return child
+
+    def umbra(self, device: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.lab.umbra(self.ns[device], *args)
+
+
+def _umbra_ok(lab: Lab, ns: str, *args: str) -> str:
+    done = lab.umbra(ns, *args)
+    assert done.returncode == 0, f"umbra {' '.join(args)}: {done.stderr}{done.stdout}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    root = tmp_path_factory.mktemp("netmode")
+    logs = root / "logs"
+    logs.mkdir()
+    lab = Lab(logs)
+    try:
+        net = Net(lab, root)
+        r = lab.namespace("R")
+        sh(["ip", "-n", r, "link", "add", "br0", "type", "bridge"])
+        sh(["ip", "-n", r, "addr", "add", f"{CORE}/24", "dev", "br0"])
+        sh(["ip", "-n", r, "link", "set", "br0", "up"])
+        for index, (device, address) in enumerate(DEVICES.items()):
+            ns = lab.namespace(device.upper())
+            net.ns[device] = ns
+            inner, outer = f"un{lab.suffix}{index}d", f"un{lab.suffix}{index}r"
+            sh(["ip", "link", "add", inner, "type", "veth", "peer", "name", outer])
+            sh(["ip", "link", "set", inner, "netns", ns])
+            sh(["ip", "link", "set", outer, "netns", r])
+            sh(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", inner])
+            sh(["ip", "-n", ns, "link", "set", inner, "up"])
+            sh(["ip", "-n", r, "link", "set", outer, "master", "br0"])
+            sh(["ip", "-n", r, "link", "set", outer, "up"])
+            lab.resolv_conf(ns, RESOLV_CONF)
+        _start_controller(net, r)
+        yield net
+    finally:
+        for child in list(net.agents.values()) if "net" in locals() else []:
+            lab.stop(child)
+        lab.destroy()
+
+
+def _start_controller(net: Net, r: str) -> None:
+    lab, home = net.lab, str(net.root / "home")
+    _umbra_ok(lab, r, "--home", home, "controller", "init", "--address", CONTROLLER)
+    lab.spawn(
+        r,
+        "controller",
+        [sys.executable, "-m", "umbranet.cli.main", "--home", home, "controller", "run"],
+    )
+
+    def controller_up() -> bool:
+        done = lab.umbra(r, "--home", home, "--json", "service", "list")
+        return done.returncode == 0
+
+    wait_for("the controller", controller_up, 60)
+    for device in DEVICES:
+        token = str(net.root / f"dev-{device}.token")
+        _umbra_ok(lab, r, "--home", home, "identity", "create", f"dev-{device}",
+                  "--kind", "device", "--attr", device, "-o", token)  # fmt: skip
+        _umbra_ok(lab, r, "enroll", token, "-o", str(net.root / f"dev-{device}.json"))
+    for service, host, dialer, port in (("on-a", "a", "b", PORT_A), ("on-b", "b", "a", PORT_B)):
+        _umbra_ok(lab, r, "--home", home, "service", "create", service, "--dial-attr", dialer,
+                  "--bind-attr", host, "--host", f"tcp://127.0.0.1:{port}")  # fmt: skip
+
+
+def _ping(net: Net, device: str, target: str, *flags: str) -> bool:
+    done = subprocess.run(
+        net.lab.argv(net.ns[device], ["ping", *flags, "-c", "1", "-W", "2", target]),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def _tcp(net: Net, device: str, address: str, port: int) -> str | None:
+    """What a TCP connection to address:port says, or None if it cannot connect."""
+    done = subprocess.run(
+        net.lab.argv(
+            net.ns[device], ["socat", "-T", "3", "-", f"TCP:{address}:{port},connect-timeout=3"]
+        ),
+        input=b"",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return done.stdout.decode() if done.returncode == 0 else None
+
+
+def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trace(
+    net: Net,
+) -> None:
+    before = {device: net.snapshot(device) for device in DEVICES}
+    for device in DEVICES:
+        net.up(device)
+    try:
+        a, b = net.tun("a"), net.tun("b")
+
+        def peers_ready() -> bool:
+            pa, pb = net.tun("a")["peers"], net.tun("b")["peers"]
+            return (
+                [p["name"] for p in pa] == ["dev-b"]
+                and [p["name"] for p in pb] == ["dev-a"]
+                and all(p["endpoint"] and p["routed"] for p in pa + pb)
+            )
+
+        wait_for("A and B to know each other", peers_ready, 60)
+        a_peer, b_peer = net.tun("a")["peers"][0], net.tun("b")["peers"][0]
+        assert a_peer["ipv4"] == b["ipv4"] and b_peer["ipv4"] == a["ipv4"]
+        assert a_peer["endpoint"] == f"{DEVICES['b']}:51820"  # what the controller saw
+        # What each peer may open towards the device holding the view: its hosted port.
+        assert a_peer["reach"] == ["tcp/7001"] and b_peer["reach"] == ["tcp/7002"]
+        assert net.tun("c")["peers"] == []  # no grant: no key, no address, no route
+
+        wait_for("A to ping B", lambda: _ping(net, "a", b["ipv4"]), 30)
+        assert _ping(net, "b", a["ipv4"])
+        assert _ping(net, "a", b["ipv6"], "-6")
+        assert _ping(net, "b", a["ipv6"], "-6")
+        assert _ping(net, "a", "dev-b.umbra")
+        resolved = net.run("a", "getent", "ahostsv4", "dev-b.umbra")
+        assert resolved.split()[0] == b["ipv4"]
+        assert (
+            net.umbra("a", "ip", "-4", "--state-dir", str(net.state_dir("a"))).stdout.strip()
+            == (a["ipv4"])
+        )
+
+        # C: no route to the overlay at all, so nothing leaves; and it never got a key.
+        assert not _ping(net, "c", a["ipv4"])
+        assert "100.64" not in net.run("c", "ip", "route", "show", "table", "all")
+
+        # Policy at the receiver: B grants A tcp/7002 only.
+        listeners = [
+            net.lab.spawn(net.ns["b"], f"listen-{port}", [
+                "socat", f"TCP-LISTEN:{port},fork,reuseaddr", f"SYSTEM:echo hi-{port}",
+            ])
+            for port in (PORT_B, CLOSED_PORT)
+        ]  # fmt: skip
+        try:
+            wait_for(
+                "B's granted port", lambda: _tcp(net, "a", b["ipv4"], PORT_B) == f"hi-{PORT_B}\n"
+            )
+            assert _tcp(net, "a", b["ipv4"], CLOSED_PORT) is None
+            drops = net.tun("b")["filter"]["drops"]
+            assert drops.get("no_grant", 0) >= 1, drops
+            # B's own connection outwards to A's port 7777 is refused by A in turn.
+            assert _tcp(net, "b", a["ipv4"], CLOSED_PORT) is None
+            assert net.tun("a")["filter"]["drops"].get("no_grant", 0) >= 1
+        finally:
+            for child in listeners:
+                net.lab.stop(child)
+
+        # A crashes (SIGKILL): its resolv.conf still names the stub until `umbra down`.
+        net.lab.stop(net.agents.pop("a"), signal.SIGKILL)
+        assert "127.0.0.153" in net.run("a", "cat", "/etc/resolv.conf")
+        down_a = json.loads(_umbra_ok(net.lab, net.ns["a"], "--json", "down", "--state-dir",
+                                      str(net.state_dir("a"))))  # fmt: skip
+        assert down_a["stopped"] is None and any("restored" in c for c in down_a["cleaned"])
+        for device in ("b", "c"):
+            down = json.loads(
+                _umbra_ok(net.lab, net.ns[device], "--json", "down", "--state-dir",
+                          str(net.state_dir(device)))
+            )  # fmt: skip
+            assert down["stopped"] == net.agents.pop(device).pid
+    finally:
+        for device, child in list(net.agents.items()):
+            net.lab.stop(child)
+            with contextlib.suppress(Exception):
+                net.umbra(device, "down", "--state-dir", str(net.state_dir(device)))
+    for device in DEVICES:
+        assert net.snapshot(device) == before[device], device
+        assert not (net.state_dir(device) / "tunmode.json").exists()
