@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class Net:
     lab: Lab
     root: Path
     ns: dict[str, str] = field(default_factory=dict)
+    core: str = ""
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def state_dir(self, device: str) -> Path:
@@ -133,6 +135,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     try:
         net = Net(lab, root)
         r = lab.namespace("R")
+        net.core = r
         sh(["ip", "-n", r, "link", "add", "br0", "type", "bridge"])
         sh(["ip", "-n", r, "addr", "add", f"{CORE}/24", "dev", "br0"])
         sh(["ip", "-n", r, "link", "set", "br0", "up"])
@@ -265,6 +268,16 @@ def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trac
         finally:
             for child in listeners:
                 net.lab.stop(child)
+
+        # Disabling dev-b: the controller pushes a new epoch, A refreshes its view at once
+        # and forgets B (key, route, grant), so A's pings stop.
+        started = time.monotonic()
+        _umbra_ok(net.lab, net.core, "--home", str(net.root / "home"), "identity", "disable",
+                  "dev-b")  # fmt: skip
+        wait_for("A to drop B", lambda: net.tun("a")["peers"] == [], 10)
+        print(f"\nA dropped disabled B {time.monotonic() - started:.2f} s after the disable")
+        assert not _ping(net, "a", b["ipv4"])
+        assert net.status("a")["counters"].get("tun_epoch_refresh", 0) >= 1
 
         # A crashes (SIGKILL): its resolv.conf still names the stub until `umbra down`.
         net.lab.stop(net.agents.pop("a"), signal.SIGKILL)

@@ -9,7 +9,10 @@ changes nothing (flows keep going; the next refresh retries sooner); a controlle
 refuses the identity (disabled: 401/403) withdraws everything.
 
 With network mode (``--tun``) each refresh also fetches the filtered view, publishes the
-WireGuard port, and hands both to `TunMode`, which follows them.
+WireGuard port, and hands both to `TunMode`, which follows them. A new epoch pushed by the
+controller (a policy change, a disabled or revoked identity) triggers a refresh at once, so
+a peer that may no longer talk to us loses its key, route and grant within a moment rather
+than at the next periodic refresh.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = ["Agent", "run_agent"]
 log = logging.getLogger("umbranet.agent")
 
 _RETRY_AFTER_FAILURE = 5.0
+_EPOCH_POLL = 0.1  # how often network mode looks at the epoch the SDK context follows
 _MAX_PINGS = 10
 _PROBE_LINGER = 5.0
 _STATUS_BY_CODE = {"not_authorized": 403, "identity_disabled": 403, "unknown_service": 404}
@@ -112,6 +116,8 @@ class Agent:
             _remove_pidfile(config)
             raise
         self._spawn(self._refresh_forever())
+        if self.tun is not None:
+            self._spawn(self._refresh_on_epoch())
         log.info(
             "agent up as %s (local API %s)", self.context.identity.spiffe_id, config.socket_path
         )
@@ -216,6 +222,17 @@ class Agent:
             interval = self.config.refresh_interval
             await asyncio.sleep(interval if ok else min(interval, _RETRY_AFTER_FAILURE))
             ok = await self.refresh()
+
+    async def _refresh_on_epoch(self) -> None:
+        """Refresh whenever the controller announces a new epoch (the SDK context keeps the
+        event stream; we only look at the number it last saw)."""
+        seen = self.context.epoch
+        while not self._stopped.is_set():
+            await asyncio.sleep(_EPOCH_POLL)
+            if self.context.epoch != seen:
+                seen = self.context.epoch
+                self.counters.add("tun_epoch_refresh")
+                await self.refresh()
 
     async def _connect_routers(self) -> None:
         """Keep a link to every router up, so the first dial pays no TLS handshake."""
