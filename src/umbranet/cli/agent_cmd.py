@@ -412,6 +412,9 @@ def _render_status(data: dict[str, Any]) -> None:
     identity, agent = data["identity"], data["agent"]
     out.print(f"identity  {identity['spiffe_id']} (certificate until {identity['cert_not_after']})")
     out.print(f"agent     pid {agent['pid']}, local API {agent['socket']}")
+    overlay = data.get("overlay") or {}
+    if overlay.get("ipv4"):
+        out.print(f"overlay   {overlay['ipv4']} {overlay['ipv6']}")
     controller = data["controller"]
     out.print(
         f"controller {identity['controller_url']}: last refresh "
