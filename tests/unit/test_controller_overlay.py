@@ -89,3 +89,13 @@ def test_endpoint_must_be_an_ip_and_port(h: Harness) -> None:
     assert client.put("/v1/network/endpoint", json={"port": 0}).status_code == 422
     anywhere = client.put("/v1/network/endpoint", json={"port": 9, "host": "0.0.0.0"})
     assert error_code(anywhere) == "invalid_endpoint"
+
+
+def test_overlay_ranges_come_from_the_config_and_bad_ones_fail_at_start() -> None:
+    settings = OverlaySettings.from_config({"overlay_ipv4_range": "10.77.0.0/16"})
+    assert settings.ipv4_range == "10.77.0.0/16" and settings.ipv6_prefix is None
+    assert OverlaySettings.from_config({}).ipv4_range == "100.64.0.0/10"
+    for bad in ({"overlay_ipv4_range": "10.77.0.0/31"}, {"overlay_ipv6_prefix": "fd00::/124"},
+                {"overlay_ipv4_range": 5}):  # fmt: skip
+        with pytest.raises(ValueError):
+            OverlaySettings.from_config(bad)

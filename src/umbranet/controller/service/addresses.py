@@ -20,9 +20,10 @@ with discovered candidates; a published endpoint stays the simple case.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -33,6 +34,7 @@ from umbranet.controller.store.overlay_models import OverlayAddress
 from umbranet.policy.addressing import (
     DEFAULT_IPV4_RANGE,
     AddressAllocator,
+    AddressingUsageError,
     AddressPoolExhausted,
     ula_prefix,
 )
@@ -48,6 +50,18 @@ class OverlaySettings:
 
     ipv4_range: str = DEFAULT_IPV4_RANGE
     ipv6_prefix: str | None = None
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> OverlaySettings:
+        """The optional ``overlay_ipv4_range`` / ``overlay_ipv6_prefix`` keys of the
+        controller's config.json; AddressingUsageError if they do not make a valid pool."""
+        v4 = data.get("overlay_ipv4_range", DEFAULT_IPV4_RANGE)
+        v6 = data.get("overlay_ipv6_prefix")
+        if not isinstance(v4, str) or not (v6 is None or isinstance(v6, str)):
+            raise AddressingUsageError("overlay ranges in config.json must be strings")
+        settings = cls(v4, v6)
+        settings.allocator("check")  # fails now, at start, rather than at the first request
+        return settings
 
     def allocator(self, trust_domain: str) -> AddressAllocator:
         prefix = self.ipv6_prefix or str(ula_prefix(trust_domain))
