@@ -147,3 +147,24 @@ def test_any_bytes_are_a_verdict_never_an_exception(data: bytes, outbound: bool)
             "icmp_no_grant",
             "unknown_protocol",
         }
+
+
+def test_icmp_errors_pass_only_when_they_quote_a_live_flow_of_ours() -> None:
+    """Path MTU discovery needs "too big" and "unreachable"; a peer must not use them to send
+    us anything else."""
+    f = FlowFilter([ME, ME6])
+    sent = ipv4(ME, PEER, 6, tcp(50000, 443, SYN))
+    f.handle_outbound(sent, 0.0, K_PEER)
+    quoted = sent[:28]  # the header and the first 8 bytes, as an ICMP error quotes them
+    unreachable = ipv4(PEER, ME, 1, struct.pack("!BBHI", 3, 4, 0, 1400) + quoted)
+    assert f.check_inbound(K_PEER, unreachable, 0.1) is None
+    stranger = ipv4(ME, PEER, 6, tcp(50001, 443, SYN))[:28]
+    forged = ipv4(PEER, ME, 1, struct.pack("!BBHI", 3, 4, 0, 1400) + stranger)
+    assert f.check_inbound(K_PEER, forged, 0.1) == "icmp_no_grant"
+    sent6 = ipv6(ME6, PEER6, 17, udp(4000, 53))
+    f.handle_outbound(sent6, 0.0, K_PEER)
+    too_big = ipv6(PEER6, ME6, 58, struct.pack("!BBHI", 2, 0, 0, 1280) + sent6[:48])
+    assert f.check_inbound(K_PEER, too_big, 0.1) is None
+    assert f.check_inbound(
+        K_PEER, ipv6(PEER6, ME6, 58, struct.pack("!BBHI", 2, 0, 0, 1280)), 0.1
+    ) == ("icmp_no_grant")

@@ -39,8 +39,8 @@ _TCP, _UDP, _ICMP, _ICMP6 = 6, 17, 1, 58
 _PROTOCOLS = {"tcp": _TCP, "udp": _UDP}
 _ECHO_REQUEST = {_ICMP: 8, _ICMP6: 128}
 _ECHO_REPLY = {_ICMP: 0, _ICMP6: 129}
-# ICMP errors (unreachable, time exceeded, too big): passed when the peer is one we started a
-# flow with, since path MTU discovery needs them.
+# ICMP errors (unreachable, time exceeded, too big, parameter problem): passed when the packet
+# they quote belongs to a live flow we started, since path MTU discovery needs them.
 _ICMP_ERRORS = {_ICMP: {3, 11, 12}, _ICMP6: {1, 2, 3, 4}}
 _TCP_SYN, _TCP_ACK = 0x02, 0x10
 
@@ -138,7 +138,10 @@ class FlowFilter:
             if flags == _ECHO_REPLY[proto]:
                 return None if self._return_traffic(key, peer, now) else "icmp_no_grant"
             if flags in _ICMP_ERRORS[proto]:
-                return None if self._knows_peer(peer) else "icmp_no_grant"
+                quoted = _quoted_flow(packet, version)
+                if quoted is not None and self._return_traffic(quoted, peer, now, reverse=False):
+                    return None
+                return "icmp_no_grant"
             grant = self._grants.get(peer)
             if flags == _ECHO_REQUEST[proto] and grant is not None and grant.any:
                 return None
@@ -152,7 +155,12 @@ class FlowFilter:
             return None
         return "no_grant"
 
-    def _return_traffic(self, key: FlowKey, peer: bytes, now: float) -> bool:
+    def _return_traffic(
+        self, key: FlowKey, peer: bytes, now: float, *, reverse: bool = True
+    ) -> bool:
+        """Is `key` a live flow of ours (with `peer`, if we know which)? An ICMP error's
+        quoted packet is already in our direction (``reverse=False``) and does not refresh
+        the flow."""
         entry = self._ours.get(key)
         if entry is None:
             return False
@@ -162,12 +170,10 @@ class FlowFilter:
             return False
         if owner is not None and owner != peer:
             return False
-        self._ours[key] = (owner, now)
-        self._ours.move_to_end(key)
+        if reverse:
+            self._ours[key] = (owner, now)
+            self._ours.move_to_end(key)
         return True
-
-    def _knows_peer(self, peer: bytes) -> bool:
-        return any(owner == peer for owner, _ in self._ours.values())
 
     def _live(
         self, table: OrderedDict[FlowKey, float], key: FlowKey, proto: int, now: float
@@ -181,6 +187,30 @@ class FlowFilter:
         while len(table) > self._max:
             table.popitem(last=False)
             self.counts["flows_evicted"] += 1
+
+
+def _quoted_flow(packet: bytes, version: int) -> FlowKey | None:
+    """The flow of the packet an ICMP error quotes (its IP header and first 8 bytes), keyed
+    as we would have keyed it when sending; None if it is not quoted whole enough."""
+    start = ((packet[0] & 0x0F) * 4 if version == 4 else 40) + 8
+    inner = packet[start:]
+    if version == 4 and len(inner) >= 20 and inner[0] >> 4 == 4:
+        header, proto = (inner[0] & 0x0F) * 4, inner[9]
+        src, dst = int.from_bytes(inner[12:16], "big"), int.from_bytes(inner[16:20], "big")
+    elif version == 6 and len(inner) >= 40 and inner[0] >> 4 == 6:
+        header, proto = 40, inner[6]
+        src, dst = int.from_bytes(inner[8:24], "big"), int.from_bytes(inner[24:40], "big")
+    else:
+        return None
+    head = inner[header : header + 8]
+    if len(head) < 8:
+        return None
+    if proto in (_TCP, _UDP):
+        return (version, proto, src, int.from_bytes(head[0:2], "big"), dst,
+                int.from_bytes(head[2:4], "big"))  # fmt: skip
+    if proto in (_ICMP, _ICMP6) and head[0] == _ECHO_REQUEST[proto]:
+        return version, proto, src, int.from_bytes(head[4:6], "big"), dst, 0
+    return None
 
 
 def _parse(packet: bytes) -> tuple[int, int, int, int, int, int, int] | str:
