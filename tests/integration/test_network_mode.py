@@ -11,10 +11,11 @@ and C is nobody's peer: it never receives their keys or addresses and cannot rea
 WireGuard runs directly between the devices over UDP on the bridge; each device publishes
 its port and the controller records the address it sees.
 
-Checked: ping between overlay addresses both ways, IPv6 too, and by name (``dev-b.umbra``
-through the DNS stub); a TCP port the receiver's policy does not grant is dropped there and
-counted (``no_grant``) while the granted one answers; C has no peers and no route; after
-``umbra down`` (A after SIGKILL) links, addresses, routes and resolv.conf are as before.
+Checked: ping between overlay addresses both ways, IPv6 too, and by name (``dev-b.umbra``,
+A and AAAA, through the DNS stub); a TCP port the receiver's policy does not grant is
+dropped there and counted (``no_grant``) while the granted one answers; C has no peers and
+no route; disabling dev-b makes A forget it through the pushed epoch; after ``umbra down``
+(A after SIGKILL) links, addresses, routes and resolv.conf are as before.
 """
 
 from __future__ import annotations
@@ -239,6 +240,9 @@ def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trac
         assert _ping(net, "a", "dev-b.umbra")
         resolved = net.run("a", "getent", "ahostsv4", "dev-b.umbra")
         assert resolved.split()[0] == b["ipv4"]
+        resolved6 = net.run("a", "getent", "ahostsv6", "dev-b.umbra")
+        assert resolved6.split()[0] == b["ipv6"]
+        assert _ping(net, "a", "dev-b.umbra", "-6")
         assert (
             net.umbra("a", "ip", "-4", "--state-dir", str(net.state_dir("a"))).stdout.strip()
             == (a["ipv4"])

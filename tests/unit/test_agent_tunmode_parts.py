@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from pathlib import Path
 
 import pytest
 
-from umbranet.agent import tunplan
+from umbranet.agent import dnswire, tunplan
 from umbranet.agent.config import ConfigError
+from umbranet.agent.dns_stub import Answer, decide
 from umbranet.agent.stats import Counters
 from umbranet.agent.tunmode import parse_peers
 
@@ -77,3 +79,20 @@ def test_leftovers_of_another_namespace_or_unreadable_are_refused(tmp_path: Path
     with pytest.raises(ConfigError) as caught:
         tunplan.leftovers(tmp_path)
     assert caught.value.code == "bad_state"
+
+
+def test_peer_names_answer_a_and_aaaa_and_other_names_keep_their_old_answers() -> None:
+    names, names6 = (
+        {"dev-b.umbra": "100.64.0.2", "web.umbra": "100.80.0.1"},
+        {"dev-b.umbra": "fd00::2"},
+    )
+
+    def ask(name: str, qtype: int) -> list[bytes]:
+        answer = decide(dnswire.build_query(7, name, qtype), names, names6=names6)
+        assert isinstance(answer, Answer)
+        return [r.data for r in dnswire.parse_message(answer.data).answers]
+
+    assert ask("dev-b.umbra", dnswire.TYPE_A) == [ipaddress.IPv4Address("100.64.0.2").packed]
+    assert ask("DEV-B.umbra.", dnswire.TYPE_AAAA) == [ipaddress.IPv6Address("fd00::2").packed]
+    assert ask("web.umbra", dnswire.TYPE_AAAA) == []  # a service's proxy address: NODATA
+    assert ask("web.umbra", dnswire.TYPE_A) == [ipaddress.IPv4Address("100.80.0.1").packed]

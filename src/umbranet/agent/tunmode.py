@@ -18,8 +18,7 @@ view from the controller:
 
 System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
 Not done yet: relays through routers, NAT traversal, subnet routes, exit nodes, IPv6
-endpoints (the UDP socket is IPv4), AAAA answers, and event-driven revocation (a withdrawn
-peer goes at the next refresh, not within a second).
+endpoints (the UDP socket is IPv4).
 """
 
 from __future__ import annotations
@@ -166,6 +165,9 @@ class TunMode:
             names = {f"{p.name}.{self.settings.suffix}": p.ipv4 for p in wanted.values()}
             names[f"{self._identity.name}.{self.settings.suffix}"] = self.addresses[0]
             self.stub.set_names(names)
+            names6 = {f"{p.name}.{self.settings.suffix}": p.ipv6 for p in wanted.values() if p.ipv6}
+            names6[f"{self._identity.name}.{self.settings.suffix}"] = self.addresses[1]
+            self.stub.set_names6(names6)
 
     async def close(self) -> None:
         """Undo the system changes and stop (the link goes with the TUN descriptor)."""
