@@ -208,6 +208,14 @@ def _tcp(net: Net, device: str, address: str, port: int) -> str | None:
     return done.stdout.decode() if done.returncode == 0 else None
 
 
+def _send_udp(net: Net, device: str, host: str, port: int, hex_data: str) -> None:
+    code = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.sendto(bytes.fromhex('{hex_data}'), ('{host}', {port}))"
+    )
+    net.run(device, sys.executable, "-c", code)
+
+
 def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trace(
     net: Net,
 ) -> None:
@@ -272,6 +280,18 @@ def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trac
         finally:
             for child in listeners:
                 net.lab.stop(child)
+
+        # Garbage at A's WireGuard port from C: counted by reason, and A and B still talk.
+        for blob in ("01", "04" + "00" * 40, "ff" * 200):
+            _send_udp(net, "c", DEVICES["a"], 51820, blob)
+
+        def garbage_counted() -> dict[str, int] | None:
+            drops: dict[str, int] = net.tun("a")["device"]["drops"]
+            seen = sum(drops.get(k, 0) for k in ("bad_length", "bad_type", "unknown_index"))
+            return drops if seen >= 3 else None
+
+        drops = wait_for("A to count the garbage", garbage_counted)
+        assert _ping(net, "b", a["ipv4"]), drops
 
         # Disabling dev-b: the controller pushes a new epoch, A refreshes its view at once
         # and forgets B (key, route, grant), so A's pings stop.

@@ -290,4 +290,4 @@ def _endpoint(text: object) -> tuple[str, int] | None:
 def _device_summary(stats: object) -> dict[str, Any] | None:
     if not isinstance(stats, dict):
         return None
-    return {k: v for k, v in stats.items() if k != "peers"}
+    return {k: v for k, v in stats.items() if k != "per_peer"}  # per peer: under "peers"
