@@ -20,6 +20,7 @@ no route; disabling dev-b makes A forget it through the pushed epoch; after ``um
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -38,6 +39,9 @@ import pytest
 from tests.conftest import wait_for
 from tests.integration.netns_helper import Lab, sh
 from umbranet.agent import LocalApiClient
+from umbranet.pki import IdentityFile
+
+INTRUDER = str(Path(__file__).with_name("netmode_intruder.py"))
 
 CORE = "198.18.90.254"
 CONTROLLER = f"{CORE}:8443"
@@ -259,6 +263,16 @@ def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trac
         # C: no route to the overlay at all, so nothing leaves; and it never got a key.
         assert not _ping(net, "c", a["ipv4"])
         assert "100.64" not in net.run("c", "ip", "route", "show", "table", "all")
+
+        # C knows A's public key anyway (keys are not secret) and tries a handshake and a
+        # ping: A has no peer with C's key, so it answers nothing and counts it.
+        a_key = base64.b64encode(IdentityFile.load(net.root / "dev-a.json").noise_public_key)
+        tried = json.loads(net.run("c", sys.executable, INTRUDER, "--identity",
+                           str(net.root / "dev-c.json"), "--peer-key", a_key.decode(),
+                           "--endpoint", f"{DEVICES['a']}:51820", "--src", "100.64.0.99",
+                           "--dst", a["ipv4"], "--seconds", "2"))  # fmt: skip
+        assert tried["sent"] >= 1 and tried["received"] == 0, tried
+        assert net.tun("a")["device"]["drops"].get("unknown_peer", 0) >= 1
 
         # Policy at the receiver: B grants A tcp/7002 only.
         listeners = [
