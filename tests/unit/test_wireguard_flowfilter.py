@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -168,3 +169,95 @@ def test_icmp_errors_pass_only_when_they_quote_a_live_flow_of_ours() -> None:
     assert f.check_inbound(
         K_PEER, ipv6(PEER6, ME6, 58, struct.pack("!BBHI", 2, 0, 0, 1280)), 0.1
     ) == ("icmp_no_grant")
+
+
+# -- against a reference model ------------------------------------------------------------------
+
+_PROTO = {"tcp": 6, "udp": 17, "icmp": 1}
+_op = st.one_of(
+    st.tuples(
+        st.just("out"), st.sampled_from(["tcp", "udp", "icmp"]), st.integers(1, 2),
+        st.integers(1, 2), st.sampled_from([SYN, SYNACK, ACK]),
+    ),
+    st.tuples(
+        st.just("in"), st.sampled_from(["tcp", "udp", "icmp"]), st.integers(1, 2),
+        st.integers(1, 2), st.sampled_from([SYN, SYNACK, ACK]),
+    ),
+    st.tuples(st.just("grant"), st.sets(st.sampled_from(["tcp/1", "tcp/2", "udp/1", "udp/2"]))),
+    st.tuples(st.just("wait"), st.sampled_from([0.0, 1.0, 31.0, 61.0, 301.0])),
+)  # fmt: skip
+
+
+def _packet(direction: str, proto: str, sport: int, dport: int, flags: int) -> bytes:
+    src, dst = (ME, PEER) if direction == "out" else (PEER, ME)
+    if proto == "icmp":
+        # out: our echo request; in: an echo reply or a request of the peer's (by flags)
+        kind = 8 if direction == "out" or flags == SYN else 0
+        return ipv4(src, dst, 1, echo(kind, sport))
+    body = tcp(sport, dport, flags) if proto == "tcp" else udp(sport, dport)
+    return ipv4(src, dst, _PROTO[proto], body)
+
+
+class _Model:
+    """The filter's rules written as plainly as possible (no eviction: the table is large)."""
+
+    def __init__(self) -> None:
+        self.ours: dict[tuple[str, int, int], float] = {}
+        self.theirs: dict[tuple[str, int, int], float] = {}
+        self.grant: set[str] = set()
+
+    def out(self, proto: str, sport: int, dport: int, flags: int, now: float) -> None:
+        key = (proto, sport, dport if proto != "icmp" else 0)
+        idle = FLOW_IDLE[_PROTO[proto]]
+        if proto == "tcp":
+            starts = flags == SYN
+        elif proto == "icmp":
+            starts = True
+        else:
+            seen = self.theirs.get(key)
+            starts = seen is None or now - seen > idle
+        if starts or key in self.ours:
+            self.ours[key] = now
+
+    def inbound(self, proto: str, sport: int, dport: int, flags: int, now: float) -> str | None:
+        idle = FLOW_IDLE[_PROTO[proto]]
+        if proto == "icmp":
+            if flags == SYN:  # the peer's echo request
+                return None if self.grant else "icmp_no_grant"
+            key = ("icmp", sport, 0)
+        else:
+            key = (proto, dport, sport)
+        seen = self.ours.get(key)
+        if seen is not None and now - seen <= idle:
+            self.ours[key] = now
+            return None
+        if seen is not None:
+            del self.ours[key]
+        if proto == "icmp":
+            return "icmp_no_grant"
+        if f"{proto}/{dport}" in self.grant:
+            if proto == "udp":
+                self.theirs[(proto, dport, sport)] = now
+            return None
+        return "no_grant"
+
+
+@given(st.lists(_op, max_size=40))
+def test_the_filter_agrees_with_a_reference_model(ops: list[tuple[Any, ...]]) -> None:
+    f, model, now = FlowFilter([ME]), _Model(), 0.0
+    for op in ops:
+        if op[0] == "wait":
+            now += op[1]
+        elif op[0] == "grant":
+            grant = set(op[1])
+            model.grant = grant
+            f.set_grants({K_PEER: parse_grant(grant)})
+        else:
+            _, proto, sport, dport, flags = op
+            packet = _packet(op[0], proto, sport, dport, flags)
+            if op[0] == "out":
+                f.handle_outbound(packet, now, K_PEER)
+                model.out(proto, sport, dport, flags, now)
+            else:
+                expected = model.inbound(proto, sport, dport, flags, now)
+                assert f.check_inbound(K_PEER, packet, now) == expected, op
