@@ -166,9 +166,10 @@ class Agent:
                     view: dict[str, Any] = {}
                     if self.tun is not None:
                         view = await client.view()
-                        self.tun.published = await client.set_network_endpoint(
-                            self.tun.port, self.tun.settings.endpoint_host
-                        )
+                        if self.tun.published is None:  # once: the port does not move
+                            self.tun.published = await client.set_network_endpoint(
+                                self.tun.port, self.tun.settings.endpoint_host
+                            )
             except ControllerError as exc:
                 self.refresh_error = str(exc)
                 self.counters.add(f"refresh_failed.{exc.code}")

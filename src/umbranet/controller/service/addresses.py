@@ -128,8 +128,9 @@ def set_endpoint(
     row = store.session.get(OverlayAddress, identity.id)
     if row is None:
         raise BadRequest("no_overlay_address", "the identity has no overlay address yet")
-    row.endpoint = endpoint
-    row.endpoint_at = now
+    if row.endpoint != endpoint:  # an agent re-announcing the same port writes nothing
+        row.endpoint = endpoint
+        row.endpoint_at = now
     return endpoint
 
 
