@@ -99,3 +99,16 @@ def test_overlay_ranges_come_from_the_config_and_bad_ones_fail_at_start() -> Non
                 {"overlay_ipv4_range": 5}):  # fmt: skip
         with pytest.raises(ValueError):
             OverlaySettings.from_config(bad)
+
+
+def test_a_policy_change_takes_the_peer_and_its_reach_out_of_the_view(h: Harness) -> None:
+    admin = h.client(h.admin)
+    body = {"name": "web", "host_address": "tcp://127.0.0.1:8080"}
+    assert admin.post("/v1/services", json=body).status_code == 201
+    assert admin.put("/v1/policy", json={"text": POLICY}).status_code == 200
+    srv = h.client(h.new_device("srv"))
+    h.new_device("cli")
+    assert [p["reach"] for p in srv.get("/v1/view").json()["peers"]] == [["tcp/8080"]]
+    only_bind = """{"rules": [{"action": "bind", "src": ["srv"], "dst": ["svc:web"]}]}"""
+    assert admin.put("/v1/policy", json={"text": only_bind}).status_code == 200
+    assert srv.get("/v1/view").json()["peers"] == []

@@ -27,6 +27,7 @@ Every drop is counted under a reason in `statistics()["drops"]`: ``not_ip``, ``n
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ _ECHO_REPLY = {_ICMP: 0, _ICMP6: 129}
 # they quote belongs to a live flow we started, since path MTU discovery needs them.
 _ICMP_ERRORS = {_ICMP: {3, 11, 12}, _ICMP6: {1, 2, 3, 4}}
 _TCP_SYN, _TCP_ACK = 0x02, 0x10
+_PORTS = struct.Struct("!HH")
 
 # (ip version, protocol, local address, local port, remote address, remote port)
 FlowKey = tuple[int, int, int, int, int, int]
@@ -240,19 +242,19 @@ def _parse(packet: bytes) -> tuple[int, int, int, int, int, int, int] | str:
         dst = int.from_bytes(packet[24:40], "big")
     else:
         return "not_ip"
-    body = packet[header:]
+    # Offsets into the packet rather than a slice of its body: a slice copies the payload.
+    h, size = header, len(packet) - header
     if proto in (_TCP, _UDP):
-        if len(body) < (14 if proto == _TCP else 8):
+        if size < (14 if proto == _TCP else 8):
             return "truncated"
-        sport = int.from_bytes(body[0:2], "big")
-        dport = int.from_bytes(body[2:4], "big")
-        flags = body[13] if proto == _TCP else 0
-        return version, proto, src, dst, sport, dport, flags
+        ports = _PORTS.unpack_from(packet, h)
+        flags = packet[h + 13] if proto == _TCP else 0
+        return version, proto, src, dst, ports[0], ports[1], flags
     if proto == (_ICMP if version == 4 else _ICMP6):
-        if len(body) < 8:
+        if size < 8:
             return "truncated"
-        kind = body[0]
+        kind = packet[h]
         echo = kind in (_ECHO_REQUEST[proto], _ECHO_REPLY[proto])
-        ident = int.from_bytes(body[4:6], "big") if echo else 0
+        ident = _PORTS.unpack_from(packet, h + 4)[0] if echo else 0
         return version, proto, src, dst, ident, 0, kind
     return "unknown_protocol"
