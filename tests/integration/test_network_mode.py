@@ -13,9 +13,10 @@ its port and the controller records the address it sees.
 
 Checked: ping between overlay addresses both ways, IPv6 too, and by name (``dev-b.umbra``,
 A and AAAA, through the DNS stub); a TCP port the receiver's policy does not grant is
-dropped there and counted (``no_grant``) while the granted one answers; C has no peers and
-no route; disabling dev-b makes A forget it through the pushed epoch; after ``umbra down``
-(A after SIGKILL) links, addresses, routes and resolv.conf are as before.
+dropped there and counted (``no_grant``) while the granted one answers; C (IPv6 turned off)
+comes up with IPv4 only, has no peers and no route, and gets no answer even with A's key;
+garbage at A's port is counted; disabling dev-b makes A forget it through the pushed epoch;
+after ``umbra down`` (A after SIGKILL) links, addresses, routes and resolv.conf are as before.
 """
 
 from __future__ import annotations
@@ -156,6 +157,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             sh(["ip", "-n", r, "link", "set", outer, "master", "br0"])
             sh(["ip", "-n", r, "link", "set", outer, "up"])
             lab.resolv_conf(ns, RESOLV_CONF)
+        # C runs without IPv6: network mode must still come up there, with IPv4 only.
+        net.run("c", "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1")  # fmt: skip
         _start_controller(net, r)
         yield net
     finally:
@@ -244,6 +248,7 @@ def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trac
         # What each peer may open towards the device holding the view: its hosted port.
         assert a_peer["reach"] == ["tcp/7001"] and b_peer["reach"] == ["tcp/7002"]
         assert net.tun("c")["peers"] == []  # no grant: no key, no address, no route
+        assert net.status("c")["counters"].get("tun_ipv6_unavailable") == 1
 
         wait_for("A to ping B", lambda: _ping(net, "a", b["ipv4"]), 30)
         assert _ping(net, "b", a["ipv4"])
@@ -312,8 +317,13 @@ def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trac
         started = time.monotonic()
         _umbra_ok(net.lab, net.core, "--home", str(net.root / "home"), "identity", "disable",
                   "dev-b")  # fmt: skip
+        done = time.monotonic()
         wait_for("A to drop B", lambda: net.tun("a")["peers"] == [], 10)
-        print(f"\nA dropped disabled B {time.monotonic() - started:.2f} s after the disable")
+        dropped = time.monotonic()
+        print(
+            f"\nA dropped disabled B {dropped - started:.2f} s after `umbra identity disable` "
+            f"started, {dropped - done:.2f} s after it returned"
+        )
         assert not _ping(net, "a", b["ipv4"])
         assert net.status("a")["counters"].get("tun_epoch_refresh", 0) >= 1
 

@@ -116,6 +116,7 @@ class TunMode:
         self.published: str | None = None
         self.peers: dict[bytes, PeerEntry] = {}
         self._routes: set[str] = set()
+        self.has_ipv6 = False
 
     @property
     def port(self) -> int:
@@ -153,7 +154,12 @@ class TunMode:
             self.device.add_peer(key, endpoint=peer.endpoint, allowed_ips=peer.prefixes())
         self.peers = wanted
         self.flows.set_grants({k: parse_grant(p.reach) for k, p in wanted.items()})
-        prefixes = [prefix for peer in wanted.values() for prefix in peer.prefixes()]
+        prefixes = [
+            prefix
+            for peer in wanted.values()
+            for prefix in peer.prefixes()
+            if self.has_ipv6 or ":" not in prefix
+        ]
         assert self.tun is not None
         self._routes = await asyncio.to_thread(
             tunplan.set_routes, self.tun.name, self._routes, prefixes
@@ -233,7 +239,12 @@ class TunMode:
             if index is not None:
                 plan = plan.with_index(index)
                 await asyncio.to_thread(tunplan.record, self._state_dir, plan)
-            await asyncio.to_thread(tunplan.add_addresses, self.tun.name, ipv4, ipv6, settings.mtu)
+            self.has_ipv6 = await asyncio.to_thread(
+                tunplan.add_addresses, self.tun.name, ipv4, ipv6, settings.mtu
+            )
+            if not self.has_ipv6:
+                self._counters.add("tun_ipv6_unavailable")
+                log.warning("network mode: no IPv6 on this host; %s stays unassigned", ipv6)
             self.addresses = (ipv4, ipv6)
             self.device = Device.for_identity(self._identity)
             self.flows = FlowFilter([ipv4, ipv6])

@@ -122,12 +122,14 @@ def interface_index(ifname: str) -> int | None:
         return None
 
 
-def add_addresses(ifname: str, ipv4: str, ipv6: str, mtu: int) -> None:
-    """The identity's overlay addresses on the interface, then the interface up."""
+def add_addresses(ifname: str, ipv4: str, ipv6: str, mtu: int) -> bool:
+    """The identity's overlay addresses on the interface, then the interface up. Returns
+    whether the IPv6 address could be added: a host with IPv6 turned off still gets IPv4."""
     _run(["ip", "link", "set", "dev", ifname, "mtu", str(mtu)])
     _run(["ip", "-4", "addr", "add", f"{ipv4}/32", "dev", ifname])
-    _run(["ip", "-6", "addr", "add", f"{ipv6}/128", "dev", ifname, "nodad"])
+    has_ipv6 = _run(["ip", "-6", "addr", "add", f"{ipv6}/128", "dev", ifname, "nodad"], False)
     _run(["ip", "link", "set", "dev", ifname, "up"])
+    return has_ipv6
 
 
 def set_routes(ifname: str, current: set[str], wanted: Iterable[str]) -> set[str]:
