@@ -491,6 +491,12 @@ def _render_status(data: dict[str, Any]) -> None:
                 for p in tun["peers"]
             ],
         )  # fmt: skip
+        drops = (tun.get("filter") or {}).get("drops") or {}
+        if drops:
+            out.print(
+                "packets dropped by policy: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(drops.items()))
+            )
     streams = data["streams"]
     out.print(f"live streams: {streams['dial']} dialed, {streams['host']} hosted")
     if data["counters"]:

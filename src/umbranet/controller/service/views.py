@@ -11,8 +11,8 @@ For network mode each peer also carries its overlay addresses, its published Wir
 endpoint and `reach`: what that peer may open towards the caller, as ``tcp/8080``-style
 entries, one per service the caller hosts (its host address names the protocol and port) that
 the peer may dial under the peer's own posture. The caller's packet filter admits exactly
-these new flows (see `proto.wireguard.flowfilter`); a peer with an empty `reach` may only answer flows
-the caller started.
+these new flows (see `proto.wireguard.flowfilter`); a peer with an empty `reach` may only
+answer flows the caller started.
 """
 
 from __future__ import annotations
