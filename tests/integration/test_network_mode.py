@@ -293,6 +293,10 @@ def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trac
             assert _tcp(net, "a", b["ipv4"], CLOSED_PORT) is None
             drops = net.tun("b")["filter"]["drops"]
             assert drops.get("no_grant", 0) >= 1, drops
+            human = _umbra_ok(
+                net.lab, net.ns["b"], "status", "--state-dir", str(net.state_dir("b"))
+            )
+            assert "network mode" in human and "no_grant=" in human and "dev-a" in human
             # B's own connection outwards to A's port 7777 is refused by A in turn.
             assert _tcp(net, "b", a["ipv4"], CLOSED_PORT) is None
             assert net.tun("a")["filter"]["drops"].get("no_grant", 0) >= 1
