@@ -25,6 +25,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "RootSettings",
+    "TunSettings",
     "default_state_dir",
     "derived_port",
     "parse_port_override",
@@ -60,6 +61,8 @@ class AgentConfig:
     refresh_interval: float = REFRESH_INTERVAL
     # Root mode (``umbra up --root``, Linux): DNS stub + kernel redirect; None = loopback only.
     root: RootSettings | None = None
+    # Network mode (``umbra up --tun``, Linux): TUN + WireGuard; None = no network mode.
+    tun: TunSettings | None = None
     # The SPIFFE Workload API socket (``--workload-socket``/``SPIFFE_ENDPOINT_SOCKET``).
     workload_socket: Path | None = None
     # Local users besides the agent's own who may use the loopback listeners (each connection
@@ -99,6 +102,24 @@ class RootSettings:
     dns_port: int = 53
     suffix: str = "umbra"
     dns_names: Mapping[str, str] = field(default_factory=dict)
+    resolv_conf: Path = Path("/etc/resolv.conf")
+
+
+@dataclass(frozen=True, slots=True)
+class TunSettings:
+    """Network mode's knobs: the interface, the WireGuard UDP port (0: any), the endpoint
+    host to publish (None: the address the controller sees us at), the MTU, and the DNS
+    stub's place and suffix (``dns=False`` leaves resolv.conf alone)."""
+
+    ifname: str = "umbra0"
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 51820
+    endpoint_host: str | None = None
+    mtu: int = 1420
+    dns: bool = True
+    dns_address: str = DEFAULT_STUB_ADDRESS
+    dns_port: int = 53
+    suffix: str = "umbra"
     resolv_conf: Path = Path("/etc/resolv.conf")
 
 

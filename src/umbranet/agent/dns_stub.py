@@ -6,7 +6,8 @@ dnsmasq and friends listen and of systemd-resolved's ``127.0.0.53``). For each q
 
 - a name of a service this identity may dial (``web.umbra``, an intercept name such as
   ``db.corp.internal``, a ``--dns-name``): an A record with the service's proxy address and
-  a short TTL (access can be withdrawn); AAAA and other types get NODATA (no IPv6 proxy);
+  a short TTL (access can be withdrawn); AAAA and other types get NODATA (no IPv6 proxy),
+  except for names network mode also gives an IPv6 overlay address (`set_names6`);
 - any other name under the intercept suffix (``nope.umbra``): NXDOMAIN, never forwarded,
   so made-up names do not leak to the upstream resolver;
 - everything else: forwarded to the upstream resolvers the agent replaced, one after the
@@ -91,9 +92,14 @@ def normalise_name(name: str) -> str:
 
 
 def decide(
-    data: bytes, names: Mapping[str, str], suffix: str = DEFAULT_SUFFIX, ttl: int = ANSWER_TTL
+    data: bytes,
+    names: Mapping[str, str],
+    suffix: str = DEFAULT_SUFFIX,
+    ttl: int = ANSWER_TTL,
+    names6: Mapping[str, str] | None = None,
 ) -> Answer | Forward | Drop:
-    """What to do with one query; `names` maps normalised names to IPv4 proxy addresses."""
+    """What to do with one query; `names` maps normalised names to IPv4 addresses, `names6`
+    (network mode's peers) to IPv6 ones."""
     try:
         query = dns.parse_message(data)
     except dns.DnsError as exc:
@@ -108,10 +114,15 @@ def decide(
     question = query.questions[0]
     name = normalise_name(question.name)
     address = names.get(name)
-    if address is not None:
-        if question.qtype == dns.TYPE_A and question.qclass == dns.CLASS_IN:
-            record = dns.a_record(question.name, address, ttl)
-            return Answer(dns.build_response(query, answers=(record,)), "answered")
+    address6 = names6.get(name) if names6 else None
+    if address is not None or address6 is not None:
+        if question.qclass == dns.CLASS_IN:
+            if question.qtype == dns.TYPE_A and address is not None:
+                record = dns.a_record(question.name, address, ttl)
+                return Answer(dns.build_response(query, answers=(record,)), "answered")
+            if question.qtype == dns.TYPE_AAAA and address6 is not None:
+                record = dns.aaaa_record(question.name, address6, ttl)
+                return Answer(dns.build_response(query, answers=(record,)), "answered")
         return Answer(dns.build_response(query), "nodata")
     if name == suffix or name.endswith("." + suffix):
         return Answer(dns.build_response(query, dns.NXDOMAIN), "nxdomain")
@@ -141,6 +152,7 @@ class DnsStub:
         self.forward_timeout = forward_timeout
         self.max_inflight = max_inflight
         self._names: dict[str, str] = {}
+        self._names6: dict[str, str] = {}
         self._buckets = _Buckets(rate, burst)
         self._inflight = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -151,6 +163,10 @@ class DnsStub:
     def set_names(self, names: Mapping[str, str]) -> None:
         """Replace the intercept table: name -> IPv4 proxy address."""
         self._names = {normalise_name(n): a for n, a in names.items()}
+
+    def set_names6(self, names: Mapping[str, str]) -> None:
+        """Replace the IPv6 table (network mode): name -> IPv6 overlay address."""
+        self._names6 = {normalise_name(n): a for n, a in names.items()}
 
     async def start(self) -> None:
         """Bind UDP, then TCP on the same port. With port 0 the kernel picks the UDP port,
@@ -195,6 +211,7 @@ class DnsStub:
             "suffix": self.suffix,
             "upstreams": [f"{h}:{p}" for h, p in self.upstreams],
             "names": dict(sorted(self._names.items())),
+            "names6": dict(sorted(self._names6.items())),
             "forwards_in_flight": self._inflight,
         }
 
@@ -209,7 +226,7 @@ class DnsStub:
     def _udp_query(self, data: bytes, source: tuple[str, int]) -> None:
         if self._udp is None or not self._admit(source[0]):
             return
-        outcome = decide(data, self._names, self.suffix)
+        outcome = decide(data, self._names, self.suffix, names6=self._names6)
         if isinstance(outcome, Drop):
             self.counters.add(f"dns_{outcome.code}")
         elif isinstance(outcome, Answer):
@@ -276,7 +293,7 @@ class DnsStub:
             writer.close()
 
     async def _tcp_answer(self, data: bytes) -> bytes | None:
-        outcome = decide(data, self._names, self.suffix)
+        outcome = decide(data, self._names, self.suffix, names6=self._names6)
         if isinstance(outcome, Drop):
             self.counters.add(f"dns_{outcome.code}")
             return None

@@ -41,6 +41,7 @@ __all__ = [
     "Question",
     "Record",
     "a_record",
+    "aaaa_record",
     "build_error_header",
     "build_message",
     "build_query",
@@ -216,6 +217,11 @@ def build_error_header(data: bytes, rcode: int) -> bytes | None:
 def a_record(name: str, address: str, ttl: int) -> Record:
     """An A record for `name` pointing at the IPv4 `address`."""
     return Record(name, TYPE_A, CLASS_IN, ttl, ipaddress.IPv4Address(address).packed)
+
+
+def aaaa_record(name: str, address: str, ttl: int) -> Record:
+    """An AAAA record for `name` pointing at the IPv6 `address`."""
+    return Record(name, TYPE_AAAA, CLASS_IN, ttl, ipaddress.IPv6Address(address).packed)
 
 
 # -- internals ------------------------------------------------------------------------------

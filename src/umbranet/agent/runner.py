@@ -7,6 +7,12 @@ controller what this identity may do (``GET /v1/me``) at start and every 30 seco
 opens or closes listeners and bindings to match. A controller that cannot be reached
 changes nothing (flows keep going; the next refresh retries sooner); a controller that
 refuses the identity (disabled: 401/403) withdraws everything.
+
+With network mode (``--tun``) each refresh also fetches the filtered view, publishes the
+WireGuard port, and hands both to `TunMode`, which follows them. A new epoch pushed by the
+controller (a policy change, a disabled or revoked identity) triggers a refresh at once, so
+a peer that may no longer talk to us loses its key, route and grant within a moment rather
+than at the next periodic refresh.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from umbranet.agent.config import AgentConfig, prepare_state_dir
+from umbranet.agent.config import AgentConfig, ConfigError, prepare_state_dir
 from umbranet.agent.host import Hoster
 from umbranet.agent.intercept import Interceptor, PortBook
 from umbranet.agent.localapi import ApiError, LocalApiServer, Request
 from umbranet.agent.peeruid import LocalUsers
 from umbranet.agent.rootmode import RootMode
 from umbranet.agent.stats import Counters
+from umbranet.agent.tunmode import TunMode
 from umbranet.agent.whois import WhoisTable, parse_address
 from umbranet.agent.workload import WorkloadEndpoint
 from umbranet.aio.controller_client import ControllerClient, ControllerError, RouterAddress
@@ -39,6 +46,7 @@ __all__ = ["Agent", "run_agent"]
 log = logging.getLogger("umbranet.agent")
 
 _RETRY_AFTER_FAILURE = 5.0
+_EPOCH_POLL = 0.1  # how often network mode looks at the epoch the SDK context follows
 _MAX_PINGS = 10
 _PROBE_LINGER = 5.0
 _STATUS_BY_CODE = {"not_authorized": 403, "identity_disabled": 403, "unknown_service": 404}
@@ -58,6 +66,8 @@ class Agent:
         self.routers: list[RouterAddress] = []
         self.unhosted: list[str] = []
         self.root: RootMode | None = None
+        self.tun: TunMode | None = None
+        self.overlay: dict[str, str | None] = {"ipv4": None, "ipv6": None}
         self.intercept_names: dict[str, list[str]] = {}
         self._lock = asyncio.Lock()
         self._stopped = asyncio.Event()
@@ -89,6 +99,10 @@ class Agent:
                 )
                 await root.start()
                 self.root = root
+            if config.tun is not None:
+                tun = TunMode(config.tun, config.state_dir, self.context.identity, self.counters)
+                self.tun = tun
+                await tun.prepare()
             await self.refresh()
             workload = WorkloadEndpoint(self.context, config.workload_socket_path)
             await workload.start()
@@ -96,10 +110,14 @@ class Agent:
         except BaseException:
             if self.root is not None:
                 await self.root.close()
+            if self.tun is not None:
+                await self.tun.close()
             await self.api.close()
             _remove_pidfile(config)
             raise
         self._spawn(self._refresh_forever())
+        if self.tun is not None:
+            self._spawn(self._refresh_on_epoch())
         log.info(
             "agent up as %s (local API %s)", self.context.identity.spiffe_id, config.socket_path
         )
@@ -118,6 +136,8 @@ class Agent:
                 await task
         if self.root is not None:
             await self.root.close()
+        if self.tun is not None:
+            await self.tun.close()
         await self.interceptor.close()
         await self.hoster.close()
         await self.api.close()
@@ -143,13 +163,31 @@ class Agent:
                 async with ControllerClient(self.context.identity) as client:
                     me = await client.me()
                     routers = await client.routers()
+                    view: dict[str, Any] = {}
+                    if self.tun is not None:
+                        view = await client.view()
+                        if self.tun.published is None:  # once: the port does not move
+                            self.tun.published = await client.set_network_endpoint(
+                                self.tun.port, self.tun.settings.endpoint_host
+                            )
             except ControllerError as exc:
                 self.refresh_error = str(exc)
                 self.counters.add(f"refresh_failed.{exc.code}")
                 log.warning("refresh from the controller failed: %r", str(exc))
                 if exc.status in (401, 403):
                     await self._apply({}, {})
+                    if self.tun is not None:
+                        await self.tun.apply(None, None, {})
                 return False
+            self.overlay = {"ipv4": me.ipv4, "ipv6": me.ipv6}
+            if self.tun is not None:
+                try:
+                    await self.tun.apply(me.ipv4, me.ipv6, view)
+                except ConfigError as exc:
+                    if self.last_refresh is None:
+                        raise  # at start: `umbra up --tun` fails with the reason
+                    self.counters.add(f"tun_failed.{exc.code}")
+                    log.warning("network mode: %s", exc)
             self.routers = [
                 RouterAddress(r.name, r.spiffe_id, r.address) for r in routers if r.address
             ]
@@ -185,6 +223,17 @@ class Agent:
             interval = self.config.refresh_interval
             await asyncio.sleep(interval if ok else min(interval, _RETRY_AFTER_FAILURE))
             ok = await self.refresh()
+
+    async def _refresh_on_epoch(self) -> None:
+        """Refresh whenever the controller announces a new epoch (the SDK context keeps the
+        event stream; we only look at the number it last saw)."""
+        seen = self.context.epoch
+        while not self._stopped.is_set():
+            await asyncio.sleep(_EPOCH_POLL)
+            if self.context.epoch != seen:
+                seen = self.context.epoch
+                self.counters.add("tun_epoch_refresh")
+                await self.refresh()
 
     async def _connect_routers(self) -> None:
         """Keep a link to every router up, so the first dial pays no TLS handshake."""
@@ -261,6 +310,8 @@ class Agent:
                 "whois_entries": len(self.whois),
             },
             "root": self.root.snapshot() if self.root is not None else None,
+            "overlay": self.overlay,
+            "tun": self.tun.snapshot() if self.tun is not None else None,
             "counters": self.counters.snapshot(),
         }
 

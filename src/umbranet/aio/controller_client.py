@@ -280,6 +280,8 @@ class ControllerClient:
             spiffe_id=data["spiffe_id"],
             attributes=list(data["attributes"]),
             services=[service_access(s) for s in data["services"]],
+            ipv4=data.get("ipv4"),
+            ipv6=data.get("ipv6"),
         )
 
     async def ticket(self, service: str, action: str, port: int | None = None) -> TicketGrant:
@@ -310,6 +312,15 @@ class ControllerClient:
         SPIFFE ID, Noise key) and ``http`` (rules of the services it hosts)."""
         data: dict[str, Any] = await self._call("GET", "/v1/view")
         return data
+
+    async def set_network_endpoint(self, port: int, host: str | None = None) -> str:
+        """Publish where this identity's WireGuard device listens (network mode); without
+        `host` the controller uses the address it sees us at. Returns ``host:port``."""
+        body: dict[str, Any] = {"port": port}
+        if host is not None:
+            body["host"] = host
+        data = await self._call("PUT", "/v1/network/endpoint", json=body)
+        return str(data["endpoint"])
 
     async def routers(self) -> list[RouterInfo]:
         return [router_info(r) for r in await self._call("GET", "/v1/routers")]

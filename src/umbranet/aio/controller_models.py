@@ -122,6 +122,8 @@ class MeInfo:
     spiffe_id: str
     attributes: list[str]
     services: list[ServiceAccess] = field(default_factory=list)
+    ipv4: str | None = None  # overlay addresses (network mode); None from older controllers
+    ipv6: str | None = None
 
 
 def parse_time(value: str) -> datetime:

@@ -9,6 +9,10 @@ packet port; every other event goes to `on_event`, if given.
 A socket or TUN error on one packet is counted, never raised into the event loop: a full
 send buffer drops a datagram just as a congested link would.
 
+With a `flow_filter` (network mode's policy on every packet), each packet read from the port
+is shown to it before sending (so it learns the flows we start) and each packet a peer
+delivers must pass it before reaching the port; a drop is counted there under its reason.
+
 Batching on Linux (the benchmark's lever; both fall back silently where the kernel refuses):
 - UDP GSO: a run of datagrams to one address, all the same size but the last, leaves in one
   `sendmsg` with UDP_SEGMENT, and the kernel cuts it up (one syscall for up to 64 packets).
@@ -29,6 +33,7 @@ from typing import Protocol
 
 from umbranet.clock import Clock, system_clock
 from umbranet.proto.wireguard import Device, Event, PacketReceived
+from umbranet.proto.wireguard.flowfilter import FlowFilter
 
 __all__ = ["PacketPort", "WireGuardDriver"]
 
@@ -67,8 +72,10 @@ class WireGuardDriver:
         batch: int = 64,
         gso: bool = True,
         gro: bool = True,
+        flow_filter: FlowFilter | None = None,
     ) -> None:
         self.device = device
+        self.flow_filter = flow_filter
         self._sock = sock
         self._port = port
         self._clock = clock
@@ -113,7 +120,10 @@ class WireGuardDriver:
         self._loop = None
 
     def statistics(self) -> dict[str, object]:
-        return {"io": dict(self.counters), "device": self.device.statistics()}
+        stats: dict[str, object] = {"io": dict(self.counters), "device": self.device.statistics()}
+        if self.flow_filter is not None:
+            stats["filter"] = self.flow_filter.statistics()
+        return stats
 
     # -- readiness callbacks -------------------------------------------------------------
 
@@ -145,7 +155,10 @@ class WireGuardDriver:
         now = self._clock.now()
         packets = self._port.read_batch(self._batch)
         self.counters["tun_packets_in"] += len(packets)
+        flows = self.flow_filter
         for packet in packets:
+            if flows is not None:
+                flows.handle_outbound(packet, now.mono)
             self.device.send_packet(packet, now)
         self._flush()
 
@@ -164,9 +177,13 @@ class WireGuardDriver:
             outgoing.append(out)
         if outgoing:
             self._send_all(outgoing)
+        flows = self.flow_filter
+        mono = self._clock.now().mono if flows is not None else 0.0
         while (event := device.poll_event()) is not None:
             if isinstance(event, PacketReceived):
-                if self._port.write(event.packet):
+                if flows is not None and flows.check_inbound(event.peer, event.packet, mono):
+                    self.counters["filter_drops"] += 1
+                elif self._port.write(event.packet):
                     self.counters["tun_packets_out"] += 1
                 else:
                     self.counters["tun_write_drops"] += 1

@@ -1,4 +1,4 @@
-"""``umbra up|down|status|whois|ping``: run the agent and talk to it through its local API.
+"""``umbra up|down|status|whois|ping|ip``: run the agent and talk to it through its local API.
 
 `up` runs the agent in the foreground (or detached with ``--daemon``); `down` stops it by its
 pidfile; the others call the local API on the agent's Unix socket and render the answer.
@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("whois")(whois)
     app.command("ping")(ping)
+    app.command("ip")(ip)
 
 
 def up(
@@ -108,12 +109,36 @@ def up(
         bool,
         typer.Option("--allow-any-user", help="Let every local user use the loopback listeners."),
     ] = False,
+    tun: Annotated[
+        bool,
+        typer.Option(
+            "--tun",
+            help="Network mode (Linux, root): a TUN interface with this identity's overlay "
+            "addresses, WireGuard to the peers policy lets it talk to, PEER.umbra names; "
+            "undone by `umbra down`.",
+        ),
+    ] = False,
+    tun_port: Annotated[
+        int, typer.Option("--tun-port", help="Network mode: WireGuard UDP port (0: any).")
+    ] = 51820,
+    tun_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--tun-endpoint-host",
+            help="Network mode: the IP peers reach us at (default: what the controller sees).",
+        ),
+    ] = None,
+    tun_dns: Annotated[
+        bool,
+        typer.Option("--tun-dns/--no-tun-dns", help="Network mode: point resolv.conf at the stub."),
+    ] = True,
 ) -> None:
     """Run the agent: loopback listeners for the services you may dial, hosting for the ones
     you may bind, and the local API."""
     from umbranet.agent.config import (
         AgentConfig,
         RootSettings,
+        TunSettings,
         default_state_dir,
         parse_port_override,
         prepare_state_dir,
@@ -141,8 +166,20 @@ def up(
             )
             if root
             else None,
+            tun=TunSettings(
+                listen_port=tun_port,
+                endpoint_host=tun_endpoint,
+                dns=tun_dns,
+                dns_address=dns_address,
+            )
+            if tun
+            else None,
         )
-        if root:
+        if root and tun:
+            raise ConfigError(
+                "tun_with_root", "--tun and --root cannot be combined yet (one DNS stub each)"
+            )
+        if root or tun:
             require_root()
         prepare_state_dir(config.state_dir)
         if daemon:
@@ -165,6 +202,7 @@ def down(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 15.0,
 ) -> None:
     """Stop the agent recorded in the state directory and wait until it exited."""
+    from umbranet.agent import tunplan
     from umbranet.agent.daemon import stop_agent
     from umbranet.agent.redirect import leftovers, uninstall
 
@@ -176,9 +214,10 @@ def down(
             pid = stop_agent(config, timeout)
         except ConfigError as exc:
             # A crashed root-mode agent left rules, a route and resolv.conf: undo them.
-            if exc.code != "not_running" or leftovers(config.state_dir) is None:
+            crashed = leftovers(config.state_dir) or tunplan.leftovers(config.state_dir)
+            if exc.code != "not_running" or crashed is None:
                 raise
-        cleaned = uninstall(config.state_dir)
+        cleaned = uninstall(config.state_dir) + tunplan.uninstall(config.state_dir)
     emit(
         cli,
         {"stopped": pid, "cleaned": cleaned},
@@ -195,6 +234,58 @@ def status(ctx: typer.Context, state_dir: StateDirOption = None) -> None:
     with _errors(cli):
         data = _local_api(state_dir).get("/v1/status")
     emit(cli, data, lambda: _render_status(data))
+
+
+def ip(
+    ctx: typer.Context,
+    state_dir: StateDirOption = None,
+    identity: Annotated[
+        Path | None,
+        typer.Option(
+            "--identity",
+            "-i",
+            envvar="UMBRA_IDENTITY",
+            help="Ask the controller with this identity when no agent runs.",
+        ),
+    ] = None,
+    six: Annotated[bool, typer.Option("-6", help="Only the IPv6 address.")] = False,
+    four: Annotated[bool, typer.Option("-4", help="Only the IPv4 address.")] = False,
+) -> None:
+    """This device's overlay addresses (network mode), from the agent or the controller."""
+    from umbranet.agent.localapi import AgentApiError
+
+    cli = state(ctx)
+    with _errors(cli):
+        try:
+            overlay = _local_api(state_dir).get("/v1/status").get("overlay") or {}
+        except (AgentApiError, OSError):
+            if identity is None:
+                raise
+            overlay = _overlay_from_controller(identity)
+        if not overlay.get("ipv4"):
+            fail(cli, "no_overlay_address", "the controller has given no overlay address yet")
+    wanted = [k for k, on in (("ipv4", four), ("ipv6", six)) if on] or ["ipv4", "ipv6"]
+    emit(
+        cli,
+        {k: overlay.get(k) for k in wanted},
+        lambda: _say("\n".join(overlay[k] for k in wanted)),
+    )
+
+
+def _overlay_from_controller(identity: Path) -> dict[str, Any]:
+    from umbranet.aio.controller_client import ControllerClient
+    from umbranet.aio.runtime import run
+    from umbranet.pki import IdentityFile
+
+    loaded = IdentityFile.load(identity.expanduser())
+
+    async def ask() -> dict[str, Any]:
+        async with ControllerClient(loaded) as client:
+            me = await client.me()
+        return {"ipv4": me.ipv4, "ipv6": me.ipv6}
+
+    result: dict[str, Any] = run(ask())
+    return result
 
 
 def whois(
@@ -321,6 +412,9 @@ def _render_status(data: dict[str, Any]) -> None:
     identity, agent = data["identity"], data["agent"]
     out.print(f"identity  {identity['spiffe_id']} (certificate until {identity['cert_not_after']})")
     out.print(f"agent     pid {agent['pid']}, local API {agent['socket']}")
+    overlay = data.get("overlay") or {}
+    if overlay.get("ipv4"):
+        out.print(f"overlay   {overlay['ipv4']} {overlay['ipv6']}")
     controller = data["controller"]
     out.print(
         f"controller {identity['controller_url']}: last refresh "
@@ -382,6 +476,27 @@ def _render_status(data: dict[str, Any]) -> None:
             ["name", "proxy address"],
             sorted(dns.get("names", {}).items()),
         )
+    tun = data.get("tun")
+    if tun:
+        out.print(
+            f"network mode: {tun['interface']} {tun['ipv4']} {tun['ipv6']}, WireGuard UDP "
+            f"{tun['listen_port']} (published {tun['published_endpoint']})"
+        )
+        table(
+            "Peers",
+            ["name", "address", "endpoint", "may open", "rx", "tx"],
+            [
+                (p["name"], p["ipv4"], p["endpoint"], ", ".join(p["reach"]), p["rx_bytes"],
+                 p["tx_bytes"])
+                for p in tun["peers"]
+            ],
+        )  # fmt: skip
+        drops = (tun.get("filter") or {}).get("drops") or {}
+        if drops:
+            out.print(
+                "packets dropped by policy: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(drops.items()))
+            )
     streams = data["streams"]
     out.print(f"live streams: {streams['dial']} dialed, {streams['host']} hosted")
     if data["counters"]:

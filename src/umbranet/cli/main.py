@@ -69,6 +69,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "agent_cmd",
         "Round-trip time to SERVICE through the overlay, and the router that carried it.",
     ),
+    "ip": (
+        "agent_cmd",
+        "This device's overlay addresses (network mode), from the agent or the controller.",
+    ),
 }
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import os
 import resource
@@ -41,6 +42,8 @@ from umbranet.controller.home import LoadedController, load_home, write_server_c
 from umbranet.controller.logfmt import safe
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.posture_ticker import DEFAULT_INTERVAL, PostureTicker
+from umbranet.controller.service.addresses import OverlaySettings
+from umbranet.home_layout import HomeError
 from umbranet.obs import LogFormat
 
 log = logging.getLogger("umbranet.controller.server")
@@ -199,6 +202,11 @@ def build_server(
     if clock is not None:
         kwargs["clock"] = clock
     app = create_app(loaded.db, loaded.authority, **kwargs)
+    try:  # optional overlay ranges (network mode) in config.json
+        raw = json.loads(loaded.home.config_json.read_text())
+        app.state.umbra.overlay = OverlaySettings.from_config(raw)
+    except ValueError as exc:  # AddressingUsageError is one
+        raise HomeError("config_invalid", f"config.json: overlay ranges: {exc}") from exc
     protocol = type(
         "UmbraH11Protocol",
         (MtlsH11Protocol,),

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from umbranet.controller.events import BumpLimiter, EventHub, SqlEpochStore
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service import Authority
+from umbranet.controller.service.addresses import OverlaySettings
 from umbranet.controller.service.joinkeys import Presence
 from umbranet.controller.service.tickets import DenyAudit
 from umbranet.controller.store import Database, Store
@@ -39,6 +40,8 @@ class AppContext:
     events: EventHub = field(init=False)
     # Who holds the event stream open: how ephemeral (join-key) identities count as online.
     presence: Presence = field(default_factory=Presence)
+    # Where overlay addresses come from (network mode).
+    overlay: OverlaySettings = field(default_factory=OverlaySettings)
 
     def __post_init__(self) -> None:
         self.events = EventHub(self.clock, SqlEpochStore(self.db))

@@ -121,6 +121,8 @@ class MeOut(BaseModel):
     spiffe_id: str
     attributes: list[str]
     services: list[ServiceActionsOut]
+    ipv4: str | None = Field(default=None, description="overlay IPv4 (network mode)")
+    ipv6: str | None = Field(default=None, description="overlay IPv6 (network mode)")
 
 
 class TicketIn(_In):
@@ -169,6 +171,24 @@ class PeerKeyOut(BaseModel):
     name: str
     spiffe_id: str
     noise_public_key: str | None
+    ipv4: str | None = None
+    ipv6: str | None = None
+    endpoint: str | None = Field(default=None, description="its WireGuard UDP host:port")
+    reach: list[str] = Field(
+        default_factory=list, description="what it may open towards the caller: tcp/PORT, udp/PORT"
+    )
+
+
+class EndpointIn(_In):
+    """Where the caller's WireGuard device listens; without ``host``, the address the
+    controller sees the request come from."""
+
+    port: int = Field(ge=1, le=65535)
+    host: str | None = Field(default=None, max_length=64)
+
+
+class EndpointOut(BaseModel):
+    endpoint: str
 
 
 class ViewOut(BaseModel):

@@ -12,6 +12,8 @@ from umbranet.controller.api.convert import cert_pem, router_out
 from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller, peer_certificate_der
 from umbranet.controller.api.models import (
     BundleUpdatesOut,
+    EndpointIn,
+    EndpointOut,
     ErrorBody,
     Intercept,
     MeOut,
@@ -31,6 +33,7 @@ from umbranet.controller.api.models import (
 from umbranet.controller.service import (
     Forbidden,
     NotFound,
+    addresses,
     enrollment,
     posture,
     routers,
@@ -95,31 +98,69 @@ def get_me(ctx: Ctx, caller: ClientCaller) -> MeOut:
     with ctx.transaction() as store:
         identity = _identity(store, caller.id)
         services = tickets.services_for(store, identity, metrics=ctx.metrics)
+        overlay = addresses.addresses_for(
+            store, [identity], ctx.overlay, ctx.authority.trust_domain
+        )[identity.id]
         return MeOut(
             name=identity.name,
             kind=identity.kind,
             spiffe_id=identity.spiffe_id,
             attributes=list(identity.attributes),
             services=[_service_actions(store, s.name, s.actions) for s in services],
+            ipv4=overlay.ipv4,
+            ipv6=overlay.ipv6,
         )
 
 
 @router.get("/view", response_model=ViewOut)
 def get_view(ctx: Ctx, caller: ClientCaller) -> ViewOut:
     """The caller's filtered view: the services it may use, the peers (SPIFFE ID and Noise
-    key) on the other side of them, and the HTTP rules of the services it hosts."""
+    key) on the other side of them, and the HTTP rules of the services it hosts. For network
+    mode each peer carries its overlay addresses, WireGuard endpoint, and what it may open
+    towards the caller (``reach``)."""
     with ctx.transaction() as store:
         view = views.view_of(
-            store, _identity(store, caller.id), now=ctx.clock(), epoch=ctx.events.epoch
+            store,
+            _identity(store, caller.id),
+            now=ctx.clock(),
+            epoch=ctx.events.epoch,
+            overlay=ctx.overlay,
+            trust_domain=ctx.authority.trust_domain,
         )
     return ViewOut(
         services=view.services,
         peers=[
-            PeerKeyOut(name=p.name, spiffe_id=p.spiffe_id, noise_public_key=p.noise_public_key)
+            PeerKeyOut(
+                name=p.name,
+                spiffe_id=p.spiffe_id,
+                noise_public_key=p.noise_public_key,
+                ipv4=p.ipv4,
+                ipv6=p.ipv6,
+                endpoint=p.endpoint,
+                reach=list(p.reach),
+            )
             for p in view.peers
         ],
         http=view.http,
     )
+
+
+@router.put("/network/endpoint", response_model=EndpointOut, responses={400: {"model": ErrorBody}})
+def put_network_endpoint(
+    body: EndpointIn, request: Request, ctx: Ctx, caller: ClientCaller
+) -> EndpointOut:
+    """The caller's WireGuard device says where it listens (network mode); peers that policy
+    lets talk to it receive this in their view. Without ``host``, the source address of this
+    request is used (right when the controller and the peers see the device alike)."""
+    host = body.host
+    if host is None:
+        host = request.client.host if request.client is not None else ""
+    endpoint = addresses.parse_endpoint(host, body.port)
+    with ctx.transaction() as store:
+        identity = _identity(store, caller.id)
+        addresses.addresses_for(store, [identity], ctx.overlay, ctx.authority.trust_domain)
+        addresses.set_endpoint(store, identity, endpoint, now=ctx.clock())
+    return EndpointOut(endpoint=endpoint)
 
 
 def _service_actions(store: Store, name: str, actions: list[str]) -> ServiceActionsOut:

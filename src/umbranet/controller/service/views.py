@@ -6,6 +6,13 @@ store. Before any policy, the interim attribute rule decides: the services it ma
 peers the identities that may take the other side of them (the hosts of what it may dial, the
 dialers of what it may host). Other services, other identities and the policy text never
 appear in it.
+
+For network mode each peer also carries its overlay addresses, its published WireGuard
+endpoint and `reach`: what that peer may open towards the caller, as ``tcp/8080``-style
+entries, one per service the caller hosts (its host address names the protocol and port) that
+the peer may dial under the peer's own posture. The caller's packet filter admits exactly
+these new flows (see `proto.wireguard.flowfilter`); a peer with an empty `reach` may only
+answer flows the caller started.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from umbranet.controller.authz import ActivePolicy, decide_access
+from umbranet.controller.service.addresses import OverlaySettings, addresses_for
 from umbranet.controller.service.policy import active_policy, shared_inventory
 from umbranet.controller.service.posture import report_of
 from umbranet.controller.service.tickets import services_for
@@ -23,6 +32,8 @@ from umbranet.policy import decide_access as attribute_rule
 
 __all__ = ["IdentityView", "PeerKey", "view_of"]
 
+_HOST_SCHEMES = ("tcp", "udp")
+
 _OTHER = {"dial": "bind", "bind": "dial"}
 
 
@@ -31,6 +42,10 @@ class PeerKey:
     name: str
     spiffe_id: str
     noise_public_key: str | None
+    ipv4: str | None = None
+    ipv6: str | None = None
+    endpoint: str | None = None
+    reach: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +55,86 @@ class IdentityView:
     http: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def view_of(store: Store, identity: Identity, *, now: datetime, epoch: int) -> IdentityView:
+def view_of(
+    store: Store,
+    identity: Identity,
+    *,
+    now: datetime,
+    epoch: int,
+    overlay: OverlaySettings | None = None,
+    trust_domain: str = "",
+) -> IdentityView:
     """The caller's view (see the module docstring); ``epoch`` is the controller's current
-    revocation epoch (it keys the shared inventory)."""
+    revocation epoch (it keys the shared inventory). With ``overlay``, peers carry their
+    overlay addresses, endpoints and reach (network mode)."""
+    view = _view(store, identity, now=now, epoch=epoch)
+    if overlay is None or not view.peers:
+        return view
+    rows = [r for r in (store.identity_by_name(p.name) for p in view.peers) if r is not None]
+    addresses = addresses_for(store, rows, overlay, trust_domain)
+    reach = _reach(store, identity, view, rows, now)
+    peers = []
+    for row in rows:
+        found = addresses.get(row.id)
+        peers.append(
+            PeerKey(
+                row.name,
+                row.spiffe_id,
+                row.noise_public_key,
+                found.ipv4 if found else None,
+                found.ipv6 if found else None,
+                found.endpoint if found else None,
+                tuple(reach.get(row.name, ())),
+            )
+        )
+    return IdentityView(view.services, peers, view.http)
+
+
+def _reach(
+    store: Store, identity: Identity, view: IdentityView, peers: list[Identity], now: datetime
+) -> dict[str, list[str]]:
+    """What each peer may open towards ``identity`` in network mode (module docstring)."""
+    hosted: list[tuple[Any, str]] = []
+    for name, actions in sorted(view.services.items()):
+        row = store.service_by_name(name)
+        entry = _host_port(row.host_address if row is not None else None)
+        if "bind" in actions and row is not None and entry is not None:
+            hosted.append((row, entry))
+    if not hosted:
+        return {}
+    policy: ActivePolicy | None = active_policy(store)
+    out: dict[str, list[str]] = {}
+    for peer in peers:
+        entries = out.setdefault(peer.name, [])
+        for row, entry in hosted:
+            verdict = decide_access(
+                peer.attributes,
+                row,
+                "dial",
+                subject=peer.spiffe_id,
+                purpose="listing",
+                identity_name=peer.name,
+                policy=policy,
+                posture=report_of(peer),
+                now=now,
+            )
+            if verdict.allowed and entry not in entries:
+                entries.append(entry)
+    return out
+
+
+def _host_port(host_address: str | None) -> str | None:
+    """``tcp://127.0.0.1:5432`` -> ``tcp/5432``; None for anything else."""
+    if not host_address:
+        return None
+    scheme, sep, rest = host_address.partition("://")
+    port = rest.rpartition(":")[2]
+    if not sep or scheme not in _HOST_SCHEMES or not port.isdigit():
+        return None
+    return f"{scheme}/{int(port)}"
+
+
+def _view(store: Store, identity: Identity, *, now: datetime, epoch: int) -> IdentityView:
     active = active_policy(store)
     if active is not None and active.compiled is not None:
         view = active.compiled.view(

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["HEAD_REVISION", "Database", "make_engine", "migrate"]
 
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def make_engine(db_url: str) -> sa.Engine:

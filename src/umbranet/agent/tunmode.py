@@ -1,0 +1,304 @@
+"""Network mode (``umbra up --tun``, Linux, root): an overlay address and a WireGuard data plane.
+
+`TunMode` is what the agent adds for network mode. It binds one UDP socket (the WireGuard
+port, published to the controller so allowed peers learn it), and on the first refresh that
+brings the identity's overlay addresses it creates the TUN interface (``umbra0``), puts the
+addresses on it and starts the WireGuard device (`proto.wireguard.Device`, keyed by the
+identity's own X25519 Noise key) with its driver. Every refresh then follows the filtered
+view from the controller:
+
+- a peer appears in the device (its key, endpoint and overlay addresses as allowed IPs) and
+  gets a route only while the view lists it, so a peer policy does not let us talk to is
+  neither keyed nor routed, and a withdrawn one is forgotten with its sessions;
+- each peer's ``reach`` becomes its grant in the receiver's packet filter
+  (`proto.wireguard.flowfilter`): what it may open towards us; everything else it sends is
+  dropped and counted unless it answers a flow we started;
+- ``<peer>.<suffix>`` (``alice-laptop.umbra``) and our own name resolve to overlay IPv4
+  addresses in the DNS stub, which resolv.conf points at while we run.
+
+System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
+Not done yet: relays through routers, NAT traversal, subnet routes, exit nodes, IPv6
+endpoints (the UDP socket is IPv4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from umbranet.agent import tunplan
+from umbranet.agent.config import ConfigError, TunSettings
+from umbranet.agent.dns_stub import DnsStub
+from umbranet.agent.redirect import read_upstreams, require_root
+from umbranet.agent.stats import Counters
+from umbranet.aio.tun import Tun
+from umbranet.aio.wg_driver import WireGuardDriver
+from umbranet.pki import IdentityFile
+from umbranet.proto.wireguard import Device, Event, PeerSilent
+from umbranet.proto.wireguard.flowfilter import FlowFilter, parse_grant
+
+__all__ = ["PeerEntry", "TunMode", "parse_peers"]
+
+log = logging.getLogger("umbranet.agent")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEntry:
+    """One peer of the view, as network mode uses it."""
+
+    name: str
+    key: bytes
+    ipv4: str
+    ipv6: str | None
+    endpoint: tuple[str, int] | None
+    reach: tuple[str, ...]
+
+    def prefixes(self) -> list[str]:
+        return [f"{self.ipv4}/32", *([f"{self.ipv6}/128"] if self.ipv6 else [])]
+
+
+def parse_peers(view: Mapping[str, Any], counters: Counters) -> dict[bytes, PeerEntry]:
+    """The usable peers of a ``/v1/view`` answer, by public key; the rest are counted
+    (``tun_peer_no_key``, ``tun_peer_no_address``, ``tun_peer_bad_endpoint``)."""
+    peers: dict[bytes, PeerEntry] = {}
+    for item in view.get("peers", []):
+        try:
+            key = base64.b64decode(item.get("noise_public_key") or "", validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            counters.add("tun_peer_no_key")
+            continue
+        if not item.get("ipv4"):
+            counters.add("tun_peer_no_address")
+            continue
+        endpoint = _endpoint(item.get("endpoint"))
+        if item.get("endpoint") and endpoint is None:
+            counters.add("tun_peer_bad_endpoint")
+        reach = tuple(str(r) for r in item.get("reach", []))
+        peers[key] = PeerEntry(
+            str(item["name"]), key, item["ipv4"], item.get("ipv6"), endpoint, reach
+        )
+    return peers
+
+
+class TunMode:
+    """``await prepare()`` binds the UDP port; ``await apply(ipv4, ipv6, view)`` installs on
+    first use and follows the view after; ``close()`` undoes everything."""
+
+    def __init__(
+        self,
+        settings: TunSettings,
+        state_dir: Path,
+        identity: IdentityFile,
+        counters: Counters,
+    ) -> None:
+        self.settings = settings
+        self._state_dir = state_dir
+        self._identity = identity
+        self._counters = counters
+        self.sock: socket.socket | None = None
+        self.tun: Tun | None = None
+        self.driver: WireGuardDriver | None = None
+        self.device: Device | None = None
+        self.flows: FlowFilter | None = None
+        self.stub: DnsStub | None = None
+        self.plan: tunplan.TunPlan | None = None
+        self.addresses: tuple[str, str] | None = None
+        self.published: str | None = None
+        self.peers: dict[bytes, PeerEntry] = {}
+        self._routes: set[str] = set()
+        self.has_ipv6 = False
+
+    @property
+    def port(self) -> int:
+        assert self.sock is not None, "prepare() first"
+        return int(self.sock.getsockname()[1])
+
+    async def prepare(self) -> None:
+        """Check we may, undo a crashed run's leftovers, bind the WireGuard UDP port."""
+        require_root()
+        await asyncio.to_thread(tunplan.uninstall, self._state_dir)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.settings.listen_host, self.settings.listen_port))
+        except OSError as exc:
+            sock.close()
+            where = f"{self.settings.listen_host}:{self.settings.listen_port}"
+            raise ConfigError("tun_port_in_use", f"cannot bind UDP {where}: {exc}") from None
+        sock.setblocking(False)
+        self.sock = sock
+
+    async def apply(self, ipv4: str | None, ipv6: str | None, view: Mapping[str, Any]) -> None:
+        """Follow the controller: install on the first call with addresses, then match the
+        device's peers, routes, grants and DNS names to `view`."""
+        if self.tun is None:
+            if not ipv4 or not ipv6:
+                self._counters.add("tun_no_address")
+                return
+            await self._install(ipv4, ipv6)
+        assert self.device is not None and self.flows is not None
+        wanted = parse_peers(view, self._counters)
+        for key in set(self.peers) - set(wanted):
+            self.device.remove_peer(key)
+            log.info("network mode: peer %s withdrawn", self.peers[key].name)
+        for key, peer in wanted.items():
+            self.device.add_peer(key, endpoint=peer.endpoint, allowed_ips=peer.prefixes())
+        self.peers = wanted
+        self.flows.set_grants({k: parse_grant(p.reach) for k, p in wanted.items()})
+        prefixes = [
+            prefix
+            for peer in wanted.values()
+            for prefix in peer.prefixes()
+            if self.has_ipv6 or ":" not in prefix
+        ]
+        assert self.tun is not None
+        self._routes = await asyncio.to_thread(
+            tunplan.set_routes, self.tun.name, self._routes, prefixes
+        )
+        missing = set(prefixes) - self._routes
+        if missing:
+            self._counters.add("tun_route_refused", len(missing))
+        if self.stub is not None and self.addresses is not None:
+            names = {f"{p.name}.{self.settings.suffix}": p.ipv4 for p in wanted.values()}
+            names[f"{self._identity.name}.{self.settings.suffix}"] = self.addresses[0]
+            self.stub.set_names(names)
+            names6 = {f"{p.name}.{self.settings.suffix}": p.ipv6 for p in wanted.values() if p.ipv6}
+            names6[f"{self._identity.name}.{self.settings.suffix}"] = self.addresses[1]
+            self.stub.set_names6(names6)
+
+    async def close(self) -> None:
+        """Undo the system changes and stop (the link goes with the TUN descriptor)."""
+        if self.driver is not None:
+            self.driver.close()
+            self.driver = None
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.stub is not None:
+            await self.stub.close()
+            self.stub = None
+        with contextlib.suppress(ConfigError):
+            removed = await asyncio.to_thread(tunplan.uninstall, self._state_dir)
+            if removed:
+                log.info("network mode removed: %s", "; ".join(removed))
+        self._routes.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.driver.statistics() if self.driver is not None else {}
+        device = stats.get("device")
+        per_peer: dict[str, Any] = device.get("per_peer", {}) if isinstance(device, dict) else {}
+        return {
+            "interface": self.tun.name if self.tun is not None else None,
+            "ipv4": self.addresses[0] if self.addresses else None,
+            "ipv6": self.addresses[1] if self.addresses else None,
+            "listen_port": self.port if self.sock is not None else None,
+            "published_endpoint": self.published,
+            "dns": self.stub.snapshot() if self.stub is not None else None,
+            "peers": [
+                {
+                    "name": p.name,
+                    "ipv4": p.ipv4,
+                    "ipv6": p.ipv6,
+                    "endpoint": f"{p.endpoint[0]}:{p.endpoint[1]}" if p.endpoint else None,
+                    "reach": list(p.reach),
+                    "routed": f"{p.ipv4}/32" in self._routes,
+                    **{
+                        field: per_peer.get(k.hex(), {}).get(field)
+                        for field in ("rx_bytes", "tx_bytes", "last_handshake")
+                    },
+                }
+                for k, p in sorted(self.peers.items(), key=lambda kv: kv[1].name)
+            ],
+            "filter": stats.get("filter"),
+            "io": stats.get("io"),
+            "device": _device_summary(device),
+        }
+
+    # -- installing -------------------------------------------------------------------------
+
+    async def _install(self, ipv4: str, ipv6: str) -> None:
+        settings = self.settings
+        resolv = settings.resolv_conf if settings.dns else None
+        plan = tunplan.TunPlan.new(settings.ifname, resolv, settings.dns_address)
+        await asyncio.to_thread(tunplan.record, self._state_dir, plan)
+        try:
+            self.tun = Tun.open(settings.ifname)
+            index = tunplan.interface_index(self.tun.name)
+            if index is not None:
+                plan = plan.with_index(index)
+                await asyncio.to_thread(tunplan.record, self._state_dir, plan)
+            self.has_ipv6 = await asyncio.to_thread(
+                tunplan.add_addresses, self.tun.name, ipv4, ipv6, settings.mtu
+            )
+            if not self.has_ipv6:
+                self._counters.add("tun_ipv6_unavailable")
+                log.warning("network mode: no IPv6 on this host; %s stays unassigned", ipv6)
+            self.addresses = (ipv4, ipv6)
+            self.device = Device.for_identity(self._identity)
+            self.flows = FlowFilter([ipv4, ipv6])
+            assert self.sock is not None
+            self.driver = WireGuardDriver(
+                self.device, self.sock, self.tun, on_event=self._event, flow_filter=self.flows
+            )
+            self.driver.start()
+            if settings.dns and plan.resolv_original is not None:
+                upstreams = read_upstreams(plan.resolv_original, settings.dns_address)
+                self.stub = DnsStub(
+                    self._counters,
+                    upstreams,
+                    host=settings.dns_address,
+                    port=settings.dns_port,
+                    suffix=settings.suffix,
+                )
+                await self.stub.start()
+                await asyncio.to_thread(tunplan.write_resolv, plan)
+        except OSError as exc:
+            await self.close()
+            raise ConfigError("tun_mode_failed", f"cannot start network mode: {exc}") from None
+        except BaseException:
+            await self.close()
+            raise
+        self.plan = plan
+        log.info(
+            "network mode: %s %s %s, WireGuard UDP port %d",
+            self.tun.name,
+            ipv4,
+            ipv6,
+            self.port,
+        )
+
+    def _event(self, event: Event) -> None:
+        if isinstance(event, PeerSilent):
+            self._counters.add("tun_peer_silent")
+
+
+def _endpoint(text: object) -> tuple[str, int] | None:
+    """``host:port`` -> (host, port) for IPv4 endpoints; None otherwise (IPv6 not yet)."""
+    if not isinstance(text, str) or text.startswith("["):
+        return None
+    host, _, port = text.rpartition(":")
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return None
+    if not port.isdigit() or not 0 < int(port) < 65536 or host.count(".") != 3:
+        return None
+    return host, int(port)
+
+
+def _device_summary(stats: object) -> dict[str, Any] | None:
+    if not isinstance(stats, dict):
+        return None
+    return {k: v for k, v in stats.items() if k != "per_peer"}  # per peer: under "peers"

@@ -1,0 +1,260 @@
+"""Policy on every packet, at the receiver: a stateful filter over decrypted IP packets.
+
+The WireGuard device proves who sent a packet (the peer's key; its source address is one
+the peer may use). This filter decides whether that peer may send it *to us*:
+
+- a packet must be addressed to one of this device's own overlay addresses (``not_for_us``
+  otherwise: a peer may not use us as a router);
+- a packet that belongs to a flow *we* started (its reverse was seen leaving: a TCP SYN, a
+  UDP datagram that answered nothing, an ICMP echo request) passes, from the peer we sent
+  it to (return traffic);
+- anything else is a new flow of the peer's and passes only if the peer's grant holds it:
+  ``tcp/PORT`` or ``udp/PORT`` (from the controller's view: the services we host that the
+  peer may dial, at their host ports), and ICMP echo requests from a peer with any grant.
+
+Grants are re-checked on every packet of a peer's flow, not remembered: when `set_grants`
+takes a grant away (a policy change, a revoked identity) the next packet of a live flow is
+dropped. Flows we started live until idle for `FLOW_IDLE` seconds; the table is bounded
+(`max_flows`; the least recently used flow is forgotten first). A datagram we send in answer
+to one of the peer's flows never counts as a flow of ours, so a peer cannot turn its own
+granted flow into return traffic that outlives the grant.
+
+Every drop is counted under a reason in `statistics()["drops"]`: ``not_ip``, ``not_for_us``,
+``fragment``, ``truncated``, ``no_grant`` (a new flow to a port the peer may not reach),
+``icmp_no_grant``, ``unknown_protocol``. Pure: no IO, no clock (``now`` is seconds).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FLOW_IDLE", "FlowFilter", "Grant", "parse_grant"]
+
+FLOW_IDLE = {6: 300.0, 17: 60.0, 1: 30.0, 58: 30.0}
+_TCP, _UDP, _ICMP, _ICMP6 = 6, 17, 1, 58
+_PROTOCOLS = {"tcp": _TCP, "udp": _UDP}
+_ECHO_REQUEST = {_ICMP: 8, _ICMP6: 128}
+_ECHO_REPLY = {_ICMP: 0, _ICMP6: 129}
+# ICMP errors (unreachable, time exceeded, too big, parameter problem): passed when the packet
+# they quote belongs to a live flow we started, since path MTU discovery needs them.
+_ICMP_ERRORS = {_ICMP: {3, 11, 12}, _ICMP6: {1, 2, 3, 4}}
+_TCP_SYN, _TCP_ACK = 0x02, 0x10
+_PORTS = struct.Struct("!HH")
+
+# (ip version, protocol, local address, local port, remote address, remote port)
+FlowKey = tuple[int, int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one peer may open towards us: (protocol number, port) pairs."""
+
+    ports: frozenset[tuple[int, int]]
+
+    @property
+    def any(self) -> bool:
+        return bool(self.ports)
+
+
+def parse_grant(entries: Iterable[str]) -> Grant:
+    """``["tcp/8080", "udp/53"]`` -> Grant; entries of other shapes are ignored (counted by
+    the caller if it cares): a newer controller may send kinds this version does not know."""
+    ports: set[tuple[int, int]] = set()
+    for entry in entries:
+        name, _, port = entry.partition("/")
+        if name in _PROTOCOLS and port.isdigit() and 0 < int(port) < 65536:
+            ports.add((_PROTOCOLS[name], int(port)))
+    return Grant(frozenset(ports))
+
+
+class FlowFilter:
+    """``handle_outbound(packet, now)`` for what we send; ``check_inbound(peer, packet, now)``
+    (None: pass; otherwise the drop reason, already counted) for what a peer sent us."""
+
+    def __init__(self, local: Iterable[str], *, max_flows: int = 65536) -> None:
+        self._local = {(a.version, int(a)) for a in (ipaddress.ip_address(text) for text in local)}
+        self._grants: dict[bytes, Grant] = {}
+        self._ours: OrderedDict[FlowKey, tuple[bytes | None, float]] = OrderedDict()
+        self._theirs: OrderedDict[FlowKey, float] = OrderedDict()
+        self._max = max_flows
+        self.drops: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+
+    def set_grants(self, grants: Mapping[bytes, Grant]) -> None:
+        """Replace every peer's grant; takes effect on the next packet of every flow."""
+        self._grants = dict(grants)
+
+    def handle_outbound(self, packet: bytes, now: float, peer: bytes | None = None) -> None:
+        """A packet leaving for a peer: remember the flow if it is one we start."""
+        parsed = _parse(packet)
+        if isinstance(parsed, str):
+            return
+        version, proto, src, dst, sport, dport, flags = parsed
+        key = (version, proto, src, sport, dst, dport)
+        if proto == _TCP:
+            starts = flags & (_TCP_SYN | _TCP_ACK) == _TCP_SYN
+        elif proto in (_ICMP, _ICMP6):
+            starts = flags == _ECHO_REQUEST[proto]
+        else:
+            starts = proto == _UDP and not self._live(self._theirs, key, proto, now)
+        if starts or key in self._ours:
+            self._remember(self._ours, key, (peer, now))
+            if starts:
+                self.counts["flows_started"] += 1
+
+    def check_inbound(self, peer: bytes, packet: bytes, now: float) -> str | None:
+        """None if `peer` may deliver `packet` to us now; else the (counted) drop reason."""
+        reason = self._verdict(peer, packet, now)
+        if reason is None:
+            self.counts["passed"] += 1
+        else:
+            self.drops[reason] += 1
+        return reason
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "flows": len(self._ours),
+            "peer_flows": len(self._theirs),
+            "peers_with_grants": sum(1 for g in self._grants.values() if g.any),
+            "drops": dict(self.drops),
+            **self.counts,
+        }
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _verdict(self, peer: bytes, packet: bytes, now: float) -> str | None:
+        parsed = _parse(packet)
+        if isinstance(parsed, str):
+            return parsed
+        version, proto, src, dst, sport, dport, flags = parsed
+        if (version, dst) not in self._local:
+            return "not_for_us"
+        key = (version, proto, dst, dport, src, sport)
+        if proto in (_ICMP, _ICMP6):
+            key = (version, proto, dst, sport, src, 0)  # an echo's identifier on both sides
+            if flags == _ECHO_REPLY[proto]:
+                return None if self._return_traffic(key, peer, now) else "icmp_no_grant"
+            if flags in _ICMP_ERRORS[proto]:
+                quoted = _quoted_flow(packet, version)
+                if quoted is not None and self._return_traffic(quoted, peer, now, reverse=False):
+                    return None
+                return "icmp_no_grant"
+            grant = self._grants.get(peer)
+            if flags == _ECHO_REQUEST[proto] and grant is not None and grant.any:
+                return None
+            return "icmp_no_grant"
+        if self._return_traffic(key, peer, now):
+            return None
+        grant = self._grants.get(peer)
+        if grant is not None and (proto, dport) in grant.ports:
+            if proto == _UDP:
+                self._remember(self._theirs, key, now)
+            return None
+        return "no_grant"
+
+    def _return_traffic(
+        self, key: FlowKey, peer: bytes, now: float, *, reverse: bool = True
+    ) -> bool:
+        """Is `key` a live flow of ours (with `peer`, if we know which)? An ICMP error's
+        quoted packet is already in our direction (``reverse=False``) and does not refresh
+        the flow."""
+        entry = self._ours.get(key)
+        if entry is None:
+            return False
+        owner, seen = entry
+        if now - seen > FLOW_IDLE.get(key[1], 30.0):
+            del self._ours[key]
+            return False
+        if owner is not None and owner != peer:
+            return False
+        if reverse:
+            self._ours[key] = (owner, now)
+            self._ours.move_to_end(key)
+        return True
+
+    def _live(
+        self, table: OrderedDict[FlowKey, float], key: FlowKey, proto: int, now: float
+    ) -> bool:
+        seen = table.get(key)
+        return seen is not None and now - seen <= FLOW_IDLE.get(proto, 30.0)
+
+    def _remember(self, table: OrderedDict[FlowKey, Any], key: FlowKey, value: Any) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > self._max:
+            table.popitem(last=False)
+            self.counts["flows_evicted"] += 1
+
+
+def _quoted_flow(packet: bytes, version: int) -> FlowKey | None:
+    """The flow of the packet an ICMP error quotes (its IP header and first 8 bytes), keyed
+    as we would have keyed it when sending; None if it is not quoted whole enough."""
+    start = ((packet[0] & 0x0F) * 4 if version == 4 else 40) + 8
+    inner = packet[start:]
+    if version == 4 and len(inner) >= 20 and inner[0] >> 4 == 4:
+        header, proto = (inner[0] & 0x0F) * 4, inner[9]
+        src, dst = int.from_bytes(inner[12:16], "big"), int.from_bytes(inner[16:20], "big")
+    elif version == 6 and len(inner) >= 40 and inner[0] >> 4 == 6:
+        header, proto = 40, inner[6]
+        src, dst = int.from_bytes(inner[8:24], "big"), int.from_bytes(inner[24:40], "big")
+    else:
+        return None
+    head = inner[header : header + 8]
+    if len(head) < 8:
+        return None
+    if proto in (_TCP, _UDP):
+        return (version, proto, src, int.from_bytes(head[0:2], "big"), dst,
+                int.from_bytes(head[2:4], "big"))  # fmt: skip
+    if proto in (_ICMP, _ICMP6) and head[0] == _ECHO_REQUEST[proto]:
+        return version, proto, src, int.from_bytes(head[4:6], "big"), dst, 0
+    return None
+
+
+def _parse(packet: bytes) -> tuple[int, int, int, int, int, int, int] | str:
+    """(version, protocol, source, destination, source port, destination port, flags) or
+    a drop reason. For ICMP the ports are (echo identifier, 0) and flags the ICMP type; for
+    TCP flags are the TCP flag byte."""
+    if not packet:
+        return "not_ip"
+    version = packet[0] >> 4
+    if version == 4:
+        header = (packet[0] & 0x0F) * 4
+        if len(packet) < 20 or header < 20:
+            return "not_ip"
+        if int.from_bytes(packet[6:8], "big") & 0x1FFF:
+            return "fragment"
+        proto = packet[9]
+        src = int.from_bytes(packet[12:16], "big")
+        dst = int.from_bytes(packet[16:20], "big")
+    elif version == 6:
+        header = 40
+        if len(packet) < 40:
+            return "not_ip"
+        proto = packet[6]
+        if proto == 44:  # fragment header: only whole datagrams carry ports
+            return "fragment"
+        src = int.from_bytes(packet[8:24], "big")
+        dst = int.from_bytes(packet[24:40], "big")
+    else:
+        return "not_ip"
+    # Offsets into the packet rather than a slice of its body: a slice copies the payload.
+    h, size = header, len(packet) - header
+    if proto in (_TCP, _UDP):
+        if size < (14 if proto == _TCP else 8):
+            return "truncated"
+        ports = _PORTS.unpack_from(packet, h)
+        flags = packet[h + 13] if proto == _TCP else 0
+        return version, proto, src, dst, ports[0], ports[1], flags
+    if proto == (_ICMP if version == 4 else _ICMP6):
+        if size < 8:
+            return "truncated"
+        kind = packet[h]
+        echo = kind in (_ECHO_REQUEST[proto], _ECHO_REPLY[proto])
+        ident = _PORTS.unpack_from(packet, h + 4)[0] if echo else 0
+        return version, proto, src, dst, ident, 0, kind
+    return "unknown_protocol"
