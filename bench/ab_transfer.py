@@ -18,9 +18,9 @@ from typing import Any
 
 sys.path.insert(0, os.environ.get("TESTS_ROOT", "."))
 
-from tests.conftest import context, running_router  # noqa: E402
-from umbranet.aio.runtime import run  # noqa: E402
-from umbranet.testing import LocalNetwork  # noqa: E402
+from tests.conftest import context, running_router
+from umbranet.aio.runtime import run
+from umbranet.testing import LocalNetwork
 
 TOTAL = int(os.environ.get("TOTAL", str(512 * 1024 * 1024)))
 CHUNK = b"x" * (128 * 1024)
