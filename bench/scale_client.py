@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.paths.umbranet_setup import DIAL_ATTRIBUTE, SERVICES
-from umbranet.aio.controller_client import ControllerClient, ControllerError
 from umbranet.aio.runtime import run
+from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.controller.home import ControllerHome
 from umbranet.pki import IdentityFile
 from umbranet.sdk import Context, Stream, UmbraError

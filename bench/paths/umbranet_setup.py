@@ -27,8 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from umbranet.aio.controller_client import ControllerClient, ControllerError
 from umbranet.aio.runtime import run
+from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.controller.home import ControllerHome
 from umbranet.pki import IdentityFile
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from umbranet.aio.controller_client import ControllerClient, ControllerError
+from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.controller.home import ControllerConfig, ControllerHome, init_home, load_home
 from umbranet.demo import DEMO_SERVICE, fetch
 from umbranet.pki import IdentityFile

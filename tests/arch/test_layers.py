@@ -23,15 +23,19 @@ ALLOWED = {
     "policy": GROUND,  # decisions are pure functions of data
     "proto": GROUND | {"wire", "pki", "policy"},  # state machines over format and identities
     "aio": GROUND | {"wire", "pki", "policy", "proto"},  # shells drive the machines
-    "controller": GROUND | {"wire", "pki", "policy", "proto", "aio"},
-    "router": GROUND | {"wire", "pki", "policy", "proto", "aio"},  # never the SDK or controller
-    "sdk": GROUND | {"wire", "pki", "policy", "proto", "aio"},  # never the router or controller
+    # the controller's REST clients: below everything that talks to it, never the controller
+    "client": GROUND | {"wire", "pki", "policy", "proto", "aio"},
+    "controller": GROUND | {"wire", "pki", "policy", "proto", "aio"},  # never its own clients
+    # never the SDK or controller
+    "router": GROUND | {"wire", "pki", "policy", "proto", "aio", "client"},
+    # never the router or controller
+    "sdk": GROUND | {"wire", "pki", "policy", "proto", "aio", "client"},
     # built on the SDK; never the router or the controller
-    "integrations": GROUND | {"wire", "pki", "policy", "proto", "aio", "sdk"},
-    "agent": GROUND | {"wire", "pki", "policy", "proto", "aio", "sdk"},  # an SDK application
+    "integrations": GROUND | {"wire", "pki", "policy", "proto", "aio", "client", "sdk"},
+    "agent": GROUND | {"wire", "pki", "policy", "proto", "aio", "client", "sdk"},  # on the SDK
     # the test kit drives the real machines and shells of every layer below the CLI
     "testing": GROUND
-    | {"wire", "pki", "policy", "proto", "aio", "controller", "router", "sdk", "agent"},
+    | {"wire", "pki", "policy", "proto", "aio", "client", "controller", "router", "sdk", "agent"},
 }
 PURE = {"wire", "pki", "policy", "proto"}
 IMPURE_MODULES = {"asyncio", "socket", "ssl", "time", "selectors", "threading"}

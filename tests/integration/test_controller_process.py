@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from umbranet.aio.controller_client import ControllerClient, ControllerError
+from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.pki import IdentityFile, TrustBundle
 
 pytestmark = pytest.mark.slow

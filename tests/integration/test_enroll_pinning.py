@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.conftest import free_port, wait_for
-from umbranet.aio.controller_client import ControllerClient, ControllerError
+from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.controller.home import init_home, load_home
 from umbranet.controller.server import build_server
 from umbranet.pki import (

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import free_port
-from umbranet.aio.controller_client import ControllerClient
+from umbranet.client.controller import ControllerClient
 from umbranet.pki import IdentityFile
 from umbranet.quickstart import Quickstart
 

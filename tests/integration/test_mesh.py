@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import echo_forever, free_port
-from umbranet.aio.controller_client import ControllerClient, MeshRoute
+from umbranet.client.controller import ControllerClient, MeshRoute
 from umbranet.controller.service.links import LinkGraph
 from umbranet.pki import IdentityFile
 from umbranet.quickstart import Quickstart

@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from tests.conftest import echo_forever, free_port
-from umbranet.aio.controller_client import ControllerClient
+from umbranet.client.controller import ControllerClient
 from umbranet.integrations import AsgiServer, UmbraTransport
 from umbranet.pki import IdentityFile
 from umbranet.quickstart import Quickstart

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.integration.router_harness import dial_payload
-from umbranet.aio.controller_client import ControllerClient
+from umbranet.client.controller import ControllerClient
 from umbranet.pki import IdentityFile
 from umbranet.quickstart import Quickstart
 from umbranet.testing.rawlink import LinkClosed, RawLink

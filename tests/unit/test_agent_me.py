@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.controller_harness import Harness, make_harness
-from umbranet.aio.controller_client import ControllerClient, Intercept
+from umbranet.client.controller import ControllerClient, Intercept
 from umbranet.pki import IdentityFile
 
 Row = tuple[str, list[str], str | None, list[Intercept]]

@@ -26,7 +26,7 @@ from umbranet.agent.workload import (
 )
 from umbranet.agent.workload import workload_pb2 as pb
 from umbranet.agent.workload import workload_pb2_grpc as pb_grpc
-from umbranet.aio.controller_client import JwtSvidGrant
+from umbranet.client.controller import JwtSvidGrant
 from umbranet.pki import SpiffeId
 from umbranet.pki.jwt_svid import JwtAuthority
 from umbranet.testing.clock import FakeClock

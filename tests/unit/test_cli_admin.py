@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.controller_harness import Harness, error_code, make_harness
-from umbranet.aio.controller_client import ControllerClient
 from umbranet.cli.main import app
+from umbranet.client.controller import ControllerClient
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.controller_harness import Harness, make_harness
-from umbranet.aio.controller_client import ControllerClient, ControllerError, Intercept
+from umbranet.client.controller import ControllerClient, ControllerError, Intercept
 from umbranet.pki import verify_ticket
 
 

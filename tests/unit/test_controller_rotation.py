@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from tests.controller_harness import FakeClock
-from umbranet.aio.controller_client import ControllerClient
 from umbranet.cli.main import app as cli_app
+from umbranet.client.controller import ControllerClient
 from umbranet.controller.api import create_app
 from umbranet.controller.home import LoadedController, init_home, load_home
 from umbranet.controller.rotation import advance_ca, load_rotation, rotate_ca, rotate_ticket_key

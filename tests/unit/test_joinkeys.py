@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.controller_harness import Harness, error_code, make_harness
-from umbranet.aio.controller_client import ControllerClient, ControllerError
-from umbranet.aio.joinkey_client import enroll_with_join_key, redeem_join_key
 from umbranet.cli.joinkey_cmd import parse_duration
+from umbranet.client.controller import ControllerClient, ControllerError
+from umbranet.client.joinkeys import enroll_with_join_key, redeem_join_key
 from umbranet.controller.ephemeral_sweeper import EphemeralSweeper
 from umbranet.controller.service.joinkeys import sweep_ephemeral
 from umbranet.pki.join_key import format_join_key, parse_join_key

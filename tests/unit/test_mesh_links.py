@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tests.controller_harness import Harness, error_code, make_harness
-from umbranet.aio.controller_client import ControllerClient
 from umbranet.cli.main import app
+from umbranet.client.controller import ControllerClient
 from umbranet.controller.service.links import (
     HOP_COST,
     UNMEASURED_RTT_MS,

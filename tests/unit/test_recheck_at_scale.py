@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.controller_harness import Harness, make_harness
-from umbranet.aio.controller_client import ControllerClient, ControllerError
+from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.controller.service import recheck as controller_recheck
 from umbranet.controller.store import Identity, Service, Store
 from umbranet.pki import IdentityFile

@@ -37,7 +37,7 @@ from umbranet.agent.stats import Counters
 from umbranet.agent.tunmode import TunMode
 from umbranet.agent.whois import WhoisTable, parse_address
 from umbranet.agent.workload import WorkloadEndpoint
-from umbranet.aio.controller_client import ControllerClient, ControllerError, RouterAddress
+from umbranet.client.controller import ControllerClient, ControllerError, RouterAddress
 from umbranet.pki.tickets import Action
 from umbranet.sdk import Context, Stream, UmbraError
 

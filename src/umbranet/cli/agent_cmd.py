@@ -273,8 +273,8 @@ def ip(
 
 
 def _overlay_from_controller(identity: Path) -> dict[str, Any]:
-    from umbranet.aio.controller_client import ControllerClient
     from umbranet.aio.runtime import run
+    from umbranet.client.controller import ControllerClient
     from umbranet.pki import IdentityFile
 
     loaded = IdentityFile.load(identity.expanduser())

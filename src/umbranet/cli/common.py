@@ -32,7 +32,7 @@ from rich.text import Text
 from umbranet.home_layout import ControllerHome
 
 if TYPE_CHECKING:
-    from umbranet.aio.controller_client import ControllerClient
+    from umbranet.client.controller import ControllerClient
 from umbranet.obs import LogFormat
 
 __all__ = [
@@ -92,7 +92,7 @@ async def admin_client(cli: CliState) -> AsyncIterator[ControllerClient]:
     Renews the admin certificate when past half its lifetime and saves the renewed file, so
     an admin who uses the CLI now and then never finds their file expired.
     """
-    from umbranet.aio.controller_client import ControllerClient
+    from umbranet.client.controller import ControllerClient
     from umbranet.pki import IdentityFile
 
     path = cli.admin_file
@@ -137,7 +137,7 @@ def handle_errors(cli: CliState) -> Iterator[None]:
 
 # Error classes a user can act on, by module and name, with the attribute holding the message.
 _USER_ERRORS = (
-    ("umbranet.aio.controller_client", "ControllerError", "message"),
+    ("umbranet.client.controller", "ControllerError", "message"),
     ("umbranet.home_layout", "HomeError", "message"),
     ("umbranet.pki.errors", "PkiError", "reason"),
 )

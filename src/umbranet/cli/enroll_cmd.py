@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from umbranet.aio.controller_client import ControllerClient
 from umbranet.cli.common import emit, fail, handle_errors, out, run_async, state
+from umbranet.client.controller import ControllerClient
 from umbranet.pki import IdentityFile
 
 __all__ = ["register"]

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from umbranet.aio.controller_client import CreatedIdentity, IdentityInfo
 from umbranet.cli.common import (
     CliState,
     admin_call,
@@ -21,6 +20,7 @@ from umbranet.cli.common import (
     table,
     write_secret,
 )
+from umbranet.client.controller import CreatedIdentity, IdentityInfo
 
 __all__ = ["app"]
 

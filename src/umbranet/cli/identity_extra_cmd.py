@@ -11,7 +11,7 @@ import typer
 from umbranet.cli.common import admin_client, emit, fail, handle_errors, out, run_async, state
 
 if TYPE_CHECKING:
-    from umbranet.aio.controller_models import IdentityInfo
+    from umbranet.client.models import IdentityInfo
 
 __all__ = ["register"]
 
@@ -66,7 +66,7 @@ def update(
     ] = False,
 ) -> None:
     """Change an identity's attributes; access follows at once (live streams included)."""
-    from umbranet.aio.manage_client import update_identity
+    from umbranet.client.manage import update_identity
 
     cli = state(ctx)
     if attr is None and not (add_attr or remove_attr or clear_attrs):
@@ -96,7 +96,7 @@ def delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete an identity: its certificate is refused and its streams close."""
-    from umbranet.aio.manage_client import delete_identity
+    from umbranet.client.manage import delete_identity
 
     cli = state(ctx)
     if not yes and not cli.json and not typer.confirm(f"delete identity {name}?"):

@@ -28,7 +28,7 @@ from umbranet.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from umbranet.aio.joinkey_client import JoinKeyInfo
+    from umbranet.client.joinkeys import JoinKeyInfo
     from umbranet.pki import IdentityFile
 
 __all__ = ["app", "enroll_with_join_key", "parse_duration", "register"]
@@ -83,7 +83,7 @@ def create(
     ] = None,
 ) -> None:
     """Create a join key and print it (shown this once)."""
-    from umbranet.aio.joinkey_client import create_join_key
+    from umbranet.client.joinkeys import create_join_key
 
     cli = state(ctx)
     if output is not None and output.exists():
@@ -119,7 +119,7 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context) -> None:
     """List join keys (never their secrets)."""
-    from umbranet.aio.joinkey_client import list_join_keys
+    from umbranet.client.joinkeys import list_join_keys
 
     cli = state(ctx)
 
@@ -154,7 +154,7 @@ def list_(ctx: typer.Context) -> None:
 @app.command("revoke")
 def revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="Key id.")]) -> None:
     """Stop a join key from enrolling more replicas (those it enrolled stay)."""
-    from umbranet.aio.joinkey_client import revoke_join_key
+    from umbranet.client.joinkeys import revoke_join_key
 
     cli = state(ctx)
 
@@ -169,7 +169,7 @@ def revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="Key i
 
 def enroll_with_join_key(join_key: str, name_prefix: str | None) -> IdentityFile:
     """For ``umbra enroll --join-key``: the key itself or a file holding it."""
-    from umbranet.aio.joinkey_client import enroll_with_join_key as enroll
+    from umbranet.client.joinkeys import enroll_with_join_key as enroll
 
     candidate = Path(join_key)
     if not join_key.startswith("ujk1.") and candidate.is_file():

@@ -60,7 +60,7 @@ def delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a router and its identity: its links are refused from now on."""
-    from umbranet.aio.manage_client import delete_router
+    from umbranet.client.manage import delete_router
 
     cli = state(ctx)
     if not yes and not cli.json and not typer.confirm(f"delete router {name}?"):
@@ -71,7 +71,7 @@ def delete(
 
 def token(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Router name.")]) -> None:
     """A new enrollment token for a router (a rebuilt machine, a lost key)."""
-    from umbranet.aio.manage_client import router_token
+    from umbranet.client.manage import router_token
 
     cli = state(ctx)
     value = admin_call(cli, lambda client: router_token(client, name))

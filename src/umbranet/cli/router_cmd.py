@@ -36,8 +36,8 @@ def enroll(
     output: Annotated[Path, typer.Option("-o", "--output", help="Identity file to write.")],
 ) -> None:
     """Enroll a router (its keys are made here; only a CSR is sent)."""
-    from umbranet.aio.controller_client import ControllerClient
     from umbranet.aio.runtime import run
+    from umbranet.client.controller import ControllerClient
     from umbranet.pki import SpiffeId
 
     cli = state(ctx)

@@ -25,8 +25,8 @@ from umbranet.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from umbranet.aio.controller_client import ControllerClient, ServiceInfo
-    from umbranet.aio.controller_models import Intercept
+    from umbranet.client.controller import ControllerClient, ServiceInfo
+    from umbranet.client.models import Intercept
 
 __all__ = ["app"]
 
@@ -101,7 +101,7 @@ def update(
     ] = None,
 ) -> None:
     """Change a service; options not given stay as they are."""
-    from umbranet.aio.manage_client import update_service
+    from umbranet.client.manage import update_service
 
     cli = state(ctx)
     intercepts = None if intercept is None else _intercepts(cli, intercept)
@@ -126,7 +126,7 @@ def update(
 
 
 def _intercepts(cli: CliState, items: list[str]) -> list[Intercept]:
-    from umbranet.aio.controller_models import Intercept
+    from umbranet.client.models import Intercept
 
     intercepts: list[Intercept] = []
     for item in items:
@@ -139,7 +139,7 @@ def _intercepts(cli: CliState, items: list[str]) -> list[Intercept]:
 
 async def _warn_if_policy_decides(client: ControllerClient) -> None:
     """Say so when a policy is in force: it, not the service's attributes, decides access."""
-    from umbranet.aio.controller_client import ControllerError
+    from umbranet.client.controller import ControllerError
 
     try:
         policy = await client.get_policy()

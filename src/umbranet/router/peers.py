@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-from umbranet.aio.controller_client import MeshRoute
+from umbranet.client.controller import MeshRoute
 from umbranet.router.server import Router
 
 __all__ = ["Backoff", "MeshControl", "PeerAddress", "Peers", "plan_routes", "should_dial"]

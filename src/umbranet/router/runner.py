@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from umbranet.aio.controller_client import ControllerClient, ControllerError, MeshRoute
+from umbranet.client.controller import ControllerClient, ControllerError, MeshRoute
+from umbranet.client.follow import follow_events, seconds_to_half_life
 from umbranet.pki import IdentityFile
 from umbranet.router.metrics import serve_metrics
 from umbranet.router.peers import PeerAddress, Peers
@@ -156,31 +157,33 @@ async def follow_controller(router: Router) -> None:
     only their grants; ``hello`` (after every reconnect) re-checks everything, since events
     may have been missed.
     """
-    backoff = 0.2
-    while True:
-        try:
-            async with ControllerClient(router.identity) as client:
+    current: list[ControllerClient] = []
 
-                async def recheck(grants: list[tuple[str, str, str]]) -> dict[int, str]:
-                    _epoch, denied = await client.recheck(grants)
-                    return denied
+    async def events() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        async with ControllerClient(router.identity) as client:
+            current[:] = [client]
+            async for event in client.events():
+                yield event
 
-                async for name, data in client.events():
-                    backoff = 0.2
-                    epoch = data.get("epoch")
-                    version = data.get("bundle_version")
-                    if isinstance(version, int) and version > router.identity.bundle.version:
-                        refreshed = await client.refresh_bundle()
-                        if refreshed is not None:
-                            router.renew(refreshed)
-                            log.info("trust bundle updated to version %d", version)
-                    if name in ("hello", "epoch") and isinstance(epoch, int):
-                        scope = event_identities(data) if name == "epoch" else None
-                        await router.apply_epoch(epoch, recheck, scope, event_revoked_keys(data))
-        except (ControllerError, OSError) as exc:
-            log.warning("controller event stream: %s; reconnecting in %.1fs", exc, backoff)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, RETRY_SECONDS)
+    async def recheck(grants: list[tuple[str, str, str]]) -> dict[int, str]:
+        _epoch, denied = await current[0].recheck(grants)
+        return denied
+
+    async def handle(name: str, data: dict[str, Any]) -> None:
+        epoch = data.get("epoch")
+        version = data.get("bundle_version")
+        if isinstance(version, int) and version > router.identity.bundle.version:
+            refreshed = await current[0].refresh_bundle()
+            if refreshed is not None:
+                router.renew(refreshed)
+                log.info("trust bundle updated to version %d", version)
+        if name in ("hello", "epoch") and isinstance(epoch, int):
+            scope = event_identities(data) if name == "epoch" else None
+            await router.apply_epoch(epoch, recheck, scope, event_revoked_keys(data))
+
+    await follow_events(
+        events, handle, errors=(ControllerError, OSError), max_backoff=RETRY_SECONDS
+    )
 
 
 MAX_EVENT_IDENTITIES = 64
@@ -218,7 +221,6 @@ def event_revoked_keys(data: Mapping[str, Any]) -> list[str]:
 
 
 def _seconds_to_half_life(identity: IdentityFile) -> float:
-    cert = identity.certificate
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    due = start + (end - start) / 2
-    return max(1.0, min((due - datetime.now(UTC)).total_seconds() + 1, 3600.0))
+    """How long to sleep before the next renewal check: past half-life, with a floor and a
+    ceiling (a certificate renewed elsewhere is noticed within the hour)."""
+    return max(1.0, min(seconds_to_half_life(identity, datetime.now(UTC)) + 1, 3600.0))

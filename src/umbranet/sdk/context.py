@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from umbranet.client.follow import follow_events, renew_at_half_life
 from umbranet.clock import Clock, system_clock
 from umbranet.pki import IdentityFile, PkiError
 from umbranet.pki.tickets import Action
@@ -61,7 +62,7 @@ class Grant:
 
 
 class ControlPlane(Protocol):
-    """What the SDK needs from the controller (see `umbranet.aio.controller_client`)."""
+    """What the SDK needs from the controller (see `umbranet.client.controller`)."""
 
     async def grant(self, service: str, action: str, port: int | None = None) -> Grant: ...
 
@@ -340,18 +341,17 @@ class Context:
 
     async def _renew_forever(self) -> None:
         """Renew the certificate at half-life; links and streams stay up across renewals."""
-        while not self._closed:
-            certificate = self.identity.certificate
-            start = certificate.not_valid_before_utc
-            half_life = (certificate.not_valid_after_utc - start) / 2
-            delay = (start + half_life - self.clock.now().wall).total_seconds()
-            await asyncio.sleep(max(delay, 0.0))
-            try:
-                await self.renew_now()
-            except Exception as exc:  # whatever failed, the next attempt must still come
-                self.counters["renewal_failed"] = self.counters.get("renewal_failed", 0) + 1
-                log.warning("certificate renewal failed: %s; retrying in %gs", exc, RENEWAL_RETRY)
-                await asyncio.sleep(RENEWAL_RETRY)
+        await renew_at_half_life(
+            lambda: self.identity,
+            self.renew_now,
+            self.clock,
+            retry=lambda: RENEWAL_RETRY,
+            failed=self._renewal_failed,
+        )
+
+    def _renewal_failed(self, exc: Exception) -> None:
+        self.counters["renewal_failed"] = self.counters.get("renewal_failed", 0) + 1
+        log.warning("certificate renewal failed: %s; retrying in %gs", exc, RENEWAL_RETRY)
 
     async def _report_posture_forever(self) -> None:
         """Report our posture at start, then whenever it changed (sampled periodically)."""
@@ -377,21 +377,17 @@ class Context:
     async def _follow_events(self) -> None:
         """Follow the controller's pushes: a new epoch means access may have changed, so
         cached tickets are dropped and listeners bind again with fresh ones."""
-        backoff = 0.2
-        while not self._closed:
-            try:
-                async for name, data in self._control.events():
-                    backoff = 0.2
-                    epoch = data.get("epoch")
-                    version = data.get("bundle_version")
-                    if isinstance(version, int) and version > self.identity.bundle.version:
-                        await self._refresh_bundle()
-                    if name in ("hello", "epoch") and isinstance(epoch, int) and epoch > self.epoch:
-                        self._on_epoch(epoch, name == "hello")
-            except UmbraError as exc:
-                log.debug("event stream: %s; reconnecting in %.1fs", exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+        # A lambda, not the bound method: a renewal replaces `self._control`.
+        events = lambda: self._control.events()  # noqa: E731, PLW0108
+        await follow_events(events, self._on_event, errors=(UmbraError,), max_backoff=10.0)
+
+    async def _on_event(self, name: str, data: dict[str, Any]) -> None:
+        epoch = data.get("epoch")
+        version = data.get("bundle_version")
+        if isinstance(version, int) and version > self.identity.bundle.version:
+            await self._refresh_bundle()
+        if name in ("hello", "epoch") and isinstance(epoch, int) and epoch > self.epoch:
+            self._on_epoch(epoch, name == "hello")
 
     async def _refresh_bundle(self) -> None:
         """Take the controller's newer trust bundle (a ticket key or CA rotation): new

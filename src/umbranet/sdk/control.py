@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from umbranet.aio.controller_client import ControllerClient, ControllerError
+from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.pki import IdentityFile
 from umbranet.sdk.context import Grant
 from umbranet.sdk.errors import UmbraError

@@ -21,7 +21,7 @@ from typing import Any
 from umbranet.agent.config import ConfigError
 from umbranet.agent.workload.server import WorkloadApiError, WorkloadApiServer
 from umbranet.agent.workload.svids import JwtSvidCache, x509_material
-from umbranet.aio.controller_client import ControllerClient, ControllerError, JwtSvidGrant
+from umbranet.client.controller import ControllerClient, ControllerError, JwtSvidGrant
 from umbranet.pki import IdentityFile, PkiError
 from umbranet.sdk import Context
 

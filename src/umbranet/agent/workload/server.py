@@ -46,7 +46,7 @@ from google.protobuf import struct_pb2
 from umbranet.agent.workload import workload_pb2 as pb
 from umbranet.agent.workload import workload_pb2_grpc as pb_grpc
 from umbranet.agent.workload.svids import X509Material
-from umbranet.aio.controller_client import JwtSvidGrant
+from umbranet.client.controller import JwtSvidGrant
 from umbranet.pki import PkiError
 from umbranet.pki.jwt_svid import JwtBundle, verify_jwt_svid
 

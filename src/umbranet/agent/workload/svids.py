@@ -22,7 +22,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from umbranet.aio.controller_client import JwtSvidGrant
+from umbranet.client.controller import JwtSvidGrant
 from umbranet.pki import IdentityFile, key_from_pem
 
 __all__ = ["JwtSvidCache", "X509Material", "x509_material"]

@@ -19,7 +19,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from umbranet.aio.controller_client import ControllerClient, ControllerError
+from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.pki import IdentityFile, PkiError, TrustBundle
 from umbranet.pki.join_key import parse_join_key
 

@@ -32,7 +32,9 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from umbranet.aio.controller_models import (
+from umbranet.aio.tls import load_identity
+from umbranet.client.enrollment_tls import certificate_untrusted, pinned_context
+from umbranet.client.models import (
     CreatedIdentity,
     CreatedRouter,
     IdentityInfo,
@@ -50,8 +52,6 @@ from umbranet.aio.controller_models import (
     service_access,
     service_info,
 )
-from umbranet.aio.enrollment_tls import certificate_untrusted, pinned_context
-from umbranet.aio.tls import load_identity
 from umbranet.pki import (
     IdentityFile,
     PkiError,

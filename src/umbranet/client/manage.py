@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
-from umbranet.aio.controller_client import ControllerClient
-from umbranet.aio.controller_models import (
+from umbranet.client.controller import ControllerClient
+from umbranet.client.models import (
     IdentityInfo,
     Intercept,
     ServiceInfo,

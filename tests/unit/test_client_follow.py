@@ -1,0 +1,95 @@
+"""The controller follower: renewal at half-life that never stops, and the event stream
+followed across failures with a bounded backoff."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from umbranet.client.follow import (
+    ControllerFollower,
+    follow_events,
+    renew_at_half_life,
+    seconds_to_half_life,
+)
+from umbranet.testing import LocalNetwork
+from umbranet.testing.clock import FakeClock
+
+NET = LocalNetwork()
+ALICE = NET.identity("alice")
+
+
+def test_half_life_is_counted_from_the_certificate() -> None:
+    cert = ALICE.certificate
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    half = (end - start) / 2
+    assert seconds_to_half_life(ALICE, start) == pytest.approx(half.total_seconds())
+    assert seconds_to_half_life(ALICE, start + half + timedelta(seconds=5)) == 0.0
+
+
+def test_renewal_goes_on_after_failures_of_any_kind(arun: Any) -> None:
+    clock = FakeClock(ALICE.certificate.not_valid_after_utc)  # past half-life: no wait
+    outcomes: list[Exception | None] = [RuntimeError("boom"), OSError("reset"), None]
+    failures: list[Exception] = []
+    renewed = asyncio.Event()
+
+    async def renew() -> None:
+        outcome = outcomes.pop(0) if outcomes else None  # later calls succeed
+        if outcome is not None:
+            raise outcome
+        renewed.set()
+
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(
+            renew_at_half_life(
+                lambda: ALICE, renew, clock, retry=lambda: 0.0, failed=failures.append
+            )
+        )
+        await asyncio.wait_for(renewed.wait(), 5)
+        task.cancel()
+
+    arun(main())
+    assert [type(f) for f in failures] == [RuntimeError, OSError]
+
+
+def test_events_are_followed_across_broken_streams(arun: Any) -> None:
+    attempts: list[int] = []
+    seen: list[tuple[str, int]] = []
+    done = asyncio.Event()
+
+    async def events() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        attempts.append(len(attempts))
+        yield "hello", {"epoch": len(attempts)}
+        if len(attempts) < 3:
+            raise ConnectionError("stream dropped")
+
+    async def handle(name: str, data: dict[str, Any]) -> None:
+        seen.append((name, data["epoch"]))
+        if len(seen) == 3:
+            done.set()
+
+    async def main() -> None:
+        follower = ControllerFollower(
+            events=events, on_event=handle, errors=(ConnectionError,), max_backoff=0.2
+        )
+        async with follower:
+            await asyncio.wait_for(done.wait(), 10)
+
+    arun(main())
+    assert seen == [("hello", 1), ("hello", 2), ("hello", 3)]
+
+
+def test_an_unexpected_error_is_not_swallowed(arun: Any) -> None:
+    async def events() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        yield "hello", {}
+        raise KeyError("a bug")
+
+    async def handle(name: str, data: dict[str, Any]) -> None:
+        return None
+
+    with pytest.raises(KeyError):
+        arun(follow_events(events, handle, errors=(ConnectionError,), max_backoff=0.1))
