@@ -14,8 +14,9 @@ from umbranet.pki import Action, verify_ticket
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    yield from make_harness(tmp_path)
+def h(tmp_path: Path, db_url: str) -> Iterator[Harness]:
+    """Each test runs on SQLite and on PostgreSQL."""
+    yield from make_harness(tmp_path, db_url)
 
 
 def _service(h: Harness, name: str = "db", **extra: object) -> None:

@@ -1,4 +1,7 @@
-"""The controller store: migrations, portable schema, SQLite pragmas, single-use tokens."""
+"""The controller store: migrations, portable schema, SQLite pragmas, single-use tokens.
+
+Tests taking `db_url` run on SQLite and on a throwaway PostgreSQL (tests/pg_harness.py).
+"""
 
 from __future__ import annotations
 
@@ -29,8 +32,8 @@ from umbranet.controller.store import (
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def _db(tmp_path: Path) -> Database:
-    return Database.open(f"sqlite:///{tmp_path / 'umbra.db'}")
+def _db(db_url: str) -> Database:
+    return Database.open(db_url)
 
 
 def _identity(name: str = "alice") -> Identity:
@@ -44,8 +47,8 @@ def _identity(name: str = "alice") -> Identity:
     )
 
 
-def test_migrations_create_the_schema_the_models_describe(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_migrations_create_the_schema_the_models_describe(db_url: str) -> None:
+    db = _db(db_url)
     with db.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
@@ -54,8 +57,8 @@ def test_migrations_create_the_schema_the_models_describe(tmp_path: Path) -> Non
     db.dispose()
 
 
-def test_migrate_is_idempotent(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+def test_migrate_is_idempotent(db_url: str) -> None:
+    engine = make_engine(db_url)
     migrate(engine)
     migrate(engine)
     assert set(sa.inspect(engine).get_table_names()) >= {
@@ -69,7 +72,7 @@ def test_migrate_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+    db = _db(f"sqlite:///{tmp_path / 'umbra.db'}")
     with db.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -93,8 +96,8 @@ def test_migration_ddl_is_portable_to_postgresql() -> None:
     assert "JSON" in ddl
 
 
-def test_times_come_back_timezone_aware(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_times_come_back_timezone_aware(db_url: str) -> None:
+    db = _db(db_url)
     with db.session() as session:
         Store(session).add(_identity())
     with db.session() as session:
@@ -105,8 +108,8 @@ def test_times_come_back_timezone_aware(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_naive_datetimes_are_refused(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_naive_datetimes_are_refused(db_url: str) -> None:
+    db = _db(db_url)
     row = _identity()
     row.created_at = datetime(2030, 1, 1)  # naive on purpose
     with pytest.raises(sa.exc.StatementError), db.session() as session:
@@ -114,8 +117,8 @@ def test_naive_datetimes_are_refused(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_duplicate_names_are_a_conflict(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_duplicate_names_are_a_conflict(db_url: str) -> None:
+    db = _db(db_url)
     with db.session() as session:
         store = Store(session)
         store.add(_identity())
@@ -130,8 +133,8 @@ def test_duplicate_names_are_a_conflict(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_an_enrollment_can_be_consumed_once(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_an_enrollment_can_be_consumed_once(db_url: str) -> None:
+    db = _db(db_url)
     with db.session() as session:
         store = Store(session)
         identity = _identity()

@@ -23,6 +23,13 @@ __all__ = ["app"]
 
 app = typer.Typer(help="Create and run the controller (the control plane).", no_args_is_help=True)
 
+_DB_OPTION = typer.Option(
+    "--db",
+    envvar="UMBRA_DB",
+    help="Database URL: sqlite:///PATH (default: umbra.db in the home) or "
+    "postgresql://USER@HOST/DB for replicas sharing one database.",
+)
+
 
 @app.command("init")
 def init(
@@ -33,12 +40,13 @@ def init(
     address: Annotated[
         str, typer.Option("--address", help="HOST:PORT the controller listens on.")
     ] = DEFAULT_ADDRESS,
+    db: Annotated[str | None, _DB_OPTION] = None,
 ) -> None:
     """Create the CA, signing key, server certificate, database and the admin identity."""
     cli = state(ctx)
     with handle_errors(cli):
         home, admin = init_home(
-            cli.home, datetime.now(UTC), trust_domain=trust_domain, address=address
+            cli.home, datetime.now(UTC), trust_domain=trust_domain, address=address, db_url=db
         )
     summary = {
         "home": str(home.root),
@@ -69,6 +77,7 @@ def run(
             help="Seconds between re-evaluations of every endpoint's posture.",
         ),
     ] = 60.0,
+    db: Annotated[str | None, _DB_OPTION] = None,
 ) -> None:
     """Serve the controller API (HTTPS, client certificates) until interrupted."""
     # Imported here so `umbra --help` does not pay for uvicorn and FastAPI.
@@ -76,7 +85,7 @@ def run(
 
     cli = state(ctx)
     with handle_errors(cli):
-        loaded = load_home(cli.home)
+        loaded = load_home(cli.home, db_url=db)
         out.print(f"controller for {loaded.config.trust_domain} on {loaded.config.url}")
         server.serve(loaded, posture_interval=posture_interval, log_format=cli.log_format)
 

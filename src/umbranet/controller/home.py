@@ -125,8 +125,13 @@ def init_home(
     *,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     address: str = DEFAULT_ADDRESS,
+    db_url: str | None = None,
 ) -> tuple[ControllerHome, IdentityFile]:
-    """Create CA, signer, server certificate, database and the admin identity file."""
+    """Create CA, signer, server certificate, database and the admin identity file.
+
+    `db_url` picks the database (default: ``umbra.db`` in the home, SQLite); a PostgreSQL
+    database must exist and be empty.
+    """
     home = ControllerHome(root)
     for existing in (home.dir, home.admin_file):
         if existing.exists():
@@ -142,7 +147,7 @@ def init_home(
     home.root.mkdir(parents=True, exist_ok=True)
     home.dir.mkdir(mode=0o700)
     try:
-        admin = _populate(home, now, trust_domain, address)
+        admin = _populate(home, now, trust_domain, address, db_url)
     except BaseException:
         # Leave no half-made home behind: `init` refuses to touch an existing one.
         shutil.rmtree(home.dir, ignore_errors=True)
@@ -151,8 +156,10 @@ def init_home(
     return home, admin
 
 
-def _populate(home: ControllerHome, now: datetime, trust_domain: str, address: str) -> IdentityFile:
-    config = ControllerConfig(trust_domain, address, home.default_db_url())
+def _populate(
+    home: ControllerHome, now: datetime, trust_domain: str, address: str, db_url: str | None
+) -> IdentityFile:
+    config = ControllerConfig(trust_domain, address, db_url or home.default_db_url())
 
     ca = CertificateAuthority.create(trust_domain, now)
     ca_key_pem, ca_cert_pem = ca.to_pem()
@@ -179,8 +186,11 @@ def _populate(home: ControllerHome, now: datetime, trust_domain: str, address: s
     return admin
 
 
-def load_home(root: str | os.PathLike[str], *, migrate_schema: bool = True) -> LoadedController:
-    """Load config, CA and signer, open (and migrate) the database."""
+def load_home(
+    root: str | os.PathLike[str], *, migrate_schema: bool = True, db_url: str | None = None
+) -> LoadedController:
+    """Load config, CA and signer, open (and migrate) the database (`db_url`, when given,
+    instead of the one in config.json)."""
     home = ControllerHome(root)
     if not home.is_initialised():
         raise HomeError(
@@ -188,6 +198,8 @@ def load_home(root: str | os.PathLike[str], *, migrate_schema: bool = True) -> L
             f"{home.root} is not a controller home; run `umbra controller init` first",
         )
     config = ControllerConfig.from_json(home.config_json.read_text())
+    if db_url:
+        config = ControllerConfig(config.trust_domain, config.address, db_url)
     now = datetime.now(UTC)
     try:
         advance_ca(home.dir, now)

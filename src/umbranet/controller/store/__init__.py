@@ -3,6 +3,8 @@
 SQLite (WAL) is the embedded default; the schema uses only types PostgreSQL also runs.
 """
 
+# Imported for its tables: `Base.metadata` (what migrations are checked against) is complete.
+from umbranet.controller.store import joinkey_models as _joinkey_models  # noqa: F401
 from umbranet.controller.store.db import HEAD_REVISION, Database, make_engine, migrate
 from umbranet.controller.store.models import (
     AuditEvent,

@@ -1,8 +1,10 @@
 """Engines, sessions and schema migrations for the controller store.
 
-SQLite is the embedded default: every connection gets WAL (a reader never sees a half-written
-transaction and the file survives crashes), foreign keys (off by default in SQLite) and a busy
-timeout; transactions begin IMMEDIATE, so concurrent writers queue instead of failing.
+SQLite is the embedded default; PostgreSQL (psycopg 3) serves several controller replicas
+sharing one database (docs/ha.md). On SQLite every connection gets WAL (a reader never sees a
+half-written transaction and the file survives crashes), foreign keys (off by default in
+SQLite) and a busy timeout; transactions begin IMMEDIATE, so concurrent writers queue instead
+of failing.
 Migrations run programmatically through Alembic with a `Config` built in code, and the scripts
 are found as package resources, so they work from an installed wheel.
 """
@@ -19,18 +21,44 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["HEAD_REVISION", "Database", "make_engine", "migrate"]
+__all__ = [
+    "HEAD_REVISION",
+    "Database",
+    "is_postgresql",
+    "make_engine",
+    "migrate",
+    "normalise_url",
+]
 
 HEAD_REVISION = "0005"
+_MIGRATE_LOCK = 0x756D6272_61000001
+"""The PostgreSQL advisory lock key held while migrating ("umbra" in ASCII, then a number)."""
+
+
+def normalise_url(db_url: str) -> sa.URL:
+    """`db_url` parsed; plain ``postgresql://`` (and ``postgres://``) mean psycopg 3, the one
+    PostgreSQL driver the controller extra installs (SQLAlchemy's default is psycopg2)."""
+    url = sa.make_url(db_url.replace("postgres://", "postgresql://", 1))
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def is_postgresql(engine: sa.Engine) -> bool:
+    return engine.dialect.name == "postgresql"
 
 
 def make_engine(db_url: str) -> sa.Engine:
     """An engine for `db_url`; SQLite connections get the pragmas the controller relies on."""
-    url = sa.make_url(db_url)
+    url = normalise_url(db_url)
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
         # Requests run in a thread pool; each session checks out its own connection.
         kwargs["connect_args"] = {"check_same_thread": False}
+    elif url.get_backend_name() == "postgresql":
+        # Connections broken by a database restart or failover are found at checkout and
+        # replaced, not handed to a request; requests run in a thread pool of 40.
+        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=30)
     engine = sa.create_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_connect)
@@ -65,6 +93,11 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
     config.set_main_option("script_location", str(location))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
+        if is_postgresql(engine):
+            # Replicas starting together migrate one at a time (the lock ends with the
+            # transaction); the second finds the schema current and does nothing.
+            lock = sa.text("SELECT pg_advisory_xact_lock(:key)")
+            connection.execute(lock, {"key": _MIGRATE_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
