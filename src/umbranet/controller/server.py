@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from umbranet.controller.api import create_app
+from umbranet.controller.api.context import AppContext
 from umbranet.controller.ephemeral_sweeper import EphemeralSweeper
 from umbranet.controller.home import LoadedController, load_home, write_server_certificate
 from umbranet.controller.logfmt import safe
@@ -238,6 +239,7 @@ def serve(
     Postures are re-evaluated every ``posture_interval`` seconds while it serves.
     """
     ticker: PostureTicker | None = None
+    context: AppContext | None = None
     _raise_file_limit()
     sweeper: EphemeralSweeper | None = None
     try:
@@ -245,7 +247,9 @@ def serve(
         server = build_server(loaded, log_format=log_format)
         app = server.config.app
         assert isinstance(app, FastAPI)  # build_server always serves the API app
-        ticker = PostureTicker(app.state.umbra, posture_interval)
+        context = app.state.umbra
+        context.start_cluster()
+        ticker = PostureTicker(context, posture_interval)
         ticker.start()
         sweeper = EphemeralSweeper(app.state.umbra)
         sweeper.start()
@@ -255,6 +259,8 @@ def serve(
             sweeper.stop()
         if ticker is not None:
             ticker.stop()
+        if context is not None:
+            context.stop_cluster()
         loaded.db.dispose()
 
 

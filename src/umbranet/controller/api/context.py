@@ -11,12 +11,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from umbranet.controller.cluster import ClusterLease, EpochListener, announce
 from umbranet.controller.events import BumpLimiter, EventHub, SqlEpochStore
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service import Authority
 from umbranet.controller.service.joinkeys import Presence
 from umbranet.controller.service.tickets import DenyAudit
 from umbranet.controller.store import Database, Store
+from umbranet.controller.store.db import is_postgresql
 
 __all__ = ["AppContext", "Clock", "system_clock"]
 
@@ -39,9 +41,26 @@ class AppContext:
     events: EventHub = field(init=False)
     # Who holds the event stream open: how ephemeral (join-key) identities count as online.
     presence: Presence = field(default_factory=Presence)
+    # Several replicas on PostgreSQL: who runs the periodic jobs, and other replicas' bumps.
+    lease: ClusterLease = field(init=False)
+    listener: EpochListener | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.events = EventHub(self.clock, SqlEpochStore(self.db))
+        shared = is_postgresql(self.db.engine)
+        self.events = EventHub(self.clock, SqlEpochStore(self.db, announce if shared else None))
+        self.lease = ClusterLease(self.db)
+
+    def start_cluster(self) -> None:
+        """Follow other replicas' epoch bumps (PostgreSQL; nothing to follow on SQLite)."""
+        if is_postgresql(self.db.engine) and self.listener is None:
+            self.listener = EpochListener(self.db, self.events)
+            self.listener.start()
+
+    def stop_cluster(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
+        self.lease.release()
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:

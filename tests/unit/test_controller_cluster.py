@@ -1,0 +1,182 @@
+"""Several controller replicas on one PostgreSQL database: one epoch, one periodic clock.
+
+Each replica here is what `umbra controller run` builds: its own engine, its own app and
+event hub, and (`start_cluster`) its own epoch listener, on one shared database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from tests.controller_harness import cert_der
+from umbranet.controller.api import create_app
+from umbranet.controller.api.context import AppContext
+from umbranet.controller.cluster import (
+    MAX_PAYLOAD,
+    ClusterLease,
+    decode_event,
+    encode_event,
+)
+from umbranet.controller.events import EpochEvent
+from umbranet.controller.home import init_home, load_home
+from umbranet.controller.server import TlsScopeApp
+from umbranet.controller.store import Database
+from umbranet.pki import IdentityFile
+from umbranet.testing.clock import FakeClock
+
+
+@dataclass
+class Replica:
+    app: FastAPI
+    context: AppContext
+    db: Database
+
+    def client(self, identity: IdentityFile | None = None) -> TestClient:
+        der = cert_der(identity) if identity is not None else None
+        return TestClient(TlsScopeApp(self.app, der), base_url="https://testserver")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_url: str) -> Iterator[tuple[Replica, Replica, IdentityFile]]:
+    """Two replicas of one controller home on one PostgreSQL database, listeners running."""
+    clock = FakeClock()
+    _, admin = init_home(tmp_path / "home", clock(), db_url=pg_url)
+    replicas = []
+    for _ in range(2):
+        loaded = load_home(tmp_path / "home")
+        app = create_app(loaded.db, loaded.authority, clock=clock)
+        context: AppContext = app.state.umbra
+        context.start_cluster()
+        replicas.append(Replica(app, context, loaded.db))
+    try:
+        for replica in replicas:
+            assert replica.context.listener is not None
+            assert replica.context.listener.connected.wait(10), "listener did not connect"
+        yield replicas[0], replicas[1], admin
+    finally:
+        for replica in replicas:
+            replica.context.stop_cluster()
+            replica.db.dispose()
+
+
+def test_a_revocation_through_one_replica_reaches_the_subscribers_of_another(
+    cluster: tuple[Replica, Replica, IdentityFile],
+) -> None:
+    a, b, admin = cluster
+    created = a.client(admin).post("/v1/identities", json={"name": "bob", "kind": "device"})
+    assert created.status_code == 201, created.text
+
+    async def follow_b_while_a_disables() -> tuple[EpochEvent, float]:
+        queue = b.context.events.subscribe()
+        try:
+            started = time.monotonic()
+            response = await asyncio.to_thread(a.client(admin).post, "/v1/identities/bob/disable")
+            assert response.status_code == 200, response.text
+            event = await asyncio.wait_for(queue.get(), 10)
+            return event, time.monotonic() - started
+        finally:
+            b.context.events.unsubscribe(queue)
+
+    event, delay = asyncio.run(follow_b_while_a_disables())
+    print(f"\nepoch fan-out A -> B subscriber: {delay * 1000:.1f} ms (incl. the disable call)")
+    assert event.reason == "identity bob disabled"
+    assert event.epoch == a.context.events.epoch == b.context.events.epoch
+    # B's routers re-check with B, which reads the committed change.
+    assert b.client(admin).get("/v1/identities/bob").json()["enabled"] is False
+    assert b.context.listener is not None and b.context.listener.received >= 1
+
+
+def test_revoked_keys_announced_by_one_replica_are_in_the_other_replicas_hello(
+    cluster: tuple[Replica, Replica, IdentityFile],
+) -> None:
+    a, b, _ = cluster
+    epoch = a.context.events.bump("certificates of x revoked", revoked_keys=["ab" * 32])
+    deadline = time.monotonic() + 10
+    while b.context.events.epoch < epoch and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert b.context.events.epoch == epoch
+    assert "ab" * 32 in b.context.events.revoked_keys()
+
+
+def test_a_rolled_back_change_announces_nothing(
+    cluster: tuple[Replica, Replica, IdentityFile],
+) -> None:
+    a, b, _ = cluster
+
+    async def first_event_b_sees() -> EpochEvent:
+        queue = b.context.events.subscribe()
+        try:
+            with pytest.raises(RuntimeError), a.context.transaction() as store:
+                a.context.events.bump("never committed", store=store)
+                raise RuntimeError("the change failed")
+            a.context.events.bump("committed")
+            return await asyncio.wait_for(queue.get(), 10)
+        finally:
+            b.context.events.unsubscribe(queue)
+
+    event = asyncio.run(first_event_b_sees())
+    assert event.reason == "committed"
+    assert a.context.events.epoch == b.context.events.epoch == event.epoch
+
+
+def test_a_listener_that_missed_announcements_catches_up_from_the_stored_epoch(
+    cluster: tuple[Replica, Replica, IdentityFile],
+) -> None:
+    a, b, _ = cluster
+    b.context.stop_cluster()  # B hears nothing while A bumps
+    epoch = a.context.events.bump("while B was away")
+    assert b.context.events.epoch < epoch
+    b.context.start_cluster()
+    deadline = time.monotonic() + 10
+    while b.context.events.epoch < epoch and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert b.context.events.epoch == epoch
+    assert b.context.listener is not None and b.context.listener.caught_up == 1
+
+
+def test_one_replica_at_a_time_runs_the_periodic_jobs(
+    cluster: tuple[Replica, Replica, IdentityFile],
+) -> None:
+    a, b, _ = cluster
+    lease_a, lease_b = ClusterLease(a.db), ClusterLease(b.db)
+    try:
+        assert lease_a.held()
+        assert not lease_b.held()
+        assert lease_a.held()  # still held on the next tick
+        lease_a.release()  # A stops (or its connection dies)
+        assert lease_b.held()
+        assert not lease_a.held()
+    finally:
+        lease_a.release()
+        lease_b.release()
+
+
+def test_the_lease_is_always_held_on_sqlite(tmp_path: Path) -> None:
+    db = Database.open(f"sqlite:///{tmp_path / 'umbra.db'}")
+    try:
+        assert ClusterLease(db).held() and ClusterLease(db).held()
+    finally:
+        db.dispose()
+
+
+def test_announcements_fit_notify_and_degrade_to_a_wider_recheck() -> None:
+    small = EpochEvent(7, "identity bob disabled", ("spiffe://d/device/bob",), ("ab" * 32,))
+    assert decode_event(encode_event(small)) == small
+    huge = EpochEvent(8, "posture", tuple(f"spiffe://d/device/{i:0400}" for i in range(64)))
+    decoded = decode_event(encode_event(huge))
+    assert decoded == EpochEvent(8, "posture")  # unscoped: every grant is re-checked
+    keys = tuple(f"{i:064x}" for i in range(400))
+    payload = encode_event(EpochEvent(9, "many", (), keys))
+    assert len(payload.encode()) <= MAX_PAYLOAD
+    decoded = decode_event(payload)
+    assert decoded is not None and decoded.revoked_keys == keys[: len(decoded.revoked_keys)]
+    assert decode_event("not json") is None
+    assert decode_event('{"r": "no epoch"}') is None
