@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.controller_harness import cert_der
+from tests.controller_harness import cert_der, enroll_request
 from umbranet.controller.api import create_app
 from umbranet.controller.api.context import AppContext
 from umbranet.controller.cluster import (
@@ -157,6 +157,43 @@ def test_one_replica_at_a_time_runs_the_periodic_jobs(
     finally:
         lease_a.release()
         lease_b.release()
+
+
+def _enroll(replica: Replica, admin: IdentityFile, name: str, attrs: list[str]) -> IdentityFile:
+    body = {"name": name, "kind": "device", "attributes": attrs}
+    token = replica.client(admin).post("/v1/identities", json=body).json()["enrollment_token"]
+    response, (key_pem, noise_private) = enroll_request(replica.client(), token)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    return IdentityFile(
+        name=name,
+        spiffe_id=data["spiffe_id"],
+        key_pem=key_pem,
+        cert_pem=data["cert_pem"].encode(),
+        bundle=replica.context.authority.bundle,
+        controller_url=replica.context.authority.controller_url,
+        noise_private_key=noise_private,
+    )
+
+
+def test_a_refusal_retried_on_every_replica_is_audited_once(
+    cluster: tuple[Replica, Replica, IdentityFile],
+) -> None:
+    a, b, admin = cluster
+    service = {"name": "db", "dial_attributes": ["eng"], "bind_attributes": ["dbhost"]}
+    assert a.client(admin).post("/v1/services", json=service).status_code == 201
+    alice = _enroll(a, admin, "alice", ["eng"])
+    decisions = []
+    for replica in (a, b, a, b):
+        response = replica.client(alice).post(
+            "/v1/tickets", json={"service": "db", "action": "bind"}
+        )
+        assert response.status_code == 403, response.text
+        decisions.append(response.json()["error"]["message"].split("decision ")[1].split(";")[0])
+    assert len(set(decisions)) == 1
+    with b.context.transaction() as store:
+        rows = [e for e in store.audit_events() if e.action == "access.deny"]
+    assert len(rows) == 1
 
 
 def test_the_lease_is_always_held_on_sqlite(tmp_path: Path) -> None:

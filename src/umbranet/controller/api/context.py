@@ -49,6 +49,8 @@ class AppContext:
         shared = is_postgresql(self.db.engine)
         self.events = EventHub(self.clock, SqlEpochStore(self.db, announce if shared else None))
         self.lease = ClusterLease(self.db)
+        if shared:
+            self.deny_audit.shared = True  # one throttle for every replica
 
     def start_cluster(self) -> None:
         """Follow other replicas' epoch bumps (PostgreSQL; nothing to follow on SQLite)."""
