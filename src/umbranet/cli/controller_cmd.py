@@ -1,9 +1,11 @@
-"""``umbra controller init|run|rotate``: create a controller home, serve the controller from it,
-rotate its ticket key."""
+"""``umbra controller init|join|run|rotate``: create a controller home (or a replica's, on a
+shared database), serve the controller from it, rotate its ticket key."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +20,7 @@ from umbranet.controller.home import (
     load_home,
 )
 from umbranet.controller.rotation import DEFAULT_OVERLAP, rotate_ca, rotate_ticket_key
+from umbranet.controller.secrets import KeyEncryptionKey, load_kek
 
 __all__ = ["app"]
 
@@ -29,6 +32,26 @@ _DB_OPTION = typer.Option(
     help="Database URL: sqlite:///PATH (default: umbra.db in the home) or "
     "postgresql://USER@HOST/DB for replicas sharing one database.",
 )
+_KEK_OPTION = typer.Option(
+    "--kek-file",
+    envvar="UMBRA_KEK_FILE",
+    help="Key-encryption key file (32 bytes, base64): the network's keys are kept in the "
+    "database sealed under it, so replicas can join. init creates it if missing. "
+    "Or set UMBRA_KEK.",
+)
+
+
+def _init_kek(path: Path | None) -> tuple[KeyEncryptionKey | None, bool]:
+    """The KEK for init: read `path`, or create it there (0600) if missing; (kek, created)."""
+    if path is None:
+        return load_kek(), False
+    if path.exists():
+        return load_kek(path), False
+    kek, text = KeyEncryptionKey.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+    return kek, True
 
 
 @app.command("init")
@@ -41,25 +64,40 @@ def init(
         str, typer.Option("--address", help="HOST:PORT the controller listens on.")
     ] = DEFAULT_ADDRESS,
     db: Annotated[str | None, _DB_OPTION] = None,
+    kek_file: Annotated[Path | None, _KEK_OPTION] = None,
 ) -> None:
     """Create the CA, signing key, server certificate, database and the admin identity."""
     cli = state(ctx)
+    created = False
     with handle_errors(cli):
+        kek, created = _init_kek(kek_file)
         home, admin = init_home(
-            cli.home, datetime.now(UTC), trust_domain=trust_domain, address=address, db_url=db
+            cli.home,
+            datetime.now(UTC),
+            trust_domain=trust_domain,
+            address=address,
+            db_url=db,
+            kek=kek,
         )
     summary = {
         "home": str(home.root),
         "trust_domain": trust_domain,
         "controller_url": admin.controller_url,
         "admin_identity": str(home.admin_file),
+        "secrets": "database" if kek is not None else "files",
     }
+    if created:
+        summary["kek_file"] = str(kek_file)
 
     def human() -> None:
         out.print(f"Initialised controller in [bold]{home.dir}[/]")
         out.print(f"  trust domain    {trust_domain}")
         out.print(f"  controller URL  {admin.controller_url}")
         out.print(f"  admin identity  {home.admin_file} (keep it private)")
+        if kek is not None:
+            out.print("  network keys    in the database, sealed under the key-encryption key")
+        if created:
+            out.print(f"  new KEK         {kek_file} (every replica needs it; keep it private)")
         out.print("Start it with: [bold]umbra controller run[/]")
 
     emit(cli, summary, human)
@@ -78,6 +116,7 @@ def run(
         ),
     ] = 60.0,
     db: Annotated[str | None, _DB_OPTION] = None,
+    kek_file: Annotated[Path | None, _KEK_OPTION] = None,
 ) -> None:
     """Serve the controller API (HTTPS, client certificates) until interrupted."""
     # Imported here so `umbra --help` does not pay for uvicorn and FastAPI.
@@ -85,9 +124,40 @@ def run(
 
     cli = state(ctx)
     with handle_errors(cli):
-        loaded = load_home(cli.home, db_url=db)
+        kek = load_kek(kek_file) if kek_file is not None else None
+        loaded = load_home(cli.home, db_url=db, kek=kek)
         out.print(f"controller for {loaded.config.trust_domain} on {loaded.config.url}")
         server.serve(loaded, posture_interval=posture_interval, log_format=cli.log_format)
+
+
+@app.command("join")
+def join(
+    ctx: typer.Context,
+    db: Annotated[str, typer.Option("--db", envvar="UMBRA_DB", help="The shared database URL.")],
+    address: Annotated[
+        str, typer.Option("--address", help="HOST:PORT this replica listens on.")
+    ] = DEFAULT_ADDRESS,
+    kek_file: Annotated[Path | None, _KEK_OPTION] = None,
+) -> None:
+    """Create a new replica's home for a network whose keys are in the shared database."""
+    from umbranet.controller.replica import join_home
+
+    cli = state(ctx)
+    with handle_errors(cli):
+        kek = load_kek(kek_file)
+        if kek is None:
+            fail(cli, "kek_missing", "give the key-encryption key with --kek-file or UMBRA_KEK")
+        home = join_home(cli.home, datetime.now(UTC), db_url=db, kek=kek, address=address)
+        config = ControllerConfig.from_json(home.config_json.read_text())
+    summary = {"home": str(home.root), "trust_domain": config.trust_domain, "url": config.url}
+    emit(
+        cli,
+        summary,
+        lambda: out.print(
+            f"Joined {config.trust_domain} as a replica in [bold]{home.dir}[/]; "
+            "start it with: [bold]umbra controller run[/]"
+        ),
+    )
 
 
 @app.command("rotate")
@@ -113,6 +183,9 @@ def rotate(
     home = ControllerHome(cli.home)
     if not home.is_initialised():
         fail(cli, "not_initialised", f"{home.root} is not a controller home")
+    if ControllerConfig.from_json(home.config_json.read_text()).secrets == "database":
+        # Rotation state lives in the home's files; replicas would not see it.
+        fail(cli, "not_supported", "rotation is not supported yet when keys are in the database")
     now, overlap = datetime.now(UTC), timedelta(hours=overlap_hours)
     try:
         if what == "ticket-key":

@@ -29,10 +29,17 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from umbranet.controller.rotation import advance_ca, load_rotation
+from umbranet.controller.secrets import (
+    KEK_ENV,
+    KEK_FILE_ENV,
+    KeyEncryptionKey,
+    SecretStore,
+    load_kek,
+)
 from umbranet.controller.service import Authority
 from umbranet.controller.service.certificates import issue_for_identity
 from umbranet.controller.service.identities import new_identity_row
-from umbranet.controller.store import Database, Store
+from umbranet.controller.store import Database, Store, migrate
 from umbranet.home_layout import ControllerHome, HomeError
 from umbranet.pki import (
     CertificateAuthority,
@@ -75,6 +82,9 @@ class ControllerConfig:
     trust_domain: str
     address: str
     db_url: str
+    secrets: str = "files"
+    """Where the CA, ticket and JWT keys live: ``files`` in the home, or ``database`` (sealed
+    under a key-encryption key, shared by replicas; `controller.secrets`)."""
 
     @property
     def host(self) -> str:
@@ -96,15 +106,24 @@ class ControllerConfig:
 
     def to_json(self) -> str:
         data = {"trust_domain": self.trust_domain, "address": self.address, "db_url": self.db_url}
+        if self.secrets != "files":
+            data["secrets"] = self.secrets
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> ControllerConfig:
         try:
             data: Any = json.loads(text)
-            config = cls(str(data["trust_domain"]), str(data["address"]), str(data["db_url"]))
+            config = cls(
+                str(data["trust_domain"]),
+                str(data["address"]),
+                str(data["db_url"]),
+                str(data.get("secrets", "files")),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise HomeError("config_invalid", f"config.json is not valid: {exc}") from exc
+        if config.secrets not in {"files", "database"}:
+            raise HomeError("config_invalid", f"config.json: unknown secrets {config.secrets!r}")
         split_address(config.address)
         return config
 
@@ -126,11 +145,13 @@ def init_home(
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     address: str = DEFAULT_ADDRESS,
     db_url: str | None = None,
+    kek: KeyEncryptionKey | None = None,
 ) -> tuple[ControllerHome, IdentityFile]:
     """Create CA, signer, server certificate, database and the admin identity file.
 
     `db_url` picks the database (default: ``umbra.db`` in the home, SQLite); a PostgreSQL
-    database must exist and be empty.
+    database must exist and be empty. With `kek`, the network's secrets go into the database,
+    sealed under it, instead of into files, so replicas can `join` (`controller.replica`).
     """
     home = ControllerHome(root)
     for existing in (home.dir, home.admin_file):
@@ -147,7 +168,9 @@ def init_home(
     home.root.mkdir(parents=True, exist_ok=True)
     home.dir.mkdir(mode=0o700)
     try:
-        admin = _populate(home, now, trust_domain, address, db_url)
+        admin = _populate(
+            home, now, trust_domain=trust_domain, address=address, db_url=db_url, kek=kek
+        )
     except BaseException:
         # Leave no half-made home behind: `init` refuses to touch an existing one.
         shutil.rmtree(home.dir, ignore_errors=True)
@@ -157,9 +180,16 @@ def init_home(
 
 
 def _populate(
-    home: ControllerHome, now: datetime, trust_domain: str, address: str, db_url: str | None
+    home: ControllerHome,
+    now: datetime,
+    *,
+    trust_domain: str,
+    address: str,
+    db_url: str | None,
+    kek: KeyEncryptionKey | None,
 ) -> IdentityFile:
-    config = ControllerConfig(trust_domain, address, db_url or home.default_db_url())
+    secrets_at = "database" if kek is not None else "files"
+    config = ControllerConfig(trust_domain, address, db_url or home.default_db_url(), secrets_at)
 
     ca = CertificateAuthority.create(trust_domain, now)
     ca_key_pem, ca_cert_pem = ca.to_pem()
@@ -177,9 +207,21 @@ def _populate(
 
     db = Database.open(config.db_url)
     try:
+        if kek is not None:
+            sealed = {
+                "ca.key": ca_key_pem,
+                "ca.pem": ca_cert_pem,
+                "signer.key": signer.to_pem(),
+                "jwt.key": jwt_authority.to_pem(),
+            }
+            SecretStore(db, kek).store(sealed, now)
         admin = _create_admin(db, authority, now)
     finally:
         db.dispose()
+    if kek is not None:
+        # The database is now the one place these live; no plain copy stays behind.
+        for path in (home.ca_key, home.signer_key, home.jwt_key):
+            path.unlink()
     admin.save(home.admin_file)
     # config.json last: its presence is what marks the home as initialised.
     _write_public(home.config_json, config.to_json().encode())
@@ -187,10 +229,15 @@ def _populate(
 
 
 def load_home(
-    root: str | os.PathLike[str], *, migrate_schema: bool = True, db_url: str | None = None
+    root: str | os.PathLike[str],
+    *,
+    migrate_schema: bool = True,
+    db_url: str | None = None,
+    kek: KeyEncryptionKey | None = None,
 ) -> LoadedController:
     """Load config, CA and signer, open (and migrate) the database (`db_url`, when given,
-    instead of the one in config.json)."""
+    instead of the one in config.json). A home whose secrets are in the database needs the
+    key-encryption key: `kek`, else from the environment (`controller.secrets.load_kek`)."""
     home = ControllerHome(root)
     if not home.is_initialised():
         raise HomeError(
@@ -199,8 +246,10 @@ def load_home(
         )
     config = ControllerConfig.from_json(home.config_json.read_text())
     if db_url:
-        config = ControllerConfig(config.trust_domain, config.address, db_url)
+        config = ControllerConfig(config.trust_domain, config.address, db_url, config.secrets)
     now = datetime.now(UTC)
+    if config.secrets == "database":
+        return _load_from_database(home, config, now, migrate_schema=migrate_schema, kek=kek)
     try:
         advance_ca(home.dir, now)
         passphrase = key_passphrase()
@@ -224,6 +273,52 @@ def load_home(
         extra_cas=rotation.extra_cas,
     )
     db = Database.open(config.db_url, migrate_schema=migrate_schema)
+    return LoadedController(home, config, authority, db)
+
+
+def _load_from_database(
+    home: ControllerHome,
+    config: ControllerConfig,
+    now: datetime,
+    *,
+    migrate_schema: bool,
+    kek: KeyEncryptionKey | None,
+) -> LoadedController:
+    """Open the database, unseal the network's secrets, then migrate: a wrong key stops the
+    start before anything is written."""
+    kek = kek if kek is not None else load_kek()
+    if kek is None:
+        raise HomeError(
+            "kek_missing",
+            "this controller's secrets are in the database: give the key-encryption key "
+            f"with --kek-file or {KEK_FILE_ENV} / {KEK_ENV}",
+        )
+    db = Database.open(config.db_url, migrate_schema=False)
+    try:
+        secrets = SecretStore(db, kek).load()
+        ca = CertificateAuthority.from_pem(secrets["ca.key"], secrets["ca.pem"])
+        signer = Signer.from_pem(secrets["signer.key"])
+        jwt_authority = JwtAuthority.from_pem(secrets["jwt.key"])
+        if ca.trust_domain != config.trust_domain:
+            raise HomeError("home_invalid", "the database belongs to another trust domain")
+        if migrate_schema:
+            migrate(db.engine)
+    except PkiError as exc:
+        db.dispose()
+        raise HomeError("home_invalid", f"cannot load the network keys: {exc.reason}") from exc
+    except BaseException:
+        db.dispose()
+        raise
+    rotation = load_rotation(home.dir, now)
+    authority = Authority(
+        ca=ca,
+        signer=signer,
+        controller_url=config.url,
+        jwt_authority=jwt_authority,
+        retired_signers=rotation.retired,
+        bundle_version=rotation.bundle_version,
+        extra_cas=rotation.extra_cas,
+    )
     return LoadedController(home, config, authority, db)
 
 
