@@ -94,6 +94,36 @@ def test_a_revocation_through_one_replica_reaches_the_subscribers_of_another(
     assert b.context.listener is not None and b.context.listener.received >= 1
 
 
+def test_every_bump_on_one_replica_reaches_the_other_in_order(
+    cluster: tuple[Replica, Replica, IdentityFile],
+) -> None:
+    """100 bumps through A, each scoped to one identity: B's subscriber gets every one, in
+    order (a skipped scoped event would be a missed re-check). Prints the delays."""
+    a, b, _ = cluster
+
+    async def bump_and_follow() -> tuple[list[EpochEvent], list[float]]:
+        queue = b.context.events.subscribe()
+        events, delays = [], []
+        try:
+            for i in range(100):
+                started = time.monotonic()
+                await asyncio.to_thread(a.context.events.bump, f"bump {i}", [f"spiffe://x/{i}"])
+                events.append(await asyncio.wait_for(queue.get(), 10))
+                delays.append(time.monotonic() - started)
+        finally:
+            b.context.events.unsubscribe(queue)
+        return events, delays
+
+    events, delays = asyncio.run(bump_and_follow())
+    assert [e.identities for e in events] == [(f"spiffe://x/{i}",) for i in range(100)]
+    assert [e.epoch for e in events] == sorted({e.epoch for e in events})
+    delays.sort()
+    print(
+        f"\nepoch fan-out A -> B over {len(delays)} bumps: median {delays[50] * 1000:.2f} ms, "
+        f"p99 {delays[98] * 1000:.2f} ms, max {delays[-1] * 1000:.2f} ms"
+    )
+
+
 def test_revoked_keys_announced_by_one_replica_are_in_the_other_replicas_hello(
     cluster: tuple[Replica, Replica, IdentityFile],
 ) -> None:
