@@ -16,7 +16,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.controller_harness import cert_der, enroll_request
+from tests.controller_harness import cert_der, enroll_request, error_code, make_harness
+from tests.pg_harness import PgCluster
 from umbranet.controller.api import create_app
 from umbranet.controller.api.context import AppContext
 from umbranet.controller.cluster import (
@@ -29,7 +30,7 @@ from umbranet.controller.events import EpochEvent
 from umbranet.controller.home import init_home, load_home
 from umbranet.controller.server import TlsScopeApp
 from umbranet.controller.store import Database
-from umbranet.pki import IdentityFile
+from umbranet.pki import IdentityFile, verify_ticket
 from umbranet.testing.clock import FakeClock
 
 
@@ -247,3 +248,28 @@ def test_announcements_fit_notify_and_degrade_to_a_wider_recheck() -> None:
     assert decoded is not None and decoded.revoked_keys == keys[: len(decoded.revoked_keys)]
     assert decode_event("not json") is None
     assert decode_event('{"r": "no epoch"}') is None
+
+
+def test_with_the_database_gone_the_api_says_so_and_issued_tickets_still_verify(
+    tmp_path: Path, pg_cluster: PgCluster
+) -> None:
+    name = pg_cluster.create_database()
+    harness = make_harness(tmp_path, pg_cluster.url(name))
+    h = next(harness)
+    try:
+        service = {"name": "db", "dial_attributes": ["eng"], "bind_attributes": ["dbhost"]}
+        assert h.client(h.admin).post("/v1/services", json=service).status_code == 201
+        alice = h.new_device("alice", ["eng"])
+        granted = h.client(alice).post("/v1/tickets", json={"service": "db", "action": "dial"})
+        assert granted.status_code == 200
+        pg_cluster.drop_database(name)  # the database goes away under the running app
+
+        refused = h.client(alice).post("/v1/tickets", json={"service": "db", "action": "dial"})
+        assert refused.status_code == 503
+        assert error_code(refused) == "database_unavailable"
+        assert refused.headers["retry-after"] == "1"
+        # Routers check tickets offline: the one issued before keeps verifying.
+        ticket = verify_ticket(granted.json()["ticket"], h.loaded.authority.bundle, h.clock())
+        assert ticket.spiffe_id == alice.spiffe_id
+    finally:
+        harness.close()
