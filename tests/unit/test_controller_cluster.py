@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from umbranet.controller.cluster import (
     decode_event,
     encode_event,
 )
+from umbranet.controller.ephemeral_sweeper import EphemeralSweeper
 from umbranet.controller.events import EpochEvent
 from umbranet.controller.home import init_home, load_home
 from umbranet.controller.server import TlsScopeApp
@@ -39,6 +41,7 @@ class Replica:
     app: FastAPI
     context: AppContext
     db: Database
+    clock: FakeClock
 
     def client(self, identity: IdentityFile | None = None) -> TestClient:
         der = cert_der(identity) if identity is not None else None
@@ -56,7 +59,7 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[tuple[Replica, Replica, Ide
         app = create_app(loaded.db, loaded.authority, clock=clock)
         context: AppContext = app.state.umbra
         context.start_cluster()
-        replicas.append(Replica(app, context, loaded.db))
+        replicas.append(Replica(app, context, loaded.db, clock))
     try:
         for replica in replicas:
             assert replica.context.listener is not None
@@ -273,3 +276,34 @@ def test_with_the_database_gone_the_api_says_so_and_issued_tickets_still_verify(
         assert ticket.spiffe_id == alice.spiffe_id
     finally:
         harness.close()
+
+
+def test_ephemeral_identities_are_removed_once_and_only_when_offline_on_every_replica(
+    cluster: tuple[Replica, Replica, IdentityFile],
+) -> None:
+    a, b, admin = cluster
+    created = a.client(admin).post("/v1/joinkeys", json={"reusable": True, "ephemeral_seconds": 60})
+    assert created.status_code == 201, created.text
+    redeemed = (
+        a.client()
+        .post(
+            "/v1/joinkeys/redeem",
+            json={"join_key": created.json()["join_key"], "name_prefix": "web-"},
+        )
+        .json()
+    )
+    member = redeemed["name"]
+    spiffe_id = a.client(admin).get(f"/v1/identities/{member}").json()["spiffe_id"]
+    sweep_a, sweep_b = EphemeralSweeper(a.context), EphemeralSweeper(b.context)
+    assert sweep_a.tick() == []  # A takes the lease: it alone removes
+    b.context.presence.enter(spiffe_id)  # online on B only
+
+    for _ in range(5):  # 150 s: B notes the member online, so A must not remove it
+        a.clock.advance(timedelta(seconds=30))
+        assert sweep_b.tick() == []
+        assert sweep_a.tick() == []
+
+    b.context.presence.leave(spiffe_id)
+    a.clock.advance(timedelta(seconds=61))
+    assert sweep_b.tick() == []  # offline long enough, but B does not hold the lease
+    assert sweep_a.tick() == [member]
