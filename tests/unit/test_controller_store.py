@@ -28,6 +28,7 @@ from umbranet.controller.store import (
     make_engine,
     migrate,
 )
+from umbranet.home_layout import HomeError
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -155,3 +156,15 @@ def test_an_enrollment_can_be_consumed_once(db_url: str) -> None:
         enrollment = Store(session).enrollment("jti-1")
         assert enrollment is not None and enrollment.used_at == NOW
     db.dispose()
+
+
+def test_a_schema_newer_than_the_code_is_refused(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(HomeError) as refused:
+        migrate(engine)
+    assert refused.value.code == "schema_too_new"
+    assert "9999" in refused.value.message
+    engine.dispose()

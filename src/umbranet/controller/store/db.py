@@ -19,7 +19,11 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.orm import Session, sessionmaker
+
+from umbranet.home_layout import HomeError
 
 __all__ = [
     "HEAD_REVISION",
@@ -98,8 +102,23 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
             # transaction); the second finds the schema current and does nothing.
             lock = sa.text("SELECT pg_advisory_xact_lock(:key)")
             connection.execute(lock, {"key": _MIGRATE_LOCK})
+        _refuse_unknown_revisions(connection, ScriptDirectory.from_config(config))
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def _refuse_unknown_revisions(connection: sa.Connection, scripts: ScriptDirectory) -> None:
+    """A schema migrated by a newer version (a replica upgraded first, or a rollback of the
+    code) is refused with a clear error: this code would misread it, and cannot migrate it."""
+    current = MigrationContext.configure(connection).get_current_heads()
+    known = {script.revision for script in scripts.walk_revisions()}
+    unknown = sorted(r for r in current if r not in known)
+    if unknown:
+        raise HomeError(
+            "schema_too_new",
+            f"the database schema is at revision {', '.join(unknown)}, newer than this "
+            f"version knows (up to {HEAD_REVISION}); upgrade umbranet on this machine",
+        )
 
 
 class Database:
