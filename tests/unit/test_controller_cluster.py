@@ -96,6 +96,7 @@ def test_a_revocation_through_one_replica_reaches_the_subscribers_of_another(
     # B's routers re-check with B, which reads the committed change.
     assert b.client(admin).get("/v1/identities/bob").json()["enabled"] is False
     assert b.context.listener is not None and b.context.listener.received >= 1
+    assert b.client().get("/readyz").json()["checks"]["epoch_listener"] == "ok"
 
 
 def test_every_bump_on_one_replica_reaches_the_other_in_order(
@@ -265,12 +266,19 @@ def test_with_the_database_gone_the_api_says_so_and_issued_tickets_still_verify(
         alice = h.new_device("alice", ["eng"])
         granted = h.client(alice).post("/v1/tickets", json={"service": "db", "action": "dial"})
         assert granted.status_code == 200
+        assert h.client().get("/readyz").json() == {
+            "ready": True,
+            "checks": {"database": "ok", "schema": "ok", "keys": "ok"},
+        }
         pg_cluster.drop_database(name)  # the database goes away under the running app
 
         refused = h.client(alice).post("/v1/tickets", json={"service": "db", "action": "dial"})
         assert refused.status_code == 503
         assert error_code(refused) == "database_unavailable"
         assert refused.headers["retry-after"] == "1"
+        ready = h.client().get("/readyz")
+        assert (ready.status_code, ready.json()["checks"]["database"]) == (503, "unreachable")
+        assert h.client().get("/healthz").status_code == 200
         # Routers check tickets offline: the one issued before keeps verifying.
         ticket = verify_ticket(granted.json()["ticket"], h.loaded.authority.bundle, h.clock())
         assert ticket.spiffe_id == alice.spiffe_id

@@ -14,6 +14,7 @@ from umbranet.controller.api import (
     routes_admin,
     routes_client,
     routes_events,
+    routes_health,
     routes_joinkeys,
     routes_jwt,
     routes_manage,
@@ -57,6 +58,7 @@ def create_app(
     app.include_router(routes_metrics.router)
     app.include_router(routes_joinkeys.router)
     app.include_router(routes_manage.router)
+    app.include_router(routes_health.router)
     install_error_handlers(app, context.metrics)
     app.add_middleware(GuardMiddleware, metrics=context.metrics)
     app.add_middleware(routes_metrics.RequestMetrics, metrics=context.metrics)
