@@ -49,6 +49,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.umbra = context
+    app.include_router(routes_health.router)
     app.include_router(routes_public.router)
     app.include_router(routes_client.router)
     app.include_router(routes_admin.router)
@@ -58,7 +59,6 @@ def create_app(
     app.include_router(routes_metrics.router)
     app.include_router(routes_joinkeys.router)
     app.include_router(routes_manage.router)
-    app.include_router(routes_health.router)
     install_error_handlers(app, context.metrics)
     app.add_middleware(GuardMiddleware, metrics=context.metrics)
     app.add_middleware(routes_metrics.RequestMetrics, metrics=context.metrics)
