@@ -37,6 +37,7 @@ from umbranet.controller.logfmt import safe
 from umbranet.controller.store import ControllerState, Database, Store
 
 __all__ = [
+    "CLOSING",
     "EpochBus",
     "EpochEvent",
     "BumpLimiter",
@@ -68,6 +69,10 @@ class EpochEvent:
     reason: str
     identities: tuple[str, ...] = ()
     revoked_keys: tuple[str, ...] = ()
+
+
+CLOSING = EpochEvent(-1, "controller stopping")
+"""Pushed to every subscriber by `EventHub.close`: the stream ends (clients reconnect)."""
 
 
 def epoch_of(now: datetime) -> int:
@@ -297,6 +302,14 @@ class EventHub:
     def unsubscribe(self, queue: asyncio.Queue[EpochEvent]) -> None:
         with self._lock:
             self._subscribers.pop(queue, None)
+
+    def close(self) -> None:
+        """End every subscriber's stream (`CLOSING`): the server is stopping, and streams
+        never end on their own."""
+        with self._lock:
+            subscribers = list(self._subscribers.items())
+        for queue, loop in subscribers:
+            loop.call_soon_threadsafe(_offer, queue, CLOSING)
 
     @property
     def subscribers(self) -> int:
