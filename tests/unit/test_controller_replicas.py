@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography import x509
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -26,7 +27,7 @@ from umbranet.controller.replica import join_home
 from umbranet.controller.secrets import KeyEncryptionKey
 from umbranet.controller.server import TlsScopeApp
 from umbranet.home_layout import HomeError
-from umbranet.pki import Action, IdentityFile, verify_ticket
+from umbranet.pki import Action, IdentityFile, read_enrollment_token_unverified, verify_ticket
 from umbranet.testing.clock import FakeClock
 
 KEK, KEK_TEXT = KeyEncryptionKey.generate()
@@ -182,3 +183,37 @@ def test_cli_init_creates_the_key_and_join_uses_it(tmp_path: Path, pg_url: str) 
     )  # fmt: skip
     assert third.exit_code == 1
     assert "kek_mismatch" in third.output
+
+
+def test_a_replica_listening_on_every_address_advertises_its_public_url(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """`--listen 0.0.0.0:8443 --advertise https://ctl-b.example:8443`: tokens and identity
+    files name the advertised URL, and the server certificate covers its host."""
+    clock = FakeClock()
+    _, admin = init_home(tmp_path / "a", clock(), db_url=pg_url, kek=KEK)
+    join_home(
+        tmp_path / "b", clock(), db_url=pg_url, kek=KEK, address="0.0.0.0:8443",
+        advertise="https://ctl-b.example:8443/",
+    )  # fmt: skip
+    b = load_home(tmp_path / "b", kek=KEK)
+    try:
+        assert b.config.url == "https://ctl-b.example:8443"
+        assert b.authority.controller_url == "https://ctl-b.example:8443"
+        app_b = create_app(b.db, b.authority, clock=clock)
+        body = {"name": "carol", "kind": "device"}
+        token = _client(app_b, admin).post("/v1/identities", json=body).json()["enrollment_token"]
+        assert read_enrollment_token_unverified(token).controller_url == b.config.url
+        cert = x509.load_pem_x509_certificate(b.home.server_pem.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "ctl-b.example" in names.get_values_for_type(x509.DNSName)
+    finally:
+        b.db.dispose()
+
+
+@pytest.mark.parametrize("url", ["http://x:1", "https://", "https://x/path", "x:8443"])
+def test_bad_advertised_urls_are_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(HomeError) as refused:
+        init_home(tmp_path / "a", datetime.now(UTC), advertise=url)
+    assert refused.value.code == "invalid_address"
+    assert not (tmp_path / "a" / "controller").exists()

@@ -32,6 +32,12 @@ _DB_OPTION = typer.Option(
     help="Database URL: sqlite:///PATH (default: umbra.db in the home) or "
     "postgresql://USER@HOST/DB for replicas sharing one database.",
 )
+_ADVERTISE_OPTION = typer.Option(
+    "--advertise",
+    envvar="UMBRA_ADVERTISE",
+    help="https://HOST[:PORT] clients use to reach this controller (put in tokens and "
+    "identity files), when it differs from the listen address (0.0.0.0, a load balancer).",
+)
 _KEK_OPTION = typer.Option(
     "--kek-file",
     envvar="UMBRA_KEK_FILE",
@@ -57,14 +63,16 @@ def _init_kek(path: Path | None) -> tuple[KeyEncryptionKey | None, bool]:
 @app.command("init")
 def init(
     ctx: typer.Context,
+    *,
     trust_domain: Annotated[
         str, typer.Option("--trust-domain", help="The network's trust domain.")
     ] = DEFAULT_TRUST_DOMAIN,
     address: Annotated[
-        str, typer.Option("--address", help="HOST:PORT the controller listens on.")
+        str, typer.Option("--address", "--listen", help="HOST:PORT the controller listens on.")
     ] = DEFAULT_ADDRESS,
     db: Annotated[str | None, _DB_OPTION] = None,
     kek_file: Annotated[Path | None, _KEK_OPTION] = None,
+    advertise: Annotated[str | None, _ADVERTISE_OPTION] = None,
 ) -> None:
     """Create the CA, signing key, server certificate, database and the admin identity."""
     cli = state(ctx)
@@ -78,6 +86,7 @@ def init(
             address=address,
             db_url=db,
             kek=kek,
+            advertise=advertise,
         )
     summary = {
         "home": str(home.root),
@@ -117,6 +126,7 @@ def run(
     ] = 60.0,
     db: Annotated[str | None, _DB_OPTION] = None,
     kek_file: Annotated[Path | None, _KEK_OPTION] = None,
+    advertise: Annotated[str | None, _ADVERTISE_OPTION] = None,
 ) -> None:
     """Serve the controller API (HTTPS, client certificates) until interrupted."""
     # Imported here so `umbra --help` does not pay for uvicorn and FastAPI.
@@ -125,7 +135,7 @@ def run(
     cli = state(ctx)
     with handle_errors(cli):
         kek = load_kek(kek_file) if kek_file is not None else None
-        loaded = load_home(cli.home, db_url=db, kek=kek)
+        loaded = load_home(cli.home, db_url=db, kek=kek, advertise=advertise)
         out.print(f"controller for {loaded.config.trust_domain} on {loaded.config.url}")
         server.serve(loaded, posture_interval=posture_interval, log_format=cli.log_format)
 
@@ -135,9 +145,10 @@ def join(
     ctx: typer.Context,
     db: Annotated[str, typer.Option("--db", envvar="UMBRA_DB", help="The shared database URL.")],
     address: Annotated[
-        str, typer.Option("--address", help="HOST:PORT this replica listens on.")
+        str, typer.Option("--address", "--listen", help="HOST:PORT this replica listens on.")
     ] = DEFAULT_ADDRESS,
     kek_file: Annotated[Path | None, _KEK_OPTION] = None,
+    advertise: Annotated[str | None, _ADVERTISE_OPTION] = None,
 ) -> None:
     """Create a new replica's home for a network whose keys are in the shared database."""
     from umbranet.controller.replica import join_home
@@ -147,7 +158,9 @@ def join(
         kek = load_kek(kek_file)
         if kek is None:
             fail(cli, "kek_missing", "give the key-encryption key with --kek-file or UMBRA_KEK")
-        home = join_home(cli.home, datetime.now(UTC), db_url=db, kek=kek, address=address)
+        home = join_home(
+            cli.home, datetime.now(UTC), db_url=db, kek=kek, address=address, advertise=advertise
+        )
         config = ControllerConfig.from_json(home.config_json.read_text())
     summary = {"home": str(home.root), "trust_domain": config.trust_domain, "url": config.url}
     emit(

@@ -8,7 +8,9 @@ Layout under the home ``D`` (see docs/architecture.md)::
 Private keys are written 0600 in a 0700 directory, created exclusively (an existing file is
 never overwritten); with a key passphrase configured (`pki.keys.key_passphrase`) the CA,
 signer and JWT keys are stored encrypted. ``server.key`` stays plain (0600): the HTTPS server
-reads it by path. ``config.json`` is ``{"trust_domain", "address", "db_url"}``.
+reads it by path. ``config.json`` is ``{"trust_domain", "address", "db_url"}``, plus
+``"secrets": "database"`` for keys kept in the database and ``"advertise"`` for a URL other
+than the listen address.
 ``jwt.key`` (the ES256 JWT-SVID key) is created at load when missing, so homes made before
 JWT-SVIDs existed gain one.
 `init_home` also creates the database, runs the migrations and enrolls the ``admin``
@@ -17,6 +19,7 @@ identity directly (its keys generated here, never sent anywhere).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 
@@ -85,6 +89,9 @@ class ControllerConfig:
     secrets: str = "files"
     """Where the CA, ticket and JWT keys live: ``files`` in the home, or ``database`` (sealed
     under a key-encryption key, shared by replicas; `controller.secrets`)."""
+    advertise: str | None = None
+    """The URL put in tokens and identity files, when it is not the listen address (a
+    wildcard bind, a load balancer, NAT): ``https://HOST[:PORT]``."""
 
     @property
     def host(self) -> str:
@@ -96,7 +103,10 @@ class ControllerConfig:
 
     @property
     def url(self) -> str:
-        """The URL clients use; a wildcard listen address is reached on loopback."""
+        """The URL clients use: `advertise`, else the listen address (a wildcard one is
+        reached on loopback)."""
+        if self.advertise:
+            return self.advertise
         host = self.host
         if host in {"0.0.0.0", "::", ""}:  # a wildcard listen address
             host = "127.0.0.1"
@@ -108,6 +118,8 @@ class ControllerConfig:
         data = {"trust_domain": self.trust_domain, "address": self.address, "db_url": self.db_url}
         if self.secrets != "files":
             data["secrets"] = self.secrets
+        if self.advertise:
+            data["advertise"] = self.advertise
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -119,6 +131,7 @@ class ControllerConfig:
                 str(data["address"]),
                 str(data["db_url"]),
                 str(data.get("secrets", "files")),
+                check_advertise(data.get("advertise")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise HomeError("config_invalid", f"config.json is not valid: {exc}") from exc
@@ -146,6 +159,7 @@ def init_home(
     address: str = DEFAULT_ADDRESS,
     db_url: str | None = None,
     kek: KeyEncryptionKey | None = None,
+    advertise: str | None = None,
 ) -> tuple[ControllerHome, IdentityFile]:
     """Create CA, signer, server certificate, database and the admin identity file.
 
@@ -165,12 +179,14 @@ def init_home(
     except PkiError as exc:
         raise HomeError("invalid_trust_domain", exc.reason) from exc
     split_address(address)
+    advertise = check_advertise(advertise)
     home.root.mkdir(parents=True, exist_ok=True)
     home.dir.mkdir(mode=0o700)
     try:
         admin = _populate(
-            home, now, trust_domain=trust_domain, address=address, db_url=db_url, kek=kek
-        )
+            home, now, trust_domain=trust_domain, address=address, db_url=db_url, kek=kek,
+            advertise=advertise,
+        )  # fmt: skip
     except BaseException:
         # Leave no half-made home behind: `init` refuses to touch an existing one.
         shutil.rmtree(home.dir, ignore_errors=True)
@@ -187,9 +203,12 @@ def _populate(
     address: str,
     db_url: str | None,
     kek: KeyEncryptionKey | None,
+    advertise: str | None,
 ) -> IdentityFile:
     secrets_at = "database" if kek is not None else "files"
-    config = ControllerConfig(trust_domain, address, db_url or home.default_db_url(), secrets_at)
+    config = ControllerConfig(
+        trust_domain, address, db_url or home.default_db_url(), secrets_at, advertise
+    )
 
     ca = CertificateAuthority.create(trust_domain, now)
     ca_key_pem, ca_cert_pem = ca.to_pem()
@@ -234,6 +253,7 @@ def load_home(
     migrate_schema: bool = True,
     db_url: str | None = None,
     kek: KeyEncryptionKey | None = None,
+    advertise: str | None = None,
 ) -> LoadedController:
     """Load config, CA and signer, open (and migrate) the database (`db_url`, when given,
     instead of the one in config.json). A home whose secrets are in the database needs the
@@ -246,7 +266,9 @@ def load_home(
         )
     config = ControllerConfig.from_json(home.config_json.read_text())
     if db_url:
-        config = ControllerConfig(config.trust_domain, config.address, db_url, config.secrets)
+        config = dataclasses.replace(config, db_url=db_url)
+    if advertise:
+        config = dataclasses.replace(config, advertise=check_advertise(advertise))
     now = datetime.now(UTC)
     if config.secrets == "database":
         return _load_from_database(home, config, now, migrate_schema=migrate_schema, kek=kek)
@@ -326,18 +348,21 @@ def write_server_certificate(
     home: ControllerHome, authority: Authority, config: ControllerConfig, now: datetime
 ) -> None:
     """(Re)issue the controller's TLS certificate for its address: SPIFFE ID
-    ``spiffe://<td>/controller``, DNS ``localhost`` and the address's host."""
+    ``spiffe://<td>/controller``, DNS ``localhost``, the address's and the advertised host."""
     key = key_from_pem(home.server_key.read_bytes())
-    host = config.host
+    hosts = [config.host]
+    if config.advertise:
+        hosts.append(urlsplit(config.advertise).hostname or "")
     dns_names = ["localhost"]
     ip_addresses: list[str] = []
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        if host and host != "localhost":
-            dns_names.append(host)
-    else:
-        ip_addresses.append("127.0.0.1" if ip.is_unspecified else str(ip))
+    for host in dict.fromkeys(hosts):
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            if host and host != "localhost":
+                dns_names.append(host)
+        else:
+            ip_addresses.append("127.0.0.1" if ip.is_unspecified else str(ip))
     if not ip_addresses:
         ip_addresses.append("127.0.0.1")
     cert = authority.ca.issue_svid_for_public_key(
@@ -350,6 +375,27 @@ def write_server_certificate(
         ip_addresses=ip_addresses,
     )
     _replace_public(home.server_pem, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def check_advertise(url: str | None) -> str | None:
+    """`url` as an advertised controller URL (``https://HOST[:PORT]``, no path), normalised;
+    raises HomeError ``invalid_address``."""
+    if not url:
+        return None
+    parts = urlsplit(str(url).strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = parts._replace(scheme="")
+    if parts.scheme != "https" or not parts.hostname or parts.path not in {"", "/"}:
+        raise HomeError(
+            "invalid_address", f"advertised URL {url!r} must be https://HOST[:PORT] (no path)"
+        )
+    if parts.query or parts.fragment or parts.username:
+        raise HomeError("invalid_address", f"advertised URL {url!r} must be https://HOST[:PORT]")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"https://{host}" + (f":{port}" if port else "")
 
 
 def split_address(address: str) -> tuple[str, int]:

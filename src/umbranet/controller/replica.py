@@ -16,6 +16,7 @@ from datetime import datetime
 
 from umbranet.controller.home import (
     ControllerConfig,
+    check_advertise,
     load_home,
     split_address,
     write_server_certificate,
@@ -35,14 +36,17 @@ def join_home(
     db_url: str,
     kek: KeyEncryptionKey,
     address: str,
+    advertise: str | None = None,
 ) -> ControllerHome:
-    """Create a replica home at `root` serving the network whose database is `db_url`."""
+    """Create a replica home at `root` serving the network whose database is `db_url`,
+    listening on `address`, reached by clients at `advertise` (default: the address)."""
     home = ControllerHome(root)
     if home.dir.exists():
         raise HomeError(
             "already_initialised", f"{home.dir} already exists; join into another --home"
         )
     split_address(address)
+    advertise = check_advertise(advertise)
     db = Database.open(db_url, migrate_schema=False)
     try:
         secrets = SecretStore(db, kek).load()
@@ -52,7 +56,7 @@ def join_home(
         ca = CertificateAuthority.from_pem(secrets["ca.key"], secrets["ca.pem"])
     except PkiError as exc:
         raise HomeError("home_invalid", f"the database's CA does not load: {exc.reason}") from exc
-    config = ControllerConfig(ca.trust_domain, address, db_url, "database")
+    config = ControllerConfig(ca.trust_domain, address, db_url, "database", advertise)
     home.root.mkdir(parents=True, exist_ok=True)
     home.dir.mkdir(mode=0o700)
     try:
