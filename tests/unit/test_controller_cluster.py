@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -58,7 +59,8 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[tuple[Replica, Replica, Ide
         loaded = load_home(tmp_path / "home")
         app = create_app(loaded.db, loaded.authority, clock=clock)
         context: AppContext = app.state.umbra
-        context.start_cluster()
+        # No periodic catch-up during a test: what arrives, arrives by NOTIFY.
+        context.start_cluster(poll=3600)
         replicas.append(Replica(app, context, loaded.db, clock))
     try:
         for replica in replicas:
@@ -169,7 +171,7 @@ def test_a_listener_that_missed_announcements_catches_up_from_the_stored_epoch(
     b.context.stop_cluster()  # B hears nothing while A bumps
     epoch = a.context.events.bump("while B was away")
     assert b.context.events.epoch < epoch
-    b.context.start_cluster()
+    b.context.start_cluster(poll=3600)
     deadline = time.monotonic() + 10
     while b.context.events.epoch < epoch and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -315,3 +317,53 @@ def test_ephemeral_identities_are_removed_once_and_only_when_offline_on_every_re
     a.clock.advance(timedelta(seconds=61))
     assert sweep_b.tick() == []  # offline long enough, but B does not hold the lease
     assert sweep_a.tick() == [member]
+
+
+def test_a_replica_starting_announces_the_epoch_it_moved_to(
+    cluster: tuple[Replica, Replica, IdentityFile], tmp_path: Path
+) -> None:
+    """A starting replica raises the shared epoch to its clock; the running ones follow at
+    once rather than issuing tickets of the old epoch until their next catch-up."""
+    a, _, _ = cluster
+    a.clock.advance(timedelta(hours=1))  # the new replica's clock is ahead of every bump
+    loaded = load_home(tmp_path / "home")
+    try:
+        c = create_app(loaded.db, loaded.authority, clock=a.clock).state.umbra
+        deadline = time.monotonic() + 10
+        while a.context.events.epoch < c.events.epoch and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert a.context.events.epoch == c.events.epoch
+        assert a.context.listener is not None and a.context.listener.caught_up == 0
+    finally:
+        loaded.db.dispose()
+
+
+def test_an_epoch_moved_without_a_notification_is_caught_up_by_polling(
+    cluster: tuple[Replica, Replica, IdentityFile],
+) -> None:
+    """A lost notification (here: the row moved by hand, nothing announced) costs at most
+    one poll interval, and the event then asks for a full re-check."""
+    a, b, _ = cluster
+    b.context.stop_cluster()
+    b.context.start_cluster(poll=0.2)
+    assert b.context.listener is not None and b.context.listener.connected.wait(10)
+    target = b.context.events.epoch + 1000
+
+    def move_the_row() -> None:
+        with a.db.engine.begin() as connection:
+            connection.execute(
+                sa.text("UPDATE controller_state SET value = :v WHERE name = 'epoch'"),
+                {"v": target},
+            )
+
+    async def next_event() -> EpochEvent:
+        queue = b.context.events.subscribe()  # before the move: nothing can slip past
+        try:
+            await asyncio.to_thread(move_the_row)
+            return await asyncio.wait_for(queue.get(), 10)
+        finally:
+            b.context.events.unsubscribe(queue)
+
+    event = asyncio.run(next_event())
+    assert (event.epoch, event.identities) == (target, ())
+    assert b.context.listener.caught_up == 1

@@ -230,8 +230,11 @@ class EventHub:
         self._store: EpochStore = store if store is not None else MemoryEpochStore()
         self._lock = threading.Lock()
         # Never below what was stored, nor below the clock: stored at once, so a later
-        # restart with the clock set back starts from here, not from the clock.
-        self._epoch = self._store.advance(epoch_of(clock()), step=False)
+        # restart with the clock set back starts from here, not from the clock. Announced
+        # (replicas on PostgreSQL): this usually moves the shared epoch, and the other
+        # replicas should not issue tickets of the old one until their next catch-up.
+        started = EpochEvent(0, "a controller replica started")
+        self._epoch = self._store.advance(epoch_of(clock()), step=False, event=started)
         self._delivered = self._epoch
         self._subscribers: dict[asyncio.Queue[EpochEvent], asyncio.AbstractEventLoop] = {}
         # Recently revoked certificate keys, oldest first, re-sent in every `hello` so a

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from umbranet.controller.cluster import ClusterLease, EpochListener, announce
+from umbranet.controller.cluster import POLL_SECONDS, ClusterLease, EpochListener, announce
 from umbranet.controller.events import BumpLimiter, EventHub, SqlEpochStore
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service import Authority
@@ -52,10 +52,11 @@ class AppContext:
         if shared:
             self.deny_audit.shared = True  # one throttle for every replica
 
-    def start_cluster(self) -> None:
-        """Follow other replicas' epoch bumps (PostgreSQL; nothing to follow on SQLite)."""
+    def start_cluster(self, poll: float = POLL_SECONDS) -> None:
+        """Follow other replicas' epoch bumps (PostgreSQL; nothing to follow on SQLite),
+        comparing with the stored epoch every `poll` seconds too."""
         if is_postgresql(self.db.engine) and self.listener is None:
-            self.listener = EpochListener(self.db, self.events)
+            self.listener = EpochListener(self.db, self.events, poll)
             self.listener.start()
 
     def stop_cluster(self) -> None:
