@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from umbranet.controller.events import EpochEvent, EventHub, SqlEpochStore
+from umbranet.controller.events import EpochEvent, EventHub
 from umbranet.controller.store import Database
 
 __all__ = [
@@ -53,6 +53,8 @@ LEASE_PERIODIC = 0x756D6272_61000002
 """Advisory lock key of the periodic jobs ("umbra" in ASCII, then a number)."""
 _RETRY_SECONDS = 1.0
 _WAIT_SECONDS = 0.25
+_DRAIN_SECONDS = 0.1
+_EPOCH_ROW = "epoch"
 
 
 def encode_event(event: EpochEvent) -> str:
@@ -105,7 +107,6 @@ class EpochListener:
     def __init__(self, db: Database, hub: EventHub, poll: float = POLL_SECONDS) -> None:
         self._db = db
         self._hub = hub
-        self._store = SqlEpochStore(db)
         self._poll = poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,15 +138,15 @@ class EpochListener:
             try:
                 with psycopg.connect(conninfo(self._db), autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self._catch_up(conn, "caught up after (re)connecting to the database")
                     self.connected.set()
-                    self._catch_up("caught up after (re)connecting to the database")
                     checked = time.monotonic()
                     while not self._stop.is_set():
                         # Short waits so `stop` is prompt; the stored epoch every `poll`.
                         for note in conn.notifies(timeout=_WAIT_SECONDS):
                             self._deliver(note.payload)
                         if time.monotonic() - checked >= self._poll:
-                            self._catch_up("caught up with the stored epoch")
+                            self._catch_up(conn, "caught up with the stored epoch")
                             checked = time.monotonic()
             except (psycopg.Error, sa.exc.SQLAlchemyError) as exc:
                 self.connected.clear()
@@ -161,8 +162,19 @@ class EpochListener:
         if self._hub.receive(event):
             self.received += 1
 
-    def _catch_up(self, reason: str) -> None:
-        stored = self._store.read()
+    def _catch_up(self, conn: Any, reason: str) -> None:
+        """Compare the stored epoch with the hub's; behind means announcements were lost.
+
+        Read on the listening connection, then take the announcements already on their way
+        (those of bumps committed before the read) first: a catch-up must not overtake a
+        scoped event it could have delivered, and lose its identities and revoked keys.
+        """
+        row = conn.execute(
+            "SELECT value FROM controller_state WHERE name = %s", (_EPOCH_ROW,)
+        ).fetchone()
+        stored = int(row[0]) if row else 0
+        for note in conn.notifies(timeout=_DRAIN_SECONDS):
+            self._deliver(note.payload)
         if stored > self._hub.epoch and self._hub.receive(EpochEvent(stored, reason)):
             self.caught_up += 1
 
