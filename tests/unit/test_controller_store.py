@@ -168,3 +168,34 @@ def test_a_schema_newer_than_the_code_is_refused(db_url: str) -> None:
     assert refused.value.code == "schema_too_new"
     assert "9999" in refused.value.message
     engine.dispose()
+
+
+def test_migrate_dry_run_lists_and_changes_nothing_then_migrate_applies(
+    db_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from umbranet.cli.main import app
+
+    engine = make_engine(db_url)
+    migrate(engine, "0004")
+    runner = CliRunner()
+    base = ["--home", str(tmp_path / "none"), "--json", "controller", "migrate", "--db", db_url]
+    dry = runner.invoke(app, [*base, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    listed = json.loads(dry.output)
+    assert listed["current"] == "0004"
+    assert [p["revision"] for p in listed["pending"]] == ["0005", "0006"]
+    assert not listed["applied"]
+    with engine.connect() as connection:
+        version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    assert version == "0004"
+    applied = runner.invoke(app, base)
+    assert applied.exit_code == 0, applied.output
+    assert json.loads(applied.output)["applied"]
+    with engine.connect() as connection:
+        version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    assert version == HEAD_REVISION
+    engine.dispose()

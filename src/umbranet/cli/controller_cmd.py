@@ -173,6 +173,50 @@ def join(
     )
 
 
+@app.command("migrate")
+def migrate_cmd(
+    ctx: typer.Context,
+    *,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list the migrations that would run.")
+    ] = False,
+    db: Annotated[str | None, _DB_OPTION] = None,
+) -> None:
+    """Bring the database schema up to this version (as `run` does at start), or list what
+    would change. Needs no keys: run it before starting upgraded replicas."""
+    from umbranet.controller.store import make_engine, migrate
+    from umbranet.controller.store.db import pending_migrations
+
+    cli = state(ctx)
+    home = ControllerHome(cli.home)
+    with handle_errors(cli):
+        if db is None:
+            if not home.is_initialised():
+                fail(cli, "not_initialised", f"{home.root} is not a controller home")
+            db = ControllerConfig.from_json(home.config_json.read_text()).db_url
+        engine = make_engine(db)
+        try:
+            current, steps = pending_migrations(engine)
+            if not dry_run and steps:
+                migrate(engine)
+        finally:
+            engine.dispose()
+    summary = {
+        "current": current,
+        "pending": [{"revision": r, "summary": t} for r, t in steps],
+        "applied": not dry_run and bool(steps),
+    }
+
+    def human() -> None:
+        out.print(f"schema at revision {current or '(empty)'}")
+        for revision, text in steps:
+            out.print(f"  {'would apply' if dry_run else 'applied'} {revision}: {text}")
+        if not steps:
+            out.print("  up to date")
+
+    emit(cli, summary, human)
+
+
 @app.command("rotate")
 def rotate(
     ctx: typer.Context,

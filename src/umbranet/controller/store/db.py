@@ -31,6 +31,7 @@ __all__ = [
     "is_postgresql",
     "make_engine",
     "migrate",
+    "pending_migrations",
     "normalise_url",
 ]
 
@@ -90,12 +91,31 @@ def _sqlite_begin(connection: sa.Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def migrate(engine: sa.Engine, revision: str = "head") -> None:
-    """Upgrade the schema behind `engine` to `revision` (idempotent)."""
+def _config(engine: sa.Engine) -> Config:
     config = Config()
     location = resources.files("umbranet.controller.store") / "migrations"
     config.set_main_option("script_location", str(location))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return config
+
+
+def pending_migrations(engine: sa.Engine) -> tuple[str | None, list[tuple[str, str]]]:
+    """The schema's current revision (None: empty database) and the (revision, summary) of
+    each migration `migrate` would apply, oldest first; reads only."""
+    scripts = ScriptDirectory.from_config(_config(engine))
+    with engine.connect() as connection:
+        _refuse_unknown_revisions(connection, scripts)
+        heads = MigrationContext.configure(connection).get_current_heads()
+    current = heads[0] if heads else None
+    steps = list(scripts.iterate_revisions("heads", current or "base"))
+    steps.reverse()
+    summary = [(s.revision, (s.doc or "").strip().splitlines()[0] if s.doc else "") for s in steps]
+    return current, summary
+
+
+def migrate(engine: sa.Engine, revision: str = "head") -> None:
+    """Upgrade the schema behind `engine` to `revision` (idempotent)."""
+    config = _config(engine)
     with engine.begin() as connection:
         if is_postgresql(engine):
             # Replicas starting together migrate one at a time (the lock ends with the
