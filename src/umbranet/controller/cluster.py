@@ -95,10 +95,16 @@ def announce(session: Session, event: EpochEvent) -> None:
     session.execute(sa.select(sa.func.pg_notify(CHANNEL, encode_event(event))))
 
 
-def conninfo(db: Database) -> str:
-    """The database URL in the form psycopg connects with (no SQLAlchemy driver suffix)."""
-    url = db.engine.url.set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
+def connect_args(db: Database) -> dict[str, Any]:
+    """What psycopg.connect needs for the engine's URL, as SQLAlchemy's dialect builds it
+    (so a multi-host URL, ``?host=a:5432&host=b:5432&target_session_attrs=read-write``,
+    reaches libpq as ``host=a,b port=5432,5432``)."""
+    args, params = db.engine.dialect.create_connect_args(db.engine.url)
+    if args:
+        params["conninfo"] = args[0]
+    params.pop("context", None)  # SQLAlchemy's type adapters: not for this raw connection
+    params.setdefault("connect_timeout", 5)  # an unreachable host must not hang the thread
+    return dict(params)
 
 
 class EpochListener:
@@ -136,7 +142,7 @@ class EpochListener:
 
         while not self._stop.is_set():
             try:
-                with psycopg.connect(conninfo(self._db), autocommit=True) as conn:
+                with psycopg.connect(**connect_args(self._db), autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._catch_up(conn, "caught up after (re)connecting to the database")
                     self.connected.set()
