@@ -95,7 +95,9 @@ def _config(engine: sa.Engine) -> Config:
     config = Config()
     location = resources.files("umbranet.controller.store") / "migrations"
     config.set_main_option("script_location", str(location))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # configparser interpolates '%': percent-encoded URLs (passwords, multi-host) need '%%'.
+    url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    config.set_main_option("sqlalchemy.url", url)
     return config
 
 
