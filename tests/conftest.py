@@ -124,3 +124,7 @@ def start_agent(
             stdin=subprocess.DEVNULL,
             env=None if env is None else dict(env),
         )
+
+
+# PostgreSQL fixtures (`pg_cluster`, `pg_url`, `db_url` over SQLite and PostgreSQL).
+from tests.pg_harness import db_url, pg_cluster, pg_url  # noqa: E402, F401

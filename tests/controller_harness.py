@@ -1,4 +1,4 @@
-"""An in-process controller for tests: a real home directory, a real SQLite database, a fake
+"""An in-process controller for tests: a real home directory, a real database, a fake
 clock, and HTTP clients that present a chosen client certificate.
 
 The TLS layer is replaced by `TlsScopeApp`, the same wrapper the server puts around the app
@@ -119,10 +119,11 @@ def noise_proof(
     }
 
 
-def make_harness(tmp_path: Path) -> Iterator[Harness]:
+def make_harness(tmp_path: Path, db_url: str | None = None) -> Iterator[Harness]:
+    """A harness on `db_url` (default: SQLite in the home; see `tests.pg_harness.db_url`)."""
     clock = FakeClock()
     home = tmp_path / "home"
-    _, admin = init_home(home, clock())
+    _, admin = init_home(home, clock(), db_url=db_url)
     loaded = load_home(home)
     metrics = Metrics()
     app = create_app(loaded.db, loaded.authority, clock=clock, metrics=metrics)

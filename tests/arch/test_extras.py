@@ -31,6 +31,7 @@ DISTRIBUTION = {
     "uvicorn": "uvicorn",
     "sqlalchemy": "sqlalchemy",
     "alembic": "alembic",
+    "psycopg": "psycopg[binary]",  # the extra names it with its wheels
     "pydantic": "pydantic",
     "requests": "requests",
     "urllib3": "requests",

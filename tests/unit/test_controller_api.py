@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.controller_harness import Harness, error_code, make_harness
 from umbranet.controller.store import Store
@@ -14,8 +15,9 @@ from umbranet.pki import Action, verify_ticket
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    yield from make_harness(tmp_path)
+def h(tmp_path: Path, db_url: str) -> Iterator[Harness]:
+    """Each test runs on SQLite and on PostgreSQL."""
+    yield from make_harness(tmp_path, db_url)
 
 
 def _service(h: Harness, name: str = "db", **extra: object) -> None:
@@ -243,3 +245,14 @@ def test_metrics_are_served_to_admins(h: Harness) -> None:
     h.client().get("/v1/me")
     counters = h.client(h.admin).get("/v1/metrics").json()["counters"]
     assert counters['umbra_api_errors_total{code="client_cert_required"}'] == 1
+
+
+def test_a_replica_behind_the_schema_is_not_ready(h: Harness) -> None:
+    assert h.client().get("/healthz").json() == {"status": "alive"}
+    assert h.client().get("/readyz").status_code == 200
+    with h.loaded.db.engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '0005'"))
+    response = h.client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["schema"] == "at 0005"
+    assert h.client().get("/healthz").status_code == 200

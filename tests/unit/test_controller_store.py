@@ -1,4 +1,7 @@
-"""The controller store: migrations, portable schema, SQLite pragmas, single-use tokens."""
+"""The controller store: migrations, portable schema, SQLite pragmas, single-use tokens.
+
+Tests taking `db_url` run on SQLite and on a throwaway PostgreSQL (tests/pg_harness.py).
+"""
 
 from __future__ import annotations
 
@@ -25,12 +28,13 @@ from umbranet.controller.store import (
     make_engine,
     migrate,
 )
+from umbranet.home_layout import HomeError
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def _db(tmp_path: Path) -> Database:
-    return Database.open(f"sqlite:///{tmp_path / 'umbra.db'}")
+def _db(db_url: str) -> Database:
+    return Database.open(db_url)
 
 
 def _identity(name: str = "alice") -> Identity:
@@ -44,8 +48,8 @@ def _identity(name: str = "alice") -> Identity:
     )
 
 
-def test_migrations_create_the_schema_the_models_describe(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_migrations_create_the_schema_the_models_describe(db_url: str) -> None:
+    db = _db(db_url)
     with db.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
@@ -54,8 +58,8 @@ def test_migrations_create_the_schema_the_models_describe(tmp_path: Path) -> Non
     db.dispose()
 
 
-def test_migrate_is_idempotent(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+def test_migrate_is_idempotent(db_url: str) -> None:
+    engine = make_engine(db_url)
     migrate(engine)
     migrate(engine)
     assert set(sa.inspect(engine).get_table_names()) >= {
@@ -69,7 +73,7 @@ def test_migrate_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+    db = _db(f"sqlite:///{tmp_path / 'umbra.db'}")
     with db.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -93,8 +97,8 @@ def test_migration_ddl_is_portable_to_postgresql() -> None:
     assert "JSON" in ddl
 
 
-def test_times_come_back_timezone_aware(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_times_come_back_timezone_aware(db_url: str) -> None:
+    db = _db(db_url)
     with db.session() as session:
         Store(session).add(_identity())
     with db.session() as session:
@@ -105,8 +109,8 @@ def test_times_come_back_timezone_aware(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_naive_datetimes_are_refused(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_naive_datetimes_are_refused(db_url: str) -> None:
+    db = _db(db_url)
     row = _identity()
     row.created_at = datetime(2030, 1, 1)  # naive on purpose
     with pytest.raises(sa.exc.StatementError), db.session() as session:
@@ -114,8 +118,8 @@ def test_naive_datetimes_are_refused(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_duplicate_names_are_a_conflict(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_duplicate_names_are_a_conflict(db_url: str) -> None:
+    db = _db(db_url)
     with db.session() as session:
         store = Store(session)
         store.add(_identity())
@@ -130,8 +134,8 @@ def test_duplicate_names_are_a_conflict(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_an_enrollment_can_be_consumed_once(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_an_enrollment_can_be_consumed_once(db_url: str) -> None:
+    db = _db(db_url)
     with db.session() as session:
         store = Store(session)
         identity = _identity()
@@ -152,3 +156,47 @@ def test_an_enrollment_can_be_consumed_once(tmp_path: Path) -> None:
         enrollment = Store(session).enrollment("jti-1")
         assert enrollment is not None and enrollment.used_at == NOW
     db.dispose()
+
+
+def test_a_schema_newer_than_the_code_is_refused(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(HomeError) as refused:
+        migrate(engine)
+    assert refused.value.code == "schema_too_new"
+    assert "9999" in refused.value.message
+    engine.dispose()
+
+
+def test_migrate_dry_run_lists_and_changes_nothing_then_migrate_applies(
+    db_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from umbranet.cli.main import app
+
+    engine = make_engine(db_url)
+    migrate(engine, "0004")
+    runner = CliRunner()
+    base = ["--home", str(tmp_path / "none"), "--json", "controller", "migrate", "--db", db_url]
+    dry = runner.invoke(app, [*base, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    listed = json.loads(dry.output)
+    assert listed["current"] == "0004"
+    pending = [p["revision"] for p in listed["pending"]]
+    assert pending[0] == "0005" and pending[-1] == HEAD_REVISION and pending == sorted(pending)
+    assert not listed["applied"]
+    with engine.connect() as connection:
+        version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    assert version == "0004"
+    applied = runner.invoke(app, base)
+    assert applied.exit_code == 0, applied.output
+    assert json.loads(applied.output)["applied"]
+    with engine.connect() as connection:
+        version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    assert version == HEAD_REVISION
+    engine.dispose()

@@ -1,9 +1,11 @@
-"""``umbra controller init|run|rotate``: create a controller home, serve the controller from it,
-rotate its ticket key."""
+"""``umbra controller init|join|run|rotate``: create a controller home (or a replica's, on a
+shared database), serve the controller from it, rotate its ticket key."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,40 +20,93 @@ from umbranet.controller.home import (
     load_home,
 )
 from umbranet.controller.rotation import DEFAULT_OVERLAP, rotate_ca, rotate_ticket_key
+from umbranet.controller.secrets import KeyEncryptionKey, load_kek
 
 __all__ = ["app"]
 
 app = typer.Typer(help="Create and run the controller (the control plane).", no_args_is_help=True)
 
+_DB_OPTION = typer.Option(
+    "--db",
+    envvar="UMBRA_DB",
+    help="Database URL: sqlite:///PATH (default: umbra.db in the home) or "
+    "postgresql://USER@HOST/DB for replicas sharing one database.",
+)
+_ADVERTISE_OPTION = typer.Option(
+    "--advertise",
+    envvar="UMBRA_ADVERTISE",
+    help="https://HOST[:PORT] clients use to reach this controller (put in tokens and "
+    "identity files), when it differs from the listen address (0.0.0.0, a load balancer).",
+)
+_KEK_OPTION = typer.Option(
+    "--kek-file",
+    envvar="UMBRA_KEK_FILE",
+    help="Key-encryption key file (32 bytes, base64): the network's keys are kept in the "
+    "database sealed under it, so replicas can join. init creates it if missing. "
+    "Or set UMBRA_KEK.",
+)
+
+
+def _init_kek(path: Path | None) -> tuple[KeyEncryptionKey | None, bool]:
+    """The KEK for init: read `path`, or create it there (0600) if missing; (kek, created)."""
+    if path is None:
+        return load_kek(), False
+    if path.exists():
+        return load_kek(path), False
+    kek, text = KeyEncryptionKey.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+    return kek, True
+
 
 @app.command("init")
 def init(
     ctx: typer.Context,
+    *,
     trust_domain: Annotated[
         str, typer.Option("--trust-domain", help="The network's trust domain.")
     ] = DEFAULT_TRUST_DOMAIN,
     address: Annotated[
-        str, typer.Option("--address", help="HOST:PORT the controller listens on.")
+        str, typer.Option("--address", "--listen", help="HOST:PORT the controller listens on.")
     ] = DEFAULT_ADDRESS,
+    db: Annotated[str | None, _DB_OPTION] = None,
+    kek_file: Annotated[Path | None, _KEK_OPTION] = None,
+    advertise: Annotated[str | None, _ADVERTISE_OPTION] = None,
 ) -> None:
     """Create the CA, signing key, server certificate, database and the admin identity."""
     cli = state(ctx)
+    created = False
     with handle_errors(cli):
+        kek, created = _init_kek(kek_file)
         home, admin = init_home(
-            cli.home, datetime.now(UTC), trust_domain=trust_domain, address=address
+            cli.home,
+            datetime.now(UTC),
+            trust_domain=trust_domain,
+            address=address,
+            db_url=db,
+            kek=kek,
+            advertise=advertise,
         )
     summary = {
         "home": str(home.root),
         "trust_domain": trust_domain,
         "controller_url": admin.controller_url,
         "admin_identity": str(home.admin_file),
+        "secrets": "database" if kek is not None else "files",
     }
+    if created:
+        summary["kek_file"] = str(kek_file)
 
     def human() -> None:
         out.print(f"Initialised controller in [bold]{home.dir}[/]")
         out.print(f"  trust domain    {trust_domain}")
         out.print(f"  controller URL  {admin.controller_url}")
         out.print(f"  admin identity  {home.admin_file} (keep it private)")
+        if kek is not None:
+            out.print("  network keys    in the database, sealed under the key-encryption key")
+        if created:
+            out.print(f"  new KEK         {kek_file} (every replica needs it; keep it private)")
         out.print("Start it with: [bold]umbra controller run[/]")
 
     emit(cli, summary, human)
@@ -69,6 +124,9 @@ def run(
             help="Seconds between re-evaluations of every endpoint's posture.",
         ),
     ] = 60.0,
+    db: Annotated[str | None, _DB_OPTION] = None,
+    kek_file: Annotated[Path | None, _KEK_OPTION] = None,
+    advertise: Annotated[str | None, _ADVERTISE_OPTION] = None,
 ) -> None:
     """Serve the controller API (HTTPS, client certificates) until interrupted."""
     # Imported here so `umbra --help` does not pay for uvicorn and FastAPI.
@@ -76,9 +134,87 @@ def run(
 
     cli = state(ctx)
     with handle_errors(cli):
-        loaded = load_home(cli.home)
+        kek = load_kek(kek_file) if kek_file is not None else None
+        loaded = load_home(cli.home, db_url=db, kek=kek, advertise=advertise)
         out.print(f"controller for {loaded.config.trust_domain} on {loaded.config.url}")
         server.serve(loaded, posture_interval=posture_interval, log_format=cli.log_format)
+
+
+@app.command("join")
+def join(
+    ctx: typer.Context,
+    db: Annotated[str, typer.Option("--db", envvar="UMBRA_DB", help="The shared database URL.")],
+    address: Annotated[
+        str, typer.Option("--address", "--listen", help="HOST:PORT this replica listens on.")
+    ] = DEFAULT_ADDRESS,
+    kek_file: Annotated[Path | None, _KEK_OPTION] = None,
+    advertise: Annotated[str | None, _ADVERTISE_OPTION] = None,
+) -> None:
+    """Create a new replica's home for a network whose keys are in the shared database."""
+    from umbranet.controller.replica import join_home
+
+    cli = state(ctx)
+    with handle_errors(cli):
+        kek = load_kek(kek_file)
+        if kek is None:
+            fail(cli, "kek_missing", "give the key-encryption key with --kek-file or UMBRA_KEK")
+        home = join_home(
+            cli.home, datetime.now(UTC), db_url=db, kek=kek, address=address, advertise=advertise
+        )
+        config = ControllerConfig.from_json(home.config_json.read_text())
+    summary = {"home": str(home.root), "trust_domain": config.trust_domain, "url": config.url}
+    emit(
+        cli,
+        summary,
+        lambda: out.print(
+            f"Joined {config.trust_domain} as a replica in [bold]{home.dir}[/]; "
+            "start it with: [bold]umbra controller run[/]"
+        ),
+    )
+
+
+@app.command("migrate")
+def migrate_cmd(
+    ctx: typer.Context,
+    *,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list the migrations that would run.")
+    ] = False,
+    db: Annotated[str | None, _DB_OPTION] = None,
+) -> None:
+    """Bring the database schema up to this version (as `run` does at start), or list what
+    would change. Needs no keys: run it before starting upgraded replicas."""
+    from umbranet.controller.store import make_engine, migrate
+    from umbranet.controller.store.db import pending_migrations
+
+    cli = state(ctx)
+    home = ControllerHome(cli.home)
+    with handle_errors(cli):
+        if db is None:
+            if not home.is_initialised():
+                fail(cli, "not_initialised", f"{home.root} is not a controller home")
+            db = ControllerConfig.from_json(home.config_json.read_text()).db_url
+        engine = make_engine(db)
+        try:
+            current, steps = pending_migrations(engine)
+            if not dry_run and steps:
+                migrate(engine)
+        finally:
+            engine.dispose()
+    summary = {
+        "current": current,
+        "pending": [{"revision": r, "summary": t} for r, t in steps],
+        "applied": not dry_run and bool(steps),
+    }
+
+    def human() -> None:
+        out.print(f"schema at revision {current or '(empty)'}")
+        for revision, text in steps:
+            out.print(f"  {'would apply' if dry_run else 'applied'} {revision}: {text}")
+        if not steps:
+            out.print("  up to date")
+
+    emit(cli, summary, human)
 
 
 @app.command("rotate")
@@ -104,6 +240,9 @@ def rotate(
     home = ControllerHome(cli.home)
     if not home.is_initialised():
         fail(cli, "not_initialised", f"{home.root} is not a controller home")
+    if ControllerConfig.from_json(home.config_json.read_text()).secrets == "database":
+        # Rotation state lives in the home's files; replicas would not see it.
+        fail(cli, "not_supported", "rotation is not supported yet when keys are in the database")
     now, overlap = datetime.now(UTC), timedelta(hours=overlap_hours)
     try:
         if what == "ticket-key":

@@ -30,9 +30,14 @@ class EphemeralSweeper:
         self._thread: threading.Thread | None = None
 
     def tick(self) -> list[str]:
+        """Note this replica's online members; remove the expired ones only when this
+        replica holds the cluster lease (each replica knows only its own streams, so every
+        replica notes, and one removes)."""
         context = self.context
+        remove = context.lease.held()
         with context.transaction() as store:
-            removed = sweep_ephemeral(store, context.presence.online(), context.clock())
+            online = context.presence.online()
+            removed = sweep_ephemeral(store, online, context.clock(), remove=remove)
         if removed:
             log.info("removed offline ephemeral identities: %s", ", ".join(removed))
             context.events.bump(f"ephemeral identities removed: {', '.join(removed[:5])}")

@@ -13,14 +13,16 @@ restarted with its clock set back neither reuses an epoch nor makes every ticket
 event may name the identities it concerns (one endpoint's posture moved): routers then
 re-check only their grants.
 
-`EpochBus` is the interface the API uses; `EventHub` is the single-process implementation
-(in-process fan-out, stored epoch). A PostgreSQL implementation (LISTEN/NOTIFY across
-replicas) slots in behind the same interface.
+`EpochBus` is the interface the API uses; `EventHub` implements it: in-process fan-out of a
+stored epoch. On PostgreSQL the store also announces each bump with ``NOTIFY`` in the bump's
+transaction and `controller.cluster.EpochListener` feeds every other replica's announcements
+into its hub (`EventHub.receive`), so one epoch holds for the whole cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -29,11 +31,13 @@ from datetime import datetime
 from typing import Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from umbranet.controller.logfmt import safe
-from umbranet.controller.store import ControllerState, Database
+from umbranet.controller.store import ControllerState, Database, Store
 
 __all__ = [
+    "CLOSING",
     "EpochBus",
     "EpochEvent",
     "BumpLimiter",
@@ -67,6 +71,10 @@ class EpochEvent:
     revoked_keys: tuple[str, ...] = ()
 
 
+CLOSING = EpochEvent(-1, "controller stopping")
+"""Pushed to every subscriber by `EventHub.close`: the stream ends (clients reconnect)."""
+
+
 def epoch_of(now: datetime) -> int:
     return int(now.timestamp() * 10)
 
@@ -74,8 +82,20 @@ def epoch_of(now: datetime) -> int:
 class EpochStore(Protocol):
     """Where the epoch survives restarts; `advance` must be atomic across writers."""
 
-    def advance(self, floor: int, *, step: bool) -> int:
-        """Set the epoch to ``max(stored + (1 if step else 0), floor)`` and return it."""
+    def advance(
+        self,
+        floor: int,
+        *,
+        step: bool,
+        event: EpochEvent | None = None,
+        session: Session | None = None,
+    ) -> int:
+        """Set the epoch to ``max(stored + (1 if step else 0), floor)`` and return it.
+
+        With `session`, inside that session's transaction (the change causing the bump), so
+        the epoch moves if and only if the change commits; `event` (its epoch not yet known)
+        is what a store shared by several replicas announces to the others.
+        """
         ...
 
 
@@ -85,7 +105,14 @@ class MemoryEpochStore:
     def __init__(self, value: int = 0) -> None:
         self.value = value
 
-    def advance(self, floor: int, *, step: bool) -> int:
+    def advance(
+        self,
+        floor: int,
+        *,
+        step: bool,
+        event: EpochEvent | None = None,
+        session: Session | None = None,
+    ) -> int:
         self.value = max(self.value + (1 if step else 0), floor)
         return self.value
 
@@ -93,40 +120,81 @@ class MemoryEpochStore:
 class SqlEpochStore:
     """The epoch in the ``controller_state`` table (one row, ``name = 'epoch'``).
 
-    One conditional UPDATE in its own transaction: the row lock (PostgreSQL) or the write
-    lock (SQLite, BEGIN IMMEDIATE) makes concurrent bumps from several workers or replicas
-    each get a distinct, larger value. Plain SQL (CASE, no upsert dialects) so every
-    backend runs it.
+    One conditional UPDATE: the row lock (PostgreSQL) or the write lock (SQLite, BEGIN
+    IMMEDIATE) makes concurrent bumps from several workers or replicas each get a distinct,
+    larger value, committed in epoch order. Plain SQL (CASE, no upsert dialects) so every
+    backend runs it. On PostgreSQL the same transaction sends the event with ``NOTIFY``
+    (`controller.cluster`), which the server delivers at commit and only then, to every
+    replica listening.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self, db: Database, announce: Callable[[Session, EpochEvent], None] | None = None
+    ) -> None:
         self._db = db
+        self._announce = announce
 
-    def advance(self, floor: int, *, step: bool) -> int:
-        row = ControllerState
-        increment = 1 if step else 0
-        candidate = row.value + increment
+    def advance(
+        self,
+        floor: int,
+        *,
+        step: bool,
+        event: EpochEvent | None = None,
+        session: Session | None = None,
+    ) -> int:
+        if session is not None:
+            value = self._advance_in(session, floor, step)
+            if value is None:
+                # No row yet (a database older than the first start): insert it here; a
+                # concurrent insert makes this transaction fail, which the caller reports.
+                value = max(1 if step else 0, floor)
+                session.execute(sa.insert(ControllerState).values(name=_EPOCH, value=value))
+            self._announce_in(session, value, event)
+            return value
         for _ in range(3):  # the row may be inserted by another writer between our two steps
-            with self._db.session() as session:
-                result = session.execute(
-                    sa.update(row)
-                    .where(row.name == _EPOCH)
-                    .values(value=sa.case((candidate > floor, candidate), else_=floor))
-                    .execution_options(synchronize_session=False)
-                )
-                if getattr(result, "rowcount", 0) == 1:
-                    value = session.scalar(sa.select(row.value).where(row.name == _EPOCH))
-                    assert value is not None
-                    return int(value)
+            with self._db.session() as own:
+                found = self._advance_in(own, floor, step)
+                if found is not None:
+                    self._announce_in(own, found, event)
+                    return found
             try:
-                with self._db.session() as session:
+                with self._db.session() as own:
                     # No row yet means a stored 0, as in the in-memory twin.
-                    value = max(increment, floor)
-                    session.execute(sa.insert(row).values(name=_EPOCH, value=value))
+                    value = max(1 if step else 0, floor)
+                    own.execute(sa.insert(ControllerState).values(name=_EPOCH, value=value))
+                    self._announce_in(own, value, event)
                     return value
             except sa.exc.IntegrityError:
                 continue
         raise RuntimeError("could not store the epoch")
+
+    def read(self) -> int:
+        """The stored epoch (0 if none yet)."""
+        with self._db.session() as session:
+            value = session.scalar(
+                sa.select(ControllerState.value).where(ControllerState.name == _EPOCH)
+            )
+            return int(value or 0)
+
+    @staticmethod
+    def _advance_in(session: Session, floor: int, step: bool) -> int | None:
+        row = ControllerState
+        candidate = row.value + (1 if step else 0)
+        result = session.execute(
+            sa.update(row)
+            .where(row.name == _EPOCH)
+            .values(value=sa.case((candidate > floor, candidate), else_=floor))
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            return None
+        value = session.scalar(sa.select(row.value).where(row.name == _EPOCH))
+        assert value is not None
+        return int(value)
+
+    def _announce_in(self, session: Session, value: int, event: EpochEvent | None) -> None:
+        if self._announce is not None and event is not None:
+            self._announce(session, dataclasses.replace(event, epoch=value))
 
 
 class EpochBus(Protocol):
@@ -139,7 +207,12 @@ class EpochBus(Protocol):
     def subscribers(self) -> int: ...
 
     def bump(
-        self, reason: str, identities: Sequence[str] = (), revoked_keys: Sequence[str] = ()
+        self,
+        reason: str,
+        identities: Sequence[str] = (),
+        revoked_keys: Sequence[str] = (),
+        *,
+        store: Store | None = None,
     ) -> int: ...
 
     def revoked_keys(self) -> list[str]: ...
@@ -157,8 +230,12 @@ class EventHub:
         self._store: EpochStore = store if store is not None else MemoryEpochStore()
         self._lock = threading.Lock()
         # Never below what was stored, nor below the clock: stored at once, so a later
-        # restart with the clock set back starts from here, not from the clock.
-        self._epoch = self._store.advance(epoch_of(clock()), step=False)
+        # restart with the clock set back starts from here, not from the clock. Announced
+        # (replicas on PostgreSQL): this usually moves the shared epoch, and the other
+        # replicas should not issue tickets of the old one until their next catch-up.
+        started = EpochEvent(0, "a controller replica started")
+        self._epoch = self._store.advance(epoch_of(clock()), step=False, event=started)
+        self._delivered = self._epoch
         self._subscribers: dict[asyncio.Queue[EpochEvent], asyncio.AbstractEventLoop] = {}
         # Recently revoked certificate keys, oldest first, re-sent in every `hello` so a
         # router that missed the event still closes links made with them. In memory: a
@@ -174,23 +251,49 @@ class EventHub:
             return list(self._revoked)
 
     def bump(
-        self, reason: str, identities: Sequence[str] = (), revoked_keys: Sequence[str] = ()
+        self,
+        reason: str,
+        identities: Sequence[str] = (),
+        revoked_keys: Sequence[str] = (),
+        *,
+        store: Store | None = None,
     ) -> int:
-        """Start a new epoch, store it and push it; callable from any thread."""
+        """Start a new epoch, store it and push it; callable from any thread.
+
+        With `store`, the epoch advances inside the store's transaction (the change causing
+        it) and is pushed when that transaction commits; nothing is pushed if it rolls back.
+        Call it last in the transaction: on PostgreSQL it holds the epoch row's lock until
+        commit, so concurrent bumps commit in epoch order.
+        """
+        template = EpochEvent(0, reason, tuple(identities), tuple(revoked_keys))
+        floor = max(self._epoch + 1, epoch_of(self._clock()))
+        if store is None:
+            value = self._store.advance(floor, step=True, event=template)
+            self.receive(dataclasses.replace(template, epoch=value))
+            return value
+        value = self._store.advance(floor, step=True, event=template, session=store.session)
+        event = dataclasses.replace(template, epoch=value)
+        sa.event.listen(store.session, "after_commit", lambda _s: self.receive(event), once=True)
+        return value
+
+    def receive(self, event: EpochEvent) -> bool:
+        """Push `event` to this process's subscribers unless a later epoch went out already
+        (False). Bumps made here and, on PostgreSQL, those another replica announced arrive
+        in epoch order, so skipping an older one never skips a re-check."""
         with self._lock:
-            self._epoch = self._store.advance(
-                max(self._epoch + 1, epoch_of(self._clock())), step=True
-            )
-            event = EpochEvent(self._epoch, reason, tuple(identities), tuple(revoked_keys))
-            for key in revoked_keys:
+            if event.epoch <= self._delivered:
+                return False
+            self._delivered = event.epoch
+            self._epoch = max(self._epoch, event.epoch)
+            for key in event.revoked_keys:
                 self._revoked[key] = None
             while len(self._revoked) > MAX_REVOKED_KEYS:
                 del self._revoked[next(iter(self._revoked))]
             subscribers = list(self._subscribers.items())
-        log.info("epoch %d: %s (%d subscribers)", event.epoch, safe(reason), len(subscribers))
+        log.info("epoch %d: %s (%d subscribers)", event.epoch, safe(event.reason), len(subscribers))
         for queue, loop in subscribers:
             loop.call_soon_threadsafe(_offer, queue, event)
-        return event.epoch
+        return True
 
     def subscribe(self) -> asyncio.Queue[EpochEvent]:
         """A queue receiving every later event; call `unsubscribe` when done."""
@@ -202,6 +305,14 @@ class EventHub:
     def unsubscribe(self, queue: asyncio.Queue[EpochEvent]) -> None:
         with self._lock:
             self._subscribers.pop(queue, None)
+
+    def close(self) -> None:
+        """End every subscriber's stream (`CLOSING`): the server is stopping, and streams
+        never end on their own."""
+        with self._lock:
+            subscribers = list(self._subscribers.items())
+        for queue, loop in subscribers:
+            loop.call_soon_threadsafe(_offer, queue, CLOSING)
 
     @property
     def subscribers(self) -> int:

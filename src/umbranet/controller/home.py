@@ -8,7 +8,9 @@ Layout under the home ``D`` (see docs/architecture.md)::
 Private keys are written 0600 in a 0700 directory, created exclusively (an existing file is
 never overwritten); with a key passphrase configured (`pki.keys.key_passphrase`) the CA,
 signer and JWT keys are stored encrypted. ``server.key`` stays plain (0600): the HTTPS server
-reads it by path. ``config.json`` is ``{"trust_domain", "address", "db_url"}``.
+reads it by path. ``config.json`` is ``{"trust_domain", "address", "db_url"}``, plus
+``"secrets": "database"`` for keys kept in the database and ``"advertise"`` for a URL other
+than the listen address.
 ``jwt.key`` (the ES256 JWT-SVID key) is created at load when missing, so homes made before
 JWT-SVIDs existed gain one.
 `init_home` also creates the database, runs the migrations and enrolls the ``admin``
@@ -17,6 +19,7 @@ identity directly (its keys generated here, never sent anywhere).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -25,14 +28,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 
 from umbranet.controller.rotation import advance_ca, load_rotation
+from umbranet.controller.secrets import (
+    KEK_ENV,
+    KEK_FILE_ENV,
+    KeyEncryptionKey,
+    SecretStore,
+    load_kek,
+)
 from umbranet.controller.service import Authority
 from umbranet.controller.service.certificates import issue_for_identity
 from umbranet.controller.service.identities import new_identity_row
-from umbranet.controller.store import Database, Store
+from umbranet.controller.store import Database, Store, migrate
 from umbranet.home_layout import ControllerHome, HomeError
 from umbranet.pki import (
     CertificateAuthority,
@@ -75,6 +86,12 @@ class ControllerConfig:
     trust_domain: str
     address: str
     db_url: str
+    secrets: str = "files"
+    """Where the CA, ticket and JWT keys live: ``files`` in the home, or ``database`` (sealed
+    under a key-encryption key, shared by replicas; `controller.secrets`)."""
+    advertise: str | None = None
+    """The URL put in tokens and identity files, when it is not the listen address (a
+    wildcard bind, a load balancer, NAT): ``https://HOST[:PORT]``."""
 
     @property
     def host(self) -> str:
@@ -86,7 +103,10 @@ class ControllerConfig:
 
     @property
     def url(self) -> str:
-        """The URL clients use; a wildcard listen address is reached on loopback."""
+        """The URL clients use: `advertise`, else the listen address (a wildcard one is
+        reached on loopback)."""
+        if self.advertise:
+            return self.advertise
         host = self.host
         if host in {"0.0.0.0", "::", ""}:  # a wildcard listen address
             host = "127.0.0.1"
@@ -96,15 +116,27 @@ class ControllerConfig:
 
     def to_json(self) -> str:
         data = {"trust_domain": self.trust_domain, "address": self.address, "db_url": self.db_url}
+        if self.secrets != "files":
+            data["secrets"] = self.secrets
+        if self.advertise:
+            data["advertise"] = self.advertise
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> ControllerConfig:
         try:
             data: Any = json.loads(text)
-            config = cls(str(data["trust_domain"]), str(data["address"]), str(data["db_url"]))
+            config = cls(
+                str(data["trust_domain"]),
+                str(data["address"]),
+                str(data["db_url"]),
+                str(data.get("secrets", "files")),
+                check_advertise(data.get("advertise")),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise HomeError("config_invalid", f"config.json is not valid: {exc}") from exc
+        if config.secrets not in {"files", "database"}:
+            raise HomeError("config_invalid", f"config.json: unknown secrets {config.secrets!r}")
         split_address(config.address)
         return config
 
@@ -125,8 +157,16 @@ def init_home(
     *,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     address: str = DEFAULT_ADDRESS,
+    db_url: str | None = None,
+    kek: KeyEncryptionKey | None = None,
+    advertise: str | None = None,
 ) -> tuple[ControllerHome, IdentityFile]:
-    """Create CA, signer, server certificate, database and the admin identity file."""
+    """Create CA, signer, server certificate, database and the admin identity file.
+
+    `db_url` picks the database (default: ``umbra.db`` in the home, SQLite); a PostgreSQL
+    database must exist and be empty. With `kek`, the network's secrets go into the database,
+    sealed under it, instead of into files, so replicas can `join` (`controller.replica`).
+    """
     home = ControllerHome(root)
     for existing in (home.dir, home.admin_file):
         if existing.exists():
@@ -139,10 +179,14 @@ def init_home(
     except PkiError as exc:
         raise HomeError("invalid_trust_domain", exc.reason) from exc
     split_address(address)
+    advertise = check_advertise(advertise)
     home.root.mkdir(parents=True, exist_ok=True)
     home.dir.mkdir(mode=0o700)
     try:
-        admin = _populate(home, now, trust_domain, address)
+        admin = _populate(
+            home, now, trust_domain=trust_domain, address=address, db_url=db_url, kek=kek,
+            advertise=advertise,
+        )  # fmt: skip
     except BaseException:
         # Leave no half-made home behind: `init` refuses to touch an existing one.
         shutil.rmtree(home.dir, ignore_errors=True)
@@ -151,8 +195,20 @@ def init_home(
     return home, admin
 
 
-def _populate(home: ControllerHome, now: datetime, trust_domain: str, address: str) -> IdentityFile:
-    config = ControllerConfig(trust_domain, address, home.default_db_url())
+def _populate(
+    home: ControllerHome,
+    now: datetime,
+    *,
+    trust_domain: str,
+    address: str,
+    db_url: str | None,
+    kek: KeyEncryptionKey | None,
+    advertise: str | None,
+) -> IdentityFile:
+    secrets_at = "database" if kek is not None else "files"
+    config = ControllerConfig(
+        trust_domain, address, db_url or home.default_db_url(), secrets_at, advertise
+    )
 
     ca = CertificateAuthority.create(trust_domain, now)
     ca_key_pem, ca_cert_pem = ca.to_pem()
@@ -170,17 +226,38 @@ def _populate(home: ControllerHome, now: datetime, trust_domain: str, address: s
 
     db = Database.open(config.db_url)
     try:
+        if kek is not None:
+            sealed = {
+                "ca.key": ca_key_pem,
+                "ca.pem": ca_cert_pem,
+                "signer.key": signer.to_pem(),
+                "jwt.key": jwt_authority.to_pem(),
+            }
+            SecretStore(db, kek).store(sealed, now)
         admin = _create_admin(db, authority, now)
     finally:
         db.dispose()
+    if kek is not None:
+        # The database is now the one place these live; no plain copy stays behind.
+        for path in (home.ca_key, home.signer_key, home.jwt_key):
+            path.unlink()
     admin.save(home.admin_file)
     # config.json last: its presence is what marks the home as initialised.
     _write_public(home.config_json, config.to_json().encode())
     return admin
 
 
-def load_home(root: str | os.PathLike[str], *, migrate_schema: bool = True) -> LoadedController:
-    """Load config, CA and signer, open (and migrate) the database."""
+def load_home(
+    root: str | os.PathLike[str],
+    *,
+    migrate_schema: bool = True,
+    db_url: str | None = None,
+    kek: KeyEncryptionKey | None = None,
+    advertise: str | None = None,
+) -> LoadedController:
+    """Load config, CA and signer, open (and migrate) the database (`db_url`, when given,
+    instead of the one in config.json). A home whose secrets are in the database needs the
+    key-encryption key: `kek`, else from the environment (`controller.secrets.load_kek`)."""
     home = ControllerHome(root)
     if not home.is_initialised():
         raise HomeError(
@@ -188,7 +265,13 @@ def load_home(root: str | os.PathLike[str], *, migrate_schema: bool = True) -> L
             f"{home.root} is not a controller home; run `umbra controller init` first",
         )
     config = ControllerConfig.from_json(home.config_json.read_text())
+    if db_url:
+        config = dataclasses.replace(config, db_url=db_url)
+    if advertise:
+        config = dataclasses.replace(config, advertise=check_advertise(advertise))
     now = datetime.now(UTC)
+    if config.secrets == "database":
+        return _load_from_database(home, config, now, migrate_schema=migrate_schema, kek=kek)
     try:
         advance_ca(home.dir, now)
         passphrase = key_passphrase()
@@ -215,22 +298,71 @@ def load_home(root: str | os.PathLike[str], *, migrate_schema: bool = True) -> L
     return LoadedController(home, config, authority, db)
 
 
+def _load_from_database(
+    home: ControllerHome,
+    config: ControllerConfig,
+    now: datetime,
+    *,
+    migrate_schema: bool,
+    kek: KeyEncryptionKey | None,
+) -> LoadedController:
+    """Open the database, unseal the network's secrets, then migrate: a wrong key stops the
+    start before anything is written."""
+    kek = kek if kek is not None else load_kek()
+    if kek is None:
+        raise HomeError(
+            "kek_missing",
+            "this controller's secrets are in the database: give the key-encryption key "
+            f"with --kek-file or {KEK_FILE_ENV} / {KEK_ENV}",
+        )
+    db = Database.open(config.db_url, migrate_schema=False)
+    try:
+        secrets = SecretStore(db, kek).load()
+        ca = CertificateAuthority.from_pem(secrets["ca.key"], secrets["ca.pem"])
+        signer = Signer.from_pem(secrets["signer.key"])
+        jwt_authority = JwtAuthority.from_pem(secrets["jwt.key"])
+        if ca.trust_domain != config.trust_domain:
+            raise HomeError("home_invalid", "the database belongs to another trust domain")
+        if migrate_schema:
+            migrate(db.engine)
+    except PkiError as exc:
+        db.dispose()
+        raise HomeError("home_invalid", f"cannot load the network keys: {exc.reason}") from exc
+    except BaseException:
+        db.dispose()
+        raise
+    rotation = load_rotation(home.dir, now)
+    authority = Authority(
+        ca=ca,
+        signer=signer,
+        controller_url=config.url,
+        jwt_authority=jwt_authority,
+        retired_signers=rotation.retired,
+        bundle_version=rotation.bundle_version,
+        extra_cas=rotation.extra_cas,
+    )
+    return LoadedController(home, config, authority, db)
+
+
 def write_server_certificate(
     home: ControllerHome, authority: Authority, config: ControllerConfig, now: datetime
 ) -> None:
     """(Re)issue the controller's TLS certificate for its address: SPIFFE ID
-    ``spiffe://<td>/controller``, DNS ``localhost`` and the address's host."""
+    ``spiffe://<td>/controller``, DNS ``localhost``, the address's and the advertised host."""
     key = key_from_pem(home.server_key.read_bytes())
-    host = config.host
+    hosts = [config.host]
+    if config.advertise:
+        hosts.append(urlsplit(config.advertise).hostname or "")
     dns_names = ["localhost"]
     ip_addresses: list[str] = []
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        if host and host != "localhost":
-            dns_names.append(host)
-    else:
-        ip_addresses.append("127.0.0.1" if ip.is_unspecified else str(ip))
+    for host in dict.fromkeys(hosts):
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            if host and host != "localhost":
+                dns_names.append(host)
+        else:
+            ip_addresses.append("127.0.0.1" if ip.is_unspecified else str(ip))
     if not ip_addresses:
         ip_addresses.append("127.0.0.1")
     cert = authority.ca.issue_svid_for_public_key(
@@ -243,6 +375,27 @@ def write_server_certificate(
         ip_addresses=ip_addresses,
     )
     _replace_public(home.server_pem, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def check_advertise(url: str | None) -> str | None:
+    """`url` as an advertised controller URL (``https://HOST[:PORT]``, no path), normalised;
+    raises HomeError ``invalid_address``."""
+    if not url:
+        return None
+    parts = urlsplit(str(url).strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = parts._replace(scheme="")
+    if parts.scheme != "https" or not parts.hostname or parts.path not in {"", "/"}:
+        raise HomeError(
+            "invalid_address", f"advertised URL {url!r} must be https://HOST[:PORT] (no path)"
+        )
+    if parts.query or parts.fragment or parts.username:
+        raise HomeError("invalid_address", f"advertised URL {url!r} must be https://HOST[:PORT]")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"https://{host}" + (f":{port}" if port else "")
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -3,7 +3,8 @@
 Reports trigger re-checks as they arrive (`routes_client.post_posture`), but some outcomes move
 with time alone: a certificate ages past its limit, a time window closes. A background thread
 runs `PostureWatch` at a fixed interval (60 s by default) and bumps the epoch when an outcome
-changed, so routers re-check their live circuits and close those no longer allowed.
+changed, so routers re-check their live circuits and close those no longer allowed. With
+several replicas, only the holder of the cluster lease runs it (`controller.cluster`).
 """
 
 from __future__ import annotations
@@ -35,8 +36,15 @@ class PostureTicker:
         self._thread: threading.Thread | None = None
 
     def tick(self) -> list[str]:
-        """Evaluate once; bump the epoch if some endpoint's posture outcome changed."""
+        """Evaluate once; bump the epoch if some endpoint's posture outcome changed.
+
+        Only the replica holding the cluster lease evaluates (once per cluster, not once per
+        replica); a replica taking the lease over starts afresh (its first evaluation only
+        records outcomes, as after a restart)."""
         context = self.context
+        if not context.lease.held():
+            self._watch = PostureWatch()
+            return []
         with context.transaction() as store:
             active = active_policy(store)
             compiled = active.compiled if active is not None else None

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,7 +38,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from umbranet.controller.api import create_app
+from umbranet.controller.api.context import AppContext
 from umbranet.controller.ephemeral_sweeper import EphemeralSweeper
+from umbranet.controller.events import EventHub
 from umbranet.controller.home import LoadedController, load_home, write_server_certificate
 from umbranet.controller.logfmt import safe
 from umbranet.controller.metrics import Metrics
@@ -52,7 +55,9 @@ __all__ = [
     "LOG_CONFIG",
     "MAX_ANONYMOUS",
     "READ_TIMEOUT",
+    "SHUTDOWN_GRACE",
     "MtlsH11Protocol",
+    "UmbraServer",
     "TlsScopeApp",
     "build_server",
     "log_config",
@@ -112,6 +117,8 @@ READ_TIMEOUT = 10.0
 """Seconds a client has to send one whole request (headers and body)."""
 MAX_ANONYMOUS = 256
 """Connections without a client certificate open at once."""
+SHUTDOWN_GRACE = 3
+"""Seconds a stopping controller lets running requests finish before cancelling them."""
 
 
 class MtlsH11Protocol(H11Protocol):
@@ -157,6 +164,15 @@ class MtlsH11Protocol(H11Protocol):
         if not self.transport.is_closing():
             self._arm()
 
+    def shutdown(self) -> None:
+        """The server is stopping: an idle connection is dropped at once. A TLS close waits
+        for the client's close_notify, which an idle pooled client may never send, and the
+        server waits for every connection to be gone."""
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.abort()
+            return
+        super().shutdown()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._read_timer is not None:
             self._read_timer.cancel()
@@ -185,6 +201,19 @@ class MtlsH11Protocol(H11Protocol):
             self.metrics.api_errors.labels(code=code).inc()
         log.info("connection closed code=%s client=%s", code, safe(self.client))
         self.transport.close()
+
+
+class UmbraServer(uvicorn.Server):
+    """uvicorn's server, ending the event streams first when it stops: they would otherwise
+    hold the shutdown until `SHUTDOWN_GRACE` and then be cancelled."""
+
+    events: EventHub | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.events is not None:
+            self.events.close()
+            await asyncio.sleep(0.2)  # the streams' last bytes go out; connections go idle
+        await super().shutdown(sockets)
 
 
 def build_server(
@@ -231,8 +260,13 @@ def build_server(
         lifespan="off",
         ws="none",
         timeout_keep_alive=30,
+        # Event streams never end on their own: past this, a stopping controller cancels them
+        # (clients reconnect, to another replica if there is one) instead of waiting forever.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
-    return uvicorn.Server(config)
+    server = UmbraServer(config)
+    server.events = app.state.umbra.events
+    return server
 
 
 def serve(
@@ -246,6 +280,7 @@ def serve(
     Postures are re-evaluated every ``posture_interval`` seconds while it serves.
     """
     ticker: PostureTicker | None = None
+    context: AppContext | None = None
     _raise_file_limit()
     sweeper: EphemeralSweeper | None = None
     try:
@@ -253,7 +288,9 @@ def serve(
         server = build_server(loaded, log_format=log_format)
         app = server.config.app
         assert isinstance(app, FastAPI)  # build_server always serves the API app
-        ticker = PostureTicker(app.state.umbra, posture_interval)
+        context = app.state.umbra
+        context.start_cluster()
+        ticker = PostureTicker(context, posture_interval)
         ticker.start()
         sweeper = EphemeralSweeper(app.state.umbra)
         sweeper.start()
@@ -263,6 +300,8 @@ def serve(
             sweeper.stop()
         if ticker is not None:
             ticker.stop()
+        if context is not None:
+            context.stop_cluster()
         loaded.db.dispose()
 
 

@@ -14,6 +14,7 @@ from umbranet.controller.api import (
     routes_admin,
     routes_client,
     routes_events,
+    routes_health,
     routes_joinkeys,
     routes_jwt,
     routes_manage,
@@ -49,6 +50,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.umbra = context
+    app.include_router(routes_health.router)
     app.include_router(routes_public.router)
     app.include_router(routes_client.router)
     app.include_router(routes_admin.router)

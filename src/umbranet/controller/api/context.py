@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from umbranet.controller.cluster import POLL_SECONDS, ClusterLease, EpochListener, announce
 from umbranet.controller.events import BumpLimiter, EventHub, SqlEpochStore
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.service import Authority
@@ -18,6 +19,7 @@ from umbranet.controller.service.addresses import OverlaySettings
 from umbranet.controller.service.joinkeys import Presence
 from umbranet.controller.service.tickets import DenyAudit
 from umbranet.controller.store import Database, Store
+from umbranet.controller.store.db import is_postgresql
 
 __all__ = ["AppContext", "Clock", "system_clock"]
 
@@ -42,9 +44,29 @@ class AppContext:
     presence: Presence = field(default_factory=Presence)
     # Where overlay addresses come from (network mode).
     overlay: OverlaySettings = field(default_factory=OverlaySettings)
+    # Several replicas on PostgreSQL: who runs the periodic jobs, and other replicas' bumps.
+    lease: ClusterLease = field(init=False)
+    listener: EpochListener | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.events = EventHub(self.clock, SqlEpochStore(self.db))
+        shared = is_postgresql(self.db.engine)
+        self.events = EventHub(self.clock, SqlEpochStore(self.db, announce if shared else None))
+        self.lease = ClusterLease(self.db)
+        if shared:
+            self.deny_audit.shared = True  # one throttle for every replica
+
+    def start_cluster(self, poll: float = POLL_SECONDS) -> None:
+        """Follow other replicas' epoch bumps (PostgreSQL; nothing to follow on SQLite),
+        comparing with the stored epoch every `poll` seconds too."""
+        if is_postgresql(self.db.engine) and self.listener is None:
+            self.listener = EpochListener(self.db, self.events, poll)
+            self.listener.start()
+
+    def stop_cluster(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
+        self.lease.release()
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:

@@ -2,8 +2,10 @@
 
 Handlers cover the use cases' errors, request validation (malformed JSON is 400
 ``malformed_json``, a well-formed body of the wrong shape is 422 ``invalid_request``), HTTP
-errors from routing (404 ``not_found``, 405 ``method_not_allowed``) and anything unexpected
-(500 ``internal_error``, logged with its traceback). Messages never echo request bodies.
+errors from routing (404 ``not_found``, 405 ``method_not_allowed``), a database that cannot
+be reached (503 ``database_unavailable`` with ``Retry-After``: a client may try another
+replica, docs/ha.md) and anything unexpected (500 ``internal_error``, logged with its
+traceback). Messages never echo request bodies.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -74,7 +77,15 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             response.headers.update(exc.headers)
         return response
 
+    async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
+        # Connection-level failures only (OperationalError: refused, reset, failover);
+        # a constraint or programming error stays a 500 with its traceback.
+        response = refuse(request, 503, "database_unavailable", "the database is unreachable")
+        response.headers["Retry-After"] = "1"
+        return response
+
     app.add_exception_handler(ControllerServiceError, on_service_error)
+    app.add_exception_handler(sa.exc.OperationalError, on_database_down)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
 

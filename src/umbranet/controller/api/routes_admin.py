@@ -68,7 +68,7 @@ def disable_identity(name: str, ctx: Ctx, caller: AdminCaller) -> IdentityOut:
     with ctx.transaction() as store:
         row = identities.disable_identity(store, name, actor=caller.spiffe_id, now=now)
         out = identity_out(row)
-    ctx.events.bump(f"identity {name} disabled")
+        ctx.events.bump(f"identity {name} disabled", store=store)
     return out
 
 
@@ -89,7 +89,7 @@ def revoke_certificates(name: str, ctx: Ctx, caller: AdminCaller) -> EnrollmentT
         token, keys = identities.revoke_certificates(
             store, ctx.authority, name, actor=caller.spiffe_id, now=now
         )
-    ctx.events.bump(f"certificates of {name} revoked", revoked_keys=keys)
+        ctx.events.bump(f"certificates of {name} revoked", revoked_keys=keys, store=store)
     return EnrollmentTokenOut(enrollment_token=token)
 
 
@@ -100,8 +100,8 @@ def new_enrollment(name: str, ctx: Ctx, caller: AdminCaller) -> EnrollmentTokenO
         token, revoked = identities.new_enrollment(
             store, ctx.authority, name, actor=caller.spiffe_id, now=now
         )
-    if revoked is not None:
-        ctx.events.bump(f"certificates of {name} revoked", revoked_keys=revoked)
+        if revoked is not None:
+            ctx.events.bump(f"certificates of {name} revoked", revoked_keys=revoked, store=store)
     return EnrollmentTokenOut(enrollment_token=token)
 
 
@@ -133,7 +133,7 @@ def delete_service(name: str, ctx: Ctx, caller: AdminCaller) -> Response:
     now = ctx.clock()
     with ctx.transaction() as store:
         services.delete_service(store, name, actor=caller.spiffe_id, now=now)
-    ctx.events.bump(f"service {name} deleted")
+        ctx.events.bump(f"service {name} deleted", store=store)
     return Response(status_code=204)
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller
 from umbranet.controller.api.models import ErrorBody
+from umbranet.controller.events import CLOSING
 from umbranet.controller.service import recheck
 
 __all__ = ["router"]
@@ -69,6 +70,8 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
                 except TimeoutError:
                     yield b": keepalive\n\n"
                     continue
+                if event is CLOSING:
+                    return  # the controller is stopping; the client reconnects
                 data: dict[str, object] = {"epoch": event.epoch}
                 if trusted:
                     data["reason"] = event.reason

@@ -63,7 +63,7 @@ def update_identity(name: str, body: IdentityPatch, ctx: Ctx, caller: AdminCalle
             now=ctx.clock(),
         )
         out = identity_out(row)
-    ctx.events.bump(f"attributes of {name} changed")
+        ctx.events.bump(f"attributes of {name} changed", store=store)
     return out
 
 
@@ -71,7 +71,7 @@ def update_identity(name: str, body: IdentityPatch, ctx: Ctx, caller: AdminCalle
 def delete_identity(name: str, ctx: Ctx, caller: AdminCaller) -> Response:
     with ctx.transaction() as store:
         manage.delete_identity(store, name, actor=caller.spiffe_id, now=ctx.clock())
-    ctx.events.bump(f"identity {name} deleted")
+        ctx.events.bump(f"identity {name} deleted", store=store)
     return Response(status_code=204)
 
 
@@ -92,7 +92,7 @@ def update_service(name: str, body: ServicePatch, ctx: Ctx, caller: AdminCaller)
             now=ctx.clock(),
         )
         out = service_out(row)
-    ctx.events.bump(f"service {name} changed")
+        ctx.events.bump(f"service {name} changed", store=store)
     return out
 
 
@@ -100,7 +100,7 @@ def update_service(name: str, body: ServicePatch, ctx: Ctx, caller: AdminCaller)
 def delete_router(name: str, ctx: Ctx, caller: AdminCaller) -> Response:
     with ctx.transaction() as store:
         manage.delete_router(store, name, actor=caller.spiffe_id, now=ctx.clock())
-    ctx.events.bump(f"router {name} deleted")
+        ctx.events.bump(f"router {name} deleted", store=store)
     return Response(status_code=204)
 
 
@@ -110,6 +110,8 @@ def router_token(name: str, ctx: Ctx, caller: AdminCaller) -> EnrollmentTokenOut
         token, revoked = manage.router_token(
             store, ctx.authority, name, actor=caller.spiffe_id, now=ctx.clock()
         )
-    if revoked is not None:
-        ctx.events.bump(f"certificates of router {name} revoked", revoked_keys=revoked)
+        if revoked is not None:
+            ctx.events.bump(
+                f"certificates of router {name} revoked", revoked_keys=revoked, store=store
+            )
     return EnrollmentTokenOut(enrollment_token=token)

@@ -117,7 +117,7 @@ def put_policy(body: PolicyIn, ctx: Ctx, caller: AdminCaller) -> PolicyOut:
         info = policy_service.set_policy(
             store, body.text, actor=caller.spiffe_id, now=now, comment=body.comment
         )
-    ctx.events.bump(f"policy version {info.version}")
+        ctx.events.bump(f"policy version {info.version}", store=store)
     return _out(info)
 
 
@@ -149,7 +149,7 @@ def rollback_policy(body: RollbackIn, ctx: Ctx, caller: AdminCaller) -> PolicyOu
     now = ctx.clock()
     with ctx.transaction() as store:
         info = policy_service.rollback(store, body.version, actor=caller.spiffe_id, now=now)
-    ctx.events.bump(f"policy version {info.version}")
+        ctx.events.bump(f"policy version {info.version}", store=store)
     return _out(info)
 
 

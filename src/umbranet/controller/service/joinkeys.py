@@ -202,8 +202,11 @@ class Presence:
             return frozenset(self._open)
 
 
-def sweep_ephemeral(store: Store, online: frozenset[str], now: datetime) -> list[str]:
-    """Note who is online; remove ephemeral identities offline past their limit (names)."""
+def sweep_ephemeral(
+    store: Store, online: frozenset[str], now: datetime, *, remove: bool = True
+) -> list[str]:
+    """Note who is online; remove ephemeral identities offline past their limit (names),
+    unless `remove` is false (a replica not running the cluster's periodic jobs)."""
     rows = store.session.execute(
         sa.select(JoinKeyMember, Identity)
         .join(Identity, Identity.id == JoinKeyMember.identity_id)
@@ -213,6 +216,8 @@ def sweep_ephemeral(store: Store, online: frozenset[str], now: datetime) -> list
     for member, identity in rows:
         if identity.spiffe_id in online:
             member.last_seen_at = now
+            continue
+        if not remove:
             continue
         assert member.ephemeral_seconds is not None
         if now - member.last_seen_at > timedelta(seconds=member.ephemeral_seconds):

@@ -13,11 +13,15 @@ new bind ticket, that is after every epoch bump.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import sqlalchemy as sa
 
 from umbranet.controller.authz import decide_access, service_ref
 from umbranet.controller.metrics import Metrics
@@ -28,6 +32,7 @@ from umbranet.controller.service.policy import active_policy
 from umbranet.controller.service.posture import report_of
 from umbranet.controller.service.routers import reachable_routers
 from umbranet.controller.store import Identity, Router, Store
+from umbranet.controller.store.cluster_models import DenyThrottle
 from umbranet.pki import Action
 from umbranet.policy import ACTIONS
 
@@ -40,10 +45,17 @@ class DenyAudit:
 
     Each row gets a decision id, which is all a refused endpoint is told; the same refusal
     (same reason too) inside the interval is given the id of the row already written for it.
+
+    With `shared` (replicas on one database) the throttle lives in the ``deny_throttle``
+    table, in the refusal's audit transaction: a client retrying against every replica still
+    writes one row per interval, and the row lock makes concurrent refusals agree on one id.
     """
 
-    def __init__(self, interval: float = 10.0, memory: int = 10_000) -> None:
+    def __init__(
+        self, interval: float = 10.0, memory: int = 10_000, *, shared: bool = False
+    ) -> None:
         self.interval = interval
+        self.shared = shared
         self._memory = memory
         self._last: dict[tuple[str, ...], tuple[float, str]] = {}
         self._lock = threading.Lock()
@@ -67,13 +79,39 @@ class DenyAudit:
         (`actor`) whose re-check found a live grant no longer allowed; the subject is then
         in the detail. A router must never write rows in someone else's name.
         """
-        decision_id, fresh = self._admit((kind, subject, service, action, reason), now)
+        key = (kind, subject, service, action, reason)
+        if self.shared:
+            decision_id, fresh = self._admit_shared(store, key, now)
+        else:
+            decision_id, fresh = self._admit(key, now)
         if fresh:
             detail = {"action": action, "reason": reason}
             if actor is not None and actor != subject:
                 detail["identity"] = subject
             store.audit(now, actor or subject, kind, service, detail, decision_id=decision_id)
         return decision_id
+
+    def _admit_shared(self, store: Store, key: tuple[str, ...], now: datetime) -> tuple[str, bool]:
+        session = store.session
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+        for _ in range(3):  # a concurrent first refusal may insert the row under us
+            row = session.get(DenyThrottle, digest, with_for_update=True, populate_existing=True)
+            if row is not None and 0 <= (now - row.at).total_seconds() < self.interval:
+                return row.decision_id, False
+            decision_id = secrets.token_hex(8)
+            if row is not None:
+                row.at, row.decision_id = now, decision_id
+                return decision_id, True
+            try:
+                with session.begin_nested():
+                    session.add(DenyThrottle(key=digest, at=now, decision_id=decision_id))
+            except sa.exc.IntegrityError:
+                continue
+            # Forget refusals older than the interval now and then (one row per new key).
+            cutoff = now - timedelta(seconds=self.interval)
+            session.execute(sa.delete(DenyThrottle).where(DenyThrottle.at < cutoff))
+            return decision_id, True
+        return secrets.token_hex(8), True
 
     def _admit(self, key: tuple[str, ...], now: datetime) -> tuple[str, bool]:
         stamp = now.timestamp()
