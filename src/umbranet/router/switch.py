@@ -39,7 +39,8 @@ from umbranet.pki import TrustBundle
 from umbranet.pki.tickets import Action
 from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, RelayAccount
 from umbranet.proto.link import Closing, LinkSession, PeerSilent, Role
-from umbranet.router.admission import Admission, admit
+from umbranet.router.admission import Admission
+from umbranet.router.gate import TicketGate
 from umbranet.router.quotas import SwitchLimits, TokenBucket
 from umbranet.router.routes import Local, Refuse, RouteTable
 from umbranet.router.terminators import Binding, TerminatorTable
@@ -164,20 +165,23 @@ class Switch:
         self.routes = RouteTable()
         self.counters: Counter[str] = Counter()
         self.circuits = 0
-        self.epoch = 0  # the controller's latest revocation epoch; older tickets are stale
         self.in_flight = 0  # relayed DATA bytes not yet credited back, router-wide
         self.frames_out = 0  # frames relayed or sent by the switch
-        self._identity_buckets: dict[str, TokenBucket] = {}
         self._pending: dict[Route, float] = {}  # dialer-side routes -> handshake deadline
         self._pending_by_identity: Counter[str] = Counter()
         self._dirty: set[SwitchLink] = set()
         self.links: set[SwitchLink] = set()
         self._shed_links: list[SwitchLink] = []
-        # Tickets this router admitted: (token, identity, service, action) ->
-        # (verdict, bundle it was checked against, when). See `_admit`.
-        self._admitted: dict[
-            tuple[str, str, str, Action, str | None], tuple[Admission, object, float]
-        ] = {}
+        self.gate = TicketGate(bundle, self.limits, self.counters)
+
+    @property
+    def epoch(self) -> int:
+        """The controller's latest revocation epoch; tickets from older ones are stale."""
+        return self.gate.epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.gate.epoch = epoch
 
     @property
     def pending_handshakes(self) -> int:
@@ -376,7 +380,9 @@ class Switch:
         except WireError as exc:
             self._refuse_bind(source, frame.circuit, exc.code, exc.reason)
             return
-        verdict = self._admit(token, source, source.identity, service, Action.BIND, now)
+        verdict = self._admit(
+            token, source, subject=source.identity, service=service, action=Action.BIND, now=now
+        )
         if verdict.ticket is None:
             self._refuse_bind(source, frame.circuit, verdict.code, verdict.reason)
             return
@@ -406,7 +412,9 @@ class Switch:
             return
         expires_at = 0
         if not from_router:
-            verdict = self._admit(token, source, dialer, service, Action.DIAL, now)
+            verdict = self._admit(
+                token, source, subject=dialer, service=service, action=Action.DIAL, now=now
+            )
             if verdict.ticket is None:
                 self._refuse(source, circuit, verdict.code, verdict.reason)
                 return
@@ -422,7 +430,9 @@ class Switch:
         if isinstance(hop, Local):
             target = hop.binding.link
             if from_router:  # the last router checks the ticket again before a host sees it
-                verdict = self._admit(token, source, dialer, service, Action.DIAL, now)
+                verdict = self._admit(
+                    token, source, subject=dialer, service=service, action=Action.DIAL, now=now
+                )
                 if verdict.ticket is None:
                     self._refuse(source, circuit, verdict.code, verdict.reason)
                     return
@@ -570,68 +580,27 @@ class Switch:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _admit(  # noqa: PLR0917
+    def _admit(
         self,
         token: str,
         source: SwitchLink,
+        *,
         subject: str,
         service: str,
         action: Action,
         now: Instant,
     ) -> Admission:
-        """`admit`, remembering tickets it allowed (an application dials with one cached
-        ticket for minutes; the check costs ~20 us of every DIAL).
-
-        A remembered verdict is reused only for the same token, identity, service and
-        action, against the same bundle object, while the ticket has not expired, the clock
-        has not gone back, and no newer revocation epoch was adopted; otherwise `admit`
-        decides again, if the link's and the identity's verification budgets allow.
-        Refusals are never remembered.
-        """
-        bundle = self._bundle()
-        now_ts = now.unix
         # Over a router link the subject's key is not known here (the first router checked it).
-        peer_key = source.peer_key if subject == source.identity else None
-        key = (token, subject, service, action, peer_key)
-        hit = self._admitted.get(key)
-        if hit is not None:
-            verdict, checked_bundle, checked_at = hit
-            ticket = verdict.ticket
-            if (
-                ticket is not None
-                and checked_bundle is bundle
-                and checked_at <= now_ts < ticket.expires_at
-                and ticket.epoch >= self.epoch
-            ):
-                return verdict
-        if not self._may_verify(source, now):
-            return Admission(None, ErrorCode.RATE_LIMITED, "too many ticket checks; slow down")
-        self.counters["ticket_verifications"] += 1
-        verdict = admit(
+        return self.gate.check(
             token,
-            peer_id=subject,
+            subject=subject,
             service=service,
             action=action,
-            bundle=bundle,
-            now=now.wall,
-            min_epoch=self.epoch,
-            peer_key=peer_key,
+            now=now,
+            link_bucket=source.ticket_bucket,
+            link_identity=source.identity,
+            peer_key=source.peer_key if subject == source.identity else None,
         )
-        if verdict.ticket is not None:
-            if len(self._admitted) >= 4096:
-                self._admitted.clear()
-            self._admitted[key] = (verdict, bundle, now_ts)
-        return verdict
-
-    def _may_verify(self, source: SwitchLink, now: Instant) -> bool:
-        bucket = self._identity_buckets.get(source.identity)
-        if bucket is None:
-            if len(self._identity_buckets) >= 65536:
-                self._identity_buckets.clear()
-            limits = self.limits
-            bucket = TokenBucket(limits.ticket_checks_per_second, limits.ticket_check_burst, 0.0)
-            self._identity_buckets[source.identity] = bucket
-        return source.ticket_bucket.take(now.mono) and bucket.take(now.mono)
 
     def _unpend(self, route: Route) -> None:
         if self._pending.pop(route, None) is not None:
