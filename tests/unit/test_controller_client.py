@@ -7,12 +7,15 @@ import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.controller_harness import Harness, make_harness
 from umbranet.client.controller import ControllerClient, ControllerError, Intercept
 from umbranet.pki import verify_ticket
+from umbranet.testing import LocalNetwork
 
 
 @pytest.fixture
@@ -152,3 +155,31 @@ def test_unreachable_controller(h: Harness) -> None:
         assert (caught.value.code, caught.value.status) == ("unreachable", 0)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("route", "answer"),
+    [
+        ("/v1/me", {}),
+        ("/v1/me", {"name": 5, "kind": "device", "spiffe_id": "x", "attributes": 7}),
+        ("/v1/tickets", {"ticket": "t"}),
+    ],
+)
+def test_a_malformed_answer_is_a_bad_response_not_a_crash(
+    route: str, answer: dict[str, Any], arun: Any
+) -> None:
+    identity = LocalNetwork().identity("alice")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200 if request.url.path == route else 404, json=answer)
+
+    async def main() -> None:
+        async with ControllerClient(identity, transport=httpx.MockTransport(handler)) as client:
+            with pytest.raises(ControllerError) as info:
+                if route == "/v1/me":
+                    await client.me()
+                else:
+                    await client.ticket("db", "dial")
+            assert info.value.code == "bad_response"
+
+    arun(main())

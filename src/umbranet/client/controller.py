@@ -18,14 +18,16 @@ controller that cannot be reached is ``unreachable`` (status 0).
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
+import inspect
 import json as json_module
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -95,6 +97,11 @@ class MeshRoute:
     cost: float
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_C = TypeVar("_C")
+
+
 class ControllerError(Exception):
     """The controller refused (``status`` is its HTTP status) or could not be reached (0)."""
 
@@ -108,6 +115,30 @@ class ControllerError(Exception):
         return f"{self.code}: {self.message}"
 
 
+def _malformed_answers_are_bad_responses(cls: type[_C]) -> type[_C]:
+    """The one place a malformed answer is mapped: every public coroutine of the client that
+    meets a missing field or a value of the wrong type while reading an answer raises
+    ``ControllerError("bad_response")``, never a bare KeyError or TypeError."""
+    for name, method in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(method):
+            setattr(cls, name, _checked_answer(method))
+    return cls
+
+
+def _checked_answer(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    @functools.wraps(method)
+    async def checked(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ControllerError(
+                "bad_response", f"the controller's answer is malformed ({exc!r})", 0
+            ) from exc
+
+    return checked
+
+
+@_malformed_answers_are_bad_responses
 class ControllerClient:
     """Calls the controller as `identity`; use as ``async with`` or call `aclose`.
 
