@@ -599,7 +599,8 @@ def test_windows_above_the_routers_cap_are_refused() -> None:
 def test_a_reader_that_stops_is_bounded_by_the_links_budget() -> None:
     # Three circuits push at one dialer that never credits: past the link's budget its
     # heaviest circuit is reset; what the router holds towards the link stays bounded.
-    switch = Switch(limits=SwitchLimits(in_flight_per_link=2 * MIN_WINDOW))
+    limits = SwitchLimits(in_flight_per_link=2 * MIN_WINDOW, in_flight_per_circuit=0)
+    switch = Switch(limits=limits)
     dialer, host = switch.link(ALICE), switch.link(WEB)
     switch.bind(host)
     circuits = []
@@ -620,3 +621,27 @@ def test_a_reader_that_stops_is_bounded_by_the_links_budget() -> None:
     assert [decode_error(f.payload)[0] for f in resets] == [ErrorCode.QUOTA_EXCEEDED]
     assert switch.forwarder.circuits == 2
     assert switch.forwarder.in_flight == dialer.in_flight
+
+
+def test_many_circuits_within_their_windows_are_never_shed() -> None:
+    # Honest concurrency: every circuit keeps to its window, so the per-circuit allowance
+    # covers them however many there are (a host receiving 100 uploads at once).
+    limits = SwitchLimits(in_flight_per_link=MIN_WINDOW, in_flight_per_circuit=MIN_WINDOW)
+    switch = Switch(limits=limits)
+    dialer, host = switch.link(ALICE), switch.link(WEB)
+    switch.bind(host)
+    circuits = []
+    for circuit in range(1, 21, 2):
+        switch.dial(dialer, circuit)
+        (connect,) = _out(host)
+        accept = encode_control({"window": MIN_WINDOW}, b"noise-2")
+        switch.feed(host, _frame(FrameType.ACCEPT, connect.circuit, accept))
+        switch.feed(dialer, _frame(FrameType.HANDSHAKE, circuit, b"noise-3"))
+        _out(host)
+        circuits.append(connect.circuit)
+    _out(dialer)
+    for circuit in circuits:  # every host pushes a full window the dialer has not read yet
+        switch.feed(host, _frame(FrameType.DATA, circuit, b"x" * (MIN_WINDOW - 16)))
+    assert dialer.in_flight == 10 * (MIN_WINDOW - 16)
+    assert [f for f in _out(dialer) if f.type == FrameType.RESET] == []
+    assert switch.forwarder.circuits == 10

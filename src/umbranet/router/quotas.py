@@ -10,9 +10,10 @@ one client does may take the router (or a dark service behind it) away from the 
   and per identity, so a flood of forged tickets or PINGs cannot freeze the event loop;
 - every byte a router may have to hold was promised by a window (DATA never exceeds what the
   receiver announced), so windows are capped (`max_window`) and the bytes relayed towards a
-  link and not yet credited back are budgeted per link and router-wide: past the link's
-  budget its heaviest circuit is reset, past the router's the heaviest link is shed. Readers
-  that read are never near either; only a reader that stops while many circuits push at it.
+  link and not yet credited back are budgeted per link and router-wide, with an allowance per
+  circuit the size of the SDK's window: past the link's budget its heaviest circuit is reset,
+  past the router's the heaviest link is shed. Circuits that keep to the default window are
+  never near either, however many there are; only larger windows that stop being read are.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class SwitchLimits:
     max_circuits_per_link: int = 16384
     max_pending_per_identity: int = 256
     max_window: int = 4 * MiB
+    # In flight towards a link: 1 MiB per circuit (the SDK's window, so honest readers with
+    # any number of streams never get near it) plus 32 MiB; router-wide, the same per circuit
+    # plus 512 MiB.
+    in_flight_per_circuit: int = 1 * MiB
     in_flight_per_link: int = 32 * MiB
     in_flight_total: int = 512 * MiB
     ticket_checks_per_second: float = 500.0

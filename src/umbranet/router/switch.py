@@ -480,13 +480,12 @@ class Switch:
         holding the most there is reset, or, router-wide, the link holding the most is shed.
         Every byte counted here was promised by a window, so only readers that stop reading
         while many circuits push at them ever get here."""
-        limits = self.limits
-        if dest.in_flight > limits.in_flight_per_link and dest.routes:
+        if dest.in_flight > self._link_budget(dest) and dest.routes:
             heaviest = max(dest.routes.values(), key=lambda r: r.peer.account.in_flight)
             self._reset_both(
                 heaviest, ErrorCode.QUOTA_EXCEEDED, "the link's buffer budget is spent"
             )
-        if self.in_flight > limits.in_flight_total:
+        if self.in_flight > self._total_budget():
             biggest = max(self.links, key=lambda link: link.in_flight)
             self.counters[ErrorCode.OVERLOADED.code] += 1
             log.warning(
@@ -498,6 +497,14 @@ class Switch:
             biggest.outbox.extend(out)  # the GOAWAY still leaves
             self._dirty.add(biggest)
             self._shed_links.append(biggest)
+
+    def _link_budget(self, link: SwitchLink) -> int:
+        limits = self.limits
+        return limits.in_flight_per_link + len(link.routes) * limits.in_flight_per_circuit
+
+    def _total_budget(self) -> int:
+        limits = self.limits
+        return limits.in_flight_total + self.circuits * limits.in_flight_per_circuit
 
     def _accept(self, source: SwitchLink, frame: Frame) -> None:
         route = source.routes.get(frame.circuit)
@@ -550,11 +557,7 @@ class Switch:
             dest.in_flight += size
             self.in_flight += size
             self._forward(route, frame)
-            limits = self.limits
-            if (
-                dest.in_flight > limits.in_flight_per_link
-                or self.in_flight > limits.in_flight_total
-            ):
+            if dest.in_flight > self._link_budget(dest) or self.in_flight > self._total_budget():
                 self._over_budget(dest)
                 return
             if frame.flags & _FIN:
