@@ -19,7 +19,7 @@ from umbranet.pki.tickets import Action
 from umbranet.proto.e2e import LocalCredentials
 from umbranet.proto.flow import DEFAULT_WINDOW
 from umbranet.router import Router
-from umbranet.router.switch import SwitchLink
+from umbranet.router.links import SwitchLink
 from umbranet.sdk import Context, Listener, Stream
 from umbranet.testing import LocalNetwork
 from umbranet.testing.rawlink import RawLink

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from umbranet.pki import IdentityFile, Signer
 from umbranet.pki.tickets import Action
 from umbranet.proto.flow import MIN_WINDOW
+from umbranet.router.links import SwitchLink
 from umbranet.router.quotas import SwitchLimits
 from umbranet.router.switch import Switch as RouterSwitch
-from umbranet.router.switch import SwitchLink
 from umbranet.testing import LocalNetwork
 from umbranet.testing.clock import FakeClock
 from umbranet.wire import (

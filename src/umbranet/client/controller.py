@@ -18,16 +18,12 @@ controller that cannot be reached is ``unreachable`` (status 0).
 from __future__ import annotations
 
 import base64
-import functools
 import hmac
-import inspect
-import json as json_module
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -35,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from umbranet.aio.tls import load_identity
-from umbranet.client.enrollment_tls import certificate_untrusted, pinned_context
+from umbranet.client.enrollment_tls import pinned_context
 from umbranet.client.models import (
     CreatedIdentity,
     CreatedRouter,
@@ -53,6 +49,15 @@ from umbranet.client.models import (
     router_info,
     service_access,
     service_info,
+)
+from umbranet.client.transport import (
+    ControllerError,
+    error_of,
+    http_client,
+    json_object,
+    malformed_answers_are_bad_responses,
+    request,
+    server_context,
 )
 from umbranet.pki import (
     IdentityFile,
@@ -97,48 +102,7 @@ class MeshRoute:
     cost: float
 
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-_C = TypeVar("_C")
-
-
-class ControllerError(Exception):
-    """The controller refused (``status`` is its HTTP status) or could not be reached (0)."""
-
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(code, message, status)
-        self.code = code
-        self.message = message
-        self.status = status
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-def _malformed_answers_are_bad_responses(cls: type[_C]) -> type[_C]:
-    """The one place a malformed answer is mapped: every public coroutine of the client that
-    meets a missing field or a value of the wrong type while reading an answer raises
-    ``ControllerError("bad_response")``, never a bare KeyError or TypeError."""
-    for name, method in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.iscoroutinefunction(method):
-            setattr(cls, name, _checked_answer(method))
-    return cls
-
-
-def _checked_answer(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
-    @functools.wraps(method)
-    async def checked(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return await method(*args, **kwargs)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ControllerError(
-                "bad_response", f"the controller's answer is malformed ({exc!r})", 0
-            ) from exc
-
-    return checked
-
-
-@_malformed_answers_are_bad_responses
+@malformed_answers_are_bad_responses
 class ControllerClient:
     """Calls the controller as `identity`; use as ``async with`` or call `aclose`.
 
@@ -202,8 +166,8 @@ class ControllerClient:
                 "insecure_url", f"the enrollment token names a non-HTTPS controller: {url!r}", 0
             )
         # Step 1: the bundle, unverified, only to learn the certificate the token pins.
-        async with _client(url, False, request_timeout, transport) as insecure:
-            offered = _bundle(await _request(insecure, "GET", "/v1/bundle"))
+        async with http_client(url, False, request_timeout, transport) as insecure:
+            offered = _bundle(await request(insecure, "GET", "/v1/bundle"))
         pinned_ca = offered.ca_with_fingerprint(claims.ca_fingerprint)
         if pinned_ca is None:
             raise _ca_mismatch()
@@ -212,7 +176,7 @@ class ControllerClient:
         noise_private, noise_public = generate_noise_keypair()
         csr = make_csr(key)
         context = pinned_context(pinned_ca)
-        async with _client(url, context, request_timeout, transport) as pinned:
+        async with http_client(url, context, request_timeout, transport) as pinned:
             challenge = await _noise_challenge(pinned)
             body = {
                 "token": token.strip(),
@@ -221,7 +185,7 @@ class ControllerClient:
                 "noise_challenge": challenge.challenge,
                 "noise_proof": _prove(noise_private, challenge, csr),
             }
-            data = await _request(pinned, "POST", "/v1/enroll", json=body)
+            data = await request(pinned, "POST", "/v1/enroll", json=body)
         if not isinstance(data, dict):
             raise ControllerError("enroll_response_invalid", "the answer is not an object", 0)
         issued_bundle = _bundle(data.get("bundle"))
@@ -506,7 +470,7 @@ class ControllerClient:
             async with self._http.stream("GET", "/v1/events", timeout=timeout) as response:
                 if not response.is_success:
                     await response.aread()
-                    raise _error(response)
+                    raise error_of(response)
                 name, data = "message", ""
                 async for line in response.aiter_lines():
                     if line.startswith("event:"):
@@ -514,7 +478,7 @@ class ControllerClient:
                     elif line.startswith("data:"):
                         data += line[5:].strip()
                     elif not line and data:
-                        yield name, _json_object(data)
+                        yield name, json_object(data)
                         name, data = "message", ""
         except httpx.TransportError as exc:
             raise ControllerError("unreachable", f"event stream broke: {exc}", 0) from exc
@@ -528,12 +492,12 @@ class ControllerClient:
     # internals
 
     def _make_http(self, identity: IdentityFile) -> httpx.AsyncClient:
-        context = _server_context(identity.bundle)
+        context = server_context(identity.bundle)
         load_identity(context, identity)
-        return _client(identity.controller_url, context, self._timeout, self._transport)
+        return http_client(identity.controller_url, context, self._timeout, self._transport)
 
     async def _call(self, method: str, path: str, *, json: Any = None) -> Any:
-        return await _request(self._http, method, path, json=json)
+        return await request(self._http, method, path, json=json)
 
     # -- JWT-SVIDs (the agent's Workload API) ---------------------------------------------
 
@@ -552,74 +516,8 @@ class ControllerClient:
         except httpx.TransportError as exc:
             raise ControllerError("unreachable", f"cannot reach the controller: {exc}", 0) from exc
         if not response.is_success:
-            raise _error(response)
+            raise error_of(response)
         return response.content
-
-
-def _client(
-    base_url: str,
-    verify: ssl.SSLContext | bool,
-    timeout: float,
-    transport: httpx.AsyncBaseTransport | None,
-) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=base_url,
-        verify=verify,
-        timeout=timeout,
-        transport=transport,
-        trust_env=False,
-        follow_redirects=False,
-    )
-
-
-def _server_context(bundle: TrustBundle) -> ssl.SSLContext:
-    """Verify the controller against the bundle's CA, host name included."""
-    context = ssl.create_default_context(cadata=bundle.ca_pem)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-async def _request(http: httpx.AsyncClient, method: str, path: str, *, json: Any = None) -> Any:
-    try:
-        response = await http.request(method, path, json=json)
-    except httpx.TransportError as exc:
-        if certificate_untrusted(exc):
-            raise ControllerError(
-                "controller_untrusted",
-                f"the server at {http.base_url} is not the controller its CA vouches for: {exc}",
-                0,
-            ) from exc
-        raise ControllerError(
-            "unreachable", f"cannot reach the controller at {http.base_url}: {exc}", 0
-        ) from exc
-    if response.is_success:
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ControllerError(
-                "bad_response", "the controller sent invalid JSON", response.status_code
-            ) from exc
-    raise _error(response)
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json_module.loads(text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _error(response: httpx.Response) -> ControllerError:
-    try:
-        body = response.json()
-        error = body["error"]
-        return ControllerError(str(error["code"]), str(error["message"]), response.status_code)
-    except (ValueError, KeyError, TypeError):
-        text = response.text[:200].strip() or response.reason_phrase
-        return ControllerError(f"http_{response.status_code}", text, response.status_code)
 
 
 def _check_fingerprint(bundle: TrustBundle, expected: str) -> None:
@@ -628,7 +526,7 @@ def _check_fingerprint(bundle: TrustBundle, expected: str) -> None:
 
 
 async def _noise_challenge(http: httpx.AsyncClient) -> NoiseChallenge:
-    data = await _request(http, "GET", "/v1/noise-challenge")
+    data = await request(http, "GET", "/v1/noise-challenge")
     try:
         return NoiseChallenge(str(data["challenge"]), str(data["public_key"]))
     except (KeyError, TypeError) as exc:

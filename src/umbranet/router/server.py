@@ -29,9 +29,10 @@ from umbranet.aio.tls import link_client_context, link_server_context, load_iden
 from umbranet.clock import Clock, system_clock
 from umbranet.pki import IdentityFile, PkiError
 from umbranet.router.admission import link_key_fingerprint
+from umbranet.router.links import LinkKind, SwitchLink
 from umbranet.router.quotas import SwitchLimits
 from umbranet.router.recheck import RecheckRound
-from umbranet.router.switch import LinkKind, Switch, SwitchLink
+from umbranet.router.switch import Switch
 from umbranet.wire import ErrorCode, Frame
 
 log = logging.getLogger("umbranet.router")

@@ -42,8 +42,8 @@ from umbranet.controller.service.links import RouterReport, routes_for
 from umbranet.pki import SpiffeId
 from umbranet.pki.tickets import Action
 from umbranet.proto.link import LinkTimers
+from umbranet.router.links import LinkKind, Route
 from umbranet.router.quotas import SwitchLimits
-from umbranet.router.switch import LinkKind, Route
 from umbranet.testing.clock import FakeClock
 from umbranet.testing.network import LocalNetwork
 from umbranet.testing.simcarrier import Carrier, Node, Port, reads

@@ -27,8 +27,9 @@ from umbranet.proto.endpoint import (
 )
 from umbranet.proto.flow import DEFAULT_WINDOW
 from umbranet.proto.link import LinkTimers
+from umbranet.router.links import SwitchLink
 from umbranet.router.quotas import SwitchLimits
-from umbranet.router.switch import Switch, SwitchLink
+from umbranet.router.switch import Switch
 from umbranet.testing.simcarrier import Port, Timer, reads
 from umbranet.testing.simstream import Handler, SimListener, SimStream
 from umbranet.wire import ErrorCode, Frame, WireError
