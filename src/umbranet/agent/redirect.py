@@ -118,7 +118,7 @@ def udp_map_script(entries: Mapping[tuple[str, int], int]) -> str:
 
 def set_udp_redirects(entries: Mapping[tuple[str, int], int]) -> None:
     """Load `udp_map_script` into our table (which `install` created)."""
-    _run(["nft", "-f", "-"], stdin=udp_map_script(entries))
+    run_command(["nft", "-f", "-"], stdin=udp_map_script(entries))
 
 
 def resolv_conf_for(original: str, stub_address: str) -> str:
@@ -151,7 +151,7 @@ def install(
     _check_route_free(network)
     original = resolv_path.read_text()
     plan = Installed(
-        netns=_netns(),
+        netns=current_netns(),
         network=network,
         tcp_port=tcp_port,
         route=f"{network} dev lo src 127.0.0.1",
@@ -161,8 +161,8 @@ def install(
     )
     _write_state(state_dir, plan)
     try:
-        _run(["nft", "-f", "-"], stdin=nft_ruleset(network, tcp_port))
-        _run(["ip", "route", "add", *plan.route.split()])
+        run_command(["nft", "-f", "-"], stdin=nft_ruleset(network, tcp_port))
+        run_command(["ip", "route", "add", *plan.route.split()])
         _write_in_place(resolv_path, plan.resolv_ours)
     except BaseException:
         uninstall(state_dir)
@@ -186,16 +186,16 @@ def uninstall(state_dir: Path) -> list[str]:
     plan = leftovers(state_dir)
     if plan is None:
         return []
-    if plan.netns != _netns():
+    if plan.netns != current_netns():
         raise ConfigError(
             "wrong_namespace",
             "the root-mode changes were made in another network namespace; run this there",
         )
     require_root()
     done = []
-    if _run(["nft", "delete", "table", "ip", TABLE], check=False):
+    if run_command(["nft", "delete", "table", "ip", TABLE], check=False):
         done.append(f"nft table ip {TABLE}")
-    if _run(["ip", "route", "del", *plan.route.split()], check=False):
+    if run_command(["ip", "route", "del", *plan.route.split()], check=False):
         done.append(f"route {plan.route}")
     resolv = Path(plan.resolv_path)
     with contextlib.suppress(OSError):
@@ -253,11 +253,13 @@ def _write_in_place(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def _netns() -> int:
+def current_netns() -> int:
+    """The network namespace this process is in (changes are undone only in the same one)."""
     return os.stat("/proc/self/ns/net").st_ino
 
 
-def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> bool:
+def run_command(argv: list[str], stdin: str | None = None, check: bool = True) -> bool:
+    """Run a system command; a failure raises `system_change_failed` unless `check` is off."""
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     if proc.returncode != 0 and check:
         raise ConfigError(

@@ -23,13 +23,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from umbranet.agent.config import ConfigError
-from umbranet.agent.redirect import require_root, resolv_conf_for
+from umbranet.agent.redirect import current_netns, require_root, resolv_conf_for, run_command
 
 __all__ = [
     "STATE_FILE",
@@ -61,11 +60,11 @@ class TunPlan:
     def new(cls, ifname: str, resolv_path: Path | None, stub_address: str) -> TunPlan:
         """The plan before anything changed: what resolv.conf holds and what we will write."""
         if resolv_path is None:
-            return cls(_netns(), ifname)
+            return cls(current_netns(), ifname)
         _check_resolv(resolv_path)
         original = resolv_path.read_text()
         ours = resolv_conf_for(original, stub_address)
-        return cls(_netns(), ifname, None, str(resolv_path), original, ours)
+        return cls(current_netns(), ifname, None, str(resolv_path), original, ours)
 
     def with_index(self, ifindex: int) -> TunPlan:
         return replace(self, ifindex=ifindex)
@@ -94,7 +93,7 @@ def uninstall(state_dir: Path) -> list[str]:
     plan = leftovers(state_dir)
     if plan is None:
         return []
-    if plan.netns != _netns():
+    if plan.netns != current_netns():
         raise ConfigError(
             "wrong_namespace",
             "the network-mode changes were made in another network namespace; run this there",
@@ -102,7 +101,7 @@ def uninstall(state_dir: Path) -> list[str]:
     require_root()
     done = []
     ours = plan.ifindex is not None and interface_index(plan.ifname) == plan.ifindex
-    if ours and _run(["ip", "link", "delete", "dev", plan.ifname], check=False):
+    if ours and run_command(["ip", "link", "delete", "dev", plan.ifname], check=False):
         done.append(f"link {plan.ifname}")
     if plan.resolv_path is not None and plan.resolv_original is not None:
         resolv = Path(plan.resolv_path)
@@ -125,10 +124,12 @@ def interface_index(ifname: str) -> int | None:
 def add_addresses(ifname: str, ipv4: str, ipv6: str, mtu: int) -> bool:
     """The identity's overlay addresses on the interface, then the interface up. Returns
     whether the IPv6 address could be added: a host with IPv6 turned off still gets IPv4."""
-    _run(["ip", "link", "set", "dev", ifname, "mtu", str(mtu)])
-    _run(["ip", "-4", "addr", "add", f"{ipv4}/32", "dev", ifname])
-    has_ipv6 = _run(["ip", "-6", "addr", "add", f"{ipv6}/128", "dev", ifname, "nodad"], False)
-    _run(["ip", "link", "set", "dev", ifname, "up"])
+    run_command(["ip", "link", "set", "dev", ifname, "mtu", str(mtu)])
+    run_command(["ip", "-4", "addr", "add", f"{ipv4}/32", "dev", ifname])
+    has_ipv6 = run_command(
+        ["ip", "-6", "addr", "add", f"{ipv6}/128", "dev", ifname, "nodad"], check=False
+    )
+    run_command(["ip", "link", "set", "dev", ifname, "up"])
     return has_ipv6
 
 
@@ -141,11 +142,11 @@ def set_routes(ifname: str, current: set[str], wanted: Iterable[str]) -> set[str
     target = set(wanted)
     for prefix in sorted(current - target):
         family = "-6" if ":" in prefix else "-4"
-        _run(["ip", family, "route", "del", prefix, "dev", ifname], check=False)
+        run_command(["ip", family, "route", "del", prefix, "dev", ifname], check=False)
     done = current & target
     for prefix in sorted(target - current):
         family = "-6" if ":" in prefix else "-4"
-        if _run(["ip", family, "route", "add", prefix, "dev", ifname], check=False):
+        if run_command(["ip", family, "route", "add", prefix, "dev", ifname], check=False):
             done.add(prefix)
     return done
 
@@ -174,16 +175,3 @@ def _write_in_place(path: Path, text: str) -> None:
     """Rewrite in place: the file keeps its inode, mode and any bind mount over it."""
     with open(path, "w") as handle:
         handle.write(text)
-
-
-def _netns() -> int:
-    return os.stat("/proc/self/ns/net").st_ino
-
-
-def _run(argv: list[str], check: bool = True) -> bool:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if proc.returncode != 0 and check:
-        raise ConfigError(
-            "system_change_failed", f"{' '.join(argv[:4])} failed: {proc.stderr.strip()[:300]}"
-        )
-    return proc.returncode == 0
