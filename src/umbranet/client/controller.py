@@ -52,12 +52,15 @@ from umbranet.client.models import (
 )
 from umbranet.client.transport import (
     ControllerError,
+    Failover,
+    directory,
     error_of,
     http_client,
     json_object,
     malformed_answers_are_bad_responses,
     request,
     server_context,
+    transport_error,
 )
 from umbranet.pki import (
     IdentityFile,
@@ -214,7 +217,7 @@ class ControllerClient:
         """
         key = generate_tls_key()
         csr = make_csr(key)
-        challenge = await _noise_challenge(self._http)
+        challenge = await self._http.attempt(_noise_challenge, "GET", "/v1/noise-challenge")
         body = {
             "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
             "noise_challenge": challenge.challenge,
@@ -467,10 +470,7 @@ class ControllerClient:
         """
         timeout = httpx.Timeout(self._timeout, read=None)
         try:
-            async with self._http.stream("GET", "/v1/events", timeout=timeout) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise error_of(response)
+            async with self._http.stream("/v1/events", timeout) as response:
                 name, data = "message", ""
                 async for line in response.aiter_lines():
                     if line.startswith("event:"):
@@ -478,9 +478,13 @@ class ControllerClient:
                     elif line.startswith("data:"):
                         data += line[5:].strip()
                     elif not line and data:
-                        yield name, json_object(data)
+                        event = json_object(data)
+                        if name == "hello":
+                            directory.learn(self._http.network, event.get("controllers") or [])
+                        yield name, event
                         name, data = "message", ""
         except httpx.TransportError as exc:
+            self._http.broke()
             raise ControllerError("unreachable", f"event stream broke: {exc}", 0) from exc
 
     async def recheck(self, grants: list[tuple[str, str, str]]) -> tuple[int, dict[int, str]]:
@@ -491,13 +495,24 @@ class ControllerClient:
 
     # internals
 
-    def _make_http(self, identity: IdentityFile) -> httpx.AsyncClient:
+    def _make_http(self, identity: IdentityFile) -> Failover:
         context = server_context(identity.bundle)
         load_identity(context, identity)
-        return http_client(identity.controller_url, context, self._timeout, self._transport)
+
+        def make(url: str) -> httpx.AsyncClient:
+            return http_client(url, context, self._timeout, self._transport)
+
+        return Failover(identity.trust_domain, identity.controller_url, make)
+
+    async def controllers(self) -> list[str]:
+        """The live controller replicas' URLs (also learned for failover)."""
+        data = await self._call("GET", "/v1/controllers")
+        urls = [str(u) for u in data["controllers"]]
+        directory.learn(self._http.network, urls)
+        return urls
 
     async def _call(self, method: str, path: str, *, json: Any = None) -> Any:
-        return await request(self._http, method, path, json=json)
+        return await self._http.request(method, path, json=json)
 
     # -- JWT-SVIDs (the agent's Workload API) ---------------------------------------------
 
@@ -511,13 +526,17 @@ class ControllerClient:
 
     async def jwt_bundle(self) -> bytes:
         """The trust domain's JWT-SVID keys as a JWKS document (JSON bytes, as served)."""
-        try:
-            response = await self._http.get("/v1/jwt-bundle")
-        except httpx.TransportError as exc:
-            raise ControllerError("unreachable", f"cannot reach the controller: {exc}", 0) from exc
-        if not response.is_success:
-            raise error_of(response)
-        return response.content
+
+        async def get(http: httpx.AsyncClient) -> bytes:
+            try:
+                response = await http.get("/v1/jwt-bundle")
+            except httpx.TransportError as exc:
+                raise transport_error(http, exc) from exc
+            if not response.is_success:
+                raise error_of(response)
+            return response.content
+
+        return await self._http.attempt(get, "GET", "/v1/jwt-bundle")
 
 
 def _check_fingerprint(bundle: TrustBundle, expected: str) -> None:

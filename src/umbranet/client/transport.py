@@ -1,8 +1,26 @@
-"""The controller client's transport: its error type, HTTP requests and their answers.
+"""The controller client's transport: its error type, HTTP requests and their answers, and
+failing over between controller replicas.
 
 Every error the controller reports, and every transport failure, becomes
 `ControllerError(code, message, status)`; a malformed answer becomes ``bad_response`` in one
 place (`malformed_answers_are_bad_responses`, applied to the client class).
+
+Failover (docs/ha.md). A network may run several controller replicas; `Failover` sends each
+request to the replica that last answered and, when it cannot be reached or answers 5xx,
+tries the next one it knows, each at most once per request. Which replicas exist is learned
+from the controllers themselves (the event stream's ``hello`` and ``GET /v1/controllers``
+list the live ones), plus the identity file's URL and ``UMBRA_CONTROLLERS`` (comma-separated
+URLs: how a process that starts while its identity's controller is down finds the others).
+What was learned is kept per trust domain for the whole process (`directory`), so every
+client of the process — new ones included — starts at the replica that works.
+
+Repeating a request must not do a change twice. A request that never reached a server
+(connection refused, TLS failure) and a 502/503/504 answer (the replica could not reach the
+database: its transaction rolled back) move on for every method. A request that may have
+been processed (the connection broke after sending, or a 500) moves on only when repeating
+it is harmless: GET, PUT and DELETE, and the POSTs in `REPEATABLE_POSTS`; otherwise the
+error is raised (an admin re-runs "create identity" and sees "exists" rather than having it
+run twice unseen).
 """
 
 from __future__ import annotations
@@ -10,8 +28,11 @@ from __future__ import annotations
 import functools
 import inspect
 import json as json_module
+import logging
+import os
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import httpx
@@ -20,7 +41,11 @@ from umbranet.client.enrollment_tls import certificate_untrusted
 from umbranet.pki import TrustBundle
 
 __all__ = [
+    "REPEATABLE_POSTS",
+    "ControllerDirectory",
     "ControllerError",
+    "Failover",
+    "directory",
     "error_of",
     "http_client",
     "json_object",
@@ -35,14 +60,22 @@ _T = TypeVar("_T")
 _C = TypeVar("_C")
 
 
-class ControllerError(Exception):
-    """The controller refused (``status`` is its HTTP status) or could not be reached (0)."""
+log = logging.getLogger("umbranet.client")
 
-    def __init__(self, code: str, message: str, status: int) -> None:
+
+class ControllerError(Exception):
+    """The controller refused (``status`` is its HTTP status) or could not be reached (0).
+
+    `sent` is False when the request cannot have reached any server (the connection was
+    never made), so repeating it elsewhere is safe whatever it does.
+    """
+
+    def __init__(self, code: str, message: str, status: int, *, sent: bool = True) -> None:
         super().__init__(code, message, status)
         self.code = code
         self.message = message
         self.status = status
+        self.sent = sent
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -98,15 +131,7 @@ async def request(http: httpx.AsyncClient, method: str, path: str, *, json: Any 
     try:
         response = await http.request(method, path, json=json)
     except httpx.TransportError as exc:
-        if certificate_untrusted(exc):
-            raise ControllerError(
-                "controller_untrusted",
-                f"the server at {http.base_url} is not the controller its CA vouches for: {exc}",
-                0,
-            ) from exc
-        raise ControllerError(
-            "unreachable", f"cannot reach the controller at {http.base_url}: {exc}", 0
-        ) from exc
+        raise transport_error(http, exc) from exc
     if response.is_success:
         if response.status_code == 204 or not response.content:
             return None
@@ -117,6 +142,25 @@ async def request(http: httpx.AsyncClient, method: str, path: str, *, json: Any 
                 "bad_response", "the controller sent invalid JSON", response.status_code
             ) from exc
     raise error_of(response)
+
+
+def transport_error(http: httpx.AsyncClient, exc: httpx.TransportError) -> ControllerError:
+    """`exc` as ``controller_untrusted`` or ``unreachable``; `sent` says whether the request
+    may have reached the server."""
+    if certificate_untrusted(exc):
+        return ControllerError(
+            "controller_untrusted",
+            f"the server at {http.base_url} is not the controller its CA vouches for: {exc}",
+            0,
+            sent=False,
+        )
+    not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    return ControllerError(
+        "unreachable",
+        f"cannot reach the controller at {http.base_url}: {exc}",
+        0,
+        sent=not not_sent,
+    )
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -135,3 +179,173 @@ def error_of(response: httpx.Response) -> ControllerError:
     except (ValueError, KeyError, TypeError):
         text = response.text[:200].strip() or response.reason_phrase
         return ControllerError(f"http_{response.status_code}", text, response.status_code)
+
+
+# -- failover between replicas ------------------------------------------------------------
+
+REPEATABLE_POSTS = frozenset(
+    {
+        "/v1/tickets",
+        "/v1/recheck",
+        "/v1/renew",
+        "/v1/posture",
+        "/v1/routers/me/state",
+        "/v1/policy/test",
+        "/v1/policy/explain",
+        "/v1/jwt-svid",
+    }
+)
+"""POSTs whose repetition is harmless (a second ticket, a second certificate, a re-check)."""
+_REPEATABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+_UNAVAILABLE = frozenset({502, 503, 504})
+MAX_URLS = 32
+ENV_CONTROLLERS = "UMBRA_CONTROLLERS"
+
+
+def may_fail_over(error: ControllerError, method: str, path: str) -> bool:
+    """Whether `error` from one replica lets the same request go to the next (module doc)."""
+    if not error.sent or error.status in _UNAVAILABLE:
+        return True
+    if error.status == 0 or error.status >= 500:
+        return method in _REPEATABLE_METHODS or (
+            method == "POST" and path.split("?", 1)[0] in REPEATABLE_POSTS
+        )
+    return False
+
+
+class ControllerDirectory:
+    """The controller URLs known per trust domain, best first: the one that answered last
+    leads, the one that failed last trails. Shared by every client of the process."""
+
+    def __init__(self) -> None:
+        self._urls: dict[str, list[str]] = {}
+        self.failovers = 0
+
+    def candidates(self, network: str, primary: str) -> list[str]:
+        """Every URL to try for `network`, in order (the identity's `primary` included)."""
+        env = [u.strip() for u in os.environ.get(ENV_CONTROLLERS, "").split(",")]
+        return _unique([*self._urls.get(network, []), primary, *env])[:MAX_URLS]
+
+    def learn(self, network: str, urls: Iterable[object]) -> None:
+        """Take the live replicas a controller listed; the one in use keeps the lead."""
+        listed = [u for u in urls if isinstance(u, str) and u.lower().startswith("https://")]
+        if not listed:
+            return
+        current = self._urls.get(network, [])
+        lead = current[:1] if current and current[0] in listed else []
+        self._urls[network] = _unique([*lead, *listed])[:MAX_URLS]
+
+    def worked(self, network: str, url: str) -> None:
+        current = self._urls.get(network, [])
+        self._urls[network] = _unique([url, *current])[:MAX_URLS]
+
+    def failed(self, network: str, url: str) -> None:
+        current = [u for u in self._urls.get(network, []) if u != url]
+        self._urls[network] = [*current, url][:MAX_URLS]
+        self.failovers += 1
+
+    def forget(self) -> None:
+        """Tests: start from nothing."""
+        self._urls.clear()
+        self.failovers = 0
+
+
+directory = ControllerDirectory()
+"""The process's one directory."""
+
+
+class Failover:
+    """HTTP clients to each known replica of `network`, used in `directory` order.
+
+    `make(url)` builds the client for one URL (same TLS context, another base URL): the
+    server's certificate is checked against the bundle with that URL's host name.
+    """
+
+    def __init__(
+        self, network: str, primary: str, make: Callable[[str], httpx.AsyncClient]
+    ) -> None:
+        self.network = network
+        self.primary = primary
+        self._make = make
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self.streaming: str | None = None
+
+    def client(self, url: str) -> httpx.AsyncClient:
+        found = self._clients.get(url)
+        if found is None:
+            found = self._clients[url] = self._make(url)
+        return found
+
+    @property
+    def first(self) -> httpx.AsyncClient:
+        """The client of the replica tried first (for calls that need no failover)."""
+        return self.client(directory.candidates(self.network, self.primary)[0])
+
+    async def request(self, method: str, path: str, *, json: Any = None) -> Any:
+        """`request` on the first replica that answers (see the module doc)."""
+        return await self.attempt(lambda http: request(http, method, path, json=json), method, path)
+
+    async def attempt(
+        self, call: Callable[[httpx.AsyncClient], Awaitable[_T]], method: str, path: str
+    ) -> _T:
+        """`call(client)` per replica until one succeeds or an error must not move on."""
+        last: ControllerError | None = None
+        for url in directory.candidates(self.network, self.primary):
+            try:
+                result = await call(self.client(url))
+            except ControllerError as exc:
+                if not may_fail_over(exc, method, path):
+                    raise
+                log.info("controller %s: %s; trying the next replica", url, exc.code)
+                directory.failed(self.network, url)
+                last = exc
+                continue
+            directory.worked(self.network, url)
+            return result
+        assert last is not None  # there is always at least the primary URL
+        raise last
+
+    @asynccontextmanager
+    async def stream(self, path: str, timeout: httpx.Timeout) -> AsyncIterator[httpx.Response]:
+        """A streaming GET on the first replica that accepts it; the caller reads it. When
+        the stream breaks later, the caller calls `broke` and opens a new one."""
+        last: ControllerError | None = None
+        self.streaming = None
+        for url in directory.candidates(self.network, self.primary):
+            http = self.client(url)
+            try:
+                async with http.stream("GET", path, timeout=timeout) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        error = error_of(response)
+                        if not may_fail_over(error, "GET", path):
+                            raise error
+                        directory.failed(self.network, url)
+                        last = error
+                        continue
+                    directory.worked(self.network, url)
+                    self.streaming = url
+                    yield response
+                    return
+            except httpx.TransportError as exc:
+                if self.streaming == url:
+                    raise  # broke after it opened: the caller's to report (`broke`)
+                directory.failed(self.network, url)
+                last = transport_error(http, exc)
+        assert last is not None
+        raise last
+
+    def broke(self) -> None:
+        """The stream opened by `stream` broke: its replica goes to the back of the line."""
+        if self.streaming is not None:
+            directory.failed(self.network, self.streaming)
+            self.streaming = None
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for http in clients:
+            await http.aclose()
+
+
+def _unique(urls: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(u.rstrip("/") for u in urls if u))

@@ -246,6 +246,13 @@ class EventHub:
     def epoch(self) -> int:
         return self._epoch
 
+    def stored_epoch(self) -> int:
+        """The epoch as stored (shared by every replica), never below this hub's: what a
+        client that reconnects compares with the last epoch it saw. Reads the database."""
+        read = getattr(self._store, "read", None)
+        stored = int(read()) if callable(read) else 0
+        return max(self._epoch, stored)
+
     def revoked_keys(self) -> list[str]:
         with self._lock:
             return list(self._revoked)

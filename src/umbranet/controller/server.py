@@ -45,6 +45,7 @@ from umbranet.controller.home import LoadedController, load_home, write_server_c
 from umbranet.controller.logfmt import safe
 from umbranet.controller.metrics import Metrics
 from umbranet.controller.posture_ticker import DEFAULT_INTERVAL, PostureTicker
+from umbranet.controller.replicas import ReplicaDirectory
 from umbranet.controller.service.addresses import OverlaySettings
 from umbranet.home_layout import HomeError
 from umbranet.obs import LogFormat
@@ -283,6 +284,7 @@ def serve(
     context: AppContext | None = None
     _raise_file_limit()
     sweeper: EphemeralSweeper | None = None
+    replicas: ReplicaDirectory | None = None
     try:
         write_server_certificate(loaded.home, loaded.authority, loaded.config, datetime.now(UTC))
         server = build_server(loaded, log_format=log_format)
@@ -290,12 +292,16 @@ def serve(
         assert isinstance(app, FastAPI)  # build_server always serves the API app
         context = app.state.umbra
         context.start_cluster()
+        replicas = context.replicas = ReplicaDirectory(loaded.db, loaded.config.url, context.clock)
+        replicas.start()
         ticker = PostureTicker(context, posture_interval)
         ticker.start()
         sweeper = EphemeralSweeper(app.state.umbra)
         sweeper.start()
         server.run()
     finally:
+        if replicas is not None:
+            replicas.stop()
         if sweeper is not None:
             sweeper.stop()
         if ticker is not None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from umbranet.controller.cluster import POLL_SECONDS, ClusterLease, EpochListener, announce
 from umbranet.controller.events import BumpLimiter, EventHub, SqlEpochStore
 from umbranet.controller.metrics import Metrics
+from umbranet.controller.replicas import ReplicaDirectory
 from umbranet.controller.service import Authority
 from umbranet.controller.service.addresses import OverlaySettings
 from umbranet.controller.service.joinkeys import Presence
@@ -47,6 +48,8 @@ class AppContext:
     # Several replicas on PostgreSQL: who runs the periodic jobs, and other replicas' bumps.
     lease: ClusterLease = field(init=False)
     listener: EpochListener | None = field(init=False, default=None)
+    # The replicas clients may fail over to (set by `controller.server`; None in tests).
+    replicas: ReplicaDirectory | None = None
 
     def __post_init__(self) -> None:
         shared = is_postgresql(self.db.engine)
@@ -61,6 +64,10 @@ class AppContext:
         if is_postgresql(self.db.engine) and self.listener is None:
             self.listener = EpochListener(self.db, self.events, poll)
             self.listener.start()
+
+    def controllers(self) -> list[str]:
+        """URLs of the live replicas, this one first (empty when not known)."""
+        return self.replicas.live() if self.replicas is not None else []
 
     def stop_cluster(self) -> None:
         if self.listener is not None:

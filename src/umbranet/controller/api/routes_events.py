@@ -2,6 +2,13 @@
 
 Subscribers receive `hello` with the current epoch at once, then an `epoch` event whenever
 access may have been removed, and a comment line every 15 s so dead connections surface.
+
+Resuming after a reconnect (to this replica or another) is the client's comparison: `hello`
+carries the stored epoch, shared by every replica and read from the database at connect, so a
+client whose last seen epoch is lower knows it missed events and re-checks everything (the
+router) or drops its cached tickets (the SDK). The subscription starts before that read, so
+an event committed meanwhile is either in `hello`'s epoch or delivered after it, never lost.
+`hello` also lists the live replicas (``controllers``) clients fail over to.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
@@ -59,8 +67,13 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
     async def stream() -> AsyncIterator[bytes]:
         ctx.presence.enter(caller.spiffe_id)
         try:
-            hello: dict[str, object] = {"epoch": ctx.events.epoch, "identity": caller.spiffe_id}
+            try:
+                epoch = await asyncio.to_thread(ctx.events.stored_epoch)
+            except sa.exc.SQLAlchemyError:
+                epoch = ctx.events.epoch  # the database is away: nothing can move it now
+            hello: dict[str, object] = {"epoch": epoch, "identity": caller.spiffe_id}
             hello["bundle_version"] = ctx.authority.bundle.version
+            hello["controllers"] = ctx.controllers()
             if trusted:
                 hello["revoked_keys"] = ctx.events.revoked_keys()
             yield _sse("hello", hello)
@@ -87,6 +100,16 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
     )
+
+
+class ControllersOut(BaseModel):
+    controllers: list[str]
+
+
+@router.get("/controllers", response_model=ControllersOut)
+def get_controllers(ctx: Ctx, caller: ClientCaller) -> ControllersOut:
+    """The live replicas' URLs, this one first: where clients fail over to."""
+    return ControllersOut(controllers=ctx.controllers())
 
 
 @router.post("/recheck", response_model=RecheckOut)

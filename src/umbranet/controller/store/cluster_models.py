@@ -1,4 +1,4 @@
-"""ORM models of what replicas share beyond the network's data (schema: migration 0006).
+"""ORM models of what replicas share beyond the network's data (migrations 0007, 0008).
 
 Kept apart from `models` (same declarative base, same `UtcDateTime`) because they serve
 running several replicas on one database (docs/ha.md).
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from umbranet.controller.store.models import Base, UtcDateTime
 
-__all__ = ["ControllerSecret", "DenyThrottle"]
+__all__ = ["ControllerReplica", "ControllerSecret", "DenyThrottle"]
 
 
 class ControllerSecret(Base):
@@ -36,3 +36,13 @@ class DenyThrottle(Base):
     key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime)
     decision_id: Mapped[str] = mapped_column(sa.String(32))
+
+
+class ControllerReplica(Base):
+    """A running replica: the URL it advertises, refreshed while it runs (`seen_at`)."""
+
+    __tablename__ = "controller_replicas"
+
+    url: Mapped[str] = mapped_column(sa.String(2048), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -169,6 +169,9 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     # For a refused ticket: the id the endpoint was given instead of the reason.
     decision_id: Mapped[str | None] = mapped_column(sa.String(32), default=None, index=True)
+    # The hash chain (`store.audit_chain`, migration 0008).
+    prev_hash: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    row_hash: Mapped[str | None] = mapped_column(sa.String(64), default=None)
 
 
 class PolicyVersion(Base):

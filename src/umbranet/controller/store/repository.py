@@ -17,8 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from umbranet.controller.logfmt import safe
+from umbranet.controller.store.audit_chain import GENESIS, HEAD, row_hash
 from umbranet.controller.store.models import (
     AuditEvent,
+    ControllerState,
     Enrollment,
     Identity,
     IssuedGrant,
@@ -202,17 +204,41 @@ class Store:
         *,
         decision_id: str | None = None,
     ) -> None:
-        """Record an administrative change (in the caller's transaction) and log it."""
-        self.session.add(
-            AuditEvent(
-                at=now,
-                actor=actor,
-                action=action,
-                target=target,
-                detail=detail,
-                decision_id=decision_id,
+        """Record an administrative change (in the caller's transaction) and log it.
+
+        The row joins the audit hash chain (`store.audit_chain`). Appends are serialised by
+        the lock on the ``audit_head`` row (``SELECT ... FOR UPDATE`` on PostgreSQL, held to
+        commit, so replicas appending at once never fork the chain; SQLite's write lock does
+        the same). Take it late in a transaction: it queues every other audited change.
+        """
+        head_row = sa.select(ControllerState).where(ControllerState.name == HEAD)
+        head = self.session.scalar(head_row.with_for_update())
+        prev = GENESIS
+        if head is None:
+            head = ControllerState(name=HEAD, value=0)
+            self.session.add(head)
+        elif head.value:
+            found = self.session.scalar(
+                sa.select(AuditEvent.row_hash).where(AuditEvent.id == head.value)
             )
+            # A missing head row is `umbra audit verify`'s to report; appends go on.
+            prev = found or GENESIS
+        event = AuditEvent(
+            at=now,
+            actor=actor,
+            action=action,
+            target=target,
+            detail=detail,
+            decision_id=decision_id,
+            prev_hash=prev,
         )
+        self.session.add(event)
+        self.session.flush()  # the id is part of the hash
+        event.row_hash = row_hash(
+            prev, event.id, at=now, actor=actor, action=action, target=target,
+            detail=detail, decision_id=decision_id,
+        )  # fmt: skip
+        head.value = event.id
         # Actors and targets may come from peers (a service name asked for): one line each.
         log.info(
             "audit action=%s actor=%s target=%s",
