@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "service": ("service_cmd", "Manage services."),
     "router": ("router_cmd", "Create, enroll and run routers."),
     "policy": ("policy_cmd", "Manage the policy document."),
-    "audit": ("policy_cmd", "Administrative changes and access refusals: who did what, when."),
+    "audit": ("audit_cmd", "Administrative changes and access refusals: who did what, when."),
     "enroll": ("enroll_cmd", "Enroll this machine: keys are made here, only a CSR is sent."),
     "joinkey": ("joinkey_cmd", "Join keys: one key enrolls many replicas, each its own identity."),
     "dial": ("endpoint_cmd", "Connect stdin/stdout to SERVICE through the overlay (like netcat)."),

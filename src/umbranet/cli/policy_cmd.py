@@ -1,4 +1,4 @@
-"""``umbra policy get|set|test|history|rollback|explain`` and ``umbra audit`` (admin).
+"""``umbra policy get|set|test|history|rollback|explain`` (admin).
 
 ``set`` validates, runs the document's tests and applies it atomically on the controller; a
 refused document prints the code, line/column and reason, and the old version stays in force.
@@ -29,9 +29,8 @@ app = typer.Typer(help="Manage the policy document.", no_args_is_help=True)
 
 
 def register(root: typer.Typer) -> None:
-    """Add ``policy`` (sub-app) and ``audit`` to the root command."""
+    """Add ``policy`` (sub-app) to the root command (``audit`` is `cli.audit_cmd`)."""
     root.add_typer(app, name="policy")
-    root.command("audit")(audit)
 
 
 def _read(ctx: typer.Context, file: Path) -> str:
@@ -157,28 +156,3 @@ def explain(
     with handle_errors(cli):
         report = run_async(call)
     emit(cli, report, lambda: print(report.get("rendered", report.get("reason", ""))))
-
-
-def audit(
-    ctx: typer.Context,
-    limit: Annotated[int, typer.Option("--limit", help="How many events, newest first.")] = 50,
-    action: Annotated[
-        str | None,
-        typer.Option(
-            "--action", help="Only this action (access.deny), or a family ending in '.' (access.)."
-        ),
-    ] = None,
-) -> None:
-    """Administrative changes and access refusals: who did what, when."""
-    cli = state(ctx)
-
-    rows = admin_call(cli, lambda client: client.audit(limit, action))
-    emit(
-        cli,
-        rows,
-        lambda: table(
-            "Audit",
-            ["at", "actor", "action", "target", "detail"],
-            [[r["at"], r["actor"], r["action"], r["target"], r["detail"]] for r in rows],
-        ),
-    )

@@ -17,7 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from umbranet.controller.logfmt import safe
-from umbranet.controller.store.audit_chain import GENESIS, HEAD, row_hash
+from umbranet.controller.store.audit_chain import (
+    GENESIS,
+    HEAD,
+    ChainRow,
+    ChainVerdict,
+    row_hash,
+    verify,
+)
 from umbranet.controller.store.models import (
     AuditEvent,
     ControllerState,
@@ -246,6 +253,21 @@ class Store:
             safe(actor),
             safe(target),
         )
+
+    def verify_audit_chain(self) -> ChainVerdict:
+        """Check the whole audit hash chain, oldest row first (streamed, not all in memory)."""
+        head = self.session.scalar(
+            sa.select(ControllerState.value).where(ControllerState.name == HEAD)
+        )
+        columns = (
+            AuditEvent.id, AuditEvent.at, AuditEvent.actor, AuditEvent.action,
+            AuditEvent.target, AuditEvent.detail, AuditEvent.decision_id,
+            AuditEvent.prev_hash, AuditEvent.row_hash,
+        )  # fmt: skip
+        rows = self.session.execute(
+            sa.select(*columns).order_by(AuditEvent.id).execution_options(yield_per=1000)
+        )
+        return verify((ChainRow(*row) for row in rows), int(head or 0))
 
     def decision(self, decision_id: str) -> AuditEvent | None:
         """The refusal recorded under `decision_id`, if any."""
