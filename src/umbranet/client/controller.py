@@ -479,7 +479,7 @@ class ControllerClient:
                         data += line[5:].strip()
                     elif not line and data:
                         event = json_object(data)
-                        if name == "hello":
+                        if name in ("hello", "controllers"):
                             directory.learn(self._http.network, event.get("controllers") or [])
                         yield name, event
                         name, data = "message", ""

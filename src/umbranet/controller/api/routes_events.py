@@ -8,7 +8,8 @@ carries the stored epoch, shared by every replica and read from the database at 
 client whose last seen epoch is lower knows it missed events and re-checks everything (the
 router) or drops its cached tickets (the SDK). The subscription starts before that read, so
 an event committed meanwhile is either in `hello`'s epoch or delivered after it, never lost.
-`hello` also lists the live replicas (``controllers``) clients fail over to.
+`hello` also lists the live replicas (``controllers``) clients fail over to, and a
+``controllers`` event repeats the list whenever it changes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["events"], responses={401: {"model": ErrorBody}})
 
 KEEPALIVE_SECONDS = 15.0
+LIST_CHECK_SECONDS = 5.0
+"""How often a stream compares the live replicas with the list it last sent."""
 
 
 class GrantIn(BaseModel):
@@ -73,15 +76,25 @@ async def events(ctx: Ctx, caller: ClientCaller) -> StreamingResponse:
                 epoch = ctx.events.epoch  # the database is away: nothing can move it now
             hello: dict[str, object] = {"epoch": epoch, "identity": caller.spiffe_id}
             hello["bundle_version"] = ctx.authority.bundle.version
-            hello["controllers"] = ctx.controllers()
+            listed = ctx.controllers()
+            hello["controllers"] = listed
             if trusted:
                 hello["revoked_keys"] = ctx.events.revoked_keys()
             yield _sse("hello", hello)
+            idle = 0.0
             while True:
                 try:
-                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                    event = await asyncio.wait_for(queue.get(), LIST_CHECK_SECONDS)
                 except TimeoutError:
-                    yield b": keepalive\n\n"
+                    # A replica joined or left since `hello`: clients fail over to the
+                    # replicas they know, so tell them at once, not at their next reconnect.
+                    if (now_listed := ctx.controllers()) != listed:
+                        listed = now_listed
+                        yield _sse("controllers", {"controllers": listed})
+                    idle += LIST_CHECK_SECONDS
+                    if idle >= KEEPALIVE_SECONDS:
+                        idle = 0.0
+                        yield b": keepalive\n\n"
                     continue
                 if event is CLOSING:
                     return  # the controller is stopping; the client reconnects
