@@ -1,5 +1,6 @@
-"""``umbra controller init|join|run|rotate``: create a controller home (or a replica's, on a
-shared database), serve the controller from it, rotate its ticket key."""
+"""``umbra controller init|join|run|migrate|rotate|backup|restore``: create a controller home
+(or a replica's, on a shared database), serve the controller from it, rotate its keys, and
+save or restore it."""
 
 from __future__ import annotations
 
@@ -258,4 +259,59 @@ def rotate(
         cli,
         {"rotated": what, "id": new_id, "overlap_hours": overlap_hours},
         lambda: out.print(f"{message} (restart the controller to take it up)"),
+    )
+
+
+@app.command("backup")
+def backup(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The archive to write (must not exist).")],
+) -> None:
+    """Save an SQLite home (database, keys, admin identity) in one archive, mode 0600; the
+    controller may keep running. PostgreSQL: use pg_dump and keep the KEK (docs/ha.md)."""
+    from umbranet.controller.backup import backup_home
+
+    cli = state(ctx)
+    with handle_errors(cli):
+        summary = backup_home(cli.home, file)
+    emit(
+        cli,
+        {"archive": str(summary.path), "files": summary.files, "db_bytes": summary.database_bytes},
+        lambda: out.print(
+            f"saved {len(summary.files)} files ({summary.database_bytes} database bytes) to "
+            f"{summary.path}; it holds the CA key: keep it private"
+        ),
+    )
+
+
+@app.command("restore")
+def restore(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="An archive made by `controller backup`.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing home (stop its controller first); the current one is "
+            "kept beside it as controller.replaced-TIME.",
+        ),
+    ] = False,
+) -> None:
+    """Restore a home from `controller backup`; refuses an existing home without --force."""
+    from umbranet.controller.backup import restore_home
+
+    cli = state(ctx)
+    with handle_errors(cli):
+        summary = restore_home(cli.home, file, datetime.now(UTC), force=force)
+    result = {"home": str(summary.path), "files": summary.files}
+    if summary.replaced is not None:
+        result["replaced"] = str(summary.replaced)
+    emit(
+        cli,
+        result,
+        lambda: out.print(
+            f"restored {summary.path}"
+            + (f" (the previous home is in {summary.replaced})" if summary.replaced else "")
+            + "; start it with: [bold]umbra controller run[/]"
+        ),
     )
