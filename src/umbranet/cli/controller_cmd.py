@@ -5,13 +5,14 @@ save or restore it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from umbranet.cli.common import emit, fail, handle_errors, out, state
+from umbranet.cli.common import CliState, emit, fail, handle_errors, out, state
 from umbranet.controller.home import (
     DEFAULT_ADDRESS,
     DEFAULT_TRUST_DOMAIN,
@@ -20,7 +21,7 @@ from umbranet.controller.home import (
     init_home,
     load_home,
 )
-from umbranet.controller.rotation import DEFAULT_OVERLAP, rotate_ca, rotate_ticket_key
+from umbranet.controller.rotation import DEFAULT_OVERLAP, KeyFiles, rotate_ca, rotate_ticket_key
 from umbranet.controller.secrets import KeyEncryptionKey, load_kek
 
 __all__ = ["app"]
@@ -232,34 +233,64 @@ def rotate(
             "identity renews and picks up the new bundle meanwhile.",
         ),
     ] = DEFAULT_OVERLAP.total_seconds() / 3600,
+    kek_file: Annotated[Path | None, _KEK_OPTION] = None,
 ) -> None:
     """Rotate the ticket-signing key or the CA with an overlap; a running controller takes
-    it up at restart."""
+    it up at restart (every replica, when the keys are in the database)."""
     cli = state(ctx)
     if what not in {"ticket-key", "ca"}:
         fail(cli, "not_supported", f"cannot rotate {what!r}; choose 'ticket-key' or 'ca'")
     home = ControllerHome(cli.home)
     if not home.is_initialised():
         fail(cli, "not_initialised", f"{home.root} is not a controller home")
-    if ControllerConfig.from_json(home.config_json.read_text()).secrets == "database":
-        # Rotation state lives in the home's files; replicas would not see it.
-        fail(cli, "not_supported", "rotation is not supported yet when keys are in the database")
+    config = ControllerConfig.from_json(home.config_json.read_text())
     now, overlap = datetime.now(UTC), timedelta(hours=overlap_hours)
-    try:
+
+    def apply(where: Path | KeyFiles) -> str:
         if what == "ticket-key":
-            new_id = rotate_ticket_key(home.dir, now, overlap)
-            message = f"new ticket key {new_id}; the old one stays trusted for {overlap_hours:g} h"
-        else:
-            trust_domain = ControllerConfig.from_json(home.config_json.read_text()).trust_domain
-            new_id = rotate_ca(home.dir, now, trust_domain, overlap)
-            message = f"new CA {new_id[:16]} announced; it issues in {overlap_hours:g} h"
+            return rotate_ticket_key(where, now, overlap)
+        return rotate_ca(where, now, config.trust_domain, overlap)
+
+    try:
+        with handle_errors(cli):
+            if config.secrets == "database":
+                new_id = _rotate_in_database(cli, config, kek_file, now, apply)
+            else:
+                new_id = apply(home.dir)
     except ValueError as exc:
         fail(cli, "rotation_in_progress", str(exc))
+    if what == "ticket-key":
+        message = f"new ticket key {new_id}; the old one stays trusted for {overlap_hours:g} h"
+    else:
+        message = f"new CA {new_id[:16]} announced; it issues in {overlap_hours:g} h"
+    restart = "every replica" if config.secrets == "database" else "the controller"
     emit(
         cli,
         {"rotated": what, "id": new_id, "overlap_hours": overlap_hours},
-        lambda: out.print(f"{message} (restart the controller to take it up)"),
+        lambda: out.print(f"{message} (restart {restart} to take it up)"),
     )
+
+
+def _rotate_in_database(
+    cli: CliState,
+    config: ControllerConfig,
+    kek_file: Path | None,
+    now: datetime,
+    apply: Callable[[KeyFiles], str],
+) -> str:
+    """`apply` to the sealed keys in the shared database, in one locked transaction."""
+    from umbranet.controller.secrets import SecretStore
+    from umbranet.controller.store import Database
+
+    kek = load_kek(kek_file)
+    if kek is None:
+        fail(cli, "kek_missing", "give the key-encryption key with --kek-file or UMBRA_KEK")
+    db = Database.open(config.db_url, migrate_schema=False)
+    try:
+        with SecretStore(db, kek).files(now) as files:
+            return apply(files)
+    finally:
+        db.dispose()
 
 
 @app.command("backup")

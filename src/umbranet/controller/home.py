@@ -36,6 +36,7 @@ from umbranet.controller.rotation import advance_ca, load_rotation
 from umbranet.controller.secrets import (
     KEK_ENV,
     KEK_FILE_ENV,
+    NETWORK_SECRETS,
     KeyEncryptionKey,
     SecretStore,
     load_kek,
@@ -317,21 +318,28 @@ def _load_from_database(
         )
     db = Database.open(config.db_url, migrate_schema=False)
     try:
-        secrets = SecretStore(db, kek).load()
-        ca = CertificateAuthority.from_pem(secrets["ca.key"], secrets["ca.pem"])
-        signer = Signer.from_pem(secrets["signer.key"])
-        jwt_authority = JwtAuthority.from_pem(secrets["jwt.key"])
-        if ca.trust_domain != config.trust_domain:
+        store = SecretStore(db, kek)
+        opened = store.load()  # checks the KEK against every row before anything is written
+        if CertificateAuthority.from_pem(opened["ca.key"], opened["ca.pem"]).trust_domain != (
+            config.trust_domain
+        ):
             raise HomeError("home_invalid", "the database belongs to another trust domain")
         if migrate_schema:
             migrate(db.engine)
+        with store.files(now) as files:
+            if migrate_schema:  # `join` only reads
+                advance_ca(files, now)
+            rotation = load_rotation(files, now)
+            secrets = {name: files.read(name) or b"" for name in NETWORK_SECRETS}
+        ca = CertificateAuthority.from_pem(secrets["ca.key"], secrets["ca.pem"])
+        signer = Signer.from_pem(secrets["signer.key"])
+        jwt_authority = JwtAuthority.from_pem(secrets["jwt.key"])
     except PkiError as exc:
         db.dispose()
         raise HomeError("home_invalid", f"cannot load the network keys: {exc.reason}") from exc
     except BaseException:
         db.dispose()
         raise
-    rotation = load_rotation(home.dir, now)
     authority = Authority(
         ca=ca,
         signer=signer,

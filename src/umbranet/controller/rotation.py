@@ -22,7 +22,11 @@ issued has expired; its key is destroyed. State: ``"ca": {"pending": {"key", "ce
 "active_at"} | null, "retired": [{"cert", "until"}]}`` in ``rotation.json``. Enrollment
 tokens minted before the switch pin the old CA and must be re-issued after it.
 
-The rotation is done on the home directory; a running controller takes it up at restart.
+The rotation is done where the keys are: the home directory (`DirectoryFiles`), or, for
+replicas whose keys are in the database, the sealed secrets table (`secrets.SealedFiles`,
+one transaction holding the CA key row's lock, so a rotation and a replica starting at the
+same time do not interleave). Every function here takes either, through `KeyFiles`; a path
+means its directory. A running controller (every replica) takes it up at restart.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -43,6 +47,8 @@ from umbranet.pki.bundle import certificate_fingerprint
 __all__ = [
     "CA_RETENTION",
     "DEFAULT_OVERLAP",
+    "DirectoryFiles",
+    "KeyFiles",
     "Rotation",
     "advance_ca",
     "load_rotation",
@@ -53,6 +59,56 @@ __all__ = [
 DEFAULT_OVERLAP = timedelta(hours=48)
 CA_RETENTION = timedelta(days=31)
 """How long a replaced CA stays trusted: longer than any certificate it issued (admin: 30 d)."""
+
+
+class KeyFiles(Protocol):
+    """Named key material: ``signer.key``, ``ca.key``, ``rotation.json``, retired keys."""
+
+    def read(self, name: str) -> bytes | None:
+        """The content, or None when there is no such file."""
+        ...
+
+    def write(self, name: str, data: bytes, *, private: bool) -> None:
+        """Create or replace, atomically (`private`: readable by the owner only)."""
+        ...
+
+    def move(self, source: str, target: str) -> None:
+        """Rename `source` over `target` (the old `target` is gone: a replaced key)."""
+        ...
+
+
+class DirectoryFiles:
+    """`KeyFiles` in a home's ``controller/`` directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return (self.directory / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, name: str, data: bytes, *, private: bool) -> None:
+        tmp = self.directory / f"{name}.new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, self.directory / name)
+
+    def move(self, source: str, target: str) -> None:
+        os.replace(self.directory / source, self.directory / target)
+
+
+def _files(where: Path | KeyFiles) -> KeyFiles:
+    return DirectoryFiles(where) if isinstance(where, Path) else where
+
+
+def _need(files: KeyFiles, name: str) -> bytes:
+    data = files.read(name)
+    if data is None:
+        raise PkiError("key_invalid", f"{name} is missing")
+    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,28 +122,26 @@ class Rotation:
 
 
 def rotate_ticket_key(
-    controller_dir: Path, now: datetime, overlap: timedelta = DEFAULT_OVERLAP
+    where: Path | KeyFiles, now: datetime, overlap: timedelta = DEFAULT_OVERLAP
 ) -> str:
     """Make a new ticket-signing key current; returns its key id."""
     if overlap < timedelta(0):
         raise ValueError("the overlap cannot be negative")
-    state = _read_state(controller_dir)
-    current = controller_dir / "signer.key"
-    old = Signer.from_pem(current.read_bytes())
+    files = _files(where)
+    state = _read_state(files)
+    old = Signer.from_pem(_need(files, "signer.key"))
     retired_name = f"signer-{old.key_id}.key"
-    _write_private(controller_dir / retired_name, old.to_pem())
+    files.write(retired_name, old.to_pem(), private=True)
     state["retired"].append({"key": retired_name, "until": (now + overlap).isoformat()})
     state["bundle_version"] += 1
     new = Signer.generate()
-    tmp = controller_dir / "signer.key.new"
-    _write_private(tmp, new.to_pem())
-    os.replace(tmp, current)
-    _write_state(controller_dir, state)
+    files.write("signer.key", new.to_pem(), private=True)
+    _write_state(files, state)
     return new.key_id
 
 
 def rotate_ca(
-    controller_dir: Path,
+    where: Path | KeyFiles,
     now: datetime,
     trust_domain: str,
     overlap: timedelta = DEFAULT_OVERLAP,
@@ -95,82 +149,86 @@ def rotate_ca(
     """Announce a new CA now, to issue from ``now + overlap``; returns its fingerprint."""
     if overlap < timedelta(0):
         raise ValueError("the overlap cannot be negative")
-    state = _read_state(controller_dir)
+    files = _files(where)
+    state = _read_state(files)
     if state["ca"]["pending"] is not None:
         raise ValueError("a CA rotation is already under way")
     ca = CertificateAuthority.create(trust_domain, now)
     fingerprint = certificate_fingerprint(ca.certificate)
     key_pem, cert_pem = ca.to_pem()
     key_name, cert_name = f"ca-{fingerprint[:16]}.key", f"ca-{fingerprint[:16]}.pem"
-    _write_private(controller_dir / key_name, key_pem)
-    (controller_dir / cert_name).write_bytes(cert_pem)
+    files.write(key_name, key_pem, private=True)
+    files.write(cert_name, cert_pem, private=False)
     state["ca"]["pending"] = {
         "key": key_name,
         "cert": cert_name,
         "active_at": (now + overlap).isoformat(),
     }
     state["bundle_version"] += 1
-    _write_state(controller_dir, state)
+    _write_state(files, state)
     return fingerprint
 
 
-def advance_ca(controller_dir: Path, now: datetime) -> bool:
+def advance_ca(where: Path | KeyFiles, now: datetime) -> bool:
     """Make the announced CA the issuer once its overlap ended; True if it did now."""
-    state = _read_state(controller_dir)
+    files = _files(where)
+    state = _read_state(files)
     pending = state["ca"]["pending"]
     if pending is None or now < datetime.fromisoformat(pending["active_at"]):
         return False
-    old_cert = x509.load_pem_x509_certificate((controller_dir / "ca.pem").read_bytes())
+    old_cert = x509.load_pem_x509_certificate(_need(files, "ca.pem"))
     retired_name = f"ca-{certificate_fingerprint(old_cert)[:16]}-retired.pem"
-    (controller_dir / retired_name).write_bytes(old_cert.public_bytes(serialization.Encoding.PEM))
+    files.write(retired_name, old_cert.public_bytes(serialization.Encoding.PEM), private=False)
     # Replacing ca.key destroys the old CA's key: it must never issue again.
-    os.replace(controller_dir / pending["key"], controller_dir / "ca.key")
-    os.replace(controller_dir / pending["cert"], controller_dir / "ca.pem")
+    files.move(pending["key"], "ca.key")
+    files.move(pending["cert"], "ca.pem")
     until = datetime.fromisoformat(pending["active_at"]) + CA_RETENTION
     state["ca"]["retired"].append({"cert": retired_name, "until": until.isoformat()})
     state["ca"]["pending"] = None
     state["bundle_version"] += 1
-    _write_state(controller_dir, state)
+    _write_state(files, state)
     return True
 
 
-def load_rotation(controller_dir: Path, now: datetime) -> Rotation:
+def load_rotation(where: Path | KeyFiles, now: datetime) -> Rotation:
     """The retired keys and CAs still trusted at `now` and the bundle version to serve."""
-    state = _read_state(controller_dir)
+    files = _files(where)
+    state = _read_state(files)
     retired: list[Signer] = []
     ended = 0
     for entry in state["retired"]:
         if datetime.fromisoformat(entry["until"]) <= now:
             ended += 1
             continue
-        retired.append(Signer.from_pem((controller_dir / entry["key"]).read_bytes()))
+        retired.append(Signer.from_pem(_need(files, entry["key"])))
     extra: list[x509.Certificate] = []
     pending = state["ca"]["pending"]
     if pending is not None:
-        extra.append(_load_cert(controller_dir / pending["cert"]))
+        extra.append(_load_cert(files, pending["cert"]))
     for entry in state["ca"]["retired"]:
         if datetime.fromisoformat(entry["until"]) <= now:
             ended += 1
             continue
-        extra.append(_load_cert(controller_dir / entry["cert"]))
+        extra.append(_load_cert(files, entry["cert"]))
     return Rotation(tuple(retired), state["bundle_version"] + ended, tuple(extra))
 
 
-def _load_cert(path: Path) -> x509.Certificate:
+def _load_cert(files: KeyFiles, name: str) -> x509.Certificate:
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
+        return x509.load_pem_x509_certificate(_need(files, name))
     except ValueError as exc:
-        raise PkiError("ca_invalid", f"{path.name} is not a certificate") from exc
+        raise PkiError("ca_invalid", f"{name} is not a certificate") from exc
 
 
-def _read_state(controller_dir: Path) -> dict[str, Any]:
-    path = controller_dir / "rotation.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+def _read_state(files: KeyFiles) -> dict[str, Any]:
+    name = "rotation.json"
+    text = files.read(name)
+    if text is None:
         return {"bundle_version": 0, "retired": [], "ca": {"pending": None, "retired": []}}
+    try:
+        data = json.loads(text)
     except ValueError as exc:
-        raise PkiError("key_invalid", f"{path.name} is not valid JSON") from exc
+        raise PkiError("key_invalid", f"{name} is not valid JSON") from exc
     if (
         not isinstance(data, dict)
         or type(data.get("bundle_version")) is not int
@@ -183,24 +241,17 @@ def _read_state(controller_dir: Path) -> dict[str, Any]:
             for e in data["retired"]
         )
     ):
-        raise PkiError("key_invalid", f"{path.name} is malformed")
+        raise PkiError("key_invalid", f"{name} is malformed")
     ca = data.setdefault("ca", {"pending": None, "retired": []})
     if (
         not isinstance(ca, dict)
         or not isinstance(ca.get("retired"), list)
         or not (ca.get("pending") is None or isinstance(ca.get("pending"), dict))
     ):
-        raise PkiError("key_invalid", f"{path.name} is malformed")
+        raise PkiError("key_invalid", f"{name} is malformed")
     return data
 
 
-def _write_state(controller_dir: Path, state: dict[str, Any]) -> None:
-    tmp = controller_dir / "rotation.json.new"
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, controller_dir / "rotation.json")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+def _write_state(files: KeyFiles, state: dict[str, Any]) -> None:
+    text = json.dumps(state, indent=2, sort_keys=True) + "\n"
+    files.write("rotation.json", text.encode(), private=False)

@@ -21,13 +21,15 @@ import binascii
 import hashlib
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.orm import Session
 
 from umbranet.controller.store import Database
 from umbranet.controller.store.cluster_models import ControllerSecret
@@ -38,6 +40,7 @@ __all__ = [
     "KEK_FILE_ENV",
     "NETWORK_SECRETS",
     "KeyEncryptionKey",
+    "SealedFiles",
     "SecretStore",
     "load_kek",
 ]
@@ -146,3 +149,52 @@ class SecretStore:
                 f"secrets are sealed with (id {rows[wrong[0]].kek_id}); refusing to start",
             )
         return {name: self._kek.open(name, row.sealed) for name, row in rows.items()}
+
+    @contextmanager
+    def files(self, now: datetime) -> Iterator[SealedFiles]:
+        """The secrets as `rotation.KeyFiles`, in one transaction that holds the lock on the
+        CA key's row: rotations, and replicas advancing a CA at start, take turns. The KEK
+        is checked first (`load`): a wrong key seals nothing."""
+        self.load()
+        with self._db.session() as session:
+            session.execute(
+                sa.select(ControllerSecret.name)
+                .where(ControllerSecret.name == "ca.key")
+                .with_for_update()
+            )
+            yield SealedFiles(session, self._kek, now)
+
+
+class SealedFiles:
+    """`rotation.KeyFiles` over the sealed secrets table, in the caller's transaction."""
+
+    def __init__(self, session: Session, kek: KeyEncryptionKey, now: datetime) -> None:
+        self._session = session
+        self._kek = kek
+        self._now = now
+
+    def read(self, name: str) -> bytes | None:
+        row = self._session.get(ControllerSecret, name)
+        return None if row is None else self._kek.open(name, row.sealed)
+
+    def write(self, name: str, data: bytes, *, private: bool) -> None:
+        # Public files (certificates, rotation.json) are sealed too: one way for everything.
+        sealed = self._kek.seal(name, data)
+        row = self._session.get(ControllerSecret, name)
+        if row is None:
+            self._session.add(
+                ControllerSecret(
+                    name=name, kek_id=self._kek.id, sealed=sealed, created_at=self._now
+                )
+            )
+        else:
+            row.sealed, row.kek_id = sealed, self._kek.id
+        self._session.flush()
+
+    def move(self, source: str, target: str) -> None:
+        data = self.read(source)
+        if data is None:
+            raise HomeError("secrets_missing", f"the database holds no {source}")
+        # Sealed under the target's name: the name is the associated data.
+        self.write(target, data, private=True)
+        self._session.execute(sa.delete(ControllerSecret).where(ControllerSecret.name == source))
