@@ -16,7 +16,12 @@ import pytest
 
 from tests.controller_harness import Harness, make_harness
 from umbranet.client.controller import ControllerClient, ControllerError
-from umbranet.client.transport import directory, may_fail_over
+from umbranet.client.transport import (
+    DOWN_SECONDS,
+    ControllerDirectory,
+    directory,
+    may_fail_over,
+)
 from umbranet.controller.replicas import STALE, ReplicaDirectory
 
 DEAD = "https://dead.example:1"
@@ -95,6 +100,20 @@ def test_a_change_that_may_have_been_applied_is_not_sent_again(
     asyncio.run(main())
 
 
+def test_a_failed_replica_is_tried_last_for_a_while() -> None:
+    now = [0.0]
+    book = ControllerDirectory(clock=lambda: now[0])
+    book.learn("td", ["https://a:1", "https://b:1", "http://plain:1", 7])
+    assert book.candidates("td", "https://a:1") == ["https://a:1", "https://b:1"]
+    book.failed("td", "https://a:1")
+    assert book.candidates("td", "https://a:1") == ["https://b:1", "https://a:1"]
+    now[0] = DOWN_SECONDS + 1  # it may be back: its clients try it first again
+    assert book.candidates("td", "https://a:1") == ["https://a:1", "https://b:1"]
+    book.failed("td", "https://b:1")
+    book.worked("td", "https://b:1")
+    assert book.candidates("td", "https://b:1")[0] == "https://b:1"
+
+
 def test_what_may_fail_over() -> None:
     refused = ControllerError("unreachable", "x", 0, sent=False)
     broken = ControllerError("unreachable", "x", 0)
@@ -124,7 +143,11 @@ def test_the_controller_lists_live_replicas_and_clients_learn_them(h: Harness) -
 
     assert asyncio.run(main()) == ["https://ctl-a.example:8443", "https://ctl-b.example:8443"]
     candidates = directory.candidates(h.admin.trust_domain, h.admin.controller_url)
-    assert candidates[:2] == ["https://ctl-a.example:8443", "https://ctl-b.example:8443"]
-    assert h.admin.controller_url in candidates
+    # Its own URL first (clients spread over the replicas that enrolled them), then the list.
+    assert candidates == [
+        h.admin.controller_url,
+        "https://ctl-a.example:8443",
+        "https://ctl-b.example:8443",
+    ]
     other.stop()  # a clean stop removes its row at once
     assert here.heartbeat() == ["https://ctl-a.example:8443"]

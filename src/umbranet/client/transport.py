@@ -11,8 +11,9 @@ tries the next one it knows, each at most once per request. Which replicas exist
 from the controllers themselves (the event stream's ``hello`` and ``GET /v1/controllers``
 list the live ones), plus the identity file's URL and ``UMBRA_CONTROLLERS`` (comma-separated
 URLs: how a process that starts while its identity's controller is down finds the others).
-What was learned is kept per trust domain for the whole process (`directory`), so every
-client of the process — new ones included — starts at the replica that works.
+What was learned, and which replica failed lately, is kept per trust domain for the whole
+process (`directory`), so every client of the process — new ones included — skips a dead
+replica at once.
 
 Repeating a request must not do a change twice. A request that never reached a server
 (connection refused, TLS failure) and a 502/503/504 answer (the replica could not reach the
@@ -31,6 +32,7 @@ import json as json_module
 import logging
 import os
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -200,6 +202,8 @@ _REPEATABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 _UNAVAILABLE = frozenset({502, 503, 504})
 MAX_URLS = 32
 ENV_CONTROLLERS = "UMBRA_CONTROLLERS"
+DOWN_SECONDS = 60.0
+"""How long a replica that failed is tried last."""
 
 
 def may_fail_over(error: ControllerError, method: str, path: str) -> bool:
@@ -214,39 +218,53 @@ def may_fail_over(error: ControllerError, method: str, path: str) -> bool:
 
 
 class ControllerDirectory:
-    """The controller URLs known per trust domain, best first: the one that answered last
-    leads, the one that failed last trails. Shared by every client of the process."""
+    """The controller URLs known per trust domain, and which failed lately.
 
-    def __init__(self) -> None:
+    A client tries its own identity's URL first (so clients spread over the replicas that
+    enrolled them), then the replicas the controllers listed, then ``UMBRA_CONTROLLERS``;
+    a URL that failed within `DOWN_SECONDS` goes to the back, so every client of the process
+    (new ones included) skips a dead replica without waiting for it again. Shared by the
+    whole process (`directory`); time is injected.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._urls: dict[str, list[str]] = {}
+        self._down: dict[str, float] = {}  # URL -> when it failed
         self.failovers = 0
 
     def candidates(self, network: str, primary: str) -> list[str]:
         """Every URL to try for `network`, in order (the identity's `primary` included)."""
         env = [u.strip() for u in os.environ.get(ENV_CONTROLLERS, "").split(",")]
-        return _unique([*self._urls.get(network, []), primary, *env])[:MAX_URLS]
+        urls = _unique([primary, *self._urls.get(network, []), *env])[:MAX_URLS]
+        since = self._clock() - DOWN_SECONDS
+
+        def failed_at(url: str) -> float:
+            at = self._down.get(url, -1.0)
+            return at if at >= since else -1.0
+
+        # Stable: healthy ones keep their order; the one that failed longest ago comes next.
+        return sorted(urls, key=failed_at)
 
     def learn(self, network: str, urls: Iterable[object]) -> None:
-        """Take the live replicas a controller listed; the one in use keeps the lead."""
+        """Take the live replicas a controller listed (https URLs only)."""
         listed = [u for u in urls if isinstance(u, str) and u.lower().startswith("https://")]
-        if not listed:
-            return
-        current = self._urls.get(network, [])
-        lead = current[:1] if current and current[0] in listed else []
-        self._urls[network] = _unique([*lead, *listed])[:MAX_URLS]
+        if listed:
+            self._urls[network] = _unique(listed)[:MAX_URLS]
 
     def worked(self, network: str, url: str) -> None:
-        current = self._urls.get(network, [])
-        self._urls[network] = _unique([url, *current])[:MAX_URLS]
+        self._down.pop(url.rstrip("/"), None)
 
     def failed(self, network: str, url: str) -> None:
-        current = [u for u in self._urls.get(network, []) if u != url]
-        self._urls[network] = [*current, url][:MAX_URLS]
+        self._down[url.rstrip("/")] = self._clock()
+        while len(self._down) > 4 * MAX_URLS:
+            del self._down[next(iter(self._down))]
         self.failovers += 1
 
     def forget(self) -> None:
         """Tests: start from nothing."""
         self._urls.clear()
+        self._down.clear()
         self.failovers = 0
 
 
