@@ -129,18 +129,18 @@ def test_the_migration_chains_rows_written_before_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_engine(url)
     migrate(engine, "0007")
-    with engine.begin() as connection:
-        for i in range(3):
-            connection.execute(
-                sa.text(
-                    "INSERT INTO audit_events (at, actor, action, target, detail) "
-                    "VALUES (:at, 'admin', 'identity.create', :t, '{}')"
-                ),
-                {"at": NOW + timedelta(seconds=i), "t": f"old{i}"},
-            )
+    with engine.begin() as connection:  # more than the migration's page of 1,000 rows
+        connection.execute(
+            sa.text(
+                "INSERT INTO audit_events (at, actor, action, target, detail) "
+                "VALUES (:at, 'admin', 'identity.create', :t, '{}')"
+            ),
+            [{"at": NOW + timedelta(seconds=i), "t": f"old{i}"} for i in range(1003)],
+        )
     migrate(engine)
     db = Database(engine)
     assert _verify(db) == (True, None, "")
+    assert len(_ids(db)) == 1003
     _append(db, 2)
     assert _verify(db) == (True, None, "")
 

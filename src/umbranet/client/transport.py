@@ -294,11 +294,6 @@ class Failover:
             found = self._clients[url] = self._make(url)
         return found
 
-    @property
-    def first(self) -> httpx.AsyncClient:
-        """The client of the replica tried first (for calls that need no failover)."""
-        return self.client(directory.candidates(self.network, self.primary)[0])
-
     async def request(self, method: str, path: str, *, json: Any = None) -> Any:
         """`request` on the first replica that answers (see the module doc)."""
         return await self.attempt(lambda http: request(http, method, path, json=json), method, path)

@@ -62,16 +62,25 @@ def _chain_existing_rows() -> None:
         return
     bind = op.get_bind()
     prev, head = GENESIS, 0
-    rows = bind.execute(sa.select(table).order_by(table.c.id)).mappings().all()
-    for row in rows:
-        digest = row_hash(
-            prev, row["id"], at=row["at"], actor=row["actor"], action=row["action"],
-            target=row["target"], detail=row["detail"], decision_id=row["decision_id"],
-        )  # fmt: skip
-        bind.execute(
-            sa.update(table).where(table.c.id == row["id"]).values(prev_hash=prev, row_hash=digest)
+    while True:  # in pages: an audit table can be large
+        page = (
+            bind.execute(sa.select(table).where(table.c.id > head).order_by(table.c.id).limit(1000))
+            .mappings()
+            .all()
         )
-        prev, head = digest, row["id"]
+        if not page:
+            break
+        for row in page:
+            digest = row_hash(
+                prev, row["id"], at=row["at"], actor=row["actor"], action=row["action"],
+                target=row["target"], detail=row["detail"], decision_id=row["decision_id"],
+            )  # fmt: skip
+            bind.execute(
+                sa.update(table)
+                .where(table.c.id == row["id"])
+                .values(prev_hash=prev, row_hash=digest)
+            )
+            prev, head = digest, row["id"]
     bind.execute(sa.insert(state).values(name=HEAD, value=head))
 
 
