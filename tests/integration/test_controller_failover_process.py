@@ -4,7 +4,8 @@ Replicas A and B (`umbra controller run` twice), a router process and SDK endpoi
 and a dialer, in this process) that all start on A's URL. With a stream established and
 carrying data, A is killed with SIGKILL. Then: the stream keeps working; the router and the
 endpoints follow B's event stream; admin calls, a new enrollment and a new ticket succeed
-through B (the CLI too, told B's URL by ``UMBRA_CONTROLLERS``); and a revocation made through
+through B (the CLI, and an enrollment token minted by A, too, told B's URL by
+``UMBRA_CONTROLLERS``); and a revocation made through
 B closes the established stream of the identity it disables, through the router that had
 followed A. The time from the disable call to the stream's end is printed (not asserted).
 """
@@ -163,6 +164,8 @@ def test_killing_replica_a_moves_everyone_to_b(net: Net) -> None:
             )
             host_file = await enroll(admin, "host", ["h"])
             alice_file = await enroll(admin, "alice", ["c"])
+            # A token minted by A, used after A is gone.
+            dave = await admin.create_identity("dave", kind="workload", attributes=["c"])
 
         async with Context.from_file(host_file) as host, Context.from_file(alice_file) as alice:
             listener = await host.listen("echo").start()
@@ -186,6 +189,12 @@ def test_killing_replica_a_moves_everyone_to_b(net: Net) -> None:
                 await _until("three streams on B", lambda: _at_least(admin, 3))
                 carol_file = await enroll(admin, "carol", ["c"])
                 assert IdentityFile.load(carol_file).controller_url == url_b
+                os.environ["UMBRA_CONTROLLERS"] = url_b
+                try:
+                    dave_id = await ControllerClient.enroll(dave.enrollment_token)
+                finally:
+                    del os.environ["UMBRA_CONTROLLERS"]
+                assert dave_id.controller_url == url_b  # the replica that answered
                 async with Context.from_file(carol_file) as carol:
                     fresh = await carol.dial("echo")  # a ticket from B
                     await _round_trip(fresh, b"carol")

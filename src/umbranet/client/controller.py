@@ -58,6 +58,7 @@ from umbranet.client.transport import (
     http_client,
     json_object,
     malformed_answers_are_bad_responses,
+    may_fail_over,
     request,
     server_context,
     transport_error,
@@ -168,10 +169,35 @@ class ControllerClient:
             raise ControllerError(
                 "insecure_url", f"the enrollment token names a non-HTTPS controller: {url!r}", 0
             )
+        # The token names the replica that minted it; when that one is down, any replica of
+        # the network will do (`UMBRA_CONTROLLERS`): the token pins the CA, not the server.
+        last: ControllerError | None = None
+        for candidate in directory.candidates("", url):
+            try:
+                return await cls._enroll_at(
+                    candidate, token, claims.ca_fingerprint, request_timeout, transport
+                )
+            except ControllerError as exc:
+                if not may_fail_over(exc, "POST", "/v1/enroll"):
+                    raise
+                directory.failed("", candidate)
+                last = exc
+        assert last is not None
+        raise last
+
+    @classmethod
+    async def _enroll_at(
+        cls,
+        url: str,
+        token: str,
+        ca_fingerprint: str,
+        request_timeout: float,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> IdentityFile:
         # Step 1: the bundle, unverified, only to learn the certificate the token pins.
         async with http_client(url, False, request_timeout, transport) as insecure:
             offered = _bundle(await request(insecure, "GET", "/v1/bundle"))
-        pinned_ca = offered.ca_with_fingerprint(claims.ca_fingerprint)
+        pinned_ca = offered.ca_with_fingerprint(ca_fingerprint)
         if pinned_ca is None:
             raise _ca_mismatch()
         # Step 2: over TLS that trusts only the pinned CA, prove the Noise key and enroll.
@@ -192,7 +218,7 @@ class ControllerClient:
         if not isinstance(data, dict):
             raise ControllerError("enroll_response_invalid", "the answer is not an object", 0)
         issued_bundle = _bundle(data.get("bundle"))
-        _check_fingerprint(issued_bundle, claims.ca_fingerprint)
+        _check_fingerprint(issued_bundle, ca_fingerprint)
         try:
             return IdentityFile(
                 name=str(data["name"]),
@@ -200,7 +226,7 @@ class ControllerClient:
                 key_pem=key_to_pem(key),
                 cert_pem=str(data["cert_pem"]).encode("ascii"),
                 bundle=issued_bundle,
-                controller_url=url,
+                controller_url=url,  # the replica that answered: a live one
                 noise_private_key=noise_private,
             )
         except PkiError as exc:
