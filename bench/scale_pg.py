@@ -10,9 +10,13 @@ loopback; PostgreSQL is a throwaway cluster made as the tests make theirs
 ``synchronous_commit=off``; so commits cost less than on a durable server). Rows:
 
 - view: `GET /v1/view` through the API for one dialer while the database holds
-  `--identities` identities and `--services` services (bulk-inserted; attribute rules:
-  the dialer's team may dial 1 in 200 services, each hosted by 3 identities); median and
-  p99 of sequential calls.
+  `--identities` identities and `--services` services (bulk-inserted) and a policy of
+  `--rules` rules is in force: the synthetic network of `bench.policy_scale` (teams as tags,
+  groups, hosts, deny and posture rules), saved through ``PUT /v1/policy``; the dialer has
+  the tag of one team. Median and p99 of sequential calls, after one warm-up call (the
+  controller builds its inventory once per network change). ``--view-mode attributes``
+  measures the interim attribute rule instead (no policy: every view reads every identity,
+  so keep `--identities` small).
 - enrollments/s and tickets/s at 1 replica and, on PostgreSQL, 2: enrollment tokens are
   minted on each replica in turn and ticket clients are spread over the replicas (each
   client's identity names its replica); `--concurrency` calls in flight.
@@ -31,6 +35,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -70,10 +75,11 @@ class Sizes:
     tickets: int = 2_000
     concurrency: int = 8
     bumps: int = 200
+    rules: int = 5_000
 
     @classmethod
     def smoke(cls) -> Sizes:
-        return cls(2_000, 200, 20, 10, 100, 4, 100)
+        return cls(2_000, 200, 20, 10, 100, 4, 100, 200)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes")
     for field in dataclasses.fields(Sizes):
         parser.add_argument(f"--{field.name}", type=int, default=None)
+    parser.add_argument("--view-mode", choices=("policy", "attributes"), default="policy")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes()
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="umbra-scale-") as tmp, _database(
         args.db, Path(tmp)
     ) as url:  # fmt: skip
-        result = _run(args.db, url, Path(tmp), sizes)
+        result = _run(args.db, url, Path(tmp), sizes, args.view_mode)
     _print(result)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -202,31 +209,48 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"the controller at {url} did not become ready in 60 s")
 
 
-def _populate(db_url: str, sizes: Sizes) -> float:
-    """Bulk-insert the identities and services (no certificates: only the view reads them)."""
+def _world(sizes: Sizes, mode: str) -> tuple[dict[str, list[str]], dict[str, list[str]], str]:
+    """(identity -> tags, service -> attributes, policy text or "") of the network."""
+    if mode == "policy":
+        from bench.policy_scale import build_world
+
+        world = build_world(random.Random(1), sizes.identities, sizes.services, sizes.rules)
+        inventory = world["inventory"]
+        identities = {s.name: sorted(s.tags) for s in inventory.identities()}
+        services = {r.name: sorted(r.attributes) for r in inventory.services()}
+        return identities, services, str(world["text"])
+    identities = {}
+    for i in range(sizes.identities):
+        identities[f"u{i}"] = [f"team{i % TEAMS}", *([f"hosts{i // 3}"] if i < 3000 else [])]
+    services = {
+        f"s{j}": [f"team{j % TEAMS}", f"hosts{j % HOST_GROUPS}"] for j in range(sizes.services)
+    }
+    return identities, services, ""
+
+
+def _populate(db_url: str, world: tuple[dict[str, list[str]], dict[str, list[str]], str]) -> float:
+    """Bulk-insert the identities and services (no certificates: only views read them)."""
     started = time.monotonic()
     now = datetime.now(UTC)
+    identities, services, policy = world
     db = Database.open(db_url, migrate_schema=False)
     try:
-        batch = 5_000
-        for first in range(0, sizes.identities, batch):
-            rows = []
-            for i in range(first, min(first + batch, sizes.identities)):
-                attributes = [f"team{i % TEAMS}"]
-                if i < HOST_GROUPS * 3:
-                    attributes.append(f"hosts{i // 3}")
-                rows.append(
-                    {"name": f"u{i}", "kind": "workload", "attributes": attributes,
-                     "spiffe_id": f"spiffe://{TRUST_DOMAIN}/workload/u{i}", "created_at": now,
-                     "noise_public_key": None, "enabled": True}
-                )  # fmt: skip
+        names = list(identities)
+        for first in range(0, len(names), 5_000):
+            rows = [
+                {"name": name, "kind": "workload", "attributes": identities[name],
+                 "spiffe_id": f"spiffe://{TRUST_DOMAIN}/workload/{name}", "created_at": now,
+                 "noise_public_key": None, "enabled": True}
+                for name in names[first : first + 5_000]
+            ]  # fmt: skip
             with db.session() as session:
                 session.execute(sa.insert(Identity), rows)
+        # Attribute mode: dial by team, host by host group; policy mode: the policy decides.
         rows = [
-            {"name": f"s{j}", "dial_attributes": [f"team{j % TEAMS}"],
-             "bind_attributes": [f"hosts{j % HOST_GROUPS}"], "host_address": None,
+            {"name": name, "dial_attributes": attrs if policy else attrs[:1],
+             "bind_attributes": [] if policy else attrs[1:], "host_address": None,
              "intercepts": [], "created_at": now}
-            for j in range(sizes.services)
+            for name, attrs in services.items()
         ]  # fmt: skip
         with db.session() as session:
             session.execute(sa.insert(Service), rows)
@@ -235,20 +259,23 @@ def _populate(db_url: str, sizes: Sizes) -> float:
     return time.monotonic() - started
 
 
-def _run(engine: str, url: str | None, tmp: Path, sizes: Sizes) -> dict[str, Any]:
+def _run(engine: str, url: str | None, tmp: Path, sizes: Sizes, mode: str) -> dict[str, Any]:
     result: dict[str, Any] = {
-        "engine": engine, "sizes": dataclasses.asdict(sizes), "errors": [],
+        "engine": engine, "sizes": dataclasses.asdict(sizes), "errors": [], "view_mode": mode,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
     counts = [1, 2] if engine == "postgresql" else [1]
     replicas = _Replicas(tmp, url)
     try:
         replicas.make(max(counts))
-        result["populate_s"] = round(_populate(replicas.db_url_of_first(), sizes), 1)
+        world = _world(sizes, mode)
+        result["populate_s"] = round(_populate(replicas.db_url_of_first(), world), 1)
+        admin = IdentityFile.load(replicas.homes[0] / "admin.json")
         for count in counts:
             replicas.start(count)
             try:
-                admin = IdentityFile.load(replicas.homes[0] / "admin.json")
+                if count == 1 and world[2]:
+                    result["policy_save_s"] = round(asyncio.run(_save_policy(admin, world[2])), 1)
                 row = asyncio.run(_controller_rows(admin, replicas, count, sizes))
                 result[f"replicas_{count}"] = row
                 if count == max(counts) and count > 1:
@@ -262,6 +289,13 @@ def _run(engine: str, url: str | None, tmp: Path, sizes: Sizes) -> dict[str, Any
     finally:
         replicas.stop()
     return result
+
+
+async def _save_policy(admin: IdentityFile, text: str) -> float:
+    started = time.monotonic()
+    async with ControllerClient(admin, request_timeout=900) as client:
+        await client.set_policy(text, "bench.scale_pg")
+    return time.monotonic() - started
 
 
 async def _controller_rows(
@@ -278,6 +312,11 @@ async def _controller_rows(
             tokens.append(made.enrollment_token)
     probe = await ControllerClient.enroll(tokens.pop())
     row: dict[str, Any] = {"replicas": count}
+    async with ControllerClient(probe, request_timeout=600) as client:
+        view = await client.view()  # the first builds the inventory: not timed
+    service = next((n for n, a in sorted(view["services"].items()) if "dial" in a), None)
+    if service is None:
+        raise RuntimeError("the probe identity may dial no service")
     if count == 1:
         row["view"] = await _views(probe, sizes.views)
     sem = asyncio.Semaphore(sizes.concurrency)
@@ -308,7 +347,7 @@ async def _controller_rows(
             await ready.wait()
             for _ in range(n):
                 try:
-                    await client.ticket("s0", "dial")
+                    await client.ticket(service, "dial")
                     done += 1
                 except ControllerError as exc:
                     errors.append(f"ticket: {exc!r}"[:200])
@@ -329,7 +368,7 @@ async def _controller_rows(
 
 async def _views(probe: IdentityFile, count: int) -> dict[str, Any]:
     samples = []
-    async with ControllerClient(probe) as client:
+    async with ControllerClient(probe, request_timeout=600) as client:
         view = await client.view()  # warm: caches, TLS session
         for _ in range(count):
             started = time.perf_counter()
@@ -378,7 +417,11 @@ def _print(result: dict[str, Any]) -> None:
     sizes = result["sizes"]
     print(f"controller scale on {result['engine']} ({result['date']})")
     print(f"  {sizes['identities']:,} identities, {sizes['services']:,} services", end="")
-    print(f" (bulk insert {result.get('populate_s', '?')} s)")
+    print(f" (bulk insert {result.get('populate_s', '?')} s)", end="")
+    if "policy_save_s" in result:
+        print(f", a policy of {sizes['rules']:,} rules (saved in {result['policy_save_s']} s)")
+    else:
+        print(", attribute rules (no policy)")
     for key in ("replicas_1", "replicas_2"):
         row = result.get(key)
         if not row:

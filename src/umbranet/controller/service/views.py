@@ -170,9 +170,10 @@ def _attribute_peers(store: Store, identity: Identity, services: dict[str, list[
 
 
 def _keys(store: Store, names: set[str] | frozenset[str]) -> list[PeerKey]:
-    keys: list[PeerKey] = []
-    for name in sorted(names):
-        row = store.identity_by_name(name)
-        if row is not None and row.enabled:
-            keys.append(PeerKey(row.name, row.spiffe_id, row.noise_public_key))
-    return keys
+    # One query for all peers, not one each: a view can name hundreds of peers.
+    rows = store.identities_by_names(names)
+    return [
+        PeerKey(row.name, row.spiffe_id, row.noise_public_key)
+        for row in sorted(rows, key=lambda r: r.name)
+        if row.enabled
+    ]
