@@ -83,6 +83,37 @@ def test_events_are_followed_across_broken_streams(arun: Any) -> None:
     assert seen == [("hello", 1), ("hello", 2), ("hello", 3)]
 
 
+def test_a_resumed_stream_says_whether_epochs_were_missed(
+    arun: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    streams = [[("hello", 5), ("epoch", 6)], [("hello", 9)], [("hello", 9)], [("hello", 4)]]
+    done = asyncio.Event()
+
+    async def events() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        if not streams:
+            done.set()
+            await asyncio.sleep(3600)
+        for name, epoch in streams.pop(0):
+            yield name, {"epoch": epoch}
+
+    async def handle(name: str, data: dict[str, Any]) -> None:
+        return None
+
+    async def main() -> None:
+        task = asyncio.ensure_future(
+            follow_events(events, handle, errors=(ConnectionError,), max_backoff=0.01)
+        )
+        await asyncio.wait_for(done.wait(), 10)
+        task.cancel()
+
+    with caplog.at_level("INFO", logger="umbranet.client"):
+        arun(main())
+    messages = [r.getMessage() for r in caplog.records]
+    assert "event stream resumed at epoch 9 (last seen 6): re-checking" in messages
+    assert sum("resumed" in m for m in messages) == 1  # 9 after 9 missed nothing
+    assert "the controller is at epoch 4, behind the 9 seen before" in messages
+
+
 def test_an_unexpected_error_is_not_swallowed(arun: Any) -> None:
     async def events() -> AsyncIterator[tuple[str, dict[str, Any]]]:
         yield "hello", {}

@@ -62,17 +62,40 @@ async def follow_events(
 ) -> None:
     """Forever: read the event stream and `handle` each event; when the stream ends or fails
     with one of `errors`, reconnect after a backoff that doubles up to `max_backoff` and
-    starts again at 0.2 s once an event arrives."""
+    starts again at 0.2 s once an event arrives. (`events` fails over to another controller
+    replica by itself; the stream resumes by comparing epochs: see `_resumed`.)"""
     backoff = 0.2
+    last = 0
     while True:
         try:
             async for name, data in events():
                 backoff = 0.2
+                last = _resumed(name, data, last)
                 await handle(name, data)
         except errors as exc:
             log.debug("event stream: %s; reconnecting in %.1fs", exc, backoff)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, max_backoff)
+
+
+def _resumed(name: str, data: dict[str, Any], last: int) -> int:
+    """The newest epoch seen, after `name`/`data`.
+
+    The stream resumes by comparison, not replay (docs/ha.md): a reconnect's ``hello``
+    carries the epoch stored for the whole cluster. Above the last one seen, events were
+    missed while away, and every consumer treats such a ``hello`` as "re-check everything";
+    equal, nothing was missed; below, the controller is behind what we saw (a restored
+    database), and consumers keep the higher epoch they have.
+    """
+    epoch = data.get("epoch")
+    if name not in ("hello", "epoch") or not isinstance(epoch, int):
+        return last
+    if name == "hello" and last:
+        if epoch > last:
+            log.info("event stream resumed at epoch %d (last seen %d): re-checking", epoch, last)
+        elif epoch < last:
+            log.warning("the controller is at epoch %d, behind the %d seen before", epoch, last)
+    return max(last, epoch)
 
 
 class ControllerFollower:
