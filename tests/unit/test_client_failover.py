@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from tests.controller_harness import Harness, make_harness
 from umbranet.client.controller import ControllerClient, ControllerError
@@ -23,6 +24,7 @@ from umbranet.client.transport import (
     may_fail_over,
 )
 from umbranet.controller.replicas import STALE, ReplicaDirectory
+from umbranet.controller.store.cluster_models import ControllerReplica
 
 DEAD = "https://dead.example:1"
 SICK = "https://sick.example:1"
@@ -151,3 +153,8 @@ def test_the_controller_lists_live_replicas_and_clients_learn_them(h: Harness) -
     ]
     other.stop()  # a clean stop removes its row at once
     assert here.heartbeat() == ["https://ctl-a.example:8443"]
+    clock.advance(timedelta(days=1, seconds=1))
+    here.heartbeat()  # c, gone for a day, is dropped from the table
+    with db.session() as session:
+        rows = session.scalars(sa.select(ControllerReplica.url)).all()
+    assert rows == ["https://ctl-a.example:8443"]

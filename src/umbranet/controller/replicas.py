@@ -66,6 +66,8 @@ class ReplicaDirectory:
             if getattr(updated, "rowcount", 0) != 1:
                 session.add(ControllerReplica(url=self.url, started_at=self._started, seen_at=now))
             since = now - timedelta(seconds=STALE)
+            # Replicas gone for a day (decommissioned) leave the table; a restart re-adds.
+            session.execute(sa.delete(table).where(table.seen_at < now - timedelta(days=1)))
             urls = session.scalars(
                 sa.select(table.url)
                 .where(table.seen_at >= since)
