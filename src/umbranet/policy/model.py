@@ -20,9 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from umbranet.policy.posture import PostureDef, PostureReport
+
+if TYPE_CHECKING:
+    from umbranet.policy.network import Network
 
 __all__ = [
     "ACTIONS",
@@ -307,6 +310,13 @@ class PolicyTest:
     column: int | None = field(default=None, compare=False)
 
 
+def _no_network() -> Network:
+    """An empty ``network`` section (imported late: `network` builds on this module)."""
+    from umbranet.policy.network import Network
+
+    return Network()
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The whole document, typed; references are not yet checked (see `compile`).
@@ -324,3 +334,4 @@ class Policy:
     group_lines: dict[str, tuple[int, int] | None] = field(default_factory=dict, compare=False)
     tag_lines: dict[str, tuple[int, int] | None] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = ()
+    network: Network = field(default_factory=_no_network)

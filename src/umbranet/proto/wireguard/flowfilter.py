@@ -10,7 +10,12 @@ the peer may use). This filter decides whether that peer may send it *to us*:
   it to (return traffic);
 - anything else is a new flow of the peer's and passes only if the peer's grant holds it:
   ``tcp/PORT`` or ``udp/PORT`` (from the controller's view: the services we host that the
-  peer may dial, at their host ports), and ICMP echo requests from a peer with any grant.
+  peer may dial, at their host ports, and the network rules of the policy), and ICMP echo
+  requests from a peer with any grant;
+- a packet for an address inside a route we serve (a subnet router's LAN, an exit node's
+  internet) passes only if the grant names that prefix, protocol and port and no deny entry
+  does (``route_denied``, ``route_no_grant``); a destination inside no granted route is
+  ``not_for_us``. The kernel then forwards it (see `agent.tunplan`).
 
 Grants are re-checked on every packet of a peer's flow, not remembered: when `set_grants`
 takes a grant away (a policy change, a revoked identity) the next packet of a live flow is
@@ -21,7 +26,8 @@ granted flow into return traffic that outlives the grant.
 
 Every drop is counted under a reason in `statistics()["drops"]`: ``not_ip``, ``not_for_us``,
 ``fragment``, ``truncated``, ``no_grant`` (a new flow to a port the peer may not reach),
-``icmp_no_grant``, ``unknown_protocol``. Pure: no IO, no clock (``now`` is seconds).
+``icmp_no_grant``, ``route_denied``, ``route_no_grant``, ``unknown_protocol``. Pure: no
+IO, no clock (``now`` is seconds).
 """
 
 from __future__ import annotations
@@ -52,24 +58,99 @@ FlowKey = tuple[int, int, int, int, int, int]
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What one peer may open towards us: (protocol number, port) pairs."""
+    """What one peer may open towards us.
+
+    ``ports``: (protocol, port) pairs on our own addresses (the common case, one set lookup);
+    ``ranges``: (protocol, low, high) on our own addresses; ``icmp``: echo requests to them;
+    ``routed``: (deny, protocol, low, high, version, network, mask) for addresses inside a
+    route we serve (subnet router, exit node), denies checked first.
+    """
 
     ports: frozenset[tuple[int, int]]
+    ranges: tuple[tuple[int, int, int], ...] = ()
+    icmp: bool = False
+    routed: tuple[tuple[bool, int, int, int, int, int, int], ...] = ()
 
     @property
     def any(self) -> bool:
-        return bool(self.ports)
+        return bool(self.ports or self.ranges or self.icmp)
+
+    def local(self, proto: int, port: int) -> bool:
+        if (proto, port) in self.ports:
+            return True
+        return any(p == proto and lo <= port <= hi for p, lo, hi in self.ranges)
+
+    def route(self, version: int, proto: int, address: int, port: int) -> str | None:
+        """None if a routed entry admits the packet, else the drop reason."""
+        admitted = False
+        for deny, p, lo, hi, v, network, mask in self.routed:
+            if v != version or address & mask != network or p != proto or not lo <= port <= hi:
+                continue
+            if deny:
+                return "route_denied"
+            admitted = True
+        return None if admitted else "route_no_grant"
+
+    def serves(self, version: int, address: int) -> bool:
+        """Is `address` inside some route this grant names (so not simply misaddressed)?"""
+        return any(v == version and address & m == n for _, _, _, _, v, n, m in self.routed)
 
 
 def parse_grant(entries: Iterable[str]) -> Grant:
-    """``["tcp/8080", "udp/53"]`` -> Grant; entries of other shapes are ignored (counted by
-    the caller if it cares): a newer controller may send kinds this version does not know."""
+    """``["tcp/8080", "udp/1000-2000", "icmp", "tcp/443@10.1.0.0/16", "!tcp/22@10.1.9.0/24"]``
+    -> Grant (see `umbranet.policy.netgrants` for the format). Entries of other shapes are
+    ignored: a newer controller may send kinds this version does not know, and ignoring an
+    entry only ever admits less."""
     ports: set[tuple[int, int]] = set()
+    ranges: list[tuple[int, int, int]] = []
+    routed: list[tuple[bool, int, int, int, int, int, int]] = []
+    icmp = False
     for entry in entries:
-        name, _, port = entry.partition("/")
-        if name in _PROTOCOLS and port.isdigit() and 0 < int(port) < 65536:
-            ports.add((_PROTOCOLS[name], int(port)))
-    return Grant(frozenset(ports))
+        deny = entry.startswith("!")
+        body, at, prefix = entry.lstrip("!").partition("@")
+        name, _, spec = body.partition("/")
+        if name == "icmp" and not spec:
+            proto, low, high = _ICMP, 0, 0
+        elif name in _PROTOCOLS and (span := _port_span(spec)) is not None:
+            proto, (low, high) = _PROTOCOLS[name], span
+        else:
+            continue
+        if at:
+            try:
+                network = ipaddress.ip_network(prefix, strict=False)
+            except ValueError:
+                continue
+            mask = int(network.netmask)
+            for number in (proto, _ICMP6) if proto == _ICMP and network.version == 6 else (proto,):
+                item = (
+                    deny,
+                    number,
+                    low,
+                    high,
+                    network.version,
+                    int(network.network_address),
+                    mask,
+                )
+                routed.append(item)
+        elif deny:
+            continue  # denies on our own addresses are already subtracted by the controller
+        elif proto == _ICMP:
+            icmp = True
+        elif low == high:
+            ports.add((proto, low))
+        else:
+            ranges.append((proto, low, high))
+    return Grant(frozenset(ports), tuple(ranges), icmp, tuple(routed))
+
+
+def _port_span(spec: str) -> tuple[int, int] | None:
+    if spec == "*":
+        return 1, 65535
+    low, _, high = spec.partition("-")
+    if not low.isdigit() or (high and not high.isdigit()) or len(low) > 5 or len(high) > 5:
+        return None
+    span = int(low), int(high) if high else int(low)
+    return span if 0 < span[0] <= span[1] < 65536 else None
 
 
 class FlowFilter:
@@ -132,7 +213,9 @@ class FlowFilter:
         if isinstance(parsed, str):
             return parsed
         version, proto, src, dst, sport, dport, flags = parsed
-        if (version, dst) not in self._local:
+        routed = (version, dst) not in self._local
+        grant = self._grants.get(peer)
+        if routed and (grant is None or not grant.serves(version, dst)):
             return "not_for_us"
         key = (version, proto, dst, dport, src, sport)
         if proto in (_ICMP, _ICMP6):
@@ -144,18 +227,24 @@ class FlowFilter:
                 if quoted is not None and self._return_traffic(quoted, peer, now, reverse=False):
                     return None
                 return "icmp_no_grant"
-            grant = self._grants.get(peer)
-            if flags == _ECHO_REQUEST[proto] and grant is not None and grant.any:
-                return None
-            return "icmp_no_grant"
+            if flags != _ECHO_REQUEST[proto] or grant is None:
+                return "icmp_no_grant"
+            if routed:
+                return None if grant.route(version, proto, dst, 0) is None else "icmp_no_grant"
+            return None if grant.any else "icmp_no_grant"
         if self._return_traffic(key, peer, now):
             return None
-        grant = self._grants.get(peer)
-        if grant is not None and (proto, dport) in grant.ports:
-            if proto == _UDP:
-                self._remember(self._theirs, key, now)
-            return None
-        return "no_grant"
+        if grant is None:
+            return "no_grant"
+        if routed:
+            reason = grant.route(version, proto, dst, dport)
+            if reason is not None:
+                return reason
+        elif not grant.local(proto, dport):
+            return "no_grant"
+        if proto == _UDP:
+            self._remember(self._theirs, key, now)
+        return None
 
     def _return_traffic(
         self, key: FlowKey, peer: bytes, now: float, *, reverse: bool = True
