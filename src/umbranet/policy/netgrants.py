@@ -99,11 +99,18 @@ def routes_reachable(
     policy: CompiledPolicy, subject: Subject, routes: Iterable[IPNetwork]
 ) -> list[IPNetwork]:
     """The routes (of one peer) inside which some allow rule lets ``subject`` reach
-    something: only these are given to the subject, so its traffic elsewhere never leaves."""
+    something: only these are given to the subject, so its traffic elsewhere never leaves.
+    An exit route (a /0) only when a rule covers all of it (``*``, ``0.0.0.0/0``, ``::/0``):
+    a rule for one LAN must not pull every packet of the subject through an exit node."""
     rules = [
         r for r in policy.policy.network.rules if not r.deny and _covers_src(policy, r, subject)
     ]
-    return [route for route in routes if any(_inside(d, route) for r in rules for d in r.dst)]
+    return [route for route in routes if any(_reaches(d, route) for r in rules for d in r.dst)]
+
+
+def _reaches(dst: NetDst, route: IPNetwork) -> bool:
+    inside = _inside(dst, route)
+    return inside is not None and (route.prefixlen > 0 or inside == route)
 
 
 def _covers_src(policy: CompiledPolicy, rule: NetRule, subject: Subject) -> bool:

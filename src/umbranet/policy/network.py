@@ -292,8 +292,8 @@ def _why(src_ok: bool, hits: list[NetDst], port_ok: bool, rule: NetRule, proto: 
 def _split_ports(text: str) -> tuple[str, str]:
     """Split ``HEAD:PORTS``; IPv6 CIDRs carry ports only in brackets."""
     if text.startswith("["):
-        head, _, rest = text[1:].partition("]")
-        if rest and not rest.startswith(":"):
+        head, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
             raise ValueError(f"{text!r}: expected [IPv6 CIDR]:ports")
         return "[" + head, rest[1:] if rest else ""
     if text.count(":") > 1 and _as_network(text) is not None:

@@ -240,8 +240,14 @@ class _Builder:
             obj = self.fields(item, path, f"network[{index}]", allowed, ("src", "dst"))
             deny = self.expect(obj.get("deny", False), bool, (*path, "deny"), "deny")
             src = self.srcs(obj["src"], (*path, "src"), "src")
-            dst = self.each(obj["dst"], (*path, "dst"), "dst", parse_net_dst, "policy_selector")
-            dst = tuple(self.placed(d, (*path, "dst", i)) for i, d in enumerate(dst))
+            dst: list[NetDst] = []
+            for i, text in enumerate(self.strings(obj["dst"], (*path, "dst"), "dst")):
+                try:
+                    dst.append(self.placed(parse_net_dst(text), (*path, "dst", i)))
+                except ValueError as exc:
+                    raise self.fail("policy_selector", str(exc), (*path, "dst", i)) from None
+                except LookupError as exc:
+                    raise self.fail("policy_ports", str(exc.args[0]), (*path, "dst", i)) from None
             protocols = frozenset(PROTOCOLS)
             if "proto" in obj:
                 listed = self.strings(obj["proto"], (*path, "proto"), "proto")
@@ -251,7 +257,7 @@ class _Builder:
                         raise self.fail("policy_schema", reason, (*path, "proto", i))
                 protocols = frozenset(listed)
             line, column = self.at(path)
-            out.append(NetRule(index, deny, src, dst, protocols, line, column))
+            out.append(NetRule(index, deny, src, tuple(dst), protocols, line, column))
         return tuple(out)
 
     def auto_approvers(self, value: Any) -> AutoApprovers:

@@ -1,0 +1,190 @@
+"""Network rules in the policy: peers by name/group/tag, CIDRs, ports and protocols are
+decided (deny first, then allow, default deny) and explained; per-pair grants are what the
+receiving peer's flow filter admits; autoApprovers approve routes and exit nodes."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from umbranet.policy import PolicyError, Subject, compile_policy
+from umbranet.policy.netgrants import grants_towards, may_reach, routes_reachable
+from umbranet.policy.network import (
+    NetTarget,
+    decide_packet,
+    explain_packet,
+    parse_target,
+    route_auto_approved,
+)
+from umbranet.proto.wireguard.flowfilter import FlowFilter, parse_grant
+
+DOC = """{
+  "groups": {"group:eng": ["alice", "tag:ci"]},
+  "tagOwners": {"tag:db": [], "tag:ci": [], "tag:router": [], "tag:exit": []},
+  "network": [
+    {"src": ["*"], "dst": ["10.1.9.0/24:22"], "deny": true},
+    {"src": ["group:eng"], "dst": ["tag:db:5432", "10.1.0.0/16:22,443"], "proto": ["tcp"]},
+    {"src": ["alice"], "dst": ["[fd10::/64]:80", "10.1.0.0/16"], "proto": ["icmp", "udp"]},
+    {"src": ["carol"], "dst": ["0.0.0.0/0"]},
+  ],
+  "autoApprovers": {"routes": {"10.0.0.0/8": ["tag:router"]}, "exitNode": ["tag:exit"]},
+}"""
+
+ALICE, BOB, CAROL = Subject("alice"), Subject("bob"), Subject("carol")
+DB = Subject("db-1", frozenset({"db"}))
+DB_V4 = ipaddress.ip_address("100.64.0.9")
+
+
+def policy():  # type: ignore[no-untyped-def]
+    return compile_policy(DOC)
+
+
+def at(text: str, peer: Subject | None = None) -> NetTarget:
+    return NetTarget(ipaddress.ip_address(text), peer)
+
+
+def test_peers_by_tag_and_cidrs_with_ports_and_protocols_are_decided() -> None:
+    p = policy()
+    assert decide_packet(p, ALICE, at("100.64.0.9", DB), "tcp", 5432).allowed
+    assert not decide_packet(p, ALICE, at("100.64.0.9", DB), "tcp", 22).allowed
+    assert not decide_packet(p, BOB, at("100.64.0.9", DB), "tcp", 5432).allowed
+    assert decide_packet(p, Subject("ci-1", frozenset({"ci"})), at("10.1.2.3"), "tcp", 443).allowed
+    assert not decide_packet(p, ALICE, at("10.1.2.3"), "tcp", 80).allowed
+    assert decide_packet(p, ALICE, at("10.1.2.3"), "udp", 80).allowed
+    assert decide_packet(p, ALICE, at("10.1.2.3"), "icmp", None).allowed
+    assert decide_packet(p, ALICE, at("fd10::7"), "udp", 80).allowed
+    assert not decide_packet(p, ALICE, at("fd10::7"), "tcp", 80).allowed
+    assert decide_packet(p, CAROL, at("198.51.100.1"), "tcp", 443).allowed
+
+
+def test_deny_rules_come_first_and_every_verdict_names_its_rule() -> None:
+    p = policy()
+    verdict = decide_packet(p, ALICE, at("10.1.9.5"), "tcp", 22)
+    assert not verdict.allowed
+    assert verdict.reason.startswith("denied by network[0] (line 5)")
+    verdict, traces, unrelated = explain_packet(p, BOB, at("10.1.2.3"), "tcp", 443)
+    assert not verdict.allowed and "default deny" in verdict.reason
+    # every rule names bob (``*``) or the address (inside 10.1.0.0/16 or 0.0.0.0/0)
+    assert [t.label.split()[0] for t in traces] == [f"network[{i}]" for i in range(4)]
+    assert all(not t.matched for t in traces)
+    assert [t.why for t in traces][1] == "names the target but not the subject"
+    _, traces, unrelated = explain_packet(p, BOB, at("fd99::1"), "tcp", 443)
+    assert (len(traces), unrelated) == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("dst", "code"),
+    [
+        ('"tag:nope:22"', "policy_unknown_tag"),
+        ('"group:nope"', "policy_unknown_group"),
+        ('"10.1.0.0/16:70000"', "policy_ports"),
+        ('"[fd00::/64"', "policy_selector"),
+        ('"10.1.0.0/16:"', "policy_ports"),
+    ],
+)
+def test_bad_destinations_are_refused_with_a_code(dst: str, code: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        compile_policy('{"network": [{"src": ["*"], "dst": [%s]}]}' % dst)
+    assert caught.value.code == code
+
+
+def test_bad_protocol_and_bad_approver_prefix_are_refused() -> None:
+    with pytest.raises(PolicyError) as caught:
+        compile_policy('{"network": [{"src": ["*"], "dst": ["*"], "proto": ["sctp"]}]}')
+    assert caught.value.code == "policy_schema"
+    with pytest.raises(PolicyError) as caught:
+        compile_policy('{"autoApprovers": {"routes": {"10.1.0.0/33": ["*"]}}}')
+    assert caught.value.code == "policy_selector"
+
+
+def test_grants_towards_a_peer_subtract_denies_and_carry_routes_by_prefix() -> None:
+    p = policy()
+    assert grants_towards(p, ALICE, DB, [DB_V4]) == ["tcp/5432"]
+    assert grants_towards(p, BOB, DB, [DB_V4]) == []
+    router = Subject("gw", frozenset({"router"}))
+    routes = [ipaddress.ip_network("10.1.0.0/16")]
+    entries = grants_towards(p, ALICE, router, [ipaddress.ip_address("100.64.0.5")], routes)
+    assert "tcp/22@10.1.0.0/16" in entries and "tcp/443@10.1.0.0/16" in entries
+    assert "udp/*@10.1.0.0/16" in entries and "icmp@10.1.0.0/16" in entries
+    assert "!tcp/22@10.1.9.0/24" in entries
+    assert may_reach(p, ALICE, router, [], routes)
+    assert not may_reach(p, BOB, router, [], routes)
+
+
+def test_clients_get_only_routes_policy_lets_them_reach_into() -> None:
+    p = policy()
+    routes = [ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("0.0.0.0/0")]
+    assert routes_reachable(p, ALICE, routes) == [routes[0]]
+    assert routes_reachable(p, CAROL, routes) == routes
+    assert routes_reachable(p, BOB, routes) == []
+
+
+def test_auto_approvers_approve_inside_their_prefix_for_their_selectors() -> None:
+    p = policy()
+    router, exit_node = Subject("gw", frozenset({"router"})), Subject("x", frozenset({"exit"}))
+    assert route_auto_approved(p, router, ipaddress.ip_network("10.1.0.0/16"))
+    assert not route_auto_approved(p, router, ipaddress.ip_network("192.168.0.0/16"))
+    assert not route_auto_approved(p, ALICE, ipaddress.ip_network("10.1.0.0/16"))
+    assert not route_auto_approved(p, router, ipaddress.ip_network("0.0.0.0/0"))
+    assert route_auto_approved(p, exit_node, ipaddress.ip_network("0.0.0.0/0"))
+
+
+def test_parse_target_reads_address_port_and_protocol() -> None:
+    assert parse_target("10.1.2.3:443/tcp") == ("10.1.2.3", 443, "tcp")
+    assert parse_target("[fd00::1]:53/udp") == ("fd00::1", 53, "udp")
+    assert parse_target("10.1.2.3/icmp") == ("10.1.2.3", None, "icmp")
+    assert parse_target("fd00::1") == ("fd00::1", None, "tcp")
+    with pytest.raises(ValueError):
+        parse_target("10.1.2.3:99999/tcp")
+
+
+def test_the_receivers_filter_enforces_compiled_route_grants() -> None:
+    """End to end in memory: policy -> grant entries -> the subnet router's filter."""
+    from tests.unit.test_wireguard_flowfilter import SYN, echo, ipv4, tcp, udp
+
+    p = policy()
+    router = Subject("gw", frozenset({"router"}))
+    routes = [ipaddress.ip_network("10.1.0.0/16")]
+    me = "100.64.0.5"
+    flows = FlowFilter([me])
+    k_alice, k_bob = b"a" * 32, b"b" * 32
+    flows.set_grants(
+        {
+            k_alice: parse_grant(
+                grants_towards(p, ALICE, router, [ipaddress.ip_address(me)], routes)
+            ),
+            k_bob: parse_grant(grants_towards(p, BOB, router, [ipaddress.ip_address(me)], routes)),
+        }
+    )
+    alice, bob = "100.64.0.1", "100.64.0.2"
+    assert (
+        flows.check_inbound(k_alice, ipv4(alice, "10.1.2.3", 6, tcp(40000, 443, SYN)), 0.0) is None
+    )
+    assert flows.check_inbound(k_alice, ipv4(alice, "10.1.2.3", 17, udp(40000, 53)), 0.0) is None
+    assert flows.check_inbound(k_alice, ipv4(alice, "10.1.2.3", 1, echo(8, 7)), 0.0) is None
+    assert (
+        flows.check_inbound(k_alice, ipv4(alice, "10.1.9.3", 6, tcp(40000, 22, SYN)), 0.0)
+        == "route_denied"
+    )
+    assert (
+        flows.check_inbound(k_alice, ipv4(alice, "10.1.2.3", 6, tcp(40000, 80, SYN)), 0.0)
+        == "route_no_grant"
+    )
+    assert (
+        flows.check_inbound(k_alice, ipv4(alice, "10.2.0.1", 6, tcp(40000, 443, SYN)), 0.0)
+        == "not_for_us"
+    )
+    assert (
+        flows.check_inbound(k_bob, ipv4(bob, "10.1.2.3", 6, tcp(40000, 443, SYN)), 0.0)
+        == "not_for_us"
+    )
+    assert flows.check_inbound(k_alice, ipv4(alice, me, 6, tcp(40000, 443, SYN)), 0.0) == "no_grant"
+    drops = flows.statistics()["drops"]
+    assert drops == {"route_denied": 1, "route_no_grant": 1, "not_for_us": 2, "no_grant": 1}
+    # A policy change: the next packet of alice's live flow into the LAN is dropped.
+    flows.set_grants({k_alice: parse_grant([]), k_bob: parse_grant([])})
+    assert (
+        flows.check_inbound(k_alice, ipv4(alice, "10.1.2.3", 6, tcp(40000, 443, 0x10)), 1.0)
+        == "not_for_us"
+    )
