@@ -85,7 +85,7 @@ def test_deny_rules_come_first_and_every_verdict_names_its_rule() -> None:
 )
 def test_bad_destinations_are_refused_with_a_code(dst: str, code: str) -> None:
     with pytest.raises(PolicyError) as caught:
-        compile_policy('{"network": [{"src": ["*"], "dst": [%s]}]}' % dst)
+        compile_policy('{"network": [{"src": ["*"], "dst": [' + dst + "]}]}")
     assert caught.value.code == code
 
 
