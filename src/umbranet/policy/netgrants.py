@@ -9,6 +9,9 @@ admits exactly those (and the return traffic of its own flows). An entry is::
     udp/53@10.1.0.0/16   the same, to addresses in a route the receiver serves (subnet / exit)
     !tcp/22@10.1.9.0/24  a deny inside a served route; the filter checks denies first
 
+An exit node's routes (``0.0.0.0/0``, ``::/0``) are granted only by rules covering all of
+them: a rule for one LAN does not make its source a client of every exit node.
+
 For the receiver's own addresses the deny rules are subtracted here (so an entry list never
 needs a deny for them, and an older filter that only knows ``tcp/PORT`` never admits more
 than policy allows). Inside routes, a deny narrower than the allow it cuts cannot be
@@ -77,7 +80,7 @@ def grants_towards(
                         continue
                     for d in rule.dst:
                         inside = _inside(d, route)
-                        if inside is None:
+                        if inside is None or (not rule.deny and not _reaches(d, route)):
                             continue
                         entries = _entries(proto, d.ports, f"@{inside}")
                         out.extend(("!" + e if rule.deny else e) for e in entries)
