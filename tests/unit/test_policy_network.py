@@ -27,6 +27,7 @@ DOC = """{
     {"src": ["group:eng"], "dst": ["tag:db:5432", "10.1.0.0/16:22,443"], "proto": ["tcp"]},
     {"src": ["alice"], "dst": ["[fd10::/64]:80", "10.1.0.0/16"], "proto": ["icmp", "udp"]},
     {"src": ["carol"], "dst": ["0.0.0.0/0"]},
+    {"src": ["dave"], "dst": ["autogroup:internet:443"]},
   ],
   "autoApprovers": {"routes": {"10.0.0.0/8": ["tag:router"]}, "exitNode": ["tag:exit"]},
 }"""
@@ -65,12 +66,12 @@ def test_deny_rules_come_first_and_every_verdict_names_its_rule() -> None:
     assert verdict.reason.startswith("denied by network[0] (line 5)")
     verdict, traces, unrelated = explain_packet(p, BOB, at("10.1.2.3"), "tcp", 443)
     assert not verdict.allowed and "default deny" in verdict.reason
-    # every rule names bob (``*``) or the address (inside 10.1.0.0/16 or 0.0.0.0/0)
-    assert [t.label.split()[0] for t in traces] == [f"network[{i}]" for i in range(4)]
+    # every rule names bob (``*``) or the address (10.1.0.0/16, 0.0.0.0/0, the internet)
+    assert [t.label.split()[0] for t in traces] == [f"network[{i}]" for i in range(5)]
     assert all(not t.matched for t in traces)
     assert [t.why for t in traces][1] == "names the target but not the subject"
-    _, traces, unrelated = explain_packet(p, BOB, at("fd99::1"), "tcp", 443)
-    assert (len(traces), unrelated) == (1, 3)
+    _, traces, unrelated = explain_packet(p, BOB, at("fd99::1", DB), "tcp", 443)
+    assert (len(traces), unrelated) == (2, 3)  # the deny (src *), tag:db (the target)
 
 
 @pytest.mark.parametrize(
@@ -118,6 +119,11 @@ def test_clients_get_only_routes_policy_lets_them_reach_into() -> None:
     assert routes_reachable(p, ALICE, routes) == [routes[0]]
     assert routes_reachable(p, CAROL, routes) == routes
     assert routes_reachable(p, BOB, routes) == []
+    dave = Subject("dave")
+    assert routes_reachable(p, dave, routes) == [routes[1]]  # the internet: exit nodes only
+    assert decide_packet(p, dave, at("198.51.100.1"), "tcp", 443).allowed
+    assert not decide_packet(p, dave, at("100.64.0.9", DB), "tcp", 443).allowed
+    assert not may_reach(p, dave, DB, [DB_V4])
 
 
 def test_auto_approvers_approve_inside_their_prefix_for_their_selectors() -> None:

@@ -244,6 +244,7 @@ class TunMode:
                     "ipv6": p.ipv6,
                     "endpoint": f"{p.endpoint[0]}:{p.endpoint[1]}" if p.endpoint else None,
                     "reach": list(p.reach),
+                    "routes": list(p.routes),
                     "routed": f"{p.ipv4}/32" in self._routes,
                     **{
                         field: per_peer.get(k.hex(), {}).get(field)

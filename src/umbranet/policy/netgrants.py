@@ -125,6 +125,8 @@ def _inside(dst: NetDst, route: IPNetwork) -> IPNetwork | None:
     """The part of ``route`` a destination covers, when it is one prefix; None otherwise."""
     if dst.kind == "all":
         return route
+    if dst.kind == "internet":
+        return route if route.prefixlen == 0 else None
     if dst.network is None or dst.network.version != route.version:
         return None
     if dst.network.subnet_of(route):  # type: ignore[arg-type]

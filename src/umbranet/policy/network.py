@@ -4,15 +4,15 @@ The ``network`` section of the policy document speaks of addresses rather than s
 
     "network": [
       {"src": ["group:eng"], "dst": ["tag:db:5432", "10.1.0.0/16:443"], "proto": ["tcp"]},
-      {"src": ["alice"], "dst": ["0.0.0.0/0", "::/0"]},            // the internet, via an exit node
+      {"src": ["alice"], "dst": ["autogroup:internet"]},     // through an exit node
       {"src": ["*"], "dst": ["10.1.9.0/24:22"], "deny": true},
     ],
     "autoApprovers": {"routes": {"10.1.0.0/16": ["tag:router"]}, "exitNode": ["tag:exit"]},
 
 A destination is a peer (``alice``, ``group:eng``, ``tag:db``: the overlay addresses of the
 identities it covers), a CIDR (``10.1.0.0/16``, ``[fd00::/64]:443``: addresses behind a
-subnet router or, for ``0.0.0.0/0`` and ``::/0``, an exit node) or ``*``, each with optional
-ports; ``proto`` narrows a rule to ``tcp``, ``udp`` and/or ``icmp`` (default: all three; ICMP
+subnet router, and overlay addresses inside it), ``autogroup:internet`` (through an exit
+node; no peer) or ``*``, each with optional ports; ``proto`` narrows a rule to ``tcp``, ``udp`` and/or ``icmp`` (default: all three; ICMP
 ignores ports). Sources are the same selectors as in ``rules``, resolved by the same groups
 and tags, and the decision order is the same: deny rules first, in document order, then allow
 rules, then default deny. Every verdict names the rule (``network[2] (line 14)``).
@@ -60,6 +60,9 @@ __all__ = [
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp", "icmp")
+INTERNET = "autogroup:internet"
+"""Addresses reached through an exit node: any address that is no peer's overlay address.
+Unlike ``0.0.0.0/0`` it names no peer, so it relates its sources to exit nodes only."""
 EXIT_ROUTES: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("0.0.0.0/0"),
     ipaddress.ip_network("::/0"),
@@ -70,7 +73,7 @@ EXIT_ROUTES: tuple[IPNetwork, ...] = (
 class NetDst:
     """``*``, a peer selector (``peer``) or a CIDR (``network``), with ports."""
 
-    kind: Literal["all", "peer", "cidr"]
+    kind: Literal["all", "peer", "cidr", "internet"]
     peer: SrcSelector | None = None
     network: IPNetwork | None = None
     ports: PortSet = ALL_PORTS
@@ -81,6 +84,8 @@ class NetDst:
     def text(self) -> str:
         if self.kind == "all":
             base = "*"
+        elif self.kind == "internet":
+            base = INTERNET
         elif self.peer is not None:
             base = self.peer.text
         else:
@@ -163,6 +168,8 @@ def parse_net_dst(text: str) -> NetDst:
     ports = _ports(text, spec)
     if head == "*":
         return NetDst("all", ports=ports)
+    if head == INTERNET:
+        return NetDst("internet", ports=ports)
     network = _as_network(head)
     if network is not None:
         return NetDst("cidr", network=network, ports=ports)
@@ -270,6 +277,8 @@ def src_matches(selector: SrcSelector, subject: Subject, groups: frozenset[str])
 def dst_matches(dst: NetDst, target: NetTarget, peer_groups: frozenset[str]) -> bool:
     if dst.kind == "all":
         return True
+    if dst.kind == "internet":
+        return target.peer is None
     if dst.kind == "peer":
         assert dst.peer is not None
         return target.peer is not None and src_matches(dst.peer, target.peer, peer_groups)
