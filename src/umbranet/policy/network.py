@@ -12,8 +12,9 @@ The ``network`` section of the policy document speaks of addresses rather than s
 A destination is a peer (``alice``, ``group:eng``, ``tag:db``: the overlay addresses of the
 identities it covers), a CIDR (``10.1.0.0/16``, ``[fd00::/64]:443``: addresses behind a
 subnet router, and overlay addresses inside it), ``autogroup:internet`` (through an exit
-node; no peer) or ``*``, each with optional ports; ``proto`` narrows a rule to ``tcp``, ``udp`` and/or ``icmp`` (default: all three; ICMP
-ignores ports). Sources are the same selectors as in ``rules``, resolved by the same groups
+node; no peer) or ``*``, each with optional ports; ``proto`` narrows a rule to ``tcp``,
+``udp`` and/or ``icmp`` (default: all three; ICMP ignores ports).
+Sources are the same selectors as in ``rules``, resolved by the same groups
 and tags, and the decision order is the same: deny rules first, in document order, then allow
 rules, then default deny. Every verdict names the rule (``network[2] (line 14)``).
 
