@@ -15,7 +15,7 @@ from umbranet.cli.common import admin_call, emit, out, state, table
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Approve subnet routes and exit nodes.", no_args_is_help=True)
+app = typer.Typer(help="Approve subnet routes and exit nodes (network mode).", no_args_is_help=True)
 
 
 @app.command("list")
