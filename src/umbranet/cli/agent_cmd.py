@@ -521,10 +521,10 @@ def _render_status(data: dict[str, Any]) -> None:
         )
         table(
             "Peers",
-            ["name", "address", "endpoint", "may open", "rx", "tx"],
+            ["name", "address", "endpoint", "may open", "routes", "rx", "tx"],
             [
-                (p["name"], p["ipv4"], p["endpoint"], ", ".join(p["reach"]), p["rx_bytes"],
-                 p["tx_bytes"])
+                (p["name"], p["ipv4"], p["endpoint"], ", ".join(p["reach"]),
+                 ", ".join(p.get("routes") or []), p["rx_bytes"], p["tx_bytes"])
                 for p in tun["peers"]
             ],
         )  # fmt: skip
