@@ -5,9 +5,13 @@ receiving peer's flow filter admits; autoApprovers approve routes and exit nodes
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+from tests.unit.test_wireguard_flowfilter import SYN, echo, ipv4, ipv6, tcp, udp
 from umbranet.policy import PolicyError, Subject, compile_policy
 from umbranet.policy.netgrants import grants_towards, may_reach, routes_reachable
 from umbranet.policy.network import (
@@ -113,6 +117,21 @@ def test_grants_towards_a_peer_subtract_denies_and_carry_routes_by_prefix() -> N
     assert not may_reach(p, BOB, router, [], routes)
 
 
+def test_a_rule_covering_one_of_two_addresses_is_pinned_to_it() -> None:
+    doc = '{"network": [{"src": ["p"], "dst": ["100.64.0.0/10:22", "c-host:80"]}]}'
+    p = compile_policy(doc)
+    mine = [ipaddress.ip_address("100.64.0.7"), ipaddress.ip_address("fd00::7")]
+    entries = grants_towards(p, Subject("p"), Subject("c-host"), mine)
+    assert "tcp/80" in entries and "tcp/22@100.64.0.7/32" in entries
+    assert "tcp/22" not in entries and "icmp" in entries  # c-host:80 covers ICMP on both
+    flows = FlowFilter(["100.64.0.7", "fd00::7"])
+    flows.set_grants({b"k" * 32: parse_grant(entries)})
+    v4 = ipv4("100.64.0.9", "100.64.0.7", 6, tcp(4000, 22, SYN))
+    v6 = ipv6("fd00::9", "fd00::7", 6, tcp(4000, 22, SYN))
+    assert flows.check_inbound(b"k" * 32, v4, 0.0) is None
+    assert flows.check_inbound(b"k" * 32, v6, 0.0) == "no_grant"
+
+
 def test_clients_get_only_routes_policy_lets_them_reach_into() -> None:
     p = policy()
     routes = [ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("0.0.0.0/0")]
@@ -147,8 +166,6 @@ def test_parse_target_reads_address_port_and_protocol() -> None:
 
 def test_the_receivers_filter_enforces_compiled_route_grants() -> None:
     """End to end in memory: policy -> grant entries -> the subnet router's filter."""
-    from tests.unit.test_wireguard_flowfilter import SYN, echo, ipv4, tcp, udp
-
     p = policy()
     router = Subject("gw", frozenset({"router"}))
     routes = [ipaddress.ip_network("10.1.0.0/16")]
@@ -194,3 +211,78 @@ def test_the_receivers_filter_enforces_compiled_route_grants() -> None:
         flows.check_inbound(k_alice, ipv4(alice, "10.1.2.3", 6, tcp(40000, 443, 0x10)), 1.0)
         == "not_for_us"
     )
+
+
+# -- the filter admits exactly what the engine allows -------------------------------------------
+
+C_V4, C_V6 = "100.64.0.7", "fd00::7"
+C_SUBJECT = Subject("c-host", frozenset({"ct"}))
+P_SUBJECT = Subject("p", frozenset({"pt"}))
+SRCS = ["p", "*", "group:g", "tag:pt", "other"]
+DSTS = ["c-host", "tag:ct", "10.1.0.0/16", "10.1.2.0/24", "10.0.0.0/8", "100.64.0.0/10",
+        "100.64.0.7", "[fd00::/64]", "[fd10::/48]", "[fd10:0:0:1::/64]", "*"]  # fmt: skip
+PORTS = ["", ":22", ":80,443", ":1000-2000"]
+TARGETS = [C_V4, C_V6, "10.1.2.3", "10.1.9.9", "10.2.0.1", "fd10::5", "fd10:0:0:1::9",
+           "192.0.2.1"]  # fmt: skip
+SERVED = ["10.1.0.0/16", "fd10::/48"]
+
+rule_strategy = st.fixed_dictionaries(
+    {
+        "src": st.lists(st.sampled_from(SRCS), min_size=1, max_size=2),
+        "dst": st.lists(
+            st.tuples(st.sampled_from(DSTS), st.sampled_from(PORTS)).map(lambda t: t[0] + t[1]),
+            min_size=1,
+            max_size=3,
+        ),
+        "proto": st.lists(st.sampled_from(["tcp", "udp", "icmp"]), min_size=1, unique=True),
+        "deny": st.booleans(),
+    }
+)
+
+
+@given(
+    rules=st.lists(rule_strategy, max_size=5),
+    group=st.lists(st.sampled_from(["p", "tag:pt", "other"]), max_size=2),
+    served=st.lists(st.sampled_from(SERVED), unique=True),
+    target=st.sampled_from(TARGETS),
+    proto=st.sampled_from(["tcp", "udp", "icmp"]),
+    port=st.sampled_from([22, 80, 443, 1500, 5000]),
+)
+@settings(max_examples=300, deadline=None)
+def test_compiled_grants_admit_exactly_what_decide_packet_allows(  # noqa: PLR0917
+    rules: list[dict[str, object]],
+    group: list[str],
+    served: list[str],
+    target: str,
+    proto: str,
+    port: int,
+) -> None:
+    """Policy -> per-pair entries -> the receiver's filter, against the engine's verdict for
+    the same packet (own addresses and subnet routes; an own address's ICMP follows the
+    older any-grant rule, so it is left out)."""
+    own = target in (C_V4, C_V6)
+    assume(not (own and proto == "icmp"))
+    doc = {"groups": {"group:g": group}, "tagOwners": {"tag:pt": [], "tag:ct": []},
+           "network": rules}  # fmt: skip
+    p = compile_policy(json.dumps(doc))
+    address = ipaddress.ip_address(target)
+    routes = [ipaddress.ip_network(r) for r in served]
+    mine = [ipaddress.ip_address(C_V4), ipaddress.ip_address(C_V6)]
+    entries = grants_towards(p, P_SUBJECT, C_SUBJECT, mine, routes)
+    flows = FlowFilter([C_V4, C_V6])
+    key = b"p" * 32
+    flows.set_grants({key: parse_grant(entries)})
+    v6 = address.version == 6
+    src = "fd00::9" if v6 else "100.64.0.9"
+    number = {"tcp": 6, "udp": 17, "icmp": 58 if v6 else 1}[proto]
+    body = {"tcp": tcp(40000, port, SYN), "udp": udp(40000, port)}.get(proto)
+    if body is None:
+        body = echo(128 if v6 else 8, 7)
+    packet = ipv6(src, target, number, body) if v6 else ipv4(src, target, number, body)
+    passed = flows.check_inbound(key, packet, 0.0) is None
+    inside = own or any(address in r for r in routes)
+    verdict = decide_packet(
+        p, P_SUBJECT, NetTarget(address, C_SUBJECT if own else None), proto,
+        None if proto == "icmp" else port,
+    )  # fmt: skip
+    assert passed == (inside and verdict.allowed), (entries, verdict.reason)

@@ -14,7 +14,9 @@ them: a rule for one LAN does not make its source a client of every exit node.
 
 For the receiver's own addresses the deny rules are subtracted here (so an entry list never
 needs a deny for them, and an older filter that only knows ``tcp/PORT`` never admits more
-than policy allows). Inside routes, a deny narrower than the allow it cuts cannot be
+than policy allows), per address: what holds for all of them goes out plain, the rest
+pinned to one address (``tcp/22@100.64.0.7/32``, which the filter also checks for its own
+addresses). Inside routes, a deny narrower than the allow it cuts cannot be
 subtracted from a prefix without splitting it, so it travels as a ``!`` entry; an older
 filter ignores both, and admits nothing routed.
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from umbranet.policy.model import NO_PORTS, PortSet, Subject
+from umbranet.policy.model import ALL_PORTS, NO_PORTS, PortSet, Subject
 from umbranet.policy.network import (
     PROTOCOLS,
     IPAddress,
@@ -58,20 +60,31 @@ def grants_towards(
     if not rules:
         return []
     dst_groups = policy.groups_of(dst)
-    targets = [NetTarget(a, dst) for a in addresses]
     out: list[str] = []
     for proto in PROTOCOLS:
-        allowed, denied = NO_PORTS, NO_PORTS
-        for rule in rules:
-            if proto not in rule.protocols:
-                continue
-            for d in rule.dst:
-                if any(dst_matches(d, t, dst_groups) for t in targets):
-                    if rule.deny:
-                        denied = denied | d.ports
-                    else:
-                        allowed = allowed | d.ports
-        out.extend(_entries(proto, allowed - denied, ""))
+        # Per address: a CIDR rule may cover the IPv4 address and not the IPv6 one. Ports
+        # both allow go out plain; the rest is pinned to its address (``@100.64.0.7/32``).
+        each: list[tuple[IPAddress, PortSet]] = []
+        for address in addresses:
+            target = NetTarget(address, dst)
+            allowed, denied = NO_PORTS, NO_PORTS
+            for rule in rules:
+                if proto not in rule.protocols:
+                    continue
+                for d in rule.dst:
+                    if dst_matches(d, target, dst_groups):
+                        ports = ALL_PORTS if proto == "icmp" else d.ports  # ICMP has no ports
+                        if rule.deny:
+                            denied = denied | ports
+                        else:
+                            allowed = allowed | ports
+            each.append((address, allowed - denied))
+        common = each[0][1] if each else NO_PORTS
+        for _, ports in each[1:]:
+            common = common - (common - ports)
+        out.extend(_entries(proto, common, ""))
+        for address, ports in each:
+            out.extend(_entries(proto, ports - common, f"@{address}/{address.max_prefixlen}"))
     for route in routes:
         for proto in PROTOCOLS:
             for deny_pass in (True, False):

@@ -231,7 +231,9 @@ class FlowFilter:
                 return "icmp_no_grant"
             if routed:
                 return None if grant.route(version, proto, dst, 0) is None else "icmp_no_grant"
-            return None if grant.any else "icmp_no_grant"
+            if grant.any or (grant.routed and grant.route(version, proto, dst, 0) is None):
+                return None
+            return "icmp_no_grant"
         if self._return_traffic(key, peer, now):
             return None
         if grant is None:
@@ -240,8 +242,10 @@ class FlowFilter:
             reason = grant.route(version, proto, dst, dport)
             if reason is not None:
                 return reason
-        elif not grant.local(proto, dport):
-            return "no_grant"
+        elif not grant.local(proto, dport) and (
+            not grant.routed or grant.route(version, proto, dst, dport) is not None
+        ):
+            return "no_grant"  # (entries pinned to one of our addresses are checked too)
         if proto == _UDP:
             self._remember(self._theirs, key, now)
         return None
