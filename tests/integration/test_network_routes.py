@@ -295,6 +295,10 @@ def test_subnet_router_exit_node_network_rules_and_ipv6_and_down_leaves_no_trace
         live = net.lab.spawn(net.ns["a"], "keepalive",
                              [sys.executable, "-c", KEEPALIVE, LAN_HOST, "8080"])  # fmt: skip
         assert _tcp(net, "a", LAN_HOST, 22) is None  # not granted: dropped at GW
+        said = net.admin("policy", "explain", "dev-a", f"{LAN_HOST}:22/tcp")
+        assert said.startswith("DENY") and f"routed via dev-gw ({LAN})" in said, said
+        said = net.admin("--json", "policy", "explain", "dev-a", f"{LAN_HOST}:8080/tcp")
+        assert json.loads(said)["allowed"] is True, said
         assert net.tun("gw")["filter"]["drops"].get("route_no_grant", 0) >= 1
 
         # B: policy gives it nothing, so no peer, no route, no way into the LAN.

@@ -18,6 +18,7 @@ from umbranet.policy.network import (
     NetTarget,
     decide_packet,
     explain_packet,
+    parse_net_dst,
     parse_target,
     route_auto_approved,
 )
@@ -286,3 +287,20 @@ def test_compiled_grants_admit_exactly_what_decide_packet_allows(  # noqa: PLR09
         None if proto == "icmp" else port,
     )  # fmt: skip
     assert passed == (inside and verdict.allowed), (entries, verdict.reason)
+
+
+@given(st.text(alphabet="0123456789abcdef:./[]*-,tagroupinternet", max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_destination_parsing_refuses_cleanly_and_round_trips(text: str) -> None:
+    try:
+        parsed = parse_net_dst(text)
+    except (ValueError, LookupError):
+        return
+    assert parse_net_dst(parsed.text) == parsed
+
+
+@given(st.lists(st.text(max_size=30), max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_any_grant_entries_parse_without_raising(entries: list[str]) -> None:
+    grant = parse_grant(entries)
+    assert grant.any in (True, False)
