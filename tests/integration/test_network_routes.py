@@ -332,11 +332,15 @@ def test_subnet_router_exit_node_network_rules_and_ipv6_and_down_leaves_no_trace
         (net.root / "policy2.hujson").write_text(POLICY_NO_8080)
         changed = time.monotonic()
         net.admin("policy", "set", str(net.root / "policy2.hujson"))
+        returned = time.monotonic()
         wait_for("the live flow to stop", lambda: "stopped" in log.read_text(), 30)
         last_ok = max(
             float(line.split()[1]) for line in log.read_text().splitlines() if line[:2] == "ok"
         )
-        print(f"\nlast echo of the live flow {last_ok - changed:+.2f} s after `policy set` began")
+        print(
+            f"\nlast echo of the live flow {last_ok - changed:+.2f} s after `policy set` began, "
+            f"{last_ok - returned:+.2f} s after it returned"
+        )
         assert net.tun("gw")["filter"]["drops"].get("route_no_grant", 0) >= 2
         net.lab.stop(live)
 

@@ -304,3 +304,20 @@ def test_destination_parsing_refuses_cleanly_and_round_trips(text: str) -> None:
 def test_any_grant_entries_parse_without_raising(entries: list[str]) -> None:
     grant = parse_grant(entries)
     assert grant.any in (True, False)
+
+
+def test_policy_tests_check_network_rules_too() -> None:
+    doc = DOC.replace(
+        '"autoApprovers"',
+        '"tests": [{"src": "alice", "accept": ["net 10.1.2.3:443/tcp", "net 10.1.2.3/icmp"],'
+        ' "deny": ["net 10.1.9.3:22/tcp", "net [fd10::1]:80/tcp"]}], "autoApprovers"',
+    )
+    compile_policy(doc)
+    failing = doc.replace('"net 10.1.9.3:22/tcp"', '"net 10.1.2.3:22/tcp"')
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(failing)
+    assert caught.value.code == "policy_tests_failed"
+    assert "net 10.1.2.3:22/tcp" in caught.value.reason
+    with pytest.raises(PolicyError) as caught:
+        compile_policy(doc.replace("net 10.1.2.3/icmp", "net db-1:22"))
+    assert caught.value.code == "policy_test_invalid"

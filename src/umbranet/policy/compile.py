@@ -99,7 +99,7 @@ def check_references(policy: Policy, known: Inventory) -> None:
                 reason = f"tests[{test.index}] uses tag:{tag}, which is not declared in tagOwners"
                 raise PolicyError("policy_unknown_tag", reason, test.line, test.column)
         for case in (*test.accept, *test.deny):
-            if known.service(case.service) is None:
+            if case.packet is None and known.service(case.service) is None:
                 reason = f"test entry {case.text!r} names unknown service {case.service!r}"
                 raise PolicyError("policy_unknown_service", reason, case.line, case.column)
 

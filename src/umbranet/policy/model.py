@@ -278,8 +278,8 @@ class HttpRule:
 
 @dataclass(frozen=True, slots=True)
 class TestCase:
-    """One ``accept``/``deny`` entry of a test: ``[dial|bind] svc:x[:port]`` or
-    ``METHOD svc:x/path``."""
+    """One ``accept``/``deny`` entry of a test: ``[dial|bind] svc:x[:port]``,
+    ``METHOD svc:x/path`` or ``net ADDRESS[:PORT][/tcp|udp|icmp]`` (``service`` empty)."""
 
     __test__ = False  # not a pytest class, whatever the name says
 
@@ -291,6 +291,8 @@ class TestCase:
     path: str | None = None
     line: int | None = field(default=None, compare=False)
     column: int | None = field(default=None, compare=False)
+    # ``net ADDRESS[:PORT][/PROTO]``: a packet checked against the network rules
+    packet: tuple[str, int | None, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

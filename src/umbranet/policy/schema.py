@@ -50,6 +50,7 @@ from umbranet.policy.network import (
     NetRule,
     Network,
     parse_net_dst,
+    parse_target,
 )
 from umbranet.policy.pathnorm import normalize_path
 from umbranet.policy.posture import DAYS, PostureDef, PostureReport, TimeWindow, VersionReq
@@ -540,11 +541,19 @@ class _Builder:
 
 
 def parse_case(text: str) -> TestCase:
-    """``svc:x``, ``svc:x:443``, ``dial svc:x``, ``bind svc:x``, ``GET svc:web/public``."""
+    """``svc:x``, ``svc:x:443``, ``dial svc:x``, ``bind svc:x``, ``GET svc:web/public``,
+    ``net 10.1.2.3:443/tcp``."""
     words = text.split()
     if not 1 <= len(words) <= 2:
         raise ValueError(f"{text!r}: expected '[dial|bind|METHOD] svc:<name>[:port|/path]'")
     verb, target = (words[0], words[1]) if len(words) == 2 else ("dial", words[0])
+    if verb == "net":
+        host, port, proto = parse_target(target)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: net tests name an address, not {host!r}") from None
+        return TestCase(text, "", packet=(host, port, proto))
     if not target.startswith("svc:"):
         raise ValueError(f"{text!r}: the target must be svc:<name>")
     if verb in ACTIONS:
