@@ -47,6 +47,7 @@ __all__ = [
     "STATE_FILE",
     "TunPlan",
     "add_addresses",
+    "undo_routing",
     "forward_and_masquerade",
     "interface_index",
     "leftovers",
@@ -129,6 +130,15 @@ def uninstall(state_dir: Path) -> list[str]:
             if resolv.read_text() == plan.resolv_ours:
                 _write_in_place(resolv, plan.resolv_original)
                 done.append(f"{resolv} restored")
+    done.extend(undo_routing(plan))
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    return done
+
+
+def undo_routing(plan: TunPlan) -> list[str]:
+    """Undo the routing parts of a plan: our ip rules, our nftables table, and each
+    forwarding switch that still holds the "1" we wrote (otherwise someone changed it since)."""
+    done: list[str] = []
     for argv in reversed(plan.rules or []):
         for _ in range(8):  # a crashed run may have added one twice; never loop unbounded
             if not run_command(["ip", argv[0], "rule", "del", *argv[1:]], check=False):
@@ -143,7 +153,6 @@ def uninstall(state_dir: Path) -> list[str]:
             if Path(path).read_text().strip() == "1" and original != "1":
                 Path(path).write_text(original + "\n")
                 done.append(f"{path} back to {original}")
-    (state_dir / STATE_FILE).unlink(missing_ok=True)
     return done
 
 
