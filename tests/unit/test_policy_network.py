@@ -321,3 +321,25 @@ def test_policy_tests_check_network_rules_too() -> None:
     with pytest.raises(PolicyError) as caught:
         compile_policy(doc.replace("net 10.1.2.3/icmp", "net db-1:22"))
     assert caught.value.code == "policy_test_invalid"
+
+
+def test_the_internet_through_an_exit_node_stops_at_its_lan() -> None:
+    """dave may use gw as an exit node (autogroup:internet); gw also routes 10.1.0.0/16, which
+    is not the internet: dave's packets there are dropped unless a rule names the LAN."""
+    p = policy()
+    gw = Subject("gw", frozenset({"router"}))
+    routes = [ipaddress.ip_network(r) for r in ("0.0.0.0/0", "::/0", "10.1.0.0/16")]
+    entries = grants_towards(p, Subject("dave"), gw, [], routes)
+    allows = sorted(e for e in entries if not e.startswith("!"))
+    assert allows == ["icmp@internet", "tcp/443@internet", "udp/443@internet"]
+    flows = FlowFilter(["100.64.0.5"])
+    flows.set_served(["10.1.0.0/16"])
+    flows.set_grants({b"d" * 32: parse_grant(entries)})
+    out = ipv4("100.64.0.9", "198.51.100.7", 6, tcp(4000, 443, SYN))
+    lan = ipv4("100.64.0.9", "10.1.2.3", 6, tcp(4000, 443, SYN))
+    out6 = ipv6("fd00::9", "2001:db8::7", 6, tcp(4000, 443, SYN))
+    assert flows.check_inbound(b"d" * 32, out, 0.0) is None
+    assert flows.check_inbound(b"d" * 32, out6, 0.0) is None
+    assert flows.check_inbound(b"d" * 32, lan, 0.0) == "route_no_grant"
+    assert not decide_packet(p, Subject("dave"), NetTarget(ipaddress.ip_address("10.1.2.3"),
+                             None, in_subnet=True), "tcp", 443).allowed  # fmt: skip

@@ -281,6 +281,7 @@ class TunMode:
             plan = await asyncio.to_thread(self._route_plan, plan)
             self.device = Device.for_identity(self._identity)
             self.flows = FlowFilter([ipv4, ipv6])
+            self.flows.set_served(settings.advertise_routes)
             assert self.sock is not None
             self.driver = WireGuardDriver(
                 self.device, self.sock, self.tun, on_event=self._event, flow_filter=self.flows

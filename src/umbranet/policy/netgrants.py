@@ -8,6 +8,7 @@ admits exactly those (and the return traffic of its own flows). An entry is::
     icmp             ICMP echo to its own addresses
     udp/53@10.1.0.0/16   the same, to addresses in a route the receiver serves (subnet / exit)
     !tcp/22@10.1.9.0/24  a deny inside a served route; the filter checks denies first
+    tcp/*@internet   through an exit node, anywhere but the subnets the receiver routes to
 
 An exit node's routes (``0.0.0.0/0``, ``::/0``) are granted only by rules covering all of
 them: a rule for one LAN does not make its source a client of every exit node.
@@ -95,7 +96,8 @@ def grants_towards(
                         inside = _inside(d, route)
                         if inside is None or (not rule.deny and not _reaches(d, route)):
                             continue
-                        entries = _entries(proto, d.ports, f"@{inside}")
+                        where = "internet" if d.kind == "internet" else inside
+                        entries = _entries(proto, d.ports, f"@{where}")
                         out.extend(("!" + e if rule.deny else e) for e in entries)
     return list(dict.fromkeys(out))
 

@@ -62,8 +62,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp", "icmp")
 INTERNET = "autogroup:internet"
-"""Addresses reached through an exit node: any address that is no peer's overlay address.
-Unlike ``0.0.0.0/0`` it names no peer, so it relates its sources to exit nodes only."""
+"""Addresses reached through an exit node: any address that is no peer's overlay address and
+lies in no approved subnet route. Unlike ``0.0.0.0/0`` it names no peer and no LAN, so it
+relates its sources to exit nodes only."""
 EXIT_ROUTES: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("0.0.0.0/0"),
     ipaddress.ip_network("::/0"),
@@ -143,6 +144,8 @@ class NetTarget:
 
     address: IPAddress
     peer: Subject | None = None
+    # inside an approved subnet route (not the internet, whatever an exit node offers)
+    in_subnet: bool = False
 
     @property
     def text(self) -> str:
@@ -279,7 +282,7 @@ def dst_matches(dst: NetDst, target: NetTarget, peer_groups: frozenset[str]) -> 
     if dst.kind == "all":
         return True
     if dst.kind == "internet":
-        return target.peer is None
+        return target.peer is None and not target.in_subnet
     if dst.kind == "peer":
         assert dst.peer is not None
         return target.peer is not None and src_matches(dst.peer, target.peer, peer_groups)

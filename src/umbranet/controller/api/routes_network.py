@@ -151,8 +151,9 @@ def explain(body: NetExplainIn, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]
             return {"allowed": False, "reason": reason, "request": request, "rules": [],
                     "unrelated_rules": 0, "peer": None, "routes": carriers}  # fmt: skip
         subject = Subject.of(subject_row.name, subject_row.attributes)
+        in_subnet = any(not r["exit_node"] for r in carriers)
         verdict, traces, unrelated = explain_packet(
-            compiled, subject, NetTarget(address, peer), proto, port
+            compiled, subject, NetTarget(address, peer, in_subnet), proto, port
         )
     return {
         "allowed": verdict.allowed,

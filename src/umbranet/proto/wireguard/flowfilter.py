@@ -56,20 +56,31 @@ _PORTS = struct.Struct("!HH")
 FlowKey = tuple[int, int, int, int, int, int]
 
 
+# (deny, protocol, low port, high port, ip version, network, mask, internet)
+RoutedEntry = tuple[bool, int, int, int, int, int, int, bool]
+# (ip version, network, mask) of a subnet we route to
+Prefix = tuple[int, int, int]
+_INTERNET = (
+    (4, 0, 0),
+    (6, 0, 0),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What one peer may open towards us.
 
     ``ports``: (protocol, port) pairs on our own addresses (the common case, one set lookup);
     ``ranges``: (protocol, low, high) on our own addresses; ``icmp``: echo requests to them;
-    ``routed``: (deny, protocol, low, high, version, network, mask) for addresses inside a
-    route we serve (subnet router, exit node), denies checked first.
+    ``routed``: entries for addresses inside a route we serve (subnet router, exit node),
+    denies checked first; an ``internet`` entry (``@internet``: through an exit node) does
+    not cover the subnets we route to (`FlowFilter.set_served`), whose own entries decide.
     """
 
     ports: frozenset[tuple[int, int]]
     ranges: tuple[tuple[int, int, int], ...] = ()
     icmp: bool = False
-    routed: tuple[tuple[bool, int, int, int, int, int, int], ...] = ()
+    routed: tuple[RoutedEntry, ...] = ()
 
     @property
     def any(self) -> bool:
@@ -80,12 +91,20 @@ class Grant:
             return True
         return any(p == proto and lo <= port <= hi for p, lo, hi in self.ranges)
 
-    def route(self, version: int, proto: int, address: int, port: int) -> str | None:
+    def route(
+        self, version: int, proto: int, address: int, port: int, served: tuple[Prefix, ...] = ()
+    ) -> str | None:
         """None if a routed entry admits the packet, else the drop reason."""
         admitted = False
-        for deny, p, lo, hi, v, network, mask in self.routed:
+        lan: bool | None = None
+        for deny, p, lo, hi, v, network, mask, internet in self.routed:
             if v != version or address & mask != network or p != proto or not lo <= port <= hi:
                 continue
+            if internet:
+                if lan is None:
+                    lan = any(v == sv and address & sm == sn for sv, sn, sm in served)
+                if lan:
+                    continue
             if deny:
                 return "route_denied"
             admitted = True
@@ -93,17 +112,17 @@ class Grant:
 
     def serves(self, version: int, address: int) -> bool:
         """Is `address` inside some route this grant names (so not simply misaddressed)?"""
-        return any(v == version and address & m == n for _, _, _, _, v, n, m in self.routed)
+        return any(e[4] == version and address & e[6] == e[5] for e in self.routed)
 
 
 def parse_grant(entries: Iterable[str]) -> Grant:
-    """``["tcp/8080", "udp/1000-2000", "icmp", "tcp/443@10.1.0.0/16", "!tcp/22@10.1.9.0/24"]``
-    -> Grant (see `umbranet.policy.netgrants` for the format). Entries of other shapes are
-    ignored: a newer controller may send kinds this version does not know, and ignoring an
-    entry only ever admits less."""
+    """``["tcp/8080", "udp/1000-2000", "icmp", "tcp/443@10.1.0.0/16", "!tcp/22@10.1.9.0/24",
+    "tcp/*@internet"]`` -> Grant (see `umbranet.policy.netgrants` for the format). Entries of
+    other shapes are ignored: a newer controller may send kinds this version does not know,
+    and ignoring an entry only ever admits less."""
     ports: set[tuple[int, int]] = set()
     ranges: list[tuple[int, int, int]] = []
-    routed: list[tuple[bool, int, int, int, int, int, int]] = []
+    routed: list[RoutedEntry] = []
     icmp = False
     for entry in entries:
         deny = entry.startswith("!")
@@ -116,22 +135,19 @@ def parse_grant(entries: Iterable[str]) -> Grant:
         else:
             continue
         if at:
-            try:
-                network = ipaddress.ip_network(prefix, strict=False)
-            except ValueError:
-                continue
-            mask = int(network.netmask)
-            for number in (proto, _ICMP6) if proto == _ICMP and network.version == 6 else (proto,):
-                item = (
-                    deny,
-                    number,
-                    low,
-                    high,
-                    network.version,
-                    int(network.network_address),
-                    mask,
-                )
-                routed.append(item)
+            internet = prefix == "internet"
+            if internet:
+                prefixes: tuple[Prefix, ...] = _INTERNET
+            else:
+                try:
+                    network = ipaddress.ip_network(prefix, strict=False)
+                except ValueError:
+                    continue
+                base, mask = int(network.network_address), int(network.netmask)
+                prefixes = ((network.version, base, mask),)
+            for version, base, mask in prefixes:
+                number = _ICMP6 if proto == _ICMP and version == 6 else proto
+                routed.append((deny, number, low, high, version, base, mask, internet))
         elif deny:
             continue  # denies on our own addresses are already subtracted by the controller
         elif proto == _ICMP:
@@ -160,6 +176,7 @@ class FlowFilter:
     def __init__(self, local: Iterable[str], *, max_flows: int = 65536) -> None:
         self._local = {(a.version, int(a)) for a in (ipaddress.ip_address(text) for text in local)}
         self._grants: dict[bytes, Grant] = {}
+        self._served: tuple[Prefix, ...] = ()
         self._ours: OrderedDict[FlowKey, tuple[bytes | None, float]] = OrderedDict()
         self._theirs: OrderedDict[FlowKey, float] = OrderedDict()
         self._max = max_flows
@@ -169,6 +186,11 @@ class FlowFilter:
     def set_grants(self, grants: Mapping[bytes, Grant]) -> None:
         """Replace every peer's grant; takes effect on the next packet of every flow."""
         self._grants = dict(grants)
+
+    def set_served(self, prefixes: Iterable[str]) -> None:
+        """The subnets we route to (``--advertise-routes``): ``@internet`` grants stop there."""
+        networks = [ipaddress.ip_network(p, strict=False) for p in prefixes]
+        self._served = tuple((n.version, int(n.network_address), int(n.netmask)) for n in networks)
 
     def handle_outbound(self, packet: bytes, now: float, peer: bytes | None = None) -> None:
         """A packet leaving for a peer: remember the flow if it is one we start."""
@@ -229,21 +251,21 @@ class FlowFilter:
                 return "icmp_no_grant"
             if flags != _ECHO_REQUEST[proto] or grant is None:
                 return "icmp_no_grant"
+            served = self._served
+            pinned = bool(grant.routed) and grant.route(version, proto, dst, 0, served) is None
             if routed:
-                return None if grant.route(version, proto, dst, 0) is None else "icmp_no_grant"
-            if grant.any or (grant.routed and grant.route(version, proto, dst, 0) is None):
-                return None
-            return "icmp_no_grant"
+                return None if pinned else "icmp_no_grant"
+            return None if grant.any or pinned else "icmp_no_grant"
         if self._return_traffic(key, peer, now):
             return None
         if grant is None:
             return "no_grant"
         if routed:
-            reason = grant.route(version, proto, dst, dport)
+            reason = grant.route(version, proto, dst, dport, self._served)
             if reason is not None:
                 return reason
         elif not grant.local(proto, dport) and (
-            not grant.routed or grant.route(version, proto, dst, dport) is not None
+            not grant.routed or grant.route(version, proto, dst, dport, self._served) is not None
         ):
             return "no_grant"  # (entries pinned to one of our addresses are checked too)
         if proto == _UDP:
