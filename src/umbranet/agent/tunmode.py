@@ -16,11 +16,12 @@ view from the controller:
 - ``<peer>.<suffix>`` (``alice-laptop.umbra``) and our own name resolve to overlay IPv4
   addresses in the DNS stub, which resolv.conf points at while we run.
 
+Routes: with ``--advertise-routes``/``--advertise-exit-node`` the routes are announced to
+the controller and the kernel forwards and masquerades what peers may send there; the routes
+peers offer us (``routes`` in the view, `tunroutes`) become their allowed IPs and kernel
+routes, and with ``--exit-node NAME`` everything else goes to that peer.
+
 System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
-- with ``--advertise-routes``/``--advertise-exit-node`` the routes are announced to the
-  controller and the kernel forwards and masquerades what peers may send there; the routes
-  peers offer us (``routes`` in the view, `tunroutes`) become their allowed IPs and kernel
-  routes, and with ``--exit-node NAME`` everything else goes to that peer (`tunplan`).
 
 Not done yet: relays through routers, NAT traversal, IPv6 endpoints (the UDP socket is IPv4).
 """
