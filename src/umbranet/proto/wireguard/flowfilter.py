@@ -264,9 +264,14 @@ class FlowFilter:
             reason = grant.route(version, proto, dst, dport, self._served)
             if reason is not None:
                 return reason
-        elif not grant.local(proto, dport) and (
-            not grant.routed or grant.route(version, proto, dst, dport, self._served) is not None
-        ):
+        elif (
+            (proto, dport) not in grant.ports
+            and not grant.local(proto, dport)
+            and (
+                not grant.routed
+                or grant.route(version, proto, dst, dport, self._served) is not None
+            )
+        ):  # the set lookup first: it is the common case and a method call costs more
             return "no_grant"  # (entries pinned to one of our addresses are checked too)
         if proto == _UDP:
             self._remember(self._theirs, key, now)
