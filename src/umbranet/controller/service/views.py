@@ -86,15 +86,18 @@ def view_of(
         return view
     active = active_policy(store)
     compiled = active.compiled if active is not None else None
-    routes = approved_routes(store, compiled)
+    networked = compiled is not None and bool(compiled.policy.network.rules)
+    routes = approved_routes(store, compiled) if networked else {}
     names = {p.name for p in view.peers}
-    if compiled is not None and compiled.policy.network.rules:
+    if compiled is not None and networked:
         names |= _network_peers(store, identity, compiled, routes)
     if not names:
         return view
     rows = [r for r in (store.identity_by_name(n) for n in sorted(names)) if r is not None]
     rows = [r for r in rows if r.enabled and r.id != identity.id]
-    addresses = addresses_for(store, [*rows, identity], overlay, trust_domain)
+    # Our own addresses only matter to network rules (CIDRs covering them).
+    addresses = addresses_for(store, [*rows, *([identity] if networked else [])], overlay,
+                              trust_domain)  # fmt: skip
     reach = _reach(store, identity, view, rows, now)
     me = Subject.of(identity.name, identity.attributes)
     mine = addresses.get(identity.id)
@@ -104,7 +107,7 @@ def view_of(
         found = addresses.get(row.id)
         entries = list(reach.get(row.name, ()))
         given: list[str] = []
-        if compiled is not None:
+        if compiled is not None and networked:
             them = Subject.of(row.name, row.attributes)
             more = grants_towards(compiled, them, me, my_addresses, routes.get(identity.id, []))
             entries.extend(e for e in more if e not in entries)
