@@ -121,6 +121,14 @@ class TunSettings:
     dns_port: int = 53
     suffix: str = "umbra"
     resolv_conf: Path = Path("/etc/resolv.conf")
+    # Subnet router / exit node (forwarding + masquerade) and exit-node client (policy routing).
+    advertise_routes: tuple[str, ...] = ()
+    advertise_exit_node: bool = False
+    exit_node: str | None = None
+    exit_node_allow_lan: bool = False
+    fwmark: int = 0x756D  # on the WireGuard socket: its datagrams skip the exit route
+    route_table: int = 7567
+    rule_priority: int = 7560
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -167,6 +167,7 @@ class Agent:
                     if self.tun is not None:
                         view = await client.view()
                         if self.tun.published is None:  # once: the port does not move
+                            await self.tun.advertise(client)
                             self.tun.published = await client.set_network_endpoint(
                                 self.tun.port, self.tun.settings.endpoint_host
                             )

@@ -16,9 +16,14 @@ view from the controller:
 - ``<peer>.<suffix>`` (``alice-laptop.umbra``) and our own name resolve to overlay IPv4
   addresses in the DNS stub, which resolv.conf points at while we run.
 
+Routes: with ``--advertise-routes``/``--advertise-exit-node`` the routes are announced to
+the controller and the kernel forwards and masquerades what peers may send there; the routes
+peers offer us (``routes`` in the view, `tunroutes`) become their allowed IPs and kernel
+routes, and with ``--exit-node NAME`` everything else goes to that peer.
+
 System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
-Not done yet: relays through routers, NAT traversal, subnet routes, exit nodes, IPv6
-endpoints (the UDP socket is IPv4).
+
+Not done yet: relays through routers, NAT traversal, IPv6 endpoints (the UDP socket is IPv4).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import binascii
 import contextlib
 import logging
 import socket
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +45,7 @@ from umbranet.agent.config import ConfigError, TunSettings
 from umbranet.agent.dns_stub import DnsStub
 from umbranet.agent.redirect import read_upstreams, require_root
 from umbranet.agent.stats import Counters
+from umbranet.agent.tunroutes import choose_routes
 from umbranet.aio.tun import Tun
 from umbranet.aio.wg_driver import WireGuardDriver
 from umbranet.pki import IdentityFile
@@ -60,6 +67,7 @@ class PeerEntry:
     ipv6: str | None
     endpoint: tuple[str, int] | None
     reach: tuple[str, ...]
+    routes: tuple[str, ...] = ()
 
     def prefixes(self) -> list[str]:
         return [f"{self.ipv4}/32", *([f"{self.ipv6}/128"] if self.ipv6 else [])]
@@ -84,8 +92,9 @@ def parse_peers(view: Mapping[str, Any], counters: Counters) -> dict[bytes, Peer
         if item.get("endpoint") and endpoint is None:
             counters.add("tun_peer_bad_endpoint")
         reach = tuple(str(r) for r in item.get("reach", []))
+        routes = tuple(str(r) for r in item.get("routes", []))
         peers[key] = PeerEntry(
-            str(item["name"]), key, item["ipv4"], item.get("ipv6"), endpoint, reach
+            str(item["name"]), key, item["ipv4"], item.get("ipv6"), endpoint, reach, routes
         )
     return peers
 
@@ -116,6 +125,7 @@ class TunMode:
         self.published: str | None = None
         self.peers: dict[bytes, PeerEntry] = {}
         self._routes: set[str] = set()
+        self._allowed: dict[bytes, list[str]] = {}
         self.has_ipv6 = False
 
     @property
@@ -134,8 +144,19 @@ class TunMode:
             sock.close()
             where = f"{self.settings.listen_host}:{self.settings.listen_port}"
             raise ConfigError("tun_port_in_use", f"cannot bind UDP {where}: {exc}") from None
+        if self.settings.exit_node is not None:
+            # The tunnel's own datagrams carry the mark, so the exit route never takes them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.settings.fwmark)
         sock.setblocking(False)
         self.sock = sock
+
+    async def advertise(self, client: Any) -> None:
+        """Tell the controller which routes we offer (subnet router, exit node); once."""
+        settings = self.settings
+        if settings.advertise_routes or settings.advertise_exit_node:
+            await client.set_network_routes(
+                list(settings.advertise_routes), settings.advertise_exit_node
+            )
 
     async def apply(self, ipv4: str | None, ipv6: str | None, view: Mapping[str, Any]) -> None:
         """Follow the controller: install on the first call with addresses, then match the
@@ -147,11 +168,22 @@ class TunMode:
             await self._install(ipv4, ipv6)
         assert self.device is not None and self.flows is not None
         wanted = parse_peers(view, self._counters)
+        offered = {k: (p.name, p.routes) for k, p in wanted.items()}
+        choice = choose_routes(offered, self.settings.exit_node, ipv6=self.has_ipv6)
+        if choice.conflicts:
+            self._counters.add("tun_route_conflict", choice.conflicts)
+        if self.settings.exit_node is not None and not choice.exit_found:
+            self._counters.add("tun_exit_node_missing")
         for key in set(self.peers) - set(wanted):
             self.device.remove_peer(key)
             log.info("network mode: peer %s withdrawn", self.peers[key].name)
         for key, peer in wanted.items():
-            self.device.add_peer(key, endpoint=peer.endpoint, allowed_ips=peer.prefixes())
+            allowed = [*peer.prefixes(), *choice.by_peer.get(key, [])]
+            if self._allowed.get(key, allowed) != allowed:
+                self.device.remove_peer(key)  # allowed IPs only grow in place: start afresh
+            self._allowed[key] = allowed
+            self.device.add_peer(key, endpoint=peer.endpoint, allowed_ips=allowed)
+        self._allowed = {k: v for k, v in self._allowed.items() if k in wanted}
         self.peers = wanted
         self.flows.set_grants({k: parse_grant(p.reach) for k, p in wanted.items()})
         prefixes = [
@@ -159,7 +191,7 @@ class TunMode:
             for peer in wanted.values()
             for prefix in peer.prefixes()
             if self.has_ipv6 or ":" not in prefix
-        ]
+        ] + choice.subnets
         assert self.tun is not None
         self._routes = await asyncio.to_thread(
             tunplan.set_routes, self.tun.name, self._routes, prefixes
@@ -213,6 +245,7 @@ class TunMode:
                     "ipv6": p.ipv6,
                     "endpoint": f"{p.endpoint[0]}:{p.endpoint[1]}" if p.endpoint else None,
                     "reach": list(p.reach),
+                    "routes": list(p.routes),
                     "routed": f"{p.ipv4}/32" in self._routes,
                     **{
                         field: per_peer.get(k.hex(), {}).get(field)
@@ -246,8 +279,10 @@ class TunMode:
                 self._counters.add("tun_ipv6_unavailable")
                 log.warning("network mode: no IPv6 on this host; %s stays unassigned", ipv6)
             self.addresses = (ipv4, ipv6)
+            plan = await asyncio.to_thread(self._route_plan, plan)
             self.device = Device.for_identity(self._identity)
             self.flows = FlowFilter([ipv4, ipv6])
+            self.flows.set_served(settings.advertise_routes)
             assert self.sock is not None
             self.driver = WireGuardDriver(
                 self.device, self.sock, self.tun, on_event=self._event, flow_filter=self.flows
@@ -279,9 +314,39 @@ class TunMode:
             self.port,
         )
 
+    def _route_plan(self, plan: tunplan.TunPlan) -> tunplan.TunPlan:
+        """Forwarding and masquerade when we route for others; policy routing when an exit
+        node routes for us (both recorded in the plan before they are made)."""
+        settings = self.settings
+        if settings.advertise_routes or settings.advertise_exit_node:
+            plan = tunplan.forward_and_masquerade(self._state_dir, plan)
+        if settings.exit_node is not None:
+            plan = tunplan.route_through_exit(
+                self._state_dir,
+                plan,
+                table=settings.route_table,
+                mark=settings.fwmark,
+                priority=settings.rule_priority,
+                allow_lan=settings.exit_node_allow_lan,
+                exempt=controller_addresses(self._identity.controller_url),
+                ipv6=self.has_ipv6,
+            )
+        return plan
+
     def _event(self, event: Event) -> None:
         if isinstance(event, PeerSilent):
             self._counters.add("tun_peer_silent")
+
+
+def controller_addresses(url: str) -> list[str]:
+    """The controller's addresses, kept out of the exit node's tunnel (the agent must reach
+    the controller to learn anything, the exit node included)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    return sorted({str(info[4][0]) for info in infos})
 
 
 def _endpoint(text: object) -> tuple[str, int] | None:

@@ -8,14 +8,27 @@ What `umbra up --tun` changes (Linux, as root), and nothing else:
 - on it: the identity's overlay IPv4 (/32) and IPv6 (/128, ``nodad``), the MTU, and one
   route per peer address the identity may reach (``dev umbra0``, nothing else is routed);
 - ``/etc/resolv.conf`` pointing at the DNS stub (as root mode does, and with its rules: kept
-  search/options lines, rewritten in place, a symlink refused), unless DNS is turned off.
+  search/options lines, rewritten in place, a symlink refused), unless DNS is turned off;
+- on a subnet router or exit node (``--advertise-routes``, ``--advertise-exit-node``): kernel
+  forwarding turned on (``net.ipv4.ip_forward``, ``net.ipv6.conf.all.forwarding``; the
+  original values recorded and put back) and an nftables table ``inet umbranet_tun`` that
+  masquerades what arrives on the TUN and leaves by another interface, so the LAN answers
+  the router and needs no route back to the overlay;
+- on a client of an exit node (``--exit-node``): a routing table holding a default route
+  via the TUN (its routes go with the link) and ``ip rule``s sending everything without the
+  WireGuard socket's firewall mark there. The tunnel's own UDP carries the mark and so takes
+  the main table: no routing loop. With ``--exit-node-allow-lan`` a rule before it lets the
+  main table's non-default routes (the LAN) win; without, only the controller's address is
+  kept out of the tunnel.
 
 Crash safety: before anything changes, the plan (interface name, and the original and our
 resolv.conf) is written to ``tunmode.json`` in the state directory; the interface index is
-added once the interface exists. `uninstall` (``umbra down``, or the next ``umbra up``)
+added once the interface exists; the forwarding values, the nftables table and each ip rule
+are recorded before they are made. `uninstall` (``umbra down``, or the next ``umbra up``)
 deletes the link only if that same interface (name and index) still exists, restores
-resolv.conf only if it still holds what we wrote, and refuses to act from another network
-namespace than the one the changes were made in.
+resolv.conf only if it still holds what we wrote, puts a forwarding switch back only if it
+still holds what we set, deletes our nftables table and rules, and refuses to act from
+another network namespace than the one the changes were made in.
 """
 
 from __future__ import annotations
@@ -34,9 +47,12 @@ __all__ = [
     "STATE_FILE",
     "TunPlan",
     "add_addresses",
+    "undo_routing",
+    "forward_and_masquerade",
     "interface_index",
     "leftovers",
     "record",
+    "route_through_exit",
     "set_routes",
     "uninstall",
     "write_resolv",
@@ -55,6 +71,11 @@ class TunPlan:
     resolv_path: str | None = None
     resolv_original: str | None = None
     resolv_ours: str | None = None
+    # sysctl path -> the value before we set "1" (subnet router / exit node)
+    forwarding: dict[str, str] | None = None
+    nft_table: str | None = None
+    # each `ip rule add` argument list we ran (or are about to), to delete the same
+    rules: list[list[str]] | None = None
 
     @classmethod
     def new(cls, ifname: str, resolv_path: Path | None, stub_address: str) -> TunPlan:
@@ -109,8 +130,97 @@ def uninstall(state_dir: Path) -> list[str]:
             if resolv.read_text() == plan.resolv_ours:
                 _write_in_place(resolv, plan.resolv_original)
                 done.append(f"{resolv} restored")
+    done.extend(undo_routing(plan))
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return done
+
+
+def undo_routing(plan: TunPlan) -> list[str]:
+    """Undo the routing parts of a plan: our ip rules, our nftables table, and each
+    forwarding switch that still holds the "1" we wrote (otherwise someone changed it since)."""
+    done: list[str] = []
+    for argv in reversed(plan.rules or []):
+        for _ in range(8):  # a crashed run may have added one twice; never loop unbounded
+            if not run_command(["ip", argv[0], "rule", "del", *argv[1:]], check=False):
+                break
+            done.append(f"ip {argv[0]} rule {' '.join(argv[1:])}")
+    if plan.nft_table is not None and run_command(
+        ["nft", "delete", "table", *plan.nft_table.split()], check=False
+    ):
+        done.append(f"nftables table {plan.nft_table}")
+    for path, original in (plan.forwarding or {}).items():
+        with contextlib.suppress(OSError):
+            if Path(path).read_text().strip() == "1" and original != "1":
+                Path(path).write_text(original + "\n")
+                done.append(f"{path} back to {original}")
+    return done
+
+
+FORWARDING = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
+NFT_TABLE = "inet umbranet_tun"
+
+
+def forward_and_masquerade(state_dir: Path, plan: TunPlan) -> TunPlan:
+    """A subnet router or exit node: kernel forwarding on, and masquerade for traffic from
+    the TUN leaving by another interface. Recorded first; returns the new plan."""
+    originals = {}
+    for path in FORWARDING:
+        with contextlib.suppress(OSError):
+            originals[path] = Path(path).read_text().strip()
+    plan = replace(plan, forwarding=originals, nft_table=NFT_TABLE)
+    record(state_dir, plan)
+    for path in originals:
+        Path(path).write_text("1\n")
+    family, name = NFT_TABLE.split()
+    script = (
+        f"table {family} {name} {{\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    iifname "{plan.ifname}" oifname != "{plan.ifname}" masquerade\n'
+        "  }\n"
+        "}\n"
+    )
+    run_command(["nft", "-f", "-"], stdin=script)
+    return plan
+
+
+def route_through_exit(
+    state_dir: Path,
+    plan: TunPlan,
+    *,
+    table: int,
+    mark: int,
+    priority: int,
+    allow_lan: bool,
+    exempt: list[str],
+    ipv6: bool,
+) -> TunPlan:
+    """A client of an exit node: a default route via the TUN in ``table`` and the rules that
+    send every unmarked packet there (module docstring). Recorded first."""
+    rules: list[list[str]] = []
+    for family in ("-4", "-6") if ipv6 else ("-4",):
+        version = 6 if family == "-6" else 4
+        for address in exempt:
+            if (":" in address) == (version == 6):
+                rules.append([family, "to", address, "lookup", "main", "priority", str(priority)])
+        if allow_lan:
+            rules.append(
+                [family, "table", "main", "suppress_prefixlength", "0",
+                 "priority", str(priority + 1)]
+            )  # fmt: skip
+        rules.append(
+            [family, "not", "fwmark", hex(mark), "table", str(table),
+             "priority", str(priority + 2)]
+        )  # fmt: skip
+    plan = replace(plan, rules=rules)
+    record(state_dir, plan)
+    for family in ("-4", "-6") if ipv6 else ("-4",):
+        run_command(
+            ["ip", family, "route", "replace", "default", "dev", plan.ifname, "table", str(table)]
+        )
+    for argv in rules:
+        run_command(["ip", argv[0], "rule", "add", *argv[1:]])
+    return plan
 
 
 def interface_index(ifname: str) -> int | None:

@@ -132,6 +132,34 @@ def up(
         bool,
         typer.Option("--tun-dns/--no-tun-dns", help="Network mode: point resolv.conf at the stub."),
     ] = True,
+    advertise_routes: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise-routes",
+            help="Network mode: route for peers into these LAN prefixes (comma-separated CIDRs; "
+            "forwarding + masquerade), once an admin or the policy approves them.",
+        ),
+    ] = None,
+    advertise_exit_node: Annotated[
+        bool,
+        typer.Option(
+            "--advertise-exit-node",
+            help="Network mode: offer to carry peers' internet traffic (once approved).",
+        ),
+    ] = False,
+    exit_node: Annotated[
+        str | None,
+        typer.Option(
+            "--exit-node", help="Network mode: send all traffic through this peer (full tunnel)."
+        ),
+    ] = None,
+    exit_node_allow_lan: Annotated[
+        bool,
+        typer.Option(
+            "--exit-node-allow-lan",
+            help="With --exit-node: the LAN (the main table's specific routes) stays direct.",
+        ),
+    ] = False,
 ) -> None:
     """Run the agent: loopback listeners for the services you may dial, hosting for the ones
     you may bind, and the local API."""
@@ -171,10 +199,19 @@ def up(
                 endpoint_host=tun_endpoint,
                 dns=tun_dns,
                 dns_address=dns_address,
+                advertise_routes=tuple(
+                    r.strip() for r in (advertise_routes or "").split(",") if r.strip()
+                ),
+                advertise_exit_node=advertise_exit_node,
+                exit_node=exit_node,
+                exit_node_allow_lan=exit_node_allow_lan,
             )
             if tun
             else None,
         )
+        routing = advertise_routes or advertise_exit_node or exit_node or exit_node_allow_lan
+        if routing and not tun:
+            raise ConfigError("routes_need_tun", "routes and exit nodes need network mode (--tun)")
         if root and tun:
             raise ConfigError(
                 "tun_with_root", "--tun and --root cannot be combined yet (one DNS stub each)"
@@ -484,10 +521,10 @@ def _render_status(data: dict[str, Any]) -> None:
         )
         table(
             "Peers",
-            ["name", "address", "endpoint", "may open", "rx", "tx"],
+            ["name", "address", "endpoint", "may open", "routes", "rx", "tx"],
             [
-                (p["name"], p["ipv4"], p["endpoint"], ", ".join(p["reach"]), p["rx_bytes"],
-                 p["tx_bytes"])
+                (p["name"], p["ipv4"], p["endpoint"], ", ".join(p["reach"]),
+                 ", ".join(p.get("routes") or []), p["rx_bytes"], p["tx_bytes"])
                 for p in tun["peers"]
             ],
         )  # fmt: skip

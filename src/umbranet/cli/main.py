@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "service": ("service_cmd", "Manage services."),
     "router": ("router_cmd", "Create, enroll and run routers."),
     "policy": ("policy_cmd", "Manage the policy document."),
+    "route": ("route_cmd", "Approve subnet routes and exit nodes (network mode)."),
     "audit": ("audit_cmd", "Administrative changes and access refusals: who did what, when."),
     "enroll": ("enroll_cmd", "Enroll this machine: keys are made here, only a CSR is sent."),
     "joinkey": ("joinkey_cmd", "Join keys: one key enrolls many replicas, each its own identity."),

@@ -125,7 +125,13 @@ def rollback(
 def explain(
     ctx: typer.Context,
     identity: Annotated[str | None, typer.Argument(help="Identity name.")] = None,
-    service: Annotated[str | None, typer.Argument(help="Service name.")] = None,
+    service: Annotated[
+        str | None,
+        typer.Argument(
+            help="Service name, or (network rules) ADDRESS[:PORT][/tcp|udp|icmp] or "
+            "PEER:PORT, e.g. 10.1.2.3:443/tcp."
+        ),
+    ] = None,
     *,
     decision: Annotated[
         str | None,
@@ -149,6 +155,10 @@ def explain(
             if decision is not None:
                 return await client.decision(decision)
             assert identity is not None and service is not None
+            if _network_target(service):
+                answer: dict[str, Any] = await client.network_explain(identity, service)
+                answer.setdefault("rendered", _render_network(answer))
+                return answer
             return await client.explain(
                 identity, service, action=action, port=port, method=method, path=path
             )
@@ -156,3 +166,26 @@ def explain(
     with handle_errors(cli):
         report = run_async(call)
     emit(cli, report, lambda: print(report.get("rendered", report.get("reason", ""))))
+
+
+def _network_target(text: str) -> bool:
+    """Service names hold neither ``:`` nor ``/``; addresses and ``peer:port`` do."""
+    return ":" in text or "/" in text or text[:1].isdigit()
+
+
+def _render_network(answer: dict[str, Any]) -> str:
+    lines = [
+        f"{'ALLOW' if answer.get('allowed') else 'DENY'}: {answer.get('request')}",
+        f"  reason: {answer.get('reason')}",
+    ]
+    if answer.get("peer"):
+        lines.append(f"  address of peer {answer['peer']}")
+    for route in answer.get("routes") or []:
+        lines.append(f"  routed via {route['identity']} ({route['prefix']})")
+    for rule in answer.get("rules") or []:
+        mark = "=>" if rule["decisive"] else ("+ " if rule["matched"] else "- ")
+        lines.append(f"    {mark} {rule['rule']}: {rule['text']}")
+        lines.append(f"         {rule['why']}")
+    if answer.get("unrelated_rules"):
+        lines.append(f"  {answer['unrelated_rules']} other network rules name neither side")
+    return "\n".join(lines)

@@ -346,6 +346,27 @@ class ControllerClient:
         data = await self._call("PUT", "/v1/network/endpoint", json=body)
         return str(data["endpoint"])
 
+    async def set_network_routes(self, routes: list[str], exit_node: bool) -> list[Any]:
+        """Advertise subnet routes (and, with `exit_node`, the default routes) for this
+        identity; they count once approved. Returns the stored routes with their state."""
+        body = {"routes": routes, "exit_node": exit_node}
+        data = await self._call("PUT", "/v1/network/routes", json=body)
+        return list(data["routes"])
+
+    async def network_routes(self) -> list[Any]:
+        """(Admin.) Every advertised route and its approval."""
+        return list((await self._call("GET", "/v1/network/routes"))["routes"])
+
+    async def approve_routes(self, identity: str, prefixes: list[str], approve: bool) -> Any:
+        """(Admin.) Approve (or withdraw approval of) routes an identity advertises."""
+        body = {"identity": identity, "prefixes": prefixes, "approve": approve}
+        return await self._call("POST", "/v1/network/routes/approve", json=body)
+
+    async def network_explain(self, identity: str, target: str) -> Any:
+        """(Admin.) The network rules' verdict for ``identity`` -> ``ADDR[:PORT][/PROTO]``."""
+        body = {"identity": identity, "target": target}
+        return await self._call("POST", "/v1/network/explain", json=body)
+
     async def routers(self) -> list[RouterInfo]:
         return [router_info(r) for r in await self._call("GET", "/v1/routers")]
 

@@ -5,7 +5,7 @@ inventory), optionally a posture report and a time (``at``; default `DEFAULT_TES
 the wall clock), and lists requests that must be accepted and requests that must be denied:
 
     {"src": "alice", "accept": ["svc:billing:443", "bind svc:db", "GET svc:web/public"],
-     "deny": ["svc:db:5432"]}
+     "deny": ["svc:db:5432", "net 10.1.2.3:22/tcp"]}
 
 A failure names the entry, what was expected and the verdict's reason, so the person saving
 the policy sees which rule to look at.
@@ -13,6 +13,7 @@ the policy sees which rule to look at.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,12 @@ def _verdict(
     case: TestCase,
     inventory: Inventory,
 ) -> Verdict:
+    if case.packet is not None:
+        from umbranet.policy.network import NetTarget, decide_packet
+
+        host, port, proto = case.packet
+        target = NetTarget(ipaddress.ip_address(host))
+        return decide_packet(policy, subject, target, proto, port)
     service = inventory.service(case.service) or ServiceRef(case.service)
     if case.method is not None and case.path is not None:
         connect = policy.decide(subject, service, "dial", posture=test.posture, now=test.at)

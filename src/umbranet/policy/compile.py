@@ -84,13 +84,22 @@ def check_references(policy: Policy, known: Inventory) -> None:
             _check_src(policy, selector)
         for target in http_rule.dst:
             _check_dst(target, known)
+    for net_rule in policy.network.rules:
+        for selector in net_rule.src:
+            _check_src(policy, selector)
+        for net_dst in net_rule.dst:
+            if net_dst.peer is not None:
+                _check_src(policy, net_dst.peer)
+    approvers = policy.network.auto_approvers
+    for selector in (*approvers.exit_node, *(s for _, who in approvers.routes for s in who)):
+        _check_src(policy, selector)
     for test in policy.tests:
         for tag in sorted(test.tags or ()):
             if tag not in policy.tag_owners:
                 reason = f"tests[{test.index}] uses tag:{tag}, which is not declared in tagOwners"
                 raise PolicyError("policy_unknown_tag", reason, test.line, test.column)
         for case in (*test.accept, *test.deny):
-            if known.service(case.service) is None:
+            if case.packet is None and known.service(case.service) is None:
                 reason = f"test entry {case.text!r} names unknown service {case.service!r}"
                 raise PolicyError("policy_unknown_service", reason, case.line, case.column)
 
@@ -105,6 +114,7 @@ def reference_warnings(policy: Policy, known: Inventory) -> list[str]:
         *(s for members in policy.groups.values() for s in members),
         *(s for rule in policy.rules for s in rule.src),
         *(s for rule in policy.http for s in rule.src),
+        *(s for rule in policy.network.rules for s in rule.src),
     ]
     warnings: list[str] = []
     seen: set[tuple[str, str]] = set()

@@ -20,9 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from umbranet.policy.posture import PostureDef, PostureReport
+
+if TYPE_CHECKING:
+    from umbranet.policy.network import Network
 
 __all__ = [
     "ACTIONS",
@@ -275,8 +278,8 @@ class HttpRule:
 
 @dataclass(frozen=True, slots=True)
 class TestCase:
-    """One ``accept``/``deny`` entry of a test: ``[dial|bind] svc:x[:port]`` or
-    ``METHOD svc:x/path``."""
+    """One ``accept``/``deny`` entry of a test: ``[dial|bind] svc:x[:port]``,
+    ``METHOD svc:x/path`` or ``net ADDRESS[:PORT][/tcp|udp|icmp]`` (``service`` empty)."""
 
     __test__ = False  # not a pytest class, whatever the name says
 
@@ -288,6 +291,8 @@ class TestCase:
     path: str | None = None
     line: int | None = field(default=None, compare=False)
     column: int | None = field(default=None, compare=False)
+    # ``net ADDRESS[:PORT][/PROTO]``: a packet checked against the network rules
+    packet: tuple[str, int | None, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +312,13 @@ class PolicyTest:
     column: int | None = field(default=None, compare=False)
 
 
+def _no_network() -> Network:
+    """An empty ``network`` section (imported late: `network` builds on this module)."""
+    from umbranet.policy.network import Network
+
+    return Network()
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The whole document, typed; references are not yet checked (see `compile`).
@@ -324,3 +336,4 @@ class Policy:
     group_lines: dict[str, tuple[int, int] | None] = field(default_factory=dict, compare=False)
     tag_lines: dict[str, tuple[int, int] | None] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = ()
+    network: Network = field(default_factory=_no_network)

@@ -43,6 +43,15 @@ from umbranet.policy.model import (
     TestCase,
     normalize_tag,
 )
+from umbranet.policy.network import (
+    PROTOCOLS,
+    AutoApprovers,
+    NetDst,
+    NetRule,
+    Network,
+    parse_net_dst,
+    parse_target,
+)
 from umbranet.policy.pathnorm import normalize_path
 from umbranet.policy.posture import DAYS, PostureDef, PostureReport, TimeWindow, VersionReq
 
@@ -60,9 +69,11 @@ DEFAULT_TEST_TIME = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
 """When a test without ``at`` is evaluated (a Monday noon, UTC): never the wall clock, so a
 policy's tests give the same answer whenever it is saved or rolled back."""
 
-_SECTIONS = ("groups", "tagOwners", "postures", "rules", "http", "tests")
+_SECTIONS = (
+    "groups", "tagOwners", "postures", "rules", "http", "tests", "network", "autoApprovers",
+)  # fmt: skip
 T = TypeVar("T")
-Placed = TypeVar("Placed", SrcSelector, DstSelector, TestCase)
+Placed = TypeVar("Placed", SrcSelector, DstSelector, TestCase, NetDst)
 
 
 def build_policy(doc: Document) -> Policy:
@@ -212,10 +223,62 @@ class _Builder:
         rules = self.rules(root.get("rules", []))
         http = self.http(root.get("http", []))
         tests = self.tests(root.get("tests", []))
+        network = Network(
+            self.net_rules(root.get("network", [])),
+            self.auto_approvers(root.get("autoApprovers", {})),
+        )
         return Policy(
             groups, owners, rules, http, postures, tests, group_lines, tag_lines,
-            tuple(self.warnings),
+            tuple(self.warnings), network,
         )  # fmt: skip
+
+    def net_rules(self, value: Any) -> tuple[NetRule, ...]:
+        items: list[Any] = self.expect(value, list, ("network",), "network")
+        out: list[NetRule] = []
+        allowed = ("src", "dst", "proto", "deny")
+        for index, item in enumerate(items):
+            path: Path = ("network", index)
+            obj = self.fields(item, path, f"network[{index}]", allowed, ("src", "dst"))
+            deny = self.expect(obj.get("deny", False), bool, (*path, "deny"), "deny")
+            src = self.srcs(obj["src"], (*path, "src"), "src")
+            dst: list[NetDst] = []
+            for i, text in enumerate(self.strings(obj["dst"], (*path, "dst"), "dst")):
+                try:
+                    dst.append(self.placed(parse_net_dst(text), (*path, "dst", i)))
+                except ValueError as exc:
+                    raise self.fail("policy_selector", str(exc), (*path, "dst", i)) from None
+                except LookupError as exc:
+                    raise self.fail("policy_ports", str(exc.args[0]), (*path, "dst", i)) from None
+            protocols = frozenset(PROTOCOLS)
+            if "proto" in obj:
+                listed = self.strings(obj["proto"], (*path, "proto"), "proto")
+                for i, name in enumerate(listed):
+                    if name not in PROTOCOLS:
+                        reason = f"proto {name!r} is not one of tcp, udp, icmp"
+                        raise self.fail("policy_schema", reason, (*path, "proto", i))
+                protocols = frozenset(listed)
+            line, column = self.at(path)
+            out.append(NetRule(index, deny, src, tuple(dst), protocols, line, column))
+        return tuple(out)
+
+    def auto_approvers(self, value: Any) -> AutoApprovers:
+        path: Path = ("autoApprovers",)
+        obj = self.fields(value, path, "autoApprovers", ("routes", "exitNode"), ())
+        routes: list[tuple[Any, tuple[SrcSelector, ...]]] = []
+        section: dict[str, Any] = self.expect(
+            obj.get("routes", {}), dict, (*path, "routes"), "autoApprovers.routes"
+        )
+        for prefix, who in section.items():
+            where: Path = (*path, "routes", prefix)
+            try:
+                network = _network(prefix)
+            except ValueError as exc:
+                raise self.fail("policy_selector", str(exc), where, key=True) from None
+            routes.append((network, self.srcs(who, where, f"approvers of {prefix}")))
+        exit_node: tuple[SrcSelector, ...] = ()
+        if "exitNode" in obj:
+            exit_node = self.srcs(obj["exitNode"], (*path, "exitNode"), "exitNode")
+        return AutoApprovers(tuple(routes), exit_node)
 
     def groups(
         self, value: Any
@@ -478,11 +541,19 @@ class _Builder:
 
 
 def parse_case(text: str) -> TestCase:
-    """``svc:x``, ``svc:x:443``, ``dial svc:x``, ``bind svc:x``, ``GET svc:web/public``."""
+    """``svc:x``, ``svc:x:443``, ``dial svc:x``, ``bind svc:x``, ``GET svc:web/public``,
+    ``net 10.1.2.3:443/tcp``."""
     words = text.split()
     if not 1 <= len(words) <= 2:
         raise ValueError(f"{text!r}: expected '[dial|bind|METHOD] svc:<name>[:port|/path]'")
     verb, target = (words[0], words[1]) if len(words) == 2 else ("dial", words[0])
+    if verb == "net":
+        host, port, proto = parse_target(target)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: net tests name an address, not {host!r}") from None
+        return TestCase(text, "", packet=(host, port, proto))
     if not target.startswith("svc:"):
         raise ValueError(f"{text!r}: the target must be svc:<name>")
     if verb in ACTIONS:

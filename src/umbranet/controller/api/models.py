@@ -177,6 +177,9 @@ class PeerKeyOut(BaseModel):
     reach: list[str] = Field(
         default_factory=list, description="what it may open towards the caller: tcp/PORT, udp/PORT"
     )
+    routes: list[str] = Field(
+        default_factory=list, description="its approved routes the caller may reach into"
+    )
 
 
 class EndpointIn(_In):

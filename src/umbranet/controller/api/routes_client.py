@@ -138,6 +138,7 @@ def get_view(ctx: Ctx, caller: ClientCaller) -> ViewOut:
                 ipv6=p.ipv6,
                 endpoint=p.endpoint,
                 reach=list(p.reach),
+                routes=list(p.routes),
             )
             for p in view.peers
         ],

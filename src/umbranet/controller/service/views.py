@@ -10,25 +10,37 @@ appear in it.
 For network mode each peer also carries its overlay addresses, its published WireGuard
 endpoint and `reach`: what that peer may open towards the caller, as ``tcp/8080``-style
 entries, one per service the caller hosts (its host address names the protocol and port) that
-the peer may dial under the peer's own posture. The caller's packet filter admits exactly
-these new flows (see `proto.wireguard.flowfilter`); a peer with an empty `reach` may only
-answer flows the caller started.
+the peer may dial under the peer's own posture, plus what the policy's ``network`` rules let
+the peer open towards the caller's addresses and approved routes (`policy.netgrants`). The
+caller's packet filter admits exactly these new flows (see `proto.wireguard.flowfilter`); a
+peer with an empty `reach` may only answer flows the caller started. ``routes`` are the
+peer's approved routes (subnets, exit node) the caller may reach something inside.
+
+A peer related by nothing (no service, no network rule, either way) is not listed: it never
+learns the caller's key, address or endpoint, nor the caller its.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
+
 from umbranet.controller.authz import ActivePolicy, decide_access
-from umbranet.controller.service.addresses import OverlaySettings, addresses_for
+from umbranet.controller.service.addresses import Overlay, OverlaySettings, addresses_for
 from umbranet.controller.service.policy import active_policy, shared_inventory
 from umbranet.controller.service.posture import report_of
+from umbranet.controller.service.routes import approved_routes
 from umbranet.controller.service.tickets import services_for
 from umbranet.controller.store import Identity, Store
-from umbranet.policy import Subject
+from umbranet.controller.store.overlay_models import OverlayAddress
+from umbranet.policy import CompiledPolicy, Subject
 from umbranet.policy import decide_access as attribute_rule
+from umbranet.policy.netgrants import grants_towards, may_reach, routes_reachable
+from umbranet.policy.network import IPAddress, IPNetwork
 
 __all__ = ["IdentityView", "PeerKey", "view_of"]
 
@@ -46,6 +58,7 @@ class PeerKey:
     ipv6: str | None = None
     endpoint: str | None = None
     reach: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +79,39 @@ def view_of(
 ) -> IdentityView:
     """The caller's view (see the module docstring); ``epoch`` is the controller's current
     revocation epoch (it keys the shared inventory). With ``overlay``, peers carry their
-    overlay addresses, endpoints and reach (network mode)."""
+    overlay addresses, endpoints, reach and routes (network mode), and the peers that only
+    the policy's ``network`` rules relate to the caller are added."""
     view = _view(store, identity, now=now, epoch=epoch)
-    if overlay is None or not view.peers:
+    if overlay is None:
         return view
-    rows = [r for r in (store.identity_by_name(p.name) for p in view.peers) if r is not None]
-    addresses = addresses_for(store, rows, overlay, trust_domain)
+    active = active_policy(store)
+    compiled = active.compiled if active is not None else None
+    networked = compiled is not None and bool(compiled.policy.network.rules)
+    routes = approved_routes(store, compiled) if networked else {}
+    names = {p.name for p in view.peers}
+    if compiled is not None and networked:
+        names |= _network_peers(store, identity, compiled, routes)
+    if not names:
+        return view
+    rows = [r for r in (store.identity_by_name(n) for n in sorted(names)) if r is not None]
+    rows = [r for r in rows if r.enabled and r.id != identity.id]
+    # Our own addresses only matter to network rules (CIDRs covering them).
+    addresses = addresses_for(store, [*rows, *([identity] if networked else [])], overlay,
+                              trust_domain)  # fmt: skip
     reach = _reach(store, identity, view, rows, now)
+    me = Subject.of(identity.name, identity.attributes)
+    mine = addresses.get(identity.id)
+    my_addresses = _ips(mine) if mine is not None else []
     peers = []
     for row in rows:
         found = addresses.get(row.id)
+        entries = list(reach.get(row.name, ()))
+        given: list[str] = []
+        if compiled is not None and networked:
+            them = Subject.of(row.name, row.attributes)
+            more = grants_towards(compiled, them, me, my_addresses, routes.get(identity.id, []))
+            entries.extend(e for e in more if e not in entries)
+            given = [str(r) for r in routes_reachable(compiled, me, routes.get(row.id, []))]
         peers.append(
             PeerKey(
                 row.name,
@@ -84,10 +120,45 @@ def view_of(
                 found.ipv4 if found else None,
                 found.ipv6 if found else None,
                 found.endpoint if found else None,
-                tuple(reach.get(row.name, ())),
+                tuple(entries),
+                tuple(given),
             )
         )
     return IdentityView(view.services, peers, view.http)
+
+
+def _network_peers(
+    store: Store,
+    identity: Identity,
+    compiled: CompiledPolicy,
+    routes: dict[int, list[IPNetwork]],
+) -> set[str]:
+    """Identities a ``network`` rule relates to the caller, either way (to their overlay
+    addresses or into their approved routes). Only identities that were ever given overlay
+    addresses are candidates (the others never ran network mode). One pass over them per
+    view: fine for thousands, not for 100,000 (an index by selector is the next step)."""
+    me = Subject.of(identity.name, identity.attributes)
+    stored = store.session.execute(
+        sa.select(Identity, OverlayAddress).join(
+            OverlayAddress, OverlayAddress.identity_id == Identity.id
+        )
+    ).all()
+    mine = next((o for i, o in stored if i.id == identity.id), None)
+    my_ips = _ips(mine) if mine is not None else []
+    found: set[str] = set()
+    for other, row in stored:
+        if other.id == identity.id or not other.enabled:
+            continue
+        them = Subject.of(other.name, other.attributes)
+        if may_reach(compiled, me, them, _ips(row), routes.get(other.id, [])) or may_reach(
+            compiled, them, me, my_ips, routes.get(identity.id, [])
+        ):
+            found.add(other.name)
+    return found
+
+
+def _ips(row: OverlayAddress | Overlay) -> list[IPAddress]:
+    return [ipaddress.ip_address(row.ipv4), ipaddress.ip_address(row.ipv6)]
 
 
 def _reach(

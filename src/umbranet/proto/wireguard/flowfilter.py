@@ -10,7 +10,12 @@ the peer may use). This filter decides whether that peer may send it *to us*:
   it to (return traffic);
 - anything else is a new flow of the peer's and passes only if the peer's grant holds it:
   ``tcp/PORT`` or ``udp/PORT`` (from the controller's view: the services we host that the
-  peer may dial, at their host ports), and ICMP echo requests from a peer with any grant.
+  peer may dial, at their host ports, and the network rules of the policy), and ICMP echo
+  requests from a peer with any grant;
+- a packet for an address inside a route we serve (a subnet router's LAN, an exit node's
+  internet) passes only if the grant names that prefix, protocol and port and no deny entry
+  does (``route_denied``, ``route_no_grant``); a destination inside no granted route is
+  ``not_for_us``. The kernel then forwards it (see `agent.tunplan`).
 
 Grants are re-checked on every packet of a peer's flow, not remembered: when `set_grants`
 takes a grant away (a policy change, a revoked identity) the next packet of a live flow is
@@ -21,7 +26,8 @@ granted flow into return traffic that outlives the grant.
 
 Every drop is counted under a reason in `statistics()["drops"]`: ``not_ip``, ``not_for_us``,
 ``fragment``, ``truncated``, ``no_grant`` (a new flow to a port the peer may not reach),
-``icmp_no_grant``, ``unknown_protocol``. Pure: no IO, no clock (``now`` is seconds).
+``icmp_no_grant``, ``route_denied``, ``route_no_grant``, ``unknown_protocol``. Pure: no
+IO, no clock (``now`` is seconds).
 """
 
 from __future__ import annotations
@@ -50,26 +56,117 @@ _PORTS = struct.Struct("!HH")
 FlowKey = tuple[int, int, int, int, int, int]
 
 
+# (deny, protocol, low port, high port, ip version, network, mask, internet)
+RoutedEntry = tuple[bool, int, int, int, int, int, int, bool]
+# (ip version, network, mask) of a subnet we route to
+Prefix = tuple[int, int, int]
+_INTERNET = (
+    (4, 0, 0),
+    (6, 0, 0),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What one peer may open towards us: (protocol number, port) pairs."""
+    """What one peer may open towards us.
+
+    ``ports``: (protocol, port) pairs on our own addresses (the common case, one set lookup);
+    ``ranges``: (protocol, low, high) on our own addresses; ``icmp``: echo requests to them;
+    ``routed``: entries for addresses inside a route we serve (subnet router, exit node),
+    denies checked first; an ``internet`` entry (``@internet``: through an exit node) does
+    not cover the subnets we route to (`FlowFilter.set_served`), whose own entries decide.
+    """
 
     ports: frozenset[tuple[int, int]]
+    ranges: tuple[tuple[int, int, int], ...] = ()
+    icmp: bool = False
+    routed: tuple[RoutedEntry, ...] = ()
 
     @property
     def any(self) -> bool:
-        return bool(self.ports)
+        return bool(self.ports or self.ranges or self.icmp)
+
+    def local(self, proto: int, port: int) -> bool:
+        if (proto, port) in self.ports:
+            return True
+        return any(p == proto and lo <= port <= hi for p, lo, hi in self.ranges)
+
+    def route(
+        self, version: int, proto: int, address: int, port: int, served: tuple[Prefix, ...] = ()
+    ) -> str | None:
+        """None if a routed entry admits the packet, else the drop reason."""
+        admitted = False
+        lan: bool | None = None
+        for deny, p, lo, hi, v, network, mask, internet in self.routed:
+            if v != version or address & mask != network or p != proto or not lo <= port <= hi:
+                continue
+            if internet:
+                if lan is None:
+                    lan = any(v == sv and address & sm == sn for sv, sn, sm in served)
+                if lan:
+                    continue
+            if deny:
+                return "route_denied"
+            admitted = True
+        return None if admitted else "route_no_grant"
+
+    def serves(self, version: int, address: int) -> bool:
+        """Is `address` inside some route this grant names (so not simply misaddressed)?"""
+        return any(e[4] == version and address & e[6] == e[5] for e in self.routed)
 
 
 def parse_grant(entries: Iterable[str]) -> Grant:
-    """``["tcp/8080", "udp/53"]`` -> Grant; entries of other shapes are ignored (counted by
-    the caller if it cares): a newer controller may send kinds this version does not know."""
+    """``["tcp/8080", "udp/1000-2000", "icmp", "tcp/443@10.1.0.0/16", "!tcp/22@10.1.9.0/24",
+    "tcp/*@internet"]`` -> Grant (see `umbranet.policy.netgrants` for the format). Entries of
+    other shapes are ignored: a newer controller may send kinds this version does not know,
+    and ignoring an entry only ever admits less."""
     ports: set[tuple[int, int]] = set()
+    ranges: list[tuple[int, int, int]] = []
+    routed: list[RoutedEntry] = []
+    icmp = False
     for entry in entries:
-        name, _, port = entry.partition("/")
-        if name in _PROTOCOLS and port.isdigit() and 0 < int(port) < 65536:
-            ports.add((_PROTOCOLS[name], int(port)))
-    return Grant(frozenset(ports))
+        deny = entry.startswith("!")
+        body, at, prefix = entry.lstrip("!").partition("@")
+        name, _, spec = body.partition("/")
+        if name == "icmp" and not spec:
+            proto, low, high = _ICMP, 0, 0
+        elif name in _PROTOCOLS and (span := _port_span(spec)) is not None:
+            proto, (low, high) = _PROTOCOLS[name], span
+        else:
+            continue
+        if at:
+            internet = prefix == "internet"
+            if internet:
+                prefixes: tuple[Prefix, ...] = _INTERNET
+            else:
+                try:
+                    network = ipaddress.ip_network(prefix, strict=False)
+                except ValueError:
+                    continue
+                base, mask = int(network.network_address), int(network.netmask)
+                prefixes = ((network.version, base, mask),)
+            for version, base, mask in prefixes:
+                number = _ICMP6 if proto == _ICMP and version == 6 else proto
+                routed.append((deny, number, low, high, version, base, mask, internet))
+        elif deny:
+            continue  # denies on our own addresses are already subtracted by the controller
+        elif proto == _ICMP:
+            icmp = True
+        elif low == high:
+            ports.add((proto, low))
+        else:
+            ranges.append((proto, low, high))
+    return Grant(frozenset(ports), tuple(ranges), icmp, tuple(routed))
+
+
+def _port_span(spec: str) -> tuple[int, int] | None:
+    if spec == "*":
+        return 1, 65535
+    low, _, high = spec.partition("-")
+    if not low.isdigit() or (high and not high.isdigit()) or len(low) > 5 or len(high) > 5:
+        return None
+    span = int(low), int(high) if high else int(low)
+    return span if 0 < span[0] <= span[1] < 65536 else None
 
 
 class FlowFilter:
@@ -79,6 +176,7 @@ class FlowFilter:
     def __init__(self, local: Iterable[str], *, max_flows: int = 65536) -> None:
         self._local = {(a.version, int(a)) for a in (ipaddress.ip_address(text) for text in local)}
         self._grants: dict[bytes, Grant] = {}
+        self._served: tuple[Prefix, ...] = ()
         self._ours: OrderedDict[FlowKey, tuple[bytes | None, float]] = OrderedDict()
         self._theirs: OrderedDict[FlowKey, float] = OrderedDict()
         self._max = max_flows
@@ -88,6 +186,11 @@ class FlowFilter:
     def set_grants(self, grants: Mapping[bytes, Grant]) -> None:
         """Replace every peer's grant; takes effect on the next packet of every flow."""
         self._grants = dict(grants)
+
+    def set_served(self, prefixes: Iterable[str]) -> None:
+        """The subnets we route to (``--advertise-routes``): ``@internet`` grants stop there."""
+        networks = [ipaddress.ip_network(p, strict=False) for p in prefixes]
+        self._served = tuple((n.version, int(n.network_address), int(n.netmask)) for n in networks)
 
     def handle_outbound(self, packet: bytes, now: float, peer: bytes | None = None) -> None:
         """A packet leaving for a peer: remember the flow if it is one we start."""
@@ -132,7 +235,9 @@ class FlowFilter:
         if isinstance(parsed, str):
             return parsed
         version, proto, src, dst, sport, dport, flags = parsed
-        if (version, dst) not in self._local:
+        routed = (version, dst) not in self._local
+        grant = self._grants.get(peer)
+        if routed and (grant is None or not grant.serves(version, dst)):
             return "not_for_us"
         key = (version, proto, dst, dport, src, sport)
         if proto in (_ICMP, _ICMP6):
@@ -144,18 +249,33 @@ class FlowFilter:
                 if quoted is not None and self._return_traffic(quoted, peer, now, reverse=False):
                     return None
                 return "icmp_no_grant"
-            grant = self._grants.get(peer)
-            if flags == _ECHO_REQUEST[proto] and grant is not None and grant.any:
-                return None
-            return "icmp_no_grant"
+            if flags != _ECHO_REQUEST[proto] or grant is None:
+                return "icmp_no_grant"
+            served = self._served
+            pinned = bool(grant.routed) and grant.route(version, proto, dst, 0, served) is None
+            if routed:
+                return None if pinned else "icmp_no_grant"
+            return None if grant.any or pinned else "icmp_no_grant"
         if self._return_traffic(key, peer, now):
             return None
-        grant = self._grants.get(peer)
-        if grant is not None and (proto, dport) in grant.ports:
-            if proto == _UDP:
-                self._remember(self._theirs, key, now)
-            return None
-        return "no_grant"
+        if grant is None:
+            return "no_grant"
+        if routed:
+            reason = grant.route(version, proto, dst, dport, self._served)
+            if reason is not None:
+                return reason
+        elif (
+            (proto, dport) not in grant.ports
+            and not grant.local(proto, dport)
+            and (
+                not grant.routed
+                or grant.route(version, proto, dst, dport, self._served) is not None
+            )
+        ):  # the set lookup first: it is the common case and a method call costs more
+            return "no_grant"  # (entries pinned to one of our addresses are checked too)
+        if proto == _UDP:
+            self._remember(self._theirs, key, now)
+        return None
 
     def _return_traffic(
         self, key: FlowKey, peer: bytes, now: float, *, reverse: bool = True
