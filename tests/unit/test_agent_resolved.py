@@ -291,3 +291,15 @@ def test_routing_domains_follow_the_services(
     ]
     asyncio.run(mode.update({}))
     assert system.argvs[-1] == ["resolvectl", "domain", "umbra-dns", "~umbra"]
+
+
+def test_a_kernel_without_the_dummy_driver_gets_an_ifb_link(
+    system: Recorder, resolved_root: Path
+) -> None:
+    system.fail_on = ["ip", "link", "add", "umbra-dns", "type", "dummy"]
+    _install(system, resolved_root)
+    assert system.argvs[3:6] == [
+        ["ip", "link", "add", "umbra-dns", "type", "dummy"],
+        ["ip", "link", "add", "umbra-dns", "type", "ifb"],
+        ["ip", "-4", "addr", "add", "100.64.0.0/32", "dev", "umbra-dns"],
+    ]

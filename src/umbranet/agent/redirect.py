@@ -183,6 +183,7 @@ def install(
             # makes the link one resolved will give a DNS scope.
             link_address = str(ipaddress.IPv4Network(network).network_address)
             domains = resolved.routing_domains(suffix, ())
+            _add_link(plan.dns_link)
             for argv in resolved.setup_commands(
                 plan.dns_link, link_address, stub_address, stub_port, domains
             ):
@@ -244,6 +245,15 @@ def uninstall(state_dir: Path) -> list[str]:
 
 
 # -- internals ----------------------------------------------------------------------------------
+
+
+def _add_link(name: str) -> None:
+    """Create our resolved link with the first kind this kernel has."""
+    *first, last = resolved.LINK_KINDS
+    for kind in first:
+        if run_command(resolved.add_link_command(name, kind), check=False):
+            return
+    run_command(resolved.add_link_command(name, last))
 
 
 def _check_link_free(name: str) -> None:

@@ -7,7 +7,9 @@ package that expects it. Instead the agent gives resolved a *link-scoped* DNS se
 VPN clients do:
 
 - a dummy link (`LINK`) with one /32 address: resolved only gives a DNS scope to a link that
-  is up and holds a routable address, and it ignores loopback entirely;
+  is up, has a carrier and holds a routable address, and it ignores loopback entirely. Where
+  the kernel has no dummy driver (some VM and container kernels) an ``ifb`` link, which also
+  carries nothing and is up with a carrier, takes its place (`LINK_KINDS`);
 - ``resolvectl dns`` pointing that link at the agent's DNS stub (resolved sends queries for a
   loopback server over loopback, whichever link names it);
 - ``resolvectl domain`` with the routing-only domain ``~<suffix>`` plus the intercept host
@@ -35,7 +37,9 @@ from umbranet.agent.config import ConfigError
 
 __all__ = [
     "LINK",
+    "LINK_KINDS",
     "RESOLVED_STUBS",
+    "add_link_command",
     "domains_command",
     "manages",
     "routing_domains",
@@ -45,6 +49,8 @@ __all__ = [
 ]
 
 LINK = "umbra-dns"
+# Link types to try in order: each carries no traffic, is up with a carrier once set up.
+LINK_KINDS = ("dummy", "ifb")
 # Addresses resolved itself listens on: never an upstream for the stub (a loop).
 RESOLVED_STUBS = ("127.0.0.53", "127.0.0.54")
 # Link targets meaning "ask resolved at 127.0.0.53" (its generated file and its static copy).
@@ -103,14 +109,17 @@ def routing_domains(suffix: str, names: Iterable[str]) -> list[str]:
     return [f"~{name}" for name in sorted(found, key=lambda n: (n != suffix, n))]
 
 
+def add_link_command(link: str, kind: str) -> list[str]:
+    """Create the link (one of `LINK_KINDS`); resolvectl refuses a link that does not exist."""
+    return ["ip", "link", "add", link, "type", kind]
+
+
 def setup_commands(
     link: str, link_address: str, stub_address: str, stub_port: int, domains: list[str]
 ) -> list[list[str]]:
-    """The commands that give resolved our DNS scope, in order (the link first: resolvectl
-    refuses a link that does not exist)."""
+    """The commands that give resolved our DNS scope once the link exists, in order."""
     server = stub_address if stub_port == 53 else f"{stub_address}:{stub_port}"
     return [
-        ["ip", "link", "add", link, "type", "dummy"],
         ["ip", "-4", "addr", "add", f"{link_address}/32", "dev", link],
         ["ip", "link", "set", link, "up"],
         ["resolvectl", "dns", link, server],
