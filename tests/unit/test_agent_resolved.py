@@ -303,3 +303,29 @@ def test_a_kernel_without_the_dummy_driver_gets_an_ifb_link(
         ["ip", "link", "add", "umbra-dns", "type", "ifb"],
         ["ip", "-4", "addr", "add", "100.64.0.0/32", "dev", "umbra-dns"],
     ]
+
+
+def test_status_says_the_names_reach_the_stub_through_resolved(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from umbranet.cli.agent_cmd import _render_status
+
+    data: dict[str, Any] = {
+        "identity": {"spiffe_id": "spiffe://t/workload/a", "cert_not_after": "x"},
+        "agent": {"pid": 1, "socket": "s"},
+        "controller": {"last_refresh": None, "error": None},
+        "routers": [],
+        "dial": [],
+        "host": [],
+        "streams": {"dial": 0, "host": 0},
+        "counters": {},
+        "root": {
+            "proxy_range": NETWORK,
+            "transparent_listen": "127.0.0.1:41000",
+            "resolved_link": "umbra-dns",
+            "dns": {"listen": "127.0.0.153:53", "upstreams": ["10.0.0.2:53"], "names": {}},
+        },
+    }
+    data["identity"]["controller_url"] = "https://c"
+    _render_status(data)
+    assert "names via resolved link umbra-dns" in capsys.readouterr().out
