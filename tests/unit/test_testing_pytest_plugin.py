@@ -25,20 +25,21 @@ def test_echo_through_the_overlay(umbra_network):
     async def main():
         async with umbra_network.context("srv", "servers") as server, \\
                    umbra_network.context("cli", "clients") as client:
-            async def serve():
-                async for stream in server.listen("echo"):
-                    data = await stream.read(100)
-                    stream.write(data.upper())
-                    await stream.drain()
-                    stream.write_eof()
-                    return stream.peer.name
+            async with server.listen("echo") as listener:  # bound once entered
+                async def serve():
+                    async for stream in listener:
+                        data = await stream.read(100)
+                        stream.write(data.upper())
+                        await stream.drain()
+                        stream.write_eof()
+                        return stream.peer.name
 
-            task = asyncio.ensure_future(serve())
-            stream = await asyncio.wait_for(client.dial("echo"), 20)
-            stream.write(b"hello")
-            await stream.drain()
-            assert await asyncio.wait_for(stream.read(100), 20) == b"HELLO"
-            assert await asyncio.wait_for(task, 20) == "cli"
+                task = asyncio.ensure_future(serve())
+                stream = await asyncio.wait_for(client.dial("echo"), 20)
+                stream.write(b"hello")
+                await stream.drain()
+                assert await asyncio.wait_for(stream.read(100), 20) == b"HELLO"
+                assert await asyncio.wait_for(task, 20) == "cli"
 
     asyncio.run(main())
 

@@ -9,7 +9,8 @@ process::
         umbra_network.service("db", dial=("app",), bind=("db-hosts",))
         async with umbra_network.context("app", "app") as app, \\
                    umbra_network.context("db-1", "db-hosts") as db:
-            ...  # db.listen("db") / app.dial("db"), or hand them to your own code
+            async with db.listen("db") as listener:  # bound once entered
+                ...  # app.dial("db"), listener.accept(), or your own code
 
 The router runs on its own thread and event loop, so the fixture works whatever runs the
 test (pytest-asyncio, anyio, ``asyncio.run`` inside a plain test, the blocking facade):
