@@ -329,3 +329,10 @@ def test_status_says_the_names_reach_the_stub_through_resolved(
     data["identity"]["controller_url"] = "https://c"
     _render_status(data)
     assert "names via resolved link umbra-dns" in capsys.readouterr().out
+
+
+def test_an_undo_goes_on_when_resolvectl_is_gone() -> None:
+    assert redirect.run_command(["umbra-no-such-program-x"], check=False) is False
+    with pytest.raises(ConfigError) as caught:
+        redirect.run_command(["umbra-no-such-program-x"])
+    assert caught.value.code == "missing_tool"

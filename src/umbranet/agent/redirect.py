@@ -299,8 +299,15 @@ def current_netns() -> int:
 
 
 def run_command(argv: list[str], stdin: str | None = None, check: bool = True) -> bool:
-    """Run a system command; a failure raises `system_change_failed` unless `check` is off."""
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    """Run a system command; a failure raises `system_change_failed` unless `check` is off.
+    A missing program is a failure too (resolvectl removed since a crash must not stop the
+    rest of an undo)."""
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        if check:
+            raise ConfigError("missing_tool", f"`{argv[0]}` is not installed") from None
+        return False
     if proc.returncode != 0 and check:
         raise ConfigError(
             "system_change_failed", f"{' '.join(argv[:3])} failed: {proc.stderr.strip()[:300]}"
