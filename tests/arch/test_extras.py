@@ -51,8 +51,13 @@ PARTS = {
     "controller": "controller",
     "integrations": "",
 }
-# The requests adapter is imported on its own: it needs umbranet[integrations].
-OPTIONAL = {("integrations", "requests"), ("integrations", "urllib3")}
+# The requests adapter is imported on its own: it needs umbranet[integrations]. So is the
+# Starlette/FastAPI authentication (integrations.auth): apps using it already have Starlette.
+OPTIONAL = {
+    ("integrations", "requests"),
+    ("integrations", "urllib3"),
+    ("integrations", "starlette"),
+}
 
 
 def _third_party(part: str) -> set[str]:

@@ -192,6 +192,14 @@ def test_a_request_pipelined_behind_an_upgrade_is_still_judged(
         assert attack.startswith(b"HTTP/1.1 403 Forbidden\r\n")
         assert b"X-Umbra-Code: http_upgrade_denied" in attack
         assert seen == ["GET /public"]  # only the follow-up request
+    elif kind == "asgi":
+        # The ASGI server offers the upgrade to the app as a WebSocket; this app does not
+        # accept it, so the server answers 403 and switches nothing. DELETE is then judged
+        # as a request and refused after that answer, in order.
+        first, _, rest = attack.partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 403") and b"websocket_refused" in rest
+        assert b"X-Umbra-Code: http_denied" in rest
+        assert seen == ["GET /public"]  # only the follow-up request
     else:
         # The server did not switch, so DELETE was judged as a request: refused after the
         # answer to the GET, in order.

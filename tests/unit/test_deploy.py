@@ -159,3 +159,22 @@ def test_containerfile_builds_one_non_root_image_with_every_part() -> None:
     assert lines[-2:] == ['ENTRYPOINT ["umbra"]', 'CMD ["--help"]']
     assert '"umbranet[all]"' in text and '".[all]"' in text
     assert f"--uid {UID}" in text
+
+
+def test_the_image_build_copies_every_file_the_package_build_reads() -> None:
+    """pyproject names its readme and license files; a build without them loses the license
+    from the wheel today and fails once setuptools enforces `license-files`."""
+    import tomllib
+
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
+    needed = {project["readme"], *project.get("license-files", [])}
+    text = (DEPLOY / "Containerfile").read_text()
+    copied = {
+        word
+        for line in text.splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+        for word in line.split()[1:-1]
+    }
+    assert needed <= copied, f"not copied into the build stage: {sorted(needed - copied)}"
+    for name in needed:
+        assert (DEPLOY.parent / name).is_file()

@@ -13,8 +13,10 @@ What the agent installs (Linux, as root), and nothing else:
   100.64.x.x before the nat hook rewrites it (without a route the app gets ENETUNREACH);
 - ``/etc/resolv.conf`` pointing at the DNS stub, keeping its search and options lines; the
   old nameservers become the stub's upstreams. It is rewritten in place, so a bind mount
-  over it survives (``ip netns exec`` mounts ``/etc/netns/<ns>/resolv.conf`` there). A symlink
-  into systemd-resolved is refused: that needs ``resolvectl``, which is not done yet.
+  over it survives (``ip netns exec`` mounts ``/etc/netns/<ns>/resolv.conf`` there);
+- or, when the file is systemd-resolved's stub, no edit at all: a dummy link whose
+  link-scoped DNS server is the stub, for the ``~<suffix>`` routing domain (`resolved`).
+  Any other symlink is refused.
 
 Before touching anything, the plan (and the original resolv.conf) is written to
 ``rootmode.json`` in the state directory, so `uninstall` can undo a crashed agent's changes
@@ -35,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from umbranet.agent import resolved
 from umbranet.agent.config import ConfigError
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "read_upstreams",
     "require_root",
     "resolv_conf_for",
+    "set_resolved_domains",
     "set_udp_redirects",
     "udp_map_script",
     "uninstall",
@@ -54,7 +58,6 @@ __all__ = [
 
 STATE_FILE = "rootmode.json"
 TABLE = "umbranet"
-_SYSTEMD_STUBS = ("/run/systemd/resolve/",)
 _MARK = "# written by the umbra agent (root mode); restored by `umbra down`"
 
 
@@ -69,6 +72,8 @@ class Installed:
     resolv_path: str
     resolv_original: str
     resolv_ours: str
+    # With systemd-resolved: the link carrying our DNS scope (resolv.conf fields are empty).
+    dns_link: str = ""
 
 
 def require_root() -> None:
@@ -143,31 +148,57 @@ def read_upstreams(text: str, exclude: str) -> list[tuple[str, int]]:
 
 
 def install(
-    state_dir: Path, network: str, tcp_port: int, stub_address: str, resolv_path: Path
+    state_dir: Path,
+    network: str,
+    tcp_port: int,
+    stub_address: str,
+    resolv_path: Path,
+    *,
+    stub_port: int = 53,
+    suffix: str = "umbra",
 ) -> Installed:
     """Undo leftovers, check, record the plan, then change the system; undone on failure."""
     uninstall(state_dir)
-    _check_resolv(resolv_path)
+    with_resolved = resolved.manages(resolv_path)
+    if with_resolved:
+        _check_link_free(resolved.LINK)
     _check_route_free(network)
-    original = resolv_path.read_text()
+    original = "" if with_resolved else resolv_path.read_text()
     plan = Installed(
         netns=current_netns(),
         network=network,
         tcp_port=tcp_port,
         route=f"{network} dev lo src 127.0.0.1",
-        resolv_path=str(resolv_path),
+        resolv_path="" if with_resolved else str(resolv_path),
         resolv_original=original,
-        resolv_ours=resolv_conf_for(original, stub_address),
+        resolv_ours="" if with_resolved else resolv_conf_for(original, stub_address),
+        dns_link=resolved.LINK if with_resolved else "",
     )
     _write_state(state_dir, plan)
     try:
         run_command(["nft", "-f", "-"], stdin=nft_ruleset(network, tcp_port))
         run_command(["ip", "route", "add", *plan.route.split()])
-        _write_in_place(resolv_path, plan.resolv_ours)
+        if with_resolved:
+            # The range's network address is never a proxy address (`proxyaddr`): it only
+            # makes the link one resolved will give a DNS scope.
+            link_address = str(ipaddress.IPv4Network(network).network_address)
+            domains = resolved.routing_domains(suffix, ())
+            _add_link(plan.dns_link)
+            for argv in resolved.setup_commands(
+                plan.dns_link, link_address, stub_address, stub_port, domains
+            ):
+                run_command(argv)
+        else:
+            _write_in_place(resolv_path, plan.resolv_ours)
     except BaseException:
         uninstall(state_dir)
         raise
     return plan
+
+
+def set_resolved_domains(link: str, domains: list[str]) -> None:
+    """Replace the routing domains on our resolved link (the names the stub answers)."""
+    run_command(resolved.domains_command(link, domains))
 
 
 def leftovers(state_dir: Path) -> Installed | None:
@@ -197,11 +228,18 @@ def uninstall(state_dir: Path) -> list[str]:
         done.append(f"nft table ip {TABLE}")
     if run_command(["ip", "route", "del", *plan.route.split()], check=False):
         done.append(f"route {plan.route}")
-    resolv = Path(plan.resolv_path)
-    with contextlib.suppress(OSError):
-        if resolv.read_text() == plan.resolv_ours:
-            _write_in_place(resolv, plan.resolv_original)
-            done.append(f"{resolv} restored")
+    if plan.dns_link:
+        revert, delete = resolved.undo_commands(plan.dns_link)
+        if run_command(revert, check=False):
+            done.append(f"resolved DNS on {plan.dns_link} reverted")
+        if run_command(delete, check=False):
+            done.append(f"link {plan.dns_link}")
+    elif plan.resolv_path:
+        resolv = Path(plan.resolv_path)
+        with contextlib.suppress(OSError):
+            if resolv.read_text() == plan.resolv_ours:
+                _write_in_place(resolv, plan.resolv_original)
+                done.append(f"{resolv} restored")
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return done
 
@@ -209,20 +247,22 @@ def uninstall(state_dir: Path) -> list[str]:
 # -- internals ----------------------------------------------------------------------------------
 
 
-def _check_resolv(path: Path) -> None:
-    if path.is_symlink():
-        target = os.path.realpath(path)
-        if target.startswith(_SYSTEMD_STUBS):
-            raise ConfigError(
-                "systemd_resolved_unsupported",
-                f"{path} is managed by systemd-resolved ({target}); root mode cannot yet "
-                "configure it (resolvectl support is planned)",
-            )
+def _add_link(name: str) -> None:
+    """Create our resolved link with the first kind this kernel has."""
+    *first, last = resolved.LINK_KINDS
+    for kind in first:
+        if run_command(resolved.add_link_command(name, kind), check=False):
+            return
+    run_command(resolved.add_link_command(name, last))
+
+
+def _check_link_free(name: str) -> None:
+    """Refuse when a link of our name exists that no plan of ours records: it is not ours
+    to configure or delete."""
+    if run_command(["ip", "link", "show", "dev", name], check=False):
         raise ConfigError(
-            "resolv_conf_managed", f"{path} is a symlink to {target}; root mode will not edit it"
+            "link_in_use", f"a link named {name} exists; remove it (`ip link del {name}`) first"
         )
-    if not path.is_file():
-        raise ConfigError("no_resolv_conf", f"{path} does not exist")
 
 
 def _check_route_free(network: str) -> None:
@@ -259,8 +299,15 @@ def current_netns() -> int:
 
 
 def run_command(argv: list[str], stdin: str | None = None, check: bool = True) -> bool:
-    """Run a system command; a failure raises `system_change_failed` unless `check` is off."""
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    """Run a system command; a failure raises `system_change_failed` unless `check` is off.
+    A missing program is a failure too (resolvectl removed since a crash must not stop the
+    rest of an undo)."""
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        if check:
+            raise ConfigError("missing_tool", f"`{argv[0]}` is not installed") from None
+        return False
     if proc.returncode != 0 and check:
         raise ConfigError(
             "system_change_failed", f"{' '.join(argv[:3])} failed: {proc.stderr.strip()[:300]}"

@@ -11,6 +11,8 @@ loopback intercept's. A connection to a proxy address no dialable service holds 
 
 Names a service answers to: ``<service>.<suffix>`` (``web.umbra``), the host names of its
 intercepts (``db.corp.internal:5432`` from the controller), and ``--dns-name NAME=SERVICE``.
+On a host whose resolv.conf is systemd-resolved's stub, those names reach the stub through a
+DNS scope resolved routes them to (`resolved`); its routing domains follow the names.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from umbranet.agent import redirect
+from umbranet.agent import redirect, resolved
 from umbranet.agent.config import ConfigError, RootSettings
 from umbranet.agent.dns_stub import DnsStub
 from umbranet.agent.outbound import carry_outbound
@@ -81,6 +83,7 @@ class RootMode:
         self._udp: dict[tuple[str, int], UdpPort] = {}
         self._udp_entries: dict[tuple[str, int], int] = {}
         self.installed: redirect.Installed | None = None
+        self._domains: list[str] = []
 
     async def start(self) -> None:
         """Start the stub and listener, then change the system (undone if anything fails)."""
@@ -88,11 +91,7 @@ class RootMode:
         settings = self.settings
         # Leftovers of a crashed run first: their resolv.conf would name our stub upstream.
         await asyncio.to_thread(redirect.uninstall, self._state_dir)
-        try:
-            original = settings.resolv_conf.read_text()
-        except OSError as exc:
-            raise ConfigError("no_resolv_conf", f"{settings.resolv_conf}: {exc}") from None
-        upstreams = redirect.read_upstreams(original, settings.dns_address)
+        upstreams = _upstreams(settings)
         self.stub = DnsStub(
             self._counters,
             upstreams,
@@ -105,13 +104,19 @@ class RootMode:
             self._server = await asyncio.start_server(self._accepted, "127.0.0.1", 0)
             port = int(self._server.sockets[0].getsockname()[1])
             self.installed = await asyncio.to_thread(
-                redirect.install,
-                self._state_dir,
-                str(self.network),
-                port,
-                settings.dns_address,
-                settings.resolv_conf,
+                functools.partial(
+                    redirect.install,
+                    self._state_dir,
+                    str(self.network),
+                    port,
+                    settings.dns_address,
+                    settings.resolv_conf,
+                    stub_port=self.stub.port,
+                    suffix=settings.suffix,
+                )
             )
+            if self.installed.dns_link:
+                self._domains = resolved.routing_domains(settings.suffix, ())
         except OSError as exc:
             await self.close()
             raise ConfigError("root_mode_failed", f"cannot start root mode: {exc}") from None
@@ -119,12 +124,15 @@ class RootMode:
             await self.close()
             raise
         log.info(
-            "root mode: %s -> 127.0.0.1:%d, DNS stub %s:%d (upstream %s)",
+            "root mode: %s -> 127.0.0.1:%d, DNS stub %s:%d (upstream %s) via %s",
             self.network,
             port,
             settings.dns_address,
             self.stub.port,
             ", ".join(h for h, _ in upstreams) or "none",
+            f"systemd-resolved link {self.installed.dns_link}"
+            if self.installed and self.installed.dns_link
+            else settings.resolv_conf,
         )
 
     async def update(
@@ -144,6 +152,12 @@ class RootMode:
                 names[name] = str(self.proxies.ensure(service))
         if self.stub is not None:
             self.stub.set_names(names)
+        if self.installed is not None and self.installed.dns_link:
+            domains = resolved.routing_domains(self.settings.suffix, names)
+            if domains != self._domains:
+                link = self.installed.dns_link
+                await asyncio.to_thread(redirect.set_resolved_domains, link, domains)
+                self._domains = domains
         if self.installed is not None:
             await self._update_udp({s: (ports or {}).get(s, []) for s in dial})
 
@@ -169,6 +183,7 @@ class RootMode:
             removed = await asyncio.to_thread(redirect.uninstall, self._state_dir)
             log.info("root mode removed: %s", "; ".join(removed) or "nothing")
             self.installed = None
+            self._domains = []
         if self._server is not None:
             self._server.close()
         for udp in self._udp.values():
@@ -188,6 +203,7 @@ class RootMode:
             listen = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
         return {
             "proxy_range": str(self.network),
+            "resolved_link": self.installed.dns_link if self.installed else None,
             "transparent_listen": listen,
             "dns": self.stub.snapshot() if self.stub is not None else None,
             "proxies": {s: a for s, a in self.proxies.snapshot().items() if s in self._dialable},
@@ -223,6 +239,24 @@ class RootMode:
             counters=self._counters,
             counter="root_streams",
         )
+
+
+def _upstreams(settings: RootSettings) -> list[tuple[str, int]]:
+    """Where the stub forwards names that are not ours: the nameservers resolv.conf lists, or
+    with systemd-resolved the servers resolved itself uses (never resolved's own stub)."""
+    path = settings.resolv_conf
+    with_resolved = resolved.manages(path)
+    if with_resolved:
+        path = resolved.upstreams_file(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        if with_resolved:
+            log.warning("root mode: no upstream list from systemd-resolved (%s)", exc)
+            return []
+        raise ConfigError("no_resolv_conf", f"{path}: {exc}") from None
+    found = redirect.read_upstreams(text, settings.dns_address)
+    return [(host, port) for host, port in found if host not in resolved.RESOLVED_STUBS]
 
 
 def _original_destination(writer: asyncio.StreamWriter) -> tuple[str, int] | None:

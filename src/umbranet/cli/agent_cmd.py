@@ -507,6 +507,7 @@ def _render_status(data: dict[str, Any]) -> None:
         out.print(
             f"root mode: {root['proxy_range']} -> {root['transparent_listen']}, DNS stub "
             f"{dns.get('listen')} (upstream {', '.join(dns.get('upstreams', [])) or 'none'})"
+            + (f", names via resolved link {link}" if (link := root.get("resolved_link")) else "")
         )
         table(
             "Intercept names",

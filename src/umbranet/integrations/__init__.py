@@ -5,7 +5,10 @@
 - `umbranet.integrations.requests_adapter.UmbraAdapter`: the same for requests (imported on
   its own, since requests is an optional dependency).
 - `serve_asgi` / `AsgiServer`, `serve_wsgi` / `WsgiServer`: host an ASGI or WSGI app as a
-  service with no listening socket; the app sees the dialer's proven identity.
+  service with no listening socket; the app sees the dialer's proven identity (ASGI apps
+  also serve WebSockets).
+- `umbranet.integrations.auth`: that identity as Starlette's ``request.user`` and a FastAPI
+  dependency (imported on its own: it needs Starlette).
 """
 
 from umbranet.integrations.asgi import AsgiServer, LifespanError, serve_asgi

@@ -6,7 +6,8 @@ The app sees an ordinary `http` scope plus who called, as the overlay proved it:
                                         "service": "billing"}
     scope["client"] == (peer SPIFFE ID, 0)
 
-so it can authorize by identity with no login of its own. Lifespan startup runs before the
+so it can authorize by identity with no login of its own. WebSocket upgrades reach the app
+as ``websocket`` scopes with the same identity (`asgi_ws`). Lifespan startup runs before the
 service is bound and shutdown after the last connection ended; `lifespan="auto"` tolerates
 apps that do not speak the lifespan protocol.
 
@@ -23,7 +24,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from umbranet.integrations.serving import Exchange, OverlayHttpServer, RequestAborted
+import h11
+
+from umbranet.integrations.asgi_ws import WebSocketSession
+from umbranet.integrations.serving import (
+    Exchange,
+    OverlayHttpServer,
+    RequestAborted,
+    _HttpConnection,
+)
 from umbranet.sdk.context import Context
 from umbranet.sdk.errors import UmbraError
 
@@ -80,10 +89,29 @@ class AsgiServer(OverlayHttpServer):
         await self._lifespan.shutdown()
 
     async def handle(self, exchange: Exchange) -> None:
-        await self.app(self._scope(exchange), _receiver(exchange), _sender(exchange))
+        scope = self._scope(exchange.request, exchange.peer)
+        await self.app(scope, _receiver(exchange), _sender(exchange))
 
-    def _scope(self, exchange: Exchange) -> Scope:
-        request = exchange.request
+    async def handle_websocket(self, connection: _HttpConnection, request: h11.Request) -> bool:
+        session = WebSocketSession(connection, request)
+        problem = session.handshake_error()
+        if problem is not None:
+            await connection.reject(400, "bad_websocket_handshake", problem)
+            return True
+        scope = self._scope(request, connection.peer)
+        scope.update(type="websocket", scheme="ws", subprotocols=session.subprotocols)
+        del scope["method"]
+        try:
+            await self.app(scope, session.receive, session.send)
+        except Exception:
+            self.count("app_errors")
+            log.exception("service=%s websocket application error", self.service)
+            await session.finish()
+            return True
+        await session.finish()
+        return True
+
+    def _scope(self, request: h11.Request, peer: dict[str, Any]) -> Scope:
         target = bytes(request.target)
         if not target.startswith(b"/") and b"://" in target:
             parts = urlsplit(target)  # absolute-form, as sent to proxies
@@ -101,10 +129,10 @@ class AsgiServer(OverlayHttpServer):
             "query_string": query,
             "root_path": self.root_path,
             "headers": [(bytes(name), bytes(value)) for name, value in request.headers],
-            "client": (exchange.peer["spiffe_id"], 0),
+            "client": (peer["spiffe_id"], 0),
             "server": (self.service, 80),
             "state": dict(self._lifespan.state),
-            "extensions": {"umbranet": {"peer": exchange.peer, "service": self.service}},
+            "extensions": {"umbranet": {"peer": peer, "service": self.service}},
         }
 
 

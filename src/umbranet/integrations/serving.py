@@ -29,6 +29,7 @@ from typing import Any
 
 import h11
 
+from umbranet.integrations.asgi_ws import is_websocket_request
 from umbranet.proto.e2e import PeerIdentity
 from umbranet.sdk.context import Context
 from umbranet.sdk.errors import UmbraError
@@ -178,6 +179,10 @@ class OverlayHttpServer:
     async def handle(self, exchange: Exchange) -> None:
         """Answer one request through `exchange`."""
         raise NotImplementedError
+
+    async def handle_websocket(self, connection: _HttpConnection, request: h11.Request) -> bool:
+        """Serve a WebSocket upgrade; False (the default) serves it as a plain request."""
+        return False
 
     def count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
@@ -341,6 +346,8 @@ class _HttpConnection:
             await self.reject(431, "header_too_large", f"request head over {limit} bytes")
             return False
         server.count("requests")
+        if is_websocket_request(event) and await server.handle_websocket(self, event):
+            return False  # a WebSocket owns the stream to its end
         exchange = Exchange(self, event)
         try:
             await server.handle(exchange)
