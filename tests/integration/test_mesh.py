@@ -20,7 +20,7 @@ from umbranet.controller.service.links import LinkGraph
 from umbranet.pki import IdentityFile
 from umbranet.quickstart import Quickstart
 from umbranet.router import Router, RouterConfig
-from umbranet.router.peers import PeerAddress, Peers
+from umbranet.router.peers import MeshAnswer, PeerAddress, Peers
 from umbranet.sdk import Context, DialError, StreamReset, UmbraError
 from umbranet.sdk.context import Grant
 from umbranet.sdk.control import ControllerPlane
@@ -55,10 +55,22 @@ class TwinMesh:
         ]
 
     async def report(
-        self, services: Collection[str], links: Mapping[str, float | None]
-    ) -> list[MeshRoute]:
-        routes = self.twin.graph.report(self.me, services, links, time.time())
-        return [MeshRoute(r.service, r.via, r.cost) for r in routes]
+        self, services: Collection[str], links: Mapping[str, float | None], circuits: int
+    ) -> MeshAnswer:
+        graph = self.twin.graph
+        routes = graph.report(self.me, services, links, time.time(), circuits)
+        return MeshAnswer(
+            [MeshRoute(r.service, r.via, r.cost) for r in routes],
+            graph.strategies_for(services),
+            graph.version,
+        )
+
+    async def watch(self, after: int) -> int:
+        for _ in range(20):  # a short long-poll: the twin has no push to wait on
+            if self.twin.graph.version != after:
+                break
+            await asyncio.sleep(0.05)
+        return self.twin.graph.version
 
 
 class PinnedControl(LocalControlPlane):

@@ -18,10 +18,13 @@ from umbranet.cli.main import app
 from umbranet.client.controller import ControllerClient
 from umbranet.controller.service.links import (
     HOP_COST,
+    LOAD_COST_MAX,
     UNMEASURED_RTT_MS,
     LinkGraph,
+    MeshPolicy,
     MeshRoute,
     RouterReport,
+    load_cost,
     routes_for,
 )
 
@@ -99,14 +102,29 @@ def _meshes(draw: st.DrawFn) -> tuple[dict[tuple[str, str], float | None], set[s
     return edges, hosts
 
 
+_POLICIES = st.builds(
+    MeshPolicy,
+    router_costs=st.dictionaries(st.sampled_from(_NAMES), st.floats(0, 100)),
+    link_costs=st.dictionaries(
+        st.sets(st.sampled_from(_NAMES), min_size=2, max_size=2).map(frozenset), st.floats(0, 100)
+    ),
+    no_transit=st.frozensets(st.sampled_from(_NAMES)),
+)
+
+
 @settings(max_examples=200, deadline=None)
-@given(_meshes())
+@given(_meshes(), _POLICIES, st.dictionaries(st.sampled_from(_NAMES), st.integers(0, 10**6)))
 def test_following_any_installed_route_reaches_a_host_without_a_loop(
     mesh: tuple[dict[tuple[str, str], float | None], set[str]],
+    policy: MeshPolicy,
+    loads: dict[str, int],
 ) -> None:
     edges, hosts = mesh
     reports = _reports(edges, {h: {"svc"} for h in hosts})
-    tables = {n: routes_for(n, reports) for n in reports}
+    for name, circuits in loads.items():
+        if name in reports:
+            reports[name].circuits = circuits
+    tables = {n: routes_for(n, reports, policy=policy) for n in reports}
     for start in reports:
         # Walk every route, not only the best: a router may fall back to any of them.
         frontier, seen_paths = [(start, (start,))], 0
@@ -118,6 +136,8 @@ def test_following_any_installed_route_reaches_a_host_without_a_loop(
                 continue
             for route in tables[node]:
                 assert route.via not in path, f"loop {path} -> {route.via}"
+                # A no-transit router is only ever the last hop.
+                assert route.via not in policy.no_transit or route.via in hosts
                 frontier.append((route.via, (*path, route.via)))
         best = [r.cost for r in tables[start]]
         assert best == sorted(best)
@@ -150,12 +170,12 @@ def test_routers_report_state_and_get_routes_through_confirmed_links(h: Harness)
     body = {"services": ["echo"], "links": [{"peer": r1.spiffe_id, "rtt_ms": 2.0}]}
     response = h.client(r2).post(state, json=body)
     assert response.status_code == 200, response.text
-    assert response.json() == {"routes": []}
+    assert response.json()["routes"] == []
     body = {"services": [], "links": [{"peer": r2.spiffe_id, "rtt_ms": 1.0}]}
     response = h.client(r1).post(state, json=body)
-    assert response.json() == {
-        "routes": [{"service": "echo", "via": r2.spiffe_id, "cost": HOP_COST + 2.0}]
-    }
+    assert response.json()["routes"] == [
+        {"service": "echo", "via": r2.spiffe_id, "cost": HOP_COST + 2.0}
+    ]
 
 
 def test_only_routers_report_mesh_state(h: Harness) -> None:
@@ -185,7 +205,7 @@ def test_umbra_router_update_cost_steers_routes_away_from_a_router(h: Harness) -
         app, ["--home", str(h.home), "router", "update", "r2", "--cost", "10", "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"name": "r2", "cost": 10.0}
+    assert json.loads(result.output)["cost"] == 10.0
     assert report(r1, [], [r2, r3]) == [r3.spiffe_id, r2.spiffe_id]
 
     alice = h.new_device("alice", ["eng"])
@@ -195,3 +215,114 @@ def test_umbra_router_update_cost_steers_routes_away_from_a_router(h: Harness) -
     assert (unknown.status_code, error_code(unknown)) == (404, "unknown_router")
     negative = h.client(h.admin).put("/v1/routers/r2/cost", json={"cost": -1})
     assert negative.status_code == 422
+
+
+def test_a_no_transit_router_is_never_a_middle_hop_but_still_a_first_and_last_one() -> None:
+    # a - t - d is short; a - b - c - d is long. t carries no transit.
+    reports = _reports(
+        {("a", "t"): 1.0, ("t", "d"): 1.0, ("a", "b"): 5.0, ("b", "c"): 5.0, ("c", "d"): 5.0},
+        {"d": {"echo"}, "t": {"local"}},
+    )
+    policy = MeshPolicy(no_transit=frozenset({"t"}))
+    assert [r.via for r in routes_for("a", reports, policy=policy) if r.service == "echo"] == ["b"]
+    assert [r.via for r in routes_for("a", reports)] == ["t", "t"]  # without it: the short one
+    # t's own endpoints still dial out through it, and its hosts are still reached.
+    assert [r.via for r in routes_for("t", reports, policy=policy) if r.service == "echo"] == ["d"]
+    assert [r.via for r in routes_for("a", reports, policy=policy) if r.service == "local"] == ["t"]
+
+
+def test_a_link_cost_steers_paths_off_that_link_only() -> None:
+    reports = _reports(
+        {("a", "b"): 1.0, ("b", "d"): 1.0, ("a", "c"): 1.0, ("c", "d"): 1.0}, {"d": {"echo"}}
+    )
+    assert routes_for("a", reports)[0].via == "b"  # a tie, by name
+    policy = MeshPolicy(link_costs={frozenset(("b", "d")): 10.0})
+    assert routes_for("a", reports, policy=policy)[0].via == "c"
+
+
+def test_load_shifts_near_ties_and_never_more_than_its_cap() -> None:
+    reports = _reports(
+        {("a", "b"): 1.0, ("b", "d"): 1.0, ("a", "c"): 1.5, ("c", "d"): 1.0}, {"d": {"echo"}}
+    )
+    assert routes_for("a", reports)[0].via == "b"
+    reports["b"].circuits = 5000  # busy: the slightly slower c wins
+    assert routes_for("a", reports)[0].via == "c"
+    assert load_cost(10**9) <= LOAD_COST_MAX and load_cost(0) == 0.0
+    reports["c"].links["a"] = reports["a"].links["c"] = 50.0  # far: load cannot outweigh it
+    assert routes_for("a", reports)[0].via == "b"
+
+
+def test_the_graph_ignores_rtt_noise_and_caches_paths_until_something_moves() -> None:
+    graph = LinkGraph()
+    graph.report("b", ["echo"], {"a": 10.0}, now=0.0)
+    graph.report("a", [], {"b": 10.0}, now=0.0)
+    version, computed = graph.version, graph.computed
+    for step in range(20):  # jitter within a fifth: nothing to recompute
+        routes = graph.report("a", [], {"b": 10.0 + (step % 3) * 0.5}, now=1.0)
+    assert (graph.version, graph.computed) == (version, computed)
+    assert routes == [MeshRoute("echo", "b", HOP_COST + 10.0)]
+    seen: list[int] = []
+    stop = graph.watch(seen.append)
+    routes = graph.report("a", [], {"b": 30.0}, now=2.0)  # degraded: news
+    assert graph.version == version + 1 and seen == [graph.version]
+    assert routes == [MeshRoute("echo", "b", HOP_COST + 30.0)]
+    stop()
+    graph.report("a", [], {}, now=3.0)
+    assert seen == [version + 1]
+
+
+def test_operators_settings_are_stored_and_shape_routes(h: Harness) -> None:
+    r1, r2, r3 = _router(h, "r1"), _router(h, "r2"), _router(h, "r3")
+    state = "/v1/routers/me/state"
+
+    def report(who: Any, services: list[str], peers: list[Any]) -> dict[str, Any]:
+        links = [{"peer": p.spiffe_id, "rtt_ms": 1.0} for p in peers]
+        body = {"services": services, "links": links, "circuits": 3}
+        response = h.client(who).post(state, json=body)
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    admin = h.client(h.admin)
+    h.client(h.admin).post("/v1/services", json={"name": "echo"})
+    # r1 - r2 - r3 and r1 - r3: r3 hosts echo.
+    report(r2, [], [r1, r3])
+    report(r3, ["echo"], [r1, r2])
+    assert [r["via"] for r in report(r1, [], [r2, r3])["routes"]] == [r3.spiffe_id]
+
+    response = admin.put("/v1/routers/r1/links/r3/cost", json={"cost": 50})
+    assert response.status_code == 200, response.text
+    # Around the costly link first; the direct one stays as a (loop-free) fallback.
+    vias = [r["via"] for r in report(r1, [], [r2, r3])["routes"]]
+    assert vias == [r2.spiffe_id, r3.spiffe_id]
+
+    result = CliRunner().invoke(
+        app,
+        ["--home", str(h.home), "router", "update", "r2", "--no-transit", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["no_transit"] is True
+    # The only cheap path crossed r2: now the expensive direct link is the one.
+    assert [r["via"] for r in report(r1, [], [r2, r3])["routes"]] == [r3.spiffe_id]
+
+    result = CliRunner().invoke(
+        app, ["--home", str(h.home), "service", "update", "echo", "--strategy", "weighted"]
+    )
+    assert result.exit_code == 0, result.output
+    assert report(r3, ["echo"], [r1, r2])["strategies"] == {"echo": "weighted"}
+
+    # Stored: a fresh graph (a restarted controller) reads the same settings back.
+    h.app.state.link_graph = None
+    report(r2, [], [r1, r3])
+    report(r3, ["echo"], [r1, r2])
+    assert [r["via"] for r in report(r1, [], [r2, r3])["routes"]] == [r3.spiffe_id]
+    mesh = admin.get("/v1/mesh").json()
+    assert mesh["settings"]["no_transit"] == [r2.spiffe_id]
+    assert mesh["routers"][r1.spiffe_id]["circuits"] == 3
+
+    bad = admin.put("/v1/services/echo/strategy", json={"strategy": "fastest"})
+    assert bad.status_code == 422
+    same = admin.put("/v1/routers/r1/links/r1/cost", json={"cost": 1})
+    assert (same.status_code, error_code(same)) == (400, "bad_link")
+    alice = h.new_device("alice", ["eng"])
+    assert h.client(alice).get("/v1/mesh").status_code == 403
+    assert h.client(alice).put("/v1/routers/r1/links/r3/cost", json={"cost": 1}).status_code == 403

@@ -25,6 +25,8 @@ def register(router_app: typer.Typer) -> None:
     router_app.command("delete")(delete)
     router_app.command("token")(token)
     router_app.command("update")(update)
+    router_app.command("link")(link)
+    router_app.command("mesh")(mesh)
 
 
 def create(
@@ -82,15 +84,66 @@ def update(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Router name.")],
     cost: Annotated[
-        float,
+        float | None,
         typer.Option("--cost", min=0, help="Added to every path through this router (0 clears)."),
-    ],
+    ] = None,
+    transit: Annotated[
+        bool | None,
+        typer.Option(
+            "--transit/--no-transit",
+            help="Whether paths may cross this router (--no-transit: only first or last hop).",
+        ),
+    ] = None,
 ) -> None:
-    """Steer paths away from (or towards) a router: its admin cost in the mesh."""
+    """Steer paths away from (or towards) a router: its admin cost in the mesh, and whether
+    it carries transit traffic. Stored by the controller; options not given stay."""
     cli = state(ctx)
-    value = admin_call(cli, lambda client: client.set_router_cost(name, cost))
+    no_transit = None if transit is None else not transit
+    value = admin_call(cli, lambda client: client.set_router_cost(name, cost, no_transit))
+    flag = ", no transit" if value["no_transit"] else ""
     emit(
         cli,
-        {"name": name, "cost": value},
-        lambda: out.print(f"router {name}: cost {value:g}", markup=False),
+        value,
+        lambda: out.print(f"router {name}: cost {value['cost']:g}{flag}", markup=False),
     )
+
+
+def link(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="One router of the link.")],
+    peer: Annotated[str, typer.Argument(help="The other router.")],
+    cost: Annotated[
+        float, typer.Option("--cost", min=0, help="Added to paths over this link (0 clears).")
+    ],
+) -> None:
+    """Steer paths off one router-to-router link: its admin cost in the mesh."""
+    cli = state(ctx)
+    value = admin_call(cli, lambda client: client.set_link_cost(name, peer, cost))
+    emit(
+        cli,
+        {"routers": sorted((name, peer)), "cost": value},
+        lambda: out.print(f"link {name} - {peer}: cost {value:g}", markup=False),
+    )
+
+
+def mesh(ctx: typer.Context) -> None:
+    """Show the mesh as the controller sees it: links with their path cost, each router's
+    load and bound services."""
+    cli = state(ctx)
+    view = admin_call(cli, lambda client: client.mesh())
+
+    def render() -> None:
+        edges = view.get("edges", [])
+        table(
+            "Mesh links",
+            ["from", "to", "cost"],
+            [[e["from"], e["to"], f"{e['cost']:g}"] for e in edges],
+        )
+        routers = view.get("routers", {})
+        table(
+            "Routers",
+            ["router", "circuits", "services"],
+            [[n, r["circuits"], ", ".join(r["services"])] for n, r in sorted(routers.items())],
+        )
+
+    emit(cli, view, render)

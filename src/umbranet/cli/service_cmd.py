@@ -99,6 +99,13 @@ def update(
         list[str] | None,
         typer.Option("--intercept", help="Replace the intercepts, NAME:PORT (repeat)."),
     ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="How routers pick among its hosts: smart, weighted, random, sticky, precedence.",
+        ),
+    ] = None,
 ) -> None:
     """Change a service; options not given stay as they are."""
     from umbranet.client.manage import update_service
@@ -110,6 +117,8 @@ def update(
         async with admin_client(cli) as client:
             if dial_attr is not None or bind_attr is not None:
                 await _warn_if_policy_decides(client)
+            if strategy is not None:
+                await client.set_service_strategy(name, strategy)
             return await update_service(
                 client,
                 name,

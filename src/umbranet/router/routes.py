@@ -42,8 +42,10 @@ class RouteTable:
     terminators: TerminatorTable = field(default_factory=TerminatorTable)
     _remote: dict[str, dict[Hashable, float]] = field(default_factory=dict)
 
-    def next_hop(self, service: str, now: int) -> Local | Via | Refuse:
-        binding = self.terminators.pick(service, now)
+    def next_hop(self, service: str, now: int, *, dialer: str = "") -> Local | Via | Refuse:
+        """Where a dial by `dialer` for `service` goes (a local host by the service's
+        terminator strategy first)."""
+        binding = self.terminators.pick(service, now, dialer=dialer)
         if binding is not None:
             return Local(binding)
         remote = self._remote.get(service)

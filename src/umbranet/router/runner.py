@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from umbranet.client.controller import ControllerClient, ControllerError, MeshRoute
+from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.client.follow import follow_events, seconds_to_half_life
 from umbranet.pki import IdentityFile
 from umbranet.router.metrics import serve_metrics
-from umbranet.router.peers import PeerAddress, Peers
+from umbranet.router.peers import MeshAnswer, PeerAddress, Peers
 from umbranet.router.quotas import SwitchLimits
 from umbranet.router.server import Router, RouterConfig
 
@@ -96,9 +96,15 @@ class ControllerMesh:
         return [PeerAddress(r.spiffe_id, r.address) for r in routers if r.address is not None]
 
     async def report(
-        self, services: Collection[str], links: Mapping[str, float | None]
-    ) -> list[MeshRoute]:
-        return await (await self._current()).router_state(services, links)
+        self, services: Collection[str], links: Mapping[str, float | None], circuits: int
+    ) -> MeshAnswer:
+        client = await self._current()
+        routes = await client.router_state(services, links, circuits)
+        answer = client.mesh_answer
+        return MeshAnswer(routes, dict(answer.get("strategies", {})), answer.get("version", 0))
+
+    async def watch(self, after: int) -> int:
+        return await (await self._current()).watch_mesh(after)
 
     async def _current(self) -> ControllerClient:
         client = self._client

@@ -42,6 +42,7 @@ from umbranet.router.admission import Admission
 from umbranet.router.gate import TicketGate
 from umbranet.router.links import LinkKind, Route, Side, SwitchLink
 from umbranet.router.quotas import SwitchLimits
+from umbranet.router.redial import Connecting, PendingConnects, move_to_next_host
 from umbranet.router.routes import Local, Refuse, RouteTable
 from umbranet.router.terminators import Binding, TerminatorTable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError, decode_control
@@ -80,6 +81,7 @@ class Switch:
         self.frames_out = 0  # frames relayed or sent by the switch
         self._pending: dict[Route, float] = {}  # dialer-side routes -> handshake deadline
         self._pending_by_identity: Counter[str] = Counter()
+        self._connects = PendingConnects()  # CONNECTs a host may refuse: retried elsewhere
         self._dirty: set[SwitchLink] = set()
         self.links: set[SwitchLink] = set()
         self._shed_links: list[SwitchLink] = []
@@ -157,7 +159,7 @@ class Switch:
                 elif ftype == FrameType.HANDSHAKE:
                     self._handshake(source, frame)
                 elif ftype == FrameType.RESET:
-                    self._reset_from(source, frame)
+                    self._reset_from(source, frame, now)
                 elif ftype == FrameType.BIND and source.kind is LinkKind.ENDPOINT:
                     self._bind(source, frame, now)
                 elif ftype == FrameType.UNBIND and source.kind is LinkKind.ENDPOINT:
@@ -288,6 +290,9 @@ class Switch:
             ctl = decode_control(frame.payload)
             service = ctl.str_field("service", 256)
             token = ctl.str_field("ticket")
+            # Optional: a host's share of dials (weighted) and its standby rank (precedence).
+            weight = ctl.int_field("weight", 0, 1000) if "weight" in ctl.fields else 1
+            rank = ctl.int_field("precedence", 0, 9) if "precedence" in ctl.fields else 0
         except WireError as exc:
             self._refuse_bind(source, frame.circuit, exc.code, exc.reason)
             return
@@ -298,7 +303,8 @@ class Switch:
             self._refuse_bind(source, frame.circuit, verdict.code, verdict.reason)
             return
         expires = verdict.ticket.expires_at
-        self.terminators.add(Binding(source, frame.circuit, service, source.identity, expires))
+        binding = Binding(source, frame.circuit, service, source.identity, expires, weight, rank)
+        self.terminators.add(binding)
         self.counters["binds"] += 1
         log.info("bind service=%r identity=%s binding=%d", service, source.identity, frame.circuit)
         self._send(
@@ -334,7 +340,7 @@ class Switch:
         if refusal is not None:
             self._refuse(source, circuit, *refusal)
             return
-        hop = self.routes.next_hop(service, int(now.unix))
+        hop = self.routes.next_hop(service, int(now.unix), dialer=dialer)
         if isinstance(hop, Refuse):
             self._refuse(source, circuit, hop.code, hop.reason)
             return
@@ -368,6 +374,8 @@ class Switch:
         fields = {"service": service, "ticket": token, "dialer": dialer, "window": window}
         if isinstance(hop, Local):
             fields["binding"] = hop.binding.binding_id
+            tried: list[tuple[Hashable, int]] = [(target, hop.binding.binding_id)]
+            self._connects.put(host_side, Connecting(dict(fields), bytes(ctl.blob), tried))
             self._send(
                 target, FrameType.CONNECT, host_side.circuit, encode_control(fields, ctl.blob)
             )
@@ -435,6 +443,11 @@ class Switch:
             self._reset_both(route, ErrorCode.QUOTA_EXCEEDED, reason)
             return
         route.opened = True
+        connecting = self._connects.pop(route)
+        if connecting is not None:
+            binding = self.terminators.find(route.link, connecting.binding)
+            if binding is not None:
+                self.terminators.succeeded(binding)
         route.peer.account = RelayAccount(window)  # dialer -> host, bounded by the host
         self._forward(route, frame)
 
@@ -485,10 +498,13 @@ class Switch:
             self.in_flight -= credit
             self._forward(route, frame)
 
-    def _reset_from(self, source: SwitchLink, frame: Frame) -> None:
+    def _reset_from(self, source: SwitchLink, frame: Frame, now: Instant) -> None:
         route = source.routes.get(frame.circuit)
         if route is None:
             return
+        connecting = self._connects.pop(route)
+        if connecting is not None and self._redial(route, connecting, int(now.unix)):
+            return  # another host of the service has the dial; the dialer saw nothing
         self._forward(route, frame)
         self._drop(route)
 
@@ -559,6 +575,20 @@ class Switch:
                 side.account.in_flight = 0
             if side.side is Side.DIALER:
                 self._unpend(side)
+            else:
+                self._connects.pop(side)
+
+    def _redial(self, route: Route, connecting: Connecting, now: int) -> bool:
+        """Offer a dial the host refused before accepting to another host (`redial.py`)."""
+        limit = self.limits.max_circuits_per_link
+        if not move_to_next_host(route, connecting, self.terminators, limit, now):
+            return False
+        self._connects.put(route, connecting)
+        self.counters["dial_retried"] += 1
+        log.info("dial retried service=%r identity=%s", route.service, route.link.identity)
+        payload = encode_control(connecting.fields, connecting.blob)
+        self._send(route.link, FrameType.CONNECT, route.circuit, payload)
+        return True
 
     def _session_closed(self, source: SwitchLink) -> bool:
         """The peer said GOAWAY."""
