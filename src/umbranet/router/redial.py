@@ -1,13 +1,18 @@
-"""Dials the last router has sent to a host that has not accepted yet: what it needs to send
-the same dial to another host of the service when this one refuses.
+"""Dials this router sent on that have not been accepted yet: what it needs to send the same
+dial elsewhere when the next hop refuses it.
 
-A host can fail a dial before accepting (it is shutting down, over its backlog, its port
-check refuses, its process hangs and resets): the dialer should not see that while another
-host of the service is healthy. The switch keeps the CONNECT's fields here until ACCEPT
-(or the circuit's end) and, on a RESET from the host's side, re-sends them to the next
-binding the terminator table picks, excluding those tried, at most `MAX_TRIES` hosts in
-all. Each record lives no longer than the circuit's handshake deadline, so the table is
-bounded by the router's pending-handshake limits.
+A host can fail a dial before accepting (it is shutting down, over its backlog, it lost its
+binding, its process hangs and resets), and a neighbouring router can fail it (its own
+route died with a link a moment ago and the controller's new routes are not there yet):
+the dialer should not see that while another host or another loop-free route is there.
+The switch keeps the CONNECT's or DIAL's fields here until ACCEPT (or the circuit's end)
+and, on a RESET from the host's side whose code says "not this way" (`RETRYABLE`), sends
+them again: to the next binding the terminator table picks (a CONNECT), or through the
+next feasible route (a DIAL; every installed route strictly lowers the distance to the
+service, so trying another never loops), excluding those tried, `MAX_TRIES` in all. A
+refusal about the dialer itself (its ticket) is never retried. Each record lives no longer
+than the circuit's handshake deadline, so the table is bounded by the router's
+pending-handshake limits.
 """
 
 from __future__ import annotations
@@ -17,12 +22,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from umbranet.router.links import Route, SwitchLink
+from umbranet.router.routes import RouteTable
 from umbranet.router.terminators import TerminatorTable
+from umbranet.wire import ErrorCode, Frame, FrameType, WireError
+from umbranet.wire.control import decode_error
 
-__all__ = ["MAX_TRIES", "Connecting", "PendingConnects", "move_to_next_host"]
+__all__ = [
+    "MAX_TRIES",
+    "RETRYABLE",
+    "Connecting",
+    "PendingConnects",
+    "move_to_next_host",
+    "move_to_next_route",
+    "redial",
+]
 
 MAX_TRIES = 3
-"""Hosts one dial is offered to before the dialer sees the last host's refusal."""
+"""Hosts (or routes) one dial is offered to before the dialer sees the last refusal."""
+RETRYABLE = frozenset(
+    code.code
+    for code in (
+        ErrorCode.NO_TERMINATOR,
+        ErrorCode.HOST_GONE,
+        ErrorCode.PEER_GONE,
+        ErrorCode.REFUSED,
+        ErrorCode.TOO_MANY_CIRCUITS,
+        ErrorCode.OVERLOADED,
+    )
+)
+"""Refusals that are about the way, not the dialer: another host or route may take it."""
 
 
 @dataclass(slots=True)
@@ -32,6 +60,7 @@ class Connecting:
     fields: dict[str, Any]
     blob: bytes
     tried: list[tuple[Hashable, int]] = field(default_factory=list)
+    local: bool = True  # a CONNECT to a host here; False: a DIAL to a neighbouring router
 
     @property
     def binding(self) -> int:
@@ -80,3 +109,46 @@ def move_to_next_host(
     connecting.fields["binding"] = binding.binding_id
     connecting.tried.append((target, binding.binding_id))
     return True
+
+
+def move_to_next_route(
+    route: Route, connecting: Connecting, routes: RouteTable, max_circuits: int
+) -> bool:
+    """Move the host-side `route` (towards a neighbouring router that refused) to the next
+    feasible route for its service not tried yet; False when there is none."""
+    if len(connecting.tried) >= MAX_TRIES:
+        return False
+    hop = routes.next_via(route.service, [link for link, _ in connecting.tried])
+    target = hop.link if hop is not None else None
+    if not isinstance(target, SwitchLink) or len(target.routes) >= max_circuits:
+        return False
+    del route.link.routes[route.circuit]
+    route.link, route.circuit = target, target.session.next_id(target.routes)
+    target.routes[route.circuit] = route
+    connecting.tried.append((target, 0))
+    return True
+
+
+def redial(
+    route: Route,
+    connecting: Connecting,
+    reset: Frame,
+    routes: RouteTable,
+    max_circuits: int,
+    *,
+    now: int,
+) -> FrameType | None:
+    """Move `route` to another host or route when the RESET's code says the way, not the
+    dialer, was refused; returns the frame type to send the dial again with, or None."""
+    try:
+        code, _reason = decode_error(reset.payload)
+    except WireError:
+        return None
+    if code.code not in RETRYABLE:
+        return None
+    if connecting.local:
+        if move_to_next_host(route, connecting, routes.terminators, max_circuits, now):
+            return FrameType.CONNECT
+    elif move_to_next_route(route, connecting, routes, max_circuits):
+        return FrameType.DIAL
+    return None

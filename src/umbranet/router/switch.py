@@ -42,7 +42,7 @@ from umbranet.router.admission import Admission
 from umbranet.router.gate import TicketGate
 from umbranet.router.links import LinkKind, Route, Side, SwitchLink
 from umbranet.router.quotas import SwitchLimits
-from umbranet.router.redial import Connecting, PendingConnects, move_to_next_host
+from umbranet.router.redial import Connecting, PendingConnects, redial
 from umbranet.router.routes import Local, Refuse, RouteTable
 from umbranet.router.terminators import Binding, TerminatorTable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError, decode_control
@@ -380,6 +380,8 @@ class Switch:
                 target, FrameType.CONNECT, host_side.circuit, encode_control(fields, ctl.blob)
             )
         else:
+            record = Connecting(dict(fields), bytes(ctl.blob), [(target, 0)], local=False)
+            self._connects.put(host_side, record)
             self._send(target, FrameType.DIAL, host_side.circuit, encode_control(fields, ctl.blob))
         log.debug("circuit open service=%r dialer=%s via=%s", service, dialer, target.identity)
 
@@ -444,7 +446,7 @@ class Switch:
             return
         route.opened = True
         connecting = self._connects.pop(route)
-        if connecting is not None:
+        if connecting is not None and connecting.local:
             binding = self.terminators.find(route.link, connecting.binding)
             if binding is not None:
                 self.terminators.succeeded(binding)
@@ -503,7 +505,7 @@ class Switch:
         if route is None:
             return
         connecting = self._connects.pop(route)
-        if connecting is not None and self._redial(route, connecting, int(now.unix)):
+        if connecting is not None and self._redial(route, connecting, frame, int(now.unix)):
             return  # another host of the service has the dial; the dialer saw nothing
         self._forward(route, frame)
         self._drop(route)
@@ -578,16 +580,18 @@ class Switch:
             else:
                 self._connects.pop(side)
 
-    def _redial(self, route: Route, connecting: Connecting, now: int) -> bool:
-        """Offer a dial the host refused before accepting to another host (`redial.py`)."""
+    def _redial(self, route: Route, connecting: Connecting, reset: Frame, now: int) -> bool:
+        """Send a dial refused before it was accepted elsewhere, if it may (`redial.py`)."""
         limit = self.limits.max_circuits_per_link
-        if not move_to_next_host(route, connecting, self.terminators, limit, now):
+        ftype = redial(route, connecting, reset, self.routes, limit, now=now)
+        if ftype is None:
             return False
         self._connects.put(route, connecting)
         self.counters["dial_retried"] += 1
         log.info("dial retried service=%r identity=%s", route.service, route.link.identity)
-        payload = encode_control(connecting.fields, connecting.blob)
-        self._send(route.link, FrameType.CONNECT, route.circuit, payload)
+        self._send(
+            route.link, ftype, route.circuit, encode_control(connecting.fields, connecting.blob)
+        )
         return True
 
     def _session_closed(self, source: SwitchLink) -> bool:
