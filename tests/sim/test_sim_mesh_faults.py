@@ -10,8 +10,17 @@ import random
 
 from umbranet.controller.service.links import MeshPolicy
 from umbranet.proto.flow import DEFAULT_WINDOW
-from umbranet.testing.simnet import SimEndpoint, SimListener, SimNet, SimRouter, SimStream, echo
-from umbranet.wire import FrameType
+from umbranet.testing.simnet import (
+    Port,
+    SimEndpoint,
+    SimListener,
+    SimNet,
+    SimRouter,
+    SimStream,
+    echo,
+)
+from umbranet.wire import FrameType, encode_control
+from umbranet.wire.frames import encode_frame
 
 KEEPALIVE_MEASURED = 6.0  # one keepalive interval (5 s) and change: every link has an RTT
 SILENCE = 20.0  # past the 15 s keepalive deadline: a partitioned link is declared dead
@@ -197,3 +206,51 @@ def test_a_host_refusing_a_dial_before_accepting_is_skipped_and_the_dialer_sees_
     again.write_eof()
     net.run_until(lambda: again.ended is not None, within=5.0)
     assert [x.dst for x in net.trace.records[mark:] if x.frame and x.what == "CONNECT"] == ["web2"]
+
+
+def _stale_hosts(net: SimNet, r1: SimRouter, count: int) -> list[SimEndpoint]:
+    """`count` hosts of echo at `r1` that lost their bindings without the router knowing."""
+    hosts = [net.endpoint(f"web{i}", via=[r1]) for i in range(count)]
+    listeners = [host.listen("echo", echo) for host in hosts]
+    net.run_until(lambda: all(x.bound for x in listeners), within=1.0)
+    for host, listener in zip(hosts, listeners, strict=True):
+        net.drop_frames(host, r1, lambda frame: frame.type == FrameType.UNBIND)
+        for link in host.links.values():
+            link.machine.unbind(listener.binding_id)
+            host._step(link)
+    net.run_for(0.1)
+    return hosts
+
+
+def test_a_dial_is_offered_to_at_most_three_hosts_then_the_dialer_hears_the_refusal() -> None:
+    net = SimNet(seed=46)
+    r1 = net.router("r1")
+    alice = net.endpoint("alice", via=[r1])
+    _stale_hosts(net, r1, 5)
+    mark = len(net.trace.records)
+    stream = alice.dial("echo")
+    net.run_until(lambda: stream.ended is not None, within=5.0)
+    assert stream.ended is not None and stream.ended.code == "refused"
+    connects = [x.dst for x in net.trace.records[mark:] if x.frame and x.what == "CONNECT"]
+    assert len(connects) == 3 and len(set(connects)) == 3  # three different hosts, no more
+    assert r1.counters["dial_retried"] == 2 and r1.switch.circuits == 0
+
+
+def test_a_bind_with_an_out_of_range_weight_or_precedence_is_refused_with_a_code() -> None:
+    net = SimNet(seed=47)
+    r1 = net.router("r1")
+    web = net.endpoint("web", via=[r1])
+    net.run_for(0.1)
+    router_port = r1.link_to(web).handle
+    assert isinstance(router_port, Port)
+    ticket = net.ticket(web.identity.spiffe_id, "echo", "bind")
+    bad = ({"weight": 5000}, {"precedence": -1}, {"weight": "heavy"}, {"precedence": True})
+    mark = len(net.trace.records)
+    for binding, extra in enumerate(bad, 7):
+        fields = {"service": "echo", "ticket": ticket, **extra}
+        net.send(router_port.peer, encode_frame(FrameType.BIND, binding, encode_control(fields)))
+    net.run_for(0.5)
+    refusals = [x for x in net.trace.records[mark:] if x.what == "BIND_ERR" and x.src == "r1"]
+    assert [x.circuit for x in refusals] == [7, 8, 9, 10]
+    assert all("bad_control_payload" in x.note for x in refusals)
+    assert r1.switch.terminators.all() == [] and r1.link_to(web).session.ready

@@ -182,9 +182,19 @@ def test_only_routers_report_mesh_state(h: Harness) -> None:
     alice = h.new_device("alice", ["eng"])
     response = h.client(alice).post("/v1/routers/me/state", json={"services": [], "links": []})
     assert (response.status_code, error_code(response)) == (403, "router_required")
+    assert h.client(alice).get("/v1/routers/me/watch?wait=0").status_code == 403
     r1 = _router(h, "r1")
     too_many = {"services": ["s"] * 5000, "links": []}
     assert h.client(r1).post("/v1/routers/me/state", json=too_many).status_code == 422
+    negative = {"services": [], "links": [], "circuits": -1}
+    assert h.client(r1).post("/v1/routers/me/state", json=negative).status_code == 422
+    # The graph moved past what r1 holds: the watch answers at once with the new version.
+    answer = h.client(r1).post("/v1/routers/me/state", json={"services": [], "links": []})
+    version = answer.json()["version"]
+    watched = h.client(r1).get(f"/v1/routers/me/watch?after={version - 1}&wait=20")
+    assert watched.json() == {"version": version}
+    quiet = h.client(r1).get(f"/v1/routers/me/watch?after={version}&wait=0.05")
+    assert quiet.json() == {"version": version}  # nothing moved: the same version
 
 
 def test_umbra_router_update_cost_steers_routes_away_from_a_router(h: Harness) -> None:
