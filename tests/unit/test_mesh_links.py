@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from tests.controller_harness import Harness, error_code, make_harness
 from umbranet.cli.main import app
+from umbranet.controller.api import routes_mesh
 from umbranet.client.controller import ControllerClient
 from umbranet.controller.service.links import (
     HOP_COST,
@@ -155,6 +156,8 @@ def h(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
         original(self, identity, **options)
 
     monkeypatch.setattr(ControllerClient, "__init__", in_process)
+    # Every report's effect at once: these tests check routes, not the rebuild pacing.
+    monkeypatch.setattr(routes_mesh, "RECOMPUTE_EVERY", 0.0)
     yield harness
     harnesses.close()
 
@@ -336,3 +339,21 @@ def test_operators_settings_are_stored_and_shape_routes(h: Harness) -> None:
     alice = h.new_device("alice", ["eng"])
     assert h.client(alice).get("/v1/mesh").status_code == 403
     assert h.client(alice).put("/v1/routers/r1/links/r3/cost", json={"cost": 1}).status_code == 403
+
+
+def test_a_burst_of_changes_is_built_once_per_interval_and_never_lost() -> None:
+    graph = LinkGraph(recompute_every=1.0)
+    graph.report("b", ["echo"], {"a": 1.0}, now=0.0, mono=100.0)
+    assert graph.report("a", [], {"b": 1.0}, now=0.0, mono=100.1) == []  # still paced
+    built = graph.version
+    graph.refresh(100.5)
+    assert graph.version == built  # not yet due
+    graph.refresh(101.0)  # a watch wakes: the waiting change is built without a report
+    assert graph.version == built + 1
+    assert graph.report("a", [], {"b": 1.0}, now=0.0, mono=101.1) == [MeshRoute("echo", "b", 2.0)]
+    for step in range(10):  # a flapping link: ten changes within one interval
+        graph.report("a", [], {"b": 1.0} if step % 2 else {}, now=0.0, mono=101.2 + step / 100)
+    assert graph.version == built + 1  # all within the interval: none built yet
+    graph.refresh(102.0)
+    assert graph.version == built + 2  # one rebuild for the whole burst, with its last state
+    assert graph.report("a", [], {"b": 1.0}, now=0.0, mono=102.1) == [MeshRoute("echo", "b", 2.0)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -98,6 +99,7 @@ class Context:
         renew: bool = True,
         report_posture: bool = True,
         link_timers: LinkTimers | None = None,
+        routers: tuple[str, ...] | None = None,
     ) -> None:
         self.identity = identity
         self.clock = clock
@@ -109,6 +111,9 @@ class Context:
         self._connections: dict[str, RouterConnection] = {}
         self._connecting: dict[str, asyncio.Task[RouterConnection]] = {}
         self.ranking = RouterRanking()
+        # Pinned router addresses (a site's own routers, a benchmark's fixed path): used
+        # instead of the ones the controller names in each grant.
+        self.pinned_routers = tuple(routers) if routers else None
         self._tickets: dict[tuple[str, str, int | None], Grant] = {}
         self._next_binding = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -302,6 +307,8 @@ class Context:
             grant = await self._control.grant(service, str(action), port)
         except UmbraError as exc:
             raise DialError(exc.code, exc.reason) from exc
+        if self.pinned_routers is not None:
+            grant = dataclasses.replace(grant, routers=self.pinned_routers)
         self._tickets[key] = grant
         return grant
 

@@ -35,6 +35,9 @@ __all__ = ["WATCH_MAX", "link_graph", "router"]
 
 WATCH_MAX = 25.0
 """The longest a watch is held open before it answers with the unchanged version."""
+RECOMPUTE_EVERY = 0.5
+"""Seconds between path snapshots: a burst of reports (a cold start, a flapping link) costs
+one rebuild per interval, not one per report (see `service/links.py`)."""
 
 router = APIRouter(
     prefix="/v1",
@@ -116,7 +119,7 @@ def link_graph(app: FastAPI) -> LinkGraph:
     with _graph_lock:  # handlers run in a thread pool: make exactly one
         graph: LinkGraph | None = getattr(app.state, "link_graph", None)
         if graph is None:
-            graph = app.state.link_graph = LinkGraph()
+            graph = app.state.link_graph = LinkGraph(recompute_every=RECOMPUTE_EVERY)
             app.state.link_policy_at = float("-inf")
         return graph
 
@@ -147,7 +150,12 @@ def post_router_state(
     graph = _fresh_graph(request, ctx)
     links = {link.peer: link.rtt_ms for link in body.links}
     routes = graph.report(
-        caller.spiffe_id, body.services, links, ctx.clock().timestamp(), body.circuits
+        caller.spiffe_id,
+        body.services,
+        links,
+        ctx.clock().timestamp(),
+        body.circuits,
+        mono=time.monotonic(),
     )
     return RouterStateOut(
         routes=[MeshRouteOut(service=r.service, via=r.via, cost=r.cost) for r in routes],
@@ -175,10 +183,14 @@ async def watch_mesh(
         loop.call_soon_threadsafe(changed.set)
 
     stop = graph.watch(wake)
+    deadline = time.monotonic() + wait
     try:
-        if graph.version == after:
+        # Wake at least every rebuild interval: a change deferred by the pacing is built
+        # here if no report comes to build it.
+        while graph.version == after and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), wait)
+                await asyncio.wait_for(changed.wait(), min(left, max(RECOMPUTE_EVERY, 0.05)))
+            graph.refresh(time.monotonic())
     finally:
         stop()
     return MeshVersionOut(version=graph.version)

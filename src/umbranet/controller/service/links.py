@@ -28,10 +28,14 @@ Rules of this file:
   distance-vector protocols). Every hop then strictly lowers the distance, so a dial can
   never loop, even when a router falls back to its second route after a link died and
   before it asked again; and the fallback is there at once.
-- Small wobbles of RTT and load are ignored (`_settled`): the graph's `version` moves only
-  when a link or service comes or goes, an RTT or load moves by more than a fifth, or the
-  policy changes. Distances are cached per version, so a thousand routers reporting an
-  unchanged mesh cost one Dijkstra per service, and routes do not flap with noise.
+- Small wobbles of RTT and load are ignored (`_settled`): the graph changes only when a
+  link or service comes or goes, an RTT or load moves by more than a fifth, or the policy
+  changes. Paths are computed on a snapshot of the graph (edges and each service's
+  distances), rebuilt on the first report after a change but at most every
+  `recompute_every` seconds: a thousand routers reporting an unchanged mesh cost nothing
+  but lookups, a burst of changes (a cold start, a flapping link) costs one rebuild per
+  interval rather than one per report, and routes do not flap with noise. `version`
+  counts rebuilds; routers watching it report again and get the new snapshot's routes.
 """
 
 from __future__ import annotations
@@ -133,9 +137,12 @@ def routes_for(
 class LinkGraph:
     """The controller's in-memory view of the mesh (thread-safe: API handlers run in a pool)."""
 
-    def __init__(self, stale_after: float = 30.0) -> None:
+    def __init__(self, stale_after: float = 30.0, recompute_every: float = 0.0) -> None:
         self.stale_after = stale_after
-        self.version = 0  # moves when a route could change (see the module rules)
+        self.recompute_every = recompute_every
+        self.version = 0  # snapshots built: moves when a route could change
+        self._dirty = True
+        self._built_at = float("-inf")
         self._reports: dict[str, RouterReport] = {}
         self._policy = MeshPolicy()
         self._lock = threading.Lock()
@@ -153,8 +160,11 @@ class LinkGraph:
         links: Mapping[str, float | None],
         now: float,
         circuits: int = 0,
+        *,
+        mono: float | None = None,
     ) -> list[MeshRoute]:
-        """Record `router`'s state and answer with its routes."""
+        """Record `router`'s state and answer with its routes. `now` (unix seconds) ages
+        reports; `mono` (a monotonic clock, default `now`) paces snapshot rebuilds."""
         fresh = RouterReport(
             frozenset(services), {p: r for p, r in links.items() if p != router}, now, circuits
         )
@@ -167,15 +177,22 @@ class LinkGraph:
                 fresh.circuits = old.circuits
             self._reports[router] = fresh
             if self._expire(now) or changed:
-                self._bump()
+                self._dirty = True
+            self._rebuild_if_due(now if mono is None else mono)
             return self._routes(router)
+
+    def refresh(self, mono: float) -> None:
+        """Rebuild the snapshot if a change waits and its interval is over (so a change
+        made in a quiet moment still reaches the watchers without another report)."""
+        with self._lock:
+            self._rebuild_if_due(mono)
 
     def set_policy(self, policy: MeshPolicy) -> None:
         """Replace the operators' settings (loaded from the database)."""
         with self._lock:
             if policy != self._policy:
                 self._policy = policy
-                self._bump()
+                self._bump()  # an operator's change applies at once
 
     @property
     def policy(self) -> MeshPolicy:
@@ -235,8 +252,14 @@ class LinkGraph:
 
     # -- internals (under the lock) -----------------------------------------------------
 
+    def _rebuild_if_due(self, mono: float) -> None:
+        if self._dirty and mono - self._built_at >= self.recompute_every:
+            self._built_at = mono
+            self._bump()
+
     def _bump(self) -> None:
         self.version += 1
+        self._dirty = False
         self._edges = None
         self._dists.clear()
         for watcher in list(self._watchers):
