@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from tests.controller_harness import Harness, error_code, make_harness
 from umbranet.cli.main import app
-from umbranet.controller.api import routes_mesh
 from umbranet.client.controller import ControllerClient
+from umbranet.controller.api import routes_mesh
 from umbranet.controller.service.links import (
     HOP_COST,
     LOAD_COST_MAX,
@@ -357,3 +357,31 @@ def test_a_burst_of_changes_is_built_once_per_interval_and_never_lost() -> None:
     graph.refresh(102.0)
     assert graph.version == built + 2  # one rebuild for the whole burst, with its last state
     assert graph.report("a", [], {"b": 1.0}, now=0.0, mono=102.1) == [MeshRoute("echo", "b", 2.0)]
+
+
+def test_umbra_router_path_shows_each_hop_with_its_link_rtt(h: Harness) -> None:
+    r1, r2, r3 = _router(h, "r1"), _router(h, "r2"), _router(h, "r3")
+    state = "/v1/routers/me/state"
+
+    def report(who: Any, services: list[str], peers: list[tuple[Any, float]]) -> None:
+        links = [{"peer": p.spiffe_id, "rtt_ms": rtt} for p, rtt in peers]
+        body = {"services": services, "links": links}
+        assert h.client(who).post(state, json=body).status_code == 200
+
+    report(r1, [], [(r2, 2.0)])
+    report(r2, [], [(r1, 3.0), (r3, 1.0)])
+    report(r3, ["echo"], [(r2, 1.0)])
+    result = CliRunner().invoke(
+        app, ["--home", str(h.home), "router", "path", "echo", "--from", "r1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    hops = json.loads(result.output)["hops"]
+    assert [(x["name"], x["rtt_ms"]) for x in hops] == [("r1", None), ("r2", 3.0), ("r3", 1.0)]
+    text = CliRunner().invoke(
+        app, ["--home", str(h.home), "router", "path", "echo", "--from", "r1"]
+    )
+    assert "r1 -> r2 (3.00 ms) -> r3 (1.00 ms)" in text.output
+    nowhere = h.client(h.admin).get("/v1/mesh/path", params={"service": "nope", "from": "r1"})
+    assert [x["router"] for x in nowhere.json()["hops"]] == [r1.spiffe_id, None]
+    alice = h.new_device("alice", ["eng"])
+    assert h.client(alice).get("/v1/mesh/path?service=echo&from=r1").status_code == 403

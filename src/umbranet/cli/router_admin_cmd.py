@@ -27,6 +27,7 @@ def register(router_app: typer.Typer) -> None:
     router_app.command("update")(update)
     router_app.command("link")(link)
     router_app.command("mesh")(mesh)
+    router_app.command("path")(path)
 
 
 def create(
@@ -145,5 +146,29 @@ def mesh(ctx: typer.Context) -> None:
             ["router", "circuits", "services"],
             [[n, r["circuits"], ", ".join(r["services"])] for n, r in sorted(routers.items())],
         )
+
+    emit(cli, view, render)
+
+
+def path(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="Service name.")],
+    source: Annotated[str, typer.Option("--from", help="The router a dial enters at.")],
+) -> None:
+    """The routers a dial for SERVICE entering at a router crosses, with each hop's link
+    RTT, by the controller's current routes."""
+    cli = state(ctx)
+    view = admin_call(cli, lambda client: client.mesh_path(service, source))
+
+    def render() -> None:
+        hops = view.get("hops", [])
+        line = " -> ".join(
+            "(no route)"
+            if hop["router"] is None
+            else (hop.get("name") or hop["router"])
+            + ("" if hop.get("rtt_ms") is None else f" ({hop['rtt_ms']:.2f} ms)")
+            for hop in hops
+        )
+        out.print(f"{service} from {source}: {line}", markup=False)
 
     emit(cli, view, render)

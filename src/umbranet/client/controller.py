@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from cryptography import x509
@@ -372,6 +372,12 @@ class ControllerClient:
         path = f"/v1/services/{_seg(name)}/strategy"
         data = await self._call("PUT", path, json={"strategy": strategy})
         return str(data["strategy"])
+
+    async def mesh_path(self, service: str, source: str) -> dict[str, Any]:
+        """(Admin.) The routers a dial for `service` entering at router `source` crosses."""
+        query = urlencode({"service": service, "from": source})
+        data = await self._call("GET", f"/v1/mesh/path?{query}")
+        return dict(data)
 
     async def mesh(self) -> dict[str, Any]:
         """(Admin.) The mesh graph as the controller sees it (see docs/mesh.md)."""

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from umbranet.controller.api.deps import AdminCaller, Ctx, RouterCaller
 from umbranet.controller.api.models import ErrorBody
+from umbranet.controller.service import NotFound
 from umbranet.controller.service.links import MAX_LINKS, MAX_SERVICES, LinkGraph
 from umbranet.controller.service.mesh_policy import (
     POLICY_MAX_AGE,
@@ -212,6 +213,28 @@ def get_mesh(request: Request, ctx: Ctx, caller: AdminCaller) -> dict[str, objec
         "strategies": dict(policy.strategies),
     }
     return view
+
+
+@router.get("/mesh/path", responses={404: {"model": ErrorBody}})
+def get_mesh_path(
+    request: Request,
+    ctx: Ctx,
+    caller: AdminCaller,
+    service: Annotated[str, Query(max_length=256)],
+    source: Annotated[str, Query(alias="from", max_length=63)],
+) -> dict[str, object]:
+    """(Admin.) The routers a dial for `service` entering at router `from` crosses, with
+    each hop's link RTT, by the controller's current routes."""
+    with ctx.transaction() as store:
+        rows = store.routers()
+        names = {r.identity.spiffe_id: r.name for r in rows}
+        start = next((r.identity.spiffe_id for r in rows if r.name == source), None)
+    if start is None:
+        raise NotFound("unknown_router", f"no router named {source!r}")
+    hops = _fresh_graph(request, ctx).path(start, service)
+    for hop in hops:
+        hop["name"] = names.get(str(hop["router"])) if hop["router"] else None
+    return {"service": service, "from": source, "hops": hops}
 
 
 @router.put(

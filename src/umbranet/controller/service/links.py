@@ -216,6 +216,41 @@ class LinkGraph:
 
         return stop
 
+    def path(self, source: str, service: str) -> list[dict[str, object]]:
+        """The path a dial for `service` entering at `source` takes by the best routes of
+        the current snapshot: each router with the RTT of the link that reached it (the
+        larger end's measurement). Ends at a host's router, or where no route goes on."""
+        with self._lock:
+            edges = self._current_edges()
+            self._routes(source)  # the snapshot's distances for every service
+            targets = self._hosts.get(service, [])
+            hops: list[dict[str, object]] = [{"router": source, "rtt_ms": None}]
+            node = source
+            if not targets:
+                return [*hops, {"router": None, "rtt_ms": None}]  # hosted nowhere
+            for _ in range(len(self._reports)):
+                if node in targets:
+                    break
+                only = {service: targets}
+                routes = _feasible(
+                    node, edges.get(node, {}), only, self._dists, self._policy.no_transit
+                )
+                if not routes:
+                    hops.append({"router": None, "rtt_ms": None})  # no way on from here
+                    break
+                nxt = routes[0].via
+                measured = [
+                    r
+                    for r in (
+                        self._reports[node].links.get(nxt),
+                        self._reports[nxt].links.get(node),
+                    )
+                    if r is not None
+                ]
+                hops.append({"router": nxt, "rtt_ms": max(measured) if measured else None})
+                node = nxt
+            return hops
+
     def forget(self, router: str) -> None:
         with self._lock:
             if self._reports.pop(router, None) is not None:
