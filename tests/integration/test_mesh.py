@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import echo_forever, free_port
 from umbranet.client.controller import ControllerClient, MeshRoute
-from umbranet.controller.service.links import LinkGraph
+from umbranet.controller.service.links import LinkGraph, MeshPolicy
 from umbranet.pki import IdentityFile
 from umbranet.quickstart import Quickstart
 from umbranet.router import Router, RouterConfig
@@ -203,6 +203,10 @@ def test_cutting_the_direct_link_moves_the_next_dial_to_the_other_path(
                     await asyncio.wait_for(held.read(), BOUND)
                 await _until(lambda: r3_id not in r1.router_links())
                 await _routed(shells[2], shells[1], shells[0])
+                # The loss was a change: the report it caused timed the path setup.
+                setup_ms = shells[0].statistics()["setup_ms"]
+                assert isinstance(setup_ms, float) and setup_ms >= 0
+                print(f"\npath setup after the cut: {setup_ms:.1f} ms at r1")
 
                 counts = _dials(shells)
                 payload = b"after the cut " * 5000
@@ -383,3 +387,24 @@ def test_router_processes_mesh_through_the_controller_and_relay_a_dial(tmp_path:
         )
     finally:
         net.stop()
+
+
+def test_the_controllers_strategy_reaches_the_router_where_the_service_is_bound(
+    network: LocalNetwork, arun
+) -> None:
+    async def main() -> None:
+        async with _mesh(network, ["r1", "r2"]) as (shells, twin):
+            r2 = shells[1].router
+            twin.graph.set_policy(MeshPolicy(strategies={"echo": "sticky"}))
+            host = _context(network, "web", "server", r2)
+            async with host:
+                listener = await host.listen("echo").start()
+                await _routed(shells[1])
+                assert r2.switch.terminators.strategy("echo") == "sticky"
+                assert shells[0].router.switch.terminators.strategy("echo") == "smart"
+                twin.graph.set_policy(MeshPolicy())  # cleared: the version moved, pushed
+                await _until(lambda: r2.switch.terminators.strategy("echo") == "smart")
+                assert shells[1].counters["pushed"] >= 1
+                await listener.close()
+
+    arun(main())

@@ -205,3 +205,65 @@ def test_an_endpoint_linked_to_two_routers_moves_to_the_other_when_one_is_killed
             await listener.close()
 
     asyncio.run(asyncio.wait_for(main(), 3 * BOUND))
+
+
+async def _named_echo(name: bytes) -> tuple[asyncio.Server, int]:
+    """A TCP echo server that says who it is first (which host's side served a stream)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(name)
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_dials_fail_over_to_the_other_host_when_one_host_process_is_killed(mesh) -> None:  # type: ignore[no-untyped-def]
+    net, first, _second, host_file, client_file = mesh
+    other_file = asyncio.run(net.enroll("mesh-host2", ["mesh-h"]))
+
+    async def main() -> None:
+        one, one_port = await _named_echo(b"one:")
+        two, two_port = await _named_echo(b"two:")
+        hosts = [
+            net.spawn(
+                name,
+                ["host", "mesh", "--identity", str(path), "--to", f"tcp://127.0.0.1:{port}"],
+            )
+            for name, path, port in (
+                ("host-one", host_file, one_port),
+                ("host-two", other_file, two_port),
+            )
+        ]
+        client = Context(
+            IdentityFile.load(client_file), control=lambda i: Routed(i, (first,)), renew=False
+        )
+
+        async def who() -> bytes:
+            stream = await client.dial("mesh")
+            answer = await _round(stream, b"1234")  # the name (4 bytes) comes first
+            stream.write_eof()
+            return answer[:4]
+
+        async with client:
+            deadline = time.monotonic() + BOUND
+            seen: set[bytes] = set()
+            while seen != {b"one:", b"two:"}:  # until both hosts are bound and take dials
+                assert time.monotonic() < deadline, f"both hosts never served: {seen}"
+                try:
+                    seen.add(await asyncio.wait_for(who(), BOUND))
+                except DialError:
+                    await asyncio.sleep(0.2)
+            hosts[0].send_signal(signal.SIGKILL)
+            hosts[0].wait(10)
+            # Every dial is answered, by the host still alive: one sent to the dead host
+            # before the router saw its link close is sent on to the other host.
+            answers = [await asyncio.wait_for(who(), BOUND) for _ in range(8)]
+            assert answers == [b"two:"] * 8
+        for server in (one, two):
+            server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 4 * BOUND))

@@ -254,3 +254,25 @@ def test_a_bind_with_an_out_of_range_weight_or_precedence_is_refused_with_a_code
     assert [x.circuit for x in refusals] == [7, 8, 9, 10]
     assert all("bad_control_payload" in x.note for x in refusals)
     assert r1.switch.terminators.all() == [] and r1.link_to(web).session.ready
+
+
+def test_a_host_whose_link_drops_before_accepting_hands_the_dial_to_another_host() -> None:
+    net = SimNet(seed=48)
+    r1 = net.router("r1")
+    alice = net.endpoint("alice", via=[r1])
+    dying, alive = net.endpoint("web1", via=[r1]), net.endpoint("web2", via=[r1])
+    first, second = dying.listen("echo", echo), alive.listen("echo", echo)
+    net.run_until(lambda: first.bound and second.bound, within=1.0)
+    r1.switch.terminators.set_strategies({"echo": "precedence"})  # web1 bound first: primary
+    net.drop_frames(dying, r1, lambda _frame: True)  # web1 hangs: it never answers
+    mark = len(net.trace.records)
+    stream = alice.dial("echo")
+    stream.write(b"ping")
+    stream.write_eof()
+    net.run_until(lambda: any(x.what == "CONNECT" for x in net.trace.records[mark:]), within=1)
+    net.link_down(dying, r1)  # ... and then its link breaks, the CONNECT unanswered
+    net.run_until(lambda: stream.ended is not None, within=5.0)
+    assert stream.finished and stream.read() == b"ping"
+    connects = [x.dst for x in net.trace.records[mark:] if x.frame and x.what == "CONNECT"]
+    assert connects == ["web1", "web2"]
+    assert r1.counters["dial_retried"] == 1

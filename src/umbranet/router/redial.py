@@ -132,18 +132,22 @@ def move_to_next_route(
 def redial(
     route: Route,
     connecting: Connecting,
-    reset: Frame,
+    why: Frame | ErrorCode,
     routes: RouteTable,
     max_circuits: int,
     *,
     now: int,
 ) -> FrameType | None:
-    """Move `route` to another host or route when the RESET's code says the way, not the
-    dialer, was refused; returns the frame type to send the dial again with, or None."""
-    try:
-        code, _reason = decode_error(reset.payload)
-    except WireError:
-        return None
+    """Move `route` to another host or route when `why` (the next hop's RESET, or the code
+    of its link's loss) says the way, not the dialer, failed; returns the frame type to send
+    the dial again with, or None."""
+    if isinstance(why, ErrorCode):
+        code = why
+    else:
+        try:
+            code, _reason = decode_error(why.payload)
+        except WireError:
+            return None
     if code.code not in RETRYABLE:
         return None
     if connecting.local:

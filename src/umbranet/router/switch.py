@@ -191,14 +191,19 @@ class Switch:
         return None
 
     def link_gone(self, source: SwitchLink) -> None:
-        """Tell every circuit's other side that this link dropped; forget its bindings."""
+        """Tell every circuit's other side that this link dropped; forget its bindings. A
+        dial not yet accepted through it goes to another host or route instead."""
+        self.routes.link_gone(source)  # first: a dial sent again must not pick this link
         for route in list(source.routes.values()):
-            other = route.peer
-            self._drop(route)
             # The host's own link is gone: host_gone. A lost hop (a router link) leaves the
             # host alive behind it, so the circuit's other end reads peer_gone.
             host_left = route.side is Side.HOST and source.kind is LinkKind.ENDPOINT
             code = ErrorCode.HOST_GONE if host_left else ErrorCode.PEER_GONE
+            connecting = self._connects.pop(route)
+            if connecting is not None and self._redial(route, connecting, code, 0):
+                continue
+            other = route.peer
+            self._drop(route)
             self._send(
                 other.link,
                 FrameType.RESET,
@@ -206,7 +211,6 @@ class Switch:
                 encode_error(code, "the other end's link to the router dropped"),
             )
         source.routes.clear()
-        self.routes.link_gone(source)
         self._dirty.discard(source)
         self.links.discard(source)
 
@@ -580,10 +584,12 @@ class Switch:
             else:
                 self._connects.pop(side)
 
-    def _redial(self, route: Route, connecting: Connecting, reset: Frame, now: int) -> bool:
+    def _redial(
+        self, route: Route, connecting: Connecting, why: Frame | ErrorCode, now: int
+    ) -> bool:
         """Send a dial refused before it was accepted elsewhere, if it may (`redial.py`)."""
         limit = self.limits.max_circuits_per_link
-        ftype = redial(route, connecting, reset, self.routes, limit, now=now)
+        ftype = redial(route, connecting, why, self.routes, limit, now=now)
         if ftype is None:
             return False
         self._connects.put(route, connecting)
