@@ -191,13 +191,18 @@ def test_only_routers_report_mesh_state(h: Harness) -> None:
     assert h.client(r1).post("/v1/routers/me/state", json=too_many).status_code == 422
     negative = {"services": [], "links": [], "circuits": -1}
     assert h.client(r1).post("/v1/routers/me/state", json=negative).status_code == 422
-    # The graph moved past what r1 holds: the watch answers at once with the new version.
-    answer = h.client(r1).post("/v1/routers/me/state", json={"services": [], "links": []})
-    version = answer.json()["version"]
-    watched = h.client(r1).get(f"/v1/routers/me/watch?after={version - 1}&wait=20")
-    assert watched.json() == {"version": version}
-    quiet = h.client(r1).get(f"/v1/routers/me/watch?after={version}&wait=0.05")
-    assert quiet.json() == {"version": version}  # nothing moved: the same version
+    # r1 says it links to r2; r2 has not confirmed yet: no routes.
+    r2 = _router(h, "r2")
+    one_sided = {"services": [], "links": [{"peer": r2.spiffe_id, "rtt_ms": 1.0}]}
+    answer = h.client(r1).post("/v1/routers/me/state", json=one_sided).json()
+    assert answer["routes"] == []
+    quiet = h.client(r1).get(f"/v1/routers/me/watch?after={answer['version']}&wait=0.05")
+    assert quiet.json() == {"version": answer["version"]}  # nothing moved: the same version
+    # r2 confirms and hosts echo: r1's routes changed, so its watch answers at once.
+    confirmed = {"services": ["echo"], "links": [{"peer": r1.spiffe_id, "rtt_ms": 1.0}]}
+    h.client(r2).post("/v1/routers/me/state", json=confirmed)
+    watched = h.client(r1).get(f"/v1/routers/me/watch?after={answer['version']}&wait=20")
+    assert watched.json()["version"] > answer["version"]
 
 
 def test_umbra_router_update_cost_steers_routes_away_from_a_router(h: Harness) -> None:
@@ -385,3 +390,20 @@ def test_umbra_router_path_shows_each_hop_with_its_link_rtt(h: Harness) -> None:
     assert [x["router"] for x in nowhere.json()["hops"]] == [r1.spiffe_id, None]
     alice = h.new_device("alice", ["eng"])
     assert h.client(alice).get("/v1/mesh/path?service=echo&from=r1").status_code == 403
+
+
+def test_a_watch_wakes_only_the_routers_whose_answer_changed() -> None:
+    graph = LinkGraph()
+    graph.report("b", ["echo"], {"a": 1.0, "c": 1.0}, now=0.0)
+    graph.report("a", [], {"b": 1.0}, now=0.0)
+    graph.report("c", [], {"b": 1.0}, now=0.0)
+    assert not graph.changed_for("a") and not graph.changed_for("c")
+    graph.report("c", ["other"], {"b": 1.0}, now=0.0)  # a service at c: a's routes move
+    assert graph.changed_for("a")
+    graph.report("a", [], {"b": 1.0}, now=0.0)
+    before = graph.version
+    graph.report("d", [], {}, now=0.0)  # a new router, linked to nobody yet
+    assert graph.version == before + 1 and not graph.changed_for("a")
+    graph.set_policy(MeshPolicy(strategies={"echo": "random"}))
+    assert graph.changed_for("b") and not graph.changed_for("a")  # b hosts echo
+    assert graph.changed_for("nobody")  # never answered: report

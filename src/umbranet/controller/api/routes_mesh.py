@@ -172,10 +172,12 @@ async def watch_mesh(
     after: Annotated[int, Query(ge=0)] = 0,
     wait: Annotated[float, Query(ge=0, le=WATCH_MAX)] = WATCH_MAX,
 ) -> MeshVersionOut:
-    """Answer once the graph's version is past `after` (at once if it already is), or after
-    `wait` seconds: a router reports again when the answer differs from what it holds."""
+    """Answer once the graph's version is past `after` and the caller's routes (or its
+    services' strategies) differ from its last answer (at once if they already do), or
+    after `wait` seconds: a router reports again when the version differs from its own."""
     graph = link_graph(request.app)
-    if graph.version != after:
+    me = caller.spiffe_id
+    if graph.version != after and graph.changed_for(me):
         return MeshVersionOut(version=graph.version)
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
@@ -188,10 +190,16 @@ async def watch_mesh(
     try:
         # Wake at least every rebuild interval: a change deferred by the pacing is built
         # here if no report comes to build it.
-        while graph.version == after and (left := deadline - time.monotonic()) > 0:
+        seen = graph.version
+        while (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(left, max(RECOMPUTE_EVERY, 0.05)))
+            changed.clear()
             graph.refresh(time.monotonic())
+            if graph.version != seen:
+                seen = graph.version
+                if graph.changed_for(me):  # only routers whose answer moved report again
+                    break
     finally:
         stop()
     return MeshVersionOut(version=graph.version)

@@ -151,6 +151,7 @@ class LinkGraph:
         self._hosts: dict[str, list[str]] = {}
         self._dists: dict[str, dict[str, float]] = {}
         self._watchers: list[Callable[[int], None]] = []
+        self._answered: dict[str, int] = {}  # router -> digest of its last answer
         self.computed = 0  # Dijkstra runs, for statistics and the benchmark
 
     def report(
@@ -179,7 +180,24 @@ class LinkGraph:
             if self._expire(now) or changed:
                 self._dirty = True
             self._rebuild_if_due(now if mono is None else mono)
-            return self._routes(router)
+            routes = self._routes(router)
+            self._answered[router] = self._digest(router, routes)
+            return routes
+
+    def changed_for(self, router: str) -> bool:
+        """Whether `router`'s routes (or its services' strategies) on the current snapshot
+        differ from what it was last answered: a watch wakes only routers whose answer
+        would change, so a rebuild does not make every router of the mesh report at once."""
+        with self._lock:
+            if router not in self._answered:
+                return True
+            return self._digest(router, self._routes(router)) != self._answered[router]
+
+    def _digest(self, router: str, routes: list[MeshRoute]) -> int:
+        report = self._reports.get(router)
+        services = report.services if report is not None else frozenset()
+        strategies = sorted(self.strategies_for(services).items())
+        return hash((tuple(routes), tuple(strategies)))
 
     def refresh(self, mono: float) -> None:
         """Rebuild the snapshot if a change waits and its interval is over (so a change
@@ -321,6 +339,7 @@ class LinkGraph:
         stale = [n for n, r in self._reports.items() if now - r.at > self.stale_after]
         for name in stale:
             del self._reports[name]
+            self._answered.pop(name, None)
         return bool(stale)
 
 
