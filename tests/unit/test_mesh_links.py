@@ -407,3 +407,46 @@ def test_a_watch_wakes_only_the_routers_whose_answer_changed() -> None:
     graph.set_policy(MeshPolicy(strategies={"echo": "random"}))
     assert graph.changed_for("b") and not graph.changed_for("a")  # b hosts echo
     assert graph.changed_for("nobody")  # never answered: report
+
+
+def test_a_service_limited_to_some_transit_routers_crosses_only_those() -> None:
+    # a - b - d is short, a - c - d is long; echo may cross c only.
+    reports = _reports(
+        {("a", "b"): 1.0, ("b", "d"): 1.0, ("a", "c"): 5.0, ("c", "d"): 5.0},
+        {"d": {"echo", "other"}},
+    )
+    policy = MeshPolicy(transit_only={"echo": frozenset({"c"})})
+    routes = routes_for("a", reports, policy=policy)
+    assert [r.via for r in routes if r.service == "echo"] == ["c"]
+    assert [r.via for r in routes if r.service == "other"] == ["b"]  # others are not limited
+    # The first and the last router are never limited: b's own endpoints still reach d.
+    assert [r.via for r in routes_for("b", reports, policy=policy)] == ["d", "d"]
+    nowhere = MeshPolicy(transit_only={"echo": frozenset()})
+    assert [r.service for r in routes_for("a", reports, policy=nowhere)] == ["other"]
+
+
+def test_umbra_service_update_transit_limits_the_routers_a_service_crosses(h: Harness) -> None:
+    r1, r2, r3, r4 = (_router(h, f"r{i}") for i in range(1, 5))
+    state = "/v1/routers/me/state"
+
+    def report(who: Any, services: list[str], peers: list[tuple[Any, float]]) -> list[str]:
+        links = [{"peer": p.spiffe_id, "rtt_ms": rtt} for p, rtt in peers]
+        response = h.client(who).post(state, json={"services": services, "links": links})
+        assert response.status_code == 200, response.text
+        return [r["via"] for r in response.json()["routes"]]
+
+    h.client(h.admin).post("/v1/services", json={"name": "echo"})
+    # r1 - r2 - r4 (fast) and r1 - r3 - r4 (slow); r4 hosts echo.
+    report(r2, [], [(r1, 1.0), (r4, 1.0)])
+    report(r3, [], [(r1, 9.0), (r4, 9.0)])
+    report(r4, ["echo"], [(r2, 1.0), (r3, 9.0)])
+    assert report(r1, [], [(r2, 1.0), (r3, 9.0)]) == [r2.spiffe_id]
+    home = ["--home", str(h.home), "service", "update", "echo"]
+    result = CliRunner().invoke(app, [*home, "--transit", "r3"])
+    assert result.exit_code == 0, result.output
+    assert report(r1, [], [(r2, 1.0), (r3, 9.0)]) == [r3.spiffe_id]
+    typo = CliRunner().invoke(app, [*home, "--transit", "r9"])
+    assert typo.exit_code != 0 and "unknown_router" in typo.output + str(typo.stderr_bytes)
+    result = CliRunner().invoke(app, [*home, "--any-transit"])
+    assert result.exit_code == 0, result.output
+    assert report(r1, [], [(r2, 1.0), (r3, 9.0)]) == [r2.spiffe_id]

@@ -106,6 +106,13 @@ def update(
             help="How routers pick among its hosts: smart, weighted, random, sticky, precedence.",
         ),
     ] = None,
+    transit: Annotated[
+        list[str] | None,
+        typer.Option("--transit", help="Only through these routers (repeat; by name)."),
+    ] = None,
+    any_transit: Annotated[
+        bool, typer.Option("--any-transit", help="Dials may cross any router again.")
+    ] = False,
 ) -> None:
     """Change a service; options not given stay as they are."""
     from umbranet.client.manage import update_service
@@ -117,8 +124,8 @@ def update(
         async with admin_client(cli) as client:
             if dial_attr is not None or bind_attr is not None:
                 await _warn_if_policy_decides(client)
-            if strategy is not None:
-                await client.set_service_strategy(name, strategy)
+            if strategy is not None or transit is not None or any_transit:
+                await client.set_service_strategy(name, strategy, transit, any_transit)
             return await update_service(
                 client,
                 name,

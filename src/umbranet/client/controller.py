@@ -367,11 +367,18 @@ class ControllerClient:
         data = await self._call("PUT", path, json={"cost": cost})
         return float(data["cost"])
 
-    async def set_service_strategy(self, name: str, strategy: str) -> str:
-        """(Admin.) How routers pick among the hosts of service `name`."""
+    async def set_service_strategy(
+        self,
+        name: str,
+        strategy: str | None,
+        transit_only: list[str] | None = None,
+        any_transit: bool = False,
+    ) -> dict[str, Any]:
+        """(Admin.) How routers pick among the hosts of service `name`, and the only routers
+        (by name) its dials may cross; None leaves a setting as it is."""
         path = f"/v1/services/{_seg(name)}/strategy"
-        data = await self._call("PUT", path, json={"strategy": strategy})
-        return str(data["strategy"])
+        body = {"strategy": strategy, "transit_only": transit_only, "any_transit": any_transit}
+        return dict(await self._call("PUT", path, json=body))
 
     async def mesh_path(self, service: str, source: str) -> dict[str, Any]:
         """(Admin.) The routers a dial for `service` entering at router `source` crosses."""

@@ -107,12 +107,17 @@ class LinkCostOut(BaseModel):
 
 class StrategyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    strategy: Strategy
+    strategy: Strategy | None = None
+    transit_only: list[Annotated[str, Field(max_length=63)]] | None = Field(
+        default=None, max_length=256, description="the only routers its dials may cross"
+    )
+    any_transit: bool = Field(default=False, description="clear transit_only")
 
 
 class StrategyOut(BaseModel):
     service: str
     strategy: str
+    transit_only: list[str] | None = None
 
 
 def link_graph(app: FastAPI) -> LinkGraph:
@@ -295,11 +300,13 @@ def put_link_cost(
 def put_strategy(
     name: str, body: StrategyIn, request: Request, ctx: Ctx, caller: AdminCaller
 ) -> StrategyOut:
-    """How the routers pick among the hosts of `name` (see docs/mesh.md)."""
+    """How the routers pick among the hosts of `name`, and the only routers its dials may
+    cross as middle hops (see docs/mesh.md); fields not given stay."""
     with ctx.transaction() as store:
-        set_strategy(store, name, body.strategy)
-        store.audit(
-            ctx.clock(), caller.spiffe_id, "service.strategy", name, {"strategy": body.strategy}
+        routing = set_strategy(store, name, body.strategy, body.transit_only, body.any_transit)
+        result = StrategyOut(
+            service=name, strategy=routing.strategy, transit_only=routing.transit_only
         )
+        store.audit(ctx.clock(), caller.spiffe_id, "service.strategy", name, result.model_dump())
     _fresh_graph(request, ctx, force=True)
-    return StrategyOut(service=name, strategy=body.strategy)
+    return result

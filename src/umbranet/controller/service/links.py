@@ -21,8 +21,10 @@ Rules of this file:
   Dijkstra per service, walking edges backwards from all its hosts at once, gives every
   router's distance to the nearest host.
 - A no-transit router is never a middle hop: Dijkstra does not walk through it, and no
-  router gets a route via it unless it hosts the service. It can still be the first router
-  (its endpoints dial through it) and the last (its hosts are reached).
+  router gets a route via it unless it hosts the service. It can still be the first
+  router (its endpoints dial through it) and the last (its hosts are reached). A service
+  limited to some transit routers (`MeshPolicy.transit_only`: "only through these
+  routers") treats every other router as no-transit for its dials.
 - A router gets a route to a service through each neighbour that is strictly closer to
   the service (its nearest host) than the router itself (the feasibility condition of
   distance-vector protocols). Every hop then strictly lowers the distance, so a dial can
@@ -103,6 +105,16 @@ class MeshPolicy:
     link_costs: Mapping[frozenset[str], float] = field(default_factory=dict)
     no_transit: frozenset[str] = frozenset()
     strategies: Mapping[str, str] = field(default_factory=dict)
+    transit_only: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """service -> the only routers its dials may cross as middle hops (absent: any)."""
+
+    def stops(self, service: str) -> Callable[[str], bool]:
+        """Whether a router may not be a middle hop of `service`'s dials."""
+        allowed = self.transit_only.get(service)
+        no_transit = self.no_transit
+        if allowed is None:
+            return no_transit.__contains__
+        return lambda router: router in no_transit or router not in allowed
 
 
 def load_cost(circuits: int) -> float:
@@ -128,10 +140,10 @@ def routes_for(
     incoming = _reverse(edges)
     hosts = _hosts(reports)
     dists = {
-        service: _dijkstra(incoming, targets, policy.no_transit)
+        service: _dijkstra(incoming, targets, policy.stops(service))
         for service, targets in hosts.items()
     }
-    return _feasible(source, edges.get(source, {}), hosts, dists, policy.no_transit)
+    return _feasible(source, edges.get(source, {}), hosts, dists, policy)
 
 
 class LinkGraph:
@@ -250,9 +262,7 @@ class LinkGraph:
                 if node in targets:
                     break
                 only = {service: targets}
-                routes = _feasible(
-                    node, edges.get(node, {}), only, self._dists, self._policy.no_transit
-                )
+                routes = _feasible(node, edges.get(node, {}), only, self._dists, self._policy)
                 if not routes:
                     hops.append({"router": None, "rtt_ms": None})  # no way on from here
                     break
@@ -329,11 +339,10 @@ class LinkGraph:
         edges = self._current_edges()
         for service, targets in self._hosts.items():
             if service not in self._dists:
-                self._dists[service] = _dijkstra(self._incoming, targets, self._policy.no_transit)
+                stops = self._policy.stops(service)
+                self._dists[service] = _dijkstra(self._incoming, targets, stops)
                 self.computed += 1
-        return _feasible(
-            source, edges.get(source, {}), self._hosts, self._dists, self._policy.no_transit
-        )
+        return _feasible(source, edges.get(source, {}), self._hosts, self._dists, self._policy)
 
     def _expire(self, now: float) -> bool:
         stale = [n for n, r in self._reports.items() if now - r.at > self.stale_after]
@@ -400,7 +409,7 @@ def _feasible(
     neighbours: Mapping[str, float],
     hosts: Mapping[str, list[str]],
     dists: Mapping[str, Mapping[str, float]],
-    no_transit: frozenset[str],
+    policy: MeshPolicy,
 ) -> list[MeshRoute]:
     routes: list[MeshRoute] = []
     for service in sorted(hosts):
@@ -409,13 +418,14 @@ def _feasible(
         # Distances to the nearest host (the service as one destination): feasibility per
         # host would let two hosts' routes chain into a loop.
         dist = dists[service]
+        stops = policy.stops(service)
         mine = dist.get(source)
         if mine is None:
             continue  # not reachable from here
         best = {
             peer: cost + dist[peer]
             for peer, cost in neighbours.items()
-            if peer in dist and dist[peer] < mine and (peer not in no_transit or dist[peer] == 0)
+            if peer in dist and dist[peer] < mine and (not stops(peer) or dist[peer] == 0)
         }
         for peer, total in sorted(best.items(), key=lambda item: (item[1], item[0])):
             routes.append(MeshRoute(service, peer, round(total, 3)))
@@ -423,17 +433,19 @@ def _feasible(
 
 
 def _dijkstra(
-    incoming: Mapping[str, Mapping[str, float]], targets: list[str], no_transit: frozenset[str]
+    incoming: Mapping[str, Mapping[str, float]],
+    targets: list[str],
+    stops: Callable[[str], bool],
 ) -> dict[str, float]:
     """Every router's distance to the nearest of `targets`, walking edges backwards
-    (`incoming[v][u]` is the cost of u -> v), never through a no-transit router."""
+    (`incoming[v][u]` is the cost of u -> v), never through a router that `stops`."""
     dist = dict.fromkeys(targets, 0.0)
     heap = [(0.0, target) for target in targets]
     while heap:
         d, node = heapq.heappop(heap)
         if d > dist.get(node, float("inf")):
             continue
-        if d > 0 and node in no_transit:
+        if d > 0 and stops(node):
             continue  # it may be a first hop (it has a distance) but never a middle one
         for prev, cost in incoming.get(node, {}).items():
             nd = d + cost

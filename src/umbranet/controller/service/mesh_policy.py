@@ -34,7 +34,9 @@ RouterSetting = tuple[float, bool]
 def load_policy(store: Store) -> MeshPolicy:
     """Every stored setting, keyed by router SPIFFE ID and service name."""
     session = store.session
-    spiffe = {r.id: r.identity.spiffe_id for r in store.routers()}
+    routers = store.routers()
+    spiffe = {r.id: r.identity.spiffe_id for r in routers}
+    by_name = {r.identity.spiffe_id: r.name for r in routers}
     router_costs: dict[str, float] = {}
     no_transit: set[str] = set()
     for row in session.scalars(sa.select(MeshRouterSetting)):
@@ -50,15 +52,19 @@ def load_policy(store: Store) -> MeshPolicy:
         a, b = spiffe.get(link.router_a), spiffe.get(link.router_b)
         if a is not None and b is not None and link.cost:
             link_costs[frozenset((a, b))] = link.cost
-    strategies = {
-        name: strategy
-        for name, strategy in session.execute(
-            sa.select(Service.name, ServiceRouting.strategy).join(
-                ServiceRouting, ServiceRouting.service_id == Service.id
-            )
+    strategies: dict[str, str] = {}
+    transit_only: dict[str, frozenset[str]] = {}
+    rows = session.execute(
+        sa.select(Service.name, ServiceRouting.strategy, ServiceRouting.transit_only).join(
+            ServiceRouting, ServiceRouting.service_id == Service.id
         )
-    }
-    return MeshPolicy(router_costs, link_costs, frozenset(no_transit), strategies)
+    )
+    for name, strategy, transit in rows:
+        strategies[name] = strategy
+        if transit is not None:  # names to SPIFFE IDs; routers deleted since drop out
+            wanted = set(transit)
+            transit_only[name] = frozenset(s for s, n in by_name.items() if n in wanted)
+    return MeshPolicy(router_costs, link_costs, frozenset(no_transit), strategies, transit_only)
 
 
 def set_router_setting(
@@ -96,20 +102,34 @@ def set_link_cost(store: Store, name: str, peer: str, cost: float) -> tuple[Rout
     return first, second
 
 
-def set_strategy(store: Store, service: str, strategy: str) -> Service:
-    """How dials of `service` pick among its hosts (one of `STRATEGIES`)."""
-    if strategy not in STRATEGIES:
+def set_strategy(
+    store: Store,
+    service: str,
+    strategy: str | None,
+    transit_only: list[str] | None = None,
+    any_transit: bool = False,
+) -> ServiceRouting:
+    """How dials of `service` pick among its hosts (one of `STRATEGIES`), and the only
+    routers they may cross (router names; `any_transit` clears the limit). None keeps."""
+    if strategy is not None and strategy not in STRATEGIES:
         raise BadRequest("bad_strategy", f"strategy must be one of {', '.join(STRATEGIES)}")
     row = store.service_by_name(service)
     if row is None:
         raise NotFound("unknown_service", f"no service named {service!r}")
+    for name in transit_only or ():
+        _router(store, name)  # a typo must not silently block every path
     routing = store.session.get(ServiceRouting, row.id)
     if routing is None:
-        store.session.add(ServiceRouting(service_id=row.id, strategy=strategy))
-    else:
+        routing = ServiceRouting(service_id=row.id, strategy="smart", transit_only=None)
+        store.session.add(routing)
+    if strategy is not None:
         routing.strategy = strategy
+    if transit_only is not None:
+        routing.transit_only = sorted(set(transit_only))
+    if any_transit:
+        routing.transit_only = None
     store.session.flush()
-    return row
+    return routing
 
 
 def _router(store: Store, name: str) -> Router:

@@ -46,7 +46,8 @@ class MeshLinkCost(Base):
 
 
 class ServiceRouting(Base):
-    """How dials of a service choose among its hosts (`router/terminators.py` strategies)."""
+    """How dials of a service choose among its hosts (`router/terminators.py` strategies)
+    and which routers they may cross ("only through these routers")."""
 
     __tablename__ = "service_routing"
 
@@ -54,3 +55,5 @@ class ServiceRouting(Base):
         sa.Integer, sa.ForeignKey("services.id", ondelete="CASCADE"), primary_key=True
     )
     strategy: Mapped[str] = mapped_column(sa.String(16), default="smart")
+    # Router names its dials may cross as middle hops; None: any router.
+    transit_only: Mapped[list[str] | None] = mapped_column(sa.JSON, default=None)

@@ -1,5 +1,5 @@
 """Mesh settings an operator decides: router and link admin costs, no-transit routers, and
-each service's terminator strategy.
+each service's terminator strategy and transit routers.
 
 Revision ID: 0009
 Revises: 0007
@@ -55,6 +55,7 @@ def upgrade() -> None:
             primary_key=True,
         ),
         sa.Column("strategy", sa.String(16), nullable=False),
+        sa.Column("transit_only", sa.JSON, nullable=True),
     )
 
 
