@@ -18,7 +18,16 @@ __all__ = ["MAX_ROUTER_LINKS", "RETRY_ELSEWHERE", "RouterRanking"]
 
 MAX_ROUTER_LINKS = 3
 """Routers an endpoint keeps a live link to (the best by RTT, the others warm standbys)."""
-RETRY_ELSEWHERE = frozenset({"no_terminator", "peer_gone", "router_gone", "overloaded"})
+RETRY_ELSEWHERE = frozenset(
+    {
+        "no_terminator",
+        "peer_gone",
+        "router_unreachable",
+        "peer_silent",
+        "shutting_down",
+        "overloaded",
+    }
+)
 """Dial refusals about the way through one router (not about the dialer or the host's
 answer): the next router may have a path."""
 
