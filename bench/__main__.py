@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench import procfs
+from bench import mesh_scale, procfs
 from bench.deps import HARNESS_BINARIES, install_packages
 from bench.machine import machine_facts
 from bench.measure import Measurer, PathRun, Servers, Settings
@@ -110,6 +110,9 @@ def _run_all(
             keep = [p for s in (servers.iperf, servers.rr) for p in procfs.tree_pids(s)]
             topo.kill_leftovers(keep)
             report.scale = run_scale(topo, workdir, scale, settings.env, _log)
+            # The controller's route computation for 1,000 routers (in process, simulated).
+            size = (100, 10) if scale.policy_smoke else (1000, 50)
+            report.scale["mesh"] = mesh_scale.measure(*size)
     finally:
         topo.destroy()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -244,6 +244,16 @@ def write_markdown(report: Report, out: Path) -> None:
             "",
         ]
         lines += _ratio_table(med, peers, u, invert=True)
+    mesh = [p for p in paths if p.startswith("umbranet-mesh")]
+    if mesh and "umbranet-async" in med:
+        lines += [
+            "## Mesh paths relative to one router (`umbranet-async`)",
+            "",
+            "Each multi-router row's median divided by the one-router path's (the same async "
+            "SDK client): throughput < 1 and times > 1 are what the extra routers cost.",
+            "",
+        ]
+        lines += _ratio_table(med, mesh, "umbranet-async")
     if ours and "nebula" in med:
         lines += ["## Targets (from the issue)", "", *_targets(med, ours), ""]
     if report.scale:

@@ -126,6 +126,23 @@ def scale_rows(scale: dict[str, Any]) -> list[list[str]]:
                 "-",
             ]
         )
+    mesh = scale.get("mesh") or {}
+    if mesh:
+        where = f"{mesh['routers']:,} routers, {mesh['links']:,} links, {mesh['services']} services"
+        for phase, what in (
+            ("cold", "first reports"),
+            ("steady", "steady reports"),
+            ("reroute", "after a link dies"),
+        ):
+            row = mesh[phase]
+            rows.append(
+                [
+                    f"controller mesh routes, {what} ({where}, simulated)",
+                    f"{row['routes_per_s']:,} routes/s, {row['reports_per_s']:,} reports/s "
+                    f"({row['cpu_s']:.2f} CPU s per round)",
+                    "-",
+                ]
+            )
     pol = scale.get("policy") or {}
     figures = pol.get("rows") or {}
     for label in sorted(figures, key=lambda x: POLICY_ROWS.index(x) if x in POLICY_ROWS else 99):

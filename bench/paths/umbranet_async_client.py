@@ -37,14 +37,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     i = args.index("--identity")
     identity = Path(args[i + 1])
-    opts = rr.client_parser().parse_args(args[:i] + args[i + 2 :])
-    result = run(_measure(identity, opts))
+    args = args[:i] + args[i + 2 :]
+    routers: tuple[str, ...] | None = None
+    if "--routers" in args:  # the mesh paths pin the dialer's router (comma-separated)
+        j = args.index("--routers")
+        routers = tuple(args[j + 1].split(","))
+        args = args[:j] + args[j + 2 :]
+    opts = rr.client_parser().parse_args(args)
+    result = run(_measure(identity, opts, routers))
     print(json.dumps(result), flush=True)
     return 0 if result.get("ok", True) and not result.get("errors") else 1
 
 
-async def _measure(identity: Path, opts: Any) -> dict[str, Any]:
-    async with Context.from_file(identity) as ctx:
+async def _measure(
+    identity: Path, opts: Any, routers: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    async with Context.from_file(identity, routers=routers) as ctx:
         if opts.mode == "latency":
             return await _latency(ctx, opts.count, opts.warmup, opts.size)
         if opts.mode == "connect":

@@ -34,22 +34,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.paths.umbranet_host")
     parser.add_argument("--identity", required=True, type=Path)
     parser.add_argument("--ready", required=True, type=Path)
+    parser.add_argument("--routers", default="", help="pin the routers to bind at (a,b,...)")
     args = parser.parse_args(argv)
+    routers = tuple(args.routers.split(",")) if args.routers else None
     try:
-        run(_serve(args.identity, args.ready))
+        run(_serve(args.identity, args.ready, routers))
     except UmbraError as exc:
         print(f"host failed: {exc.code}: {exc.reason}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(identity: Path, ready: Path) -> None:
+async def _serve(identity: Path, ready: Path, routers: tuple[str, ...] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     tasks: set[asyncio.Task[None]] = set()
-    async with Context.from_file(identity) as context:
+    async with Context.from_file(identity, routers=routers) as context:
         echo = await context.listen(SERVICES["echo"]).start()
         sink = await context.listen(SERVICES["sink"]).start()
         acceptors = [

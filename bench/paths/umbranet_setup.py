@@ -13,6 +13,11 @@ harness (in the root namespace) cannot reach. `bench.paths.umbranet` runs this w
   bind them) and `D/agent-dialer.json` (may dial them).
 - `wait-router --home H --address HOST:PORT`: wait until the router registered that address,
   so the host's bind ticket names it.
+- `mesh --home H --out D --routers N`: for the multi-hop paths, routers `bench-router2` ..
+  `bench-routerN` (identity files `D/router2.json` ...), and an admin cost of 1000 on every
+  link between two routers that are not neighbours in the line `bench-router`,
+  `bench-router2`, ...: every router still links to every other one, but paths follow the
+  line, so the dialer's router is N-1 hops from the host's.
 
 Prints one JSON line on success; exits non-zero with the reason otherwise.
 """
@@ -58,12 +63,13 @@ AGENT_HOST_ATTRIBUTE = "bench-agent-hosts"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.paths.umbranet_setup")
-    parser.add_argument("step", choices=["provision", "wait-router"])
+    parser.add_argument("step", choices=["provision", "wait-router", "mesh"])
     parser.add_argument("--home", required=True, type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--address", default="")
     parser.add_argument("--wait", type=float, default=60.0)
     parser.add_argument("--agent", action="store_true", help="also the agent path's services")
+    parser.add_argument("--routers", type=int, default=2, help="mesh: routers in the line")
     args = parser.parse_args(argv)
     admin = IdentityFile.load(ControllerHome(args.home).admin_file)
     try:
@@ -71,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.out is None:
                 parser.error("provision needs --out")
             result = run(_provision(admin, args.out, args.wait, args.agent))
+        elif args.step == "mesh":
+            if args.out is None:
+                parser.error("mesh needs --out")
+            result = run(_mesh(admin, args.out, args.routers))
         else:
             result = run(_wait_router(admin, args.address, args.wait))
     except (ControllerError, OSError, TimeoutError) as exc:
@@ -102,6 +112,19 @@ async def _provision(
         if agent:
             await _provision_agents(client, out, files)
     return {"ok": True, "controller_wait_s": round(waited, 2), "files": files}
+
+
+async def _mesh(admin: IdentityFile, out: Path, count: int) -> dict[str, object]:
+    names = ["bench-router", *(f"bench-router{i}" for i in range(2, count + 1))]
+    files: dict[str, str] = {}
+    async with ControllerClient(admin) as client:
+        for i, name in enumerate(names[1:], 2):
+            created = await client.create_router(name)
+            files[name] = await _enroll(created.enrollment_token, out / f"router{i}.json")
+        for i, first in enumerate(names):
+            for second in names[i + 2 :]:  # not neighbours in the line
+                await client.set_link_cost(first, second, 1000.0)
+    return {"ok": True, "files": files}
 
 
 async def _provision_agents(client: ControllerClient, out: Path, files: dict[str, str]) -> None:

@@ -273,8 +273,11 @@ def test_ping_reports_the_router_and_round_trip_times(agents: Agents) -> None:
     assert ping["host"]["name"] == "agent-host"
     assert len(ping["rtt_ms"]) == 3
     assert all(r > 0 for r in ping["rtt_ms"])
+    (hop,) = ping["path"]  # the first hop as the agent measures it
+    assert hop["router"] == "router1" and hop["rtt_ms"] is not None and hop["rtt_ms"] > 0
     human = agents.umbra("ping", "web", "--state-dir", str(agents.client_dir))
     assert human.returncode == 0 and "router1" in human.stdout
+    assert "hop router1: link RTT" in human.stdout
     refused = agents.umbra("ping", "nohost", "--state-dir", str(agents.client_dir))
     assert refused.returncode == 1
     assert "no_terminator" in refused.stderr
@@ -287,6 +290,8 @@ def test_status_shows_identity_routers_services_and_recorded_ports(agents: Agent
     assert status["identity"]["name"] == "agent-client"
     assert status["identity"]["cert_not_after"]
     assert [(r["name"], r["link"]) for r in status["routers"]] == [("router1", "up")]
+    (router,) = status["routers"]
+    assert router["home"] is True and router["rtt_ms"] > 0  # measured, and where dials go
     listening = {d["service"]: d["listen"] for d in status["dial"]}
     assert listening == {n: f"127.0.0.1:{p}" for n, p in agents.ports.items()}
     recorded = json.loads((agents.client_dir / "ports.json").read_text())

@@ -16,11 +16,11 @@ import pytest
 
 from tests.conftest import echo_forever, free_port
 from umbranet.client.controller import ControllerClient, MeshRoute
-from umbranet.controller.service.links import LinkGraph
+from umbranet.controller.service.links import LinkGraph, MeshPolicy
 from umbranet.pki import IdentityFile
 from umbranet.quickstart import Quickstart
 from umbranet.router import Router, RouterConfig
-from umbranet.router.peers import PeerAddress, Peers
+from umbranet.router.peers import MeshAnswer, PeerAddress, Peers
 from umbranet.sdk import Context, DialError, StreamReset, UmbraError
 from umbranet.sdk.context import Grant
 from umbranet.sdk.control import ControllerPlane
@@ -55,10 +55,22 @@ class TwinMesh:
         ]
 
     async def report(
-        self, services: Collection[str], links: Mapping[str, float | None]
-    ) -> list[MeshRoute]:
-        routes = self.twin.graph.report(self.me, services, links, time.time())
-        return [MeshRoute(r.service, r.via, r.cost) for r in routes]
+        self, services: Collection[str], links: Mapping[str, float | None], circuits: int
+    ) -> MeshAnswer:
+        graph = self.twin.graph
+        routes = graph.report(self.me, services, links, time.time(), circuits)
+        return MeshAnswer(
+            [MeshRoute(r.service, r.via, r.cost) for r in routes],
+            graph.strategies_for(services),
+            graph.version,
+        )
+
+    async def watch(self, after: int) -> int:
+        for _ in range(20):  # a short long-poll: the twin has no push to wait on
+            if self.twin.graph.version != after:
+                break
+            await asyncio.sleep(0.05)
+        return self.twin.graph.version
 
 
 class PinnedControl(LocalControlPlane):
@@ -191,6 +203,10 @@ def test_cutting_the_direct_link_moves_the_next_dial_to_the_other_path(
                     await asyncio.wait_for(held.read(), BOUND)
                 await _until(lambda: r3_id not in r1.router_links())
                 await _routed(shells[2], shells[1], shells[0])
+                # The loss was a change: the report it caused timed the path setup.
+                setup_ms = shells[0].statistics()["setup_ms"]
+                assert isinstance(setup_ms, float) and setup_ms >= 0
+                print(f"\npath setup after the cut: {setup_ms:.1f} ms at r1")
 
                 counts = _dials(shells)
                 payload = b"after the cut " * 5000
@@ -371,3 +387,24 @@ def test_router_processes_mesh_through_the_controller_and_relay_a_dial(tmp_path:
         )
     finally:
         net.stop()
+
+
+def test_the_controllers_strategy_reaches_the_router_where_the_service_is_bound(
+    network: LocalNetwork, arun
+) -> None:
+    async def main() -> None:
+        async with _mesh(network, ["r1", "r2"]) as (shells, twin):
+            r2 = shells[1].router
+            twin.graph.set_policy(MeshPolicy(strategies={"echo": "sticky"}))
+            host = _context(network, "web", "server", r2)
+            async with host:
+                listener = await host.listen("echo").start()
+                await _routed(shells[1])
+                assert r2.switch.terminators.strategy("echo") == "sticky"
+                assert shells[0].router.switch.terminators.strategy("echo") == "smart"
+                twin.graph.set_policy(MeshPolicy())  # cleared: the version moved, pushed
+                await _until(lambda: r2.switch.terminators.strategy("echo") == "smart")
+                assert shells[1].counters["pushed"] >= 1
+                await listener.close()
+
+    arun(main())

@@ -270,7 +270,9 @@ class Agent:
     def status(self) -> dict[str, Any]:
         """What ``umbra status`` shows."""
         identity = self.context.identity
-        links: dict[str, bool] = self.context.statistics()["routers"]
+        sdk = self.context.statistics()
+        links: dict[str, bool] = sdk["routers"]
+        rtts: dict[str, float | None] = sdk.get("router_rtt_ms", {})
         return {
             "identity": {
                 "name": identity.name,
@@ -294,6 +296,8 @@ class Agent:
                     "name": r.name,
                     "address": r.address,
                     "link": "up" if links.get(r.address) else "not connected",
+                    "rtt_ms": rtts.get(r.address or ""),
+                    "home": r.address is not None and r.address == sdk.get("home_router"),
                 }
                 for r in self.routers
             ],
@@ -370,9 +374,14 @@ class Agent:
         except UmbraError as exc:
             self.counters.add(f"ping_failed.{exc.code}")
             raise ApiError(_STATUS_BY_CODE.get(exc.code, 502), exc.code, exc.reason) from None
+        address = next((r.address for r in self.routers if r.name == router), None)
+        rtt = self.context.statistics().get("router_rtt_ms", {}).get(address or "")
         return {
             "service": service,
             "router": router,
+            # The first hop as measured here; the routers beyond it (and each hop's RTT)
+            # are the controller's to tell: `umbra router path SERVICE --from ROUTER`.
+            "path": [{"router": router, "rtt_ms": rtt}],
             "host": host,
             "rtt_ms": rtts,
             "min_ms": min(rtts),

@@ -364,6 +364,11 @@ def ping(
             f"{service}: host {data['host'].get('name')} via router {data['router']}: "
             + ", ".join(f"{r:.2f} ms" for r in data["rtt_ms"])
             + f" (min {data['min_ms']:.2f}, avg {data['avg_ms']:.2f})"
+            + "".join(
+                f"\n  hop {hop['router']}: link RTT "
+                + ("not measured yet" if hop.get("rtt_ms") is None else f"{hop['rtt_ms']:.2f} ms")
+                for hop in data.get("path", [])
+            )
         ),
     )
 
@@ -470,8 +475,17 @@ def _render_status(data: dict[str, Any]) -> None:
         )
     table(
         "Routers",
-        ["name", "address", "link"],
-        [(r["name"], r["address"], r["link"]) for r in data["routers"]],
+        ["name", "address", "link", "rtt ms", "home"],
+        [
+            (
+                r["name"],
+                r["address"],
+                r["link"],
+                "-" if r.get("rtt_ms") is None else f"{r['rtt_ms']:.2f}",
+                "*" if r.get("home") else "",
+            )
+            for r in data["routers"]
+        ],
     )
     table(
         "Services you dial",

@@ -99,6 +99,20 @@ def update(
         list[str] | None,
         typer.Option("--intercept", help="Replace the intercepts, NAME:PORT (repeat)."),
     ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="How routers pick among its hosts: smart, weighted, random, sticky, precedence.",
+        ),
+    ] = None,
+    transit: Annotated[
+        list[str] | None,
+        typer.Option("--transit", help="Only through these routers (repeat; by name)."),
+    ] = None,
+    any_transit: Annotated[
+        bool, typer.Option("--any-transit", help="Dials may cross any router again.")
+    ] = False,
 ) -> None:
     """Change a service; options not given stay as they are."""
     from umbranet.client.manage import update_service
@@ -110,6 +124,8 @@ def update(
         async with admin_client(cli) as client:
             if dial_attr is not None or bind_attr is not None:
                 await _warn_if_policy_decides(client)
+            if strategy is not None or transit is not None or any_transit:
+                await client.set_service_strategy(name, strategy, transit, any_transit)
             return await update_service(
                 client,
                 name,

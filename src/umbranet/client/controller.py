@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from cryptography import x509
@@ -124,6 +124,7 @@ class ControllerClient:
         self._timeout = request_timeout
         self._transport = transport
         self._http = self._make_http(identity)
+        self.mesh_answer: dict[str, Any] = {}  # the last mesh report's strategies and version
 
     @property
     def identity(self) -> IdentityFile:
@@ -375,23 +376,70 @@ class ControllerClient:
         return router_info(await self._call("PUT", "/v1/routers/self", json={"address": address}))
 
     async def router_state(
-        self, services: Iterable[str], links: Mapping[str, float | None]
+        self, services: Iterable[str], links: Mapping[str, float | None], circuits: int = 0
     ) -> list[MeshRoute]:
-        """(Router identities only.) Report the services bound here and the live router
-        links (peer SPIFFE ID -> RTT in ms); answers with the routes to install."""
+        """(Router identities only.) Report the services bound here, the live router links
+        (peer SPIFFE ID -> RTT in ms) and the live circuits; answers with the routes to
+        install. The answer's strategies and graph version are in `mesh_answer`."""
         body = {
             "services": sorted(services),
             "links": [{"peer": peer, "rtt_ms": rtt} for peer, rtt in sorted(links.items())],
+            "circuits": circuits,
         }
         data = await self._call("POST", "/v1/routers/me/state", json=body)
+        self.mesh_answer = {
+            "strategies": dict(data.get("strategies") or {}),
+            "version": int(data.get("version") or 0),
+        }
         return [MeshRoute(r["service"], r["via"], float(r["cost"])) for r in data["routes"]]
+
+    async def watch_mesh(self, after: int, wait: float = 25.0) -> int:
+        """(Router identities only.) The mesh graph's version once it differs from `after`
+        (or after `wait` seconds): a change means reporting again brings new routes."""
+        path = f"/v1/routers/me/watch?after={int(after)}&wait={min(wait, self._timeout / 2):g}"
+        data = await self._call("GET", path)
+        return int(data["version"])
 
     # management (admin identity)
 
-    async def set_router_cost(self, name: str, cost: float) -> float:
-        """(Admin.) The extra cost of paths through router `name` (0 clears it)."""
-        data = await self._call("PUT", f"/v1/routers/{_seg(name)}/cost", json={"cost": cost})
+    async def set_router_cost(
+        self, name: str, cost: float | None, no_transit: bool | None = None
+    ) -> dict[str, Any]:
+        """(Admin.) The extra cost of paths through router `name` (0 clears it) and whether
+        it may be a middle hop; None leaves a setting as it is. Answers both settings."""
+        body = {"cost": cost, "no_transit": no_transit}
+        data = await self._call("PUT", f"/v1/routers/{_seg(name)}/cost", json=body)
+        return {"name": name, "cost": float(data["cost"]), "no_transit": bool(data["no_transit"])}
+
+    async def set_link_cost(self, name: str, peer: str, cost: float) -> float:
+        """(Admin.) The extra cost of the link between routers `name` and `peer`."""
+        path = f"/v1/routers/{_seg(name)}/links/{_seg(peer)}/cost"
+        data = await self._call("PUT", path, json={"cost": cost})
         return float(data["cost"])
+
+    async def set_service_strategy(
+        self,
+        name: str,
+        strategy: str | None,
+        transit_only: list[str] | None = None,
+        any_transit: bool = False,
+    ) -> dict[str, Any]:
+        """(Admin.) How routers pick among the hosts of service `name`, and the only routers
+        (by name) its dials may cross; None leaves a setting as it is."""
+        path = f"/v1/services/{_seg(name)}/strategy"
+        body = {"strategy": strategy, "transit_only": transit_only, "any_transit": any_transit}
+        return dict(await self._call("PUT", path, json=body))
+
+    async def mesh_path(self, service: str, source: str) -> dict[str, Any]:
+        """(Admin.) The routers a dial for `service` entering at router `source` crosses."""
+        query = urlencode({"service": service, "from": source})
+        data = await self._call("GET", f"/v1/mesh/path?{query}")
+        return dict(data)
+
+    async def mesh(self) -> dict[str, Any]:
+        """(Admin.) The mesh graph as the controller sees it (see docs/mesh.md)."""
+        data = await self._call("GET", "/v1/mesh")
+        return dict(data)
 
     async def create_identity(
         self, name: str, *, kind: str = "device", attributes: Iterable[str] = ()

@@ -61,6 +61,14 @@ EVENTS: dict[str, tuple[str, str]] = {
         "Rounds re-validating circuits whose ticket expired.",
     ),
     "links_dialed": ("umbra_router_links_dialed", "Links this router dialed to other routers."),
+    "revalidation_deferred": (
+        "umbra_router_revalidations_deferred",
+        "Re-validation rounds deferred because the controller was unreachable (within grace).",
+    ),
+    "dial_retried": (
+        "umbra_router_dials_retried",
+        "Dials a host refused before accepting, offered to another host of the service.",
+    ),
     "ticket_verifications": (
         "umbra_router_ticket_verifications",
         "Tickets checked in full (signature, expiry, identity, service, epoch).",

@@ -6,11 +6,16 @@
   keeps one link per pair: the router with the lower SPIFFE ID dials (`Router.dial_router`),
   the other one only accepts, so two routers never race to build two links. A dropped link
   is dialed again with exponential backoff and jitter (`Backoff`), reset once a link held.
-- It reports the services bound here and each live neighbour link with its keepalive RTT
-  (`MeshControl.report`), and installs the routes the controller answers with, replacing
-  the previous set (`RouteTable.replace_remote`). It reports every `interval`, and at once
-  whenever a neighbour link comes up or goes down: the switch has already dropped the
-  routes through a lost link (`RouteTable.link_gone`), and the answer brings the new ones.
+- It reports the services bound here, its live circuits (its load) and each live
+  neighbour link with its keepalive RTT (`MeshControl.report`), and installs the routes the
+  controller answers with, replacing the previous set (`RouteTable.replace_remote`), and
+  the services' terminator strategies. It reports every `interval`, at once whenever a
+  neighbour link comes up or goes down (the switch has already dropped the routes through
+  a lost link, `RouteTable.link_gone`, and the answer brings the new ones), and at once
+  when the controller's graph changed anywhere (`MeshControl.watch`, a long poll): a link
+  that died or degraded between two other routers reroutes this one's new dials too.
+- Each report's path setup time (from the change that caused it to the routes installed)
+  is kept in `statistics()` and logged.
 
 The controller being down costs freshness, not service: the routes installed last stay
 until a link they use is lost; reports are retried every `interval`.
@@ -24,14 +29,22 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Collection, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
 from umbranet.client.controller import MeshRoute
 from umbranet.router.server import Router
 
-__all__ = ["Backoff", "MeshControl", "PeerAddress", "Peers", "plan_routes", "should_dial"]
+__all__ = [
+    "Backoff",
+    "MeshAnswer",
+    "MeshControl",
+    "PeerAddress",
+    "Peers",
+    "plan_routes",
+    "should_dial",
+]
 
 log = logging.getLogger("umbranet.router.mesh")
 
@@ -44,6 +57,16 @@ class PeerAddress:
     address: str
 
 
+@dataclass(frozen=True, slots=True)
+class MeshAnswer:
+    """The controller's answer to a report: routes, the strategies of services bound here,
+    and the graph version they come from."""
+
+    routes: list[MeshRoute]
+    strategies: dict[str, str] = field(default_factory=dict)
+    version: int = 0
+
+
 class MeshControl(Protocol):
     """What the mesh needs from the controller (the HTTP client, or an in-memory twin)."""
 
@@ -51,9 +74,13 @@ class MeshControl(Protocol):
         """Every other router with a registered address."""
 
     async def report(
-        self, services: Collection[str], links: Mapping[str, float | None]
-    ) -> list[MeshRoute]:
-        """Say what is bound here and which neighbour links are up (RTT in ms); get routes."""
+        self, services: Collection[str], links: Mapping[str, float | None], circuits: int
+    ) -> MeshAnswer:
+        """Say what is bound here, which neighbour links are up (RTT in ms) and how many
+        circuits are live; get routes."""
+
+    async def watch(self, after: int) -> int:
+        """The graph version once it is not `after` (or after a while: the same one)."""
 
 
 def should_dial(me: str, peer: str) -> bool:
@@ -115,6 +142,10 @@ class Peers:
         self.dial_timeout = dial_timeout
         self.counters: Counter[str] = Counter()
         self.routes: list[MeshRoute] = []  # the controller's last answer
+        self.version = 0  # the graph version of those routes
+        self.setup_ms: float | None = None  # the last path setup time
+        self.setup_ms_max = 0.0
+        self._changed_at: float | None = None  # when the pending change happened (loop time)
         self._backoff = backoff
         self._rng = rng or random.Random()
         self._known: dict[str, str] = {}  # peer SPIFFE ID -> address, from the controller
@@ -125,12 +156,14 @@ class Peers:
         self._done = 0  # the newest report whose routes are installed (by start order)
         self._group: asyncio.TaskGroup | None = None
         self._main: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Peers:
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
-        self.router.on_mesh_change = self._changed.set
+        self.router.on_mesh_change = self._change
         self._main = self._group.create_task(self._run())
+        self._watcher = self._group.create_task(self._watch())
         return self
 
     async def __aexit__(
@@ -141,7 +174,7 @@ class Peers:
     ) -> None:
         self.router.on_mesh_change = None
         assert self._group is not None
-        for task in [self._main, *self._dialers.values()]:
+        for task in [self._main, self._watcher, *self._dialers.values()]:
             if task is not None:
                 task.cancel()
         await self._group.__aexit__(exc_type, exc, tb)
@@ -153,6 +186,9 @@ class Peers:
             "dialing": sorted(self._dialers),
             "links": sorted(self.router.router_links()),
             "routes": len(self.routes),
+            "version": self.version,
+            "setup_ms": self.setup_ms,
+            "setup_ms_max": self.setup_ms_max,
             "counters": dict(self.counters),
         }
 
@@ -166,6 +202,36 @@ class Peers:
             await self._reported.wait()
 
     # -- internals ----------------------------------------------------------------------
+
+    def _change(self) -> None:
+        """Something that moves routes happened here (a link came or went): report now."""
+        if self._changed_at is None:
+            self._changed_at = asyncio.get_running_loop().time()
+        self._changed.set()
+
+    async def _watch(self) -> None:
+        """Long-poll the controller's graph version; a new one means report again."""
+        backoff = Backoff(self.interval / 4, self.interval, self._rng)
+        while True:
+            try:
+                version = await self.control.watch(self.version)
+            except Exception as exc:  # the controller is away: the reports retry as well
+                self.counters["watch_failed"] += 1
+                log.debug("mesh: cannot watch the graph: %s", exc)
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            if version != self.version:
+                self.counters["pushed"] += 1
+                self._change()
+                # Let the report catch up before asking again (no busy loop on a stale copy).
+                await self._settle(version)
+
+    async def _settle(self, version: int) -> None:
+        for _ in range(50):
+            if self.version >= version:
+                return
+            await asyncio.sleep(self.interval / 50)
 
     async def _run(self) -> None:
         while True:
@@ -211,7 +277,7 @@ class Peers:
                 held_from = loop.time()
                 await asyncio.shield(link.lost)
                 self.counters["lost"] += 1
-                self._changed.set()
+                self._change()
                 if loop.time() - held_from > backoff.maximum:
                     backoff.reset()  # it held a while: the next drop is news, not a flap
             await asyncio.sleep(backoff.next())
@@ -224,18 +290,31 @@ class Peers:
             peer: None if state.session.rtt is None else round(state.session.rtt * 1000, 3)
             for peer, state in links.items()
         }
-        services = {binding.service for binding in self.router.switch.terminators.all()}
+        switch = self.router.switch
+        services = {binding.service for binding in switch.terminators.all()}
+        changed_at, self._changed_at = self._changed_at, None
         try:
-            routes = await self.control.report(services, rtts)
+            answer = await self.control.report(services, rtts, switch.circuits)
         except Exception as exc:  # keep the routes we have: they are still the best known
             self.counters["report_failed"] += 1
             log.warning("mesh: cannot report state: %s", exc)
+            if changed_at is not None and self._changed_at is None:
+                self._changed_at = changed_at  # still pending: measure from the change
             return
+        if isinstance(answer, list):  # a twin that answers with routes only
+            answer = MeshAnswer(answer)
         self.counters["reports"] += 1
-        self.routes = routes
+        self.routes = answer.routes
+        self.version = max(self.version, answer.version)
         # Links may have come or gone while the report was out: map by those live now.
-        table, skipped = plan_routes(routes, self.router.router_links())
+        table, skipped = plan_routes(answer.routes, self.router.router_links())
         self.counters["routes_skipped"] += skipped
-        self.router.switch.routes.replace_remote(table)
+        switch.routes.replace_remote(table)
+        switch.terminators.set_strategies(answer.strategies)
+        if changed_at is not None:
+            took = (asyncio.get_running_loop().time() - changed_at) * 1000
+            self.setup_ms = round(took, 3)
+            self.setup_ms_max = max(self.setup_ms_max, self.setup_ms)
+            log.info("mesh: %d routes installed %.1f ms after the change", len(table), took)
         self._done = max(self._done, generation)
         self._reported.set()

@@ -9,7 +9,7 @@ each names the neighbour's link and a cost, and the cheapest live one is chosen.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 
 from umbranet.router.terminators import Binding, TerminatorTable
@@ -42,8 +42,10 @@ class RouteTable:
     terminators: TerminatorTable = field(default_factory=TerminatorTable)
     _remote: dict[str, dict[Hashable, float]] = field(default_factory=dict)
 
-    def next_hop(self, service: str, now: int) -> Local | Via | Refuse:
-        binding = self.terminators.pick(service, now)
+    def next_hop(self, service: str, now: int, *, dialer: str = "") -> Local | Via | Refuse:
+        """Where a dial by `dialer` for `service` goes (a local host by the service's
+        terminator strategy first)."""
+        binding = self.terminators.pick(service, now, dialer=dialer)
         if binding is not None:
             return Local(binding)
         remote = self._remote.get(service)
@@ -51,6 +53,18 @@ class RouteTable:
             link, cost = min(remote.items(), key=lambda item: item[1])
             return Via(link, cost)
         return Refuse(ErrorCode.NO_TERMINATOR, f"service {service!r} has no host at this router")
+
+    def next_via(self, service: str, exclude: Collection[Hashable] = ()) -> Via | None:
+        """The cheapest remote route for `service` through a link not in `exclude` (a
+        dial's fallback when the neighbour it tried refused)."""
+        tried = {id(link) for link in exclude}
+        remote = [
+            (c, link) for link, c in self._remote.get(service, {}).items() if id(link) not in tried
+        ]
+        if not remote:
+            return None
+        cost, link = min(remote, key=lambda item: item[0])
+        return Via(link, cost)
 
     def add_route(self, service: str, link: Hashable, cost: float) -> None:
         """Reach `service` through the neighbour on `link` (replacing its earlier cost)."""

@@ -15,17 +15,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from umbranet.client.controller import ControllerClient, ControllerError, MeshRoute
+from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.client.follow import follow_events, seconds_to_half_life
 from umbranet.pki import IdentityFile
 from umbranet.router.metrics import serve_metrics
-from umbranet.router.peers import PeerAddress, Peers
+from umbranet.router.peers import MeshAnswer, PeerAddress, Peers
 from umbranet.router.quotas import SwitchLimits
 from umbranet.router.server import Router, RouterConfig
 
 log = logging.getLogger("umbranet.router")
 
 RETRY_SECONDS = 5.0
+OFFLINE_GRACE = 3600.0
+"""Seconds of controller outage during which circuits past their ticket stay up (see
+`revalidate_forever` and docs/mesh.md)."""
 
 
 async def run_router(
@@ -96,9 +99,15 @@ class ControllerMesh:
         return [PeerAddress(r.spiffe_id, r.address) for r in routers if r.address is not None]
 
     async def report(
-        self, services: Collection[str], links: Mapping[str, float | None]
-    ) -> list[MeshRoute]:
-        return await (await self._current()).router_state(services, links)
+        self, services: Collection[str], links: Mapping[str, float | None], circuits: int
+    ) -> MeshAnswer:
+        client = await self._current()
+        routes = await client.router_state(services, links, circuits)
+        answer = client.mesh_answer
+        return MeshAnswer(routes, dict(answer.get("strategies", {})), answer.get("version", 0))
+
+    async def watch(self, after: int) -> int:
+        return await (await self._current()).watch_mesh(after)
 
     async def _current(self) -> ControllerClient:
         client = self._client
@@ -133,13 +142,33 @@ async def _keep_registered(router: Router, identity_path: Path, address: str) ->
         await asyncio.sleep(_seconds_to_half_life(router.identity) if registered else 1)
 
 
-async def revalidate_forever(router: Router, interval: float = 30.0) -> None:
+async def revalidate_forever(
+    router: Router, interval: float = 30.0, offline_grace: float | None = None
+) -> None:
     """Every `interval`, re-validate circuits whose ticket expired (see
-    `Router.revalidate_expired`); a controller that cannot answer closes them (fail closed)."""
+    `Router.revalidate_expired`); a controller that answers with errors closes them (fail
+    closed). A controller that cannot be reached at all defers the round, for at most
+    `offline_grace` seconds of outage (`OFFLINE_GRACE`): no revocation can be made while it
+    is away, and the ones made just before are applied by the re-check of every grant that
+    follows the event stream's reconnect. Past the grace, rounds run and fail closed."""
+    grace = OFFLINE_GRACE if offline_grace is None else offline_grace
+    loop = asyncio.get_running_loop()
+    away_since: float | None = None
     while True:
         await asyncio.sleep(interval)
         try:
             async with ControllerClient(router.identity) as client:
+                try:
+                    await client.bundle()  # is anyone there?
+                    away_since = None
+                except ControllerError as exc:
+                    if exc.code != "unreachable":
+                        raise
+                    away_since = loop.time() if away_since is None else away_since
+                    if loop.time() - away_since < grace:
+                        router.switch.counters["revalidation_deferred"] += 1
+                        log.warning("re-validation deferred: the controller is unreachable")
+                        continue
 
                 async def recheck(grants: list[tuple[str, str, str]]) -> dict[int, str]:
                     _epoch, denied = await client.recheck(grants)

@@ -42,6 +42,7 @@ from umbranet.router.admission import Admission
 from umbranet.router.gate import TicketGate
 from umbranet.router.links import LinkKind, Route, Side, SwitchLink
 from umbranet.router.quotas import SwitchLimits
+from umbranet.router.redial import Connecting, PendingConnects, redial
 from umbranet.router.routes import Local, Refuse, RouteTable
 from umbranet.router.terminators import Binding, TerminatorTable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError, decode_control
@@ -80,6 +81,7 @@ class Switch:
         self.frames_out = 0  # frames relayed or sent by the switch
         self._pending: dict[Route, float] = {}  # dialer-side routes -> handshake deadline
         self._pending_by_identity: Counter[str] = Counter()
+        self._connects = PendingConnects()  # CONNECTs a host may refuse: retried elsewhere
         self._dirty: set[SwitchLink] = set()
         self.links: set[SwitchLink] = set()
         self._shed_links: list[SwitchLink] = []
@@ -157,7 +159,7 @@ class Switch:
                 elif ftype == FrameType.HANDSHAKE:
                     self._handshake(source, frame)
                 elif ftype == FrameType.RESET:
-                    self._reset_from(source, frame)
+                    self._reset_from(source, frame, now)
                 elif ftype == FrameType.BIND and source.kind is LinkKind.ENDPOINT:
                     self._bind(source, frame, now)
                 elif ftype == FrameType.UNBIND and source.kind is LinkKind.ENDPOINT:
@@ -189,14 +191,19 @@ class Switch:
         return None
 
     def link_gone(self, source: SwitchLink) -> None:
-        """Tell every circuit's other side that this link dropped; forget its bindings."""
+        """Tell every circuit's other side that this link dropped; forget its bindings. A
+        dial not yet accepted through it goes to another host or route instead."""
+        self.routes.link_gone(source)  # first: a dial sent again must not pick this link
         for route in list(source.routes.values()):
-            other = route.peer
-            self._drop(route)
             # The host's own link is gone: host_gone. A lost hop (a router link) leaves the
             # host alive behind it, so the circuit's other end reads peer_gone.
             host_left = route.side is Side.HOST and source.kind is LinkKind.ENDPOINT
             code = ErrorCode.HOST_GONE if host_left else ErrorCode.PEER_GONE
+            connecting = self._connects.pop(route)
+            if connecting is not None and self._redial(route, connecting, code, 0):
+                continue
+            other = route.peer
+            self._drop(route)
             self._send(
                 other.link,
                 FrameType.RESET,
@@ -204,7 +211,6 @@ class Switch:
                 encode_error(code, "the other end's link to the router dropped"),
             )
         source.routes.clear()
-        self.routes.link_gone(source)
         self._dirty.discard(source)
         self.links.discard(source)
 
@@ -288,6 +294,9 @@ class Switch:
             ctl = decode_control(frame.payload)
             service = ctl.str_field("service", 256)
             token = ctl.str_field("ticket")
+            # Optional: a host's share of dials (weighted) and its standby rank (precedence).
+            weight = ctl.int_field("weight", 0, 1000) if "weight" in ctl.fields else 1
+            rank = ctl.int_field("precedence", 0, 9) if "precedence" in ctl.fields else 0
         except WireError as exc:
             self._refuse_bind(source, frame.circuit, exc.code, exc.reason)
             return
@@ -298,7 +307,8 @@ class Switch:
             self._refuse_bind(source, frame.circuit, verdict.code, verdict.reason)
             return
         expires = verdict.ticket.expires_at
-        self.terminators.add(Binding(source, frame.circuit, service, source.identity, expires))
+        binding = Binding(source, frame.circuit, service, source.identity, expires, weight, rank)
+        self.terminators.add(binding)
         self.counters["binds"] += 1
         log.info("bind service=%r identity=%s binding=%d", service, source.identity, frame.circuit)
         self._send(
@@ -334,7 +344,7 @@ class Switch:
         if refusal is not None:
             self._refuse(source, circuit, *refusal)
             return
-        hop = self.routes.next_hop(service, int(now.unix))
+        hop = self.routes.next_hop(service, int(now.unix), dialer=dialer)
         if isinstance(hop, Refuse):
             self._refuse(source, circuit, hop.code, hop.reason)
             return
@@ -368,10 +378,14 @@ class Switch:
         fields = {"service": service, "ticket": token, "dialer": dialer, "window": window}
         if isinstance(hop, Local):
             fields["binding"] = hop.binding.binding_id
+            tried: list[tuple[Hashable, int]] = [(target, hop.binding.binding_id)]
+            self._connects.put(host_side, Connecting(dict(fields), bytes(ctl.blob), tried))
             self._send(
                 target, FrameType.CONNECT, host_side.circuit, encode_control(fields, ctl.blob)
             )
         else:
+            record = Connecting(dict(fields), bytes(ctl.blob), [(target, 0)], local=False)
+            self._connects.put(host_side, record)
             self._send(target, FrameType.DIAL, host_side.circuit, encode_control(fields, ctl.blob))
         log.debug("circuit open service=%r dialer=%s via=%s", service, dialer, target.identity)
 
@@ -435,6 +449,11 @@ class Switch:
             self._reset_both(route, ErrorCode.QUOTA_EXCEEDED, reason)
             return
         route.opened = True
+        connecting = self._connects.pop(route)
+        if connecting is not None and connecting.local:
+            binding = self.terminators.find(route.link, connecting.binding)
+            if binding is not None:
+                self.terminators.succeeded(binding)
         route.peer.account = RelayAccount(window)  # dialer -> host, bounded by the host
         self._forward(route, frame)
 
@@ -485,10 +504,13 @@ class Switch:
             self.in_flight -= credit
             self._forward(route, frame)
 
-    def _reset_from(self, source: SwitchLink, frame: Frame) -> None:
+    def _reset_from(self, source: SwitchLink, frame: Frame, now: Instant) -> None:
         route = source.routes.get(frame.circuit)
         if route is None:
             return
+        connecting = self._connects.pop(route)
+        if connecting is not None and self._redial(route, connecting, frame, int(now.unix)):
+            return  # another host of the service has the dial; the dialer saw nothing
         self._forward(route, frame)
         self._drop(route)
 
@@ -559,6 +581,24 @@ class Switch:
                 side.account.in_flight = 0
             if side.side is Side.DIALER:
                 self._unpend(side)
+            else:
+                self._connects.pop(side)
+
+    def _redial(
+        self, route: Route, connecting: Connecting, why: Frame | ErrorCode, now: int
+    ) -> bool:
+        """Send a dial refused before it was accepted elsewhere, if it may (`redial.py`)."""
+        limit = self.limits.max_circuits_per_link
+        ftype = redial(route, connecting, why, self.routes, limit, now=now)
+        if ftype is None:
+            return False
+        self._connects.put(route, connecting)
+        self.counters["dial_retried"] += 1
+        log.info("dial retried service=%r identity=%s", route.service, route.link.identity)
+        self._send(
+            route.link, ftype, route.circuit, encode_control(connecting.fields, connecting.blob)
+        )
+        return True
 
     def _session_closed(self, source: SwitchLink) -> bool:
         """The peer said GOAWAY."""

@@ -1,8 +1,14 @@
 """Context: an application's handle on the network, built from its identity file.
 
 It talks to the controller for tickets and certificate renewal, keeps one long-lived link
-per router, and opens streams over them. No listening socket anywhere: `listen` hosts a
-service through outbound links only.
+to each of up to three routers (the ones with the lowest measured RTT, `sdk/routers.py`),
+and opens streams over them: through the best router first, through the next one when a
+router is gone or refuses the way. No listening socket anywhere: `listen` hosts a service
+through outbound links only.
+
+While the controller is away, dials keep using the cached ticket of each service until it
+expires (`ticket`), and links, bindings and streams stay up; fresh tickets are fetched as
+soon as it answers again.
 
     async with Context.from_file("app.json") as ctx:
         stream = await ctx.dial("billing")
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -38,6 +45,7 @@ from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
 from umbranet.sdk.listener import Listener
 from umbranet.sdk.posture import collect, report_interval
+from umbranet.sdk.routers import MAX_ROUTER_LINKS, RETRY_ELSEWHERE, RouterRanking
 from umbranet.sdk.stream import Stream
 from umbranet.wire import ErrorCode
 
@@ -91,6 +99,7 @@ class Context:
         renew: bool = True,
         report_posture: bool = True,
         link_timers: LinkTimers | None = None,
+        routers: tuple[str, ...] | None = None,
     ) -> None:
         self.identity = identity
         self.clock = clock
@@ -101,6 +110,10 @@ class Context:
         self._control = self._control_factory(identity)
         self._connections: dict[str, RouterConnection] = {}
         self._connecting: dict[str, asyncio.Task[RouterConnection]] = {}
+        self.ranking = RouterRanking()
+        # Pinned router addresses (a site's own routers, a benchmark's fixed path): used
+        # instead of the ones the controller names in each grant.
+        self.pinned_routers = tuple(routers) if routers else None
         self._tickets: dict[tuple[str, str, int | None], Grant] = {}
         self._next_binding = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -194,7 +207,8 @@ class Context:
     ) -> Stream:
         grant = await self.ticket(service, Action.DIAL, fresh=fresh, port=port)
         last: UmbraError = DialError("no_router", f"the controller named no router for {service}")
-        for address in grant.routers:
+        self._warm(grant.routers)
+        for address in self.ranking.order(grant.routers, self._connections):
             try:
                 connection = await self.connection(address)
             except DialError as exc:
@@ -211,7 +225,18 @@ class Context:
             except asyncio.CancelledError:
                 connection.cancel_circuit(circuit_id)
                 raise
+            except DialError as exc:
+                if exc.code not in RETRY_ELSEWHERE:
+                    raise
+                self._count("dial_other_router")
+                last = exc  # this router has no way there (now): the next one may
         raise last
+
+    def home_router(self) -> str | None:
+        """The live router link with the lowest measured RTT (where dials go first)."""
+        ranked = self.ranking.order(list(self._connections), self._connections)
+        live = [a for a in ranked if self._connections[a].live]
+        return live[0] if live else None
 
     def listen(
         self, service: str, backlog: int = 128, *, ports: frozenset[int] | None = None
@@ -237,6 +262,8 @@ class Context:
         return {
             "identity": self.identity.spiffe_id,
             "routers": {a: c.live for a, c in self._connections.items()},
+            "router_rtt_ms": self.ranking.snapshot(self._connections),
+            "home_router": self.home_router(),
             "counters": dict(self.counters),
         }
 
@@ -255,16 +282,34 @@ class Context:
         grant = self._tickets.get(key)
         now = self.clock.now().unix
         if fresh or grant is None or grant.expires_at - now < 60:
-            self._start()
-            if self._report_posture and not self._posture_sent.is_set():
-                # Posture-gated rules can only allow once the controller has our first report.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._posture_sent.wait(), POSTURE_FIRST_WAIT)
-            try:
-                grant = await self._control.grant(service, str(action), port)
-            except UmbraError as exc:
-                raise DialError(exc.code, exc.reason) from exc
-            self._tickets[key] = grant
+            if not fresh and grant is not None and grant.expires_at - now > 1:
+                try:
+                    return await self._fetch_grant(key, service, action, port)
+                except DialError as exc:
+                    if exc.code != "unreachable":
+                        raise
+                    # The controller is away: the cached ticket is still valid (routers
+                    # check its expiry, not the controller), so use it to its end.
+                    self._count("ticket_cached_offline")
+                    return grant
+            grant = await self._fetch_grant(key, service, action, port)
+        return grant
+
+    async def _fetch_grant(
+        self, key: tuple[str, str, int | None], service: str, action: Action, port: int | None
+    ) -> Grant:
+        self._start()
+        if self._report_posture and not self._posture_sent.is_set():
+            # Posture-gated rules can only allow once the controller has our first report.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._posture_sent.wait(), POSTURE_FIRST_WAIT)
+        try:
+            grant = await self._control.grant(service, str(action), port)
+        except UmbraError as exc:
+            raise DialError(exc.code, exc.reason) from exc
+        if self.pinned_routers is not None:
+            grant = dataclasses.replace(grant, routers=self.pinned_routers)
+        self._tickets[key] = grant
         return grant
 
     async def connection(self, address: str) -> RouterConnection:
@@ -292,9 +337,31 @@ class Context:
         connection = RouterConnection(
             self.identity, address, self.clock, self._lost, self.link_timers
         )
+        started = asyncio.get_running_loop().time()
         await connection.connect()
+        self.ranking.connected(address, asyncio.get_running_loop().time() - started)
         self._connections[address] = connection
         return connection
+
+    def _warm(self, addresses: tuple[str, ...]) -> None:
+        """Keep links to up to `MAX_ROUTER_LINKS` of `addresses` (best measured first), so
+        a dial can move to another router without waiting for a TLS handshake."""
+        live = [a for a in addresses if a in self._connections or a in self._connecting]
+        for address in addresses:
+            if len(live) >= MAX_ROUTER_LINKS:
+                return
+            if address not in live:
+                live.append(address)
+                self._spawn(self._warm_one(address))
+
+    async def _warm_one(self, address: str) -> None:
+        try:
+            await self.connection(address)
+        except UmbraError as exc:  # that router is down: dials try the others
+            log.debug("no standby link to %s: %s", address, exc)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
 
     def _lost(self, connection: RouterConnection) -> None:
         if self._connections.get(connection.address) is connection:

@@ -38,7 +38,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Hashable
 
-from umbranet.controller.service.links import RouterReport, routes_for
+from umbranet.controller.service.links import MeshPolicy, RouterReport, routes_for
 from umbranet.pki import SpiffeId
 from umbranet.pki.tickets import Action
 from umbranet.proto.link import LinkTimers
@@ -158,7 +158,9 @@ class SimNet:
         """A static route: dials for `service` at `router` go to its neighbour `via`."""
         router.switch.routes.add_route(service, router.link_to(via), cost)
 
-    def mesh_routes(self, admin_costs: dict[str, float] | None = None) -> None:
+    def mesh_routes(
+        self, admin_costs: dict[str, float] | None = None, *, policy: MeshPolicy | None = None
+    ) -> None:
         """Install in every router the routes the controller would compute (`routes_for`)
         from reports of the network as it is now: bound services, ready router links and
         their measured RTTs. Replaces each router's remote routes, as a report's answer does."""
@@ -170,8 +172,11 @@ class SimNet:
                 if link.kind is LinkKind.ROUTER and link.session.ready
             }
             services = frozenset(b.service for b in router.switch.terminators.all())
-            reports[router.spiffe_id] = RouterReport(services, links, self.now)
+            reports[router.spiffe_id] = RouterReport(
+                services, links, self.now, router.switch.circuits
+            )
         costs = {self.routers[name].spiffe_id: c for name, c in (admin_costs or {}).items()}
+        policy = policy or MeshPolicy(router_costs=costs)
         for router in self.routers.values():
             by_peer = {
                 link.identity: link
@@ -179,7 +184,7 @@ class SimNet:
                 if link.kind is LinkKind.ROUTER and link.session.ready
             }
             table: dict[str, dict[Hashable, float]] = {}
-            for route in routes_for(router.spiffe_id, reports, costs):
+            for route in routes_for(router.spiffe_id, reports, policy=policy):
                 table.setdefault(route.service, {})[by_peer[route.via]] = route.cost
             router.switch.routes.replace_remote(table)
 
