@@ -9,6 +9,13 @@ Rules of this file:
   sends RESET to the router, and reports `Closed`.
 - Half-close: each direction ends with a sealed DATA frame flagged FIN; the circuit is
   finished cleanly when both directions have ended. Only that sealed FIN is an end of data.
+- Resume (`proto/resume.py`): a circuit whose path failed (a RESET `peer_gone`,
+  `host_gone`, `shutting_down`, `overloaded`, or its link lost) is DETACHED, not closed: the
+  session keeps its keys, its unacknowledged bytes (`proto/retain.py`) and what arrived. The
+  dialer moves it to a new circuit id (RESUMING), the host accepts the move (REATTACHING);
+  after the authenticated exchange both send from the peer's sealed `received` offset under
+  fresh keys, so every byte arrives once, in order. `epoch` counts moves: a link holding the
+  circuit under an older epoch holds a stale entry.
 - Aborts: a RESET frame is not authenticated (any router on the path can send one), so it
   ends the circuit as `Closed(authenticated=False)` whatever code it names, and an
   application never mistakes it for a clean end. An endpoint that aborts sends, when it
@@ -24,8 +31,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from umbranet.proto.e2e import DialerHandshake, E2EError, E2ESession, HostHandshake, PeerIdentity
+from umbranet.proto.e2e import (
+    DialerHandshake,
+    E2EError,
+    E2ESession,
+    HostHandshake,
+    PeerIdentity,
+    RekeyLimits,
+)
 from umbranet.proto.flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, ReceiveWindow, SendCredit
+from umbranet.proto.noise import CipherState
+from umbranet.proto.resume import Confirm, Resume, ResumeError, ResumeOk, ResumeSecret
+from umbranet.proto.retain import Retained
 from umbranet.proto.text import printable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, decode_control, encode_control
 from umbranet.wire.control import decode_error, encode_error
@@ -49,14 +66,31 @@ class State(Enum):
     DIALING = "dialing"  # DIAL sent, waiting for the host's ACCEPT
     ACCEPTING = "accepting"  # ACCEPT sent, waiting for the dialer's HANDSHAKE
     OPEN = "open"  # data flows (each direction may have ended with FIN)
+    DETACHED = "detached"  # the path failed; the session waits for a new circuit
+    RESUMING = "resuming"  # dialer: RESUME sent on a new circuit, waiting for RESUME_OK
+    REATTACHING = "reattaching"  # host: RESUME_OK sent, waiting for the dialer's CONFIRM
     CLOSED = "closed"  # both directions ended, or reset
 
 
+_MOVING = frozenset({State.DETACHED, State.RESUMING, State.REATTACHING})
 _MOVES: dict[State, frozenset[State]] = {
     State.DIALING: frozenset({State.OPEN, State.CLOSED}),
     State.ACCEPTING: frozenset({State.OPEN, State.CLOSED}),
-    State.OPEN: frozenset({State.CLOSED}),
+    State.OPEN: frozenset({State.DETACHED, State.REATTACHING, State.CLOSED}),
+    State.DETACHED: frozenset({State.RESUMING, State.REATTACHING, State.CLOSED}),
+    State.RESUMING: frozenset({State.OPEN, State.DETACHED, State.CLOSED}),
+    State.REATTACHING: frozenset({State.OPEN, State.DETACHED, State.REATTACHING, State.CLOSED}),
     State.CLOSED: frozenset(),
+}
+# RESETs that say the path failed, not the peer or the grant: the session moves instead.
+PATH_FAILURES = frozenset(
+    {ErrorCode.PEER_GONE, ErrorCode.HOST_GONE, ErrorCode.SHUTTING_DOWN, ErrorCode.OVERLOADED}
+)
+# While a resume is under way, a new path may also be not ready yet: try another.
+_RETRY_RESUME = PATH_FAILURES | {
+    ErrorCode.NO_TERMINATOR,
+    ErrorCode.HANDSHAKE_TIMEOUT,
+    ErrorCode.TOO_MANY_CIRCUITS,
 }
 
 
@@ -94,7 +128,20 @@ class Closed:
         return self.code is ErrorCode.NO_ERROR and self.authenticated
 
 
-Event = Opened | Readable | Writable | Closed
+@dataclass(frozen=True, slots=True)
+class Detached:
+    """The path under the session failed; it waits (its stream sees a pause) for a resume."""
+
+    code: ErrorCode
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """The session moved to a new circuit (`Circuit.id`); data flows again."""
+
+
+Event = Opened | Readable | Writable | Closed | Detached | Resumed
 # Field-less and frozen, so one instance each serves every circuit (no allocation per frame).
 _READABLE = Readable()
 _WRITABLE = Writable()
@@ -124,6 +171,18 @@ class Circuit:
         self._outbound_size = 0
         self._transmit: list[bytes] = []
         self._events: deque[Event] = deque()
+        self.service = ""
+        self.is_dialer = state is State.DIALING
+        self.epoch = 0  # moves to another circuit so far
+        self.resumes = 0
+        self.owner: object = None  # the shell's stream, found again after a move
+        self._limits: RekeyLimits | None = None
+        self._resume: ResumeSecret | None = None
+        self._retained = Retained()
+        self._received = 0  # plaintext bytes of the peer's direction held (read or not)
+        self._gen = 0  # dialer: resume attempts made; host: the highest generation seen
+        self._attempt: tuple[Resume, ResumeOk | None, int] | None = None
+        self._detached: Detached | None = None
 
     # -- construction -------------------------------------------------------------------
 
@@ -138,6 +197,8 @@ class Circuit:
         """A dialer's circuit; its DIAL frame is queued for transmission at once."""
         circuit = cls(circuit_id, State.DIALING, window)
         circuit._dialer = handshake
+        circuit.service = service
+        circuit._limits = handshake.limits
         fields = {"ticket": handshake.ticket, "service": service, "window": window}
         circuit._transmit.append(
             encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, handshake.start()))
@@ -155,6 +216,8 @@ class Circuit:
         """A host's circuit from a CONNECT frame; ACCEPT (or RESET) is queued at once."""
         circuit = cls(circuit_id, State.ACCEPTING, window)
         circuit._host = handshake
+        circuit.service = handshake.service
+        circuit._limits = handshake.limits
         try:
             ctl = decode_control(connect.payload)
             peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
@@ -167,6 +230,13 @@ class Circuit:
         circuit._transmit.append(
             encode_frame(FrameType.ACCEPT, circuit_id, encode_control({"window": window}, answer))
         )
+        return circuit
+
+    @classmethod
+    def refused(cls, circuit_id: int, code: ErrorCode, reason: str) -> Circuit:
+        """A host's circuit that only refuses its CONNECT (RESET queued at once)."""
+        circuit = cls(circuit_id, State.ACCEPTING, DEFAULT_WINDOW)
+        circuit.reset(code, reason)
         return circuit
 
     # -- inputs -------------------------------------------------------------------------
@@ -187,15 +257,23 @@ class Circuit:
                 self._on_accept(frame, now)
             elif ftype == FrameType.HANDSHAKE and self.state is State.ACCEPTING:
                 self._on_handshake(frame, now)
+            elif ftype == FrameType.ACCEPT and self.state is State.RESUMING:
+                self._on_resume_ok(frame, now)
+            elif ftype == FrameType.HANDSHAKE and self.state is State.REATTACHING:
+                self._on_confirm(frame, now)
             elif ftype == FrameType.RESET:
                 code, reason = decode_error(frame.payload)
+                retry = _RETRY_RESUME if self.state is State.RESUMING else PATH_FAILURES
+                if code in retry and self.resumable:
+                    self.detach(code, reason)
+                    return
                 self._finish(Closed(code, printable(reason), by_peer=True, authenticated=False))
             else:
                 raise WireError(
                     ErrorCode.PROTOCOL_ERROR,
                     f"{FrameType(ftype).name} not expected in state {self.state.value}",
                 )
-        except (WireError, E2EError) as exc:
+        except (WireError, E2EError, ResumeError) as exc:
             self.reset(exc.code, exc.reason)
 
     def write(self, data: bytes) -> None:
@@ -291,11 +369,103 @@ class Circuit:
         return self._inbound_size == 0 and (self.remote_fin or self.state is State.CLOSED)
 
     def statistics(self) -> dict[str, int]:
-        """Key updates so far: ours (`rekeys_sent`) and the peer's (`rekeys_received`)."""
+        """Key updates so far (`rekeys_sent`, `rekeys_received`, on the current circuit),
+        moves to another circuit, and the retransmit buffer's plaintext bytes."""
         session = self._session
-        if session is None:
-            return {"rekeys_sent": 0, "rekeys_received": 0}
-        return {"rekeys_sent": session.rekeys_sent, "rekeys_received": session.rekeys_received}
+        stats = {
+            "rekeys_sent": 0 if session is None else session.rekeys_sent,
+            "rekeys_received": 0 if session is None else session.rekeys_received,
+            "resumes": self.resumes,
+            "retained_bytes": self._retained.size,
+        }
+        return stats
+
+    # -- moving the session to another circuit ----------------------------------------------
+
+    @property
+    def resumable(self) -> bool:
+        """The session can move to a new circuit if this one fails."""
+        return self._resume is not None and (self.state is State.OPEN or self.state in _MOVING)
+
+    @property
+    def session_id(self) -> bytes | None:
+        return None if self._resume is None else self._resume.sid
+
+    @property
+    def retained_bytes(self) -> int:
+        """Sent plaintext kept for a resume (at most the peer's window)."""
+        return self._retained.size
+
+    def detach(self, code: ErrorCode, reason: str) -> None:
+        """The circuit under the session is gone: keep the session and wait for a resume
+        (a circuit that cannot move closes, unauthenticated, as a RESET would)."""
+        if self.state is State.CLOSED:
+            return
+        if not self.resumable:
+            self._finish(Closed(code, printable(reason), by_peer=True, authenticated=False))
+            return
+        self._transmit.clear()  # frames for the old circuit id: the retained bytes go again
+        self._session = None
+        self._attempt = None
+        self.epoch += 1
+        self.state = State.DETACHED
+        detached = Detached(code, printable(reason))
+        self._detached = detached
+        self._events.append(detached)
+
+    def give_up(self) -> None:
+        """A detached session that will not move ends as its path failure said (a claim
+        of the network: unauthenticated, as the RESET or lost link it came from)."""
+        if self.state is State.DETACHED:
+            cause = self._detached or Detached(ErrorCode.PEER_GONE, "path lost")
+            self._finish(Closed(cause.code, cause.reason, by_peer=True, authenticated=False))
+
+    def resume_dial(self, circuit_id: int, ticket: str, nonce: bytes) -> None:
+        """(Dialer) Open circuit `circuit_id` for this session: DIAL carrying RESUME."""
+        if self.state is not State.DETACHED or self._resume is None or not self.is_dialer:
+            raise ConnectionError(f"cannot resume a circuit in state {self.state.value}")
+        self._gen += 1
+        resume = Resume.build(self._resume, self._gen, nonce, self._received, self.remote_fin)
+        self.id = circuit_id
+        self.epoch += 1
+        self._attempt = (resume, None, 0)
+        fields = {"ticket": ticket, "service": self.service, "window": self._window.window}
+        self._transmit.append(
+            encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, resume.raw))
+        )
+        self._move(State.RESUMING)
+
+    def check_resume(self, resume: Resume) -> None:
+        """(Host) Raise ResumeError unless `resume` is sealed by this session and newer
+        than every generation seen (a router's replay)."""
+        if self._resume is None or self.is_dialer or self.state is State.CLOSED:
+            raise ResumeError(ErrorCode.RESUME_REFUSED, "no such session here")
+        resume.verify(self._resume)
+        if resume.gen <= self._gen:
+            raise ResumeError(
+                ErrorCode.REPLAYED, f"resume generation {resume.gen} seen before ({self._gen})"
+            )
+
+    def resume_accept(self, circuit_id: int, resume: Resume, window: int, nonce: bytes) -> None:
+        """(Host) A checked RESUME arrived on circuit `circuit_id`: answer RESUME_OK there
+        and stop sending on the old circuit; data flows after the dialer's CONFIRM."""
+        self.check_resume(resume)
+        assert self._resume is not None
+        self._gen = resume.gen
+        ok = ResumeOk.build(self._resume, resume, nonce, self._received, self.remote_fin)
+        self._transmit.clear()
+        self._session = None
+        self.id = circuit_id
+        self.epoch += 1
+        self._attempt = (resume, ok, window)
+        self._transmit.append(
+            encode_frame(
+                FrameType.ACCEPT,
+                circuit_id,
+                encode_control({"window": self._window.window}, ok.raw),
+            )
+        )
+        self._move(State.REATTACHING)
 
     @property
     def unsent_bytes(self) -> int:
@@ -316,6 +486,7 @@ class Circuit:
         ctl = decode_control(frame.payload)
         peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
         final, self._session, self.peer = self._dialer.finish(ctl.blob, now)
+        self._resume = self._session.resume
         self._dialer = None
         self._credit = SendCredit(peer_window)
         self._transmit.append(encode_frame(FrameType.HANDSHAKE, self.id, final))
@@ -334,9 +505,76 @@ class Circuit:
             # the refusal so it is told apart from a RESET a router made up.
             self._session = exc.session
             raise
+        self._resume = self._session.resume
         self._host = None
         self._move(State.OPEN)
         self._events.append(Opened(self.peer))
+        self._pump()
+
+    def _on_resume_ok(self, frame: Frame, now: datetime) -> None:
+        assert self._attempt is not None and self._resume is not None
+        resume = self._attempt[0]
+        ctl = decode_control(frame.payload)
+        peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
+        ok = ResumeOk.parse(ctl.blob, self._resume, resume)
+        confirm = Confirm.build(self._resume, resume, ok)
+        self._transmit.append(encode_frame(FrameType.HANDSHAKE, self.id, confirm))
+        self._reattach(resume, ok, peer_window, now, ok.received, ok.fin)
+
+    def _on_confirm(self, frame: Frame, now: datetime) -> None:
+        assert self._attempt is not None and self._resume is not None
+        resume, ok, peer_window = self._attempt
+        assert ok is not None
+        Confirm.verify(frame.payload, self._resume, resume, ok)
+        self._reattach(resume, ok, peer_window, now, resume.received, resume.fin)
+
+    def _reattach(  # noqa: PLR0917
+        self,
+        resume: Resume,
+        ok: ResumeOk,
+        peer_window: int,
+        now: datetime,
+        peer_received: int,
+        peer_fin: bool,
+    ) -> None:
+        """Both ends proved the session: new keys, new windows, and send again from the
+        peer's sealed offset (a FIN it did not get goes again too)."""
+        assert self._resume is not None
+        again = self._retained.rewind(peer_received)
+        if again is None:
+            raise ResumeError(
+                ErrorCode.RESUME_GAP,
+                f"peer holds {peer_received} bytes; this side keeps "
+                f"{self._retained.base}..{self._retained.sent}",
+            )
+        d2h, h2d = self._resume.circuit_keys(resume.raw + ok.raw)
+        send, receive = (d2h, h2d) if self.is_dialer else (h2d, d2h)
+        session = E2ESession(
+            CipherState(key=send),
+            CipherState(key=receive),
+            dialer=self.is_dialer,
+            now=now,
+            limits=self._limits,
+        )
+        session.resume = self._resume
+        if self._retained.fin and not peer_fin:
+            self._retained.fin = False
+            self.local_fin = False
+            self._fin_queued = True
+        if again:
+            self._outbound.extendleft(reversed(again))
+            self._outbound_size += sum(len(piece) for piece in again)
+        if self._inbound:
+            # Bytes that came over the old circuit owe the new one no credit.
+            self._unread = b"".join([self._unread, *self._inbound])
+            self._inbound.clear()
+        self._window = ReceiveWindow(self._window.window)
+        self._credit = SendCredit(peer_window)
+        self._session = session
+        self._attempt = None
+        self.resumes += 1
+        self._move(State.OPEN)
+        self._events.append(Resumed())
         self._pump()
 
     def _on_data(self, frame: Frame) -> None:
@@ -356,6 +594,7 @@ class Circuit:
         if plaintext:
             self._inbound.append(plaintext)
             self._inbound_size += len(plaintext)
+            self._received += len(plaintext)
         else:
             self._return_credit(size)
         if fin:
@@ -391,6 +630,7 @@ class Circuit:
         (amount,) = _CREDIT.unpack(frame.payload)
         if not self._credit.grant(amount):
             raise WireError(ErrorCode.FLOW_CONTROL_ERROR, "credit beyond the largest window")
+        self._retained.credited(amount)
         self._events.append(_WRITABLE)
         self._pump()
 
@@ -406,17 +646,20 @@ class Circuit:
         if self.state is not State.OPEN or self._session is None:
             return
         seal = self._session.seal
+        keep = self._retained.sent_frame
         while self._outbound:
             room = min(self._credit.available - TAG, CHUNK)
             if room < min(_MIN_SEND, self._outbound_size):
                 return
             piece = self._next_piece(room)
             flags, sealed = seal(piece)
+            keep(len(sealed), piece)
             self._credit.consume(len(sealed))
             self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), flags))
             self._transmit.append(sealed)
         if self._fin_queued and not self.local_fin and self._credit.available >= TAG:
             flags, sealed = seal(b"", _FIN)
+            keep(len(sealed), b"", fin=True)
             self._credit.consume(len(sealed))
             self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), flags))
             self._transmit.append(sealed)
