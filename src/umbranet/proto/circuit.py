@@ -172,6 +172,7 @@ class Circuit:
         self._transmit: list[bytes] = []
         self._events: deque[Event] = deque()
         self.service = ""
+        self.port: int | None = None  # the service port a dialer asked for (its tickets')
         self.is_dialer = state is State.DIALING
         self.epoch = 0  # moves to another circuit so far
         self.resumes = 0
@@ -198,6 +199,7 @@ class Circuit:
         circuit = cls(circuit_id, State.DIALING, window)
         circuit._dialer = handshake
         circuit.service = service
+        circuit.port = handshake.port
         circuit._limits = handshake.limits
         fields = {"ticket": handshake.ticket, "service": service, "window": window}
         circuit._transmit.append(

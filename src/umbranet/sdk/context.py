@@ -34,9 +34,11 @@ from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
 from umbranet.proto.link import LinkTimers
+from umbranet.proto.sessions import DEFAULT_RESUME_DEADLINE
 from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
 from umbranet.sdk.listener import Listener
+from umbranet.sdk.moves import SessionMover
 from umbranet.sdk.posture import collect, report_interval
 from umbranet.sdk.stream import Stream
 from umbranet.wire import ErrorCode
@@ -91,9 +93,12 @@ class Context:
         renew: bool = True,
         report_posture: bool = True,
         link_timers: LinkTimers | None = None,
+        resume_deadline: float = DEFAULT_RESUME_DEADLINE,
     ) -> None:
         self.identity = identity
         self.clock = clock
+        # Streams whose router dies move to another path within this many seconds (0: off).
+        self._mover = SessionMover(clock, self._find_path, deadline=resume_deadline)
         self.link_timers = link_timers  # keepalive: how soon a silent router is given up
         self._identity_path = identity_path
         self._state_path = state_path
@@ -165,6 +170,7 @@ class Context:
         # peer's close_notify; a closing context must never hang its application.
         if tasks:
             await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        self._mover.close()
         for connection in self._connections.values():
             connection.close()
         self._connections.clear()
@@ -238,6 +244,7 @@ class Context:
             "identity": self.identity.spiffe_id,
             "routers": {a: c.live for a, c in self._connections.items()},
             "counters": dict(self.counters),
+            "sessions": self._mover.statistics(),
         }
 
     # -- for streams and listeners ------------------------------------------------------
@@ -290,11 +297,24 @@ class Context:
 
     async def _connect(self, address: str) -> RouterConnection:
         connection = RouterConnection(
-            self.identity, address, self.clock, self._lost, self.link_timers
+            self.identity, address, self.clock, self._lost, self.link_timers, mover=self._mover
         )
         await connection.connect()
         self._connections[address] = connection
         return connection
+
+    async def _find_path(self, circuit: Circuit) -> tuple[RouterConnection, str]:
+        """Another path for a paused stream (`sdk/moves.py`): a router of the service's
+        grant, live links first, and a current dial ticket."""
+        grant = await self.ticket(circuit.service, Action.DIAL, port=circuit.port)
+        live = [a for a in grant.routers if (c := self._connections.get(a)) and c.live]
+        last: UmbraError = DialError("no_router", f"no router reaches {circuit.service}")
+        for address in live + [a for a in grant.routers if a not in live]:
+            try:
+                return await self.connection(address), grant.ticket
+            except DialError as exc:
+                last = exc
+        raise last
 
     def _lost(self, connection: RouterConnection) -> None:
         if self._connections.get(connection.address) is connection:
