@@ -41,7 +41,15 @@ from umbranet.proto.e2e import (
 )
 from umbranet.proto.flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, ReceiveWindow, SendCredit
 from umbranet.proto.noise import CipherState
-from umbranet.proto.resume import Confirm, Resume, ResumeError, ResumeOk, ResumeSecret
+from umbranet.proto.resume import (
+    Confirm,
+    Open,
+    OpenOk,
+    Resume,
+    ResumeError,
+    ResumeOk,
+    ResumeSecret,
+)
 from umbranet.proto.retain import Retained
 from umbranet.proto.text import printable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, decode_control, encode_control
@@ -184,6 +192,9 @@ class Circuit:
         self._gen = 0  # dialer: resume attempts made; host: the highest generation seen
         self._attempt: tuple[Resume, ResumeOk | None, int] | None = None
         self._detached: Detached | None = None
+        self._opening: tuple[Open, ResumeSecret] | None = None  # dialer: OPEN sent
+        self._confirming: tuple[ResumeSecret, bytes, bytes] | None = None  # host: wait CONFIRM
+        self.in_session = False  # opened inside an existing session (no Noise handshake)
 
     # -- construction -------------------------------------------------------------------
 
@@ -235,6 +246,74 @@ class Circuit:
         return circuit
 
     @classmethod
+    def open_in_session(
+        cls,
+        circuit_id: int,
+        service: str,
+        *,
+        secret: ResumeSecret,
+        peer: PeerIdentity,
+        stream: int,
+        ticket: str,
+        nonce: bytes,
+        early: bytes = b"",
+        window: int = DEFAULT_WINDOW,
+        port: int | None = None,
+        limits: RekeyLimits | None = None,
+    ) -> Circuit:
+        """A dialer's circuit opened inside the session with `peer` (no Noise handshake):
+        DIAL carries OPEN and `early` (sealed) at once; see `proto/resume.py`."""
+        circuit = cls(circuit_id, State.DIALING, window)
+        circuit.service, circuit.port, circuit.peer = service, port, peer
+        circuit._limits = limits
+        circuit.in_session = True
+        opening = Open.build(secret, stream, nonce, port, early)
+        circuit._opening = (opening, secret)
+        if early:
+            circuit._retained.sent_frame(0, early)  # part of the stream: offset 0 onwards
+        fields = {"ticket": ticket, "service": service, "window": window}
+        circuit._transmit.append(
+            encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, opening.raw))
+        )
+        return circuit
+
+    @classmethod
+    def accept_in_session(
+        cls,
+        circuit_id: int,
+        service: str,
+        *,
+        secret: ResumeSecret,
+        opening: Open,
+        early: bytes,
+        peer: PeerIdentity,
+        peer_window: int,
+        nonce: bytes,
+        now: datetime,
+        window: int = DEFAULT_WINDOW,
+        limits: RekeyLimits | None = None,
+    ) -> Circuit:
+        """A host's circuit for a checked OPEN: open at once (its early data readable);
+        the dialer's CONFIRM follows, as the HANDSHAKE routers wait for."""
+        circuit = cls(circuit_id, State.ACCEPTING, window)
+        circuit.service, circuit.peer, circuit._limits = service, peer, limits
+        circuit.in_session = True
+        ok = OpenOk.build(secret, opening, nonce)
+        circuit._transmit.append(
+            encode_frame(FrameType.ACCEPT, circuit_id, encode_control({"window": window}, ok.raw))
+        )
+        stream_secret = opening.stream_secret(secret, ok.raw)
+        circuit._start_session(stream_secret, opening.header + ok.raw, peer_window, now)
+        circuit._confirming = (secret, opening.header, ok.raw)
+        if early:
+            # Not DATA: it used no window, so taking it returns no credit.
+            circuit._unread = early
+            circuit._inbound_size = circuit._received = len(early)
+        circuit._move(State.OPEN)
+        circuit._events.append(Opened(peer))
+        return circuit
+
+    @classmethod
     def refused(cls, circuit_id: int, code: ErrorCode, reason: str) -> Circuit:
         """A host's circuit that only refuses its CONNECT (RESET queued at once)."""
         circuit = cls(circuit_id, State.ACCEPTING, DEFAULT_WINDOW)
@@ -255,10 +334,16 @@ class Circuit:
                 self._on_data(frame)
             elif ftype == FrameType.CREDIT:
                 self._on_credit(frame)
-            elif ftype == FrameType.ACCEPT and self.state is State.DIALING:
+            elif ftype == FrameType.ACCEPT and self.state is State.DIALING and not self.in_session:
                 self._on_accept(frame, now)
             elif ftype == FrameType.HANDSHAKE and self.state is State.ACCEPTING:
                 self._on_handshake(frame, now)
+            elif ftype == FrameType.ACCEPT and self._opening is not None:
+                self._on_open_ok(frame, now)
+            elif ftype == FrameType.HANDSHAKE and self._confirming is not None:
+                secret, request, answer = self._confirming
+                Confirm.verify(frame.payload, secret, request, answer)
+                self._confirming = None
             elif ftype == FrameType.ACCEPT and self.state is State.RESUMING:
                 self._on_resume_ok(frame, now)
             elif ftype == FrameType.HANDSHAKE and self.state is State.REATTACHING:
@@ -390,6 +475,11 @@ class Circuit:
         return self._resume is not None and (self.state is State.OPEN or self.state in _MOVING)
 
     @property
+    def resume_secret(self) -> ResumeSecret | None:
+        """The session's secret (for streams opened inside it); never leaves the endpoint."""
+        return self._resume
+
+    @property
     def session_id(self) -> bytes | None:
         return None if self._resume is None else self._resume.sid
 
@@ -519,15 +609,48 @@ class Circuit:
         ctl = decode_control(frame.payload)
         peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
         ok = ResumeOk.parse(ctl.blob, self._resume, resume)
-        confirm = Confirm.build(self._resume, resume, ok)
+        confirm = Confirm.build(self._resume, resume.raw, ok.raw)
         self._transmit.append(encode_frame(FrameType.HANDSHAKE, self.id, confirm))
         self._reattach(resume, ok, peer_window, now, ok.received, ok.fin)
+
+    def _start_session(
+        self, secret: ResumeSecret, transcript: bytes, peer_window: int, now: datetime
+    ) -> None:
+        """Keys of a circuit opened by an exchange under `secret` (resume or OPEN)."""
+        d2h, h2d = secret.circuit_keys(transcript)
+        send, receive = (d2h, h2d) if self.is_dialer else (h2d, d2h)
+        session = E2ESession(
+            CipherState(key=send),
+            CipherState(key=receive),
+            dialer=self.is_dialer,
+            now=now,
+            limits=self._limits,
+        )
+        session.resume = self._resume = secret
+        self._session = session
+        self._credit = SendCredit(peer_window)
+
+    def _on_open_ok(self, frame: Frame, now: datetime) -> None:
+        assert self._opening is not None and self.peer is not None
+        opening, secret = self._opening
+        ctl = decode_control(frame.payload)
+        peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
+        ok = OpenOk.parse(ctl.blob, secret, opening)
+        confirm = Confirm.build(secret, opening.header, ok.raw)
+        self._transmit.append(encode_frame(FrameType.HANDSHAKE, self.id, confirm))
+        self._start_session(
+            opening.stream_secret(secret, ok.raw), opening.header + ok.raw, peer_window, now
+        )
+        self._opening = None
+        self._move(State.OPEN)
+        self._events.append(Opened(self.peer))
+        self._pump()
 
     def _on_confirm(self, frame: Frame, now: datetime) -> None:
         assert self._attempt is not None and self._resume is not None
         resume, ok, peer_window = self._attempt
         assert ok is not None
-        Confirm.verify(frame.payload, self._resume, resume, ok)
+        Confirm.verify(frame.payload, self._resume, resume.raw, ok.raw)
         self._reattach(resume, ok, peer_window, now, resume.received, resume.fin)
 
     def _reattach(  # noqa: PLR0917
@@ -549,16 +672,6 @@ class Circuit:
                 f"peer holds {peer_received} bytes; this side keeps "
                 f"{self._retained.base}..{self._retained.sent}",
             )
-        d2h, h2d = self._resume.circuit_keys(resume.raw + ok.raw)
-        send, receive = (d2h, h2d) if self.is_dialer else (h2d, d2h)
-        session = E2ESession(
-            CipherState(key=send),
-            CipherState(key=receive),
-            dialer=self.is_dialer,
-            now=now,
-            limits=self._limits,
-        )
-        session.resume = self._resume
         if self._retained.fin and not peer_fin:
             self._retained.fin = False
             self.local_fin = False
@@ -571,8 +684,7 @@ class Circuit:
             self._unread = b"".join([self._unread, *self._inbound])
             self._inbound.clear()
         self._window = ReceiveWindow(self._window.window)
-        self._credit = SendCredit(peer_window)
-        self._session = session
+        self._start_session(self._resume, resume.raw + ok.raw, peer_window, now)
         self._attempt = None
         self.resumes += 1
         self._move(State.OPEN)

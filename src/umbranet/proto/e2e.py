@@ -358,6 +358,8 @@ class HostHandshake:
             )
         if ticket.port != peer.port:
             raise E2EError(ErrorCode.PORT_NOT_GRANTED, "ticket grants another port")
+        if self.ports is not None and ticket.port not in self.ports:
+            raise E2EError(ErrorCode.PORT_NOT_GRANTED, "this host does not serve that port")
         return ticket
 
     def _check_dialer(

@@ -42,6 +42,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from umbranet.wire import ErrorCode
 
 __all__ = [
@@ -182,16 +185,119 @@ class Confirm:
     """The dialer's proof that it saw RESUME_OK: only then does the host use the new keys."""
 
     @staticmethod
-    def build(secret: ResumeSecret, resume: Resume, ok: ResumeOk) -> bytes:
+    def build(secret: ResumeSecret, request: bytes, answer: bytes) -> bytes:
+        """CONFIRM of an exchange: `request` (RESUME or OPEN header), `answer` (its reply)."""
         head = _HEAD.pack(MAGIC, KIND_CONFIRM)
-        return head + _mac(secret.mac_key, resume.raw + ok.raw + head)
+        return head + _mac(secret.mac_key, request + answer + head)
 
     @staticmethod
     def verify(
-        blob: bytes | memoryview, secret: ResumeSecret, resume: Resume, ok: ResumeOk
+        blob: bytes | memoryview, secret: ResumeSecret, request: bytes, answer: bytes
     ) -> None:
-        if not hmac.compare_digest(bytes(blob), Confirm.build(secret, resume, ok)):
+        if not hmac.compare_digest(bytes(blob), Confirm.build(secret, request, answer)):
             raise ResumeError(ErrorCode.RESUME_REFUSED, "CONFIRM not sealed by the session")
+
+
+# -- streams opened inside an existing session (0-RTT) ----------------------------------------
+
+KIND_OPEN = 4
+KIND_OPEN_OK = 5
+# The most application data that may ride with an OPEN (sealed, inside the DIAL frame).
+EARLY_DATA_MAX = 16 * 1024
+_OPEN = struct.Struct(f"!4sB{SID_SIZE}sI{NONCE_SIZE}sH")
+_OPEN_OK = struct.Struct(f"!4sB{NONCE_SIZE}s")
+OPEN_HEADER_SIZE = _OPEN.size + MAC_SIZE
+OPEN_OK_SIZE = _OPEN_OK.size + MAC_SIZE
+_EARLY_TAG = 16
+_ZERO_NONCE = bytes(12)
+
+
+def is_open_blob(blob: bytes | memoryview) -> bool:
+    """Whether a DIAL/CONNECT blob opens a stream inside an existing session."""
+    return OPEN_HEADER_SIZE <= len(
+        blob
+    ) <= OPEN_HEADER_SIZE + EARLY_DATA_MAX + _EARLY_TAG and bytes(blob[:5]) == MAGIC + bytes(
+        [KIND_OPEN]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """The dialer opens stream number `stream` of session `sid`, with early data sealed."""
+
+    sid: bytes
+    stream: int
+    nonce: bytes
+    port: int | None
+    header: bytes  # everything up to and including the mac
+    sealed: bytes  # the early data, AES-GCM under a key of the session and this header
+
+    @classmethod
+    def build(
+        cls, secret: ResumeSecret, stream: int, nonce: bytes, port: int | None, early: bytes
+    ) -> Open:
+        if len(early) > EARLY_DATA_MAX:
+            raise ValueError(f"early data over {EARLY_DATA_MAX} bytes")
+        body = _OPEN.pack(MAGIC, KIND_OPEN, secret.sid, stream, nonce, port or 0)
+        header = body + _mac(secret.mac_key, body)
+        # One key per OPEN (the header has a fresh nonce), so the zero AEAD nonce is safe.
+        key = _mac(secret.secret, b"umbranet early " + header)
+        sealed = AESGCM(key).encrypt(_ZERO_NONCE, early, header)
+        return cls(secret.sid, stream, nonce, port, header, sealed)
+
+    @classmethod
+    def parse(cls, blob: bytes | memoryview) -> Open:
+        raw = bytes(blob)
+        if not is_open_blob(raw) or len(raw) < OPEN_HEADER_SIZE + _EARLY_TAG:
+            raise ResumeError(ErrorCode.RESUME_REFUSED, "not an OPEN message")
+        _, _, sid, stream, nonce, port = _OPEN.unpack_from(raw)
+        header = raw[:OPEN_HEADER_SIZE]
+        return cls(sid, stream, nonce, port or None, header, raw[OPEN_HEADER_SIZE:])
+
+    @property
+    def raw(self) -> bytes:
+        return self.header + self.sealed
+
+    def verify(self, secret: ResumeSecret) -> bytes:
+        """Check the mac and return the early data (ResumeError if either fails)."""
+        body, mac = self.header[:-MAC_SIZE], self.header[-MAC_SIZE:]
+        if not hmac.compare_digest(mac, _mac(secret.mac_key, body)):
+            raise ResumeError(ErrorCode.RESUME_REFUSED, "OPEN not sealed by the session")
+        key = _mac(secret.secret, b"umbranet early " + self.header)
+        try:
+            return AESGCM(key).decrypt(_ZERO_NONCE, self.sealed, self.header)
+        except InvalidTag as exc:
+            raise ResumeError(ErrorCode.RESUME_REFUSED, "early data failed to open") from exc
+
+    def stream_secret(self, secret: ResumeSecret, ok: bytes) -> ResumeSecret:
+        """The new stream's own secret (for its keys and its own resumes)."""
+        return ResumeSecret(_mac(secret.secret, b"umbranet stream " + self.header + ok))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOk:
+    """The host's answer to an OPEN: its fresh nonce, bound to the OPEN."""
+
+    nonce: bytes
+    raw: bytes
+
+    @classmethod
+    def build(cls, secret: ResumeSecret, open_: Open, nonce: bytes) -> OpenOk:
+        body = _OPEN_OK.pack(MAGIC, KIND_OPEN_OK, nonce)
+        return cls(nonce, body + _mac(secret.mac_key, open_.header + body))
+
+    @classmethod
+    def parse(cls, blob: bytes | memoryview, secret: ResumeSecret, open_: Open) -> OpenOk:
+        raw = bytes(blob)
+        if len(raw) != OPEN_OK_SIZE:
+            raise ResumeError(ErrorCode.RESUME_REFUSED, "OPEN_OK of the wrong length")
+        magic, kind, nonce = _OPEN_OK.unpack_from(raw)
+        body, mac = raw[:-MAC_SIZE], raw[-MAC_SIZE:]
+        if magic != MAGIC or kind != KIND_OPEN_OK:
+            raise ResumeError(ErrorCode.RESUME_REFUSED, "not an OPEN_OK message")
+        if not hmac.compare_digest(mac, _mac(secret.mac_key, open_.header + body)):
+            raise ResumeError(ErrorCode.RESUME_REFUSED, "OPEN_OK not sealed by the session")
+        return cls(nonce, raw)
 
 
 Entropy = Callable[[int], bytes]

@@ -5,6 +5,14 @@ its link (`SessionDetached`) and waits here; the dialer's shell asks `due()` whi
 to move and puts each on another link (`EndpointLink.resume`); the host's shell routes every
 CONNECT of its bindings through `accept`, which tells a RESUME from a new dial and checks it
 (unknown session, forged, replayed, the ticket of the new circuit) before the session moves.
+Streams inside a session (0-RTT): once a dialer and a host share a session, later streams
+between them open with an OPEN (`proto/resume.py`) keyed from it, the first data riding
+along. The dialer's side keeps one session per service (`key_for`, `next_stream`); the
+host's `accept` checks an OPEN like a RESUME: a session it holds, its mac, a stream number
+never seen (a router replaying an OPEN gets `replayed`, counted), and the new circuit's
+ticket for the service and port (the router checked it too). A refused OPEN ends that dial
+with the code; the shell forgets the session (`forget`) and dials again with Noise.
+
 A session that finds no new path within `deadline` ends with `resume_timeout`: an error the
 application sees, never a silent end. A deadline of 0 turns moving off: a failed path ends
 the stream at once with the code the path failure came with (`peer_gone`, ...).
@@ -18,23 +26,61 @@ Rules of this file:
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from umbranet.clock import Deadline, Instant
 from umbranet.proto.circuit import Circuit, State
-from umbranet.proto.e2e import E2EError, HostHandshake
+from umbranet.proto.e2e import E2EError, HostHandshake, PeerIdentity
 from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW
-from umbranet.proto.resume import NONCE_SIZE, Resume, ResumeError, is_resume_blob
+from umbranet.proto.resume import (
+    NONCE_SIZE,
+    Open,
+    Resume,
+    ResumeError,
+    ResumeSecret,
+    is_open_blob,
+    is_resume_blob,
+)
 from umbranet.wire import ErrorCode, Frame, WireError, decode_control
+from umbranet.wire.control import ControlPayload
 
-__all__ = ["DEFAULT_RESUME_DEADLINE", "Sessions"]
+__all__ = ["DEFAULT_RESUME_DEADLINE", "SessionKey", "Sessions"]
 
 DEFAULT_RESUME_DEADLINE = 30.0
 DEFAULT_RETRY = 0.5
 # Sessions remembered for resumes; the oldest closed ones go first (closed ones are dropped
 # as soon as they are seen closed, so this bounds only open sessions).
 DEFAULT_MAX_SESSIONS = 65536
+
+
+# Stream numbers a host remembers per session against replayed OPENs; older ones are below
+# the floor and refused outright (a dialer that late dials again with Noise).
+REPLAY_WINDOW = 4096
+
+
+@dataclass(slots=True)
+class SessionKey:
+    """A session two endpoints share, to open more streams in: its secret and the peer it
+    proved. The dialer counts its streams; the host remembers which it has seen."""
+
+    secret: ResumeSecret
+    peer: PeerIdentity
+    next_stream: int = 0
+    floor: int = 0
+    seen: set[int] = field(default_factory=set)
+
+    def fresh(self, stream: int) -> bool:
+        return stream > self.floor and stream not in self.seen
+
+    def mark(self, stream: int) -> None:
+        self.seen.add(stream)
+        if len(self.seen) > REPLAY_WINDOW:
+            oldest = min(self.seen)
+            self.seen.discard(oldest)
+            self.floor = max(self.floor, oldest)
 
 
 class _Waiting:
@@ -62,6 +108,8 @@ class Sessions:
         self.max_sessions = max_sessions
         self._entropy = entropy
         self._by_sid: dict[bytes, Circuit] = {}
+        self._keys: dict[bytes, SessionKey] = {}  # host: sessions to open streams in, by sid
+        self._dial_keys: dict[str, SessionKey] = {}  # dialer: one session per service
         self._waiting: dict[int, _Waiting] = {}  # id(circuit) -> its wait
         self.counters: dict[str, int] = {}
 
@@ -78,6 +126,29 @@ class Sessions:
                 self._count("sessions_not_resumable")
                 return
         self._by_sid[sid] = circuit
+        secret, peer = circuit.resume_secret, circuit.peer
+        if circuit.in_session or secret is None or peer is None:
+            return
+        key = SessionKey(secret, peer)
+        if circuit.is_dialer:
+            self._dial_keys[circuit.service] = key
+            return
+        while len(self._keys) >= self.max_sessions:
+            del self._keys[next(iter(self._keys))]  # the oldest session goes first
+        self._keys[sid] = key
+
+    def key_for(self, service: str) -> SessionKey | None:
+        """(Dialer) The session to open a stream to `service` in, if there is one."""
+        return self._dial_keys.get(service)
+
+    def next_stream(self, key: SessionKey) -> int:
+        key.next_stream += 1
+        return key.next_stream
+
+    def forget(self, service: str) -> None:
+        """(Dialer) The host refused an OPEN in this session: the next dial uses Noise."""
+        if self._dial_keys.pop(service, None) is not None:
+            self._count("session_keys_dropped")
 
     def detached(self, circuit: Circuit, now: Instant) -> None:
         """Its path failed: it waits for a new circuit until the deadline (kept from the
@@ -107,6 +178,8 @@ class Sessions:
             blob = ctl.blob
         except WireError:
             return Circuit.accept(circuit_id, connect, handshake, window)
+        if is_open_blob(blob):
+            return self._accept_open(circuit_id, ctl, handshake, window, now)
         if not is_resume_blob(blob):
             return Circuit.accept(circuit_id, connect, handshake, window)
         try:
@@ -124,6 +197,54 @@ class Sessions:
             return Circuit.refused(circuit_id, exc.code, exc.reason)
         self._count("resumes_accepted")
         return circuit
+
+    def _accept_open(
+        self,
+        circuit_id: int,
+        ctl: ControlPayload,
+        handshake: HostHandshake,
+        window: int,
+        now: Instant,
+    ) -> Circuit:
+        """(Host) An OPEN: a new stream inside a session, checked as a new dial is."""
+        try:
+            opening = Open.parse(ctl.blob)
+            key = self._keys.get(opening.sid)
+            if key is None:
+                raise ResumeError(ErrorCode.RESUME_REFUSED, "no such session here")
+            early = opening.verify(key.secret)
+            if not key.fresh(opening.stream):
+                raise ResumeError(
+                    ErrorCode.REPLAYED, f"stream {opening.stream} of this session was opened"
+                )
+            key.mark(opening.stream)
+            asked = dataclasses.replace(key.peer, port=opening.port)
+            ticket = handshake.check_ticket(ctl.str_field("ticket"), asked, now.wall)
+            peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
+        except (ResumeError, E2EError, WireError) as exc:
+            self._count(exc.code.code)
+            return Circuit.refused(circuit_id, exc.code, exc.reason)
+        peer = PeerIdentity(
+            name=key.peer.name,
+            spiffe_id=key.peer.spiffe_id,
+            attributes=ticket.attributes,
+            ticket_id=ticket.id,
+            port=ticket.port,
+        )
+        self._count("streams_opened_in_session")
+        return Circuit.accept_in_session(
+            circuit_id,
+            handshake.service,
+            secret=key.secret,
+            opening=opening,
+            early=early,
+            peer=peer,
+            peer_window=peer_window,
+            nonce=self.nonce(),
+            now=now.wall,
+            window=window,
+            limits=handshake.limits,
+        )
 
     def handle_timeout(self, now: Instant) -> list[Circuit]:
         """Sessions past their deadline end with `resume_timeout`; returns them."""
