@@ -34,6 +34,7 @@ from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
 from umbranet.proto.link import LinkTimers
+from umbranet.proto.resume import EARLY_DATA_MAX
 from umbranet.proto.sessions import DEFAULT_RESUME_DEADLINE
 from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
@@ -77,6 +78,10 @@ class ControlPlane(Protocol):
     def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
 
     async def aclose(self) -> None: ...
+
+
+# A host's refusal of an open inside a session it does not hold (or a replay it saw).
+_SESSION_REFUSED = frozenset({ErrorCode.RESUME_REFUSED.code, ErrorCode.REPLAYED.code})
 
 
 class Context:
@@ -179,9 +184,21 @@ class Context:
 
     # -- the API ------------------------------------------------------------------------
 
-    async def dial(self, service: str, timeout: float = 10.0, *, port: int | None = None) -> Stream:
+    async def dial(
+        self,
+        service: str,
+        timeout: float = 10.0,
+        *,
+        port: int | None = None,
+        early_data: bytes = b"",
+    ) -> Stream:
         """An end-to-end encrypted stream to a host of `service` (its `port`, when the policy
         allows the service only on some ports; the host sees it as ``peer.port``).
+
+        After a first stream to `service`, later dials open inside that end-to-end session
+        (no new handshake) and `early_data` (at most 16 KiB) rides with the open, so the
+        host can answer in the same round trip; a host that does not know the session
+        refuses the open and the dial falls back to a full handshake by itself.
 
         Raises DialError with the controller's, the router's or the host's code and reason.
         A ticket the router finds stale (access changed since it was issued) is replaced by
@@ -189,14 +206,20 @@ class Context:
         """
         self._start()
         try:
-            return await self._dial_once(service, timeout, fresh=False, port=port)
+            return await self._dial_once(service, timeout, fresh=False, port=port, early=early_data)
         except DialError as exc:
+            sessions = self._mover.sessions
+            if exc.code in _SESSION_REFUSED and sessions.key_for(service) is not None:
+                sessions.forget(service)  # that host no longer knows us: handshake again
+                return await self._dial_once(
+                    service, timeout, fresh=False, port=port, early=early_data
+                )
             if exc.code != ErrorCode.TICKET_STALE.code:
                 raise
-            return await self._dial_once(service, timeout, fresh=True, port=port)
+            return await self._dial_once(service, timeout, fresh=True, port=port, early=early_data)
 
     async def _dial_once(
-        self, service: str, timeout: float, *, fresh: bool, port: int | None
+        self, service: str, timeout: float, *, fresh: bool, port: int | None, early: bytes = b""
     ) -> Stream:
         grant = await self.ticket(service, Action.DIAL, fresh=fresh, port=port)
         last: UmbraError = DialError("no_router", f"the controller named no router for {service}")
@@ -206,17 +229,34 @@ class Context:
             except DialError as exc:
                 last = exc
                 continue
-            handshake = DialerHandshake(service, grant.ticket, self.credentials(), port=port)
-            circuit_id, opened = connection.open_circuit(
-                service,
-                functools.partial(Circuit.dial, service=service, handshake=handshake),
-                timeout,
-            )
+            sessions = self._mover.sessions
+            key = sessions.key_for(service)
+            make: Callable[[int], Circuit]
+            if key is not None and len(early) <= EARLY_DATA_MAX:
+                make = functools.partial(
+                    Circuit.open_in_session,
+                    service=service,
+                    secret=key.secret,
+                    peer=key.peer,
+                    stream=sessions.next_stream(key),
+                    ticket=grant.ticket,
+                    nonce=sessions.nonce(),
+                    early=early,
+                    port=port,
+                )
+                early = b""
+            else:
+                handshake = DialerHandshake(service, grant.ticket, self.credentials(), port=port)
+                make = functools.partial(Circuit.dial, service=service, handshake=handshake)
+            circuit_id, opened = connection.open_circuit(service, make, timeout)
             try:
-                return await opened
+                stream = await opened
             except asyncio.CancelledError:
                 connection.cancel_circuit(circuit_id)
                 raise
+            if early:
+                stream.write(early)
+            return stream
         raise last
 
     def listen(
