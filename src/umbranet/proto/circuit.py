@@ -27,10 +27,22 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 
+from umbranet.proto.circuit_moves import CircuitMoves
+from umbranet.proto.circuit_state import (
+    MOVES,
+    PATH_FAILURES,
+    RETRY_RESUME,
+    Closed,
+    Detached,
+    Event,
+    Opened,
+    Readable,
+    Resumed,
+    State,
+    Writable,
+)
 from umbranet.proto.e2e import (
     DialerHandshake,
     E2EError,
@@ -40,7 +52,6 @@ from umbranet.proto.e2e import (
     RekeyLimits,
 )
 from umbranet.proto.flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, ReceiveWindow, SendCredit
-from umbranet.proto.noise import CipherState
 from umbranet.proto.resume import (
     Confirm,
     Open,
@@ -56,6 +67,21 @@ from umbranet.wire import ErrorCode, Flag, Frame, FrameType, decode_control, enc
 from umbranet.wire.control import decode_error, encode_error
 from umbranet.wire.frames import MAX_DATA_PAYLOAD, WireError, encode_frame, encode_header
 
+__all__ = [
+    "CHUNK",
+    "PATH_FAILURES",
+    "TAG",
+    "Circuit",
+    "Closed",
+    "Detached",
+    "Event",
+    "Opened",
+    "Readable",
+    "Resumed",
+    "State",
+    "Writable",
+]
+
 CHUNK = 64 * 1024
 TAG = 16
 _CREDIT = struct.Struct("!I")
@@ -68,94 +94,12 @@ _ABORT = int(Flag.ABORT)
 _ABORT_REASON = 200
 
 
-class State(Enum):
-    """Where the circuit is in its life."""
-
-    DIALING = "dialing"  # DIAL sent, waiting for the host's ACCEPT
-    ACCEPTING = "accepting"  # ACCEPT sent, waiting for the dialer's HANDSHAKE
-    OPEN = "open"  # data flows (each direction may have ended with FIN)
-    DETACHED = "detached"  # the path failed; the session waits for a new circuit
-    RESUMING = "resuming"  # dialer: RESUME sent on a new circuit, waiting for RESUME_OK
-    REATTACHING = "reattaching"  # host: RESUME_OK sent, waiting for the dialer's CONFIRM
-    CLOSED = "closed"  # both directions ended, or reset
-
-
-_MOVING = frozenset({State.DETACHED, State.RESUMING, State.REATTACHING})
-_MOVES: dict[State, frozenset[State]] = {
-    State.DIALING: frozenset({State.OPEN, State.CLOSED}),
-    State.ACCEPTING: frozenset({State.OPEN, State.CLOSED}),
-    State.OPEN: frozenset({State.DETACHED, State.REATTACHING, State.CLOSED}),
-    State.DETACHED: frozenset({State.RESUMING, State.REATTACHING, State.CLOSED}),
-    State.RESUMING: frozenset({State.OPEN, State.DETACHED, State.CLOSED}),
-    State.REATTACHING: frozenset({State.OPEN, State.DETACHED, State.REATTACHING, State.CLOSED}),
-    State.CLOSED: frozenset(),
-}
-# RESETs that say the path failed, not the peer or the grant: the session moves instead.
-PATH_FAILURES = frozenset(
-    {ErrorCode.PEER_GONE, ErrorCode.HOST_GONE, ErrorCode.SHUTTING_DOWN, ErrorCode.OVERLOADED}
-)
-# While a resume is under way, a new path may also be not ready yet: try another.
-_RETRY_RESUME = PATH_FAILURES | {
-    ErrorCode.NO_TERMINATOR,
-    ErrorCode.HANDSHAKE_TIMEOUT,
-    ErrorCode.TOO_MANY_CIRCUITS,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    """The handshake finished; `peer` is proven by certificate and ticket."""
-
-    peer: PeerIdentity
-
-
-@dataclass(frozen=True, slots=True)
-class Readable:
-    """Plaintext (or the end of the peer's direction) is ready for `take`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Writable:
-    """Send credit arrived; queued writes may proceed."""
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """The circuit is finished. `code` NO_ERROR with `authenticated` means both directions
-    ended cleanly. `authenticated` is False when the end came in a RESET frame from the
-    network: its code and reason are only what some hop claimed (even "no_error")."""
-
-    code: ErrorCode
-    reason: str
-    by_peer: bool
-    authenticated: bool = True
-
-    @property
-    def clean(self) -> bool:
-        """Both directions ended with their sealed FIN; nothing was cut short."""
-        return self.code is ErrorCode.NO_ERROR and self.authenticated
-
-
-@dataclass(frozen=True, slots=True)
-class Detached:
-    """The path under the session failed; it waits (its stream sees a pause) for a resume."""
-
-    code: ErrorCode
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    """The session moved to a new circuit (`Circuit.id`); data flows again."""
-
-
-Event = Opened | Readable | Writable | Closed | Detached | Resumed
 # Field-less and frozen, so one instance each serves every circuit (no allocation per frame).
 _READABLE = Readable()
 _WRITABLE = Writable()
 
 
-class Circuit:
+class Circuit(CircuitMoves):
     """One end of one circuit. Build with `Circuit.dial` or `Circuit.accept`."""
 
     def __init__(self, circuit_id: int, state: State, window: int) -> None:
@@ -350,7 +294,7 @@ class Circuit:
                 self._on_confirm(frame, now)
             elif ftype == FrameType.RESET:
                 code, reason = decode_error(frame.payload)
-                retry = _RETRY_RESUME if self.state is State.RESUMING else PATH_FAILURES
+                retry = RETRY_RESUME if self.state is State.RESUMING else PATH_FAILURES
                 if code in retry and self.resumable:
                     self.detach(code, reason)
                     return
@@ -467,98 +411,6 @@ class Circuit:
         }
         return stats
 
-    # -- moving the session to another circuit ----------------------------------------------
-
-    @property
-    def resumable(self) -> bool:
-        """The session can move to a new circuit if this one fails."""
-        return self._resume is not None and (self.state is State.OPEN or self.state in _MOVING)
-
-    @property
-    def resume_secret(self) -> ResumeSecret | None:
-        """The session's secret (for streams opened inside it); never leaves the endpoint."""
-        return self._resume
-
-    @property
-    def session_id(self) -> bytes | None:
-        return None if self._resume is None else self._resume.sid
-
-    @property
-    def retained_bytes(self) -> int:
-        """Sent plaintext kept for a resume (at most the peer's window)."""
-        return self._retained.size
-
-    def detach(self, code: ErrorCode, reason: str) -> None:
-        """The circuit under the session is gone: keep the session and wait for a resume
-        (a circuit that cannot move closes, unauthenticated, as a RESET would)."""
-        if self.state is State.CLOSED:
-            return
-        if not self.resumable:
-            self._finish(Closed(code, printable(reason), by_peer=True, authenticated=False))
-            return
-        self._transmit.clear()  # frames for the old circuit id: the retained bytes go again
-        self._session = None
-        self._attempt = None
-        self.epoch += 1
-        self.state = State.DETACHED
-        detached = Detached(code, printable(reason))
-        self._detached = detached
-        self._events.append(detached)
-
-    def give_up(self) -> None:
-        """A detached session that will not move ends as its path failure said (a claim
-        of the network: unauthenticated, as the RESET or lost link it came from)."""
-        if self.state is State.DETACHED:
-            cause = self._detached or Detached(ErrorCode.PEER_GONE, "path lost")
-            self._finish(Closed(cause.code, cause.reason, by_peer=True, authenticated=False))
-
-    def resume_dial(self, circuit_id: int, ticket: str, nonce: bytes) -> None:
-        """(Dialer) Open circuit `circuit_id` for this session: DIAL carrying RESUME."""
-        if self.state is not State.DETACHED or self._resume is None or not self.is_dialer:
-            raise ConnectionError(f"cannot resume a circuit in state {self.state.value}")
-        self._gen += 1
-        resume = Resume.build(self._resume, self._gen, nonce, self._received, self.remote_fin)
-        self.id = circuit_id
-        self.epoch += 1
-        self._attempt = (resume, None, 0)
-        fields = {"ticket": ticket, "service": self.service, "window": self._window.window}
-        self._transmit.append(
-            encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, resume.raw))
-        )
-        self._move(State.RESUMING)
-
-    def check_resume(self, resume: Resume) -> None:
-        """(Host) Raise ResumeError unless `resume` is sealed by this session and newer
-        than every generation seen (a router's replay)."""
-        if self._resume is None or self.is_dialer or self.state is State.CLOSED:
-            raise ResumeError(ErrorCode.RESUME_REFUSED, "no such session here")
-        resume.verify(self._resume)
-        if resume.gen <= self._gen:
-            raise ResumeError(
-                ErrorCode.REPLAYED, f"resume generation {resume.gen} seen before ({self._gen})"
-            )
-
-    def resume_accept(self, circuit_id: int, resume: Resume, window: int, nonce: bytes) -> None:
-        """(Host) A checked RESUME arrived on circuit `circuit_id`: answer RESUME_OK there
-        and stop sending on the old circuit; data flows after the dialer's CONFIRM."""
-        self.check_resume(resume)
-        assert self._resume is not None
-        self._gen = resume.gen
-        ok = ResumeOk.build(self._resume, resume, nonce, self._received, self.remote_fin)
-        self._transmit.clear()
-        self._session = None
-        self.id = circuit_id
-        self.epoch += 1
-        self._attempt = (resume, ok, window)
-        self._transmit.append(
-            encode_frame(
-                FrameType.ACCEPT,
-                circuit_id,
-                encode_control({"window": self._window.window}, ok.raw),
-            )
-        )
-        self._move(State.REATTACHING)
-
     @property
     def unsent_bytes(self) -> int:
         """Application bytes queued but not yet sealed (waiting for credit)."""
@@ -567,7 +419,7 @@ class Circuit:
     # -- internals ----------------------------------------------------------------------
 
     def _move(self, target: State) -> None:
-        if target not in _MOVES[self.state]:
+        if target not in MOVES[self.state]:
             raise WireError(
                 ErrorCode.PROTOCOL_ERROR, f"illegal move {self.state.value} -> {target.value}"
             )
@@ -601,94 +453,6 @@ class Circuit:
         self._host = None
         self._move(State.OPEN)
         self._events.append(Opened(self.peer))
-        self._pump()
-
-    def _on_resume_ok(self, frame: Frame, now: datetime) -> None:
-        assert self._attempt is not None and self._resume is not None
-        resume = self._attempt[0]
-        ctl = decode_control(frame.payload)
-        peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
-        ok = ResumeOk.parse(ctl.blob, self._resume, resume)
-        confirm = Confirm.build(self._resume, resume.raw, ok.raw)
-        self._transmit.append(encode_frame(FrameType.HANDSHAKE, self.id, confirm))
-        self._reattach(resume, ok, peer_window, now, ok.received, ok.fin)
-
-    def _start_session(
-        self, secret: ResumeSecret, transcript: bytes, peer_window: int, now: datetime
-    ) -> None:
-        """Keys of a circuit opened by an exchange under `secret` (resume or OPEN)."""
-        d2h, h2d = secret.circuit_keys(transcript)
-        send, receive = (d2h, h2d) if self.is_dialer else (h2d, d2h)
-        session = E2ESession(
-            CipherState(key=send),
-            CipherState(key=receive),
-            dialer=self.is_dialer,
-            now=now,
-            limits=self._limits,
-        )
-        session.resume = self._resume = secret
-        self._session = session
-        self._credit = SendCredit(peer_window)
-
-    def _on_open_ok(self, frame: Frame, now: datetime) -> None:
-        assert self._opening is not None and self.peer is not None
-        opening, secret = self._opening
-        ctl = decode_control(frame.payload)
-        peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
-        ok = OpenOk.parse(ctl.blob, secret, opening)
-        confirm = Confirm.build(secret, opening.header, ok.raw)
-        self._transmit.append(encode_frame(FrameType.HANDSHAKE, self.id, confirm))
-        self._start_session(
-            opening.stream_secret(secret, ok.raw), opening.header + ok.raw, peer_window, now
-        )
-        self._opening = None
-        self._move(State.OPEN)
-        self._events.append(Opened(self.peer))
-        self._pump()
-
-    def _on_confirm(self, frame: Frame, now: datetime) -> None:
-        assert self._attempt is not None and self._resume is not None
-        resume, ok, peer_window = self._attempt
-        assert ok is not None
-        Confirm.verify(frame.payload, self._resume, resume.raw, ok.raw)
-        self._reattach(resume, ok, peer_window, now, resume.received, resume.fin)
-
-    def _reattach(  # noqa: PLR0917
-        self,
-        resume: Resume,
-        ok: ResumeOk,
-        peer_window: int,
-        now: datetime,
-        peer_received: int,
-        peer_fin: bool,
-    ) -> None:
-        """Both ends proved the session: new keys, new windows, and send again from the
-        peer's sealed offset (a FIN it did not get goes again too)."""
-        assert self._resume is not None
-        again = self._retained.rewind(peer_received)
-        if again is None:
-            raise ResumeError(
-                ErrorCode.RESUME_GAP,
-                f"peer holds {peer_received} bytes; this side keeps "
-                f"{self._retained.base}..{self._retained.sent}",
-            )
-        if self._retained.fin and not peer_fin:
-            self._retained.fin = False
-            self.local_fin = False
-            self._fin_queued = True
-        if again:
-            self._outbound.extendleft(reversed(again))
-            self._outbound_size += sum(len(piece) for piece in again)
-        if self._inbound:
-            # Bytes that came over the old circuit owe the new one no credit.
-            self._unread = b"".join([self._unread, *self._inbound])
-            self._inbound.clear()
-        self._window = ReceiveWindow(self._window.window)
-        self._start_session(self._resume, resume.raw + ok.raw, peer_window, now)
-        self._attempt = None
-        self.resumes += 1
-        self._move(State.OPEN)
-        self._events.append(Resumed())
         self._pump()
 
     def _on_data(self, frame: Frame) -> None:
