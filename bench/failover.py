@@ -21,6 +21,7 @@ import statistics
 import time
 from typing import Any
 
+from umbranet.aio.runtime import run
 from umbranet.router import Router, RouterConfig
 from umbranet.sdk import Context, Stream
 from umbranet.testing import LocalNetwork
@@ -143,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dials", type=int, default=200)
     parser.add_argument("--mib", type=int, default=16)
     args = parser.parse_args(argv)
-    pauses = [asyncio.run(failover_once(args.mib)) for _ in range(args.runs)]
-    full, early = asyncio.run(dials(args.dials))
+    pauses = [run(failover_once(args.mib)) for _ in range(args.runs)]
+    full, early = run(dials(args.dials))  # uvloop, as the shells run
     print(
         f"failover pause (router crash, {args.mib} MiB echo): median "
         f"{statistics.median(pauses) * 1000:.1f} ms of {args.runs} runs "
