@@ -9,6 +9,7 @@ import random
 import pytest
 
 from umbranet.testing.simnet import SimEndpoint, SimNet, SimRouter, SimStream, echo
+from umbranet.wire import ErrorCode
 
 KEEPALIVE_MEASURED = 6.0
 MiB = 1 << 20
@@ -138,3 +139,39 @@ def test_no_path_within_the_deadline_ends_the_stream_with_an_error_never_short()
     assert stream.ended is not None and stream.ended.code == "resume_timeout"
     assert not stream.eof and not stream.finished
     assert stream.received < size
+
+
+def _two_routers(net: SimNet) -> tuple[SimRouter, SimRouter, SimEndpoint, SimEndpoint]:
+    r1, r2 = net.router("r1"), net.router("r2")
+    alice = net.endpoint("alice", via=[r1, r2])
+    web = net.endpoint("web", via=[r1, r2])
+    _ready(net, alice, web)
+    return r1, r2, alice, web
+
+
+def test_a_router_stopping_moves_its_streams_to_the_other_router() -> None:
+    net = SimNet(seed=54)
+    r1, _, alice, _ = _two_routers(net)
+    stream = alice.dial("echo", router=r1)
+    stream.write(_payload(MiB, 8))
+    stream.write_eof()
+    net.run_until(lambda: stream.received > MiB // 4, within=10.0)
+    r1.stop()  # GOAWAY shutting_down on every link: a path failure
+    net.run_until(lambda: stream.ended is not None, within=30.0)
+    assert stream.finished and stream.read() == _payload(MiB, 8)
+    assert net.trace.first("RESUMED", src="alice") is not None
+
+
+def test_a_link_closed_for_the_endpoint_s_credentials_ends_its_streams_without_moving() -> None:
+    net = SimNet(seed=55)
+    r1, _, alice, _ = _two_routers(net)
+    stream = alice.dial("echo", router=r1)
+    stream.write(b"hello")
+    net.run_until(lambda: stream.received == 5, within=5.0)
+    link = r1.link_to(alice)
+    link.session.close(ErrorCode.CERT_REVOKED, "certificate revoked")
+    port = next(p for p, held in r1._links.items() if held is link)
+    r1._close(port, abort=False)
+    net.run_until(lambda: stream.ended is not None, within=5.0)  # at once, not at a deadline
+    assert stream.ended is not None and not stream.finished
+    assert net.trace.find("RESUME_START", src="alice") == []

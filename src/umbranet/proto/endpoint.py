@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from umbranet.clock import Deadline, Instant, earliest
-from umbranet.proto.circuit import Circuit, Closed, Detached, Opened, Resumed, State
+from umbranet.proto.circuit import PATH_FAILURES, Circuit, Closed, Detached, Opened, Resumed, State
 from umbranet.proto.link import Closing, LinkSession, LinkTimers, PeerSilent, Role
 from umbranet.wire import ErrorCode, Frame, FrameType, WireError, decode_control, encode_control
 from umbranet.wire.control import decode_error, encode_error
@@ -213,6 +213,9 @@ class EndpointLink:
         self._due: float | None = None
         self._events: deque[Event] = deque()
         self._down = False
+        # A GOAWAY's code: streams move on only when the path failed (carrier lost or silent,
+        # router stopping or shedding), not when we closed or were closed for our credentials.
+        self._goaway: ErrorCode | None = None
 
     # -- inputs: the application --------------------------------------------------------
 
@@ -366,11 +369,12 @@ class EndpointLink:
     def link_lost(self) -> None:
         """The carrier is gone: every circuit ends with `peer_gone`, every wait fails."""
         self._corked.clear()
+        movable = self._goaway is None or self._goaway in PATH_FAILURES
         for entry in list(self._circuits.values()):
             circuit = entry.circuit
             if entry.epoch != circuit.epoch:
                 continue  # moved on to another link
-            if circuit.resumable:
+            if circuit.resumable and movable:
                 circuit.detach(ErrorCode.PEER_GONE, "link to the router dropped")
             elif circuit.state is not State.CLOSED:
                 circuit.reset(ErrorCode.PEER_GONE, "link to the router dropped")
@@ -583,6 +587,7 @@ class EndpointLink:
     def _drain_session(self) -> None:
         while (event := self.session.poll_event()) is not None:
             if isinstance(event, Closing) and not self._down:
+                self._goaway = event.code if event.by_peer else ErrorCode.CANCELLED
                 self._down = True
                 self._events.append(LinkDown(event.code.code, event.reason))
             elif isinstance(event, PeerSilent) and not self._down:
