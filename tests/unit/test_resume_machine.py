@@ -195,7 +195,10 @@ def test_a_session_moves_and_both_directions_arrive_once_in_order() -> None:
     for end in (pair.dialer, pair.host):
         assert end.state is State.CLOSED and end.error is not None and end.error.clean
         assert end.resumes == 1
+        assert end.retained_bytes == 0  # a finished stream keeps nothing to resend
     assert pair.sessions.counters["resumes_accepted"] == 1
+    pair.sessions.handle_timeout(_instant())
+    assert pair.sessions.statistics()["sessions"] == 0  # nor does the table keep it
 
 
 def test_a_resume_while_the_host_still_holds_the_old_circuit_moves_it() -> None:

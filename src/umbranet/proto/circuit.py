@@ -566,4 +566,5 @@ class Circuit(CircuitMoves):
         self.error = closed
         self._outbound.clear()
         self._outbound_size = 0
+        self._retained = Retained(self._retained.sent)  # nothing is resent any more
         self._events.append(closed)

@@ -56,6 +56,8 @@ DEFAULT_RETRY = 0.5
 DEFAULT_MAX_SESSIONS = 65536
 
 
+# Closed streams are dropped from the table on a sweep every this many opens.
+_SWEEP_EVERY = 256
 # Stream numbers a host remembers per session against replayed OPENs; older ones are below
 # the floor and refused outright (a dialer that late dials again with Noise).
 REPLAY_WINDOW = 4096
@@ -108,6 +110,7 @@ class Sessions:
         self.max_sessions = max_sessions
         self._entropy = entropy
         self._by_sid: dict[bytes, Circuit] = {}
+        self._opened = 0
         self._keys: dict[bytes, SessionKey] = {}  # host: sessions to open streams in, by sid
         self._dial_keys: dict[str, SessionKey] = {}  # dialer: one session per service
         self._waiting: dict[int, _Waiting] = {}  # id(circuit) -> its wait
@@ -120,11 +123,12 @@ class Sessions:
         sid = circuit.session_id
         if sid is None:
             return
+        self._opened += 1
+        if self._opened % _SWEEP_EVERY == 0 or len(self._by_sid) >= self.max_sessions:
+            self._forget_closed()  # closed streams hold buffers: let them go
         if len(self._by_sid) >= self.max_sessions:
-            self._forget_closed()
-            if len(self._by_sid) >= self.max_sessions:
-                self._count("sessions_not_resumable")
-                return
+            self._count("sessions_not_resumable")
+            return
         self._by_sid[sid] = circuit
         secret, peer = circuit.resume_secret, circuit.peer
         if circuit.in_session or secret is None or peer is None:
