@@ -289,6 +289,26 @@ def test_a_resume_needs_the_same_identity_s_ticket_for_the_service() -> None:
     assert pair.host.state is State.DETACHED
 
 
+def test_a_resume_through_another_service_s_binding_is_refused() -> None:
+    pair = MovingPair()
+    pair.fail_path()
+    pair.dialer.resume_dial(85, _ticket(ALICE, Action.DIAL), b"s" * 16)
+    (dial,) = _decode(pair.dialer.poll_transmit())
+    ctl = decode_control(dial.payload)
+    fields = {
+        "service": "admin",
+        "binding": 2,
+        "ticket": _ticket(ALICE, Action.DIAL, "admin"),  # a grant to another service
+        "dialer": ALICE.spiffe_id,
+        "window": MIN_WINDOW,
+    }
+    connect = Frame(FrameType.CONNECT, 0, 86, encode_control(fields, ctl.blob))
+    bind = HostHandshake("admin", _ticket(WEB, Action.BIND, "admin"), _credentials(WEB))
+    circuit = pair.sessions.accept(86, connect, bind, MIN_WINDOW, _instant())
+    assert _reset_code(_decode(circuit.poll_transmit())) is ErrorCode.RESUME_REFUSED
+    assert pair.host.state is State.DETACHED
+
+
 def test_a_forged_resume_ok_ends_the_dialer_s_stream_with_an_error() -> None:
     pair = MovingPair()
     pair.fail_path()

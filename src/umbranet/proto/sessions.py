@@ -192,6 +192,9 @@ class Sessions:
             if circuit is None or circuit.state is State.CLOSED or circuit.peer is None:
                 raise ResumeError(ErrorCode.RESUME_REFUSED, "no such session here")
             circuit.check_resume(resume)
+            if circuit.service != handshake.service:
+                # Else a grant to another service would keep this stream alive.
+                raise ResumeError(ErrorCode.RESUME_REFUSED, "the session serves another service")
             # The new circuit's ticket, as for a new stream: the grant may have ended.
             handshake.check_ticket(ctl.str_field("ticket"), circuit.peer, now.wall)
             peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
