@@ -99,11 +99,14 @@ class Context:
         report_posture: bool = True,
         link_timers: LinkTimers | None = None,
         resume_deadline: float = DEFAULT_RESUME_DEADLINE,
+        session_streams: bool = True,
     ) -> None:
         self.identity = identity
         self.clock = clock
         # Streams whose router dies move to another path within this many seconds (0: off).
         self._mover = SessionMover(clock, self._find_path, deadline=resume_deadline)
+        # Later dials to a service open inside the session of an earlier one (0-RTT).
+        self._session_streams = session_streams
         self.link_timers = link_timers  # keepalive: how soon a silent router is given up
         self._identity_path = identity_path
         self._state_path = state_path
@@ -230,7 +233,7 @@ class Context:
                 last = exc
                 continue
             sessions = self._mover.sessions
-            key = sessions.key_for(service)
+            key = sessions.key_for(service) if self._session_streams else None
             make: Callable[[int], Circuit]
             if key is not None and len(early) <= EARLY_DATA_MAX:
                 make = functools.partial(
