@@ -235,6 +235,7 @@ class Context:
             sessions = self._mover.sessions
             key = sessions.key_for(service) if self._session_streams else None
             make: Callable[[int], Circuit]
+            late = b""  # early data that could not ride with the open: written once open
             if key is not None and len(early) <= EARLY_DATA_MAX:
                 make = functools.partial(
                     Circuit.open_in_session,
@@ -247,18 +248,18 @@ class Context:
                     early=early,
                     port=port,
                 )
-                early = b""
             else:
                 handshake = DialerHandshake(service, grant.ticket, self.credentials(), port=port)
                 make = functools.partial(Circuit.dial, service=service, handshake=handshake)
+                late = early
             circuit_id, opened = connection.open_circuit(service, make, timeout)
             try:
                 stream = await opened
             except asyncio.CancelledError:
                 connection.cancel_circuit(circuit_id)
                 raise
-            if early:
-                stream.write(early)
+            if late:
+                stream.write(late)
             return stream
         raise last
 
