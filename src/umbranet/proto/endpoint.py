@@ -12,11 +12,10 @@ in the simulated network, or on any other carrier:
   once; `Incoming` follows when the dialer's handshake completes, `AcceptFailed` if it fails.
   At most `max_pending_accepts` handshakes may be in progress: a flood of dials that never
   finish their handshake cannot take the host's memory or its other dialers' turns.
-- moves (`proto/resume.py`): a circuit whose path failed leaves this link as
-  `SessionDetached` (its session waits, owned by the shell's `Sessions`); `resume(...)` puts
-  a detached dialer session on a new circuit here, and a host session accepted through a
-  binding's `accept` comes back as `SessionResumed`. An entry whose circuit moved on (its
-  `epoch` changed) is stale: its frames are dropped and its old circuit id is reset.
+- moves (`proto/resume.py`): a circuit whose path failed leaves as `SessionDetached` (the
+  shell's `Sessions` keeps it); `resume(...)` puts a dialer's on a new circuit here, and
+  any session that arrives here says `SessionResumed`. An entry whose circuit moved on
+  (`epoch` changed) is stale: its frames are dropped and its old circuit id is reset.
 - the cork: a dial that opened in this read holds its HANDSHAKE until the application's
   first write (one TLS record and one router read instead of two), or until a short
   deadline (`cork_delay`) for applications that wait for the server to speak first.
