@@ -175,3 +175,20 @@ def test_a_link_closed_for_the_endpoint_s_credentials_ends_its_streams_without_m
     net.run_until(lambda: stream.ended is not None, within=5.0)  # at once, not at a deadline
     assert stream.ended is not None and not stream.finished
     assert net.trace.find("RESUME_START", src="alice") == []
+
+
+def test_the_host_s_own_router_dying_moves_the_stream_to_its_other_router() -> None:
+    net = SimNet(seed=56)
+    r1, r2, r3 = (net.router(f"r{i}") for i in range(1, 4))
+    net.link(r1, r2, latency=0.002)
+    net.link(r1, r3, latency=0.004)
+    alice = net.endpoint("alice", via=[r1])
+    web = net.endpoint("web", via=[r2, r3])  # bound at both; dials go via r2 (faster)
+    _ready(net, alice, web)
+    size = 2 * MiB + 3
+    stream = _transfer_with_death(net, alice, r2, size, seed=9, reroute=True)
+    assert stream.finished, stream.ended
+    assert stream.read() == _payload(size, 9)
+    assert _path(net)[:3] == [("alice", "r1"), ("r1", "r2"), ("r2", "web")]
+    resumed = net.trace.first("RESUMED", src="web")
+    assert resumed is not None and resumed.dst == "r3"
