@@ -33,7 +33,7 @@ from tests.integration.router_harness import (
 from umbranet.pki import IdentityFile, Signer
 from umbranet.pki.tickets import Action
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
-from umbranet.sdk import DialError, StreamReset
+from umbranet.sdk import Context, DialError, StreamReset
 from umbranet.testing import LocalNetwork, eventually
 from umbranet.testing.rawlink import RawLink
 from umbranet.wire import (
@@ -287,7 +287,14 @@ def test_a_host_that_vanishes_resets_its_streams_and_nobody_elses(
         assert refused.value.code == "no_terminator"
 
         flaky = context(network, "flaky", "server")
-        bob = context(network, "bob", "client")
+        # Moving off: this is what the router says when a host vanishes (a stream that may
+        # move would wait up to its resume deadline for the host to come back).
+        bob = Context(
+            network.identity("bob", attributes=("client",)),
+            control=network.control,
+            renew=False,
+            resume_deadline=0,
+        )
         async with bob:
             listener = await flaky.listen("vanish").start()
             server = asyncio.get_running_loop().create_task(echo_forever(listener))

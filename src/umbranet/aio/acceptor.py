@@ -118,6 +118,11 @@ class Acceptor:
                     log.warning("accept failed: %s", exc)
                 return
             conn.setblocking(False)
+            # Links carry small frames (CREDIT, HANDSHAKE, one-byte replies): without this,
+            # Nagle holds them behind the peer's delayed ACK (tens of ms). The loop's own
+            # transports set it; a socket accepted here must ask for it.
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             source = str(address[0])
             if self._pending[source] >= self.limits.per_source:
                 self._refuse(conn, "accept_source_limit")

@@ -9,6 +9,13 @@ Rules of this file:
   sends RESET to the router, and reports `Closed`.
 - Half-close: each direction ends with a sealed DATA frame flagged FIN; the circuit is
   finished cleanly when both directions have ended. Only that sealed FIN is an end of data.
+- Resume (`proto/resume.py`): a circuit whose path failed (a RESET `peer_gone`,
+  `host_gone`, `shutting_down`, `overloaded`, or its link lost) is DETACHED, not closed: the
+  session keeps its keys, its unacknowledged bytes (`proto/retain.py`) and what arrived. The
+  dialer moves it to a new circuit id (RESUMING), the host accepts the move (REATTACHING);
+  after the authenticated exchange both send from the peer's sealed `received` offset under
+  fresh keys, so every byte arrives once, in order. `epoch` counts moves: a link holding the
+  circuit under an older epoch holds a stale entry.
 - Aborts: a RESET frame is not authenticated (any router on the path can send one), so it
   ends the circuit as `Closed(authenticated=False)` whatever code it names, and an
   application never mistakes it for a clean end. An endpoint that aborts sends, when it
@@ -20,16 +27,60 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 
-from umbranet.proto.e2e import DialerHandshake, E2EError, E2ESession, HostHandshake, PeerIdentity
+from umbranet.proto.circuit_moves import CircuitMoves
+from umbranet.proto.circuit_state import (
+    MOVES,
+    PATH_FAILURES,
+    RETRY_RESUME,
+    Closed,
+    Detached,
+    Event,
+    Opened,
+    Readable,
+    Resumed,
+    State,
+    Writable,
+)
+from umbranet.proto.e2e import (
+    DialerHandshake,
+    E2EError,
+    E2ESession,
+    HostHandshake,
+    PeerIdentity,
+    RekeyLimits,
+)
 from umbranet.proto.flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, ReceiveWindow, SendCredit
+from umbranet.proto.resume import (
+    Confirm,
+    Open,
+    OpenOk,
+    Resume,
+    ResumeError,
+    ResumeOk,
+    ResumeSecret,
+)
+from umbranet.proto.retain import Retained
 from umbranet.proto.text import printable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, decode_control, encode_control
 from umbranet.wire.control import decode_error, encode_error
 from umbranet.wire.frames import MAX_DATA_PAYLOAD, WireError, encode_frame, encode_header
+
+__all__ = [
+    "CHUNK",
+    "PATH_FAILURES",
+    "TAG",
+    "Circuit",
+    "Closed",
+    "Detached",
+    "Event",
+    "Opened",
+    "Readable",
+    "Resumed",
+    "State",
+    "Writable",
+]
 
 CHUNK = 64 * 1024
 TAG = 16
@@ -43,64 +94,12 @@ _ABORT = int(Flag.ABORT)
 _ABORT_REASON = 200
 
 
-class State(Enum):
-    """Where the circuit is in its life."""
-
-    DIALING = "dialing"  # DIAL sent, waiting for the host's ACCEPT
-    ACCEPTING = "accepting"  # ACCEPT sent, waiting for the dialer's HANDSHAKE
-    OPEN = "open"  # data flows (each direction may have ended with FIN)
-    CLOSED = "closed"  # both directions ended, or reset
-
-
-_MOVES: dict[State, frozenset[State]] = {
-    State.DIALING: frozenset({State.OPEN, State.CLOSED}),
-    State.ACCEPTING: frozenset({State.OPEN, State.CLOSED}),
-    State.OPEN: frozenset({State.CLOSED}),
-    State.CLOSED: frozenset(),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    """The handshake finished; `peer` is proven by certificate and ticket."""
-
-    peer: PeerIdentity
-
-
-@dataclass(frozen=True, slots=True)
-class Readable:
-    """Plaintext (or the end of the peer's direction) is ready for `take`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Writable:
-    """Send credit arrived; queued writes may proceed."""
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """The circuit is finished. `code` NO_ERROR with `authenticated` means both directions
-    ended cleanly. `authenticated` is False when the end came in a RESET frame from the
-    network: its code and reason are only what some hop claimed (even "no_error")."""
-
-    code: ErrorCode
-    reason: str
-    by_peer: bool
-    authenticated: bool = True
-
-    @property
-    def clean(self) -> bool:
-        """Both directions ended with their sealed FIN; nothing was cut short."""
-        return self.code is ErrorCode.NO_ERROR and self.authenticated
-
-
-Event = Opened | Readable | Writable | Closed
 # Field-less and frozen, so one instance each serves every circuit (no allocation per frame).
 _READABLE = Readable()
 _WRITABLE = Writable()
 
 
-class Circuit:
+class Circuit(CircuitMoves):
     """One end of one circuit. Build with `Circuit.dial` or `Circuit.accept`."""
 
     def __init__(self, circuit_id: int, state: State, window: int) -> None:
@@ -124,6 +123,22 @@ class Circuit:
         self._outbound_size = 0
         self._transmit: list[bytes] = []
         self._events: deque[Event] = deque()
+        self.service = ""
+        self.port: int | None = None  # the service port a dialer asked for (its tickets')
+        self.is_dialer = state is State.DIALING
+        self.epoch = 0  # moves to another circuit so far
+        self.resumes = 0
+        self.owner: object = None  # the shell's stream, found again after a move
+        self._limits: RekeyLimits | None = None
+        self._resume: ResumeSecret | None = None
+        self._retained = Retained()
+        self._received = 0  # plaintext bytes of the peer's direction held (read or not)
+        self._gen = 0  # dialer: resume attempts made; host: the highest generation seen
+        self._attempt: tuple[Resume, ResumeOk | None, int] | None = None
+        self._detached: Detached | None = None
+        self._opening: tuple[Open, ResumeSecret] | None = None  # dialer: OPEN sent
+        self._confirming: tuple[ResumeSecret, bytes, bytes] | None = None  # host: wait CONFIRM
+        self.in_session = False  # opened inside an existing session (no Noise handshake)
 
     # -- construction -------------------------------------------------------------------
 
@@ -138,6 +153,9 @@ class Circuit:
         """A dialer's circuit; its DIAL frame is queued for transmission at once."""
         circuit = cls(circuit_id, State.DIALING, window)
         circuit._dialer = handshake
+        circuit.service = service
+        circuit.port = handshake.port
+        circuit._limits = handshake.limits
         fields = {"ticket": handshake.ticket, "service": service, "window": window}
         circuit._transmit.append(
             encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, handshake.start()))
@@ -155,6 +173,8 @@ class Circuit:
         """A host's circuit from a CONNECT frame; ACCEPT (or RESET) is queued at once."""
         circuit = cls(circuit_id, State.ACCEPTING, window)
         circuit._host = handshake
+        circuit.service = handshake.service
+        circuit._limits = handshake.limits
         try:
             ctl = decode_control(connect.payload)
             peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
@@ -167,6 +187,81 @@ class Circuit:
         circuit._transmit.append(
             encode_frame(FrameType.ACCEPT, circuit_id, encode_control({"window": window}, answer))
         )
+        return circuit
+
+    @classmethod
+    def open_in_session(
+        cls,
+        circuit_id: int,
+        service: str,
+        *,
+        secret: ResumeSecret,
+        peer: PeerIdentity,
+        stream: int,
+        ticket: str,
+        nonce: bytes,
+        early: bytes = b"",
+        window: int = DEFAULT_WINDOW,
+        port: int | None = None,
+        limits: RekeyLimits | None = None,
+    ) -> Circuit:
+        """A dialer's circuit opened inside the session with `peer` (no Noise handshake):
+        DIAL carries OPEN and `early` (sealed) at once; see `proto/resume.py`."""
+        circuit = cls(circuit_id, State.DIALING, window)
+        circuit.service, circuit.port, circuit.peer = service, port, peer
+        circuit._limits = limits
+        circuit.in_session = True
+        opening = Open.build(secret, stream, nonce, port, early)
+        circuit._opening = (opening, secret)
+        if early:
+            circuit._retained.sent_frame(0, early)  # part of the stream: offset 0 onwards
+        fields = {"ticket": ticket, "service": service, "window": window}
+        circuit._transmit.append(
+            encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, opening.raw))
+        )
+        return circuit
+
+    @classmethod
+    def accept_in_session(
+        cls,
+        circuit_id: int,
+        service: str,
+        *,
+        secret: ResumeSecret,
+        opening: Open,
+        early: bytes,
+        peer: PeerIdentity,
+        peer_window: int,
+        nonce: bytes,
+        now: datetime,
+        window: int = DEFAULT_WINDOW,
+        limits: RekeyLimits | None = None,
+    ) -> Circuit:
+        """A host's circuit for a checked OPEN: open at once (its early data readable);
+        the dialer's CONFIRM follows, as the HANDSHAKE routers wait for."""
+        circuit = cls(circuit_id, State.ACCEPTING, window)
+        circuit.service, circuit.peer, circuit._limits = service, peer, limits
+        circuit.in_session = True
+        ok = OpenOk.build(secret, opening, nonce)
+        circuit._transmit.append(
+            encode_frame(FrameType.ACCEPT, circuit_id, encode_control({"window": window}, ok.raw))
+        )
+        stream_secret = opening.stream_secret(secret, ok.raw)
+        circuit._start_session(stream_secret, opening.header + ok.raw, peer_window, now)
+        circuit._confirming = (secret, opening.header, ok.raw)
+        if early:
+            # Not DATA: it used no window, so taking it returns no credit.
+            circuit._unread = early
+            circuit._inbound_size = circuit._received = len(early)
+        circuit._move(State.OPEN)
+        circuit._events.append(Opened(peer))
+        return circuit
+
+    @classmethod
+    def refused(cls, circuit_id: int, code: ErrorCode, reason: str) -> Circuit:
+        """A host's circuit that only refuses its CONNECT (RESET queued at once)."""
+        circuit = cls(circuit_id, State.ACCEPTING, DEFAULT_WINDOW)
+        circuit.reset(code, reason)
         return circuit
 
     # -- inputs -------------------------------------------------------------------------
@@ -183,19 +278,33 @@ class Circuit:
                 self._on_data(frame)
             elif ftype == FrameType.CREDIT:
                 self._on_credit(frame)
-            elif ftype == FrameType.ACCEPT and self.state is State.DIALING:
+            elif ftype == FrameType.ACCEPT and self.state is State.DIALING and not self.in_session:
                 self._on_accept(frame, now)
             elif ftype == FrameType.HANDSHAKE and self.state is State.ACCEPTING:
                 self._on_handshake(frame, now)
+            elif ftype == FrameType.ACCEPT and self._opening is not None:
+                self._on_open_ok(frame, now)
+            elif ftype == FrameType.HANDSHAKE and self._confirming is not None:
+                secret, request, answer = self._confirming
+                Confirm.verify(frame.payload, secret, request, answer)
+                self._confirming = None
+            elif ftype == FrameType.ACCEPT and self.state is State.RESUMING:
+                self._on_resume_ok(frame, now)
+            elif ftype == FrameType.HANDSHAKE and self.state is State.REATTACHING:
+                self._on_confirm(frame, now)
             elif ftype == FrameType.RESET:
                 code, reason = decode_error(frame.payload)
+                retry = RETRY_RESUME if self.state is State.RESUMING else PATH_FAILURES
+                if code in retry and self.resumable:
+                    self.detach(code, reason)
+                    return
                 self._finish(Closed(code, printable(reason), by_peer=True, authenticated=False))
             else:
                 raise WireError(
                     ErrorCode.PROTOCOL_ERROR,
                     f"{FrameType(ftype).name} not expected in state {self.state.value}",
                 )
-        except (WireError, E2EError) as exc:
+        except (WireError, E2EError, ResumeError) as exc:
             self.reset(exc.code, exc.reason)
 
     def write(self, data: bytes) -> None:
@@ -291,11 +400,16 @@ class Circuit:
         return self._inbound_size == 0 and (self.remote_fin or self.state is State.CLOSED)
 
     def statistics(self) -> dict[str, int]:
-        """Key updates so far: ours (`rekeys_sent`) and the peer's (`rekeys_received`)."""
+        """Key updates so far (`rekeys_sent`, `rekeys_received`, on the current circuit),
+        moves to another circuit, and the retransmit buffer's plaintext bytes."""
         session = self._session
-        if session is None:
-            return {"rekeys_sent": 0, "rekeys_received": 0}
-        return {"rekeys_sent": session.rekeys_sent, "rekeys_received": session.rekeys_received}
+        stats = {
+            "rekeys_sent": 0 if session is None else session.rekeys_sent,
+            "rekeys_received": 0 if session is None else session.rekeys_received,
+            "resumes": self.resumes,
+            "retained_bytes": self._retained.size,
+        }
+        return stats
 
     @property
     def unsent_bytes(self) -> int:
@@ -305,7 +419,7 @@ class Circuit:
     # -- internals ----------------------------------------------------------------------
 
     def _move(self, target: State) -> None:
-        if target not in _MOVES[self.state]:
+        if target not in MOVES[self.state]:
             raise WireError(
                 ErrorCode.PROTOCOL_ERROR, f"illegal move {self.state.value} -> {target.value}"
             )
@@ -316,6 +430,7 @@ class Circuit:
         ctl = decode_control(frame.payload)
         peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
         final, self._session, self.peer = self._dialer.finish(ctl.blob, now)
+        self._resume = self._session.resume
         self._dialer = None
         self._credit = SendCredit(peer_window)
         self._transmit.append(encode_frame(FrameType.HANDSHAKE, self.id, final))
@@ -334,6 +449,7 @@ class Circuit:
             # the refusal so it is told apart from a RESET a router made up.
             self._session = exc.session
             raise
+        self._resume = self._session.resume
         self._host = None
         self._move(State.OPEN)
         self._events.append(Opened(self.peer))
@@ -356,6 +472,7 @@ class Circuit:
         if plaintext:
             self._inbound.append(plaintext)
             self._inbound_size += len(plaintext)
+            self._received += len(plaintext)
         else:
             self._return_credit(size)
         if fin:
@@ -391,6 +508,7 @@ class Circuit:
         (amount,) = _CREDIT.unpack(frame.payload)
         if not self._credit.grant(amount):
             raise WireError(ErrorCode.FLOW_CONTROL_ERROR, "credit beyond the largest window")
+        self._retained.credited(amount)
         self._events.append(_WRITABLE)
         self._pump()
 
@@ -406,17 +524,20 @@ class Circuit:
         if self.state is not State.OPEN or self._session is None:
             return
         seal = self._session.seal
+        keep = self._retained.sent_frame
         while self._outbound:
             room = min(self._credit.available - TAG, CHUNK)
             if room < min(_MIN_SEND, self._outbound_size):
                 return
             piece = self._next_piece(room)
             flags, sealed = seal(piece)
+            keep(len(sealed), piece)
             self._credit.consume(len(sealed))
             self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), flags))
             self._transmit.append(sealed)
         if self._fin_queued and not self.local_fin and self._credit.available >= TAG:
             flags, sealed = seal(b"", _FIN)
+            keep(len(sealed), b"", fin=True)
             self._credit.consume(len(sealed))
             self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), flags))
             self._transmit.append(sealed)
@@ -445,4 +566,5 @@ class Circuit:
         self.error = closed
         self._outbound.clear()
         self._outbound_size = 0
+        self._retained = Retained(self._retained.sent)  # nothing is resent any more
         self._events.append(closed)

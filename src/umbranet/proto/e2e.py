@@ -43,12 +43,14 @@ from umbranet.pki.tickets import TICKET_PREFIX, Action
 from umbranet.pki.tokens import TokenFormatError, decode_token
 from umbranet.proto.noise import CipherState, HandshakeState, NoiseError
 from umbranet.proto.peer_cache import verified_svid, verified_ticket
+from umbranet.proto.resume import ResumeSecret
 from umbranet.wire import ErrorCode, Flag, FrameType, decode_control, encode_control
 from umbranet.wire.control import ControlPayload
 from umbranet.wire.frames import WireError
 
 PROTOCOL_NAME = "Noise_XX_25519_AESGCM_SHA256"
 PROLOGUE = b"umbranet/2 "
+RESUME_LABEL = b"umbranet resume"
 TAG_SIZE = 16
 DIALER_TO_HOST = 0
 HOST_TO_DIALER = 1
@@ -122,7 +124,7 @@ class E2ESession:
 
     __slots__ = ("_ad_in", "_ad_out", "_deadline", "_limits", "_now", "_open", "_receive",
                  "_received", "_recv_phase", "_rekey_due", "_seal", "_send", "_send_phase",
-                 "_sent", "rekeys_received", "rekeys_sent")  # fmt: skip
+                 "_sent", "rekeys_received", "rekeys_sent", "resume")  # fmt: skip
 
     def __init__(
         self,
@@ -150,6 +152,9 @@ class E2ESession:
         self._received = 0  # sealed bytes under the current receive key
         self.rekeys_sent = 0
         self.rekeys_received = 0
+        # The secret to move this session to another circuit (`proto/resume.py`); None for
+        # a session that cannot move.
+        self.resume: ResumeSecret | None = None
 
     def tick(self, now: datetime) -> None:
         """Learn the time: once the send key is older than the limit, the next seal rekeys."""
@@ -258,8 +263,10 @@ class DialerHandshake:
         if self.port is not None:
             fields["port"] = self.port
         final = self._state.write_message(encode_control(fields))
+        secret = ResumeSecret(self._state.export_secret(RESUME_LABEL))
         send, receive = self._state.split()
         session = E2ESession(send, receive, dialer=True, now=now, limits=self.limits)
+        session.resume = secret
         # Only who the host is: its bind ticket proved the right to serve, and its attributes
         # and ticket id are the host's own business.
         host = PeerIdentity(name=proven.name, spiffe_id=proven.spiffe_id)
@@ -316,8 +323,10 @@ class HostHandshake:
             send, receive = self._state.split()
             exc.session = E2ESession(send, receive, dialer=False, now=now, limits=self.limits)
             raise
+        secret = ResumeSecret(self._state.export_secret(RESUME_LABEL))
         send, receive = self._state.split()
         session = E2ESession(send, receive, dialer=False, now=now, limits=self.limits)
+        session.resume = secret
         return session, PeerIdentity(
             name=dialer.name,
             spiffe_id=dialer.spiffe_id,
@@ -325,6 +334,33 @@ class HostHandshake:
             ticket_id=ticket.id,
             port=port,
         )
+
+    def check_ticket(self, token: str, peer: PeerIdentity, now: datetime) -> Ticket:
+        """A dial ticket for one more circuit of an authenticated session with `peer` (a
+        resume, or a stream opened inside the session): the checks of message 3 that do
+        not need the certificate again: signature and expiry, the same identity, this
+        service, not older than the newest revocation epoch, and the stream's port."""
+        try:
+            ticket = verified_ticket(token, self.credentials.bundle, now)
+        except PkiError as exc:
+            raise E2EError(ErrorCode.PEER_NOT_AUTHORIZED, f"ticket rejected: {exc}") from exc
+        if ticket.spiffe_id != peer.spiffe_id:
+            raise E2EError(ErrorCode.PEER_IDENTITY_MISMATCH, "ticket names another identity")
+        if ticket.service != self.service or ticket.action != Action.DIAL:
+            raise E2EError(
+                ErrorCode.PEER_NOT_AUTHORIZED,
+                f"ticket is for {ticket.action} {ticket.service}, not dial {self.service}",
+            )
+        if ticket.epoch < self.min_epoch:
+            raise E2EError(
+                ErrorCode.TICKET_STALE,
+                f"dial ticket from epoch {ticket.epoch}, before {self.min_epoch}: get a new one",
+            )
+        if ticket.port != peer.port:
+            raise E2EError(ErrorCode.PORT_NOT_GRANTED, "ticket grants another port")
+        if self.ports is not None and ticket.port not in self.ports:
+            raise E2EError(ErrorCode.PORT_NOT_GRANTED, "this host does not serve that port")
+        return ticket
 
     def _check_dialer(
         self, payload: bytes, now: datetime, expected_dialer: str | None

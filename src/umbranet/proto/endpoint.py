@@ -12,6 +12,10 @@ in the simulated network, or on any other carrier:
   once; `Incoming` follows when the dialer's handshake completes, `AcceptFailed` if it fails.
   At most `max_pending_accepts` handshakes may be in progress: a flood of dials that never
   finish their handshake cannot take the host's memory or its other dialers' turns.
+- moves (`proto/resume.py`): a circuit whose path failed leaves as `SessionDetached` (the
+  shell's `Sessions` keeps it); `resume(...)` puts a dialer's on a new circuit here, and
+  any session that arrives here says `SessionResumed`. An entry whose circuit moved on
+  (`epoch` changed) is stale: its frames are dropped and its old circuit id is reset.
 - the cork: a dial that opened in this read holds its HANDSHAKE until the application's
   first write (one TLS record and one router read instead of two), or until a short
   deadline (`cork_delay`) for applications that wait for the server to speak first.
@@ -32,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from umbranet.clock import Deadline, Instant, earliest
-from umbranet.proto.circuit import Circuit, Closed, Opened, State
+from umbranet.proto.circuit import PATH_FAILURES, Circuit, Closed, Detached, Opened, Resumed, State
 from umbranet.proto.link import Closing, LinkSession, LinkTimers, PeerSilent, Role
 from umbranet.wire import ErrorCode, Frame, FrameType, WireError, decode_control, encode_control
 from umbranet.wire.control import decode_error, encode_error
@@ -47,6 +51,8 @@ __all__ = [
     "EndpointLink",
     "Incoming",
     "LinkDown",
+    "SessionDetached",
+    "SessionResumed",
 ]
 
 # Frames for an open circuit. Only these go to a circuit by id: binding ids (BIND_OK,
@@ -124,18 +130,46 @@ class LinkDown:
     reason: str
 
 
-Event = Dialed | DialFailed | Incoming | AcceptFailed | Bound | BindFailed | BindingLost | LinkDown
+@dataclass(frozen=True, slots=True)
+class SessionDetached:
+    """A stream's path failed; its session left this link and waits for a resume."""
+
+    circuit: Circuit
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResumed:
+    """A stream's session moved onto this link (circuit id `circuit.id`)."""
+
+    circuit: Circuit
+
+
+Event = (
+    Dialed
+    | DialFailed
+    | Incoming
+    | AcceptFailed
+    | Bound
+    | BindFailed
+    | BindingLost
+    | LinkDown
+    | SessionDetached
+    | SessionResumed
+)
 
 
 class _Entry:
     """A circuit on this link: ours (a dial) or a host circuit."""
 
-    __slots__ = ("binding_id", "circuit", "opened")
+    __slots__ = ("binding_id", "circuit", "epoch", "opened")
 
     def __init__(self, circuit: Circuit, binding_id: int | None) -> None:
         self.circuit = circuit
         self.binding_id = binding_id  # None for our own dials
         self.opened = False
+        self.epoch = circuit.epoch  # the circuit moved away when this differs
 
 
 class _Binding:
@@ -178,6 +212,9 @@ class EndpointLink:
         self._due: float | None = None
         self._events: deque[Event] = deque()
         self._down = False
+        # A GOAWAY's code: streams move on only when the path failed (carrier lost or silent,
+        # router stopping or shedding), not when we closed or were closed for our credentials.
+        self._goaway: ErrorCode | None = None
 
     # -- inputs: the application --------------------------------------------------------
 
@@ -190,10 +227,33 @@ class EndpointLink:
         self.flush(circuit)
         return circuit
 
+    def resume(
+        self, circuit: Circuit, ticket: str, nonce: bytes, now: Instant, timeout: float
+    ) -> None:
+        """Move a detached dialer session onto a new circuit of this link (RESUME)."""
+        circuit_id = self.session.next_id(self._circuits)
+        circuit.resume_dial(circuit_id, ticket, nonce)
+        self._circuits[circuit_id] = _Entry(circuit, None)
+        self._dialing[circuit_id] = self._due_at(now.later(timeout))
+        self._count("resume_dials")
+        self.flush(circuit)
+
     def cancel(self, circuit_id: int, reason: str = "dial abandoned") -> None:
-        """Give up a dial (or any circuit): reset it and forget it."""
+        """Give up a dial (or any circuit): reset it and forget it. A resume that did not
+        answer only detaches again: its session may still find another path."""
         entry = self._circuits.pop(circuit_id, None)
         self._dialing.pop(circuit_id, None)
+        if entry is not None and entry.circuit.state is State.RESUMING:
+            circuit = entry.circuit
+            self._corked.pop(circuit_id, None)
+            self.session.send(
+                FrameType.RESET, circuit_id, encode_error(ErrorCode.CANCELLED, reason)
+            )
+            circuit.detach(ErrorCode.HANDSHAKE_TIMEOUT, reason)
+            while circuit.poll_event() is not None:
+                pass  # the Detached just made: reported here, not by a later dispatch
+            self._events.append(SessionDetached(circuit, "handshake_timeout", reason))
+            return
         if entry is not None and entry.circuit.state is not State.CLOSED:
             entry.circuit.reset(ErrorCode.CANCELLED, reason)
             self._corked.pop(circuit_id, None)
@@ -243,6 +303,9 @@ class EndpointLink:
         for frame in frames:
             entry = circuits.get(frame.circuit)
             if entry is not None and frame.type in _CIRCUIT_FRAMES:
+                if entry.epoch != entry.circuit.epoch:
+                    self._stale(frame.circuit, frame.type)
+                    continue
                 entry.circuit.handle_frame(frame, now.wall)
                 touched[frame.circuit] = entry.circuit
                 continue
@@ -268,8 +331,11 @@ class EndpointLink:
         `ping_interval`, which bounds how late an age-based rekey can be."""
         self.session.handle_timeout(now)
         mono = now.mono
-        for entry in list(self._circuits.values()):
+        for circuit_id, entry in list(self._circuits.items()):
             circuit = entry.circuit
+            if entry.epoch != circuit.epoch:
+                self._stale(circuit_id, FrameType.DATA)
+                continue
             due = circuit.poll_timeout()
             if due is not None and due[0] <= now.wall:
                 circuit.handle_timer(now.wall)
@@ -302,12 +368,18 @@ class EndpointLink:
     def link_lost(self) -> None:
         """The carrier is gone: every circuit ends with `peer_gone`, every wait fails."""
         self._corked.clear()
+        movable = self._goaway is None or self._goaway in PATH_FAILURES
         for entry in list(self._circuits.values()):
             circuit = entry.circuit
-            if circuit.state is not State.CLOSED:
+            if entry.epoch != circuit.epoch:
+                continue  # moved on to another link
+            if circuit.resumable and movable:
+                circuit.detach(ErrorCode.PEER_GONE, "link to the router dropped")
+            elif circuit.state is not State.CLOSED:
                 circuit.reset(ErrorCode.PEER_GONE, "link to the router dropped")
                 circuit.poll_transmit()
             self._dispatch(circuit)
+        self._circuits.clear()
         for binding_id, binding in self._bindings.items():
             if binding.deadline is not None:
                 self._events.append(BindFailed(binding_id, "router_unreachable", "link lost"))
@@ -415,10 +487,20 @@ class EndpointLink:
     def _dispatch(self, circuit: Circuit) -> None:
         """Turn the circuit's Opened/Closed into link events; forget it once closed."""
         entry = self._circuits.get(circuit.id)
-        if entry is None:
+        if entry is None or entry.circuit is not circuit:
             return
         while (event := circuit.poll_event()) is not None:
-            if isinstance(event, Opened):
+            if isinstance(event, Detached):
+                self._detached(entry, event)
+                return
+            if isinstance(event, Resumed):
+                self._dialing.pop(circuit.id, None)
+                if not entry.opened and entry.binding_id is not None:
+                    self._pending_accepts -= 1
+                entry.opened = True
+                entry.epoch = circuit.epoch
+                self._events.append(SessionResumed(circuit))
+            elif isinstance(event, Opened):
                 entry.opened = True
                 self._dialing.pop(circuit.id, None)
                 if entry.binding_id is None:
@@ -436,6 +518,31 @@ class EndpointLink:
             self._corked.pop(circuit.id, None)
             self._dialing.pop(circuit.id, None)
         self._touched[circuit.id] = circuit
+
+    def _detached(self, entry: _Entry, event: Detached) -> None:
+        """The circuit's path failed and its session left: forget the entry, tell the shell."""
+        circuit = entry.circuit
+        for circuit_id, held in list(self._circuits.items()):
+            if held is entry:
+                del self._circuits[circuit_id]
+                self._corked.pop(circuit_id, None)
+                self._dialing.pop(circuit_id, None)
+        if not entry.opened and entry.binding_id is not None:
+            self._pending_accepts -= 1
+        self._count("sessions_detached")
+        self._events.append(SessionDetached(circuit, event.code.code, event.reason))
+
+    def _stale(self, circuit_id: int, ftype: int) -> None:
+        """Frames for a circuit whose session moved to another one: free the old circuit."""
+        del self._circuits[circuit_id]
+        self._corked.pop(circuit_id, None)
+        self._dialing.pop(circuit_id, None)
+        self._count("frames_moved_circuit")
+        if ftype != FrameType.RESET:
+            reason = "the session moved to another circuit"
+            self.session.send(
+                FrameType.RESET, circuit_id, encode_error(ErrorCode.PEER_GONE, reason)
+            )
 
     def _ended(self, event: Closed) -> None:
         """An open circuit ended other than by both sealed FINs: count why, and count apart
@@ -479,6 +586,7 @@ class EndpointLink:
     def _drain_session(self) -> None:
         while (event := self.session.poll_event()) is not None:
             if isinstance(event, Closing) and not self._down:
+                self._goaway = event.code if event.by_peer else ErrorCode.CANCELLED
                 self._down = True
                 self._events.append(LinkDown(event.code.code, event.reason))
             elif isinstance(event, PeerSilent) and not self._down:

@@ -286,6 +286,15 @@ class HandshakeState:
         """The transcript hash h; after completion both sides hold the same value."""
         return self._sym.h
 
+    def export_secret(self, label: bytes) -> bytes:
+        """A secret both sides derive from the chaining key once the handshake completed
+        (before `split`, which drops it): keys for things beyond the two transport ciphers,
+        such as resuming the session on another circuit. Distinct labels give unrelated
+        secrets; none of them reveals the transport keys."""
+        if self._state != _Phase.COMPLETE:
+            raise NoiseError("wrong_state", f"export in state {self._state}")
+        return self._sym._hmac(self._sym.ck, b"export " + label)
+
     def write_message(self, payload: _Buffer = b"") -> bytes:
         """Produce the next handshake message, carrying `payload` (encrypted once keyed)."""
         index = self._turn(writing=True)

@@ -5,7 +5,9 @@ bindings share the link, each circuit with its own flow control. The shell check
 server is a router of our network (SPIFFE ID kind `router`), then drives the machine: frames
 in, events out (futures resolved, streams woken), writes out, one timer armed. Keepalive,
 dial and bind deadlines and the handshake cork are the machine's; the shell only keeps
-the asyncio objects (futures, streams, listeners) keyed by the machine's ids.
+the asyncio objects (futures, streams, listeners) keyed by the machine's ids. A stream whose
+path fails leaves its connection for the context's `SessionMover` (`sdk/moves.py`) and comes
+back on whichever connection its session resumes on.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from umbranet.proto.endpoint import (
     EndpointLink,
     Incoming,
     LinkDown,
+    SessionDetached,
+    SessionResumed,
 )
+from umbranet.proto.flow import DEFAULT_WINDOW
 from umbranet.proto.link import LinkTimers
 from umbranet.proto.text import printable
 from umbranet.sdk.errors import BindError, DialError
@@ -40,6 +45,7 @@ from umbranet.wire import ErrorCode, Frame
 
 if TYPE_CHECKING:
     from umbranet.sdk.listener import Listener
+    from umbranet.sdk.moves import SessionMover
 
 log = logging.getLogger("umbranet.sdk")
 
@@ -54,8 +60,11 @@ class RouterConnection:
         clock: Clock,
         on_lost: Callable[[RouterConnection], None] | None = None,
         timers: LinkTimers | None = None,
+        *,
+        mover: SessionMover | None = None,
     ) -> None:
         self.identity = identity
+        self._mover = mover
         self.address = address
         self.name = address
         self._clock = clock
@@ -148,6 +157,16 @@ class RouterConnection:
         self._step()
         return circuit.id, waiter
 
+    def resume_circuit(self, circuit: Circuit, ticket: str, nonce: bytes, timeout: float) -> None:
+        """Put a paused stream's session on a new circuit of this link (RESUME)."""
+        machine = self._require_machine()
+        machine.resume(circuit, ticket, nonce, self._clock.now(), timeout)
+        stream = circuit.owner
+        if isinstance(stream, Stream):
+            stream.moved_to(self)
+            self._streams[circuit.id] = stream
+        self._step()
+
     def cancel_circuit(self, circuit_id: int) -> None:
         self._dials.pop(circuit_id, None)
         if self._machine is not None:
@@ -172,7 +191,11 @@ class RouterConnection:
         self._bind_waiters[binding_id] = waiter
         self._listeners[binding_id] = listener
 
+        mover = self._mover
+
         def accept(circuit_id: int, connect: Frame) -> Circuit:
+            if mover is not None:
+                return mover.accept(circuit_id, connect, listener.handshake(), DEFAULT_WINDOW)
             return Circuit.accept(circuit_id, connect, listener.handshake())
 
         machine.bind(binding_id, listener.service, ticket, accept, self._clock.now())
@@ -280,6 +303,10 @@ class RouterConnection:
                 self._binding_lost(event)
             elif isinstance(event, LinkDown):
                 self._link_down(event)
+            elif isinstance(event, SessionDetached):
+                self._session_detached(event.circuit)
+            elif isinstance(event, SessionResumed):
+                self._session_resumed(event.circuit)
         for circuit in machine.take_touched():
             if circuit.state is State.CLOSED:
                 stream = self._streams.pop(circuit.id, None)
@@ -295,7 +322,10 @@ class RouterConnection:
             self.flush(circuit)
             return
         stream = Stream(self, circuit, service)
+        circuit.owner = stream
         self._streams[circuit.id] = stream
+        if self._mover is not None:
+            self._mover.opened(circuit)
         waiter.set_result(stream)
 
     def _incoming(self, binding_id: int, circuit: Circuit) -> None:
@@ -305,8 +335,32 @@ class RouterConnection:
             self.flush(circuit)
             return
         stream = listener.new_stream(self, circuit)
+        circuit.owner = stream
         self._streams[circuit.id] = stream
+        if self._mover is not None:
+            self._mover.opened(circuit)
         listener.deliver(stream)
+
+    def _session_detached(self, circuit: Circuit) -> None:
+        """A stream's path failed: it pauses while the mover looks for another path (without
+        a mover it ends as the failure said)."""
+        if self._streams.get(circuit.id) is circuit.owner:
+            del self._streams[circuit.id]
+        if self._mover is not None:
+            self._mover.detached(circuit)
+            return
+        circuit.give_up()
+        if isinstance(circuit.owner, Stream):
+            circuit.owner.notify()
+
+    def _session_resumed(self, circuit: Circuit) -> None:
+        stream = circuit.owner
+        if isinstance(stream, Stream):
+            stream.moved_to(self)
+            self._streams[circuit.id] = stream
+            stream.notify()
+        if self._mover is not None:
+            self._mover.resumed(circuit)
 
     def _bind_answered(self, event: Bound | BindFailed) -> None:
         waiter = self._bind_waiters.get(event.binding_id)

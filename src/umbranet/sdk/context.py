@@ -41,9 +41,12 @@ from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
 from umbranet.proto.link import LinkTimers
+from umbranet.proto.resume import EARLY_DATA_MAX
+from umbranet.proto.sessions import DEFAULT_RESUME_DEADLINE
 from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
 from umbranet.sdk.listener import Listener
+from umbranet.sdk.moves import SessionMover
 from umbranet.sdk.posture import collect, report_interval
 from umbranet.sdk.routers import MAX_ROUTER_LINKS, RETRY_ELSEWHERE, RouterRanking
 from umbranet.sdk.stream import Stream
@@ -85,6 +88,10 @@ class ControlPlane(Protocol):
     async def aclose(self) -> None: ...
 
 
+# A host's refusal of an open inside a session it does not hold (or a replay it saw).
+_SESSION_REFUSED = frozenset({ErrorCode.RESUME_REFUSED.code, ErrorCode.REPLAYED.code})
+
+
 class Context:
     """Identity + controller + router links: everything `dial` and `listen` need."""
 
@@ -100,9 +107,15 @@ class Context:
         report_posture: bool = True,
         link_timers: LinkTimers | None = None,
         routers: tuple[str, ...] | None = None,
+        resume_deadline: float = DEFAULT_RESUME_DEADLINE,
+        session_streams: bool = True,
     ) -> None:
         self.identity = identity
         self.clock = clock
+        # Streams whose router dies move to another path within this many seconds (0: off).
+        self._mover = SessionMover(clock, self._find_path, deadline=resume_deadline)
+        # Later dials to a service open inside the session of an earlier one (0-RTT).
+        self._session_streams = session_streams
         self.link_timers = link_timers  # keepalive: how soon a silent router is given up
         self._identity_path = identity_path
         self._state_path = state_path
@@ -178,6 +191,7 @@ class Context:
         # peer's close_notify; a closing context must never hang its application.
         if tasks:
             await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        self._mover.close()
         for connection in self._connections.values():
             connection.close()
         self._connections.clear()
@@ -186,9 +200,21 @@ class Context:
 
     # -- the API ------------------------------------------------------------------------
 
-    async def dial(self, service: str, timeout: float = 10.0, *, port: int | None = None) -> Stream:
+    async def dial(
+        self,
+        service: str,
+        timeout: float = 10.0,
+        *,
+        port: int | None = None,
+        early_data: bytes = b"",
+    ) -> Stream:
         """An end-to-end encrypted stream to a host of `service` (its `port`, when the policy
         allows the service only on some ports; the host sees it as ``peer.port``).
+
+        After a first stream to `service`, later dials open inside that end-to-end session
+        (no new handshake) and `early_data` (at most 16 KiB) rides with the open, so the
+        host can answer in the same round trip; a host that does not know the session
+        refuses the open and the dial falls back to a full handshake by itself.
 
         Raises DialError with the controller's, the router's or the host's code and reason.
         A ticket the router finds stale (access changed since it was issued) is replaced by
@@ -196,14 +222,20 @@ class Context:
         """
         self._start()
         try:
-            return await self._dial_once(service, timeout, fresh=False, port=port)
+            return await self._dial_once(service, timeout, fresh=False, port=port, early=early_data)
         except DialError as exc:
+            sessions = self._mover.sessions
+            if exc.code in _SESSION_REFUSED and sessions.key_for(service) is not None:
+                sessions.forget(service)  # that host no longer knows us: handshake again
+                return await self._dial_once(
+                    service, timeout, fresh=False, port=port, early=early_data
+                )
             if exc.code != ErrorCode.TICKET_STALE.code:
                 raise
-            return await self._dial_once(service, timeout, fresh=True, port=port)
+            return await self._dial_once(service, timeout, fresh=True, port=port, early=early_data)
 
     async def _dial_once(
-        self, service: str, timeout: float, *, fresh: bool, port: int | None
+        self, service: str, timeout: float, *, fresh: bool, port: int | None, early: bytes = b""
     ) -> Stream:
         grant = await self.ticket(service, Action.DIAL, fresh=fresh, port=port)
         last: UmbraError = DialError("no_router", f"the controller named no router for {service}")
@@ -214,14 +246,29 @@ class Context:
             except DialError as exc:
                 last = exc
                 continue
-            handshake = DialerHandshake(service, grant.ticket, self.credentials(), port=port)
-            circuit_id, opened = connection.open_circuit(
-                service,
-                functools.partial(Circuit.dial, service=service, handshake=handshake),
-                timeout,
-            )
+            sessions = self._mover.sessions
+            key = sessions.key_for(service) if self._session_streams else None
+            make: Callable[[int], Circuit]
+            late = b""  # early data that could not ride with the open: written once open
+            if key is not None and len(early) <= EARLY_DATA_MAX:
+                make = functools.partial(
+                    Circuit.open_in_session,
+                    service=service,
+                    secret=key.secret,
+                    peer=key.peer,
+                    stream=sessions.next_stream(key),
+                    ticket=grant.ticket,
+                    nonce=sessions.nonce(),
+                    early=early,
+                    port=port,
+                )
+            else:
+                handshake = DialerHandshake(service, grant.ticket, self.credentials(), port=port)
+                make = functools.partial(Circuit.dial, service=service, handshake=handshake)
+                late = early
+            circuit_id, opened = connection.open_circuit(service, make, timeout)
             try:
-                return await opened
+                stream = await opened
             except asyncio.CancelledError:
                 connection.cancel_circuit(circuit_id)
                 raise
@@ -230,6 +277,10 @@ class Context:
                     raise
                 self._count("dial_other_router")
                 last = exc  # this router has no way there (now): the next one may
+                continue
+            if late:
+                stream.write(late)
+            return stream
         raise last
 
     def home_router(self) -> str | None:
@@ -265,6 +316,7 @@ class Context:
             "router_rtt_ms": self.ranking.snapshot(self._connections),
             "home_router": self.home_router(),
             "counters": dict(self.counters),
+            "sessions": self._mover.statistics(),
         }
 
     # -- for streams and listeners ------------------------------------------------------
@@ -335,7 +387,7 @@ class Context:
 
     async def _connect(self, address: str) -> RouterConnection:
         connection = RouterConnection(
-            self.identity, address, self.clock, self._lost, self.link_timers
+            self.identity, address, self.clock, self._lost, self.link_timers, mover=self._mover
         )
         started = asyncio.get_running_loop().time()
         await connection.connect()
@@ -362,6 +414,21 @@ class Context:
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+    async def _find_path(self, circuit: Circuit) -> tuple[RouterConnection, str]:
+        """Another path for a paused stream (`sdk/moves.py`): a router of the service's
+        grant, live links first, and a current dial ticket."""
+        grant = await self.ticket(circuit.service, Action.DIAL, port=circuit.port)
+        live = [a for a in grant.routers if (c := self._connections.get(a)) and c.live]
+        last: UmbraError = DialError("no_router", f"no router reaches {circuit.service}")
+        for address in self.ranking.order(
+            live + [a for a in grant.routers if a not in live], self._connections
+        ):
+            try:
+                return await self.connection(address), grant.ticket
+            except DialError as exc:
+                last = exc
+        raise last
 
     def _lost(self, connection: RouterConnection) -> None:
         if self._connections.get(connection.address) is connection:

@@ -5,6 +5,11 @@ peer's credit and the link; `write_eof` half-closes; `close` ends our side and d
 the peer still sends; `abort` resets. Bytes arrive in order and complete, or the stream
 raises StreamReset with the code and reason it ended with.
 
+When a router on the path dies the stream pauses (reads wait, writes queue until `drain`
+holds the writer back) while its session moves to another path; every byte still arrives
+once and in order. No path within the context's resume deadline: StreamReset
+`resume_timeout`.
+
 `read` returns b"" (end of data) only after the peer's sealed FIN. A circuit that ended any
 other way (a RESET from the network, even one that says "no_error", a sealed abort, a local
 reset) makes `read` raise once the bytes that did arrive were read: a truncated stream is
@@ -55,7 +60,12 @@ class Stream:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """asyncio-style extras: ``peer``, ``service``, ``router``."""
-        extras = {"peer": self.peer, "service": self.service, "router": self._connection.name}
+        extras = {
+            "peer": self.peer,
+            "service": self.service,
+            "router": self._connection.name,
+            "resumes": self._circuit.resumes,
+        }
         return extras.get(name, default)
 
     # -- reading ------------------------------------------------------------------------
@@ -221,6 +231,10 @@ class Stream:
             waiter.set_result(None)
         if self._circuit.state is State.CLOSED and not self._closed.done():
             self._closed.set_result(None)
+
+    def moved_to(self, connection: RouterConnection) -> None:
+        """The stream's session resumed on another router link (see `sdk/moves.py`)."""
+        self._connection = connection
 
     # -- internals ------------------------------------------------------------------------
 

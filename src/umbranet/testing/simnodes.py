@@ -24,9 +24,12 @@ from umbranet.proto.endpoint import (
     Event,
     Incoming,
     LinkDown,
+    SessionDetached,
+    SessionResumed,
 )
 from umbranet.proto.flow import DEFAULT_WINDOW
 from umbranet.proto.link import LinkTimers
+from umbranet.proto.sessions import Sessions
 from umbranet.router.links import SwitchLink
 from umbranet.router.quotas import SwitchLimits
 from umbranet.router.switch import Switch
@@ -223,6 +226,11 @@ class SimEndpoint:
         self._by_port: dict[Port, RouterLink] = {}
         self._busy = False
         self._pending: list[RouterLink] = []
+        # Sessions that may move to another router when a path fails (proto/sessions.py).
+        # Off unless a test turns it on (`enable_resume`): a failed path ends the stream.
+        self.sessions = Sessions(deadline=0, entropy=net.rng.randbytes)
+        self.resume_dial_timeout = 5.0
+        self._sessions_timer = Timer(net, self._sessions_due)
 
     def attach(self, port: Port, router: SimRouter) -> RouterLink:
         machine = EndpointLink(name=self.name, now=self.net.clock.now(), timers=self.timers)
@@ -253,6 +261,7 @@ class SimEndpoint:
 
         circuit = link.machine.dial(make, self.net.clock.now(), timeout)
         stream = SimStream(self, link, service, circuit)
+        circuit.owner = stream
         link.streams[circuit.id] = stream
         self.net.note(self.name, link.router, "DIAL_START", f"service={service}", circuit.id)
         self._step(link)
@@ -269,13 +278,18 @@ class SimEndpoint:
 
         def accept(circuit_id: int, connect: Frame) -> Circuit:
             handshake = HostHandshake(service, token, self.credentials)
-            return Circuit.accept(circuit_id, connect, handshake, window)
+            now = self.net.clock.now()
+            return self.sessions.accept(circuit_id, connect, handshake, window, now)
 
         for link in self.links.values():
             if link.down is None:
                 link.machine.bind(binding_id, service, token, accept, self.net.clock.now())
                 self._step(link)
         return listener
+
+    def enable_resume(self, deadline: float = 30.0) -> None:
+        """Streams whose path fails move to another path (within `deadline` seconds)."""
+        self.sessions.deadline = deadline
 
     def close(self, router: SimRouter | None = None) -> None:
         """Leave: GOAWAY `no_error` on the link to `router`, or on every link."""
@@ -373,8 +387,11 @@ class SimEndpoint:
         if isinstance(event, Dialed):
             stream = link.streams.get(event.circuit.id)
             net.note(self.name, router, "DIALED", "", event.circuit.id)
+            self.sessions.opened(event.circuit)
             if stream is not None:
                 stream.opened = True
+        elif isinstance(event, SessionDetached | SessionResumed):
+            self._moved(link, event)
         elif isinstance(event, DialFailed):
             net.note(self.name, router, "DIAL_FAILED", event.code, event.circuit_id)
             stream = link.streams.get(event.circuit_id)
@@ -396,6 +413,53 @@ class SimEndpoint:
         elif isinstance(event, LinkDown):
             self._link_down(link, event)
 
+    def _moved(self, link: RouterLink, event: SessionDetached | SessionResumed) -> None:
+        """A stream's session left `link` (its path failed) or arrived on it (resumed)."""
+        circuit = event.circuit
+        stream = circuit.owner
+        assert isinstance(stream, SimStream)
+        now = self.net.clock.now()
+        if isinstance(event, SessionDetached):
+            self.net.note(self.name, link.router, "DETACHED", event.code, circuit.id)
+            self.sessions.detached(circuit, now)
+            stream.wake()  # it may have ended (moving off), or only pauses
+            self._resume_due()
+        else:
+            self.net.note(self.name, link.router, "RESUMED", "", circuit.id)
+            self.sessions.resumed(circuit)
+            stream.link = link
+            link.streams[circuit.id] = stream
+            stream.wake()
+        self._sessions_timer.arm(self.sessions.poll_timeout())
+
+    def _resume_due(self) -> None:
+        """Put each detached dialer session on a new circuit through a live link."""
+        now = self.net.clock.now()
+        for circuit in self.sessions.due(now):
+            live = [link for link in self.links.values() if link.down is None]
+            if not live:
+                continue
+            link = live[0]
+            stream = circuit.owner
+            assert isinstance(stream, SimStream)
+            token = self.net.ticket(self.identity.spiffe_id, circuit.service, "dial")
+            nonce = self.sessions.nonce()
+            link.machine.resume(circuit, token, nonce, now, self.resume_dial_timeout)
+            stream.link = link
+            link.streams[circuit.id] = stream
+            self.net.note(self.name, link.router, "RESUME_START", "", circuit.id)
+            self._step(link)
+
+    def _sessions_due(self) -> None:
+        if not self.alive:
+            return
+        for circuit in self.sessions.handle_timeout(self.net.clock.now()):
+            stream = circuit.owner
+            if isinstance(stream, SimStream):
+                stream.wake()
+        self._resume_due()
+        self._sessions_timer.arm(self.sessions.poll_timeout())
+
     def _incoming(self, link: RouterLink, event: Incoming) -> None:
         listener = self.listeners.get(event.binding_id)
         circuit = event.circuit
@@ -405,6 +469,8 @@ class SimEndpoint:
             link.machine.flush(circuit)
             return
         stream = SimStream(self, link, listener.service, circuit)
+        circuit.owner = stream
+        self.sessions.opened(circuit)
         stream.opened = True
         stream.on_change = listener.handler
         link.streams[circuit.id] = stream

@@ -32,6 +32,10 @@ class ErrorCode(IntEnum):
     NO_TERMINATOR = 20
     HOST_GONE = 21
     PEER_GONE = 22
+    RESUME_TIMEOUT = 23  # the session found no new path within its resume deadline
+    RESUME_REFUSED = 24  # a resume for an unknown session, or one not sealed by its keys
+    REPLAYED = 25  # a resume (or a stream open) the host has seen before
+    RESUME_GAP = 26  # the peer acknowledged bytes this side can no longer resend
 
     HANDSHAKE_FAILED = 30
     PEER_IDENTITY_MISMATCH = 31

@@ -1,0 +1,239 @@
+"""Moving a circuit's session: resume on a new circuit after a path failure, and the key
+schedule shared with streams opened inside a session (see `proto/resume.py`). A mixin of
+`Circuit`, kept apart so each file reads in one sitting; its rules are `circuit.py`'s."""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime
+
+from umbranet.proto.circuit_state import MOVING, Closed, Detached, Event, Opened, Resumed, State
+from umbranet.proto.e2e import E2ESession, PeerIdentity, RekeyLimits
+from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, ReceiveWindow, SendCredit
+from umbranet.proto.noise import CipherState
+from umbranet.proto.resume import Confirm, Open, OpenOk, Resume, ResumeError, ResumeOk, ResumeSecret
+from umbranet.proto.retain import Retained
+from umbranet.proto.text import printable
+from umbranet.wire import ErrorCode, Frame, FrameType, decode_control, encode_control
+from umbranet.wire.frames import encode_frame
+
+__all__ = ["CircuitMoves"]
+
+
+class CircuitMoves:
+    """The resume half of `Circuit` (state it shares is set by `Circuit.__init__`)."""
+
+    id: int
+    state: State
+    peer: PeerIdentity | None
+    service: str
+    is_dialer: bool
+    epoch: int
+    resumes: int
+    local_fin: bool
+    remote_fin: bool
+    _fin_queued: bool
+    _transmit: list[bytes]
+    _events: deque[Event]
+    _session: E2ESession | None
+    _resume: ResumeSecret | None
+    _retained: Retained
+    _received: int
+    _gen: int
+    _attempt: tuple[Resume, ResumeOk | None, int] | None
+    _detached: Detached | None
+    _opening: tuple[Open, ResumeSecret] | None
+    _window: ReceiveWindow
+    _credit: SendCredit
+    _outbound: deque[bytes]
+    _outbound_size: int
+    _inbound: deque[bytes]
+    _unread: bytes
+    _limits: RekeyLimits | None
+
+    def _move(self, target: State) -> None:
+        raise NotImplementedError
+
+    def _finish(self, closed: Closed) -> None:
+        raise NotImplementedError
+
+    def _pump(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def resumable(self) -> bool:
+        """The session can move to a new circuit if this one fails."""
+        return self._resume is not None and (self.state is State.OPEN or self.state in MOVING)
+
+    @property
+    def resume_secret(self) -> ResumeSecret | None:
+        """The session's secret (for streams opened inside it); never leaves the endpoint."""
+        return self._resume
+
+    @property
+    def session_id(self) -> bytes | None:
+        return None if self._resume is None else self._resume.sid
+
+    @property
+    def retained_bytes(self) -> int:
+        """Sent plaintext kept for a resume (at most the peer's window)."""
+        return self._retained.size
+
+    def detach(self, code: ErrorCode, reason: str) -> None:
+        """The circuit under the session is gone: keep the session and wait for a resume
+        (a circuit that cannot move closes, unauthenticated, as a RESET would)."""
+        if self.state is State.CLOSED:
+            return
+        if not self.resumable:
+            self._finish(Closed(code, printable(reason), by_peer=True, authenticated=False))
+            return
+        self._transmit.clear()  # frames for the old circuit id: the retained bytes go again
+        self._session = None
+        self._attempt = None
+        self.epoch += 1
+        self.state = State.DETACHED
+        detached = Detached(code, printable(reason))
+        self._detached = detached
+        self._events.append(detached)
+
+    def give_up(self) -> None:
+        """A detached session that will not move ends as its path failure said (a claim
+        of the network: unauthenticated, as the RESET or lost link it came from)."""
+        if self.state is State.DETACHED:
+            cause = self._detached or Detached(ErrorCode.PEER_GONE, "path lost")
+            self._finish(Closed(cause.code, cause.reason, by_peer=True, authenticated=False))
+
+    def resume_dial(self, circuit_id: int, ticket: str, nonce: bytes) -> None:
+        """(Dialer) Open circuit `circuit_id` for this session: DIAL carrying RESUME."""
+        if self.state is not State.DETACHED or self._resume is None or not self.is_dialer:
+            raise ConnectionError(f"cannot resume a circuit in state {self.state.value}")
+        self._gen += 1
+        resume = Resume.build(self._resume, self._gen, nonce, self._received, self.remote_fin)
+        self.id = circuit_id
+        self.epoch += 1
+        self._attempt = (resume, None, 0)
+        fields = {"ticket": ticket, "service": self.service, "window": self._window.window}
+        self._transmit.append(
+            encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, resume.raw))
+        )
+        self._move(State.RESUMING)
+
+    def check_resume(self, resume: Resume) -> None:
+        """(Host) Raise ResumeError unless `resume` is sealed by this session and newer
+        than every generation seen (a router's replay)."""
+        if self._resume is None or self.is_dialer or self.state is State.CLOSED:
+            raise ResumeError(ErrorCode.RESUME_REFUSED, "no such session here")
+        resume.verify(self._resume)
+        if resume.gen <= self._gen:
+            raise ResumeError(
+                ErrorCode.REPLAYED, f"resume generation {resume.gen} seen before ({self._gen})"
+            )
+
+    def resume_accept(self, circuit_id: int, resume: Resume, window: int, nonce: bytes) -> None:
+        """(Host) A checked RESUME arrived on circuit `circuit_id`: answer RESUME_OK there
+        and stop sending on the old circuit; data flows after the dialer's CONFIRM."""
+        self.check_resume(resume)
+        assert self._resume is not None
+        self._gen = resume.gen
+        ok = ResumeOk.build(self._resume, resume, nonce, self._received, self.remote_fin)
+        self._transmit.clear()
+        self._session = None
+        self.id = circuit_id
+        self.epoch += 1
+        self._attempt = (resume, ok, window)
+        self._transmit.append(
+            encode_frame(
+                FrameType.ACCEPT,
+                circuit_id,
+                encode_control({"window": self._window.window}, ok.raw),
+            )
+        )
+        self._move(State.REATTACHING)
+
+    def _on_resume_ok(self, frame: Frame, now: datetime) -> None:
+        assert self._attempt is not None and self._resume is not None
+        resume = self._attempt[0]
+        ctl = decode_control(frame.payload)
+        peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
+        ok = ResumeOk.parse(ctl.blob, self._resume, resume)
+        confirm = Confirm.build(self._resume, resume.raw, ok.raw)
+        self._transmit.append(encode_frame(FrameType.HANDSHAKE, self.id, confirm))
+        self._reattach(resume, ok, peer_window, now, ok.received, ok.fin)
+
+    def _start_session(
+        self, secret: ResumeSecret, transcript: bytes, peer_window: int, now: datetime
+    ) -> None:
+        """Keys of a circuit opened by an exchange under `secret` (resume or OPEN)."""
+        d2h, h2d = secret.circuit_keys(transcript)
+        send, receive = (d2h, h2d) if self.is_dialer else (h2d, d2h)
+        session = E2ESession(
+            CipherState(key=send),
+            CipherState(key=receive),
+            dialer=self.is_dialer,
+            now=now,
+            limits=self._limits,
+        )
+        session.resume = self._resume = secret
+        self._session = session
+        self._credit = SendCredit(peer_window)
+
+    def _on_open_ok(self, frame: Frame, now: datetime) -> None:
+        assert self._opening is not None and self.peer is not None
+        opening, secret = self._opening
+        ctl = decode_control(frame.payload)
+        peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
+        ok = OpenOk.parse(ctl.blob, secret, opening)
+        confirm = Confirm.build(secret, opening.header, ok.raw)
+        self._transmit.append(encode_frame(FrameType.HANDSHAKE, self.id, confirm))
+        self._start_session(
+            opening.stream_secret(secret, ok.raw), opening.header + ok.raw, peer_window, now
+        )
+        self._opening = None
+        self._move(State.OPEN)
+        self._events.append(Opened(self.peer))
+        self._pump()
+
+    def _on_confirm(self, frame: Frame, now: datetime) -> None:
+        assert self._attempt is not None and self._resume is not None
+        resume, ok, peer_window = self._attempt
+        assert ok is not None
+        Confirm.verify(frame.payload, self._resume, resume.raw, ok.raw)
+        self._reattach(resume, ok, peer_window, now, resume.received, resume.fin)
+
+    def _reattach(  # noqa: PLR0917
+        self,
+        resume: Resume,
+        ok: ResumeOk,
+        peer_window: int,
+        now: datetime,
+        peer_received: int,
+        peer_fin: bool,
+    ) -> None:
+        """Both ends proved the session: new keys, new windows, and send again from the
+        peer's sealed offset (a FIN it did not get goes again too)."""
+        assert self._resume is not None
+        again = self._retained.rewind(peer_received)
+        if again is None:
+            raise ResumeError(
+                ErrorCode.RESUME_GAP,
+                f"peer holds {peer_received} bytes; this side keeps "
+                f"{self._retained.base}..{self._retained.sent}",
+            )
+        if self._retained.fin and not peer_fin:
+            self._retained.fin = False
+            self.local_fin = False
+            self._fin_queued = True
+        if again:
+            self._outbound.extendleft(reversed(again))
+            self._outbound_size += sum(len(piece) for piece in again)
+        if self._inbound:
+            # Bytes that came over the old circuit owe the new one no credit.
+            self._unread = b"".join([self._unread, *self._inbound])
+            self._inbound.clear()
+        self._window = ReceiveWindow(self._window.window)
+        self._start_session(self._resume, resume.raw + ok.raw, peer_window, now)
+        self._attempt = None
+        self.resumes += 1
+        self._move(State.OPEN)
+        self._events.append(Resumed())
+        self._pump()

@@ -1,0 +1,262 @@
+"""Streams opened inside an existing end-to-end session (issue 11, item 6), sans-IO: no new
+Noise handshake, the first data rides with the open (0-RTT), replays are refused and counted
+by the host, and every stream's ticket is still checked (service, port, revocation epoch)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.test_resume_machine import (
+    ALICE,
+    NET,
+    SERVICE,
+    WEB,
+    MovingPair,
+    _credentials,
+    _decode,
+    _drain,
+    _instant,
+    _now,
+    _reset_code,
+    _ticket,
+)
+from umbranet.pki.tickets import Action
+from umbranet.proto.circuit import Circuit, State
+from umbranet.proto.e2e import HostHandshake
+from umbranet.proto.flow import MIN_WINDOW
+from umbranet.proto.resume import is_open_blob
+from umbranet.wire import ErrorCode, Frame, FrameType, decode_control, encode_control
+
+
+class Opened:
+    """A dialer's in-session circuit and what the host made of its OPEN."""
+
+    def __init__(self, dialer: Circuit, host: Circuit, connect: Frame) -> None:
+        self.dialer, self.host, self.connect = dialer, host, connect
+
+    def settle(self) -> None:
+        for _ in range(1000):
+            out_d = _decode(self.dialer.poll_transmit())
+            out_h = _decode(self.host.poll_transmit())
+            for frame in out_h:
+                self.dialer.handle_frame(
+                    Frame(frame.type, frame.flags, self.dialer.id, frame.payload), _now()
+                )
+            for frame in out_d:
+                self.host.handle_frame(
+                    Frame(frame.type, frame.flags, self.host.id, frame.payload), _now()
+                )
+            if not out_d and not out_h:
+                return
+
+
+def _open(
+    pair: MovingPair,
+    *,
+    stream: int = 1,
+    early: bytes = b"GET / HTTP/1.1\r\n\r\n",
+    ticket: str | None = None,
+    port: int | None = None,
+    binding: str = SERVICE,
+    min_epoch: int = 0,
+    ports: frozenset[int] | None = None,
+) -> Opened:
+    secret, peer = pair.dialer.resume_secret, pair.dialer.peer
+    assert secret is not None and peer is not None
+    dialer = Circuit.open_in_session(
+        100 + stream,
+        binding,
+        secret=secret,
+        peer=peer,
+        stream=stream,
+        ticket=ticket or _ticket(ALICE, Action.DIAL, binding),
+        nonce=pair.sessions.nonce(),
+        early=early,
+        port=port,
+    )
+    (dial,) = _decode(dialer.poll_transmit())
+    ctl = decode_control(dial.payload)
+    assert is_open_blob(ctl.blob)
+    fields = {
+        "service": binding,
+        "binding": 1,
+        "ticket": ctl.str_field("ticket"),
+        "dialer": ALICE.spiffe_id,
+        "window": ctl.int_field("window"),
+    }
+    connect = Frame(FrameType.CONNECT, 0, 200 + stream, encode_control(fields, ctl.blob))
+    return Opened(dialer, _offer(pair, connect, binding, min_epoch, ports), connect)
+
+
+def _offer(
+    pair: MovingPair,
+    connect: Frame,
+    binding: str = SERVICE,
+    min_epoch: int = 0,
+    ports: frozenset[int] | None = None,
+) -> Circuit:
+    bind = HostHandshake(
+        binding,
+        _ticket(WEB, Action.BIND, binding),
+        _credentials(WEB),
+        min_epoch=min_epoch,
+        ports=ports,
+    )
+    return pair.sessions.accept(connect.circuit, connect, bind, MIN_WINDOW, _instant())
+
+
+def test_a_later_stream_opens_in_the_session_with_its_first_data_and_no_handshake() -> None:
+    pair = MovingPair()
+    opened = _open(pair)
+    host = opened.host
+    # The host holds the early data before any round trip, from the proven peer.
+    assert host.state is State.OPEN and host.in_session
+    assert host.peer is not None and host.peer.spiffe_id == ALICE.spiffe_id
+    assert _drain(host) == b"GET / HTTP/1.1\r\n\r\n"
+    host.write(b"HTTP/1.1 200 OK\r\n\r\n")  # answered in the host's first flight
+    opened.settle()
+    assert opened.dialer.state is State.OPEN
+    assert _drain(opened.dialer) == b"HTTP/1.1 200 OK\r\n\r\n"
+    opened.dialer.write(b"more")
+    opened.dialer.write_eof()
+    host.write_eof()
+    opened.settle()
+    assert _drain(host) == b"more"
+    assert host.state is State.CLOSED and host.error is not None and host.error.clean
+    assert pair.sessions.counters["streams_opened_in_session"] == 1
+    # Each stream has its own keys and its own session id for resumes.
+    assert opened.dialer.session_id not in (None, pair.dialer.session_id)
+
+
+def test_a_replayed_open_is_refused_and_counted() -> None:
+    pair = MovingPair()
+    opened = _open(pair, stream=1)
+    again = _offer(pair, Frame(FrameType.CONNECT, 0, 300, opened.connect.payload))
+    assert again is not opened.host and again.state is State.CLOSED
+    assert _reset_code(_decode(again.poll_transmit())) is ErrorCode.REPLAYED
+    assert pair.sessions.counters["replayed"] == 1
+    assert _open(pair, stream=2).host.state is State.OPEN  # a new number is fine
+
+
+def test_an_open_with_tampered_early_data_or_an_unknown_session_is_refused() -> None:
+    pair = MovingPair()
+    opened = _open(pair, stream=1)
+    ctl = decode_control(opened.connect.payload)
+    tampered = bytearray(ctl.blob)
+    tampered[-1] ^= 1
+    fields = dict(ctl.fields)
+    circuit = _offer(
+        pair, Frame(FrameType.CONNECT, 0, 301, encode_control(fields, bytes(tampered)))
+    )
+    assert _reset_code(_decode(circuit.poll_transmit())) is ErrorCode.RESUME_REFUSED
+    stranger = MovingPair()  # another session, unknown to this host
+    circuit = _offer(pair, _open(stranger, stream=1).connect)
+    assert _reset_code(_decode(circuit.poll_transmit())) is ErrorCode.RESUME_REFUSED
+    assert pair.sessions.counters["resume_refused"] == 2
+
+
+def test_each_stream_s_ticket_is_checked_for_its_service_and_port() -> None:
+    pair = MovingPair()
+    # A stream to another service of the same host needs a ticket for that service.
+    wrong = _open(pair, stream=1, binding="admin", ticket=_ticket(ALICE, Action.DIAL, SERVICE))
+    assert _reset_code(_decode(wrong.host.poll_transmit())) is ErrorCode.PEER_NOT_AUTHORIZED
+    right = _open(pair, stream=2, binding="admin")
+    assert right.host.state is State.OPEN and right.host.service == "admin"
+    # A port the ticket does not grant, or the host does not serve.
+    _, port_ticket = NET.signer.sign_ticket(ALICE.spiffe_id, SERVICE, Action.DIAL, _now(), port=443)
+    asked = _open(pair, stream=3, port=80, ticket=port_ticket)
+    assert _reset_code(_decode(asked.host.poll_transmit())) is ErrorCode.PORT_NOT_GRANTED
+    served = _open(pair, stream=4, port=443, ticket=port_ticket, ports=frozenset({8443}))
+    assert _reset_code(_decode(served.host.poll_transmit())) is ErrorCode.PORT_NOT_GRANTED
+    granted = _open(pair, stream=5, port=443, ticket=port_ticket, ports=frozenset({443}))
+    assert granted.host.peer is not None and granted.host.peer.port == 443
+
+
+@pytest.mark.parametrize("why", ["revoked", "expired"])
+def test_a_revoked_identity_cannot_open_a_stream_in_its_existing_session(why: str) -> None:
+    pair = MovingPair()
+    if why == "revoked":
+        # The host heard of a revocation (epoch 1): tickets from before it are refused.
+        opened = _open(pair, stream=1, min_epoch=1)
+        frames = _decode(opened.host.poll_transmit())
+        assert _reset_code(frames) is ErrorCode.TICKET_STALE
+    else:
+        _, old = NET.signer.sign_ticket(
+            ALICE.spiffe_id, SERVICE, Action.DIAL, _now() - timedelta(hours=2), timedelta(hours=1)
+        )
+        opened = _open(pair, stream=1, ticket=old)
+        frames = _decode(opened.host.poll_transmit())
+        assert _reset_code(frames) is ErrorCode.PEER_NOT_AUTHORIZED
+    assert opened.host.state is State.CLOSED
+    # The refusal reaches the dialer as the end of its dial, never as an open stream.
+    for frame in frames:
+        opened.dialer.handle_frame(Frame(frame.type, 0, opened.dialer.id, frame.payload), _now())
+    assert opened.dialer.state is State.CLOSED and opened.dialer.error is not None
+
+
+def test_a_stream_opened_in_the_session_resumes_on_its_own() -> None:
+    pair = MovingPair()
+    opened = _open(pair, stream=1, early=b"")
+    opened.settle()
+    pair.sessions.opened(opened.host)
+    opened.dialer.write(b"z" * 50_000)
+    opened.settle()
+    assert len(_drain(opened.host)) == 50_000
+    opened.dialer.detach(ErrorCode.PEER_GONE, "hop lost")
+    opened.host.detach(ErrorCode.PEER_GONE, "hop lost")
+    opened.dialer.write(b"after")
+    opened.dialer.resume_dial(400, _ticket(ALICE, Action.DIAL), pair.sessions.nonce())
+    (dial,) = _decode(opened.dialer.poll_transmit())
+    ctl = decode_control(dial.payload)
+    fields = {
+        "service": SERVICE,
+        "binding": 1,
+        "ticket": ctl.str_field("ticket"),
+        "dialer": ALICE.spiffe_id,
+        "window": MIN_WINDOW,
+    }
+    moved = _offer(pair, Frame(FrameType.CONNECT, 0, 401, encode_control(fields, ctl.blob)))
+    assert moved is opened.host
+    opened.settle()
+    assert _drain(opened.host) == b"after"
+
+
+_FUZZ_PAIR: list[MovingPair] = []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kind=st.sampled_from([1, 4]),
+    body=st.binary(min_size=0, max_size=200),
+    flip=st.integers(0, 10_000),
+)
+def test_any_resume_or_open_blob_a_router_makes_up_is_refused_never_raises(
+    kind: int, body: bytes, flip: int
+) -> None:
+    if not _FUZZ_PAIR:
+        _FUZZ_PAIR.append(MovingPair())
+    pair = _FUZZ_PAIR[0]
+    real = _open(pair, stream=10_000 + flip).connect if kind == 4 else None
+    blob = b"UMR\x01" + bytes([kind]) + body
+    if real is not None and body:
+        mutated = bytearray(decode_control(real.payload).blob)
+        mutated[flip % len(mutated)] ^= 1 + body[0] % 255
+        blob = bytes(mutated)
+    fields = {
+        "service": SERVICE,
+        "binding": 1,
+        "ticket": _ticket(ALICE, Action.DIAL),
+        "dialer": ALICE.spiffe_id,
+        "window": MIN_WINDOW,
+    }
+    circuit = _offer(pair, Frame(FrameType.CONNECT, 0, 999, encode_control(fields, blob)))
+    if circuit.state is not State.CLOSED:
+        # Not a RESUME/OPEN shape at all: taken as a Noise message 1 and answered (or not).
+        assert not circuit.in_session and circuit.resumes == 0
+    else:
+        assert circuit.poll_transmit()  # a RESET says why
+    assert pair.host.state is State.OPEN  # the real session is untouched
