@@ -189,7 +189,9 @@ class Agent:
                     self.counters.add(f"tun_failed.{exc.code}")
                     log.warning("network mode: %s", exc)
             self.routers = [
-                RouterAddress(r.name, r.spiffe_id, r.address) for r in routers if r.address
+                RouterAddress(name=r.name, spiffe_id=r.spiffe_id, address=r.address)
+                for r in routers
+                if r.address
             ]
             dial = {
                 s.name: [i.port for i in s.intercepts] for s in me.services if "dial" in s.actions

@@ -15,9 +15,9 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from umbranet.controller.api.deps import AdminCaller, Ctx, RouterCaller
-from umbranet.controller.api.models import ErrorBody
 from umbranet.controller.service import NotFound
 from umbranet.controller.service.links import MAX_LINKS, MAX_SERVICES, LinkGraph
+from umbranet.schema import ErrorBody
 
 __all__ = ["link_graph", "router"]
 
