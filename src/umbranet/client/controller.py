@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from umbranet.aio.tls import load_identity
 from umbranet.client.enrollment_tls import pinned_context
+from umbranet.client.follow import renewal_due
 from umbranet.client.models import (
     CreatedIdentity,
     CreatedRouter,
@@ -259,9 +260,7 @@ class ControllerClient:
 
     async def renew_if_due(self, now: datetime) -> IdentityFile | None:
         """Renew when past half of the certificate's lifetime; None if not due yet."""
-        cert = self._identity.certificate
-        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-        if now < start + (end - start) / 2:
+        if not renewal_due(self._identity, now):
             return None
         return await self.renew()
 
