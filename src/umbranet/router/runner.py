@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from umbranet.client.controller import ControllerClient, ControllerError, MeshRoute
+from umbranet.client.current import CurrentClient
 from umbranet.client.follow import follow_events, renew_at_half_life
 from umbranet.clock import system_clock
 from umbranet.pki import IdentityFile
@@ -82,31 +83,22 @@ class ControllerMesh:
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self._client: ControllerClient | None = None
+        self._current = CurrentClient(lambda: router.identity)
 
     async def __aenter__(self) -> ControllerMesh:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._current.aclose()
 
     async def peers(self) -> list[PeerAddress]:
-        routers = await (await self._current()).routers()
+        routers = await (await self._current.get()).routers()
         return [PeerAddress(r.spiffe_id, r.address) for r in routers if r.address is not None]
 
     async def report(
         self, services: Collection[str], links: Mapping[str, float | None]
     ) -> list[MeshRoute]:
-        return await (await self._current()).router_state(services, links)
-
-    async def _current(self) -> ControllerClient:
-        client = self._client
-        if client is None or client.identity is not self.router.identity:
-            if client is not None:
-                await client.aclose()
-            client = self._client = ControllerClient(self.router.identity)
-        return client
+        return await (await self._current.get()).router_state(services, links)
 
 
 async def _keep_registered(router: Router, identity_path: Path, address: str) -> None:
