@@ -10,7 +10,6 @@ no call pays a TLS handshake and none runs as a certificate that was renewed awa
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
 
 from umbranet.client.controller import ControllerClient
 from umbranet.pki import IdentityFile
@@ -52,10 +51,5 @@ class CurrentClient:
     async def __aenter__(self) -> CurrentClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

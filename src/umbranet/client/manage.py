@@ -18,6 +18,7 @@ from umbranet.client.models import (
     ServiceInfo,
     parse,
 )
+from umbranet.schema import EnrollmentTokenOut
 
 __all__ = [
     "delete_identity",
@@ -79,4 +80,4 @@ async def delete_router(client: ControllerClient, name: str) -> None:
 
 async def router_token(client: ControllerClient, name: str) -> str:
     data = await client._call("POST", f"/v1/routers/{_seg(name)}/enrollments")
-    return str(data["enrollment_token"])
+    return parse(EnrollmentTokenOut, data).enrollment_token
