@@ -138,7 +138,7 @@ class MeOut(BaseModel):
     kind: str
     spiffe_id: str
     attributes: list[str]
-    services: list[ServiceActionsOut] = Field(default_factory=list)
+    services: list[ServiceActionsOut]  # no default: always sent, even empty
     ipv4: str | None = Field(default=None, description="overlay IPv4 (network mode)")
     ipv6: str | None = Field(default=None, description="overlay IPv6 (network mode)")
 
