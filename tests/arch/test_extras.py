@@ -42,6 +42,8 @@ PARTS = {
     "wire": "",
     "pki": "",
     "policy": "",
+    "schema": "",
+    "client": "",
     "proto": "",
     "aio": "",
     "sdk": "",

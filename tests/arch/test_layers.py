@@ -21,22 +21,41 @@ ALLOWED = {
     "wire": GROUND,  # the byte format stands alone
     "pki": GROUND,  # identities and tokens stand alone
     "policy": GROUND,  # decisions are pure functions of data
+    # the REST models shared by the controller and its clients: pydantic over the ground floor
+    "schema": GROUND,
     "proto": GROUND | {"wire", "pki", "policy"},  # state machines over format and identities
     "aio": GROUND | {"wire", "pki", "policy", "proto"},  # shells drive the machines
     # the controller's REST clients: below everything that talks to it, never the controller
-    "client": GROUND | {"wire", "pki", "policy", "proto", "aio"},
-    "controller": GROUND | {"wire", "pki", "policy", "proto", "aio"},  # never its own clients
+    "client": GROUND | {"wire", "pki", "policy", "schema", "proto", "aio"},
+    # never its own clients
+    "controller": GROUND | {"wire", "pki", "policy", "schema", "proto", "aio"},
     # never the SDK or controller
-    "router": GROUND | {"wire", "pki", "policy", "proto", "aio", "client"},
+    "router": GROUND | {"wire", "pki", "policy", "schema", "proto", "aio", "client"},
     # never the router or controller
-    "sdk": GROUND | {"wire", "pki", "policy", "proto", "aio", "client"},
+    "sdk": GROUND | {"wire", "pki", "policy", "schema", "proto", "aio", "client"},
     # built on the SDK; never the router or the controller
-    "integrations": GROUND | {"wire", "pki", "policy", "proto", "aio", "client", "sdk"},
-    "agent": GROUND | {"wire", "pki", "policy", "proto", "aio", "client", "sdk"},  # on the SDK
+    "integrations": GROUND | {"wire", "pki", "policy", "schema", "proto", "aio", "client", "sdk"},
+    # on the SDK; never the router or the controller
+    "agent": GROUND | {"wire", "pki", "policy", "schema", "proto", "aio", "client", "sdk"},
     # the test kit drives the real machines and shells of every layer below the CLI
     "testing": GROUND
-    | {"wire", "pki", "policy", "proto", "aio", "client", "controller", "router", "sdk", "agent"},
+    | {
+        "wire",
+        "pki",
+        "policy",
+        "schema",
+        "proto",
+        "aio",
+        "client",
+        "controller",
+        "router",
+        "sdk",
+        "agent",
+    },
 }
+# What the schema floor may import beyond the standard library: the client shares it, so it
+# must never bring the controller's web or database stack with it.
+SCHEMA_THIRD_PARTY = {"pydantic"}
 PURE = {"wire", "pki", "policy", "proto"}
 IMPURE_MODULES = {"asyncio", "socket", "ssl", "time", "selectors", "threading"}
 
@@ -78,6 +97,20 @@ def test_the_ground_floor_imports_no_layer(name: str) -> None:
     if not path.exists():
         pytest.skip(f"{name}.py is not part of this tree")
     assert not [n for n in _imports(path) if n.startswith("umbranet.")]
+
+
+def test_the_schema_floor_needs_only_pydantic() -> None:
+    names = {
+        n.split(".")[0] for path in (SRC / "schema").rglob("*.py") for n in _imports(path)
+    } - set(sys.stdlib_module_names)
+    assert names - {"umbranet"} <= SCHEMA_THIRD_PARTY, sorted(names)
+
+
+@pytest.mark.parametrize("layer", ["sdk", "agent", "integrations", "schema", "client"])
+def test_endpoint_code_never_reaches_the_controller_or_router(layer: str) -> None:
+    # Endpoints talk to the controller over its REST API (client + schema) and to routers over
+    # links; importing the server side would ship its stack and its secrets' code to devices.
+    assert not ALLOWED[layer] & {"controller", "router"}, layer
 
 
 def test_nothing_in_the_package_imports_the_test_kit() -> None:

@@ -50,3 +50,13 @@ def test_me_shows_intercepts_to_all_and_host_address_to_hosts(h: Harness) -> Non
     ]
     raw = h.client(alice).get("/v1/me").json()["services"]
     assert raw[1] == {"name": "plain", "actions": ["dial"]}
+
+
+def test_me_always_sends_the_service_list_and_leaves_out_only_unset_extras(h: Harness) -> None:
+    """Older clients read ``services`` unconditionally: it is sent even when empty, while
+    the optional parts (host address, intercepts, overlay addresses) are left out unset."""
+    nobody = h.new_device("nobody", ["nothing"])
+    raw = h.client(nobody).get("/v1/me").json()
+    assert raw["services"] == []
+    assert {"name", "kind", "spiffe_id", "attributes", "services"} <= set(raw)
+    assert not {"ipv4", "ipv6"} & {k for k, v in raw.items() if v is None}

@@ -14,6 +14,7 @@ from umbranet.client.follow import (
     ControllerFollower,
     follow_events,
     renew_at_half_life,
+    renewal_due,
     seconds_to_half_life,
 )
 from umbranet.testing import LocalNetwork
@@ -54,6 +55,37 @@ def test_renewal_goes_on_after_failures_of_any_kind(arun: Any) -> None:
 
     arun(main())
     assert [type(f) for f in failures] == [RuntimeError, OSError]
+
+
+def test_a_long_wait_is_cut_so_a_replaced_certificate_is_noticed(arun: Any) -> None:
+    """The router's renewal runs on this loop: a certificate renewed elsewhere (or a clock
+    stepped past half-life) is noticed after at most `max_wait`, not at the old deadline."""
+    clock = FakeClock(ALICE.certificate.not_valid_before_utc)  # half a lifetime to wait
+    renewed = asyncio.Event()
+
+    async def renew() -> None:
+        renewed.set()
+
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(
+            renew_at_half_life(
+                lambda: ALICE, renew, clock, retry=lambda: 0.0, failed=print, max_wait=0.01
+            )
+        )
+        await asyncio.sleep(0.05)
+        assert not renewed.is_set()  # not due yet: the cut waits only re-read the deadline
+        clock.step_wall(ALICE.certificate.not_valid_after_utc - clock.wall)
+        await asyncio.wait_for(renewed.wait(), 5)
+        task.cancel()
+
+    arun(main())
+
+
+def test_renewal_due_is_the_half_life_rule() -> None:
+    start = ALICE.certificate.not_valid_before_utc
+    half = seconds_to_half_life(ALICE, start)
+    assert not renewal_due(ALICE, start)
+    assert renewal_due(ALICE, start + timedelta(seconds=half))
 
 
 def test_events_are_followed_across_broken_streams(arun: Any) -> None:

@@ -163,6 +163,19 @@ def test_unreachable_controller(h: Harness) -> None:
         ("/v1/me", {}),
         ("/v1/me", {"name": 5, "kind": "device", "spiffe_id": "x", "attributes": 7}),
         ("/v1/tickets", {"ticket": "t"}),
+        # Wrong types inside otherwise complete answers: the shared schema rejects them.
+        ("/v1/tickets", {"ticket": "t", "expires_at": "soon", "routers": []}),
+        ("/v1/tickets", {"ticket": "t", "expires_at": "2026-01-01T00:00:00+00:00", "routers": 3}),
+        (
+            "/v1/me",
+            {
+                "name": "a",
+                "kind": "device",
+                "spiffe_id": "x",
+                "attributes": [],
+                "services": [{"name": "db", "actions": ["dial"], "intercepts": [{"host": 1}]}],
+            },
+        ),
     ],
 )
 def test_a_malformed_answer_is_a_bad_response_not_a_crash(
@@ -181,5 +194,41 @@ def test_a_malformed_answer_is_a_bad_response_not_a_crash(
                 else:
                     await client.ticket("db", "dial")
             assert info.value.code == "bad_response"
+
+    arun(main())
+
+
+def test_the_client_reads_what_the_controller_renders(arun: Any) -> None:
+    """Client and controller share the REST models: an answer the controller renders (here a
+    `MeOut` with intercepts and overlay addresses) comes back from the client as the same
+    value, defaults included."""
+    from umbranet.schema import Intercept as SchemaIntercept
+    from umbranet.schema import MeOut, ServiceActionsOut
+
+    rendered = MeOut(
+        name="alice",
+        kind="device",
+        spiffe_id="spiffe://demo.umbra/device/alice",
+        attributes=["eng"],
+        services=[
+            ServiceActionsOut(
+                name="db", actions=["dial"], intercepts=[SchemaIntercept(host="db.umbra", port=5)]
+            ),
+            ServiceActionsOut(name="web", actions=["bind"], host_address="tcp://127.0.0.1:80"),
+        ],
+        ipv4="100.64.0.2",
+    )
+    identity = LocalNetwork().identity("alice")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = rendered.model_dump(mode="json", exclude_defaults=True)
+        return httpx.Response(200, json=body)
+
+    async def main() -> None:
+        async with ControllerClient(identity, transport=httpx.MockTransport(handler)) as client:
+            me = await client.me()
+        assert me == rendered
+        assert me.services[1].intercepts == []  # left out on the wire, empty on our side
+        assert me.ipv6 is None
 
     arun(main())

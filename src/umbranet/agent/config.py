@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 DEFAULT_STATE_DIR = Path("~/.umbra/agent")
-REFRESH_INTERVAL = 30.0
+# The safety poll of `GET /v1/me`: changes arrive as epoch events at once; this only catches
+# what an interrupted event stream missed.
+REFRESH_INTERVAL = 300.0
 # Derived ports live in 15000..24999: above the well-known and registered ports people
 # usually run locally, below Linux's ephemeral range (32768+), so a client's own outgoing
 # connections never hold the port the agent wants.

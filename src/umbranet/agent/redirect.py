@@ -22,7 +22,8 @@ Before touching anything, the plan (and the original resolv.conf) is written to
 ``rootmode.json`` in the state directory, so `uninstall` can undo a crashed agent's changes
 (``umbra down``, or the next ``umbra up``). `uninstall` only removes what is still ours: the
 resolv.conf is restored only if it still holds what we wrote, and it refuses to run in
-another network namespace than the one the changes were made in.
+another network namespace than the one the changes were made in (the plan file's rules are
+network mode's too: `planfile`).
 """
 
 from __future__ import annotations
@@ -30,20 +31,26 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from umbranet.agent import resolved
+from umbranet.agent import planfile, resolved
 from umbranet.agent.config import ConfigError
+from umbranet.agent.planfile import (
+    current_netns,
+    require_root,
+    restore_in_place,
+    run_command,
+    write_in_place,
+)
 
 __all__ = [
     "STATE_FILE",
     "TABLE",
     "Installed",
+    "current_netns",
     "install",
     "leftovers",
     "nft_ruleset",
@@ -51,6 +58,7 @@ __all__ = [
     "require_root",
     "resolv_conf_for",
     "set_resolved_domains",
+    "run_command",
     "set_udp_redirects",
     "udp_map_script",
     "uninstall",
@@ -74,15 +82,6 @@ class Installed:
     resolv_ours: str
     # With systemd-resolved: the link carrying our DNS scope (resolv.conf fields are empty).
     dns_link: str = ""
-
-
-def require_root() -> None:
-    """ConfigError ``needs_root`` unless we may change rules, routes and resolv.conf."""
-    if os.geteuid() != 0:
-        raise ConfigError("needs_root", "root mode changes nftables, routes and resolv.conf")
-    for tool, package in (("nft", "nftables"), ("ip", "iproute2")):
-        if shutil.which(tool) is None:
-            raise ConfigError("missing_tool", f"root mode needs `{tool}` (Debian: {package})")
 
 
 def nft_ruleset(network: str, tcp_port: int) -> str:
@@ -174,7 +173,7 @@ def install(
         resolv_ours="" if with_resolved else resolv_conf_for(original, stub_address),
         dns_link=resolved.LINK if with_resolved else "",
     )
-    _write_state(state_dir, plan)
+    planfile.record(state_dir, STATE_FILE, plan)
     try:
         run_command(["nft", "-f", "-"], stdin=nft_ruleset(network, tcp_port))
         run_command(["ip", "route", "add", *plan.route.split()])
@@ -189,7 +188,7 @@ def install(
             ):
                 run_command(argv)
         else:
-            _write_in_place(resolv_path, plan.resolv_ours)
+            write_in_place(resolv_path, plan.resolv_ours)
     except BaseException:
         uninstall(state_dir)
         raise
@@ -203,45 +202,12 @@ def set_resolved_domains(link: str, domains: list[str]) -> None:
 
 def leftovers(state_dir: Path) -> Installed | None:
     """The changes recorded in `state_dir` and not yet undone, if any."""
-    try:
-        data = json.loads((state_dir / STATE_FILE).read_text())
-        return Installed(**data)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError("bad_state", f"{state_dir / STATE_FILE} is unreadable: {exc}") from None
+    return planfile.leftovers(state_dir, STATE_FILE, Installed)
 
 
 def uninstall(state_dir: Path) -> list[str]:
     """Undo what `state_dir` records (idempotent); returns what was removed or restored."""
-    plan = leftovers(state_dir)
-    if plan is None:
-        return []
-    if plan.netns != current_netns():
-        raise ConfigError(
-            "wrong_namespace",
-            "the root-mode changes were made in another network namespace; run this there",
-        )
-    require_root()
-    done = []
-    if run_command(["nft", "delete", "table", "ip", TABLE], check=False):
-        done.append(f"nft table ip {TABLE}")
-    if run_command(["ip", "route", "del", *plan.route.split()], check=False):
-        done.append(f"route {plan.route}")
-    if plan.dns_link:
-        revert, delete = resolved.undo_commands(plan.dns_link)
-        if run_command(revert, check=False):
-            done.append(f"resolved DNS on {plan.dns_link} reverted")
-        if run_command(delete, check=False):
-            done.append(f"link {plan.dns_link}")
-    elif plan.resolv_path:
-        resolv = Path(plan.resolv_path)
-        with contextlib.suppress(OSError):
-            if resolv.read_text() == plan.resolv_ours:
-                _write_in_place(resolv, plan.resolv_original)
-                done.append(f"{resolv} restored")
-    (state_dir / STATE_FILE).unlink(missing_ok=True)
-    return done
+    return planfile.undo(state_dir, STATE_FILE, Installed, "root-mode", _undo)
 
 
 # -- internals ----------------------------------------------------------------------------------
@@ -265,6 +231,23 @@ def _check_link_free(name: str) -> None:
         )
 
 
+def _undo(plan: Installed) -> list[str]:
+    done = []
+    if run_command(["nft", "delete", "table", "ip", TABLE], check=False):
+        done.append(f"nft table ip {TABLE}")
+    if run_command(["ip", "route", "del", *plan.route.split()], check=False):
+        done.append(f"route {plan.route}")
+    if plan.dns_link:
+        revert, delete = resolved.undo_commands(plan.dns_link)
+        if run_command(revert, check=False):
+            done.append(f"resolved DNS on {plan.dns_link} reverted")
+        if run_command(delete, check=False):
+            done.append(f"link {plan.dns_link}")
+    elif restore_in_place(plan.resolv_path, plan.resolv_ours, plan.resolv_original):
+        done.append(f"{plan.resolv_path} restored")
+    return done
+
+
 def _check_route_free(network: str) -> None:
     """Refuse a range another route already covers (a VPN, a CGNAT link): we would steal it."""
     ours = ipaddress.IPv4Network(network)
@@ -278,41 +261,6 @@ def _check_route_free(network: str) -> None:
                 raise ConfigError(
                     "range_in_use", f"the route {dst} overlaps the proxy range {network}"
                 )
-
-
-def _write_state(state_dir: Path, plan: Installed) -> None:
-    path = state_dir / STATE_FILE
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(asdict(plan), indent=2) + "\n")
-    os.replace(temporary, path)
-
-
-def _write_in_place(path: Path, text: str) -> None:
-    """Rewrite in place: the file keeps its inode, mode and any bind mount over it."""
-    with open(path, "w") as handle:
-        handle.write(text)
-
-
-def current_netns() -> int:
-    """The network namespace this process is in (changes are undone only in the same one)."""
-    return os.stat("/proc/self/ns/net").st_ino
-
-
-def run_command(argv: list[str], stdin: str | None = None, check: bool = True) -> bool:
-    """Run a system command; a failure raises `system_change_failed` unless `check` is off.
-    A missing program is a failure too (resolvectl removed since a crash must not stop the
-    rest of an undo)."""
-    try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        if check:
-            raise ConfigError("missing_tool", f"`{argv[0]}` is not installed") from None
-        return False
-    if proc.returncode != 0 and check:
-        raise ConfigError(
-            "system_change_failed", f"{' '.join(argv[:3])} failed: {proc.stderr.strip()[:300]}"
-        )
-    return proc.returncode == 0
 
 
 def _run_output(argv: list[str]) -> str:

@@ -3,16 +3,18 @@
 `Agent` owns everything as an ``async with`` object: the SDK Context (links to routers,
 tickets, certificate renewal), the `Interceptor` (services we may dial), the `Hoster`
 (services we may bind that have a host address) and the `LocalApiServer`. It asks the
-controller what this identity may do (``GET /v1/me``) at start and every 30 seconds, and
-opens or closes listeners and bindings to match. A controller that cannot be reached
-changes nothing (flows keep going; the next refresh retries sooner); a controller that
-refuses the identity (disabled: 401/403) withdraws everything.
+controller what this identity may do (``GET /v1/me``) at start and whenever the controller
+announces a new epoch (a policy change, a deleted service, a disabled or revoked identity:
+the SDK context follows the event stream, `Context.wait_epoch`), and opens or closes
+listeners and bindings to match. A slow safety poll (``refresh_interval``, 300 s by default)
+catches anything an interrupted event stream missed. All calls go through one long-lived
+controller client (`CurrentClient`), remade only when a renewal replaces the identity.
 
-With network mode (``--tun``) each refresh also fetches the filtered view, publishes the
-WireGuard port, and hands both to `TunMode`, which follows them. A new epoch pushed by the
-controller (a policy change, a disabled or revoked identity) triggers a refresh at once, so
-a peer that may no longer talk to us loses its key, route and grant within a moment rather
-than at the next periodic refresh.
+A controller that cannot be reached changes nothing (flows keep going; the next refresh
+retries sooner); a controller that refuses the identity (disabled: 401/403) withdraws
+everything. With network mode (``--tun``) each refresh also fetches the filtered view,
+publishes the WireGuard port, and hands both to `TunMode`, which follows them, so a peer that
+may no longer talk to us loses its key, route and grant within a moment.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from umbranet.agent.tunmode import TunMode
 from umbranet.agent.whois import WhoisTable, parse_address
 from umbranet.agent.workload import WorkloadEndpoint
 from umbranet.client.controller import ControllerClient, ControllerError, RouterAddress
+from umbranet.client.current import CurrentClient
+from umbranet.pki import IdentityFile
 from umbranet.pki.tickets import Action
 from umbranet.sdk import Context, Stream, UmbraError
 
@@ -46,7 +50,6 @@ __all__ = ["Agent", "run_agent"]
 log = logging.getLogger("umbranet.agent")
 
 _RETRY_AFTER_FAILURE = 5.0
-_EPOCH_POLL = 0.1  # how often network mode looks at the epoch the SDK context follows
 _MAX_PINGS = 10
 _PROBE_LINGER = 5.0
 _STATUS_BY_CODE = {"not_authorized": 403, "identity_disabled": 403, "unknown_service": 404}
@@ -55,7 +58,12 @@ _STATUS_BY_CODE = {"not_authorized": 403, "identity_disabled": 403, "unknown_ser
 class Agent:
     """``async with Agent(config) as agent: await agent.wait_stopped()``."""
 
-    def __init__(self, config: AgentConfig, context: Context | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        context: Context | None = None,
+        controller: Callable[[IdentityFile], ControllerClient] = ControllerClient,
+    ) -> None:
         self.config = config
         self._given_context = context
         self.counters = Counters()
@@ -74,6 +82,8 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.workload: WorkloadEndpoint | None = None
         self.api = LocalApiServer(config.socket_path, self.handle, self.counters)
+        # One client for every refresh, following the context's identity across renewals.
+        self.controller = CurrentClient(lambda: self.context.identity, controller)
 
     async def __aenter__(self) -> Agent:
         config = self.config
@@ -112,12 +122,12 @@ class Agent:
                 await self.root.close()
             if self.tun is not None:
                 await self.tun.close()
+            await self.controller.aclose()
             await self.api.close()
             _remove_pidfile(config)
             raise
         self._spawn(self._refresh_forever())
-        if self.tun is not None:
-            self._spawn(self._refresh_on_epoch())
+        self._spawn(self._refresh_on_epoch())
         log.info(
             "agent up as %s (local API %s)", self.context.identity.spiffe_id, config.socket_path
         )
@@ -143,6 +153,7 @@ class Agent:
         await self.api.close()
         if self.workload is not None:
             await self.workload.close()
+        await self.controller.aclose()
         await self.context.close()
         _remove_pidfile(self.config)
         log.info("agent stopped")
@@ -160,17 +171,17 @@ class Agent:
         """Match listeners and bindings to what the controller allows now; False on failure."""
         async with self._lock:
             try:
-                async with ControllerClient(self.context.identity) as client:
-                    me = await client.me()
-                    routers = await client.routers()
-                    view: dict[str, Any] = {}
-                    if self.tun is not None:
-                        view = await client.view()
-                        if self.tun.published is None:  # once: the port does not move
-                            await self.tun.advertise(client)
-                            self.tun.published = await client.set_network_endpoint(
-                                self.tun.port, self.tun.settings.endpoint_host
-                            )
+                client = await self.controller.get()
+                me = await client.me()
+                routers = await client.routers()
+                view: dict[str, Any] = {}
+                if self.tun is not None:
+                    view = await client.view()
+                    if self.tun.published is None:  # once: the port does not move
+                        await self.tun.advertise(client)
+                        self.tun.published = await client.set_network_endpoint(
+                            self.tun.port, self.tun.settings.endpoint_host
+                        )
             except ControllerError as exc:
                 self.refresh_error = str(exc)
                 self.counters.add(f"refresh_failed.{exc.code}")
@@ -190,7 +201,9 @@ class Agent:
                     self.counters.add(f"tun_failed.{exc.code}")
                     log.warning("network mode: %s", exc)
             self.routers = [
-                RouterAddress(r.name, r.spiffe_id, r.address) for r in routers if r.address
+                RouterAddress(name=r.name, spiffe_id=r.spiffe_id, address=r.address)
+                for r in routers
+                if r.address
             ]
             dial = {
                 s.name: [i.port for i in s.intercepts] for s in me.services if "dial" in s.actions
@@ -219,6 +232,8 @@ class Agent:
             await self.root.update({n: self.intercept_names.get(n, []) for n in dial}, dial)
 
     async def _refresh_forever(self) -> None:
+        """The safety poll: events drive refreshes; this catches what a broken stream missed
+        (and retries a failed refresh sooner)."""
         ok = True
         while not self._stopped.is_set():
             interval = self.config.refresh_interval
@@ -226,15 +241,13 @@ class Agent:
             ok = await self.refresh()
 
     async def _refresh_on_epoch(self) -> None:
-        """Refresh whenever the controller announces a new epoch (the SDK context keeps the
-        event stream; we only look at the number it last saw)."""
+        """Refresh whenever the controller announces a new epoch (the SDK context's follower
+        keeps the event stream; several epochs during one refresh make one more refresh)."""
         seen = self.context.epoch
         while not self._stopped.is_set():
-            await asyncio.sleep(_EPOCH_POLL)
-            if self.context.epoch != seen:
-                seen = self.context.epoch
-                self.counters.add("tun_epoch_refresh")
-                await self.refresh()
+            seen = await self.context.wait_epoch(seen)
+            self.counters.add("epoch_refresh")
+            await self.refresh()
 
     async def _connect_routers(self) -> None:
         """Keep a link to every router up, so the first dial pays no TLS handshake."""

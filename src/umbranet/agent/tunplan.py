@@ -34,14 +34,15 @@ another network namespace than the one the changes were made in.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from umbranet.agent import planfile
 from umbranet.agent.config import ConfigError
-from umbranet.agent.redirect import current_netns, require_root, resolv_conf_for, run_command
+from umbranet.agent.planfile import current_netns, restore_in_place, run_command, write_in_place
+from umbranet.agent.redirect import resolv_conf_for
 
 __all__ = [
     "STATE_FILE",
@@ -93,45 +94,27 @@ class TunPlan:
 
 def record(state_dir: Path, plan: TunPlan) -> None:
     """Write the plan atomically (before the change it describes)."""
-    path = state_dir / STATE_FILE
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(asdict(plan), indent=2) + "\n")
-    os.replace(temporary, path)
+    planfile.record(state_dir, STATE_FILE, plan)
 
 
 def leftovers(state_dir: Path) -> TunPlan | None:
     """The changes recorded in `state_dir` and not yet undone, if any."""
-    try:
-        return TunPlan(**json.loads((state_dir / STATE_FILE).read_text()))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError("bad_state", f"{state_dir / STATE_FILE} is unreadable: {exc}") from None
+    return planfile.leftovers(state_dir, STATE_FILE, TunPlan)
 
 
 def uninstall(state_dir: Path) -> list[str]:
     """Undo what `state_dir` records (idempotent); returns what was removed or restored."""
-    plan = leftovers(state_dir)
-    if plan is None:
-        return []
-    if plan.netns != current_netns():
-        raise ConfigError(
-            "wrong_namespace",
-            "the network-mode changes were made in another network namespace; run this there",
-        )
-    require_root()
+    return planfile.undo(state_dir, STATE_FILE, TunPlan, "network-mode", _undo)
+
+
+def _undo(plan: TunPlan) -> list[str]:
     done = []
     ours = plan.ifindex is not None and interface_index(plan.ifname) == plan.ifindex
     if ours and run_command(["ip", "link", "delete", "dev", plan.ifname], check=False):
         done.append(f"link {plan.ifname}")
-    if plan.resolv_path is not None and plan.resolv_original is not None:
-        resolv = Path(plan.resolv_path)
-        with contextlib.suppress(OSError):
-            if resolv.read_text() == plan.resolv_ours:
-                _write_in_place(resolv, plan.resolv_original)
-                done.append(f"{resolv} restored")
+    if restore_in_place(plan.resolv_path, plan.resolv_ours, plan.resolv_original):
+        done.append(f"{plan.resolv_path} restored")
     done.extend(undo_routing(plan))
-    (state_dir / STATE_FILE).unlink(missing_ok=True)
     return done
 
 
@@ -264,7 +247,7 @@ def set_routes(ifname: str, current: set[str], wanted: Iterable[str]) -> set[str
 def write_resolv(plan: TunPlan) -> None:
     """Point resolv.conf at the stub (the plan recording the original was written first)."""
     if plan.resolv_path is not None and plan.resolv_ours is not None:
-        _write_in_place(Path(plan.resolv_path), plan.resolv_ours)
+        write_in_place(Path(plan.resolv_path), plan.resolv_ours)
 
 
 # -- internals ----------------------------------------------------------------------------------
@@ -279,9 +262,3 @@ def _check_resolv(path: Path) -> None:
         )
     if not path.is_file():
         raise ConfigError("no_resolv_conf", f"{path} does not exist")
-
-
-def _write_in_place(path: Path, text: str) -> None:
-    """Rewrite in place: the file keeps its inode, mode and any bind mount over it."""
-    with open(path, "w") as handle:
-        handle.write(text)

@@ -76,7 +76,13 @@ def up(
         False
     ),
     refresh: Annotated[
-        float, typer.Option("--refresh", help="Seconds between controller refreshes.", min=0.2)
+        float,
+        typer.Option(
+            "--refresh",
+            help="Seconds between safety refreshes from the controller (changes also arrive "
+            "at once as epoch events).",
+            min=0.2,
+        ),
     ] = REFRESH_INTERVAL,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     root: Annotated[

@@ -243,6 +243,10 @@ def write_secret(path: Path, text: str, *, force: bool = False) -> None:
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(type(value), "model_fields"):
+        # The client's results are the shared pydantic models (umbranet.schema); duck-typed so
+        # that rendering never imports pydantic for commands that print none of them.
+        return _plain(value.model_dump())
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -149,7 +149,7 @@ def _intercepts(cli: CliState, items: list[str]) -> list[Intercept]:
         host_name, sep, port = item.rpartition(":")
         if not sep or not host_name or not port.isdigit():
             fail(cli, "invalid_intercept", f"--intercept {item!r} must be NAME:PORT")
-        intercepts.append(Intercept(host_name, int(port)))
+        intercepts.append(Intercept(host=host_name, port=int(port)))
     return intercepts
 
 

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from umbranet.aio.tls import load_identity
 from umbranet.client.enrollment_tls import pinned_context
+from umbranet.client.follow import renewal_due
 from umbranet.client.models import (
     CreatedIdentity,
     CreatedRouter,
@@ -44,11 +45,8 @@ from umbranet.client.models import (
     ServiceAccess,
     ServiceInfo,
     TicketGrant,
-    identity_info,
-    parse_time,
-    router_info,
-    service_access,
-    service_info,
+    parse,
+    parse_list,
 )
 from umbranet.client.transport import (
     ControllerError,
@@ -75,6 +73,7 @@ from umbranet.pki import (
 )
 from umbranet.pki.bundle_update import apply_bundle_updates
 from umbranet.pki.noise_pop import NoiseChallenge, csr_binding, prove_noise_key
+from umbranet.schema import EndpointOut, EnrollmentTokenOut, MetricsOut, PostureOut
 
 __all__ = [
     "ControllerClient",
@@ -291,23 +290,12 @@ class ControllerClient:
 
     async def renew_if_due(self, now: datetime) -> IdentityFile | None:
         """Renew when past half of the certificate's lifetime; None if not due yet."""
-        cert = self._identity.certificate
-        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-        if now < start + (end - start) / 2:
+        if not renewal_due(self._identity, now):
             return None
         return await self.renew()
 
     async def me(self) -> MeInfo:
-        data = await self._call("GET", "/v1/me")
-        return MeInfo(
-            name=data["name"],
-            kind=data["kind"],
-            spiffe_id=data["spiffe_id"],
-            attributes=list(data["attributes"]),
-            services=[service_access(s) for s in data["services"]],
-            ipv4=data.get("ipv4"),
-            ipv6=data.get("ipv6"),
-        )
+        return parse(MeInfo, await self._call("GET", "/v1/me"))
 
     async def ticket(self, service: str, action: str, port: int | None = None) -> TicketGrant:
         """A session ticket to ``dial`` or ``bind`` `service` (dial: on `port`, if given), or
@@ -316,21 +304,12 @@ class ControllerClient:
         body: dict[str, Any] = {"service": service, "action": action}
         if port is not None:
             body["port"] = port
-        data = await self._call("POST", "/v1/tickets", json=body)
-        return TicketGrant(
-            ticket=data["ticket"],
-            expires_at=parse_time(data["expires_at"]),
-            routers=[
-                RouterAddress(r["name"], r["spiffe_id"], r["address"]) for r in data["routers"]
-            ],
-            http_rules=data.get("http_rules"),
-        )
+        return parse(TicketGrant, await self._call("POST", "/v1/tickets", json=body))
 
     async def report_posture(self, report: dict[str, Any]) -> bool:
         """Tell the controller what this endpoint looks like (see `sdk.posture`); returns
         whether the report changed access (the controller then re-checks live streams)."""
-        data = await self._call("POST", "/v1/posture", json=report)
-        return bool(data.get("rechecked"))
+        return parse(PostureOut, await self._call("POST", "/v1/posture", json=report)).rechecked
 
     async def view(self) -> dict[str, Any]:
         """This identity's filtered view: ``services`` (name -> actions), ``peers`` (name,
@@ -345,7 +324,7 @@ class ControllerClient:
         if host is not None:
             body["host"] = host
         data = await self._call("PUT", "/v1/network/endpoint", json=body)
-        return str(data["endpoint"])
+        return parse(EndpointOut, data).endpoint
 
     async def set_network_routes(self, routes: list[str], exit_node: bool) -> list[Any]:
         """Advertise subnet routes (and, with `exit_node`, the default routes) for this
@@ -369,11 +348,12 @@ class ControllerClient:
         return await self._call("POST", "/v1/network/explain", json=body)
 
     async def routers(self) -> list[RouterInfo]:
-        return [router_info(r) for r in await self._call("GET", "/v1/routers")]
+        return parse_list(RouterInfo, await self._call("GET", "/v1/routers"))
 
     async def register_router(self, address: str) -> RouterInfo:
         """(Router identities only.) Announce the ``host:port`` endpoints reach us at."""
-        return router_info(await self._call("PUT", "/v1/routers/self", json={"address": address}))
+        data = await self._call("PUT", "/v1/routers/self", json={"address": address})
+        return parse(RouterInfo, data)
 
     async def router_state(
         self, services: Iterable[str], links: Mapping[str, float | None], circuits: int = 0
@@ -445,30 +425,29 @@ class ControllerClient:
         self, name: str, *, kind: str = "device", attributes: Iterable[str] = ()
     ) -> CreatedIdentity:
         body = {"name": name, "kind": kind, "attributes": list(attributes)}
-        data = await self._call("POST", "/v1/identities", json=body)
-        return CreatedIdentity(identity_info(data["identity"]), data["enrollment_token"])
+        return parse(CreatedIdentity, await self._call("POST", "/v1/identities", json=body))
 
     async def list_identities(self) -> list[IdentityInfo]:
-        return [identity_info(i) for i in await self._call("GET", "/v1/identities")]
+        return parse_list(IdentityInfo, await self._call("GET", "/v1/identities"))
 
     async def get_identity(self, name: str) -> IdentityInfo:
-        return identity_info(await self._call("GET", f"/v1/identities/{_seg(name)}"))
+        return parse(IdentityInfo, await self._call("GET", f"/v1/identities/{_seg(name)}"))
 
     async def disable_identity(self, name: str) -> IdentityInfo:
-        return identity_info(await self._call("POST", f"/v1/identities/{_seg(name)}/disable"))
+        return parse(IdentityInfo, await self._call("POST", f"/v1/identities/{_seg(name)}/disable"))
 
     async def enable_identity(self, name: str) -> IdentityInfo:
-        return identity_info(await self._call("POST", f"/v1/identities/{_seg(name)}/enable"))
+        return parse(IdentityInfo, await self._call("POST", f"/v1/identities/{_seg(name)}/enable"))
 
     async def revoke_certificates(self, name: str) -> str:
         """Revoke the identity's certificates; returns its new enrollment token."""
         data = await self._call("POST", f"/v1/identities/{_seg(name)}/revoke")
-        return str(data["enrollment_token"])
+        return parse(EnrollmentTokenOut, data).enrollment_token
 
     async def new_enrollment(self, name: str) -> str:
         """A fresh enrollment token for an existing identity."""
         data = await self._call("POST", f"/v1/identities/{_seg(name)}/enrollments")
-        return str(data["enrollment_token"])
+        return parse(EnrollmentTokenOut, data).enrollment_token
 
     async def create_service(
         self,
@@ -486,22 +465,20 @@ class ControllerClient:
             "host_address": host_address,
             "intercepts": [{"host": i.host, "port": i.port} for i in intercepts],
         }
-        return service_info(await self._call("POST", "/v1/services", json=body))
+        return parse(ServiceInfo, await self._call("POST", "/v1/services", json=body))
 
     async def list_services(self) -> list[ServiceInfo]:
-        return [service_info(s) for s in await self._call("GET", "/v1/services")]
+        return parse_list(ServiceInfo, await self._call("GET", "/v1/services"))
 
     async def delete_service(self, name: str) -> None:
         await self._call("DELETE", f"/v1/services/{_seg(name)}")
 
     async def create_router(self, name: str) -> CreatedRouter:
-        data = await self._call("POST", "/v1/routers", json={"name": name})
-        return CreatedRouter(router_info(data["router"]), data["enrollment_token"])
+        return parse(CreatedRouter, await self._call("POST", "/v1/routers", json={"name": name}))
 
     async def metrics(self) -> dict[str, int]:
         """The controller's counters (verdicts, refused requests by code)."""
-        data = await self._call("GET", "/v1/metrics")
-        return {str(k): int(v) for k, v in data["counters"].items()}
+        return parse(MetricsOut, await self._call("GET", "/v1/metrics")).counters
 
     # policy and audit (admin)
 
@@ -614,10 +591,7 @@ class ControllerClient:
     async def jwt_svid(self, audience: Iterable[str]) -> JwtSvidGrant:
         """A short-lived JWT-SVID naming this identity, for `audience` (at least one)."""
         data = await self._call("POST", "/v1/jwt-svid", json={"audience": list(audience)})
-        try:
-            return JwtSvidGrant(token=str(data["token"]), expires_at=parse_time(data["expires_at"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ControllerError("bad_response", "the JWT-SVID answer is malformed", 0) from exc
+        return parse(JwtSvidGrant, data)
 
     async def jwt_bundle(self) -> bytes:
         """The trust domain's JWT-SVID keys as a JWKS document (JSON bytes, as served)."""

@@ -19,7 +19,13 @@ from typing import Any
 from umbranet.clock import Clock
 from umbranet.pki import IdentityFile
 
-__all__ = ["ControllerFollower", "follow_events", "renew_at_half_life", "seconds_to_half_life"]
+__all__ = [
+    "ControllerFollower",
+    "follow_events",
+    "renew_at_half_life",
+    "renewal_due",
+    "seconds_to_half_life",
+]
 
 log = logging.getLogger("umbranet.client")
 
@@ -33,6 +39,11 @@ def seconds_to_half_life(identity: IdentityFile, now: datetime) -> float:
     return max(0.0, (start + (end - start) / 2 - now).total_seconds())
 
 
+def renewal_due(identity: IdentityFile, now: datetime) -> bool:
+    """Whether the certificate is past half of its life (the one renewal rule)."""
+    return seconds_to_half_life(identity, now) <= 0
+
+
 async def renew_at_half_life(
     identity: Callable[[], IdentityFile],
     renew: Callable[[], Awaitable[None]],
@@ -40,12 +51,18 @@ async def renew_at_half_life(
     *,
     retry: Callable[[], float],
     failed: Callable[[Exception], None],
+    max_wait: float = 3600.0,
 ) -> None:
     """Forever: wait for the current certificate's half-life, then `renew`. A failure of any
     kind is reported to `failed` and retried after `retry()` seconds: renewal must never stop,
-    or the certificate lapses."""
+    or the certificate lapses. A wait longer than `max_wait` is cut there and the identity read
+    again, so a certificate replaced by someone else moves the deadline within that time."""
     while True:
-        await asyncio.sleep(seconds_to_half_life(identity(), clock.now().wall))
+        wait = seconds_to_half_life(identity(), clock.now().wall)
+        if wait > max_wait:
+            await asyncio.sleep(max_wait)
+            continue
+        await asyncio.sleep(wait)
         try:
             await renew()
         except Exception as exc:

@@ -16,9 +16,9 @@ from umbranet.client.models import (
     IdentityInfo,
     Intercept,
     ServiceInfo,
-    identity_info,
-    service_info,
+    parse,
 )
+from umbranet.schema import EnrollmentTokenOut
 
 __all__ = [
     "delete_identity",
@@ -44,7 +44,8 @@ async def update_identity(
     body: dict[str, Any] = {"add_attributes": list(add), "remove_attributes": list(remove)}
     if attributes is not None:
         body["attributes"] = list(attributes)
-    return identity_info(await client._call("PATCH", f"/v1/identities/{_seg(name)}", json=body))
+    data = await client._call("PATCH", f"/v1/identities/{_seg(name)}", json=body)
+    return parse(IdentityInfo, data)
 
 
 async def delete_identity(client: ControllerClient, name: str) -> None:
@@ -70,7 +71,7 @@ async def update_service(
         body["host_address"] = host_address
     if intercepts is not None:
         body["intercepts"] = [{"host": i.host, "port": i.port} for i in intercepts]
-    return service_info(await client._call("PATCH", f"/v1/services/{_seg(name)}", json=body))
+    return parse(ServiceInfo, await client._call("PATCH", f"/v1/services/{_seg(name)}", json=body))
 
 
 async def delete_router(client: ControllerClient, name: str) -> None:
@@ -79,4 +80,4 @@ async def delete_router(client: ControllerClient, name: str) -> None:
 
 async def router_token(client: ControllerClient, name: str) -> str:
     data = await client._call("POST", f"/v1/routers/{_seg(name)}/enrollments")
-    return str(data["enrollment_token"])
+    return parse(EnrollmentTokenOut, data).enrollment_token

@@ -8,9 +8,9 @@ re-check the circuits of the removed identities and close them.
 from __future__ import annotations
 
 import logging
-import threading
 
 from umbranet.controller.api.context import AppContext
+from umbranet.controller.periodic import PeriodicJob
 from umbranet.controller.service.joinkeys import sweep_ephemeral
 
 __all__ = ["DEFAULT_INTERVAL", "EphemeralSweeper"]
@@ -20,14 +20,14 @@ log = logging.getLogger("umbranet.controller.joinkeys")
 DEFAULT_INTERVAL = 30.0
 
 
-class EphemeralSweeper:
+class EphemeralSweeper(PeriodicJob):
     """``sweeper.start()`` ... ``sweeper.stop()``; `tick` sweeps once (tests call it)."""
 
+    name = "ephemeral-sweeper"
+
     def __init__(self, context: AppContext, interval: float = DEFAULT_INTERVAL) -> None:
+        super().__init__(interval, log)
         self.context = context
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def tick(self) -> list[str]:
         """Note this replica's online members; remove the expired ones only when this
@@ -42,19 +42,3 @@ class EphemeralSweeper:
             log.info("removed offline ephemeral identities: %s", ", ".join(removed))
             context.events.bump(f"ephemeral identities removed: {', '.join(removed[:5])}")
         return removed
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ephemeral-sweeper", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.tick()
-            except Exception:  # one bad row must not stop removals for good
-                log.exception("ephemeral sweep failed")

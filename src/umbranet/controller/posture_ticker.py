@@ -10,9 +10,9 @@ several replicas, only the holder of the cluster lease runs it (`controller.clus
 from __future__ import annotations
 
 import logging
-import threading
 
 from umbranet.controller.api.context import AppContext
+from umbranet.controller.periodic import PeriodicJob
 from umbranet.controller.service.policy import active_policy
 from umbranet.controller.service.posture import PostureWatch
 
@@ -25,15 +25,15 @@ MAX_SCOPED = 64
 """More endpoints than this moving at once: routers re-check everything (one request size)."""
 
 
-class PostureTicker:
+class PostureTicker(PeriodicJob):
     """``ticker.start()`` ... ``ticker.stop()``; `tick` runs one evaluation (tests call it)."""
 
+    name = "posture-ticker"
+
     def __init__(self, context: AppContext, interval: float = DEFAULT_INTERVAL) -> None:
+        super().__init__(interval, log)
         self.context = context
-        self.interval = interval
         self._watch = PostureWatch()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def tick(self) -> list[str]:
         """Evaluate once; bump the epoch if some endpoint's posture outcome changed.
@@ -56,19 +56,3 @@ class PostureTicker:
             scope = ids if len(ids) == len(moved) and len(ids) <= MAX_SCOPED else []
             context.events.bump(f"posture changed for {shown}", scope)
         return moved
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="posture-ticker", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.tick()
-            except Exception:  # a bad row must not stop the clock for everyone
-                log.exception("posture re-evaluation failed")

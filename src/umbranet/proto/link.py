@@ -225,13 +225,14 @@ class LinkSession:
         """The next moment `handle_timeout` has work; None once the link is closed."""
         if self.state is LinkState.CLOSED:
             return None
-        silent = Deadline(self._last_heard + self.timers.silent_after, "peer_silent")
+        # Called after every read: compare the moments first, build one Deadline.
+        silent = self._last_heard + self.timers.silent_after
         if self.state is LinkState.HELLO:
             hello = self._started + self.timers.hello_timeout
-            return Deadline(hello, "hello") if hello < silent.at else silent
-        if self._next_ping < silent.at:
+            return Deadline(hello, "hello") if hello < silent else Deadline(silent, "peer_silent")
+        if self._next_ping < silent:
             return Deadline(self._next_ping, "keepalive")
-        return silent
+        return Deadline(silent, "peer_silent")
 
     # -- for owners ---------------------------------------------------------------------
 

@@ -11,12 +11,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Collection, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from umbranet.client.controller import ControllerClient, ControllerError
-from umbranet.client.follow import follow_events, seconds_to_half_life
+from umbranet.client.current import CurrentClient
+from umbranet.client.follow import follow_events, renew_at_half_life
+from umbranet.clock import system_clock
 from umbranet.pki import IdentityFile
 from umbranet.router.metrics import serve_metrics
 from umbranet.router.peers import MeshAnswer, PeerAddress, Peers
@@ -85,61 +86,56 @@ class ControllerMesh:
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self._client: ControllerClient | None = None
+        self._current = CurrentClient(lambda: router.identity)
 
     async def __aenter__(self) -> ControllerMesh:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._current.aclose()
 
     async def peers(self) -> list[PeerAddress]:
-        routers = await (await self._current()).routers()
+        routers = await (await self._current.get()).routers()
         return [PeerAddress(r.spiffe_id, r.address) for r in routers if r.address is not None]
 
     async def report(
         self, services: Collection[str], links: Mapping[str, float | None], circuits: int
     ) -> MeshAnswer:
-        client = await self._current()
+        client = await self._current.get()
         routes = await client.router_state(services, links, circuits)
         answer = client.mesh_answer
         return MeshAnswer(routes, dict(answer.get("strategies", {})), answer.get("version", 0))
 
     async def watch(self, after: int) -> int:
-        return await (await self._current()).watch_mesh(after)
-
-    async def _current(self) -> ControllerClient:
-        client = self._client
-        if client is None or client.identity is not self.router.identity:
-            if client is not None:
-                await client.aclose()
-            client = self._client = ControllerClient(self.router.identity)
-        return client
+        return await (await self._current.get()).watch_mesh(after)
 
 
 async def _keep_registered(router: Router, identity_path: Path, address: str) -> None:
-    """Register the advertised address, then renew the certificate at half-life."""
-    registered = False
+    """Register the advertised address (retried until the controller answers), then renew the
+    certificate at half-life with the follower's renewal loop."""
     while True:
         try:
             async with ControllerClient(router.identity) as client:
-                if not registered:
-                    await client.register_router(address)
-                    registered = True
-                    log.info("registered with the controller as %s", address)
-                renewed = await client.renew_if_due(datetime.now(UTC))
-                if renewed is not None:
-                    renewed.save(identity_path)
-                    router.renew(renewed)
-                    log.info(
-                        "certificate renewed until %s", renewed.certificate.not_valid_after_utc
-                    )
+                await client.register_router(address)
+            log.info("registered with the controller as %s", address)
+            break
         except (ControllerError, OSError) as exc:
             log.warning("controller unavailable (%s); retrying in %.0fs", exc, RETRY_SECONDS)
             await asyncio.sleep(RETRY_SECONDS)
-            continue
-        await asyncio.sleep(_seconds_to_half_life(router.identity) if registered else 1)
+
+    async def renew() -> None:
+        async with ControllerClient(router.identity) as client:
+            renewed = await client.renew()
+        renewed.save(identity_path)
+        router.renew(renewed)
+        log.info("certificate renewed until %s", renewed.certificate.not_valid_after_utc)
+
+    def failed(exc: Exception) -> None:
+        log.warning("certificate renewal failed (%s); retrying in %.0fs", exc, RETRY_SECONDS)
+
+    await renew_at_half_life(
+        lambda: router.identity, renew, system_clock, retry=lambda: RETRY_SECONDS, failed=failed
+    )
 
 
 async def revalidate_forever(
@@ -247,9 +243,3 @@ def event_revoked_keys(data: Mapping[str, Any]) -> list[str]:
         for v in value[:MAX_REVOKED_KEYS]
         if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
     ]
-
-
-def _seconds_to_half_life(identity: IdentityFile) -> float:
-    """How long to sleep before the next renewal check: past half-life, with a floor and a
-    ceiling (a certificate renewed elsewhere is noticed within the hour)."""
-    return max(1.0, min(seconds_to_half_life(identity, datetime.now(UTC)) + 1, 3600.0))

@@ -487,7 +487,13 @@ class Switch:
             dest.in_flight += size
             self.in_flight += size
             self._forward(route, frame)
-            if dest.in_flight > self._link_budget(dest) or self.in_flight > self._total_budget():
+            # The budgets of `_link_budget` and `_total_budget`, inline: this runs per frame.
+            limits = self.limits
+            per_circuit = limits.in_flight_per_circuit
+            if (
+                dest.in_flight > limits.in_flight_per_link + len(dest.routes) * per_circuit
+                or self.in_flight > limits.in_flight_total + self.circuits * per_circuit
+            ):
                 self._over_budget(dest)
                 return
             if frame.flags & _FIN:

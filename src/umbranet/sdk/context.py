@@ -132,6 +132,7 @@ class Context:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
         self.epoch = 0
+        self._epoch_moved = asyncio.Event()  # set, then replaced, at every new epoch
         self._renew = renew
         self._report_posture = report_posture
         self._posture_sent = asyncio.Event()
@@ -534,9 +535,19 @@ class Context:
         self.counters["bundle_refreshed"] = self.counters.get("bundle_refreshed", 0) + 1
         log.info("trust bundle updated to version %d", refreshed.bundle.version)
 
+    async def wait_epoch(self, seen: int) -> int:
+        """Wait until the controller's epoch, as followed on its event stream, is no longer
+        `seen`; returns the new one. How an application (the agent) reacts to a policy or
+        identity change at once instead of polling."""
+        while self.epoch == seen:
+            await self._epoch_moved.wait()
+        return self.epoch
+
     def _on_epoch(self, epoch: int, first: bool) -> None:
         stale = self.epoch != 0 or not first
         self.epoch = epoch
+        moved, self._epoch_moved = self._epoch_moved, asyncio.Event()
+        moved.set()
         if stale:
             self._tickets.clear()
             for listener in list(self._listeners):

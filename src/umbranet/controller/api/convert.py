@@ -5,15 +5,15 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from umbranet.controller.api.models import (
+from umbranet.controller.store import Identity, Router, Service
+from umbranet.pki import TrustBundle
+from umbranet.schema import (
     BundleOut,
     IdentityOut,
     Intercept,
     RouterOut,
     ServiceOut,
 )
-from umbranet.controller.store import Identity, Router, Service
-from umbranet.pki import TrustBundle
 
 __all__ = ["bundle_out", "cert_pem", "identity_out", "router_out", "service_out"]
 

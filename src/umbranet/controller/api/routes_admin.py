@@ -6,7 +6,8 @@ from fastapi import APIRouter, Response
 
 from umbranet.controller.api.convert import identity_out, router_out, service_out
 from umbranet.controller.api.deps import AdminCaller, Ctx
-from umbranet.controller.api.models import (
+from umbranet.controller.service import identities, routers, services
+from umbranet.schema import (
     EnrollmentTokenOut,
     ErrorBody,
     IdentityCreatedOut,
@@ -18,7 +19,6 @@ from umbranet.controller.api.models import (
     ServiceIn,
     ServiceOut,
 )
-from umbranet.controller.service import identities, routers, services
 
 __all__ = ["router"]
 

@@ -10,7 +10,19 @@ from fastapi import APIRouter, Request
 from umbranet.controller.api.context import AppContext
 from umbranet.controller.api.convert import cert_pem, router_out
 from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller, peer_certificate_der
-from umbranet.controller.api.models import (
+from umbranet.controller.service import (
+    Forbidden,
+    NotFound,
+    addresses,
+    enrollment,
+    posture,
+    routers,
+    tickets,
+    views,
+)
+from umbranet.controller.service.policy import active_policy
+from umbranet.controller.store import Identity, Store
+from umbranet.schema import (
     BundleUpdatesOut,
     EndpointIn,
     EndpointOut,
@@ -30,18 +42,6 @@ from umbranet.controller.api.models import (
     TicketOut,
     ViewOut,
 )
-from umbranet.controller.service import (
-    Forbidden,
-    NotFound,
-    addresses,
-    enrollment,
-    posture,
-    routers,
-    tickets,
-    views,
-)
-from umbranet.controller.service.policy import active_policy
-from umbranet.controller.store import Identity, Store
 
 __all__ = ["router"]
 
@@ -88,7 +88,7 @@ def get_bundle_updates(ctx: Ctx, caller: ClientCaller) -> BundleUpdatesOut:
     )
 
 
-@router.get("/me", response_model=MeOut, response_model_exclude_none=True)
+@router.get("/me", response_model=MeOut, response_model_exclude_defaults=True)
 def get_me(ctx: Ctx, caller: ClientCaller) -> MeOut:
     """Who the caller is and what it may do with which service.
 
@@ -170,7 +170,7 @@ def _service_actions(store: Store, name: str, actions: list[str]) -> ServiceActi
     if row is not None:
         if "bind" in actions:
             out.host_address = row.host_address
-        out.intercepts = [Intercept.model_validate(i) for i in row.intercepts] or None
+        out.intercepts = [Intercept.model_validate(i) for i in row.intercepts]
     return out
 
 

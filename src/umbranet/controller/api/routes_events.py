@@ -24,9 +24,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from umbranet.controller.api.deps import ClientCaller, Ctx, RouterCaller
-from umbranet.controller.api.models import ErrorBody
 from umbranet.controller.events import CLOSING
 from umbranet.controller.service import recheck
+from umbranet.schema import ErrorBody
 
 __all__ = ["router"]
 

@@ -12,9 +12,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from umbranet.controller.api.deps import AdminCaller, Ctx
-from umbranet.controller.api.models import ErrorBody
 from umbranet.controller.service import joinkeys
 from umbranet.controller.store.joinkey_models import JoinKey
+from umbranet.schema import ErrorBody
 
 __all__ = ["router"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from umbranet.controller.api.deps import ClientCaller, Ctx
-from umbranet.controller.api.models import ErrorBody, JwkOut, JwksOut, JwtSvidIn, JwtSvidOut
 from umbranet.pki import SpiffeId
+from umbranet.schema import ErrorBody, JwkOut, JwksOut, JwtSvidIn, JwtSvidOut
 
 __all__ = ["router"]
 

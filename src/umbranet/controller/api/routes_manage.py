@@ -9,14 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from umbranet.controller.api.convert import identity_out, service_out
 from umbranet.controller.api.deps import AdminCaller, Ctx
-from umbranet.controller.api.models import (
+from umbranet.controller.service import manage
+from umbranet.schema import (
     EnrollmentTokenOut,
     ErrorBody,
     IdentityOut,
     Intercept,
     ServiceOut,
 )
-from umbranet.controller.service import manage
 
 __all__ = ["router"]
 

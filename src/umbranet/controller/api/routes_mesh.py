@@ -21,7 +21,6 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from umbranet.controller.api.deps import AdminCaller, Ctx, RouterCaller
-from umbranet.controller.api.models import ErrorBody
 from umbranet.controller.service import NotFound
 from umbranet.controller.service.links import MAX_LINKS, MAX_SERVICES, LinkGraph
 from umbranet.controller.service.mesh_policy import (
@@ -31,6 +30,7 @@ from umbranet.controller.service.mesh_policy import (
     set_router_setting,
     set_strategy,
 )
+from umbranet.schema import ErrorBody
 
 __all__ = ["WATCH_MAX", "link_graph", "router"]
 

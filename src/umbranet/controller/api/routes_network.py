@@ -16,7 +16,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from umbranet.controller.api.deps import AdminCaller, ClientCaller, Ctx
-from umbranet.controller.api.models import ErrorBody
 from umbranet.controller.service import routes as route_service
 from umbranet.controller.service.addresses import addresses_for
 from umbranet.controller.service.errors import BadRequest, NotFound
@@ -25,6 +24,7 @@ from umbranet.controller.store import Identity
 from umbranet.controller.store.overlay_models import OverlayAddress
 from umbranet.policy import Subject
 from umbranet.policy.network import NetTarget, explain_packet, parse_target
+from umbranet.schema import ErrorBody
 
 __all__ = ["router"]
 

@@ -13,10 +13,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from umbranet.controller.api.deps import AdminCaller, Ctx
-from umbranet.controller.api.models import ErrorBody
 from umbranet.controller.service import NotFound
 from umbranet.controller.service import policy as policy_service
 from umbranet.controller.service.policy import PolicyInfo
+from umbranet.schema import ErrorBody
 
 __all__ = ["router"]
 

@@ -6,15 +6,15 @@ from fastapi import APIRouter
 
 from umbranet.controller.api.convert import bundle_out, cert_pem
 from umbranet.controller.api.deps import Ctx
-from umbranet.controller.api.models import (
+from umbranet.controller.service import enrollment
+from umbranet.pki.noise_pop import issue_challenge
+from umbranet.schema import (
     BundleOut,
     EnrollIn,
     EnrollOut,
     ErrorBody,
     NoiseChallengeOut,
 )
-from umbranet.controller.service import enrollment
-from umbranet.pki.noise_pop import issue_challenge
 
 __all__ = ["router"]
 

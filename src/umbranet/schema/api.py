@@ -1,7 +1,9 @@
 """Request and response bodies of the controller API (pydantic 2), as OpenAPI shows them.
 
-Inputs forbid unknown fields and bound every string and list, so a hostile body cannot make
-the controller hold more than a few kilobytes per request.
+The controller validates requests and renders answers with them; the controller client parses
+answers with the same classes, so a field is added or renamed in one place. Inputs forbid
+unknown fields and bound every string and list, so a hostile body cannot make the controller
+hold more than a few kilobytes per request.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "BundleOut",
+    "BundleUpdatesOut",
+    "EndpointIn",
+    "EndpointOut",
+    "NoiseChallengeOut",
     "EnrollIn",
     "EnrollOut",
     "EnrollmentTokenOut",
@@ -49,6 +55,18 @@ __all__ = [
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Positional(BaseModel):
+    """Also constructible with positional arguments in field order: small value types that
+    callers (and the client's API before the models were shared) build as ``T(a, b)``."""
+
+    def __init__(self, /, *args: Any, **data: Any) -> None:
+        fields = type(self).model_fields
+        if len(args) > len(fields):
+            raise TypeError(f"{type(self).__name__} takes at most {len(fields)} positional fields")
+        data.update(zip(fields, args, strict=False))
+        super().__init__(**data)
 
 
 class ErrorDetail(BaseModel):
@@ -109,10 +127,10 @@ class BundleUpdatesOut(BaseModel):
 class ServiceActionsOut(BaseModel):
     name: str
     actions: list[str]
-    # Present only when set: the agent intercepts these names; a host forwards to the address
-    # (shown only to identities that may bind the service).
+    # Sent only when set (the route leaves defaults out): the agent intercepts these names; a
+    # host forwards to the address (shown only to identities that may bind the service).
     host_address: str | None = None
-    intercepts: list[Intercept] | None = None
+    intercepts: list[Intercept] = Field(default_factory=list)
 
 
 class MeOut(BaseModel):
@@ -120,7 +138,7 @@ class MeOut(BaseModel):
     kind: str
     spiffe_id: str
     attributes: list[str]
-    services: list[ServiceActionsOut]
+    services: list[ServiceActionsOut]  # no default: always sent, even empty
     ipv4: str | None = Field(default=None, description="overlay IPv4 (network mode)")
     ipv6: str | None = Field(default=None, description="overlay IPv6 (network mode)")
 
@@ -133,7 +151,7 @@ class TicketIn(_In):
     )
 
 
-class RouterAddressOut(BaseModel):
+class RouterAddressOut(_Positional):
     name: str
     spiffe_id: str
     address: str
@@ -248,7 +266,9 @@ class EnrollmentTokenOut(BaseModel):
     enrollment_token: str
 
 
-class Intercept(BaseModel):
+class Intercept(_Positional):
+    """A name and port the agent intercepts for a service (also a request field: no extras)."""
+
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field(max_length=253)
@@ -283,7 +303,7 @@ class JwtSvidIn(_In):
     audience: list[Audience] = Field(min_length=1, max_length=16)
 
 
-class JwtSvidOut(BaseModel):
+class JwtSvidOut(_Positional):
     token: str
     expires_at: datetime
 
