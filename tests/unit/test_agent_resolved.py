@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import pytest
 
-from umbranet.agent import redirect, resolved
+from umbranet.agent import planfile, redirect, resolved
 from umbranet.agent.config import ConfigError, RootSettings
 from umbranet.agent.rootmode import RootMode, _upstreams
 from umbranet.agent.stats import Counters
@@ -89,8 +89,9 @@ def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Recorder:
     recorder = Recorder(state_dir)
     monkeypatch.setattr(redirect, "run_command", recorder)
     monkeypatch.setattr(redirect, "_run_output", lambda argv: "[]")
-    monkeypatch.setattr(redirect, "current_netns", lambda: 4026531840)
-    monkeypatch.setattr(redirect, "require_root", lambda: None)
+    for module in (redirect, planfile):  # install checks in redirect, undo in planfile
+        monkeypatch.setattr(module, "current_netns", lambda: 4026531840)
+        monkeypatch.setattr(module, "require_root", lambda: None)
     return recorder
 
 

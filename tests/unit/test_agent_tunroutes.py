@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from umbranet.agent import tunplan
+from umbranet.agent import planfile, tunplan
 from umbranet.agent.tunroutes import choose_routes
 
 K1, K2, K3 = b"1" * 32, b"2" * 32, b"3" * 32
@@ -53,7 +53,7 @@ class Recorder:
 def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Recorder:
     rec = Recorder(tmp_path)
     monkeypatch.setattr(tunplan, "run_command", rec)
-    monkeypatch.setattr(tunplan, "require_root", lambda: None)
+    monkeypatch.setattr(planfile, "require_root", lambda: None)  # undo checks it there
     return rec
 
 
