@@ -276,7 +276,7 @@ class PathSet:
                     best = Deadline(at, f"path_silent:{record.path.kind}")
             probe_at = record.next_probe if probing else None
             if probe_at is not None and (best is None or probe_at < best.at):
-                best = Deadline(record.next_probe, f"path_probe:{record.path.kind}")
+                best = Deadline(probe_at, f"path_probe:{record.path.kind}")
         return best
 
     def statistics(self) -> dict[str, object]:
