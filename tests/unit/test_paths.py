@@ -174,21 +174,21 @@ def test_both_sides_upgrade_then_fall_back_and_recover() -> None:
     assert net.a.current is not None and net.a.current.kind is PathKind.RELAY
     for _ in range(8):
         net.step()
-    assert net.a.current is not None and net.a.current.kind is PathKind.DIRECT
-    assert net.b.current is not None and net.b.current.kind is PathKind.DIRECT
+    assert net.a.current == Path(PathKind.DIRECT, ("b", 1))
+    assert net.b.current == Path(PathKind.DIRECT, ("a", 1))
     net.direct_up = False
     for _ in range(int(16 / 0.25)):
         net.step()
-    assert net.a.current.kind is PathKind.RELAY  # type: ignore[union-attr]
-    assert net.b.current.kind is PathKind.RELAY  # type: ignore[union-attr]
+    assert net.a.current == _relay(net.a)
+    assert net.b.current == _relay(net.b)
     before = net.relayed
     net.step()
     assert net.relayed > before  # traffic flows on the relay meanwhile
     net.direct_up = True
     for _ in range(int(130 / 0.25)):
         net.step()
-    assert net.a.current.kind is PathKind.DIRECT  # type: ignore[union-attr]
-    assert net.b.current.kind is PathKind.DIRECT  # type: ignore[union-attr]
+    assert net.a.current == Path(PathKind.DIRECT, ("b", 1))
+    assert net.b.current == Path(PathKind.DIRECT, ("a", 1))
 
 
 def test_blocked_direct_stays_relayed() -> None:
@@ -196,8 +196,12 @@ def test_blocked_direct_stays_relayed() -> None:
     net.direct_up = False
     for _ in range(400):
         net.step()
-    assert net.a.current.kind is PathKind.RELAY  # type: ignore[union-attr]
+    assert net.a.current == _relay(net.a)
     assert net.a.counters["upgrades"] == 0
+
+
+def _relay(paths: PathSet) -> Path:
+    return Path(PathKind.RELAY, relay_address(paths.peer))
 
 
 # -- the state machine --------------------------------------------------------------------
@@ -239,13 +243,10 @@ class PathMachine(RuleBasedStateMachine):
 
     @rule(path=st.sampled_from(ALL))
     def receive(self, path: Path) -> None:
-        before = self.paths.statistics()["paths"]
-        was_proven = any(p["address"] == _addr(path) and p["proven"] for p in before)  # type: ignore[union-attr]
+        was_proven = self.paths.proven(path.address)
         sent = self.last_tx.get(path)
         self.paths.handle_authenticated(path.address, self.now)
-        after = self.paths.statistics()["paths"]
-        now_proven = any(p["address"] == _addr(path) and p["proven"] for p in after)  # type: ignore[union-attr]
-        if now_proven and not was_proven:
+        if self.paths.proven(path.address) and not was_proven:
             # proof only by an exchange: we sent on it within the deadline before
             assert sent is not None and self.now - sent <= 15.0
         for probe in iter(self.paths.poll_probe, None):
@@ -262,12 +263,7 @@ class PathMachine(RuleBasedStateMachine):
             assert current is None
             return
         assert current in self.present
-        stats = self.paths.statistics()["paths"]
-        usable = [
-            p
-            for p in self.present
-            if not p.needs_proof or any(s["address"] == _addr(p) and s["proven"] for s in stats)  # type: ignore[union-attr]
-        ]
+        usable = [p for p in self.present if not p.needs_proof or self.paths.proven(p.address)]
         pool = usable or list(self.present)
         assert RANK[current.kind] == min(RANK[p.kind] for p in pool)
 
@@ -281,12 +277,6 @@ class PathMachine(RuleBasedStateMachine):
                 self.last_tx[probe.path] = self.now
             after = self.paths.poll_timeout()
             assert after is None or after.at > self.now
-
-
-def _addr(path: Path) -> str:
-    if path.kind is PathKind.RELAY:
-        return "relay"
-    return f"{path.address[0]}:{path.address[1]}"
 
 
 TestPathMachine = PathMachine.TestCase

@@ -195,6 +195,10 @@ class PathSet:
     def has(self, address: Address) -> bool:
         return address in self._paths
 
+    def proven(self, address: Address) -> bool:
+        record = self._paths.get(address)
+        return record is not None and record.proven
+
     @property
     def current(self) -> Path | None:
         return self._current
