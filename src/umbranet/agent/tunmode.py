@@ -36,6 +36,7 @@ import binascii
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,10 @@ from umbranet.proto.wireguard.flowfilter import FlowFilter, parse_grant
 __all__ = ["PeerEntry", "TunMode", "parse_peers"]
 
 log = logging.getLogger("umbranet.agent")
+
+# Relay tickets live 10 minutes; showing a fresh one every 2 keeps the router's allowance
+# ahead of expiry with room for failed refreshes.
+_REPRESENT_AFTER = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +141,8 @@ class TunMode:
         self._routes: set[str] = set()
         self.has_ipv6 = False
         self.relay: RelayLink | None = None
-        self._presented: dict[bytes, str] = {}  # relay tickets the relay link was shown
+        # when the relay link was last shown each peer's relay ticket (monotonic seconds)
+        self._presented: dict[bytes, float] = {}
 
     @property
     def port(self) -> int:
@@ -351,9 +357,14 @@ class TunMode:
         if peer.endpoint is not None:
             paths.append(WgPath(PathKind.DIRECT, peer.endpoint))
         if relay is not None and relay.live and peer.relay_ticket is not None:
-            if self._presented.get(key) != peer.relay_ticket:
+            # The view brings a freshly signed ticket every refresh; the router needs one
+            # only on a new link, before the last expires, or after it refused one.
+            now = time.monotonic()
+            shown = self._presented.get(key)
+            if shown is None or now - shown > _REPRESENT_AFTER or key in relay.refused_peers:
+                relay.refused_peers.discard(key)
                 relay.allow(key, peer.relay_ticket)
-                self._presented[key] = peer.relay_ticket
+                self._presented[key] = now
             paths.append(WgPath(PathKind.RELAY, relay_address(key)))
         driver.set_paths(key, paths)
 
