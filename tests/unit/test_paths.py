@@ -92,6 +92,20 @@ def test_silent_direct_falls_back_then_reprobes_with_backoff() -> None:
     assert deadline is not None and deadline.at == 40.0  # then backing off
 
 
+def test_peer_arriving_on_the_relay_while_direct_is_silent_means_fall_back_now() -> None:
+    paths = _proven_direct()
+    relay = Path(PathKind.RELAY, relay_address(PEER_B))
+    # a relayed datagram while we just sent on direct (an upgrade's stragglers): no change
+    paths.handle_sent(DIRECT.address, 10.0)
+    paths.handle_authenticated(relay.address, 10.5)
+    assert paths.current == DIRECT
+    # but once direct has been silent for a second while we send, the peer has moved
+    paths.handle_authenticated(relay.address, 11.0)
+    assert paths.current == relay
+    assert _drain_events(paths)[-1] == ("direct", "relay", "peer_moved")
+    assert paths.counters["fallbacks"] == 1
+
+
 def test_network_change_drops_proof() -> None:
     paths = _proven_direct()
     paths.handle_network_change(50.0)
