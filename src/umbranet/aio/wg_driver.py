@@ -61,6 +61,7 @@ log = logging.getLogger("umbranet.agent")
 
 Address = tuple[str, int]
 MAX_LEARNED_PATHS = 4
+_KEEPALIVE_SIZE = 32  # a transport-data header and tag around nothing
 PATH_TICK = 0.5  # seconds between path timer runs (probes, silence deadlines)
 
 _MAX_DATAGRAM = 65535
@@ -333,7 +334,8 @@ class WireGuardDriver:
             else:
                 current = pathset.current
                 dest = addr if current is None else current.address
-            sent.add((peer, dest))
+            if len(data) > _KEEPALIVE_SIZE and probe is None:
+                sent.add((peer, dest))  # a keepalive is not answered: no silence clock
             if relay_peer(dest) is None:
                 direct.append((data, dest))
             elif self.relay is not None and self.relay.send_relayed(peer, data):

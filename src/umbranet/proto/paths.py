@@ -24,9 +24,12 @@ Rules of this file:
   every `probe_interval` (backing off to `probe_max`); the shell probes by sending a
   WireGuard keepalive on that path. An authenticated datagram on an unproven path we have
   not sent on recently is answered with a probe at once, so both sides prove the path
-  within about one and a half round trips.
-- Fallback: a proven path we have sent on without hearing anything authenticated for
-  `deadline` (WireGuard's keepalive + rekey timeouts, 15 s) loses its proof; the current
+  within about one and a half round trips; on a proven path, at most one answer per
+  `probe_interval`, so an idle peer still proving it gets its reply.
+- Fallback: a proven path we have sent on (`handle_sent`: something the peer answers, that
+  is not a bare keepalive) without hearing anything authenticated for `deadline`
+  (WireGuard's keepalive + rekey timeouts, 15 s: the peer answers data within 10 s) loses
+  its proof; the current
   path then moves to the next usable one and the lost path is probed again (backing off).
   Silence while nothing is sent is not evidence: an idle path keeps its proof.
 - The peer moved: an authenticated datagram on a worse path while the current proven path
@@ -212,7 +215,7 @@ class PathSet:
     # -- inputs --------------------------------------------------------------------------
 
     def handle_sent(self, address: Address, now: float) -> None:
-        """We sent a datagram on this path (traffic or a probe)."""
+        """We sent a datagram the peer will answer (data, a handshake) on this path."""
         record = self._paths.get(address)
         if record is None:
             return
@@ -228,7 +231,13 @@ class PathSet:
         record.last_rx = now
         record.waiting_since = None
         self._peer_moved(record, now)
-        if record.proven or not record.path.needs_proof:
+        if not record.path.needs_proof:
+            return
+        if record.proven:
+            # The peer may still be proving it (its probe, or its traffic while idle here):
+            # answer now and then, so an idle pair converges without waiting for traffic.
+            if record.last_tx is None or now - record.last_tx >= self._probe_interval:
+                self._probe(record, now, "answer")
             return
         sent = record.last_tx
         if sent is not None and now - sent <= self._deadline:
@@ -349,9 +358,10 @@ class PathSet:
         record.backoff = min(record.backoff * 2, self._probe_max)
 
     def _probe(self, record: _Record, now: float, reason: str) -> None:
+        # A probe is a keepalive, which nothing answers: it starts no silence clock.
         self.counters["probes"] += 1
         self._out.probes.append(Probe(self.peer, record.path, reason))
-        self.handle_sent(record.path.address, now)
+        record.last_tx = now
 
     def _choose(self, now: float, reason: str) -> None:
         new = self._best()
