@@ -153,12 +153,11 @@ class TunMode:
         """Check we may, undo a crashed run's leftovers, bind the WireGuard UDP port."""
         require_root()
         await asyncio.to_thread(tunplan.uninstall, self._state_dir)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        host, port = self.settings.listen_host, self.settings.listen_port
         try:
-            sock.bind((self.settings.listen_host, self.settings.listen_port))
+            sock = _bind_udp(host, port)
         except OSError as exc:
-            sock.close()
-            where = f"{self.settings.listen_host}:{self.settings.listen_port}"
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise ConfigError("tun_port_in_use", f"cannot bind UDP {where}: {exc}") from None
         sock.setblocking(False)
         self.sock = sock
@@ -377,10 +376,48 @@ class TunMode:
             self._counters.add("tun_peer_silent")
 
 
+def _bind_udp(host: str, port: int) -> socket.socket:
+    """The WireGuard socket. The default (``0.0.0.0``) is dual-stack when the host has IPv6
+    (``::`` with IPV6_V6ONLY off: IPv4 and IPv6 peers on one port), IPv4 otherwise; an
+    explicit address binds that family only."""
+    if host in ("0.0.0.0", "::"):
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        except OSError:
+            sock = None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", port))
+            except OSError:
+                sock.close()
+                if host == "::":
+                    raise
+            else:
+                return sock
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host if host != "::" else "0.0.0.0", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _endpoint(text: object) -> tuple[str, int] | None:
-    """``host:port`` -> (host, port) for IPv4 endpoints; None otherwise (IPv6 not yet)."""
-    if not isinstance(text, str) or text.startswith("["):
+    """``host:port`` or ``[v6]:port`` -> (host, port); None for anything else."""
+    if not isinstance(text, str):
         return None
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+        except OSError:
+            return None
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            return None
+        return host, int(port)
     host, _, port = text.rpartition(":")
     try:
         socket.inet_aton(host)

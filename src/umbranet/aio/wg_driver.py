@@ -130,6 +130,9 @@ class WireGuardDriver:
         self._timer_at: float | None = None
         self.counters: Counter[str] = Counter()
         self._gso = gso and hasattr(socket.socket, "sendmsg")
+        # A dual-stack socket (AF_INET6, IPV6_V6ONLY off) sees IPv4 peers as ::ffff:a.b.c.d;
+        # the machine and the paths always see the plain IPv4 form.
+        self._v6 = sock.family == socket.AF_INET6
         self._gro = gro
         if gro:
             try:
@@ -244,7 +247,10 @@ class WireGuardDriver:
                 # e.g. ECONNREFUSED from an ICMP error for an earlier send: keep reading
                 self.counters["udp_recv_errors"] += 1
                 continue
-            source = (addr[0], addr[1])
+            host = addr[0]
+            if self._v6 and host.startswith("::ffff:") and "." in host:
+                host = host[7:]
+            source = (host, addr[1])
             segment = _gro_segment_size(ancdata)
             if segment and len(data) > segment:
                 self.counters["udp_gro_batches"] += 1
@@ -430,7 +436,7 @@ class WireGuardDriver:
                 [b"".join(data for data, _ in run)],
                 [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))],
                 0,
-                addr,
+                self._wire(addr),
             )
         except OSError as exc:
             if exc.errno in _GSO_UNSUPPORTED:
@@ -445,10 +451,16 @@ class WireGuardDriver:
 
     def _send_one(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            self._sock.sendto(data, addr)
+            self._sock.sendto(data, self._wire(addr))
             self.counters["udp_datagrams_out"] += 1
         except OSError:
             self.counters["udp_send_errors"] += 1
+
+    def _wire(self, addr: Address) -> Address:
+        """The address as the socket takes it (IPv4-mapped on a dual-stack socket)."""
+        if self._v6 and ":" not in addr[0]:
+            return ("::ffff:" + addr[0], addr[1])
+        return addr
 
     def _arm_timer(self) -> None:
         loop = self._loop
