@@ -24,8 +24,8 @@ direct path, back to the relay when direct goes silent (`proto.paths`); a peer w
 endpoint is reached through the relay alone.
 
 System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
-Not done yet: NAT traversal (STUN candidates), subnet routes, exit nodes, IPv6 endpoints
-(the UDP socket is IPv4).
+The WireGuard socket is dual-stack where the host has IPv6 (`_bind_udp`). Not done yet: NAT
+traversal (STUN candidates), subnet routes, exit nodes.
 """
 
 from __future__ import annotations

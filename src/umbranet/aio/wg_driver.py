@@ -23,6 +23,10 @@ datagram (the machine's `last_authenticated`) is what the path set takes as proo
 authenticated datagram from an address no path names (the peer behind a NAT) becomes a
 `punched` path to prove (at most `MAX_LEARNED_PATHS` per peer). Path timers run on a tick.
 
+The UDP socket may be dual-stack (AF_INET6 with IPV6_V6ONLY off): IPv4 sources arrive as
+``::ffff:a.b.c.d`` and are handed to the machine in plain IPv4 form, and plain IPv4
+destinations are mapped back when sending, so endpoints and paths never see two spellings.
+
 Batching on Linux (the benchmark's lever; both fall back silently where the kernel refuses):
 - UDP GSO: a run of datagrams to one address, all the same size but the last, leaves in one
   `sendmsg` with UDP_SEGMENT, and the kernel cuts it up (one syscall for up to 64 packets).
