@@ -329,24 +329,22 @@ class WireGuardDriver:
     ) -> list[tuple[bytes, Address]]:
         direct: list[tuple[bytes, Address]] = []
         sent: set[tuple[bytes, Address]] = set()
-        path_of = self._path_of
+        # A flush sends runs of datagrams to a few addresses: decide once per address.
+        decided: dict[Address, tuple[bytes | None, Address, bool]] = {}
         for data, addr in outgoing:
-            peer = path_of.get(addr) or relay_peer(addr)
-            pathset = None if peer is None else self._paths.get(peer)
-            if pathset is None or peer is None:
-                if relay_peer(addr) is not None:
+            choice = decided.get(addr)
+            if choice is None:
+                choice = decided[addr] = self._decide(addr, probe)
+            peer, dest, relayed = choice
+            if peer is None:
+                if relayed:
                     self.counters["relay_no_paths"] += 1
                 else:
                     direct.append((data, addr))
                 continue
-            if probe is not None and peer == probe.peer:
-                dest = probe.path.address
-            else:
-                current = pathset.current
-                dest = addr if current is None else current.address
             if len(data) > _KEEPALIVE_SIZE and probe is None:
                 sent.add((peer, dest))  # a keepalive is not answered: no silence clock
-            if relay_peer(dest) is None:
+            if not relayed:
                 direct.append((data, dest))
             elif self.relay is not None and self.relay.send_relayed(peer, data):
                 self.counters["relay_datagrams_out"] += 1
@@ -356,6 +354,20 @@ class WireGuardDriver:
         for peer, dest in sent:
             self._paths[peer].handle_sent(dest, mono)
         return direct
+
+    def _decide(self, addr: Address, probe: Probe | None) -> tuple[bytes | None, Address, bool]:
+        """(peer, destination, relayed?) for a datagram the machine addressed to `addr`;
+        peer None: not a peer with paths (sent as addressed, or dropped if a relay address)."""
+        peer = self._path_of.get(addr) or relay_peer(addr)
+        pathset = None if peer is None else self._paths.get(peer)
+        if pathset is None or peer is None:
+            return None, addr, relay_peer(addr) is not None
+        if probe is not None and peer == probe.peer:
+            dest = probe.path.address
+        else:
+            current = pathset.current
+            dest = addr if current is None else current.address
+        return peer, dest, relay_peer(dest) is not None
 
     def _authenticated(self, peer: bytes, source: Address, mono: float) -> None:
         pathset = self._paths.get(peer)
