@@ -129,17 +129,18 @@ def _iperf(net: Net, server_addr: str) -> float | None:
     """Mbit/s of a 2 s iperf3 TCP run from A to B's granted port; None without iperf3."""
     if shutil.which("iperf3") is None:
         return None
-    serve = ["iperf3", "-s", "-1", "-B", server_addr, "-p", str(PORT_B)]
+    serve = ["iperf3", "-s", "-B", server_addr, "-p", str(PORT_B)]
     server = net.lab.spawn(net.ns["b"], "iperf3", serve)
     try:
-        argv = ["iperf3", "-J", "-t", "2", "-c", server_addr, "-p", str(PORT_B)]
-        for _ in range(50):  # the server needs a moment to listen
+        argv = ["iperf3", "-J", "-t", "2", "--connect-timeout", "3000", "-c", server_addr,
+                "-p", str(PORT_B)]  # fmt: skip
+        for _ in range(20):  # the server needs a moment to listen; a run may be cut short
             done = subprocess.run(net.lab.argv(net.ns["a"], argv), capture_output=True,
                                   timeout=60, check=False)  # fmt: skip
             if done.returncode == 0:
                 report = json.loads(done.stdout)
                 return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
-            time.sleep(0.1)
+            time.sleep(0.2)
         raise AssertionError(f"iperf3 failed: {done.stdout[-500:]!r} {done.stderr[-500:]!r}")
     finally:
         net.lab.stop(server)
