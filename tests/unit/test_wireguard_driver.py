@@ -112,7 +112,7 @@ async def _dual_stack() -> tuple[list[bytes], tuple[object, object]]:
     127.0.0.1) and an IPv6 peer (C on ::1)."""
     from umbranet.agent.tunmode import _bind_udp
 
-    udp_a = _bind_udp("0.0.0.0", 0)
+    udp_a = _bind_udp("::", 0)
     assert udp_a.family == socket.AF_INET6
     udp_b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp_b.bind(("127.0.0.1", 0))

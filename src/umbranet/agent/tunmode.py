@@ -24,8 +24,9 @@ direct path, back to the relay when direct goes silent (`proto.paths`); a peer w
 endpoint is reached through the relay alone.
 
 System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
-The WireGuard socket is dual-stack where the host has IPv6 (`_bind_udp`). Not done yet: NAT
-traversal (STUN candidates), subnet routes, exit nodes.
+With ``listen_host="::"`` the WireGuard socket is dual-stack (`_bind_udp`), so IPv6
+endpoints work; the default is still IPv4. Not done yet: NAT traversal (STUN candidates),
+subnet routes, exit nodes.
 """
 
 from __future__ import annotations
@@ -377,28 +378,23 @@ class TunMode:
 
 
 def _bind_udp(host: str, port: int) -> socket.socket:
-    """The WireGuard socket. The default (``0.0.0.0``) is dual-stack when the host has IPv6
-    (``::`` with IPV6_V6ONLY off: IPv4 and IPv6 peers on one port), IPv4 otherwise; an
-    explicit address binds that family only."""
-    if host in ("0.0.0.0", "::"):
+    """The WireGuard socket. ``::`` is one dual-stack socket (IPV6_V6ONLY off: IPv4 and IPv6
+    peers on one port); any other address binds its own family. The default stays
+    ``0.0.0.0`` (IPv4) while other users of this socket (NAT traversal's STUN and probes)
+    address it with IPv4 tuples, which a dual-stack socket refuses."""
+    if host == "::":
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
         except OSError:
-            sock = None
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                sock.bind(("::", port))
-            except OSError:
-                sock.close()
-                if host == "::":
-                    raise
-            else:
-                return sock
+            sock.close()
+            raise
+        return sock
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.bind((host if host != "::" else "0.0.0.0", port))
+        sock.bind((host, port))
     except OSError:
         sock.close()
         raise

@@ -136,7 +136,7 @@ class WireGuardDriver:
         self._gso = gso and hasattr(socket.socket, "sendmsg")
         # A dual-stack socket (AF_INET6, IPV6_V6ONLY off) sees IPv4 peers as ::ffff:a.b.c.d;
         # the machine and the paths always see the plain IPv4 form.
-        self._v6 = sock.family == socket.AF_INET6
+        self._v6 = getattr(sock, "family", socket.AF_INET) == socket.AF_INET6
         self._gro = gro
         if gro:
             try:
