@@ -12,6 +12,7 @@ from bench.paths.ssh import Ssh
 from bench.paths.stunnel import Stunnel
 from bench.paths.umbranet import Umbranet, UmbranetAsync
 from bench.paths.umbranet_agent import UmbranetAgent
+from bench.paths.umbranet_l3 import UmbranetL3, UmbranetL3Relayed
 from bench.paths.umbranet_mesh import UmbranetMesh2, UmbranetMesh3
 from bench.paths.wireguard import WireguardGo
 
@@ -31,6 +32,8 @@ _FACTORIES: dict[str, Callable[[], BenchPath]] = {
     "umbranet-agent": UmbranetAgent,
     "umbranet-mesh2": UmbranetMesh2,
     "umbranet-mesh3": UmbranetMesh3,
+    "umbranet-l3": UmbranetL3,
+    "umbranet-l3-relayed": UmbranetL3Relayed,
 }
 KNOWN_PATHS = tuple(_FACTORIES)
 DEFAULT_PATHS = (
@@ -45,6 +48,8 @@ DEFAULT_PATHS = (
     "umbranet-agent",
     "umbranet-mesh2",
     "umbranet-mesh3",
+    "umbranet-l3",
+    "umbranet-l3-relayed",
 )
 
 

@@ -21,9 +21,17 @@ the controller and the kernel forwards and masquerades what peers may send there
 peers offer us (``routes`` in the view, `tunroutes`) become their allowed IPs and kernel
 routes, and with ``--exit-node NAME`` everything else goes to that peer.
 
-System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
+Paths: each peer's datagrams go direct (UDP to the endpoint in the view) or through the
+relay: a link to our home router (the first router the controller lists, `aio.wg_relay`)
+over which the view's per-peer relay ticket is presented. The driver's path set starts a
+peer relayed at once and moves it to direct when an authenticated exchange proves the
+direct path, back to the relay when direct goes silent (`proto.paths`); a peer with no
+endpoint is reached through the relay alone.
 
-Not done yet: relays through routers, NAT traversal, IPv6 endpoints (the UDP socket is IPv4).
+With ``listen_host="::"`` the WireGuard socket is dual-stack (`_bind_udp`), so IPv6
+endpoints work; the default is still IPv4.
+
+System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import binascii
 import contextlib
 import logging
 import socket
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,13 +57,20 @@ from umbranet.agent.stats import Counters
 from umbranet.agent.tunroutes import choose_routes
 from umbranet.aio.tun import Tun
 from umbranet.aio.wg_driver import WireGuardDriver
+from umbranet.aio.wg_relay import RelayLink
 from umbranet.pki import IdentityFile
+from umbranet.proto.paths import Path as WgPath
+from umbranet.proto.paths import PathKind, relay_address
 from umbranet.proto.wireguard import Device, Event, PeerSilent
 from umbranet.proto.wireguard.flowfilter import FlowFilter, parse_grant
 
 __all__ = ["PeerEntry", "TunMode", "parse_peers"]
 
 log = logging.getLogger("umbranet.agent")
+
+# Relay tickets live 10 minutes; showing a fresh one every 2 keeps the router's allowance
+# ahead of expiry with room for failed refreshes.
+_REPRESENT_AFTER = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +84,7 @@ class PeerEntry:
     endpoint: tuple[str, int] | None
     reach: tuple[str, ...]
     routes: tuple[str, ...] = ()
+    relay_ticket: str | None = None
 
     def prefixes(self) -> list[str]:
         return [f"{self.ipv4}/32", *([f"{self.ipv6}/128"] if self.ipv6 else [])]
@@ -93,8 +110,16 @@ def parse_peers(view: Mapping[str, Any], counters: Counters) -> dict[bytes, Peer
             counters.add("tun_peer_bad_endpoint")
         reach = tuple(str(r) for r in item.get("reach", []))
         routes = tuple(str(r) for r in item.get("routes", []))
+        ticket = item.get("relay_ticket")
         peers[key] = PeerEntry(
-            str(item["name"]), key, item["ipv4"], item.get("ipv6"), endpoint, reach, routes
+            str(item["name"]),
+            key,
+            item["ipv4"],
+            item.get("ipv6"),
+            endpoint,
+            reach,
+            routes,
+            ticket if isinstance(ticket, str) and ticket else None,
         )
     return peers
 
@@ -127,6 +152,9 @@ class TunMode:
         self._routes: set[str] = set()
         self._allowed: dict[bytes, list[str]] = {}
         self.has_ipv6 = False
+        self.relay: RelayLink | None = None
+        # when the relay link was last shown each peer's relay ticket (monotonic seconds)
+        self._presented: dict[bytes, float] = {}
 
     @property
     def port(self) -> int:
@@ -137,12 +165,11 @@ class TunMode:
         """Check we may, undo a crashed run's leftovers, bind the WireGuard UDP port."""
         require_root()
         await asyncio.to_thread(tunplan.uninstall, self._state_dir)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        host, port = self.settings.listen_host, self.settings.listen_port
         try:
-            sock.bind((self.settings.listen_host, self.settings.listen_port))
+            sock = _bind_udp(host, port)
         except OSError as exc:
-            sock.close()
-            where = f"{self.settings.listen_host}:{self.settings.listen_port}"
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise ConfigError("tun_port_in_use", f"cannot bind UDP {where}: {exc}") from None
         if self.settings.exit_node is not None:
             # The tunnel's own datagrams carry the mark, so the exit route never takes them.
@@ -158,9 +185,16 @@ class TunMode:
                 list(settings.advertise_routes), settings.advertise_exit_node
             )
 
-    async def apply(self, ipv4: str | None, ipv6: str | None, view: Mapping[str, Any]) -> None:
+    async def apply(
+        self,
+        ipv4: str | None,
+        ipv6: str | None,
+        view: Mapping[str, Any],
+        routers: list[str] | None = None,
+    ) -> None:
         """Follow the controller: install on the first call with addresses, then match the
-        device's peers, routes, grants and DNS names to `view`."""
+        device's peers, routes, grants and DNS names to `view`; keep the relay link to the
+        first of `routers` (addresses) up."""
         if self.tun is None:
             if not ipv4 or not ipv6:
                 self._counters.add("tun_no_address")
@@ -177,12 +211,20 @@ class TunMode:
         for key in set(self.peers) - set(wanted):
             self.device.remove_peer(key)
             log.info("network mode: peer %s withdrawn", self.peers[key].name)
+        for key in set(self.peers) - set(wanted):
+            if self.driver is not None:
+                self.driver.forget_paths(key)
+            self._presented.pop(key, None)
+        await self._relay_link(routers or [])
         for key, peer in wanted.items():
             allowed = [*peer.prefixes(), *choice.by_peer.get(key, [])]
             if self._allowed.get(key, allowed) != allowed:
                 self.device.remove_peer(key)  # allowed IPs only grow in place: start afresh
             self._allowed[key] = allowed
-            self.device.add_peer(key, endpoint=peer.endpoint, allowed_ips=allowed)
+            known = self.device.endpoint_of(key) is not None if key in self.peers else False
+            endpoint = peer.endpoint or (None if known else relay_address(key))
+            self.device.add_peer(key, endpoint=endpoint, allowed_ips=allowed)
+            self._set_paths(key, peer)
         self._allowed = {k: v for k, v in self._allowed.items() if k in wanted}
         self.peers = wanted
         self.flows.set_grants({k: parse_grant(p.reach) for k, p in wanted.items()})
@@ -209,6 +251,9 @@ class TunMode:
 
     async def close(self) -> None:
         """Undo the system changes and stop (the link goes with the TUN descriptor)."""
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
         if self.driver is not None:
             self.driver.close()
             self.driver = None
@@ -247,6 +292,7 @@ class TunMode:
                     "reach": list(p.reach),
                     "routes": list(p.routes),
                     "routed": f"{p.ipv4}/32" in self._routes,
+                    "path": self._path_name(k),
                     **{
                         field: per_peer.get(k.hex(), {}).get(field)
                         for field in ("rx_bytes", "tx_bytes", "last_handshake")
@@ -256,6 +302,7 @@ class TunMode:
             ],
             "filter": stats.get("filter"),
             "io": stats.get("io"),
+            "relay": self.relay.statistics() if self.relay is not None else None,
             "device": _device_summary(device),
         }
 
@@ -333,6 +380,53 @@ class TunMode:
             )
         return plan
 
+    # -- paths -------------------------------------------------------------------------------
+
+    async def _relay_link(self, routers: list[str]) -> None:
+        """Keep the relay link to the home router up; tickets are shown again on a new link."""
+        if self.relay is not None and self.relay.live:
+            return
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
+        if not routers or self.driver is None:
+            return
+        driver = self.driver
+        link = RelayLink(self._identity, routers[0], driver.handle_relayed)
+        try:
+            await link.connect(timeout=5.0)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            self._counters.add("tun_relay_unreachable")
+            log.warning("network mode: relay router %s unreachable: %r", routers[0], str(exc))
+            return
+        self.relay = link
+        driver.relay = link
+        self._presented.clear()
+        log.info("network mode: relaying through router %s", link.router)
+
+    def _set_paths(self, key: bytes, peer: PeerEntry) -> None:
+        driver, relay = self.driver, self.relay
+        if driver is None:
+            return
+        paths: list[WgPath] = []
+        if peer.endpoint is not None:
+            paths.append(WgPath(PathKind.DIRECT, peer.endpoint))
+        if relay is not None and relay.live and peer.relay_ticket is not None:
+            # The view brings a freshly signed ticket every refresh; the router needs one
+            # only on a new link, before the last expires, or after it refused one.
+            now = time.monotonic()
+            shown = self._presented.get(key)
+            if shown is None or now - shown > _REPRESENT_AFTER or key in relay.refused_peers:
+                relay.refused_peers.discard(key)
+                relay.allow(key, peer.relay_ticket)
+                self._presented[key] = now
+            paths.append(WgPath(PathKind.RELAY, relay_address(key)))
+        driver.set_paths(key, paths)
+
+    def _path_name(self, key: bytes) -> str | None:
+        path = self.driver.current_path(key) if self.driver is not None else None
+        return None if path is None else path.kind.value
+
     def _event(self, event: Event) -> None:
         if isinstance(event, PeerSilent):
             self._counters.add("tun_peer_silent")
@@ -349,10 +443,43 @@ def controller_addresses(url: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+def _bind_udp(host: str, port: int) -> socket.socket:
+    """The WireGuard socket. ``::`` is one dual-stack socket (IPV6_V6ONLY off: IPv4 and IPv6
+    peers on one port); any other address binds its own family. The default stays
+    ``0.0.0.0`` (IPv4) while other users of this socket (NAT traversal's STUN and probes)
+    address it with IPv4 tuples, which a dual-stack socket refuses."""
+    if host == "::":
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _endpoint(text: object) -> tuple[str, int] | None:
-    """``host:port`` -> (host, port) for IPv4 endpoints; None otherwise (IPv6 not yet)."""
-    if not isinstance(text, str) or text.startswith("["):
+    """``host:port`` or ``[v6]:port`` -> (host, port); None for anything else."""
+    if not isinstance(text, str):
         return None
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+        except OSError:
+            return None
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            return None
+        return host, int(port)
     host, _, port = text.rpartition(":")
     try:
         socket.inet_aton(host)

@@ -198,6 +198,10 @@ class PeerKeyOut(BaseModel):
     routes: list[str] = Field(
         default_factory=list, description="its approved routes the caller may reach into"
     )
+    relay_ticket: str | None = Field(
+        default=None,
+        description="a ticket letting routers relay the caller's WireGuard datagrams to this peer",
+    )
 
 
 class EndpointIn(_In):
