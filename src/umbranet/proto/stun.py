@@ -78,7 +78,14 @@ MAX_MESSAGE = 1500  # what fits one UDP datagram on an ordinary path; larger is 
 REQUEST, INDICATION, SUCCESS, ERROR = 0, 1, 2, 3
 # methods
 BINDING = 0x001
-ALLOCATE, REFRESH, SEND, DATA, CREATE_PERMISSION, CHANNEL_BIND = 0x003, 0x004, 0x006, 0x007, 0x008, 0x009
+ALLOCATE, REFRESH, SEND, DATA, CREATE_PERMISSION, CHANNEL_BIND = (
+    0x003,
+    0x004,
+    0x006,
+    0x007,
+    0x008,
+    0x009,
+)
 
 ATTR = {
     "MAPPED-ADDRESS": 0x0001,
@@ -292,7 +299,7 @@ def decode_xor_address(value: bytes, transaction_id: bytes) -> Address:
 
 
 def _decode_address(value: bytes) -> Address:
-    family, port, raw = _address_parts(value)
+    _family, port, raw = _address_parts(value)
     return str(ipaddress.ip_address(raw)), port
 
 
@@ -384,7 +391,9 @@ class BindingClient:
     def start(self, server: Address, now: Instant) -> bytes:
         txid = self._random(12)
         datagram = encode(StunMessage(BINDING, REQUEST, txid))
-        self._pending[txid] = _Transaction(server, txid, datagram, now.mono, 1, now.mono + self._rto)
+        self._pending[txid] = _Transaction(
+            server, txid, datagram, now.mono, 1, now.mono + self._rto
+        )
         self._out.append((datagram, server))
         self.counters["requests"] += 1
         return txid
