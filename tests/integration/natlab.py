@@ -107,7 +107,8 @@ class NatLab:
         block = "meta l4proto udp drop;" if kind == "blocked" else ""
         rules = f"""
 table ip natlab {{
-  chain lab_postrouting {{ type nat hook postrouting priority srcnat; oifname "{wan_if}" {masquerade}; }}
+  chain lab_postrouting {{ type nat hook postrouting priority srcnat;
+    oifname "{wan_if}" {masquerade}; }}
   chain lab_forward {{ type filter hook forward priority filter; policy accept; {block} }}
   chain lab_input {{ type filter hook input priority filter; policy accept;
     iifname "{wan_if}" meta l4proto udp ct state new drop; }}
