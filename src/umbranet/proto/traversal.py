@@ -1,0 +1,194 @@
+"""NAT traversal beside a WireGuard device on one UDP port (sans-IO).
+
+`Traversal` owns the address discovery (`BindingClient`) and the connectivity checks
+(`ProbeAgent`) that share the WireGuard socket, and demultiplexes what arrives there:
+
+    first byte 1-4 and three zero bytes   -> WireGuard (`Device.handle_datagram`)
+    STUN magic cookie at bytes 4-8        -> the binding client
+    probe magic 0xF5 "UPB"                -> the probe agent
+    anything else                         -> WireGuard, which counts it (`bad_type`)
+
+It gathers this socket's candidates (host addresses given by the shell, server-reflexive
+from the STUN answers) and classifies the NAT, and when a probe pair is selected for a peer
+it points the device's endpoint for that peer at it (`PathSelected`); the shell (or the
+relay branch's path abstraction) decides what to do on `PathLost`/`DirectFailed`, which are
+queued in `poll_path_event`.
+
+`DeviceShell` (`as_device`) presents the device with traversal's datagrams merged in, so an
+IO shell written for a bare `Device` (the WireGuard driver) carries both without change.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from umbranet.clock import Deadline, Instant
+from umbranet.proto.ice import (
+    Candidate,
+    DirectFailed,
+    PathLost,
+    PathSelected,
+    ProbeAgent,
+    classify_mapping,
+    host_candidates,
+)
+from umbranet.proto.ice import Event as PathEvent
+from umbranet.proto.stun import BindingClient, BindingFailed, BindingResult, is_stun
+from umbranet.proto.wireguard import Device
+from umbranet.proto.wireguard.events import Event as DeviceEvent
+
+__all__ = ["Gathered", "Traversal", "is_wireguard"]
+
+Address = tuple[str, int]
+
+
+def is_wireguard(data: bytes) -> bool:
+    return len(data) >= 4 and 1 <= data[0] <= 4 and data[1:4] == b"\0\0\0"
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """The result of one gathering round: what to publish through the controller."""
+
+    candidates: list[Candidate]
+    nat: str
+    rtt: dict[str, float | None]
+
+
+class Traversal:
+    """STUN + probes beside `device`; see the module docstring."""
+
+    def __init__(
+        self,
+        device: Device,
+        private_key: bytes,
+        public_key: bytes,
+        *,
+        random_bytes: Callable[[int], bytes],
+        agent: ProbeAgent | None = None,
+    ) -> None:
+        self.device = device
+        self.stun = BindingClient(random_bytes)
+        self.agent = agent or ProbeAgent(private_key, public_key, random_bytes=random_bytes)
+        self._results: list[BindingResult] = []
+        self._failures: list[BindingFailed] = []
+        self._servers: list[Address] = []
+        self._path_events: list[PathEvent] = []
+        self.direct: dict[bytes, Address] = {}
+        self.counters: Counter[str] = Counter()
+
+    # -- gathering ------------------------------------------------------------------------
+
+    def gather(self, servers: Sequence[Address], now: Instant) -> None:
+        """Ask every STUN server how it sees this socket (answers arrive as datagrams)."""
+        self._results.clear()
+        self._failures.clear()
+        self._servers = list(servers)
+        self.stun.start_all(servers, now)
+
+    @property
+    def gathering(self) -> bool:
+        return self.stun.busy
+
+    def gathered(self, local: Iterable[str], port: int) -> Gathered:
+        """Candidates and NAT class from the last round (call once `gathering` is False)."""
+        addresses = list(local)
+        mine = host_candidates(addresses, port)
+        for mapped in sorted({r.mapped for r in self._results}):
+            if mapped[0] not in addresses:
+                mine.append(Candidate("srflx", mapped))
+        nat = classify_mapping(self._results, addresses) if self._results else "udp-blocked"
+        if not self._servers:
+            nat = "unknown"
+        rtt: dict[str, float | None] = {f"{h}:{p}": None for h, p in self._servers}
+        for r in self._results:
+            rtt[f"{r.server[0]}:{r.server[1]}"] = r.rtt
+        return Gathered(mine, nat, rtt)
+
+    def set_peer(self, public: bytes, candidates: Sequence[Candidate], now: Instant) -> None:
+        self.agent.set_peer(public, candidates, now)
+
+    def remove_peer(self, public: bytes) -> None:
+        self.agent.remove_peer(public)
+        self.direct.pop(public, None)
+
+    # -- the device's interface, with traversal merged in ---------------------------------
+
+    def handle_datagram(self, data: bytes, addr: Address, now: Instant) -> None:
+        if is_wireguard(data):
+            self.device.handle_datagram(data, addr, now)
+            return
+        if is_stun(data) and self.stun.handle_datagram(data, addr, now):
+            self.counters["stun_in"] += 1
+            self._drain_stun()
+            return
+        if self.agent.handle_datagram(data, addr, now):
+            self.counters["probes_in"] += 1
+            self._drain_agent()
+            return
+        self.device.handle_datagram(data, addr, now)
+
+    def handle_timeout(self, now: Instant) -> None:
+        self.device.handle_timeout(now)
+        self.stun.handle_timeout(now)
+        self.agent.handle_timeout(now)
+        self._drain_stun()
+        self._drain_agent()
+
+    def send_packet(self, packet: bytes, now: Instant) -> None:
+        self.device.send_packet(packet, now)
+
+    def poll_transmit(self) -> tuple[bytes, Address] | None:
+        return (
+            self.device.poll_transmit() or self.stun.poll_transmit() or self.agent.poll_transmit()
+        )
+
+    def poll_event(self) -> DeviceEvent | None:
+        return self.device.poll_event()
+
+    def poll_path_event(self) -> PathEvent | None:
+        return self._path_events.pop(0) if self._path_events else None
+
+    def poll_timeout(self) -> Deadline | None:
+        found = [
+            d
+            for d in (
+                self.device.poll_timeout(),
+                self.stun.poll_timeout(),
+                self.agent.poll_timeout(),
+            )
+            if d is not None
+        ]
+        return min(found, key=lambda d: d.at) if found else None
+
+    def statistics(self) -> dict[str, object]:
+        stats = self.device.statistics()
+        stats["traversal"] = {
+            "counters": dict(self.counters),
+            "stun": self.stun.statistics(),
+            "probes": self.agent.statistics(),
+            "direct": {k.hex(): f"{a[0]}:{a[1]}" for k, a in self.direct.items()},
+        }
+        return stats
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _drain_stun(self) -> None:
+        while (event := self.stun.poll_event()) is not None:
+            if isinstance(event, BindingResult):
+                self._results.append(event)
+            else:
+                self._failures.append(event)
+
+    def _drain_agent(self) -> None:
+        while (event := self.agent.poll_event()) is not None:
+            if isinstance(event, PathSelected):
+                if event.peer in self.device.peers():
+                    self.device.add_peer(event.peer, endpoint=event.address)
+                    self.direct[event.peer] = event.address
+                    self.counters["direct_selected"] += 1
+            elif isinstance(event, PathLost | DirectFailed):
+                self.direct.pop(event.peer, None)
+            self._path_events.append(event)
