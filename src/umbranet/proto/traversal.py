@@ -175,6 +175,11 @@ class Traversal:
 
     # -- events ---------------------------------------------------------------------------
 
+    def drain(self) -> None:
+        """Take the binding and probe events (for a shell that fired their timers itself)."""
+        self._drain_stun()
+        self._drain_agent()
+
     def _drain_stun(self) -> None:
         while (event := self.stun.poll_event()) is not None:
             if isinstance(event, BindingResult):

@@ -1,0 +1,188 @@
+"""Network mode's NAT traversal: gather candidates on the WireGuard port, publish them,
+probe the peers', and let the device follow the direct pair (issue 14).
+
+`NatTraversal.wrap(device)` returns the `Traversal` facade the WireGuard driver runs in place
+of the bare device, so STUN answers and probes arriving on the WireGuard socket reach it.
+`refresh(client, view)` runs on every agent refresh: the first time (and every `regather`
+seconds) it asks the routers' STUN servers how they see the port and publishes the
+candidates (`PUT /v1/network/candidates`); every time it reads the candidates of the peers
+the filtered view lists (`GET /v1/network/candidates`, gated like the view) and hands them to
+the probe agent.
+
+The driver only arms its timer after its own wake-ups, so this runner keeps one small task
+that sends traversal's queued datagrams and fires its timers at their deadlines; together
+they never do a timer twice in a way that matters (both machines are driven by `now`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from umbranet.aio.nat import local_addresses, parse_hostport
+from umbranet.client.controller import ControllerClient, ControllerError
+from umbranet.clock import Clock, system_clock
+from umbranet.proto.ice import Candidate
+from umbranet.proto.traversal import Gathered, Traversal
+from umbranet.proto.wireguard import Device
+from umbranet.proto.wireguard.crypto import public_key
+
+__all__ = ["NatTraversal"]
+
+log = logging.getLogger("umbranet.agent.nat")
+
+GATHER_SECONDS = 3.0
+REGATHER_SECONDS = 300.0
+
+
+class NatTraversal:
+    """See the module docstring. `sock` is the WireGuard socket (bound, non-blocking)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        private_key: bytes,
+        *,
+        clock: Clock = system_clock,
+        regather: float = REGATHER_SECONDS,
+    ) -> None:
+        self._sock = sock
+        self._private = private_key
+        self._clock = clock
+        self._regather = regather
+        self.traversal: Traversal | None = None
+        self.gathered: Gathered | None = None
+        self.peer_nat: dict[bytes, str] = {}
+        self._gathered_at: float | None = None
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wrap(self, device: Device) -> Traversal:
+        self.traversal = Traversal(
+            device, self._private, public_key(self._private), random_bytes=os.urandom
+        )
+        self._task = asyncio.get_running_loop().create_task(self._pump())
+        return self.traversal
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def direct(self, key: bytes) -> tuple[str, int] | None:
+        return None if self.traversal is None else self.traversal.direct.get(key)
+
+    async def refresh(self, client: ControllerClient, view: Mapping[str, Any]) -> None:
+        """Gather/publish when due, then follow the peers' candidates; failures are logged,
+        never raised (the relay path, or the published endpoint, still works)."""
+        traversal = self.traversal
+        if traversal is None:
+            return
+        try:
+            now = self._clock.now().mono
+            if self._gathered_at is None or now - self._gathered_at >= self._regather:
+                await self._gather(client, traversal)
+                self._gathered_at = now
+            await self._follow(client, traversal, view)
+        except (ControllerError, OSError, ValueError) as exc:
+            log.warning("NAT traversal: %s", exc)
+
+    async def _gather(self, client: ControllerClient, traversal: Traversal) -> None:
+        config = await client.nat_config()
+        servers = [parse_hostport(str(s)) for s in config.get("stun") or []]
+        traversal.gather(servers, self._clock.now())
+        self._kick.set()
+        for _ in range(int(GATHER_SECONDS / 0.05)):
+            if not traversal.gathering:
+                break
+            await asyncio.sleep(0.05)
+        port = int(self._sock.getsockname()[1])
+        self.gathered = traversal.gathered(local_addresses(), port)
+        await client.set_candidates(
+            [c.to_json() for c in self.gathered.candidates], self.gathered.nat
+        )
+        log.info(
+            "NAT traversal: %s, candidates %s",
+            self.gathered.nat,
+            ", ".join(f"{c.kind} {c.address[0]}:{c.address[1]}" for c in self.gathered.candidates),
+        )
+
+    async def _follow(
+        self, client: ControllerClient, traversal: Traversal, view: Mapping[str, Any]
+    ) -> None:
+        published = await client.peer_candidates()
+        keys: dict[str, bytes] = {}
+        for item in view.get("peers", []):
+            with contextlib.suppress(binascii.Error, ValueError, TypeError):
+                key = base64.b64decode(item.get("noise_public_key") or "", validate=True)
+                if len(key) == 32:
+                    keys[str(item.get("spiffe_id"))] = key
+        now = self._clock.now()
+        for spiffe_id, key in keys.items():
+            entry = published.get(spiffe_id)
+            if not isinstance(entry, dict):
+                continue
+            raw = entry.get("candidates") or []
+            candidates = [c for r in raw if (c := Candidate.from_json(r)) is not None]
+            self.peer_nat[key] = str(entry.get("nat", "unknown"))
+            traversal.set_peer(key, candidates, now)
+        for key in list(self.peer_nat):
+            if key not in keys.values():
+                traversal.remove_peer(key)
+                del self.peer_nat[key]
+        self._kick.set()
+
+    async def _pump(self) -> None:
+        """Send traversal's datagrams and fire its timers (STUN and probes only)."""
+        while True:
+            traversal = self.traversal
+            assert traversal is not None
+            now = self._clock.now()
+            traversal.stun.handle_timeout(now)
+            traversal.agent.handle_timeout(now)
+            for machine in (traversal.stun, traversal.agent):
+                while (out := machine.poll_transmit()) is not None:
+                    with contextlib.suppress(OSError):
+                        self._sock.sendto(out[0], out[1])
+            traversal.drain()
+            deadlines = [
+                d.at for d in (traversal.stun.poll_timeout(), traversal.agent.poll_timeout()) if d
+            ]
+            delay = min(deadlines) - now.mono if deadlines else 5.0
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), max(0.01, min(delay, 5.0)))
+
+    def path_reason(self, key: bytes) -> str:
+        """Why a peer is (not) direct, for `umbra status`."""
+        if self.direct(key) is not None:
+            return "direct"
+        ours = self.gathered.nat if self.gathered else "unknown"
+        theirs = self.peer_nat.get(key, "unknown")
+        if "udp-blocked" in (ours, theirs):
+            return "UDP blocked" + (" here" if ours == "udp-blocked" else " at the peer")
+        if theirs == "endpoint-dependent":
+            return "peer behind address-dependent NAT"
+        if ours == "endpoint-dependent":
+            return "behind address-dependent NAT"
+        state = self.traversal.agent.state(key) if self.traversal else None
+        return "checking" if state is not None and state.value == "checking" else "no direct pair"
+
+    def snapshot(self) -> dict[str, Any]:
+        gathered = self.gathered
+        traversal = self.traversal
+        return {
+            "nat": gathered.nat if gathered else None,
+            "candidates": [c.to_json() for c in gathered.candidates] if gathered else [],
+            "stun_rtt": gathered.rtt if gathered else {},
+            "probes": traversal.agent.statistics() if traversal else None,
+        }
