@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from umbranet.aio.nat import local_addresses, parse_hostport
@@ -63,6 +63,7 @@ class NatTraversal:
         self._gathered_at: float | None = None
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
 
     def wrap(self, device: Device) -> Traversal:
         self.traversal = Traversal(
@@ -72,11 +73,26 @@ class NatTraversal:
         return self.traversal
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._refreshing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._refreshing = None
+
+    def refresh_soon(
+        self, open_client: Callable[[], ControllerClient], view: Mapping[str, Any]
+    ) -> None:
+        """`refresh` in the background (gathering waits for STUN answers, and the agent's
+        refresh must not wait for them); skipped while the previous one still runs."""
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+
+        async def run() -> None:
+            async with open_client() as client:
+                await self.refresh(client, view)
+
+        self._refreshing = asyncio.get_running_loop().create_task(run())
 
     def direct(self, key: bytes) -> tuple[str, int] | None:
         return None if self.traversal is None else self.traversal.direct.get(key)

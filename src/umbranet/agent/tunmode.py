@@ -32,15 +32,17 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from umbranet.agent import tunplan
 from umbranet.agent.config import ConfigError, TunSettings
 from umbranet.agent.dns_stub import DnsStub
+from umbranet.agent.nat_traversal import NatTraversal
 from umbranet.agent.redirect import read_upstreams, require_root
 from umbranet.agent.stats import Counters
 from umbranet.aio.tun import Tun
 from umbranet.aio.wg_driver import WireGuardDriver
+from umbranet.client.controller import ControllerClient
 from umbranet.pki import IdentityFile
 from umbranet.proto.wireguard import Device, Event, PeerSilent
 from umbranet.proto.wireguard.flowfilter import FlowFilter, parse_grant
@@ -109,6 +111,7 @@ class TunMode:
         self.tun: Tun | None = None
         self.driver: WireGuardDriver | None = None
         self.device: Device | None = None
+        self.nat: NatTraversal | None = None
         self.flows: FlowFilter | None = None
         self.stub: DnsStub | None = None
         self.plan: tunplan.TunPlan | None = None
@@ -151,8 +154,12 @@ class TunMode:
             self.device.remove_peer(key)
             log.info("network mode: peer %s withdrawn", self.peers[key].name)
         for key, peer in wanted.items():
-            self.device.add_peer(key, endpoint=peer.endpoint, allowed_ips=peer.prefixes())
+            # a direct pair the probes found beats the endpoint the controller saw
+            direct = self.nat.direct(key) if self.nat is not None else None
+            self.device.add_peer(key, endpoint=direct or peer.endpoint, allowed_ips=peer.prefixes())
         self.peers = wanted
+        if self.nat is not None:
+            self.nat.refresh_soon(lambda: ControllerClient(self._identity), view)
         self.flows.set_grants({k: parse_grant(p.reach) for k, p in wanted.items()})
         prefixes = [
             prefix
@@ -180,6 +187,9 @@ class TunMode:
         if self.driver is not None:
             self.driver.close()
             self.driver = None
+        if self.nat is not None:
+            await self.nat.close()
+            self.nat = None
         if self.tun is not None:
             self.tun.close()
             self.tun = None
@@ -214,6 +224,7 @@ class TunMode:
                     "endpoint": f"{p.endpoint[0]}:{p.endpoint[1]}" if p.endpoint else None,
                     "reach": list(p.reach),
                     "routed": f"{p.ipv4}/32" in self._routes,
+                    "path": self.nat.path_reason(k) if self.nat is not None else None,
                     **{
                         field: per_peer.get(k.hex(), {}).get(field)
                         for field in ("rx_bytes", "tx_bytes", "last_handshake")
@@ -221,6 +232,7 @@ class TunMode:
                 }
                 for k, p in sorted(self.peers.items(), key=lambda kv: kv[1].name)
             ],
+            "nat": self.nat.snapshot() if self.nat is not None else None,
             "filter": stats.get("filter"),
             "io": stats.get("io"),
             "device": _device_summary(device),
@@ -249,8 +261,11 @@ class TunMode:
             self.device = Device.for_identity(self._identity)
             self.flows = FlowFilter([ipv4, ipv6])
             assert self.sock is not None
+            self.nat = NatTraversal(self.sock, self._identity.noise_private_key)
+            # the driver runs the device with STUN and probes merged in (same UDP port)
+            machine = cast(Device, self.nat.wrap(self.device))
             self.driver = WireGuardDriver(
-                self.device, self.sock, self.tun, on_event=self._event, flow_filter=self.flows
+                machine, self.sock, self.tun, on_event=self._event, flow_filter=self.flows
             )
             self.driver.start()
             if settings.dns and plan.resolv_original is not None:
