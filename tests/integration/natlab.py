@@ -57,7 +57,9 @@ class Site:
 class NatLab:
     """`async`-free builder: ``lab = NatLab(Lab(logs)); site = lab.site("easy")``."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, *, stun: bool = True) -> None:
+        """With `stun`, a lab process answers STUN at `STUN_SERVERS`; without, the test
+        runs routers with ``--stun-listen`` there."""
         self.lab = lab
         self.wan = lab.namespace("wan")
         self.sites: list[Site] = []
@@ -65,9 +67,8 @@ class NatLab:
         for server in STUN_SERVERS:
             host = server.partition(":")[0]
             sh(["ip", "-n", self.wan, "addr", "add", f"{host}/32", "dev", "lo"])
-        self.stun = lab.spawn(
-            self.wan, "stun", [sys.executable, PEER_SCRIPT, "stun", *STUN_SERVERS]
-        )
+        if stun:
+            lab.spawn(self.wan, "stun", [sys.executable, PEER_SCRIPT, "stun", *STUN_SERVERS])
 
     def _veth(self, left: str, left_cidr: str, right: str, right_cidr: str) -> tuple[str, str]:
         """A veth pair; returns the interface names (left, right)."""

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from umbranet.aio.nat import netcheck, parse_hostport
+from umbranet.aio.nat import local_addresses, netcheck, parse_hostport
 from umbranet.aio.stun_server import StunServer
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -72,3 +72,9 @@ def test_cli_prints_json() -> None:
     assert data["udp"] is True
     assert data["mapping"] in {"endpoint-independent", "no-nat"}
     assert len(data["rtt_ms"]) == 2 and all(v is not None for v in data["rtt_ms"].values())
+
+
+def test_local_addresses_skip_named_interfaces() -> None:
+    """Network mode skips its TUN: an overlay address as a candidate would loop the tunnel."""
+    assert "127.0.0.1" in local_addresses()
+    assert "127.0.0.1" not in local_addresses(skip=["lo"])

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from umbranet.aio.nat import local_addresses, parse_hostport
@@ -52,8 +52,10 @@ class NatTraversal:
         *,
         clock: Clock = system_clock,
         regather: float = REGATHER_SECONDS,
+        skip_interfaces: Collection[str] = (),
     ) -> None:
         self._sock = sock
+        self._skip = tuple(skip_interfaces)
         self._private = private_key
         self._clock = clock
         self._regather = regather
@@ -122,7 +124,7 @@ class NatTraversal:
                 break
             await asyncio.sleep(0.05)
         port = int(self._sock.getsockname()[1])
-        self.gathered = traversal.gathered(local_addresses(), port)
+        self.gathered = traversal.gathered(local_addresses(self._skip), port)
         await client.set_candidates(
             [c.to_json() for c in self.gathered.candidates], self.gathered.nat
         )
@@ -137,7 +139,9 @@ class NatTraversal:
     ) -> None:
         published = await client.peer_candidates()
         keys: dict[str, bytes] = {}
+        overlay: set[str] = set()  # never a candidate: the tunnel would carry itself
         for item in view.get("peers", []):
+            overlay.update(str(item.get(k)) for k in ("ipv4", "ipv6") if item.get(k))
             with contextlib.suppress(binascii.Error, ValueError, TypeError):
                 key = base64.b64decode(item.get("noise_public_key") or "", validate=True)
                 if len(key) == 32:
@@ -148,7 +152,11 @@ class NatTraversal:
             if not isinstance(entry, dict):
                 continue
             raw = entry.get("candidates") or []
-            candidates = [c for r in raw if (c := Candidate.from_json(r)) is not None]
+            candidates = [
+                c
+                for r in raw
+                if (c := Candidate.from_json(r)) is not None and c.address[0] not in overlay
+            ]
             self.peer_nat[key] = str(entry.get("nat", "unknown"))
             traversal.set_peer(key, candidates, now)
         for key in list(self.peer_nat):

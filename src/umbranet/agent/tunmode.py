@@ -261,7 +261,9 @@ class TunMode:
             self.device = Device.for_identity(self._identity)
             self.flows = FlowFilter([ipv4, ipv6])
             assert self.sock is not None
-            self.nat = NatTraversal(self.sock, self._identity.noise_private_key)
+            self.nat = NatTraversal(
+                self.sock, self._identity.noise_private_key, skip_interfaces=[self.tun.name]
+            )
             # the driver runs the device with STUN and probes merged in (same UDP port)
             machine = cast(Device, self.nat.wrap(self.device))
             self.driver = WireGuardDriver(

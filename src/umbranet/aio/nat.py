@@ -16,7 +16,7 @@ import os
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,20 +36,26 @@ def parse_hostport(text: str) -> Address:
     return host.strip("[]"), int(port)
 
 
-def local_addresses() -> list[str]:
-    """Every address of this network namespace's interfaces (IPv4 by ioctl, IPv6 from
-    /proc): the host candidates. Loopback and link-local are filtered by the caller."""
+def local_addresses(skip: Collection[str] = ()) -> list[str]:
+    """Every address of this network namespace's interfaces except those named in `skip`
+    (IPv4 by ioctl, IPv6 from /proc): the host candidates. Network mode skips its own TUN:
+    an overlay address as a candidate would route the tunnel through itself. Loopback and
+    link-local are filtered by the caller."""
     found: list[str] = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         for _, name in socket.if_nameindex():
+            if name in skip:
+                continue
             request = struct.pack("256s", name.encode()[:15])
             with contextlib.suppress(OSError):
                 answer = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
                 found.append(socket.inet_ntoa(answer[20:24]))
     with contextlib.suppress(OSError):
         for line in Path("/proc/net/if_inet6").read_text().splitlines():
-            raw = line.split()[0]
-            found.append(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(raw)))
+            fields = line.split()
+            if len(fields) < 6 or fields[5] in skip:
+                continue
+            found.append(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(fields[0])))
     return found
 
 
