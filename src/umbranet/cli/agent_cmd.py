@@ -482,12 +482,15 @@ def _render_status(data: dict[str, Any]) -> None:
             f"network mode: {tun['interface']} {tun['ipv4']} {tun['ipv6']}, WireGuard UDP "
             f"{tun['listen_port']} (published {tun['published_endpoint']})"
         )
+        nat = tun.get("nat") or {}
+        if nat.get("nat"):
+            out.print(f"NAT: {nat['nat']}", markup=False)
         table(
             "Peers",
-            ["name", "address", "endpoint", "may open", "rx", "tx"],
+            ["name", "address", "endpoint", "path", "may open", "rx", "tx"],
             [
-                (p["name"], p["ipv4"], p["endpoint"], ", ".join(p["reach"]), p["rx_bytes"],
-                 p["tx_bytes"])
+                (p["name"], p["ipv4"], p["endpoint"], p.get("path") or "-",
+                 ", ".join(p["reach"]), p["rx_bytes"], p["tx_bytes"])
                 for p in tun["peers"]
             ],
         )  # fmt: skip
