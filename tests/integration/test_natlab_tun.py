@@ -9,7 +9,8 @@ Policy (attribute rule): A hosts a service B and C may dial; B and C each host o
 dial; so A-B and A-C are peers, B-C are not. Without traversal A could not reach B at all
 (each NAT drops what the other sends first). Checked: A and B see each other on a direct
 path and a ping series between their overlay addresses all answer; A reports C as not
-direct because C sits behind an address-dependent NAT; each device classified its own NAT.
+direct because C sits behind an address-dependent NAT; each device classified its own NAT,
+and `umbra netcheck` agrees, naming a home router.
 Relaying A-C through a router is the relay branch's part (not here yet).
 """
 
@@ -152,3 +153,11 @@ def test_easy_nats_go_direct_and_a_hard_nat_is_named(world: World) -> None:
         60,
     )
     assert world.status("c")["tun"]["nat"]["nat"] == "endpoint-dependent"
+    # `umbra netcheck` with the routers the controller lists
+    for device, mapping in (("a", "endpoint-independent"), ("c", "endpoint-dependent")):
+        identity = str(world.root / f"dev-{device}.json")
+        out = world.umbra_ok(world.sites[device].hosts[0], "--json", "netcheck", "-i", identity)
+        report = json.loads(out)
+        assert report["udp"] is True and report["mapping"] == mapping, report
+        assert report["home_router"] in {"r1", "r2"}
+        assert all(v is not None for v in report["rtt_ms"].values()) and len(report["rtt_ms"]) == 2

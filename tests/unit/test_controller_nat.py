@@ -34,7 +34,11 @@ def test_routers_publish_stun_and_devices_cannot(h: Harness) -> None:
     assert refused.status_code == 403
     bad = router.put("/v1/routers/self/stun", json={"host": "stun.example", "port": 3478})
     assert bad.status_code == 400 and error_code(bad) == "invalid_endpoint"
-    assert device.get("/v1/network/nat").json() == {"stun": ["198.18.0.1:3478"], "turn": None}
+    assert device.get("/v1/network/nat").json() == {
+        "stun": ["198.18.0.1:3478"],
+        "stun_routers": {"198.18.0.1:3478": "r1"},
+        "turn": None,
+    }
 
 
 def test_candidates_reach_only_peers_the_view_allows(h: Harness) -> None:

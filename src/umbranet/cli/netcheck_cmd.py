@@ -59,11 +59,13 @@ def netcheck(
 
     cli = state(ctx)
     with handle_errors(cli):
-        servers = [s for s in stun or []]
+        servers = list(stun or [])
+        names: dict[str, str] = {}
         if not servers:
             if identity is None:
                 fail(cli, "no_stun_servers", "give --stun HOST:PORT or --identity")
-            servers = _from_controller(identity)
+            names = _from_controller(identity)
+            servers = list(names)
         if not servers:
             fail(
                 cli, "no_stun_servers", "no router announces a STUN port (router run --stun-listen)"
@@ -79,6 +81,7 @@ def netcheck(
         finally:
             sock.close()
     data = report.to_json()
+    data["home_router"] = names.get(report.home or "")
 
     def human() -> None:
         out.print(f"UDP:      {'yes' if report.udp else 'no (blocked or no server answered)'}")
@@ -87,21 +90,26 @@ def netcheck(
         for server, rtt in data["rtt_ms"].items():  # type: ignore[attr-defined]
             shown = "timeout" if rtt is None else f"{rtt:.1f} ms"
             out.print(f"  {server}: {shown}", markup=False)
-        out.print(f"home:     {report.home or '-'}", markup=False)
+        home = report.home or "-"
+        if data["home_router"]:
+            home = f"{data['home_router']} ({home})"
+        out.print(f"home:     {home}", markup=False)
 
     emit(cli, data, human)
 
 
-def _from_controller(identity: Path) -> list[str]:
+def _from_controller(identity: Path) -> dict[str, str]:
+    """The routers' STUN addresses, each with its router's name."""
     from umbranet.aio.runtime import run
     from umbranet.client.controller import ControllerClient
     from umbranet.pki import IdentityFile
 
     loaded = IdentityFile.load(identity.expanduser())
 
-    async def ask() -> list[str]:
+    async def ask() -> dict[str, str]:
         async with ControllerClient(loaded) as client:
             config: dict[str, Any] = await client.nat_config()
-        return [str(s) for s in config.get("stun") or []]
+        routers = config.get("stun_routers") or {}
+        return {str(s): str(routers.get(s, "")) for s in config.get("stun") or []}
 
     return run(ask())

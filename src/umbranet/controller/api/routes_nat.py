@@ -79,7 +79,7 @@ def get_network_nat(ctx: Ctx, caller: ClientCaller) -> dict[str, Any]:
             "realm": credential.realm,
             "expires": credential.expires,
         }
-    return {"stun": servers, "turn": turn}
+    return {"stun": list(servers), "stun_routers": servers, "turn": turn}
 
 
 @router.put("/network/candidates")

@@ -61,9 +61,15 @@ def set_router_stun(store: Store, router: Identity, host: str, port: int, now: d
     return address
 
 
-def stun_servers(store: Store) -> list[str]:
-    rows = store.session.query(RouterStun).order_by(RouterStun.identity_id).all()
-    return [r.address for r in rows if r.identity_id is not None]
+def stun_servers(store: Store) -> dict[str, str]:
+    """Every router's STUN address, mapped to the router's name (for "home router")."""
+    rows = (
+        store.session.query(RouterStun, Identity.name)
+        .join(Identity, Identity.id == RouterStun.identity_id)
+        .order_by(Identity.name)
+        .all()
+    )
+    return {row.address: name for row, name in rows}
 
 
 def set_candidates(
