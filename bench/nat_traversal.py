@@ -3,11 +3,13 @@
 For each pair of site kinds, builds the NAT lab (`tests/integration/natlab.py`), runs both
 peers at once and records, per side, the seconds from the start of connectivity checks
 (candidates exchanged) to the first selected direct pair, or that none was found. Prints a
-table and, with --json, the raw rows. This is the probe-level figure; the row for
-`umbra up --tun` to first packet and to the direct path needs the relay branch's path
-abstraction wired in (see docs/nat.md).
+table and, with --json, the raw rows. With --tun, instead: two
+devices behind easy NATs run `umbra up --tun` (controller and two STUN routers on the lab's
+wan) and the figures are the seconds from starting both agents to the first answered ping
+between their overlay addresses, and to both reporting a direct path. (Without the relay
+branch there is no relayed path, so the first packet waits for the direct one.)
 
-    sudo python -m bench.nat_traversal --runs 3 [--pairs easy-easy,open-open]
+    sudo python -m bench.nat_traversal --runs 3 [--pairs easy-easy,open-open] [--tun]
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pairs", default=",".join(DEFAULT_PAIRS))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--tun", action="store_true", help="time umbra up --tun instead")
     args = parser.parse_args(argv)
+    if args.tun:
+        return _tun(args.runs)
     sys.path.insert(0, str(REPO))
     import os
 
@@ -57,6 +62,48 @@ def main(argv: list[str] | None = None) -> int:
         found = [t for t in times if t is not None]
         median = f"{statistics.median(found):.3f}" if found else "-"
         print(f"{pair:<12} {len(found)}/{len(times):<5} {median:>32}")
+    return 0
+
+
+def _tun(runs: int) -> int:
+    """Seconds from `umbra up --tun` on two easy-NAT devices to first ping and direct path."""
+    import os
+    import time
+
+    sys.path.insert(0, str(REPO))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    from tests.integration.natlab_tun import World
+    from tests.integration.netns_helper import Lab
+    from umbranet.agent.localapi import AgentApiError
+
+    for run in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "logs").mkdir()
+            lab = Lab(Path(tmp) / "logs")
+            try:
+                world = World.build(lab, Path(tmp), {"a": "easy", "b": "easy"})
+                started = min(world.up("a"), world.up("b"))
+                first = direct = None
+                deadline = started + 90
+                while time.monotonic() < deadline and (first is None or direct is None):
+                    try:
+                        peer = world.peer("a", "dev-b")
+                        other = world.peer("b", "dev-a")
+                    except (OSError, AgentApiError, KeyError, TypeError):
+                        peer = other = None  # the agent is not up yet
+                    if peer and first is None and world.ping("a", peer["ipv4"], wait=0.5):
+                        first = time.monotonic() - started
+                    if (
+                        peer
+                        and other
+                        and direct is None
+                        and peer.get("path") == "direct" == other.get("path")
+                    ):
+                        direct = time.monotonic() - started
+                    time.sleep(0.05)
+                print(f"run {run}: up -> first ping {first} s, up -> direct path {direct} s")
+            finally:
+                lab.destroy()
     return 0
 
 

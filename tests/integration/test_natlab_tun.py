@@ -19,18 +19,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import wait_for
-from tests.integration.natlab import NatLab, Site
-from tests.integration.netns_helper import Lab, sh
-from umbranet.agent import LocalApiClient
+from tests.integration.natlab_tun import World
+from tests.integration.netns_helper import Lab
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 REPO = str(Path(__file__).resolve().parents[2])
@@ -55,29 +52,6 @@ pytestmark = [
 ]
 
 
-class World:
-    def __init__(self, lab: Lab, natlab: NatLab, root: Path) -> None:
-        self.lab, self.natlab, self.root = lab, natlab, root
-        self.sites: dict[str, Site] = {}
-
-    def umbra_ok(self, ns: str, *args: str) -> str:
-        done = self.lab.umbra(ns, *args)
-        assert done.returncode == 0, f"umbra {' '.join(args)}: {done.stderr}{done.stdout}"
-        return done.stdout
-
-    def status(self, device: str) -> dict[str, Any]:
-        data: dict[str, Any] = LocalApiClient(self.root / f"agent-{device}" / "agent.sock").get(
-            "/v1/status"
-        )
-        return data
-
-    def peer(self, device: str, name: str) -> dict[str, Any] | None:
-        for p in self.status(device)["tun"]["peers"]:
-            if p["name"] == name:
-                return dict(p)
-        return None
-
-
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([SRC, REPO]))
@@ -85,44 +59,9 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     logs.mkdir()
     lab = Lab(logs)
     try:
-        natlab = NatLab(lab, stun=False)
-        w = World(lab, natlab, tmp_path)
-        wan = natlab.wan
-        sh(["ip", "-n", wan, "addr", "add", "198.18.0.10/32", "dev", "lo"])
-        home = str(tmp_path / "home")
-        w.umbra_ok(wan, "--home", home, "controller", "init", "--address", CONTROLLER)
-        lab.spawn(wan, "controller", [sys.executable, "-m", "umbranet.cli.main", "--home", home,
-                                      "controller", "run"])  # fmt: skip
-
-        def router_token(name: str) -> str | None:
-            done = lab.umbra(wan, "--home", home, "--json", "router", "create", name)
-            return json.loads(done.stdout)["enrollment_token"] if done.returncode == 0 else None
-
-        for index, name in ((1, "r1"), (2, "r2")):
-            token = wait_for("the controller", lambda n=name: router_token(n), 60)
-            path = str(tmp_path / f"{name}.json")
-            w.umbra_ok(wan, "router", "enroll", token, "-o", path)
-            lab.spawn(wan, name, [sys.executable, "-m", "umbranet.cli.main", "router", "run",
-                                  "-i", path, "--listen", f"198.18.0.{index}:7443",
-                                  "--stun-listen", f"198.18.0.{index}:3478"])  # fmt: skip
-        for device, kind in (("a", "easy"), ("b", "easy"), ("c", "hard")):
-            w.sites[device] = natlab.site(kind)
-            token = str(tmp_path / f"dev-{device}.token")
-            w.umbra_ok(wan, "--home", home, "identity", "create", f"dev-{device}", "--kind",
-                       "device", "--attr", device, "-o", token)  # fmt: skip
-            w.umbra_ok(wan, "enroll", token, "-o", str(tmp_path / f"dev-{device}.json"))
-        for service, host, dialers in (("on-a", "a", "b"), ("on-a2", "a", "c"),
-                                        ("on-b", "b", "a"), ("on-c", "c", "a")):  # fmt: skip
-            w.umbra_ok(wan, "--home", home, "service", "create", service, "--dial-attr", dialers,
-                       "--bind-attr", host, "--host", "tcp://127.0.0.1:7001")  # fmt: skip
-        for device, site in w.sites.items():
-            ns = site.hosts[0]
-            lab.resolv_conf(ns, "nameserver 198.18.0.10\n")
-            lab.spawn(ns, f"agent-{device}", [
-                sys.executable, "-m", "umbranet.cli.main", "up", "--tun", "--no-tun-dns",
-                "--identity", str(tmp_path / f"dev-{device}.json"),
-                "--state-dir", str(tmp_path / f"agent-{device}"), "--refresh", "0.5",
-            ])  # fmt: skip
+        w = World.build(lab, tmp_path, {"a": "easy", "b": "easy", "c": "hard"})
+        for device in w.sites:
+            w.up(device)
         yield w
     finally:
         lab.destroy()
@@ -139,12 +78,7 @@ def test_easy_nats_go_direct_and_a_hard_nat_is_named(world: World) -> None:
     assert {c["kind"] for c in nat_a["candidates"]} == {"host", "srflx"}
     target = world.peer("a", "dev-b")
     assert target is not None
-    answered = 0
-    ping = ["ping", "-c", "1", "-W", "2", target["ipv4"]]
-    for _ in range(5):
-        argv = world.lab.argv(world.sites["a"].hosts[0], ping)
-        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
-        answered += done.returncode == 0
+    answered = sum(world.ping("a", target["ipv4"]) for _ in range(5))
     assert answered == 5, json.dumps([world.status("a")["tun"], world.status("b")["tun"]], indent=1)
     # C: behind a random-port NAT, so no direct pair with A's filtering NAT
     wait_for(

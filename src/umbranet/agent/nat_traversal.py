@@ -66,6 +66,7 @@ class NatTraversal:
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._followed = False
 
     def wrap(self, device: Device) -> Traversal:
         self.traversal = Traversal(
@@ -98,6 +99,18 @@ class NatTraversal:
 
     def direct(self, key: bytes) -> tuple[str, int] | None:
         return None if self.traversal is None else self.traversal.direct.get(key)
+
+    def endpoint_for(self, key: bytes, published: tuple[str, int] | None) -> tuple[str, int] | None:
+        """Where the device should send to `key`: the direct pair once found; the endpoint
+        the controller saw only for a peer that published no candidates. Until candidates
+        were read once, nothing: a handshake sent where a NAT drops it would hold the next
+        try back for the protocol's 5 s."""
+        direct = self.direct(key)
+        if direct is not None:
+            return direct
+        if self._followed and key not in self.peer_nat:
+            return published
+        return None
 
     async def refresh(self, client: ControllerClient, view: Mapping[str, Any]) -> None:
         """Gather/publish when due, then follow the peers' candidates; failures are logged,
@@ -163,6 +176,7 @@ class NatTraversal:
             if key not in keys.values():
                 traversal.remove_peer(key)
                 del self.peer_nat[key]
+        self._followed = True
         self._kick.set()
 
     async def _pump(self) -> None:
@@ -177,7 +191,7 @@ class NatTraversal:
                 while (out := machine.poll_transmit()) is not None:
                     with contextlib.suppress(OSError):
                         self._sock.sendto(out[0], out[1])
-            traversal.drain()
+            traversal.drain(now)
             deadlines = [
                 d.at for d in (traversal.stun.poll_timeout(), traversal.agent.poll_timeout()) if d
             ]

@@ -155,8 +155,10 @@ class TunMode:
             log.info("network mode: peer %s withdrawn", self.peers[key].name)
         for key, peer in wanted.items():
             # a direct pair the probes found beats the endpoint the controller saw
-            direct = self.nat.direct(key) if self.nat is not None else None
-            self.device.add_peer(key, endpoint=direct or peer.endpoint, allowed_ips=peer.prefixes())
+            endpoint = peer.endpoint
+            if self.nat is not None:
+                endpoint = self.nat.endpoint_for(key, peer.endpoint)
+            self.device.add_peer(key, endpoint=endpoint, allowed_ips=peer.prefixes())
         self.peers = wanted
         if self.nat is not None:
             self.nat.refresh_soon(lambda: ControllerClient(self._identity), view)

@@ -126,7 +126,7 @@ class Traversal:
             return
         if self.agent.handle_datagram(data, addr, now):
             self.counters["probes_in"] += 1
-            self._drain_agent()
+            self._drain_agent(now)
             return
         self.device.handle_datagram(data, addr, now)
 
@@ -135,7 +135,7 @@ class Traversal:
         self.stun.handle_timeout(now)
         self.agent.handle_timeout(now)
         self._drain_stun()
-        self._drain_agent()
+        self._drain_agent(now)
 
     def send_packet(self, packet: bytes, now: Instant) -> None:
         self.device.send_packet(packet, now)
@@ -175,10 +175,10 @@ class Traversal:
 
     # -- events ---------------------------------------------------------------------------
 
-    def drain(self) -> None:
+    def drain(self, now: Instant) -> None:
         """Take the binding and probe events (for a shell that fired their timers itself)."""
         self._drain_stun()
-        self._drain_agent()
+        self._drain_agent(now)
 
     def _drain_stun(self) -> None:
         while (event := self.stun.poll_event()) is not None:
@@ -187,13 +187,24 @@ class Traversal:
             else:
                 self._failures.append(event)
 
-    def _drain_agent(self) -> None:
+    def _drain_agent(self, now: Instant) -> None:
         while (event := self.agent.poll_event()) is not None:
             if isinstance(event, PathSelected):
                 if event.peer in self.device.peers():
                     self.device.add_peer(event.peer, endpoint=event.address)
                     self.direct[event.peer] = event.address
                     self.counters["direct_selected"] += 1
+                    if self._never_handshaked(event.peer):
+                        # packets staged while no endpoint was known go now, not at the
+                        # next packet or retry timer
+                        self.device.initiate(event.peer, now)
             elif isinstance(event, PathLost | DirectFailed):
                 self.direct.pop(event.peer, None)
             self._path_events.append(event)
+
+    def _never_handshaked(self, peer: bytes) -> bool:
+        per_peer = self.device.statistics().get("per_peer")
+        if not isinstance(per_peer, dict):
+            return False
+        entry = per_peer.get(peer.hex())
+        return isinstance(entry, dict) and entry.get("last_handshake") is None
