@@ -36,7 +36,8 @@ def test_devices_find_each_other_through_the_controller(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # on loopback every address is "local": pretend none is, so the STUN answers count
-    monkeypatch.setattr(nat_traversal, "local_addresses", lambda skip=(): [])
+    local: list[str] = []
+    monkeypatch.setattr(nat_traversal, "local_addresses", lambda skip=(): list(local))
     admin = h.client(h.admin)
     assert (
         admin.post(
@@ -98,6 +99,21 @@ def test_devices_find_each_other_through_the_controller(
             else:
                 raise AssertionError("the packet never arrived")
             assert got == packet
+            # a network change (a new local address) is gathered and published at once
+            local.append("198.18.77.7")
+            async with ControllerClient(srv, transport=h.transport(srv)) as c:
+                await nat_s.refresh(c, await c.view())
+                assert nat_s.gathered is not None
+                assert ("198.18.77.7", sides[0][1].getsockname()[1]) in {
+                    cand.address for cand in nat_s.gathered.candidates
+                }
+            async with ControllerClient(cli, transport=h.transport(cli)) as c:
+                seen = next(iter((await c.peer_candidates()).values()))["candidates"]
+                assert {
+                    "kind": "host",
+                    "host": "198.18.77.7",
+                    "port": sides[0][1].getsockname()[1],
+                } in seen
             for _identity, sock, _dev, nat, port, driver in sides:
                 driver.close()
                 await nat.close()

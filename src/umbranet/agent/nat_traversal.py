@@ -67,6 +67,7 @@ class NatTraversal:
         self._task: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._followed = False
+        self._local: list[str] = []
 
     def wrap(self, device: Device) -> Traversal:
         self.traversal = Traversal(
@@ -120,9 +121,13 @@ class NatTraversal:
             return
         try:
             now = self._clock.now().mono
-            if self._gathered_at is None or now - self._gathered_at >= self._regather:
+            local = sorted(local_addresses(self._skip))
+            due = self._gathered_at is None or now - self._gathered_at >= self._regather
+            if due or local != self._local:
+                # on a network change (an address came or went) at once, not at the period
                 await self._gather(client, traversal)
                 self._gathered_at = now
+                self._local = local
             await self._follow(client, traversal, view)
         except (ControllerError, OSError, ValueError) as exc:
             log.warning("NAT traversal: %s", exc)
