@@ -68,6 +68,7 @@ class NatTraversal:
         self._refreshing: asyncio.Task[None] | None = None
         self._followed = False
         self._local: list[str] = []
+        self._probed: set[bytes] = set()
 
     def wrap(self, device: Device) -> Traversal:
         self.traversal = Traversal(
@@ -166,21 +167,26 @@ class NatTraversal:
                     keys[str(item.get("spiffe_id"))] = key
         now = self._clock.now()
         for spiffe_id, key in keys.items():
+            # every peer of the view is known to the prober, even one that published nothing
+            # yet: its probes are answered and its address learned (peer-reflexive)
             entry = published.get(spiffe_id)
-            if not isinstance(entry, dict):
-                continue
-            raw = entry.get("candidates") or []
-            candidates = [
-                c
-                for r in raw
-                if (c := Candidate.from_json(r)) is not None and c.address[0] not in overlay
-            ]
-            self.peer_nat[key] = str(entry.get("nat", "unknown"))
+            candidates: list[Candidate] = []
+            if isinstance(entry, dict):
+                raw = entry.get("candidates") or []
+                candidates = [
+                    c
+                    for r in raw
+                    if (c := Candidate.from_json(r)) is not None and c.address[0] not in overlay
+                ]
+                self.peer_nat[key] = str(entry.get("nat", "unknown"))
+            else:
+                self.peer_nat.pop(key, None)
             traversal.set_peer(key, candidates, now)
-        for key in list(self.peer_nat):
-            if key not in keys.values():
-                traversal.remove_peer(key)
-                del self.peer_nat[key]
+        wanted = set(keys.values())
+        for key in self._probed - wanted:
+            traversal.remove_peer(key)
+            self.peer_nat.pop(key, None)
+        self._probed = wanted
         self._followed = True
         self._kick.set()
 
