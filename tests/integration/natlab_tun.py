@@ -1,8 +1,8 @@
 """`umbra up --tun` in the NAT lab: controller and two routers (STUN) on the wan, devices
 behind the lab's NATs; used by tests/integration/test_natlab_tun.py and bench/nat_traversal.py.
 
-Policy (attribute rule): A hosts services B and C may dial; B and C each host one A may dial;
-so A-B and A-C are peers, B-C are not.
+Policy (attribute rule): A hosts services B and C may dial; B, C and D each host one A may
+dial; so A-B, A-C and A-D are peers, no other pair is.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from umbranet.agent import LocalApiClient
 __all__ = ["CONTROLLER", "World"]
 
 CONTROLLER = "198.18.0.10:8443"
-SERVICES = (("on-a", "a", "b"), ("on-a2", "a", "c"), ("on-b", "b", "a"), ("on-c", "c", "a"))
+SERVICES = (
+    ("on-a", "a", "b"),
+    ("on-a2", "a", "c"),
+    ("on-b", "b", "a"),
+    ("on-c", "c", "a"),
+    ("on-d", "d", "a"),
+)
 
 
 class World:

@@ -2,14 +2,15 @@
 through the controller, probes punch through, and WireGuard goes direct.
 
     A (easy NAT) ─┐
-    B (easy NAT) ─┼── wan: controller 198.18.0.10:8443, routers r1/r2 with STUN on
-    C (hard NAT) ─┘        198.18.0.1:3478 and 198.18.0.2:3478
+    B (easy NAT) ─┤
+    C (hard NAT) ─┼── wan: controller 198.18.0.10:8443, routers r1/r2 with STUN on
+    D (no UDP)   ─┘        198.18.0.1:3478 and 198.18.0.2:3478
 
-Policy (attribute rule): A hosts a service B and C may dial; B and C each host one A may
-dial; so A-B and A-C are peers, B-C are not. Without traversal A could not reach B at all
-(each NAT drops what the other sends first). Checked: A and B see each other on a direct
+Policy (attribute rule, `natlab_tun.SERVICES`): A-B, A-C and A-D are peers, no other pair.
+Without traversal A could not reach B at all (each NAT drops what the other sends first). Checked: A and B see each other on a direct
 path and a ping series between their overlay addresses all answer; A reports C as not
-direct because C sits behind an address-dependent NAT; each device classified its own NAT,
+direct because C sits behind an address-dependent NAT; A and D name the blocked UDP (D's
+firewall drops it all); each device classified its own NAT,
 and `umbra netcheck` agrees, naming a home router.
 Relaying A-C through a router is the relay branch's part (not here yet).
 """
@@ -59,7 +60,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     logs.mkdir()
     lab = Lab(logs)
     try:
-        w = World.build(lab, tmp_path, {"a": "easy", "b": "easy", "c": "hard"})
+        w = World.build(lab, tmp_path, {"a": "easy", "b": "easy", "c": "hard", "d": "blocked"})
         for device in w.sites:
             w.up(device)
         yield w
@@ -87,6 +88,15 @@ def test_easy_nats_go_direct_and_a_hard_nat_is_named(world: World) -> None:
         60,
     )
     assert world.status("c")["tun"]["nat"]["nat"] == "endpoint-dependent"
+    # D: its firewall drops all UDP; both ends say so
+    wait_for(
+        "A and D naming the blocked UDP",
+        lambda: (
+            (world.peer("a", "dev-d") or {}).get("path") == "UDP blocked at the peer"
+            and (world.peer("d", "dev-a") or {}).get("path") == "UDP blocked here"
+        ),
+        60,
+    )
     # `umbra netcheck` with the routers the controller lists
     for device, mapping in (("a", "endpoint-independent"), ("c", "endpoint-dependent")):
         identity = str(world.root / f"dev-{device}.json")
