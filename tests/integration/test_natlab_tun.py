@@ -7,12 +7,12 @@ through the controller, probes punch through, and WireGuard goes direct.
     D (no UDP)   ─┘        198.18.0.1:3478 and 198.18.0.2:3478
 
 Policy (attribute rule, `natlab_tun.SERVICES`): A-B, A-C and A-D are peers, no other pair.
-Without traversal A could not reach B at all (each NAT drops what the other sends first). Checked: A and B see each other on a direct
-path and a ping series between their overlay addresses all answer; A reports C as not
-direct because C sits behind an address-dependent NAT; A and D name the blocked UDP (D's
-firewall drops it all); each device classified its own NAT,
-and `umbra netcheck` agrees, naming a home router.
-Relaying A-C through a router is the relay branch's part (not here yet).
+Without traversal A could not reach B at all (each NAT drops what the other sends first).
+Checked: A and B see each other on a direct path and a ping series between their overlay
+addresses all answer; A reports C as not direct because C sits behind an address-dependent
+NAT; A and D name the blocked UDP (D's firewall drops it all); each device classified its
+own NAT, and `umbra netcheck` agrees, naming a home router. Relaying A-C and A-D through a
+router is the relay branch's part (not here yet).
 """
 
 from __future__ import annotations
