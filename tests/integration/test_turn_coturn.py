@@ -150,3 +150,75 @@ def test_a_wrong_or_expired_credential_is_refused(coturn: tuple[str, int]) -> No
     expired.client.allocate(now())
     wait([expired], lambda: expired.events)
     assert isinstance(expired.events[0], AllocationFailed), expired.events
+
+
+def test_wireguard_between_two_devices_through_a_coturn_relay(coturn: tuple[str, int]) -> None:
+    """A allocates a relay; B only ever sends to A's relayed address (as behind a NAT that
+    lets nothing else through): probes select the relayed pair on both sides and WireGuard
+    packets cross both ways."""
+    from tests.wireguard_harness import A_IP, B_IP, ipv4_packet, key, seeded
+    from umbranet.proto.ice import Candidate
+    from umbranet.proto.traversal import Traversal
+    from umbranet.proto.wireguard import Device, PacketReceived
+    from umbranet.proto.wireguard.crypto import public_key
+
+    da, db = Device(key("a"), random_bytes=seeded(1)), Device(key("b"), random_bytes=seeded(2))
+    ka, kb = public_key(key("a")), public_key(key("b"))
+    da.add_peer(kb, allowed_ips=[f"{B_IP}/32"])
+    db.add_peer(ka, allowed_ips=[f"{A_IP}/32"])
+    ta = Traversal(da, key("a"), ka, random_bytes=os.urandom)
+    tb = Traversal(db, key("b"), kb, random_bytes=os.urandom)
+    socks = {}
+    for name in ("a", "b"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        socks[name] = s
+    sides = [(ta, socks["a"]), (tb, socks["b"])]
+
+    def pump(until: object, seconds: float = 15.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for traversal, sock in sides:
+                traversal.handle_timeout(now())
+                while (out := traversal.poll_transmit()) is not None:
+                    sock.sendto(*out)
+                for _ in range(64):
+                    try:
+                        data, addr = sock.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    traversal.handle_datagram(data, (addr[0], addr[1]), now())
+                while (out := traversal.poll_transmit()) is not None:
+                    sock.sendto(*out)
+            if until():  # type: ignore[operator]
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"timed out: {ta.statistics()['traversal']}")
+
+    ta.set_turn(coturn, *credential("alice"), now())
+    pump(lambda: ta.relayed is not None)
+    assert ta.relayed is not None
+    # A knows B only by its IP (what STUN would tell); B knows only A's relayed address
+    ta.set_peer(kb, [Candidate("srflx", ("127.0.0.1", 9))], now())
+    tb.set_peer(ka, [Candidate("relay", ta.relayed)], now())
+    pump(lambda: ta.direct.get(kb) is not None and tb.direct.get(ka) is not None)
+    assert tb.direct[ka] == ta.relayed and tb.is_relayed(ka)
+    assert ta.is_relayed(kb) and ta.direct[kb] == socks["b"].getsockname()
+    got: dict[str, list[bytes]] = {"a": [], "b": []}
+
+    def received() -> bool:
+        for name, traversal in (("a", ta), ("b", tb)):
+            while (event := traversal.poll_event()) is not None:
+                if isinstance(event, PacketReceived):
+                    got[name].append(event.packet)
+        return bool(got["a"] and got["b"])
+
+    ta.send_packet(ipv4_packet(A_IP, B_IP, b"a to b via coturn"), now())
+    tb.send_packet(ipv4_packet(B_IP, A_IP, b"b to a via coturn"), now())
+    pump(received)
+    assert got["b"] == [ipv4_packet(A_IP, B_IP, b"a to b via coturn")]
+    assert got["a"] == [ipv4_packet(B_IP, A_IP, b"b to a via coturn")]
+    assert ta.counters["turn_data_in"] > 0
+    for s in socks.values():
+        s.close()

@@ -71,7 +71,7 @@ def test_candidates_reach_only_peers_the_view_allows(h: Harness) -> None:
 @pytest.mark.parametrize(
     "candidate",
     [
-        {"kind": "relay", "host": "198.18.0.1", "port": 1},
+        {"kind": "prflx", "host": "198.18.0.1", "port": 1},
         {"kind": "host", "host": "peer.example", "port": 1},
         {"kind": "host", "host": "0.0.0.0", "port": 1},
         {"kind": "host", "host": "198.18.0.1", "port": 0},

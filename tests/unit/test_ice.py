@@ -320,3 +320,5 @@ def test_host_candidates_skip_loopback_and_link_local() -> None:
     )
     assert Candidate.from_json({"kind": "srflx", "host": "example.com", "port": 5}) is None
     assert Candidate.from_json({"kind": "prflx", "host": "198.18.1.1", "port": 5}) is None
+    relay = Candidate.from_json({"kind": "relay", "host": "198.18.1.1", "port": 5})
+    assert relay == Candidate("relay", ("198.18.1.1", 5))

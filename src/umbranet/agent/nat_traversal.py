@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -69,6 +70,7 @@ class NatTraversal:
         self._followed = False
         self._local: list[str] = []
         self._probed: set[bytes] = set()
+        self._turn_expires = 0.0
 
     def wrap(self, device: Device) -> Traversal:
         self.traversal = Traversal(
@@ -142,16 +144,41 @@ class NatTraversal:
             if not traversal.gathering:
                 break
             await asyncio.sleep(0.05)
+        await self._allocate(config.get("turn"), traversal)
         port = int(self._sock.getsockname()[1])
         self.gathered = traversal.gathered(local_addresses(self._skip), port)
-        await client.set_candidates(
-            [c.to_json() for c in self.gathered.candidates], self.gathered.nat
-        )
+        published = list(self.gathered.candidates)
+        if traversal.relayed is not None:
+            published.append(Candidate("relay", traversal.relayed))
+        await client.set_candidates([c.to_json() for c in published], self.gathered.nat)
         log.info(
             "NAT traversal: %s, candidates %s",
             self.gathered.nat,
             ", ".join(f"{c.kind} {c.address[0]}:{c.address[1]}" for c in self.gathered.candidates),
         )
+
+    async def _allocate(self, turn: object, traversal: Traversal) -> None:
+        """A TURN relay when the network has one: allocated once, and again when the
+        allocation failed or its credential is within 10 minutes of expiring (coturn refuses
+        a Refresh under an expired username)."""
+        if not isinstance(turn, dict) or not turn.get("urls"):
+            return
+        fresh = traversal.relayed is not None and self._turn_expires - time.time() > 600
+        if fresh:
+            return
+        server = _turn_server(str(turn["urls"][0]))
+        if server is None:
+            log.warning("NAT traversal: unusable TURN URL %r", turn["urls"][0])
+            return
+        traversal.set_turn(server, str(turn["username"]), str(turn["password"]), self._clock.now())
+        self._turn_expires = float(turn.get("expires") or 0)
+        self._kick.set()
+        for _ in range(int(GATHER_SECONDS / 0.05)):
+            if traversal.relayed is not None or traversal.turn_failed is not None:
+                break
+            await asyncio.sleep(0.05)
+        if traversal.relayed is None:
+            log.warning("NAT traversal: no TURN relay (%s)", traversal.turn_failed or "timeout")
 
     async def _follow(
         self, client: ControllerClient, traversal: Traversal, view: Mapping[str, Any]
@@ -198,14 +225,15 @@ class NatTraversal:
             now = self._clock.now()
             traversal.stun.handle_timeout(now)
             traversal.agent.handle_timeout(now)
-            for machine in (traversal.stun, traversal.agent):
-                while (out := machine.poll_transmit()) is not None:
-                    with contextlib.suppress(OSError):
-                        self._sock.sendto(out[0], out[1])
+            if traversal.turn is not None:
+                traversal.turn.handle_timeout(now)
             traversal.drain(now)
-            deadlines = [
-                d.at for d in (traversal.stun.poll_timeout(), traversal.agent.poll_timeout()) if d
-            ]
+            # through the facade, so what must go through our relay is wrapped for it
+            while (out := traversal.poll_transmit()) is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.sendto(out[0], out[1])
+            machines = (traversal.stun, traversal.agent, traversal.turn)
+            deadlines = [d.at for m in machines if m is not None and (d := m.poll_timeout())]
             delay = min(deadlines) - now.mono if deadlines else 5.0
             self._kick.clear()
             with contextlib.suppress(TimeoutError):
@@ -213,6 +241,8 @@ class NatTraversal:
 
     def path_reason(self, key: bytes) -> str:
         """Why a peer is (not) direct, for `umbra status`."""
+        if self.traversal is not None and self.traversal.is_relayed(key):
+            return "relayed (TURN)"
         if self.direct(key) is not None:
             return "direct"
         ours = self.gathered.nat if self.gathered else "unknown"
@@ -235,3 +265,17 @@ class NatTraversal:
             "stun_rtt": gathered.rtt if gathered else {},
             "probes": traversal.agent.statistics() if traversal else None,
         }
+
+
+def _turn_server(url: str) -> tuple[str, int] | None:
+    """``turn:HOST[:PORT][?transport=udp]`` -> (HOST, PORT); None for TLS or TCP-only URLs."""
+    if not url.startswith("turn:") or "transport=tcp" in url:
+        return None
+    rest = url[len("turn:") :].partition("?")[0]
+    host, _, port = rest.rpartition(":") if rest.count(":") == 1 or "]" in rest else ("", "", "")
+    host = host.strip("[]") if host else rest
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return None  # the data plane resolves no names
+    return host, int(port) if port.isdigit() else 3478

@@ -56,7 +56,7 @@ REPLAY_CACHE = 4096
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    kind: str  # "host", "srflx", "prflx"
+    kind: str  # "host", "srflx", "prflx", "relay"
     address: Address
 
     def to_json(self) -> dict[str, object]:
@@ -68,7 +68,9 @@ class Candidate:
         if not isinstance(raw, dict):
             return None
         kind, host, port = raw.get("kind"), raw.get("host"), raw.get("port")
-        if kind not in ("host", "srflx") or not isinstance(host, str) or not isinstance(port, int):
+        if kind not in ("host", "srflx", "relay") or not isinstance(host, str):
+            return None
+        if not isinstance(port, int):
             return None
         try:
             ipaddress.ip_address(host)
@@ -221,6 +223,13 @@ class ProbeAgent:
     def state(self, public: bytes) -> PeerState | None:
         peer = self._peers.get(public)
         return None if peer is None else peer.state
+
+    def path_kind(self, public: bytes) -> str | None:
+        """The kind of the selected pair's candidate (host, srflx, prflx, relay)."""
+        peer = self._peers.get(public)
+        if peer is None or peer.selected is None or peer.state is not PeerState.CONNECTED:
+            return None
+        return peer.selected.candidate.kind
 
     def path(self, public: bytes) -> Address | None:
         peer = self._peers.get(public)

@@ -36,6 +36,7 @@ from umbranet.proto.ice import (
 )
 from umbranet.proto.ice import Event as PathEvent
 from umbranet.proto.stun import BindingClient, BindingFailed, BindingResult, is_stun
+from umbranet.proto.turn import Allocated, AllocationFailed, DataReceived, TurnClient
 from umbranet.proto.wireguard import Device
 from umbranet.proto.wireguard.events import Event as DeviceEvent
 
@@ -78,6 +79,11 @@ class Traversal:
         self._path_events: list[PathEvent] = []
         self.direct: dict[bytes, Address] = {}
         self.counters: Counter[str] = Counter()
+        self._random = random_bytes
+        self.turn: TurnClient | None = None
+        self.turn_failed: str | None = None
+        self._via_turn: set[Address] = set()  # peers' addresses heard through our relay
+        self._peer_ips: dict[bytes, set[str]] = {}
 
     # -- gathering ------------------------------------------------------------------------
 
@@ -109,6 +115,65 @@ class Traversal:
 
     def set_peer(self, public: bytes, candidates: Sequence[Candidate], now: Instant) -> None:
         self.agent.set_peer(public, candidates, now)
+        ips = {c.address[0] for c in candidates if c.kind != "host"}
+        self._peer_ips[public] = ips
+        self._permit(ips, now)
+
+    # -- TURN: our own relay, for when no direct pair works -------------------------------
+
+    def set_turn(self, server: Address, username: str, password: str, now: Instant) -> None:
+        """Allocate a relay on a TURN server (credentials from the controller); once
+        allocated, `relayed` is a candidate to publish. Peers' public IPs get permissions,
+        so their probes (and then WireGuard) reach us through it; what arrives through it
+        is answered through it."""
+        self.turn = TurnClient(server, username, password, random_bytes=self._random)
+        self.turn_failed = None
+        self.turn.allocate(now)
+
+    @property
+    def relayed(self) -> Address | None:
+        return None if self.turn is None else self.turn.relayed
+
+    def is_relayed(self, peer: bytes) -> bool:
+        """Whether the selected pair for `peer` goes through a TURN relay (ours or theirs)."""
+        address = self.direct.get(peer)
+        if address is None:
+            return False
+        return address in self._via_turn or self.agent.path_kind(peer) == "relay"
+
+    def _permit(self, ips: Iterable[str], now: Instant) -> None:
+        turn = self.turn
+        if turn is None or turn.relayed is None:
+            return
+        for ip in sorted(set(ips)):
+            if not turn.has_permission(ip):
+                turn.create_permission(ip, now)
+
+    def _drain_turn(self, now: Instant) -> None:
+        turn = self.turn
+        if turn is None:
+            return
+        while (event := turn.poll_event()) is not None:
+            if isinstance(event, Allocated):
+                self.counters["turn_allocated"] += 1
+                for ips in self._peer_ips.values():
+                    self._permit(ips, now)
+            elif isinstance(event, AllocationFailed):
+                self.turn_failed = event.reason
+                self.counters["turn_failed"] += 1
+            elif isinstance(event, DataReceived):
+                self.counters["turn_data_in"] += 1
+                self._via_turn.add(event.peer)
+                self._inner(event.data, event.peer, now)
+
+    def _inner(self, data: bytes, addr: Address, now: Instant) -> None:
+        """A datagram a peer sent to our relay, as if it had reached our socket."""
+        if is_wireguard(data):
+            self.device.handle_datagram(data, addr, now)
+        elif self.agent.handle_datagram(data, addr, now):
+            self._drain_agent(now)
+        else:
+            self.counters["turn_data_dropped"] += 1
 
     def remove_peer(self, public: bytes) -> None:
         self.agent.remove_peer(public)
@@ -117,6 +182,10 @@ class Traversal:
     # -- the device's interface, with traversal merged in ---------------------------------
 
     def handle_datagram(self, data: bytes, addr: Address, now: Instant) -> None:
+        turn = self.turn
+        if turn is not None and addr == turn.server and turn.handle_datagram(data, addr, now):
+            self._drain_turn(now)
+            return
         if is_wireguard(data):
             self.device.handle_datagram(data, addr, now)
             return
@@ -134,6 +203,9 @@ class Traversal:
         self.device.handle_timeout(now)
         self.stun.handle_timeout(now)
         self.agent.handle_timeout(now)
+        if self.turn is not None:
+            self.turn.handle_timeout(now)
+            self._drain_turn(now)
         self._drain_stun()
         self._drain_agent(now)
 
@@ -141,9 +213,15 @@ class Traversal:
         self.device.send_packet(packet, now)
 
     def poll_transmit(self) -> tuple[bytes, Address] | None:
-        return (
-            self.device.poll_transmit() or self.stun.poll_transmit() or self.agent.poll_transmit()
-        )
+        turn = self.turn
+        if turn is not None and (out := turn.poll_transmit()) is not None:
+            return out
+        out = self.device.poll_transmit() or self.stun.poll_transmit() or self.agent.poll_transmit()
+        if out is not None and turn is not None and out[1] in self._via_turn:
+            # that address only hears us through our relay
+            turn.send(out[1], out[0])
+            return turn.poll_transmit()
+        return out
 
     def poll_event(self) -> DeviceEvent | None:
         return self.device.poll_event()
@@ -152,15 +230,14 @@ class Traversal:
         return self._path_events.pop(0) if self._path_events else None
 
     def poll_timeout(self) -> Deadline | None:
-        found = [
-            d
-            for d in (
-                self.device.poll_timeout(),
-                self.stun.poll_timeout(),
-                self.agent.poll_timeout(),
-            )
-            if d is not None
+        deadlines = [
+            self.device.poll_timeout(),
+            self.stun.poll_timeout(),
+            self.agent.poll_timeout(),
         ]
+        if self.turn is not None:
+            deadlines.append(self.turn.poll_timeout())
+        found = [d for d in deadlines if d is not None]
         return min(found, key=lambda d: d.at) if found else None
 
     def statistics(self) -> dict[str, object]:
@@ -170,14 +247,16 @@ class Traversal:
             "stun": self.stun.statistics(),
             "probes": self.agent.statistics(),
             "direct": {k.hex(): f"{a[0]}:{a[1]}" for k, a in self.direct.items()},
+            "turn": None if self.turn is None else self.turn.statistics(),
         }
         return stats
 
     # -- events ---------------------------------------------------------------------------
 
     def drain(self, now: Instant) -> None:
-        """Take the binding and probe events (for a shell that fired their timers itself)."""
+        """Take the binding, probe and relay events (for a shell that fired their timers)."""
         self._drain_stun()
+        self._drain_turn(now)
         self._drain_agent(now)
 
     def _drain_stun(self) -> None:

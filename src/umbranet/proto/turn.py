@@ -183,6 +183,13 @@ class TurnClient:
     def relayed(self) -> Address | None:
         return self._s.relayed
 
+    def has_permission(self, peer_ip: str) -> bool:
+        """Granted, or asked for (the request is in flight)."""
+        return peer_ip in self._s.permissions or any(
+            isinstance(r.what, tuple) and r.what == ("permission", peer_ip)
+            for r in self._pending.values()
+        )
+
     # -- inputs ---------------------------------------------------------------------------
 
     def handle_datagram(self, data: bytes, source: Address, now: Instant) -> bool:

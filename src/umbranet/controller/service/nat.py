@@ -39,7 +39,7 @@ __all__ = [
 
 MAX_CANDIDATES = 8
 NAT_KINDS = {"unknown", "no-nat", "endpoint-independent", "endpoint-dependent", "udp-blocked"}
-_CANDIDATE_KINDS = {"host", "srflx"}
+_CANDIDATE_KINDS = {"host", "srflx", "relay"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,9 @@ def set_candidates(
     for raw in candidates:
         kind, host, port = raw.get("kind"), raw.get("host"), raw.get("port")
         if kind not in _CANDIDATE_KINDS or not isinstance(host, str) or not isinstance(port, int):
-            raise BadRequest("invalid_candidate", "a candidate is {kind: host|srflx, host, port}")
+            raise BadRequest(
+                "invalid_candidate", "a candidate is {kind: host|srflx|relay, host, port}"
+            )
         address = parse_endpoint(host, port)
         clean.append({"kind": kind, "host": address.rpartition(":")[0].strip("[]"), "port": port})
     text = json.dumps(clean)
