@@ -22,6 +22,8 @@ from umbranet.agent import LocalApiClient
 __all__ = ["CONTROLLER", "World"]
 
 CONTROLLER = "198.18.0.10:8443"
+TURN = "198.18.0.3:3478"
+TURN_SECRET = "natlab-turn-shared-secret"
 SERVICES = (
     ("on-a", "a", "b"),
     ("on-a2", "a", "c"),
@@ -54,9 +56,10 @@ class World:
         return None
 
     @classmethod
-    def build(cls, lab: Lab, root: Path, kinds: dict[str, str]) -> World:
+    def build(cls, lab: Lab, root: Path, kinds: dict[str, str], *, turn: bool = False) -> World:
         """Controller, routers r1/r2 (STUN at the lab's addresses), identities and services;
-        devices are not started (`up`)."""
+        with `turn`, a coturn at `TURN` configured at the controller; devices are not
+        started (`up`)."""
         natlab = NatLab(lab, stun=False)
         w = cls(lab, natlab, root)
         wan = natlab.wan
@@ -77,6 +80,8 @@ class World:
             lab.spawn(wan, name, [sys.executable, "-m", "umbranet.cli.main", "router", "run",
                                   "-i", path, "--listen", f"198.18.0.{index}:7443",
                                   "--stun-listen", f"198.18.0.{index}:3478"])  # fmt: skip
+        if turn:
+            w.start_turn(home)
         for device, kind in kinds.items():
             w.sites[device] = natlab.site(kind)
             token = str(root / f"dev-{device}.token")
@@ -89,6 +94,32 @@ class World:
                            "--dial-attr", dialers, "--bind-attr", host,
                            "--host", "tcp://127.0.0.1:7001")  # fmt: skip
         return w
+
+    def start_turn(self, home: str) -> None:
+        """coturn on the wan with the shared-secret scheme, and the controller told of it."""
+        wan, ip = self.natlab.wan, TURN.partition(":")[0]
+        sh(["ip", "-n", wan, "addr", "add", f"{ip}/32", "dev", "lo"])
+        self.lab.spawn(wan, "coturn", [
+            "turnserver", "-n", f"--listening-ip={ip}", "--listening-port=3478",
+            f"--relay-ip={ip}", "--use-auth-secret", f"--static-auth-secret={TURN_SECRET}",
+            "--realm=natlab", "--no-tls", "--no-dtls", "--no-cli", "--min-port=49152",
+            "--max-port=49300", f"--log-file={self.root / 'turnserver.log'}", "--simple-log",
+            f"--pidfile={self.root / 'turn.pid'}", f"--userdb={self.root / 'turn.db'}",
+        ])  # fmt: skip
+        code = (
+            "import asyncio, sys\n"
+            "from umbranet.client.controller import ControllerClient\n"
+            "from umbranet.controller.home import ControllerHome\n"
+            "from umbranet.pki import IdentityFile\n"
+            "admin = IdentityFile.load(ControllerHome(sys.argv[1]).admin_file)\n"
+            "async def main():\n"
+            "    async with ControllerClient(admin) as c:\n"
+            "        body = {'urls': ['turn:' + sys.argv[2]], 'realm': 'natlab',\n"
+            "                'secret': sys.argv[3], 'ttl_seconds': 3600}\n"
+            "        await c._call('PUT', '/v1/network/turn', json=body)\n"
+            "asyncio.run(main())\n"
+        )
+        self.lab.run(wan, [sys.executable, "-c", code, home, TURN, TURN_SECRET])
 
     def up(self, device: str) -> float:
         """Start `umbra up --tun` for `device`; the monotonic time it was started."""

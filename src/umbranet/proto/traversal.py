@@ -83,6 +83,7 @@ class Traversal:
         self.turn: TurnClient | None = None
         self.turn_failed: str | None = None
         self._via_turn: set[Address] = set()  # peers' addresses heard through our relay
+        self._heard_direct: set[Address] = set()  # ... and those heard without it
         self._peer_ips: dict[bytes, set[str]] = {}
 
     # -- gathering ------------------------------------------------------------------------
@@ -163,7 +164,10 @@ class Traversal:
                 self.counters["turn_failed"] += 1
             elif isinstance(event, DataReceived):
                 self.counters["turn_data_in"] += 1
-                self._via_turn.add(event.peer)
+                if event.peer not in self._heard_direct:
+                    # only an address that never reached us directly is answered through the
+                    # relay: one that did is reachable directly (its NAT let it send to us)
+                    self._via_turn.add(event.peer)
                 self._inner(event.data, event.peer, now)
 
     def _inner(self, data: bytes, addr: Address, now: Instant) -> None:
@@ -186,6 +190,11 @@ class Traversal:
         if turn is not None and addr == turn.server and turn.handle_datagram(data, addr, now):
             self._drain_turn(now)
             return
+        if turn is not None and addr not in self._heard_direct:
+            if len(self._heard_direct) >= 4096:
+                self._heard_direct.clear()
+            self._heard_direct.add(addr)
+            self._via_turn.discard(addr)
         if is_wireguard(data):
             self.device.handle_datagram(data, addr, now)
             return
