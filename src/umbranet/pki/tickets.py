@@ -44,11 +44,13 @@ from umbranet.pki.tokens import (
 __all__ = [
     "ISSUED_AT_SKEW",
     "KEY_BINDING_CLAIM",
+    "RELAY_SERVICE_PREFIX",
     "TICKET_LIFETIME",
     "TICKET_PREFIX",
     "Action",
     "Ticket",
     "certificate_key_fingerprint",
+    "relay_service",
     "verify_ticket",
 ]
 
@@ -64,10 +66,20 @@ _FINGERPRINT_HEX = 64
 
 
 class Action(StrEnum):
-    """What a ticket allows: dial a service, or bind (host) it."""
+    """What a ticket allows: dial a service, bind (host) it, or (network mode) have routers
+    relay WireGuard datagrams to one peer; a relay ticket's service is `relay_service(key)`."""
 
     DIAL = "dial"
     BIND = "bind"
+    RELAY = "relay"
+
+
+RELAY_SERVICE_PREFIX = "wg:"
+
+
+def relay_service(peer_key: bytes) -> str:
+    """The `svc` of a relay ticket towards the peer whose X25519 key is `peer_key`."""
+    return RELAY_SERVICE_PREFIX + peer_key.hex()
 
 
 @dataclass(frozen=True, slots=True)

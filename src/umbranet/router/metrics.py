@@ -69,6 +69,14 @@ EVENTS: dict[str, tuple[str, str]] = {
         "umbra_router_rechecks",
         "Re-checks of live circuits and bindings with the controller after a new epoch.",
     ),
+    "relay_datagrams": (
+        "umbra_router_relay_datagrams",
+        "WireGuard datagrams relayed between two endpoint links (network mode).",
+    ),
+    "relay_allowances": (
+        "umbra_router_relay_allowances",
+        "Relay tickets accepted (WG_RELAY_ALLOW): a pair the controller allowed to be relayed.",
+    ),
 }
 """Counter keys that are events, not refusals: key -> (metric name without _total, help)."""
 

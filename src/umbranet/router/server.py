@@ -67,6 +67,8 @@ class Router:
         self._ssl: ssl.SSLContext = link_server_context(config.identity)
         self._ssl.sslobject_class = _counting_ssl_objects(self._handshake_failed)
         self.switch = Switch(lambda: self.identity.bundle, self.name, config.limits)
+        # A relayed WireGuard datagram towards a link whose writes are paused is dropped.
+        self.switch.relay.congested = _write_paused
         self._links: dict[Link, SwitchLink] = {}
         self._acceptor: Acceptor | None = None
         self._timers: dict[Link, MachineTimer] = {}
@@ -330,7 +332,13 @@ class Router:
         key = link_key_fingerprint(der) if der else None
         opener = expected is not None
         state = self.switch.add_link(
-            link, link.peer_id, peer.spiffe_id.kind or "", now, opener=opener, peer_key=key
+            link,
+            link.peer_id,
+            peer.spiffe_id.kind or "",
+            now,
+            opener=opener,
+            peer_key=key,
+            noise_key=peer.noise_public_key,
         )
         self._links[link] = state
         self.switch.counters["links_dialed" if opener else "links_accepted"] += 1
@@ -492,3 +500,8 @@ def _raise_fd_limit() -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _write_paused(state: SwitchLink) -> bool:
+    handle = state.handle
+    return isinstance(handle, Link) and handle.write_blocked() is not None

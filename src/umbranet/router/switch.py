@@ -42,6 +42,7 @@ from umbranet.router.admission import Admission
 from umbranet.router.gate import TicketGate
 from umbranet.router.links import LinkKind, Route, Side, SwitchLink
 from umbranet.router.quotas import SwitchLimits
+from umbranet.router.relay import WgRelay
 from umbranet.router.routes import Local, Refuse, RouteTable
 from umbranet.router.terminators import Binding, TerminatorTable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError, decode_control
@@ -59,6 +60,7 @@ _DATA = int(FrameType.DATA)
 _RELAYED = frozenset({_DATA, int(FrameType.CREDIT)})
 _LINK_FRAME_MAX = int(FrameType.BIND)  # HELLO, PING, PONG, GOAWAY sort below BIND
 _KEEPALIVE = frozenset({int(FrameType.PING), int(FrameType.PONG)})
+_WG_DATAGRAM = int(FrameType.WG_DATAGRAM)
 
 
 class Switch:
@@ -84,6 +86,7 @@ class Switch:
         self.links: set[SwitchLink] = set()
         self._shed_links: list[SwitchLink] = []
         self.gate = TicketGate(bundle, self.limits, self.counters)
+        self.relay = WgRelay(self.gate, self.counters, self._dirty, self._count)
 
     @property
     def epoch(self) -> int:
@@ -113,9 +116,11 @@ class Switch:
         *,
         opener: bool = False,
         peer_key: str | None = None,
+        noise_key: bytes | None = None,
     ) -> SwitchLink:
         """A link whose TLS handshake passed; HELLO comes first. `opener`: this router
-        connected (to a neighbouring router), so it speaks first and opens odd ids."""
+        connected (to a neighbouring router), so it speaks first and opens odd ids.
+        `noise_key`: the X25519 key its SVID binds, what relayed WireGuard datagrams name."""
         session = LinkSession(
             Role.ROUTER,
             opener=opener,
@@ -127,6 +132,8 @@ class Switch:
         link = SwitchLink(handle, identity, session, self.limits)
         link.peer_key = peer_key
         self.links.add(link)
+        if peer_kind != "router":
+            self.relay.register(link, noise_key)
         return link
 
     def frames(
@@ -141,6 +148,9 @@ class Switch:
             try:
                 if ftype in _RELAYED and session.ready:
                     self._relay(source, frame)
+                    continue
+                if ftype == _WG_DATAGRAM and session.ready and source.kind is LinkKind.ENDPOINT:
+                    self.relay.handle_datagram(source, frame, now)
                     continue
                 # Keepalives are cheap and answered under the link's output throttle; every
                 # other control frame costs parsing (or a ticket check) and is budgeted.
@@ -162,6 +172,8 @@ class Switch:
                     self._bind(source, frame, now)
                 elif ftype == FrameType.UNBIND and source.kind is LinkKind.ENDPOINT:
                     self.terminators.remove(source, frame.circuit)
+                elif ftype == FrameType.WG_RELAY_ALLOW and source.kind is LinkKind.ENDPOINT:
+                    self.relay.handle_allow(source, frame, now)
                 else:
                     raise WireError(
                         ErrorCode.PROTOCOL_ERROR, f"{FrameType(ftype).name} from a {source.kind}"
@@ -205,6 +217,7 @@ class Switch:
             )
         source.routes.clear()
         self.routes.link_gone(source)
+        self.relay.link_gone(source)
         self._dirty.discard(source)
         self.links.discard(source)
 

@@ -52,6 +52,10 @@ class ErrorCode(IntEnum):
     QUOTA_EXCEEDED = 55  # an identity's or link's share (pending circuits, windows) is spent
     OVERLOADED = 56  # the router's own budget is spent; the biggest holder was shed
 
+    RELAY_NOT_ALLOWED = 60  # no valid relay ticket from this link for that destination key
+    RELAY_UNKNOWN_PEER = 61  # no endpoint link at this router holds that destination key
+    RELAY_QUEUE_FULL = 62  # the destination's link is backed up; relayed datagrams are dropped
+
     @property
     def code(self) -> str:
         """The machine code as logged and counted, e.g. ``ticket_expired``."""

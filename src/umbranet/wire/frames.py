@@ -61,6 +61,11 @@ class FrameType(IntEnum):
     CREDIT = 0x25  # circuit: u32 BE, bytes the receiver frees for the sender
     RESET = 0x26  # circuit: {"code", "reason"}; ends the circuit in both directions
 
+    # Network mode's relay (DERP-like), all on circuit 0 of an endpoint's link:
+    WG_RELAY_ALLOW = 0x30  # {"ticket"}: a relay ticket for one destination key; repeat to renew
+    WG_DATAGRAM = 0x31  # 32-byte public key + one sealed WireGuard datagram (see WG_KEY_SIZE)
+    WG_RELAY_ERR = 0x32  # {"code", "reason", "peer"}: a relay ticket or datagram refused
+
 
 class Flag(IntFlag):
     """DATA frame flags, all bound into the AEAD associated data: no router can forge one.
@@ -75,6 +80,12 @@ class Flag(IntFlag):
     KEY_PHASE = 0x02
     ABORT = 0x04
 
+
+# WG_DATAGRAM: towards the router the key names the destination, from the router the source.
+WG_KEY_SIZE = 32
+# The largest WireGuard datagram relayed: a 65,535-byte IP packet sealed (32 bytes of header
+# and tag) would not fit a UDP datagram anyway, so nothing honest is refused by this.
+MAX_WG_DATAGRAM = 65535
 
 CIRCUIT_FRAMES = frozenset(
     {

@@ -1,0 +1,182 @@
+"""The router's WireGuard relay (network mode, DERP-like), sans-IO.
+
+When two devices cannot reach each other over UDP, each sends its sealed WireGuard datagrams
+to a router over the mutual-TLS link it already holds, addressed to the other's public key;
+the router hands them to the link whose certificate binds that key. The router sees
+ciphertext only: WireGuard seals end to end, and the router holds no WireGuard key.
+
+    endpoint A ──WG_DATAGRAM(key B, sealed)──► router ──WG_DATAGRAM(key A, sealed)──► endpoint B
+
+Rules of this file:
+- A link's key is the X25519 key bound in its SVID (`noise_public_key_of`), never a claim in
+  a frame; towards the destination the router writes the *source link's* key, so a device
+  cannot pose as another.
+- A datagram is relayed only for a pair the controller allowed: the source link presented
+  (WG_RELAY_ALLOW) a relay ticket naming it (``sub``, and ``cnf`` bound to the link's
+  certificate key) and the destination key (``svc`` = `relay_service(key)`), checked by the
+  same `TicketGate` as dial tickets (cached successes, rate-limited full checks). The
+  allowance lasts until the ticket expires or a newer revocation epoch is adopted
+  (``ticket_stale`` then: the device re-presents fresh tickets after its own refresh).
+- Datagrams are unreliable: a refused one is dropped and counted under its code
+  (``relay_not_allowed``, ``relay_unknown_peer``, ``relay_queue_full``,
+  ``relay_bad_datagram``, ``relay_oversized``, ``relay_no_source_key``), never a reason to
+  close a link. A refused WG_RELAY_ALLOW is answered with WG_RELAY_ERR (code, reason, peer).
+- Bounded: at most `MAX_ALLOWANCES` destination keys per link (the oldest is forgotten), and
+  nothing is queued here: a datagram for a destination whose link is congested (its writes
+  paused: `congested(link)`) is dropped (``relay_queue_full``), as a full UDP buffer would.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections import Counter
+from collections.abc import Callable
+
+from umbranet.clock import Instant
+from umbranet.pki.tickets import Action, relay_service
+from umbranet.router.gate import TicketGate
+from umbranet.router.links import LinkKind, SwitchLink
+from umbranet.wire import ErrorCode, Frame, FrameType, WireError, decode_control
+from umbranet.wire.control import encode_control
+from umbranet.wire.frames import MAX_WG_DATAGRAM, WG_KEY_SIZE, encode_header
+
+__all__ = ["MAX_ALLOWANCES", "WgRelay"]
+
+MAX_ALLOWANCES = 1024
+_DATAGRAM = int(FrameType.WG_DATAGRAM)
+
+
+class WgRelay:
+    """Key-addressed relay of sealed WireGuard datagrams between endpoint links."""
+
+    def __init__(
+        self,
+        gate: TicketGate,
+        counters: Counter[str],
+        dirty: set[SwitchLink],
+        count: Callable[[str, SwitchLink, str], None],
+    ) -> None:
+        self._gate = gate
+        self._counters = counters
+        self._dirty = dirty  # the switch's links written to since its last poll_transmit
+        self._count = count
+        self.congested: Callable[[SwitchLink], bool] = lambda link: False
+        # key -> its links, newest last (a device reconnecting before its old link timed out)
+        self._by_key: dict[bytes, list[SwitchLink]] = {}
+        self._key_of: dict[SwitchLink, bytes] = {}
+        # source link -> destination key -> (ticket expiry in unix seconds, ticket epoch)
+        self._allowed: dict[SwitchLink, dict[bytes, tuple[int, int]]] = {}
+
+    # -- links ---------------------------------------------------------------------------
+
+    def register(self, link: SwitchLink, noise_key: bytes | None) -> None:
+        """An endpoint link whose SVID binds `noise_key`; the newest link for a key wins."""
+        if noise_key is None or len(noise_key) != WG_KEY_SIZE:
+            return
+        self._key_of[link] = noise_key
+        self._by_key.setdefault(noise_key, []).append(link)
+
+    def link_gone(self, link: SwitchLink) -> None:
+        self._allowed.pop(link, None)
+        key = self._key_of.pop(link, None)
+        if key is None:
+            return
+        links = self._by_key.get(key, [])
+        if link in links:
+            links.remove(link)
+        if not links:
+            self._by_key.pop(key, None)
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "keys": len(self._by_key),
+            "allowances": sum(len(a) for a in self._allowed.values()),
+        }
+
+    # -- frames --------------------------------------------------------------------------
+
+    def handle_allow(self, source: SwitchLink, frame: Frame, now: Instant) -> None:
+        """WG_RELAY_ALLOW {"ticket", "peer": hex key}: check and remember the allowance."""
+        try:
+            control = decode_control(frame.payload)
+            token = control.fields["ticket"]
+            peer = bytes.fromhex(control.fields["peer"])
+        except (WireError, KeyError, TypeError, ValueError, binascii.Error):
+            raise WireError(
+                ErrorCode.BAD_CONTROL_PAYLOAD, "WG_RELAY_ALLOW needs ticket and peer"
+            ) from None
+        if not isinstance(token, str) or len(peer) != WG_KEY_SIZE:
+            raise WireError(ErrorCode.BAD_CONTROL_PAYLOAD, "WG_RELAY_ALLOW needs ticket and peer")
+        if source.kind is not LinkKind.ENDPOINT:
+            raise WireError(ErrorCode.PROTOCOL_ERROR, "WG_RELAY_ALLOW from a router")
+        verdict = self._gate.check(
+            token,
+            subject=source.identity,
+            service=relay_service(peer),
+            action=Action.RELAY,
+            now=now,
+            link_bucket=source.ticket_bucket,
+            link_identity=source.identity,
+            peer_key=source.peer_key,
+        )
+        ticket = verdict.ticket
+        if ticket is None:
+            self._refuse(source, peer, verdict.code, verdict.reason)
+            return
+        allowed = self._allowed.setdefault(source, {})
+        allowed.pop(peer, None)
+        if len(allowed) >= MAX_ALLOWANCES:
+            del allowed[next(iter(allowed))]
+        allowed[peer] = (ticket.expires_at, ticket.epoch)
+        self._counters["relay_allowances"] += 1
+
+    def handle_datagram(self, source: SwitchLink, frame: Frame, now: Instant) -> None:
+        """WG_DATAGRAM from an endpoint: forward it to the destination key's link, or count
+        why not."""
+        payload = frame.payload
+        size = len(payload)
+        if size <= WG_KEY_SIZE:
+            self._count("relay_bad_datagram", source, "WG_DATAGRAM without a datagram")
+            return
+        if size - WG_KEY_SIZE > MAX_WG_DATAGRAM:
+            self._count("relay_oversized", source, f"{size - WG_KEY_SIZE} bytes")
+            return
+        peer = bytes(payload[:WG_KEY_SIZE])
+        allowed = self._allowed.get(source)
+        entry = None if allowed is None else allowed.get(peer)
+        if entry is None:
+            self._count(ErrorCode.RELAY_NOT_ALLOWED.code, source, "no relay ticket for the pair")
+            return
+        expires_at, epoch = entry
+        if now.unix >= expires_at or epoch < self._gate.epoch:
+            assert allowed is not None
+            del allowed[peer]
+            code = ErrorCode.TICKET_EXPIRED if now.unix >= expires_at else ErrorCode.TICKET_STALE
+            self._refuse(source, peer, code, "relay ticket no longer valid; present a fresh one")
+            return
+        targets = self._by_key.get(peer)
+        if not targets:
+            self._count(ErrorCode.RELAY_UNKNOWN_PEER.code, source, "no link holds that key")
+            return
+        mine = self._key_of.get(source)
+        if mine is None:
+            self._count("relay_no_source_key", source, "the link's certificate binds no key")
+            return
+        target = targets[-1]
+        if self.congested(target):
+            self._count(ErrorCode.RELAY_QUEUE_FULL.code, source, "destination link backed up")
+            return
+        # The view is joined (copied) into the link's write before this read's buffer is reused.
+        body = payload[WG_KEY_SIZE:]
+        self._send(target, [encode_header(_DATAGRAM, 0, size), mine, body])
+        self._counters["relay_datagrams"] += 1
+
+    def _refuse(self, source: SwitchLink, peer: bytes, code: ErrorCode, reason: str) -> None:
+        self._count(code.code, source, reason)
+        fields = {"code": int(code), "reason": reason, "peer": peer.hex()}
+        payload = encode_control(fields)
+        self._send(source, [encode_header(int(FrameType.WG_RELAY_ERR), 0, len(payload)), payload])
+
+    def _send(self, target: SwitchLink, buffers: list[bytes | memoryview]) -> None:
+        target.outbox.extend(buffers)  # type: ignore[arg-type]  # joined before the read ends
+        self._dirty.add(target)
