@@ -35,6 +35,7 @@ from umbranet.proto.ice import (
     host_candidates,
 )
 from umbranet.proto.ice import Event as PathEvent
+from umbranet.proto.paths import Path, PathKind, PathSet
 from umbranet.proto.stun import BindingClient, BindingFailed, BindingResult, is_stun
 from umbranet.proto.turn import Allocated, AllocationFailed, DataReceived, TurnClient
 from umbranet.proto.wireguard import Device
@@ -69,8 +70,13 @@ class Traversal:
         *,
         random_bytes: Callable[[int], bytes],
         agent: ProbeAgent | None = None,
+        paths: Callable[[bytes], PathSet | None] | None = None,
     ) -> None:
+        """With `paths` (the path abstraction's set for a peer, from the shell), pairs the
+        probes select and lose are added to and removed from it, and the shell moves the
+        device along its current path; without, the device's endpoint follows the pair."""
         self.device = device
+        self._paths = paths
         self.stun = BindingClient(random_bytes)
         self.agent = agent or ProbeAgent(private_key, public_key, random_bytes=random_bytes)
         self._results: list[BindingResult] = []
@@ -277,18 +283,38 @@ class Traversal:
 
     def _drain_agent(self, now: Instant) -> None:
         while (event := self.agent.poll_event()) is not None:
+            paths = self._paths(event.peer) if self._paths is not None else None
             if isinstance(event, PathSelected):
-                if event.peer in self.device.peers():
+                if event.peer not in self.device.peers():
+                    continue
+                self.direct[event.peer] = event.address
+                self.counters["direct_selected"] += 1
+                if paths is not None:
+                    self._offer(paths, event, now)
+                else:
                     self.device.add_peer(event.peer, endpoint=event.address)
-                    self.direct[event.peer] = event.address
-                    self.counters["direct_selected"] += 1
                     if self._never_handshaked(event.peer):
                         # packets staged while no endpoint was known go now, not at the
                         # next packet or retry timer
                         self.device.initiate(event.peer, now)
             elif isinstance(event, PathLost | DirectFailed):
-                self.direct.pop(event.peer, None)
+                lost = self.direct.pop(event.peer, None)
+                if paths is not None and lost is not None:
+                    paths.remove(lost, now.mono)
             self._path_events.append(event)
+
+    def _offer(self, paths: PathSet, event: PathSelected, now: Instant) -> None:
+        """A pair the probes proved, as a path: punched, or turn when it goes through a TURN
+        relay. The sealed pong was the authenticated exchange the path set asks for, so it
+        counts as the path's proof and the set may move onto it at once."""
+        relayed = event.kind == "relay" or event.address in self._via_turn
+        kind = PathKind.TURN if relayed else PathKind.PUNCHED
+        for old in paths.paths():
+            if old.kind in (PathKind.PUNCHED, PathKind.TURN) and old.address != event.address:
+                paths.remove(old.address, now.mono)  # one probe-found pair per peer
+        paths.add(Path(kind, event.address), now.mono)
+        paths.handle_sent(event.address, now.mono - event.rtt)
+        paths.handle_authenticated(event.address, now.mono)
 
     def _never_handshaked(self, peer: bytes) -> bool:
         per_peer = self.device.statistics().get("per_peer")
