@@ -121,3 +121,29 @@ def test_devices_find_each_other_through_the_controller(
                 port.close()
 
     asyncio.run(main())
+
+
+def test_a_controller_without_nat_routes_leaves_the_published_endpoint() -> None:
+    """An older controller (404 on the NAT routes) must not leave peers with no endpoint."""
+    from umbranet.client.controller import ControllerError
+    from umbranet.proto.wireguard.crypto import public_key
+
+    class OldController:
+        async def nat_config(self) -> dict[str, object]:
+            raise ControllerError("not_found", "no such route", 404)
+
+    async def main() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        private = bytes(range(32))
+        nat = NatTraversal(sock, private)
+        nat.wrap(Device(private))
+        peer = public_key(bytes(range(1, 33)))
+        assert nat.endpoint_for(peer, ("198.18.5.1", 51820)) is None  # not yet known
+        await nat.refresh(OldController(), {"peers": []})  # type: ignore[arg-type]
+        assert nat.endpoint_for(peer, ("198.18.5.1", 51820)) == ("198.18.5.1", 51820)
+        await nat.close()
+        sock.close()
+
+    asyncio.run(main())

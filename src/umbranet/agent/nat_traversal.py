@@ -133,6 +133,9 @@ class NatTraversal:
                 self._local = local
             await self._follow(client, traversal, view)
         except (ControllerError, OSError, ValueError) as exc:
+            # a controller without these routes (or failing now) must not leave peers with
+            # no endpoint: the ones without candidates get the endpoint the controller saw
+            self._followed = True
             log.warning("NAT traversal: %s", exc)
 
     async def _gather(self, client: ControllerClient, traversal: Traversal) -> None:
@@ -185,6 +188,7 @@ class NatTraversal:
     ) -> None:
         published = await client.peer_candidates()
         keys: dict[str, bytes] = {}
+        seen_at: dict[str, Candidate] = {}  # the endpoint the controller saw, per peer
         overlay: set[str] = set()  # never a candidate: the tunnel would carry itself
         for item in view.get("peers", []):
             overlay.update(str(item.get(k)) for k in ("ipv4", "ipv6") if item.get(k))
@@ -192,6 +196,10 @@ class NatTraversal:
                 key = base64.b64decode(item.get("noise_public_key") or "", validate=True)
                 if len(key) == 32:
                     keys[str(item.get("spiffe_id"))] = key
+                host, _, port = str(item.get("endpoint") or "").rpartition(":")
+                endpoint = {"kind": "srflx", "host": host.strip("[]"), "port": int(port or 0)}
+                if (found := Candidate.from_json(endpoint)) is not None:
+                    seen_at[str(item.get("spiffe_id"))] = found
         now = self._clock.now()
         for spiffe_id, key in keys.items():
             # every peer of the view is known to the prober, even one that published nothing
@@ -208,6 +216,10 @@ class NatTraversal:
                 self.peer_nat[key] = str(entry.get("nat", "unknown"))
             else:
                 self.peer_nat.pop(key, None)
+            extra = seen_at.get(spiffe_id)
+            if extra is not None and extra.address not in {c.address for c in candidates}:
+                # what worked before traversal stays one of the pairs tried
+                candidates.append(extra)
             traversal.set_peer(key, candidates, now)
         wanted = set(keys.values())
         for key in self._probed - wanted:
