@@ -78,3 +78,26 @@ def test_local_addresses_skip_named_interfaces() -> None:
     """Network mode skips its TUN: an overlay address as a candidate would loop the tunnel."""
     assert "127.0.0.1" in local_addresses()
     assert "127.0.0.1" not in local_addresses(skip=["lo"])
+
+
+def test_router_statistics_carry_the_stun_port_counts() -> None:
+    from umbranet.router.metrics import RouterCollector
+    from umbranet.router.runner import with_stun
+
+    async def main() -> dict[str, object]:
+        async with StunServer("127.0.0.1", 0) as server:
+            await netcheck([parse_hostport(server.address)], timeout=5.0, local=[])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"\x00\x01\x00\x00garbage-not-stun!!!", parse_hostport(server.address))
+            for _ in range(100):
+                if sum(server.statistics().values()) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            return dict(with_stun({"counters": {"dials": 3}}, [server]))
+
+    stats = asyncio.run(main())
+    assert stats["counters"] == {"dials": 3, "stun_binding_requests": 1, "stun_bad_cookie": 1}
+    families = {m.name: m for m in RouterCollector(lambda: stats).collect()}
+    assert families["umbra_router_stun_binding_requests"].samples[0].value == 1
+    refused = families["umbra_router_refused"].samples
+    assert any(s.labels.get("code") == "stun_bad_cookie" and s.value == 1 for s in refused)

@@ -61,6 +61,10 @@ EVENTS: dict[str, tuple[str, str]] = {
         "Rounds re-validating circuits whose ticket expired.",
     ),
     "links_dialed": ("umbra_router_links_dialed", "Links this router dialed to other routers."),
+    "stun_binding_requests": (
+        "umbra_router_stun_binding_requests",
+        "STUN binding requests answered on the --stun-listen port (NAT traversal).",
+    ),
     "ticket_verifications": (
         "umbra_router_ticket_verifications",
         "Tickets checked in full (signature, expiry, identity, service, epoch).",

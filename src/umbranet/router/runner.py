@@ -53,13 +53,16 @@ async def run_router(
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    stun_box: list[StunServer] = []
     async with (
         Router(config) as router,
-        serve_metrics(router.statistics, metrics_listen) as m,
+        serve_metrics(lambda: with_stun(router.statistics(), stun_box), metrics_listen) as m,
         ControllerMesh(router) as mesh,
         Peers(router, mesh),
         _stun(stun_listen) as stun,
     ):
+        if stun is not None:
+            stun_box.append(stun)
         address = advertise or router.address
         print(f"router {router.name} listening on {router.address}", flush=True)
         if m is not None:
@@ -83,6 +86,19 @@ async def run_router(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def with_stun(stats: Mapping[str, Any], stun: list[StunServer]) -> Mapping[str, Any]:
+    """The router's statistics with its STUN port's counts: answered requests as the event
+    ``stun_binding_requests``, each kind of ignored datagram as the refusal ``stun_<why>``."""
+    if not stun:
+        return stats
+    counters = dict(stats.get("counters") or {})
+    for name, value in stun[0].statistics().items():
+        key = "stun_binding_requests" if name == "binding_requests" else "stun_" + name[5:]
+        if name.startswith("drop_") or name == "binding_requests":
+            counters[key] = value
+    return {**stats, "counters": counters}
 
 
 @contextlib.asynccontextmanager
