@@ -181,7 +181,7 @@ def test_wireguard_between_two_devices_through_a_coturn_relay(coturn: tuple[str,
         while time.monotonic() < deadline:
             for traversal, sock in sides:
                 traversal.handle_timeout(now())
-                while (out := traversal.poll_transmit()) is not None:
+                while (out := traversal.poll_all_transmit()) is not None:
                     sock.sendto(*out)
                 for _ in range(64):
                     try:
@@ -189,7 +189,7 @@ def test_wireguard_between_two_devices_through_a_coturn_relay(coturn: tuple[str,
                     except BlockingIOError:
                         break
                     traversal.handle_datagram(data, (addr[0], addr[1]), now())
-                while (out := traversal.poll_transmit()) is not None:
+                while (out := traversal.poll_all_transmit()) is not None:
                     sock.sendto(*out)
             if until():  # type: ignore[operator]
                 return

@@ -34,7 +34,7 @@ def run(clock: FakeClock, sides: dict[tuple[str, int], Traversal], seconds: floa
     end = clock.mono + seconds
     for _ in range(10_000):
         for src, side in sides.items():
-            while (out := side.poll_transmit()) is not None:
+            while (out := side.poll_all_transmit()) is not None:
                 data, dst = out
                 if dst in STUN:
                     answer = responder.handle_datagram(data, src)
@@ -98,7 +98,7 @@ def test_demultiplexing_sends_unknown_bytes_to_wireguard_which_counts_them() -> 
 def test_no_stun_server_answers_means_udp_blocked() -> None:
     clock, ta, _ = setup()
     ta.gather(STUN, clock.now())
-    while ta.poll_transmit() is not None:
+    while ta.poll_all_transmit() is not None:
         pass  # lost
     for _ in range(20):
         deadline = ta.poll_timeout()
@@ -106,6 +106,6 @@ def test_no_stun_server_answers_means_udp_blocked() -> None:
             break
         clock.advance(max(0.0, deadline.at - clock.mono))
         ta.handle_timeout(clock.now())
-        while ta.poll_transmit() is not None:
+        while ta.poll_all_transmit() is not None:
             pass
     assert ta.gathered(["198.19.1.2"], 51820).nat == "udp-blocked"

@@ -56,7 +56,7 @@ def test_relay_first_then_punched_then_back_to_relay() -> None:
             break
         clock.advance(max(0.0, deadline.at - clock.mono))
         ta.handle_timeout(clock.now())
-        while ta.poll_transmit() is not None:
+        while ta.poll_all_transmit() is not None:
             pass  # lost on the way
         if sets[ka].current is not None and sets[ka].current.kind is PathKind.RELAY:
             break

@@ -31,6 +31,7 @@ from umbranet.aio.nat import local_addresses, parse_hostport
 from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.clock import Clock, system_clock
 from umbranet.proto.ice import Candidate
+from umbranet.proto.paths import PathSet
 from umbranet.proto.traversal import Gathered, Traversal
 from umbranet.proto.wireguard import Device
 from umbranet.proto.wireguard.crypto import public_key
@@ -72,10 +73,15 @@ class NatTraversal:
         self._probed: set[bytes] = set()
         self._turn_expires = 0.0
 
-    def wrap(self, device: Device) -> Traversal:
+    def wrap(
+        self, device: Device, paths: Callable[[bytes], PathSet | None] | None = None
+    ) -> Traversal:
+        """The facade the driver runs; with `paths` (the driver's per-peer path sets),
+        selected pairs go into them instead of into the device's endpoint."""
         self.traversal = Traversal(
-            device, self._private, public_key(self._private), random_bytes=os.urandom
+            device, self._private, public_key(self._private), random_bytes=os.urandom, paths=paths
         )
+        self.traversal.on_queued = self._kick.set
         self._task = asyncio.get_running_loop().create_task(self._pump())
         return self.traversal
 
@@ -240,8 +246,7 @@ class NatTraversal:
             if traversal.turn is not None:
                 traversal.turn.handle_timeout(now)
             traversal.drain(now)
-            # through the facade, so what must go through our relay is wrapped for it
-            while (out := traversal.poll_transmit()) is not None:
+            while (out := traversal.poll_own_transmit()) is not None:
                 with contextlib.suppress(OSError):
                     self._sock.sendto(out[0], out[1])
             machines = (traversal.stun, traversal.agent, traversal.turn)

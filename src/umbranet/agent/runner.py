@@ -182,7 +182,8 @@ class Agent:
             self.overlay = {"ipv4": me.ipv4, "ipv6": me.ipv6}
             if self.tun is not None:
                 try:
-                    await self.tun.apply(me.ipv4, me.ipv6, view)
+                    relays = [r.address for r in routers if r.address]
+                    await self.tun.apply(me.ipv4, me.ipv6, view, relays)
                 except ConfigError as exc:
                     if self.last_refresh is None:
                         raise  # at start: `umbra up --tun` fails with the reason

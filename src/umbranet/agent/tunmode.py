@@ -16,9 +16,16 @@ view from the controller:
 - ``<peer>.<suffix>`` (``alice-laptop.umbra``) and our own name resolve to overlay IPv4
   addresses in the DNS stub, which resolv.conf points at while we run.
 
+Paths: each peer's datagrams go direct (UDP to the endpoint in the view) or through the
+relay: a link to our home router (the first router the controller lists, `aio.wg_relay`)
+over which the view's per-peer relay ticket is presented. The driver's path set starts a
+peer relayed at once and moves it to direct when an authenticated exchange proves the
+direct path, back to the relay when direct goes silent (`proto.paths`); a peer with no
+endpoint is reached through the relay alone.
+
 System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
-Not done yet: relays through routers, NAT traversal, subnet routes, exit nodes, IPv6
-endpoints (the UDP socket is IPv4).
+Not done yet: NAT traversal (STUN candidates), subnet routes, exit nodes, IPv6 endpoints
+(the UDP socket is IPv4).
 """
 
 from __future__ import annotations
@@ -42,8 +49,11 @@ from umbranet.agent.redirect import read_upstreams, require_root
 from umbranet.agent.stats import Counters
 from umbranet.aio.tun import Tun
 from umbranet.aio.wg_driver import WireGuardDriver
+from umbranet.aio.wg_relay import RelayLink
 from umbranet.client.controller import ControllerClient
 from umbranet.pki import IdentityFile
+from umbranet.proto.paths import Path as WgPath
+from umbranet.proto.paths import PathKind, PathSet, relay_address
 from umbranet.proto.wireguard import Device, Event, PeerSilent
 from umbranet.proto.wireguard.flowfilter import FlowFilter, parse_grant
 
@@ -62,6 +72,7 @@ class PeerEntry:
     ipv6: str | None
     endpoint: tuple[str, int] | None
     reach: tuple[str, ...]
+    relay_ticket: str | None = None
 
     def prefixes(self) -> list[str]:
         return [f"{self.ipv4}/32", *([f"{self.ipv6}/128"] if self.ipv6 else [])]
@@ -86,8 +97,15 @@ def parse_peers(view: Mapping[str, Any], counters: Counters) -> dict[bytes, Peer
         if item.get("endpoint") and endpoint is None:
             counters.add("tun_peer_bad_endpoint")
         reach = tuple(str(r) for r in item.get("reach", []))
+        ticket = item.get("relay_ticket")
         peers[key] = PeerEntry(
-            str(item["name"]), key, item["ipv4"], item.get("ipv6"), endpoint, reach
+            str(item["name"]),
+            key,
+            item["ipv4"],
+            item.get("ipv6"),
+            endpoint,
+            reach,
+            ticket if isinstance(ticket, str) and ticket else None,
         )
     return peers
 
@@ -120,6 +138,8 @@ class TunMode:
         self.peers: dict[bytes, PeerEntry] = {}
         self._routes: set[str] = set()
         self.has_ipv6 = False
+        self.relay: RelayLink | None = None
+        self._presented: dict[bytes, str] = {}  # relay tickets the relay link was shown
 
     @property
     def port(self) -> int:
@@ -140,9 +160,16 @@ class TunMode:
         sock.setblocking(False)
         self.sock = sock
 
-    async def apply(self, ipv4: str | None, ipv6: str | None, view: Mapping[str, Any]) -> None:
+    async def apply(
+        self,
+        ipv4: str | None,
+        ipv6: str | None,
+        view: Mapping[str, Any],
+        routers: list[str] | None = None,
+    ) -> None:
         """Follow the controller: install on the first call with addresses, then match the
-        device's peers, routes, grants and DNS names to `view`."""
+        device's peers, routes, grants and DNS names to `view`; keep the relay link to the
+        first of `routers` (addresses) up."""
         if self.tun is None:
             if not ipv4 or not ipv6:
                 self._counters.add("tun_no_address")
@@ -153,12 +180,18 @@ class TunMode:
         for key in set(self.peers) - set(wanted):
             self.device.remove_peer(key)
             log.info("network mode: peer %s withdrawn", self.peers[key].name)
+        for key in set(self.peers) - set(wanted):
+            if self.driver is not None:
+                self.driver.forget_paths(key)
+            self._presented.pop(key, None)
+        await self._relay_link(routers or [])
         for key, peer in wanted.items():
-            # a direct pair the probes found beats the endpoint the controller saw
-            endpoint = peer.endpoint
-            if self.nat is not None:
-                endpoint = self.nat.endpoint_for(key, peer.endpoint)
+            # the driver's path set decides where datagrams go (relay, direct, or the pair
+            # NAT traversal's probes found); the endpoint is only its fallback
+            known = self.device.endpoint_of(key) is not None if key in self.peers else False
+            endpoint = peer.endpoint or (None if known else relay_address(key))
             self.device.add_peer(key, endpoint=endpoint, allowed_ips=peer.prefixes())
+            self._set_paths(key, peer)
         self.peers = wanted
         if self.nat is not None:
             self.nat.refresh_soon(lambda: ControllerClient(self._identity), view)
@@ -186,6 +219,9 @@ class TunMode:
 
     async def close(self) -> None:
         """Undo the system changes and stop (the link goes with the TUN descriptor)."""
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
         if self.driver is not None:
             self.driver.close()
             self.driver = None
@@ -226,7 +262,8 @@ class TunMode:
                     "endpoint": f"{p.endpoint[0]}:{p.endpoint[1]}" if p.endpoint else None,
                     "reach": list(p.reach),
                     "routed": f"{p.ipv4}/32" in self._routes,
-                    "path": self.nat.path_reason(k) if self.nat is not None else None,
+                    "path": self._path_name(k),
+                    "path_reason": self.nat.path_reason(k) if self.nat is not None else None,
                     **{
                         field: per_peer.get(k.hex(), {}).get(field)
                         for field in ("rx_bytes", "tx_bytes", "last_handshake")
@@ -237,6 +274,7 @@ class TunMode:
             "nat": self.nat.snapshot() if self.nat is not None else None,
             "filter": stats.get("filter"),
             "io": stats.get("io"),
+            "relay": self.relay.statistics() if self.relay is not None else None,
             "device": _device_summary(device),
         }
 
@@ -267,7 +305,7 @@ class TunMode:
                 self.sock, self._identity.noise_private_key, skip_interfaces=[self.tun.name]
             )
             # the driver runs the device with STUN and probes merged in (same UDP port)
-            machine = cast(Device, self.nat.wrap(self.device))
+            machine = cast(Device, self.nat.wrap(self.device, paths=self._path_set))
             self.driver = WireGuardDriver(
                 machine, self.sock, self.tun, on_event=self._event, flow_filter=self.flows
             )
@@ -297,6 +335,51 @@ class TunMode:
             ipv6,
             self.port,
         )
+
+    # -- paths -------------------------------------------------------------------------------
+
+    async def _relay_link(self, routers: list[str]) -> None:
+        """Keep the relay link to the home router up; tickets are shown again on a new link."""
+        if self.relay is not None and self.relay.live:
+            return
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
+        if not routers or self.driver is None:
+            return
+        driver = self.driver
+        link = RelayLink(self._identity, routers[0], driver.handle_relayed)
+        try:
+            await link.connect(timeout=5.0)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            self._counters.add("tun_relay_unreachable")
+            log.warning("network mode: relay router %s unreachable: %r", routers[0], str(exc))
+            return
+        self.relay = link
+        driver.relay = link
+        self._presented.clear()
+        log.info("network mode: relaying through router %s", link.router)
+
+    def _set_paths(self, key: bytes, peer: PeerEntry) -> None:
+        driver, relay = self.driver, self.relay
+        if driver is None:
+            return
+        paths: list[WgPath] = []
+        if peer.endpoint is not None:
+            paths.append(WgPath(PathKind.DIRECT, peer.endpoint))
+        if relay is not None and relay.live and peer.relay_ticket is not None:
+            if self._presented.get(key) != peer.relay_ticket:
+                relay.allow(key, peer.relay_ticket)
+                self._presented[key] = peer.relay_ticket
+            paths.append(WgPath(PathKind.RELAY, relay_address(key)))
+        driver.set_paths(key, paths)
+
+    def _path_set(self, key: bytes) -> PathSet | None:
+        return self.driver.path_set(key) if self.driver is not None else None
+
+    def _path_name(self, key: bytes) -> str | None:
+        path = self.driver.current_path(key) if self.driver is not None else None
+        return None if path is None else path.kind.value
 
     def _event(self, event: Event) -> None:
         if isinstance(event, PeerSilent):

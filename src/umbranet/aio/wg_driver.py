@@ -13,6 +13,16 @@ With a `flow_filter` (network mode's policy on every packet), each packet read f
 is shown to it before sending (so it learns the flows we start) and each packet a peer
 delivers must pass it before reaching the port; a drop is counted there under its reason.
 
+Paths (`umbranet.proto.paths`): with `set_paths(peer, paths)` a peer's datagrams go to the
+current path of its `PathSet` (direct UDP, a hole-punched candidate, or a router relay)
+instead of wherever the machine last heard from it; the WireGuard session is the same on
+every path, so switching breaks no flow. A relayed path's address is a pseudo-address
+(`relay_address(key)`); datagrams to it go to `relay.send_relayed(key, datagram)` and
+datagrams relayed to us come in through `handle_relayed(key, datagram)`. An authenticated
+datagram (the machine's `last_authenticated`) is what the path set takes as proof; an
+authenticated datagram from an address no path names (the peer behind a NAT) becomes a
+`punched` path to prove (at most `MAX_LEARNED_PATHS` per peer). Path timers run on a tick.
+
 Batching on Linux (the benchmark's lever; both fall back silently where the kernel refuses):
 - UDP GSO: a run of datagrams to one address, all the same size but the last, leaves in one
   `sendmsg` with UDP_SEGMENT, and the kernel cuts it up (one syscall for up to 64 packets).
@@ -24,18 +34,34 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 import struct
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from umbranet.clock import Clock, system_clock
+from umbranet.clock import Clock, Instant, system_clock
+from umbranet.proto.paths import (
+    Path,
+    PathChanged,
+    PathKind,
+    PathSet,
+    Probe,
+    relay_address,
+    relay_peer,
+)
 from umbranet.proto.wireguard import Device, Event, PacketReceived
 from umbranet.proto.wireguard.flowfilter import FlowFilter
 
-__all__ = ["PacketPort", "WireGuardDriver"]
+__all__ = ["MAX_LEARNED_PATHS", "PacketPort", "RelaySender", "WireGuardDriver"]
+
+log = logging.getLogger("umbranet.agent")
+
+Address = tuple[str, int]
+MAX_LEARNED_PATHS = 4
+PATH_TICK = 0.5  # seconds between path timer runs (probes, silence deadlines)
 
 _MAX_DATAGRAM = 65535
 _SOL_UDP = 17
@@ -58,6 +84,12 @@ class PacketPort(Protocol):
     def write(self, packet: bytes) -> bool: ...
 
 
+class RelaySender(Protocol):
+    """Where relayed datagrams leave: a link to a router (`umbranet.aio.wg_relay`)."""
+
+    def send_relayed(self, peer: bytes, datagram: bytes) -> bool: ...
+
+
 class WireGuardDriver:
     """Runs `device` over `sock` (bound, non-blocking UDP) and `port` until closed."""
 
@@ -73,8 +105,19 @@ class WireGuardDriver:
         gso: bool = True,
         gro: bool = True,
         flow_filter: FlowFilter | None = None,
+        relay: RelaySender | None = None,
+        on_path: Callable[[PathChanged], None] | None = None,
+        path_deadline: float = 15.0,
+        probe_interval: float = 5.0,
     ) -> None:
         self.device = device
+        self.relay = relay
+        self._on_path = on_path
+        self._paths: dict[bytes, PathSet] = {}
+        self._path_of: dict[Address, bytes] = {}  # every path's address -> its peer
+        self._paths_touched: set[bytes] = set()
+        self._path_timer: asyncio.TimerHandle | None = None
+        self._path_options = {"deadline": path_deadline, "probe_interval": probe_interval}
         self.flow_filter = flow_filter
         self._sock = sock
         self._port = port
@@ -106,6 +149,7 @@ class WireGuardDriver:
         self._sock.setblocking(False)
         self._loop.add_reader(self._sock.fileno(), self._on_udp)
         self._loop.add_reader(self._port.fileno(), self._on_packets)
+        self._start_path_timer()
         self._flush()
 
     def close(self) -> None:
@@ -117,19 +161,83 @@ class WireGuardDriver:
         loop.remove_reader(self._port.fileno())
         if self._timer is not None:
             self._timer.cancel()
+        if self._path_timer is not None:
+            self._path_timer.cancel()
+            self._path_timer = None
         self._loop = None
 
     def statistics(self) -> dict[str, object]:
         stats: dict[str, object] = {"io": dict(self.counters), "device": self.device.statistics()}
         if self.flow_filter is not None:
             stats["filter"] = self.flow_filter.statistics()
+        if self._paths:
+            stats["paths"] = {key.hex(): p.statistics() for key, p in self._paths.items()}
         return stats
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def set_paths(self, peer: bytes, paths: Iterable[Path]) -> None:
+        """The configured paths to `peer` (learned `punched` ones are kept); the path set
+        starts at once on the best usable one."""
+        mono = self._clock.now().mono
+        wanted = {p.address: p for p in paths}
+        pathset = self._paths.get(peer)
+        if pathset is None:
+            pathset = self._paths[peer] = PathSet(peer, **self._path_options)
+        for old in pathset.paths():
+            if old.address not in wanted and old.kind is not PathKind.PUNCHED:
+                pathset.remove(old.address, mono)
+                self._path_of.pop(old.address, None)
+        # trusted paths first, so an unproven direct path is never chosen on the way
+        for path in sorted(wanted.values(), key=lambda p: p.needs_proof):
+            pathset.add(path, mono)
+            self._path_of[path.address] = peer
+        self._paths_touched.add(peer)
+        self._start_path_timer()
+        if self._loop is not None:
+            self._flush()
+
+    def forget_paths(self, peer: bytes) -> None:
+        pathset = self._paths.pop(peer, None)
+        if pathset is not None:
+            for path in pathset.paths():
+                self._path_of.pop(path.address, None)
+
+    def path_set(self, peer: bytes) -> PathSet | None:
+        """The peer's path set, for NAT traversal to add the pairs its probes prove."""
+        return self._paths.get(peer)
+
+    def current_path(self, peer: bytes) -> Path | None:
+        pathset = self._paths.get(peer)
+        return None if pathset is None else pathset.current
+
+    def handle_relayed(self, peer: bytes, datagram: bytes) -> None:
+        """A datagram the router relayed from `peer` (the key its link's SVID binds)."""
+        now = self._clock.now()
+        self.counters["relay_datagrams_in"] += 1
+        source = relay_address(peer)
+        self.device.handle_datagram(datagram, source, now)
+        seen = self.device.last_authenticated
+        if seen is not None and seen[2] == now.mono and seen[1] == source and seen[0] == peer:
+            self._authenticated(peer, source, now.mono)
+        self._flush()
+
+    def handle_network_change(self) -> None:
+        """Local addresses changed: every path must prove itself again."""
+        mono = self._clock.now().mono
+        for key, pathset in self._paths.items():
+            pathset.handle_network_change(mono)
+            self._paths_touched.add(key)
+        self._flush()
 
     # -- readiness callbacks -------------------------------------------------------------
 
     def _on_udp(self) -> None:
         now = self._clock.now()
-        handle = self.device.handle_datagram
+        device = self.device
+        handle = device.handle_datagram
+        track = bool(self._paths)
+        proofs: set[tuple[bytes, Address]] = set()
         for _ in range(self._batch):
             try:
                 data, ancdata, _, addr = self._sock.recvmsg(_MAX_DATAGRAM, _GRO_CMSG_SPACE)
@@ -149,6 +257,12 @@ class WireGuardDriver:
             else:
                 self.counters["udp_datagrams_in"] += 1
                 handle(data, source, now)
+            if track:
+                seen = device.last_authenticated
+                if seen is not None and seen[1] == source and seen[2] == now.mono:
+                    proofs.add((seen[0], source))
+        for peer, source in proofs:
+            self._authenticated(peer, source, now.mono)
         self._flush()
 
     def _on_packets(self) -> None:
@@ -172,11 +286,9 @@ class WireGuardDriver:
 
     def _flush(self) -> None:
         device = self.device
-        outgoing: list[tuple[bytes, tuple[str, int]]] = []
-        while (out := device.poll_transmit()) is not None:
-            outgoing.append(out)
-        if outgoing:
-            self._send_all(outgoing)
+        self._transmit()
+        if self._paths_touched:
+            self._path_work(self._clock.now())
         flows = self.flow_filter
         mono = self._clock.now().mono if flows is not None else 0.0
         while (event := device.poll_event()) is not None:
@@ -190,6 +302,104 @@ class WireGuardDriver:
             elif self._on_event is not None:
                 self._on_event(event)
         self._arm_timer()
+
+    def _transmit(self, probe: Probe | None = None) -> None:
+        """Send what the machine queued: each peer's datagrams on its current path (or, for
+        a probe's peer, on the probed path)."""
+        device = self.device
+        outgoing: list[tuple[bytes, tuple[str, int]]] = []
+        while (out := device.poll_transmit()) is not None:
+            outgoing.append(out)
+        if not outgoing:
+            return
+        if self._paths:
+            outgoing = self._route(outgoing, probe)
+        if outgoing:
+            self._send_all(outgoing)
+
+    def _route(
+        self, outgoing: list[tuple[bytes, Address]], probe: Probe | None
+    ) -> list[tuple[bytes, Address]]:
+        direct: list[tuple[bytes, Address]] = []
+        sent: set[tuple[bytes, Address]] = set()
+        path_of = self._path_of
+        for data, addr in outgoing:
+            peer = path_of.get(addr) or relay_peer(addr)
+            pathset = None if peer is None else self._paths.get(peer)
+            if pathset is None or peer is None:
+                if relay_peer(addr) is not None:
+                    self.counters["relay_no_paths"] += 1
+                else:
+                    direct.append((data, addr))
+                continue
+            if probe is not None and peer == probe.peer:
+                dest = probe.path.address
+            else:
+                current = pathset.current
+                dest = addr if current is None else current.address
+            sent.add((peer, dest))
+            if relay_peer(dest) is None:
+                direct.append((data, dest))
+            elif self.relay is not None and self.relay.send_relayed(peer, data):
+                self.counters["relay_datagrams_out"] += 1
+            else:
+                self.counters["relay_send_drops"] += 1
+        mono = self._clock.now().mono
+        for peer, dest in sent:
+            self._paths[peer].handle_sent(dest, mono)
+        return direct
+
+    def _authenticated(self, peer: bytes, source: Address, mono: float) -> None:
+        pathset = self._paths.get(peer)
+        if pathset is None:
+            return
+        if not pathset.has(source):
+            learned = [p for p in pathset.paths() if p.kind is PathKind.PUNCHED]
+            if relay_peer(source) is not None or len(learned) >= MAX_LEARNED_PATHS:
+                return
+            pathset.add(Path(PathKind.PUNCHED, source), mono)
+            self._path_of[source] = peer
+            self.counters["paths_learned"] += 1
+        pathset.handle_authenticated(source, mono)
+        self._paths_touched.add(peer)
+
+    def _path_work(self, now: Instant) -> None:
+        touched, self._paths_touched = self._paths_touched, set()
+        for peer in touched:
+            pathset = self._paths.get(peer)
+            if pathset is None:
+                continue
+            while (event := pathset.poll_event()) is not None:
+                self.counters["path_changes"] += 1
+                log.info(
+                    "network mode: peer %s path %s -> %s (%s)",
+                    peer.hex()[:12],
+                    None if event.old is None else event.old.kind.value,
+                    None if event.new is None else event.new.kind.value,
+                    event.reason,
+                )
+                if self._on_path is not None:
+                    self._on_path(event)
+            while (probe := pathset.poll_probe()) is not None:
+                self.counters["path_probes"] += 1
+                self.device.send_to(probe.peer, b"", now)
+                self._transmit(probe)
+
+    def _start_path_timer(self) -> None:
+        if self._path_timer is None and self._loop is not None and self._paths:
+            self._path_timer = self._loop.call_later(PATH_TICK, self._on_path_timer)
+
+    def _on_path_timer(self) -> None:
+        self._path_timer = None
+        mono = self._clock.now().mono
+        for peer, pathset in self._paths.items():
+            deadline = pathset.poll_timeout()
+            if deadline is not None and deadline.at <= mono:
+                pathset.handle_timeout(mono)
+                self._paths_touched.add(peer)
+        if self._paths_touched:
+            self._flush()
+        self._start_path_timer()
 
     def _send_all(self, outgoing: list[tuple[bytes, tuple[str, int]]]) -> None:
         i, n = 0, len(outgoing)

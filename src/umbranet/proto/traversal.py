@@ -77,6 +77,9 @@ class Traversal:
         device along its current path; without, the device's endpoint follows the pair."""
         self.device = device
         self._paths = paths
+        # called when traversal queued datagrams of its own while handling input, so the
+        # shell that sends them (not the device's driver) wakes up
+        self.on_queued: Callable[[], None] | None = None
         self.stun = BindingClient(random_bytes)
         self.agent = agent or ProbeAgent(private_key, public_key, random_bytes=random_bytes)
         self._results: list[BindingResult] = []
@@ -192,6 +195,14 @@ class Traversal:
     # -- the device's interface, with traversal merged in ---------------------------------
 
     def handle_datagram(self, data: bytes, addr: Address, now: Instant) -> None:
+        self._handle(data, addr, now)
+        if self.on_queued is not None and self._own_queued():
+            self.on_queued()
+
+    def _own_queued(self) -> bool:
+        return self.stun.queued or self.agent.queued or (self.turn is not None and self.turn.queued)
+
+    def _handle(self, data: bytes, addr: Address, now: Instant) -> None:
         turn = self.turn
         if turn is not None and addr == turn.server and turn.handle_datagram(data, addr, now):
             self._drain_turn(now)
@@ -228,15 +239,37 @@ class Traversal:
         self.device.send_packet(packet, now)
 
     def poll_transmit(self) -> tuple[bytes, Address] | None:
+        """The device's datagrams (through our TURN relay for an address only heard through
+        it). Traversal's own datagrams come from `poll_own_transmit`: a path-routing driver
+        must not move a probe meant for one candidate onto the peer's current path."""
+        out = self.device.poll_transmit()
         turn = self.turn
-        if turn is not None and (out := turn.poll_transmit()) is not None:
-            return out
-        out = self.device.poll_transmit() or self.stun.poll_transmit() or self.agent.poll_transmit()
         if out is not None and turn is not None and out[1] in self._via_turn:
-            # that address only hears us through our relay
             turn.send(out[1], out[0])
             return turn.poll_transmit()
         return out
+
+    def poll_own_transmit(self) -> tuple[bytes, Address] | None:
+        """STUN, probe and TURN datagrams, each to its own address."""
+        turn = self.turn
+        if turn is not None and (out := turn.poll_transmit()) is not None:
+            return out
+        out = self.stun.poll_transmit() or self.agent.poll_transmit()
+        if out is not None and turn is not None and out[1] in self._via_turn:
+            turn.send(out[1], out[0])  # a probe to an address only heard through our relay
+            return turn.poll_transmit()
+        return out
+
+    def poll_all_transmit(self) -> tuple[bytes, Address] | None:
+        """Both (for a shell that sends everything on one socket itself)."""
+        return self.poll_own_transmit() or self.poll_transmit()
+
+    @property
+    def last_authenticated(self) -> tuple[bytes, Address, float] | None:
+        return self.device.last_authenticated
+
+    def send_to(self, public: bytes, packet: bytes, now: Instant) -> None:
+        self.device.send_to(public, packet, now)
 
     def poll_event(self) -> DeviceEvent | None:
         return self.device.poll_event()
@@ -291,6 +324,8 @@ class Traversal:
                 self.counters["direct_selected"] += 1
                 if paths is not None:
                     self._offer(paths, event, now)
+                    if self._never_handshaked(event.peer):
+                        self.device.initiate(event.peer, now)
                 else:
                     self.device.add_peer(event.peer, endpoint=event.address)
                     if self._never_handshaked(event.peer):

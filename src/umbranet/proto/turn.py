@@ -314,6 +314,11 @@ class TurnClient:
     def poll_transmit(self) -> tuple[bytes, Address] | None:
         return self._out.pop(0) if self._out else None
 
+    @property
+    def queued(self) -> bool:
+        """Whether datagrams wait in `poll_transmit`."""
+        return bool(self._out)
+
     def poll_event(self) -> Event | None:
         return self._events.pop(0) if self._events else None
 

@@ -177,6 +177,10 @@ class PeerKeyOut(BaseModel):
     reach: list[str] = Field(
         default_factory=list, description="what it may open towards the caller: tcp/PORT, udp/PORT"
     )
+    relay_ticket: str | None = Field(
+        default=None,
+        description="a ticket letting routers relay the caller's WireGuard datagrams to this peer",
+    )
 
 
 class EndpointIn(_In):

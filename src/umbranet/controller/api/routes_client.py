@@ -41,6 +41,7 @@ from umbranet.controller.service import (
     views,
 )
 from umbranet.controller.service.policy import active_policy
+from umbranet.controller.service.relay import relay_tickets
 from umbranet.controller.store import Identity, Store
 
 __all__ = ["router"]
@@ -119,13 +120,22 @@ def get_view(ctx: Ctx, caller: ClientCaller) -> ViewOut:
     mode each peer carries its overlay addresses, WireGuard endpoint, and what it may open
     towards the caller (``reach``)."""
     with ctx.transaction() as store:
+        identity = _identity(store, caller.id)
+        now = ctx.clock()
         view = views.view_of(
             store,
-            _identity(store, caller.id),
-            now=ctx.clock(),
+            identity,
+            now=now,
             epoch=ctx.events.epoch,
             overlay=ctx.overlay,
             trust_domain=ctx.authority.trust_domain,
+        )
+        relays = relay_tickets(
+            ctx.authority,
+            identity,
+            [p.noise_public_key for p in view.peers],
+            now=now,
+            epoch=ctx.events.epoch,
         )
     return ViewOut(
         services=view.services,
@@ -138,6 +148,7 @@ def get_view(ctx: Ctx, caller: ClientCaller) -> ViewOut:
                 ipv6=p.ipv6,
                 endpoint=p.endpoint,
                 reach=list(p.reach),
+                relay_ticket=relays.get(p.noise_public_key or ""),
             )
             for p in view.peers
         ],

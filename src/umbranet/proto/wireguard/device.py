@@ -112,6 +112,9 @@ class Device:
         self._load_window = 0.0
         self._load_count = 0
         self._under_load_until: float | None = None
+        # (peer key, source, mono time) of the newest datagram that passed authentication:
+        # what a path manager takes as proof that a path works (`umbranet.proto.paths`).
+        self.last_authenticated: tuple[bytes, Address, float] | None = None
 
     @classmethod
     def for_identity(
@@ -322,7 +325,8 @@ class Device:
         if peer.persistent_keepalive:
             peer.timers["persistent_keepalive"] = t + peer.persistent_keepalive
 
-    def _received_authenticated(self, peer: Peer, t: float) -> None:
+    def _received_authenticated(self, peer: Peer, addr: Address, t: float) -> None:
+        self.last_authenticated = (peer.public_key, addr, t)
         peer.timers.pop("new_handshake", None)
         if peer.persistent_keepalive:
             peer.timers["persistent_keepalive"] = t + peer.persistent_keepalive
@@ -417,7 +421,7 @@ class Device:
                 self._indices.pop(old.local_index, None)
         peer.next, peer.previous = keypair, None
         self._counts["rx_initiations"] += 1
-        self._received_authenticated(peer, t)
+        self._received_authenticated(peer, addr, t)
         self._transmit.append((peer.cookies.add_macs(body, t), addr))
         self._counts["tx_responses"] += 1
         self._sent_authenticated(peer, t)
@@ -445,7 +449,7 @@ class Device:
         self._install_initiator_session(peer, keypair)
         self._counts["rx_responses"] += 1
         self._handshake_done(peer, now, initiator=True)
-        self._received_authenticated(peer, t)
+        self._received_authenticated(peer, addr, t)
         self._send_keepalive(peer, now)
 
     def _install_initiator_session(self, peer: Peer, keypair: Keypair) -> None:
@@ -515,7 +519,7 @@ class Device:
             if peer.staged:
                 self._send_staged(peer, t, now)
         peer.endpoint = addr
-        self._received_authenticated(peer, t)
+        self._received_authenticated(peer, addr, t)
         current = peer.current
         if (
             current is keypair
