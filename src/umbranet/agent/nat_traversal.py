@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -106,6 +107,13 @@ class NatTraversal:
                 await self.refresh(client, view)
 
         self._refreshing = asyncio.get_running_loop().create_task(run())
+
+    @property
+    def socket(self) -> RelayingSocket:
+        """The socket the driver should use: the WireGuard socket, with datagrams to a peer
+        heard only through our TURN relay wrapped for it on the way out."""
+        assert self.traversal is not None, "wrap() first"
+        return RelayingSocket(self._sock, self.traversal)
 
     def direct(self, key: bytes) -> tuple[str, int] | None:
         return None if self.traversal is None else self.traversal.direct.get(key)
@@ -233,6 +241,7 @@ class NatTraversal:
             self.peer_nat.pop(key, None)
         self._probed = wanted
         self._followed = True
+        traversal.reoffer(self._clock.now())
         self._kick.set()
 
     async def _pump(self) -> None:
@@ -248,7 +257,7 @@ class NatTraversal:
             traversal.drain(now)
             while (out := traversal.poll_own_transmit()) is not None:
                 with contextlib.suppress(OSError):
-                    self._sock.sendto(out[0], out[1])
+                    self.socket.sendto(out[0], out[1])
             machines = (traversal.stun, traversal.agent, traversal.turn)
             deadlines = [d.at for m in machines if m is not None and (d := m.poll_timeout())]
             delay = min(deadlines) - now.mono if deadlines else 5.0
@@ -296,3 +305,45 @@ def _turn_server(url: str) -> tuple[str, int] | None:
     except OSError:
         return None  # the data plane resolves no names
     return host, int(port) if port.isdigit() else 3478
+
+
+class RelayingSocket:
+    """The WireGuard socket as the driver sees it: every send to an address that hears us
+    only through our TURN relay leaves wrapped for the TURN server (a Send indication per
+    datagram; a GSO batch is cut into its segments first). Everything else is the socket."""
+
+    def __init__(self, sock: socket.socket, traversal: Traversal) -> None:
+        self._sock = sock
+        self._traversal = traversal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        addr = (str(address[0]), int(address[1]))
+        if not self._traversal.via_turn(addr):
+            return self._sock.sendto(data, address)
+        for wrapped, server in self._traversal.relay_wrap(addr, bytes(data)):
+            self._sock.sendto(wrapped, server)
+        return len(data)
+
+    def sendmsg(
+        self, buffers: list[bytes], ancdata: list[tuple[int, int, bytes]], flags: int, address: Any
+    ) -> int:
+        addr = (str(address[0]), int(address[1]))
+        if not self._traversal.via_turn(addr):
+            return self._sock.sendmsg(buffers, ancdata, flags, address)
+        data = b"".join(buffers)
+        size = len(data)
+        for _level, kind, value in ancdata:
+            if kind == _UDP_SEGMENT and len(value) >= 2:
+                size = int.from_bytes(value[:2], sys.byteorder)
+        for start in range(0, len(data), max(1, size)):
+            self.sendto(data[start : start + size], addr)
+        return len(data)
+
+
+_UDP_SEGMENT = 103

@@ -306,8 +306,9 @@ class TunMode:
             )
             # the driver runs the device with STUN and probes merged in (same UDP port)
             machine = cast(Device, self.nat.wrap(self.device, paths=self._path_set))
+            sock = cast(socket.socket, self.nat.socket)  # sends through our TURN relay if need be
             self.driver = WireGuardDriver(
-                machine, self.sock, self.tun, on_event=self._event, flow_filter=self.flows
+                machine, sock, self.tun, on_event=self._event, flow_filter=self.flows
             )
             self.driver.start()
             if settings.dns and plan.resolv_original is not None:

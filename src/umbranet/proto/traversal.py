@@ -93,6 +93,9 @@ class Traversal:
         self.turn_failed: str | None = None
         self._via_turn: set[Address] = set()  # peers' addresses heard through our relay
         self._heard_direct: set[Address] = set()  # ... and those heard without it
+        self._rewrapped: list[tuple[bytes, Address]] = []
+        self._turn_out: list[tuple[bytes, Address]] = []  # answers through our relay
+        self._requeue: list[tuple[bytes, Address]] = []
         self._peer_ips: dict[bytes, set[str]] = {}
 
     # -- gathering ------------------------------------------------------------------------
@@ -183,10 +186,19 @@ class Traversal:
         """A datagram a peer sent to our relay, as if it had reached our socket."""
         if is_wireguard(data):
             self.device.handle_datagram(data, addr, now)
-        elif self.agent.handle_datagram(data, addr, now):
+            return
+        queued: list[tuple[bytes, Address]] = []
+        while (out := self.agent.poll_transmit()) is not None:
+            queued.append(out)  # what was waiting already goes its own way
+        if self.agent.handle_datagram(data, addr, now):
+            # the answer to a probe that came through our relay goes back through it (the
+            # probe tested that way); our own probes always go straight, to punch holes
+            while (out := self.agent.poll_transmit()) is not None:
+                self._turn_out.extend(self.relay_wrap(out[1], out[0]))
             self._drain_agent(now)
         else:
             self.counters["turn_data_dropped"] += 1
+        self._requeue.extend(queued)
 
     def remove_peer(self, public: bytes) -> None:
         self.agent.remove_peer(public)
@@ -200,7 +212,13 @@ class Traversal:
             self.on_queued()
 
     def _own_queued(self) -> bool:
-        return self.stun.queued or self.agent.queued or (self.turn is not None and self.turn.queued)
+        return bool(
+            self.stun.queued
+            or self.agent.queued
+            or self._turn_out
+            or self._requeue
+            or (self.turn is not None and self.turn.queued)
+        )
 
     def _handle(self, data: bytes, addr: Address, now: Instant) -> None:
         turn = self.turn
@@ -239,14 +257,25 @@ class Traversal:
         self.device.send_packet(packet, now)
 
     def poll_transmit(self) -> tuple[bytes, Address] | None:
-        """The device's datagrams (through our TURN relay for an address only heard through
-        it). Traversal's own datagrams come from `poll_own_transmit`: a path-routing driver
-        must not move a probe meant for one candidate onto the peer's current path."""
-        out = self.device.poll_transmit()
+        """The device's datagrams. Traversal's own come from `poll_own_transmit`: a
+        path-routing driver must not move a probe meant for one candidate onto the peer's
+        current path. Either kind addressed to a peer heard only through our TURN relay
+        must leave wrapped for it (`relay_wrap`), which the shell's socket does."""
+        return self.device.poll_transmit()
+
+    def via_turn(self, address: Address) -> bool:
+        """Whether `address` hears us only through our TURN relay."""
+        return address in self._via_turn
+
+    def relay_wrap(self, address: Address, data: bytes) -> list[tuple[bytes, Address]]:
+        """`data` for `address` as datagrams to our TURN server (empty without a relay)."""
         turn = self.turn
-        if out is not None and turn is not None and out[1] in self._via_turn:
-            turn.send(out[1], out[0])
-            return turn.poll_transmit()
+        if turn is None:
+            return []
+        turn.send(address, data)
+        out: list[tuple[bytes, Address]] = []
+        while (item := turn.poll_transmit()) is not None:
+            out.append(item)
         return out
 
     def poll_own_transmit(self) -> tuple[bytes, Address] | None:
@@ -254,15 +283,26 @@ class Traversal:
         turn = self.turn
         if turn is not None and (out := turn.poll_transmit()) is not None:
             return out
-        out = self.stun.poll_transmit() or self.agent.poll_transmit()
-        if out is not None and turn is not None and out[1] in self._via_turn:
-            turn.send(out[1], out[0])  # a probe to an address only heard through our relay
-            return turn.poll_transmit()
-        return out
+        if self._turn_out:
+            return self._turn_out.pop(0)
+        if self._requeue:
+            return self._requeue.pop(0)
+        return self.stun.poll_transmit() or self.agent.poll_transmit()
 
     def poll_all_transmit(self) -> tuple[bytes, Address] | None:
-        """Both (for a shell that sends everything on one socket itself)."""
-        return self.poll_own_transmit() or self.poll_transmit()
+        """Both, with WireGuard datagrams wrapped for our TURN relay where needed (for a
+        shell with a plain socket; `RelayingSocket` does the same for the driver)."""
+        if self._rewrapped:
+            return self._rewrapped.pop(0)
+        own = self.poll_own_transmit()
+        if own is not None:
+            return own
+        out = self.poll_transmit()
+        if out is not None and out[1] in self._via_turn:
+            wrapped = self.relay_wrap(out[1], out[0])
+            self._rewrapped.extend(wrapped[1:])
+            return wrapped[0] if wrapped else None
+        return out
 
     @property
     def last_authenticated(self) -> tuple[bytes, Address, float] | None:
@@ -339,17 +379,37 @@ class Traversal:
             self._path_events.append(event)
 
     def _offer(self, paths: PathSet, event: PathSelected, now: Instant) -> None:
-        """A pair the probes proved, as a path: punched, or turn when it goes through a TURN
-        relay. The sealed pong was the authenticated exchange the path set asks for, so it
-        counts as the path's proof and the set may move onto it at once."""
-        relayed = event.kind == "relay" or event.address in self._via_turn
-        kind = PathKind.TURN if relayed else PathKind.PUNCHED
-        for old in paths.paths():
-            if old.kind in (PathKind.PUNCHED, PathKind.TURN) and old.address != event.address:
-                paths.remove(old.address, now.mono)  # one probe-found pair per peer
-        paths.add(Path(kind, event.address), now.mono)
-        paths.handle_sent(event.address, now.mono - event.rtt)
-        paths.handle_authenticated(event.address, now.mono)
+        """A pair the probes proved, as a punched path (or the configured direct path, when it
+        is that address). The sealed pong was
+        the authenticated exchange the path set asks for, so it counts as the path's proof
+        and the set may move onto it at once."""
+        self._offer_address(paths, event.address, event.kind, event.rtt, now)
+
+    def _offer_address(
+        self, paths: PathSet, address: Address, kind: str, rtt: float, now: Instant
+    ) -> None:
+        if not paths.has(address):
+            for old in paths.paths():
+                if old.kind is PathKind.PUNCHED:
+                    paths.remove(old.address, now.mono)  # one probe-found pair per peer
+            # always `punched`, even through a TURN relay (`is_relayed` tells those apart):
+            # the driver keeps learned punched paths when it reconfigures a peer's paths,
+            # and drops any other kind it was not given
+            paths.add(Path(PathKind.PUNCHED, address), now.mono)
+        if not paths.proven(address):
+            paths.handle_sent(address, now.mono - rtt)
+            paths.handle_authenticated(address, now.mono)
+
+    def reoffer(self, now: Instant) -> None:
+        """Offer every selected pair again: the shell may have rebuilt a peer's path set
+        (a configured path at the same address replaces the record, unproven)."""
+        if self._paths is None:
+            return
+        for peer, address in self.direct.items():
+            paths = self._paths(peer)
+            if paths is not None:
+                kind = self.agent.path_kind(peer) or "punched"
+                self._offer_address(paths, address, kind, 0.0, now)
 
     def _never_handshaked(self, peer: bytes) -> bool:
         per_peer = self.device.statistics().get("per_peer")
