@@ -24,8 +24,11 @@ direct path, back to the relay when direct goes silent (`proto.paths`); a peer w
 endpoint is reached through the relay alone.
 
 System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
-Not done yet: NAT traversal (STUN candidates), subnet routes, exit nodes, IPv6 endpoints
-(the UDP socket is IPv4).
+NAT traversal (`agent.nat_traversal`, docs/nat.md): STUN on the WireGuard port, candidates
+through the controller, probes whose proven pairs join the peer's path set as `punched`
+paths, and a TURN relay when the network has one.
+
+Not done yet: subnet routes, exit nodes, IPv6 endpoints (the UDP socket is IPv4).
 """
 
 from __future__ import annotations
