@@ -12,6 +12,7 @@ from bench.paths.ssh import Ssh
 from bench.paths.stunnel import Stunnel
 from bench.paths.umbranet import Umbranet, UmbranetAsync
 from bench.paths.umbranet_agent import UmbranetAgent
+from bench.paths.umbranet_l3 import UmbranetL3, UmbranetL3Relayed
 from bench.paths.wireguard import WireguardGo
 
 __all__ = ["DEFAULT_PATHS", "KNOWN_PATHS", "make_path"]
@@ -28,6 +29,8 @@ _FACTORIES: dict[str, Callable[[], BenchPath]] = {
     "umbranet": Umbranet,
     "umbranet-async": UmbranetAsync,
     "umbranet-agent": UmbranetAgent,
+    "umbranet-l3": UmbranetL3,
+    "umbranet-l3-relayed": UmbranetL3Relayed,
 }
 KNOWN_PATHS = tuple(_FACTORIES)
 DEFAULT_PATHS = (
@@ -40,6 +43,8 @@ DEFAULT_PATHS = (
     "umbranet",
     "umbranet-async",
     "umbranet-agent",
+    "umbranet-l3",
+    "umbranet-l3-relayed",
 )
 
 

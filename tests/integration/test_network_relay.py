@@ -129,17 +129,18 @@ def _iperf(net: Net, server_addr: str) -> float | None:
     """Mbit/s of a 2 s iperf3 TCP run from A to B's granted port; None without iperf3."""
     if shutil.which("iperf3") is None:
         return None
-    server = net.lab.spawn(net.ns["b"], "iperf3",
-                           ["iperf3", "-s", "-1", "-B", server_addr, "-p", str(PORT_B)])  # fmt: skip
+    serve = ["iperf3", "-s", "-B", server_addr, "-p", str(PORT_B)]
+    server = net.lab.spawn(net.ns["b"], "iperf3", serve)
     try:
-        argv = ["iperf3", "-J", "-t", "2", "-c", server_addr, "-p", str(PORT_B)]
-        for _ in range(50):  # the server needs a moment to listen
+        argv = ["iperf3", "-J", "-t", "2", "--connect-timeout", "3000", "-c", server_addr,
+                "-p", str(PORT_B)]  # fmt: skip
+        for _ in range(20):  # the server needs a moment to listen; a run may be cut short
             done = subprocess.run(net.lab.argv(net.ns["a"], argv), capture_output=True,
                                   timeout=60, check=False)  # fmt: skip
             if done.returncode == 0:
                 report = json.loads(done.stdout)
                 return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
-            time.sleep(0.1)
+            time.sleep(0.2)
         raise AssertionError(f"iperf3 failed: {done.stdout[-500:]!r} {done.stderr[-500:]!r}")
     finally:
         net.lab.stop(server)
@@ -184,8 +185,8 @@ def test_direct_then_forced_through_the_router_relay_and_policy_gates_the_relay(
                  lambda: _ping(net, "a", b["ipv4"]) and _path(net, "a") == "direct"
                  and _path(net, "b") == "direct", 30)  # fmt: skip
         direct_mbps = _iperf(net, b["ipv4"])
-        servers.append(net.lab.spawn(net.ns["b"], "listen", ["socat",
-                       f"TCP-LISTEN:{PORT_B},fork,reuseaddr", f"SYSTEM:echo hi-{PORT_B}"]))  # fmt: skip
+        echo = ["socat", f"TCP-LISTEN:{PORT_B},fork,reuseaddr", f"SYSTEM:echo hi-{PORT_B}"]
+        servers.append(net.lab.spawn(net.ns["b"], "listen", echo))
         wait_for("B's port, direct", lambda: _tcp(net, "a", b["ipv4"], PORT_B) == f"hi-{PORT_B}\n")
         relayed_before = _router_metric(net, "umbra_router_relay_datagrams_total") or 0.0
 
@@ -200,7 +201,14 @@ def test_direct_then_forced_through_the_router_relay_and_policy_gates_the_relay(
 
         wait_for("both back on the relay", fell_back, 45)
         print(f"\nfell back to the relay {time.monotonic() - started:.1f} s after the cut")
-        wait_for("A to ping B through the relay", lambda: _ping(net, "a", b["ipv4"]), 20)
+        try:
+            wait_for("A to ping B through the relay", lambda: _ping(net, "a", b["ipv4"]), 20)
+        except AssertionError:
+            for d in ("a", "b"):
+                t = net.tun(d)
+                print(d, json.dumps({k: t[k] for k in ("io", "relay", "device", "peers")}))
+            print(net.lab.run(net.core, ["curl", "-s", f"http://{METRICS}/metrics"])[-3000:])
+            raise
         assert _ping(net, "b", a["ipv4"])
         assert _tcp(net, "a", b["ipv4"], PORT_B) == f"hi-{PORT_B}\n"
         net.lab.stop(servers.pop())

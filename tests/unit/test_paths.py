@@ -92,6 +92,20 @@ def test_silent_direct_falls_back_then_reprobes_with_backoff() -> None:
     assert deadline is not None and deadline.at == 40.0  # then backing off
 
 
+def test_peer_arriving_on_the_relay_while_direct_is_silent_means_fall_back_now() -> None:
+    paths = _proven_direct()
+    relay = Path(PathKind.RELAY, relay_address(PEER_B))
+    # a relayed datagram while we just sent on direct (an upgrade's stragglers): no change
+    paths.handle_sent(DIRECT.address, 10.0)
+    paths.handle_authenticated(relay.address, 10.5)
+    assert paths.current == DIRECT
+    # but once direct has been silent for a second while we send, the peer has moved
+    paths.handle_authenticated(relay.address, 11.0)
+    assert paths.current == relay
+    assert _drain_events(paths)[-1] == ("direct", "relay", "peer_moved")
+    assert paths.counters["fallbacks"] == 1
+
+
 def test_network_change_drops_proof() -> None:
     paths = _proven_direct()
     paths.handle_network_change(50.0)
@@ -156,11 +170,12 @@ class ToyNet:
         self.now += 0.25
         for me, other, my_addr in ((self.a, self.b, ("a", 1)), (self.b, self.a, ("b", 1))):
             me.handle_timeout(self.now)
+            # probes are keepalives (the machine records them); traffic is answered data
             sends = [p.path for p in iter(me.poll_probe, None)]
             if traffic and me.current is not None:
                 sends.append(me.current)
+                me.handle_sent(me.current.address, self.now)
             for path in sends:
-                me.handle_sent(path.address, self.now)
                 if path.kind is PathKind.RELAY:
                     self.relayed += 1
                     other.handle_authenticated(relay_address(other.peer), self.now)
@@ -189,6 +204,17 @@ def test_both_sides_upgrade_then_fall_back_and_recover() -> None:
         net.step()
     assert net.a.current == Path(PathKind.DIRECT, ("b", 1))
     assert net.b.current == Path(PathKind.DIRECT, ("a", 1))
+
+
+def test_an_idle_pair_converges_on_direct_by_probes_alone_and_stays() -> None:
+    net = ToyNet()
+    for _ in range(40):
+        net.step(traffic=False)
+    assert net.a.current == Path(PathKind.DIRECT, ("b", 1))
+    assert net.b.current == Path(PathKind.DIRECT, ("a", 1))
+    for _ in range(400):  # 100 s idle: no fallback, since nothing answered was sent
+        net.step(traffic=False)
+    assert net.a.counters["fallbacks"] == 0 and net.b.counters["fallbacks"] == 0
 
 
 def test_blocked_direct_stays_relayed() -> None:

@@ -13,7 +13,7 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_router_switch import NET, Switch, _frame, _out
+from tests.unit.test_router_switch import NET, Switch, _frame, _hello, _out
 from umbranet.pki import IdentityFile
 from umbranet.pki.tickets import Action, relay_service
 from umbranet.router.links import SwitchLink
@@ -23,6 +23,7 @@ from umbranet.wire.frames import MAX_WG_DATAGRAM
 ANN = NET.identity("ann")
 BEN = NET.identity("ben")
 CAT = NET.identity("cat")
+DAN = NET.identity("dan")
 SEALED = b"\x04\x00\x00\x00" + bytes(range(200))  # what a transport-data datagram looks like
 
 
@@ -30,9 +31,9 @@ class FakeLink:
     pass
 
 
-def _link(sw: Switch, identity: IdentityFile) -> SwitchLink:
-    from tests.unit.test_router_switch import _hello
-
+def _link(sw: Switch, identity: IdentityFile, speaks: bool = True) -> SwitchLink:
+    """An endpoint link; `speaks`: it presents a relay ticket (to a fourth identity), which
+    makes it a relay destination."""
     link = sw.forwarder.add_link(
         FakeLink(),
         identity.spiffe_id,
@@ -42,6 +43,8 @@ def _link(sw: Switch, identity: IdentityFile) -> SwitchLink:
     )
     assert sw.feed(link, _hello()) is None
     assert [f.type for f in _out(link)] == [FrameType.HELLO]
+    if speaks:
+        assert _allow(sw, link, identity, DAN) == []
     return link
 
 
@@ -177,6 +180,16 @@ def test_key_follows_the_newest_link_and_is_forgotten_with_it() -> None:
     assert sw.forwarder.counters["relay_unknown_peer"] == 1
     sw.forwarder.link_gone(a)
     assert sw.forwarder.relay.statistics() == {"keys": 0, "allowances": 0}
+
+
+def test_a_link_that_never_spoke_the_relay_is_not_a_destination() -> None:
+    """A device's SDK link shares its key with its relay link but would choke on datagrams."""
+    sw = Switch()
+    a, b_relay = _link(sw, ANN), _link(sw, BEN)
+    b_sdk = _link(sw, BEN, speaks=False)  # newer, same key
+    _allow(sw, a, ANN, BEN)
+    assert sw.feed(a, _datagram(BEN)) is None  # type: ignore[arg-type]
+    assert _out(b_sdk) == [] and len(_out(b_relay)) == 1
 
 
 def test_router_links_may_not_use_the_relay() -> None:

@@ -105,3 +105,55 @@ def test_packets_cross_real_udp_sockets_through_the_driver(batching: bool) -> No
         assert a.get("udp_gso_batches", 0) >= 1 or a.get("udp_gso_disabled", 0) == 1
     else:
         assert "udp_gso_batches" not in a and "udp_gro_batches" not in b
+
+
+async def _dual_stack() -> tuple[list[bytes], tuple[object, object]]:
+    """A on one dual-stack socket ([::]:p, IPV6_V6ONLY off) with an IPv4 peer (B on
+    127.0.0.1) and an IPv6 peer (C on ::1)."""
+    from umbranet.agent.tunmode import _bind_udp
+
+    udp_a = _bind_udp("::", 0)
+    assert udp_a.family == socket.AF_INET6
+    udp_b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_b.bind(("127.0.0.1", 0))
+    udp_c = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp_c.bind(("::1", 0))
+    port_a_num = udp_a.getsockname()[1]
+    c_ip = "198.51.100.3"
+    a, b, c = Device(key("a")), Device(key("b")), Device(key("c"))
+    a.add_peer(public_key(key("b")), endpoint=udp_b.getsockname(), allowed_ips=[f"{B_IP}/32"])
+    a.add_peer(public_key(key("c")), endpoint=("::1", udp_c.getsockname()[1]),
+               allowed_ips=[f"{c_ip}/32"])  # fmt: skip
+    b.add_peer(public_key(key("a")), allowed_ips=[f"{A_IP}/32"])
+    c.add_peer(public_key(key("a")), allowed_ips=[f"{A_IP}/32"])
+    ports = [SocketPort() for _ in range(3)]
+    try:
+        async with (
+            WireGuardDriver(a, udp_a, ports[0], gso=False, gro=False),
+            WireGuardDriver(b, udp_b, ports[1], gso=False, gro=False),
+            WireGuardDriver(c, udp_c, ports[2], gso=False, gro=False),
+        ):
+            ports[0].kernel.send(ipv4_packet(A_IP, B_IP, b"to b over ipv4"))
+            ports[0].kernel.send(ipv4_packet(A_IP, c_ip, b"to c over ipv6"))
+            got = [await _recv(ports[1].kernel), await _recv(ports[2].kernel)]
+            ports[1].kernel.send(ipv4_packet(B_IP, A_IP, b"back from b"))
+            got.append(await _recv(ports[0].kernel))
+            # what A's machine learned: plain IPv4 for B (not ::ffff:), and ::1 for C
+            endpoints = (a.endpoint_of(public_key(key("b"))), a.endpoint_of(public_key(key("c"))))
+            seen_by = (b.endpoint_of(public_key(key("a"))), c.endpoint_of(public_key(key("a"))))
+    finally:
+        for sock in (udp_a, udp_b, udp_c):
+            sock.close()
+        for port in ports:
+            port.close()
+    assert seen_by == (("127.0.0.1", port_a_num), ("::1", port_a_num))
+    return got, endpoints
+
+
+def test_one_dual_stack_socket_carries_ipv4_and_ipv6_peers() -> None:
+    got, (b_endpoint, c_endpoint) = asyncio.run(_dual_stack())
+    assert got[0] == ipv4_packet(A_IP, B_IP, b"to b over ipv4")
+    assert got[1] == ipv4_packet(A_IP, "198.51.100.3", b"to c over ipv6")
+    assert got[2] == ipv4_packet(B_IP, A_IP, b"back from b")
+    assert isinstance(b_endpoint, tuple) and isinstance(c_endpoint, tuple)
+    assert b_endpoint[0] == "127.0.0.1" and c_endpoint[0] == "::1"

@@ -29,6 +29,7 @@ class Relay:
     def __init__(self) -> None:
         self.drivers: dict[bytes, WireGuardDriver] = {}
         self.carried = 0
+        self.seen: list[bytes] = []  # every datagram the "router" carried
 
     def end(self, me: bytes) -> RelayEnd:
         return RelayEnd(self, me)
@@ -43,6 +44,7 @@ class RelayEnd:
         if target is None:
             return False
         self.relay.carried += 1
+        self.relay.seen.append(datagram)
         asyncio.get_running_loop().call_soon(target.handle_relayed, self.me, datagram)
         return True
 
@@ -150,6 +152,8 @@ async def _scenario() -> None:
         udp_b.close()
         port_a.close()
         port_b.close()
+    # the relay carried WireGuard ciphertext only: no packet's plaintext in any datagram
+    assert relay.seen and not any(b"ping " in d for d in relay.seen)
     # one handshake: the session survived both path changes
     assert events.count(HandshakeCompleted(KEY_B, True)) == 1
 

@@ -28,7 +28,8 @@ NAT traversal (`agent.nat_traversal`, docs/nat.md): STUN on the WireGuard port, 
 through the controller, probes whose proven pairs join the peer's path set as `punched`
 paths, and a TURN relay when the network has one.
 
-Not done yet: subnet routes, exit nodes, IPv6 endpoints (the UDP socket is IPv4).
+With ``listen_host="::"`` the WireGuard socket is dual-stack (`_bind_udp`), so IPv6
+endpoints work; the default is still IPv4. Not done yet: subnet routes, exit nodes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import binascii
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,10 @@ from umbranet.proto.wireguard.flowfilter import FlowFilter, parse_grant
 __all__ = ["PeerEntry", "TunMode", "parse_peers"]
 
 log = logging.getLogger("umbranet.agent")
+
+# Relay tickets live 10 minutes; showing a fresh one every 2 keeps the router's allowance
+# ahead of expiry with room for failed refreshes.
+_REPRESENT_AFTER = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +148,8 @@ class TunMode:
         self._routes: set[str] = set()
         self.has_ipv6 = False
         self.relay: RelayLink | None = None
-        self._presented: dict[bytes, str] = {}  # relay tickets the relay link was shown
+        # when the relay link was last shown each peer's relay ticket (monotonic seconds)
+        self._presented: dict[bytes, float] = {}
 
     @property
     def port(self) -> int:
@@ -153,12 +160,11 @@ class TunMode:
         """Check we may, undo a crashed run's leftovers, bind the WireGuard UDP port."""
         require_root()
         await asyncio.to_thread(tunplan.uninstall, self._state_dir)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        host, port = self.settings.listen_host, self.settings.listen_port
         try:
-            sock.bind((self.settings.listen_host, self.settings.listen_port))
+            sock = _bind_udp(host, port)
         except OSError as exc:
-            sock.close()
-            where = f"{self.settings.listen_host}:{self.settings.listen_port}"
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise ConfigError("tun_port_in_use", f"cannot bind UDP {where}: {exc}") from None
         sock.setblocking(False)
         self.sock = sock
@@ -372,9 +378,14 @@ class TunMode:
         if peer.endpoint is not None:
             paths.append(WgPath(PathKind.DIRECT, peer.endpoint))
         if relay is not None and relay.live and peer.relay_ticket is not None:
-            if self._presented.get(key) != peer.relay_ticket:
+            # The view brings a freshly signed ticket every refresh; the router needs one
+            # only on a new link, before the last expires, or after it refused one.
+            now = time.monotonic()
+            shown = self._presented.get(key)
+            if shown is None or now - shown > _REPRESENT_AFTER or key in relay.refused_peers:
+                relay.refused_peers.discard(key)
                 relay.allow(key, peer.relay_ticket)
-                self._presented[key] = peer.relay_ticket
+                self._presented[key] = now
             paths.append(WgPath(PathKind.RELAY, relay_address(key)))
         driver.set_paths(key, paths)
 
@@ -390,10 +401,43 @@ class TunMode:
             self._counters.add("tun_peer_silent")
 
 
+def _bind_udp(host: str, port: int) -> socket.socket:
+    """The WireGuard socket. ``::`` is one dual-stack socket (IPV6_V6ONLY off: IPv4 and IPv6
+    peers on one port); any other address binds its own family. The default stays
+    ``0.0.0.0`` (IPv4) while other users of this socket (NAT traversal's STUN and probes)
+    address it with IPv4 tuples, which a dual-stack socket refuses."""
+    if host == "::":
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _endpoint(text: object) -> tuple[str, int] | None:
-    """``host:port`` -> (host, port) for IPv4 endpoints; None otherwise (IPv6 not yet)."""
-    if not isinstance(text, str) or text.startswith("["):
+    """``host:port`` or ``[v6]:port`` -> (host, port); None for anything else."""
+    if not isinstance(text, str):
         return None
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+        except OSError:
+            return None
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            return None
+        return host, int(port)
     host, _, port = text.rpartition(":")
     try:
         socket.inet_aton(host)

@@ -23,6 +23,10 @@ datagram (the machine's `last_authenticated`) is what the path set takes as proo
 authenticated datagram from an address no path names (the peer behind a NAT) becomes a
 `punched` path to prove (at most `MAX_LEARNED_PATHS` per peer). Path timers run on a tick.
 
+The UDP socket may be dual-stack (AF_INET6 with IPV6_V6ONLY off): IPv4 sources arrive as
+``::ffff:a.b.c.d`` and are handed to the machine in plain IPv4 form, and plain IPv4
+destinations are mapped back when sending, so endpoints and paths never see two spellings.
+
 Batching on Linux (the benchmark's lever; both fall back silently where the kernel refuses):
 - UDP GSO: a run of datagrams to one address, all the same size but the last, leaves in one
   `sendmsg` with UDP_SEGMENT, and the kernel cuts it up (one syscall for up to 64 packets).
@@ -61,6 +65,7 @@ log = logging.getLogger("umbranet.agent")
 
 Address = tuple[str, int]
 MAX_LEARNED_PATHS = 4
+_KEEPALIVE_SIZE = 32  # a transport-data header and tag around nothing
 PATH_TICK = 0.5  # seconds between path timer runs (probes, silence deadlines)
 
 _MAX_DATAGRAM = 65535
@@ -129,6 +134,9 @@ class WireGuardDriver:
         self._timer_at: float | None = None
         self.counters: Counter[str] = Counter()
         self._gso = gso and hasattr(socket.socket, "sendmsg")
+        # A dual-stack socket (AF_INET6, IPV6_V6ONLY off) sees IPv4 peers as ::ffff:a.b.c.d;
+        # the machine and the paths always see the plain IPv4 form.
+        self._v6 = getattr(sock, "family", socket.AF_INET) == socket.AF_INET6
         self._gro = gro
         if gro:
             try:
@@ -247,7 +255,10 @@ class WireGuardDriver:
                 # e.g. ECONNREFUSED from an ICMP error for an earlier send: keep reading
                 self.counters["udp_recv_errors"] += 1
                 continue
-            source = (addr[0], addr[1])
+            host = addr[0]
+            if self._v6 and host.startswith("::ffff:") and "." in host:
+                host = host[7:]
+            source = (host, addr[1])
             segment = _gro_segment_size(ancdata)
             if segment and len(data) > segment:
                 self.counters["udp_gro_batches"] += 1
@@ -322,23 +333,22 @@ class WireGuardDriver:
     ) -> list[tuple[bytes, Address]]:
         direct: list[tuple[bytes, Address]] = []
         sent: set[tuple[bytes, Address]] = set()
-        path_of = self._path_of
+        # A flush sends runs of datagrams to a few addresses: decide once per address.
+        decided: dict[Address, tuple[bytes | None, Address, bool]] = {}
         for data, addr in outgoing:
-            peer = path_of.get(addr) or relay_peer(addr)
-            pathset = None if peer is None else self._paths.get(peer)
-            if pathset is None or peer is None:
-                if relay_peer(addr) is not None:
+            choice = decided.get(addr)
+            if choice is None:
+                choice = decided[addr] = self._decide(addr, probe)
+            peer, dest, relayed = choice
+            if peer is None:
+                if relayed:
                     self.counters["relay_no_paths"] += 1
                 else:
                     direct.append((data, addr))
                 continue
-            if probe is not None and peer == probe.peer:
-                dest = probe.path.address
-            else:
-                current = pathset.current
-                dest = addr if current is None else current.address
-            sent.add((peer, dest))
-            if relay_peer(dest) is None:
+            if len(data) > _KEEPALIVE_SIZE and probe is None:
+                sent.add((peer, dest))  # a keepalive is not answered: no silence clock
+            if not relayed:
                 direct.append((data, dest))
             elif self.relay is not None and self.relay.send_relayed(peer, data):
                 self.counters["relay_datagrams_out"] += 1
@@ -348,6 +358,20 @@ class WireGuardDriver:
         for peer, dest in sent:
             self._paths[peer].handle_sent(dest, mono)
         return direct
+
+    def _decide(self, addr: Address, probe: Probe | None) -> tuple[bytes | None, Address, bool]:
+        """(peer, destination, relayed?) for a datagram the machine addressed to `addr`;
+        peer None: not a peer with paths (sent as addressed, or dropped if a relay address)."""
+        peer = self._path_of.get(addr) or relay_peer(addr)
+        pathset = None if peer is None else self._paths.get(peer)
+        if pathset is None or peer is None:
+            return None, addr, relay_peer(addr) is not None
+        if probe is not None and peer == probe.peer:
+            dest = probe.path.address
+        else:
+            current = pathset.current
+            dest = addr if current is None else current.address
+        return peer, dest, relay_peer(dest) is not None
 
     def _authenticated(self, peer: bytes, source: Address, mono: float) -> None:
         pathset = self._paths.get(peer)
@@ -432,7 +456,7 @@ class WireGuardDriver:
                 [b"".join(data for data, _ in run)],
                 [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))],
                 0,
-                addr,
+                self._wire(addr),
             )
         except OSError as exc:
             if exc.errno in _GSO_UNSUPPORTED:
@@ -447,10 +471,16 @@ class WireGuardDriver:
 
     def _send_one(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            self._sock.sendto(data, addr)
+            self._sock.sendto(data, self._wire(addr))
             self.counters["udp_datagrams_out"] += 1
         except OSError:
             self.counters["udp_send_errors"] += 1
+
+    def _wire(self, addr: Address) -> Address:
+        """The address as the socket takes it (IPv4-mapped on a dual-stack socket)."""
+        if self._v6 and ":" not in addr[0]:
+            return ("::ffff:" + addr[0], addr[1])
+        return addr
 
     def _arm_timer(self) -> None:
         loop = self._loop

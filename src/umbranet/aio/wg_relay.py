@@ -61,6 +61,8 @@ class RelayLink:
         self._ready: asyncio.Future[None] | None = None
         self.counters: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
+        # peers whose ticket the router refused (expired, stale): present a fresh one
+        self.refused_peers: set[bytes] = set()
         self.router = ""
 
     async def connect(self, timeout: float = 10.0) -> None:
@@ -196,6 +198,9 @@ class RelayLink:
         try:
             fields = decode_control(frame.payload).fields
             code = ErrorCode.from_wire(int(fields.get("code", 1))).code
+            peer = bytes.fromhex(str(fields.get("peer", "")))
+            if len(peer) == WG_KEY_SIZE:
+                self.refused_peers.add(peer)
         except (WireError, TypeError, ValueError):
             code = "protocol_error"
         self.refusals[code] += 1

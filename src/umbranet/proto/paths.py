@@ -24,11 +24,19 @@ Rules of this file:
   every `probe_interval` (backing off to `probe_max`); the shell probes by sending a
   WireGuard keepalive on that path. An authenticated datagram on an unproven path we have
   not sent on recently is answered with a probe at once, so both sides prove the path
-  within about one and a half round trips.
-- Fallback: a proven path we have sent on without hearing anything authenticated for
-  `deadline` (WireGuard's keepalive + rekey timeouts, 15 s) loses its proof; the current
+  within about one and a half round trips; on a proven path, at most one answer per
+  `probe_interval`, so an idle peer still proving it gets its reply.
+- Fallback: a proven path we have sent on (`handle_sent`: something the peer answers, that
+  is not a bare keepalive) without hearing anything authenticated for `deadline`
+  (WireGuard's keepalive + rekey timeouts, 15 s: the peer answers data within 10 s) loses
+  its proof; the current
   path then moves to the next usable one and the lost path is probed again (backing off).
   Silence while nothing is sent is not evidence: an idle path keeps its proof.
+- The peer moved: an authenticated datagram on a worse path while the current proven path
+  has been silent for `PEER_MOVED_AFTER` despite our sending means the peer lost the
+  better path (often before we noticed: only one side may be sending); the current path
+  loses its proof at once rather than after the whole `deadline`. The holdoff keeps a
+  datagram still in flight on the relay during an upgrade from undoing it.
 - `handle_network_change(now)` drops every proof and probes everything at once.
 - Nothing here raises on peer input; `remove` of an unknown path is a no-op.
 
@@ -68,6 +76,7 @@ DEFAULT_PROBE_INTERVAL = 5.0
 DEFAULT_PROBE_MAX = 60.0
 # An answer probe is skipped when we sent on the path this recently (it already is one).
 ANSWER_HOLDOFF = 1.0
+PEER_MOVED_AFTER = 1.0
 
 
 class PathKind(StrEnum):
@@ -206,7 +215,7 @@ class PathSet:
     # -- inputs --------------------------------------------------------------------------
 
     def handle_sent(self, address: Address, now: float) -> None:
-        """We sent a datagram on this path (traffic or a probe)."""
+        """We sent a datagram the peer will answer (data, a handshake) on this path."""
         record = self._paths.get(address)
         if record is None:
             return
@@ -221,7 +230,14 @@ class PathSet:
             return
         record.last_rx = now
         record.waiting_since = None
-        if record.proven or not record.path.needs_proof:
+        self._peer_moved(record, now)
+        if not record.path.needs_proof:
+            return
+        if record.proven:
+            # The peer may still be proving it (its probe, or its traffic while idle here):
+            # answer now and then, so an idle pair converges without waiting for traffic.
+            if record.last_tx is None or now - record.last_tx >= self._probe_interval:
+                self._probe(record, now, "answer")
             return
         sent = record.last_tx
         if sent is not None and now - sent <= self._deadline:
@@ -250,10 +266,7 @@ class PathSet:
                 and record.waiting_since is not None
                 and now - record.waiting_since >= self._deadline
             ):
-                record.proven = False
-                record.waiting_since = None
-                record.next_probe = now + record.backoff
-                record.backoff = min(record.backoff * 2, self._probe_max)
+                self._lose_proof(record, now)
                 self._choose(now, f"{record.path.kind}_silent")
         if self._should_probe():
             for record in self._paths.values():
@@ -324,10 +337,31 @@ class PathSet:
             for r in self._paths.values()
         )
 
+    def _peer_moved(self, record: _Record, now: float) -> None:
+        current = self._current
+        if current is None or RANK[record.path.kind] <= RANK[current.kind]:
+            return
+        best = self._paths.get(current.address)
+        if (
+            best is not None
+            and best.proven
+            and best.waiting_since is not None
+            and now - best.waiting_since >= PEER_MOVED_AFTER
+        ):
+            self._lose_proof(best, now)
+            self._choose(now, "peer_moved")
+
+    def _lose_proof(self, record: _Record, now: float) -> None:
+        record.proven = False
+        record.waiting_since = None
+        record.next_probe = now + record.backoff
+        record.backoff = min(record.backoff * 2, self._probe_max)
+
     def _probe(self, record: _Record, now: float, reason: str) -> None:
+        # A probe is a keepalive, which nothing answers: it starts no silence clock.
         self.counters["probes"] += 1
         self._out.probes.append(Probe(self.peer, record.path, reason))
-        self.handle_sent(record.path.address, now)
+        record.last_tx = now
 
     def _choose(self, now: float, reason: str) -> None:
         new = self._best()
@@ -338,7 +372,7 @@ class PathSet:
         if old is not None and new is not None:
             if RANK[new.kind] < RANK[old.kind]:
                 self.counters["upgrades"] += 1
-            elif reason.endswith("_silent"):
+            elif reason.endswith("_silent") or reason == "peer_moved":
                 self.counters["fallbacks"] += 1
         self._out.events.append(PathChanged(self.peer, old, new, reason))
 

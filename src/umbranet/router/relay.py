@@ -10,7 +10,9 @@ ciphertext only: WireGuard seals end to end, and the router holds no WireGuard k
 Rules of this file:
 - A link's key is the X25519 key bound in its SVID (`noise_public_key_of`), never a claim in
   a frame; towards the destination the router writes the *source link's* key, so a device
-  cannot pose as another.
+  cannot pose as another. A link becomes a destination only once it spoke the relay (sent a
+  WG_RELAY_ALLOW, whatever its verdict): a device's other links to the router (the SDK's,
+  for streams) share its key but would not understand relayed datagrams.
 - A datagram is relayed only for a pair the controller allowed: the source link presented
   (WG_RELAY_ALLOW) a relay ticket naming it (``sub``, and ``cnf`` bound to the link's
   certificate key) and the destination key (``svc`` = `relay_service(key)`), checked by the
@@ -70,11 +72,11 @@ class WgRelay:
     # -- links ---------------------------------------------------------------------------
 
     def register(self, link: SwitchLink, noise_key: bytes | None) -> None:
-        """An endpoint link whose SVID binds `noise_key`; the newest link for a key wins."""
+        """An endpoint link whose SVID binds `noise_key` (a destination once it speaks the
+        relay; the newest such link for a key wins)."""
         if noise_key is None or len(noise_key) != WG_KEY_SIZE:
             return
         self._key_of[link] = noise_key
-        self._by_key.setdefault(noise_key, []).append(link)
 
     def link_gone(self, link: SwitchLink) -> None:
         self._allowed.pop(link, None)
@@ -109,6 +111,10 @@ class WgRelay:
             raise WireError(ErrorCode.BAD_CONTROL_PAYLOAD, "WG_RELAY_ALLOW needs ticket and peer")
         if source.kind is not LinkKind.ENDPOINT:
             raise WireError(ErrorCode.PROTOCOL_ERROR, "WG_RELAY_ALLOW from a router")
+        mine = self._key_of.get(source)
+        if mine is not None and source not in self._allowed:
+            self._by_key.setdefault(mine, []).append(source)
+            self._allowed[source] = {}
         verdict = self._gate.check(
             token,
             subject=source.identity,
