@@ -12,7 +12,8 @@ Every peer starts on the router relay (the relay branch's path sets); traversal'
 add the pairs they prove. Checked: A and B move to a direct path and 5 of 5 pings between
 their overlay addresses answer; A-C (hard NAT) has no direct pair: with coturn configured
 at the controller it is relayed through TURN and A's ping is answered, without it A names
-the reason; A and D name the blocked UDP and stay on the router relay; each device
+the reason; A and D name the blocked UDP, stay on the router relay, and A's ping reaches D
+through it; each device
 classified its own NAT, and `umbra netcheck` agrees, naming a home router.
 """
 
@@ -116,7 +117,6 @@ def test_easy_nats_go_direct_and_a_hard_nat_is_named(world: World) -> None:
     wait_for("A's ping answered by C", lambda: world.ping("a", target_c["ipv4"]), 30)
     assert world.status("c")["tun"]["nat"]["nat"] == "endpoint-dependent"
     # D: its firewall drops all UDP; both ends say so and put the pair on the router relay
-    # (traffic over that relay is the relay branch's to test)
     wait_for(
         "A and D naming the blocked UDP, on the router relay",
         lambda: (
@@ -125,6 +125,11 @@ def test_easy_nats_go_direct_and_a_hard_nat_is_named(world: World) -> None:
             and field("a", "dev-d", "path") == "relay"
         ),
         60,
+    )
+    target_d = world.peer("a", "dev-d")
+    assert target_d is not None
+    wait_for(
+        "A's ping answered by D through the router", lambda: world.ping("a", target_d["ipv4"]), 30
     )
     # `umbra netcheck` with the routers the controller lists
     for device, mapping in (("a", "endpoint-independent"), ("c", "endpoint-dependent")):
