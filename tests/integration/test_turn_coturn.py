@@ -63,6 +63,7 @@ def coturn(tmp_path: Path) -> Iterator[tuple[str, int]]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        _wait_answering(("127.0.0.1", port))
         yield "127.0.0.1", port
     finally:
         proc.terminate()
@@ -71,6 +72,22 @@ def coturn(tmp_path: Path) -> Iterator[tuple[str, int]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def _wait_answering(server: tuple[str, int], seconds: float = 20.0) -> None:
+    """Until coturn answers a STUN binding request (it starts slowly on a loaded machine)."""
+    from umbranet.proto.stun import BINDING, REQUEST, StunMessage, encode
+
+    deadline = time.monotonic() + seconds
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            s.sendto(encode(StunMessage(BINDING, REQUEST, os.urandom(12))), server)
+            with contextlib.suppress(TimeoutError, ConnectionRefusedError):
+                s.recvfrom(2048)
+                return
+            time.sleep(0.1)
+    raise AssertionError("coturn never answered")
 
 
 def now() -> Instant:
