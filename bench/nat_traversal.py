@@ -6,8 +6,8 @@ peers at once and records, per side, the seconds from the start of connectivity 
 table and, with --json, the raw rows. With --tun, instead: two
 devices behind easy NATs run `umbra up --tun` (controller and two STUN routers on the lab's
 wan) and the figures are the seconds from starting both agents to the first answered ping
-between their overlay addresses, and to both reporting a direct path. (Without the relay
-branch there is no relayed path, so the first packet waits for the direct one.)
+between their overlay addresses (relayed through the router at first), and to both
+reporting a direct path.
 
     sudo python -m bench.nat_traversal --runs 3 [--pairs easy-easy,open-open] [--tun]
 """
