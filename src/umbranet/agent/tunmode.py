@@ -32,6 +32,10 @@ With ``listen_host="::"`` the WireGuard socket is dual-stack (`_bind_udp`), so I
 endpoints work; the default is still IPv4.
 
 System changes go through `tunplan` (plan first, then the change; `umbra down` undoes).
+
+NAT traversal (`agent.nat_traversal`, docs/nat.md): STUN on the WireGuard port, candidates
+through the controller, probes whose proven pairs join the peer's path set as `punched`
+paths, and a TURN relay when the network has one.
 """
 
 from __future__ import annotations
@@ -47,20 +51,22 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from umbranet.agent import tunplan
 from umbranet.agent.config import ConfigError, TunSettings
 from umbranet.agent.dns_stub import DnsStub
+from umbranet.agent.nat_traversal import NatTraversal
 from umbranet.agent.redirect import read_upstreams, require_root
 from umbranet.agent.stats import Counters
 from umbranet.agent.tunroutes import choose_routes
 from umbranet.aio.tun import Tun
 from umbranet.aio.wg_driver import WireGuardDriver
 from umbranet.aio.wg_relay import RelayLink
+from umbranet.client.controller import ControllerClient
 from umbranet.pki import IdentityFile
 from umbranet.proto.paths import Path as WgPath
-from umbranet.proto.paths import PathKind, relay_address
+from umbranet.proto.paths import PathKind, PathSet, relay_address
 from umbranet.proto.wireguard import Device, Event, PeerSilent
 from umbranet.proto.wireguard.flowfilter import FlowFilter, parse_grant
 
@@ -143,6 +149,7 @@ class TunMode:
         self.tun: Tun | None = None
         self.driver: WireGuardDriver | None = None
         self.device: Device | None = None
+        self.nat: NatTraversal | None = None
         self.flows: FlowFilter | None = None
         self.stub: DnsStub | None = None
         self.plan: tunplan.TunPlan | None = None
@@ -221,12 +228,16 @@ class TunMode:
             if self._allowed.get(key, allowed) != allowed:
                 self.device.remove_peer(key)  # allowed IPs only grow in place: start afresh
             self._allowed[key] = allowed
+            # the driver's path set decides where datagrams go (relay, direct, or the pair
+            # NAT traversal's probes found); the endpoint is only its fallback
             known = self.device.endpoint_of(key) is not None if key in self.peers else False
             endpoint = peer.endpoint or (None if known else relay_address(key))
             self.device.add_peer(key, endpoint=endpoint, allowed_ips=allowed)
             self._set_paths(key, peer)
         self._allowed = {k: v for k, v in self._allowed.items() if k in wanted}
         self.peers = wanted
+        if self.nat is not None:
+            self.nat.refresh_soon(lambda: ControllerClient(self._identity), view)
         self.flows.set_grants({k: parse_grant(p.reach) for k, p in wanted.items()})
         prefixes = [
             prefix
@@ -257,6 +268,9 @@ class TunMode:
         if self.driver is not None:
             self.driver.close()
             self.driver = None
+        if self.nat is not None:
+            await self.nat.close()
+            self.nat = None
         if self.tun is not None:
             self.tun.close()
             self.tun = None
@@ -293,6 +307,7 @@ class TunMode:
                     "routes": list(p.routes),
                     "routed": f"{p.ipv4}/32" in self._routes,
                     "path": self._path_name(k),
+                    "path_reason": self.nat.path_reason(k) if self.nat is not None else None,
                     **{
                         field: per_peer.get(k.hex(), {}).get(field)
                         for field in ("rx_bytes", "tx_bytes", "last_handshake")
@@ -300,6 +315,7 @@ class TunMode:
                 }
                 for k, p in sorted(self.peers.items(), key=lambda kv: kv[1].name)
             ],
+            "nat": self.nat.snapshot() if self.nat is not None else None,
             "filter": stats.get("filter"),
             "io": stats.get("io"),
             "relay": self.relay.statistics() if self.relay is not None else None,
@@ -331,8 +347,14 @@ class TunMode:
             self.flows = FlowFilter([ipv4, ipv6])
             self.flows.set_served(settings.advertise_routes)
             assert self.sock is not None
+            self.nat = NatTraversal(
+                self.sock, self._identity.noise_private_key, skip_interfaces=[self.tun.name]
+            )
+            # the driver runs the device with STUN and probes merged in (same UDP port)
+            machine = cast(Device, self.nat.wrap(self.device, paths=self._path_set))
+            sock = cast(socket.socket, self.nat.socket)  # sends through our TURN relay if need be
             self.driver = WireGuardDriver(
-                self.device, self.sock, self.tun, on_event=self._event, flow_filter=self.flows
+                machine, sock, self.tun, on_event=self._event, flow_filter=self.flows
             )
             self.driver.start()
             if settings.dns and plan.resolv_original is not None:
@@ -422,6 +444,9 @@ class TunMode:
                 self._presented[key] = now
             paths.append(WgPath(PathKind.RELAY, relay_address(key)))
         driver.set_paths(key, paths)
+
+    def _path_set(self, key: bytes) -> PathSet | None:
+        return self.driver.path_set(key) if self.driver is not None else None
 
     def _path_name(self, key: bytes) -> str | None:
         path = self.driver.current_path(key) if self.driver is not None else None

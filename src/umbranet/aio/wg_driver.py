@@ -211,6 +211,10 @@ class WireGuardDriver:
             for path in pathset.paths():
                 self._path_of.pop(path.address, None)
 
+    def path_set(self, peer: bytes) -> PathSet | None:
+        """The peer's path set, for NAT traversal to add the pairs its probes prove."""
+        return self._paths.get(peer)
+
     def current_path(self, peer: bytes) -> Path | None:
         pathset = self._paths.get(peer)
         return None if pathset is None else pathset.current

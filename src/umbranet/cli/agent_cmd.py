@@ -540,12 +540,16 @@ def _render_status(data: dict[str, Any]) -> None:
             f"network mode: {tun['interface']} {tun['ipv4']} {tun['ipv6']}, WireGuard UDP "
             f"{tun['listen_port']} (published {tun['published_endpoint']})"
         )
+        nat = tun.get("nat") or {}
+        if nat.get("nat"):
+            out.print(f"NAT: {nat['nat']}", markup=False)
         table(
             "Peers",
-            ["name", "address", "endpoint", "may open", "routes", "rx", "tx"],
+            ["name", "address", "endpoint", "path", "may open", "routes", "rx", "tx"],
             [
-                (p["name"], p["ipv4"], p["endpoint"], ", ".join(p["reach"]),
-                 ", ".join(p.get("routes") or []), p["rx_bytes"], p["tx_bytes"])
+                (p["name"], p["ipv4"], p["endpoint"], p.get("path") or "-",
+                 ", ".join(p["reach"]), ", ".join(p.get("routes") or []),
+                 p["rx_bytes"], p["tx_bytes"])
                 for p in tun["peers"]
             ],
         )  # fmt: skip

@@ -74,6 +74,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "agent_cmd",
         "This device's overlay addresses (network mode), from the agent or the controller.",
     ),
+    "netcheck": (
+        "netcheck_cmd",
+        "UDP reachability, mapped addresses, NAT mapping behaviour, RTT to each router.",
+    ),
 }
 
 

@@ -93,6 +93,13 @@ def run_cmd(
             help="Circuits one identity may have waiting for their handshake.",
         ),
     ] = 256,
+    stun_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--stun-listen",
+            help="HOST:PORT (UDP) to answer STUN binding requests on, announced to endpoints.",
+        ),
+    ] = None,
 ) -> None:
     """Serve endpoint links (mutual TLS) until interrupted."""
     from umbranet.aio.runtime import run
@@ -107,4 +114,13 @@ def run_cmd(
             handshake_timeout=handshake_timeout,
             max_pending_per_identity=max_pending_per_identity,
         )
-        run(run_router(identity, listen, advertise, metrics_listen=metrics_listen, limits=limits))
+        run(
+            run_router(
+                identity,
+                listen,
+                advertise,
+                metrics_listen=metrics_listen,
+                limits=limits,
+                stun_listen=stun_listen,
+            )
+        )

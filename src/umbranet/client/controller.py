@@ -347,6 +347,28 @@ class ControllerClient:
         body = {"identity": identity, "target": target}
         return await self._call("POST", "/v1/network/explain", json=body)
 
+    async def nat_config(self) -> dict[str, Any]:
+        """NAT traversal settings: ``stun`` (the routers' STUN ``host:port`` list) and
+        ``turn`` (urls, a time-limited username and password, realm, expires) or None."""
+        data: dict[str, Any] = await self._call("GET", "/v1/network/nat")
+        return data
+
+    async def set_candidates(self, candidates: list[dict[str, Any]], nat: str) -> None:
+        """Publish this identity's WireGuard port candidates (host/srflx) and NAT mapping."""
+        await self._call(
+            "PUT", "/v1/network/candidates", json={"candidates": candidates, "nat": nat}
+        )
+
+    async def peer_candidates(self) -> dict[str, Any]:
+        """Candidates of the peers the filtered view lists, by SPIFFE ID."""
+        data: dict[str, Any] = (await self._call("GET", "/v1/network/candidates"))["peers"]
+        return data
+
+    async def set_router_stun(self, host: str, port: int) -> str:
+        """(Router identities only.) Announce where this router answers STUN."""
+        data = await self._call("PUT", "/v1/routers/self/stun", json={"host": host, "port": port})
+        return str(data["address"])
+
     async def routers(self) -> list[RouterInfo]:
         return parse_list(RouterInfo, await self._call("GET", "/v1/routers"))
 

@@ -69,6 +69,10 @@ EVENTS: dict[str, tuple[str, str]] = {
         "umbra_router_dials_retried",
         "Dials a host refused before accepting, offered to another host of the service.",
     ),
+    "stun_binding_requests": (
+        "umbra_router_stun_binding_requests",
+        "STUN binding requests answered on the --stun-listen port (NAT traversal).",
+    ),
     "ticket_verifications": (
         "umbra_router_ticket_verifications",
         "Tickets checked in full (signature, expiry, identity, service, epoch).",

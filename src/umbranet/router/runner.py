@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from umbranet.aio.metrics_listener import parse_listen
+from umbranet.aio.stun_server import StunServer
 from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.client.current import CurrentClient
 from umbranet.client.follow import follow_events, renew_at_half_life
@@ -40,9 +42,11 @@ async def run_router(
     *,
     metrics_listen: str | None = None,
     limits: SwitchLimits | None = None,
+    stun_listen: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation); with `metrics_listen` (``HOST:PORT`` or a
-    loopback ``PORT``), also serve ``GET /metrics`` there."""
+    loopback ``PORT``), also serve ``GET /metrics`` there; with `stun_listen` (``HOST:PORT``),
+    answer STUN binding requests there and announce it to the controller."""
     identity = IdentityFile.load(identity_path)
     host, _, port = listen.rpartition(":")
     config = RouterConfig(identity, host=host.strip("[]") or "127.0.0.1", port=int(port))
@@ -53,16 +57,22 @@ async def run_router(
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    stun_box: list[StunServer] = []
     async with (
         Router(config) as router,
-        serve_metrics(router.statistics, metrics_listen) as m,
+        serve_metrics(lambda: with_stun(router.statistics(), stun_box), metrics_listen) as m,
         ControllerMesh(router) as mesh,
         Peers(router, mesh),
+        _stun(stun_listen) as stun,
     ):
+        if stun is not None:
+            stun_box.append(stun)
         address = advertise or router.address
         print(f"router {router.name} listening on {router.address}", flush=True)
         if m is not None:
             print(f"router metrics on http://{m.address}/metrics", flush=True)
+        if stun is not None:
+            print(f"router STUN on {stun.address}", flush=True)
         if ready is not None:
             ready.set()
         tasks = [
@@ -70,6 +80,8 @@ async def run_router(
             loop.create_task(follow_controller(router)),
             loop.create_task(revalidate_forever(router)),
         ]
+        if stun is not None:
+            tasks.append(loop.create_task(_announce_stun(router, stun, address)))
         try:
             await stop.wait()
         finally:
@@ -78,6 +90,47 @@ async def run_router(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def with_stun(stats: Mapping[str, Any], stun: list[StunServer]) -> Mapping[str, Any]:
+    """The router's statistics with its STUN port's counts: answered requests as the event
+    ``stun_binding_requests``, each kind of ignored datagram as the refusal ``stun_<why>``."""
+    if not stun:
+        return stats
+    counters = dict(stats.get("counters") or {})
+    for name, value in stun[0].statistics().items():
+        key = "stun_binding_requests" if name == "binding_requests" else "stun_" + name[5:]
+        if name.startswith("drop_") or name == "binding_requests":
+            counters[key] = value
+    return {**stats, "counters": counters}
+
+
+@contextlib.asynccontextmanager
+async def _stun(listen: str | None) -> AsyncIterator[StunServer | None]:
+    if listen is None:
+        yield None
+        return
+    host, port = parse_listen(listen)
+    async with StunServer(host, port) as server:
+        yield server
+
+
+async def _announce_stun(router: Router, stun: StunServer, advertise: str) -> None:
+    """Tell the controller where we answer STUN (endpoints learn it from `/v1/network/nat`);
+    retried until it lands, since the controller may start after us. A wildcard bind is
+    announced with the host of the router's advertised address."""
+    host, port = parse_listen(stun.address)
+    if host in {"0.0.0.0", "::"}:
+        host = parse_listen(advertise)[0]
+    while True:
+        try:
+            async with ControllerClient(router.identity) as client:
+                await client.set_router_stun(host, port)
+            log.info("STUN address %s announced", stun.address)
+            return
+        except (ControllerError, OSError) as exc:
+            log.warning("announcing STUN failed (%s); retrying in %.0fs", exc, RETRY_SECONDS)
+            await asyncio.sleep(RETRY_SECONDS)
 
 
 class ControllerMesh:

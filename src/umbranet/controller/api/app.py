@@ -20,6 +20,7 @@ from umbranet.controller.api import (
     routes_manage,
     routes_mesh,
     routes_metrics,
+    routes_nat,
     routes_network,
     routes_policy,
     routes_public,
@@ -63,6 +64,7 @@ def create_app(
     app.include_router(routes_manage.router)
     app.include_router(routes_mesh.router)
     app.include_router(routes_network.router)
+    app.include_router(routes_nat.router)
     install_error_handlers(app, context.metrics)
     app.add_middleware(GuardMiddleware, metrics=context.metrics)
     app.add_middleware(routes_metrics.RequestMetrics, metrics=context.metrics)

@@ -7,6 +7,8 @@ SQLite (WAL) is the embedded default; the schema uses only types PostgreSQL also
 from umbranet.controller.store import cluster_models as _cluster_models  # noqa: F401
 from umbranet.controller.store import joinkey_models as _joinkey_models  # noqa: F401
 from umbranet.controller.store import mesh_models as _mesh_models  # noqa: F401
+from umbranet.controller.store import nat_models as _nat_models  # noqa: F401
+from umbranet.controller.store import overlay_models as _overlay_models  # noqa: F401
 from umbranet.controller.store.db import HEAD_REVISION, Database, make_engine, migrate
 from umbranet.controller.store.models import (
     AuditEvent,

@@ -35,7 +35,7 @@ __all__ = [
     "normalise_url",
 ]
 
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0012"
 _MIGRATE_LOCK = 0x756D6272_61000001
 """The PostgreSQL advisory lock key held while migrating ("umbra" in ASCII, then a number)."""
 
