@@ -49,3 +49,54 @@ def test_patched_create_connection_dials_the_overlay(
                 server.cancel()
 
     assert arun(main()) == (b"by name", b"by pair")
+
+
+def test_urllib_fetches_a_stdlib_http_server_hosted_dark(
+    network: LocalNetwork, arun, tmp_path: Path
+) -> None:
+    """http.server on the listener bridge (no TCP port), fetched by unmodified urllib code."""
+    import http.server
+    import urllib.request
+
+    path = tmp_path / "alice.json"
+    network.identity("alice", attributes=("client",)).save(path)
+
+    def client_side() -> bytes:
+        with BlockingContext(path, control=network.control, renew=False) as ctx:
+            monkeypatch(ctx)
+            try:
+                with urllib.request.urlopen("http://echo.umbra/hello", timeout=10) as reply:
+                    return bytes(reply.read())
+            finally:
+                unpatch()
+
+    async def main() -> bytes:
+        async with running_router(network), context(network, "host", "server") as host:
+            listener = await host.listen("echo").start()
+            listener.as_socket()
+            bridge = listener.socket_bridge
+
+            class Handler(http.server.BaseHTTPRequestHandler):
+                def do_GET(self) -> None:
+                    peer = bridge.peer_of(self.connection)
+                    body = f"{self.path} for {peer.spiffe_id if peer else '?'}".encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+                def log_message(self, *args: object) -> None:
+                    pass
+
+            server = http.server.HTTPServer(("", 0), Handler, bind_and_activate=False)
+            server.socket = bridge.socket
+            server.timeout = 30
+            serving = asyncio.get_running_loop().run_in_executor(None, server.handle_request)
+            try:
+                return await asyncio.to_thread(client_side)
+            finally:
+                await serving
+                await bridge.aclose()
+                await listener.close()
+
+    assert arun(main()) == b"/hello for spiffe://test.umbra/workload/alice"

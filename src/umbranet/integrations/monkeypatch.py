@@ -61,6 +61,24 @@ def unpatch() -> None:
         _state.clear()
 
 
+class _BridgedSocket(socket.socket):
+    """The bridged socket, accepting the TCP options clients set on what they think is TCP.
+
+    A socketpair end is a Unix socket: ``setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)`` (which
+    http.client and redis-py do) would fail with EOPNOTSUPP. Those options only tune the local
+    hop, which has no Nagle or keepalive to tune, so they are accepted and ignored.
+    """
+
+    def setsockopt(self, level: int, optname: int, value: Any, *rest: Any) -> None:
+        if level == socket.IPPROTO_TCP:
+            return
+        super().setsockopt(level, optname, value, *rest)
+
+
+def _wrap(sock: socket.socket) -> socket.socket:
+    return _BridgedSocket(sock.family, sock.type, fileno=sock.detach())
+
+
 def _create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
     host, port = address[0], int(address[1])
     context: BlockingContext | None = _state.get("context")
@@ -72,7 +90,7 @@ def _create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> s
 
     async def open_bridged() -> socket.socket:
         stream = await context._context.dial(service, wait)
-        return stream_socket(stream)
+        return _wrap(stream_socket(stream))
 
     sock = context.call(open_bridged(), timeout=wait + 1.0)
     if isinstance(timeout, (int, float)):
