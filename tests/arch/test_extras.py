@@ -55,10 +55,12 @@ PARTS = {
 }
 # The requests adapter is imported on its own: it needs umbranet[integrations]. So is the
 # Starlette/FastAPI authentication (integrations.auth): apps using it already have Starlette.
+# integrations.uvicorn_host imports uvicorn only when called: apps served by it already have it.
 OPTIONAL = {
     ("integrations", "requests"),
     ("integrations", "urllib3"),
     ("integrations", "starlette"),
+    ("integrations", "uvicorn"),
 }
 
 
