@@ -13,6 +13,8 @@ import asyncio
 import logging
 from typing import Protocol, cast
 
+from umbranet.aio.tls import link_client_context
+from umbranet.pki import IdentityFile
 from umbranet.wire import ErrorCode, Frame, FrameDecoder, FrameType, WireError
 from umbranet.wire.control import encode_error
 from umbranet.wire.frames import encode_frame
@@ -143,3 +145,29 @@ class Link(asyncio.BufferedProtocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+
+async def open_router_link(
+    owner: LinkOwner,
+    address: str,
+    identity: IdentityFile,
+    ready: asyncio.Future[None],
+    timeout: float,
+) -> None:
+    """Open mutual TLS to the router at ``host:port`` as `identity` and wait until `owner`
+    resolves `ready` (its HELLO exchange): the one way endpoints dial a router link. Errors
+    are the caller's to map (the SDK turns them into `DialError`, the relay link re-raises)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(
+        loop.create_connection(
+            lambda: Link(owner),
+            host,
+            int(port),
+            ssl=link_client_context(identity),
+            server_hostname=host,
+        ),
+        timeout,
+    )
+    await asyncio.wait_for(asyncio.shield(ready), timeout)

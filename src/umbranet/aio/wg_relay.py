@@ -21,8 +21,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from umbranet.aio.driver import MachineTimer
-from umbranet.aio.link import Link
-from umbranet.aio.tls import link_client_context, peer_svid
+from umbranet.aio.link import Link, open_router_link
+from umbranet.aio.tls import peer_svid
 from umbranet.clock import Clock, system_clock
 from umbranet.pki import IdentityFile, PkiError
 from umbranet.proto.link import Closing, LinkSession, LinkTimers, PeerSilent, Role
@@ -66,21 +66,9 @@ class RelayLink:
         self.router = ""
 
     async def connect(self, timeout: float = 10.0) -> None:
-        host, _, port = self.address.rpartition(":")
-        loop = asyncio.get_running_loop()
-        self._ready = loop.create_future()
+        self._ready = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: Link(self),
-                    host.strip("[]"),
-                    int(port),
-                    ssl=link_client_context(self.identity),
-                    server_hostname=host.strip("[]"),
-                ),
-                timeout,
-            )
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+            await open_router_link(self, self.address, self.identity, self._ready, timeout)
         except BaseException:
             self.close()
             raise

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from umbranet.aio.driver import MachineTimer
-from umbranet.aio.link import Link
-from umbranet.aio.tls import link_client_context, peer_svid
+from umbranet.aio.link import Link, open_router_link
+from umbranet.aio.tls import peer_svid
 from umbranet.clock import Clock
 from umbranet.pki import IdentityFile, PkiError
 from umbranet.proto.circuit import Circuit, State
@@ -84,21 +84,9 @@ class RouterConnection:
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Open TLS to the router, verify it is a router, exchange HELLO."""
-        host, _, port = self.address.rpartition(":")
-        loop = asyncio.get_running_loop()
-        self._hello = loop.create_future()
+        self._hello = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: Link(self),
-                    host.strip("[]"),
-                    int(port),
-                    ssl=link_client_context(self.identity),
-                    server_hostname=host.strip("[]"),
-                ),
-                timeout,
-            )
-            await asyncio.wait_for(asyncio.shield(self._hello), timeout)
+            await open_router_link(self, self.address, self.identity, self._hello, timeout)
         except (OSError, TimeoutError) as exc:
             self.close()
             raise DialError("router_unreachable", f"router {self.address}: {exc!r}") from exc
