@@ -3,6 +3,7 @@ controller keeps serving."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from tests.controller_harness import Harness, error_code, make_harness
 from umbranet.controller.api.middleware import MAX_BODY
+from umbranet.controller.api.routes_policy import POLICY_TEXT_MAX
 
 
 @pytest.fixture
@@ -110,3 +112,15 @@ def test_an_unexpected_failure_is_a_500_and_the_server_keeps_serving(
     assert "kaboom" not in response.text
     assert len([r for r in caplog.records if r.exc_info]) == 1
     assert h.client().get("/v1/bundle").status_code == 200
+
+
+def test_a_policy_larger_than_the_general_cap_is_taken_up_to_its_own_limit(h: Harness) -> None:
+    """A 5,000-rule policy is about 1 MiB of JSON: the general 256 KiB cap must not refuse it,
+    while a body past the policy route's own limit still is."""
+    admin = h.client(h.admin)
+    padded = "{" + " " * (4 * MAX_BODY) + "}"
+    assert admin.put("/v1/policy", json={"text": padded}).status_code == 200
+    assert admin.post("/v1/policy/test", json={"text": padded}).status_code == 200
+    too_long = "{" + " " * (2 * POLICY_TEXT_MAX + 128 * 1024) + "}"
+    response = admin.put("/v1/policy", content=json.dumps({"text": too_long}), headers=JSON)
+    assert (response.status_code, error_code(response)) == (413, "body_too_large")

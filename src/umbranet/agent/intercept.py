@@ -13,9 +13,9 @@ is stable, chosen in this order and recorded in the state directory:
 A dial that fails closes the client's connection with RST and is counted with its code.
 
 Every connection carries the agent's identity, so by default only the agent's own user may
-connect: the connecting socket's owner is looked up (`peeruid`) before anything is dialled,
-and another user's connection is reset and counted (``local_user_refused``). ``--allow-uid``
-and ``--allow-any-user`` widen that on purpose.
+connect: the connecting socket's owner is looked up (`sockdiag`, else `peeruid`) before
+anything is dialled, and another user's connection is reset and counted
+(``local_user_refused``). ``--allow-uid`` and ``--allow-any-user`` widen that on purpose.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 from umbranet.agent.config import derived_port
 from umbranet.agent.outbound import carry_outbound
 from umbranet.agent.peeruid import LocalUsers, read_owner_uid
+from umbranet.agent.sockdiag import query_owner_uid
 from umbranet.agent.stats import Counters
 from umbranet.agent.whois import WhoisTable
 from umbranet.sdk import Context
@@ -198,7 +199,9 @@ class Interceptor:
         uid = None
         if peer is not None and local is not None:
             client, server = (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1]))
-            uid = await asyncio.to_thread(read_owner_uid, client, server)
+            uid = query_owner_uid(client, server)  # one socket, asked of the kernel
+            if uid is None:  # no netlink here, or the socket is gone: read the tables
+                uid = await asyncio.to_thread(read_owner_uid, client, server)
         verdict = users.decide(uid)
         if verdict.allowed:
             return True

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from umbranet.controller.api.routes_policy import POLICY_TEXT_MAX
 from umbranet.controller.logfmt import safe
 from umbranet.controller.metrics import Metrics
 
@@ -25,8 +26,16 @@ log = logging.getLogger("umbranet.controller.api")
 MAX_BODY = 256 * 1024
 """The largest request body the API reads; its biggest input is a CSR of a few KiB."""
 
-ROUTE_BODY_LIMITS: dict[str, int] = {"/v1/recheck": 1024 * 1024}
-"""Routes whose bodies are larger by design: a router's re-check of up to 1,024 grants."""
+_POLICY_BODY = 2 * POLICY_TEXT_MAX + 64 * 1024
+"""A policy document as JSON: every newline doubles in the string escape, plus the comment."""
+
+ROUTE_BODY_LIMITS: dict[str, int] = {
+    "/v1/recheck": 1024 * 1024,
+    "/v1/policy": _POLICY_BODY,
+    "/v1/policy/test": _POLICY_BODY,
+}
+"""Routes whose bodies are larger by design: a router's re-check of up to 1,024 grants, and a
+policy text up to the length its model accepts (a 5,000-rule policy is about 1 MiB)."""
 
 
 class _BodyTooLarge(HTTPException):
