@@ -177,6 +177,14 @@ class _Replicas:
                 process.wait(timeout=10)
         self.processes.clear()
 
+    def log_tails(self, count: int, lines: int = 15) -> list[str]:
+        """The last lines each replica wrote: why a row failed, kept before tmp goes away."""
+        tails = []
+        for home in self.homes[:count]:
+            text = (self.tmp / f"{home.name}.log").read_text(errors="replace").splitlines()
+            tails.append(f"{home.name} log: " + " | ".join(text[-lines:])[-3000:])
+        return tails
+
     def db_url_of_first(self) -> str:
         if self.db_url:
             return self.db_url
@@ -282,6 +290,7 @@ def _run(engine: str, url: str | None, tmp: Path, sizes: Sizes, mode: str) -> di
                     result["fanout"] = asyncio.run(_fanout(admin, replicas, sizes))
             except Exception as exc:  # one broken row must not lose the others
                 result["errors"].append(f"{count} replica(s): {exc!r}"[:400])
+                result["errors"].extend(replicas.log_tails(count))
             finally:
                 replicas.stop()
     except Exception as exc:
@@ -312,8 +321,18 @@ async def _controller_rows(
             tokens.append(made.enrollment_token)
     probe = await ControllerClient.enroll(tokens.pop())
     row: dict[str, Any] = {"replicas": count}
-    async with ControllerClient(probe, request_timeout=600) as client:
-        view = await client.view()  # the first builds the inventory: not timed
+    # Each replica builds its inventory on its first view: timed apart (a cold replica's
+    # first answers), and done before the rows below so their clients find it warm.
+    cold = []
+    for url in urls:
+        started = time.monotonic()
+        async with ControllerClient(
+            dataclasses.replace(probe, controller_url=url), request_timeout=600
+        ) as client:
+            view = await client.view()
+            await client.me()
+        cold.append(round(time.monotonic() - started, 2))
+    row["cold_view_s"] = cold
     service = next((n for n, a in sorted(view["services"].items()) if "dial" in a), None)
     if service is None:
         raise RuntimeError("the probe identity may dial no service")
@@ -435,7 +454,8 @@ def _print(result: dict[str, Any]) -> None:
         print(
             f"  {row['replicas']} replica(s): {row['enrollments_per_s']} enrollments/s, "
             f"{row['tickets_per_s']} tickets/s (load client at {row['ticket_client_cpu_pct']}% "
-            f"of a core; errors {row['error_count']})"
+            f"of a core; errors {row['error_count']}); first view + me on each cold replica: "
+            f"{', '.join(f'{c} s' for c in row['cold_view_s'])}"
         )
     fanout = result.get("fanout")
     if fanout:

@@ -210,6 +210,9 @@ class EndpointLink:
         # The earliest deadline set since the last `handle_timeout` (which recomputes it):
         # `poll_timeout` runs after every read and must not scan every circuit.
         self._due: float | None = None
+        # Whether `poll_timeout` may now be earlier than when the owner last asked: a read
+        # only pushes the keepalive later, so the owner re-arms after one only if it is.
+        self._rearm = True
         self._events: deque[Event] = deque()
         self._down = False
         # A GOAWAY's code: streams move on only when the path failed (carrier lost or silent,
@@ -290,6 +293,7 @@ class EndpointLink:
             self._dispatch(circuit)
 
     def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "endpoint closing") -> None:
+        self._rearm = True
         self.session.close(code, reason)
         self._drain_session()
 
@@ -297,6 +301,7 @@ class EndpointLink:
 
     def handle_frames(self, frames: list[Frame], now: Instant) -> None:
         """One read's frames. A frame the router should never send closes the link."""
+        session_state = self.session.state
         self.session.heard(now)
         touched: dict[int, Circuit] = {}
         circuits = self._circuits
@@ -324,6 +329,8 @@ class EndpointLink:
         for circuit in touched.values():
             self._dispatch(circuit)
         self._drain_session()
+        if self.session.state is not session_state:  # HELLO done or closed: new deadlines
+            self._rearm = True
 
     def handle_timeout(self, now: Instant) -> None:
         """Release held handshakes, time out dials and binds, keep the link alive, and let
@@ -363,11 +370,13 @@ class EndpointLink:
         pending += self._dialing.values()
         pending += [b.deadline for b in self._bindings.values() if b.deadline is not None]
         self._due = min(pending, default=None)
+        self._rearm = True
         self._drain_session()
 
     def link_lost(self) -> None:
         """The carrier is gone: every circuit ends with `peer_gone`, every wait fails."""
         self._corked.clear()
+        self._rearm = True
         movable = self._goaway is None or self._goaway in PATH_FAILURES
         for entry in list(self._circuits.values()):
             circuit = entry.circuit
@@ -396,6 +405,12 @@ class EndpointLink:
     def poll_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
+    @property
+    def has_news(self) -> bool:
+        """Whether `poll_event` or `take_touched` has anything (a stream's own flush
+        rarely makes news: only a close does, so its owner can skip the polls)."""
+        return bool(self._events or self._touched)
+
     def take_touched(self) -> list[Circuit]:
         """Circuits that changed since the last call (their streams need waking)."""
         if not self._touched:
@@ -404,9 +419,15 @@ class EndpointLink:
         self._touched.clear()
         return touched
 
+    @property
+    def timeout_may_be_earlier(self) -> bool:
+        """Whether `poll_timeout` may answer earlier than it did last time it was asked."""
+        return self._rearm
+
     def poll_timeout(self) -> Deadline | None:
         """The link's next deadline, or an earlier cork, dial or bind deadline (which may
         have passed already without work: `handle_timeout` then only recomputes)."""
+        self._rearm = False
         due = self._due
         link = self.session.poll_timeout()
         if due is None:
@@ -577,6 +598,7 @@ class EndpointLink:
     def _due_at(self, at: float) -> float:
         if self._due is None or at < self._due:
             self._due = at
+            self._rearm = True
         return at
 
     def _refuse(self, circuit_id: int, counter: str, code: ErrorCode, reason: str) -> None:

@@ -167,8 +167,11 @@ class RouterConnection:
         if machine is None:
             return
         machine.flush(circuit)
-        # Writes, reads and closes never move a deadline earlier: no timer to re-arm.
-        self._step(arm=False)
+        # Writes, reads and closes never move a deadline earlier: no timer to re-arm. The
+        # stream that flushed wakes itself; only a close makes news for others.
+        self._transmit()
+        if machine.has_news:
+            self._deliver()
 
     # -- bindings -----------------------------------------------------------------------
 
@@ -251,12 +254,16 @@ class RouterConnection:
             self._machine.handle_timeout(self._clock.now())
             self._step()
 
-    def _step(self, arm: bool = True) -> None:
-        """After any input: write, deliver events, wake streams, re-arm the timer."""
+    def _step(self) -> None:
+        """After any input: write, deliver events, wake streams, re-arm the timer (only if
+        a deadline may have moved earlier: after most reads none did)."""
         self._transmit()
         self._deliver()
-        if arm and self._timer is not None and self._machine is not None and not self.closed:
-            self._timer.arm(self._machine.poll_timeout())
+        machine, timer = self._machine, self._timer
+        if timer is None or machine is None or self.closed:
+            return
+        if machine.timeout_may_be_earlier:
+            timer.arm(machine.poll_timeout())
 
     def _transmit(self) -> None:
         machine, link = self._machine, self._link

@@ -22,7 +22,7 @@ from umbranet.controller.service import (
 )
 from umbranet.controller.service.policy import active_policy
 from umbranet.controller.service.relay import relay_tickets
-from umbranet.controller.store import Identity, Store
+from umbranet.controller.store import Identity, Service, Store
 from umbranet.schema import (
     BundleUpdatesOut,
     EndpointIn,
@@ -99,6 +99,7 @@ def get_me(ctx: Ctx, caller: ClientCaller) -> MeOut:
     with ctx.transaction() as store:
         identity = _identity(store, caller.id)
         services = tickets.services_for(store, identity, metrics=ctx.metrics)
+        rows = store.services_named([s.name for s in services])
         overlay = addresses.addresses_for(
             store, [identity], ctx.overlay, ctx.authority.trust_domain
         )[identity.id]
@@ -107,7 +108,7 @@ def get_me(ctx: Ctx, caller: ClientCaller) -> MeOut:
             kind=identity.kind,
             spiffe_id=identity.spiffe_id,
             attributes=list(identity.attributes),
-            services=[_service_actions(store, s.name, s.actions) for s in services],
+            services=[_service_actions(rows.get(s.name), s.name, s.actions) for s in services],
             ipv4=overlay.ipv4,
             ipv6=overlay.ipv6,
         )
@@ -175,8 +176,7 @@ def put_network_endpoint(
     return EndpointOut(endpoint=endpoint)
 
 
-def _service_actions(store: Store, name: str, actions: list[str]) -> ServiceActionsOut:
-    row = store.service_by_name(name)
+def _service_actions(row: Service | None, name: str, actions: list[str]) -> ServiceActionsOut:
     out = ServiceActionsOut(name=name, actions=actions)
     if row is not None:
         if "bind" in actions:
