@@ -333,6 +333,13 @@ async def _controller_rows(
             await client.me()
         cold.append(round(time.monotonic() - started, 2))
     row["cold_view_s"] = cold
+    async with ControllerClient(probe, request_timeout=600) as client:
+        samples = []
+        for _ in range(5):
+            started = time.monotonic()
+            await client.me()
+            samples.append((time.monotonic() - started) * 1000)
+    row["me_ms"] = round(statistics.median(samples), 1)
     service = next((n for n, a in sorted(view["services"].items()) if "dial" in a), None)
     if service is None:
         raise RuntimeError("the probe identity may dial no service")
@@ -455,7 +462,7 @@ def _print(result: dict[str, Any]) -> None:
             f"  {row['replicas']} replica(s): {row['enrollments_per_s']} enrollments/s, "
             f"{row['tickets_per_s']} tickets/s (load client at {row['ticket_client_cpu_pct']}% "
             f"of a core; errors {row['error_count']}); first view + me on each cold replica: "
-            f"{', '.join(f'{c} s' for c in row['cold_view_s'])}"
+            f"{', '.join(f'{c} s' for c in row['cold_view_s'])}; GET /v1/me {row['me_ms']} ms"
         )
     fanout = result.get("fanout")
     if fanout:
