@@ -200,3 +200,32 @@ def test_migrate_dry_run_lists_and_changes_nothing_then_migrate_applies(
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
     assert version == HEAD_REVISION
     engine.dispose()
+
+
+def test_a_long_read_only_transaction_does_not_hold_sqlite_writers(tmp_path: Path) -> None:
+    """The posture ticker scans every identity once a minute: at 100,000 identities that
+    takes seconds, and as an ordinary (BEGIN IMMEDIATE) transaction it held SQLite's write
+    lock so long that enrollments and tickets failed 'database is locked' (503). Read-only,
+    it reads a snapshot beside the writer."""
+    import threading
+
+    db = _db(f"sqlite:///{tmp_path / 'read.db'}")
+    with db.session() as session:
+        Store(session).add(_identity("before"))
+    written = threading.Event()
+
+    def writer() -> None:
+        with db.session() as session:
+            Store(session).add(_identity("during"))
+        written.set()
+
+    with db.session(read_only=True) as reading:
+        seen = reading.scalars(sa.select(Identity.name)).all()
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert written.wait(timeout=30), "the writer waited for the reader"
+        thread.join()
+        # The reader's snapshot does not move under it.
+        assert reading.scalars(sa.select(Identity.name)).all() == seen == ["before"]
+    with db.session() as session:
+        assert sorted(session.scalars(sa.select(Identity.name)).all()) == ["before", "during"]

@@ -45,7 +45,7 @@ class PostureTicker(PeriodicJob):
         if not context.lease.held():
             self._watch = PostureWatch()
             return []
-        with context.transaction() as store:
+        with context.transaction(read_only=True) as store:  # a scan of every endpoint
             active = active_policy(store)
             compiled = active.compiled if active is not None else None
             moved = self._watch.changed(store, compiled, context.clock())

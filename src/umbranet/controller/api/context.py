@@ -76,7 +76,8 @@ class AppContext:
         self.lease.release()
 
     @contextmanager
-    def transaction(self) -> Iterator[Store]:
-        """A store over one transaction: committed on success, rolled back on error."""
-        with self.db.session() as session:
+    def transaction(self, *, read_only: bool = False) -> Iterator[Store]:
+        """A store over one transaction: committed on success, rolled back on error
+        (`read_only`: a long read that must not hold SQLite's write lock)."""
+        with self.db.session(read_only=read_only) as session:
             yield Store(session)

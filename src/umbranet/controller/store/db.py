@@ -85,10 +85,20 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+READ_ONLY = "umbranet_read_only"
+"""The execution option of `Database.session(read_only=True)`."""
+
+
 def _sqlite_begin(connection: sa.Connection) -> None:
     # IMMEDIATE takes the write lock up front, so a transaction that reads and then writes
     # waits its turn (busy_timeout) instead of failing when another writer got there first.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A read-only one must not: in WAL mode a plain BEGIN reads a snapshot beside the one
+    # writer, so a long scan (posture over every identity) never stalls writers past their
+    # busy_timeout.
+    if connection.get_execution_options().get(READ_ONLY):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _config(engine: sa.Engine) -> Config:
@@ -158,9 +168,14 @@ class Database:
         return cls(engine)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on any exception."""
+    def session(self, *, read_only: bool = False) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on any exception.
+
+        `read_only`: the transaction only reads (on SQLite it then takes no write lock; a
+        write inside it would fail with "database is locked" when another writer is busy)."""
         with self._sessions() as session, session.begin():
+            if read_only:
+                session.connection(execution_options={READ_ONLY: True})
             yield session
 
     def dispose(self) -> None:
