@@ -35,7 +35,8 @@ __all__ = ["CHORD_RING", "MeshLab", "Peer"]
 
 PEER = str(Path(__file__).with_name("mesh_peer.py"))
 UMBRA = [sys.executable, "-m", "umbranet.cli.main"]
-CONTROLLER = "198.18.94.254:8443"
+CONTROL_HOST = "198.18.94.254"
+CONTROLLER = f"{CONTROL_HOST}:8443"
 ROUTER_PORT = 7443
 METRICS = "127.0.0.1:9464"  # in each router's own namespace
 WAIT = 60.0
@@ -109,7 +110,7 @@ class MeshLab:
         """Namespaces and wires: the routers' ring and each endpoint's routers."""
         lab = self.lab
         self.core = lab.namespace("C")
-        lab.bridge(self.core, "br0", f"{CONTROLLER.split(':')[0]}/24")
+        lab.bridge(self.core, "br0", f"{CONTROL_HOST}/24")
         for name in self.names:
             ns = self.ns[name] = self._joined(name)
             sh(["ip", "-n", ns, "addr", "add", f"{self.address(name, port=False)}/32", "dev", "lo"])
@@ -184,9 +185,9 @@ class MeshLab:
     def peer(self, ns_of: str, name: str, *args: str) -> Peer:
         """`mesh_peer.py ARGS` in the namespace of `ns_of`; stderr goes to logs/NAME.log."""
         with open(self.root / "logs" / f"{name}.log", "ab") as log:
+            argv = self.lab.argv(self.ns.get(ns_of, ns_of), [sys.executable, PEER, *args])
             child = subprocess.Popen(
-                self.lab.argv(self.ns[ns_of] if ns_of in self.ns else ns_of,
-                              [sys.executable, PEER, *args]),  # fmt: skip
+                argv,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.PIPE,
@@ -210,8 +211,8 @@ class MeshLab:
 
     def circuits(self, router: str) -> float:
         """The router's `umbra_router_circuits` gauge (0 when it does not answer)."""
-        text = self.lab.run(self.ns[router], ["curl", "-s", "--max-time", "3",
-                                              f"http://{METRICS}/metrics"], check=False)  # fmt: skip
+        curl = ["curl", "-s", "--max-time", "3", f"http://{METRICS}/metrics"]
+        text = self.lab.run(self.ns[router], curl, check=False)
         for line in text.splitlines():
             name, _, value = line.partition(" ")
             if name == "umbra_router_circuits":

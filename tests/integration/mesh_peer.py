@@ -57,8 +57,7 @@ def _admin(home: str) -> ControllerClient:
     return ControllerClient(IdentityFile.load(ControllerHome(Path(home)).admin_file))
 
 
-async def admin(home: str, spec_file: str) -> None:
-    spec = json.loads(Path(spec_file).read_text())
+async def admin(home: str, spec: dict[str, Any]) -> None:
     out = Path(spec["out"])
     deadline = time.monotonic() + WAIT
     while True:  # until the controller answers
@@ -173,7 +172,7 @@ async def _gate(name: str, gates: set[str]) -> None:
 
 
 async def dial(
-    identity: str, service: str, routers: str, mib: int, deadline: float, gates: set[str]
+    identity: str, service: str, routers: str, mib: int, *, deadline: float, gates: set[str]
 ) -> None:
     size = mib << 20
     async with _context(identity, routers, deadline) as context:
@@ -239,7 +238,7 @@ async def hold(identity: str, service: str, routers: str) -> None:
 def main(argv: list[str]) -> None:
     mode, *rest = argv
     if mode == "admin":
-        run(admin(rest[0], rest[1]))
+        run(admin(rest[0], json.loads(Path(rest[1]).read_text())))
     elif mode == "edges":
         run(edges(rest[0], int(rest[1])))
     elif mode == "cost":
@@ -251,7 +250,7 @@ def main(argv: list[str]) -> None:
     elif mode == "dial":
         deadline = float(rest[4]) if len(rest) > 4 else 30.0
         gates = set(rest[5].split(",")) if len(rest) > 5 else set()
-        run(dial(rest[0], rest[1], rest[2], int(rest[3]), deadline, gates))
+        run(dial(rest[0], rest[1], rest[2], int(rest[3]), deadline=deadline, gates=gates))
     elif mode == "hold":
         run(hold(rest[0], rest[1], rest[2]))
     else:
