@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import echo_forever, free_port
-from umbranet.client.controller import ControllerClient, MeshRoute
+from tests.integration.mesh_loopback import pinned, start_router2
+from umbranet.client.controller import MeshRoute
 from umbranet.controller.service.links import LinkGraph, MeshPolicy
 from umbranet.pki import IdentityFile
 from umbranet.quickstart import Quickstart
@@ -23,7 +24,6 @@ from umbranet.router import Router, RouterConfig
 from umbranet.router.peers import MeshAnswer, PeerAddress, Peers
 from umbranet.sdk import Context, DialError, StreamReset, UmbraError
 from umbranet.sdk.context import Grant
-from umbranet.sdk.control import ControllerPlane
 from umbranet.testing import LocalNetwork
 from umbranet.testing.network import LocalControlPlane
 
@@ -316,18 +316,6 @@ def test_a_router_answering_with_another_certificate_never_becomes_a_link(
     assert not linked and stats["links"] == 0
 
 
-class PinnedPlane(ControllerPlane):
-    """The SDK's controller plane, presenting every grant at one router only."""
-
-    def __init__(self, identity: IdentityFile, address: str) -> None:
-        super().__init__(identity)
-        self.address = address
-
-    async def grant(self, service: str, action: str, port: int | None = None) -> Grant:
-        grant = await super().grant(service, action, port)
-        return dataclasses.replace(grant, routers=(self.address,))
-
-
 def test_router_processes_mesh_through_the_controller_and_relay_a_dial(tmp_path: Path) -> None:
     """The runner as shipped: two router processes register, learn each other from the
     controller, link, report over HTTP and install the routes the controller computed."""
@@ -336,15 +324,9 @@ def test_router_processes_mesh_through_the_controller_and_relay_a_dial(tmp_path:
     )
     try:
         net.start_core()
-        second = f"127.0.0.1:{free_port()}"
+        second = start_router2(net, tmp_path)
 
         async def prepare() -> tuple[Path, Path]:
-            path = tmp_path / "router2.json"
-            async with net.admin() as admin:
-                created = await admin.create_router("router2")
-            (await ControllerClient.enroll(created.enrollment_token)).save(path)
-            args = ["router", "run", "--identity", str(path), "--listen", second, "-v"]
-            net.spawn("router2", args)
             await net.ensure_service("mesh", ["mesh-c"], ["mesh-h"])
             return await net.enroll("mesh-host", ["mesh-h"]), await net.enroll(
                 "mesh-client", ["mesh-c"]
@@ -354,10 +336,7 @@ def test_router_processes_mesh_through_the_controller_and_relay_a_dial(tmp_path:
 
         async def main() -> bytes:
             first = f"127.0.0.1:{net.router_port}"
-            host_id = IdentityFile.load(host_file)
-            client_id = IdentityFile.load(client_file)
-            host = Context(host_id, control=lambda i: PinnedPlane(i, second), renew=False)
-            client = Context(client_id, control=lambda i: PinnedPlane(i, first), renew=False)
+            host, client = pinned(host_file, second), pinned(client_file, first)
             async with host, client:
                 deadline = time.monotonic() + BOUND
                 while True:  # until router2 registered and both reported their state
