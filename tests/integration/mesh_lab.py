@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -234,6 +235,18 @@ class MeshLab:
                 return order
             here = step[0]
             order.append(here)
+
+    def log_size(self, name: str) -> int:
+        return (self.root / "logs" / f"{name}.log").stat().st_size
+
+    def setup_times(self, router: str, since: int) -> list[float]:
+        """Path setup times (ms) the router logged after byte `since` of its log: from a
+        change (a neighbour link lost) to the controller's new routes installed."""
+        with open(self.root / "logs" / f"{router}.log", "rb") as log:
+            log.seek(since)
+            text = log.read().decode(errors="replace")
+        found = re.findall(r"mesh: \d+ routes installed ([0-9.]+) ms after the change", text)
+        return [float(ms) for ms in found]
 
     def destroy(self) -> None:
         self.lab.destroy()

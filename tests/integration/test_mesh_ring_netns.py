@@ -76,16 +76,19 @@ def test_a_middle_router_killed_under_a_transfer_loses_nothing(ring: MeshLab, mi
     dialer.expect("third")
     before = mesh.path("r1")
     assert before[0] == "r1" and before[-1] == "r4" and len(before) == 3, before
+    logged = mesh.log_size("r1")
     mesh.kill(before[1])  # the middle router: the stream must go round the other side
     dialer.expect("sent", timeout=600 if mib > 64 else 120)
     after = mesh.path("r1")  # the stream is still open (the dialer waits to send EOF)
+    setup = mesh.setup_times("r1", logged)
     dialer.go()
     done = dialer.expect("done", timeout=120)
     echoed = host.expect("stream", timeout=60)
     print(
         f"\n{mib} MiB echoed through the ring in {done['seconds']:.1f} s; path before: "
         f"{' -> '.join(before)}, after killing {before[1]}: {' -> '.join(after)}; "
-        f"resumes {done['resumes']}, longest read pause {done['pause']:.2f} s"
+        f"resumes {done['resumes']}, longest read pause {done['pause']:.2f} s; "
+        f"path setup at r1 after the loss (ms, from its log): {setup}"
     )
     assert done["error"] is None  # the application saw no error
     assert done["bytes"] == mib << 20
