@@ -92,18 +92,24 @@ async def failover_once(mib: int) -> float:
             stream = await client.dial("echo")
             size, chunk = mib << 20, 1 << 16
             payload = bytes(chunk)
+            echoing = asyncio.Event()
 
             async def send() -> None:
                 for offset in range(0, size, chunk):
                     stream.write(payload)
                     await stream.drain()
                     if offset == size // 3 // chunk * chunk:
+                        # Only once the host's end is open too (an echo came back): a path
+                        # lost before the host finished the handshake has no session to
+                        # move, and in one process the dialer can be a window ahead of it.
+                        await asyncio.wait_for(echoing.wait(), WAIT)
                         _crash(r1 if stream.get_extra_info("router") == "r1" else r2)
                 stream.write_eof()
 
             sender = asyncio.get_running_loop().create_task(send())
             got, longest, last = 0, 0.0, time.perf_counter()
             while data := await asyncio.wait_for(stream.read(1 << 20), WAIT):
+                echoing.set()
                 now = time.perf_counter()
                 longest = max(longest, now - last)
                 last = now
