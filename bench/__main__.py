@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench import mesh_scale, procfs
+from bench import failover, mesh_scale, procfs
 from bench.deps import HARNESS_BINARIES, install_packages
 from bench.machine import machine_facts
 from bench.measure import Measurer, PathRun, Servers, Settings
@@ -113,6 +113,10 @@ def _run_all(
             # The controller's route computation for 1,000 routers (in process, simulated).
             size = (100, 10) if scale.policy_smoke else (1000, 50)
             report.scale["mesh"] = mesh_scale.measure(*size)
+            # Mesh failover in process: stream pause, path setup, revocation across 2 hops.
+            tries = 2 if scale.policy_smoke else max(5, runs)
+            _log(f"mesh failover rows: {tries} runs each")
+            report.scale["failover"] = failover.measure(tries, 16)
     finally:
         topo.destroy()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -143,6 +143,7 @@ def scale_rows(scale: dict[str, Any]) -> list[list[str]]:
                     "-",
                 ]
             )
+    rows += _failover_rows(scale.get("failover") or {})
     pol = scale.get("policy") or {}
     figures = pol.get("rows") or {}
     for label in sorted(figures, key=lambda x: POLICY_ROWS.index(x) if x in POLICY_ROWS else 99):
@@ -150,6 +151,30 @@ def scale_rows(scale: dict[str, Any]) -> list[list[str]]:
     for label, value in ((pol.get("tiny_run") or {}).get("rows") or {}).items():
         if label.startswith(("parse + validate", "view of one identity, mean")):
             rows.append([f"policy (tiny live run): {label}", value, "-"])
+    return rows
+
+
+def _failover_rows(fail: dict[str, Any]) -> list[list[str]]:
+    """`bench.failover.measure`: medians of its runs, in process on loopback."""
+    rows = []
+    for key, what in (
+        (
+            "failover_pause",
+            f"mesh failover: stream pause when the router under it dies "
+            f"({fail.get('mib')} MiB echo)",
+        ),
+        ("path_setup", "mesh path setup after a link dies (in-memory controller, no HTTP)"),
+        ("revocation_close", "mesh revocation to stream closed, 2 router hops (router side)"),
+    ):
+        figure = fail.get(key)
+        if not figure:
+            continue
+        if "error" in figure:
+            rows.append([what, f"failed: {figure['error']}", "-"])
+            continue
+        runs = ", ".join(f"{v:g}" for v in figure["ms"])
+        median = f"{figure['median_ms']:g} ms (median of {len(figure['ms'])}: {runs})"
+        rows.append([what, median, "-"])
     return rows
 
 

@@ -40,6 +40,7 @@ class Lab:
         self.netns_dirs: list[Path] = []
         self.created_parent = False
         self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self._veths = 0  # numbers veth names: unique within the lab
 
     def namespace(self, stem: str) -> str:
         name = f"urm{stem}-{self.suffix}"
@@ -52,14 +53,35 @@ class Lab:
         """A veth pair between two of our namespaces, with one 198.18/15 address each end."""
         for cidr in (left_cidr, right_cidr):
             assert cidr.startswith(("198.18.", "198.19.")), cidr
-        index = len(self.namespaces) + secrets.randbelow(1000)
-        a, b = f"uv{self.suffix}{index}a"[:15], f"uv{self.suffix}{index}b"[:15]
-        sh(["ip", "link", "add", a, "type", "veth", "peer", "name", b])
-        sh(["ip", "link", "set", a, "netns", left])
-        sh(["ip", "link", "set", b, "netns", right])
+        a, b = self._veth_pair(left, right)
         for ns, dev, cidr in ((left, a, left_cidr), (right, b, right_cidr)):
             sh(["ip", "-n", ns, "addr", "add", cidr, "dev", dev])
             sh(["ip", "-n", ns, "link", "set", dev, "up"])
+
+    def bridge(self, ns: str, name: str, cidr: str) -> None:
+        """A bridge in `ns` with one 198.18/15 address: a shared segment for `join`."""
+        assert cidr.startswith(("198.18.", "198.19.")), cidr
+        sh(["ip", "-n", ns, "link", "add", name, "type", "bridge"])
+        sh(["ip", "-n", ns, "addr", "add", cidr, "dev", name])
+        sh(["ip", "-n", ns, "link", "set", name, "up"])
+
+    def join(self, bridge_ns: str, bridge: str, ns: str, cidr: str) -> None:
+        """Plug `ns` into `bridge` (made by `bridge`) with one 198.18/15 address."""
+        assert cidr.startswith(("198.18.", "198.19.")), cidr
+        inner, outer = self._veth_pair(ns, bridge_ns)
+        sh(["ip", "-n", ns, "addr", "add", cidr, "dev", inner])
+        sh(["ip", "-n", ns, "link", "set", inner, "up"])
+        sh(["ip", "-n", bridge_ns, "link", "set", outer, "master", bridge])
+        sh(["ip", "-n", bridge_ns, "link", "set", outer, "up"])
+
+    def _veth_pair(self, left: str, right: str) -> tuple[str, str]:
+        # Numbered, not random: a lab with a dozen links must never draw the same name twice.
+        self._veths += 1
+        a, b = f"uv{self.suffix}{self._veths}a"[:15], f"uv{self.suffix}{self._veths}b"[:15]
+        sh(["ip", "link", "add", a, "type", "veth", "peer", "name", b])
+        sh(["ip", "link", "set", a, "netns", left])
+        sh(["ip", "link", "set", b, "netns", right])
+        return a, b
 
     def resolv_conf(self, ns: str, text: str) -> Path:
         """The file ``ip netns exec`` bind-mounts over /etc/resolv.conf in `ns`."""

@@ -82,6 +82,9 @@ def test_smoke_run_reports_raw_throughput(tmp_path: Path) -> None:
     assert scale["controller"]["enrollments_per_s"] > 0
     assert scale["controller"]["tickets_per_s"] > 0
     assert scale["policy"]["tiny_run"]["rc"] == 0
+    for figure in ("failover_pause", "path_setup", "revocation_close"):  # bench.failover
+        assert "error" not in scale["failover"][figure], scale["failover"][figure]
+    assert "mesh failover: stream pause" in report
     assert "## Scale" in report
     assert "router RSS per idle circuit" in report
     assert not {n for n in _namespaces() - before if n.startswith(("ubA-", "ubB-"))}

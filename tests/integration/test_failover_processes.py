@@ -9,7 +9,6 @@ runs with UMBRA_FAILOVER_MIB=1024)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import os
 import random
@@ -18,29 +17,14 @@ import time
 from pathlib import Path
 
 from tests.conftest import free_port
-from umbranet.client.controller import ControllerClient
-from umbranet.pki import IdentityFile
+from tests.integration.mesh_loopback import pinned, start_router2
 from umbranet.quickstart import Quickstart
-from umbranet.sdk import Context, UmbraError
-from umbranet.sdk.context import Grant
-from umbranet.sdk.control import ControllerPlane
+from umbranet.sdk import UmbraError
 from umbranet.sdk.stream import Stream
 
 BOUND = 30.0
 SIZE = int(os.environ.get("UMBRA_FAILOVER_MIB", "64")) << 20
 CHUNK = 1 << 16
-
-
-class TwoRouters(ControllerPlane):
-    """Grants presented at both routers, router1 first (where the dial goes)."""
-
-    def __init__(self, identity: IdentityFile, routers: tuple[str, str]) -> None:
-        super().__init__(identity)
-        self.routers = routers
-
-    async def grant(self, service: str, action: str, port: int | None = None) -> Grant:
-        grant = await super().grant(service, action, port)
-        return dataclasses.replace(grant, routers=self.routers)
 
 
 def test_sigkill_of_the_router_under_a_transfer_loses_nothing(tmp_path: Path) -> None:
@@ -50,14 +34,9 @@ def test_sigkill_of_the_router_under_a_transfer_loses_nothing(tmp_path: Path) ->
     try:
         net.start_core()
         router1 = net.children[net.names.index("router")]
-        first, second = f"127.0.0.1:{net.router_port}", f"127.0.0.1:{free_port()}"
+        first, second = f"127.0.0.1:{net.router_port}", start_router2(net, tmp_path)
 
         async def prepare() -> tuple[Path, Path]:
-            path = tmp_path / "router2.json"
-            async with net.admin() as admin:
-                created = await admin.create_router("router2")
-            (await ControllerClient.enroll(created.enrollment_token)).save(path)
-            net.spawn("router2", ["router", "run", "--identity", str(path), "--listen", second])
             await net.ensure_service("bulk", ["bulk-c"], ["bulk-h"])
             host = await net.enroll("bulk-host", ["bulk-h"])
             return host, await net.enroll("bulk-client", ["bulk-c"])
@@ -67,17 +46,8 @@ def test_sigkill_of_the_router_under_a_transfer_loses_nothing(tmp_path: Path) ->
         digest = hashlib.sha256(data).hexdigest()
 
         async def main() -> tuple[str, str, str, str, float]:
-            routers = (first, second)
-            host = Context(
-                IdentityFile.load(host_file),
-                control=lambda i: TwoRouters(i, routers),
-                renew=False,
-            )
-            client = Context(
-                IdentityFile.load(client_file),
-                control=lambda i: TwoRouters(i, routers),
-                renew=False,
-            )
+            host = pinned(host_file, first, second)  # router1 first: where the dial goes
+            client = pinned(client_file, first, second)
             async with host, client:
                 deadline = time.monotonic() + BOUND
                 while True:  # until router2 is up and registered

@@ -5,123 +5,29 @@ two hops. The controller is its in-memory twin: the same `LinkGraph` the API ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from bench.mesh_twin import meshed as _mesh
+from bench.mesh_twin import until as _until
 from tests.conftest import echo_forever, free_port
-from umbranet.client.controller import ControllerClient, MeshRoute
-from umbranet.controller.service.links import LinkGraph, MeshPolicy
-from umbranet.pki import IdentityFile
+from tests.integration.mesh_loopback import pinned, start_router2
+from umbranet.controller.service.links import MeshPolicy
 from umbranet.quickstart import Quickstart
 from umbranet.router import Router, RouterConfig
-from umbranet.router.peers import MeshAnswer, PeerAddress, Peers
+from umbranet.router.peers import Peers
 from umbranet.sdk import Context, DialError, StreamReset, UmbraError
-from umbranet.sdk.context import Grant
-from umbranet.sdk.control import ControllerPlane
 from umbranet.testing import LocalNetwork
-from umbranet.testing.network import LocalControlPlane
 
 BOUND = 30.0  # every wait below is bounded by this (a deadline, not a timing assertion)
 
 
-class TwinController:
-    """The controller's mesh routes, in memory: router registry + `LinkGraph`."""
-
-    def __init__(self) -> None:
-        self.graph = LinkGraph()
-        self.addresses: dict[str, str] = {}
-        self.cut: set[frozenset[str]] = set()  # pairs that cannot reach each other
-
-    def control(self, me: str) -> TwinMesh:
-        return TwinMesh(self, me)
-
-
-@dataclasses.dataclass
-class TwinMesh:
-    twin: TwinController
-    me: str
-
-    async def peers(self) -> list[PeerAddress]:
-        return [
-            PeerAddress(spiffe_id, address)
-            for spiffe_id, address in self.twin.addresses.items()
-            if spiffe_id != self.me and frozenset((self.me, spiffe_id)) not in self.twin.cut
-        ]
-
-    async def report(
-        self, services: Collection[str], links: Mapping[str, float | None], circuits: int
-    ) -> MeshAnswer:
-        graph = self.twin.graph
-        routes = graph.report(self.me, services, links, time.time(), circuits)
-        return MeshAnswer(
-            [MeshRoute(r.service, r.via, r.cost) for r in routes],
-            graph.strategies_for(services),
-            graph.version,
-        )
-
-    async def watch(self, after: int) -> int:
-        for _ in range(20):  # a short long-poll: the twin has no push to wait on
-            if self.twin.graph.version != after:
-                break
-            await asyncio.sleep(0.05)
-        return self.twin.graph.version
-
-
-class PinnedControl(LocalControlPlane):
-    """The in-memory control plane, naming one router for every grant (where this endpoint
-    is attached)."""
-
-    def __init__(self, network: LocalNetwork, identity: IdentityFile, address: str) -> None:
-        super().__init__(network, identity)
-        self.address = address
-
-    async def grant(self, service: str, action: str, port: int | None = None) -> Grant:
-        grant = await super().grant(service, action, port)
-        return dataclasses.replace(grant, routers=(self.address,))
-
-
 def _context(network: LocalNetwork, name: str, attribute: str, router: Router) -> Context:
+    """An endpoint attached to `router` only."""
     identity = network.identity(name, attributes=(attribute,))
-    return Context(
-        identity,
-        control=lambda ident: PinnedControl(network, ident, router.address),
-        renew=False,
-    )
-
-
-@asynccontextmanager
-async def _mesh(
-    network: LocalNetwork, names: list[str]
-) -> AsyncIterator[tuple[list[Peers], TwinController]]:
-    """Routers `names`, each with its mesh shell, all linked once the block starts."""
-    twin = TwinController()
-    async with contextlib.AsyncExitStack() as stack:
-        routers = []
-        for name in names:
-            identity = network.identity(name, kind="router")
-            router = await stack.enter_async_context(Router(RouterConfig(identity, port=0)))
-            twin.addresses[identity.spiffe_id] = router.address
-            routers.append(router)
-        shells = []
-        for router in routers:
-            control = twin.control(router.identity.spiffe_id)
-            shell = Peers(router, control, interval=0.5, backoff=(0.05, 0.5))
-            shells.append(await stack.enter_async_context(shell))
-        await _until(lambda: all(len(r.router_links()) == len(names) - 1 for r in routers))
-        yield shells, twin
-
-
-async def _until(check: object) -> None:
-    deadline = asyncio.get_running_loop().time() + BOUND
-    while not check():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    return Context(identity, control=network.control, routers=(router.address,), renew=False)
 
 
 async def _routed(*shells: Peers) -> None:
@@ -316,18 +222,6 @@ def test_a_router_answering_with_another_certificate_never_becomes_a_link(
     assert not linked and stats["links"] == 0
 
 
-class PinnedPlane(ControllerPlane):
-    """The SDK's controller plane, presenting every grant at one router only."""
-
-    def __init__(self, identity: IdentityFile, address: str) -> None:
-        super().__init__(identity)
-        self.address = address
-
-    async def grant(self, service: str, action: str, port: int | None = None) -> Grant:
-        grant = await super().grant(service, action, port)
-        return dataclasses.replace(grant, routers=(self.address,))
-
-
 def test_router_processes_mesh_through_the_controller_and_relay_a_dial(tmp_path: Path) -> None:
     """The runner as shipped: two router processes register, learn each other from the
     controller, link, report over HTTP and install the routes the controller computed."""
@@ -336,15 +230,9 @@ def test_router_processes_mesh_through_the_controller_and_relay_a_dial(tmp_path:
     )
     try:
         net.start_core()
-        second = f"127.0.0.1:{free_port()}"
+        second = start_router2(net, tmp_path)
 
         async def prepare() -> tuple[Path, Path]:
-            path = tmp_path / "router2.json"
-            async with net.admin() as admin:
-                created = await admin.create_router("router2")
-            (await ControllerClient.enroll(created.enrollment_token)).save(path)
-            args = ["router", "run", "--identity", str(path), "--listen", second, "-v"]
-            net.spawn("router2", args)
             await net.ensure_service("mesh", ["mesh-c"], ["mesh-h"])
             return await net.enroll("mesh-host", ["mesh-h"]), await net.enroll(
                 "mesh-client", ["mesh-c"]
@@ -354,10 +242,7 @@ def test_router_processes_mesh_through_the_controller_and_relay_a_dial(tmp_path:
 
         async def main() -> bytes:
             first = f"127.0.0.1:{net.router_port}"
-            host_id = IdentityFile.load(host_file)
-            client_id = IdentityFile.load(client_file)
-            host = Context(host_id, control=lambda i: PinnedPlane(i, second), renew=False)
-            client = Context(client_id, control=lambda i: PinnedPlane(i, first), renew=False)
+            host, client = pinned(host_file, second), pinned(client_file, first)
             async with host, client:
                 deadline = time.monotonic() + BOUND
                 while True:  # until router2 registered and both reported their state

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 import time
 from pathlib import Path
@@ -24,28 +23,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import echo_forever, free_port
-from umbranet.client.controller import ControllerClient
-from umbranet.pki import IdentityFile
+from tests.integration.mesh_loopback import pinned, start_router2
 from umbranet.pki.tickets import Action
 from umbranet.quickstart import Quickstart
 from umbranet.sdk import Context, DialError, UmbraError
-from umbranet.sdk.context import Grant
-from umbranet.sdk.control import ControllerPlane
 
 BOUND = 30.0
 OUTAGE = 6.0  # longer than one router report interval (5 s)
-
-
-class Routed(ControllerPlane):
-    """The SDK's controller plane, presenting every grant at the routers given."""
-
-    def __init__(self, identity: IdentityFile, routers: tuple[str, ...]) -> None:
-        super().__init__(identity)
-        self.routers = routers
-
-    async def grant(self, service: str, action: str, port: int | None = None) -> Grant:
-        grant = await super().grant(service, action, port)
-        return dataclasses.replace(grant, routers=self.routers)
 
 
 @pytest.fixture
@@ -55,15 +39,9 @@ def mesh(tmp_path: Path):  # type: ignore[no-untyped-def]
     )
     try:
         net.start_core()
-        second = f"127.0.0.1:{free_port()}"
+        second = start_router2(net, tmp_path)
 
         async def prepare() -> tuple[Path, Path]:
-            path = tmp_path / "router2.json"
-            async with net.admin() as admin:
-                created = await admin.create_router("router2")
-            (await ControllerClient.enroll(created.enrollment_token)).save(path)
-            args = ["router", "run", "--identity", str(path), "--listen", second, "-v"]
-            net.spawn("router2", args)
             await net.ensure_service("mesh", ["mesh-c"], ["mesh-h"])
             return await net.enroll("mesh-host", ["mesh-h"]), await net.enroll(
                 "mesh-client", ["mesh-c"]
@@ -106,12 +84,8 @@ def test_the_data_plane_keeps_working_while_the_controller_is_stopped(mesh) -> N
     net, first, second, host_file, client_file = mesh
 
     async def main() -> None:
-        host = Context(
-            IdentityFile.load(host_file), control=lambda i: Routed(i, (second,)), renew=False
-        )
-        client = Context(
-            IdentityFile.load(client_file), control=lambda i: Routed(i, (first,)), renew=False
-        )
+        host = pinned(host_file, second)
+        client = pinned(client_file, first)
         async with host, client:
             deadline = time.monotonic() + BOUND
             while True:
@@ -165,14 +139,8 @@ def test_an_endpoint_linked_to_two_routers_moves_to_the_other_when_one_is_killed
     net, first, second, host_file, client_file = mesh
 
     async def main() -> None:
-        host = Context(
-            IdentityFile.load(host_file), control=lambda i: Routed(i, (second,)), renew=False
-        )
-        client = Context(
-            IdentityFile.load(client_file),
-            control=lambda i: Routed(i, (first, second)),
-            renew=False,
-        )
+        host = pinned(host_file, second)
+        client = pinned(client_file, first, second)
         async with host, client:
             deadline = time.monotonic() + BOUND
             while True:
@@ -238,9 +206,7 @@ def test_dials_fail_over_to_the_other_host_when_one_host_process_is_killed(mesh)
                 ("host-two", other_file, two_port),
             )
         ]
-        client = Context(
-            IdentityFile.load(client_file), control=lambda i: Routed(i, (first,)), renew=False
-        )
+        client = pinned(client_file, first)
 
         async def who() -> bytes:
             stream = await client.dial("mesh")
