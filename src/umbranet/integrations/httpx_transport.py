@@ -11,7 +11,9 @@ Pooled connections are overlay streams, so keep-alive saves a dial (ticket, hand
             r = await client.get("http://billing.umbra/invoices")
 
 Only `http://` URLs: streams are end-to-end encrypted and both ends proven already, so TLS
-inside them would add nothing but a second PKI. Dial refusals surface as
+inside them would add nothing but a second PKI. ``http2=True`` speaks HTTP/2 with prior
+knowledge (h2c, one stream multiplexing the requests; needs ``httpx[http2]`` and a server that
+speaks it, such as `hypercorn_host.serve_hypercorn`). Dial refusals surface as
 `UmbraConnectError` (an httpx.ConnectError) carrying the overlay's `code` and `reason`.
 """
 
@@ -71,8 +73,15 @@ def _pool_limits(limits: httpx.Limits) -> dict[str, Any]:
     }
 
 
+def _versions(http2: bool) -> dict[str, bool]:
+    """HTTP/1.1, or HTTP/2 only: without TLS there is no ALPN to choose by, so HTTP/2 must be
+    spoken from the first byte (prior knowledge), which an HTTP/1.1 server cannot answer."""
+    return {"http1": not http2, "http2": http2}
+
+
 class UmbraTransport(httpx.AsyncBaseTransport):
-    """An httpx async transport over overlay streams (HTTP/1.1, pooled, keep-alive)."""
+    """An httpx async transport over overlay streams (HTTP/1.1, pooled, keep-alive; HTTP/2
+    with ``http2=True``)."""
 
     def __init__(
         self,
@@ -81,10 +90,11 @@ class UmbraTransport(httpx.AsyncBaseTransport):
         namer: ServiceNamer | None = None,
         limits: httpx.Limits = _DEFAULT_LIMITS,
         dial_timeout: float = 10.0,
+        http2: bool = False,
     ) -> None:
         self.backend = OverlayNetworkBackend(context, namer or ServiceNamer(), dial_timeout)
         self._pool = httpcore.AsyncConnectionPool(
-            network_backend=self.backend, **_pool_limits(limits)
+            network_backend=self.backend, **_pool_limits(limits), **_versions(http2)
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -118,9 +128,12 @@ class UmbraSyncTransport(httpx.BaseTransport):
         namer: ServiceNamer | None = None,
         limits: httpx.Limits = _DEFAULT_LIMITS,
         dial_timeout: float = 10.0,
+        http2: bool = False,
     ) -> None:
         self.backend = SyncOverlayNetworkBackend(context, namer or ServiceNamer(), dial_timeout)
-        self._pool = httpcore.ConnectionPool(network_backend=self.backend, **_pool_limits(limits))
+        self._pool = httpcore.ConnectionPool(
+            network_backend=self.backend, **_pool_limits(limits), **_versions(http2)
+        )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         with _translated(request):
