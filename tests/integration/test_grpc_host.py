@@ -19,12 +19,12 @@ from umbranet.testing import LocalNetwork
 
 pytest.importorskip("grpclib", reason="grpclib is not installed (umbranet[grpc])")
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402
-from grpclib.client import StreamStreamMethod, UnaryStreamMethod, UnaryUnaryMethod  # noqa: E402
-from grpclib.const import Cardinality, Handler  # noqa: E402
-from grpclib.server import Server, Stream  # noqa: E402
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from grpclib.client import StreamStreamMethod, UnaryStreamMethod, UnaryUnaryMethod
+from grpclib.const import Cardinality, Handler
+from grpclib.server import Server, Stream
 
-from umbranet.integrations.grpc_host import GrpcHost, OverlayChannel, grpc_peer  # noqa: E402
+from umbranet.integrations.grpc_host import GrpcHost, OverlayChannel, grpc_peer
 
 ALICE = "spiffe://test.umbra/workload/alice"
 
@@ -44,7 +44,7 @@ def _messages() -> tuple[Any, Any]:
     reply.field.add(name="caller", number=2, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return tuple(  # type: ignore[return-value]
+    return tuple(
         message_factory.GetMessageClass(pool.FindMessageTypeByName(f"umbratest.{name}"))
         for name in ("EchoRequest", "EchoReply")
     )
@@ -129,13 +129,13 @@ def test_unary_and_streaming_calls_through_the_overlay(network, arun) -> None:
 
 def test_a_caller_the_policy_refuses_never_reaches_the_server(network, arun) -> None:
     async def test() -> str:
-        async with context(network, "mallory", "nobody") as mallory:
-            async with OverlayChannel(mallory, "echo") as channel:
-                with pytest.raises(DialError) as info:
-                    await UnaryUnaryMethod(channel, SAY, EchoRequest, EchoReply)(
-                        EchoRequest(text="let me in")
-                    )
-                return info.value.code
+        mallory = context(network, "mallory", "nobody")
+        async with mallory, OverlayChannel(mallory, "echo") as channel:
+            with pytest.raises(DialError) as info:
+                await UnaryUnaryMethod(channel, SAY, EchoRequest, EchoReply)(
+                    EchoRequest(text="let me in")
+                )
+            return info.value.code
 
     code, stats = arun(_hosted(network, test))
     assert code == "not_authorized"

@@ -18,7 +18,7 @@ from umbranet.testing import LocalNetwork
 pytest.importorskip("hypercorn", reason="hypercorn is not installed (umbranet[http2])")
 pytest.importorskip("h2", reason="h2 is not installed (httpx[http2])")
 
-from umbranet.integrations.hypercorn_host import HypercornHost  # noqa: E402
+from umbranet.integrations.hypercorn_host import HypercornHost
 
 ALICE = "spiffe://test.umbra/workload/alice"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -123,13 +123,25 @@ def test_a_dialer_the_policy_refuses_never_reaches_the_app(network, arun) -> Non
     assert host_stats.get("accepted", 0) == 0
 
 
-def test_a_malformed_preface_on_one_stream_does_not_disturb_another(network, arun) -> None:
+@pytest.mark.parametrize(
+    ("garbage", "last_frame"),
+    [
+        # The preface's magic is wrong: the connection ends after hypercorn's own SETTINGS.
+        (b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\ngarbage", 0x04),
+        # A good preface, then DATA on stream 0: hypercorn answers GOAWAY (7) and ends it.
+        (PREFACE + b"\x00\x00\x04\x00\x00\x00\x00\x00\x00data", 0x07),
+    ],
+    ids=["bad-magic", "data-on-stream-0"],
+)
+def test_a_malformed_preface_on_one_stream_does_not_disturb_another(
+    network, arun, garbage: bytes, last_frame: int
+) -> None:
     app = App()
 
-    async def garbage(alice: Any) -> bytes:
-        """A stream that opens with the HTTP/2 preface and then a frame that is not SETTINGS."""
+    async def send_garbage(alice: Any) -> bytes:
+        """What the host sends back on a stream that opens with `garbage`, up to its end."""
         stream = await alice.dial("echo")
-        stream.write(PREFACE + b"\x00\x00\x08\x06\x00\x00\x00\x00\x00not-a-settings-frame")
+        stream.write(garbage)
         await stream.drain()
         received = b""
         async with asyncio.timeout(10):
@@ -142,7 +154,7 @@ def test_a_malformed_preface_on_one_stream_does_not_disturb_another(network, aru
             transport = UmbraTransport(alice, http2=True)
             async with httpx.AsyncClient(transport=transport, timeout=10) as client:
                 before = await client.get("http://echo.umbra/before")
-                answer = await garbage(alice)
+                answer = await send_garbage(alice)
                 after = await client.get("http://echo.umbra/after")
                 stats = transport.statistics()
             return [r.json()["path"] for r in (before, after)], answer, stats
@@ -150,10 +162,10 @@ def test_a_malformed_preface_on_one_stream_does_not_disturb_another(network, aru
     (paths, answer, client_stats), host_stats = arun(_hosted(network, app, test))
     assert paths == ["/before", "/after"]
     assert client_stats["dials"] == 1  # the good connection lived through it
-    # The bad stream got hypercorn's SETTINGS then a GOAWAY (frame type 7), then its end.
-    assert _frame_types(answer)[-1] == 0x07
+    assert _frame_types(answer)[-1] == last_frame  # and the bad one was ended (EOF)
     assert app.seen == [ALICE, ALICE]
     assert host_stats["accepted"] == 2
+    assert host_stats.get("failed", 0) == 0
 
 
 def _frame_types(data: bytes) -> list[int]:
@@ -163,3 +175,45 @@ def _frame_types(data: bytes) -> list[int]:
         types.append(data[3])
         data = data[9 + length :]
     return types
+
+
+# -- `umbra serve --server hypercorn` ----------------------------------------------------------
+
+
+def test_umbra_serve_through_hypercorn_answers_http2(network, arun) -> None:
+    from umbranet.cli.serve_cmd import _serve_through
+
+    app = App()
+
+    async def main() -> httpx.Response:
+        async with running_router(network), context(network, "host", "server") as host:
+            serving = asyncio.get_running_loop().create_task(
+                _serve_through("hypercorn", app, host, "echo", "serving")
+            )
+            try:
+                async with context(network, "alice", "client") as alice:
+                    transport = UmbraTransport(alice, http2=True)
+                    async with httpx.AsyncClient(transport=transport, timeout=10) as client:
+                        return await client.get("http://echo.umbra/cli")
+            finally:
+                serving.cancel()
+                await asyncio.gather(serving, return_exceptions=True)
+
+    answer = arun(main())
+    assert answer.http_version == "HTTP/2"
+    assert answer.json()["spiffe_id"] == ALICE
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--server", "nginx"], "use one of"), (["--wsgi", "--server", "hypercorn"], "WSGI")],
+)
+def test_umbra_serve_refuses_a_server_it_cannot_use(tmp_path, options, message) -> None:
+    from typer.testing import CliRunner
+
+    from umbranet.cli.main import app
+
+    args = ["serve", "x:app", "--service", "web", "--identity", str(tmp_path / "id.json")]
+    result = CliRunner().invoke(app, [*args, *options], terminal_width=200)
+    assert result.exit_code == 2
+    assert message in result.output

@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
 def serve(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="The app to serve, as module:attribute.")],
+    *,
     service: Annotated[str, typer.Option("--service", help="Service name to host.")],
     identity: Annotated[
         Path, typer.Option("--identity", "-i", envvar="UMBRA_IDENTITY", help="Identity file.")

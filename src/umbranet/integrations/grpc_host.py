@@ -28,6 +28,7 @@ dispatch; the channel's connection factory), so ``pyproject.toml`` pins ``grpcli
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -90,10 +91,8 @@ class GrpcHost:
         try:
             async for stream in self._listener:
                 handler = _PeerHandler(self._server, stream.peer.spiffe_id, self.counters)
-                await loop.connect_accepted_socket(
-                    lambda h=handler: _HostProtocol(h, config, h2_config, self._live),
-                    sock=stream_socket(stream),
-                )
+                factory = functools.partial(_HostProtocol, handler, config, h2_config, self._live)
+                await loop.connect_accepted_socket(factory, sock=stream_socket(stream))
                 self.counters["accepted"] += 1
         finally:
             live = list(self._live)

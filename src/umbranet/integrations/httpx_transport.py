@@ -73,15 +73,12 @@ def _pool_limits(limits: httpx.Limits) -> dict[str, Any]:
     }
 
 
-def _versions(http2: bool) -> dict[str, bool]:
-    """HTTP/1.1, or HTTP/2 only: without TLS there is no ALPN to choose by, so HTTP/2 must be
-    spoken from the first byte (prior knowledge), which an HTTP/1.1 server cannot answer."""
-    return {"http1": not http2, "http2": http2}
-
-
 class UmbraTransport(httpx.AsyncBaseTransport):
-    """An httpx async transport over overlay streams (HTTP/1.1, pooled, keep-alive; HTTP/2
-    with ``http2=True``)."""
+    """An httpx async transport over overlay streams (HTTP/1.1, pooled, keep-alive).
+
+    ``http2=True`` speaks HTTP/2 only: with no TLS there is no ALPN to choose by, so HTTP/2 is
+    spoken from the first byte (prior knowledge), which an HTTP/1.1-only server cannot answer.
+    """
 
     def __init__(
         self,
@@ -94,7 +91,10 @@ class UmbraTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self.backend = OverlayNetworkBackend(context, namer or ServiceNamer(), dial_timeout)
         self._pool = httpcore.AsyncConnectionPool(
-            network_backend=self.backend, **_pool_limits(limits), **_versions(http2)
+            network_backend=self.backend,
+            **_pool_limits(limits),
+            http1=not http2,
+            http2=http2,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -132,7 +132,10 @@ class UmbraSyncTransport(httpx.BaseTransport):
     ) -> None:
         self.backend = SyncOverlayNetworkBackend(context, namer or ServiceNamer(), dial_timeout)
         self._pool = httpcore.ConnectionPool(
-            network_backend=self.backend, **_pool_limits(limits), **_versions(http2)
+            network_backend=self.backend,
+            **_pool_limits(limits),
+            http1=not http2,
+            http2=http2,
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
