@@ -187,10 +187,13 @@ def test_umbra_serve_through_hypercorn_answers_http2(network, arun) -> None:
 
     async def main() -> httpx.Response:
         async with running_router(network), context(network, "host", "server") as host:
+            bound = asyncio.Event()
             serving = asyncio.get_running_loop().create_task(
-                _serve_through("hypercorn", app, host, "echo", "serving")
+                _serve_through("hypercorn", app, host, "echo", bound.set)
             )
             try:
+                async with asyncio.timeout(10):
+                    await bound.wait()
                 async with context(network, "alice", "client") as alice:
                     transport = UmbraTransport(alice, http2=True)
                     async with httpx.AsyncClient(transport=transport, timeout=10) as client:

@@ -24,6 +24,8 @@ import typer
 from umbranet.cli.common import fail, handle_errors, out, state
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from umbranet.sdk import Context
 
 __all__ = ["SERVERS", "register"]
@@ -82,7 +84,8 @@ def serve(
             who = context.identity.spiffe_id
             announce = f"serving {target} ({kind}) as {service}, dark, as {who}"
             if server != "builtin":
-                await _serve_through(server, app, context, service, announce)
+                announce += f", through {server}"
+                await _serve_through(server, app, context, service, lambda: out.print(announce))
                 return
             builtin = (
                 WsgiServer(context, service, app) if wsgi else AsgiServer(context, service, app)
@@ -102,9 +105,10 @@ def serve(
 
 
 async def _serve_through(
-    server: str, app: object, context: Context, service: str, announce: str
+    server: str, app: object, context: Context, service: str, ready: Callable[[], object]
 ) -> None:
-    """Serve `app` with uvicorn or hypercorn on every stream of a listener for `service`."""
+    """Serve `app` with uvicorn or hypercorn on every stream of a listener for `service`;
+    `ready()` once the service is bound (dials from then on reach it)."""
     listener = await context.listen(service).start()
     try:
         if server == "hypercorn":
@@ -115,7 +119,7 @@ async def _serve_through(
             from umbranet.integrations.uvicorn_host import serve_uvicorn
 
             serving = serve_uvicorn(app, listener)
-        out.print(f"{announce}, through {server}")
+        ready()
         await serving
     finally:
         await listener.close()
