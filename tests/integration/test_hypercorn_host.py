@@ -123,6 +123,36 @@ def test_a_dialer_the_policy_refuses_never_reaches_the_app(network, arun) -> Non
     assert host_stats.get("accepted", 0) == 0
 
 
+def test_an_h2c_upgrade_switches_the_stream_to_http2(network, arun) -> None:
+    app = App()
+    # An empty SETTINGS payload, base64url: the upgrade's required HTTP2-Settings header.
+    upgrade = (
+        b"GET /upgraded HTTP/1.1\r\nHost: echo.umbra\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: \r\n\r\n"
+    )
+
+    async def test() -> bytes:
+        async with context(network, "alice", "client") as alice:
+            stream = await alice.dial("echo")
+            stream.write(upgrade)
+            await stream.drain()
+            received = b""
+            async with asyncio.timeout(10):
+                while b"/upgraded" not in received and (chunk := await stream.read(65536)):
+                    received += chunk
+            stream.abort("done")
+            return received
+
+    answer, host_stats = arun(_hosted(network, app, test))
+    head, _, frames = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert b"upgrade: h2c" in head.lower()
+    # The answer to the upgraded request comes as HTTP/2 frames on stream 1: HEADERS, DATA.
+    assert {0x01, 0x00} <= set(_frame_types(frames))
+    assert app.seen == [ALICE]
+    assert host_stats["http2"] == 1
+
+
 @pytest.mark.parametrize(
     ("garbage", "last_frame"),
     [
