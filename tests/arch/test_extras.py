@@ -36,6 +36,9 @@ DISTRIBUTION = {
     "requests": "requests",
     "urllib3": "requests",
     "prometheus_client": "prometheus_client",
+    "hypercorn": "hypercorn",
+    "grpclib": "grpclib",
+    "h2": "grpclib",  # grpclib's own HTTP/2 dependency, named in grpc_host's types
 }
 # The parts of the package and the extra that must cover each ("" = the base install).
 PARTS = {
@@ -56,7 +59,12 @@ PARTS = {
 # The requests adapter is imported on its own: it needs umbranet[integrations]. So is the
 # Starlette/FastAPI authentication (integrations.auth): apps using it already have Starlette.
 # integrations.uvicorn_host imports uvicorn only when called: apps served by it already have it.
+# integrations.hypercorn_host and grpc_host are imported on their own, with umbranet[http2] and
+# umbranet[grpc].
 OPTIONAL = {
+    ("integrations", "hypercorn"),
+    ("integrations", "grpclib"),
+    ("integrations", "h2"),
     ("integrations", "requests"),
     ("integrations", "urllib3"),
     ("integrations", "starlette"),
@@ -124,7 +132,12 @@ def test_the_requests_adapter_has_its_extra() -> None:
     assert "requests" in _closure("integrations")
 
 
+def test_the_server_hosts_have_their_extras() -> None:
+    assert "hypercorn" in _closure("http2")
+    assert "grpclib" in _closure("grpc")
+
+
 def test_all_brings_every_part() -> None:
     everything = _closure("all")
-    for extra in ("cli", "agent", "controller", "integrations"):
+    for extra in ("cli", "agent", "controller", "integrations", "http2", "grpc"):
         assert _closure(extra) <= everything, extra

@@ -11,7 +11,9 @@ Pooled connections are overlay streams, so keep-alive saves a dial (ticket, hand
             r = await client.get("http://billing.umbra/invoices")
 
 Only `http://` URLs: streams are end-to-end encrypted and both ends proven already, so TLS
-inside them would add nothing but a second PKI. Dial refusals surface as
+inside them would add nothing but a second PKI. ``http2=True`` speaks HTTP/2 with prior
+knowledge (h2c, one stream multiplexing the requests; needs ``httpx[http2]`` and a server that
+speaks it, such as `hypercorn_host.serve_hypercorn`). Dial refusals surface as
 `UmbraConnectError` (an httpx.ConnectError) carrying the overlay's `code` and `reason`.
 """
 
@@ -72,7 +74,11 @@ def _pool_limits(limits: httpx.Limits) -> dict[str, Any]:
 
 
 class UmbraTransport(httpx.AsyncBaseTransport):
-    """An httpx async transport over overlay streams (HTTP/1.1, pooled, keep-alive)."""
+    """An httpx async transport over overlay streams (HTTP/1.1, pooled, keep-alive).
+
+    ``http2=True`` speaks HTTP/2 only: with no TLS there is no ALPN to choose by, so HTTP/2 is
+    spoken from the first byte (prior knowledge), which an HTTP/1.1-only server cannot answer.
+    """
 
     def __init__(
         self,
@@ -81,10 +87,14 @@ class UmbraTransport(httpx.AsyncBaseTransport):
         namer: ServiceNamer | None = None,
         limits: httpx.Limits = _DEFAULT_LIMITS,
         dial_timeout: float = 10.0,
+        http2: bool = False,
     ) -> None:
         self.backend = OverlayNetworkBackend(context, namer or ServiceNamer(), dial_timeout)
         self._pool = httpcore.AsyncConnectionPool(
-            network_backend=self.backend, **_pool_limits(limits)
+            network_backend=self.backend,
+            **_pool_limits(limits),
+            http1=not http2,
+            http2=http2,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -118,9 +128,15 @@ class UmbraSyncTransport(httpx.BaseTransport):
         namer: ServiceNamer | None = None,
         limits: httpx.Limits = _DEFAULT_LIMITS,
         dial_timeout: float = 10.0,
+        http2: bool = False,
     ) -> None:
         self.backend = SyncOverlayNetworkBackend(context, namer or ServiceNamer(), dial_timeout)
-        self._pool = httpcore.ConnectionPool(network_backend=self.backend, **_pool_limits(limits))
+        self._pool = httpcore.ConnectionPool(
+            network_backend=self.backend,
+            **_pool_limits(limits),
+            http1=not http2,
+            http2=http2,
+        )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         with _translated(request):

@@ -6,8 +6,8 @@ socket (`stream.as_socket`) and runs uvicorn's HTTP/1.1 protocol on it with
 unchanged while no port is opened. The dialer's identity reaches the app as in `asgi`:
 ``scope["extensions"]["umbranet"]["peer"]`` (what `auth` reads) and ``scope["client"]``.
 
-Each connection gets its own app wrapper bound to its stream's peer: a Unix socketpair has no
-address uvicorn could report, so the identity cannot be recovered from the socket later.
+Each connection gets its own app wrapper bound to its stream's peer (`asgi_peer.with_peer`).
+HTTP/2 apps are served by `hypercorn_host.serve_hypercorn`.
 """
 
 from __future__ import annotations
@@ -15,24 +15,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from umbranet.integrations.asgi_peer import with_peer
 from umbranet.integrations.serving import peer_info
 from umbranet.sdk.listener import Listener
 from umbranet.sdk.socket_bridge import stream_socket
 
 __all__ = ["serve_uvicorn"]
-
-
-def _with_peer(app: Any, peer: dict[str, Any], service: str) -> Any:
-    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket"):
-            scope = dict(scope)
-            scope["client"] = (peer["spiffe_id"], 0)
-            extensions = dict(scope.get("extensions") or {})
-            extensions["umbranet"] = {"peer": peer, "service": service}
-            scope["extensions"] = extensions
-        await app(scope, receive, send)
-
-    return wrapped
 
 
 async def serve_uvicorn(app: Any, listener: Listener, **config: Any) -> None:
@@ -47,7 +35,7 @@ async def serve_uvicorn(app: Any, listener: Listener, **config: Any) -> None:
     loop = asyncio.get_running_loop()
     service = listener.service
     async for stream in listener:
-        wrapped = _with_peer(settings.loaded_app, peer_info(stream.peer), service)
+        wrapped = with_peer(settings.loaded_app, peer_info(stream.peer), service)
 
         def factory(wrapped: Any = wrapped) -> H11Protocol:
             protocol = H11Protocol(settings, state, {})
