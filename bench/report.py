@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import PathRun, Settings
+from bench.report_controller import controller_markdown
 from bench.report_scale import scale_markdown, scale_rows
 
 __all__ = [
@@ -258,6 +259,7 @@ def write_markdown(report: Report, out: Path) -> None:
         lines += ["## Targets (from the issue)", "", *_targets(med, ours), ""]
     if report.scale:
         lines += scale_markdown(report.scale)
+    lines += controller_markdown()
     lines += ["## Per run", "", "Cells read `run1 / run2 / ...`.", ""]
     per_run = (
         "tput1_gbps",

@@ -53,6 +53,8 @@ import httpx
 import sqlalchemy as sa
 
 from bench import procfs
+from bench.report import load_json, write_markdown
+from bench.report_controller import record
 from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.controller.store import Database
 from umbranet.controller.store.models import Identity, Service
@@ -90,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{field.name}", type=int, default=None)
     parser.add_argument("--view-mode", choices=("policy", "attributes"), default="policy")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="keep the figures as this engine's in bench/CONTROLLER_SCALE.json and re-render "
+        "bench/RESULTS.md from bench/RESULTS.json",
+    )
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes()
     sizes = dataclasses.replace(
@@ -102,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     _print(result)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.record:
+        record(result)
+        bench_dir = Path(__file__).resolve().parent
+        write_markdown(load_json(bench_dir / "RESULTS.json"), bench_dir / "RESULTS.md")
     return 0 if not result["errors"] else 1
 
 
