@@ -47,6 +47,7 @@ from umbranet.controller.metrics import Metrics
 from umbranet.controller.posture_ticker import DEFAULT_INTERVAL, PostureTicker
 from umbranet.controller.replicas import ReplicaDirectory
 from umbranet.controller.service.addresses import OverlaySettings
+from umbranet.controller.warmup import warm_in_background
 from umbranet.home_layout import HomeError
 from umbranet.obs import LogFormat
 
@@ -298,6 +299,7 @@ def serve(
         ticker.start()
         sweeper = EphemeralSweeper(app.state.umbra)
         sweeper.start()
+        warm_in_background(context)
         server.run()
     finally:
         if replicas is not None:
