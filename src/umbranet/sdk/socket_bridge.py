@@ -138,6 +138,16 @@ class ListenerBridge:
         self.socket.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
+    async def stop_accepting(self) -> None:
+        """Take no new streams and remove the socket; connections already made go on (as
+        when a server closes its listening socket)."""
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._acceptor
+        self.socket.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
     async def __aenter__(self) -> ListenerBridge:
         return self.start()
 
