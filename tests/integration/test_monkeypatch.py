@@ -1,45 +1,70 @@
-"""An unmodified client that calls ``socket.create_connection`` reaches a dark service through
-the overlay once patched: by ``NAME.umbra`` and by a configured host:port, with half-close."""
+"""Unmodified socket code reaches dark services once patched: blocking sockets by ``NAME.umbra``
+and by configured host:port, asyncio by name, and a stdlib ``http.server`` hosted dark through
+a patched ``bind`` (no TCP listener on the host) and fetched through the overlay by urllib."""
 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import socket
+import threading
+import urllib.request
 from pathlib import Path
 
 from tests.conftest import context, echo_forever, running_router
-from umbranet.integrations.monkeypatch import monkeypatch, unpatch
+from umbranet.integrations import monkeypatch as mp
 from umbranet.sdk.blocking import BlockingContext
 from umbranet.testing import LocalNetwork
 
 
-def _exchange(address: tuple[str, int], payload: bytes) -> bytes:
-    with socket.create_connection(address, timeout=10) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        received = bytearray()
-        while data := sock.recv(65536):
-            received += data
-        return bytes(received)
+def _exchange(sock: socket.socket, payload: bytes) -> bytes:
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
+    received = bytearray()
+    while data := sock.recv(65536):
+        received += data
+    return bytes(received)
 
 
-def test_patched_create_connection_dials_the_overlay(
+def _tcp_listeners(port: int) -> list[str]:
+    """Rows of /proc/net/tcp{,6} in LISTEN state (0A) on `port`: what ``ss -ltn`` shows."""
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    rows.append(line.strip())
+    return rows
+
+
+def test_blocking_sockets_dial_by_name_and_by_pair(
     network: LocalNetwork, arun, tmp_path: Path
 ) -> None:
     path = tmp_path / "alice.json"
     network.identity("alice", attributes=("client",)).save(path)
 
-    def client_side() -> tuple[bytes, bytes]:
+    def client_side() -> list[object]:
         with BlockingContext(path, control=network.control, renew=False) as ctx:
-            monkeypatch(ctx, dial={"db.internal:5432": "echo"})
-            try:
-                by_name = _exchange(("echo.umbra", 7), b"by name")
-                by_pair = _exchange(("db.internal", 5432), b"by pair")
-            finally:
-                unpatch()
-            return by_name, by_pair
+            with mp.patched(ctx, dial={"db.internal:5432": "echo"}):
+                with socket.create_connection(("echo.umbra", 7), timeout=10) as sock:
+                    # What clients do to TCP sockets must work on the bridged one.
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    peer = sock.getpeername()
+                    by_name = _exchange(sock, b"by name")
+                address = socket.getaddrinfo("db.internal", 5432)[0][4]
+                with socket.socket() as sock:  # plain connect, blocking, no timeout
+                    sock.connect(address)
+                    by_pair = _exchange(sock, b"by pair")
+                with socket.socket() as sock:
+                    sock.settimeout(10)
+                    assert sock.connect_ex(address) == 0
+                    by_connect_ex = _exchange(sock, b"by connect_ex")
+                stats = mp.statistics()
+            return [by_name, by_pair, by_connect_ex, peer, stats["dialed"]]
 
-    async def main() -> tuple[bytes, bytes]:
+    async def main() -> list[object]:
         async with running_router(network), context(network, "host", "server") as host:
             listener = await host.listen("echo").start()
             server = asyncio.get_running_loop().create_task(echo_forever(listener))
@@ -48,55 +73,120 @@ def test_patched_create_connection_dials_the_overlay(
             finally:
                 server.cancel()
 
-    assert arun(main()) == (b"by name", b"by pair")
+    by_name, by_pair, by_connect_ex, peer, dialed = arun(main())
+    assert (by_name, by_pair, by_connect_ex) == (b"by name", b"by pair", b"by connect_ex")
+    assert isinstance(peer, tuple) and peer[0].startswith("127.85.") and peer[1] == 7
+    assert dialed == 3
 
 
-def test_urllib_fetches_a_stdlib_http_server_hosted_dark(
-    network: LocalNetwork, arun, tmp_path: Path
-) -> None:
-    """http.server on the listener bridge (no TCP port), fetched by unmodified urllib code."""
-    import http.server
-    import urllib.request
-
+def test_a_refused_dial_is_a_refused_connect(network: LocalNetwork, arun, tmp_path: Path) -> None:
+    """No such service: ``connect`` raises ConnectionRefusedError, counted with its code."""
     path = tmp_path / "alice.json"
     network.identity("alice", attributes=("client",)).save(path)
 
-    def client_side() -> bytes:
-        with BlockingContext(path, control=network.control, renew=False) as ctx:
-            monkeypatch(ctx)
+    def client_side() -> dict[str, int]:
+        with (
+            BlockingContext(path, control=network.control, renew=False) as ctx,
+            mp.patched(ctx),
+        ):
             try:
-                with urllib.request.urlopen("http://echo.umbra/hello", timeout=10) as reply:
-                    return bytes(reply.read())
-            finally:
-                unpatch()
+                socket.create_connection(("nosuch.umbra", 80), timeout=10)
+            except ConnectionRefusedError:
+                return mp.statistics()
+            raise AssertionError("a dial to a missing service connected")
 
-    async def main() -> bytes:
+    async def main() -> dict[str, int]:
+        async with running_router(network):
+            return await asyncio.to_thread(client_side)
+
+    assert arun(main())["refused_dial_failed"] == 1
+
+
+def test_asyncio_open_connection_by_name(network: LocalNetwork, arun, tmp_path: Path) -> None:
+    """asyncio resolves in an executor thread and connects a non-blocking socket: both patched.
+
+    The client runs on the stdlib selector loop (uvloop resolves and connects in C)."""
+    path = tmp_path / "alice.json"
+    network.identity("alice", attributes=("client",)).save(path)
+
+    async def app() -> tuple[bytes, object]:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("echo.umbra", 9000), 10)
+        writer.write(b"asyncio by name")
+        await writer.drain()
+        writer.write_eof()
+        data = await asyncio.wait_for(reader.read(), 10)
+        peer = writer.get_extra_info("peername")
+        writer.close()
+        await writer.wait_closed()
+        return data, peer
+
+    def client_side() -> tuple[bytes, object]:
+        with (
+            BlockingContext(path, control=network.control, renew=False) as ctx,
+            mp.patched(ctx),
+            asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as run,
+        ):
+            return run.run(app())
+
+    async def main() -> tuple[bytes, object]:
         async with running_router(network), context(network, "host", "server") as host:
             listener = await host.listen("echo").start()
-            listener.as_socket()
-            bridge = listener.socket_bridge
-
-            class Handler(http.server.BaseHTTPRequestHandler):
-                def do_GET(self) -> None:
-                    peer = bridge.peer_of(self.connection)
-                    body = f"{self.path} for {peer.spiffe_id if peer else '?'}".encode()
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-
-                def log_message(self, *args: object) -> None:
-                    pass
-
-            server = http.server.HTTPServer(("", 0), Handler, bind_and_activate=False)
-            server.socket = bridge.socket
-            server.timeout = 30
-            serving = asyncio.get_running_loop().run_in_executor(None, server.handle_request)
+            server = asyncio.get_running_loop().create_task(echo_forever(listener))
             try:
                 return await asyncio.to_thread(client_side)
             finally:
-                await serving
-                await bridge.aclose()
-                await listener.close()
+                server.cancel()
 
-    assert arun(main()) == b"/hello for spiffe://test.umbra/workload/alice"
+    data, peer = arun(main())
+    assert data == b"asyncio by name"
+    assert isinstance(peer, tuple) and peer[1] == 9000
+
+
+def test_http_server_hosted_dark_by_a_patched_bind(
+    network: LocalNetwork, arun, tmp_path: Path
+) -> None:
+    """``HTTPServer(("127.0.0.1", port))`` unchanged: no TCP listener exists on the host while
+    it serves, urllib fetches it through the overlay, and the handler learns the peer."""
+    network.service("web", dial=("client",), bind=("server",))
+    host_path = tmp_path / "web-host.json"
+    network.identity("web-host", attributes=("server", "client")).save(host_path)
+    port = 18080
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            peer = mp.peer_of(self.connection)
+            body = f"{self.path} for {peer.spiffe_id if peer else '?'}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def both_sides() -> tuple[bytes, list[str], list[str], dict[str, int]]:
+        # One patch per process, so one identity both hosts `web` and fetches it.
+        with BlockingContext(host_path, control=network.control, renew=False) as ctx:
+            with mp.patched(ctx, host={f"127.0.0.1:{port}": "web"}):
+                server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+                serving = threading.Thread(target=server.serve_forever, daemon=True)
+                serving.start()
+                try:
+                    listeners = _tcp_listeners(port)
+                    with urllib.request.urlopen("http://web.umbra/hello", timeout=10) as reply:
+                        body = bytes(reply.read())
+                finally:
+                    server.shutdown()
+                    server.server_close()
+                    serving.join(10)
+                stats = mp.statistics()
+            return body, listeners, _tcp_listeners(port), stats
+
+    async def main() -> tuple[bytes, list[str], list[str], dict[str, int]]:
+        async with running_router(network):
+            return await asyncio.to_thread(both_sides)
+
+    body, listening, after, stats = arun(main())
+    assert body == b"/hello for spiffe://test.umbra/workload/web-host"
+    assert listening == [] and after == []
+    assert stats["hosting"] == 0  # closing the server unbound the service

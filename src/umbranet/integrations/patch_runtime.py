@@ -22,6 +22,7 @@ here by socket inode, which survives ``detach``/``dup``) and accept TCP-only opt
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import concurrent.futures
 import errno
@@ -60,12 +61,21 @@ Address = tuple[object, ...]
 
 @dataclass(frozen=True, slots=True)
 class Bridged:
-    """What a bridged socket answers: its service, addresses, and the peer when hosted."""
+    """What a bridged socket answers: its service, addresses, and (hosted) who the peer is."""
 
     service: str
     peer: Address
     local: Address
-    identity: PeerIdentity | None = None
+    bridge: ListenerBridge | None = None
+    bridge_name: str = ""  # the accepted connection's name at the bridge
+
+    @property
+    def identity(self) -> PeerIdentity | None:
+        # Looked up when asked: the bridge learns the name's identity just after the app may
+        # already have accepted the connection, and before any byte of it arrives.
+        if self.bridge is None:
+            return None
+        return self.bridge.identity_of(self.bridge_name)
 
 
 @dataclass(slots=True)
@@ -236,13 +246,19 @@ class PatchRuntime:
 
     def accepted(self, listening: Hosted, conn: socket.socket) -> Address:
         """Remember who is behind a connection accepted from a hosted socket; its address."""
-        identity = listening.bridge.peer_of(conn)
+        # The bridge's name for it, read through a Unix socket object: the app's object sizes
+        # the address buffer for the family it claims (AF_INET), which truncates a path.
+        with socket.socket(
+            socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno())
+        ) as unix:
+            name = _socket.socket.getpeername(unix)
         self.counters["accepted"] += 1
         number = self.counters["accepted"] % 65535 + 1
         peer: Address = (PEER_PLACEHOLDER, number)
         if len(listening.address) == 4:
             peer = (f"::ffff:{PEER_PLACEHOLDER}", number, 0, 0)
-        self.remember(conn, Bridged(listening.service, peer, listening.address, identity))
+        bridged = Bridged(listening.service, peer, listening.address, listening.bridge, str(name))
+        self.remember(conn, bridged)
         return peer
 
     def stop_hosting(self, inode: int, wait: float | None = None) -> None:

@@ -122,7 +122,11 @@ class ListenerBridge:
             name = connection.getpeername()
         except OSError:
             return None
-        return self._peers.get(name) if isinstance(name, str) else None
+        return self.identity_of(name) if isinstance(name, str) else None
+
+    def identity_of(self, name: str) -> PeerIdentity | None:
+        """`peer_of` by the connection's peer name (its ``getpeername()``)."""
+        return self._peers.get(name)
 
     def statistics(self) -> dict[str, int]:
         return {"live": len(self._tasks), **self.counters}
