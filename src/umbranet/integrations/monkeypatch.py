@@ -69,9 +69,12 @@ def monkeypatch(
     context: BlockingContext,
     dial: dict[str, str] | None = None,
     host: dict[str, str] | None = None,
+    *,
+    native: bool = False,
 ) -> None:
     """Send ``*.umbra`` and the `dial` pairs (``"host:port": service``) through the overlay;
     host `host`'s services (``"ip:port": service``) on sockets bound to those addresses.
+    `native`: also open a loopback door per resolved name for C clients (`patch_native`).
 
     Raises RuntimeError when a patch is already active, ValueError for a malformed address.
     """
@@ -80,7 +83,7 @@ def monkeypatch(
     with _lock:
         if patch_socket.ACTIVE is not None:
             raise RuntimeError("umbranet.monkeypatch is already active: call unpatch() first")
-        patch_socket.install(PatchRuntime(context, book, hosting))
+        patch_socket.install(PatchRuntime(context, book, hosting, native=native))
 
 
 def unpatch() -> None:
@@ -96,9 +99,11 @@ def patched(
     context: BlockingContext,
     dial: dict[str, str] | None = None,
     host: dict[str, str] | None = None,
+    *,
+    native: bool = False,
 ) -> Iterator[None]:
     """`monkeypatch` for the duration of a ``with`` block."""
-    monkeypatch(context, dial=dial, host=host)
+    monkeypatch(context, dial=dial, host=host, native=native)
     try:
         yield
     finally:

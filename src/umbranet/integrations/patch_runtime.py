@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from umbranet.integrations.patch_names import PEER_PLACEHOLDER, PLACEHOLDER_NETWORK, AddressBook
+from umbranet.integrations.patch_native import Doors
 from umbranet.proto.e2e import PeerIdentity
 from umbranet.sdk.forward import relay
 from umbranet.sdk.socket_bridge import ListenerBridge, listener_bridge
@@ -107,6 +108,8 @@ class PatchRuntime:
         context: BlockingContext,
         book: AddressBook,
         host: dict[tuple[str, int], str],
+        *,
+        native: bool = False,
     ) -> None:
         self.context = context
         self.book = book
@@ -117,6 +120,7 @@ class PatchRuntime:
         self.hosted: dict[int, Hosted] = {}
         self._pumps: set[concurrent.futures.Future[None]] = set()
         self._lock = threading.Lock()
+        self.doors = Doors(self) if native else None
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -278,6 +282,8 @@ class PatchRuntime:
     def close(self) -> None:
         """Unpatching: stop every hosted service; dialed connections stay as they are."""
         self.pending.clear()
+        if self.doors is not None:
+            self.doors.close()
         for inode in list(self.hosted):
             self.stop_hosting(inode, wait=5.0)
 
@@ -305,6 +311,7 @@ class PatchRuntime:
     def statistics(self) -> dict[str, int]:
         return {
             "hosting": len(self.hosted),
+            "doors_open": len(self.doors) if self.doors is not None else 0,
             "pumps": len(self._pumps),
             **self.counters,
         }

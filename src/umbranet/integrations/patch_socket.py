@@ -81,9 +81,13 @@ def getaddrinfo(  # noqa: PLR0917 (socket.getaddrinfo's own signature)
         except OSError:
             number = -1  # an unknown service name: let the real resolver say so
         if number >= 0 and runtime.book.answers_for(name, number):
-            return runtime.book.resolve(
+            answer = runtime.book.resolve(
                 name, number, family=family, type_=type, proto=proto, flags=flags
             )
+            service = runtime.book.service_for(name, number)
+            if runtime.doors is not None and service is not None:
+                runtime.doors.ensure(runtime.book.placeholder(name), number, service)
+            return answer
     return _call("getaddrinfo", host, port, family, type, proto, flags)
 
 
