@@ -190,3 +190,66 @@ def test_http_server_hosted_dark_by_a_patched_bind(
     assert body == b"/hello for spiffe://test.umbra/workload/web-host"
     assert listening == [] and after == []
     assert stats["hosting"] == 0  # closing the server unbound the service
+
+
+_OTHER_PROCESS = """
+import socket, sys
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+try:
+    sock.sendall(b"let me in")
+    print(repr(sock.recv(100)))
+except ConnectionResetError:
+    print("reset")
+"""
+
+
+def test_a_native_door_admits_this_process_only(
+    network: LocalNetwork, arun, tmp_path: Path
+) -> None:
+    """The door ``native=True`` opens is a loopback port: another process (same user, even) is
+    cut off and counted; a C-level socket of this process is dialed through."""
+    import _socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "alice.json"
+    network.identity("alice", attributes=("client",)).save(path)
+
+    def client_side() -> tuple[str, bytes, dict[str, int]]:
+        with (
+            BlockingContext(path, control=network.control, renew=False) as ctx,
+            mp.patched(ctx, native=True),
+        ):
+            address, port = socket.getaddrinfo("echo.umbra", 7)[0][4]
+            other = subprocess.run(
+                [sys.executable, "-c", _OTHER_PROCESS, address, str(port)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            # _socket.socket connects in C, as libpq does: the patch does not see it.
+            sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect((address, port))
+            sock.sendall(b"native")
+            sock.shutdown(socket.SHUT_WR)
+            echoed = b""
+            while data := sock.recv(100):
+                echoed += data
+            sock.close()
+            return other.stdout.strip(), echoed, mp.statistics()
+
+    async def main() -> tuple[str, bytes, dict[str, int]]:
+        async with running_router(network), context(network, "host", "server") as host:
+            listener = await host.listen("echo").start()
+            server = asyncio.get_running_loop().create_task(echo_forever(listener))
+            try:
+                return await asyncio.to_thread(client_side)
+            finally:
+                server.cancel()
+
+    other, echoed, stats = arun(main())
+    assert other in ("b''", "reset")
+    assert echoed == b"native"
+    assert stats["refused_not_this_process"] == 1 and stats["dialed_native"] == 1
