@@ -39,12 +39,12 @@ connections and every refusal by its code (``refused_port_not_configured``,
 ``refused_dial_failed``, ``refused_dial_timeout``, ``refused_unknown_placeholder``,
 ``refused_host_failed``), each also logged with its reason.
 
-**What cannot be patched.** Code that resolves or connects in C: libpq (psycopg) resolves
-through Python's ``getaddrinfo`` (psycopg 3 does that itself) but connects in C, so the
-placeholder reaches it and the connection is refused locally; use psycopg with
-``umbra up`` (the agent), or a pure-Python driver (pg8000). uvloop resolves and connects in
-libuv, around these functions. The context must be a `BlockingContext` (its own loop thread);
-blocking connects on that thread would wait for themselves.
+**Clients that connect in C.** libpq resolves through Python's ``getaddrinfo`` (psycopg 3 does
+that itself) but connects in C, so it reaches the placeholder, where nothing listens: refused
+on this host. ``native=True`` opens a loopback *door* there that admits this process only
+(`patch_native`). uvloop resolves and connects in libuv, around all of this: run patched code
+on the stdlib loop. The context must be a `BlockingContext` (its own loop thread); blocking
+connects on that thread would wait for themselves.
 """
 
 from __future__ import annotations
