@@ -253,3 +253,50 @@ def test_a_native_door_admits_this_process_only(
     assert other in ("b''", "reset")
     assert echoed == b"native"
     assert stats["refused_not_this_process"] == 1 and stats["dialed_native"] == 1
+
+
+def test_asyncio_start_server_hosted_dark_and_dialed_by_name(
+    network: LocalNetwork, arun, tmp_path: Path
+) -> None:
+    """``asyncio.start_server("127.0.0.1", port)`` on a hosted address serves the overlay (no
+    TCP listener), and ``asyncio.open_connection("web.umbra", port)`` reaches it."""
+    network.service("web", dial=("client",), bind=("server",))
+    path = tmp_path / "web-host.json"
+    network.identity("web-host", attributes=("server", "client")).save(path)
+    port = 18081
+
+    async def app() -> tuple[bytes, list[str], object]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = mp.peer_of(writer.get_extra_info("socket"))
+            name = peer.spiffe_id.encode() if peer else b"?"
+            writer.write(await reader.read() + b" from " + name)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        async with server:
+            listeners = _tcp_listeners(port)
+            sockname = server.sockets[0].getsockname()
+            reader, writer = await asyncio.open_connection("web.umbra", port)
+            writer.write(b"hello")
+            writer.write_eof()
+            reply = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+        return reply, listeners, sockname
+
+    def both_sides() -> tuple[bytes, list[str], object]:
+        with (
+            BlockingContext(path, control=network.control, renew=False) as ctx,
+            mp.patched(ctx, host={f"127.0.0.1:{port}": "web"}),
+            asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as run,
+        ):
+            return run.run(app())
+
+    async def main() -> tuple[bytes, list[str], object]:
+        async with running_router(network):
+            return await asyncio.to_thread(both_sides)
+
+    reply, listeners, sockname = arun(main())
+    assert reply == b"hello from spiffe://test.umbra/workload/web-host"
+    assert listeners == []
+    assert sockname == ("127.0.0.1", port)

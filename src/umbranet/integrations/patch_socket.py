@@ -152,7 +152,13 @@ def bind(self: socket.socket, address: Any) -> None:
 
 def listen(self: socket.socket, *backlog: int) -> None:
     runtime = ACTIVE
-    if runtime is not None and runtime.pending and runtime.host_on(self, *backlog[:1] or (128,)):
+    if (
+        runtime is not None
+        and runtime.pending
+        and self.family in _INET
+        and _call("socket.getsockname", self)[1] == 0  # bound by the patch, not the kernel
+        and runtime.host_on(self, *backlog[:1] or (128,))
+    ):
         return
     _call("socket.listen", self, *backlog)
 
@@ -225,18 +231,25 @@ def getpeername(self: socket.socket) -> Any:
 
 
 def getsockname(self: socket.socket) -> Any:
+    name = _call("socket.getsockname", self)
     runtime = ACTIVE
-    if runtime is not None and (runtime.pending or runtime.hosted or runtime.bridged):
+    if runtime is None or self.family not in _INET:
+        return name
+    # Ask the tables only for a socket that is ours for sure (a Unix socket behind an IP
+    # family, or an IP socket the kernel never bound): a remembered inode may have been
+    # reused by a socket that was dropped without close().
+    if isinstance(name, (str, bytes)):
         inode = inode_of(self)
-        if inode in runtime.pending:
-            return runtime.pending[inode][1]
         hosted = runtime.hosted.get(inode) if inode is not None else None
         if hosted is not None:
             return hosted.address
-        info = runtime.bridged.get(inode) if inode is not None else None
-        if info is not None:
-            return info.local
-    return _call("socket.getsockname", self)
+        info = runtime.lookup(self)
+        return info.local if info is not None else (PEER_PLACEHOLDER, 0)
+    if runtime.pending and name[1] == 0:
+        pending = runtime.pending.get(inode_of(self) or -1)
+        if pending is not None:
+            return pending[1]
+    return name
 
 
 _MODULE_FUNCTIONS = {"getaddrinfo": getaddrinfo, "gethostbyname": gethostbyname}

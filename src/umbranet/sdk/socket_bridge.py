@@ -173,18 +173,19 @@ class ListenerBridge:
         # which stream (and so which identity) it is; the file itself is not needed after.
         name = str(self._dir / f"c{next(self._names)}")
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            client.bind(name)
-            os.unlink(name)
-            client.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(client, self.path)
-            reader, writer = await asyncio.open_connection(sock=client)
-        except OSError as exc:
-            client.close()
-            self._refuse(stream, "bridge_connect_failed", f"the local server refused: {exc}")
-            return
+        # Known before the connection exists: the server may ask as soon as it accepts.
         self._peers[name] = stream.peer
         try:
+            try:
+                client.bind(name)
+                os.unlink(name)
+                client.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(client, self.path)
+                reader, writer = await asyncio.open_connection(sock=client)
+            except OSError as exc:
+                client.close()
+                self._refuse(stream, "bridge_connect_failed", f"the local server refused: {exc}")
+                return
             await relay(stream, reader, writer)
             self.counters["relayed"] += 1
         finally:
