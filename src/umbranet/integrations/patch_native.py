@@ -84,6 +84,7 @@ class Doors:
     def __init__(self, runtime: PatchRuntime) -> None:
         self._runtime = runtime
         self._servers: dict[tuple[str, int], asyncio.Server] = {}
+        self._opening = asyncio.Lock()
 
     def ensure(self, address: str, port: int, service: str) -> None:
         """Open the door for (address, port) -> service unless it is open (any thread)."""
@@ -92,7 +93,7 @@ class Doors:
             return
         context = self._runtime.context
         try:
-            server = context.call(self._open(key, service), timeout=DOOR_TIMEOUT)
+            context.call(self._open(key, service), timeout=DOOR_TIMEOUT)
         except Exception as exc:  # the Python paths still work; only C clients miss out
             self._runtime.counters["door_failed"] += 1
             logger.info(
@@ -100,20 +101,24 @@ class Doors:
                 extra={"service": service, "code": "door_failed", "reason": str(exc)},
             )
             return
-        self._servers[key] = server
 
-    async def _open(self, key: tuple[str, int], service: str) -> asyncio.Server:
-        if key in self._servers:  # two threads resolved the same name at once
-            return self._servers[key]
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        _socket.socket.bind(sock, key)  # not the patched bind: a door is never hosted
-        self._runtime.counters["doors"] += 1
+    async def _open(self, key: tuple[str, int], service: str) -> None:
+        async with self._opening:  # two threads may resolve the same name at once
+            if key in self._servers:
+                return
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                _socket.socket.bind(sock, key)  # not the patched bind: a door is never hosted
+            except OSError:
+                sock.close()
+                raise
 
-        async def admit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._admit(key, service, reader, writer)
+            async def admit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await self._admit(key, service, reader, writer)
 
-        return await asyncio.start_server(admit, sock=sock)
+            self._servers[key] = await asyncio.start_server(admit, sock=sock)
+            self._runtime.counters["doors"] += 1
 
     async def _admit(
         self,
