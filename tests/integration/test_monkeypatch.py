@@ -11,7 +11,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import context, echo_forever, running_router
+from tests.conftest import context, echo_forever, free_port, running_router
 from umbranet.integrations import monkeypatch as mp
 from umbranet.sdk.blocking import BlockingContext
 from umbranet.testing import LocalNetwork
@@ -150,7 +150,7 @@ def test_http_server_hosted_dark_by_a_patched_bind(
     network.service("web", dial=("client",), bind=("server",))
     host_path = tmp_path / "web-host.json"
     network.identity("web-host", attributes=("server", "client")).save(host_path)
-    port = 18080
+    port = free_port()  # free now; the patch never binds it, so nothing may listen there
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -263,7 +263,7 @@ def test_asyncio_start_server_hosted_dark_and_dialed_by_name(
     network.service("web", dial=("client",), bind=("server",))
     path = tmp_path / "web-host.json"
     network.identity("web-host", attributes=("server", "client")).save(path)
-    port = 18081
+    port = free_port()
 
     async def app() -> tuple[bytes, list[str], object]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -300,3 +300,33 @@ def test_asyncio_start_server_hosted_dark_and_dialed_by_name(
     assert reply == b"hello from spiffe://test.umbra/workload/web-host"
     assert listeners == []
     assert sockname == ("127.0.0.1", port)
+
+
+def test_hosting_a_service_the_identity_may_not_bind_fails_listen(
+    network: LocalNetwork, arun, tmp_path: Path
+) -> None:
+    """The policy says no: ``listen`` raises PermissionError and nothing was bound anywhere."""
+    path = tmp_path / "alice.json"
+    network.identity("alice", attributes=("client",)).save(path)
+    port = free_port()
+
+    def client_side() -> tuple[str, list[str], dict[str, int]]:
+        with (
+            BlockingContext(path, control=network.control, renew=False) as ctx,
+            mp.patched(ctx, host={f"*:{port}": "echo"}),
+            socket.socket() as sock,
+        ):
+            sock.bind(("0.0.0.0", port))
+            try:
+                sock.listen()
+            except PermissionError as refused:
+                return str(refused), _tcp_listeners(port), mp.statistics()
+            raise AssertionError("a client identity hosted a service")
+
+    async def main() -> tuple[str, list[str], dict[str, int]]:
+        async with running_router(network):
+            return await asyncio.to_thread(client_side)
+
+    message, listeners, stats = arun(main())
+    assert "cannot host echo" in message
+    assert listeners == [] and stats["refused_host_failed"] == 1

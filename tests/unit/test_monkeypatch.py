@@ -3,6 +3,7 @@ loopback placeholders, refuses a second patch, and unpatch restores the socket m
 
 from __future__ import annotations
 
+import _socket
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -42,7 +43,7 @@ def patched() -> Iterator[None]:
     mp.monkeypatch(
         _NoOverlay(),  # type: ignore[arg-type]
         dial={"db.internal:5432": "pg", "10.9.8.7:6379": "cache"},
-        host={"127.0.0.1:18080": "web"},
+        host={"127.0.0.1:1": "web"},
     )
     try:
         yield
@@ -153,18 +154,28 @@ def test_unpatch_restores_the_socket_module_exactly() -> None:
     mp.unpatch()  # a no-op when nothing is patched
 
 
-def test_bind_to_a_hosted_address_opens_no_port_until_listen(patched: None) -> None:
-    sock = socket.socket()
+def test_bind_to_a_hosted_address_binds_nothing_in_the_kernel() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.monkeypatch(_NoOverlay(), host={f"127.0.0.1:{port}": "web"})  # type: ignore[arg-type]
     try:
-        sock.bind(("127.0.0.1", 18080))
-        assert sock.getsockname() == ("127.0.0.1", 18080)
-        probe = socket.socket()
-        # Nothing is bound in the kernel: the same port is free for anyone else.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-        probe.bind(("127.0.0.1", 18080))
-        probe.close()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+            assert sock.getsockname() == ("127.0.0.1", port)
+            # The port is still free in the kernel (a C-level socket, which the patch does not
+            # see, binds and listens on it): the patch took nothing.
+            other = _socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                other.bind(("127.0.0.1", port))
+                other.listen()
+            finally:
+                other.close()
+        with socket.socket() as unrelated:  # a different address binds for real
+            unrelated.bind(("127.0.0.1", 0))
+            assert unrelated.getsockname()[1] != 0
     finally:
-        sock.close()
+        mp.unpatch()
 
 
 def test_tcp_options_are_accepted_on_a_bridged_socket_only() -> None:
