@@ -109,7 +109,7 @@ def test_asyncio_open_connection_by_name(network: LocalNetwork, arun, tmp_path: 
     path = tmp_path / "alice.json"
     network.identity("alice", attributes=("client",)).save(path)
 
-    async def app() -> tuple[bytes, object]:
+    async def app() -> tuple[bytes, object, bytes, bytes]:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("echo.umbra", 9000), 10)
         writer.write(b"asyncio by name")
         await writer.drain()
@@ -118,17 +118,32 @@ def test_asyncio_open_connection_by_name(network: LocalNetwork, arun, tmp_path: 
         peer = writer.get_extra_info("peername")
         writer.close()
         await writer.wait_closed()
-        return data, peer
+        # The lower seam libraries use: loop.getaddrinfo + loop.sock_connect.
+        loop = asyncio.get_running_loop()
+        family, kind, proto, _, address = (await loop.getaddrinfo("echo.umbra", 9001))[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, address), 10)
+            await loop.sock_sendall(sock, b"sock_connect")
+            sock.shutdown(socket.SHUT_WR)
+            raw = b""
+            while chunk := await asyncio.wait_for(loop.sock_recv(sock, 100), 10):
+                raw += chunk
+        # A non-blocking connect cannot wait for the dial: a refused one reads as EOF.
+        reader, writer = await asyncio.open_connection("nosuch.umbra", 80)
+        refused = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return data, peer, raw, refused
 
-    def client_side() -> tuple[bytes, object]:
+    def client_side() -> tuple[bytes, object, bytes, bytes, dict[str, int]]:
         with (
             BlockingContext(path, control=network.control, renew=False) as ctx,
             mp.patched(ctx),
             asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as run,
         ):
-            return run.run(app())
+            return (*run.run(app()), mp.statistics())
 
-    async def main() -> tuple[bytes, object]:
+    async def main() -> tuple[bytes, object, bytes, bytes, dict[str, int]]:
         async with running_router(network), context(network, "host", "server") as host:
             listener = await host.listen("echo").start()
             server = asyncio.get_running_loop().create_task(echo_forever(listener))
@@ -137,9 +152,11 @@ def test_asyncio_open_connection_by_name(network: LocalNetwork, arun, tmp_path: 
             finally:
                 server.cancel()
 
-    data, peer = arun(main())
+    data, peer, raw, refused, stats = arun(main())
     assert data == b"asyncio by name"
     assert isinstance(peer, tuple) and peer[1] == 9000
+    assert raw == b"sock_connect"
+    assert refused == b"" and stats["refused_dial_failed"] == 1
 
 
 def test_http_server_hosted_dark_by_a_patched_bind(
