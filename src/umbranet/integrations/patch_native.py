@@ -91,9 +91,8 @@ class Doors:
         key = (address, port)
         if key in self._servers or port <= 0:
             return
-        context = self._runtime.context
         try:
-            context.call(self._open(key, service), timeout=DOOR_TIMEOUT)
+            self._runtime.call(self._open(key, service), timeout=DOOR_TIMEOUT)
         except Exception as exc:  # the Python paths still work; only C clients miss out
             self._runtime.counters["door_failed"] += 1
             logger.info(
@@ -164,7 +163,7 @@ class Doors:
 
         if servers:
             with contextlib.suppress(Exception):
-                self._runtime.context.call(close_all(), timeout=DOOR_TIMEOUT)
+                self._runtime.call(close_all(), timeout=DOOR_TIMEOUT)
 
     def __len__(self) -> int:
         return len(self._servers)

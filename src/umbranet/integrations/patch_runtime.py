@@ -33,7 +33,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from umbranet.integrations.patch_names import PEER_PLACEHOLDER, PLACEHOLDER_NETWORK, AddressBook
 from umbranet.integrations.patch_native import Doors
@@ -58,6 +58,7 @@ _MAX_BRIDGED = 65536
 LOCAL_PLACEHOLDER = str(PLACEHOLDER_NETWORK.network_address)
 
 Address = tuple[object, ...]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,14 @@ class PatchRuntime:
         self._lock = threading.Lock()
         self.doors = Doors(self) if native else None
 
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run `coroutine` on the SDK's loop and wait, from any thread but that loop's own
+        (there the wait would block the very loop that must do the work)."""
+        if threading.current_thread() is self.context._thread:
+            coroutine.close()
+            raise RuntimeError("umbra: a blocking socket call on the SDK's own loop thread")
+        return self.context.call(coroutine, timeout=timeout)
+
     # -- decisions ------------------------------------------------------------------------
 
     def dial_target(self, address: tuple[object, ...]) -> str | None:
@@ -168,7 +177,7 @@ class PatchRuntime:
 
     def _dial_now(self, service: str, wait: float, ours: socket.socket) -> Stream:
         try:
-            return self.context.call(self.context._context.dial(service, wait), timeout=wait + 1)
+            return self.call(self.context._context.dial(service, wait), timeout=wait + 1)
         except (TimeoutError, concurrent.futures.TimeoutError):
             ours.close()
             self.counters["refused_dial_timeout"] += 1
@@ -233,7 +242,7 @@ class PatchRuntime:
             return listener, listener_bridge(listener)
 
         try:
-            listener, bridge = self.context.call(start(), timeout=HOST_TIMEOUT)
+            listener, bridge = self.call(start(), timeout=HOST_TIMEOUT)
         except Exception as exc:
             self.counters["refused_host_failed"] += 1
             logger.info(
