@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Public name -> the module that defines it (the same names as umbranet.sdk.__all__).
+# Public name -> the module that defines it (umbranet.sdk.__all__, and the socket patch).
 _EXPORTS = {
     "BindError": "umbranet.sdk.errors",
     "Context": "umbranet.sdk.context",
@@ -32,6 +32,9 @@ _EXPORTS = {
     "Stream": "umbranet.sdk.stream",
     "StreamReset": "umbranet.sdk.errors",
     "UmbraError": "umbranet.sdk.errors",
+    # The opt-in socket patch, as `umbranet.monkeypatch(ctx, ...)` (like OpenZiti's zitify).
+    "monkeypatch": "umbranet.integrations.monkeypatch",
+    "unpatch": "umbranet.integrations.monkeypatch",
 }
 
 __all__ = [
@@ -45,9 +48,12 @@ __all__ = [
     "StreamReset",
     "UmbraError",
     "__version__",
+    "monkeypatch",
+    "unpatch",
 ]
 
 if TYPE_CHECKING:  # the same names for type checkers and IDEs, without the import at run time
+    from umbranet.integrations.monkeypatch import monkeypatch, unpatch
     from umbranet.proto.e2e import PeerIdentity
     from umbranet.sdk.context import Context, Grant
     from umbranet.sdk.errors import BindError, DialError, StreamReset, UmbraError

@@ -12,11 +12,19 @@ import umbranet.sdk
 
 
 def test_the_sdk_names_are_the_packages_names() -> None:
-    assert sorted(set(umbranet.__all__) - {"__version__"}) == sorted(umbranet.sdk.__all__)
+    patch = {"monkeypatch", "unpatch"}
+    assert sorted(set(umbranet.__all__) - {"__version__"} - patch) == sorted(umbranet.sdk.__all__)
     for name in umbranet.sdk.__all__:
         assert getattr(umbranet, name) is getattr(umbranet.sdk, name)
     assert callable(umbranet.Context.from_file) and callable(umbranet.Context.from_env)
     assert set(umbranet.sdk.__all__) <= set(dir(umbranet))
+
+
+def test_the_socket_patch_is_a_top_level_name() -> None:
+    from umbranet.integrations import monkeypatch
+
+    assert umbranet.monkeypatch is monkeypatch.monkeypatch
+    assert umbranet.unpatch is monkeypatch.unpatch
 
 
 def test_unknown_names_and_submodules_behave_as_usual() -> None:

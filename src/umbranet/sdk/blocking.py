@@ -62,6 +62,16 @@ class BlockingContext:
         self._loop.call_soon_threadsafe(handoff.run, fn)
         return handoff.wait(self._loop, timeout)
 
+    async def _shutdown(self) -> None:
+        await self._context.close()
+        # What still runs on the loop (socket-bridge pumps, for one) ends here, as under
+        # asyncio.run: a task left pending on a closed loop fails when it is collected.
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+
     def dial(self, service: str, timeout: float = 10.0) -> BlockingStream:
         return BlockingStream(self, self.call(self._context.dial(service, timeout)))
 
@@ -78,7 +88,7 @@ class BlockingContext:
     def close(self) -> None:
         if self._loop.is_closed():
             return
-        self.call(self._context.close())
+        self.call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()

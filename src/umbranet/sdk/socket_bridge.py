@@ -122,7 +122,11 @@ class ListenerBridge:
             name = connection.getpeername()
         except OSError:
             return None
-        return self._peers.get(name) if isinstance(name, str) else None
+        return self.identity_of(name) if isinstance(name, str) else None
+
+    def identity_of(self, name: str) -> PeerIdentity | None:
+        """`peer_of` by the connection's peer name (its ``getpeername()``)."""
+        return self._peers.get(name)
 
     def statistics(self) -> dict[str, int]:
         return {"live": len(self._tasks), **self.counters}
@@ -135,6 +139,16 @@ class ListenerBridge:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.socket.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def stop_accepting(self) -> None:
+        """Take no new streams and remove the socket; connections already made go on (as
+        when a server closes its listening socket)."""
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._acceptor
         self.socket.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -159,18 +173,19 @@ class ListenerBridge:
         # which stream (and so which identity) it is; the file itself is not needed after.
         name = str(self._dir / f"c{next(self._names)}")
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            client.bind(name)
-            os.unlink(name)
-            client.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(client, self.path)
-            reader, writer = await asyncio.open_connection(sock=client)
-        except OSError as exc:
-            client.close()
-            self._refuse(stream, "bridge_connect_failed", f"the local server refused: {exc}")
-            return
+        # Known before the connection exists: the server may ask as soon as it accepts.
         self._peers[name] = stream.peer
         try:
+            try:
+                client.bind(name)
+                os.unlink(name)
+                client.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(client, self.path)
+                reader, writer = await asyncio.open_connection(sock=client)
+            except OSError as exc:
+                client.close()
+                self._refuse(stream, "bridge_connect_failed", f"the local server refused: {exc}")
+                return
             await relay(stream, reader, writer)
             self.counters["relayed"] += 1
         finally:
