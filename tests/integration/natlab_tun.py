@@ -121,15 +121,16 @@ class World:
         )
         self.lab.run(wan, [sys.executable, "-c", code, home, TURN, TURN_SECRET])
 
-    def up(self, device: str) -> float:
-        """Start `umbra up --tun` for `device`; the monotonic time it was started."""
+    def up(self, device: str, *extra: str) -> float:
+        """Start `umbra up --tun` for `device` (with `extra` options); the monotonic time it
+        was started."""
         ns = self.sites[device].hosts[0]
         self.lab.resolv_conf(ns, "nameserver 198.18.0.10\n")
         started = time.monotonic()
         self.lab.spawn(ns, f"agent-{device}", [
             sys.executable, "-m", "umbranet.cli.main", "up", "--tun", "--no-tun-dns",
             "--identity", str(self.root / f"dev-{device}.json"),
-            "--state-dir", str(self.root / f"agent-{device}"), "--refresh", "0.5",
+            "--state-dir", str(self.root / f"agent-{device}"), "--refresh", "0.5", *extra,
         ])  # fmt: skip
         return started
 
