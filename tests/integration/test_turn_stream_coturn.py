@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import wait_for
 from umbranet.aio.turn_stream import TurnStream, parse_turn_url
+from umbranet.clock import Instant
 from umbranet.controller.service.nat import turn_password
 from umbranet.proto.turn import (
     Allocated,
@@ -128,6 +129,10 @@ def coturn(tmp_path: Path) -> Iterator[Coturn]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def now() -> Instant:
+    return Instant(time.monotonic(), dt.datetime.now(dt.UTC))
 
 
 def credential(who: str, ttl: int = 600) -> tuple[str, str]:
@@ -232,5 +237,71 @@ def test_an_untrusted_tls_server_is_a_connect_verdict(coturn: Coturn) -> None:
         event = await turn.next_event(1)
         assert event == AllocationFailed("stream_connect_failed")
         assert turn.counters["refused_stream_connect_failed"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_the_agents_udp_turn_client_reaches_coturn_through_the_tcp_bridge(coturn: Coturn) -> None:
+    """The agent's TURN client stays a UDP client (it shares the WireGuard socket); the
+    loopback bridge carries it over TCP to a coturn that has no UDP listener."""
+    from umbranet.aio.turn_bridge import TurnBridge
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        bridge = await TurnBridge.open(("127.0.0.1", coturn.tcp))
+        mine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (mine, peer, stranger):
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+        peer_addr = ("127.0.0.1", peer.getsockname()[1])
+        client = TurnClient(bridge.address, *credential("alice"), random_bytes=os.urandom)
+        events: list[Event] = []
+
+        async def pump(done: object, seconds: float = 10.0) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                while (out := client.poll_transmit()) is not None:
+                    mine.sendto(*out)
+                try:
+                    data, addr = await asyncio.wait_for(loop.sock_recvfrom(mine, 65535), 0.05)
+                    client.handle_datagram(data, (addr[0], addr[1]), now())
+                except TimeoutError:
+                    pass
+                client.handle_timeout(now())
+                while (event := client.poll_event()) is not None:
+                    events.append(event)
+                if done():  # type: ignore[operator]
+                    return
+            raise AssertionError(f"timed out: {events} {bridge.statistics()}")
+
+        try:
+            client.allocate(now())
+            await pump(lambda: client.relayed is not None)
+            relayed = client.relayed
+            assert relayed is not None
+            client.create_permission("127.0.0.1", now())
+            await pump(lambda: any(isinstance(e, PermissionCreated) for e in events))
+            client.bind_channel(peer_addr, now())
+            await pump(lambda: any(isinstance(e, ChannelBound) for e in events))
+            client.send(peer_addr, b"y" * 999)  # odd: padded on the stream, not on loopback
+            while (out := client.poll_transmit()) is not None:
+                mine.sendto(*out)
+            assert await _peer_recv(peer) == (b"y" * 999, relayed)
+            peer.sendto(b"z" * 333, relayed)
+            await pump(lambda: any(isinstance(e, DataReceived) for e in events))
+            assert [e for e in events if isinstance(e, DataReceived)] == [
+                DataReceived(peer_addr, b"z" * 333)
+            ]
+            # another local socket cannot borrow the allocation
+            stranger.sendto(b"\x40\x00\x00\x04abcd", bridge.address)
+            await asyncio.sleep(0.2)
+            assert bridge.counters["refused_foreign_source"] == 1
+            assert bridge.reason is None
+        finally:
+            bridge.close()
+            for s in (mine, peer, stranger):
+                s.close()
 
     asyncio.run(scenario())

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from umbranet.aio.turn_stream import parse_turn_url
 from umbranet.clock import Instant
 from umbranet.proto import stun
 from umbranet.proto.stun import ATTR, StunMessage
@@ -148,3 +149,25 @@ def test_handle_stream_on_a_udp_client_is_local_misuse() -> None:
     udp = TurnClient(SERVER, "u", "p", random_bytes=os.urandom)
     with pytest.raises(RuntimeError):
         udp.handle_stream(b"\x00", at(0))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("turn:198.18.0.3", ("198.18.0.3", 3478, "udp")),
+        ("turn:198.18.0.3:3479?transport=udp", ("198.18.0.3", 3479, "udp")),
+        ("turn:198.18.0.3?transport=tcp", ("198.18.0.3", 3478, "tcp")),
+        ("turns:198.18.0.3", ("198.18.0.3", 5349, "tls")),
+        ("turns:turn.example:443?transport=tcp", ("turn.example", 443, "tls")),
+        ("turn:[2001:db8::1]:3478?transport=tcp", ("2001:db8::1", 3478, "tcp")),
+        ("turns:198.18.0.3?transport=udp", None),  # DTLS is not spoken
+        ("turn:198.18.0.3?transport=sctp", None),
+        ("stun:198.18.0.3", None),
+        ("turn:198.18.0.3:99999", None),
+        ("turn::3478", None),
+    ],
+)
+def test_turn_urls(url: str, expected: tuple[str, int, str] | None) -> None:
+    parsed = parse_turn_url(url)
+    got = None if parsed is None else (parsed.host, parsed.port, parsed.transport)
+    assert got == expected
