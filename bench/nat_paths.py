@@ -60,7 +60,11 @@ class UmbranetNatEasy(UmbranetL3):
         "both sides: hole punched, WireGuard over direct UDP"
     )
     hard = False
-    binaries: ClassVar[Mapping[str, str]] = {"nft": "nftables", "ping": "iputils-ping"}
+    binaries: ClassVar[Mapping[str, str]] = {
+        "nft": "nftables",
+        "ping": "iputils-ping",
+        "conntrack": "conntrack",
+    }
     _natted: tuple[Netns, ...] = ()
 
     def setup(self, ns_a: Netns, ns_b: Netns, tmpdir: Path) -> Endpoints:
@@ -69,6 +73,9 @@ class UmbranetNatEasy(UmbranetL3):
         for ns, peer in ((ns_a, ns_b.addr), (ns_b, ns_a.addr)):
             rules = nat_rules(peer, hard=self.hard).encode()
             subprocess.run(ns.argv(["nft", "-f", "-"]), input=rules, check=True, timeout=30)
+            # The namespaces outlive a path: UDP flows an earlier path left in conntrack
+            # would carry this one's datagrams past the new NAT, un-NATed
+            ns.run(["conntrack", "-D", "-p", "udp"], check=False)
         self._natted = (ns_a, ns_b)
         core = self.start_core(ns_b, tmpdir, env, agent=True)
         files = core.files
@@ -110,6 +117,7 @@ class UmbranetNatEasy(UmbranetL3):
         super().teardown()
         for ns in self._natted:
             ns.run(["nft", "delete", "table", "ip", _TABLE], check=False)
+            ns.run(["conntrack", "-D", "-p", "udp"], check=False)
         self._natted = ()
 
 
