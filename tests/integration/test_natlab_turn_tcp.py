@@ -65,3 +65,7 @@ def test_a_tcp_only_turn_server_relays_a_hard_nat_pair(world: World) -> None:
     wait_for("A's ping answered by C", lambda: world.ping("a", target["ipv4"]), 30)
     answered = sum(world.ping("a", target["ipv4"]) for _ in range(3))
     assert answered == 3
+    # A's TURN messages crossed its TCP bridge (coturn has no UDP listener to take them)
+    bridge = world.status("a")["tun"]["nat"]["turn_bridge"]
+    assert bridge is not None and bridge["closed"] is None, bridge
+    assert bridge["io"]["to_server"] > 0 and bridge["io"]["from_server"] > 0, bridge

@@ -323,6 +323,8 @@ class NatTraversal:
             "candidates": [c.to_json() for c in gathered.candidates] if gathered else [],
             "stun_rtt": gathered.rtt if gathered else {},
             "probes": traversal.agent.statistics() if traversal else None,
+            # TURN over TCP/TLS: the bridge's refusals and framing verdicts, counted
+            "turn_bridge": self._bridge.statistics() if self._bridge is not None else None,
         }
 
 
