@@ -402,7 +402,7 @@ class Traversal:
 
     def reoffer(self, now: Instant) -> None:
         """Offer every selected pair again: the shell may have rebuilt a peer's path set
-        (a configured path at the same address replaces the record, unproven)."""
+        (a peer removed and added again starts a new one, with no punched pair)."""
         if self._paths is None:
             return
         for peer, address in self.direct.items():
