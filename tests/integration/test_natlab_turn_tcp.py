@@ -13,6 +13,7 @@ pings to C's overlay address are answered.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -52,14 +53,19 @@ def test_a_tcp_only_turn_server_relays_a_hard_nat_pair(world: World) -> None:
     def field(device: str, name: str, key: str) -> object:
         return (world.peer(device, name) or {}).get(key)
 
-    wait_for(
-        "A and C relayed through TURN over TCP",
-        lambda: (
-            field("a", "dev-c", "path_reason") == "relayed (TURN)"
-            and field("a", "dev-c", "path") in {"turn", "punched"}
-        ),
-        60,
-    )
+    try:
+        wait_for(
+            "A and C relayed through TURN over TCP",
+            lambda: (
+                field("a", "dev-c", "path_reason") == "relayed (TURN)"
+                and field("a", "dev-c", "path") in {"turn", "punched"}
+            ),
+            60,
+        )
+    except AssertionError:
+        tails = {p.name: p.read_text()[-2500:] for p in world.lab.logs.glob("agent-*")}
+        states = [world.status(d)["tun"] for d in "ac"]
+        raise AssertionError(json.dumps({"status": states, "logs": tails}, indent=1)) from None
     target = world.peer("a", "dev-c")
     assert target is not None
     wait_for("A's ping answered by C", lambda: world.ping("a", target["ipv4"]), 30)

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import ssl
 from collections import Counter
+from typing import cast
 
 from umbranet.proto.turn_stream import StreamDeframer, pad_channel_data
 
@@ -140,8 +141,8 @@ class _StreamSide(asyncio.Protocol):
         self._bridge = bridge
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._bridge._stream = transport
+        # uvloop's transports are not asyncio.Transport subclasses: duck-typed
+        self._bridge._stream = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._bridge._from_server(data)

@@ -20,6 +20,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from umbranet.clock import Clock, system_clock
 from umbranet.proto.turn import AllocationFailed, Event, TurnClient
@@ -164,8 +165,8 @@ class TurnStream(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: duck-typed
+        self._transport = cast(asyncio.Transport, transport)
         self.counters["connected"] += 1
 
     def data_received(self, data: bytes) -> None:
