@@ -15,9 +15,10 @@ a ping series run:
    after the `--path-deadline` the agents run with, short here to keep the test short);
 3. the block is lifted again: both ends go direct again.
 
-Checked: each end's reported path follows relay → direct → relay → direct, iperf3's one
-TCP connection completes its transfer (it fails on a reset or a stall beyond its timeouts),
-and pings are answered in every phase. The timings and each phase's median ping RTT are
+Checked: each end's reported path follows relay → direct → relay → direct; iperf3 (which
+ends at once on a reset or closed connection) is still running after the last upgrade, is
+then stopped by us, and its one TCP connection was carrying data up to the end; pings are
+answered in every phase. The timings and each phase's median ping RTT are
 printed (``pytest -s``), not asserted: they depend on the machine's load.
 """
 
@@ -27,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import threading
@@ -42,8 +44,8 @@ from tests.integration.netns_helper import Lab
 from tests.integration.test_natlab_tun import REPO, SRC, _missing
 
 PORT = 7001  # the port of B's service A may dial (`natlab_tun.SERVICES`)
-# iperf3 runs for a fixed time; the phases below finish well inside it on a loaded machine
-TRANSFER_SECONDS = 30
+# an upper bound: the transfer is stopped (SIGINT) once the last upgrade has carried data
+TRANSFER_SECONDS = 150
 AGENT_OPTIONS = ("--path-deadline", "3", "--path-probe-interval", "1")
 
 pytestmark = [
@@ -138,7 +140,7 @@ def test_stream_survives_upgrade_downgrade_and_upgrade_again(world: World) -> No
         assert target is not None
         b_ip = target["ipv4"]
         wait_for("a ping through the relay", lambda: world.ping("a", b_ip), 60)
-        assert _both(paths, "relay"), paths.changes
+        wait_for("both ends listing the other, relayed", lambda: _both(paths, "relay"), 30)
         lab.spawn(ns_b, "iperf3-server", ["iperf3", "-s", "-1", "-B", b_ip, "-p", str(PORT)])
         wait_for(
             "iperf3 listening",
@@ -173,19 +175,26 @@ def test_stream_survives_upgrade_downgrade_and_upgrade_again(world: World) -> No
             natlab.unblock_udp()
             wait_for("both ends direct again", lambda: _both(paths, "direct"), 40)
             t_direct2 = time.time()
-            assert client.poll() is None, "the transfer ended before the last upgrade"
-            out, err = client.communicate(timeout=TRANSFER_SECONDS + 30)
-            ping_out, _ = pinger.communicate(timeout=TRANSFER_SECONDS + 30)
+            time.sleep(2)  # the stream carries data on the new direct path
+            # iperf3 ends at once with an error on a reset or closed connection: still
+            # running means its one TCP connection lived through every move
+            assert client.poll() is None, "iperf3 ended early: " + repr(client.communicate())
+            t_end = time.time()
+            for child in (client, pinger):
+                child.send_signal(signal.SIGINT)
+            out, err = client.communicate(timeout=30)
+            ping_out, _ = pinger.communicate(timeout=30)
         finally:
             for child in (client, pinger):
                 if child.poll() is None:
                     child.kill()
                     child.wait(timeout=10)
-    assert client.returncode == 0, (out[-800:], err[-800:])
     report = json.loads(out)
-    assert "error" not in report, report["error"]
-    received = report["end"]["sum_received"]["bytes"]
-    assert received > 0
+    # the only error is ours: the interrupt that ended the transfer
+    assert report.get("error") == "interrupt - the client has terminated", (out[-800:], err)
+    intervals = [i["sum"]["bytes"] for i in report["intervals"]]
+    assert intervals and intervals[-1] > 0, intervals  # flowing up to the end
+    sent = sum(intervals)
     for device in "ab":
         seq = paths.sequence(device)
         assert seq[:4] == ["relay", "direct", "relay", "direct"], (device, paths.changes)
@@ -193,20 +202,20 @@ def test_stream_survives_upgrade_downgrade_and_upgrade_again(world: World) -> No
         "relayed": (t0, t_open),
         "direct": (t_direct, t_block),
         "relayed again": (t_relay, t_reopen),
-        "direct again": (t_direct2, t0 + TRANSFER_SECONDS),
+        "direct again": (t_direct2, t_end),
     }
     rtts = {name: _rtts(ping_out, *span) for name, span in phases.items()}
     for name, values in rtts.items():
         assert values, f"no ping answered while {name}: {ping_out[-1500:]!r}"
-    sent = len(re.findall(rb"icmp_seq=", ping_out))
+    replies = len(re.findall(rb"icmp_seq=", ping_out))
     print(
         f"\nupgrade {t_direct - t_open:.2f} s after unblocking; downgrade "
         f"{t_relay - t_block:.2f} s after blocking (--path-deadline 3); upgrade again "
         f"{t_direct2 - t_reopen:.2f} s after unblocking"
     )
     print("ping RTT median per phase: " + "; ".join(f"{n} {_median(v)}" for n, v in rtts.items()))
-    retransmits = report["end"]["sum_sent"].get("retransmits")
+    stalls = sum(1 for b in intervals if b == 0)
     print(
-        f"iperf3: {received / 2**20:.1f} MiB received over {TRANSFER_SECONDS} s in one TCP "
-        f"connection, {retransmits} retransmits; {sent} ping replies"
+        f"iperf3: {sent / 2**20:.1f} MiB sent over {t_end - t0:.1f} s in one TCP connection, "
+        f"{stalls} of {len(intervals)} 1-s intervals without progress; {replies} ping replies"
     )
