@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bench.nat_paths import UmbranetNatEasy, UmbranetNatHard
 from bench.paths import BenchPath
 from bench.paths.nebula import Nebula
 from bench.paths.raw import Raw, RawPy
@@ -34,6 +35,8 @@ _FACTORIES: dict[str, Callable[[], BenchPath]] = {
     "umbranet-mesh3": UmbranetMesh3,
     "umbranet-l3": UmbranetL3,
     "umbranet-l3-relayed": UmbranetL3Relayed,
+    "umbranet-l3-nat-easy": UmbranetNatEasy,
+    "umbranet-l3-nat-hard": UmbranetNatHard,
 }
 KNOWN_PATHS = tuple(_FACTORIES)
 DEFAULT_PATHS = (
@@ -50,6 +53,8 @@ DEFAULT_PATHS = (
     "umbranet-mesh3",
     "umbranet-l3",
     "umbranet-l3-relayed",
+    "umbranet-l3-nat-easy",
+    "umbranet-l3-nat-hard",
 )
 
 

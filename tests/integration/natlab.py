@@ -128,3 +128,22 @@ table ip natlab {{
         (needs the `conntrack` tool, Debian package conntrack)."""
         if site.nat is not None:
             sh(["ip", "netns", "exec", site.nat, "conntrack", "-F"], check=False)
+
+    def block_udp(self, one: Site, other: Site) -> None:
+        """Drop every UDP datagram between the two sites' public addresses on the wan: the
+        direct path between them dies while both still reach the routers and STUN."""
+        a, b = one.public, other.public
+        self._nft(
+            self.wan,
+            f"""
+table ip natlab_block {{
+  chain forward {{ type filter hook forward priority filter - 1; policy accept;
+    ip saddr {a} ip daddr {b} meta l4proto udp drop;
+    ip saddr {b} ip daddr {a} meta l4proto udp drop; }}
+}}
+""",
+        )
+
+    def unblock_udp(self) -> None:
+        """Undo `block_udp`."""
+        sh(["ip", "netns", "exec", self.wan, "nft", "delete", "table", "ip", "natlab_block"])

@@ -56,9 +56,18 @@ class World:
         return None
 
     @classmethod
-    def build(cls, lab: Lab, root: Path, kinds: dict[str, str], *, turn: bool = False) -> World:
+    def build(
+        cls,
+        lab: Lab,
+        root: Path,
+        kinds: dict[str, str],
+        *,
+        turn: bool = False,
+        turn_tcp: bool = False,
+    ) -> World:
         """Controller, routers r1/r2 (STUN at the lab's addresses), identities and services;
-        with `turn`, a coturn at `TURN` configured at the controller; devices are not
+        with `turn`, a coturn at `TURN` configured at the controller (with `turn_tcp`, one
+        that listens on TCP only, configured as ``?transport=tcp``); devices are not
         started (`up`)."""
         natlab = NatLab(lab, stun=False)
         w = cls(lab, natlab, root)
@@ -81,7 +90,7 @@ class World:
                                   "-i", path, "--listen", f"198.18.0.{index}:7443",
                                   "--stun-listen", f"198.18.0.{index}:3478"])  # fmt: skip
         if turn:
-            w.start_turn(home)
+            w.start_turn(home, tcp_only=turn_tcp)
         for device, kind in kinds.items():
             w.sites[device] = natlab.site(kind)
             token = str(root / f"dev-{device}.token")
@@ -95,8 +104,9 @@ class World:
                            "--host", "tcp://127.0.0.1:7001")  # fmt: skip
         return w
 
-    def start_turn(self, home: str) -> None:
-        """coturn on the wan with the shared-secret scheme, and the controller told of it."""
+    def start_turn(self, home: str, *, tcp_only: bool = False) -> None:
+        """coturn on the wan with the shared-secret scheme, and the controller told of it
+        (with `tcp_only`, coturn has no UDP listener and the URL says ``transport=tcp``)."""
         wan, ip = self.natlab.wan, TURN.partition(":")[0]
         sh(["ip", "-n", wan, "addr", "add", f"{ip}/32", "dev", "lo"])
         self.lab.spawn(wan, "coturn", [
@@ -105,7 +115,9 @@ class World:
             "--realm=natlab", "--no-tls", "--no-dtls", "--no-cli", "--min-port=49152",
             "--max-port=49300", f"--log-file={self.root / 'turnserver.log'}", "--simple-log",
             f"--pidfile={self.root / 'turn.pid'}", f"--userdb={self.root / 'turn.db'}",
+            *(["--no-udp"] if tcp_only else []),
         ])  # fmt: skip
+        url = "turn:" + TURN + ("?transport=tcp" if tcp_only else "")
         code = (
             "import asyncio, sys\n"
             "from umbranet.client.controller import ControllerClient\n"
@@ -114,22 +126,23 @@ class World:
             "admin = IdentityFile.load(ControllerHome(sys.argv[1]).admin_file)\n"
             "async def main():\n"
             "    async with ControllerClient(admin) as c:\n"
-            "        body = {'urls': ['turn:' + sys.argv[2]], 'realm': 'natlab',\n"
+            "        body = {'urls': [sys.argv[2]], 'realm': 'natlab',\n"
             "                'secret': sys.argv[3], 'ttl_seconds': 3600}\n"
             "        await c._call('PUT', '/v1/network/turn', json=body)\n"
             "asyncio.run(main())\n"
         )
-        self.lab.run(wan, [sys.executable, "-c", code, home, TURN, TURN_SECRET])
+        self.lab.run(wan, [sys.executable, "-c", code, home, url, TURN_SECRET])
 
-    def up(self, device: str) -> float:
-        """Start `umbra up --tun` for `device`; the monotonic time it was started."""
+    def up(self, device: str, *extra: str) -> float:
+        """Start `umbra up --tun` for `device` (with `extra` options); the monotonic time it
+        was started."""
         ns = self.sites[device].hosts[0]
         self.lab.resolv_conf(ns, "nameserver 198.18.0.10\n")
         started = time.monotonic()
         self.lab.spawn(ns, f"agent-{device}", [
             sys.executable, "-m", "umbranet.cli.main", "up", "--tun", "--no-tun-dns",
             "--identity", str(self.root / f"dev-{device}.json"),
-            "--state-dir", str(self.root / f"agent-{device}"), "--refresh", "0.5",
+            "--state-dir", str(self.root / f"agent-{device}"), "--refresh", "0.5", *extra,
         ])  # fmt: skip
         return started
 

@@ -131,6 +131,10 @@ class TunSettings:
     fwmark: int = 0x756D  # on the WireGuard socket: its datagrams skip the exit route
     route_table: int = 7567
     rule_priority: int = 7560
+    # How soon a silent direct path falls back to the relay, and how eagerly an unproven one
+    # is re-probed (`umbranet.proto.paths`); lower values trade probe traffic for recovery.
+    path_deadline: float = 15.0
+    path_probe_interval: float = 5.0
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:

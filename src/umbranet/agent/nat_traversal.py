@@ -23,12 +23,15 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from umbranet.aio.nat import local_addresses, parse_hostport
+from umbranet.aio.turn_bridge import TurnBridge
+from umbranet.aio.turn_stream import TurnServer, parse_turn_url
 from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.clock import Clock, system_clock
 from umbranet.proto.ice import Candidate
@@ -73,6 +76,8 @@ class NatTraversal:
         self._local: list[str] = []
         self._probed: set[bytes] = set()
         self._turn_expires = 0.0
+        self._bridge: TurnBridge | None = None
+        self._bridged: TurnServer | None = None
 
     def wrap(
         self, device: Device, paths: Callable[[bytes], PathSet | None] | None = None
@@ -93,6 +98,9 @@ class NatTraversal:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._refreshing = None
+        if self._bridge is not None:
+            self._bridge.close()
+            self._bridge = None
 
     def refresh_soon(
         self, open_client: Callable[[], ControllerClient], view: Mapping[str, Any]
@@ -183,9 +191,8 @@ class NatTraversal:
         fresh = traversal.relayed is not None and self._turn_expires - time.time() > 600
         if fresh:
             return
-        server = _turn_server(str(turn["urls"][0]))
+        server = await self._turn_address(str(turn["urls"][0]))
         if server is None:
-            log.warning("NAT traversal: unusable TURN URL %r", turn["urls"][0])
             return
         traversal.set_turn(server, str(turn["username"]), str(turn["password"]), self._clock.now())
         self._turn_expires = float(turn.get("expires") or 0)
@@ -196,6 +203,32 @@ class NatTraversal:
             await asyncio.sleep(0.05)
         if traversal.relayed is None:
             log.warning("NAT traversal: no TURN relay (%s)", traversal.turn_failed or "timeout")
+
+    async def _turn_address(self, url: str) -> tuple[str, int] | None:
+        """Where the TURN client sends: the server itself over UDP, or the loopback bridge
+        to it over TCP/TLS (``?transport=tcp``, ``turns:``; `aio/turn_bridge.py`)."""
+        parsed = _turn_server(url)
+        if parsed is None:
+            log.warning("NAT traversal: unusable TURN URL %r", url)
+            return None
+        if parsed.transport == "udp":
+            return parsed.address
+        bridge = self._bridge
+        if bridge is not None and self._bridged == parsed and not bridge.closed.is_set():
+            return bridge.address
+        if bridge is not None:
+            bridge.close()
+        context = ssl.create_default_context() if parsed.transport == "tls" else None
+        try:
+            self._bridge = await TurnBridge.open(
+                parsed.address, ssl_context=context, server_hostname=parsed.host
+            )
+        except OSError as exc:
+            self._bridge = None
+            log.warning("NAT traversal: no TURN relay (%s)", exc)
+            return None
+        self._bridged = parsed
+        return self._bridge.address
 
     async def _follow(
         self, client: ControllerClient, traversal: Traversal, view: Mapping[str, Any]
@@ -290,21 +323,21 @@ class NatTraversal:
             "candidates": [c.to_json() for c in gathered.candidates] if gathered else [],
             "stun_rtt": gathered.rtt if gathered else {},
             "probes": traversal.agent.statistics() if traversal else None,
+            # TURN over TCP/TLS: the bridge's refusals and framing verdicts, counted
+            "turn_bridge": self._bridge.statistics() if self._bridge is not None else None,
         }
 
 
-def _turn_server(url: str) -> tuple[str, int] | None:
-    """``turn:HOST[:PORT][?transport=udp]`` -> (HOST, PORT); None for TLS or TCP-only URLs."""
-    if not url.startswith("turn:") or "transport=tcp" in url:
+def _turn_server(url: str) -> TurnServer | None:
+    """A ``turn:``/``turns:`` URL naming an IP address (the data plane resolves no names)."""
+    parsed = parse_turn_url(url)
+    if parsed is None:
         return None
-    rest = url[len("turn:") :].partition("?")[0]
-    host, _, port = rest.rpartition(":") if rest.count(":") == 1 or "]" in rest else ("", "", "")
-    host = host.strip("[]") if host else rest
     try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        socket.inet_pton(socket.AF_INET6 if ":" in parsed.host else socket.AF_INET, parsed.host)
     except OSError:
-        return None  # the data plane resolves no names
-    return host, int(port) if port.isdigit() else 3478
+        return None
+    return parsed
 
 
 class RelayingSocket:

@@ -354,7 +354,13 @@ class TunMode:
             machine = cast(Device, self.nat.wrap(self.device, paths=self._path_set))
             sock = cast(socket.socket, self.nat.socket)  # sends through our TURN relay if need be
             self.driver = WireGuardDriver(
-                machine, sock, self.tun, on_event=self._event, flow_filter=self.flows
+                machine,
+                sock,
+                self.tun,
+                on_event=self._event,
+                flow_filter=self.flows,
+                path_deadline=settings.path_deadline,
+                probe_interval=settings.path_probe_interval,
             )
             self.driver.start()
             if settings.dns and plan.resolv_original is not None:

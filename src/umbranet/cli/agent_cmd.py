@@ -166,6 +166,24 @@ def up(
             help="With --exit-node: the LAN (the main table's specific routes) stays direct.",
         ),
     ] = False,
+    path_deadline: Annotated[
+        float,
+        typer.Option(
+            "--path-deadline",
+            min=1.0,
+            help="Network mode: seconds a direct path may stay silent while we send before "
+            "traffic returns to the relay.",
+        ),
+    ] = 15.0,
+    path_probe_interval: Annotated[
+        float,
+        typer.Option(
+            "--path-probe-interval",
+            min=0.2,
+            help="Network mode: first interval between probes of a direct path not yet proven "
+            "(backs off to 60 s).",
+        ),
+    ] = 5.0,
 ) -> None:
     """Run the agent: loopback listeners for the services you may dial, hosting for the ones
     you may bind, and the local API."""
@@ -211,6 +229,8 @@ def up(
                 advertise_exit_node=advertise_exit_node,
                 exit_node=exit_node,
                 exit_node_allow_lan=exit_node_allow_lan,
+                path_deadline=path_deadline,
+                path_probe_interval=path_probe_interval,
             )
             if tun
             else None,

@@ -402,12 +402,14 @@ class Traversal:
 
     def reoffer(self, now: Instant) -> None:
         """Offer every selected pair again: the shell may have rebuilt a peer's path set
-        (a configured path at the same address replaces the record, unproven)."""
+        (a peer removed and added again starts a new one, with no punched pair). A pair
+        the set still holds is left to it: the set may have seen it go silent since the
+        probes selected it, and only its own exchanges prove it again."""
         if self._paths is None:
             return
         for peer, address in self.direct.items():
             paths = self._paths(peer)
-            if paths is not None:
+            if paths is not None and not paths.has(address):
                 kind = self.agent.path_kind(peer) or "punched"
                 self._offer_address(paths, address, kind, 0.0, now)
 

@@ -1,4 +1,4 @@
-"""A TURN client (RFC 8656, UDP relay) as a sans-IO machine.
+"""A TURN client (RFC 8656, UDP relay) as a sans-IO machine, over UDP or a stream.
 
 A standard TURN server (coturn) configured for the network can relay WireGuard datagrams
 when no direct path works and no Umbranet router relay is wanted. The controller hands out
@@ -18,6 +18,11 @@ Flow (each request retransmitted every `rto`, doubling, `tries` times):
 
 ChannelData (RFC 8656 section 12.4): channel number (2, 0x4000-0x4FFF) | length (2) | data,
 padded to 4 bytes over UDP only if the sender wishes; we do not pad and accept either.
+Over a stream (``stream=True``: TCP or TLS to the server, `proto/turn_stream.py` cuts the
+bytes back into messages, fed in with `handle_stream`) nothing is retransmitted: the stream
+is reliable, so a request unanswered after `stream_timeout` (RFC 8656's 39.5 s) has failed;
+ChannelData is padded to 4 bytes, as the RFC requires there; a stream out of step is
+`AllocationFailed("stream_<why>")` and the shell closes it.
 Responses are accepted only from the server, matching an outstanding transaction, with a
 valid MESSAGE-INTEGRITY once authenticated; everything else is counted and dropped.
 """
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from umbranet.clock import Deadline, Instant
 from umbranet.proto import stun
 from umbranet.proto.stun import ATTR, StunError, StunMessage
+from umbranet.proto.turn_stream import StreamDeframer, pad_channel_data
 
 __all__ = [
     "Allocated",
@@ -48,6 +54,7 @@ _UDP = struct.pack("!B3x", 17)
 PERMISSION_REFRESH = 240.0
 CHANNEL_REFRESH = 540.0
 FIRST_CHANNEL = 0x4000
+STREAM_TIMEOUT = 39.5  # RFC 8656 §3.3 (after RFC 5389 §7.2.2): a reliable request's wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +127,13 @@ class TurnClient:
         lifetime: int = 600,
         rto: float = 0.5,
         tries: int = 5,
+        stream: bool = False,
+        stream_timeout: float = STREAM_TIMEOUT,
     ) -> None:
         self.server = server
+        self.stream = stream
+        self._stream_timeout = stream_timeout
+        self._deframer = StreamDeframer() if stream else None
         self._username = username
         self._password = password
         self._random = random_bytes
@@ -160,7 +172,8 @@ class TurnClient:
         """Relay `data` to `peer` (needs a permission for its IP, which the server checks)."""
         bound = self._s.channels.get(peer)
         if bound is not None:
-            self._out.append((struct.pack("!HH", bound[0], len(data)) + data, self.server))
+            message = struct.pack("!HH", bound[0], len(data)) + data
+            self._out.append((pad_channel_data(message) if self.stream else message, self.server))
             self.counters["channel_data_out"] += 1
             return
         txid = self._random(12)
@@ -191,6 +204,27 @@ class TurnClient:
         )
 
     # -- inputs ---------------------------------------------------------------------------
+
+    def handle_stream(self, data: bytes, now: Instant) -> None:
+        """Bytes read from the stream to the server (``stream=True`` only)."""
+        deframer = self._deframer
+        if deframer is None:
+            raise RuntimeError("handle_stream on a UDP TURN client")  # local misuse
+        if deframer.broken is not None:
+            return
+        deframer.feed(data)
+        while (message := deframer.poll_message()) is not None:
+            self.handle_datagram(message, self.server, now)
+        if deframer.broken is not None:
+            self.counters[f"stream_{deframer.broken}"] += 1
+            self._pending.clear()
+            self._s.relayed = None
+            self._events.append(AllocationFailed(f"stream_{deframer.broken}"))
+
+    @property
+    def broken(self) -> str | None:
+        """Why the stream to the server is out of step (the shell closes it), or None."""
+        return None if self._deframer is None else self._deframer.broken
 
     def handle_datagram(self, data: bytes, source: Address, now: Instant) -> bool:
         """Consume what the TURN server sent (True), or leave the datagram to others."""
@@ -288,7 +322,7 @@ class TurnClient:
             if request.next_at > t:
                 continue
             del self._pending[txid]
-            if request.tries >= self._tries:
+            if request.tries >= self._tries or self.stream:
                 self.counters["timeouts"] += 1
                 if request.what == "allocate":
                     self._events.append(AllocationFailed("timeout"))
@@ -338,6 +372,7 @@ class TurnClient:
             "relayed": None if self._s.relayed is None else list(self._s.relayed),
             "permissions": sorted(self._s.permissions),
             "channels": len(self._s.channels),
+            "transport": "stream" if self.stream else "udp",
             "counters": dict(self.counters),
         }
 
@@ -363,7 +398,8 @@ class TurnClient:
             message = StunMessage(request.method, stun.REQUEST, request.txid, tuple(attrs))
             request.datagram = stun.encode(message, integrity_key=key)
         request.tries += 1
-        request.next_at = now.mono + self._rto * 2 ** (request.tries - 1)
+        wait = self._stream_timeout if self.stream else self._rto * 2 ** (request.tries - 1)
+        request.next_at = now.mono + wait
         self._pending[request.txid] = request
         self._out.append((request.datagram, self.server))
 
