@@ -44,7 +44,7 @@ from umbranet.router.links import LinkKind, Route, Side, SwitchLink
 from umbranet.router.quotas import SwitchLimits
 from umbranet.router.redial import Connecting, PendingConnects, redial
 from umbranet.router.relay import WgRelay
-from umbranet.router.routes import Local, Refuse, RouteTable
+from umbranet.router.routes import Local, Refuse, RouteTable, Via
 from umbranet.router.terminators import Binding, TerminatorTable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError, decode_control
 from umbranet.wire.control import encode_control, encode_error
@@ -87,6 +87,10 @@ class Switch:
         self._dirty: set[SwitchLink] = set()
         self.links: set[SwitchLink] = set()
         self._shed_links: list[SwitchLink] = []
+        # A no-transit router is only ever a first or last hop (the operator's setting, or
+        # the controller's): it refuses to pass on a dial from a router to a router, whatever
+        # route asks for it, so a stale or forged route cannot make it carry transit.
+        self.no_transit = False
         self.gate = TicketGate(bundle, self.limits, self.counters)
         self.relay = WgRelay(self.gate, self.counters, self._dirty, self._count)
 
@@ -341,6 +345,8 @@ class Switch:
             window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
             from_router = source.kind is LinkKind.ROUTER
             dialer = ctl.str_field("dialer", 2048) if from_router else source.identity
+            # An open inside a session names the host that holds it (see `terminators`).
+            host = ctl.str_field("host", 2048) if "host" in ctl.fields else ""
         except WireError as exc:
             self._refuse(source, circuit, exc.code, exc.reason)
             return
@@ -357,7 +363,9 @@ class Switch:
         if refusal is not None:
             self._refuse(source, circuit, *refusal)
             return
-        hop = self.routes.next_hop(service, int(now.unix), dialer=dialer)
+        hop = self.routes.next_hop(service, int(now.unix), dialer=dialer, host=host)
+        if isinstance(hop, Via) and from_router and self.no_transit:
+            hop = Refuse(ErrorCode.TRANSIT_REFUSED, "this router carries no transit")
         if isinstance(hop, Refuse):
             self._refuse(source, circuit, hop.code, hop.reason)
             return
@@ -389,6 +397,8 @@ class Switch:
         self.circuits += 1
         self.counters["dials"] += 1
         fields = {"service": service, "ticket": token, "dialer": dialer, "window": window}
+        if host:
+            fields["host"] = host
         if isinstance(hop, Local):
             fields["binding"] = hop.binding.binding_id
             tried: list[tuple[Hashable, int]] = [(target, hop.binding.binding_id)]

@@ -186,7 +186,15 @@ class RouterConnection:
                 return mover.accept(circuit_id, connect, listener.handshake(), DEFAULT_WINDOW)
             return Circuit.accept(circuit_id, connect, listener.handshake())
 
-        machine.bind(binding_id, listener.service, ticket, accept, self._clock.now())
+        machine.bind(
+            binding_id,
+            listener.service,
+            ticket,
+            accept,
+            self._clock.now(),
+            weight=listener.weight,
+            precedence=listener.precedence,
+        )
         self._step()
         try:
             return await waiter

@@ -29,10 +29,9 @@ import functools
 import logging
 import os
 import weakref
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from umbranet.client.follow import follow_events, renew_at_half_life
 from umbranet.clock import Clock, system_clock
@@ -45,12 +44,15 @@ from umbranet.proto.resume import EARLY_DATA_MAX
 from umbranet.proto.sessions import DEFAULT_RESUME_DEADLINE
 from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
+from umbranet.sdk.grants import ControlPlane, Grant, default_control
 from umbranet.sdk.listener import Listener
 from umbranet.sdk.moves import SessionMover
 from umbranet.sdk.posture import collect, report_interval
 from umbranet.sdk.routers import MAX_ROUTER_LINKS, RETRY_ELSEWHERE, RouterRanking
 from umbranet.sdk.stream import Stream
 from umbranet.wire import ErrorCode
+
+__all__ = ["ControlPlane", "Context", "Grant"]
 
 log = logging.getLogger("umbranet.sdk")
 
@@ -60,32 +62,6 @@ RENEWAL_RETRY = 30.0
 POSTURE_FIRST_WAIT = 2.0
 GRANT_CHECK_INTERVAL = 30.0
 GRANT_REFRESH_BEFORE = 120.0  # seconds before a dial ticket expires
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """A ticket from the controller and the routers to present it at."""
-
-    ticket: str
-    expires_at: int
-    routers: tuple[str, ...]
-    http_rules: dict[str, Any] | None = None
-
-
-class ControlPlane(Protocol):
-    """What the SDK needs from the controller (see `umbranet.client.controller`)."""
-
-    async def grant(self, service: str, action: str, port: int | None = None) -> Grant: ...
-
-    async def renew(self) -> IdentityFile: ...
-
-    async def report_posture(self, report: dict[str, Any]) -> bool: ...
-
-    async def refresh_bundle(self) -> IdentityFile | None: ...
-
-    def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
-
-    async def aclose(self) -> None: ...
 
 
 # A host's refusal of an open inside a session it does not hold (or a replay it saw).
@@ -119,7 +95,7 @@ class Context:
         self.link_timers = link_timers  # keepalive: how soon a silent router is given up
         self._identity_path = identity_path
         self._state_path = state_path
-        self._control_factory = control or _default_control
+        self._control_factory = control or default_control
         self._control = self._control_factory(identity)
         self._connections: dict[str, RouterConnection] = {}
         self._connecting: dict[str, asyncio.Task[RouterConnection]] = {}
@@ -291,15 +267,23 @@ class Context:
         return live[0] if live else None
 
     def listen(
-        self, service: str, backlog: int = 128, *, ports: frozenset[int] | None = None
+        self,
+        service: str,
+        backlog: int = 128,
+        *,
+        ports: frozenset[int] | None = None,
+        weight: int | None = None,
+        precedence: str | int | None = None,
     ) -> Listener:
         """Host `service`: iterate the listener for incoming streams. Opens no port.
 
         With `ports`, only dialers whose ticket grants one of those service ports get through
         (the rest are refused with ``port_not_granted``); the stream's ``peer.port`` says which.
+        With several hosts, `weight` (0-1000) is this one's share and `precedence`
+        (``"primary"``, ``"standby"``, ``"backup"`` or 0-9) its rank: see `sdk/listener.py`.
         """
         self._start()
-        listener = Listener(self, service, backlog, ports)
+        listener = Listener(self, service, backlog, ports, weight=weight, precedence=precedence)
         self._listeners.add(listener)
         return listener
 
@@ -604,9 +588,3 @@ def _newest(identity: IdentityFile, state: Path) -> IdentityFile:
     if saved.certificate.not_valid_before_utc >= identity.certificate.not_valid_before_utc:
         return saved
     return identity
-
-
-def _default_control(identity: IdentityFile) -> ControlPlane:
-    from umbranet.sdk.control import ControllerPlane
-
-    return ControllerPlane(identity)
