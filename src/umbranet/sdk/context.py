@@ -35,7 +35,7 @@ from typing import Any
 
 from umbranet.client.follow import follow_events, renew_at_half_life
 from umbranet.clock import Clock, system_clock
-from umbranet.pki import IdentityFile, PkiError
+from umbranet.pki import IdentityFile
 from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
@@ -45,6 +45,7 @@ from umbranet.proto.sessions import DEFAULT_RESUME_DEADLINE
 from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
 from umbranet.sdk.grants import ControlPlane, Grant, default_control
+from umbranet.sdk.identity_state import newest
 from umbranet.sdk.listener import Listener
 from umbranet.sdk.moves import SessionMover
 from umbranet.sdk.posture import collect, report_interval
@@ -100,6 +101,8 @@ class Context:
         self._connections: dict[str, RouterConnection] = {}
         self._connecting: dict[str, asyncio.Task[RouterConnection]] = {}
         self.ranking = RouterRanking()
+        # Called with a router's address when its link is lost (the agent links another).
+        self.link_lost_hooks: list[Callable[[str], None]] = []
         # Pinned router addresses (a site's own routers, a benchmark's fixed path): used
         # instead of the ones the controller names in each grant.
         self.pinned_routers = tuple(routers) if routers else None
@@ -132,7 +135,7 @@ class Context:
         identity = IdentityFile.load(path)
         state = Path(state_path) if state_path is not None else None
         if state is not None:
-            identity = _newest(identity, state)
+            identity = newest(identity, state)
         return cls(identity, identity_path=path, state_path=state, **options)
 
     @classmethod
@@ -364,6 +367,15 @@ class Context:
             if task.done():
                 self._connecting.pop(address, None)
 
+    def release(self, address: str) -> bool:
+        """Close the link to `address` if nothing uses it; True if it was closed."""
+        connection = self._connections.get(address)
+        if connection is None or not connection.idle:
+            return False
+        del self._connections[address]
+        connection.release()
+        return True
+
     def new_binding_id(self) -> int:
         self._next_binding += 1
         return self._next_binding
@@ -419,6 +431,8 @@ class Context:
         if self._connections.get(connection.address) is connection:
             del self._connections[connection.address]
         self.counters["router_links_lost"] = self.counters.get("router_links_lost", 0) + 1
+        for hook in list(self.link_lost_hooks):
+            hook(connection.address)
 
     def _start(self) -> None:
         if self._started or self._closed:
@@ -569,22 +583,3 @@ class Context:
                 target,
                 exc.strerror or exc,
             )
-
-
-def _newest(identity: IdentityFile, state: Path) -> IdentityFile:
-    """The identity file's content, or the state file's when it is the same identity with a
-    later certificate; a missing or unusable state file is ignored (renewals will rewrite it)."""
-    try:
-        saved = IdentityFile.load(state)
-    except (OSError, ValueError, PkiError) as exc:
-        if not isinstance(exc, FileNotFoundError):
-            log.warning("ignoring the identity state file %s: %s", state, exc)
-        return identity
-    if saved.spiffe_id != identity.spiffe_id:
-        log.warning("ignoring %s: it holds %s, not %s", state, saved.spiffe_id, identity.spiffe_id)
-        return identity
-    # Ties go to the state file: only renewals write it, and a renewal in the same second as
-    # the enrollment is newer. A later re-enrollment (a new identity file) wins by its date.
-    if saved.certificate.not_valid_before_utc >= identity.certificate.not_valid_before_utc:
-        return saved
-    return identity
