@@ -63,6 +63,7 @@ class TwinMesh:
             [MeshRoute(r.service, r.via, r.cost) for r in routes],
             graph.strategies_for(services),
             graph.version,
+            self.me in graph.policy.no_transit,
         )
 
     async def watch(self, after: int) -> int:
@@ -408,5 +409,20 @@ def test_the_controllers_strategy_reaches_the_router_where_the_service_is_bound(
                 await _until(lambda: r2.switch.terminators.strategy("echo") == "smart")
                 assert shells[1].counters["pushed"] >= 1
                 await listener.close()
+
+    arun(main())
+
+
+def test_a_router_the_controller_marks_no_transit_refuses_transit_itself(
+    network: LocalNetwork, arun
+) -> None:
+    async def main() -> None:
+        async with _mesh(network, ["r1", "r2"]) as (shells, twin):
+            r1, r2 = shells[0].router, shells[1].router
+            twin.graph.set_policy(MeshPolicy(no_transit=frozenset({r2.identity.spiffe_id})))
+            await _routed(*shells)
+            assert r2.switch.no_transit and not r1.switch.no_transit
+            twin.graph.set_policy(MeshPolicy())  # unmarked: pushed, the next answer says so
+            await _until(lambda: not r2.switch.no_transit)
 
     arun(main())
