@@ -1,7 +1,8 @@
 """Several hosts of one service behind one router, told apart by what each listener asks
 for on BIND: a standby takes dials only once no primary is bound, weights split dials in
-proportion, and a dialer's streams inside an end-to-end session follow that session's host
-(issue 11, item 4). Real TLS links on loopback, one in-process router, the SDK at both ends."""
+proportion, and under ``sticky`` a dialer's streams inside an end-to-end session stay with
+that session's host (issue 11, item 4). Real TLS links on loopback, one in-process router,
+the SDK at both ends."""
 
 from __future__ import annotations
 
@@ -106,11 +107,12 @@ def test_weights_given_on_listen_split_dials_in_proportion(
     arun(main())
 
 
-def test_streams_inside_a_session_go_to_the_host_holding_it(
+def test_under_sticky_streams_inside_a_session_go_to_the_host_holding_it(
     network: LocalNetwork, arun: Any
 ) -> None:
     async def main() -> None:
-        async with running_router(network, "r1"):
+        async with running_router(network, "r1") as router:
+            router.switch.terminators.set_strategies({"echo": "sticky"})
             served: Counter[str] = Counter()
             hosts = [context(network, f"web{i}", "server") for i in (1, 2)]
             client = context(network, "alice", "client")

@@ -12,10 +12,11 @@ Picking, in order (the rules of this file):
 2. Precedence: only the bindings with the lowest `precedence` number compete (0 primary,
    1 standby, ...); a standby takes dials only while no primary is live and healthy.
 3. A dial that opens a stream inside an end-to-end session it already has with one host
-   (`proto/sessions.py`) names that host (`host`): it goes there if that host is among
-   them, since any other host would refuse the open and cost the dialer a second dial.
-   Strategies therefore spread sessions, and a session's later streams follow it (as the
-   requests of one HTTP/2 connection stay on one backend); precedence still wins.
+   (`proto/sessions.py`) names that host (`host`). Under ``sticky`` it goes there if that
+   host is among them (the dialer asked for one host; any other would refuse the open and
+   cost a second dial). The other strategies ignore it: they spread every dial, and a
+   host that does not hold the session refuses the open, so the dialer falls back to a
+   full handshake with the host picked for it. Precedence always wins.
 4. The service's strategy picks among them:
    - ``smart`` (the default): the least loaded for its weight (live circuits through its
      link divided by `weight`, a weight of 0 only when nothing else is left), then fewest
@@ -149,7 +150,7 @@ class TerminatorTable:
         best = min(b.precedence for b in healthy)
         group = [b for b in healthy if b.precedence == best]
         strategy = self.strategy(service)
-        held = [b for b in group if b.identity == host] if host else []
+        held = [b for b in group if b.identity == host] if host and strategy == "sticky" else []
         if held:
             self.counters["picked_session_host"] += 1
             return held[0]
