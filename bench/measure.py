@@ -175,6 +175,9 @@ class Measurer:
                 self._attempt(
                     r, f"conn_{mode}", partial(self._rr, r, ep, mode, "connect", conn_args)
                 )
+                if isinstance(ep.rr, PyClient) and ep.rr.first_dial:
+                    first = partial(self._rr, r, ep, mode, "connect-first", conn_args)
+                    self._attempt(r, f"conn1_{mode}", first)
             finally:
                 if mode == "pin":
                     procfs.set_affinity(pinnable, self._all_cpus)
@@ -203,7 +206,7 @@ class Measurer:
             r.notes.append(f"{key}: other processes used {other:.0f}% of a core meanwhile")
 
     def _rr(self, r: PathRun, ep: Endpoints, mode: str, kind: str, args: list[str]) -> None:
-        key = "rr" if kind == "latency" else "conn"
+        key = {"latency": "rr", "connect": "conn", "connect-first": "conn1"}[kind]
         self.log(f"    {kind} ({'1 CPU' if mode == 'pin' else 'default'})")
         res = self._client(ep.rr, kind, args, 120, pin=mode == "pin")
         try:

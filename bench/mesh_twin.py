@@ -56,6 +56,7 @@ class TwinMesh:
             [MeshRoute(r.service, r.via, r.cost) for r in routes],
             graph.strategies_for(services),
             graph.version,
+            self.me in graph.policy.no_transit,
         )
 
     async def watch(self, after: int) -> int:

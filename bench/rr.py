@@ -235,8 +235,9 @@ def client_main(argv: Sequence[str] | None = None, dial_for: DialFor | None = No
     chooser = dial_for or _tcp_dial_for
     if args.mode == "latency":
         result = measure_latency(chooser("echo", args), args.count, args.warmup, args.size)
-    elif args.mode == "connect":
+    elif args.mode in ("connect", "connect-first"):
         result = measure_connect(chooser("echo", args), args.count, args.size)
+        result["mode"] = args.mode
     elif args.mode == "blast":
         result = measure_blast(
             chooser("sink", args),
@@ -269,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def client_parser() -> argparse.ArgumentParser:
     """The client modes' command line (also parsed by plug-in clients that do not use Dial)."""
     parser = argparse.ArgumentParser(prog="bench.rr")
-    parser.add_argument("mode", choices=["latency", "connect", "blast", "probe"])
+    # connect-first: every dial is a first one (for Umbranet: a full end-to-end handshake,
+    # no session to open the stream in); a TCP connect is always a first one.
+    parser.add_argument("mode", choices=["latency", "connect", "connect-first", "blast", "probe"])
     parser.add_argument("--host", default="")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--count", type=int, default=2000)

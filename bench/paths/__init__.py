@@ -66,6 +66,8 @@ class PyClient:
     ns: str
     module: str
     args: tuple[str, ...] = ()
+    # It also runs `connect-first` (a dial with no session to reuse), measured as its own row.
+    first_dial: bool = False
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,12 @@ class Umbranet(DaemonPath):
             env,
         )
         _wait_file(ready, READY_WAIT, ns_b, host, tmpdir / "host.log")
-        client = PyClient(ns_a.name, self.client_module, ("--identity", str(files / "dialer.json")))
+        client = PyClient(
+            ns_a.name,
+            self.client_module,
+            ("--identity", str(files / "dialer.json")),
+            first_dial=True,
+        )
         return Endpoints(
             throughput=client,
             rr=client,

@@ -52,12 +52,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _measure(
     identity: Path, opts: Any, routers: tuple[str, ...] | None = None
 ) -> dict[str, Any]:
-    async with Context.from_file(identity, routers=routers) as ctx:
+    # `connect`: what an application gets on its second and later dials to a host (each
+    # stream opens inside the end-to-end session of the first, no handshake); `connect-first`:
+    # what every first dial to a host costs (a full Noise XX handshake each time).
+    sessions = opts.mode != "connect-first"
+    async with Context.from_file(identity, routers=routers, session_streams=sessions) as ctx:
         if opts.mode == "latency":
             return await _latency(ctx, opts.count, opts.warmup, opts.size)
-        if opts.mode == "connect":
+        if opts.mode in ("connect", "connect-first"):
             await _connect(ctx, CONNECT_WARMUP, opts.size)
-            return await _connect(ctx, opts.count, opts.size)
+            result = await _connect(ctx, opts.count, opts.size)
+            return {**result, "mode": opts.mode}
         if opts.mode == "blast":
             return await _blast(ctx, opts.seconds, opts.streams, opts.min_bytes, opts.max_seconds)
         return await _probe(ctx, opts.wait, opts.size)
@@ -95,9 +100,11 @@ async def _latency(ctx: Context, count: int, warmup: int, size: int) -> dict[str
 async def _connect(ctx: Context, count: int, size: int) -> dict[str, Any]:
     payload = b"c" * size
     samples: list[int] = []
+    in_session = 0  # dials that opened inside an existing session (shown in the JSON)
     for _ in range(count):
         t0 = time.perf_counter_ns()
         stream = await _dial(ctx, SERVICES["echo"])
+        in_session += bool(stream.get_extra_info("in_session"))
         try:
             stream.write(payload)
             await stream.drain()
@@ -105,7 +112,7 @@ async def _connect(ctx: Context, count: int, size: int) -> dict[str, Any]:
         finally:
             _end(stream)
         samples.append(time.perf_counter_ns() - t0)
-    return {"mode": "connect", "size": size, **rr.summarize(samples)}
+    return {"mode": "connect", "size": size, "in_session": in_session, **rr.summarize(samples)}
 
 
 async def _blast(

@@ -60,11 +60,12 @@ class _Dialer:
     def __init__(self, identity: Path) -> None:
         self.identity = identity
         self.context: BlockingContext | None = None
+        self.session_streams = True  # `connect-first`: every dial a full handshake
 
     def ctx(self) -> BlockingContext:
         if self.context is None:
             try:
-                self.context = connect(self.identity)
+                self.context = connect(self.identity, session_streams=self.session_streams)
             except UmbraError as exc:
                 raise ConnectionError(f"{exc.code}: {exc.reason}") from exc
         return self.context
@@ -75,7 +76,8 @@ class _Dialer:
         def dial() -> rr.Conn:
             return UmbraConn(self.ctx().dial(service))
 
-        if args.mode == "connect":
+        self.session_streams = args.mode != "connect-first"
+        if args.mode in ("connect", "connect-first"):
             rr.measure_connect(dial, CONNECT_WARMUP, args.size)
         return dial
 

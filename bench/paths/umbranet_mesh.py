@@ -85,6 +85,7 @@ class UmbranetMesh2(Umbranet):
             ns_a.name,
             self.client_module,
             ("--identity", str(files / "dialer.json"), "--routers", addresses[0]),
+            first_dial=True,
         )
         path = " -> ".join(["SDK(A)", *addresses, "SDK(B)"])
         return Endpoints(

@@ -295,3 +295,18 @@ def test_the_controllers_strategy_reaches_the_router_where_the_service_is_bound(
                 await listener.close()
 
     arun(main())
+
+
+def test_a_router_the_controller_marks_no_transit_refuses_transit_itself(
+    network: LocalNetwork, arun
+) -> None:
+    async def main() -> None:
+        async with _mesh(network, ["r1", "r2"]) as (shells, twin):
+            r1, r2 = shells[0].router, shells[1].router
+            twin.graph.set_policy(MeshPolicy(no_transit=frozenset({r2.identity.spiffe_id})))
+            await _routed(*shells)
+            assert r2.switch.no_transit and not r1.switch.no_transit
+            twin.graph.set_policy(MeshPolicy())  # unmarked: pushed, the next answer says so
+            await _until(lambda: not r2.switch.no_transit)
+
+    arun(main())

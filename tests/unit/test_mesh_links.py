@@ -321,6 +321,9 @@ def test_operators_settings_are_stored_and_shape_routes(h: Harness) -> None:
     assert json.loads(result.output)["no_transit"] is True
     # The only cheap path crossed r2: now the expensive direct link is the one.
     assert [r["via"] for r in report(r1, [], [r2, r3])["routes"]] == [r3.spiffe_id]
+    # r2 hears it in its own answer, so it refuses transit itself (router/switch.py).
+    assert report(r2, [], [r1, r3])["no_transit"] is True
+    assert report(r1, [], [r2, r3])["no_transit"] is False
 
     result = CliRunner().invoke(
         app, ["--home", str(h.home), "service", "update", "echo", "--strategy", "weighted"]

@@ -148,3 +148,27 @@ def test_every_pick_is_a_live_binding_of_the_best_precedence_among_healthy_ones(
         assert chosen in healthy and chosen.precedence == best
     assert table.pick("echo", 1000) is None  # all expired
     assert len(table) == 0
+
+
+def test_an_in_session_dial_names_its_host_and_sticky_sends_it_there() -> None:
+    table, (a, b, c) = _table("sticky")
+    first = table.pick("echo", 10, dialer="alice")
+    assert first is not None
+    other = next(x for x in (a, b, c) if x is not first)
+    # The session is with `other` (made through another router, say): the hint wins.
+    assert table.pick("echo", 10, dialer="alice", host=other.identity) is other
+    assert table.counters["picked_session_host"] == 1
+    # Precedence still comes first: a standby holding the session gets nothing.
+    other.precedence = 1
+    assert table.pick("echo", 10, dialer="alice", host=other.identity) is not other
+
+
+def test_other_strategies_spread_dials_whatever_session_they_name() -> None:
+    table, (a, _b, _c) = _table("smart")
+    picked = Counter[str]()
+    for _ in range(30):
+        chosen = table.pick("echo", 10, dialer="alice", host=a.identity)
+        assert chosen is not None
+        picked[chosen.identity] += 1
+    assert sorted(picked.values()) == [10, 10, 10]
+    assert table.counters["picked_session_host"] == 0

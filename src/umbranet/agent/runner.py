@@ -35,6 +35,7 @@ from umbranet.agent.intercept import Interceptor, PortBook
 from umbranet.agent.localapi import ApiError, LocalApiServer, Request
 from umbranet.agent.peeruid import LocalUsers
 from umbranet.agent.rootmode import RootMode
+from umbranet.agent.routerlinks import RouterLinks
 from umbranet.agent.stats import Counters
 from umbranet.agent.tunmode import TunMode
 from umbranet.agent.whois import WhoisTable, parse_address
@@ -93,6 +94,8 @@ class Agent:
             _write_pidfile(config)
             self.context = self._given_context or Context.from_file(config.identity)
             await self.context.__aenter__()
+            # Links to the best few routers by RTT, not to every one (`routerlinks.py`).
+            self.router_links = RouterLinks(self.context, self.counters)
             book = PortBook(config.ports_file, config.ports)
             self.interceptor = Interceptor(
                 self.context,
@@ -128,6 +131,7 @@ class Agent:
             raise
         self._spawn(self._refresh_forever())
         self._spawn(self._refresh_on_epoch())
+        self._spawn(self.router_links.run())
         log.info(
             "agent up as %s (local API %s)", self.context.identity.spiffe_id, config.socket_path
         )
@@ -217,7 +221,7 @@ class Agent:
             self.unhosted = sorted(s.name for s in bindable if not s.host_address)
             await self._apply(dial, host)
             self.last_refresh, self.refresh_error = datetime.now(UTC), None
-            self._spawn(self._connect_routers())
+            self.router_links.update([r.address for r in self.routers if r.address])
             return True
 
     async def _apply(self, dial: dict[str, list[int]], host: dict[str, str]) -> None:
@@ -249,15 +253,6 @@ class Agent:
             seen = await self.context.wait_epoch(seen)
             self.counters.add("epoch_refresh")
             await self.refresh()
-
-    async def _connect_routers(self) -> None:
-        """Keep a link to every router up, so the first dial pays no TLS handshake."""
-        for router in self.routers:
-            try:
-                await self.context.connection(router.address)
-            except (UmbraError, OSError) as exc:
-                self.counters.add("router_connect_failed")
-                log.info("router %s unreachable: %r", router.name, str(exc))
 
     # -- the local API ----------------------------------------------------------------------
 
@@ -323,6 +318,7 @@ class Agent:
             },
             "host": self.hoster.snapshot(),
             "host_skipped": self.unhosted,
+            "router_links": self.router_links.statistics(),
             "streams": {
                 "dial": self.interceptor.live_connections(),
                 "host": self.hoster.live_streams(),

@@ -100,6 +100,14 @@ def run_cmd(
             help="HOST:PORT (UDP) to answer STUN binding requests on, announced to endpoints.",
         ),
     ] = None,
+    no_transit: Annotated[
+        bool,
+        typer.Option(
+            "--no-transit",
+            help="Refuse to pass on dials that neither start nor end here (whatever the "
+            "routes say); the controller can also mark a router so.",
+        ),
+    ] = False,
 ) -> None:
     """Serve endpoint links (mutual TLS) until interrupted."""
     from umbranet.aio.runtime import run
@@ -122,5 +130,6 @@ def run_cmd(
                 metrics_listen=metrics_listen,
                 limits=limits,
                 stun_listen=stun_listen,
+                no_transit=no_transit,
             )
         )

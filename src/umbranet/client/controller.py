@@ -392,6 +392,7 @@ class ControllerClient:
         self.mesh_answer = {
             "strategies": dict(data.get("strategies") or {}),
             "version": int(data.get("version") or 0),
+            "no_transit": bool(data.get("no_transit")),
         }
         return [MeshRoute(r["service"], r["via"], float(r["cost"])) for r in data["routes"]]
 

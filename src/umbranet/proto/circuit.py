@@ -215,7 +215,9 @@ class Circuit(CircuitMoves):
         circuit._opening = (opening, secret)
         if early:
             circuit._retained.sent_frame(0, early)  # part of the stream: offset 0 onwards
-        fields = {"ticket": ticket, "service": service, "window": window}
+        # `host` lets the host's router pick the host holding the session (any other would
+        # refuse the open); routers see which host a circuit reaches anyway.
+        fields = {"ticket": ticket, "service": service, "window": window, "host": peer.spiffe_id}
         circuit._transmit.append(
             encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, opening.raw))
         )

@@ -269,14 +269,22 @@ class EndpointLink:
         ticket: str,
         accept: Callable[[int, Frame], Circuit],
         now: Instant,
+        *,
+        weight: int | None = None,
+        precedence: int | None = None,
     ) -> None:
-        """Ask the router to route dials for `service` here (again, to renew the ticket)."""
+        """Ask the router to route dials for `service` here (again, to renew the ticket);
+        `weight` and `precedence` go with it when set (the router's defaults: 1 and 0)."""
         binding = self._bindings.get(binding_id)
         if binding is None or binding.service != service:
             binding = self._bindings[binding_id] = _Binding(service, accept)
         binding.accept = accept
         binding.deadline = self._due_at(now.later(self.bind_timeout))
-        fields = {"ticket": ticket, "service": service}
+        fields: dict[str, object] = {"ticket": ticket, "service": service}
+        if weight is not None:
+            fields["weight"] = weight
+        if precedence is not None:
+            fields["precedence"] = precedence
         self.session.send(FrameType.BIND, binding_id, encode_control(fields))
 
     def unbind(self, binding_id: int) -> None:

@@ -15,6 +15,7 @@ from umbranet.clock import Instant
 from umbranet.pki import TrustBundle
 from umbranet.pki.tickets import Action
 from umbranet.router.admission import Admission, admit
+from umbranet.router.links import SwitchLink
 from umbranet.router.quotas import SwitchLimits, TokenBucket
 from umbranet.wire import ErrorCode
 
@@ -39,6 +40,30 @@ class TicketGate:
         self._identity_buckets: dict[str, TokenBucket] = {}
         # (token, subject, service, action, key) -> (verdict, bundle checked against, when)
         self._admitted: dict[_Key, tuple[Admission, object, float]] = {}
+
+    def check_on(
+        self,
+        token: str,
+        link: SwitchLink,
+        *,
+        subject: str,
+        service: str,
+        action: Action,
+        now: Instant,
+    ) -> Admission:
+        """`check` for a ticket that arrived on `link`: its buckets; the subject's key only
+        when the subject is the link's peer (over a router link the first router checked
+        the key)."""
+        return self.check(
+            token,
+            subject=subject,
+            service=service,
+            action=action,
+            now=now,
+            link_bucket=link.ticket_bucket,
+            link_identity=link.identity,
+            peer_key=link.peer_key if subject == link.identity else None,
+        )
 
     def check(
         self,

@@ -65,6 +65,7 @@ class MeshAnswer:
     routes: list[MeshRoute]
     strategies: dict[str, str] = field(default_factory=dict)
     version: int = 0
+    no_transit: bool = False  # the operator marked this router: never a middle hop
 
 
 class MeshControl(Protocol):
@@ -311,6 +312,7 @@ class Peers:
         self.counters["routes_skipped"] += skipped
         switch.routes.replace_remote(table)
         switch.terminators.set_strategies(answer.strategies)
+        switch.no_transit = self.router.config.no_transit or answer.no_transit
         if changed_at is not None:
             took = (asyncio.get_running_loop().time() - changed_at) * 1000
             self.setup_ms = round(took, 3)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from umbranet.proto.link import LinkTimers
+from umbranet.wire import ErrorCode
 
 __all__ = ["SwitchLimits", "TokenBucket"]
 
@@ -46,6 +47,27 @@ class SwitchLimits:
     control_frames_per_second: float = 5000.0
     control_frame_burst: int = 10000
     timers: LinkTimers = field(default_factory=LinkTimers)
+
+    def circuit_refusal(
+        self, link_circuits: int, pending: int, window: int
+    ) -> tuple[ErrorCode, str] | None:
+        """Why a new circuit would cost more than it may: its link holds `link_circuits`,
+        its dialer has `pending` circuits waiting for their handshake, it asks `window`."""
+        if link_circuits >= self.max_circuits_per_link:
+            return ErrorCode.TOO_MANY_CIRCUITS, "link has too many circuits"
+        if pending >= self.max_pending_per_identity:
+            return ErrorCode.QUOTA_EXCEEDED, "too many circuits waiting for their handshake"
+        if window > self.max_window:
+            return ErrorCode.QUOTA_EXCEEDED, f"window over this router's {self.max_window}"
+        return None
+
+    def link_budget(self, circuits: int) -> int:
+        """Bytes that may be in flight towards a link with `circuits` circuits."""
+        return self.in_flight_per_link + circuits * self.in_flight_per_circuit
+
+    def total_budget(self, circuits: int) -> int:
+        """Bytes that may be in flight router-wide with `circuits` circuits."""
+        return self.in_flight_total + circuits * self.in_flight_per_circuit
 
 
 class TokenBucket:

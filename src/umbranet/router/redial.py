@@ -48,6 +48,7 @@ RETRYABLE = frozenset(
         ErrorCode.REFUSED,
         ErrorCode.TOO_MANY_CIRCUITS,
         ErrorCode.OVERLOADED,
+        ErrorCode.TRANSIT_REFUSED,
     )
 )
 """Refusals that are about the way, not the dialer: another host or route may take it."""

@@ -42,10 +42,12 @@ class RouteTable:
     terminators: TerminatorTable = field(default_factory=TerminatorTable)
     _remote: dict[str, dict[Hashable, float]] = field(default_factory=dict)
 
-    def next_hop(self, service: str, now: int, *, dialer: str = "") -> Local | Via | Refuse:
+    def next_hop(
+        self, service: str, now: int, *, dialer: str = "", host: str = ""
+    ) -> Local | Via | Refuse:
         """Where a dial by `dialer` for `service` goes (a local host by the service's
-        terminator strategy first)."""
-        binding = self.terminators.pick(service, now, dialer=dialer)
+        terminator strategy first; `host`, the one an in-session open names, if it may)."""
+        binding = self.terminators.pick(service, now, dialer=dialer, host=host)
         if binding is not None:
             return Local(binding)
         remote = self._remote.get(service)

@@ -43,6 +43,7 @@ async def run_router(
     metrics_listen: str | None = None,
     limits: SwitchLimits | None = None,
     stun_listen: str | None = None,
+    no_transit: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation); with `metrics_listen` (``HOST:PORT`` or a
     loopback ``PORT``), also serve ``GET /metrics`` there; with `stun_listen` (``HOST:PORT``),
@@ -52,6 +53,7 @@ async def run_router(
     config = RouterConfig(identity, host=host.strip("[]") or "127.0.0.1", port=int(port))
     if limits is not None:
         config.limits = limits
+    config.no_transit = no_transit
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -157,7 +159,12 @@ class ControllerMesh:
         client = await self._current.get()
         routes = await client.router_state(services, links, circuits)
         answer = client.mesh_answer
-        return MeshAnswer(routes, dict(answer.get("strategies", {})), answer.get("version", 0))
+        return MeshAnswer(
+            routes,
+            dict(answer.get("strategies", {})),
+            answer.get("version", 0),
+            bool(answer.get("no_transit", False)),
+        )
 
     async def watch(self, after: int) -> int:
         return await (await self._current.get()).watch_mesh(after)

@@ -55,6 +55,8 @@ class RouterConfig:
     # Stop reading a link while this much waits to be written to it (see `_throttle`).
     link_buffer_limit: int = 4 * 1024 * 1024
     limits: SwitchLimits = field(default_factory=SwitchLimits)
+    # Never a middle hop, whatever the controller says (it can also mark us so itself).
+    no_transit: bool = False
 
 
 class Router:
@@ -67,6 +69,7 @@ class Router:
         self._ssl: ssl.SSLContext = link_server_context(config.identity)
         self._ssl.sslobject_class = _counting_ssl_objects(self._handshake_failed)
         self.switch = Switch(lambda: self.identity.bundle, self.name, config.limits)
+        self.switch.no_transit = config.no_transit
         # A relayed WireGuard datagram towards a link whose writes are paused is dropped.
         self.switch.relay.congested = _write_paused
         self._links: dict[Link, SwitchLink] = {}

@@ -38,13 +38,13 @@ from umbranet.pki import TrustBundle
 from umbranet.pki.tickets import Action
 from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, RelayAccount
 from umbranet.proto.link import Closing, LinkSession, PeerSilent, Role
-from umbranet.router.admission import Admission
 from umbranet.router.gate import TicketGate
+from umbranet.router.grants import Grant, expired_grants, live_grants
 from umbranet.router.links import LinkKind, Route, Side, SwitchLink
 from umbranet.router.quotas import SwitchLimits
 from umbranet.router.redial import Connecting, PendingConnects, redial
 from umbranet.router.relay import WgRelay
-from umbranet.router.routes import Local, Refuse, RouteTable
+from umbranet.router.routes import Local, Refuse, RouteTable, Via
 from umbranet.router.terminators import Binding, TerminatorTable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError, decode_control
 from umbranet.wire.control import encode_control, encode_error
@@ -87,6 +87,10 @@ class Switch:
         self._dirty: set[SwitchLink] = set()
         self.links: set[SwitchLink] = set()
         self._shed_links: list[SwitchLink] = []
+        # A no-transit router is only ever a first or last hop (the operator's setting, or
+        # the controller's): it refuses to pass on a dial from a router to a router, whatever
+        # route asks for it, so a stale or forged route cannot make it carry transit.
+        self.no_transit = False
         self.gate = TicketGate(bundle, self.limits, self.counters)
         self.relay = WgRelay(self.gate, self.counters, self._dirty, self._count)
 
@@ -262,31 +266,13 @@ class Switch:
 
     # -- the controller's decisions -----------------------------------------------------
 
-    def live_grants(self, links: list[SwitchLink]) -> list[tuple[str, str, str, object]]:
-        """(identity, service, action, handle) for every circuit end and binding that an
-        endpoint holds here by a ticket (router links hold none)."""
-        grants: list[tuple[str, str, str, object]] = []
-        for link in links:
-            if link.kind is not LinkKind.ENDPOINT:
-                continue
-            for route in link.routes.values():
-                action = "dial" if route.side is Side.DIALER else "bind"
-                grants.append((link.identity, route.service, action, route))
-        for binding in self.terminators.all():
-            grants.append((binding.identity, binding.service, "bind", binding))
-        return grants
+    def live_grants(self, links: list[SwitchLink]) -> list[Grant]:
+        """Every circuit end and binding an endpoint holds here by a ticket (`grants.py`)."""
+        return live_grants(links, self.terminators)
 
-    def expired_grants(self, now: int) -> list[tuple[str, str, str, object]]:
-        """Dial grants on endpoint links whose ticket expired by `now` (unix seconds), as
-        `live_grants` lists them: they must be re-validated or closed."""
-        expired: list[tuple[str, str, str, object]] = []
-        for link in self.links:
-            if link.kind is not LinkKind.ENDPOINT:
-                continue
-            for route in link.routes.values():
-                if route.side is Side.DIALER and 0 < route.expires_at <= now:
-                    expired.append((link.identity, route.service, "dial", route))
-        return expired
+    def expired_grants(self, now: int) -> list[Grant]:
+        """Dial grants whose ticket expired by `now` (unix seconds) (`grants.py`)."""
+        return expired_grants(self.links, now)
 
     def revoke(self, handle: object, reason: str, code: ErrorCode = ErrorCode.REVOKED) -> None:
         """Close a circuit (both ends told why) or drop a binding (its host told why)."""
@@ -313,7 +299,7 @@ class Switch:
         except WireError as exc:
             self._refuse_bind(source, frame.circuit, exc.code, exc.reason)
             return
-        verdict = self._admit(
+        verdict = self.gate.check_on(
             token, source, subject=source.identity, service=service, action=Action.BIND, now=now
         )
         if verdict.ticket is None:
@@ -341,30 +327,35 @@ class Switch:
             window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
             from_router = source.kind is LinkKind.ROUTER
             dialer = ctl.str_field("dialer", 2048) if from_router else source.identity
+            # An open inside a session names the host that holds it (see `terminators`).
+            host = ctl.str_field("host", 2048) if "host" in ctl.fields else ""
         except WireError as exc:
             self._refuse(source, circuit, exc.code, exc.reason)
             return
         expires_at = 0
         if not from_router:
-            verdict = self._admit(
+            verdict = self.gate.check_on(
                 token, source, subject=dialer, service=service, action=Action.DIAL, now=now
             )
             if verdict.ticket is None:
                 self._refuse(source, circuit, verdict.code, verdict.reason)
                 return
             expires_at = verdict.ticket.expires_at
-        refusal = self._quota(source, dialer, window)
+        pending = self._pending_by_identity[dialer]
+        refusal = self.limits.circuit_refusal(len(source.routes), pending, window)
         if refusal is not None:
             self._refuse(source, circuit, *refusal)
             return
-        hop = self.routes.next_hop(service, int(now.unix), dialer=dialer)
+        hop = self.routes.next_hop(service, int(now.unix), dialer=dialer, host=host)
+        if isinstance(hop, Via) and from_router and self.no_transit:
+            hop = Refuse(ErrorCode.TRANSIT_REFUSED, "this router carries no transit")
         if isinstance(hop, Refuse):
             self._refuse(source, circuit, hop.code, hop.reason)
             return
         if isinstance(hop, Local):
             target = hop.binding.link
             if from_router:  # the last router checks the ticket again before a host sees it
-                verdict = self._admit(
+                verdict = self.gate.check_on(
                     token, source, subject=dialer, service=service, action=Action.DIAL, now=now
                 )
                 if verdict.ticket is None:
@@ -389,6 +380,8 @@ class Switch:
         self.circuits += 1
         self.counters["dials"] += 1
         fields = {"service": service, "ticket": token, "dialer": dialer, "window": window}
+        if host:
+            fields["host"] = host
         if isinstance(hop, Local):
             fields["binding"] = hop.binding.binding_id
             tried: list[tuple[Hashable, int]] = [(target, hop.binding.binding_id)]
@@ -402,28 +395,17 @@ class Switch:
             self._send(target, FrameType.DIAL, host_side.circuit, encode_control(fields, ctl.blob))
         log.debug("circuit open service=%r dialer=%s via=%s", service, dialer, target.identity)
 
-    def _quota(self, source: SwitchLink, dialer: str, window: int) -> tuple[ErrorCode, str] | None:
-        """Why a new circuit from `dialer` on `source` would cost more than it may."""
-        limits = self.limits
-        if len(source.routes) >= limits.max_circuits_per_link:
-            return ErrorCode.TOO_MANY_CIRCUITS, "link has too many circuits"
-        if self._pending_by_identity[dialer] >= limits.max_pending_per_identity:
-            return ErrorCode.QUOTA_EXCEEDED, "too many circuits waiting for their handshake"
-        if window > limits.max_window:
-            return ErrorCode.QUOTA_EXCEEDED, f"window over this router's {limits.max_window}"
-        return None
-
     def _over_budget(self, dest: SwitchLink) -> None:
         """DATA towards `dest` took it (or the router) over its in-flight budget: the circuit
         holding the most there is reset, or, router-wide, the link holding the most is shed.
         Every byte counted here was promised by a window, so only readers that stop reading
         while many circuits push at them ever get here."""
-        if dest.in_flight > self._link_budget(dest) and dest.routes:
+        if dest.in_flight > self.limits.link_budget(len(dest.routes)) and dest.routes:
             heaviest = max(dest.routes.values(), key=lambda r: r.peer.account.in_flight)
             self._reset_both(
                 heaviest, ErrorCode.QUOTA_EXCEEDED, "the link's buffer budget is spent"
             )
-        if self.in_flight > self._total_budget():
+        if self.in_flight > self.limits.total_budget(self.circuits):
             biggest = max(self.links, key=lambda link: link.in_flight)
             self.counters[ErrorCode.OVERLOADED.code] += 1
             log.warning(
@@ -435,14 +417,6 @@ class Switch:
             biggest.outbox.extend(out)  # the GOAWAY still leaves
             self._dirty.add(biggest)
             self._shed_links.append(biggest)
-
-    def _link_budget(self, link: SwitchLink) -> int:
-        limits = self.limits
-        return limits.in_flight_per_link + len(link.routes) * limits.in_flight_per_circuit
-
-    def _total_budget(self) -> int:
-        limits = self.limits
-        return limits.in_flight_total + self.circuits * limits.in_flight_per_circuit
 
     def _accept(self, source: SwitchLink, frame: Frame) -> None:
         route = source.routes.get(frame.circuit)
@@ -500,7 +474,7 @@ class Switch:
             dest.in_flight += size
             self.in_flight += size
             self._forward(route, frame)
-            # The budgets of `_link_budget` and `_total_budget`, inline: this runs per frame.
+            # `SwitchLimits.link_budget` and `total_budget`, inline: this runs per frame.
             limits = self.limits
             per_circuit = limits.in_flight_per_circuit
             if (
@@ -534,28 +508,6 @@ class Switch:
         self._drop(route)
 
     # -- helpers ------------------------------------------------------------------------
-
-    def _admit(
-        self,
-        token: str,
-        source: SwitchLink,
-        *,
-        subject: str,
-        service: str,
-        action: Action,
-        now: Instant,
-    ) -> Admission:
-        # Over a router link the subject's key is not known here (the first router checked it).
-        return self.gate.check(
-            token,
-            subject=subject,
-            service=service,
-            action=action,
-            now=now,
-            link_bucket=source.ticket_bucket,
-            link_identity=source.identity,
-            peer_key=source.peer_key if subject == source.identity else None,
-        )
 
     def _unpend(self, route: Route) -> None:
         if self._pending.pop(route, None) is not None:

@@ -11,9 +11,16 @@ Picking, in order (the rules of this file):
    unhealthy the unhealthy ones are used anyway: a maybe is better than a refusal.
 2. Precedence: only the bindings with the lowest `precedence` number compete (0 primary,
    1 standby, ...); a standby takes dials only while no primary is live and healthy.
-3. The service's strategy picks among them:
-   - ``smart`` (the default): the least loaded (fewest live circuits through its link),
-     then fewest recent failures; ties rotate.
+3. A dial that opens a stream inside an end-to-end session it already has with one host
+   (`proto/sessions.py`) names that host (`host`). Under ``sticky`` it goes there if that
+   host is among them (the dialer asked for one host; any other would refuse the open and
+   cost a second dial). The other strategies ignore it: they spread every dial, and a
+   host that does not hold the session refuses the open, so the dialer falls back to a
+   full handshake with the host picked for it. Precedence always wins.
+4. The service's strategy picks among them:
+   - ``smart`` (the default): the least loaded for its weight (live circuits through its
+     link divided by `weight`, a weight of 0 only when nothing else is left), then fewest
+     recent failures; ties rotate.
    - ``weighted``: at random in proportion to each binding's `weight`.
    - ``random``: uniformly at random.
    - ``sticky``: the binding this dialer got last time while it lives, else ``smart``.
@@ -119,9 +126,11 @@ class TerminatorTable:
         *,
         dialer: str = "",
         exclude: Collection[tuple[Hashable, int]] = (),
+        host: str = "",
     ) -> Binding | None:
         """A live binding for `service` by its strategy; expired ones are dropped.
-        `exclude` holds (link, binding id) pairs this dial already tried."""
+        `exclude` holds (link, binding id) pairs this dial already tried; `host` is the
+        identity an in-session open is for (rule 3)."""
         entries = self._by_service.get(service)
         if not entries:
             return None
@@ -141,6 +150,10 @@ class TerminatorTable:
         best = min(b.precedence for b in healthy)
         group = [b for b in healthy if b.precedence == best]
         strategy = self.strategy(service)
+        held = [b for b in group if b.identity == host] if host and strategy == "sticky" else []
+        if held:
+            self.counters["picked_session_host"] += 1
+            return held[0]
         if strategy == "sticky" and dialer:
             chosen = self._sticky_pick(service, dialer, group)
         elif strategy == "weighted":
@@ -185,7 +198,9 @@ class TerminatorTable:
         self._turn[service] = turn + 1
         # Rotate first so that equal candidates take turns, then take the least loaded.
         rotated = group[turn % len(group) :] + group[: turn % len(group)]
-        return min(rotated, key=lambda b: (self.load(b), b.failures))
+        return min(
+            rotated, key=lambda b: (b.weight <= 0, self.load(b) / max(b.weight, 1), b.failures)
+        )
 
     def _sticky_pick(self, service: str, dialer: str, group: list[Binding]) -> Binding:
         key = (service, dialer)

@@ -110,6 +110,16 @@ class RouterConnection:
     def live(self) -> bool:
         return not self.closed and self._link is not None and not self._link.closed
 
+    @property
+    def idle(self) -> bool:
+        """Nothing uses the link: no stream, no dial in progress, no binding."""
+        return not (self._streams or self._dials or self._listeners or self._bind_waiters)
+
+    def release(self) -> None:
+        """Close an idle link on purpose: not a loss (no `on_lost` call)."""
+        self._on_lost = None
+        self.close()
+
     def open_services(self) -> set[str]:
         """Services this link carries open streams of (ours as dialer or host)."""
         return {stream.service for stream in self._streams.values()}
@@ -189,7 +199,15 @@ class RouterConnection:
                 return mover.accept(circuit_id, connect, listener.handshake(), DEFAULT_WINDOW)
             return Circuit.accept(circuit_id, connect, listener.handshake())
 
-        machine.bind(binding_id, listener.service, ticket, accept, self._clock.now())
+        machine.bind(
+            binding_id,
+            listener.service,
+            ticket,
+            accept,
+            self._clock.now(),
+            weight=listener.weight,
+            precedence=listener.precedence,
+        )
         self._step()
         try:
             return await waiter

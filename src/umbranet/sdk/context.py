@@ -29,14 +29,13 @@ import functools
 import logging
 import os
 import weakref
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from umbranet.client.follow import follow_events, renew_at_half_life
 from umbranet.clock import Clock, system_clock
-from umbranet.pki import IdentityFile, PkiError
+from umbranet.pki import IdentityFile
 from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
@@ -45,12 +44,16 @@ from umbranet.proto.resume import EARLY_DATA_MAX
 from umbranet.proto.sessions import DEFAULT_RESUME_DEADLINE
 from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
+from umbranet.sdk.grants import ControlPlane, Grant, default_control
+from umbranet.sdk.identity_state import newest
 from umbranet.sdk.listener import Listener
 from umbranet.sdk.moves import SessionMover
 from umbranet.sdk.posture import collect, report_interval
 from umbranet.sdk.routers import MAX_ROUTER_LINKS, RETRY_ELSEWHERE, RouterRanking
 from umbranet.sdk.stream import Stream
 from umbranet.wire import ErrorCode
+
+__all__ = ["ControlPlane", "Context", "Grant"]
 
 log = logging.getLogger("umbranet.sdk")
 
@@ -60,32 +63,6 @@ RENEWAL_RETRY = 30.0
 POSTURE_FIRST_WAIT = 2.0
 GRANT_CHECK_INTERVAL = 30.0
 GRANT_REFRESH_BEFORE = 120.0  # seconds before a dial ticket expires
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """A ticket from the controller and the routers to present it at."""
-
-    ticket: str
-    expires_at: int
-    routers: tuple[str, ...]
-    http_rules: dict[str, Any] | None = None
-
-
-class ControlPlane(Protocol):
-    """What the SDK needs from the controller (see `umbranet.client.controller`)."""
-
-    async def grant(self, service: str, action: str, port: int | None = None) -> Grant: ...
-
-    async def renew(self) -> IdentityFile: ...
-
-    async def report_posture(self, report: dict[str, Any]) -> bool: ...
-
-    async def refresh_bundle(self) -> IdentityFile | None: ...
-
-    def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
-
-    async def aclose(self) -> None: ...
 
 
 # A host's refusal of an open inside a session it does not hold (or a replay it saw).
@@ -119,11 +96,13 @@ class Context:
         self.link_timers = link_timers  # keepalive: how soon a silent router is given up
         self._identity_path = identity_path
         self._state_path = state_path
-        self._control_factory = control or _default_control
+        self._control_factory = control or default_control
         self._control = self._control_factory(identity)
         self._connections: dict[str, RouterConnection] = {}
         self._connecting: dict[str, asyncio.Task[RouterConnection]] = {}
         self.ranking = RouterRanking()
+        # Called with a router's address when its link is lost (the agent links another).
+        self.link_lost_hooks: list[Callable[[str], None]] = []
         # Pinned router addresses (a site's own routers, a benchmark's fixed path): used
         # instead of the ones the controller names in each grant.
         self.pinned_routers = tuple(routers) if routers else None
@@ -156,7 +135,7 @@ class Context:
         identity = IdentityFile.load(path)
         state = Path(state_path) if state_path is not None else None
         if state is not None:
-            identity = _newest(identity, state)
+            identity = newest(identity, state)
         return cls(identity, identity_path=path, state_path=state, **options)
 
     @classmethod
@@ -291,15 +270,23 @@ class Context:
         return live[0] if live else None
 
     def listen(
-        self, service: str, backlog: int = 128, *, ports: frozenset[int] | None = None
+        self,
+        service: str,
+        backlog: int = 128,
+        *,
+        ports: frozenset[int] | None = None,
+        weight: int | None = None,
+        precedence: str | int | None = None,
     ) -> Listener:
         """Host `service`: iterate the listener for incoming streams. Opens no port.
 
         With `ports`, only dialers whose ticket grants one of those service ports get through
         (the rest are refused with ``port_not_granted``); the stream's ``peer.port`` says which.
+        With several hosts, `weight` (0-1000) is this one's share and `precedence`
+        (``"primary"``, ``"standby"``, ``"backup"`` or 0-9) its rank: see `sdk/listener.py`.
         """
         self._start()
-        listener = Listener(self, service, backlog, ports)
+        listener = Listener(self, service, backlog, ports, weight=weight, precedence=precedence)
         self._listeners.add(listener)
         return listener
 
@@ -380,6 +367,15 @@ class Context:
             if task.done():
                 self._connecting.pop(address, None)
 
+    def release(self, address: str) -> bool:
+        """Close the link to `address` if nothing uses it; True if it was closed."""
+        connection = self._connections.get(address)
+        if connection is None or not connection.idle:
+            return False
+        del self._connections[address]
+        connection.release()
+        return True
+
     def new_binding_id(self) -> int:
         self._next_binding += 1
         return self._next_binding
@@ -435,6 +431,8 @@ class Context:
         if self._connections.get(connection.address) is connection:
             del self._connections[connection.address]
         self.counters["router_links_lost"] = self.counters.get("router_links_lost", 0) + 1
+        for hook in list(self.link_lost_hooks):
+            hook(connection.address)
 
     def _start(self) -> None:
         if self._started or self._closed:
@@ -585,28 +583,3 @@ class Context:
                 target,
                 exc.strerror or exc,
             )
-
-
-def _newest(identity: IdentityFile, state: Path) -> IdentityFile:
-    """The identity file's content, or the state file's when it is the same identity with a
-    later certificate; a missing or unusable state file is ignored (renewals will rewrite it)."""
-    try:
-        saved = IdentityFile.load(state)
-    except (OSError, ValueError, PkiError) as exc:
-        if not isinstance(exc, FileNotFoundError):
-            log.warning("ignoring the identity state file %s: %s", state, exc)
-        return identity
-    if saved.spiffe_id != identity.spiffe_id:
-        log.warning("ignoring %s: it holds %s, not %s", state, saved.spiffe_id, identity.spiffe_id)
-        return identity
-    # Ties go to the state file: only renewals write it, and a renewal in the same second as
-    # the enrollment is newer. A later re-enrollment (a new identity file) wins by its date.
-    if saved.certificate.not_valid_before_utc >= identity.certificate.not_valid_before_utc:
-        return saved
-    return identity
-
-
-def _default_control(identity: IdentityFile) -> ControlPlane:
-    from umbranet.sdk.control import ControllerPlane
-
-    return ControllerPlane(identity)

@@ -7,8 +7,8 @@ from typing import Any
 
 from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.pki import IdentityFile
-from umbranet.sdk.context import Grant
 from umbranet.sdk.errors import UmbraError
+from umbranet.sdk.grants import Grant
 
 
 class ControllerPlane:

@@ -14,6 +14,11 @@ older than the newest revocation epoch this host heard of (from the controller's
 its own bind ticket), it must be bound to the dialer's certificate once the controller binds
 tickets (seen from our own bind ticket), and, when the listener names the `ports` it serves,
 it must grant one of them.
+
+Several hosts of one service: each listener may say how the routers choose between them
+(`weight`: its share of dials under the ``weighted`` strategy and of load under ``smart``;
+`precedence`: ``primary`` hosts take every dial while one is up, a ``standby`` only when no
+primary is), carried on every BIND; `router/terminators.py` has the rules.
 """
 
 from __future__ import annotations
@@ -42,6 +47,34 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("umbranet.sdk")
 
+PRECEDENCE = {"primary": 0, "standby": 1, "backup": 2}
+"""Names of precedence ranks; any rank 0-9 may be given as a number (lower goes first)."""
+MAX_WEIGHT = 1000  # what routers accept on BIND
+MAX_PRECEDENCE = 9
+
+
+def precedence_rank(precedence: str | int | None) -> int | None:
+    """The BIND rank for a precedence name or number (None: the router's default, primary).
+    A value routers would refuse is the caller's mistake: ValueError, at `listen`."""
+    if precedence is None:
+        return None
+    if isinstance(precedence, str):
+        if precedence not in PRECEDENCE:
+            names = ", ".join(PRECEDENCE)
+            raise ValueError(f"precedence must be one of {names} or 0-{MAX_PRECEDENCE}")
+        return PRECEDENCE[precedence]
+    if isinstance(precedence, bool) or not 0 <= precedence <= MAX_PRECEDENCE:
+        raise ValueError(f"precedence must be one of 0-{MAX_PRECEDENCE}")
+    return int(precedence)
+
+
+def check_weight(weight: int | None) -> int | None:
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+        raise ValueError(f"weight must be an integer 0-{MAX_WEIGHT}")
+    return weight
+
 
 class Listener:
     """`async for stream in ctx.listen("svc")`; or `await listener.accept()`."""
@@ -52,9 +85,14 @@ class Listener:
         service: str,
         backlog: int = 128,
         ports: frozenset[int] | None = None,
+        *,
+        weight: int | None = None,
+        precedence: str | int | None = None,
     ) -> None:
         self.service = service
         self.ports = ports
+        self.weight = check_weight(weight)
+        self.precedence = precedence_rank(precedence)
         self._context = context
         self._backlog = backlog
         self._queue: asyncio.Queue[Stream] = asyncio.Queue()

@@ -26,6 +26,7 @@ RETRY_ELSEWHERE = frozenset(
         "peer_silent",
         "shutting_down",
         "overloaded",
+        "transit_refused",
     }
 )
 """Dial refusals about the way through one router (not about the dialer or the host's

@@ -59,12 +59,14 @@ class Stream:
         return self._circuit.id
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """asyncio-style extras: ``peer``, ``service``, ``router``."""
+        """asyncio-style extras: ``peer``, ``service``, ``router``, ``resumes``, ``in_session``
+        (the stream opened inside an existing end-to-end session: no handshake)."""
         extras = {
             "peer": self.peer,
             "service": self.service,
             "router": self._connection.name,
             "resumes": self._circuit.resumes,
+            "in_session": self._circuit.in_session,
         }
         return extras.get(name, default)
 

@@ -28,8 +28,8 @@ from umbranet.pki import (
 )
 from umbranet.pki.tickets import Action
 from umbranet.policy.attributes import decide_access
-from umbranet.sdk.context import Grant
 from umbranet.sdk.errors import UmbraError
+from umbranet.sdk.grants import Grant
 
 
 @dataclass(frozen=True, slots=True)

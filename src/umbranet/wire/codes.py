@@ -36,6 +36,7 @@ class ErrorCode(IntEnum):
     RESUME_REFUSED = 24  # a resume for an unknown session, or one not sealed by its keys
     REPLAYED = 25  # a resume (or a stream open) the host has seen before
     RESUME_GAP = 26  # the peer acknowledged bytes this side can no longer resend
+    TRANSIT_REFUSED = 27  # a no-transit router asked to pass on a dial neither from nor to it
 
     HANDSHAKE_FAILED = 30
     PEER_IDENTITY_MISMATCH = 31

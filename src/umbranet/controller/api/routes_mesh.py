@@ -74,6 +74,9 @@ class RouterStateOut(BaseModel):
         default_factory=dict, description="terminator strategy of services bound here"
     )
     version: int = Field(default=0, description="the graph version these routes are from")
+    no_transit: bool = Field(
+        default=False, description="this router is marked no-transit: it refuses to be a middle hop"
+    )
 
 
 class MeshVersionOut(BaseModel):
@@ -167,6 +170,7 @@ def post_router_state(
         routes=[MeshRouteOut(service=r.service, via=r.via, cost=r.cost) for r in routes],
         strategies=graph.strategies_for(body.services),
         version=graph.version,
+        no_transit=caller.spiffe_id in graph.policy.no_transit,
     )
 
 
