@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlencode
 
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from umbranet.aio.tls import load_identity
+from umbranet.client.admin_calls import AdminCalls
 from umbranet.client.enrollment_tls import pinned_context
 from umbranet.client.follow import renewal_due
+from umbranet.client.mesh_calls import MeshCalls, MeshRoute
 from umbranet.client.models import (
     CreatedIdentity,
     CreatedRouter,
@@ -46,7 +46,6 @@ from umbranet.client.models import (
     ServiceInfo,
     TicketGrant,
     parse,
-    parse_list,
 )
 from umbranet.client.transport import (
     ControllerError,
@@ -73,7 +72,7 @@ from umbranet.pki import (
 )
 from umbranet.pki.bundle_update import apply_bundle_updates
 from umbranet.pki.noise_pop import NoiseChallenge, csr_binding, prove_noise_key
-from umbranet.schema import EndpointOut, EnrollmentTokenOut, MetricsOut, PostureOut
+from umbranet.schema import EndpointOut, PostureOut
 
 __all__ = [
     "ControllerClient",
@@ -95,18 +94,8 @@ __all__ = [
 DEFAULT_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class MeshRoute:
-    """A route the controller computed for this router: dials for `service` go to the
-    neighbouring router `via` (a SPIFFE ID) at total path `cost`."""
-
-    service: str
-    via: str
-    cost: float
-
-
 @malformed_answers_are_bad_responses
-class ControllerClient:
+class ControllerClient(AdminCalls, MeshCalls):
     """Calls the controller as `identity`; use as ``async with`` or call `aclose`.
 
     `transport` replaces the network (tests pass an ``httpx.ASGITransport``).
@@ -369,193 +358,6 @@ class ControllerClient:
         data = await self._call("PUT", "/v1/routers/self/stun", json={"host": host, "port": port})
         return str(data["address"])
 
-    async def routers(self) -> list[RouterInfo]:
-        return parse_list(RouterInfo, await self._call("GET", "/v1/routers"))
-
-    async def register_router(self, address: str) -> RouterInfo:
-        """(Router identities only.) Announce the ``host:port`` endpoints reach us at."""
-        data = await self._call("PUT", "/v1/routers/self", json={"address": address})
-        return parse(RouterInfo, data)
-
-    async def router_state(
-        self, services: Iterable[str], links: Mapping[str, float | None], circuits: int = 0
-    ) -> list[MeshRoute]:
-        """(Router identities only.) Report the services bound here, the live router links
-        (peer SPIFFE ID -> RTT in ms) and the live circuits; answers with the routes to
-        install. The answer's strategies and graph version are in `mesh_answer`."""
-        body = {
-            "services": sorted(services),
-            "links": [{"peer": peer, "rtt_ms": rtt} for peer, rtt in sorted(links.items())],
-            "circuits": circuits,
-        }
-        data = await self._call("POST", "/v1/routers/me/state", json=body)
-        self.mesh_answer = {
-            "strategies": dict(data.get("strategies") or {}),
-            "version": int(data.get("version") or 0),
-            "no_transit": bool(data.get("no_transit")),
-        }
-        return [MeshRoute(r["service"], r["via"], float(r["cost"])) for r in data["routes"]]
-
-    async def watch_mesh(self, after: int, wait: float = 25.0) -> int:
-        """(Router identities only.) The mesh graph's version once it differs from `after`
-        (or after `wait` seconds): a change means reporting again brings new routes."""
-        path = f"/v1/routers/me/watch?after={int(after)}&wait={min(wait, self._timeout / 2):g}"
-        data = await self._call("GET", path)
-        return int(data["version"])
-
-    # management (admin identity)
-
-    async def set_router_cost(
-        self, name: str, cost: float | None, no_transit: bool | None = None
-    ) -> dict[str, Any]:
-        """(Admin.) The extra cost of paths through router `name` (0 clears it) and whether
-        it may be a middle hop; None leaves a setting as it is. Answers both settings."""
-        body = {"cost": cost, "no_transit": no_transit}
-        data = await self._call("PUT", f"/v1/routers/{_seg(name)}/cost", json=body)
-        return {"name": name, "cost": float(data["cost"]), "no_transit": bool(data["no_transit"])}
-
-    async def set_link_cost(self, name: str, peer: str, cost: float) -> float:
-        """(Admin.) The extra cost of the link between routers `name` and `peer`."""
-        path = f"/v1/routers/{_seg(name)}/links/{_seg(peer)}/cost"
-        data = await self._call("PUT", path, json={"cost": cost})
-        return float(data["cost"])
-
-    async def set_service_strategy(
-        self,
-        name: str,
-        strategy: str | None,
-        transit_only: list[str] | None = None,
-        any_transit: bool = False,
-    ) -> dict[str, Any]:
-        """(Admin.) How routers pick among the hosts of service `name`, and the only routers
-        (by name) its dials may cross; None leaves a setting as it is."""
-        path = f"/v1/services/{_seg(name)}/strategy"
-        body = {"strategy": strategy, "transit_only": transit_only, "any_transit": any_transit}
-        return dict(await self._call("PUT", path, json=body))
-
-    async def mesh_path(self, service: str, source: str) -> dict[str, Any]:
-        """(Admin.) The routers a dial for `service` entering at router `source` crosses."""
-        query = urlencode({"service": service, "from": source})
-        data = await self._call("GET", f"/v1/mesh/path?{query}")
-        return dict(data)
-
-    async def mesh(self) -> dict[str, Any]:
-        """(Admin.) The mesh graph as the controller sees it (see docs/mesh.md)."""
-        data = await self._call("GET", "/v1/mesh")
-        return dict(data)
-
-    async def create_identity(
-        self, name: str, *, kind: str = "device", attributes: Iterable[str] = ()
-    ) -> CreatedIdentity:
-        body = {"name": name, "kind": kind, "attributes": list(attributes)}
-        return parse(CreatedIdentity, await self._call("POST", "/v1/identities", json=body))
-
-    async def list_identities(self) -> list[IdentityInfo]:
-        return parse_list(IdentityInfo, await self._call("GET", "/v1/identities"))
-
-    async def get_identity(self, name: str) -> IdentityInfo:
-        return parse(IdentityInfo, await self._call("GET", f"/v1/identities/{_seg(name)}"))
-
-    async def disable_identity(self, name: str) -> IdentityInfo:
-        return parse(IdentityInfo, await self._call("POST", f"/v1/identities/{_seg(name)}/disable"))
-
-    async def enable_identity(self, name: str) -> IdentityInfo:
-        return parse(IdentityInfo, await self._call("POST", f"/v1/identities/{_seg(name)}/enable"))
-
-    async def revoke_certificates(self, name: str) -> str:
-        """Revoke the identity's certificates; returns its new enrollment token."""
-        data = await self._call("POST", f"/v1/identities/{_seg(name)}/revoke")
-        return parse(EnrollmentTokenOut, data).enrollment_token
-
-    async def new_enrollment(self, name: str) -> str:
-        """A fresh enrollment token for an existing identity."""
-        data = await self._call("POST", f"/v1/identities/{_seg(name)}/enrollments")
-        return parse(EnrollmentTokenOut, data).enrollment_token
-
-    async def create_service(
-        self,
-        name: str,
-        *,
-        dial_attributes: Iterable[str] = (),
-        bind_attributes: Iterable[str] = (),
-        host_address: str | None = None,
-        intercepts: Iterable[Intercept] = (),
-    ) -> ServiceInfo:
-        body = {
-            "name": name,
-            "dial_attributes": list(dial_attributes),
-            "bind_attributes": list(bind_attributes),
-            "host_address": host_address,
-            "intercepts": [{"host": i.host, "port": i.port} for i in intercepts],
-        }
-        return parse(ServiceInfo, await self._call("POST", "/v1/services", json=body))
-
-    async def list_services(self) -> list[ServiceInfo]:
-        return parse_list(ServiceInfo, await self._call("GET", "/v1/services"))
-
-    async def delete_service(self, name: str) -> None:
-        await self._call("DELETE", f"/v1/services/{_seg(name)}")
-
-    async def create_router(self, name: str) -> CreatedRouter:
-        return parse(CreatedRouter, await self._call("POST", "/v1/routers", json={"name": name}))
-
-    async def metrics(self) -> dict[str, int]:
-        """The controller's counters (verdicts, refused requests by code)."""
-        return parse(MetricsOut, await self._call("GET", "/v1/metrics")).counters
-
-    # policy and audit (admin)
-
-    async def get_policy(self) -> dict[str, Any]:
-        """The version in force: ``version``, ``text``, ``created_at``, ``created_by``."""
-        return _json_dict(await self._call("GET", "/v1/policy"))
-
-    async def set_policy(self, text: str, comment: str | None = None) -> dict[str, Any]:
-        """Validate, test and apply; ControllerError ``policy_invalid``/``policy_tests_failed``."""
-        body = {"text": text, "comment": comment}
-        return _json_dict(await self._call("PUT", "/v1/policy", json=body))
-
-    async def test_policy(self, text: str) -> dict[str, Any]:
-        return _json_dict(await self._call("POST", "/v1/policy/test", json={"text": text}))
-
-    async def policy_history(self) -> list[dict[str, Any]]:
-        return [_json_dict(v) for v in await self._call("GET", "/v1/policy/history")]
-
-    async def rollback_policy(self, version: int) -> dict[str, Any]:
-        body = {"version": version}
-        return _json_dict(await self._call("POST", "/v1/policy/rollback", json=body))
-
-    async def explain(
-        self,
-        identity: str,
-        service: str,
-        *,
-        action: str = "dial",
-        port: int | None = None,
-        method: str | None = None,
-        path: str | None = None,
-    ) -> dict[str, Any]:
-        """The verdict, every rule considered, and ``rendered`` (plain text)."""
-        body = {
-            "identity": identity,
-            "service": service,
-            "action": action,
-            "port": port,
-            "method": method,
-            "path": path,
-        }
-        return _json_dict(await self._call("POST", "/v1/policy/explain", json=body))
-
-    async def decision(self, decision_id: str) -> dict[str, Any]:
-        """A refused ticket by the decision id its endpoint was given (admin): who, what,
-        when, and the reason (``rendered``: plain text)."""
-        path = f"/v1/policy/decisions/{_seg(decision_id)}"
-        return _json_dict(await self._call("GET", path))
-
-    async def audit(self, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
-        """Administrative changes and access refusals, newest first (``action`` filters)."""
-        query = httpx.QueryParams({"limit": int(limit), **({"action": action} if action else {})})
-        return [_json_dict(e) for e in await self._call("GET", f"/v1/audit?{query}")]
-
     # push channel
 
     async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -666,14 +468,3 @@ def _bundle(data: Any) -> TrustBundle:
         return TrustBundle.from_dict(data)
     except PkiError as exc:
         raise ControllerError("bundle_invalid", exc.reason, 0) from exc
-
-
-def _seg(name: str) -> str:
-    """A name as one URL path segment (names are restricted, but never trust that here)."""
-    return quote(name, safe="")
-
-
-def _json_dict(data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ControllerError("bad_response", "the controller answered with a non-object", 0)
-    return {str(k): v for k, v in data.items()}

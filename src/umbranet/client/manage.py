@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote
 
+from umbranet.client.calls import segment as _seg
 from umbranet.client.controller import ControllerClient
 from umbranet.client.models import (
     IdentityInfo,
@@ -27,10 +27,6 @@ __all__ = [
     "update_identity",
     "update_service",
 ]
-
-
-def _seg(name: str) -> str:
-    return quote(name, safe="")
 
 
 async def update_identity(

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
-from umbranet.client.controller import MeshRoute
+from umbranet.client.mesh_calls import MeshRoute
 from umbranet.router.server import Router
 
 __all__ = [
