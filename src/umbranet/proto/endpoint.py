@@ -33,10 +33,22 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from umbranet.clock import Deadline, Instant, earliest
 from umbranet.proto.circuit import PATH_FAILURES, Circuit, Closed, Detached, Opened, Resumed, State
+from umbranet.proto.endpoint_events import (
+    AcceptFailed,
+    BindFailed,
+    BindingLost,
+    Bound,
+    Dialed,
+    DialFailed,
+    Event,
+    Incoming,
+    LinkDown,
+    SessionDetached,
+    SessionResumed,
+)
 from umbranet.proto.link import Closing, LinkSession, LinkTimers, PeerSilent, Role
 from umbranet.wire import ErrorCode, Frame, FrameType, WireError, decode_control, encode_control
 from umbranet.wire.control import decode_error, encode_error
@@ -49,6 +61,7 @@ __all__ = [
     "DialFailed",
     "Dialed",
     "EndpointLink",
+    "Event",
     "Incoming",
     "LinkDown",
     "SessionDetached",
@@ -65,99 +78,6 @@ _LINK_FRAMES = frozenset({FrameType.HELLO, FrameType.PING, FrameType.PONG, Frame
 DEFAULT_MAX_PENDING_ACCEPTS = 1024
 DEFAULT_BIND_TIMEOUT = 10.0
 DEFAULT_CORK_DELAY = 0.001
-
-
-@dataclass(frozen=True, slots=True)
-class Dialed:
-    """Our dial's handshake finished: the circuit carries data now."""
-
-    circuit: Circuit
-
-
-@dataclass(frozen=True, slots=True)
-class DialFailed:
-    """Our dial ended before it opened: refused on the way, or timed out."""
-
-    circuit_id: int
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A dialer finished its handshake with one of our bindings."""
-
-    binding_id: int
-    circuit: Circuit
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptFailed:
-    """A dialer's handshake to one of our bindings failed (or the CONNECT was bad)."""
-
-    binding_id: int
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Bound:
-    binding_id: int
-    expires_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class BindFailed:
-    binding_id: int
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class BindingLost:
-    """The router dropped a binding it had accepted (e.g. access was revoked)."""
-
-    binding_id: int
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkDown:
-    """The link is over (GOAWAY either way, or the router went silent); close the carrier."""
-
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SessionDetached:
-    """A stream's path failed; its session left this link and waits for a resume."""
-
-    circuit: Circuit
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SessionResumed:
-    """A stream's session moved onto this link (circuit id `circuit.id`)."""
-
-    circuit: Circuit
-
-
-Event = (
-    Dialed
-    | DialFailed
-    | Incoming
-    | AcceptFailed
-    | Bound
-    | BindFailed
-    | BindingLost
-    | LinkDown
-    | SessionDetached
-    | SessionResumed
-)
 
 
 class _Entry:
