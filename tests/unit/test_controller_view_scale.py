@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.controller_harness import Harness, make_harness
+from umbranet.controller.service.relay import REUSE_MIN_LEFT
 
 POLICY = """{"rules": [
   {"action": "bind", "src": ["srv"], "dst": ["svc:web"]},
@@ -77,8 +78,11 @@ def test_relay_tickets_are_reused_until_near_expiry_and_a_new_epoch(h: Harness) 
     assert again == first
     assert ctx.relay_tickets.statistics()["signed"] == 3
 
-    # Three quarters of the lifetime later the same ticket is no longer handed out.
-    h.clock.advance(ctx.authority.ticket_lifetime * 3 / 4 + timedelta(seconds=1))
+    # Reused while a device could still hold it until its next refresh, not after.
+    used = ctx.authority.ticket_lifetime - REUSE_MIN_LEFT
+    h.clock.advance(used - timedelta(seconds=1))
+    assert {p["name"]: p["relay_ticket"] for p in srv.get("/v1/view").json()["peers"]} == first
+    h.clock.advance(timedelta(seconds=2))
     later = {p["name"]: p["relay_ticket"] for p in srv.get("/v1/view").json()["peers"]}
     assert set(later.values()).isdisjoint(first.values())
 

@@ -9,9 +9,13 @@ ticket, as it gets no key; the view is fetched again on every new epoch, which i
 routers start refusing older tickets (``ticket_stale``).
 
 Signing is the view's dearest step for a device with thousands of peers (one signature per
-peer per request), so signed tickets are kept (`RelayTicketCache`) and handed out again while
-more than a quarter of their lifetime is left, for the same subject, certificate keys, peer
-key and epoch. Whether a pair gets a ticket at all is still decided on every request (only
+peer per request), so signed tickets are kept (`RelayTicketCache`) and handed out again, for
+the same subject, certificate keys, peer key and epoch, while at least `REUSE_MIN_LEFT` of
+their life is left: a device keeps the ticket of its last view until its next one (the
+agent's safety refresh is every 300 s; it re-presents every 120 s), so a ticket handed out
+with less would lapse at the router before the device is given another (``ticket_expired``
+and relayed traffic stalls). With the default 10-minute lifetime a ticket is reused for its
+first 200 s. Whether a pair gets a ticket at all is still decided on every request (only
 peers of the fresh view are asked for), so the cache can never widen what policy allows; a
 new epoch (revocation, policy change) empties it.
 """
@@ -28,10 +32,13 @@ from umbranet.controller.service.certificates import certificate_keys
 from umbranet.controller.store import Identity
 from umbranet.pki.tickets import Action, relay_service
 
-__all__ = ["RelayTicketCache", "relay_tickets"]
+__all__ = ["REUSE_MIN_LEFT", "RelayTicketCache", "relay_tickets"]
 
 # Bounded: past this many tickets the oldest are forgotten (re-signed on next use).
 MAX_CACHED = 200_000
+
+# The agent's default refresh interval (300 s) plus a presentation period (120 s) of slack.
+REUSE_MIN_LEFT = timedelta(seconds=400)
 
 _Key = tuple[str, tuple[str, ...], bytes]
 
@@ -46,7 +53,7 @@ class RelayTicketCache:
         self.hits = 0
         self.signed = 0
 
-    def get(self, key: _Key, epoch: int, now: datetime, lifetime: timedelta) -> str | None:
+    def get(self, key: _Key, epoch: int, now: datetime) -> str | None:
         if epoch != self._epoch:
             self._tickets.clear()
             self._epoch = epoch
@@ -55,8 +62,7 @@ class RelayTicketCache:
         if found is None:
             return None
         token, expires_at = found
-        # Handed out only with a quarter of its life left: the device uses it for a while.
-        if expires_at - now.timestamp() <= lifetime.total_seconds() / 4:
+        if expires_at - now.timestamp() < REUSE_MIN_LEFT.total_seconds():
             del self._tickets[key]
             return None
         self.hits += 1
@@ -100,7 +106,7 @@ def relay_tickets(
         if len(key) != 32:
             continue
         slot = (identity.spiffe_id, tuple(binding), key)
-        token = cache.get(slot, epoch, now, lifetime) if cache is not None else None
+        token = cache.get(slot, epoch, now) if cache is not None else None
         if token is None:
             ticket, token = authority.signer.sign_ticket(
                 identity.spiffe_id,
