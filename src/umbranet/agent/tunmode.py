@@ -201,7 +201,7 @@ class TunMode:
     ) -> None:
         """Follow the controller: install on the first call with addresses, then match the
         device's peers, routes, grants and DNS names to `view`; keep the relay link to the
-        first of `routers` (addresses) up."""
+        first of `routers` (addresses, fastest measured first) up."""
         if self.tun is None:
             if not ipv4 or not ipv6:
                 self._counters.add("tun_no_address")
