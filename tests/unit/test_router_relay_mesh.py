@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.unit.test_router_relay import ANN, BEN, CAT, SEALED, FakeLink, _allow, _datagram, _link
 from tests.unit.test_router_switch import NET, Switch, _frame, _out
 from umbranet.pki.tickets import Action, relay_service
@@ -154,3 +157,21 @@ def test_a_key_leaving_the_second_router_is_withdrawn_at_the_first() -> None:
     assert r1.feed(a, _datagram(BEN)) is None  # type: ignore[arg-type]
     assert r1.forwarder.counters["relay_unknown_peer"] == 1
     assert r1.forwarder.counters["relay_mesh_datagrams"] == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=200))
+def test_garbage_from_a_neighbour_is_refused_with_a_code_and_delivers_nothing(
+    allow: bytes, datagram: bytes
+) -> None:
+    _r1, r2, _to_r2, to_r1 = _mesh()
+    b = _link(r2, BEN)
+    closing = r2.feed(
+        to_r1,
+        _frame(FrameType.WG_DATAGRAM, 0, datagram),  # type: ignore[arg-type]
+        _frame(FrameType.WG_RELAY_ALLOW, 0, allow),  # type: ignore[arg-type]
+    )
+    if closing is not None:
+        assert closing[0] in {ErrorCode.BAD_CONTROL_PAYLOAD, ErrorCode.RATE_LIMITED}
+    assert _out(b) == []
+    assert r2.forwarder.counters["relay_datagrams"] == 0
