@@ -179,7 +179,8 @@ def test_key_follows_the_newest_link_and_is_forgotten_with_it() -> None:
     sw.feed(a, _datagram(BEN))  # type: ignore[arg-type]
     assert sw.forwarder.counters["relay_unknown_peer"] == 1
     sw.forwarder.link_gone(a)
-    assert sw.forwarder.relay.statistics() == {"keys": 0, "allowances": 0}
+    stats = sw.forwarder.relay.statistics()
+    assert (stats["keys"], stats["allowances"]) == (0, 0)
 
 
 def test_a_link_that_never_spoke_the_relay_is_not_a_destination() -> None:

@@ -44,6 +44,7 @@ from umbranet.client.controller import ControllerClient, ControllerError, Router
 from umbranet.client.current import CurrentClient
 from umbranet.pki import IdentityFile
 from umbranet.pki.tickets import Action
+from umbranet.proto.relay_choice import rank_relays
 from umbranet.sdk import Context, Stream, UmbraError
 
 __all__ = ["Agent", "run_agent"]
@@ -198,7 +199,9 @@ class Agent:
             self.overlay = {"ipv4": me.ipv4, "ipv6": me.ipv6}
             if self.tun is not None:
                 try:
-                    relays = [r.address for r in routers if r.address]
+                    # The relay link goes to the router this device measures fastest.
+                    rtt = self.context.statistics().get("router_rtt_ms", {})
+                    relays = rank_relays([r.address for r in routers if r.address], rtt)
                     await self.tun.apply(me.ipv4, me.ipv6, view, relays)
                 except ConfigError as exc:
                     if self.last_refresh is None:

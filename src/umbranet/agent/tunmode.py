@@ -201,7 +201,7 @@ class TunMode:
     ) -> None:
         """Follow the controller: install on the first call with addresses, then match the
         device's peers, routes, grants and DNS names to `view`; keep the relay link to the
-        first of `routers` (addresses) up."""
+        first of `routers` (addresses, fastest measured first) up."""
         if self.tun is None:
             if not ipv4 or not ipv6:
                 self._counters.add("tun_no_address")
@@ -440,8 +440,9 @@ class TunMode:
         if peer.endpoint is not None:
             paths.append(WgPath(PathKind.DIRECT, peer.endpoint))
         if relay is not None and relay.live and peer.relay_ticket is not None:
-            # The view brings a freshly signed ticket every refresh; the router needs one
-            # only on a new link, before the last expires, or after it refused one.
+            # Each view's ticket has at least 400 s left (the controller reuses signed ones
+            # only that long); the router needs one only on a new link, before the last
+            # expires, or after it refused one.
             now = time.monotonic()
             shown = self._presented.get(key)
             if shown is None or now - shown > _REPRESENT_AFTER or key in relay.refused_peers:

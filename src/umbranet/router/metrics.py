@@ -89,6 +89,18 @@ EVENTS: dict[str, tuple[str, str]] = {
         "umbra_router_relay_allowances",
         "Relay tickets accepted (WG_RELAY_ALLOW): a pair the controller allowed to be relayed.",
     ),
+    "relay_mesh_datagrams": (
+        "umbra_router_relay_mesh_datagrams",
+        "WireGuard datagrams relayed to a neighbouring router that holds the destination key.",
+    ),
+    "relay_mesh_allowances": (
+        "umbra_router_relay_mesh_allowances",
+        "Relay tickets a neighbouring router forwarded that this router's gate accepted.",
+    ),
+    "relay_mesh_errors": (
+        "umbra_router_relay_mesh_errors",
+        "Relay refusals a neighbouring router reported, passed on to the source's link.",
+    ),
 }
 """Counter keys that are events, not refusals: key -> (metric name without _total, help)."""
 

@@ -140,6 +140,8 @@ class Switch:
         self.links.add(link)
         if peer_kind != "router":
             self.relay.register(link, noise_key)
+        else:
+            self.relay.add_router(link)
         return link
 
     def frames(
@@ -155,7 +157,7 @@ class Switch:
                 if ftype in _RELAYED and session.ready:
                     self._relay(source, frame)
                     continue
-                if ftype == _WG_DATAGRAM and session.ready and source.kind is LinkKind.ENDPOINT:
+                if ftype == _WG_DATAGRAM and session.ready:  # from a router: across the mesh
                     self.relay.handle_datagram(source, frame, now)
                     continue
                 # Keepalives are cheap and answered under the link's output throttle; every
@@ -178,8 +180,10 @@ class Switch:
                     self._bind(source, frame, now)
                 elif ftype == FrameType.UNBIND and source.kind is LinkKind.ENDPOINT:
                     self.terminators.remove(source, frame.circuit)
-                elif ftype == FrameType.WG_RELAY_ALLOW and source.kind is LinkKind.ENDPOINT:
+                elif ftype == FrameType.WG_RELAY_ALLOW:
                     self.relay.handle_allow(source, frame, now)
+                elif ftype == FrameType.WG_RELAY_ERR and source.kind is LinkKind.ROUTER:
+                    self.relay.handle_error(source, frame)
                 else:
                     raise WireError(
                         ErrorCode.PROTOCOL_ERROR, f"{FrameType(ftype).name} from a {source.kind}"
@@ -233,6 +237,7 @@ class Switch:
 
     def poll_transmit(self) -> list[tuple[SwitchLink, list[bytes]]]:
         """(link, buffers) for every link written to since the last call."""
+        self.relay.poll_announce()
         if not self._dirty:
             return []
         out = [(link, link.session.poll_transmit()) for link in self._dirty if link.outbox]

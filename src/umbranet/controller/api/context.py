@@ -18,6 +18,7 @@ from umbranet.controller.replicas import ReplicaDirectory
 from umbranet.controller.service import Authority
 from umbranet.controller.service.addresses import OverlaySettings
 from umbranet.controller.service.joinkeys import Presence
+from umbranet.controller.service.relay import RelayTicketCache
 from umbranet.controller.service.tickets import DenyAudit
 from umbranet.controller.store import Database, Store
 from umbranet.controller.store.db import is_postgresql
@@ -45,6 +46,8 @@ class AppContext:
     presence: Presence = field(default_factory=Presence)
     # Where overlay addresses come from (network mode).
     overlay: OverlaySettings = field(default_factory=OverlaySettings)
+    # Signed relay tickets reused across view requests until near expiry or a new epoch.
+    relay_tickets: RelayTicketCache = field(default_factory=RelayTicketCache)
     # Several replicas on PostgreSQL: who runs the periodic jobs, and other replicas' bumps.
     lease: ClusterLease = field(init=False)
     listener: EpochListener | None = field(init=False, default=None)

@@ -137,6 +137,7 @@ def get_view(ctx: Ctx, caller: ClientCaller) -> ViewOut:
             [p.noise_public_key for p in view.peers],
             now=now,
             epoch=ctx.events.epoch,
+            cache=ctx.relay_tickets,
         )
     return ViewOut(
         services=view.services,

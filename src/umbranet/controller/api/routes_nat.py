@@ -97,7 +97,7 @@ def get_candidates(ctx: Ctx, caller: ClientCaller) -> dict[str, Any]:
     with ctx.transaction() as store:
         identity = _identity(store, caller.id)
         view = views.view_of(store, identity, now=ctx.clock(), epoch=ctx.events.epoch)
-        peers = [r for r in (store.identity_by_name(p.name) for p in view.peers) if r]
+        peers = views.identities_named(store, {p.name for p in view.peers})
         return {"peers": nat.candidates_of(store, peers)}
 
 

@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+import sqlalchemy as sa
+
 from umbranet.controller.service.addresses import parse_endpoint
 from umbranet.controller.service.errors import BadRequest
 from umbranet.controller.store import Identity, Store
@@ -103,9 +105,16 @@ def set_candidates(
 def candidates_of(store: Store, peers: list[Identity]) -> dict[str, dict[str, object]]:
     """Stored candidates of `peers` (already filtered by the caller's view), by SPIFFE ID."""
     out: dict[str, dict[str, object]] = {}
-    for peer in peers:
-        row = store.session.get(NetworkCandidates, peer.id)
-        if row is not None:
+    by_id = {peer.id: peer for peer in peers}
+    if not by_id:
+        return out
+    # One query for every peer (not one each): a device can have thousands of peers.
+    query = sa.select(NetworkCandidates)
+    if len(by_id) <= 500:  # a bound list stays under every backend's parameter limit
+        query = query.where(NetworkCandidates.identity_id.in_(list(by_id)))
+    for row in store.session.scalars(query):
+        peer = by_id.get(row.identity_id)
+        if peer is not None:
             out[peer.spiffe_id] = {
                 "candidates": json.loads(row.candidates),
                 "nat": row.nat,

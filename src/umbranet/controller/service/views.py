@@ -23,6 +23,7 @@ learns the caller's key, address or endpoint, nor the caller its.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,11 +43,13 @@ from umbranet.policy import decide_access as attribute_rule
 from umbranet.policy.netgrants import grants_towards, may_reach, routes_reachable
 from umbranet.policy.network import IPAddress, IPNetwork
 
-__all__ = ["IdentityView", "PeerKey", "view_of"]
+__all__ = ["IdentityView", "PeerKey", "identities_named", "view_of"]
 
 _HOST_SCHEMES = ("tcp", "udp")
 
 _OTHER = {"dial": "bind", "bind": "dial"}
+
+_IN_LIMIT = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +96,7 @@ def view_of(
         names |= _network_peers(store, identity, compiled, routes)
     if not names:
         return view
-    rows = [r for r in (store.identity_by_name(n) for n in sorted(names)) if r is not None]
-    rows = [r for r in rows if r.enabled and r.id != identity.id]
+    rows = [r for r in identities_named(store, names) if r.enabled and r.id != identity.id]
     # Our own addresses only matter to network rules (CIDRs covering them).
     addresses = addresses_for(store, [*rows, *([identity] if networked else [])], overlay,
                               trust_domain)  # fmt: skip
@@ -240,11 +242,22 @@ def _attribute_peers(store: Store, identity: Identity, services: dict[str, list[
     return peers
 
 
+def identities_named(store: Store, names: Collection[str]) -> list[Identity]:
+    """The enabled-or-not identities named, sorted by name, in ONE query whatever their
+    number: a view can name thousands of peers, and a query per peer (or per chunk of bound
+    parameters) made the view's cost grow with them. Past `_IN_LIMIT` names the whole table
+    is read and filtered here, which is cheaper than many round trips and stays under every
+    backend's limit on bound parameters."""
+    if not names:
+        return []
+    if len(names) <= _IN_LIMIT:
+        query = sa.select(Identity).where(Identity.name.in_(sorted(names)))
+        return sorted(store.session.scalars(query), key=lambda r: r.name)
+    wanted = set(names)
+    everyone = store.session.scalars(sa.select(Identity))
+    return sorted((r for r in everyone if r.name in wanted), key=lambda r: r.name)
+
+
 def _keys(store: Store, names: set[str] | frozenset[str]) -> list[PeerKey]:
-    # One query for all peers, not one each: a view can name hundreds of peers.
-    rows = store.identities_by_names(names)
-    return [
-        PeerKey(row.name, row.spiffe_id, row.noise_public_key)
-        for row in sorted(rows, key=lambda r: r.name)
-        if row.enabled
-    ]
+    rows = identities_named(store, names)
+    return [PeerKey(row.name, row.spiffe_id, row.noise_public_key) for row in rows if row.enabled]
