@@ -19,11 +19,10 @@ Rules of this file:
   releases it; a side that exceeds its window gets its circuit reset. Windows are budgeted
   per destination link, per identity and router-wide (see `quotas.py`), so the bytes this
   router can be made to hold are bounded, and no link is ever paused for one slow reader.
-- A circuit ends when both directions carried FIN, or on RESET, or when either link drops;
-  the other side is always told why. Frames for circuits that no longer exist are dropped
-  and counted (they race with resets).
-- Outputs go to each link's session outbox; `poll_transmit()` hands over every link written
-  to since the last call, so all writes produced by one read are coalesced per link.
+- A circuit ends on FIN both ways, RESET, or either link dropping; the other side is told
+  why. Frames for circuits gone already are dropped and counted (they race with resets).
+- Outputs go to each link's outbox; `poll_transmit()` hands over every link written since
+  the last call, so the writes of one read are coalesced per link.
 """
 
 from __future__ import annotations
