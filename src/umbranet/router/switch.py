@@ -21,9 +21,8 @@ Rules of this file:
   router can be made to hold are bounded, and no link is ever paused for one slow reader.
 - A circuit ends on FIN both ways, RESET, or either link dropping; the other side is told
   why. Frames for circuits gone already are dropped and counted (they race with resets).
-- Outputs go to each link's outbox; `poll_transmit()` hands over every link written since
-  the last call, so the writes of one read are coalesced per link.
-"""
+- `poll_transmit()` hands over every link outbox written since the last call (so the
+  writes of one read are coalesced per link)."""
 
 from __future__ import annotations
 
