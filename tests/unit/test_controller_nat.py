@@ -106,3 +106,20 @@ def test_turn_credentials_follow_the_shared_secret_scheme(h: Harness) -> None:
     ).decode()
     assert turn["password"] == expect and turn["realm"] == "umbra"
     assert "secret" not in str(turn)
+
+
+def test_peers_only_a_network_rule_relates_learn_each_others_candidates(h: Harness) -> None:
+    """Network mode relates devices by `network` rules alone (no service between them):
+    their candidates must reach each other, or they can never go direct."""
+    network_only = (
+        """{"network": [{"src": ["alice"], "dst": ["db-host:5432"], "proto": ["tcp"]}]}"""
+    )
+    assert h.client(h.admin).put("/v1/policy", json={"text": network_only}).status_code == 200
+    alice, db = h.client(h.new_device("alice")), h.client(h.new_device("db-host"))
+    mine = [{"kind": "srflx", "host": "198.18.10.1", "port": 40000}]
+    for client in (alice, db):
+        assert client.get("/v1/me").status_code == 200  # network mode asks first
+        put = client.put("/v1/network/candidates", json={"candidates": mine, "nat": "unknown"})
+        assert put.status_code == 200, put.text
+    assert any("db-host" in k for k in alice.get("/v1/network/candidates").json()["peers"])
+    assert any("alice" in k for k in db.get("/v1/network/candidates").json()["peers"])

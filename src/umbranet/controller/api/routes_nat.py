@@ -96,7 +96,16 @@ def get_candidates(ctx: Ctx, caller: ClientCaller) -> dict[str, Any]:
     """Candidates of the caller's peers: exactly the identities its filtered view lists."""
     with ctx.transaction() as store:
         identity = _identity(store, caller.id)
-        view = views.view_of(store, identity, now=ctx.clock(), epoch=ctx.events.epoch)
+        # As the device's own view (network mode): peers that only `network` rules relate
+        # to it need each other's candidates most.
+        view = views.view_of(
+            store,
+            identity,
+            now=ctx.clock(),
+            epoch=ctx.events.epoch,
+            overlay=ctx.overlay,
+            trust_domain=ctx.authority.trust_domain,
+        )
         peers = views.identities_named(store, {p.name for p in view.peers})
         return {"peers": nat.candidates_of(store, peers)}
 
