@@ -8,6 +8,7 @@ import asyncio
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,5 +146,57 @@ def test_a_controller_without_nat_routes_leaves_the_published_endpoint() -> None
         assert nat.endpoint_for(peer, ("198.18.5.1", 51820)) == ("198.18.5.1", 51820)
         await nat.close()
         sock.close()
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_publishes_after_our_read_is_followed_up_without_a_refresh(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two devices coming up together: srv reads the candidates before cli has published
+    any. srv reads them again on its own (at the follow-up pauses), not only at its next
+    agent refresh minutes later."""
+    monkeypatch.setattr(nat_traversal, "local_addresses", lambda skip=(): ["198.18.5.5"])
+    admin = h.client(h.admin)
+    body = {"name": "web", "host_address": "tcp://127.0.0.1:1"}
+    assert admin.post("/v1/services", json=body).status_code == 201
+    assert admin.put("/v1/policy", json={"text": POLICY}).status_code == 200
+    srv, cli = h.new_device("srv"), h.new_device("cli")
+
+    async def main() -> None:
+        sides = []
+        for identity in (srv, cli):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            nat = NatTraversal(sock, identity.noise_private_key, follow_up=(0.05,) * 40)
+            nat.wrap(Device.for_identity(identity))
+            sides.append((identity, sock, nat))
+        (_, _, nat_s), (_, _, nat_c) = sides
+        key_c = Device.for_identity(cli).public_key
+        try:
+
+            def opener(identity: object) -> Any:
+                return lambda: ControllerClient(identity, transport=h.transport(identity))  # type: ignore[arg-type]
+
+            async with ControllerClient(srv, transport=h.transport(srv)) as c:
+                view_s = await c.view()
+            nat_s.refresh_soon(opener(srv), view_s)
+            for _ in range(200):  # srv has read once and found cli silent
+                if nat_s.silent_peers():
+                    break
+                await asyncio.sleep(0.02)
+            assert nat_s.silent_peers() == [key_c]
+            async with ControllerClient(cli, transport=h.transport(cli)) as c:
+                await nat_c.refresh(c, await c.view())  # cli publishes
+            for _ in range(200):
+                if not nat_s.silent_peers():
+                    break
+                await asyncio.sleep(0.02)
+            assert key_c in nat_s.peer_nat  # learned with no refresh of srv's
+        finally:
+            for _identity, sock, nat in sides:
+                await nat.close()
+                sock.close()
 
     asyncio.run(main())

@@ -46,6 +46,10 @@ log = logging.getLogger("umbranet.agent.nat")
 
 GATHER_SECONDS = 3.0
 REGATHER_SECONDS = 300.0
+FOLLOW_UP_DELAYS = (2.0, 4.0, 8.0, 16.0, 32.0)
+"""When peers of the view have published no candidates yet, read theirs again after these
+pauses: two devices coming up together publish seconds apart, and the one that read first
+would otherwise wait for its next agent refresh (300 s) to go direct."""
 
 
 class NatTraversal:
@@ -59,12 +63,15 @@ class NatTraversal:
         clock: Clock = system_clock,
         regather: float = REGATHER_SECONDS,
         skip_interfaces: Collection[str] = (),
+        follow_up: tuple[float, ...] = FOLLOW_UP_DELAYS,
     ) -> None:
         self._sock = sock
         self._skip = tuple(skip_interfaces)
         self._private = private_key
         self._clock = clock
         self._regather = regather
+        self._follow_up_delays = follow_up
+        self._following_up: asyncio.Task[None] | None = None
         self.traversal: Traversal | None = None
         self.gathered: Gathered | None = None
         self.peer_nat: dict[bytes, str] = {}
@@ -92,12 +99,12 @@ class NatTraversal:
         return self.traversal
 
     async def close(self) -> None:
-        for task in (self._task, self._refreshing):
+        for task in (self._task, self._refreshing, self._following_up):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._refreshing = None
+        self._task = self._refreshing = self._following_up = None
         if self._bridge is not None:
             self._bridge.close()
             self._bridge = None
@@ -113,8 +120,37 @@ class NatTraversal:
         async def run() -> None:
             async with open_client() as client:
                 await self.refresh(client, view)
+            self._follow_up(open_client, view)
 
         self._refreshing = asyncio.get_running_loop().create_task(run())
+
+    def silent_peers(self) -> list[bytes]:
+        """Peers of the view that have published no candidates (as of the last read)."""
+        return [key for key in self._probed if key not in self.peer_nat]
+
+    def _follow_up(
+        self, open_client: Callable[[], ControllerClient], view: Mapping[str, Any]
+    ) -> None:
+        """Read the candidates again at `FOLLOW_UP_DELAYS` while some peer has none; the
+        next refresh replaces this (its view is newer)."""
+        if self._following_up is not None:
+            self._following_up.cancel()
+        traversal = self.traversal
+        if traversal is None or not self.silent_peers():
+            return
+
+        async def run() -> None:
+            for delay in self._follow_up_delays:
+                await asyncio.sleep(delay)
+                try:
+                    async with open_client() as client:
+                        await self._follow(client, traversal, view)
+                except (ControllerError, OSError, ValueError) as exc:
+                    log.debug("NAT traversal: reading candidates again failed: %s", exc)
+                if not self.silent_peers():
+                    return
+
+        self._following_up = asyncio.get_running_loop().create_task(run())
 
     @property
     def socket(self) -> RelayingSocket:
