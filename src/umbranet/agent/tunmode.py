@@ -318,6 +318,7 @@ class TunMode:
             "nat": self.nat.snapshot() if self.nat is not None else None,
             "filter": stats.get("filter"),
             "io": stats.get("io"),
+            "tun": stats.get("port"),
             "relay": self.relay.statistics() if self.relay is not None else None,
             "device": _device_summary(device),
         }
@@ -330,7 +331,7 @@ class TunMode:
         plan = tunplan.TunPlan.new(settings.ifname, resolv, settings.dns_address)
         await asyncio.to_thread(tunplan.record, self._state_dir, plan)
         try:
-            self.tun = Tun.open(settings.ifname)
+            self.tun = Tun.open(settings.ifname, offload=True)
             index = tunplan.interface_index(self.tun.name)
             if index is not None:
                 plan = plan.with_index(index)
