@@ -54,7 +54,7 @@ _MAX_SPLIT = 1024
 _PLAIN_HEADER = VNET_HDR.pack(DATA_VALID, GSO_NONE, 0, 0, 0, 0)
 
 
-def checksum(data: bytes | memoryview, initial: int = 0) -> int:
+def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     """The Internet checksum (RFC 1071) of `data`, with `initial` (an unfolded sum) added."""
     total = int.from_bytes(data, "big")
     if len(data) & 1:
@@ -63,7 +63,7 @@ def checksum(data: bytes | memoryview, initial: int = 0) -> int:
     return ~folded & 0xFFFF
 
 
-def _pseudo_sum(packet: bytes | memoryview, v6: bool, length: int) -> int:
+def _pseudo_sum(packet: bytes | bytearray | memoryview, v6: bool, length: int) -> int:
     """The unfolded sum of the TCP pseudo-header for a TCP segment of `length` bytes."""
     addresses = packet[8:40] if v6 else packet[12:20]
     return int.from_bytes(addresses, "big") % 0xFFFF + _PROTO_TCP + length
