@@ -66,16 +66,22 @@ class Tun:
 
     @classmethod
     def open(
-        cls, name: str = "umbra%d", path: str = "/dev/net/tun", *, offload: bool = False
+        cls,
+        name: str = "umbra%d",
+        path: str = "/dev/net/tun",
+        *,
+        offload: bool = False,
+        tso: bool = True,
     ) -> Tun:
         """Create (or attach to) the TUN interface `name`; OSError if not permitted. With
-        `offload`, ask for a virtio-net header and TCP segmentation offload, falling back
-        to a plain TUN where the kernel refuses."""
+        `offload`, frames carry a virtio-net header so writes can merge TCP segments, and
+        with `tso` too the kernel is asked for TCP super-packets on reads; each falls back
+        to plain IO where the kernel refuses it."""
         encoded = name.encode()
         if not encoded or len(encoded) >= _IFNAMSIZ:
             raise ValueError(f"interface name must be 1-{_IFNAMSIZ - 1} bytes")
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
-        vnet = tso = False
+        vnet = offered = False
         refused: list[str] = []
         try:
             result = b""
@@ -87,17 +93,17 @@ class Tun:
                     refused.append(f"IFF_VNET_HDR ({exc.strerror})")
             if not vnet:
                 result = _set_iff(fd, encoded, IFF_TUN | IFF_NO_PI)
-            if vnet:
+            if vnet and tso:
                 try:
                     fcntl.ioctl(fd, TUNSETOFFLOAD, _OFFLOADS)
-                    tso = True
+                    offered = True
                 except OSError as exc:
                     refused.append(f"TUNSETOFFLOAD ({exc.strerror})")
         except BaseException:
             os.close(fd)
             raise
         actual = result[:_IFNAMSIZ].split(b"\0", 1)[0].decode()
-        tun = cls(fd, actual, vnet=vnet, tso=tso)
+        tun = cls(fd, actual, vnet=vnet, tso=offered)
         if refused:
             tun.counters["tun_offload_refused"] += 1
             log.warning(
