@@ -319,7 +319,7 @@ class TunMode:
             "nat": self.nat.snapshot() if self.nat is not None else None,
             "filter": stats.get("filter"),
             "io": stats.get("io"),
-            "tun": stats.get("port"),
+            "tun_io": stats.get("port"),
             "relay": self.relay.statistics() if self.relay is not None else None,
             "device": _device_summary(device),
         }
