@@ -291,6 +291,12 @@ def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trac
                 "B's granted port", lambda: _tcp(net, "a", b["ipv4"], PORT_B) == f"hi-{PORT_B}\n"
             )
             assert _tcp(net, "a", b["ipv4"], CLOSED_PORT) is None
+            # TCP crossed a TUN with segmentation offload (where the kernel grants it) and
+            # no frame the kernel wrote was refused
+            for device in ("a", "b"):
+                tun_io = net.tun(device)["tun_io"]
+                assert tun_io["vnet"] and tun_io["tso"], tun_io
+                assert not [k for k in tun_io if k.startswith("vnet_")], tun_io
             drops = net.tun("b")["filter"]["drops"]
             assert drops.get("no_grant", 0) >= 1, drops
             human = _umbra_ok(

@@ -45,6 +45,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import os
 import socket
 import time
 import urllib.parse
@@ -318,6 +319,7 @@ class TunMode:
             "nat": self.nat.snapshot() if self.nat is not None else None,
             "filter": stats.get("filter"),
             "io": stats.get("io"),
+            "tun_io": stats.get("port"),
             "relay": self.relay.statistics() if self.relay is not None else None,
             "device": _device_summary(device),
         }
@@ -330,7 +332,9 @@ class TunMode:
         plan = tunplan.TunPlan.new(settings.ifname, resolv, settings.dns_address)
         await asyncio.to_thread(tunplan.record, self._state_dir, plan)
         try:
-            self.tun = Tun.open(settings.ifname)
+            # an operator's escape hatch (and the benchmark's A/B): "tso,gro", "gro", "off"
+            offload = os.environ.get("UMBRA_TUN_OFFLOAD", "tso,gro")
+            self.tun = Tun.open(settings.ifname, offload="gro" in offload, tso="tso" in offload)
             index = tunplan.interface_index(self.tun.name)
             if index is not None:
                 plan = plan.with_index(index)

@@ -176,6 +176,9 @@ class WireGuardDriver:
 
     def statistics(self) -> dict[str, object]:
         stats: dict[str, object] = {"io": dict(self.counters), "device": self.device.statistics()}
+        port_stats = getattr(self._port, "statistics", None)
+        if port_stats is not None:
+            stats["port"] = port_stats()
         if self.flow_filter is not None:
             stats["filter"] = self.flow_filter.statistics()
         if self._paths:
@@ -306,17 +309,34 @@ class WireGuardDriver:
             self._path_work(self._clock.now())
         flows = self.flow_filter
         mono = self._clock.now().mono if flows is not None else 0.0
+        inbound: list[bytes] = []
         while (event := device.poll_event()) is not None:
             if isinstance(event, PacketReceived):
                 if flows is not None and flows.check_inbound(event.peer, event.packet, mono):
                     self.counters["filter_drops"] += 1
-                elif self._port.write(event.packet):
-                    self.counters["tun_packets_out"] += 1
                 else:
-                    self.counters["tun_write_drops"] += 1
+                    inbound.append(event.packet)
             elif self._on_event is not None:
                 self._on_event(event)
+        if inbound:
+            self._write_port(inbound)
         self._arm_timer()
+
+    def _write_port(self, packets: list[bytes]) -> None:
+        """Hand what peers delivered to the port, in one batch where the port takes one (a
+        TUN with offload merges TCP runs into single writes)."""
+        write_batch = getattr(self._port, "write_batch", None)
+        if write_batch is not None and len(packets) > 1:
+            written, dropped = write_batch(packets)
+            self.counters["tun_packets_out"] += written
+            if dropped:
+                self.counters["tun_write_drops"] += dropped
+            return
+        for packet in packets:
+            if self._port.write(packet):
+                self.counters["tun_packets_out"] += 1
+            else:
+                self.counters["tun_write_drops"] += 1
 
     def _transmit(self, probe: Probe | None = None) -> None:
         """Send what the machine queued: each peer's datagrams on its current path (or, for
