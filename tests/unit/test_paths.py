@@ -307,3 +307,25 @@ class PathMachine(RuleBasedStateMachine):
 
 TestPathMachine = PathMachine.TestCase
 TestPathMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_a_proven_address_renamed_by_the_view_keeps_its_proof() -> None:
+    """The probes punch a pair; the next view publishes that address as the peer's endpoint
+    (direct). The proof belongs to the address: the peer stays off the relay, and the path
+    is reported under the view's kind."""
+    punched = Path(PathKind.PUNCHED, DIRECT.address)
+    paths = PathSet(PEER_B)
+    paths.add(RELAY, 0.0)
+    paths.add(punched, 0.0)
+    paths.handle_sent(punched.address, 0.0)
+    paths.handle_authenticated(punched.address, 0.1)
+    assert paths.current == punched
+    paths.add(DIRECT, 1.0)
+    assert paths.proven(DIRECT.address) and paths.current == DIRECT
+    assert paths.counters["fallbacks"] == 0
+    # an unproven record, by contrast, is replaced and probed afresh
+    other = PathSet(PEER_B)
+    other.add(RELAY, 0.0)
+    other.add(punched, 0.0)
+    other.add(DIRECT, 1.0)
+    assert not other.proven(DIRECT.address) and other.current == RELAY

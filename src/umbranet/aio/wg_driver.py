@@ -201,11 +201,7 @@ class WireGuardDriver:
                 self._path_of.pop(old.address, None)
         # trusted paths first, so an unproven direct path is never chosen on the way
         for path in sorted(wanted.values(), key=lambda p: p.needs_proof):
-            # A proven path keeps its record even when the view names its address under
-            # another kind (the published endpoint is often the punched pair): replacing
-            # it would drop the proof and send traffic back to the relay until re-proven.
-            if not pathset.proven(path.address):
-                pathset.add(path, mono)
+            pathset.add(path, mono)  # a proven address keeps its proof (`PathSet.add`)
             self._path_of[path.address] = peer
         self._paths_touched.add(peer)
         self._start_path_timer()

@@ -188,6 +188,12 @@ class PathSet:
         record = self._paths.get(path.address)
         if record is not None and record.path == path:
             return
+        if record is not None and record.proven:
+            # The same address under another kind (the view publishes the pair the probes
+            # punched as the peer's endpoint): the proof belongs to the address, so it stays.
+            record.path = path
+            self._choose(now, "renamed")
+            return
         record = _Record(path, backoff=self._probe_interval)
         if path.needs_proof:
             record.next_probe = now

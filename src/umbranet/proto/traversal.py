@@ -87,6 +87,8 @@ class Traversal:
         self._servers: list[Address] = []
         self._path_events: list[PathEvent] = []
         self.direct: dict[bytes, Address] = {}
+        # the path set each selected pair was last offered to (a rebuilt set is another)
+        self._offered: dict[bytes, tuple[PathSet, Address]] = {}
         self.counters: Counter[str] = Counter()
         self._random = random_bytes
         self.turn: TurnClient | None = None
@@ -203,6 +205,7 @@ class Traversal:
     def remove_peer(self, public: bytes) -> None:
         self.agent.remove_peer(public)
         self.direct.pop(public, None)
+        self._offered.pop(public, None)
 
     # -- the device's interface, with traversal merged in ---------------------------------
 
@@ -384,6 +387,7 @@ class Traversal:
         the authenticated exchange the path set asks for, so it counts as the path's proof
         and the set may move onto it at once."""
         self._offer_address(paths, event.address, event.kind, event.rtt, now)
+        self._offered[event.peer] = (paths, event.address)
 
     def _offer_address(
         self, paths: PathSet, address: Address, kind: str, rtt: float, now: Instant
@@ -401,17 +405,22 @@ class Traversal:
             paths.handle_authenticated(address, now.mono)
 
     def reoffer(self, now: Instant) -> None:
-        """Offer every selected pair again: the shell may have rebuilt a peer's path set
-        (a peer removed and added again starts a new one, with no punched pair). A pair
-        the set still holds is left to it: the set may have seen it go silent since the
-        probes selected it, and only its own exchanges prove it again."""
+        """Offer every selected pair to a path set that has not had it: the shell may have
+        rebuilt a peer's set (a new one starts with no punched pair), or the selection came
+        before the set existed. A set that was offered the pair keeps it as it is: it may
+        have seen the pair go silent since, and only its own exchanges prove it again."""
         if self._paths is None:
             return
         for peer, address in self.direct.items():
             paths = self._paths(peer)
-            if paths is not None and not paths.has(address):
-                kind = self.agent.path_kind(peer) or "punched"
-                self._offer_address(paths, address, kind, 0.0, now)
+            if paths is None:
+                continue
+            offered = self._offered.get(peer)
+            if offered is not None and offered[0] is paths and offered[1] == address:
+                continue
+            kind = self.agent.path_kind(peer) or "punched"
+            self._offer_address(paths, address, kind, 0.0, now)
+            self._offered[peer] = (paths, address)
 
     def _never_handshaked(self, peer: bytes) -> bool:
         per_peer = self.device.statistics().get("per_peer")
