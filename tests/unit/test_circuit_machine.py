@@ -199,19 +199,24 @@ def test_garbage_handshake_message_1_resets_with_handshake_failed() -> None:
         # another identity's certificate, our noise key: the key is not the one it binds
         (LocalCredentials(BOB.cert_pem, ALICE.noise_private_key, NET.bundle), None, "mismatch"),
         # a whole other identity (its own key and ticket) than the router announced
-        (_credentials(BOB), _ticket(BOB, Action.DIAL), "mismatch"),
+        (_credentials(BOB), (BOB, Action.DIAL, SERVICE), "mismatch"),
         # our own credentials but another identity's ticket
-        (None, _ticket(BOB, Action.DIAL), "mismatch"),
+        (None, (BOB, Action.DIAL, SERVICE), "mismatch"),
         # a bind ticket where a dial ticket belongs
-        (None, _ticket(ALICE, Action.BIND), "not_authorized"),
+        (None, (ALICE, Action.BIND, SERVICE), "not_authorized"),
         # a ticket for another service
-        (None, _ticket(ALICE, Action.DIAL, "billing"), "not_authorized"),
+        (None, (ALICE, Action.DIAL, "billing"), "not_authorized"),
     ],
 )
 def test_host_rejects_a_dialer_whose_proof_does_not_hold(
-    proof: LocalCredentials | None, proof_ticket: str | None, code: str
+    proof: LocalCredentials | None,
+    proof_ticket: tuple[IdentityFile, Action, str] | None,
+    code: str,
 ) -> None:
-    pair = Pair(proof=proof, proof_ticket=proof_ticket)
+    # Signed when the test runs, not when it is collected: a suite can take longer than a
+    # ticket lives, and an expired ticket is refused for that reason instead.
+    ticket = None if proof_ticket is None else _ticket(*proof_ticket)
+    pair = Pair(proof=proof, proof_ticket=ticket)
     pair.settle()
     expected = {
         "mismatch": ErrorCode.PEER_IDENTITY_MISMATCH,

@@ -4,7 +4,6 @@ real router and is refused what the network's rules refuse."""
 from __future__ import annotations
 
 import tomllib
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -57,10 +56,11 @@ def test_rules_still_apply(umbra_network):
 
 
 def _plugin_args() -> list[str]:
-    """Load the plugin by name unless the installed package already registers it."""
-    if entry_points(group="pytest11", name="umbranet"):
-        return []
-    return ["-p", "umbranet.testing.pytest_plugin"]
+    """Load the plugin by its module, with the entry point blocked: whether the child
+    pytest also finds the entry point depends on the install it sees (a stale editable
+    install, or an egg-info left in src/ by another build), and loading the module twice
+    under two names is an error."""
+    return ["-p", "no:umbranet", "-p", "umbranet.testing.pytest_plugin"]
 
 
 def test_a_users_test_gets_a_working_network(pytester: pytest.Pytester) -> None:
