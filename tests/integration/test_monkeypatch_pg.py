@@ -3,17 +3,15 @@ overlay once ``socket.create_connection`` is patched (the database has no TCP po
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import context, running_router
 from tests.integration.test_socket_bridge_pg import postgres_socket  # noqa: F401 (fixture)
+from tests.integration.unix_hosting import hosted_on_unix_socket
 from umbranet.integrations.monkeypatch import monkeypatch, unpatch
 from umbranet.sdk.blocking import BlockingContext
-from umbranet.sdk.forward import relay
 
 pg8000 = pytest.importorskip("pg8000.native", reason="pg8000 is not installed")
 
@@ -40,20 +38,6 @@ def test_pg8000_by_configured_host_port(
             finally:
                 unpatch()
 
-    async def main() -> list[Any]:
-        async with running_router(network), context(network, "db-host", "server") as host:
-            listener = await host.listen("pg").start()
-
-            async def host_streams() -> None:
-                async for stream in listener:
-                    reader, writer = await asyncio.open_unix_connection(str(postgres_socket))
-                    asyncio.get_running_loop().create_task(relay(stream, reader, writer))
-
-            hosting = asyncio.get_running_loop().create_task(host_streams())
-            try:
-                return await asyncio.to_thread(client_side)
-            finally:
-                hosting.cancel()
-                await listener.close()
-
-    assert arun(main()) == [["umbra", 42]]
+    assert hosted_on_unix_socket(network, arun, "pg", postgres_socket, client_side) == [
+        ["umbra", 42]
+    ]

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import context, running_router
+from tests.conftest import running_router
 from tests.integration.test_socket_bridge_pg import postgres_socket  # noqa: F401 (fixture)
+from tests.integration.unix_hosting import hosted_on_unix_socket
 from umbranet.integrations import monkeypatch as mp
 from umbranet.sdk.blocking import BlockingContext
-from umbranet.sdk.forward import relay
 from umbranet.testing import LocalNetwork
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
@@ -25,26 +25,8 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 def _with_pg_hosted(
     network: LocalNetwork, arun: Any, unix_socket: Path, client_side: Callable[[], Any]
 ) -> Any:
-    """Host `pg` by relaying each stream to PostgreSQL's Unix socket; run `client_side`."""
     network.service("pg", dial=("client",), bind=("server",))
-
-    async def main() -> Any:
-        async with running_router(network), context(network, "db-host", "server") as host:
-            listener = await host.listen("pg").start()
-
-            async def host_streams() -> None:
-                async for stream in listener:
-                    reader, writer = await asyncio.open_unix_connection(str(unix_socket))
-                    asyncio.get_running_loop().create_task(relay(stream, reader, writer))
-
-            hosting = asyncio.get_running_loop().create_task(host_streams())
-            try:
-                return await asyncio.to_thread(client_side)
-            finally:
-                hosting.cancel()
-                await listener.close()
-
-    return arun(main())
+    return hosted_on_unix_socket(network, arun, "pg", unix_socket, client_side)
 
 
 def test_psycopg_by_name_and_by_pair(

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import context, running_router
+from tests.integration.unix_hosting import hosted_on_unix_socket
 from umbranet.integrations import monkeypatch as mp
 from umbranet.sdk.blocking import BlockingContext
-from umbranet.sdk.forward import relay
 from umbranet.testing import LocalNetwork
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install redis)")
@@ -53,26 +52,10 @@ def redis_socket() -> Iterator[Path]:
 
 
 def _through_overlay(network: LocalNetwork, arun, redis_socket: Path, client_side) -> object:  # type: ignore[no-untyped-def]
-    """Host `cache` by relaying each stream to the server's Unix socket; run `client_side`."""
     network.service("cache", dial=("client",), bind=("server",))
-
-    async def main() -> object:
-        async with running_router(network), context(network, "cache-host", "server") as host:
-            listener = await host.listen("cache").start()
-
-            async def host_streams() -> None:
-                async for stream in listener:
-                    reader, writer = await asyncio.open_unix_connection(str(redis_socket))
-                    asyncio.get_running_loop().create_task(relay(stream, reader, writer))
-
-            hosting = asyncio.get_running_loop().create_task(host_streams())
-            try:
-                return await asyncio.to_thread(client_side)
-            finally:
-                hosting.cancel()
-                await listener.close()
-
-    return arun(main())
+    return hosted_on_unix_socket(
+        network, arun, "cache", redis_socket, client_side, host_name="cache-host"
+    )
 
 
 def test_redis_py_by_name(network: LocalNetwork, arun, tmp_path: Path, redis_socket: Path) -> None:
