@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,32 @@ SERVICES = (
     ("on-c", "c", "a"),
     ("on-d", "d", "a"),
 )
+
+
+@contextmanager
+def started_world(
+    tmp_path: Path,
+    kinds: dict[str, str],
+    *,
+    before_up: Callable[[World], None] | None = None,
+    agent_options: tuple[str, ...] = (),
+    turn: bool = False,
+    turn_tcp: bool = False,
+) -> Iterator[World]:
+    """The lab of `kinds`, every device up (`before_up` runs first: e.g. a NAT rule), torn
+    down afterwards. The caller puts the repo's ``src`` on PYTHONPATH for the processes."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    lab = Lab(logs)
+    try:
+        world = World.build(lab, tmp_path, kinds, turn=turn, turn_tcp=turn_tcp)
+        if before_up is not None:
+            before_up(world)
+        for device in world.sites:
+            world.up(device, *agent_options)
+        yield world
+    finally:
+        lab.destroy()
 
 
 class World:

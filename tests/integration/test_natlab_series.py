@@ -39,8 +39,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.integration.natlab_tun import World
-from tests.integration.netns_helper import Lab
+from tests.integration.natlab_tun import World, started_world
 from tests.integration.test_natlab_tun import REPO, SRC, _missing
 
 PORT = 7001  # the port of B's service A may dial (`natlab_tun.SERVICES`)
@@ -59,17 +58,13 @@ pytestmark = [
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([SRC, REPO]))
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    lab = Lab(logs)
-    try:
-        w = World.build(lab, tmp_path, {"a": "easy", "b": "easy"})
+
+    def start_relayed(w: World) -> None:
         w.natlab.block_udp(w.sites["a"], w.sites["b"])
-        for device in w.sites:
-            w.up(device, *AGENT_OPTIONS)
+
+    kinds = {"a": "easy", "b": "easy"}
+    with started_world(tmp_path, kinds, before_up=start_relayed, agent_options=AGENT_OPTIONS) as w:
         yield w
-    finally:
-        lab.destroy()
 
 
 class PathLog:

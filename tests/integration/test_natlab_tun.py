@@ -29,8 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.integration.natlab_tun import World
-from tests.integration.netns_helper import Lab
+from tests.integration.natlab_tun import World, started_world
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 REPO = str(Path(__file__).resolve().parents[2])
@@ -58,17 +57,9 @@ pytestmark = [
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([SRC, REPO]))
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    lab = Lab(logs)
-    try:
-        kinds = {"a": "easy", "b": "easy", "c": "hard", "d": "blocked"}
-        w = World.build(lab, tmp_path, kinds, turn=shutil.which("turnserver") is not None)
-        for device in w.sites:
-            w.up(device)
+    kinds = {"a": "easy", "b": "easy", "c": "hard", "d": "blocked"}
+    with started_world(tmp_path, kinds, turn=shutil.which("turnserver") is not None) as w:
         yield w
-    finally:
-        lab.destroy()
 
 
 def test_easy_nats_go_direct_and_a_hard_nat_is_named(world: World) -> None:

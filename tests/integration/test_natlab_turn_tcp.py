@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.integration.natlab_tun import World
-from tests.integration.netns_helper import Lab
+from tests.integration.natlab_tun import World, started_world
 from tests.integration.test_natlab_tun import REPO, SRC, _missing
 
 pytestmark = [
@@ -37,16 +36,8 @@ pytestmark = [
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([SRC, REPO]))
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    lab = Lab(logs)
-    try:
-        w = World.build(lab, tmp_path, {"a": "easy", "c": "hard"}, turn=True, turn_tcp=True)
-        for device in w.sites:
-            w.up(device)
+    with started_world(tmp_path, {"a": "easy", "c": "hard"}, turn=True, turn_tcp=True) as w:
         yield w
-    finally:
-        lab.destroy()
 
 
 def test_a_tcp_only_turn_server_relays_a_hard_nat_pair(world: World) -> None:
