@@ -1,5 +1,5 @@
 """A/B of round trips: router, host and client in one process on loopback, N echoes of 64 B
-on one stream; prints CPU µs and wall µs per round trip, and with ``CALLS=1`` the Python
+on one stream (``MODE=connect``: N x a new stream in the session + one echo + half-close); prints CPU µs and wall µs per round trip, and with ``CALLS=1`` the Python
 function calls per round trip (cProfile: a count, so it does not move with the machine's load).
 
     TESTS_ROOT=<tree> PYTHONPATH=<tree>/src:<tree> python bench/ab_rr.py LABEL
@@ -26,14 +26,20 @@ from umbranet.aio.runtime import run
 from umbranet.testing import LocalNetwork
 
 ROUNDS = int(os.environ.get("ROUNDS", "5000"))
+MODE = os.environ.get("MODE", "rr")  # "connect": each round dials a new stream (in session)
 MESSAGE = b"r" * 64
 
 
 async def _echo(listener: Any) -> None:
     async for stream in listener:
-        while data := await stream.read(65536):
-            stream.write(data)
-            await stream.drain()
+        asyncio.get_running_loop().create_task(_echo_stream(stream))
+
+
+async def _echo_stream(stream: Any) -> None:
+    while data := await stream.read(65536):
+        stream.write(data)
+        await stream.drain()
+    stream.close()
 
 
 async def _round_trips(stream: Any, count: int) -> None:
@@ -43,6 +49,19 @@ async def _round_trips(stream: Any, count: int) -> None:
         got = b""
         while len(got) < len(MESSAGE):
             got += await stream.read(65536)
+
+
+async def _connects(client: Any, count: int) -> None:
+    """What bench.paths' `connect` row times: a new stream, one round trip, half-close."""
+    early = os.environ.get("EARLY") == "1"  # the first write rides with the open
+    for _ in range(count):
+        if early:
+            stream = await client.dial("echo", early_data=MESSAGE)
+            await stream.readexactly(len(MESSAGE))
+        else:
+            stream = await client.dial("echo")
+            await _round_trips(stream, 1)
+        stream.write_eof()
 
 
 async def main(label: str) -> None:
@@ -55,11 +74,16 @@ async def main(label: str) -> None:
             task = asyncio.get_running_loop().create_task(_echo(listener))
             stream = await client.dial("echo")
             await _round_trips(stream, 200)  # warm: keys, buffers, caches
+            if MODE == "connect":
+                await _connects(client, 20)
             profile = cProfile.Profile() if os.environ.get("CALLS") else None
             before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             if profile:
                 profile.enable()
-            await _round_trips(stream, ROUNDS)
+            if MODE == "connect":
+                await _connects(client, ROUNDS)
+            else:
+                await _round_trips(stream, ROUNDS)
             if profile:
                 profile.disable()
             wall = time.perf_counter() - started
