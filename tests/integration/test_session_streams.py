@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.conftest import context, echo_forever, running_router
+from umbranet.sdk import DialError
 from umbranet.testing import LocalNetwork
 
 
@@ -59,5 +62,109 @@ def test_a_host_that_forgot_the_session_makes_the_dial_fall_back_to_a_handshake(
                         server.cancel()
                         await listener.close()
                         await stream.wait_closed()
+
+    arun(main())
+
+
+async def _first_stream(client: Any) -> None:
+    """A first stream to `echo` (full handshake): later dials open in its session."""
+    first = await client.dial("echo")
+    first.write(b"one")
+    first.write_eof()
+    assert await asyncio.wait_for(first.read(), 10) == b"one"
+
+
+def test_a_dial_returns_at_once_and_the_first_write_rides_with_the_open(
+    network: LocalNetwork, arun: Any
+) -> None:
+    async def main() -> None:
+        async with running_router(network, "r1"):
+            host, client = context(network, "web", "server"), context(network, "alice", "client")
+            async with host, client:
+                listener = await host.listen("echo").start()
+                server = asyncio.get_running_loop().create_task(echo_forever(listener))
+                await _first_stream(client)
+                stream = await client.dial("echo")  # no early_data: the first write is it
+                assert stream.get_extra_info("in_session")
+                stream.write(b"ping")
+                assert await asyncio.wait_for(stream.readexactly(4), 10) == b"ping"
+                stats = host.statistics()["sessions"]
+                assert stats["streams_with_early_data"] == 1
+                server.cancel()
+
+    arun(main())
+
+
+def test_a_dialer_that_reads_first_gets_the_host_s_greeting(
+    network: LocalNetwork, arun: Any
+) -> None:
+    async def greet(listener: Any) -> None:
+        async for stream in listener:
+            stream.write(b"220 ready\r\n")
+            await stream.drain()
+            stream.write_eof()
+
+    async def main() -> None:
+        async with running_router(network, "r1"):
+            host, client = context(network, "web", "server"), context(network, "alice", "client")
+            async with host, client:
+                listener = await host.listen("echo").start()
+                server = asyncio.get_running_loop().create_task(greet(listener))
+                for _ in range(2):  # the second opens in the session, with nothing to carry
+                    stream = await client.dial("echo")
+                    assert await asyncio.wait_for(stream.read(), 10) == b"220 ready\r\n"
+                    stream.write_eof()
+                assert host.statistics()["sessions"]["streams_opened_in_session"] == 1
+                assert "streams_with_early_data" not in host.statistics()["sessions"]
+                server.cancel()
+
+    arun(main())
+
+
+def test_a_refused_0rtt_open_raises_dial_error_on_the_stream(
+    network: LocalNetwork, arun: Any
+) -> None:
+    async def main() -> None:
+        async with running_router(network, "r1"):
+            host, client = context(network, "web", "server"), context(network, "alice", "client")
+            async with host, client:
+                listener = await host.listen("echo").start()
+                server = asyncio.get_running_loop().create_task(echo_forever(listener))
+                await _first_stream(client)
+                server.cancel()
+                await listener.close()  # nobody hosts echo any more
+                stream = await client.dial("echo")
+                stream.write(b"lost")
+                with pytest.raises(DialError) as refused:
+                    await asyncio.wait_for(stream.read(), 10)
+                assert refused.value.code == "no_terminator"
+                with pytest.raises(DialError):
+                    stream.write(b"again")
+                assert client.statistics()["counters"]["open_refused"] == 1
+
+    arun(main())
+
+
+def test_writes_made_before_a_refusal_is_known_reach_the_new_host_in_order(
+    network: LocalNetwork, arun: Any
+) -> None:
+    async def main() -> None:
+        async with running_router(network, "r1"):
+            client = context(network, "alice", "client")
+            async with client:
+                for _ in range(2):  # a new host process: it knows no session
+                    host = context(network, "web", "server")
+                    async with host:
+                        listener = await host.listen("echo").start()
+                        server = asyncio.get_running_loop().create_task(echo_forever(listener))
+                        stream = await client.dial("echo")
+                        for piece in (b"hel", b"lo ", b"world"):
+                            stream.write(piece)
+                        stream.write_eof()
+                        assert await asyncio.wait_for(stream.read(), 10) == b"hello world"
+                        server.cancel()
+                        await listener.close()
+                        await stream.wait_closed()
+                assert client.statistics()["counters"]["open_refused"] == 1
 
     arun(main())

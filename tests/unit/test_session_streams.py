@@ -30,6 +30,7 @@ from umbranet.proto.e2e import HostHandshake
 from umbranet.proto.flow import MIN_WINDOW
 from umbranet.proto.resume import is_open_blob
 from umbranet.wire import ErrorCode, Frame, FrameType, decode_control, encode_control
+from umbranet.wire.control import encode_error
 
 
 class Opened:
@@ -260,3 +261,85 @@ def test_any_resume_or_open_blob_a_router_makes_up_is_refused_never_raises(
     else:
         assert circuit.poll_transmit()  # a RESET says why
     assert pair.host.state is State.OPEN  # the real session is untouched
+
+
+def _deferred(pair: MovingPair, stream: int = 1) -> Circuit:
+    secret, peer = pair.dialer.resume_secret, pair.dialer.peer
+    assert secret is not None and peer is not None
+    return Circuit.open_in_session(
+        100 + stream,
+        SERVICE,
+        secret=secret,
+        peer=peer,
+        stream=stream,
+        ticket=_ticket(ALICE, Action.DIAL, SERVICE),
+        nonce=pair.sessions.nonce(),
+        deferred=True,
+    )
+
+
+def _offer_dial(pair: MovingPair, dialer: Circuit, stream: int = 1) -> Opened:
+    (dial,) = _decode(dialer.poll_transmit())
+    ctl = decode_control(dial.payload)
+    fields = {
+        "service": SERVICE,
+        "binding": 1,
+        "ticket": ctl.str_field("ticket"),
+        "dialer": ALICE.spiffe_id,
+        "window": ctl.int_field("window"),
+    }
+    connect = Frame(FrameType.CONNECT, 0, 200 + stream, encode_control(fields, ctl.blob))
+    return Opened(dialer, _offer(pair, connect), connect)
+
+
+def test_a_deferred_open_carries_the_first_writes_as_early_data() -> None:
+    pair = MovingPair()
+    dialer = _deferred(pair)
+    assert dialer.open_deferred
+    dialer.write(b"GET / ")
+    dialer.write(b"HTTP/1.1\r\n\r\n")
+    opened = _offer_dial(pair, dialer)  # the DIAL is built here, with both writes in it
+    assert not dialer.open_deferred
+    assert _drain(opened.host) == b"GET / HTTP/1.1\r\n\r\n"
+    assert pair.sessions.counters["streams_with_early_data"] == 1
+    opened.host.write(b"200")
+    opened.settle()
+    assert dialer.state is State.OPEN and _drain(dialer) == b"200"
+
+
+def test_a_deferred_open_with_more_than_the_early_limit_sends_the_rest_once_open() -> None:
+    pair = MovingPair()
+    dialer = _deferred(pair)
+    payload = bytes(range(256)) * 100  # 25,600 bytes: over the 16 KiB early data limit
+    dialer.write(payload)
+    dialer.write_eof()
+    opened = _offer_dial(pair, dialer)
+    assert len(_drain(opened.host)) == 16 * 1024  # the early part, before any round trip
+    opened.settle()
+    assert dialer.readable_bytes == 0
+    opened.host.write_eof()
+    opened.settle()
+    assert opened.host.remote_fin and opened.host.state is State.CLOSED
+
+
+def test_a_deferred_open_with_nothing_written_opens_bare_and_a_reset_sends_nothing() -> None:
+    pair = MovingPair()
+    bare = _offer_dial(pair, _deferred(pair, stream=1))
+    assert bare.host.state is State.OPEN and bare.host.readable_bytes == 0
+    assert "streams_with_early_data" not in pair.sessions.counters
+    never = _deferred(pair, stream=2)
+    never.reset(ErrorCode.CANCELLED, "abandoned before the open left")
+    assert never.state is State.CLOSED and never.poll_transmit() == []
+
+
+def test_a_refused_open_gives_back_every_byte_written_for_a_new_dial() -> None:
+    pair = MovingPair()
+    dialer = _deferred(pair)
+    dialer.write(b"early")
+    dialer.poll_transmit()  # the OPEN left with b"early"
+    dialer.write(b" and queued")
+    dialer.write_eof()
+    refusal = encode_error(ErrorCode.RESUME_REFUSED, "no such session here")
+    dialer.handle_frame(Frame(FrameType.RESET, 0, dialer.id, refusal), _now())
+    assert dialer.state is State.CLOSED
+    assert dialer.unopened() == (b"early and queued", True)

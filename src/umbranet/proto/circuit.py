@@ -29,7 +29,7 @@ import struct
 from collections import deque
 from datetime import datetime
 
-from umbranet.proto.circuit_moves import CircuitMoves
+from umbranet.proto.circuit_moves import CircuitMoves, DeferredOpen
 from umbranet.proto.circuit_state import (
     MOVES,
     PATH_FAILURES,
@@ -139,6 +139,8 @@ class Circuit(CircuitMoves):
         self._opening: tuple[Open, ResumeSecret] | None = None  # dialer: OPEN sent
         self._confirming: tuple[ResumeSecret, bytes, bytes] | None = None  # host: wait CONFIRM
         self.in_session = False  # opened inside an existing session (no Noise handshake)
+        self._deferred: DeferredOpen | None = None  # dialer: OPEN not built yet
+        self._refused_bytes: tuple[bytes, bool] | None = None  # see `unopened`
 
     # -- construction -------------------------------------------------------------------
 
@@ -204,23 +206,26 @@ class Circuit(CircuitMoves):
         window: int = DEFAULT_WINDOW,
         port: int | None = None,
         limits: RekeyLimits | None = None,
+        deferred: bool = False,
     ) -> Circuit:
         """A dialer's circuit opened inside the session with `peer` (no Noise handshake):
-        DIAL carries OPEN and `early` (sealed) at once; see `proto/resume.py`."""
+        DIAL carries OPEN and `early` (sealed) at once; see `proto/resume.py`.
+
+        `deferred`: the DIAL waits for the first `poll_transmit`, and what the application
+        wrote by then (up to EARLY_DATA_MAX) rides with it as early data: a stream whose
+        first write follows its dial gets its answer in one round trip (0-RTT)."""
         circuit = cls(circuit_id, State.DIALING, window)
         circuit.service, circuit.port, circuit.peer = service, port, peer
         circuit._limits = limits
         circuit.in_session = True
-        opening = Open.build(secret, stream, nonce, port, early)
-        circuit._opening = (opening, secret)
-        if early:
-            circuit._retained.sent_frame(0, early)  # part of the stream: offset 0 onwards
         # `host` lets the host's router pick the host holding the session (any other would
         # refuse the open); routers see which host a circuit reaches anyway.
         fields = {"ticket": ticket, "service": service, "window": window, "host": peer.spiffe_id}
-        circuit._transmit.append(
-            encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, opening.raw))
-        )
+        circuit._deferred = DeferredOpen(secret, stream, nonce, port, fields)
+        if early:
+            circuit.write(early)
+        if not deferred:
+            circuit.release_open()
         return circuit
 
     @classmethod
@@ -365,8 +370,13 @@ class Circuit(CircuitMoves):
             return
         # Reasons often quote what a peer or router sent (names, fields): never raw.
         reason = printable(reason)
-        self._seal_abort(code, reason)
-        self._transmit.append(encode_frame(FrameType.RESET, self.id, encode_error(code, reason)))
+        if self._deferred is not None:
+            self._deferred = None  # never sent: nobody on the path knows this circuit
+        else:
+            self._seal_abort(code, reason)
+            self._transmit.append(
+                encode_frame(FrameType.RESET, self.id, encode_error(code, reason))
+            )
         self._finish(Closed(code, reason, by_peer=False))
 
     def handle_timer(self, now: datetime) -> None:
@@ -384,6 +394,8 @@ class Circuit(CircuitMoves):
 
     def poll_transmit(self) -> list[bytes]:
         """Buffers to write on the link, in order (taken: a second call returns [])."""
+        if self._deferred is not None:
+            self.release_open()
         out, self._transmit = self._transmit, []
         return out
 
@@ -564,6 +576,8 @@ class Circuit(CircuitMoves):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _finish(self, closed: Closed) -> None:
+        if self._opening is not None:  # refused in-session open: its bytes may go again
+            self._refused_bytes = self.unopened()
         self.state = State.CLOSED
         self.error = closed
         self._outbound.clear()

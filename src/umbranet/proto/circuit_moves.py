@@ -5,19 +5,40 @@ schedule shared with streams opened inside a session (see `proto/resume.py`). A 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from datetime import datetime
 
 from umbranet.proto.circuit_state import MOVING, Closed, Detached, Event, Opened, Resumed, State
 from umbranet.proto.e2e import E2ESession, PeerIdentity, RekeyLimits
 from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, ReceiveWindow, SendCredit
 from umbranet.proto.noise import CipherState
-from umbranet.proto.resume import Confirm, Open, OpenOk, Resume, ResumeError, ResumeOk, ResumeSecret
+from umbranet.proto.resume import (
+    EARLY_DATA_MAX,
+    Confirm,
+    Open,
+    OpenOk,
+    Resume,
+    ResumeError,
+    ResumeOk,
+    ResumeSecret,
+)
 from umbranet.proto.retain import Retained
 from umbranet.proto.text import printable
 from umbranet.wire import ErrorCode, Frame, FrameType, decode_control, encode_control
 from umbranet.wire.frames import encode_frame
 
-__all__ = ["CircuitMoves"]
+__all__ = ["CircuitMoves", "DeferredOpen"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredOpen:
+    """What an in-session OPEN needs besides its early data, kept until the DIAL is built."""
+
+    secret: ResumeSecret
+    stream: int
+    nonce: bytes
+    port: int | None
+    fields: dict[str, object]
 
 
 class CircuitMoves:
@@ -43,6 +64,8 @@ class CircuitMoves:
     _attempt: tuple[Resume, ResumeOk | None, int] | None
     _detached: Detached | None
     _opening: tuple[Open, ResumeSecret] | None
+    _deferred: DeferredOpen | None
+    _refused_bytes: tuple[bytes, bool] | None
     _window: ReceiveWindow
     _credit: SendCredit
     _outbound: deque[bytes]
@@ -59,6 +82,49 @@ class CircuitMoves:
 
     def _pump(self) -> None:
         raise NotImplementedError
+
+    @property
+    def open_deferred(self) -> bool:
+        """(Dialer) An in-session OPEN waits for the application's first write."""
+        return self._deferred is not None
+
+    def release_open(self) -> None:
+        """(Dialer) Build the deferred DIAL now, the queued bytes (up to EARLY_DATA_MAX)
+        sealed in its OPEN: they are stream offset 0 onwards and use no window."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is None or self.state is not State.DIALING:
+            return
+        early = self._take_early()
+        opening = Open.build(deferred.secret, deferred.stream, deferred.nonce, deferred.port, early)
+        self._opening = (opening, deferred.secret)
+        if early:
+            self._retained.sent_frame(0, early)
+        payload = encode_control(deferred.fields, opening.raw)
+        self._transmit.append(encode_frame(FrameType.DIAL, self.id, payload))
+
+    def unopened(self) -> tuple[bytes, bool]:
+        """(Dialer) What the application wrote to a circuit that never opened (early data
+        and queued bytes) and whether it ended its direction: for a new dial to carry."""
+        if self._refused_bytes is not None:
+            return self._refused_bytes
+        again = self._retained.rewind(0) or []
+        data = b"".join([*again, *self._outbound])
+        return data, self._fin_queued or self.local_fin
+
+    def _take_early(self) -> bytes:
+        budget = EARLY_DATA_MAX
+        parts: list[bytes] = []
+        while self._outbound and budget:
+            head = self._outbound[0]
+            if len(head) <= budget:
+                parts.append(self._outbound.popleft())
+            else:
+                parts.append(head[:budget])
+                self._outbound[0] = head[budget:]
+            budget -= len(parts[-1])
+        early = b"".join(parts)
+        self._outbound_size -= len(early)
+        return early
 
     @property
     def resumable(self) -> bool:

@@ -290,15 +290,20 @@ class HostHandshake:
     ports: frozenset[int] | None = None
     require_bound: bool = False
     limits: RekeyLimits | None = None
-    _state: HandshakeState = field(init=False)
+    _noise: HandshakeState | None = None
 
-    def __post_init__(self) -> None:
-        self._state = HandshakeState(
-            PROTOCOL_NAME,
-            initiator=False,
-            prologue=_prologue(self.service),
-            s=self.credentials.noise_private_key,
-        )
+    @property
+    def _state(self) -> HandshakeState:
+        # Built on first use: a stream opened inside a session only checks its ticket here,
+        # and loading the static key is most of what building the state costs.
+        if self._noise is None:
+            self._noise = HandshakeState(
+                PROTOCOL_NAME,
+                initiator=False,
+                prologue=_prologue(self.service),
+                s=self.credentials.noise_private_key,
+            )
+        return self._noise
 
     def answer(self, message: bytes) -> bytes:
         """Read message 1 and return message 2 carrying our certificate and bind ticket."""

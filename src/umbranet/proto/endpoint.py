@@ -3,7 +3,8 @@
 What an SDK `Context` does on one router link, without asyncio, so it runs the same over TLS,
 in the simulated network, or on any other carrier:
 
-- dials: `dial(...)` opens a circuit (odd ids, we open the link); its DIAL leaves at once;
+- dials: `dial(...)` opens a circuit (odd ids, we open the link); its DIAL leaves at once
+  (an in-session OPEN may wait for the stream's first write, to carry it: `flush`);
   `Dialed` or `DialFailed` follows, `DialFailed` with `dial_timeout` if nothing answered by
   the dial's deadline (the circuit is then reset, so a late ACCEPT finds nothing);
 - bindings: `bind(...)` sends BIND; `Bound`, `BindFailed` (also `bind_timeout`) or later
@@ -18,7 +19,8 @@ in the simulated network, or on any other carrier:
   (`epoch` changed) is stale: its frames are dropped and its old circuit id is reset.
 - the cork: a dial that opened in this read holds its HANDSHAKE until the application's
   first write (one TLS record and one router read instead of two), or until a short
-  deadline (`cork_delay`) for applications that wait for the server to speak first.
+  deadline (`cork_delay`) for applications that wait for the server to speak first; an
+  in-session OPEN waits the same way, to carry the first write as early data (0-RTT).
 
 Rules of this file:
 - Inputs: `handle_frames(frames, now)`, `handle_timeout(now)`, `dial`, `bind`, `unbind`,
@@ -142,12 +144,17 @@ class EndpointLink:
     # -- inputs: the application --------------------------------------------------------
 
     def dial(self, make: Callable[[int], Circuit], now: Instant, timeout: float) -> Circuit:
-        """Open a circuit built by `make(circuit_id)` (`Circuit.dial`); its DIAL is queued."""
+        """Open a circuit built by `make(circuit_id)` (`Circuit.dial`); its DIAL is queued,
+        unless the circuit defers its OPEN to the application's first write (the shell's
+        next `flush` of it sends it)."""
         circuit_id = self.session.next_id(self._circuits)
         circuit = make(circuit_id)
         self._circuits[circuit_id] = _Entry(circuit, None)
         self._dialing[circuit_id] = self._due_at(now.later(timeout))
-        self.flush(circuit)
+        if circuit.open_deferred:
+            self._corked[circuit_id] = ([], self._due_at(now.later(self.cork_delay)))
+        else:
+            self.flush(circuit)
         return circuit
 
     def resume(
@@ -280,6 +287,9 @@ class EndpointLink:
             if at <= mono:
                 del self._corked[circuit_id]
                 self.session.outbox.extend(held)
+                deferred = self._circuits.get(circuit_id)
+                if deferred is not None and deferred.circuit.open_deferred:
+                    self.session.outbox.extend(deferred.circuit.poll_transmit())
         for circuit_id, at in list(self._dialing.items()):
             if at <= mono:
                 self.cancel(circuit_id, "dial timed out")

@@ -40,7 +40,7 @@ from __future__ import annotations
 import hmac
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -100,14 +100,13 @@ class ResumeSecret:
     it. `secret` never leaves the endpoint; `sid` is sent in clear (it only names)."""
 
     secret: bytes
+    # Derived once: every OPEN, OPEN_OK, RESUME and CONFIRM of the session uses them.
+    sid: bytes = field(init=False, repr=False)
+    mac_key: bytes = field(init=False, repr=False)
 
-    @property
-    def sid(self) -> bytes:
-        return _mac(self.secret, b"umbranet sid")[:SID_SIZE]
-
-    @property
-    def mac_key(self) -> bytes:
-        return _mac(self.secret, b"umbranet resume mac")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sid", _mac(self.secret, b"umbranet sid")[:SID_SIZE])
+        object.__setattr__(self, "mac_key", _mac(self.secret, b"umbranet resume mac"))
 
     def circuit_keys(self, transcript: bytes) -> tuple[bytes, bytes]:
         """(dialer -> host key, host -> dialer key) of the circuit this exchange opened."""

@@ -27,6 +27,7 @@ Rules of this file:
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,14 +74,16 @@ class SessionKey:
     next_stream: int = 0
     floor: int = 0
     seen: set[int] = field(default_factory=set)
+    _order: list[int] = field(default_factory=list)  # `seen` as a min-heap
 
     def fresh(self, stream: int) -> bool:
         return stream > self.floor and stream not in self.seen
 
     def mark(self, stream: int) -> None:
         self.seen.add(stream)
-        if len(self.seen) > REPLAY_WINDOW:
-            oldest = min(self.seen)
+        heapq.heappush(self._order, stream)
+        if len(self.seen) > REPLAY_WINDOW:  # a heap: min(seen) per open was O(window)
+            oldest = heapq.heappop(self._order)
             self.seen.discard(oldest)
             self.floor = max(self.floor, oldest)
 
@@ -239,6 +242,8 @@ class Sessions:
             port=ticket.port,
         )
         self._count("streams_opened_in_session")
+        if early:
+            self._count("streams_with_early_data")  # 0-RTT: answered in the first flight
         return Circuit.accept_in_session(
             circuit_id,
             handshake.service,

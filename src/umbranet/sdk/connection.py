@@ -75,6 +75,9 @@ class RouterConnection:
         self._timer: MachineTimer | None = None
         self._hello: asyncio.Future[None] | None = None
         self._dials: dict[int, tuple[asyncio.Future[Stream], str]] = {}
+        # In-session dials whose stream the application already has (0-RTT): who to tell
+        # when the open is refused.
+        self._unconfirmed: dict[int, Callable[[Stream, DialError], None]] = {}
         self._streams: dict[int, Stream] = {}
         self._bind_waiters: dict[int, asyncio.Future[int]] = {}
         self._listeners: dict[int, Listener] = {}
@@ -154,6 +157,32 @@ class RouterConnection:
         self._dials[circuit.id] = (waiter, service)
         self._step()
         return circuit.id, waiter
+
+    def open_stream(
+        self,
+        service: str,
+        make: Callable[[int], Circuit],
+        timeout: float,
+        refused: Callable[[Stream, DialError], None],
+    ) -> Stream:
+        """Start an in-session dial whose circuit defers its OPEN (`Circuit.open_in_session`)
+        and return its stream at once: the first write rides with the OPEN, which leaves
+        with it, with the stream's first wait, or after the machine's cork delay. A refusal
+        goes to `refused` (the stream's bytes are all still unsent, so it can dial again)."""
+        machine = self._require_machine()
+        circuit = machine.dial(make, self._clock.now(), timeout)
+        stream = Stream(self, circuit, service)
+        circuit.owner = stream
+        self._streams[circuit.id] = stream
+        self._unconfirmed[circuit.id] = refused
+        self._step()  # arms the cork and dial deadlines
+        return stream
+
+    def adopt(self, stream: Stream, circuit: Circuit) -> None:
+        """`stream` carries on over `circuit` of this link (its open was refused and a new
+        dial took its place)."""
+        circuit.owner = stream
+        self._streams[circuit.id] = stream
 
     def resume_circuit(self, circuit: Circuit, ticket: str, nonce: bytes, timeout: float) -> None:
         """Put a paused stream's session on a new circuit of this link (RESUME)."""
@@ -302,6 +331,11 @@ class RouterConnection:
                 self._dialed(event.circuit)
             elif isinstance(event, Incoming):
                 self._incoming(event.binding_id, event.circuit)
+            elif isinstance(event, DialFailed) and event.circuit_id in self._unconfirmed:
+                refused = self._unconfirmed.pop(event.circuit_id)
+                stream = self._streams.get(event.circuit_id)
+                if stream is not None:
+                    refused(stream, DialError(event.code, printable(event.reason)))
             elif isinstance(event, DialFailed):
                 dial = self._dials.pop(event.circuit_id, None)
                 if dial is not None and not dial[0].done():
@@ -329,6 +363,10 @@ class RouterConnection:
                 stream.notify()
 
     def _dialed(self, circuit: Circuit) -> None:
+        if self._unconfirmed.pop(circuit.id, None) is not None:
+            if self._mover is not None:
+                self._mover.opened(circuit)
+            return
         waiter, service = self._dials.pop(circuit.id, (None, ""))
         if waiter is None or waiter.done():
             circuit.reset(ErrorCode.CANCELLED, "dial abandoned")

@@ -40,7 +40,6 @@ from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit
 from umbranet.proto.e2e import DialerHandshake, LocalCredentials
 from umbranet.proto.link import LinkTimers
-from umbranet.proto.resume import EARLY_DATA_MAX
 from umbranet.proto.sessions import DEFAULT_RESUME_DEADLINE
 from umbranet.sdk.connection import RouterConnection
 from umbranet.sdk.errors import DialError, UmbraError
@@ -191,10 +190,12 @@ class Context:
         """An end-to-end encrypted stream to a host of `service` (its `port`, when the policy
         allows the service only on some ports; the host sees it as ``peer.port``).
 
-        After a first stream to `service`, later dials open inside that end-to-end session
-        (no new handshake) and `early_data` (at most 16 KiB) rides with the open, so the
-        host can answer in the same round trip; a host that does not know the session
-        refuses the open and the dial falls back to a full handshake by itself.
+        Later dials to `service` open inside the first one's end-to-end session and return
+        at once (0-RTT): the first write (or `early_data`), up to 16 KiB, rides with the
+        open, so the host answers in the same round trip. Such an open's refusal raises
+        DialError from the stream; one a new dial can fix (the host forgot the session, a
+        stale ticket, a router with no way there) is retried with a full handshake by
+        itself, what was written sent again.
 
         Raises DialError with the controller's, the router's or the host's code and reason.
         A ticket the router finds stale (access changed since it was issued) is replaced by
@@ -204,33 +205,32 @@ class Context:
         try:
             return await self._dial_once(service, timeout, fresh=False, port=port, early=early_data)
         except DialError as exc:
-            sessions = self._mover.sessions
-            if exc.code in _SESSION_REFUSED and sessions.key_for(service) is not None:
-                sessions.forget(service)  # that host no longer knows us: handshake again
-                return await self._dial_once(
-                    service, timeout, fresh=False, port=port, early=early_data
-                )
             if exc.code != ErrorCode.TICKET_STALE.code:
                 raise
-            return await self._dial_once(service, timeout, fresh=True, port=port, early=early_data)
+        return await self._dial_once(service, timeout, fresh=True, port=port, early=early_data)
 
     async def _dial_once(
-        self, service: str, timeout: float, *, fresh: bool, port: int | None, early: bytes = b""
+        self,
+        service: str,
+        timeout: float,
+        *,
+        fresh: bool,
+        port: int | None,
+        early: bytes = b"",
+        in_session: bool = True,
     ) -> Stream:
         grant = await self.ticket(service, Action.DIAL, fresh=fresh, port=port)
         last: UmbraError = DialError("no_router", f"the controller named no router for {service}")
         self._warm(grant.routers)
+        sessions = self._mover.sessions
+        key = sessions.key_for(service) if self._session_streams and in_session else None
         for address in self.ranking.order(grant.routers, self._connections):
             try:
                 connection = await self.connection(address)
             except DialError as exc:
                 last = exc
                 continue
-            sessions = self._mover.sessions
-            key = sessions.key_for(service) if self._session_streams else None
-            make: Callable[[int], Circuit]
-            late = b""  # early data that could not ride with the open: written once open
-            if key is not None and len(early) <= EARLY_DATA_MAX:
+            if key is not None:
                 make = functools.partial(
                     Circuit.open_in_session,
                     service=service,
@@ -241,11 +241,12 @@ class Context:
                     nonce=sessions.nonce(),
                     early=early,
                     port=port,
+                    deferred=True,
                 )
-            else:
-                handshake = DialerHandshake(service, grant.ticket, self.credentials(), port=port)
-                make = functools.partial(Circuit.dial, service=service, handshake=handshake)
-                late = early
+                refused = functools.partial(self._open_refused, timeout=timeout, port=port)
+                return connection.open_stream(service, make, timeout, refused)
+            handshake = DialerHandshake(service, grant.ticket, self.credentials(), port=port)
+            make = functools.partial(Circuit.dial, service=service, handshake=handshake)
             circuit_id, opened = connection.open_circuit(service, make, timeout)
             try:
                 stream = await opened
@@ -258,10 +259,25 @@ class Context:
                 self._count("dial_other_router")
                 last = exc  # this router has no way there (now): the next one may
                 continue
-            if late:
-                stream.write(late)
+            stream.write(early)  # nothing to send when empty
             return stream
         raise last
+
+    def _open_refused(
+        self, stream: Stream, error: DialError, *, timeout: float, port: int | None
+    ) -> None:
+        """An in-session open (0-RTT) was refused after `dial` returned its stream."""
+        code, service = error.code, stream.service
+        self._count("open_refused")
+        if code in _SESSION_REFUSED:
+            self._mover.sessions.forget(service)  # that host no longer knows us
+        elif code != ErrorCode.TICKET_STALE.code and code not in RETRY_ELSEWHERE:
+            stream.open_failed(error)
+            return
+        fresh = code == ErrorCode.TICKET_STALE.code
+        stream.replace_with(
+            self._dial_once(service, timeout, fresh=fresh, port=port, in_session=False)
+        )
 
     def home_router(self) -> str | None:
         """The live router link with the lowest measured RTT (where dials go first)."""

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from umbranet.proto.circuit import Circuit, State
 from umbranet.proto.e2e import PeerIdentity
-from umbranet.sdk.errors import StreamReset
+from umbranet.sdk.errors import DialError, StreamReset
 from umbranet.wire import ErrorCode
 
 if TYPE_CHECKING:
@@ -45,6 +46,11 @@ class Stream:
         self._closing = False
         self._loop = asyncio.get_running_loop()  # looked up once: each lookup is a getpid()
         self._closed = self._loop.create_future()
+        # A refused in-session open being replaced by a new dial: writes wait in `_held`.
+        self._replacing: asyncio.Task[None] | None = None
+        self._held: list[bytes] = []
+        self._held_eof = False
+        self._open_error: DialError | None = None
 
     # -- identity -----------------------------------------------------------------------
 
@@ -94,6 +100,8 @@ class Stream:
         if n <= 0:
             return b""
         if not circuit.readable_bytes:
+            if self._replacing is not None:
+                return None
             if circuit.at_eof:
                 if not circuit.remote_fin:
                     self._raise_closed()
@@ -153,7 +161,11 @@ class Stream:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes for the peer (sent as credit allows; call `drain`)."""
         self._raise_if_reset()
-        self._circuit.write(data if isinstance(data, bytes) else bytes(data))
+        data = data if isinstance(data, bytes) else bytes(data)
+        if self._replacing is not None:
+            self._held.append(data)
+            return
+        self._circuit.write(data)
         self._connection.flush(self._circuit)
 
     def writelines(self, lines: list[bytes]) -> None:
@@ -163,12 +175,15 @@ class Stream:
         """Whether `drain` would wait (or raise): queue over the mark, link paused, reset."""
         return (
             self._circuit.unsent_bytes > _HIGH_WATER
+            or self._replacing is not None
             or self._circuit.error is not None
             or self._connection.link_blocked() is not None
         )
 
     async def drain(self) -> None:
         """Wait until the queue is short and the link accepts writes."""
+        if self._replacing is not None:  # writes are held meanwhile: hold the writer too
+            await asyncio.shield(self._replacing)
         circuit = self._circuit
         while circuit.unsent_bytes > _HIGH_WATER:
             self._raise_if_reset()
@@ -181,7 +196,9 @@ class Stream:
 
     def write_eof(self) -> None:
         """End our direction after what is queued (the peer reads EOF)."""
-        if self._circuit.state is not State.CLOSED:
+        if self._replacing is not None:
+            self._held_eof = True
+        elif self._circuit.state is not State.CLOSED:
             self._circuit.write_eof()
             self._connection.flush(self._circuit)
 
@@ -231,12 +248,45 @@ class Stream:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if self._circuit.state is State.CLOSED and not self._closed.done():
+        closed = self._circuit.state is State.CLOSED and self._replacing is None
+        if closed and not self._closed.done():
             self._closed.set_result(None)
 
     def moved_to(self, connection: RouterConnection) -> None:
         """The stream's session resumed on another router link (see `sdk/moves.py`)."""
         self._connection = connection
+
+    def open_failed(self, error: DialError) -> None:
+        """Its in-session open was refused for good: reads and writes raise `error`."""
+        self._open_error = error
+        self.notify()
+
+    def replace_with(self, dialing: Coroutine[Any, Any, Stream]) -> None:
+        """Its in-session open was refused in a way a new dial may fix (the host forgot
+        the session, the ticket went stale, the router has no way there): carry on over the
+        stream `dialing` yields, every byte written so far sent again on it."""
+        self._replacing = self._loop.create_task(self._replace(dialing))
+
+    async def _replace(self, dialing: Coroutine[Any, Any, Stream]) -> None:
+        data, fin = self._circuit.unopened()
+        try:
+            new = await dialing
+        except DialError as exc:
+            self._open_error = exc
+        else:
+            circuit = self._circuit = new._circuit
+            self._connection = new._connection
+            self._connection.adopt(self, circuit)
+            data = b"".join([data, *self._held])
+            if data:
+                circuit.write(data)
+            if fin or self._held_eof:
+                circuit.write_eof()
+            self._connection.flush(circuit)
+        finally:
+            self._replacing = None
+            self._held.clear()
+            self.notify()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -247,15 +297,23 @@ class Stream:
         return self._waiter
 
     async def _wait(self) -> None:
+        if self._circuit.open_deferred:  # nothing to carry: the OPEN leaves now
+            self._connection.flush(self._circuit)
         await self.wake_waiter()
 
     def _raise_if_reset(self) -> None:
+        if self._open_error is not None:
+            raise self._open_error
+        if self._replacing is not None:
+            return
         error = self._circuit.error
         if error is not None and not error.clean:
             raise StreamReset.from_code(error.code, error.reason, error.authenticated)
 
     def _raise_closed(self) -> None:
         """The circuit ended before the peer's FIN: always an error, whatever it claims."""
+        if self._open_error is not None:
+            raise self._open_error
         error = self._circuit.error
         if error is None:
             raise StreamReset("closed", "the stream ended before the peer's end of data")
