@@ -1,6 +1,8 @@
 """A/B of round trips: router, host and client in one process on loopback, N echoes of 64 B
-on one stream (``MODE=connect``: N x a new stream in the session + one echo + half-close); prints CPU µs and wall µs per round trip, and with ``CALLS=1`` the Python
-function calls per round trip (cProfile: a count, so it does not move with the machine's load).
+on one stream (``MODE=connect``: N x a new stream in the session + one echo + half-close;
+``EARLY=1``: the echo's request passed as ``early_data``); prints CPU µs and wall µs per
+round trip, and with ``CALLS=1`` the Python function calls per round trip (cProfile: a
+count, so it does not move with the machine's load).
 
     TESTS_ROOT=<tree> PYTHONPATH=<tree>/src:<tree> python bench/ab_rr.py LABEL
 
