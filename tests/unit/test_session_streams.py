@@ -27,8 +27,10 @@ from tests.unit.test_resume_machine import (
 from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit, State
 from umbranet.proto.e2e import HostHandshake
+from umbranet.proto.endpoint import EndpointLink, Incoming
 from umbranet.proto.flow import MIN_WINDOW
 from umbranet.proto.resume import is_open_blob
+from umbranet.testing.clock import FakeClock
 from umbranet.wire import ErrorCode, Frame, FrameType, decode_control, encode_control
 from umbranet.wire.control import encode_error
 
@@ -343,3 +345,62 @@ def test_a_refused_open_gives_back_every_byte_written_for_a_new_dial() -> None:
     dialer.handle_frame(Frame(FrameType.RESET, 0, dialer.id, refusal), _now())
     assert dialer.state is State.CLOSED
     assert dialer.unopened() == (b"early and queued", True)
+
+
+def _host_link(pair: MovingPair, clock: FakeClock) -> EndpointLink:
+    """A host's endpoint machine, bound to SERVICE, whose accepts go through `pair`'s table."""
+    link = EndpointLink(name="web", now=clock.now())
+    hello = encode_control({"v": 1, "role": "router", "name": "r1"})
+    link.handle_frames([Frame(FrameType.HELLO, 0, 0, hello)], clock.now())
+
+    def accept(circuit_id: int, connect: Frame) -> Circuit:
+        bind = HostHandshake(SERVICE, _ticket(WEB, Action.BIND, SERVICE), _credentials(WEB))
+        return pair.sessions.accept(circuit_id, connect, bind, MIN_WINDOW, clock.now())
+
+    link.bind(1, SERVICE, "ticket", accept, clock.now())
+    bound = encode_control({"expires_at": 2**31})
+    link.handle_frames([Frame(FrameType.BIND_OK, 0, 1, bound)], clock.now())
+    link.poll_transmit()
+    return link
+
+
+def _connect_with_open(pair: MovingPair) -> Frame:
+    dialer = _deferred(pair)
+    dialer.write(b"ping")
+    (dial,) = _decode(dialer.poll_transmit())
+    ctl = decode_control(dial.payload)
+    fields = {"binding": 1, "ticket": ctl.str_field("ticket"), "window": MIN_WINDOW}
+    return Frame(FrameType.CONNECT, 0, 2, encode_control(fields, ctl.blob))
+
+
+def _types(link: EndpointLink) -> list[str]:
+    return [FrameType(f.type).name for f in _decode(link.poll_transmit())]
+
+
+def test_the_host_s_accept_of_an_open_leaves_with_its_first_answer() -> None:
+    clock = FakeClock()
+    pair = MovingPair()
+    link = _host_link(pair, clock)
+    link.handle_frames([_connect_with_open(pair)], clock.now())
+    assert _types(link) == []  # held: the answer to the early data goes with it
+    (incoming,) = [e for e in iter(link.poll_event, None) if isinstance(e, Incoming)]
+    host = incoming.circuit
+    assert _drain(host) == b"ping"
+    link.flush(host)  # reading the early data returns no credit: still held
+    assert _types(link) == []
+    host.write(b"pong")
+    link.flush(host)
+    assert _types(link) == ["ACCEPT", "DATA"]  # one record, one router read
+
+
+def test_a_host_that_does_not_answer_sends_its_accept_at_the_cork_deadline() -> None:
+    clock = FakeClock()
+    pair = MovingPair()
+    link = _host_link(pair, clock)
+    link.handle_frames([_connect_with_open(pair)], clock.now())
+    assert _types(link) == []
+    deadline = link.poll_timeout()
+    assert deadline is not None and deadline.at <= clock.mono + link.cork_delay
+    clock.advance(link.cork_delay)
+    link.handle_timeout(clock.now())
+    assert _types(link) == ["ACCEPT"]

@@ -20,7 +20,8 @@ in the simulated network, or on any other carrier:
 - the cork: a dial that opened in this read holds its HANDSHAKE until the application's
   first write (one TLS record and one router read instead of two), or until a short
   deadline (`cork_delay`) for applications that wait for the server to speak first; an
-  in-session OPEN waits the same way, to carry the first write as early data (0-RTT).
+  in-session OPEN waits the same way, to carry the first write as early data (0-RTT), and
+  the host's ACCEPT of it waits for the host's first answer.
 
 Rules of this file:
 - Inputs: `handle_frames(frames, now)`, `handle_timeout(now)`, `dial`, `bind`, `unbind`,
@@ -219,11 +220,14 @@ class EndpointLink:
             self.session.send(FrameType.UNBIND, binding_id)
 
     def flush(self, circuit: Circuit) -> None:
-        """Queue what `circuit` produced (a write, a read's credit, a close)."""
-        held = self._corked.pop(circuit.id, None) if self._corked else None
-        if held is not None:
-            self.session.outbox.extend(held[0])
-        self.session.outbox.extend(circuit.poll_transmit())
+        """Queue what `circuit` produced (a write, a read's credit, a close); what the cork
+        holds for it leaves with it (a read that produced nothing releases nothing)."""
+        out = circuit.poll_transmit()
+        if out and self._corked:
+            held = self._corked.pop(circuit.id, None)
+            if held is not None:
+                self.session.outbox.extend(held[0])
+        self.session.outbox.extend(out)
         if circuit.state is State.CLOSED and circuit.id in self._circuits:
             self._dispatch(circuit)
 
@@ -256,7 +260,7 @@ class EndpointLink:
                 self.session.close(exc.code, exc.reason)
                 break
         for circuit_id, circuit in touched.items():
-            if self._just_dialed(circuit_id, circuit):
+            if self._just_dialed(circuit_id, circuit) or self._just_accepted(circuit_id, circuit):
                 at = self._due_at(now.later(self.cork_delay))
                 self._corked[circuit_id] = (circuit.poll_transmit(), at)
             else:
@@ -531,6 +535,18 @@ class EndpointLink:
             and not entry.opened
             and circuit.state is State.OPEN
             and circuit_id not in self._corked
+        )
+
+    def _just_accepted(self, circuit_id: int, circuit: Circuit) -> bool:
+        """A stream opened inside a session in this read: its ACCEPT waits for the host's
+        first answer (the reply to the early data leaves in the same record)."""
+        entry = self._circuits.get(circuit_id)
+        return (
+            entry is not None
+            and entry.binding_id is not None
+            and not entry.opened
+            and circuit.in_session
+            and circuit.state is State.OPEN
         )
 
     def _due_at(self, at: float) -> float:
