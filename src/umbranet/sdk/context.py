@@ -47,7 +47,7 @@ from umbranet.sdk.grants import ControlPlane, Grant, default_control
 from umbranet.sdk.identity_state import newest
 from umbranet.sdk.listener import Listener
 from umbranet.sdk.moves import SessionMover
-from umbranet.sdk.posture import collect, report_interval
+from umbranet.sdk.posture import PostureReporter
 from umbranet.sdk.routers import MAX_ROUTER_LINKS, RETRY_ELSEWHERE, RouterRanking
 from umbranet.sdk.stream import Stream
 from umbranet.wire import ErrorCode
@@ -113,11 +113,12 @@ class Context:
         self._epoch_moved = asyncio.Event()  # set, then replaced, at every new epoch
         self._renew = renew
         self._report_posture = report_posture
-        self._posture_sent = asyncio.Event()
-        self._posture_last: dict[str, Any] | None = None
         self._started = False
         self._closed = False
         self.counters: dict[str, int] = {}
+        # A lambda, not the bound method: a renewal replaces `self._control`.
+        send = lambda report: self._control.report_posture(report)  # noqa: E731, PLW0108
+        self._posture = PostureReporter(send, self.counters)
         self._renewal_callbacks: list[Callable[[IdentityFile], None]] = []
 
     @classmethod
@@ -218,13 +219,19 @@ class Context:
         port: int | None,
         early: bytes = b"",
         in_session: bool = True,
+        skip: str = "",
+        last: UmbraError | None = None,
     ) -> Stream:
+        """One dial through the routers of the grant (not `skip`), best first; `last` is
+        raised when none is left (default: no router)."""
         grant = await self.ticket(service, Action.DIAL, fresh=fresh, port=port)
-        last: UmbraError = DialError("no_router", f"the controller named no router for {service}")
+        last = last or DialError("no_router", f"the controller named no router for {service}")
         self._warm(grant.routers)
         sessions = self._mover.sessions
         key = sessions.key_for(service) if self._session_streams and in_session else None
         for address in self.ranking.order(grant.routers, self._connections):
+            if address == skip:
+                continue
             try:
                 connection = await self.connection(address)
             except DialError as exc:
@@ -243,7 +250,9 @@ class Context:
                     port=port,
                     deferred=True,
                 )
-                refused = functools.partial(self._open_refused, timeout=timeout, port=port)
+                refused = functools.partial(
+                    self._open_refused, timeout=timeout, port=port, router=address
+                )
                 return connection.open_stream(service, make, timeout, refused)
             handshake = DialerHandshake(service, grant.ticket, self.credentials(), port=port)
             make = functools.partial(Circuit.dial, service=service, handshake=handshake)
@@ -264,9 +273,10 @@ class Context:
         raise last
 
     def _open_refused(
-        self, stream: Stream, error: DialError, *, timeout: float, port: int | None
+        self, stream: Stream, error: DialError, *, timeout: float, port: int | None, router: str
     ) -> None:
-        """An in-session open (0-RTT) was refused after `dial` returned its stream."""
+        """An in-session open (0-RTT) was refused after `dial` returned its stream: dial
+        again as `dial` itself would have (another router, a fresh ticket, a handshake)."""
         code, service = error.code, stream.service
         self._count("open_refused")
         if code in _SESSION_REFUSED:
@@ -274,10 +284,11 @@ class Context:
         elif code != ErrorCode.TICKET_STALE.code and code not in RETRY_ELSEWHERE:
             stream.open_failed(error)
             return
-        fresh = code == ErrorCode.TICKET_STALE.code
-        stream.replace_with(
-            self._dial_once(service, timeout, fresh=fresh, port=port, in_session=False)
+        fresh, skip = code == ErrorCode.TICKET_STALE.code, router if code in RETRY_ELSEWHERE else ""
+        again = self._dial_once(
+            service, timeout, fresh=fresh, port=port, in_session=False, skip=skip, last=error
         )
+        stream.replace_with(again)
 
     def home_router(self) -> str | None:
         """The live router link with the lowest measured RTT (where dials go first)."""
@@ -355,10 +366,9 @@ class Context:
         self, key: tuple[str, str, int | None], service: str, action: Action, port: int | None
     ) -> Grant:
         self._start()
-        if self._report_posture and not self._posture_sent.is_set():
-            # Posture-gated rules can only allow once the controller has our first report.
+        if self._report_posture and not self._posture.sent.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._posture_sent.wait(), POSTURE_FIRST_WAIT)
+                await asyncio.wait_for(self._posture.sent.wait(), POSTURE_FIRST_WAIT)
         try:
             grant = await self._control.grant(service, str(action), port)
         except UmbraError as exc:
@@ -457,7 +467,7 @@ class Context:
         if self._renew:
             self._spawn(self._renew_forever())
         if self._report_posture:
-            self._spawn(self._report_posture_forever())
+            self._spawn(self._posture.run(lambda: not self._closed))
         self._spawn(self._follow_events())
         self._spawn(self._keep_grants_current())
 
@@ -501,27 +511,6 @@ class Context:
     def _renewal_failed(self, exc: Exception) -> None:
         self.counters["renewal_failed"] = self.counters.get("renewal_failed", 0) + 1
         log.warning("certificate renewal failed: %s; retrying in %gs", exc, RENEWAL_RETRY)
-
-    async def _report_posture_forever(self) -> None:
-        """Report our posture at start, then whenever it changed (sampled periodically)."""
-        interval = report_interval()
-        try:
-            while not self._closed:
-                try:
-                    report = await asyncio.to_thread(collect)
-                    if report != self._posture_last:
-                        await self._control.report_posture(report)
-                        self._posture_last = report
-                except Exception as exc:  # a posture report must never stop dials
-                    self.counters["posture_report_failed"] = (
-                        self.counters.get("posture_report_failed", 0) + 1
-                    )
-                    log.debug("posture report failed: %s", exc)
-                # Tickets wait for the first attempt only, whatever its outcome.
-                self._posture_sent.set()
-                await asyncio.sleep(interval)
-        finally:
-            self._posture_sent.set()
 
     async def _follow_events(self) -> None:
         """Follow the controller's pushes: a new epoch means access may have changed, so
@@ -573,7 +562,7 @@ class Context:
         old = self._control
         self.identity = renewed
         self._control = self._control_factory(renewed)
-        self._posture_last = None  # the certificate's age is part of posture: report again
+        self._posture.forget()  # the certificate's age is part of posture: report again
         await old.aclose()
         self._save_renewal(renewed)
         self.counters["renewals"] = self.counters.get("renewals", 0) + 1

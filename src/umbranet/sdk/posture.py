@@ -11,14 +11,19 @@ samples every `DEFAULT_INTERVAL` seconds (``UMBRA_POSTURE_REPORT_INTERVAL`` over
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import platform
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from umbranet import __version__
 
-__all__ = ["DEFAULT_INTERVAL", "collect", "report_interval"]
+__all__ = ["DEFAULT_INTERVAL", "PostureReporter", "collect", "report_interval"]
+
+log = logging.getLogger("umbranet.sdk")
 
 DEFAULT_INTERVAL = 15.0
 _MAX_PROCESSES = 8192
@@ -63,3 +68,39 @@ def _process_names(proc: Path) -> list[str] | None:
         if len(names) >= _MAX_PROCESSES:
             break
     return sorted(names)
+
+
+class PostureReporter:
+    """Sends the report at start, then whenever it changed (sampled every `report_interval`).
+    `sent` is set after the first attempt, whatever its outcome: tickets wait for it, as
+    posture-gated rules can only allow once the controller has a report."""
+
+    def __init__(
+        self, send: Callable[[dict[str, Any]], Awaitable[object]], counters: dict[str, int]
+    ) -> None:
+        self._send = send
+        self._counters = counters
+        self._last: dict[str, Any] | None = None
+        self.sent = asyncio.Event()
+
+    def forget(self) -> None:
+        """Report again at the next sample (e.g. a renewal changed the certificate's age)."""
+        self._last = None
+
+    async def run(self, running: Callable[[], bool]) -> None:
+        interval = report_interval()
+        try:
+            while running():
+                try:
+                    report = await asyncio.to_thread(collect)
+                    if report != self._last:
+                        await self._send(report)
+                        self._last = report
+                except Exception as exc:  # a posture report must never stop dials
+                    failed = self._counters.get("posture_report_failed", 0) + 1
+                    self._counters["posture_report_failed"] = failed
+                    log.debug("posture report failed: %s", exc)
+                self.sent.set()
+                await asyncio.sleep(interval)
+        finally:
+            self.sent.set()
