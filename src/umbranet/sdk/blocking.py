@@ -73,7 +73,12 @@ class BlockingContext:
             await asyncio.wait(tasks, timeout=5.0)
 
     def dial(self, service: str, timeout: float = 10.0) -> BlockingStream:
-        return BlockingStream(self, self.call(self._context.dial(service, timeout)))
+        context = self._context
+
+        def dial(handoff: _Handoff) -> None:  # `run_soon`, not `call`: see the module doc
+            handoff.await_(context.dial(service, timeout))
+
+        return BlockingStream(self, self.run_soon(dial))
 
     def listen(
         self, service: str, backlog: int = 128, *, ports: frozenset[int] | None = None
