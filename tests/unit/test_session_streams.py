@@ -404,3 +404,19 @@ def test_a_host_that_does_not_answer_sends_its_accept_at_the_cork_deadline() -> 
     clock.advance(link.cork_delay)
     link.handle_timeout(clock.now())
     assert _types(link) == ["ACCEPT"]
+
+
+def test_an_open_without_early_data_is_accepted_at_once() -> None:
+    # The dialer needs the ACCEPT's credit to send anything: holding it would stall the
+    # stream until the cork deadline.
+    clock = FakeClock()
+    pair = MovingPair()
+    link = _host_link(pair, clock)
+    dialer = _deferred(pair)
+    (dial,) = _decode(dialer.poll_transmit())  # nothing written: a bare OPEN
+    ctl = decode_control(dial.payload)
+    fields = {"binding": 1, "ticket": ctl.str_field("ticket"), "window": MIN_WINDOW}
+    link.handle_frames(
+        [Frame(FrameType.CONNECT, 0, 2, encode_control(fields, ctl.blob))], clock.now()
+    )
+    assert _types(link) == ["ACCEPT"]

@@ -53,6 +53,7 @@ from umbranet.proto.endpoint_events import (
     SessionResumed,
 )
 from umbranet.proto.link import Closing, LinkSession, LinkTimers, PeerSilent, Role
+from umbranet.proto.resume import EARLY_DATA_MAX
 from umbranet.wire import ErrorCode, Frame, FrameType, WireError, decode_control, encode_control
 from umbranet.wire.control import decode_error, encode_error
 
@@ -538,8 +539,10 @@ class EndpointLink:
         )
 
     def _just_accepted(self, circuit_id: int, circuit: Circuit) -> bool:
-        """A stream opened inside a session in this read: its ACCEPT waits for the host's
-        first answer (the reply to the early data leaves in the same record)."""
+        """A stream opened inside a session in this read, with early data: its ACCEPT waits
+        for the host's answer to it (same record). Without early data, or with all the
+        early data an OPEN may carry (more is likely queued behind it), the ACCEPT leaves at
+        once: the dialer needs its credit to send anything more."""
         entry = self._circuits.get(circuit_id)
         return (
             entry is not None
@@ -547,6 +550,7 @@ class EndpointLink:
             and not entry.opened
             and circuit.in_session
             and circuit.state is State.OPEN
+            and 0 < circuit.readable_bytes < EARLY_DATA_MAX
         )
 
     def _due_at(self, at: float) -> float:
