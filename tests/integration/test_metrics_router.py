@@ -68,6 +68,21 @@ def test_a_dial_moves_circuits_opened_and_the_open_gauges(network: LocalNetwork,
     arun(main())
 
 
+def test_picks_show_how_each_dial_found_its_host(network: LocalNetwork, arun: Any):
+    async def main() -> None:
+        async with scraped(network) as (net, listener):
+            before = await scrape(listener)
+            picks = "umbra_router_terminator_picks_total"
+            assert before.types["umbra_router_terminator_picks"] == "counter"
+            await echo_round_trip(net.client)
+            await echo_round_trip(net.client)
+            after = await scrape(listener)
+            assert after.value(picks, how="smart") == before.value(picks, how="smart") + 2
+            assert after.value("umbra_router_terminator_failures_total") == 0
+
+    arun(main())
+
+
 def test_a_refused_ticket_is_counted_under_its_code(network: LocalNetwork, arun: Any):
     async def main() -> None:
         async with scraped(network) as (net, listener):

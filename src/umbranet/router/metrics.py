@@ -12,6 +12,9 @@ What the collector reads from ``statistics()`` (a key that is absent is not expo
 - ``links``, ``circuits``, ``bindings``: open now (gauges);
 - ``epoch``: the newest revocation epoch adopted (gauge);
 - ``bytes_in``, ``bytes_out``, ``frames_in``, ``frames_out``: totals over all links since start;
+- ``terminators``: how dials found their host (``picked_<strategy>``, ``picked_session_host``,
+  ``terminator_failed``), as ``umbra_router_terminator_picks_total{how=...}`` and
+  ``umbra_router_terminator_failures_total``;
 - ``counters``: a map of totals. The event names in `EVENTS` become their own counters; every
   other key is the machine code of a refusal (``ticket_expired``, ``no_terminator``,
   ``tls_handshake_failed``, ...) and becomes ``umbra_router_refused_total{code=...}``, because
@@ -151,6 +154,21 @@ class RouterCollector(Collector):
             if key not in EVENTS:
                 refused.add_metric((key,), value)
         yield refused
+        picks: Mapping[str, int] = stats.get("terminators", {})
+        picked = CounterMetricFamily(
+            "umbra_router_terminator_picks",
+            "Dials given a host, by how it was picked: a strategy or the session's host.",
+            labels=("how",),
+        )
+        for key, value in sorted(picks.items()):
+            if key.startswith("picked_"):
+                picked.add_metric((key.removeprefix("picked_"),), value)
+        yield picked
+        yield CounterMetricFamily(
+            "umbra_router_terminator_failures",
+            "Dials a picked host failed (its health counts them).",
+            value=picks.get("terminator_failed", 0),
+        )
 
 
 class RouterMetrics(Metrics):

@@ -308,6 +308,9 @@ class Router:
             "frames_out": switch.frames_out,
             "epoch": switch.epoch,
             "counters": dict(switch.counters),
+            # How dials found their host: `picked_<strategy>`, `picked_session_host` (an
+            # in-session open to the host holding it) and `terminator_failed`.
+            "terminators": dict(switch.terminators.counters),
         }
 
     # -- LinkOwner ----------------------------------------------------------------------
