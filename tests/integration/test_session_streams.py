@@ -11,7 +11,9 @@ import pytest
 
 from tests.conftest import context, echo_forever, running_router
 from umbranet.sdk import DialError
+from umbranet.sdk.forward import Outcome, relay
 from umbranet.testing import LocalNetwork
+from umbranet.testing.waiting import eventually
 
 
 def test_a_second_dial_opens_in_the_session_and_its_early_data_is_answered(
@@ -166,5 +168,38 @@ def test_writes_made_before_a_refusal_is_known_reach_the_new_host_in_order(
                         await listener.close()
                         await stream.wait_closed()
                 assert client.statistics()["counters"]["open_refused"] == 1
+
+    arun(main())
+
+
+def test_a_relay_reports_a_refused_0rtt_dial_as_refused_and_resets_the_app(
+    network: LocalNetwork, arun: Any
+) -> None:
+    async def main() -> None:
+        async with running_router(network, "r1"):
+            host, client = context(network, "web", "server"), context(network, "alice", "client")
+            async with host, client:
+                listener = await host.listen("echo").start()
+                server = asyncio.get_running_loop().create_task(echo_forever(listener))
+                await _first_stream(client)
+                server.cancel()
+                await listener.close()
+                outcomes: list[Outcome] = []
+
+                async def relay_app(reader: Any, writer: Any) -> None:
+                    outcomes.append(await relay(await client.dial("echo"), reader, writer))
+
+                local = await asyncio.start_server(relay_app, "127.0.0.1", 0)
+                async with local:
+                    port = local.sockets[0].getsockname()[1]
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(b"GET / HTTP/1.1\r\n\r\n")
+                    with pytest.raises(ConnectionResetError):
+                        await asyncio.wait_for(reader.read(), 10)
+                    writer.close()
+                    await eventually(lambda: outcomes, within=10)
+                (outcome,) = outcomes
+                assert outcome.refused and outcome.reset_by == "overlay"
+                assert outcome.code == "no_terminator"
 
     arun(main())

@@ -55,6 +55,10 @@ async def carry_outbound(
         whois.remove(client)
     if not outcome.reset_by:
         return None
+    if outcome.refused:  # a 0-RTT dial: refused after `dial` returned the stream
+        counters.add(f"dial_failed.{outcome.code}")
+        log.warning("dial %s failed: %s: %r", service, outcome.code, outcome.reason)
+        return f"dial: {outcome.code}: {outcome.reason}"
     counters.add(f"dial_reset_by_{outcome.reset_by}.{outcome.code}")
     log.info("flow to %s reset by %s: %r", service, outcome.reset_by, outcome.reason)
     return f"reset by {outcome.reset_by}: {outcome.code}: {outcome.reason}"

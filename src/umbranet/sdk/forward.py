@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
-from umbranet.sdk.errors import StreamReset
+from umbranet.sdk.errors import DialError, StreamReset
 from umbranet.sdk.stream import Stream
 
 __all__ = ["CHUNK", "Outcome", "offload", "parse_tcp_address", "relay", "reset_tcp"]
@@ -33,6 +33,7 @@ class Outcome:
     reset_by: Literal["", "overlay", "local"] = ""
     code: str = ""
     reason: str = ""
+    refused: bool = False  # the overlay side was a 0-RTT dial refused after it returned
 
 
 async def relay(
@@ -71,9 +72,10 @@ async def relay(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-    if isinstance(error, StreamReset):
+    if isinstance(error, StreamReset | DialError):  # before OSError: both are OSErrors too
         reset_tcp(writer)
-        return Outcome(counts[0], counts[1], "overlay", error.code, error.reason)
+        refused = isinstance(error, DialError)
+        return Outcome(counts[0], counts[1], "overlay", error.code, error.reason, refused)
     if isinstance(error, OSError):
         stream.abort("the local connection was reset")
         reset_tcp(writer)
