@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpcore
 import pytest
 
 from tests.conftest import context, echo_forever, running_router
+from umbranet.integrations.httpx_transport import OverlayNetworkBackend
+from umbranet.integrations.naming import ServiceNamer
 from umbranet.sdk import DialError
 from umbranet.sdk.forward import Outcome, relay
 from umbranet.testing import LocalNetwork
@@ -201,5 +204,27 @@ def test_a_relay_reports_a_refused_0rtt_dial_as_refused_and_resets_the_app(
                 (outcome,) = outcomes
                 assert outcome.refused and outcome.reset_by == "overlay"
                 assert outcome.code == "no_terminator"
+
+    arun(main())
+
+
+def test_httpx_sees_a_refused_0rtt_dial_as_a_connect_error_with_the_code(
+    network: LocalNetwork, arun: Any
+) -> None:
+    async def main() -> None:
+        async with running_router(network, "r1"):
+            host, client = context(network, "web", "server"), context(network, "alice", "client")
+            async with host, client:
+                listener = await host.listen("echo").start()
+                server = asyncio.get_running_loop().create_task(echo_forever(listener))
+                await _first_stream(client)
+                server.cancel()
+                await listener.close()
+                backend = OverlayNetworkBackend(client, ServiceNamer(), 10.0)
+                stream = await backend.connect_tcp("echo.umbra", 80)  # returns at once
+                await stream.write(b"GET / HTTP/1.1\r\nHost: echo.umbra\r\n\r\n")
+                with pytest.raises(httpcore.ConnectError) as refused:
+                    await stream.read(65536, timeout=10)
+                assert getattr(refused.value, "code", None) == "no_terminator"
 
     arun(main())

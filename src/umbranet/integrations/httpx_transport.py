@@ -241,6 +241,8 @@ class _AsyncOverlayStream(httpcore.AsyncNetworkStream):
                 return await self._stream.read(max_bytes)
         except TimeoutError as exc:
             raise httpcore.ReadTimeout(f"no data from {self._stream.service}") from exc
+        except DialError as exc:  # a 0-RTT dial refused after it returned
+            raise _connect_error(exc) from exc
         except StreamReset as exc:
             raise httpcore.ReadError(str(exc)) from exc
 
@@ -253,6 +255,8 @@ class _AsyncOverlayStream(httpcore.AsyncNetworkStream):
                 await self._stream.drain()
         except TimeoutError as exc:
             raise httpcore.WriteTimeout(f"{self._stream.service} is not reading") from exc
+        except DialError as exc:
+            raise _connect_error(exc) from exc
         except StreamReset as exc:
             raise httpcore.WriteError(str(exc)) from exc
 
@@ -286,6 +290,8 @@ class _SyncOverlayStream(httpcore.NetworkStream):
             return self._stream.recv(max_bytes, timeout)
         except TimeoutError as exc:
             raise httpcore.ReadTimeout(f"no data from the service in {timeout}s") from exc
+        except DialError as exc:  # a 0-RTT dial refused after it returned
+            raise _connect_error(exc) from exc
         except StreamReset as exc:
             raise httpcore.ReadError(str(exc)) from exc
 
@@ -294,6 +300,8 @@ class _SyncOverlayStream(httpcore.NetworkStream):
             return
         try:
             self._stream.sendall(buffer)
+        except DialError as exc:
+            raise _connect_error(exc) from exc
         except StreamReset as exc:
             raise httpcore.WriteError(str(exc)) from exc
 
