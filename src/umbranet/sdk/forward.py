@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
+from umbranet.proto.endpoint import DEFAULT_CORK_DELAY
 from umbranet.sdk.errors import DialError, StreamReset
 from umbranet.sdk.stream import Stream
 
@@ -39,17 +40,27 @@ class Outcome:
 async def relay(
     stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> Outcome:
-    """Copy both ways with half-close until both directions ended or one side reset."""
+    """Copy both ways with half-close until both directions ended or one side reset.
+
+    A 0-RTT stream (`Stream.open_pending`) is read only once the local side spoke or the
+    cork delay passed: reading first would send its OPEN bare, and the app's first bytes
+    (an HTTP request, a database login) could not ride with it."""
     counts = [0, 0]
+    spoke = asyncio.Event()
 
     async def local_to_overlay() -> None:
         while data := await reader.read(CHUNK):
             stream.write(data)
+            spoke.set()
             counts[0] += len(data)
             await stream.drain()
         stream.write_eof()
+        spoke.set()
 
     async def overlay_to_local() -> None:
+        if stream.open_pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(spoke.wait(), DEFAULT_CORK_DELAY)
         while data := await stream.read(CHUNK):
             writer.write(data)
             counts[1] += len(data)

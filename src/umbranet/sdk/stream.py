@@ -156,6 +156,12 @@ class Stream:
     def at_eof(self) -> bool:
         return self._circuit.at_eof
 
+    @property
+    def open_pending(self) -> bool:
+        """Its OPEN has not left yet: a 0-RTT dial waits for the first write to carry it
+        (or the first read that must wait, or a short cork delay)."""
+        return self._circuit.open_deferred
+
     # -- writing ------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
