@@ -62,6 +62,11 @@ class BlockingContext:
         self._loop.call_soon_threadsafe(handoff.run, fn)
         return handoff.wait(self._loop, timeout)
 
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run `fn()` on the loop thread without waiting for it: for calls that cannot fail
+        (an end of data, a close), whose order with later calls the loop keeps."""
+        self._loop.call_soon_threadsafe(fn)
+
     async def _shutdown(self) -> None:
         await self._context.close()
         # What still runs on the loop (socket-bridge pumps, for one) ends here, as under
@@ -165,22 +170,10 @@ class BlockingStream:
         return self._owner.call(self._stream.readexactly(n))
 
     def shutdown_write(self) -> None:
-        stream = self._stream
-
-        def eof(handoff: _Handoff) -> None:
-            stream.write_eof()
-            handoff.done(None)
-
-        self._owner.run_soon(eof)
+        self._owner.post(self._stream.write_eof)
 
     def close(self) -> None:
-        stream = self._stream
-
-        def close(handoff: _Handoff) -> None:
-            stream.close()
-            handoff.done(None)
-
-        self._owner.run_soon(close)
+        self._owner.post(self._stream.close)
 
     def __enter__(self) -> BlockingStream:
         return self
