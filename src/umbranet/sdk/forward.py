@@ -70,6 +70,7 @@ async def relay(
 
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(local_to_overlay()), loop.create_task(overlay_to_local())]
+    closing = False
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         error = next((t.exception() for t in done if t.exception() is not None), None)
@@ -77,12 +78,16 @@ async def relay(
         stream.abort("the relay is shutting down")
         reset_tcp(writer)
         raise
+    except GeneratorExit:  # the loop went away with the relay pending: await nothing
+        closing = True
+        raise
     finally:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if not closing:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
     if isinstance(error, StreamReset | DialError):  # before OSError: both are OSErrors too
         reset_tcp(writer)
         refused = isinstance(error, DialError)
