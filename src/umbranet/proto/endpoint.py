@@ -35,7 +35,17 @@ from collections import deque
 from collections.abc import Callable
 
 from umbranet.clock import Deadline, Instant, earliest
-from umbranet.proto.circuit import PATH_FAILURES, Circuit, Closed, Detached, Opened, Resumed, State
+from umbranet.proto.circuit import (
+    PATH_FAILURES,
+    Circuit,
+    Closed,
+    Detached,
+    Opened,
+    Readable,
+    Resumed,
+    State,
+    Writable,
+)
 from umbranet.proto.endpoint_events import (
     AcceptFailed,
     BindFailed,
@@ -74,6 +84,10 @@ _CIRCUIT_FRAMES = frozenset(
     {FrameType.ACCEPT, FrameType.HANDSHAKE, FrameType.DATA, FrameType.CREDIT, FrameType.RESET}
 )
 _LINK_FRAMES = frozenset({FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY})
+# What an open circuit's data moves: handled on the fast path of `handle_frames`.
+_DATA_FRAMES = frozenset({int(FrameType.DATA), int(FrameType.CREDIT)})
+# Circuit events that only say "look again": the touched set already wakes the stream.
+_QUIET_EVENTS = (Readable, Writable)
 
 DEFAULT_MAX_PENDING_ACCEPTS = 1024
 DEFAULT_BIND_TIMEOUT = 10.0
@@ -121,6 +135,8 @@ class EndpointLink:
         self.bind_timeout = bind_timeout
         self.cork_delay = cork_delay
         self.counters: dict[str, int] = {}
+        # The link's send queue (the session's own list): an owner tests it before polling.
+        self.outbox = self.session.outbox
         self._circuits: dict[int, _Entry] = {}
         self._bindings: dict[int, _Binding] = {}
         self._pending_accepts = 0
@@ -227,12 +243,35 @@ class EndpointLink:
 
     # -- inputs: the carrier ------------------------------------------------------------
 
-    def handle_frames(self, frames: list[Frame], now: Instant) -> None:
-        """One read's frames. A frame the router should never send closes the link."""
-        session_state = self.session.state
-        self.session.heard(now)
-        touched: dict[int, Circuit] = {}
+    def handle_frames(self, frames: list[Frame], now: Instant) -> bool:
+        """One read's frames. A frame the router should never send closes the link.
+
+        Returns whether the read made news beyond data: False when it only moved DATA and
+        CREDIT of open circuits, so no event is queued and no deadline moved earlier (the
+        owner then writes `poll_transmit()` and wakes `take_touched()`, nothing else)."""
+        session = self.session
+        session_state = session.state
+        session.heard(now)
         circuits = self._circuits
+        wall = now.wall
+        news = self._events or self._rearm
+        if len(frames) == 1:  # the usual read on an open stream: one frame, no dict to build
+            frame = frames[0]
+            entry = circuits.get(frame.circuit)
+            if (
+                entry is not None
+                and entry.opened
+                and frame.type in _DATA_FRAMES
+                and entry.epoch == entry.circuit.epoch
+            ):
+                circuit = entry.circuit
+                circuit.handle_frame(frame, wall)
+                out = circuit.poll_transmit()
+                if out:
+                    self.outbox.extend(out)
+                self._dispatch(circuit)
+                return bool(news or self._events or self._rearm)
+        touched: dict[int, Circuit] = {}
         for frame in frames:
             entry = circuits.get(frame.circuit)
             if entry is not None and frame.type in _CIRCUIT_FRAMES:
@@ -259,6 +298,7 @@ class EndpointLink:
         self._drain_session()
         if self.session.state is not session_state:  # HELLO done or closed: new deadlines
             self._rearm = True
+        return True
 
     def handle_timeout(self, now: Instant) -> None:
         """Release held handshakes, time out dials and binds, keep the link alive, and let
@@ -439,6 +479,8 @@ class EndpointLink:
         if entry is None or entry.circuit is not circuit:
             return
         while (event := circuit.poll_event()) is not None:
+            if type(event) in _QUIET_EVENTS:
+                continue
             if isinstance(event, Detached):
                 self._detached(entry, event)
                 return

@@ -35,7 +35,7 @@ from umbranet.clock import Deadline, Instant
 from umbranet.pki import TrustBundle
 from umbranet.pki.tickets import Action
 from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, RelayAccount
-from umbranet.proto.link import Closing, LinkSession, PeerSilent, Role
+from umbranet.proto.link import Closing, LinkSession, LinkState, PeerSilent, Role
 from umbranet.router.gate import TicketGate
 from umbranet.router.grants import Grant, expired_grants, live_grants
 from umbranet.router.links import LinkKind, Route, Side, SwitchLink
@@ -85,6 +85,7 @@ class Switch:
         self._dirty: set[SwitchLink] = set()
         self.links: set[SwitchLink] = set()
         self._shed_links: list[SwitchLink] = []
+        self.quiet = False  # see `frames`
         # A no-transit router is only ever a first or last hop (the operator's setting, or
         # the controller's): it refuses to pass on a dial from a router to a router, whatever
         # route asks for it, so a stale or forged route cannot make it carry transit.
@@ -148,13 +149,18 @@ class Switch:
         """Handle one read's frames; returns why to close the link (its GOAWAY is queued)."""
         session = source.session
         session.heard(now)
-        self._dirty.add(source)
+        # Stays True while the read only relays DATA and CREDIT: no deadline, shed link or
+        # announcement can change then, so the shell only writes (`poll_relayed`).
+        self.quiet = True
+        ready = session.state is LinkState.READY
         for frame in frames:
             ftype = frame.type
             try:
-                if ftype in _RELAYED and session.ready:
+                if ftype in _RELAYED and ready:
                     self._relay(source, frame)
                     continue
+                self.quiet = False
+                self._dirty.add(source)  # a PONG or a refusal may be queued for it
                 if ftype == _WG_DATAGRAM and session.ready:  # from a router: across the mesh
                     self.relay.handle_datagram(source, frame, now)
                     continue
@@ -164,6 +170,7 @@ class Switch:
                     raise WireError(ErrorCode.RATE_LIMITED, "too many control frames")
                 if not session.ready or (frame.circuit == 0 and ftype < _LINK_FRAME_MAX):
                     session.handle_link_frame(frame, now)
+                    ready = session.state is LinkState.READY
                     if self._session_closed(source):
                         return ErrorCode.NO_ERROR, "goodbye acknowledged"
                 elif ftype == FrameType.DIAL:
@@ -240,6 +247,21 @@ class Switch:
             return []
         out = [(link, link.session.poll_transmit()) for link in self._dirty if link.outbox]
         self._dirty.clear()
+        return out
+
+    def poll_relayed(self) -> list[tuple[SwitchLink, list[bytes]]]:
+        """`poll_transmit` after a quiet read (`quiet`): only relayed frames can be queued,
+        so no announcement is due."""
+        dirty = self._dirty
+        if not dirty:
+            return []
+        out = []
+        for link in dirty:
+            outbox = link.outbox
+            if outbox:
+                out.append((link, outbox[:]))
+                del outbox[:]
+        dirty.clear()
         return out
 
     def poll_shed(self) -> list[SwitchLink]:
@@ -403,6 +425,7 @@ class Switch:
         holding the most there is reset, or, router-wide, the link holding the most is shed.
         Every byte counted here was promised by a window, so only readers that stop reading
         while many circuits push at them ever get here."""
+        self.quiet = False
         if dest.in_flight > self.limits.link_budget(len(dest.routes)) and dest.routes:
             heaviest = max(dest.routes.values(), key=lambda r: r.peer.account.in_flight)
             self._reset_both(
