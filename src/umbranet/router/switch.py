@@ -148,7 +148,7 @@ class Switch:
     ) -> tuple[ErrorCode, str] | None:
         """Handle one read's frames; returns why to close the link (its GOAWAY is queued)."""
         session = source.session
-        session.heard(now)
+        session.last_heard = now.mono  # `heard(now)`, inline: once per read
         # Stays True while the read only relays DATA and CREDIT: no deadline, shed link or
         # announcement can change then, so the shell only writes (`poll_relayed`).
         self.quiet = True

@@ -173,14 +173,14 @@ class RouterConnection:
 
     def flush(self, circuit: Circuit) -> None:
         """Send what the circuit queued (called by streams after every operation)."""
-        machine = self._machine
-        if machine is None:
+        machine, link = self._machine, self._link
+        if machine is None or link is None:
             return
         machine.flush(circuit)
         # Writes, reads and closes never move a deadline earlier: no timer to re-arm. The
         # stream that flushed wakes itself; only a close makes news for others.
         if machine.outbox:
-            self._transmit()
+            link.write_many(machine.poll_transmit())
         if circuit.state is State.CLOSED and machine.has_news:
             self._deliver()
 
