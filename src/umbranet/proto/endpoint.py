@@ -231,8 +231,10 @@ class EndpointLink:
         """Queue what `circuit` produced (a write, a read's credit, a close)."""
         held = self._corked.pop(circuit.id, None) if self._corked else None
         if held is not None:
-            self.session.outbox.extend(held[0])
-        self.session.outbox.extend(circuit.poll_transmit())
+            self.outbox.extend(held[0])
+        out = circuit.poll_transmit()
+        if out:
+            self.outbox.extend(out)
         if circuit.state is State.CLOSED and circuit.id in self._circuits:
             self._dispatch(circuit)
 
@@ -269,7 +271,7 @@ class EndpointLink:
                 out = circuit.poll_transmit()
                 if out:
                     self.outbox.extend(out)
-                self._dispatch(circuit)
+                self._dispatch(circuit, entry)
                 return bool(news or self._events or self._rearm)
         touched: dict[int, Circuit] = {}
         for frame in frames:
@@ -387,11 +389,11 @@ class EndpointLink:
 
     def take_touched(self) -> list[Circuit]:
         """Circuits that changed since the last call (their streams need waking)."""
-        if not self._touched:
+        touched = self._touched
+        if not touched:
             return []
-        touched = list(self._touched.values())
-        self._touched.clear()
-        return touched
+        self._touched = {}
+        return list(touched.values())
 
     @property
     def timeout_may_be_earlier(self) -> bool:
@@ -479,9 +481,11 @@ class EndpointLink:
         self._pending_accepts += 1
         touched[circuit_id] = circuit
 
-    def _dispatch(self, circuit: Circuit) -> None:
-        """Turn the circuit's Opened/Closed into link events; forget it once closed."""
-        entry = self._circuits.get(circuit.id)
+    def _dispatch(self, circuit: Circuit, entry: _Entry | None = None) -> None:
+        """Turn the circuit's Opened/Closed into link events; forget it once closed.
+        `entry`: the circuit's, when the caller has just looked it up."""
+        if entry is None:
+            entry = self._circuits.get(circuit.id)
         if entry is None or entry.circuit is not circuit:
             return
         while (event := circuit.poll_event()) is not None:

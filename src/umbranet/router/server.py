@@ -370,7 +370,11 @@ class Router:
             # Only relayed DATA and CREDIT: no deadline moved earlier, nothing was shed.
             for peer, out in switch.poll_relayed():
                 peer.handle.write_many(out)  # type: ignore[attr-defined]
-            self._throttle(link)
+            transport = link.transport  # `_throttle`'s test, inline: this runs per read
+            if transport is not None and (
+                transport.get_write_buffer_size() > self.config.link_buffer_limit
+            ):
+                self._throttle(link)
             return
         self._flush()
         if closing is not None:

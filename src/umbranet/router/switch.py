@@ -46,7 +46,8 @@ from umbranet.router.routes import Local, Refuse, RouteTable, Via
 from umbranet.router.terminators import Binding, TerminatorTable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError, decode_control
 from umbranet.wire.control import encode_control, encode_error
-from umbranet.wire.frames import encode_frame, encode_header
+from umbranet.wire.frames import HEADER as _HEADER
+from umbranet.wire.frames import encode_frame
 
 __all__ = ["Switch"]
 
@@ -496,17 +497,24 @@ class Switch:
                     "DATA beyond the receiver's window or after FIN",
                 )
                 return
-            dest = route.peer.link
+            other = route.peer
+            dest = other.link
             dest.in_flight += size
             self.in_flight += size
-            self._forward(route, frame)
+            # `_forward`, inline: this runs per frame.
+            out = dest.outbox
+            out.append(_HEADER.pack(_DATA, frame.flags, 0, other.circuit, size))
+            out.append(frame.payload)  # type: ignore[arg-type]  # joined before the read ends
+            self._dirty.add(dest)
+            self.frames_out += 1
             # `SwitchLimits.link_budget` and `total_budget`, inline: this runs per frame.
             limits = self.limits
             per_circuit = limits.in_flight_per_circuit
             if (
-                dest.in_flight > limits.in_flight_per_link + len(dest.routes) * per_circuit
-                or self.in_flight > limits.in_flight_total + self.circuits * per_circuit
-            ):
+                # The first test spares the len() below while the link is under its floor.
+                dest.in_flight > limits.in_flight_per_link
+                and dest.in_flight > limits.in_flight_per_link + len(dest.routes) * per_circuit
+            ) or self.in_flight > limits.in_flight_total + self.circuits * per_circuit:
                 self._over_budget(dest)
                 return
             if frame.flags & _FIN:
@@ -546,7 +554,7 @@ class Switch:
     def _forward(self, route: Route, frame: Frame) -> None:
         other = route.peer
         out = other.link.outbox
-        out.append(encode_header(frame.type, other.circuit, len(frame.payload), frame.flags))
+        out.append(_HEADER.pack(frame.type, frame.flags, 0, other.circuit, len(frame.payload)))
         out.append(frame.payload)  # type: ignore[arg-type]  # joined (copied) before the read ends
         self._dirty.add(other.link)
         self.frames_out += 1
