@@ -46,6 +46,7 @@ from umbranet.proto.circuit import (
     State,
     Writable,
 )
+from umbranet.proto.circuit import Event as CircuitEvent
 from umbranet.proto.endpoint_events import (
     AcceptFailed,
     BindFailed,
@@ -238,6 +239,22 @@ class EndpointLink:
         if circuit.state is State.CLOSED and circuit.id in self._circuits:
             self._dispatch(circuit)
 
+    def flush_transmit(self, circuit: Circuit) -> list[bytes]:
+        """`flush(circuit)` and then `poll_transmit()`, in one call: what a stream's every
+        write and read costs the link."""
+        held = self._corked.pop(circuit.id, None) if self._corked else None
+        out = circuit.poll_transmit()
+        outbox = self.outbox
+        if held is not None or outbox:
+            if held is not None:
+                outbox.extend(held[0])
+            outbox.extend(out)
+            out = outbox[:]
+            del outbox[:]
+        if circuit.state is State.CLOSED and circuit.id in self._circuits:
+            self._dispatch(circuit)
+        return out
+
     def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "endpoint closing") -> None:
         self._rearm = True
         self.session.close(code, reason)
@@ -257,7 +274,9 @@ class EndpointLink:
         circuits = self._circuits
         wall = now.wall
         news = self._events or self._rearm
-        if len(frames) == 1:  # the usual read on an open stream: one frame, no dict to build
+        # The usual read on an open stream is one frame (tested without a len() call):
+        # no dict to build, and nothing but that circuit to look at.
+        if frames and frames[0] is frames[-1]:
             frame = frames[0]
             entry = circuits.get(frame.circuit)
             if (
@@ -271,7 +290,16 @@ class EndpointLink:
                 out = circuit.poll_transmit()
                 if out:
                     self.outbox.extend(out)
-                self._dispatch(circuit, entry)
+                if circuit.state is State.OPEN:
+                    # DATA or CREDIT on an open circuit queues one "look again" event: no
+                    # second poll, no dispatch (anything else goes the whole way).
+                    event = circuit.poll_event()
+                    if type(event) in _QUIET_EVENTS:
+                        self._touched[frame.circuit] = circuit
+                        return bool(news or self._events or self._rearm)
+                    self._dispatch(circuit, entry, event)
+                else:
+                    self._dispatch(circuit, entry)
                 return bool(news or self._events or self._rearm)
         touched: dict[int, Circuit] = {}
         for frame in frames:
@@ -481,15 +509,21 @@ class EndpointLink:
         self._pending_accepts += 1
         touched[circuit_id] = circuit
 
-    def _dispatch(self, circuit: Circuit, entry: _Entry | None = None) -> None:
+    def _dispatch(
+        self, circuit: Circuit, entry: _Entry | None = None, event: CircuitEvent | None = None
+    ) -> None:
         """Turn the circuit's Opened/Closed into link events; forget it once closed.
-        `entry`: the circuit's, when the caller has just looked it up."""
+        `entry`: the circuit's, when the caller has just looked it up; `event`: one the
+        caller already took from the circuit."""
         if entry is None:
             entry = self._circuits.get(circuit.id)
         if entry is None or entry.circuit is not circuit:
             return
-        while (event := circuit.poll_event()) is not None:
+        if event is None:
+            event = circuit.poll_event()
+        while event is not None:
             if type(event) in _QUIET_EVENTS:
+                event = circuit.poll_event()
                 continue
             if isinstance(event, Detached):
                 self._detached(entry, event)
@@ -514,6 +548,7 @@ class EndpointLink:
                     self._not_opened(entry, event)
                 elif not event.clean:
                     self._ended(event)
+            event = circuit.poll_event()
         if circuit.state is State.CLOSED:
             del self._circuits[circuit.id]
             self._corked.pop(circuit.id, None)

@@ -176,11 +176,11 @@ class RouterConnection:
         machine, link = self._machine, self._link
         if machine is None or link is None:
             return
-        machine.flush(circuit)
         # Writes, reads and closes never move a deadline earlier: no timer to re-arm. The
         # stream that flushed wakes itself; only a close makes news for others.
-        if machine.outbox:
-            link.write_many(machine.poll_transmit())
+        out = machine.flush_transmit(circuit)
+        if out:
+            link.write_many(out)
         if circuit.state is State.CLOSED and machine.has_news:
             self._deliver()
 
