@@ -23,7 +23,11 @@ in the simulated network, or on any other carrier:
 Rules of this file:
 - Inputs: `handle_frames(frames, now)`, `handle_timeout(now)`, `dial`, `bind`, `unbind`,
   `cancel`, `flush(circuit)`, `close`. Outputs: `poll_transmit()`, `poll_event()`,
-  `poll_timeout()`, `take_touched()` (circuits whose streams need waking).
+  `poll_timeout()`, `take_touched()` (circuits whose streams need waking);
+  `flush_transmit(circuit)` is `flush` and `poll_transmit` in one call (a stream's
+  every operation). `handle_frames` returns False after a read that only moved DATA or
+  CREDIT of open circuits: the owner then only writes and wakes (the round trip's fast
+  path: no event poll, no timer re-arm).
 - Circuit-level events (Opened/Closed) are consumed here and turned into the events above;
   a closed circuit is forgotten after its stream was told (`take_touched`).
 - A misbehaving router raises nothing out of here: the link closes with the frame's error.

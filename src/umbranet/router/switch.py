@@ -22,7 +22,9 @@ Rules of this file:
 - A circuit ends on FIN both ways, RESET, or either link dropping; the other side is told
   why. Frames for circuits gone already are dropped and counted (they race with resets).
 - `poll_transmit()` hands over every link outbox written since the last call (so the
-  writes of one read are coalesced per link)."""
+  writes of one read are coalesced per link). After a read that only relayed DATA and
+  CREDIT (`quiet`), `poll_relayed()` does the same without the announcement, shed and
+  deadline polls the shell otherwise runs (nothing of theirs can have changed)."""
 
 from __future__ import annotations
 
