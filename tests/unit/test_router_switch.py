@@ -342,6 +342,27 @@ def test_data_and_credit_are_relayed_with_rewritten_ids() -> None:
     assert (credit.type, credit.circuit) == (FrameType.CREDIT, 1)
 
 
+def test_a_read_of_relayed_data_is_quiet_and_anything_else_is_not() -> None:
+    """The shell's fast path: after a quiet read it writes `poll_relayed()` and skips the
+    deadline, shed and announcement polls, so a read that is not only relay must say so."""
+    switch = Switch()
+    dialer, host, circuit = switch.open_circuit()
+    forwarder = switch.forwarder
+    switch.feed(dialer, _frame(FrameType.DATA, 1, b"s" * 100), _frame(FrameType.DATA, 1, b"t"))
+    assert forwarder.quiet
+    relayed = forwarder.poll_relayed()
+    assert [link for link, _ in relayed] == [host]
+    data = FrameDecoder().feed(b"".join(relayed[0][1]))
+    assert [(f.circuit, bytes(f.payload)) for f in data] == [(circuit, b"s" * 100), (circuit, b"t")]
+    assert forwarder.poll_relayed() == [] and host.outbox == []
+    switch.feed(dialer, _frame(FrameType.DATA, 1, b"u"), _frame(FrameType.PING, 0, b"12345678"))
+    assert not forwarder.quiet  # the PONG and the keepalive go the whole way
+    assert [f.type for f in _out(dialer)] == [FrameType.PONG]
+    chunk = b"d" * MIN_WINDOW
+    switch.feed(dialer, _frame(FrameType.DATA, 1, chunk))  # beyond the window: a reset
+    assert [f.type for f in _out(dialer)] == [FrameType.RESET]
+
+
 def test_data_beyond_the_window_resets_both_with_flow_control_error() -> None:
     switch = Switch()
     dialer, host, _ = switch.open_circuit()

@@ -26,7 +26,11 @@ in the simulated network, or on any other carrier:
 Rules of this file:
 - Inputs: `handle_frames(frames, now)`, `handle_timeout(now)`, `dial`, `bind`, `unbind`,
   `cancel`, `flush(circuit)`, `close`. Outputs: `poll_transmit()`, `poll_event()`,
-  `poll_timeout()`, `take_touched()` (circuits whose streams need waking).
+  `poll_timeout()`, `take_touched()` (circuits whose streams need waking);
+  `flush_transmit(circuit)` is `flush` and `poll_transmit` in one call (a stream's
+  every operation). `handle_frames` returns False after a read that only moved DATA or
+  CREDIT of open circuits: the owner then only writes and wakes (the round trip's fast
+  path: no event poll, no timer re-arm).
 - Circuit-level events (Opened/Closed) are consumed here and turned into the events above;
   a closed circuit is forgotten after its stream was told (`take_touched`).
 - A misbehaving router raises nothing out of here: the link closes with the frame's error.
@@ -38,7 +42,18 @@ from collections import deque
 from collections.abc import Callable
 
 from umbranet.clock import Deadline, Instant, earliest
-from umbranet.proto.circuit import PATH_FAILURES, Circuit, Closed, Detached, Opened, Resumed, State
+from umbranet.proto.circuit import (
+    PATH_FAILURES,
+    Circuit,
+    Closed,
+    Detached,
+    Opened,
+    Readable,
+    Resumed,
+    State,
+    Writable,
+)
+from umbranet.proto.circuit import Event as CircuitEvent
 from umbranet.proto.endpoint_events import (
     AcceptFailed,
     BindFailed,
@@ -78,6 +93,10 @@ _CIRCUIT_FRAMES = frozenset(
     {FrameType.ACCEPT, FrameType.HANDSHAKE, FrameType.DATA, FrameType.CREDIT, FrameType.RESET}
 )
 _LINK_FRAMES = frozenset({FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY})
+# What an open circuit's data moves: handled on the fast path of `handle_frames`.
+_DATA_FRAMES = frozenset({int(FrameType.DATA), int(FrameType.CREDIT)})
+# Circuit events that only say "look again": the touched set already wakes the stream.
+_QUIET_EVENTS = (Readable, Writable)
 
 DEFAULT_MAX_PENDING_ACCEPTS = 1024
 DEFAULT_BIND_TIMEOUT = 10.0
@@ -125,6 +144,8 @@ class EndpointLink:
         self.bind_timeout = bind_timeout
         self.cork_delay = cork_delay
         self.counters: dict[str, int] = {}
+        # The link's send queue (the session's own list): an owner tests it before polling.
+        self.outbox = self.session.outbox
         self._circuits: dict[int, _Entry] = {}
         self._bindings: dict[int, _Binding] = {}
         self._pending_accepts = 0
@@ -224,13 +245,29 @@ class EndpointLink:
         """Queue what `circuit` produced (a write, a read's credit, a close); what the cork
         holds for it leaves with it (a read that produced nothing releases nothing)."""
         out = circuit.poll_transmit()
-        if out and self._corked:
-            held = self._corked.pop(circuit.id, None)
+        if out:
+            held = self._corked.pop(circuit.id, None) if self._corked else None
             if held is not None:
-                self.session.outbox.extend(held[0])
-        self.session.outbox.extend(out)
+                self.outbox.extend(held[0])
+            self.outbox.extend(out)
         if circuit.state is State.CLOSED and circuit.id in self._circuits:
             self._dispatch(circuit)
+
+    def flush_transmit(self, circuit: Circuit) -> list[bytes]:
+        """`flush(circuit)` and then `poll_transmit()`, in one call: what a stream's every
+        write and read costs the link."""
+        out = circuit.poll_transmit()
+        held = self._corked.pop(circuit.id, None) if out and self._corked else None
+        outbox = self.outbox
+        if held is not None or outbox:
+            if held is not None:
+                outbox.extend(held[0])
+            outbox.extend(out)
+            out = outbox[:]
+            del outbox[:]
+        if circuit.state is State.CLOSED and circuit.id in self._circuits:
+            self._dispatch(circuit)
+        return out
 
     def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "endpoint closing") -> None:
         self._rearm = True
@@ -239,12 +276,46 @@ class EndpointLink:
 
     # -- inputs: the carrier ------------------------------------------------------------
 
-    def handle_frames(self, frames: list[Frame], now: Instant) -> None:
-        """One read's frames. A frame the router should never send closes the link."""
-        session_state = self.session.state
-        self.session.heard(now)
-        touched: dict[int, Circuit] = {}
+    def handle_frames(self, frames: list[Frame], now: Instant) -> bool:
+        """One read's frames. A frame the router should never send closes the link.
+
+        Returns whether the read made news beyond data: False when it only moved DATA and
+        CREDIT of open circuits, so no event is queued and no deadline moved earlier (the
+        owner then writes `poll_transmit()` and wakes `take_touched()`, nothing else)."""
+        session = self.session
+        session_state = session.state
+        session.last_heard = now.mono  # `heard(now)`, inline: once per read
         circuits = self._circuits
+        wall = now.wall
+        news = self._events or self._rearm
+        # The usual read on an open stream is one frame (tested without a len() call):
+        # no dict to build, and nothing but that circuit to look at.
+        if frames and frames[0] is frames[-1]:
+            frame = frames[0]
+            entry = circuits.get(frame.circuit)
+            if (
+                entry is not None
+                and entry.opened
+                and frame.type in _DATA_FRAMES
+                and entry.epoch == entry.circuit.epoch
+            ):
+                circuit = entry.circuit
+                circuit.handle_frame(frame, wall)
+                out = circuit.poll_transmit()
+                if out:
+                    self.outbox.extend(out)
+                if circuit.state is State.OPEN:
+                    # DATA or CREDIT on an open circuit queues one "look again" event: no
+                    # second poll, no dispatch (anything else goes the whole way).
+                    event = circuit.poll_event()
+                    if type(event) in _QUIET_EVENTS:
+                        self._touched[frame.circuit] = circuit
+                        return bool(news or self._events or self._rearm)
+                    self._dispatch(circuit, entry, event)
+                else:
+                    self._dispatch(circuit, entry)
+                return bool(news or self._events or self._rearm)
+        touched: dict[int, Circuit] = {}
         for frame in frames:
             entry = circuits.get(frame.circuit)
             if entry is not None and frame.type in _CIRCUIT_FRAMES:
@@ -271,6 +342,7 @@ class EndpointLink:
         self._drain_session()
         if self.session.state is not session_state:  # HELLO done or closed: new deadlines
             self._rearm = True
+        return True
 
     def handle_timeout(self, now: Instant) -> None:
         """Release held handshakes, time out dials and binds, keep the link alive, and let
@@ -343,7 +415,13 @@ class EndpointLink:
     # -- outputs ------------------------------------------------------------------------
 
     def poll_transmit(self) -> list[bytes]:
-        return self.session.poll_transmit()
+        # The session's queue, taken here: one call per write instead of two.
+        outbox = self.outbox
+        if not outbox:
+            return []
+        out = outbox[:]
+        del outbox[:]
+        return out
 
     def poll_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -356,11 +434,11 @@ class EndpointLink:
 
     def take_touched(self) -> list[Circuit]:
         """Circuits that changed since the last call (their streams need waking)."""
-        if not self._touched:
+        touched = self._touched
+        if not touched:
             return []
-        touched = list(self._touched.values())
-        self._touched.clear()
-        return touched
+        self._touched = {}
+        return list(touched.values())
 
     @property
     def timeout_may_be_earlier(self) -> bool:
@@ -448,12 +526,22 @@ class EndpointLink:
         self._pending_accepts += 1
         touched[circuit_id] = circuit
 
-    def _dispatch(self, circuit: Circuit) -> None:
-        """Turn the circuit's Opened/Closed into link events; forget it once closed."""
-        entry = self._circuits.get(circuit.id)
+    def _dispatch(
+        self, circuit: Circuit, entry: _Entry | None = None, event: CircuitEvent | None = None
+    ) -> None:
+        """Turn the circuit's Opened/Closed into link events; forget it once closed.
+        `entry`: the circuit's, when the caller has just looked it up; `event`: one the
+        caller already took from the circuit."""
+        if entry is None:
+            entry = self._circuits.get(circuit.id)
         if entry is None or entry.circuit is not circuit:
             return
-        while (event := circuit.poll_event()) is not None:
+        if event is None:
+            event = circuit.poll_event()
+        while event is not None:
+            if type(event) in _QUIET_EVENTS:
+                event = circuit.poll_event()
+                continue
             if isinstance(event, Detached):
                 self._detached(entry, event)
                 return
@@ -477,6 +565,7 @@ class EndpointLink:
                     self._not_opened(entry, event)
                 elif not event.clean:
                     self._ended(event)
+            event = circuit.poll_event()
         if circuit.state is State.CLOSED:
             del self._circuits[circuit.id]
             self._corked.pop(circuit.id, None)

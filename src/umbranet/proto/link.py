@@ -147,7 +147,8 @@ class LinkSession:
         self.pongs_received = 0
         self._events: deque[Event] = deque()
         self._started = now.mono
-        self._last_heard = now.mono
+        # Public: owners on the data path set it inline instead of calling `heard`.
+        self.last_heard = now.mono
         self._next_ping = now.mono + self.timers.ping_interval
         self._ping_seq = 0
         self._ping_sent_at: dict[int, float] = {}
@@ -159,7 +160,7 @@ class LinkSession:
 
     def heard(self, now: Instant) -> None:
         """Something arrived from the peer (call once per read, before handling frames)."""
-        self._last_heard = now.mono
+        self.last_heard = now.mono
 
     def handle_link_frame(self, frame: Frame, now: Instant) -> None:
         """HELLO, PING, PONG or GOAWAY on circuit 0. Raises WireError if the peer misbehaves."""
@@ -192,7 +193,7 @@ class LinkSession:
         if self.state is LinkState.HELLO and mono >= self._started + self.timers.hello_timeout:
             self.close(ErrorCode.PROTOCOL_ERROR, "no HELLO in time")
             return
-        silent_for = mono - self._last_heard
+        silent_for = mono - self.last_heard
         if silent_for >= self.timers.silent_after:
             self._move(LinkState.CLOSED)
             self._events.append(PeerSilent(silent_for))
@@ -226,7 +227,7 @@ class LinkSession:
         if self.state is LinkState.CLOSED:
             return None
         # Called after every read: compare the moments first, build one Deadline.
-        silent = self._last_heard + self.timers.silent_after
+        silent = self.last_heard + self.timers.silent_after
         if self.state is LinkState.HELLO:
             hello = self._started + self.timers.hello_timeout
             return Deadline(hello, "hello") if hello < silent else Deadline(silent, "peer_silent")

@@ -22,7 +22,9 @@ Rules of this file:
 - A circuit ends on FIN both ways, RESET, or either link dropping; the other side is told
   why. Frames for circuits gone already are dropped and counted (they race with resets).
 - `poll_transmit()` hands over every link outbox written since the last call (so the
-  writes of one read are coalesced per link)."""
+  writes of one read are coalesced per link). After a read that only relayed DATA and
+  CREDIT (`quiet`), `poll_relayed()` does the same without the announcement, shed and
+  deadline polls the shell otherwise runs (nothing of theirs can have changed)."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from umbranet.clock import Deadline, Instant
 from umbranet.pki import TrustBundle
 from umbranet.pki.tickets import Action
 from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, RelayAccount
-from umbranet.proto.link import Closing, LinkSession, PeerSilent, Role
+from umbranet.proto.link import Closing, LinkSession, LinkState, PeerSilent, Role
 from umbranet.router.gate import TicketGate
 from umbranet.router.grants import Grant, expired_grants, live_grants
 from umbranet.router.links import LinkKind, Route, Side, SwitchLink
@@ -46,7 +48,8 @@ from umbranet.router.routes import Local, Refuse, RouteTable, Via
 from umbranet.router.terminators import Binding, TerminatorTable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError, decode_control
 from umbranet.wire.control import encode_control, encode_error
-from umbranet.wire.frames import encode_frame, encode_header
+from umbranet.wire.frames import HEADER as _HEADER
+from umbranet.wire.frames import encode_frame
 
 __all__ = ["Switch"]
 
@@ -85,6 +88,7 @@ class Switch:
         self._dirty: set[SwitchLink] = set()
         self.links: set[SwitchLink] = set()
         self._shed_links: list[SwitchLink] = []
+        self.quiet = False  # see `frames`
         # A no-transit router is only ever a first or last hop (the operator's setting, or
         # the controller's): it refuses to pass on a dial from a router to a router, whatever
         # route asks for it, so a stale or forged route cannot make it carry transit.
@@ -147,14 +151,19 @@ class Switch:
     ) -> tuple[ErrorCode, str] | None:
         """Handle one read's frames; returns why to close the link (its GOAWAY is queued)."""
         session = source.session
-        session.heard(now)
-        self._dirty.add(source)
+        session.last_heard = now.mono  # `heard(now)`, inline: once per read
+        # Stays True while the read only relays DATA and CREDIT: no deadline, shed link or
+        # announcement can change then, so the shell only writes (`poll_relayed`).
+        self.quiet = True
+        ready = session.state is LinkState.READY
         for frame in frames:
             ftype = frame.type
             try:
-                if ftype in _RELAYED and session.ready:
+                if ftype in _RELAYED and ready:
                     self._relay(source, frame)
                     continue
+                self.quiet = False
+                self._dirty.add(source)  # a PONG or a refusal may be queued for it
                 if ftype == _WG_DATAGRAM and session.ready:  # from a router: across the mesh
                     self.relay.handle_datagram(source, frame, now)
                     continue
@@ -164,6 +173,7 @@ class Switch:
                     raise WireError(ErrorCode.RATE_LIMITED, "too many control frames")
                 if not session.ready or (frame.circuit == 0 and ftype < _LINK_FRAME_MAX):
                     session.handle_link_frame(frame, now)
+                    ready = session.state is LinkState.READY
                     if self._session_closed(source):
                         return ErrorCode.NO_ERROR, "goodbye acknowledged"
                 elif ftype == FrameType.DIAL:
@@ -240,6 +250,21 @@ class Switch:
             return []
         out = [(link, link.session.poll_transmit()) for link in self._dirty if link.outbox]
         self._dirty.clear()
+        return out
+
+    def poll_relayed(self) -> list[tuple[SwitchLink, list[bytes]]]:
+        """`poll_transmit` after a quiet read (`quiet`): only relayed frames can be queued,
+        so no announcement is due."""
+        dirty = self._dirty
+        if not dirty:
+            return []
+        out = []
+        for link in dirty:
+            outbox = link.outbox
+            if outbox:
+                out.append((link, outbox[:]))
+                del outbox[:]
+        dirty.clear()
         return out
 
     def poll_shed(self) -> list[SwitchLink]:
@@ -403,6 +428,7 @@ class Switch:
         holding the most there is reset, or, router-wide, the link holding the most is shed.
         Every byte counted here was promised by a window, so only readers that stop reading
         while many circuits push at them ever get here."""
+        self.quiet = False
         if dest.in_flight > self.limits.link_budget(len(dest.routes)) and dest.routes:
             heaviest = max(dest.routes.values(), key=lambda r: r.peer.account.in_flight)
             self._reset_both(
@@ -473,17 +499,24 @@ class Switch:
                     "DATA beyond the receiver's window or after FIN",
                 )
                 return
-            dest = route.peer.link
+            other = route.peer
+            dest = other.link
             dest.in_flight += size
             self.in_flight += size
-            self._forward(route, frame)
+            # `_forward`, inline: this runs per frame.
+            out = dest.outbox
+            out.append(_HEADER.pack(_DATA, frame.flags, 0, other.circuit, size))
+            out.append(frame.payload)  # type: ignore[arg-type]  # joined before the read ends
+            self._dirty.add(dest)
+            self.frames_out += 1
             # `SwitchLimits.link_budget` and `total_budget`, inline: this runs per frame.
             limits = self.limits
             per_circuit = limits.in_flight_per_circuit
             if (
-                dest.in_flight > limits.in_flight_per_link + len(dest.routes) * per_circuit
-                or self.in_flight > limits.in_flight_total + self.circuits * per_circuit
-            ):
+                # The first test spares the len() below while the link is under its floor.
+                dest.in_flight > limits.in_flight_per_link
+                and dest.in_flight > limits.in_flight_per_link + len(dest.routes) * per_circuit
+            ) or self.in_flight > limits.in_flight_total + self.circuits * per_circuit:
                 self._over_budget(dest)
                 return
             if frame.flags & _FIN:
@@ -523,7 +556,7 @@ class Switch:
     def _forward(self, route: Route, frame: Frame) -> None:
         other = route.peer
         out = other.link.outbox
-        out.append(encode_header(frame.type, other.circuit, len(frame.payload), frame.flags))
+        out.append(_HEADER.pack(frame.type, frame.flags, 0, other.circuit, len(frame.payload)))
         out.append(frame.payload)  # type: ignore[arg-type]  # joined (copied) before the read ends
         self._dirty.add(other.link)
         self.frames_out += 1

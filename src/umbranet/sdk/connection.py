@@ -202,14 +202,15 @@ class RouterConnection:
 
     def flush(self, circuit: Circuit) -> None:
         """Send what the circuit queued (called by streams after every operation)."""
-        machine = self._machine
-        if machine is None:
+        machine, link = self._machine, self._link
+        if machine is None or link is None:
             return
-        machine.flush(circuit)
         # Writes, reads and closes never move a deadline earlier: no timer to re-arm. The
         # stream that flushed wakes itself; only a close makes news for others.
-        self._transmit()
-        if machine.has_news:
+        out = machine.flush_transmit(circuit)
+        if out:
+            link.write_many(out)
+        if circuit.state is State.CLOSED and machine.has_news:
             self._deliver()
 
     # -- bindings -----------------------------------------------------------------------
@@ -274,8 +275,17 @@ class RouterConnection:
         machine = self._machine
         if machine is None:
             return
-        machine.handle_frames(frames, self._clock.now())
-        self._step()
+        if machine.handle_frames(frames, self._clock.now()):
+            self._step()
+            return
+        # Only data moved on open circuits: write what it made, wake the streams.
+        if machine.outbox:
+            link.write_many(machine.poll_transmit())
+        streams = self._streams
+        for circuit in machine.take_touched():
+            stream = streams.get(circuit.id)
+            if stream is not None:
+                stream.notify()
 
     def link_lost(self, link: Link, error: BaseException | None) -> None:
         self.closed = True
