@@ -297,11 +297,11 @@ def _offer_dial(pair: MovingPair, dialer: Circuit, stream: int = 1) -> Opened:
 def test_a_deferred_open_carries_the_first_writes_as_early_data() -> None:
     pair = MovingPair()
     dialer = _deferred(pair)
-    assert dialer.open_deferred
+    assert dialer.deferred is not None
     dialer.write(b"GET / ")
     dialer.write(b"HTTP/1.1\r\n\r\n")
     opened = _offer_dial(pair, dialer)  # the DIAL is built here, with both writes in it
-    assert not dialer.open_deferred
+    assert dialer.deferred is None
     assert _drain(opened.host) == b"GET / HTTP/1.1\r\n\r\n"
     assert pair.sessions.counters["streams_with_early_data"] == 1
     opened.host.write(b"200")

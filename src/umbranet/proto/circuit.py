@@ -139,7 +139,7 @@ class Circuit(CircuitMoves):
         self._opening: tuple[Open, ResumeSecret] | None = None  # dialer: OPEN sent
         self._confirming: tuple[ResumeSecret, bytes, bytes] | None = None  # host: wait CONFIRM
         self.in_session = False  # opened inside an existing session (no Noise handshake)
-        self._deferred: DeferredOpen | None = None  # dialer: OPEN not built yet
+        self.deferred: DeferredOpen | None = None  # dialer: the OPEN, not built yet
         self._refused_bytes: tuple[bytes, bool] | None = None  # see `unopened`
 
     # -- construction -------------------------------------------------------------------
@@ -221,7 +221,7 @@ class Circuit(CircuitMoves):
         # `host` lets the host's router pick the host holding the session (any other would
         # refuse the open); routers see which host a circuit reaches anyway.
         fields = {"ticket": ticket, "service": service, "window": window, "host": peer.spiffe_id}
-        circuit._deferred = DeferredOpen(secret, stream, nonce, port, fields)
+        circuit.deferred = DeferredOpen(secret, stream, nonce, port, fields)
         if early:
             circuit.write(early)
         if not deferred:
@@ -370,8 +370,8 @@ class Circuit(CircuitMoves):
             return
         # Reasons often quote what a peer or router sent (names, fields): never raw.
         reason = printable(reason)
-        if self._deferred is not None:
-            self._deferred = None  # never sent: nobody on the path knows this circuit
+        if self.deferred is not None:
+            self.deferred = None  # never sent: nobody on the path knows this circuit
         else:
             self._seal_abort(code, reason)
             self._transmit.append(
@@ -394,7 +394,7 @@ class Circuit(CircuitMoves):
 
     def poll_transmit(self) -> list[bytes]:
         """Buffers to write on the link, in order (taken: a second call returns [])."""
-        if self._deferred is not None:
+        if self.deferred is not None:
             self.release_open()
         out, self._transmit = self._transmit, []
         return out

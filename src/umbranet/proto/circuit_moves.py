@@ -64,7 +64,7 @@ class CircuitMoves:
     _attempt: tuple[Resume, ResumeOk | None, int] | None
     _detached: Detached | None
     _opening: tuple[Open, ResumeSecret] | None
-    _deferred: DeferredOpen | None
+    deferred: DeferredOpen | None
     _refused_bytes: tuple[bytes, bool] | None
     _window: ReceiveWindow
     _credit: SendCredit
@@ -83,15 +83,10 @@ class CircuitMoves:
     def _pump(self) -> None:
         raise NotImplementedError
 
-    @property
-    def open_deferred(self) -> bool:
-        """(Dialer) An in-session OPEN waits for the application's first write."""
-        return self._deferred is not None
-
     def release_open(self) -> None:
         """(Dialer) Build the deferred DIAL now, the queued bytes (up to EARLY_DATA_MAX)
         sealed in its OPEN: they are stream offset 0 onwards and use no window."""
-        deferred, self._deferred = self._deferred, None
+        deferred, self.deferred = self.deferred, None
         if deferred is None or self.state is not State.DIALING:
             return
         early = self._take_early()

@@ -174,7 +174,7 @@ class EndpointLink:
         circuit = make(circuit_id)
         self._circuits[circuit_id] = _Entry(circuit, None)
         self._dialing[circuit_id] = self._due_at(now.later(timeout))
-        if circuit.open_deferred:
+        if circuit.deferred is not None:
             self._corked[circuit_id] = ([], self._due_at(now.later(self.cork_delay)))
         else:
             self.flush(circuit)
@@ -365,7 +365,7 @@ class EndpointLink:
                 del self._corked[circuit_id]
                 self.session.outbox.extend(held)
                 deferred = self._circuits.get(circuit_id)
-                if deferred is not None and deferred.circuit.open_deferred:
+                if deferred is not None and deferred.circuit.deferred is not None:
                     self.session.outbox.extend(deferred.circuit.poll_transmit())
         for circuit_id, at in list(self._dialing.items()):
             if at <= mono:

@@ -160,7 +160,7 @@ class Stream:
     def open_pending(self) -> bool:
         """Its OPEN has not left yet: a 0-RTT dial waits for the first write to carry it
         (or the first read that must wait, or a short cork delay)."""
-        return self._circuit.open_deferred
+        return self._circuit.deferred is not None
 
     # -- writing ------------------------------------------------------------------------
 
@@ -303,7 +303,7 @@ class Stream:
         return self._waiter
 
     async def _wait(self) -> None:
-        if self._circuit.open_deferred:  # nothing to carry: the OPEN leaves now
+        if self._circuit.deferred is not None:  # nothing to carry: the OPEN leaves now
             self._connection.flush(self._circuit)
         await self.wake_waiter()
 
