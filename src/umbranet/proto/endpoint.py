@@ -9,8 +9,9 @@ in the simulated network, or on any other carrier:
   the dial's deadline (the circuit is then reset, so a late ACCEPT finds nothing);
 - bindings: `bind(...)` sends BIND; `Bound`, `BindFailed` (also `bind_timeout`) or later
   `BindingLost` (the router dropped it, e.g. access was revoked);
-- incoming: a router's CONNECT for one of our bindings becomes a host circuit, answered at
-  once; `Incoming` follows when the dialer's handshake completes, `AcceptFailed` if it fails.
+- incoming (`proto/endpoint_hosting.py`, with bindings): a router's CONNECT for one of our
+  bindings becomes a host circuit, answered at once; `Incoming` follows when the dialer's
+  handshake completes, `AcceptFailed` if it fails.
   At most `max_pending_accepts` handshakes may be in progress: a flood of dials that never
   finish their handshake cannot take the host's memory or its other dialers' turns.
 - moves (`proto/resume.py`): a circuit whose path failed leaves as `SessionDetached` (the
@@ -67,10 +68,10 @@ from umbranet.proto.endpoint_events import (
     SessionDetached,
     SessionResumed,
 )
+from umbranet.proto.endpoint_hosting import Binding, CircuitEntry, EndpointHosting
 from umbranet.proto.link import Closing, LinkSession, LinkTimers, PeerSilent, Role
-from umbranet.proto.resume import EARLY_DATA_MAX
-from umbranet.wire import ErrorCode, Frame, FrameType, WireError, decode_control, encode_control
-from umbranet.wire.control import decode_error, encode_error
+from umbranet.wire import ErrorCode, Frame, FrameType, WireError
+from umbranet.wire.control import encode_error
 
 __all__ = [
     "AcceptFailed",
@@ -103,28 +104,7 @@ DEFAULT_BIND_TIMEOUT = 10.0
 DEFAULT_CORK_DELAY = 0.001
 
 
-class _Entry:
-    """A circuit on this link: ours (a dial) or a host circuit."""
-
-    __slots__ = ("binding_id", "circuit", "epoch", "opened")
-
-    def __init__(self, circuit: Circuit, binding_id: int | None) -> None:
-        self.circuit = circuit
-        self.binding_id = binding_id  # None for our own dials
-        self.opened = False
-        self.epoch = circuit.epoch  # the circuit moved away when this differs
-
-
-class _Binding:
-    __slots__ = ("accept", "deadline", "service")
-
-    def __init__(self, service: str, accept: Callable[[int, Frame], Circuit]) -> None:
-        self.service = service
-        self.accept = accept  # builds the host circuit for a CONNECT (Circuit.accept)
-        self.deadline: float | None = None  # while a BIND waits for its answer
-
-
-class EndpointLink:
+class EndpointLink(EndpointHosting):
     """An endpoint's link to one router. See the module docstring."""
 
     def __init__(
@@ -146,8 +126,8 @@ class EndpointLink:
         self.counters: dict[str, int] = {}
         # The link's send queue (the session's own list): an owner tests it before polling.
         self.outbox = self.session.outbox
-        self._circuits: dict[int, _Entry] = {}
-        self._bindings: dict[int, _Binding] = {}
+        self._circuits: dict[int, CircuitEntry] = {}
+        self._bindings: dict[int, Binding] = {}
         self._pending_accepts = 0
         self._touched: dict[int, Circuit] = {}
         self._corked: dict[int, tuple[list[bytes], float]] = {}
@@ -172,7 +152,7 @@ class EndpointLink:
         next `flush` of it sends it)."""
         circuit_id = self.session.next_id(self._circuits)
         circuit = make(circuit_id)
-        self._circuits[circuit_id] = _Entry(circuit, None)
+        self._circuits[circuit_id] = CircuitEntry(circuit, None)
         self._dialing[circuit_id] = self._due_at(now.later(timeout))
         if circuit.deferred is not None:
             self._corked[circuit_id] = ([], self._due_at(now.later(self.cork_delay)))
@@ -186,7 +166,7 @@ class EndpointLink:
         """Move a detached dialer session onto a new circuit of this link (RESUME)."""
         circuit_id = self.session.next_id(self._circuits)
         circuit.resume_dial(circuit_id, ticket, nonce)
-        self._circuits[circuit_id] = _Entry(circuit, None)
+        self._circuits[circuit_id] = CircuitEntry(circuit, None)
         self._dialing[circuit_id] = self._due_at(now.later(timeout))
         self._count("resume_dials")
         self.flush(circuit)
@@ -211,35 +191,6 @@ class EndpointLink:
             entry.circuit.reset(ErrorCode.CANCELLED, reason)
             self._corked.pop(circuit_id, None)
             self.session.outbox.extend(entry.circuit.poll_transmit())
-
-    def bind(
-        self,
-        binding_id: int,
-        service: str,
-        ticket: str,
-        accept: Callable[[int, Frame], Circuit],
-        now: Instant,
-        *,
-        weight: int | None = None,
-        precedence: int | None = None,
-    ) -> None:
-        """Ask the router to route dials for `service` here (again, to renew the ticket);
-        `weight` and `precedence` go with it when set (the router's defaults: 1 and 0)."""
-        binding = self._bindings.get(binding_id)
-        if binding is None or binding.service != service:
-            binding = self._bindings[binding_id] = _Binding(service, accept)
-        binding.accept = accept
-        binding.deadline = self._due_at(now.later(self.bind_timeout))
-        fields: dict[str, object] = {"ticket": ticket, "service": service}
-        if weight is not None:
-            fields["weight"] = weight
-        if precedence is not None:
-            fields["precedence"] = precedence
-        self.session.send(FrameType.BIND, binding_id, encode_control(fields))
-
-    def unbind(self, binding_id: int) -> None:
-        if self._bindings.pop(binding_id, None) is not None:
-            self.session.send(FrameType.UNBIND, binding_id)
 
     def flush(self, circuit: Circuit) -> None:
         """Queue what `circuit` produced (a write, a read's credit, a close); what the cork
@@ -481,53 +432,8 @@ class EndpointLink:
         else:
             raise WireError(ErrorCode.PROTOCOL_ERROR, f"unexpected {FrameType(ftype).name}")
 
-    def _bind_answer(self, frame: Frame) -> None:
-        binding = self._bindings.get(frame.circuit)
-        if binding is None:
-            return  # an answer for a binding we dropped meanwhile
-        waiting = binding.deadline is not None
-        binding.deadline = None
-        if frame.type == FrameType.BIND_OK:
-            if waiting:
-                expires = decode_control(frame.payload).int_field("expires_at")
-                self._events.append(Bound(frame.circuit, expires))
-            return
-        code, reason = decode_error(frame.payload)
-        if waiting:
-            self._events.append(BindFailed(frame.circuit, code.code, reason))
-        else:
-            del self._bindings[frame.circuit]
-            self._count(code.code)
-            self._events.append(BindingLost(frame.circuit, code.code, reason))
-
-    def _connect(self, frame: Frame, touched: dict[int, Circuit]) -> None:
-        """A router brings a dialer to one of our bindings."""
-        ctl = decode_control(frame.payload)
-        binding_id = ctl.int_field("binding")
-        binding = self._bindings.get(binding_id)
-        circuit_id = frame.circuit
-        if (
-            binding is None
-            or not self.session.is_peer_id(circuit_id)
-            or circuit_id in self._circuits
-        ):
-            self._refuse(circuit_id, "connect_refused", ErrorCode.REFUSED, "no such binding here")
-            return
-        if self._pending_accepts >= self.max_pending_accepts:
-            self._refuse(
-                circuit_id,
-                "too_many_pending",
-                ErrorCode.TOO_MANY_CIRCUITS,
-                "the host has too many handshakes in progress",
-            )
-            return
-        circuit = binding.accept(circuit_id, frame)
-        self._circuits[circuit_id] = _Entry(circuit, binding_id)
-        self._pending_accepts += 1
-        touched[circuit_id] = circuit
-
     def _dispatch(
-        self, circuit: Circuit, entry: _Entry | None = None, event: CircuitEvent | None = None
+        self, circuit: Circuit, entry: CircuitEntry | None = None, event: CircuitEvent | None = None
     ) -> None:
         """Turn the circuit's Opened/Closed into link events; forget it once closed.
         `entry`: the circuit's, when the caller has just looked it up; `event`: one the
@@ -572,7 +478,7 @@ class EndpointLink:
             self._dialing.pop(circuit.id, None)
         self._touched[circuit.id] = circuit
 
-    def _detached(self, entry: _Entry, event: Detached) -> None:
+    def _detached(self, entry: CircuitEntry, event: Detached) -> None:
         """The circuit's path failed and its session left: forget the entry, tell the shell."""
         circuit = entry.circuit
         for circuit_id, held in list(self._circuits.items()):
@@ -605,7 +511,7 @@ class EndpointLink:
         if not event.authenticated:
             self._count("reset_unauthenticated")
 
-    def _not_opened(self, entry: _Entry, event: Closed) -> None:
+    def _not_opened(self, entry: CircuitEntry, event: Closed) -> None:
         """A circuit closed before it opened: a refused dial or a failed accept (our own
         aborts, e.g. a dialer refusing a host's stale bind ticket, are counted apart)."""
         self._count(event.code.code if event.by_peer else f"aborted_{event.code.code}")
@@ -625,21 +531,6 @@ class EndpointLink:
             and not entry.opened
             and circuit.state is State.OPEN
             and circuit_id not in self._corked
-        )
-
-    def _just_accepted(self, circuit_id: int, circuit: Circuit) -> bool:
-        """A stream opened inside a session in this read, with early data: its ACCEPT waits
-        for the host's answer to it (same record). Without early data, or with all the
-        early data an OPEN may carry (more is likely queued behind it), the ACCEPT leaves at
-        once: the dialer needs its credit to send anything more."""
-        entry = self._circuits.get(circuit_id)
-        return (
-            entry is not None
-            and entry.binding_id is not None
-            and not entry.opened
-            and circuit.in_session
-            and circuit.state is State.OPEN
-            and 0 < circuit.readable_bytes < EARLY_DATA_MAX
         )
 
     def _due_at(self, at: float) -> float:
