@@ -103,7 +103,7 @@ CLIENT = textwrap.dedent(
         sock.sendall(b"hello")
         data = sock.recv(100)
         print("echo" if data == b"hello" else "eof" if not data else "other")
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):
         print("reset")
     """
 )
