@@ -265,8 +265,9 @@ class WireGuardDriver:
             segment = _gro_segment_size(ancdata)
             if segment and len(data) > segment:
                 self.counters["udp_gro_batches"] += 1
-                for start in range(0, len(data), segment):
-                    self.counters["udp_datagrams_in"] += 1
+                starts = range(0, len(data), segment)
+                self.counters["udp_datagrams_in"] += len(starts)
+                for start in starts:
                     handle(data[start : start + segment], source, now)
             else:
                 self.counters["udp_datagrams_in"] += 1
