@@ -261,3 +261,44 @@ def test_the_filter_agrees_with_a_reference_model(ops: list[tuple[Any, ...]]) ->
             else:
                 expected = model.inbound(proto, sport, dport, flags, now)
                 assert f.check_inbound(K_PEER, packet, now) == expected, op
+
+
+_BATCH_PACKETS = st.sampled_from(
+    [
+        ipv4(PEER, ME, 6, tcp(40000, 8080, ACK) + bytes(40)),
+        ipv4(PEER, ME, 6, tcp(40000, 22, ACK) + bytes(40)),
+        ipv4(PEER, ME, 6, tcp(40001, 22, SYN) + bytes(40)),
+        ipv4(PEER, ME, 17, udp(5000, 53) + bytes(40)),
+        ipv4(PEER, ME, 17, udp(5000, 54) + bytes(40)),
+        ipv4(PEER, OTHER, 6, tcp(40000, 8080, ACK) + bytes(40)),
+        ipv4(PEER, ME, 6, tcp(40000, 8080, ACK) + bytes(40), frag=0x2000),
+        ipv4(PEER, ME, 1, echo(8, 7) + bytes(40)),
+        ipv4(ME, PEER, 6, tcp(8080, 40000, SYN) + bytes(40)),
+        ipv4(ME, PEER, 6, tcp(9000, 40002, SYN) + bytes(40)),
+        ipv4(ME, PEER, 17, udp(6000, 7000) + bytes(40)),
+        ipv4(PEER, ME, 6, tcp(40002, 9000, SYNACK) + bytes(40)),
+        ipv4(PEER, ME, 17, udp(7000, 6000) + bytes(40)),
+        ipv6(PEER6, ME6, 6, tcp(40000, 8080, ACK) + bytes(40)),
+        ipv6(PEER6, ME6, 6, tcp(40000, 23, ACK) + bytes(40)),
+        ipv4(PEER, ME, 6, tcp(40000, 8080, ACK)),
+    ]
+)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.lists(_BATCH_PACKETS, max_size=12)), max_size=8))
+def test_batches_decide_exactly_as_packet_by_packet(
+    reads: list[tuple[bool, list[bytes]]],
+) -> None:
+    """The driver filters a whole read at once (one verdict per flow per batch); what
+    passes, what is dropped and every counter must be what one packet at a time gives."""
+    single, batched = make(), make()
+    for step, (outbound, packets) in enumerate(reads):
+        now = float(step)
+        if outbound:
+            for packet in packets:
+                single.handle_outbound(packet, now)
+            batched.handle_outbound_batch(packets, now)
+        else:
+            expected = [p for p in packets if single.check_inbound(K_PEER, p, now) is None]
+            assert batched.check_inbound_batch(K_PEER, packets, now) == expected
+    assert batched.statistics() == single.statistics()

@@ -52,6 +52,9 @@ _MAX_SEGMENTS = 64
 _MAX_GSO_BYTES = 65535
 _MAX_SPLIT = 1024
 _PLAIN_HEADER = VNET_HDR.pack(DATA_VALID, GSO_NONE, 0, 0, 0, 0)
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_IP_FIELDS = struct.Struct("!HH")  # IPv4 total length, identification
 
 
 def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
@@ -150,29 +153,46 @@ def _split_tcp(packet: memoryview, mss: int, v6: bool) -> list[bytes] | str:
     seq = int.from_bytes(head[ihl + 4 : ihl + 8], "big")
     flags = head[ihl + 13]
     ip_id = int.from_bytes(head[4:6], "big")
-    pseudo_addr = int.from_bytes(head[8:40] if v6 else head[12:20], "big") % 0xFFFF
+    pseudo = int.from_bytes(head[8:40] if v6 else head[12:20], "big") + _PROTO_TCP
+    # Checksums by arithmetic: a ones'-complement sum is linear, and every field that
+    # changes per segment starts on a 16-bit boundary from the header's end, so its bytes
+    # add their integer value. Sum the unchanging bytes once (changing fields zeroed), then
+    # add each segment's values: one big-integer pass per segment, over its payload only.
+    _U32.pack_into(head, ihl + 4, 0)
+    head[ihl + 13] = 0
+    head[ihl + 16 : ihl + 18] = b"\0\0"
+    tcp_base = (int.from_bytes(head[ihl:hlen], "big") + pseudo) % 0xFFFF
+    ip_base = 0
+    if not v6:
+        head[2:6] = b"\0\0\0\0"
+        head[10:12] = b"\0\0"
+        ip_base = int.from_bytes(head[:ihl], "big") % 0xFFFF
     out: list[bytes] = []
+    last = count - 1
     for i in range(count):
         start = hlen + i * mss
-        body = packet[start : min(start + mss, len(packet))]
+        body = packet[start : start + mss]
         seg_len = thl + len(body)
         if v6:
-            head[4:6] = seg_len.to_bytes(2, "big")
+            _U16.pack_into(head, 4, seg_len)
         else:
-            head[2:4] = (ihl + seg_len).to_bytes(2, "big")
-            head[4:6] = ((ip_id + i) & 0xFFFF).to_bytes(2, "big")
-            head[10:12] = b"\0\0"
-            head[10:12] = checksum(head[:ihl]).to_bytes(2, "big")
-        head[ihl + 4 : ihl + 8] = ((seq + i * mss) & 0xFFFFFFFF).to_bytes(4, "big")
+            ident = (ip_id + i) & 0xFFFF
+            ip_sum = ~((ip_base + ihl + seg_len + ident) % 0xFFFF) & 0xFFFF
+            _IP_FIELDS.pack_into(head, 2, ihl + seg_len, ident)
+            _U16.pack_into(head, 10, ip_sum)
+        seg_seq = (seq + i * mss) & 0xFFFFFFFF
         seg_flags = flags
-        if i != count - 1:
+        if i != last:
             seg_flags &= ~(_FIN | _PSH)
-        if i != 0:
+        if i:
             seg_flags &= ~_CWR
+        _U32.pack_into(head, ihl + 4, seg_seq)
         head[ihl + 13] = seg_flags
-        head[ihl + 16 : ihl + 18] = b"\0\0"
-        tcp_sum = int.from_bytes(head[ihl:hlen], "big") + pseudo_addr + _PROTO_TCP + seg_len
-        head[ihl + 16 : ihl + 18] = checksum(body, tcp_sum).to_bytes(2, "big")
+        words = int.from_bytes(body, "big")
+        if len(body) & 1:
+            words <<= 8  # pad the odd byte on the right, as the word sum does
+        tcp_sum = ~((words + tcp_base + seg_len + seg_seq + seg_flags) % 0xFFFF) & 0xFFFF
+        _U16.pack_into(head, ihl + 16, tcp_sum)
         out.append(bytes(head) + body)
     return out
 

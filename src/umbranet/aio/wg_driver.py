@@ -265,8 +265,9 @@ class WireGuardDriver:
             segment = _gro_segment_size(ancdata)
             if segment and len(data) > segment:
                 self.counters["udp_gro_batches"] += 1
-                for start in range(0, len(data), segment):
-                    self.counters["udp_datagrams_in"] += 1
+                starts = range(0, len(data), segment)
+                self.counters["udp_datagrams_in"] += len(starts)
+                for start in starts:
                     handle(data[start : start + segment], source, now)
             else:
                 self.counters["udp_datagrams_in"] += 1
@@ -284,10 +285,11 @@ class WireGuardDriver:
         packets = self._port.read_batch(self._batch)
         self.counters["tun_packets_in"] += len(packets)
         flows = self.flow_filter
+        if flows is not None:
+            flows.handle_outbound_batch(packets, now.mono)
+        send = self.device.send_packet
         for packet in packets:
-            if flows is not None:
-                flows.handle_outbound(packet, now.mono)
-            self.device.send_packet(packet, now)
+            send(packet, now)
         self._flush()
 
     def _on_timer(self) -> None:
@@ -306,17 +308,33 @@ class WireGuardDriver:
         flows = self.flow_filter
         mono = self._clock.now().mono if flows is not None else 0.0
         inbound: list[bytes] = []
+        run: list[bytes] = []  # consecutive packets of one peer, filtered as one batch
+        run_peer = b""
         while (event := device.poll_event()) is not None:
             if isinstance(event, PacketReceived):
-                if flows is not None and flows.check_inbound(event.peer, event.packet, mono):
-                    self.counters["filter_drops"] += 1
-                else:
+                if flows is None:
                     inbound.append(event.packet)
+                    continue
+                if event.peer != run_peer and run:
+                    inbound.extend(self._filtered(flows, run_peer, run, mono))
+                    run = []
+                run_peer = event.peer
+                run.append(event.packet)
             elif self._on_event is not None:
                 self._on_event(event)
+        if run and flows is not None:
+            inbound.extend(self._filtered(flows, run_peer, run, mono))
         if inbound:
             self._write_port(inbound)
         self._arm_timer()
+
+    def _filtered(
+        self, flows: FlowFilter, peer: bytes, packets: list[bytes], mono: float
+    ) -> list[bytes]:
+        passed = flows.check_inbound_batch(peer, packets, mono)
+        if len(passed) < len(packets):
+            self.counters["filter_drops"] += len(packets) - len(passed)
+        return passed
 
     def _write_port(self, packets: list[bytes]) -> None:
         """Hand what peers delivered to the port, in one batch where the port takes one (a

@@ -219,6 +219,46 @@ class FlowFilter:
             self.drops[reason] += 1
         return reason
 
+    def handle_outbound_batch(self, packets: Iterable[bytes], now: float) -> None:
+        """`handle_outbound` for each packet of one read: TCP segments of one flow that start
+        nothing (no SYN) change the tables alike at one `now`, so only the first of each
+        is looked at (the bulk of any transfer); every other packet is looked at alone."""
+        seen: set[bytes] = set()
+        for packet in packets:
+            sig = _signature(packet)
+            if sig is not None and packet[9 if packet[0] == 0x45 else 6] == _TCP:
+                if sig[-1] & _TCP_SYN:
+                    self.handle_outbound(packet, now)
+                    continue
+                if sig in seen:
+                    continue
+                seen.add(sig)
+            self.handle_outbound(packet, now)
+
+    def check_inbound_batch(self, peer: bytes, packets: Iterable[bytes], now: float) -> list[bytes]:
+        """The packets of `packets` that `peer` may deliver now (drops counted by reason, as
+        `check_inbound`); one verdict per flow per batch, since grants and flow tables do not
+        change between its packets."""
+        passed: list[bytes] = []
+        verdicts: dict[bytes, str | None] = {}
+        dropped = 0
+        for packet in packets:
+            sig = _signature(packet)
+            if sig is None:
+                reason = self._verdict(peer, packet, now)
+            elif sig in verdicts:
+                reason = verdicts[sig]
+            else:
+                reason = verdicts[sig] = self._verdict(peer, packet, now)
+            if reason is None:
+                passed.append(packet)
+            else:
+                self.drops[reason] += 1
+                dropped += 1
+        if passed:
+            self.counts["passed"] += len(passed)
+        return passed
+
     def statistics(self) -> dict[str, object]:
         return {
             "flows": len(self._ours),
@@ -378,3 +418,17 @@ def _parse(packet: bytes) -> tuple[int, int, int, int, int, int, int] | str:
         ident = _PORTS.unpack_from(packet, h + 4)[0] if echo else 0
         return version, proto, src, dst, ident, 0, kind
     return "unknown_protocol"
+
+
+def _signature(packet: bytes) -> bytes | None:
+    """The header bytes every verdict and table change depends on (fragment bits, protocol,
+    addresses, ports or ICMP type and identifier, TCP flags), for a packet long enough to
+    hold them all; None when the packet must be looked at on its own."""
+    if len(packet) < 60:
+        return None
+    first = packet[0]
+    if first == 0x45:
+        return packet[6:8] + packet[9:10] + packet[12:26] + packet[33:34]
+    if first >> 4 == 6 and packet[6] in (_TCP, _UDP):
+        return packet[6:7] + packet[8:44] + packet[53:54]
+    return None
