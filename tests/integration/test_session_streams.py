@@ -5,6 +5,8 @@ in-process router, the SDK on both ends."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpcore
@@ -13,62 +15,35 @@ import pytest
 from tests.conftest import context, echo_forever, running_router
 from umbranet.integrations.httpx_transport import OverlayNetworkBackend
 from umbranet.integrations.naming import ServiceNamer
-from umbranet.sdk import DialError
+from umbranet.sdk import Context, DialError
 from umbranet.sdk.forward import Outcome, relay
 from umbranet.testing import LocalNetwork
 from umbranet.testing.waiting import eventually
 
 
-def test_a_second_dial_opens_in_the_session_and_its_early_data_is_answered(
-    network: LocalNetwork, arun: Any
-) -> None:
-    async def main() -> None:
-        async with running_router(network, "r1"):
-            host, client = context(network, "web", "server"), context(network, "alice", "client")
-            async with host, client:
-                listener = await host.listen("echo").start()
-                server = asyncio.get_running_loop().create_task(echo_forever(listener))
-                first = await client.dial("echo")  # a full Noise handshake
-                first.write(b"one")
-                first.write_eof()
-                assert await asyncio.wait_for(first.read(), 10) == b"one"
-
-                second = await client.dial("echo", early_data=b"ping")
-                assert await asyncio.wait_for(second.readexactly(4), 10) == b"ping"
-                second.write(b" more")
-                second.write_eof()
-                assert await asyncio.wait_for(second.read(), 10) == b" more"
-                assert second.peer.spiffe_id == first.peer.spiffe_id
-                stats = host.statistics()["sessions"]
-                assert stats["streams_opened_in_session"] == 1
+@asynccontextmanager
+async def _echo_service(network: LocalNetwork) -> AsyncIterator[tuple[Context, Context, Any]]:
+    """A router, a host echoing every `echo` stream until EOF, and a client: (host, client,
+    the host's listener)."""
+    async with running_router(network, "r1"):
+        host, client = context(network, "web", "server"), context(network, "alice", "client")
+        async with host, client:
+            listener = await host.listen("echo").start()
+            server = asyncio.get_running_loop().create_task(echo_forever(listener))
+            try:
+                yield host, client, listener
+            finally:
                 server.cancel()
 
-    arun(main())
 
-
-def test_a_host_that_forgot_the_session_makes_the_dial_fall_back_to_a_handshake(
-    network: LocalNetwork, arun: Any
-) -> None:
-    async def main() -> None:
-        async with running_router(network, "r1"):
-            client = context(network, "alice", "client")
-            async with client:
-                for round_ in range(2):  # a new host process: it knows no session
-                    host = context(network, "web", "server")
-                    async with host:
-                        listener = await host.listen("echo").start()
-                        server = asyncio.get_running_loop().create_task(echo_forever(listener))
-                        stream = await client.dial("echo", early_data=b"hello")
-                        assert await asyncio.wait_for(stream.readexactly(5), 10) == b"hello"
-                        stream.write_eof()
-                        await asyncio.wait_for(stream.read(), 10)
-                        refused = host.statistics()["sessions"].get("resume_refused", 0)
-                        assert refused == round_  # the second host refused the open once
-                        server.cancel()
-                        await listener.close()
-                        await stream.wait_closed()
-
-    arun(main())
+@asynccontextmanager
+async def _host_gone(network: LocalNetwork) -> AsyncIterator[Context]:
+    """A client that holds a session with a host that then stopped hosting `echo`: its
+    next dial is a 0-RTT open the router refuses (`no_terminator`)."""
+    async with _echo_service(network) as (_, client, listener):
+        await _first_stream(client)
+        await listener.close()
+        yield client
 
 
 async def _first_stream(client: Any) -> None:
@@ -79,23 +54,73 @@ async def _first_stream(client: Any) -> None:
     assert await asyncio.wait_for(first.read(), 10) == b"one"
 
 
+def test_a_second_dial_opens_in_the_session_and_its_early_data_is_answered(
+    network: LocalNetwork, arun: Any
+) -> None:
+    async def main() -> None:
+        async with _echo_service(network) as (host, client, _):
+            first = await client.dial("echo")  # a full Noise handshake
+            first.write(b"one")
+            first.write_eof()
+            assert await asyncio.wait_for(first.read(), 10) == b"one"
+
+            second = await client.dial("echo", early_data=b"ping")
+            assert await asyncio.wait_for(second.readexactly(4), 10) == b"ping"
+            second.write(b" more")
+            second.write_eof()
+            assert await asyncio.wait_for(second.read(), 10) == b" more"
+            assert second.peer.spiffe_id == first.peer.spiffe_id
+            stats = host.statistics()["sessions"]
+            assert stats["streams_opened_in_session"] == 1
+
+    arun(main())
+
+
+@pytest.mark.parametrize("how", ["early_data", "writes"])
+def test_a_host_that_forgot_the_session_makes_the_dial_fall_back_to_a_handshake(
+    network: LocalNetwork, arun: Any, how: str
+) -> None:
+    # The refusal comes after `dial` returned: what was written (early data, or several
+    # writes and the end of data) goes again, in order, over the full handshake's stream.
+    async def main() -> None:
+        async with running_router(network, "r1"):
+            client = context(network, "alice", "client")
+            async with client:
+                for round_ in range(2):  # a new host process: it knows no session
+                    host = context(network, "web", "server")
+                    async with host:
+                        listener = await host.listen("echo").start()
+                        server = asyncio.get_running_loop().create_task(echo_forever(listener))
+                        if how == "early_data":
+                            stream = await client.dial("echo", early_data=b"hello world")
+                        else:
+                            stream = await client.dial("echo")
+                            for piece in (b"hel", b"lo ", b"world"):
+                                stream.write(piece)
+                        stream.write_eof()
+                        assert await asyncio.wait_for(stream.read(), 10) == b"hello world"
+                        refused = host.statistics()["sessions"].get("resume_refused", 0)
+                        assert refused == round_  # the second host refused the open once
+                        server.cancel()
+                        await listener.close()
+                        await stream.wait_closed()
+                assert client.statistics()["counters"]["open_refused"] == 1
+
+    arun(main())
+
+
 def test_a_dial_returns_at_once_and_the_first_write_rides_with_the_open(
     network: LocalNetwork, arun: Any
 ) -> None:
     async def main() -> None:
-        async with running_router(network, "r1"):
-            host, client = context(network, "web", "server"), context(network, "alice", "client")
-            async with host, client:
-                listener = await host.listen("echo").start()
-                server = asyncio.get_running_loop().create_task(echo_forever(listener))
-                await _first_stream(client)
-                stream = await client.dial("echo")  # no early_data: the first write is it
-                assert stream.get_extra_info("in_session")
-                stream.write(b"ping")
-                assert await asyncio.wait_for(stream.readexactly(4), 10) == b"ping"
-                stats = host.statistics()["sessions"]
-                assert stats["streams_with_early_data"] == 1
-                server.cancel()
+        async with _echo_service(network) as (host, client, _):
+            await _first_stream(client)
+            stream = await client.dial("echo")  # no early_data: the first write is it
+            assert stream.get_extra_info("in_session")
+            stream.write(b"ping")
+            assert await asyncio.wait_for(stream.readexactly(4), 10) == b"ping"
+            stats = host.statistics()["sessions"]
+            assert stats["streams_with_early_data"] == 1
 
     arun(main())
 
@@ -130,47 +155,15 @@ def test_a_refused_0rtt_open_raises_dial_error_on_the_stream(
     network: LocalNetwork, arun: Any
 ) -> None:
     async def main() -> None:
-        async with running_router(network, "r1"):
-            host, client = context(network, "web", "server"), context(network, "alice", "client")
-            async with host, client:
-                listener = await host.listen("echo").start()
-                server = asyncio.get_running_loop().create_task(echo_forever(listener))
-                await _first_stream(client)
-                server.cancel()
-                await listener.close()  # nobody hosts echo any more
-                stream = await client.dial("echo")
-                stream.write(b"lost")
-                with pytest.raises(DialError) as refused:
-                    await asyncio.wait_for(stream.read(), 10)
-                assert refused.value.code == "no_terminator"
-                with pytest.raises(DialError):
-                    stream.write(b"again")
-                assert client.statistics()["counters"]["open_refused"] == 1
-
-    arun(main())
-
-
-def test_writes_made_before_a_refusal_is_known_reach_the_new_host_in_order(
-    network: LocalNetwork, arun: Any
-) -> None:
-    async def main() -> None:
-        async with running_router(network, "r1"):
-            client = context(network, "alice", "client")
-            async with client:
-                for _ in range(2):  # a new host process: it knows no session
-                    host = context(network, "web", "server")
-                    async with host:
-                        listener = await host.listen("echo").start()
-                        server = asyncio.get_running_loop().create_task(echo_forever(listener))
-                        stream = await client.dial("echo")
-                        for piece in (b"hel", b"lo ", b"world"):
-                            stream.write(piece)
-                        stream.write_eof()
-                        assert await asyncio.wait_for(stream.read(), 10) == b"hello world"
-                        server.cancel()
-                        await listener.close()
-                        await stream.wait_closed()
-                assert client.statistics()["counters"]["open_refused"] == 1
+        async with _host_gone(network) as client:
+            stream = await client.dial("echo")
+            stream.write(b"lost")
+            with pytest.raises(DialError) as refused:
+                await asyncio.wait_for(stream.read(), 10)
+            assert refused.value.code == "no_terminator"
+            with pytest.raises(DialError):
+                stream.write(b"again")
+            assert client.statistics()["counters"]["open_refused"] == 1
 
     arun(main())
 
@@ -179,31 +172,24 @@ def test_a_relay_reports_a_refused_0rtt_dial_as_refused_and_resets_the_app(
     network: LocalNetwork, arun: Any
 ) -> None:
     async def main() -> None:
-        async with running_router(network, "r1"):
-            host, client = context(network, "web", "server"), context(network, "alice", "client")
-            async with host, client:
-                listener = await host.listen("echo").start()
-                server = asyncio.get_running_loop().create_task(echo_forever(listener))
-                await _first_stream(client)
-                server.cancel()
-                await listener.close()
-                outcomes: list[Outcome] = []
+        async with _host_gone(network) as client:
+            outcomes: list[Outcome] = []
 
-                async def relay_app(reader: Any, writer: Any) -> None:
-                    outcomes.append(await relay(await client.dial("echo"), reader, writer))
+            async def relay_app(reader: Any, writer: Any) -> None:
+                outcomes.append(await relay(await client.dial("echo"), reader, writer))
 
-                local = await asyncio.start_server(relay_app, "127.0.0.1", 0)
-                async with local:
-                    port = local.sockets[0].getsockname()[1]
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                    writer.write(b"GET / HTTP/1.1\r\n\r\n")
-                    with pytest.raises(ConnectionResetError):
-                        await asyncio.wait_for(reader.read(), 10)
-                    writer.close()
-                    await eventually(lambda: outcomes, within=10)
-                (outcome,) = outcomes
-                assert outcome.refused and outcome.reset_by == "overlay"
-                assert outcome.code == "no_terminator"
+            local = await asyncio.start_server(relay_app, "127.0.0.1", 0)
+            async with local:
+                port = local.sockets[0].getsockname()[1]
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET / HTTP/1.1\r\n\r\n")
+                with pytest.raises(ConnectionResetError):
+                    await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                await eventually(lambda: outcomes, within=10)
+            (outcome,) = outcomes
+            assert outcome.refused and outcome.reset_by == "overlay"
+            assert outcome.code == "no_terminator"
 
     arun(main())
 
@@ -212,19 +198,12 @@ def test_httpx_sees_a_refused_0rtt_dial_as_a_connect_error_with_the_code(
     network: LocalNetwork, arun: Any
 ) -> None:
     async def main() -> None:
-        async with running_router(network, "r1"):
-            host, client = context(network, "web", "server"), context(network, "alice", "client")
-            async with host, client:
-                listener = await host.listen("echo").start()
-                server = asyncio.get_running_loop().create_task(echo_forever(listener))
-                await _first_stream(client)
-                server.cancel()
-                await listener.close()
-                backend = OverlayNetworkBackend(client, ServiceNamer(), 10.0)
-                stream = await backend.connect_tcp("echo.umbra", 80)  # returns at once
-                await stream.write(b"GET / HTTP/1.1\r\nHost: echo.umbra\r\n\r\n")
-                with pytest.raises(httpcore.ConnectError) as refused:
-                    await stream.read(65536, timeout=10)
-                assert getattr(refused.value, "code", None) == "no_terminator"
+        async with _host_gone(network) as client:
+            backend = OverlayNetworkBackend(client, ServiceNamer(), 10.0)
+            stream = await backend.connect_tcp("echo.umbra", 80)  # returns at once
+            await stream.write(b"GET / HTTP/1.1\r\nHost: echo.umbra\r\n\r\n")
+            with pytest.raises(httpcore.ConnectError) as refused:
+                await stream.read(65536, timeout=10)
+            assert getattr(refused.value, "code", None) == "no_terminator"
 
     arun(main())

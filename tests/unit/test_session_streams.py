@@ -57,6 +57,20 @@ class Opened:
                 return
 
 
+def _connect_for(dialer: Circuit, circuit_id: int, binding: str = SERVICE) -> Frame:
+    """The CONNECT the host's router makes of the dialer's DIAL (taken from `dialer`)."""
+    (dial,) = _decode(dialer.poll_transmit())
+    ctl = decode_control(dial.payload)
+    fields = {
+        "service": binding,
+        "binding": 1,
+        "ticket": ctl.str_field("ticket"),
+        "dialer": ALICE.spiffe_id,
+        "window": ctl.int_field("window"),
+    }
+    return Frame(FrameType.CONNECT, 0, circuit_id, encode_control(fields, ctl.blob))
+
+
 def _open(
     pair: MovingPair,
     *,
@@ -81,17 +95,8 @@ def _open(
         early=early,
         port=port,
     )
-    (dial,) = _decode(dialer.poll_transmit())
-    ctl = decode_control(dial.payload)
-    assert is_open_blob(ctl.blob)
-    fields = {
-        "service": binding,
-        "binding": 1,
-        "ticket": ctl.str_field("ticket"),
-        "dialer": ALICE.spiffe_id,
-        "window": ctl.int_field("window"),
-    }
-    connect = Frame(FrameType.CONNECT, 0, 200 + stream, encode_control(fields, ctl.blob))
+    connect = _connect_for(dialer, 200 + stream, binding)
+    assert is_open_blob(decode_control(connect.payload).blob)
     return Opened(dialer, _offer(pair, connect, binding, min_epoch, ports), connect)
 
 
@@ -213,16 +218,7 @@ def test_a_stream_opened_in_the_session_resumes_on_its_own() -> None:
     opened.host.detach(ErrorCode.PEER_GONE, "hop lost")
     opened.dialer.write(b"after")
     opened.dialer.resume_dial(400, _ticket(ALICE, Action.DIAL), pair.sessions.nonce())
-    (dial,) = _decode(opened.dialer.poll_transmit())
-    ctl = decode_control(dial.payload)
-    fields = {
-        "service": SERVICE,
-        "binding": 1,
-        "ticket": ctl.str_field("ticket"),
-        "dialer": ALICE.spiffe_id,
-        "window": MIN_WINDOW,
-    }
-    moved = _offer(pair, Frame(FrameType.CONNECT, 0, 401, encode_control(fields, ctl.blob)))
+    moved = _offer(pair, _connect_for(opened.dialer, 401))
     assert moved is opened.host
     opened.settle()
     assert _drain(opened.host) == b"after"
@@ -281,16 +277,7 @@ def _deferred(pair: MovingPair, stream: int = 1) -> Circuit:
 
 
 def _offer_dial(pair: MovingPair, dialer: Circuit, stream: int = 1) -> Opened:
-    (dial,) = _decode(dialer.poll_transmit())
-    ctl = decode_control(dial.payload)
-    fields = {
-        "service": SERVICE,
-        "binding": 1,
-        "ticket": ctl.str_field("ticket"),
-        "dialer": ALICE.spiffe_id,
-        "window": ctl.int_field("window"),
-    }
-    connect = Frame(FrameType.CONNECT, 0, 200 + stream, encode_control(fields, ctl.blob))
+    connect = _connect_for(dialer, 200 + stream)
     return Opened(dialer, _offer(pair, connect), connect)
 
 
@@ -367,10 +354,7 @@ def _host_link(pair: MovingPair, clock: FakeClock) -> EndpointLink:
 def _connect_with_open(pair: MovingPair) -> Frame:
     dialer = _deferred(pair)
     dialer.write(b"ping")
-    (dial,) = _decode(dialer.poll_transmit())
-    ctl = decode_control(dial.payload)
-    fields = {"binding": 1, "ticket": ctl.str_field("ticket"), "window": MIN_WINDOW}
-    return Frame(FrameType.CONNECT, 0, 2, encode_control(fields, ctl.blob))
+    return _connect_for(dialer, 2)
 
 
 def _types(link: EndpointLink) -> list[str]:
@@ -412,11 +396,6 @@ def test_an_open_without_early_data_is_accepted_at_once() -> None:
     clock = FakeClock()
     pair = MovingPair()
     link = _host_link(pair, clock)
-    dialer = _deferred(pair)
-    (dial,) = _decode(dialer.poll_transmit())  # nothing written: a bare OPEN
-    ctl = decode_control(dial.payload)
-    fields = {"binding": 1, "ticket": ctl.str_field("ticket"), "window": MIN_WINDOW}
-    link.handle_frames(
-        [Frame(FrameType.CONNECT, 0, 2, encode_control(fields, ctl.blob))], clock.now()
-    )
+    connect = _connect_for(_deferred(pair), 2)  # nothing written: a bare OPEN
+    link.handle_frames([connect], clock.now())
     assert _types(link) == ["ACCEPT"]
