@@ -577,7 +577,7 @@ class Circuit(CircuitMoves):
 
     def _finish(self, closed: Closed) -> None:
         if self._opening is not None:  # refused in-session open: its bytes may go again
-            self._refused_bytes = self.unopened()
+            self._keep_unopened()
         self.state = State.CLOSED
         self.error = closed
         self._outbound.clear()

@@ -98,13 +98,15 @@ class CircuitMoves:
         self._transmit.append(encode_frame(FrameType.DIAL, self.id, payload))
 
     def unopened(self) -> tuple[bytes, bool]:
-        """(Dialer) What the application wrote to a circuit that never opened (early data
-        and queued bytes) and whether it ended its direction: for a new dial to carry."""
-        if self._refused_bytes is not None:
-            return self._refused_bytes
+        """(Dialer) What the application wrote to an in-session circuit refused before it
+        opened (early data and queued bytes) and whether it ended its direction: for a new
+        dial to carry. Kept when the circuit closed, which drops its buffers."""
+        return self._refused_bytes or (b"", False)
+
+    def _keep_unopened(self) -> None:
         again = self._retained.rewind(0) or []
         data = b"".join([*again, *self._outbound])
-        return data, self._fin_queued or self.local_fin
+        self._refused_bytes = data, self._fin_queued or self.local_fin
 
     def _take_early(self) -> bytes:
         budget = EARLY_DATA_MAX

@@ -315,9 +315,9 @@ class EndpointLink(EndpointHosting):
             if at <= mono:
                 del self._corked[circuit_id]
                 self.session.outbox.extend(held)
-                deferred = self._circuits.get(circuit_id)
-                if deferred is not None and deferred.circuit.deferred is not None:
-                    self.session.outbox.extend(deferred.circuit.poll_transmit())
+                corked = self._circuits.get(circuit_id)
+                if corked is not None:  # and what it queued since (a deferred OPEN builds now)
+                    self.session.outbox.extend(corked.circuit.poll_transmit())
         for circuit_id, at in list(self._dialing.items()):
             if at <= mono:
                 self.cancel(circuit_id, "dial timed out")
