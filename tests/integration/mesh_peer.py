@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 import sys
 import time
@@ -258,4 +259,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # The SDK's own lines (resumes, refusals) land in the log file beside stderr.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     main(sys.argv[1:])

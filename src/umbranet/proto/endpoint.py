@@ -288,8 +288,14 @@ class EndpointLink(EndpointHosting):
                 self._corked[circuit_id] = (circuit.poll_transmit(), at)
             else:
                 self.session.outbox.extend(circuit.poll_transmit())
-        for circuit in touched.values():
-            self._dispatch(circuit)
+        for circuit_id, circuit in touched.items():
+            # Under the id it was touched by: a session whose old path failed and whose
+            # RESUME came in the same read is touched under both ids, and the old id's
+            # Detached must free the old entry, not the one the resume just made.
+            entry = circuits.get(circuit_id)
+            self._dispatch(
+                circuit, entry if entry is not None and entry.circuit is circuit else None
+            )
         self._drain_session()
         if self.session.state is not session_state:  # HELLO done or closed: new deadlines
             self._rearm = True
