@@ -75,9 +75,11 @@ def test_a_middle_router_killed_under_a_transfer_loses_nothing(ring: MeshLab, mi
     dialer.expect("dialed")
     dialer.expect("third")
     before = mesh.path("r1")
-    assert before[0] == "r1" and before[-1] == "r4" and len(before) == 3, before
+    # Usually r1 -> r3 -> r4 or r1 -> r5 -> r4; on a loaded machine the links' measured
+    # RTTs may make a 4-hop path the cheapest, which has a router to kill as well.
+    assert before[0] == "r1" and before[-1] == "r4" and len(before) >= 3, before
     logged = mesh.log_size("r1")
-    mesh.kill(before[1])  # the middle router: the stream must go round the other side
+    mesh.kill(before[1])  # a middle router: the stream must go round it
     dialer.expect("sent", timeout=600 if mib > 64 else 120)
     after = mesh.path("r1")  # the stream is still open (the dialer waits to send EOF)
     setup = mesh.setup_times("r1", logged)
