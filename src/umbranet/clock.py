@@ -51,14 +51,28 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock: `time.monotonic()` and the UTC wall clock."""
+    """The real clock: `time.monotonic()` and the UTC wall clock.
 
-    __slots__ = ()
+    The wall clock is read at most once per `WALL_EVERY` seconds: shells read the clock
+    once per socket read, an aware `datetime` costs ten times a monotonic reading, and
+    everything that uses the wall clock (certificates, tickets, key ages) works in seconds
+    with minutes of skew allowed. `mono` is always read fresh: deadlines use it.
+    """
+
+    __slots__ = ("_mono", "_wall")
+
+    WALL_EVERY = 0.001
+
+    def __init__(self) -> None:
+        self._mono = -1.0
+        self._wall = datetime.now(UTC)
 
     def now(self) -> Instant:
-        # tuple.__new__ directly: the named tuple's own __new__ is one more Python call,
-        # and shells read the clock once per read.
-        return _new_instant(Instant, (time.monotonic(), datetime.now(UTC)))
+        mono = time.monotonic()
+        if mono - self._mono >= self.WALL_EVERY:
+            self._mono, self._wall = mono, datetime.now(UTC)
+        # tuple.__new__ directly: the named tuple's own __new__ is one more Python call.
+        return _new_instant(Instant, (mono, self._wall))
 
     def __call__(self) -> datetime:
         """The wall clock alone, for code that checks certificates and tickets."""
