@@ -48,10 +48,14 @@ class TwinMesh:
         ]
 
     async def report(
-        self, services: Collection[str], links: Mapping[str, float | None], circuits: int
+        self,
+        services: Collection[str],
+        links: Mapping[str, float | None],
+        circuits: int,
+        standby: Mapping[str, int],
     ) -> MeshAnswer:
         graph = self.twin.graph
-        routes = graph.report(self.me, services, links, time.time(), circuits)
+        routes = graph.report(self.me, services, links, time.time(), circuits, standby=standby)
         return MeshAnswer(
             [MeshRoute(r.service, r.via, r.cost) for r in routes],
             graph.strategies_for(services),

@@ -453,3 +453,29 @@ def test_umbra_service_update_transit_limits_the_routers_a_service_crosses(h: Ha
     result = CliRunner().invoke(app, [*home, "--any-transit"])
     assert result.exit_code == 0, result.output
     assert report(r1, [], [(r2, 1.0), (r3, 9.0)]) == [r2.spiffe_id]
+
+
+def test_a_router_with_only_a_standby_host_is_routed_to_a_primary_elsewhere(h: Harness) -> None:
+    r1, r2 = _router(h, "r1"), _router(h, "r2")
+    state = "/v1/routers/me/state"
+
+    def report(who: Any, peer: Any, standby: dict[str, int] | None = None) -> Any:
+        body: dict[str, Any] = {
+            "services": ["echo"],
+            "links": [{"peer": peer.spiffe_id, "rtt_ms": 1.0}],
+        }
+        if standby is not None:
+            body["standby"] = standby
+        return h.client(who).post(state, json=body)
+
+    h.client(h.admin).post("/v1/services", json={"name": "echo"})
+    assert report(r2, r1).status_code == 200  # a primary of echo at r2
+    answer = report(r1, r2, {"echo": 1}).json()  # only a standby at r1
+    assert [(r["service"], r["via"]) for r in answer["routes"]] == [("echo", r2.spiffe_id)]
+    assert report(r2, r1).json()["routes"] == []  # the primary's router keeps its dials
+    # Both standbys: each keeps its own (no route leads to a host no better than its own).
+    assert report(r2, r1, {"echo": 1}).status_code == 200
+    assert report(r1, r2, {"echo": 1}).json()["routes"] == []
+    # A rank is 1..9 (0 is a primary: no entry at all).
+    for bad in ({"echo": 0}, {"echo": 10}, {"echo": "standby"}):
+        assert report(r1, r2, bad).status_code == 422

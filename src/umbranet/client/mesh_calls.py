@@ -39,16 +39,23 @@ class MeshCalls(Calls):
         return parse(RouterInfo, data)
 
     async def router_state(
-        self, services: Iterable[str], links: Mapping[str, float | None], circuits: int = 0
+        self,
+        services: Iterable[str],
+        links: Mapping[str, float | None],
+        circuits: int = 0,
+        standby: Mapping[str, int] | None = None,
     ) -> list[MeshRoute]:
-        """(Router identities only.) Report the services bound here, the live router links
-        (peer SPIFFE ID -> RTT in ms) and the live circuits; answers with the routes to
-        install. The answer's strategies and graph version are in `mesh_answer`."""
-        body = {
+        """(Router identities only.) Report the services bound here (`standby`: those
+        whose best host here is a standby, with its rank), the live router links (peer
+        SPIFFE ID -> RTT in ms) and the live circuits; answers with the routes to install.
+        The answer's strategies and graph version are in `mesh_answer`."""
+        body: dict[str, Any] = {
             "services": sorted(services),
             "links": [{"peer": peer, "rtt_ms": rtt} for peer, rtt in sorted(links.items())],
             "circuits": circuits,
         }
+        if standby:
+            body["standby"] = dict(standby)
         data = await self._call("POST", "/v1/routers/me/state", json=body)
         self.mesh_answer = {
             "strategies": dict(data.get("strategies") or {}),

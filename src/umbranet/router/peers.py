@@ -75,10 +75,15 @@ class MeshControl(Protocol):
         """Every other router with a registered address."""
 
     async def report(
-        self, services: Collection[str], links: Mapping[str, float | None], circuits: int
+        self,
+        services: Collection[str],
+        links: Mapping[str, float | None],
+        circuits: int,
+        standby: Mapping[str, int],
     ) -> MeshAnswer:
-        """Say what is bound here, which neighbour links are up (RTT in ms) and how many
-        circuits are live; get routes."""
+        """Say what is bound here (and which services only by standby hosts, with their
+        rank), which neighbour links are up (RTT in ms) and how many circuits are live; get
+        routes."""
 
     async def watch(self, after: int) -> int:
         """The graph version once it is not `after` (or after a while: the same one)."""
@@ -295,7 +300,9 @@ class Peers:
         services = {binding.service for binding in switch.terminators.all()}
         changed_at, self._changed_at = self._changed_at, None
         try:
-            answer = await self.control.report(services, rtts, switch.circuits)
+            answer = await self.control.report(
+                services, rtts, switch.circuits, switch.terminators.standby_ranks()
+            )
         except Exception as exc:  # keep the routes we have: they are still the best known
             self.counters["report_failed"] += 1
             log.warning("mesh: cannot report state: %s", exc)

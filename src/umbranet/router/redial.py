@@ -9,8 +9,10 @@ The switch keeps the CONNECT's or DIAL's fields here until ACCEPT (or the circui
 and, on a RESET from the host's side whose code says "not this way" (`RETRYABLE`), sends
 them again: to the next binding the terminator table picks (a CONNECT), or through the
 next feasible route (a DIAL; every installed route strictly lowers the distance to the
-service, so trying another never loops), excluding those tried, `MAX_TRIES` in all. A
-refusal about the dialer itself (its ticket) is never retried. Each record lives no longer
+service, so trying another never loops), excluding those tried, `MAX_TRIES` in all; a
+DIAL that passed a standby host bound here for a remote primary falls back to that standby
+when every route refuses, if this router checked its ticket. A refusal about the dialer
+itself (its ticket) is never retried. Each record lives no longer
 than the circuit's handshake deadline, so the table is bounded by the router's
 pending-handshake limits.
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 from umbranet.router.links import Route, SwitchLink
 from umbranet.router.routes import RouteTable
-from umbranet.router.terminators import TerminatorTable
+from umbranet.router.terminators import Binding, TerminatorTable
 from umbranet.wire import ErrorCode, Frame, FrameType, WireError
 from umbranet.wire.control import decode_error
 
@@ -34,6 +36,7 @@ __all__ = [
     "PendingConnects",
     "move_to_next_host",
     "move_to_next_route",
+    "move_to_standby",
     "redial",
 ]
 
@@ -62,6 +65,9 @@ class Connecting:
     blob: bytes
     tried: list[tuple[Hashable, int]] = field(default_factory=list)
     local: bool = True  # a CONNECT to a host here; False: a DIAL to a neighbouring router
+    # A DIAL sent past a standby host bound here (to a remote primary) whose ticket this
+    # router checked: when every route refuses, that standby takes it.
+    standby_here: bool = False
 
     @property
     def binding(self) -> int:
@@ -99,6 +105,26 @@ def move_to_next_host(
     if len(connecting.tried) >= MAX_TRIES:
         return False
     binding = terminators.pick(route.service, now, dialer=route.dialer, exclude=connecting.tried)
+    return _connect_here(route, connecting, binding, max_circuits)
+
+
+def move_to_standby(
+    route: Route, connecting: Connecting, terminators: TerminatorTable, max_circuits: int, now: int
+) -> bool:
+    """Every route to a remote primary refused: move the host-side `route` to a host bound
+    here (a standby), as a CONNECT; False when there is none."""
+    if not connecting.standby_here or len(connecting.tried) >= MAX_TRIES:
+        return False
+    binding = terminators.pick(route.service, now, dialer=route.dialer)
+    if not _connect_here(route, connecting, binding, max_circuits):
+        return False
+    connecting.local = True
+    return True
+
+
+def _connect_here(
+    route: Route, connecting: Connecting, binding: Binding | None, max_circuits: int
+) -> bool:
     target = binding.link if binding is not None else None
     if binding is None or not isinstance(target, SwitchLink):
         return False
@@ -156,4 +182,6 @@ def redial(
             return FrameType.CONNECT
     elif move_to_next_route(route, connecting, routes, max_circuits):
         return FrameType.DIAL
+    elif move_to_standby(route, connecting, routes.terminators, max_circuits, now):
+        return FrameType.CONNECT
     return None

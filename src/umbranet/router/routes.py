@@ -2,7 +2,10 @@
 
 `RouteTable.next_hop(service, now)` answers `Local(binding)` (a host of the service is bound
 here), `Via(link, cost)` (forward the dial to a neighbouring router) or `Refuse(code,
-reason)`. Local hosts win over remote ones. Remote routes are installed by whoever knows
+reason)`. Local hosts win over remote ones, except a local standby (precedence above 0)
+when a remote route exists: the controller routes a router that has hosts of a service to
+another one only when a host of better precedence is bound there (`controller/service/
+links.py`), so the route leads to a primary. Remote routes are installed by whoever knows
 the topology (a static configuration today, the controller's link graph once routers mesh);
 each names the neighbour's link and a cost, and the cheapest live one is chosen.
 """
@@ -48,13 +51,18 @@ class RouteTable:
         """Where a dial by `dialer` for `service` goes (a local host by the service's
         terminator strategy first; `host`, the one an in-session open names, if it may)."""
         binding = self.terminators.pick(service, now, dialer=dialer, host=host)
-        if binding is not None:
-            return Local(binding)
         remote = self._remote.get(service)
+        if binding is not None and (binding.precedence == 0 or not remote):
+            return Local(binding)
         if remote:
             link, cost = min(remote.items(), key=lambda item: item[1])
             return Via(link, cost)
         return Refuse(ErrorCode.NO_TERMINATOR, f"service {service!r} has no host at this router")
+
+    def standby(self, service: str) -> bool:
+        """Whether a host of `service` is bound here although dials go elsewhere first (a
+        remote primary): the fallback when every remote route refuses."""
+        return service in self._remote and self.terminators.serves(service)
 
     def next_via(self, service: str, exclude: Collection[Hashable] = ()) -> Via | None:
         """The cheapest remote route for `service` through a link not in `exclude` (a

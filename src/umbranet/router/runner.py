@@ -154,10 +154,14 @@ class ControllerMesh:
         return [PeerAddress(r.spiffe_id, r.address) for r in routers if r.address is not None]
 
     async def report(
-        self, services: Collection[str], links: Mapping[str, float | None], circuits: int
+        self,
+        services: Collection[str],
+        links: Mapping[str, float | None],
+        circuits: int,
+        standby: Mapping[str, int],
     ) -> MeshAnswer:
         client = await self._current.get()
-        routes = await client.router_state(services, links, circuits)
+        routes = await client.router_state(services, links, circuits, standby)
         answer = client.mesh_answer
         return MeshAnswer(
             routes,

@@ -419,6 +419,7 @@ class Switch:
             )
         else:
             record = Connecting(dict(fields), bytes(ctl.blob), [(target, 0)], local=False)
+            record.standby_here = not from_router and self.routes.standby(service)
             self._connects.put(host_side, record)
             self._send(target, FrameType.DIAL, host_side.circuit, encode_control(fields, ctl.blob))
         log.debug("circuit open service=%r dialer=%s via=%s", service, dialer, target.identity)

@@ -188,6 +188,20 @@ class TerminatorTable:
         """Every binding, live or not yet noticed as expired."""
         return [b for entries in self._by_service.values() for b in entries]
 
+    def standby_ranks(self) -> dict[str, int]:
+        """Services whose best binding here is a standby -> that rank (what the router
+        reports, so the controller routes its dials to a primary elsewhere first)."""
+        best: dict[str, int] = {}
+        for service, entries in self._by_service.items():
+            rank = min((b.precedence for b in entries), default=0)
+            if rank > 0:
+                best[service] = rank
+        return best
+
+    def serves(self, service: str) -> bool:
+        """Whether any binding (live or not yet noticed as expired) is for `service`."""
+        return bool(self._by_service.get(service))
+
     def __len__(self) -> int:
         return sum(len(entries) for entries in self._by_service.values())
 

@@ -171,9 +171,10 @@ class SimNet:
                 for link in router.switch.links
                 if link.kind is LinkKind.ROUTER and link.session.ready
             }
-            services = frozenset(b.service for b in router.switch.terminators.all())
+            terminators = router.switch.terminators
+            services = frozenset(b.service for b in terminators.all())
             reports[router.spiffe_id] = RouterReport(
-                services, links, self.now, router.switch.circuits
+                services, links, self.now, router.switch.circuits, terminators.standby_ranks()
             )
         costs = {self.routers[name].spiffe_id: c for name, c in (admin_costs or {}).items()}
         policy = policy or MeshPolicy(router_costs=costs)

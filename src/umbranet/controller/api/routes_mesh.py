@@ -60,6 +60,11 @@ class RouterStateIn(BaseModel):
     services: list[Annotated[str, Field(max_length=256)]] = Field(max_length=MAX_SERVICES)
     links: list[MeshLinkIn] = Field(max_length=MAX_LINKS)
     circuits: int = Field(default=0, ge=0, le=10_000_000, description="live circuits (load)")
+    standby: dict[Annotated[str, Field(max_length=256)], Annotated[int, Field(ge=1, le=9)]] = Field(
+        default_factory=dict,
+        max_length=MAX_SERVICES,
+        description="services whose best host here is a standby -> its precedence rank",
+    )
 
 
 class MeshRouteOut(BaseModel):
@@ -165,6 +170,7 @@ def post_router_state(
         ctx.clock().timestamp(),
         body.circuits,
         mono=time.monotonic(),
+        standby=body.standby,
     )
     return RouterStateOut(
         routes=[MeshRouteOut(service=r.service, via=r.via, cost=r.cost) for r in routes],

@@ -30,6 +30,12 @@ Rules of this file:
   distance-vector protocols). Every hop then strictly lowers the distance, so a dial can
   never loop, even when a router falls back to its second route after a link died and
   before it asked again; and the fallback is there at once.
+- Precedence across routers: a router reports, beside its services, the best precedence
+  of the hosts bound there when it is a standby rank (`standby`: service -> 1..9; absent
+  means a primary). A service's destinations are the routers with its best rank only, so
+  a router with only standby hosts gets routes to a primary elsewhere (and uses its own
+  standby when those routes fail: `router/routes.py`, `router/redial.py`); with no
+  primary anywhere, the best standbys are the destinations.
 - Small wobbles of RTT and load are ignored (`_settled`): the graph changes only when a
   link or service comes or goes, an RTT or load moves by more than a fifth, or the policy
   changes. Paths are computed on a snapshot of the graph (edges and each service's
@@ -88,12 +94,14 @@ class MeshRoute:
 @dataclass(slots=True)
 class RouterReport:
     """What one router last said: services bound there, its live router links (peer SPIFFE
-    ID -> RTT in ms, None if not yet measured), when (unix seconds), and its live circuits."""
+    ID -> RTT in ms, None if not yet measured), when (unix seconds), its live circuits, and
+    the services whose best host there is a standby (service -> precedence rank)."""
 
     services: frozenset[str]
     links: dict[str, float | None]
     at: float
     circuits: int = 0
+    standby: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +183,18 @@ class LinkGraph:
         circuits: int = 0,
         *,
         mono: float | None = None,
+        standby: Mapping[str, int] | None = None,
     ) -> list[MeshRoute]:
         """Record `router`'s state and answer with its routes. `now` (unix seconds) ages
-        reports; `mono` (a monotonic clock, default `now`) paces snapshot rebuilds."""
+        reports; `mono` (a monotonic clock, default `now`) paces snapshot rebuilds;
+        `standby` ranks its services whose best host is a standby."""
+        bound = frozenset(services)
         fresh = RouterReport(
-            frozenset(services), {p: r for p, r in links.items() if p != router}, now, circuits
+            bound,
+            {p: r for p, r in links.items() if p != router},
+            now,
+            circuits,
+            {s: rank for s, rank in (standby or {}).items() if s in bound and rank > 0},
         )
         with self._lock:
             old = self._reports.get(router)
@@ -354,7 +369,11 @@ class LinkGraph:
 
 def _settled(old: RouterReport, new: RouterReport) -> bool:
     """Whether `new` says nothing that could move a route compared with `old`."""
-    if old.services != new.services or old.links.keys() != new.links.keys():
+    if (
+        old.services != new.services
+        or old.links.keys() != new.links.keys()
+        or old.standby != new.standby
+    ):
         return False
     for peer, rtt in new.links.items():
         before = old.links[peer]
@@ -397,10 +416,17 @@ def _reverse(edges: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, fl
 
 
 def _hosts(reports: Mapping[str, RouterReport]) -> dict[str, list[str]]:
-    hosts: dict[str, list[str]] = {}
+    """Service -> the routers its dials should reach: those whose hosts have its best
+    precedence rank (primaries where there are any)."""
+    ranked: dict[str, list[tuple[int, str]]] = {}
     for name in sorted(reports):
-        for service in reports[name].services:
-            hosts.setdefault(service, []).append(name)
+        report = reports[name]
+        for service in report.services:
+            ranked.setdefault(service, []).append((report.standby.get(service, 0), name))
+    hosts: dict[str, list[str]] = {}
+    for service, routers in ranked.items():
+        best = min(rank for rank, _ in routers)
+        hosts[service] = [name for rank, name in routers if rank == best]
     return hosts
 
 
