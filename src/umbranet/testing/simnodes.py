@@ -7,7 +7,8 @@ simulated.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import functools
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from umbranet.pki import IdentityFile
@@ -250,14 +251,33 @@ class SimEndpoint:
         window: int = DEFAULT_WINDOW,
         timeout: float = 10.0,
         ticket: str | None = None,
+        in_session: bool = False,
     ) -> SimStream:
-        """Open a circuit to `service` (through `router`, else the first live link)."""
+        """Open a circuit to `service` (through `router`, else the first live link);
+        `in_session`: inside the session an earlier dial to it opened, if there is one (an
+        OPEN, no Noise handshake; deferred, so the first write rides with it, as the SDK
+        does), else with a full handshake."""
         link = self._link(router)
         token = ticket or self.net.ticket(self.identity.spiffe_id, service, "dial")
-        handshake = DialerHandshake(service, token, self.credentials)
-
-        def make(circuit_id: int) -> Circuit:
-            return Circuit.dial(circuit_id, service, handshake, window)
+        key = self.sessions.key_for(service) if in_session else None
+        make: Callable[[int], Circuit]
+        if key is not None:
+            make = functools.partial(
+                Circuit.open_in_session,
+                service=service,
+                secret=key.secret,
+                peer=key.peer,
+                stream=self.sessions.next_stream(key),
+                ticket=token,
+                nonce=self.sessions.nonce(),
+                window=window,
+                deferred=True,
+            )
+        else:
+            handshake = DialerHandshake(service, token, self.credentials)
+            make = functools.partial(
+                Circuit.dial, service=service, handshake=handshake, window=window
+            )
 
         circuit = link.machine.dial(make, self.net.clock.now(), timeout)
         stream = SimStream(self, link, service, circuit)
