@@ -479,3 +479,37 @@ def test_a_router_with_only_a_standby_host_is_routed_to_a_primary_elsewhere(h: H
     # A rank is 1..9 (0 is a primary: no entry at all).
     for bad in ({"echo": 0}, {"echo": 10}, {"echo": "standby"}):
         assert report(r1, r2, bad).status_code == 422
+
+
+def test_a_dialer_sees_the_path_to_a_service_it_holds_a_dial_ticket_for(h: Harness) -> None:
+    r1, r2 = _router(h, "r1"), _router(h, "r2")
+    admin = h.client(h.admin)
+    admin.post("/v1/services", json={"name": "echo", "dial_attributes": ["eng"]})
+    alice = h.client(h.new_device("alice", ["eng"]))
+    mallory = h.client(h.new_device("mallory", ["eng"]))
+    state = "/v1/routers/me/state"
+    h.client(r2).post(
+        state, json={"services": ["echo"], "links": [{"peer": r1.spiffe_id, "rtt_ms": 3.0}]}
+    )
+    h.client(r1).post(
+        state, json={"services": [], "links": [{"peer": r2.spiffe_id, "rtt_ms": 2.0}]}
+    )
+    ticket = alice.post("/v1/tickets", json={"service": "echo", "action": "dial"}).json()["ticket"]
+
+    response = alice.post("/v1/me/path", json={"ticket": ticket, "from": "r1"})
+    assert response.status_code == 200, response.text
+    path = response.json()
+    assert path["service"] == "echo"
+    assert [(hop["name"], hop["rtt_ms"]) for hop in path["hops"]] == [("r1", None), ("r2", 3.0)]
+
+    # The ticket is the proof: someone else's, a bind ticket or garbage shows nothing.
+    assert (
+        error_code(mallory.post("/v1/me/path", json={"ticket": ticket, "from": "r1"}))
+        == "bad_ticket"
+    )
+    assert (
+        error_code(alice.post("/v1/me/path", json={"ticket": "x" * 40, "from": "r1"}))
+        == "bad_ticket"
+    )
+    unknown = alice.post("/v1/me/path", json={"ticket": ticket, "from": "r9"})
+    assert unknown.status_code == 404 and error_code(unknown) == "unknown_router"

@@ -46,6 +46,7 @@ from umbranet.pki import IdentityFile
 from umbranet.pki.tickets import Action
 from umbranet.proto.relay_choice import rank_relays
 from umbranet.sdk import Context, Stream, UmbraError
+from umbranet.sdk.grants import Grant
 
 __all__ = ["Agent", "run_agent"]
 
@@ -376,7 +377,7 @@ class Agent:
         router = ""
         host: dict[str, Any] = {}
         try:
-            await self.context.ticket(service, Action.DIAL)
+            grant = await self.context.ticket(service, Action.DIAL)
             for _ in range(count):
                 start = time.perf_counter()
                 stream = await self.context.dial(service)
@@ -392,9 +393,7 @@ class Agent:
         return {
             "service": service,
             "router": router,
-            # The first hop as measured here; the routers beyond it (and each hop's RTT)
-            # are the controller's to tell: `umbra router path SERVICE --from ROUTER`.
-            "path": [{"router": router, "rtt_ms": rtt}],
+            "path": [{"router": router, "rtt_ms": rtt}, *await self._hops_beyond(grant, router)],
             "host": host,
             "rtt_ms": rtts,
             "min_ms": min(rtts),
@@ -402,6 +401,23 @@ class Agent:
         }
 
     # -- internals --------------------------------------------------------------------------
+
+    async def _hops_beyond(self, grant: Grant, router: str) -> list[dict[str, Any]]:
+        """The routers after `router` on the way to the service, each with the RTT of the
+        link that reached it (the routers' own keepalive measurements, as the controller
+        holds them); none when the controller is away or the path ends at `router`."""
+        try:
+            client = await self.controller.get()
+            path = await client.my_path(grant.ticket, router)
+        except Exception as exc:  # the first hop alone is still an answer
+            self.counters.add("ping_path_failed")
+            log.info("ping: no path beyond %s from the controller: %s", router, exc)
+            return []
+        return [
+            {"router": hop.get("name") or hop.get("router"), "rtt_ms": hop.get("rtt_ms")}
+            for hop in path.get("hops", [])[1:]
+            if hop.get("router")
+        ]
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

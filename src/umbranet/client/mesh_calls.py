@@ -107,6 +107,12 @@ class MeshCalls(Calls):
         data = await self._call("GET", f"/v1/mesh/path?{query}")
         return dict(data)
 
+    async def my_path(self, ticket: str, source: str) -> dict[str, Any]:
+        """The routers a dial with `ticket` (this identity's current dial ticket) entering
+        at router `source` crosses, each with its link RTT (what `umbra ping` shows)."""
+        data = await self._call("POST", "/v1/me/path", json={"ticket": ticket, "from": source})
+        return dict(data)
+
     async def mesh(self) -> dict[str, Any]:
         """(Admin.) The mesh graph as the controller sees it (see docs/mesh.md)."""
         data = await self._call("GET", "/v1/mesh")

@@ -20,8 +20,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from umbranet.controller.api.deps import AdminCaller, Ctx, RouterCaller
-from umbranet.controller.service import NotFound
+from umbranet.controller.api.deps import AdminCaller, ClientCaller, Ctx, RouterCaller
+from umbranet.controller.service import Forbidden, NotFound
 from umbranet.controller.service.links import MAX_LINKS, MAX_SERVICES, LinkGraph
 from umbranet.controller.service.mesh_policy import (
     POLICY_MAX_AGE,
@@ -30,6 +30,8 @@ from umbranet.controller.service.mesh_policy import (
     set_router_setting,
     set_strategy,
 )
+from umbranet.pki import PkiError
+from umbranet.pki.tickets import Action, verify_ticket
 from umbranet.schema import ErrorBody
 
 __all__ = ["WATCH_MAX", "link_graph", "router"]
@@ -258,6 +260,39 @@ def get_mesh_path(
     for hop in hops:
         hop["name"] = names.get(str(hop["router"])) if hop["router"] else None
     return {"service": service, "from": source, "hops": hops}
+
+
+class MyPathIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    ticket: str = Field(max_length=16384, description="a current dial ticket of the caller's")
+    source: str = Field(
+        alias="from", max_length=2048, description="the router the dial enters at (name)"
+    )
+
+
+@router.post("/me/path", responses={403: {"model": ErrorBody}, 404: {"model": ErrorBody}})
+def post_my_path(
+    body: MyPathIn, request: Request, ctx: Ctx, caller: ClientCaller
+) -> dict[str, object]:
+    """(Any identity.) The routers a dial for the service of `ticket` entering at router
+    `from` crosses, with each hop's link RTT, by the controller's current routes: what
+    `umbra ping` shows beyond the hop it measures itself. The caller's own current dial
+    ticket is the proof that it may dial the service; nothing else of the mesh is shown."""
+    try:
+        ticket = verify_ticket(body.ticket, ctx.authority.bundle, ctx.clock())
+    except PkiError as exc:
+        raise Forbidden("bad_ticket", f"not a current ticket: {exc}") from None
+    if ticket.spiffe_id != caller.spiffe_id or ticket.action is not Action.DIAL:
+        raise Forbidden("bad_ticket", "not a dial ticket of the caller's")
+    with ctx.transaction() as store:
+        names = {r.identity.spiffe_id: r.name for r in store.routers()}
+    start = next((spiffe for spiffe, name in names.items() if name == body.source), None)
+    if start is None:
+        raise NotFound("unknown_router", f"no router named {body.source!r}")
+    hops = _fresh_graph(request, ctx).path(start, ticket.service)
+    for hop in hops:
+        hop["name"] = names.get(str(hop["router"])) if hop["router"] else None
+    return {"service": ticket.service, "from": body.source, "hops": hops}
 
 
 @router.put(
