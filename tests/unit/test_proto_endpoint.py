@@ -12,7 +12,7 @@ from umbranet.proto.flow import MIN_WINDOW
 from umbranet.testing import LocalNetwork
 from umbranet.testing.clock import FakeClock
 from umbranet.wire import ErrorCode, Frame, FrameDecoder, FrameType, encode_control
-from umbranet.wire.control import decode_error
+from umbranet.wire.control import decode_error, encode_error
 
 NET = LocalNetwork()
 ALICE = NET.identity("alice")
@@ -69,6 +69,20 @@ def test_late_frames_for_an_ended_circuit_are_dropped(ftype: int) -> None:
     assert link.ready
     assert link.counters == {"frames_unknown_circuit": 1}
     assert _events(link) == []
+    # Data or a handshake may be waited on: its sender hears the circuit is gone here.
+    answers = [(f.type, f.circuit, decode_error(f.payload)[0]) for f in _sent(link)]
+    if ftype == FrameType.ACCEPT:
+        assert answers == []
+    else:
+        assert answers == [(FrameType.RESET, 3, ErrorCode.PEER_GONE)]
+
+
+def test_a_reset_for_a_circuit_we_do_not_hold_is_never_answered() -> None:
+    clock = FakeClock()
+    link = _ready(clock)
+    reset = Frame(FrameType.RESET, 0, 3, encode_error(ErrorCode.PEER_GONE, "gone"))
+    link.handle_frames([reset, reset], clock.now())
+    assert _sent(link) == [] and link.counters == {"frames_unknown_circuit": 2}
 
 
 def test_a_dial_nobody_answers_fails_at_its_deadline_and_is_reset() -> None:

@@ -94,6 +94,8 @@ _CIRCUIT_FRAMES = frozenset(
     {FrameType.ACCEPT, FrameType.HANDSHAKE, FrameType.DATA, FrameType.CREDIT, FrameType.RESET}
 )
 _LINK_FRAMES = frozenset({FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY})
+# Frames on a circuit we do not hold whose sender would otherwise wait for an answer.
+_ANSWERED_WHEN_UNKNOWN = frozenset({int(FrameType.DATA), int(FrameType.HANDSHAKE)})
 # What an open circuit's data moves: handled on the fast path of `handle_frames`.
 _DATA_FRAMES = frozenset({int(FrameType.DATA), int(FrameType.CREDIT)})
 # Circuit events that only say "look again": the touched set already wakes the stream.
@@ -435,6 +437,14 @@ class EndpointLink(EndpointHosting):
         elif ftype in _CIRCUIT_FRAMES:
             # A circuit we already ended (reset, cancelled dial) races with its last frames.
             self._count("frames_unknown_circuit")
+            if ftype in _ANSWERED_WHEN_UNKNOWN:
+                # Data or a handshake for a circuit we do not hold: its sender must not
+                # wait for us forever (a RESET goes back; routers drop it if they already
+                # forgot the circuit, and a RESET is never answered).
+                reason = "no such circuit at this endpoint"
+                self.session.send(
+                    FrameType.RESET, frame.circuit, encode_error(ErrorCode.PEER_GONE, reason)
+                )
         else:
             raise WireError(ErrorCode.PROTOCOL_ERROR, f"unexpected {FrameType(ftype).name}")
 
