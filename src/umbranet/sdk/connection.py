@@ -367,6 +367,12 @@ class RouterConnection:
         for circuit in machine.take_touched():
             if circuit.state is State.CLOSED:
                 stream = self._streams.pop(circuit.id, None)
+                # A closed circuit never moves, so nothing finds its stream through it any
+                # more; cutting the stream <-> circuit cycle lets both go by refcount. (The
+                # session table keeps closed circuits until its sweep: as a cycle they
+                # outlived two collections and piled up for the costly full one.)
+                if stream is not None and circuit.owner is stream:
+                    circuit.owner = None
             else:
                 stream = self._streams.get(circuit.id)
             if stream is not None:
