@@ -8,7 +8,9 @@ with the new deadline.
 
 Arming is cheap on the data path: a deadline that moved later (a keepalive pushed back by
 traffic) keeps the timer already armed; the early wake-up finds nothing due, and the
-machine's next `poll_timeout` re-arms it. Only an earlier deadline replaces the loop timer.
+machine's next `poll_timeout` re-arms it. Only an earlier deadline replaces the loop timer,
+unless the machine says its earliest deadline went away (`move`): a deadline that recurs for
+every stream (the cork) would otherwise wake the process for nothing each time.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ class MachineTimer:
         delay = max(0.0, deadline.at - self._clock.now().mono)
         self._at = deadline.at
         self._handle = self._loop.call_later(delay, self._fired)
+
+    def move(self, deadline: Deadline | None) -> None:
+        """Fire at `deadline` even if that is later than the timer is armed for: the
+        machine's earliest deadline went away (a wake-up then would find nothing due)."""
+        if self._handle is not None and self._at == (deadline.at if deadline else None):
+            return
+        self.cancel()
+        self.arm(deadline)
 
     def cancel(self) -> None:
         if self._handle is not None:

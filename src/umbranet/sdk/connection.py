@@ -210,6 +210,10 @@ class RouterConnection:
         out = machine.flush_transmit(circuit)
         if out:
             link.write_many(out)
+            # This write released a cork (a deferred OPEN, a held ACCEPT or HANDSHAKE):
+            # its deadline is gone, so the timer need not wake for it.
+            if machine.timeout_may_be_later and self._timer is not None:
+                self._timer.move(machine.poll_timeout())
         if circuit.state is State.CLOSED and machine.has_news:
             self._deliver()
 
