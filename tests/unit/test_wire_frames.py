@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -103,6 +106,38 @@ def test_control_garbage_is_bad_control_payload(garbage: bytes) -> None:
         decode_control(garbage)
     except WireError as exc:
         assert exc.code is ErrorCode.BAD_CONTROL_PAYLOAD
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300)
+@given(
+    _JSON_VALUES,
+    st.sampled_from(["", " ", "\n", "\t \r\n"]),
+    st.sampled_from(["", " ", "\n", " x", ",", "}"]),
+    st.sampled_from([None, 1]),
+)
+def test_control_json_is_accepted_and_refused_as_json_loads_does(
+    value: object, before: str, after: str, indent: int | None
+) -> None:
+    # The decoder skips json.loads's whitespace scans when it can: what it accepts must not
+    # change (whitespace around the object is valid JSON; anything after it is not).
+    text = (before + json.dumps(value, indent=indent) + after).encode()
+    try:
+        expected: object = json.loads(text.decode())
+    except ValueError:
+        expected = None
+    payload = struct.pack("!H", len(text)) + text
+    if not isinstance(expected, dict):
+        with pytest.raises(WireError):
+            decode_control(payload)
+    else:
+        assert decode_control(payload).fields == expected
 
 
 def test_error_payloads_round_trip_and_tolerate_garbage() -> None:
