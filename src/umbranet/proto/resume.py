@@ -100,13 +100,23 @@ class ResumeSecret:
     it. `secret` never leaves the endpoint; `sid` is sent in clear (it only names)."""
 
     secret: bytes
-    # Derived once: every OPEN, OPEN_OK, RESUME and CONFIRM of the session uses them.
+    # Derived once: every OPEN, OPEN_OK, RESUME and CONFIRM of the session uses them. The
+    # sid at once (the session table files every stream under it); the mac key when first
+    # used, as most streams opened inside a session never resume nor open streams.
     sid: bytes = field(init=False, repr=False)
-    mac_key: bytes = field(init=False, repr=False)
+    _mac_key: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sid", _mac(self.secret, b"umbranet sid")[:SID_SIZE])
-        object.__setattr__(self, "mac_key", _mac(self.secret, b"umbranet resume mac"))
+
+    @property
+    def mac_key(self) -> bytes:
+        """The key of every mac in the session's OPEN, RESUME and CONFIRM messages."""
+        key = self._mac_key
+        if not key:
+            key = _mac(self.secret, b"umbranet resume mac")
+            object.__setattr__(self, "_mac_key", key)
+        return key
 
     def circuit_keys(self, transcript: bytes) -> tuple[bytes, bytes]:
         """(dialer -> host key, host -> dialer key) of the circuit this exchange opened."""
