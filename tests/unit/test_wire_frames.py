@@ -13,6 +13,7 @@ from umbranet.wire import (
     HEADER_SIZE,
     MAX_PAYLOAD,
     ErrorCode,
+    Frame,
     FrameDecoder,
     FrameType,
     WireError,
@@ -20,7 +21,7 @@ from umbranet.wire import (
     encode_control,
     encode_frame,
 )
-from umbranet.wire.control import decode_error, encode_error
+from umbranet.wire.control import DecodedFrame, decode_error, encode_error, frame_control
 from umbranet.wire.frames import encode_header
 
 frame_types = st.sampled_from(list(FrameType))
@@ -157,3 +158,19 @@ def test_feed_of_more_than_the_buffer_keeps_every_payload_intact() -> None:
     data = b"".join(encode_frame(FrameType.DATA, 1, p) for p in payloads)
     frames = FrameDecoder().feed(data)
     assert [bytes(f.payload) for f in frames] == payloads
+
+
+def test_a_decoded_frame_hands_on_its_payload_decoded_once() -> None:
+    # A host reads a CONNECT for its binding, then its accept reads it again: one decode.
+    payload = encode_control({"binding": 1, "window": 65536}, b"blob")
+    frame = Frame(FrameType.CONNECT, 0, 2, payload)
+    control = decode_control(frame.payload)
+    handed = DecodedFrame(frame, control)
+    assert (handed.type, handed.flags, handed.circuit, handed.payload) == (
+        FrameType.CONNECT,
+        0,
+        2,
+        payload,
+    )
+    assert frame_control(handed) is control
+    assert frame_control(frame) == control  # a plain frame is decoded

@@ -45,8 +45,8 @@ from umbranet.proto.resume import (
     is_open_blob,
     is_resume_blob,
 )
-from umbranet.wire import ErrorCode, Frame, WireError, decode_control
-from umbranet.wire.control import ControlPayload
+from umbranet.wire import ErrorCode, Frame, WireError
+from umbranet.wire.control import ControlPayload, frame_control
 
 __all__ = ["DEFAULT_RESUME_DEADLINE", "SessionKey", "Sessions"]
 
@@ -181,7 +181,7 @@ class Sessions:
         """(Host) The circuit for a CONNECT: a new stream, or a session moved here by a
         checked RESUME, or a throwaway circuit that refuses it (RESET queued)."""
         try:
-            ctl = decode_control(connect.payload)
+            ctl = frame_control(connect)
             blob = ctl.blob
         except WireError:
             return Circuit.accept(circuit_id, connect, handshake, window)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from umbranet.wire.codes import ErrorCode
-from umbranet.wire.frames import WireError
+from umbranet.wire.frames import Frame, WireError
 
 _LEN = struct.Struct("!H")
 MAX_JSON = 16 * 1024
@@ -74,6 +74,24 @@ def decode_control(payload: bytes | memoryview) -> ControlPayload:
     if not isinstance(fields, dict):
         raise WireError(ErrorCode.BAD_CONTROL_PAYLOAD, "control JSON must be an object")
     return ControlPayload(fields, bytes(payload[end:]))
+
+
+class DecodedFrame(Frame):
+    """A control frame whose first reader decoded its payload, handed on with the result:
+    a host's CONNECT is read for its binding, then by the accept that binding runs."""
+
+    __slots__ = ("control",)
+
+    def __init__(self, frame: Frame, control: ControlPayload) -> None:
+        super().__init__(frame.type, frame.flags, frame.circuit, frame.payload)
+        self.control = control
+
+
+def frame_control(frame: Frame) -> ControlPayload:
+    """`decode_control(frame.payload)`, or what a `DecodedFrame` carries already."""
+    if type(frame) is DecodedFrame:
+        return frame.control
+    return decode_control(frame.payload)
 
 
 def _loads(text: str) -> Any:
