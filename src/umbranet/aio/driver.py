@@ -16,9 +16,10 @@ every stream (the cork) would otherwise wake the process for nothing each time.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
-from umbranet.clock import Clock, Deadline
+from umbranet.clock import Clock, Deadline, SystemClock
 
 __all__ = ["MachineTimer"]
 
@@ -26,10 +27,15 @@ __all__ = ["MachineTimer"]
 class MachineTimer:
     """The one loop timer of one machine. `fire` runs the machine's `handle_timeout`."""
 
-    __slots__ = ("_at", "_clock", "_fire", "_handle", "_loop")
+    __slots__ = ("_at", "_clock", "_fire", "_handle", "_loop", "_mono")
 
     def __init__(self, clock: Clock, fire: Callable[[], None]) -> None:
         self._clock = clock
+        # A delay needs only the monotonic reading: the real clock's `now()` also reads the
+        # wall clock and builds a datetime, and timers are armed several times per dial.
+        self._mono: Callable[[], float] | None = (
+            time.monotonic if type(clock) is SystemClock else None
+        )
         self._fire = fire
         self._loop = asyncio.get_running_loop()
         self._handle: asyncio.TimerHandle | None = None
@@ -44,7 +50,8 @@ class MachineTimer:
             return
         if self._handle is not None:
             self._handle.cancel()
-        delay = max(0.0, deadline.at - self._clock.now().mono)
+        mono = self._mono() if self._mono is not None else self._clock.now().mono
+        delay = max(0.0, deadline.at - mono)
         self._at = deadline.at
         self._handle = self._loop.call_later(delay, self._fired)
 
