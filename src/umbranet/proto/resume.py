@@ -37,6 +37,7 @@ arrived, so a FIN lost with the old circuit is sent again.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import struct
 from collections.abc import Callable
@@ -90,8 +91,9 @@ def is_resume_blob(blob: bytes | memoryview) -> bool:
     return len(blob) == RESUME_SIZE and bytes(blob[:5]) == MAGIC + bytes([KIND_RESUME])
 
 
-def _mac(key: bytes, data: bytes) -> bytes:
-    return hmac.digest(key, data, "sha256")
+# HMAC-SHA256(key, data); a partial, not a def: one Python frame less per mac, and an
+# in-session dial computes sixteen of them across its two ends.
+_mac: Callable[[bytes, bytes], bytes] = functools.partial(hmac.digest, digest="sha256")
 
 
 @dataclass(frozen=True, slots=True)
