@@ -31,21 +31,17 @@ def tune_allocator() -> None:
 
 
 def tune_gc() -> None:
-    """Make the cyclic collector cheap for a long-running process that is mostly done
-    importing and setting up when its loop starts.
+    """Let the objects of a dial die by reference count before the cyclic collector looks.
 
-    Measured per in-session dial and first round trip (`bench/ab_rr.py`, ``MODE=connect``):
-    with the defaults the collector cost ~32 µs (most of it full collections walking every
-    object the imports made), with this ~7 µs. `freeze` moves what exists now (modules,
-    classes, functions) out of the collector's sight, so a full collection walks only what
-    was made since; a first generation of 5,000 lets the objects of a dial (circuit, stream,
-    buffers, futures) die by reference count before a collection promotes them. Memory stays
-    bounded: at most 5,000 new container objects wait between young collections (the
-    default is 700); what `freeze` hides stays for the process's life, which it would
-    anyway, apart from the little cyclic garbage importing left (not collected first: a
-    full collection here would add to every command's start).
+    With the default first generation (700 new container objects) a collection ran every
+    dial or two and promoted the dial's live objects (circuit, stream, buffers, futures),
+    which then piled up for the costly full collections. Measured per in-session dial and
+    first round trip (`bench/ab_rr.py`, ``MODE=connect``, three parties in one process):
+    ~32 µs in the collector with the defaults, ~8 µs with these (and a full collection
+    now and then, ~20 ms in that process). Memory stays bounded: at most 5,000 new
+    container objects wait between young collections. Not `gc.freeze`: it would keep for
+    good whatever is alive when `run` starts, on every call (tests call `run` per test).
     """
-    gc.freeze()
     gc.set_threshold(_GC_YOUNG, _GC_MIDDLE, _GC_OLD)
 
 
