@@ -31,16 +31,16 @@ def tune_allocator() -> None:
 
 
 def tune_gc() -> None:
-    """Let the objects of a dial die by reference count before the cyclic collector looks.
+    """A first generation of 5,000 new container objects instead of 700.
 
-    With the default first generation (700 new container objects) a collection ran every
-    dial or two and promoted the dial's live objects (circuit, stream, buffers, futures),
-    which then piled up for the costly full collections. Measured per in-session dial and
-    first round trip (`bench/ab_rr.py`, ``MODE=connect``, three parties in one process):
-    ~32 µs in the collector with the defaults, ~8 µs with these (and a full collection
-    now and then, ~20 ms in that process). Memory stays bounded: at most 5,000 new
-    container objects wait between young collections. Not `gc.freeze`: it would keep for
-    good whatever is alive when `run` starts, on every call (tests call `run` per test).
+    At 700 a young collection ran every dial or two, promoting whatever the dials in flight
+    held (circuits, streams, buffers, futures) towards the full collections, which walk the
+    whole heap. Measured per in-session dial and first round trip (`bench/ab_rr.py`,
+    ``MODE=connect``, three parties in one process, streams freed by reference count): ~3 µs
+    in the collector with the defaults, mostly a full collection of ~15 ms every few
+    thousand dials; under 1 µs with this. Memory stays bounded: at most 5,000 new container
+    objects wait between young collections. Not `gc.freeze`: it would keep for good
+    whatever is alive when `run` starts, on every call (tests call `run` per test).
     """
     gc.set_threshold(_GC_YOUNG, _GC_MIDDLE, _GC_OLD)
 

@@ -18,7 +18,7 @@ application sees, never a silent end. A deadline of 0 turns moving off: a failed
 the stream at once with the code the path failure came with (`peer_gone`, ...).
 
 Rules of this file:
-- Inputs: `opened`, `detached`, `resumed`, `accept`, `handle_timeout(now)`. Outputs:
+- Inputs: `opened`, `closed`, `detached`, `resumed`, `accept`, `handle_timeout(now)`. Outputs:
   `due(now)`, `poll_timeout()`, `nonce()`, `statistics()`.
 - Every refused resume is counted under its code (`resume_refused`, `replayed`, a ticket
   code) and answered with a RESET; the session it named is untouched.
@@ -142,6 +142,13 @@ class Sessions:
         while len(self._keys) >= self.max_sessions:
             del self._keys[next(iter(self._keys))]  # the oldest session goes first
         self._keys[sid] = key
+
+    def closed(self, circuit: Circuit) -> None:
+        """A stream ended: its session can no longer move, so the table lets it go now
+        rather than at the next sweep (which freed 256 streams' buffers at once)."""
+        sid = circuit.session_id
+        if sid is not None and circuit.state is State.CLOSED and self._by_sid.get(sid) is circuit:
+            del self._by_sid[sid]
 
     def key_for(self, service: str) -> SessionKey | None:
         """(Dialer) The session to open a stream to `service` in, if there is one."""

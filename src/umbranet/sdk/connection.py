@@ -377,6 +377,8 @@ class RouterConnection:
                 # outlived two collections and piled up for the costly full one.)
                 if stream is not None and circuit.owner is stream:
                     circuit.owner = None
+                if self._mover is not None:
+                    self._mover.sessions.closed(circuit)
             else:
                 stream = self._streams.get(circuit.id)
             if stream is not None:
