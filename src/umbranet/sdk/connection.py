@@ -372,9 +372,9 @@ class RouterConnection:
             if circuit.state is State.CLOSED:
                 stream = self._streams.pop(circuit.id, None)
                 # A closed circuit never moves, so nothing finds its stream through it any
-                # more; cutting the stream <-> circuit cycle lets both go by refcount. (The
-                # session table keeps closed circuits until its sweep: as a cycle they
-                # outlived two collections and piled up for the costly full one.)
+                # more: cut the stream <-> circuit cycle and let the session table go of
+                # it, so both are freed by reference count now (as a cycle held by the
+                # table they outlived two collections and piled up for a full one).
                 if stream is not None and circuit.owner is stream:
                     circuit.owner = None
                 if self._mover is not None:
