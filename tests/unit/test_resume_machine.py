@@ -18,7 +18,7 @@ from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit, Closed, State
 from umbranet.proto.e2e import DialerHandshake, HostHandshake, LocalCredentials
 from umbranet.proto.flow import MIN_WINDOW
-from umbranet.proto.resume import RESUME_SIZE, Resume, is_resume_blob
+from umbranet.proto.resume import RESUME_SIZE, Resume, ResumeSecret, is_resume_blob
 from umbranet.proto.retain import Retained
 from umbranet.proto.sessions import Sessions
 from umbranet.testing import LocalNetwork
@@ -415,3 +415,10 @@ def test_with_moving_off_a_failed_path_ends_the_stream_as_the_failure_said(deadl
     assert pair.dialer.state is State.CLOSED
     assert pair.dialer.error is not None and pair.dialer.error.code is ErrorCode.PEER_GONE
     assert not pair.dialer.error.authenticated
+
+
+def test_a_session_secret_never_shows_in_its_repr() -> None:
+    secret = ResumeSecret(bytes(range(32)))
+    text = repr(secret)
+    assert repr(secret.secret) not in text and secret.secret.hex() not in text
+    assert repr(secret.mac_key) not in text

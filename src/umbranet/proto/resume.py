@@ -101,7 +101,7 @@ class ResumeSecret:
     """What both ends keep of a session to resume it: the secret and the ids derived from
     it. `secret` never leaves the endpoint; `sid` is sent in clear (it only names)."""
 
-    secret: bytes
+    secret: bytes = field(repr=False)  # a key: never in a log line or a traceback's repr
     # Derived once: every OPEN, OPEN_OK, RESUME and CONFIRM of the session uses them. The
     # sid at once (the session table files every stream under it); the mac key when first
     # used, as most streams opened inside a session never resume nor open streams.
