@@ -114,7 +114,7 @@ class LocalCredentials:
     """What an endpoint proves itself with: its SVID, its noise key, and the trust bundle."""
 
     cert_pem: bytes
-    noise_private_key: bytes
+    noise_private_key: bytes = field(repr=False)  # never in a log line or a repr
     bundle: TrustBundle
 
 
