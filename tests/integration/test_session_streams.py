@@ -207,3 +207,20 @@ def test_httpx_sees_a_refused_0rtt_dial_as_a_connect_error_with_the_code(
             assert getattr(refused.value, "code", None) == "no_terminator"
 
     arun(main())
+
+
+def test_wait_closed_returns_for_a_stream_that_ended_before_anyone_waited(
+    network: LocalNetwork, arun: Any
+) -> None:
+    async def main() -> None:
+        async with _echo_service(network) as (_, client, _listener):
+            await _first_stream(client)
+            stream = await client.dial("echo", early_data=b"two")
+            stream.write_eof()
+            assert await asyncio.wait_for(stream.read(), 10) == b"two"
+            assert await asyncio.wait_for(stream.read(), 10) == b""  # the echo ended too
+            await eventually(stream.is_closing)
+            await asyncio.wait_for(stream.wait_closed(), 10)
+            await asyncio.wait_for(stream.wait_closed(), 10)  # and again
+
+    arun(main())

@@ -506,3 +506,9 @@ def test_listener_logs_a_refusal_on_one_line(
         assert listener.counters == {"peer_not_authorized": 1}
 
     arun(main())
+
+
+def test_local_credentials_never_show_the_noise_private_key_in_their_repr() -> None:
+    text = repr(_credentials(ALICE))
+    key = ALICE.noise_private_key
+    assert repr(key) not in text and key.hex() not in text

@@ -18,7 +18,7 @@ from umbranet.pki.tickets import Action
 from umbranet.proto.circuit import Circuit, Closed, State
 from umbranet.proto.e2e import DialerHandshake, HostHandshake, LocalCredentials
 from umbranet.proto.flow import MIN_WINDOW
-from umbranet.proto.resume import RESUME_SIZE, is_resume_blob
+from umbranet.proto.resume import RESUME_SIZE, Resume, ResumeSecret, is_resume_blob
 from umbranet.proto.retain import Retained
 from umbranet.proto.sessions import Sessions
 from umbranet.testing import LocalNetwork
@@ -199,6 +199,29 @@ def test_a_session_moves_and_both_directions_arrive_once_in_order() -> None:
     assert pair.sessions.counters["resumes_accepted"] == 1
     pair.sessions.handle_timeout(_instant())
     assert pair.sessions.statistics()["sessions"] == 0  # nor does the table keep it
+
+
+def test_a_closed_stream_leaves_the_table_when_told_and_cannot_be_resumed() -> None:
+    pair = MovingPair()
+    other = MovingPair()  # a live session the table keeps
+    pair.sessions.opened(other.host)
+    pair.sessions.closed(other.host)  # still open: told in error, nothing goes
+    pair.dialer.write_eof()
+    pair.host.write_eof()
+    pair.settle()
+    assert pair.host.state is State.CLOSED
+    assert pair.sessions.statistics()["sessions"] == 2
+    pair.sessions.closed(pair.host)
+    assert pair.sessions.statistics()["sessions"] == 1  # no sweep needed
+    # A RESUME naming it finds nothing (as one naming a closed circuit the table kept did).
+    assert pair.dialer.resume_secret is not None
+    resume = Resume.build(pair.dialer.resume_secret, 1, bytes(16), 0, False)
+    fields = {"service": SERVICE, "binding": 1, "ticket": _ticket(ALICE, Action.DIAL),
+              "dialer": ALICE.spiffe_id, "window": MIN_WINDOW}  # fmt: skip
+    (connect,) = _decode([encode_frame(FrameType.CONNECT, 99, encode_control(fields, resume.raw))])
+    refused = pair.offer(connect)
+    assert refused.state is State.CLOSED
+    assert pair.sessions.counters["resume_refused"] == 1
 
 
 def test_a_resume_while_the_host_still_holds_the_old_circuit_moves_it() -> None:
@@ -392,3 +415,10 @@ def test_with_moving_off_a_failed_path_ends_the_stream_as_the_failure_said(deadl
     assert pair.dialer.state is State.CLOSED
     assert pair.dialer.error is not None and pair.dialer.error.code is ErrorCode.PEER_GONE
     assert not pair.dialer.error.authenticated
+
+
+def test_a_session_secret_never_shows_in_its_repr() -> None:
+    secret = ResumeSecret(bytes(range(32)))
+    text = repr(secret)
+    assert repr(secret.secret) not in text and secret.secret.hex() not in text
+    assert repr(secret.mac_key) not in text

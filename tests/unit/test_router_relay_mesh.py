@@ -159,6 +159,20 @@ def test_a_key_leaving_the_second_router_is_withdrawn_at_the_first() -> None:
     assert r1.forwarder.counters["relay_mesh_datagrams"] == 0
 
 
+def test_a_neighbour_is_owed_an_announcement_only_after_the_keys_changed() -> None:
+    # The switch polls announcements on every dial: only a change may make work for it.
+    r1, r2, to_r2, to_r1 = _mesh()
+    _pump(r1, to_r2, r2, to_r1)
+    assert not r2.forwarder.relay.mesh.due()
+    b = _link(r2, BEN)
+    assert r2.forwarder.relay.mesh.due()
+    _pump(r1, to_r2, r2, to_r1)
+    assert not r2.forwarder.relay.mesh.due()
+    assert r1.forwarder.relay.mesh.remote.get(BEN.noise_public_key) is to_r2
+    r2.forwarder.link_gone(b)
+    assert r2.forwarder.relay.mesh.due()
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=200), st.binary(max_size=200))
 def test_garbage_from_a_neighbour_is_refused_with_a_code_and_delivers_nothing(

@@ -172,3 +172,15 @@ def test_other_strategies_spread_dials_whatever_session_they_name() -> None:
         picked[chosen.identity] += 1
     assert sorted(picked.values()) == [10, 10, 10]
     assert table.counters["picked_session_host"] == 0
+
+
+def test_a_lone_host_gets_every_dial_counted_until_its_binding_expires() -> None:
+    table = TerminatorTable()
+    host = Binding(FakeLink("h"), 1, "echo", "host", expires_at=1000)
+    table.add(host)
+    assert [table.pick("echo", 10, host="host") for _ in range(3)] == [host] * 3
+    assert table.counters["picked_smart"] == 3
+    tried = [(host.link, host.binding_id)]
+    assert table.pick("echo", 10, exclude=tried) is None  # a dial never goes back
+    assert table.pick("echo", 1000) is None
+    assert len(table) == 0

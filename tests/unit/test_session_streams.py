@@ -4,6 +4,7 @@ by the host, and every stream's ticket is still checked (service, port, revocati
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 import pytest
@@ -388,6 +389,53 @@ def test_a_host_that_does_not_answer_sends_its_accept_at_the_cork_deadline() -> 
     clock.advance(link.cork_delay)
     link.handle_timeout(clock.now())
     assert _types(link) == ["ACCEPT"]
+
+
+def test_the_host_s_answer_releases_the_cork_and_its_deadline() -> None:
+    # Else the host's timer wakes a cork delay after every in-session stream, for nothing.
+    clock = FakeClock()
+    pair = MovingPair()
+    link = _host_link(pair, clock)
+    link.handle_frames([_connect_with_open(pair)], clock.now())
+    held = link.poll_timeout()
+    assert held is not None and held.at <= clock.mono + link.cork_delay
+    (incoming,) = [e for e in iter(link.poll_event, None) if isinstance(e, Incoming)]
+    incoming.circuit.write(b"pong")
+    link.flush(incoming.circuit)
+    assert _types(link) == ["ACCEPT", "DATA"]
+    assert link.timeout_may_be_later
+    after = link.poll_timeout()
+    assert after is not None and after.at > held.at and after.reason != "circuits"
+    assert not link.timeout_may_be_later
+
+
+def test_the_first_write_of_a_deferred_open_releases_its_cork_deadline() -> None:
+    clock = FakeClock()
+    pair = MovingPair()
+    link = EndpointLink(name="alice", now=clock.now())
+    hello = encode_control({"v": 1, "role": "router", "name": "r1"})
+    link.handle_frames([Frame(FrameType.HELLO, 0, 0, hello)], clock.now())
+    link.poll_transmit()
+    secret, peer = pair.dialer.resume_secret, pair.dialer.peer
+    assert secret is not None and peer is not None
+    make = functools.partial(
+        Circuit.open_in_session,
+        service=SERVICE,
+        secret=secret,
+        peer=peer,
+        stream=1,
+        ticket=_ticket(ALICE, Action.DIAL, SERVICE),
+        nonce=pair.sessions.nonce(),
+        deferred=True,
+    )
+    dialer = link.dial(make, clock.now(), timeout=10.0)
+    held = link.poll_timeout()
+    assert held is not None and held.at <= clock.mono + link.cork_delay
+    dialer.write(b"ping")
+    assert [FrameType(f.type).name for f in _decode(link.flush_transmit(dialer))] == ["DIAL"]
+    after = link.poll_timeout()
+    # What is left is the link's keepalive (the dial's own deadline is later), not the cork.
+    assert after is not None and after.at > held.at and after.reason == "keepalive"
 
 
 def test_an_open_without_early_data_is_accepted_at_once() -> None:

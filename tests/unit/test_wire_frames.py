@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +13,7 @@ from umbranet.wire import (
     HEADER_SIZE,
     MAX_PAYLOAD,
     ErrorCode,
+    Frame,
     FrameDecoder,
     FrameType,
     WireError,
@@ -17,7 +21,7 @@ from umbranet.wire import (
     encode_control,
     encode_frame,
 )
-from umbranet.wire.control import decode_error, encode_error
+from umbranet.wire.control import DecodedFrame, decode_error, encode_error, frame_control
 from umbranet.wire.frames import encode_header
 
 frame_types = st.sampled_from(list(FrameType))
@@ -105,6 +109,38 @@ def test_control_garbage_is_bad_control_payload(garbage: bytes) -> None:
         assert exc.code is ErrorCode.BAD_CONTROL_PAYLOAD
 
 
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300)
+@given(
+    _JSON_VALUES,
+    st.sampled_from(["", " ", "\n", "\t \r\n"]),
+    st.sampled_from(["", " ", "\n", " x", ",", "}"]),
+    st.sampled_from([None, 1]),
+)
+def test_control_json_is_accepted_and_refused_as_json_loads_does(
+    value: object, before: str, after: str, indent: int | None
+) -> None:
+    # The decoder skips json.loads's whitespace scans when it can: what it accepts must not
+    # change (whitespace around the object is valid JSON; anything after it is not).
+    text = (before + json.dumps(value, indent=indent) + after).encode()
+    try:
+        expected: object = json.loads(text.decode())
+    except ValueError:
+        expected = None
+    payload = struct.pack("!H", len(text)) + text
+    if not isinstance(expected, dict):
+        with pytest.raises(WireError):
+            decode_control(payload)
+    else:
+        assert decode_control(payload).fields == expected
+
+
 def test_error_payloads_round_trip_and_tolerate_garbage() -> None:
     assert decode_error(encode_error(ErrorCode.NO_TERMINATOR, "no host")) == (
         ErrorCode.NO_TERMINATOR,
@@ -122,3 +158,19 @@ def test_feed_of_more_than_the_buffer_keeps_every_payload_intact() -> None:
     data = b"".join(encode_frame(FrameType.DATA, 1, p) for p in payloads)
     frames = FrameDecoder().feed(data)
     assert [bytes(f.payload) for f in frames] == payloads
+
+
+def test_a_decoded_frame_hands_on_its_payload_decoded_once() -> None:
+    # A host reads a CONNECT for its binding, then its accept reads it again: one decode.
+    payload = encode_control({"binding": 1, "window": 65536}, b"blob")
+    frame = Frame(FrameType.CONNECT, 0, 2, payload)
+    control = decode_control(frame.payload)
+    handed = DecodedFrame(frame, control)
+    assert (handed.type, handed.flags, handed.circuit, handed.payload) == (
+        FrameType.CONNECT,
+        0,
+        2,
+        payload,
+    )
+    assert frame_control(handed) is control
+    assert frame_control(frame) == control  # a plain frame is decoded

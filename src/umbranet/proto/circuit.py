@@ -64,7 +64,7 @@ from umbranet.proto.resume import (
 from umbranet.proto.retain import Retained
 from umbranet.proto.text import printable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, decode_control, encode_control
-from umbranet.wire.control import decode_error, encode_error
+from umbranet.wire.control import decode_error, encode_error, frame_control
 from umbranet.wire.frames import MAX_DATA_PAYLOAD, WireError, encode_frame, encode_header
 
 __all__ = [
@@ -178,7 +178,7 @@ class Circuit(CircuitMoves):
         circuit.service = handshake.service
         circuit._limits = handshake.limits
         try:
-            ctl = decode_control(connect.payload)
+            ctl = frame_control(connect)
             peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
             circuit._expected_dialer = ctl.str_field("dialer", 2048)
             answer = handshake.answer(ctl.blob)

@@ -82,6 +82,10 @@ class RekeyLimits:
             raise ValueError("rekey time limit must be positive")
 
 
+# Frozen, so every session without limits of its own shares one (not one per stream).
+_DEFAULT_LIMITS = RekeyLimits()
+
+
 class E2EError(Exception):
     """The end-to-end handshake or a sealed frame failed; the circuit must be reset."""
 
@@ -110,7 +114,7 @@ class LocalCredentials:
     """What an endpoint proves itself with: its SVID, its noise key, and the trust bundle."""
 
     cert_pem: bytes
-    noise_private_key: bytes
+    noise_private_key: bytes = field(repr=False)  # never in a log line or a repr
     bundle: TrustBundle
 
 
@@ -142,7 +146,7 @@ class E2ESession:
         out, into = (DIALER_TO_HOST, HOST_TO_DIALER) if dialer else (HOST_TO_DIALER, DIALER_TO_HOST)
         self._ad_out = _AD[out]
         self._ad_in = _AD[into]
-        self._limits = limits or RekeyLimits()
+        self._limits = limits or _DEFAULT_LIMITS
         self._now = now
         self._deadline = now + self._limits.after
         self._rekey_due = False

@@ -31,7 +31,9 @@ Rules of this file:
   `flush_transmit(circuit)` is `flush` and `poll_transmit` in one call (a stream's
   every operation). `handle_frames` returns False after a read that only moved DATA or
   CREDIT of open circuits: the owner then only writes and wakes (the round trip's fast
-  path: no event poll, no timer re-arm).
+  path: no event poll, no timer re-arm). `timeout_may_be_earlier` and
+  `timeout_may_be_later` say when the owner's timer needs moving (a read that pushed a
+  deadline earlier; a write that released the cork whose deadline the timer waits for).
 - Circuit-level events (Opened/Closed) are consumed here and turned into the events above;
   a closed circuit is forgotten after its stream was told (`take_touched`).
 - A misbehaving router raises nothing out of here: the link closes with the frame's error.
@@ -140,6 +142,12 @@ class EndpointLink(EndpointHosting):
         # Whether `poll_timeout` may now be earlier than when the owner last asked: a read
         # only pushes the keepalive later, so the owner re-arms after one only if it is.
         self._rearm = True
+        # Whether the deadline `poll_timeout` last gave went away before it was due (a cork
+        # released by the application's write): `_due` is recomputed at the next
+        # `poll_timeout`, and an owner that moves its timer there saves a wake-up that would
+        # find nothing to do (one per in-session dial on each side). An attribute, not a
+        # property: the owner tests it after every write.
+        self.timeout_may_be_later = False
         self._events: deque[Event] = deque()
         self._down = False
         # A GOAWAY's code: streams move on only when the path failed (carrier lost or silent,
@@ -201,6 +209,7 @@ class EndpointLink(EndpointHosting):
         if out:
             held = self._corked.pop(circuit.id, None) if self._corked else None
             if held is not None:
+                self._released(held[1])
                 self.outbox.extend(held[0])
             self.outbox.extend(out)
         if circuit.state is State.CLOSED and circuit.id in self._circuits:
@@ -214,6 +223,7 @@ class EndpointLink(EndpointHosting):
         outbox = self.outbox
         if held is not None or outbox:
             if held is not None:
+                self._released(held[1])
                 outbox.extend(held[0])
             outbox.extend(out)
             out = outbox[:]
@@ -340,10 +350,7 @@ class EndpointLink(EndpointHosting):
                 self._events.append(
                     BindFailed(binding_id, "router_timeout", "the router did not answer BIND")
                 )
-        pending = [at for _, at in self._corked.values()]
-        pending += self._dialing.values()
-        pending += [b.deadline for b in self._bindings.values() if b.deadline is not None]
-        self._due = min(pending, default=None)
+        self._due = self._next_due()
         self._rearm = True
         self._drain_session()
 
@@ -408,6 +415,9 @@ class EndpointLink(EndpointHosting):
         """The link's next deadline, or an earlier cork, dial or bind deadline (which may
         have passed already without work: `handle_timeout` then only recomputes)."""
         self._rearm = False
+        if self.timeout_may_be_later:
+            self.timeout_may_be_later = False
+            self._due = self._next_due()
         due = self._due
         link = self.session.poll_timeout()
         if due is None:
@@ -548,6 +558,17 @@ class EndpointLink(EndpointHosting):
             and circuit.state is State.OPEN
             and circuit_id not in self._corked
         )
+
+    def _next_due(self) -> float | None:
+        pending = [at for _, at in self._corked.values()]
+        pending += self._dialing.values()
+        pending += [b.deadline for b in self._bindings.values() if b.deadline is not None]
+        return min(pending, default=None)
+
+    def _released(self, at: float) -> None:
+        """A cork due `at` was released early: if it set `_due`, the deadline moves later."""
+        if at == self._due:
+            self.timeout_may_be_later = True
 
     def _due_at(self, at: float) -> float:
         if self._due is None or at < self._due:

@@ -17,7 +17,7 @@ from umbranet.proto.endpoint_events import BindFailed, BindingLost, Bound, Event
 from umbranet.proto.link import LinkSession
 from umbranet.proto.resume import EARLY_DATA_MAX
 from umbranet.wire import ErrorCode, Frame, FrameType, decode_control, encode_control
-from umbranet.wire.control import decode_error
+from umbranet.wire.control import DecodedFrame, decode_error
 
 __all__ = ["Binding", "CircuitEntry", "EndpointHosting"]
 
@@ -134,7 +134,7 @@ class EndpointHosting:
                 "the host has too many handshakes in progress",
             )
             return
-        circuit = binding.accept(circuit_id, frame)
+        circuit = binding.accept(circuit_id, DecodedFrame(frame, ctl))
         self._circuits[circuit_id] = CircuitEntry(circuit, binding_id)
         self._pending_accepts += 1
         touched[circuit_id] = circuit

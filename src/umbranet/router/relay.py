@@ -112,7 +112,10 @@ class WgRelay:
             self.mesh.changed()
 
     def poll_announce(self) -> None:
-        """Queue the key announcements neighbours are owed (cheap when nothing changed)."""
+        """Queue the key announcements neighbours are owed (cheap when nothing changed:
+        the key set, one entry per endpoint link, is copied only when one is owed)."""
+        if not self.mesh.due():
+            return
         for link, buffers in self.mesh.poll(set(self._by_key)):
             self._send(link, buffers)  # type: ignore[arg-type]  # bytes are buffers
 

@@ -89,6 +89,14 @@ class MeshDirectory:
                 continue
             self.remote[key] = link
 
+    def due(self) -> bool:
+        """Whether a neighbour may be owed an announcement (`poll` has work): lets the
+        caller skip building the local key set, which the switch polls on every dial."""
+        if not self._told_version:
+            return False
+        version = self._version
+        return any(told != version for told in self._told_version.values())
+
     def poll(self, local: set[bytes]) -> list[tuple[SwitchLink, list[bytes]]]:
         """Announcements due: (router link, buffers) for each ready neighbour whose view of
         `local` is out of date. Cheap when nothing changed (a version compare per router)."""

@@ -210,6 +210,10 @@ class RouterConnection:
         out = machine.flush_transmit(circuit)
         if out:
             link.write_many(out)
+            # This write released a cork (a deferred OPEN, a held ACCEPT or HANDSHAKE):
+            # its deadline is gone, so the timer need not wake for it.
+            if machine.timeout_may_be_later and self._timer is not None:
+                self._timer.move(machine.poll_timeout())
         if circuit.state is State.CLOSED and machine.has_news:
             self._deliver()
 
@@ -367,6 +371,14 @@ class RouterConnection:
         for circuit in machine.take_touched():
             if circuit.state is State.CLOSED:
                 stream = self._streams.pop(circuit.id, None)
+                # A closed circuit never moves, so nothing finds its stream through it any
+                # more: cut the stream <-> circuit cycle and let the session table go of
+                # it, so both are freed by reference count now (as a cycle held by the
+                # table they outlived two collections and piled up for a full one).
+                if stream is not None and circuit.owner is stream:
+                    circuit.owner = None
+                if self._mover is not None:
+                    self._mover.sessions.closed(circuit)
             else:
                 stream = self._streams.get(circuit.id)
             if stream is not None:

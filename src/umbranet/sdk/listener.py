@@ -117,7 +117,11 @@ class Listener:
 
     async def accept(self) -> Stream:
         """The next dialer's stream (the dialer is authenticated and authorized)."""
-        await self.start()
+        if self._task is None or not self._ready.done():
+            await self.start()
+        else:
+            # Bound already: what `start` would say, without a shielded wait per stream.
+            self._ready.result()
         return await self._queue.get()
 
     def __aiter__(self) -> Listener:

@@ -62,6 +62,8 @@ class RouterRanking:
     def order(self, addresses: Sequence[str], connections: Mapping[str, _Measured]) -> list[str]:
         """`addresses` best first: measured live links by RTT, then the rest in the
         controller's order."""
+        if len(addresses) < 2:
+            return list(addresses)  # nothing to rank: no link statistics read on every dial
 
         def key(item: tuple[int, str]) -> tuple[bool, float, int]:
             index, address = item

@@ -45,7 +45,7 @@ class Stream:
         self._waiter: asyncio.Future[None] | None = None
         self._closing = False
         self._loop = asyncio.get_running_loop()  # looked up once: each lookup is a getpid()
-        self._closed = self._loop.create_future()
+        self._closed: asyncio.Future[None] | None = None  # made by the first `wait_closed`
         # A refused in-session open being replaced by a new dial: writes wait in `_held`.
         self._replacing: asyncio.Task[None] | None = None
         self._held: list[bytes] = []
@@ -229,6 +229,10 @@ class Stream:
 
     async def wait_closed(self) -> None:
         """Wait until both directions ended (or the stream was reset)."""
+        if self._closed is None:
+            self._closed = self._loop.create_future()
+            if self._is_closed():
+                self._closed.set_result(None)
         await asyncio.shield(self._closed)
 
     def as_socket(self) -> socket.socket:
@@ -254,9 +258,13 @@ class Stream:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        closed = self._circuit.state is State.CLOSED and self._replacing is None
-        if closed and not self._closed.done():
-            self._closed.set_result(None)
+        closed = self._closed
+        if closed is not None and not closed.done() and self._is_closed():
+            closed.set_result(None)
+
+    def _is_closed(self) -> bool:
+        """Both directions ended for good (not a refused open being dialed again)."""
+        return self._circuit.state is State.CLOSED and self._replacing is None
 
     def moved_to(self, connection: RouterConnection) -> None:
         """The stream's session resumed on another router link (see `sdk/moves.py`)."""

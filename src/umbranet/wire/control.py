@@ -4,8 +4,9 @@
     | json length (u16) | JSON object, UTF-8         | blob (rest of payload) |
     +-------------------+----------------------------+------------------------+
 
-Control frames are rare (one per dial or bind), so JSON's cost does not matter and its
-readability does; the blob carries Noise handshake messages without base64.
+Control frames are few (about three per dial or bind), so JSON's cost is small and its
+readability worth it; one encoder and one decoder are reused so a payload costs a few µs.
+The blob carries Noise handshake messages without base64.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from umbranet.wire.codes import ErrorCode
-from umbranet.wire.frames import WireError
+from umbranet.wire.frames import Frame, WireError
 
 _LEN = struct.Struct("!H")
 MAX_JSON = 16 * 1024
+# Made once: `json.dumps` with separators builds a new encoder per call, which cost more
+# than the encoding (~8 µs vs ~4 µs for a DIAL; a dial encodes three payloads).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +53,7 @@ class ControlPayload:
 
 def encode_control(fields: dict[str, Any], blob: bytes = b"") -> bytes:
     """Encode fields (JSON-serialisable) and a blob."""
-    body = json.dumps(fields, separators=(",", ":")).encode()
+    body = _ENCODER.encode(fields).encode()
     if len(body) > MAX_JSON:
         raise ValueError(f"control JSON of {len(body)} bytes exceeds {MAX_JSON}")
     return _LEN.pack(len(body)) + body + blob
@@ -63,12 +68,41 @@ def decode_control(payload: bytes | memoryview) -> ControlPayload:
     if size > MAX_JSON or end > len(payload):
         raise WireError(ErrorCode.BAD_CONTROL_PAYLOAD, "control JSON length out of range")
     try:
-        fields = json.loads(bytes(payload[_LEN.size : end]).decode())
+        fields = _loads(bytes(payload[_LEN.size : end]).decode())
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError(ErrorCode.BAD_CONTROL_PAYLOAD, "control JSON does not parse") from exc
     if not isinstance(fields, dict):
         raise WireError(ErrorCode.BAD_CONTROL_PAYLOAD, "control JSON must be an object")
     return ControlPayload(fields, bytes(payload[end:]))
+
+
+class DecodedFrame(Frame):
+    """A control frame whose first reader decoded its payload, handed on with the result:
+    a host's CONNECT is read for its binding, then by the accept that binding runs."""
+
+    __slots__ = ("control",)
+
+    def __init__(self, frame: Frame, control: ControlPayload) -> None:
+        super().__init__(frame.type, frame.flags, frame.circuit, frame.payload)
+        self.control = control
+
+
+def frame_control(frame: Frame) -> ControlPayload:
+    """`decode_control(frame.payload)`, or what a `DecodedFrame` carries already."""
+    if type(frame) is DecodedFrame:
+        return frame.control
+    return decode_control(frame.payload)
+
+
+def _loads(text: str) -> Any:
+    """`json.loads`, without its two whitespace scans when there is no whitespace around
+    the value (our encoder writes none); anything else takes `json.loads` itself, so what
+    is accepted and refused is exactly what it accepts and refuses."""
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except ValueError:
+        return json.loads(text)  # leading whitespace, or the error json.loads raises too
+    return value if end == len(text) else json.loads(text)
 
 
 def encode_error(code: ErrorCode, reason: str) -> bytes:
