@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["JOIN_KEY_PREFIX", "JoinKeyText", "format_join_key", "parse_join_key"]
 
@@ -28,7 +28,7 @@ class JoinKeyText:
     controller_url: str
     ca_fingerprint: str
     key_id: str
-    secret: bytes
+    secret: bytes = field(repr=False)
 
 
 def format_join_key(controller_url: str, ca_fingerprint: str, key_id: str, secret: bytes) -> str:

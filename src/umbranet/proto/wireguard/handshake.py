@@ -18,7 +18,7 @@ the generic Noise implementation in `umbranet.proto.noise`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from umbranet.proto.wireguard.crypto import (
     AeadError,
@@ -72,8 +72,8 @@ class HandshakeError(Exception):
 class SessionKeys:
     """The transport keys one side derived; `initiator` says which side it is."""
 
-    send: bytes
-    receive: bytes
+    send: bytes = field(repr=False)
+    receive: bytes = field(repr=False)
     initiator: bool
 
 
@@ -82,9 +82,9 @@ class InitiatorState:
     """What the initiator keeps between sending type 1 and receiving type 2."""
 
     sender: int
-    chaining_key: bytes
+    chaining_key: bytes = field(repr=False)
     hash: bytes
-    ephemeral_private: bytes
+    ephemeral_private: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ class ConsumedInitiation:
     timestamp: bytes
     sender: int
     remote_ephemeral: bytes
-    chaining_key: bytes
+    chaining_key: bytes = field(repr=False)
     hash: bytes
 
 
