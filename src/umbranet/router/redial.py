@@ -9,12 +9,12 @@ The switch keeps the CONNECT's or DIAL's fields here until ACCEPT (or the circui
 and, on a RESET from the host's side whose code says "not this way" (`RETRYABLE`), sends
 them again: to the next binding the terminator table picks (a CONNECT), or through the
 next feasible route (a DIAL; every installed route strictly lowers the distance to the
-service, so trying another never loops), excluding those tried, `MAX_TRIES` in all; a
-DIAL that passed a standby host bound here for a remote primary falls back to that standby
-when every route refuses, if this router checked its ticket. A refusal about the dialer
-itself (its ticket) is never retried. Each record lives no longer
-than the circuit's handshake deadline, so the table is bounded by the router's
-pending-handshake limits.
+service, so trying another never loops), excluding those tried, `MAX_TRIES` in all. A
+DIAL that passed a standby host bound here for a remote primary falls back to that
+standby when every route refuses, if this router checked its ticket. A refusal about the
+dialer itself (its ticket) is never retried. Each record lives no longer than the
+circuit's handshake deadline, so the table is bounded by the router's pending-handshake
+limits.
 """
 
 from __future__ import annotations
