@@ -184,10 +184,7 @@ def test_a_host_refusing_a_dial_before_accepting_is_skipped_and_the_dialer_sees_
         binding.precedence = 0 if binding.identity.endswith("web1") else 1
     # web1 forgets its binding without telling the router (its UNBIND is lost): it
     # answers the router's CONNECT with a refusal.
-    net.drop_frames(first, r1, lambda frame: frame.type == FrameType.UNBIND)
-    for link in first.links.values():
-        link.machine.unbind(stale.binding_id)
-        first._step(link)
+    first.unbind(stale, silently=True)
     net.run_for(0.1)
 
     mark = len(net.trace.records)
@@ -214,10 +211,7 @@ def _stale_hosts(net: SimNet, r1: SimRouter, count: int) -> list[SimEndpoint]:
     listeners = [host.listen("echo", echo) for host in hosts]
     net.run_until(lambda: all(x.bound for x in listeners), within=1.0)
     for host, listener in zip(hosts, listeners, strict=True):
-        net.drop_frames(host, r1, lambda frame: frame.type == FrameType.UNBIND)
-        for link in host.links.values():
-            link.machine.unbind(listener.binding_id)
-            host._step(link)
+        host.unbind(listener, silently=True)
     net.run_for(0.1)
     return hosts
 

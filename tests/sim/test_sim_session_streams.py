@@ -7,7 +7,20 @@ from __future__ import annotations
 
 from tests.sim.test_sim_failover import MiB, _payload, _ready, _ring
 from umbranet.proto.sessions import Sessions
-from umbranet.testing.simnet import SimEndpoint, SimNet, SimStream
+from umbranet.testing.simnet import SimEndpoint, SimNet, SimRouter, SimStream
+
+
+def _warm(seed: int) -> tuple[SimNet, list[SimRouter], SimEndpoint, SimEndpoint]:
+    """alice at r1 and a host of echo at r3 (r1-r2-r3 fast, r1-r4-r3 spare), with one
+    stream already echoed: the session later dials open in."""
+    net = SimNet(seed=seed)
+    routers = _ring(net)
+    alice = net.endpoint("alice", via=[routers[0]])
+    web = net.endpoint("web", via=[routers[2]])
+    _ready(net, alice, web)
+    first = _echo(net, alice, b"full handshake", in_session=True)  # no session yet
+    assert first.finished and first.read() == b"full handshake"
+    return net, routers, alice, web
 
 
 def _echo(net: SimNet, alice: SimEndpoint, data: bytes, *, in_session: bool) -> SimStream:
@@ -19,13 +32,7 @@ def _echo(net: SimNet, alice: SimEndpoint, data: bytes, *, in_session: bool) -> 
 
 
 def test_later_dials_open_in_the_session_and_carry_their_first_bytes() -> None:
-    net = SimNet(seed=71)
-    r1, _r2, r3, _r4 = _ring(net)
-    alice = net.endpoint("alice", via=[r1])
-    web = net.endpoint("web", via=[r3])
-    _ready(net, alice, web)
-    first = _echo(net, alice, b"full handshake", in_session=True)  # no session yet
-    assert first.finished and first.read() == b"full handshake"
+    net, _routers, alice, web = _warm(seed=71)
     for seed in range(3):
         data = _payload(1000 + seed, seed)
         stream = _echo(net, alice, data, in_session=True)
@@ -35,12 +42,7 @@ def test_later_dials_open_in_the_session_and_carry_their_first_bytes() -> None:
 
 
 def test_an_in_session_stream_moves_with_its_session_when_a_router_dies() -> None:
-    net = SimNet(seed=72)
-    r1, r2, r3, r4 = _ring(net)
-    alice = net.endpoint("alice", via=[r1])
-    web = net.endpoint("web", via=[r3])
-    _ready(net, alice, web)
-    assert _echo(net, alice, b"warm", in_session=True).finished
+    net, (r1, r2, _r3, r4), alice, web = _warm(seed=72)
     size = 2 * MiB + 3
     data = _payload(size, 9)
     stream = alice.dial("echo", in_session=True)
@@ -59,12 +61,7 @@ def test_an_in_session_stream_moves_with_its_session_when_a_router_dies() -> Non
 
 
 def test_a_host_that_lost_the_session_refuses_the_open_with_a_code() -> None:
-    net = SimNet(seed=73)
-    r1, _r2, r3, _r4 = _ring(net)
-    alice = net.endpoint("alice", via=[r1])
-    web = net.endpoint("web", via=[r3])
-    _ready(net, alice, web)
-    assert _echo(net, alice, b"warm", in_session=True).finished
+    net, _routers, alice, web = _warm(seed=73)
     web.sessions = Sessions(deadline=30.0, entropy=net.rng.randbytes)  # a restarted host
     refused = _echo(net, alice, b"lost", in_session=True)
     assert refused.ended is not None and refused.ended.code == "resume_refused"

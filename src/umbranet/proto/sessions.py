@@ -26,6 +26,7 @@ Rules of this file:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import secrets
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from umbranet.clock import Deadline, Instant
 from umbranet.proto.circuit import Circuit, State
 from umbranet.proto.e2e import E2EError, HostHandshake, PeerIdentity
-from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW
+from umbranet.proto.flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW
 from umbranet.proto.resume import (
     NONCE_SIZE,
     Open,
@@ -157,6 +158,33 @@ class Sessions:
     def next_stream(self, key: SessionKey) -> int:
         key.next_stream += 1
         return key.next_stream
+
+    def opener(
+        self,
+        key: SessionKey,
+        service: str,
+        ticket: str,
+        *,
+        early: bytes = b"",
+        port: int | None = None,
+        window: int = DEFAULT_WINDOW,
+    ) -> Callable[[int], Circuit]:
+        """(Dialer) What builds the next stream's circuit inside `key`'s session, given its
+        circuit id: a deferred OPEN (the first writes ride with it) numbered after the
+        session's last stream."""
+        return functools.partial(
+            Circuit.open_in_session,
+            service=service,
+            secret=key.secret,
+            peer=key.peer,
+            stream=self.next_stream(key),
+            ticket=ticket,
+            nonce=self.nonce(),
+            early=early,
+            port=port,
+            window=window,
+            deferred=True,
+        )
 
     def forget(self, service: str) -> None:
         """(Dialer) The host refused an OPEN in this session: the next dial uses Noise."""

@@ -238,18 +238,7 @@ class Context:
                 last = exc
                 continue
             if key is not None:
-                make = functools.partial(
-                    Circuit.open_in_session,
-                    service=service,
-                    secret=key.secret,
-                    peer=key.peer,
-                    stream=sessions.next_stream(key),
-                    ticket=grant.ticket,
-                    nonce=sessions.nonce(),
-                    early=early,
-                    port=port,
-                    deferred=True,
-                )
+                make = sessions.opener(key, service, grant.ticket, early=early, port=port)
                 refused = functools.partial(
                     self._open_refused, timeout=timeout, port=port, router=address
                 )

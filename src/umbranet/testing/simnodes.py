@@ -36,7 +36,7 @@ from umbranet.router.quotas import SwitchLimits
 from umbranet.router.switch import Switch
 from umbranet.testing.simcarrier import Port, Timer, reads
 from umbranet.testing.simstream import Handler, SimListener, SimStream
-from umbranet.wire import ErrorCode, Frame, WireError
+from umbranet.wire import ErrorCode, Frame, FrameType, WireError
 
 if TYPE_CHECKING:
     from umbranet.testing.simnet import SimNet
@@ -190,6 +190,10 @@ class SimRouter:
             timer.cancel()
 
 
+def _is_unbind(frame: Frame) -> bool:
+    return frame.type == FrameType.UNBIND
+
+
 def _port(link: SwitchLink) -> Port:
     handle: Hashable = link.handle
     assert isinstance(handle, Port)
@@ -262,17 +266,7 @@ class SimEndpoint:
         key = self.sessions.key_for(service) if in_session else None
         make: Callable[[int], Circuit]
         if key is not None:
-            make = functools.partial(
-                Circuit.open_in_session,
-                service=service,
-                secret=key.secret,
-                peer=key.peer,
-                stream=self.sessions.next_stream(key),
-                ticket=token,
-                nonce=self.sessions.nonce(),
-                window=window,
-                deferred=True,
-            )
+            make = self.sessions.opener(key, service, token, window=window)
         else:
             handshake = DialerHandshake(service, token, self.credentials)
             make = functools.partial(
@@ -306,6 +300,15 @@ class SimEndpoint:
                 link.machine.bind(binding_id, service, token, accept, self.net.clock.now())
                 self._step(link)
         return listener
+
+    def unbind(self, listener: SimListener, *, silently: bool = False) -> None:
+        """Stop hosting `listener`'s service at every router; `silently`: its UNBINDs are
+        lost on the way, so the routers keep offering it dials (which it refuses)."""
+        for name, link in self.links.items():
+            if silently:
+                self.net.drop_frames(self, self.net.routers[name], _is_unbind)
+            link.machine.unbind(listener.binding_id)
+            self._step(link)
 
     def enable_resume(self, deadline: float = 30.0) -> None:
         """Streams whose path fails move to another path (within `deadline` seconds)."""
