@@ -107,8 +107,11 @@ class Link(asyncio.BufferedProtocol):
 
     def write_many(self, buffers: list[bytes]) -> None:
         """Send several buffers as one write (one TLS record run instead of many)."""
-        if buffers:
-            self.write(buffers[0] if len(buffers) == 1 else b"".join(buffers))
+        # `write`, inline: every relayed frame and every stream write comes through here.
+        if buffers and not self.closed and self.transport is not None:
+            data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+            self.bytes_out += len(data)
+            self.transport.write(data)
 
     async def writable(self) -> None:
         """Wait while the transport's write buffer is above its high-water mark."""

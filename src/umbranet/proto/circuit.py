@@ -117,10 +117,13 @@ class Circuit(CircuitMoves):
         self._credit = SendCredit(0)
         self._window = ReceiveWindow(window)
         self._inbound: deque[bytes] = deque()
-        self._inbound_size = 0  # includes `_unread`
+        # Plaintext bytes waiting for `take` (`_unread` included), and application bytes
+        # queued but not yet sealed: plain attributes, not properties, as streams read them
+        # on every read and write; only this class writes them.
+        self.readable_bytes = 0
         self._unread = b""  # pushed back by the reader: its credit was already returned
         self._outbound: deque[bytes] = deque()
-        self._outbound_size = 0
+        self.unsent_bytes = 0
         self._transmit: list[bytes] = []
         self._events: deque[Event] = deque()
         self.service = ""
@@ -259,7 +262,7 @@ class Circuit(CircuitMoves):
         if early:
             # Not DATA: it used no window, so taking it returns no credit.
             circuit._unread = early
-            circuit._inbound_size = circuit._received = len(early)
+            circuit.readable_bytes = circuit._received = len(early)
         circuit._move(State.OPEN)
         circuit._events.append(Opened(peer))
         return circuit
@@ -320,7 +323,7 @@ class Circuit(CircuitMoves):
             raise ConnectionError("stream is closed for writing")
         if data:
             self._outbound.append(data)
-            self._outbound_size += len(data)
+            self.unsent_bytes += len(data)
             self._pump()
 
     def write_eof(self) -> None:
@@ -336,7 +339,7 @@ class Circuit(CircuitMoves):
             return b""
         if self._unread:
             chunk, self._unread = self._unread[:limit], self._unread[limit:]
-            self._inbound_size -= len(chunk)
+            self.readable_bytes -= len(chunk)
             return chunk
         if not self._inbound:
             return b""
@@ -348,7 +351,7 @@ class Circuit(CircuitMoves):
             self._inbound[0] = chunk[limit:]
             chunk = chunk[:limit]
             credit = limit
-        self._inbound_size -= len(chunk)
+        self.readable_bytes -= len(chunk)
         self._return_credit(credit)
         return chunk
 
@@ -361,7 +364,7 @@ class Circuit(CircuitMoves):
         """
         if data:
             self._unread = data + self._unread
-            self._inbound_size += len(data)
+            self.readable_bytes += len(data)
 
     def reset(self, code: ErrorCode, reason: str) -> None:
         """Abort the circuit: a sealed abort (when credit allows) and RESET to the peer;
@@ -404,14 +407,9 @@ class Circuit(CircuitMoves):
         return self._events.popleft() if self._events else None
 
     @property
-    def readable_bytes(self) -> int:
-        """Plaintext bytes waiting for `take`."""
-        return self._inbound_size
-
-    @property
     def at_eof(self) -> bool:
         """The peer ended its direction and everything it sent was taken."""
-        return self._inbound_size == 0 and (self.remote_fin or self.state is State.CLOSED)
+        return self.readable_bytes == 0 and (self.remote_fin or self.state is State.CLOSED)
 
     def statistics(self) -> dict[str, int]:
         """Key updates so far (`rekeys_sent`, `rekeys_received`, on the current circuit),
@@ -424,11 +422,6 @@ class Circuit(CircuitMoves):
             "retained_bytes": self._retained.size,
         }
         return stats
-
-    @property
-    def unsent_bytes(self) -> int:
-        """Application bytes queued but not yet sealed (waiting for credit)."""
-        return self._outbound_size
 
     # -- internals ----------------------------------------------------------------------
 
@@ -485,7 +478,7 @@ class Circuit(CircuitMoves):
         fin = bool(flags & _FIN)
         if plaintext:
             self._inbound.append(plaintext)
-            self._inbound_size += len(plaintext)
+            self.readable_bytes += len(plaintext)
             self._received += len(plaintext)
         else:
             self._return_credit(size)
@@ -541,7 +534,7 @@ class Circuit(CircuitMoves):
         keep = self._retained.sent_frame
         while self._outbound:
             room = min(self._credit.available - TAG, CHUNK)
-            if room < min(_MIN_SEND, self._outbound_size):
+            if room < min(_MIN_SEND, self.unsent_bytes):
                 return
             piece = self._next_piece(room)
             flags, sealed = seal(piece)
@@ -564,7 +557,7 @@ class Circuit(CircuitMoves):
         first = self._outbound[0]
         if len(first) > room:
             self._outbound[0] = first[room:]
-            self._outbound_size -= room
+            self.unsent_bytes -= room
             return memoryview(first)[:room]
         parts = [self._outbound.popleft()]
         size = len(first)
@@ -572,7 +565,7 @@ class Circuit(CircuitMoves):
             nxt = self._outbound.popleft()
             parts.append(nxt)
             size += len(nxt)
-        self._outbound_size -= size
+        self.unsent_bytes -= size
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _finish(self, closed: Closed) -> None:
@@ -581,6 +574,6 @@ class Circuit(CircuitMoves):
         self.state = State.CLOSED
         self.error = closed
         self._outbound.clear()
-        self._outbound_size = 0
+        self.unsent_bytes = 0
         self._retained = Retained(self._retained.sent)  # nothing is resent any more
         self._events.append(closed)

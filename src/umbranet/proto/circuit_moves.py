@@ -69,7 +69,7 @@ class CircuitMoves:
     _window: ReceiveWindow
     _credit: SendCredit
     _outbound: deque[bytes]
-    _outbound_size: int
+    unsent_bytes: int
     _inbound: deque[bytes]
     _unread: bytes
     _limits: RekeyLimits | None
@@ -120,7 +120,7 @@ class CircuitMoves:
                 self._outbound[0] = head[budget:]
             budget -= len(parts[-1])
         early = b"".join(parts)
-        self._outbound_size -= len(early)
+        self.unsent_bytes -= len(early)
         return early
 
     @property
@@ -288,7 +288,7 @@ class CircuitMoves:
             self._fin_queued = True
         if again:
             self._outbound.extendleft(reversed(again))
-            self._outbound_size += sum(len(piece) for piece in again)
+            self.unsent_bytes += sum(len(piece) for piece in again)
         if self._inbound:
             # Bytes that came over the old circuit owe the new one no credit.
             self._unread = b"".join([self._unread, *self._inbound])

@@ -88,7 +88,10 @@ class Stream:
                 parts.append(chunk)
             return b"".join(parts)
         while (data := self.read_nowait(n)) is None:
-            await self._wait()
+            # `_wait`, inline: a read that waits runs this once per round trip.
+            if self._circuit.deferred is not None:  # nothing to carry: the OPEN leaves now
+                self._connection.flush(self._circuit)
+            await self.wake_waiter()
         return data
 
     def read_nowait(self, n: int) -> bytes | None:
@@ -166,7 +169,8 @@ class Stream:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes for the peer (sent as credit allows; call `drain`)."""
-        self._raise_if_reset()
+        if self._open_error is not None or self._circuit.error is not None:
+            self._raise_if_reset()
         data = data if isinstance(data, bytes) else bytes(data)
         if self._replacing is not None:
             self._held.append(data)
@@ -194,7 +198,8 @@ class Stream:
         while circuit.unsent_bytes > _HIGH_WATER:
             self._raise_if_reset()
             await self._wait()
-        self._raise_if_reset()
+        if self._open_error is not None or circuit.error is not None:
+            self._raise_if_reset()
         # No coroutine on the common path: the link almost always accepts writes.
         blocked = self._connection.link_blocked()
         if blocked is not None:
