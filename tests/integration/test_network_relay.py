@@ -138,8 +138,10 @@ def _iperf(net: Net, server_addr: str) -> float | None:
             done = subprocess.run(net.lab.argv(net.ns["a"], argv), capture_output=True,
                                   timeout=60, check=False)  # fmt: skip
             if done.returncode == 0:
-                report = json.loads(done.stdout)
-                return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
+                # A run cut short may still exit 0, with an "error" and no totals in its JSON.
+                received = json.loads(done.stdout).get("end", {}).get("sum_received")
+                if received is not None:
+                    return float(received["bits_per_second"]) / 1e6
             time.sleep(0.2)
         raise AssertionError(f"iperf3 failed: {done.stdout[-500:]!r} {done.stderr[-500:]!r}")
     finally:
