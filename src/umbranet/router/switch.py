@@ -30,26 +30,17 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 
 from umbranet.clock import Deadline, Instant
-from umbranet.pki import TrustBundle
-from umbranet.pki.tickets import Action
-from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, RelayAccount
 from umbranet.proto.link import Closing, LinkSession, LinkState, PeerSilent, Role
-from umbranet.router.gate import TicketGate
 from umbranet.router.grants import Grant, expired_grants, live_grants
 from umbranet.router.links import LinkKind, Route, Side, SwitchLink
-from umbranet.router.quotas import SwitchLimits
-from umbranet.router.redial import Connecting, PendingConnects, redial
-from umbranet.router.relay import WgRelay
-from umbranet.router.routes import Local, Refuse, RouteTable, Via
-from umbranet.router.terminators import Binding, TerminatorTable
-from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError, decode_control
-from umbranet.wire.control import encode_control, encode_error
+from umbranet.router.opening import CircuitOpening
+from umbranet.router.terminators import Binding
+from umbranet.wire import ErrorCode, Flag, Frame, FrameType, WireError
+from umbranet.wire.control import encode_error
 from umbranet.wire.frames import HEADER as _HEADER
-from umbranet.wire.frames import encode_frame
 
 __all__ = ["Switch"]
 
@@ -65,53 +56,9 @@ _KEEPALIVE = frozenset({int(FrameType.PING), int(FrameType.PONG)})
 _WG_DATAGRAM = int(FrameType.WG_DATAGRAM)
 
 
-class Switch:
-    """Frame handling for all links of one router. See the module docstring."""
-
-    def __init__(
-        self,
-        bundle: Callable[[], TrustBundle],
-        name: str,
-        limits: SwitchLimits | None = None,
-    ) -> None:
-        self._bundle = bundle
-        self._name = name
-        self.limits = limits or SwitchLimits()
-        self.routes = RouteTable()
-        self.counters: Counter[str] = Counter()
-        self.circuits = 0
-        self.in_flight = 0  # relayed DATA bytes not yet credited back, router-wide
-        self.frames_out = 0  # frames relayed or sent by the switch
-        self._pending: dict[Route, float] = {}  # dialer-side routes -> handshake deadline
-        self._pending_by_identity: Counter[str] = Counter()
-        self._connects = PendingConnects()  # CONNECTs a host may refuse: retried elsewhere
-        self._dirty: set[SwitchLink] = set()
-        self.links: set[SwitchLink] = set()
-        self._shed_links: list[SwitchLink] = []
-        self.quiet = False  # see `frames`
-        # A no-transit router is only ever a first or last hop (the operator's setting, or
-        # the controller's): it refuses to pass on a dial from a router to a router, whatever
-        # route asks for it, so a stale or forged route cannot make it carry transit.
-        self.no_transit = False
-        self.gate = TicketGate(bundle, self.limits, self.counters)
-        self.relay = WgRelay(self.gate, self.counters, self._dirty, self._count)
-
-    @property
-    def epoch(self) -> int:
-        """The controller's latest revocation epoch; tickets from older ones are stale."""
-        return self.gate.epoch
-
-    @epoch.setter
-    def epoch(self, epoch: int) -> None:
-        self.gate.epoch = epoch
-
-    @property
-    def pending_handshakes(self) -> int:
-        return len(self._pending)
-
-    @property
-    def terminators(self) -> TerminatorTable:
-        return self.routes.terminators
+class Switch(CircuitOpening):
+    """Frame handling for all links of one router. See the module docstring; admission is
+    in `router/opening.py`, the tables and shared steps in `router/switch_state.py`."""
 
     # -- links --------------------------------------------------------------------------
 
@@ -314,116 +261,6 @@ class Switch:
                 self.counters[code.code] += 1
                 self._send(link, FrameType.BIND_ERR, handle.binding_id, encode_error(code, reason))
 
-    # -- binding ------------------------------------------------------------------------
-
-    def _bind(self, source: SwitchLink, frame: Frame, now: Instant) -> None:
-        try:
-            ctl = decode_control(frame.payload)
-            service = ctl.str_field("service", 256)
-            token = ctl.str_field("ticket")
-            # Optional: a host's share of dials (weighted) and its standby rank (precedence).
-            weight = ctl.int_field("weight", 0, 1000) if "weight" in ctl.fields else 1
-            rank = ctl.int_field("precedence", 0, 9) if "precedence" in ctl.fields else 0
-        except WireError as exc:
-            self._refuse_bind(source, frame.circuit, exc.code, exc.reason)
-            return
-        verdict = self.gate.check_on(
-            token, source, subject=source.identity, service=service, action=Action.BIND, now=now
-        )
-        if verdict.ticket is None:
-            self._refuse_bind(source, frame.circuit, verdict.code, verdict.reason)
-            return
-        expires = verdict.ticket.expires_at
-        binding = Binding(source, frame.circuit, service, source.identity, expires, weight, rank)
-        self.terminators.add(binding)
-        self.counters["binds"] += 1
-        log.info("bind service=%r identity=%s binding=%d", service, source.identity, frame.circuit)
-        self._send(
-            source, FrameType.BIND_OK, frame.circuit, encode_control({"expires_at": expires})
-        )
-
-    # -- circuits -----------------------------------------------------------------------
-
-    def _dial(self, source: SwitchLink, frame: Frame, now: Instant) -> None:
-        circuit = frame.circuit
-        if not source.session.is_peer_id(circuit) or circuit in source.routes:
-            raise WireError(ErrorCode.PROTOCOL_ERROR, f"DIAL on bad circuit id {circuit}")
-        try:
-            ctl = decode_control(frame.payload)
-            service = ctl.str_field("service", 256)
-            token = ctl.str_field("ticket")
-            window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
-            from_router = source.kind is LinkKind.ROUTER
-            dialer = ctl.str_field("dialer", 2048) if from_router else source.identity
-            # An open inside a session names the host that holds it (see `terminators`).
-            host = ctl.str_field("host", 2048) if "host" in ctl.fields else ""
-        except WireError as exc:
-            self._refuse(source, circuit, exc.code, exc.reason)
-            return
-        expires_at = 0
-        if not from_router:
-            verdict = self.gate.check_on(
-                token, source, subject=dialer, service=service, action=Action.DIAL, now=now
-            )
-            if verdict.ticket is None:
-                self._refuse(source, circuit, verdict.code, verdict.reason)
-                return
-            expires_at = verdict.ticket.expires_at
-        pending = self._pending_by_identity[dialer]
-        refusal = self.limits.circuit_refusal(len(source.routes), pending, window)
-        if refusal is not None:
-            self._refuse(source, circuit, *refusal)
-            return
-        hop = self.routes.next_hop(service, int(now.unix), dialer=dialer, host=host)
-        if isinstance(hop, Via) and from_router and self.no_transit:
-            hop = Refuse(ErrorCode.TRANSIT_REFUSED, "this router carries no transit")
-        if isinstance(hop, Refuse):
-            self._refuse(source, circuit, hop.code, hop.reason)
-            return
-        if isinstance(hop, Local):
-            target = hop.binding.link
-            if from_router:  # the last router checks the ticket again before a host sees it
-                verdict = self.gate.check_on(
-                    token, source, subject=dialer, service=service, action=Action.DIAL, now=now
-                )
-                if verdict.ticket is None:
-                    self._refuse(source, circuit, verdict.code, verdict.reason)
-                    return
-        else:
-            target = hop.link
-        assert isinstance(target, SwitchLink)
-        if len(target.routes) >= self.limits.max_circuits_per_link:
-            self._refuse(source, circuit, ErrorCode.TOO_MANY_CIRCUITS, "host has too many circuits")
-            return
-        dialer_side = Route(source, circuit, service, Side.DIALER)
-        host_side = Route(target, target.session.next_id(target.routes), service, Side.HOST)
-        dialer_side.peer, host_side.peer = host_side, dialer_side
-        dialer_side.dialer = host_side.dialer = dialer
-        dialer_side.expires_at = expires_at
-        host_side.account = RelayAccount(window)  # host -> dialer, bounded by the dialer
-        source.routes[circuit] = dialer_side
-        target.routes[host_side.circuit] = host_side
-        self._pending[dialer_side] = now.later(self.limits.handshake_timeout)
-        self._pending_by_identity[dialer] += 1
-        self.circuits += 1
-        self.counters["dials"] += 1
-        fields = {"service": service, "ticket": token, "dialer": dialer, "window": window}
-        if host:
-            fields["host"] = host
-        if isinstance(hop, Local):
-            fields["binding"] = hop.binding.binding_id
-            tried: list[tuple[Hashable, int]] = [(target, hop.binding.binding_id)]
-            self._connects.put(host_side, Connecting(dict(fields), bytes(ctl.blob), tried))
-            self._send(
-                target, FrameType.CONNECT, host_side.circuit, encode_control(fields, ctl.blob)
-            )
-        else:
-            record = Connecting(dict(fields), bytes(ctl.blob), [(target, 0)], local=False)
-            record.standby_here = not from_router and self.routes.standby(service)
-            self._connects.put(host_side, record)
-            self._send(target, FrameType.DIAL, host_side.circuit, encode_control(fields, ctl.blob))
-        log.debug("circuit open service=%r dialer=%s via=%s", service, dialer, target.identity)
-
     def _over_budget(self, dest: SwitchLink) -> None:
         """DATA towards `dest` took it (or the router) over its in-flight budget: the circuit
         holding the most there is reset, or, router-wide, the link holding the most is shed.
@@ -447,44 +284,6 @@ class Switch:
             biggest.outbox.extend(out)  # the GOAWAY still leaves
             self._dirty.add(biggest)
             self._shed_links.append(biggest)
-
-    def _accept(self, source: SwitchLink, frame: Frame) -> None:
-        route = source.routes.get(frame.circuit)
-        if route is None:
-            self.counters["frames_unknown_circuit"] += 1
-            return
-        if route.side is not Side.HOST or route.opened:
-            self._reset_both(route, ErrorCode.PROTOCOL_ERROR, "ACCEPT out of order")
-            return
-        try:
-            window = decode_control(frame.payload).int_field("window", MIN_WINDOW, MAX_WINDOW)
-        except WireError as exc:
-            self._reset_both(route, exc.code, exc.reason)
-            return
-        if window > self.limits.max_window:
-            reason = f"window over this router's {self.limits.max_window}"
-            self._reset_both(route, ErrorCode.QUOTA_EXCEEDED, reason)
-            return
-        route.opened = True
-        connecting = self._connects.pop(route)
-        if connecting is not None and connecting.local:
-            binding = self.terminators.find(route.link, connecting.binding)
-            if binding is not None:
-                self.terminators.succeeded(binding)
-        route.peer.account = RelayAccount(window)  # dialer -> host, bounded by the host
-        self._forward(route, frame)
-
-    def _handshake(self, source: SwitchLink, frame: Frame) -> None:
-        route = source.routes.get(frame.circuit)
-        if route is None:
-            self.counters["frames_unknown_circuit"] += 1
-            return
-        if route.side is not Side.DIALER or route.opened or not route.peer.opened:
-            self._reset_both(route, ErrorCode.PROTOCOL_ERROR, "HANDSHAKE out of order")
-            return
-        route.opened = True
-        self._unpend(route)
-        self._forward(route, frame)
 
     def _relay(self, source: SwitchLink, frame: Frame) -> None:
         route = source.routes.get(frame.circuit)
@@ -546,89 +345,9 @@ class Switch:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _unpend(self, route: Route) -> None:
-        if self._pending.pop(route, None) is not None:
-            left = self._pending_by_identity[route.dialer] - 1
-            if left > 0:
-                self._pending_by_identity[route.dialer] = left
-            else:
-                del self._pending_by_identity[route.dialer]
-
-    def _forward(self, route: Route, frame: Frame) -> None:
-        other = route.peer
-        out = other.link.outbox
-        out.append(_HEADER.pack(frame.type, frame.flags, 0, other.circuit, len(frame.payload)))
-        out.append(frame.payload)  # type: ignore[arg-type]  # joined (copied) before the read ends
-        self._dirty.add(other.link)
-        self.frames_out += 1
-
-    def _reset_both(self, route: Route, code: ErrorCode, reason: str) -> None:
-        self._count(code.code, route.link, reason)
-        payload = encode_error(code, reason)
-        for side in (route, route.peer):
-            self._send(side.link, FrameType.RESET, side.circuit, payload)
-        self._drop(route)
-
-    def _refuse(self, source: SwitchLink, circuit: int, code: ErrorCode, reason: str) -> None:
-        self._count(code.code, source, reason)
-        self._send(source, FrameType.RESET, circuit, encode_error(code, reason))
-
-    def _refuse_bind(self, source: SwitchLink, binding: int, code: ErrorCode, reason: str) -> None:
-        self._count(code.code, source, reason)
-        self._send(source, FrameType.BIND_ERR, binding, encode_error(code, reason))
-
-    def _drop(self, route: Route) -> None:
-        for side in (route, route.peer):
-            if side.link.routes.pop(side.circuit, None) is not None and side is route:
-                self.circuits -= 1
-            # What this side sent and was never credited is no longer owed to the other link.
-            owed = side.account.in_flight
-            if owed:
-                side.peer.link.in_flight -= owed
-                self.in_flight -= owed
-                side.account.in_flight = 0
-            if side.side is Side.DIALER:
-                self._unpend(side)
-            else:
-                self._connects.pop(side)
-
-    def _redial(
-        self, route: Route, connecting: Connecting, why: Frame | ErrorCode, now: int
-    ) -> bool:
-        """Send a dial refused before it was accepted elsewhere, if it may (`redial.py`)."""
-        limit = self.limits.max_circuits_per_link
-        ftype = redial(route, connecting, why, self.routes, limit, now=now)
-        if ftype is None:
-            return False
-        self._connects.put(route, connecting)
-        self.counters["dial_retried"] += 1
-        log.info("dial retried service=%r identity=%s", route.service, route.link.identity)
-        self._send(
-            route.link, ftype, route.circuit, encode_control(connecting.fields, connecting.blob)
-        )
-        return True
-
     def _session_closed(self, source: SwitchLink) -> bool:
         """The peer said GOAWAY."""
         event = source.session.poll_event()
         while event is not None and not isinstance(event, Closing):
             event = source.session.poll_event()
         return event is not None
-
-    def _send(self, target: SwitchLink, ftype: FrameType, circuit: int, payload: bytes) -> None:
-        target.outbox.append(encode_frame(ftype, circuit, payload))
-        self._dirty.add(target)
-        self.frames_out += 1
-
-    def _count(self, code: str, source: SwitchLink, reason: str) -> None:
-        count = self.counters[code] = self.counters[code] + 1
-        # Every refusal is counted; the first hundred of a code are logged, then every
-        # hundredth, so a flood of bad frames cannot turn into a flood of log lines.
-        if count <= 100 or count % 100 == 0:
-            log.warning(
-                "refused code=%s identity=%s reason=%r count=%d",
-                code,
-                source.identity,
-                reason,
-                count,
-            )
