@@ -10,14 +10,17 @@ straight into the lab's namespaces.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Lab", "sh"]
 
@@ -101,6 +104,25 @@ class Lab:
 
     def run(self, ns: str, argv: Sequence[str], check: bool = True, timeout: float = 60) -> str:
         return sh(self.argv(ns, argv), check, timeout)
+
+    def iperf3(self, ns: str, argv: Sequence[str], attempts: int = 20) -> dict[str, Any]:
+        """`end.sum_received` of an iperf3 client run (`argv` with -J) in `ns`.
+
+        A run is tried again when it fails or is cut short: a server that is not listening
+        yet, or a run that exits 0 with an "error" and no totals in its JSON. So each
+        server this is used against must keep serving (no ``-1``)."""
+        done = None
+        for _ in range(attempts):
+            done = subprocess.run(
+                self.argv(ns, argv), capture_output=True, text=True, timeout=60, check=False
+            )
+            if done.returncode == 0:
+                received = json.loads(done.stdout).get("end", {}).get("sum_received")
+                if received is not None and received.get("bytes", 0) > 0:
+                    return dict(received)
+            time.sleep(0.2)
+        assert done is not None
+        raise AssertionError(f"iperf3 failed: {done.stdout[-500:]!r} {done.stderr[-500:]!r}")
 
     def umbra(self, ns: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

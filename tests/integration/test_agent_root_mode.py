@@ -295,11 +295,7 @@ def test_apps_reach_dark_services_by_name_and_down_leaves_no_trace(net: Net) -> 
             page = lab.run(a, ["curl", "-sS", "--fail", "--max-time", "30", f"http://{host}/"])
             assert page == "hello from B, dark\n", host
 
-        report = json.loads(
-            lab.run(a, ["iperf3", "-c", "iperf.umbra", "-p", str(IPERF_PORT), "-t", "2", "-J"])
-        )
-        assert "error" not in report, report.get("error")
-        assert report["end"]["sum_received"]["bytes"] > 0
+        lab.iperf3(a, ["iperf3", "-c", "iperf.umbra", "-p", str(IPERF_PORT), "-t", "2", "-J"])
 
         outside = net.probe("query", "www.example.org")
         assert outside == {"id_ok": True, "rcode": 0, "answers": ["192.0.2.1"]}

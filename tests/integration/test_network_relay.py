@@ -134,16 +134,8 @@ def _iperf(net: Net, server_addr: str) -> float | None:
     try:
         argv = ["iperf3", "-J", "-t", "2", "--connect-timeout", "3000", "-c", server_addr,
                 "-p", str(PORT_B)]  # fmt: skip
-        for _ in range(20):  # the server needs a moment to listen; a run may be cut short
-            done = subprocess.run(net.lab.argv(net.ns["a"], argv), capture_output=True,
-                                  timeout=60, check=False)  # fmt: skip
-            if done.returncode == 0:
-                # A run cut short may still exit 0, with an "error" and no totals in its JSON.
-                received = json.loads(done.stdout).get("end", {}).get("sum_received")
-                if received is not None:
-                    return float(received["bits_per_second"]) / 1e6
-            time.sleep(0.2)
-        raise AssertionError(f"iperf3 failed: {done.stdout[-500:]!r} {done.stderr[-500:]!r}")
+        received = net.lab.iperf3(net.ns["a"], argv)
+        return float(received["bits_per_second"]) / 1e6
     finally:
         net.lab.stop(server)
 
