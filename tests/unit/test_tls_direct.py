@@ -7,6 +7,7 @@ import ssl
 import pytest
 
 from umbranet.aio import tls
+from umbranet.router.server import _counting_ssl_objects
 from umbranet.testing import LocalNetwork
 
 NET = LocalNetwork()
@@ -82,3 +83,19 @@ def test_a_read_with_nothing_buffered_raises_want_read_like_the_stock_object() -
     _handshake(client, server, bios)
     with pytest.raises(ssl.SSLWantReadError):
         server.read(1024)
+
+
+def test_the_routers_counting_objects_keep_the_direct_calls_and_still_count_failures() -> None:
+    failures: list[ssl.SSLError] = []
+    server_ctx = tls.link_server_context(NET.identity("r1", kind="router"))
+    server_ctx.sslobject_class = _counting_ssl_objects(failures.append)
+    # A client that trusts the router's CA but holds a certificate of another CA.
+    stranger_ctx = tls.link_client_context(LocalNetwork().identity("mallory"))
+    stranger_ctx.load_verify_locations(cadata=NET.bundle.ca_pem)
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = stranger_ctx.wrap_bio(c_in, c_out, server_hostname="127.0.0.1")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    assert server.read.__self__ is server._sslobj  # type: ignore[attr-defined]
+    with pytest.raises(ssl.SSLError):
+        _handshake(client, server, [c_in, c_out, s_in, s_out])
+    assert failures, "the refused handshake was counted"

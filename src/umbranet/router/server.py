@@ -25,7 +25,13 @@ from typing import Any
 from umbranet.aio.acceptor import AcceptLimits, Acceptor
 from umbranet.aio.driver import MachineTimer
 from umbranet.aio.link import Link
-from umbranet.aio.tls import link_client_context, link_server_context, load_identity, peer_svid
+from umbranet.aio.tls import (
+    DirectSSLObject,
+    link_client_context,
+    link_server_context,
+    load_identity,
+    peer_svid,
+)
 from umbranet.clock import Clock, system_clock
 from umbranet.pki import IdentityFile, PkiError
 from umbranet.proto.link import LinkState
@@ -496,9 +502,10 @@ class Router:
 
 
 def _counting_ssl_objects(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:
-    """An SSLObject class that reports handshake failures before re-raising them."""
+    """An SSLObject class that reports handshake failures before re-raising them (and keeps
+    the link contexts' direct record calls, `DirectSSLObject`)."""
 
-    class CountingSSLObject(ssl.SSLObject):
+    class CountingSSLObject(DirectSSLObject):
         def do_handshake(self) -> None:
             try:
                 super().do_handshake()

@@ -271,6 +271,8 @@ class RouterConnection:
         link.peer_id = str(peer.spiffe_id)
         self.name = peer.spiffe_id.name or self.address
         self._link = link
+        # Every drain asks: straight to the link's method, one Python frame less per drain.
+        self.link_blocked = link.write_blocked  # type: ignore[method-assign]
         self._machine = EndpointLink(name=self.identity.name, now=now, timers=self._timers)
         self._timer = MachineTimer(self._clock, self._on_timer)
         self._step()
