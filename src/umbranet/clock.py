@@ -9,11 +9,12 @@ when told, so whole networks run in virtual time.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
-__all__ = ["Clock", "Deadline", "Instant", "SystemClock", "system_clock"]
+__all__ = ["Clock", "Deadline", "Instant", "SystemClock", "deadline", "system_clock"]
 
 
 class Instant(NamedTuple):
@@ -41,6 +42,11 @@ class Deadline(NamedTuple):
 
     at: float  # monotonic seconds, comparable with Instant.mono
     reason: str
+
+
+# `deadline((at, reason))` builds a Deadline with no Python frame (the named tuple's own
+# `__new__` is a Python function): for the polls that run after every read and dial.
+deadline = functools.partial(tuple.__new__, Deadline)
 
 
 class Clock(Protocol):

@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from umbranet.clock import Deadline, Instant, earliest
+from umbranet.clock import Deadline, Instant, deadline
 from umbranet.proto.circuit import (
     PATH_FAILURES,
     Circuit,
@@ -420,9 +420,9 @@ class EndpointLink(EndpointHosting):
             self._due = self._next_due()
         due = self._due
         link = self.session.poll_timeout()
-        if due is None:
+        if due is None or (link is not None and link.at <= due):
             return link
-        return earliest(link, Deadline(due, "circuits"))
+        return deadline((due, "circuits"))
 
     @property
     def ready(self) -> bool:

@@ -34,7 +34,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from enum import Enum
 
-from umbranet.clock import Deadline, Instant
+from umbranet.clock import Deadline, Instant, deadline
 from umbranet.wire import (
     PROTOCOL_VERSION,
     ErrorCode,
@@ -230,10 +230,10 @@ class LinkSession:
         silent = self.last_heard + self.timers.silent_after
         if self.state is LinkState.HELLO:
             hello = self._started + self.timers.hello_timeout
-            return Deadline(hello, "hello") if hello < silent else Deadline(silent, "peer_silent")
+            return deadline((hello, "hello") if hello < silent else (silent, "peer_silent"))
         if self._next_ping < silent:
-            return Deadline(self._next_ping, "keepalive")
-        return Deadline(silent, "peer_silent")
+            return deadline((self._next_ping, "keepalive"))
+        return deadline((silent, "peer_silent"))
 
     # -- for owners ---------------------------------------------------------------------
 

@@ -34,7 +34,6 @@ from umbranet.aio.tls import (
 )
 from umbranet.clock import Clock, system_clock
 from umbranet.pki import IdentityFile, PkiError
-from umbranet.proto.link import LinkState
 from umbranet.router.admission import link_key_fingerprint
 from umbranet.router.links import LinkKind, SwitchLink
 from umbranet.router.quotas import SwitchLimits
@@ -366,7 +365,7 @@ class Router:
         if state is None:
             return
         switch = self.switch
-        was_ready = state.session.state is LinkState.READY
+        was = state.session.state
         try:
             closing = switch.frames(state, frames, self._clock.now())
         except Exception:
@@ -389,13 +388,20 @@ class Router:
         if closing is not None:
             self._close(link)
             return
-        if not was_ready and state.session.ready and state.kind is LinkKind.ROUTER:
-            self._mesh_changed()
-        timer = self._timers.get(link)
-        if timer is not None:
-            timer.arm(state.session.poll_timeout())
-        if self._switch_timer is not None:
-            self._switch_timer.arm(self.switch.poll_timeout())
+        if state.session.state is not was:
+            # Only a new link state (HELLO done) can bring its deadline earlier: traffic
+            # only pushes the keepalive and silence deadlines later, and the timer armed
+            # for an earlier moment re-arms itself when it fires.
+            if state.session.ready and state.kind is LinkKind.ROUTER:
+                self._mesh_changed()
+            timer = self._timers.get(link)
+            if timer is not None:
+                timer.arm(state.session.poll_timeout())
+        switch_timer = self._switch_timer
+        if switch_timer is not None and switch_timer.armed_at is None:
+            # Handshake deadlines are added in the order they fall due, so an armed timer
+            # is never later than a new one: arm only when none is armed.
+            switch_timer.arm(switch.poll_timeout())
         self._throttle(link)
 
     def link_lost(self, link: Link, error: BaseException | None) -> None:
