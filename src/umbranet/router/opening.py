@@ -23,6 +23,7 @@ from umbranet.router.switch_state import SwitchState
 from umbranet.router.terminators import Binding
 from umbranet.wire import ErrorCode, Frame, FrameType, WireError, decode_control
 from umbranet.wire.control import encode_control
+from umbranet.wire.frames import MAX_INSTANCE
 
 __all__ = ["CircuitOpening"]
 
@@ -42,6 +43,8 @@ class CircuitOpening(SwitchState):
             # Optional: a host's share of dials (weighted) and its standby rank (precedence).
             weight = ctl.int_field("weight", 0, 1000) if "weight" in ctl.fields else 1
             rank = ctl.int_field("precedence", 0, 9) if "precedence" in ctl.fields else 0
+            # Optional: the host process, named by in-session opens (`terminators`, rule 3).
+            instance = ctl.str_field("instance", MAX_INSTANCE) if "instance" in ctl.fields else ""
         except WireError as exc:
             self._refuse_bind(source, frame.circuit, exc.code, exc.reason)
             return
@@ -52,7 +55,16 @@ class CircuitOpening(SwitchState):
             self._refuse_bind(source, frame.circuit, verdict.code, verdict.reason)
             return
         expires = verdict.ticket.expires_at
-        binding = Binding(source, frame.circuit, service, source.identity, expires, weight, rank)
+        binding = Binding(
+            source,
+            frame.circuit,
+            service,
+            source.identity,
+            expires,
+            weight,
+            rank,
+            instance=instance,
+        )
         self.terminators.add(binding)
         self.counters["binds"] += 1
         log.info("bind service=%r identity=%s binding=%d", service, source.identity, frame.circuit)
@@ -75,6 +87,7 @@ class CircuitOpening(SwitchState):
             dialer = ctl.str_field("dialer", 2048) if from_router else source.identity
             # An open inside a session names the host that holds it (see `terminators`).
             host = ctl.str_field("host", 2048) if "host" in ctl.fields else ""
+            instance = ctl.str_field("instance", MAX_INSTANCE) if "instance" in ctl.fields else ""
         except WireError as exc:
             self._refuse(source, circuit, exc.code, exc.reason)
             return
@@ -92,7 +105,9 @@ class CircuitOpening(SwitchState):
         if refusal is not None:
             self._refuse(source, circuit, *refusal)
             return
-        hop = self.routes.next_hop(service, int(now.unix), dialer=dialer, host=host)
+        hop = self.routes.next_hop(
+            service, int(now.unix), dialer=dialer, host=host, instance=instance
+        )
         if isinstance(hop, Via) and from_router and self.no_transit:
             hop = Refuse(ErrorCode.TRANSIT_REFUSED, "this router carries no transit")
         if isinstance(hop, Refuse):
@@ -128,6 +143,8 @@ class CircuitOpening(SwitchState):
         fields = {"service": service, "ticket": token, "dialer": dialer, "window": window}
         if host:
             fields["host"] = host
+        if instance:
+            fields["instance"] = instance
         if isinstance(hop, Local):
             fields["binding"] = hop.binding.binding_id
             tried: list[tuple[Hashable, int]] = [(target, hop.binding.binding_id)]

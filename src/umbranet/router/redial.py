@@ -52,6 +52,7 @@ RETRYABLE = frozenset(
         ErrorCode.TOO_MANY_CIRCUITS,
         ErrorCode.OVERLOADED,
         ErrorCode.TRANSIT_REFUSED,
+        ErrorCode.INSTANCE_GONE,
     )
 )
 """Refusals that are about the way, not the dialer: another host or route may take it."""
@@ -104,8 +105,22 @@ def move_to_next_host(
         terminators.failed(failed, now)
     if len(connecting.tried) >= MAX_TRIES:
         return False
-    binding = terminators.pick(route.service, now, dialer=route.dialer, exclude=connecting.tried)
+    binding = _pick(terminators, route, connecting, now)
     return _connect_here(route, connecting, binding, max_circuits)
+
+
+def _pick(
+    terminators: TerminatorTable, route: Route, connecting: Connecting, now: int
+) -> Binding | None:
+    """The next host for a dial: the host process an in-session open names (only that
+    one holds its session), else by the service's strategy."""
+    instance = connecting.fields.get("instance")
+    if instance:
+        host = str(connecting.fields.get("host", ""))
+        return terminators.pick_instance(
+            route.service, now, host, str(instance), exclude=connecting.tried
+        )
+    return terminators.pick(route.service, now, dialer=route.dialer, exclude=connecting.tried)
 
 
 def move_to_standby(
@@ -115,7 +130,7 @@ def move_to_standby(
     here (a standby), as a CONNECT; False when there is none."""
     if not connecting.standby_here or len(connecting.tried) >= MAX_TRIES:
         return False
-    binding = terminators.pick(route.service, now, dialer=route.dialer)
+    binding = _pick(terminators, route, connecting, now)
     if not _connect_here(route, connecting, binding, max_circuits):
         return False
     connecting.local = True
