@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.sim.test_sim_failover import MiB, _payload, _ring
 from umbranet.testing.simnet import SimEndpoint, SimNet, SimRouter, SimStream, echo
 
 KEEPALIVE_MEASURED = 6.0  # every router link has a measured RTT
@@ -159,3 +160,34 @@ def test_an_open_for_a_process_that_left_is_refused_with_instance_gone() -> None
     assert fresh.finished and fresh.read() == b"fresh"
     key = alice.sessions.key_for("echo")
     assert key is not None and key.instance == other.name
+
+
+def test_streams_resume_at_their_own_process_when_a_router_on_the_path_dies() -> None:
+    """Two processes of one identity at r3 (random strategy); six streams from alice at r1,
+    each with its own session; r2, on their path, dies mid-transfer: every stream resumes
+    through r4 at the process that holds it, none is refused."""
+    net = SimNet(seed=86)
+    r1, r2, r3, r4 = _ring(net)
+    r3.switch.terminators.set_strategies({"echo": "random"})
+    alice = net.endpoint("alice", via=[r1])
+    web_a, web_b = _hosts(net, (r3, r3))
+    for endpoint in (alice, web_a, web_b):
+        endpoint.enable_resume()
+    net.run_for(KEEPALIVE_MEASURED)
+    net.mesh_routes()
+    size = MiB
+    streams = []
+    for seed in range(6):
+        stream = alice.dial("echo")
+        stream.write(_payload(size, seed))
+        stream.write_eof()
+        streams.append(stream)
+    net.run_until(lambda: all(s.received > size // 4 for s in streams), within=30.0)
+    net.kill(r2)
+    net.run_until(lambda: all(s.ended is not None for s in streams), within=60.0)
+    for seed, stream in enumerate(streams):
+        assert stream.finished, stream.ended
+        assert stream.read() == _payload(size, seed)
+    resumed = sum(h.sessions.counters.get("resumes_accepted", 0) for h in (web_a, web_b))
+    assert resumed == 6
+    assert all(h.sessions.counters.get("resume_refused", 0) == 0 for h in (web_a, web_b))
