@@ -167,7 +167,7 @@ def test_streams_resume_at_their_own_process_when_a_router_on_the_path_dies() ->
     each with its own session; r2, on their path, dies mid-transfer: every stream resumes
     through r4 at the process that holds it, none is refused."""
     net = SimNet(seed=86)
-    r1, r2, r3, r4 = _ring(net)
+    r1, r2, r3, _r4 = _ring(net)
     r3.switch.terminators.set_strategies({"echo": "random"})
     alice = net.endpoint("alice", via=[r1])
     web_a, web_b = _hosts(net, (r3, r3))
