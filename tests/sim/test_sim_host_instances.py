@@ -191,3 +191,26 @@ def test_streams_resume_at_their_own_process_when_a_router_on_the_path_dies() ->
     resumed = sum(h.sessions.counters.get("resumes_accepted", 0) for h in (web_a, web_b))
     assert resumed == 6
     assert all(h.sessions.counters.get("resume_refused", 0) == 0 for h in (web_a, web_b))
+
+
+def test_a_process_that_fails_the_open_before_accepting_gives_instance_gone() -> None:
+    """The session's process lost its binding without its router hearing (the UNBIND was
+    lost): the router offers it the open, it refuses, and no other process may take it, so
+    the dialer reads `instance_gone` (which its SDK answers with a fresh dial), not the
+    host's `refused` (which it would pass to the application)."""
+    net = SimNet(seed=87)
+    r1 = net.router("r1")
+    web_a, web_b = _hosts(net, (r1, r1))
+    alice = net.endpoint("alice", via=[r1])
+    assert _echo(net, alice, b"handshake").finished
+    key = alice.sessions.key_for("echo")
+    assert key is not None
+    holder, other = (web_a, web_b) if key.instance == "web-a" else (web_b, web_a)
+    for listener in list(holder.listeners.values()):
+        holder.unbind(listener, silently=True)
+    net.run_for(0.1)
+    refused = _echo(net, alice, b"lost")
+    assert refused.ended is not None and refused.ended.code == "instance_gone"
+    assert r1.counters["instance_gone"] == 1
+    assert other.sessions.counters.get("resume_refused", 0) == 0
+    assert other.listeners[1].accepted == []

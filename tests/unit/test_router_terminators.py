@@ -184,3 +184,36 @@ def test_a_lone_host_gets_every_dial_counted_until_its_binding_expires() -> None
     assert table.pick("echo", 10, exclude=tried) is None  # a dial never goes back
     assert table.pick("echo", 1000) is None
     assert len(table) == 0
+
+
+def _processes(strategy: str) -> tuple[TerminatorTable, list[Binding]]:
+    """Three host processes of ONE identity (replicas), each binding with its instance."""
+    table = TerminatorTable(rng=random.Random(3))
+    bindings = [
+        Binding(FakeLink(f"h{i}"), 1, "echo", "web", expires_at=1000, instance=f"i{i}")
+        for i in range(3)
+    ]
+    for binding in bindings:
+        table.add(binding)
+    table.set_strategies({"echo": strategy})
+    return table, bindings
+
+
+def test_an_in_session_dial_naming_its_process_reaches_it_under_every_strategy() -> None:
+    for strategy in ("smart", "weighted", "random", "sticky", "precedence"):
+        table, (_a, b, _c) = _processes(strategy)
+        b.precedence = 1  # a standby that holds the session still gets its opens
+        b.failed_until = 50  # and one recently failed: no other process could take them
+        picks = {id(table.pick_instance("echo", 10, "web", "i1")) for _ in range(20)}
+        assert picks == {id(b)}, strategy
+        assert table.counters["picked_session_host"] == 20
+
+
+def test_an_instance_is_matched_only_with_its_identity_and_while_it_lives() -> None:
+    table, (a, _b, _c) = _processes("random")
+    # Another identity claiming the same instance id is not that process.
+    assert table.pick_instance("echo", 10, "mallory", "i0") is None
+    assert table.pick_instance("echo", 10, "web", "nope") is None
+    assert table.pick_instance("echo", 10, "web", "i0", exclude=[(a.link, 1)]) is None
+    assert table.pick_instance("echo", 1000, "web", "i0") is None  # its ticket expired
+    assert table.counters["picked_session_host"] == 0

@@ -17,12 +17,12 @@ from umbranet.clock import Instant
 from umbranet.pki.tickets import Action
 from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, RelayAccount
 from umbranet.router.links import LinkKind, Route, Side, SwitchLink
-from umbranet.router.redial import Connecting, redial
+from umbranet.router.redial import Connecting, about_the_way, redial
 from umbranet.router.routes import Local, Refuse, Via
 from umbranet.router.switch_state import SwitchState
 from umbranet.router.terminators import Binding
 from umbranet.wire import ErrorCode, Frame, FrameType, WireError, decode_control
-from umbranet.wire.control import encode_control
+from umbranet.wire.control import encode_control, encode_error
 from umbranet.wire.frames import MAX_INSTANCE
 
 __all__ = ["CircuitOpening"]
@@ -204,6 +204,9 @@ class CircuitOpening(SwitchState):
         limit = self.limits.max_circuits_per_link
         ftype = redial(route, connecting, why, self.routes, limit, now=now)
         if ftype is None:
+            if connecting.local and connecting.fields.get("instance") and about_the_way(why):
+                self._instance_failed(route)
+                return True
             return False
         self._connects.put(route, connecting)
         self.counters["dial_retried"] += 1
@@ -212,3 +215,14 @@ class CircuitOpening(SwitchState):
             route.link, ftype, route.circuit, encode_control(connecting.fields, connecting.blob)
         )
         return True
+
+    def _instance_failed(self, route: Route) -> None:
+        """The host process an in-session open named failed it before accepting, and no
+        other binding of that process is here: the dialer reads `instance_gone` (its SDK
+        then dials afresh), not a code about the way that would send it elsewhere."""
+        reason = "the session's host process failed the open before accepting it"
+        self._count(ErrorCode.INSTANCE_GONE.code, route.peer.link, reason)
+        dialer = route.peer
+        self._drop(route)
+        payload = encode_error(ErrorCode.INSTANCE_GONE, reason)
+        self._send(dialer.link, FrameType.RESET, dialer.circuit, payload)

@@ -15,6 +15,11 @@ standby when every route refuses, if this router checked its ticket. A refusal a
 dialer itself (its ticket) is never retried. Each record lives no longer than the
 circuit's handshake deadline, so the table is bounded by the router's pending-handshake
 limits.
+
+An in-session open names its host process (`instance`): only bindings of that process are
+tried, and when none is left the dialer gets `instance_gone` rather than the host's code, so
+its SDK dials again with a handshake (another process of the service would have refused the
+open anyway).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "MAX_TRIES",
     "RETRYABLE",
     "Connecting",
+    "about_the_way",
     "PendingConnects",
     "move_to_next_host",
     "move_to_next_route",
@@ -171,6 +177,17 @@ def move_to_next_route(
     return True
 
 
+def about_the_way(why: Frame | ErrorCode) -> bool:
+    """Whether `why` (a next hop's RESET, or the code of its link's loss) is `RETRYABLE`."""
+    if isinstance(why, ErrorCode):
+        return why.code in RETRYABLE
+    try:
+        code, _reason = decode_error(why.payload)
+    except WireError:
+        return False
+    return code.code in RETRYABLE
+
+
 def redial(
     route: Route,
     connecting: Connecting,
@@ -183,14 +200,7 @@ def redial(
     """Move `route` to another host or route when `why` (the next hop's RESET, or the code
     of its link's loss) says the way, not the dialer, failed; returns the frame type to send
     the dial again with, or None."""
-    if isinstance(why, ErrorCode):
-        code = why
-    else:
-        try:
-            code, _reason = decode_error(why.payload)
-        except WireError:
-            return None
-    if code.code not in RETRYABLE:
+    if not about_the_way(why):
         return None
     if connecting.local:
         if move_to_next_host(route, connecting, routes.terminators, max_circuits, now):
