@@ -148,9 +148,7 @@ class Circuit(CircuitMoves):
         self._opening: tuple[Open, ResumeSecret] | None = None  # dialer: OPEN sent
         self._confirming: tuple[ResumeSecret, bytes, bytes] | None = None  # host: wait CONFIRM
         self.in_session = False  # opened inside an existing session (no Noise handshake)
-        # Dialer: the host process that answered (its ACCEPT's `instance`), which later
-        # opens in this session name so routers deliver them to it; "" if it sent none.
-        self.peer_instance = ""
+        self.peer_instance = ""  # dialer: the host process holding the session (its ACCEPT's)
         self.deferred: DeferredOpen | None = None  # dialer: the OPEN, not built yet
         self._refused_bytes: tuple[bytes, bool] | None = None  # see `unopened`
 
@@ -185,9 +183,8 @@ class Circuit(CircuitMoves):
         window: int = DEFAULT_WINDOW,
         instance: str = "",
     ) -> Circuit:
-        """A host's circuit from a CONNECT frame; ACCEPT (or RESET) is queued at once. The
-        ACCEPT names `instance`, this host process, when it has one (a routing hint for
-        later opens in the session: the keys, not the id, prove the host)."""
+        """A host's circuit from a CONNECT frame; ACCEPT (or RESET) is queued at once, naming
+        `instance` (this host process, a routing hint for later opens) when given."""
         circuit = cls(circuit_id, State.ACCEPTING, window)
         circuit._host = handshake
         circuit.service = handshake.service
@@ -232,22 +229,17 @@ class Circuit(CircuitMoves):
 
         `deferred`: the DIAL waits for the first `poll_transmit`, and what the application
         wrote by then (up to EARLY_DATA_MAX) rides with it as early data: a stream whose
-        first write follows its dial gets its answer in one round trip (0-RTT).
-
-        `instance`: the host process holding the session (from its ACCEPT)."""
+        first write follows its dial gets its answer in one round trip (0-RTT)."""
         circuit = cls(circuit_id, State.DIALING, window)
         circuit.service, circuit.port, circuit.peer = service, port, peer
         circuit._limits = limits
         circuit.in_session = True
         circuit.peer_instance = instance
-        # `host` and `instance` let the routers deliver the open to the process holding
-        # the session (any other would refuse it); they see which host it reaches anyway.
-        fields: dict[str, object] = {
-            "ticket": ticket,
-            "service": service,
-            "window": window,
-            "host": peer.spiffe_id,
-        }
+        # `host` and `instance` (the host process, from its ACCEPT) let the routers deliver
+        # the open to the process holding the session (any other would refuse it); they see
+        # which host a circuit reaches anyway.
+        fields: dict[str, object] = {"ticket": ticket, "service": service, "window": window}
+        fields["host"] = peer.spiffe_id
         if instance:
             fields["instance"] = instance
         circuit.deferred = DeferredOpen(secret, stream, nonce, port, fields)
