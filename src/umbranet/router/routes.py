@@ -52,8 +52,10 @@ class RouteTable:
         terminator strategy first; `host`, the one an in-session open names, if it may).
         With `instance` (an in-session open naming its host process): that process if it
         is bound here, whatever its precedence, else the cheapest remote route (the
-        router before this one tries its other routes when this one refuses), else a
-        refusal the dialer's SDK answers with a fresh dial (`instance_gone`)."""
+        router before this one tries its other routes when this one refuses), else, when
+        other hosts of the service are bound here, a refusal the dialer's SDK answers
+        with a fresh dial (`instance_gone`); with none, `no_terminator`, as for any dial
+        (a resume waits for routes then)."""
         if instance:
             return self._to_instance(service, now, host, instance)
         binding = self.terminators.pick(service, now, dialer=dialer, host=host)
@@ -75,6 +77,8 @@ class RouteTable:
         if remote:
             link, cost = min(remote.items(), key=lambda item: item[1])
             return Via(link, cost)
+        if not self.terminators.serves(service):  # no way at all yet: as for any dial
+            return Refuse(ErrorCode.NO_TERMINATOR, f"service {service!r} has no host here")
         return Refuse(
             ErrorCode.INSTANCE_GONE, f"the session's host of {service!r} is not bound this way"
         )
