@@ -235,6 +235,16 @@ def test_dial_reaches_the_host_with_the_dialers_identity_and_window() -> None:
         # An in-session open for a host process not bound here (the host bound no instance).
         ({"host": WEB.spiffe_id, "instance": "0123456789abcdef"}, "instance_gone"),
         ({"host": WEB.spiffe_id, "instance": "x" * 65}, "bad_control_payload"),
+        # No host of the service at all (no route yet either): as for any dial.
+        (
+            {
+                "service": "billing",
+                "ticket": _ticket(ALICE, Action.DIAL, "billing"),
+                "host": WEB.spiffe_id,
+                "instance": "0123456789abcdef",
+            },
+            "no_terminator",
+        ),
     ],
 )
 def test_a_refused_dial_is_reset_with_its_code_and_never_reaches_the_host(
