@@ -206,7 +206,9 @@ def test_dials_fail_over_to_the_other_host_when_one_host_process_is_killed(mesh)
                 ("host-two", other_file, two_port),
             )
         ]
-        client = pinned(client_file, first)
+        # Each dial a new choice of host: a stream opened inside a session goes to the host
+        # process holding it, so it would never reach the second host.
+        client = pinned(client_file, first, session_streams=False)
 
         async def who() -> bytes:
             stream = await client.dial("mesh")

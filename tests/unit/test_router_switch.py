@@ -232,6 +232,19 @@ def test_dial_reaches_the_host_with_the_dialers_identity_and_window() -> None:
         ({"window": 10}, "bad_control_payload"),
         ({"service": 5}, "bad_control_payload"),
         ({"service": "billing", "ticket": _ticket(ALICE, Action.DIAL, "billing")}, "no_terminator"),
+        # An in-session open for a host process not bound here (the host bound no instance).
+        ({"host": WEB.spiffe_id, "instance": "0123456789abcdef"}, "instance_gone"),
+        ({"host": WEB.spiffe_id, "instance": "x" * 65}, "bad_control_payload"),
+        # No host of the service at all (no route yet either): as for any dial.
+        (
+            {
+                "service": "billing",
+                "ticket": _ticket(ALICE, Action.DIAL, "billing"),
+                "host": WEB.spiffe_id,
+                "instance": "0123456789abcdef",
+            },
+            "no_terminator",
+        ),
     ],
 )
 def test_a_refused_dial_is_reset_with_its_code_and_never_reaches_the_host(
@@ -246,6 +259,20 @@ def test_a_refused_dial_is_reset_with_its_code_and_never_reaches_the_host(
     assert _out(host) == []
     assert switch.forwarder.circuits == 0
     assert switch.forwarder.counters[code] == 1
+
+
+def test_an_open_naming_a_host_process_reaches_that_process_and_names_it_on() -> None:
+    switch = Switch()
+    dialer, first, second = switch.link(ALICE), switch.link(WEB), switch.link(WEB)
+    for host, instance in ((first, "aaaa"), (second, "bbbb")):
+        fields = {"ticket": _ticket(WEB, Action.BIND), "service": SERVICE, "instance": instance}
+        assert switch.feed(host, _frame(FrameType.BIND, 7, encode_control(fields))) is None
+        assert [f.type for f in _out(host)] == [FrameType.BIND_OK]
+    for circuit in (1, 3, 5, 7):  # the default strategy would take turns between them
+        switch.dial(dialer, circuit, host=WEB.spiffe_id, instance="bbbb")
+        assert _out(first) == []
+        (connect,) = _out(second)
+        assert decode_control(connect.payload).fields["instance"] == "bbbb"
 
 
 def test_malformed_dial_json_resets_only_that_circuit() -> None:

@@ -9,7 +9,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from umbranet.router.terminators import FAIL_HOLD, Binding, TerminatorTable
+from umbranet.router.terminators import FAIL_HOLD, STRATEGIES, Binding, TerminatorTable
 
 
 class FakeLink:
@@ -184,3 +184,87 @@ def test_a_lone_host_gets_every_dial_counted_until_its_binding_expires() -> None
     assert table.pick("echo", 10, exclude=tried) is None  # a dial never goes back
     assert table.pick("echo", 1000) is None
     assert len(table) == 0
+
+
+def _processes(strategy: str) -> tuple[TerminatorTable, list[Binding]]:
+    """Three host processes of ONE identity (replicas), each binding with its instance."""
+    table = TerminatorTable(rng=random.Random(3))
+    bindings = [
+        Binding(FakeLink(f"h{i}"), 1, "echo", "web", expires_at=1000, instance=f"i{i}")
+        for i in range(3)
+    ]
+    for binding in bindings:
+        table.add(binding)
+    table.set_strategies({"echo": strategy})
+    return table, bindings
+
+
+def test_an_in_session_dial_naming_its_process_reaches_it_under_every_strategy() -> None:
+    for strategy in ("smart", "weighted", "random", "sticky", "precedence"):
+        table, (_a, b, _c) = _processes(strategy)
+        b.precedence = 1  # a standby that holds the session still gets its opens
+        b.failed_until = 50  # and one recently failed: no other process could take them
+        picks = {id(table.pick_instance("echo", 10, "web", "i1")) for _ in range(20)}
+        assert picks == {id(b)}, strategy
+        assert table.counters["picked_session_host"] == 20
+
+
+def test_an_instance_is_matched_only_with_its_identity_and_while_it_lives() -> None:
+    table, (a, _b, _c) = _processes("random")
+    # Another identity claiming the same instance id is not that process.
+    assert table.pick_instance("echo", 10, "mallory", "i0") is None
+    assert table.pick_instance("echo", 10, "web", "nope") is None
+    assert table.pick_instance("echo", 10, "web", "i0", exclude=[(a.link, 1)]) is None
+    assert table.pick_instance("echo", 1000, "web", "i0") is None  # its ticket expired
+    assert table.counters["picked_session_host"] == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    hosts=st.lists(
+        st.tuples(
+            st.sampled_from(["web", "api"]),  # identity
+            st.sampled_from(["i0", "i1", "i2"]),  # instance
+            st.integers(0, 2),  # precedence
+            st.booleans(),  # failed recently
+            st.booleans(),  # expired
+        ),
+        max_size=8,
+    ),
+    strategy=st.sampled_from(sorted(STRATEGIES)),
+    host=st.sampled_from(["web", "api"]),
+    instance=st.sampled_from(["i0", "i1", "i2"]),
+    tried=st.sets(st.integers(0, 7), max_size=3),
+)
+def test_a_named_process_is_picked_exactly_when_a_live_untried_binding_of_it_exists(
+    hosts: list[tuple[str, str, int, bool, bool]],
+    strategy: str,
+    host: str,
+    instance: str,
+    tried: set[int],
+) -> None:
+    table = TerminatorTable(rng=random.Random(0))
+    table.set_strategies({"echo": strategy})
+    bindings = []
+    for i, (identity, inst, rank, failed, expired) in enumerate(hosts):
+        binding = Binding(FakeLink(f"h{i}"), i, "echo", identity, 5 if expired else 1000)
+        binding.instance, binding.precedence = inst, rank
+        binding.failed_until = 50 if failed else 0
+        table.add(binding)
+        bindings.append(binding)
+    exclude = [(b.link, b.binding_id) for b in bindings if b.binding_id in tried]
+    fits = [
+        b
+        for b in bindings
+        if b.identity == host
+        and b.instance == instance
+        and b.expires_at > 10
+        and b.binding_id not in tried
+    ]
+    chosen = table.pick_instance("echo", 10, host, instance, exclude=exclude)
+    if not fits:
+        assert chosen is None
+    else:
+        assert chosen is not None and any(chosen is b for b in fits)
+        healthy = [b for b in fits if b.failed_until <= 10]
+        assert not healthy or chosen.failed_until <= 10  # a healthy one first

@@ -65,7 +65,13 @@ from umbranet.proto.retain import Retained
 from umbranet.proto.text import printable
 from umbranet.wire import ErrorCode, Flag, Frame, FrameType, decode_control, encode_control
 from umbranet.wire.control import decode_error, encode_error, frame_control
-from umbranet.wire.frames import MAX_DATA_PAYLOAD, WireError, encode_frame, encode_header
+from umbranet.wire.frames import (
+    MAX_DATA_PAYLOAD,
+    MAX_INSTANCE,
+    WireError,
+    encode_frame,
+    encode_header,
+)
 
 __all__ = [
     "CHUNK",
@@ -142,6 +148,7 @@ class Circuit(CircuitMoves):
         self._opening: tuple[Open, ResumeSecret] | None = None  # dialer: OPEN sent
         self._confirming: tuple[ResumeSecret, bytes, bytes] | None = None  # host: wait CONFIRM
         self.in_session = False  # opened inside an existing session (no Noise handshake)
+        self.peer_instance = ""  # dialer: the host process holding the session (its ACCEPT's)
         self.deferred: DeferredOpen | None = None  # dialer: the OPEN, not built yet
         self._refused_bytes: tuple[bytes, bool] | None = None  # see `unopened`
 
@@ -174,8 +181,10 @@ class Circuit(CircuitMoves):
         connect: Frame,
         handshake: HostHandshake,
         window: int = DEFAULT_WINDOW,
+        instance: str = "",
     ) -> Circuit:
-        """A host's circuit from a CONNECT frame; ACCEPT (or RESET) is queued at once."""
+        """A host's circuit from a CONNECT frame; ACCEPT (or RESET) is queued at once, naming
+        `instance` (this host process, a routing hint for later opens) when given."""
         circuit = cls(circuit_id, State.ACCEPTING, window)
         circuit._host = handshake
         circuit.service = handshake.service
@@ -189,8 +198,11 @@ class Circuit(CircuitMoves):
             circuit.reset(exc.code, exc.reason)
             return circuit
         circuit._credit = SendCredit(peer_window)
+        fields: dict[str, object] = {"window": window}
+        if instance:
+            fields["instance"] = instance
         circuit._transmit.append(
-            encode_frame(FrameType.ACCEPT, circuit_id, encode_control({"window": window}, answer))
+            encode_frame(FrameType.ACCEPT, circuit_id, encode_control(fields, answer))
         )
         return circuit
 
@@ -210,6 +222,7 @@ class Circuit(CircuitMoves):
         port: int | None = None,
         limits: RekeyLimits | None = None,
         deferred: bool = False,
+        instance: str = "",
     ) -> Circuit:
         """A dialer's circuit opened inside the session with `peer` (no Noise handshake):
         DIAL carries OPEN and `early` (sealed) at once; see `proto/resume.py`.
@@ -221,9 +234,14 @@ class Circuit(CircuitMoves):
         circuit.service, circuit.port, circuit.peer = service, port, peer
         circuit._limits = limits
         circuit.in_session = True
-        # `host` lets the host's router pick the host holding the session (any other would
-        # refuse the open); routers see which host a circuit reaches anyway.
-        fields = {"ticket": ticket, "service": service, "window": window, "host": peer.spiffe_id}
+        circuit.peer_instance = instance
+        # `host` and `instance` (the host process, from its ACCEPT) let the routers deliver
+        # the open to the process holding the session (any other would refuse it); they see
+        # which host a circuit reaches anyway.
+        fields: dict[str, object] = {"ticket": ticket, "service": service, "window": window}
+        fields["host"] = peer.spiffe_id
+        if instance:
+            fields["instance"] = instance
         circuit.deferred = DeferredOpen(secret, stream, nonce, port, fields)
         if early:
             circuit.write(early)
@@ -436,6 +454,8 @@ class Circuit(CircuitMoves):
         assert self._dialer is not None
         ctl = decode_control(frame.payload)
         peer_window = ctl.int_field("window", MIN_WINDOW, MAX_WINDOW)
+        if "instance" in ctl.fields:
+            self.peer_instance = ctl.str_field("instance", MAX_INSTANCE)
         final, self._session, self.peer = self._dialer.finish(ctl.blob, now)
         self._resume = self._session.resume
         self._dialer = None

@@ -47,6 +47,7 @@ class CircuitMoves:
     id: int
     state: State
     peer: PeerIdentity | None
+    peer_instance: str
     service: str
     is_dialer: bool
     epoch: int
@@ -175,7 +176,15 @@ class CircuitMoves:
         self.id = circuit_id
         self.epoch += 1
         self._attempt = (resume, None, 0)
-        fields = {"ticket": ticket, "service": self.service, "window": self._window.window}
+        fields: dict[str, object] = {
+            "ticket": ticket,
+            "service": self.service,
+            "window": self._window.window,
+        }
+        if self.peer_instance and self.peer is not None:
+            # Only the host process holding the session can take the resume: name it, as
+            # an in-session open does, so a router does not pick another one.
+            fields["host"], fields["instance"] = self.peer.spiffe_id, self.peer_instance
         self._transmit.append(
             encode_frame(FrameType.DIAL, circuit_id, encode_control(fields, resume.raw))
         )

@@ -75,9 +75,11 @@ class EndpointHosting:
         *,
         weight: int | None = None,
         precedence: int | None = None,
+        instance: str = "",
     ) -> None:
         """Ask the router to route dials for `service` here (again, to renew the ticket);
-        `weight` and `precedence` go with it when set (the router's defaults: 1 and 0)."""
+        `weight` and `precedence` go with it when set (the router's defaults: 1 and 0), and
+        `instance`, this host process's id, which in-session opens name (docs/wire.md)."""
         binding = self._bindings.get(binding_id)
         if binding is None or binding.service != service:
             binding = self._bindings[binding_id] = Binding(service, accept)
@@ -88,6 +90,8 @@ class EndpointHosting:
             fields["weight"] = weight
         if precedence is not None:
             fields["precedence"] = precedence
+        if instance:
+            fields["instance"] = instance
         self.session.send(FrameType.BIND, binding_id, encode_control(fields))
 
     def unbind(self, binding_id: int) -> None:

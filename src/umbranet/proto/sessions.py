@@ -71,6 +71,7 @@ class SessionKey:
 
     secret: ResumeSecret
     peer: PeerIdentity
+    instance: str = ""  # dialer: the host process holding it, named by every OPEN
     next_stream: int = 0
     floor: int = 0
     seen: set[int] = field(default_factory=set)
@@ -107,8 +108,12 @@ class Sessions:
         retry: float = DEFAULT_RETRY,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         entropy: Callable[[int], bytes] = secrets.token_bytes,
+        instance: str = "",
     ) -> None:
         self.deadline = deadline
+        # Host: this process's instance id, sent on BIND and in each new session's ACCEPT,
+        # so in-session opens reach this process and no other of its identity ("": none).
+        self.instance = instance
         self.retry = retry
         self.max_sessions = max_sessions
         self._entropy = entropy
@@ -136,7 +141,7 @@ class Sessions:
         secret, peer = circuit.resume_secret, circuit.peer
         if circuit.in_session or secret is None or peer is None:
             return
-        key = SessionKey(secret, peer)
+        key = SessionKey(secret, peer, circuit.peer_instance)
         if circuit.is_dialer:
             self._dial_keys[circuit.service] = key
             return
@@ -184,6 +189,7 @@ class Sessions:
             port=port,
             window=window,
             deferred=True,
+            instance=key.instance,
         )
 
     def forget(self, service: str) -> None:
@@ -218,11 +224,11 @@ class Sessions:
             ctl = frame_control(connect)
             blob = ctl.blob
         except WireError:
-            return Circuit.accept(circuit_id, connect, handshake, window)
+            return Circuit.accept(circuit_id, connect, handshake, window, self.instance)
         if is_open_blob(blob):
             return self._accept_open(circuit_id, ctl, handshake, window, now)
         if not is_resume_blob(blob):
-            return Circuit.accept(circuit_id, connect, handshake, window)
+            return Circuit.accept(circuit_id, connect, handshake, window, self.instance)
         try:
             resume = Resume.parse(blob)
             circuit = self._by_sid.get(resume.sid)

@@ -17,12 +17,13 @@ from umbranet.clock import Instant
 from umbranet.pki.tickets import Action
 from umbranet.proto.flow import MAX_WINDOW, MIN_WINDOW, RelayAccount
 from umbranet.router.links import LinkKind, Route, Side, SwitchLink
-from umbranet.router.redial import Connecting, redial
+from umbranet.router.redial import Connecting, about_the_way, redial
 from umbranet.router.routes import Local, Refuse, Via
 from umbranet.router.switch_state import SwitchState
 from umbranet.router.terminators import Binding
 from umbranet.wire import ErrorCode, Frame, FrameType, WireError, decode_control
-from umbranet.wire.control import encode_control
+from umbranet.wire.control import encode_control, encode_error
+from umbranet.wire.frames import MAX_INSTANCE
 
 __all__ = ["CircuitOpening"]
 
@@ -42,6 +43,8 @@ class CircuitOpening(SwitchState):
             # Optional: a host's share of dials (weighted) and its standby rank (precedence).
             weight = ctl.int_field("weight", 0, 1000) if "weight" in ctl.fields else 1
             rank = ctl.int_field("precedence", 0, 9) if "precedence" in ctl.fields else 0
+            # Optional: the host process, named by in-session opens (`terminators`, rule 3).
+            instance = ctl.str_field("instance", MAX_INSTANCE) if "instance" in ctl.fields else ""
         except WireError as exc:
             self._refuse_bind(source, frame.circuit, exc.code, exc.reason)
             return
@@ -52,7 +55,16 @@ class CircuitOpening(SwitchState):
             self._refuse_bind(source, frame.circuit, verdict.code, verdict.reason)
             return
         expires = verdict.ticket.expires_at
-        binding = Binding(source, frame.circuit, service, source.identity, expires, weight, rank)
+        binding = Binding(
+            source,
+            frame.circuit,
+            service,
+            source.identity,
+            expires,
+            weight,
+            rank,
+            instance=instance,
+        )
         self.terminators.add(binding)
         self.counters["binds"] += 1
         log.info("bind service=%r identity=%s binding=%d", service, source.identity, frame.circuit)
@@ -75,6 +87,7 @@ class CircuitOpening(SwitchState):
             dialer = ctl.str_field("dialer", 2048) if from_router else source.identity
             # An open inside a session names the host that holds it (see `terminators`).
             host = ctl.str_field("host", 2048) if "host" in ctl.fields else ""
+            instance = ctl.str_field("instance", MAX_INSTANCE) if "instance" in ctl.fields else ""
         except WireError as exc:
             self._refuse(source, circuit, exc.code, exc.reason)
             return
@@ -92,7 +105,9 @@ class CircuitOpening(SwitchState):
         if refusal is not None:
             self._refuse(source, circuit, *refusal)
             return
-        hop = self.routes.next_hop(service, int(now.unix), dialer=dialer, host=host)
+        hop = self.routes.next_hop(
+            service, int(now.unix), dialer=dialer, host=host, instance=instance
+        )
         if isinstance(hop, Via) and from_router and self.no_transit:
             hop = Refuse(ErrorCode.TRANSIT_REFUSED, "this router carries no transit")
         if isinstance(hop, Refuse):
@@ -128,6 +143,8 @@ class CircuitOpening(SwitchState):
         fields = {"service": service, "ticket": token, "dialer": dialer, "window": window}
         if host:
             fields["host"] = host
+        if instance:
+            fields["instance"] = instance
         if isinstance(hop, Local):
             fields["binding"] = hop.binding.binding_id
             tried: list[tuple[Hashable, int]] = [(target, hop.binding.binding_id)]
@@ -187,6 +204,9 @@ class CircuitOpening(SwitchState):
         limit = self.limits.max_circuits_per_link
         ftype = redial(route, connecting, why, self.routes, limit, now=now)
         if ftype is None:
+            if connecting.local and connecting.fields.get("instance") and about_the_way(why):
+                self._instance_failed(route)
+                return True
             return False
         self._connects.put(route, connecting)
         self.counters["dial_retried"] += 1
@@ -195,3 +215,14 @@ class CircuitOpening(SwitchState):
             route.link, ftype, route.circuit, encode_control(connecting.fields, connecting.blob)
         )
         return True
+
+    def _instance_failed(self, route: Route) -> None:
+        """The host process an in-session open named failed it before accepting, and no
+        other binding of that process is here: the dialer reads `instance_gone` (its SDK
+        then dials afresh), not a code about the way that would send it elsewhere."""
+        reason = "the session's host process failed the open before accepting it"
+        self._count(ErrorCode.INSTANCE_GONE.code, route.peer.link, reason)
+        dialer = route.peer
+        self._drop(route)
+        payload = encode_error(ErrorCode.INSTANCE_GONE, reason)
+        self._send(dialer.link, FrameType.RESET, dialer.circuit, payload)

@@ -15,6 +15,11 @@ standby when every route refuses, if this router checked its ticket. A refusal a
 dialer itself (its ticket) is never retried. Each record lives no longer than the
 circuit's handshake deadline, so the table is bounded by the router's pending-handshake
 limits.
+
+An in-session open names its host process (`instance`): only bindings of that process are
+tried, and when none is left the dialer gets `instance_gone` rather than the host's code, so
+its SDK dials again with a handshake (another process of the service would have refused the
+open anyway).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "MAX_TRIES",
     "RETRYABLE",
     "Connecting",
+    "about_the_way",
     "PendingConnects",
     "move_to_next_host",
     "move_to_next_route",
@@ -52,6 +58,7 @@ RETRYABLE = frozenset(
         ErrorCode.TOO_MANY_CIRCUITS,
         ErrorCode.OVERLOADED,
         ErrorCode.TRANSIT_REFUSED,
+        ErrorCode.INSTANCE_GONE,
     )
 )
 """Refusals that are about the way, not the dialer: another host or route may take it."""
@@ -104,8 +111,22 @@ def move_to_next_host(
         terminators.failed(failed, now)
     if len(connecting.tried) >= MAX_TRIES:
         return False
-    binding = terminators.pick(route.service, now, dialer=route.dialer, exclude=connecting.tried)
+    binding = _pick(terminators, route, connecting, now)
     return _connect_here(route, connecting, binding, max_circuits)
+
+
+def _pick(
+    terminators: TerminatorTable, route: Route, connecting: Connecting, now: int
+) -> Binding | None:
+    """The next host for a dial: the host process an in-session open names (only that
+    one holds its session), else by the service's strategy."""
+    instance = connecting.fields.get("instance")
+    if instance:
+        host = str(connecting.fields.get("host", ""))
+        return terminators.pick_instance(
+            route.service, now, host, str(instance), exclude=connecting.tried
+        )
+    return terminators.pick(route.service, now, dialer=route.dialer, exclude=connecting.tried)
 
 
 def move_to_standby(
@@ -115,7 +136,7 @@ def move_to_standby(
     here (a standby), as a CONNECT; False when there is none."""
     if not connecting.standby_here or len(connecting.tried) >= MAX_TRIES:
         return False
-    binding = terminators.pick(route.service, now, dialer=route.dialer)
+    binding = _pick(terminators, route, connecting, now)
     if not _connect_here(route, connecting, binding, max_circuits):
         return False
     connecting.local = True
@@ -156,6 +177,17 @@ def move_to_next_route(
     return True
 
 
+def about_the_way(why: Frame | ErrorCode) -> bool:
+    """Whether `why` (a next hop's RESET, or the code of its link's loss) is `RETRYABLE`."""
+    if isinstance(why, ErrorCode):
+        return why.code in RETRYABLE
+    try:
+        code, _reason = decode_error(why.payload)
+    except WireError:
+        return False
+    return code.code in RETRYABLE
+
+
 def redial(
     route: Route,
     connecting: Connecting,
@@ -168,14 +200,7 @@ def redial(
     """Move `route` to another host or route when `why` (the next hop's RESET, or the code
     of its link's loss) says the way, not the dialer, failed; returns the frame type to send
     the dial again with, or None."""
-    if isinstance(why, ErrorCode):
-        code = why
-    else:
-        try:
-            code, _reason = decode_error(why.payload)
-        except WireError:
-            return None
-    if code.code not in RETRYABLE:
+    if not about_the_way(why):
         return None
     if connecting.local:
         if move_to_next_host(route, connecting, routes.terminators, max_circuits, now):

@@ -46,10 +46,18 @@ class RouteTable:
     _remote: dict[str, dict[Hashable, float]] = field(default_factory=dict)
 
     def next_hop(
-        self, service: str, now: int, *, dialer: str = "", host: str = ""
+        self, service: str, now: int, *, dialer: str = "", host: str = "", instance: str = ""
     ) -> Local | Via | Refuse:
         """Where a dial by `dialer` for `service` goes (a local host by the service's
-        terminator strategy first; `host`, the one an in-session open names, if it may)."""
+        terminator strategy first; `host`, the one an in-session open names, if it may).
+        With `instance` (an in-session open naming its host process): that process if it
+        is bound here, whatever its precedence, else the cheapest remote route (the
+        router before this one tries its other routes when this one refuses), else, when
+        other hosts of the service are bound here, a refusal the dialer's SDK answers
+        with a fresh dial (`instance_gone`); with none, `no_terminator`, as for any dial
+        (a resume waits for routes then)."""
+        if instance:
+            return self._to_instance(service, now, host, instance)
         binding = self.terminators.pick(service, now, dialer=dialer, host=host)
         remote = self._remote.get(service)
         if binding is not None and (binding.precedence == 0 or not remote):
@@ -58,6 +66,22 @@ class RouteTable:
             link, cost = min(remote.items(), key=lambda item: item[1])
             return Via(link, cost)
         return Refuse(ErrorCode.NO_TERMINATOR, f"service {service!r} has no host at this router")
+
+    def _to_instance(
+        self, service: str, now: int, host: str, instance: str
+    ) -> Local | Via | Refuse:
+        binding = self.terminators.pick_instance(service, now, host, instance)
+        if binding is not None:
+            return Local(binding)
+        remote = self._remote.get(service)
+        if remote:
+            link, cost = min(remote.items(), key=lambda item: item[1])
+            return Via(link, cost)
+        if not self.terminators.serves(service):  # no way at all yet: as for any dial
+            return Refuse(ErrorCode.NO_TERMINATOR, f"service {service!r} has no host here")
+        return Refuse(
+            ErrorCode.INSTANCE_GONE, f"the session's host of {service!r} is not bound this way"
+        )
 
     def standby(self, service: str) -> bool:
         """Whether a host of `service` is bound here although dials go elsewhere first (a

@@ -12,11 +12,14 @@ Picking, in order (the rules of this file):
 2. Precedence: only the bindings with the lowest `precedence` number compete (0 primary,
    1 standby, ...); a standby takes dials only while no primary is live and healthy.
 3. A dial that opens a stream inside an end-to-end session it already has with one host
-   (`proto/sessions.py`) names that host (`host`). Under ``sticky`` it goes there if that
-   host is among them (the dialer asked for one host; any other would refuse the open and
-   cost a second dial). The other strategies ignore it: they spread every dial, and a
-   host that does not hold the session refuses the open, so the dialer falls back to a
-   full handshake with the host picked for it. Precedence always wins.
+   process (`proto/sessions.py`) names that host (`host`, its identity) and, from hosts
+   that bind with one, the process (`instance`, the host instance id it sent on BIND and
+   in its ACCEPT). With an instance, the dial goes to a live binding of that identity and
+   instance, or to none (`pick_instance`): under every strategy and precedence, since it
+   continues a session and is no new choice of host (any other process would refuse the
+   open). Health does not matter there either: no other process can take it. Without an
+   instance (an older host or dialer), ``sticky`` sends it to a binding of that identity
+   if one is among the best precedence; the other strategies spread it like any dial.
 4. The service's strategy picks among them:
    - ``smart`` (the default): the least loaded for its weight (live circuits through its
      link divided by `weight`, a weight of 0 only when nothing else is left), then fewest
@@ -58,6 +61,7 @@ class Binding:
     precedence: int = 0  # 0 primary; higher numbers stand by
     failed_until: int = 0  # unix seconds; unhealthy before then
     failures: int = 0  # failed dials since the last success
+    instance: str = ""  # the host process (BIND `instance`); "" from hosts that send none
 
 
 def _load_of_link(binding: Binding) -> int:
@@ -176,6 +180,37 @@ class TerminatorTable:
             chosen = self._smart(service, group)
         self.counters[f"picked_{strategy}"] += 1
         return chosen
+
+    def pick_instance(
+        self,
+        service: str,
+        now: int,
+        host: str,
+        instance: str,
+        exclude: Collection[tuple[Hashable, int]] = (),
+    ) -> Binding | None:
+        """The live binding of `service` by host process `instance` of identity `host` (rule
+        3), not one in `exclude`; None when that process is not bound here. An instance is a
+        routing hint, not a credential: the identity must match too, and the session's keys
+        prove the host. Several bindings of one process (one per link) hold the same
+        sessions, so a healthy one goes first and any will do."""
+        found: Binding | None = None
+        tried = _ids(exclude) if exclude else set()
+        for binding in self._by_service.get(service, ()):
+            if (
+                binding.instance != instance
+                or binding.identity != host
+                or binding.expires_at <= now
+                or (id(binding.link), binding.binding_id) in tried
+            ):
+                continue
+            if binding.failed_until <= now:
+                found = binding
+                break
+            found = found or binding
+        if found is not None:
+            self.counters["picked_session_host"] += 1
+        return found
 
     def failed(self, binding: Binding, now: int) -> None:
         """A dial through `binding` failed before the host accepted: pass it over a while."""

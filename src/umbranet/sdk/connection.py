@@ -241,6 +241,7 @@ class RouterConnection:
             self._clock.now(),
             weight=listener.weight,
             precedence=listener.precedence,
+            instance=mover.sessions.instance if mover is not None else "",
         )
         self._step()
         try:

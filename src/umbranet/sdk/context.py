@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import logging
 import os
+import secrets
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -64,8 +65,11 @@ GRANT_CHECK_INTERVAL = 30.0
 GRANT_REFRESH_BEFORE = 120.0  # seconds before a dial ticket expires
 
 
-# A host's refusal of an open inside a session it does not hold (or a replay it saw).
-_SESSION_REFUSED = frozenset({ErrorCode.RESUME_REFUSED.code, ErrorCode.REPLAYED.code})
+# A host's refusal of an open inside a session it does not hold (or a replay it saw), or a
+# router's when the host process holding it is bound nowhere on the way (instance_gone).
+_SESSION_REFUSED = frozenset(
+    {ErrorCode.RESUME_REFUSED.code, ErrorCode.REPLAYED.code, ErrorCode.INSTANCE_GONE.code}
+)
 
 
 class Context:
@@ -90,6 +94,9 @@ class Context:
         self.clock = clock
         # Streams whose router dies move to another path within this many seconds (0: off).
         self._mover = SessionMover(clock, self._find_path, deadline=resume_deadline)
+        # This context's host instance id: its bindings and sessions carry it, so a stream
+        # opened in a session reaches this process, not another of the same identity.
+        self._mover.sessions.instance = secrets.token_hex(8)
         # Later dials to a service open inside the session of an earlier one (0-RTT).
         self._session_streams = session_streams
         self.link_timers = link_timers  # keepalive: how soon a silent router is given up
@@ -319,6 +326,7 @@ class Context:
             "routers": {a: c.live for a, c in self._connections.items()},
             "router_rtt_ms": self.ranking.snapshot(self._connections),
             "home_router": self.home_router(),
+            "instance": self._mover.sessions.instance,  # this process, as a host
             "counters": dict(self.counters),
             "sessions": self._mover.statistics(),
         }

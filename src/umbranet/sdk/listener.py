@@ -18,7 +18,10 @@ it must grant one of them.
 Several hosts of one service: each listener may say how the routers choose between them
 (`weight`: its share of dials under the ``weighted`` strategy and of load under ``smart``;
 `precedence`: ``primary`` hosts take every dial while one is up, a ``standby`` only when no
-primary is), carried on every BIND; `router/terminators.py` has the rules.
+primary is), carried on every BIND; `router/terminators.py` has the rules. Every BIND also
+carries the context's host instance id, which names this process to the routers: streams a
+dialer opens inside its session with this process (and its resumes) come here and to no
+other process of the service, not even one of the same identity.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 
 from umbranet.controller.service.links import MeshPolicy, RouterReport, routes_for
-from umbranet.pki import SpiffeId
+from umbranet.pki import IdentityFile, SpiffeId
 from umbranet.pki.tickets import Action
 from umbranet.proto.link import LinkTimers
 from umbranet.router.links import LinkKind, Route
@@ -113,9 +113,12 @@ class SimNet:
         via: list[SimRouter] | tuple[SimRouter, ...] = (),
         latency: float = 0.005,
         timers: LinkTimers | None = None,
+        identity: IdentityFile | None = None,
     ) -> SimEndpoint:
-        """An endpoint (an SDK or agent) with a link to each router in `via`."""
-        identity = self.network.identity(name, attributes=attributes, now=self.clock.wall)
+        """An endpoint (an SDK or agent) with a link to each router in `via`; `identity`:
+        another endpoint's (a second process of one workload), else its own."""
+        if identity is None:
+            identity = self.network.identity(name, attributes=attributes, now=self.clock.wall)
         endpoint = SimEndpoint(self, name, identity, timers)
         self.endpoints[name] = endpoint
         for router in via:

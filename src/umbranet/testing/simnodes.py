@@ -233,7 +233,9 @@ class SimEndpoint:
         self._pending: list[RouterLink] = []
         # Sessions that may move to another router when a path fails (proto/sessions.py).
         # Off unless a test turns it on (`enable_resume`): a failed path ends the stream.
-        self.sessions = Sessions(deadline=0, entropy=net.rng.randbytes)
+        # Its name is its host instance id: unique per endpoint, and it leaves the
+        # network's seeded randomness alone.
+        self.sessions = Sessions(deadline=0, entropy=net.rng.randbytes, instance=name)
         self.resume_dial_timeout = 5.0
         self._sessions_timer = Timer(net, self._sessions_due)
 
@@ -297,7 +299,14 @@ class SimEndpoint:
 
         for link in self.links.values():
             if link.down is None:
-                link.machine.bind(binding_id, service, token, accept, self.net.clock.now())
+                link.machine.bind(
+                    binding_id,
+                    service,
+                    token,
+                    accept,
+                    self.net.clock.now(),
+                    instance=self.sessions.instance,
+                )
                 self._step(link)
         return listener
 

@@ -37,6 +37,7 @@ class ErrorCode(IntEnum):
     REPLAYED = 25  # a resume (or a stream open) the host has seen before
     RESUME_GAP = 26  # the peer acknowledged bytes this side can no longer resend
     TRANSIT_REFUSED = 27  # a no-transit router asked to pass on a dial neither from nor to it
+    INSTANCE_GONE = 28  # the host process an in-session open names is not bound on this way
 
     HANDSHAKE_FAILED = 30
     PEER_IDENTITY_MISMATCH = 31

@@ -38,6 +38,9 @@ HEADER_SIZE = HEADER.size
 MAX_DATA_PAYLOAD = 65536 + 16
 # Control frames carry tickets and handshake messages; nothing legitimate comes near this.
 MAX_PAYLOAD = 256 * 1024
+# A host instance id (BIND, ACCEPT and in-session DIAL `instance`): a routing hint naming
+# one host process; 16 hex digits from the SDK, up to this many characters accepted.
+MAX_INSTANCE = 64
 
 
 class FrameType(IntEnum):
