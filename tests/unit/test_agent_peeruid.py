@@ -98,8 +98,8 @@ CLIENT = textwrap.dedent(
         os.setuid(uid)
     sock = socket.socket()
     sock.settimeout(20)
-    sock.connect(("127.0.0.1", int(sys.argv[1])))
-    try:  # a refused user's RST may come before the send
+    try:  # a refused user's RST may come before the send, even before connect returns
+        sock.connect(("127.0.0.1", int(sys.argv[1])))
         sock.sendall(b"hello")
         data = sock.recv(100)
         print("echo" if data == b"hello" else "eof" if not data else "other")
