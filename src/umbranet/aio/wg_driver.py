@@ -278,7 +278,7 @@ class WireGuardDriver:
                     proofs.add((seen[0], source))
         for peer, source in proofs:
             self._authenticated(peer, source, now.mono)
-        self._flush()
+        self._flush(now)
 
     def _on_packets(self) -> None:
         now = self._clock.now()
@@ -290,23 +290,28 @@ class WireGuardDriver:
         send = self.device.send_packet
         for packet in packets:
             send(packet, now)
-        self._flush()
+        self._flush(now)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.device.handle_timeout(self._clock.now())
-        self._flush()
+        now = self._clock.now()
+        self.device.handle_timeout(now)
+        self._flush(now)
 
     # -- outputs -------------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self, now: Instant | None = None) -> None:
+        """Send, deliver and re-arm after an input; `now`: the input's reading of the clock
+        (one reading per wake-up is precise enough for paths, flows and timers)."""
         device = self.device
-        self._transmit()
+        if now is None:
+            now = self._clock.now()
+        self._transmit(mono=now.mono)
         if self._paths_touched:
-            self._path_work(self._clock.now())
+            self._path_work(now)
         flows = self.flow_filter
-        mono = self._clock.now().mono if flows is not None else 0.0
+        mono = now.mono
         inbound: list[bytes] = []
         run: list[bytes] = []  # consecutive packets of one peer, filtered as one batch
         run_peer = b""
@@ -326,7 +331,7 @@ class WireGuardDriver:
             inbound.extend(self._filtered(flows, run_peer, run, mono))
         if inbound:
             self._write_port(inbound)
-        self._arm_timer()
+        self._arm_timer(mono)
 
     def _filtered(
         self, flows: FlowFilter, peer: bytes, packets: list[bytes], mono: float
@@ -352,7 +357,7 @@ class WireGuardDriver:
             else:
                 self.counters["tun_write_drops"] += 1
 
-    def _transmit(self, probe: Probe | None = None) -> None:
+    def _transmit(self, probe: Probe | None = None, mono: float | None = None) -> None:
         """Send what the machine queued: each peer's datagrams on its current path (or, for
         a probe's peer, on the probed path)."""
         device = self.device
@@ -362,12 +367,12 @@ class WireGuardDriver:
         if not outgoing:
             return
         if self._paths:
-            outgoing = self._route(outgoing, probe)
+            outgoing = self._route(outgoing, probe, mono)
         if outgoing:
             self._send_all(outgoing)
 
     def _route(
-        self, outgoing: list[tuple[bytes, Address]], probe: Probe | None
+        self, outgoing: list[tuple[bytes, Address]], probe: Probe | None, mono: float | None
     ) -> list[tuple[bytes, Address]]:
         direct: list[tuple[bytes, Address]] = []
         sent: set[tuple[bytes, Address]] = set()
@@ -392,9 +397,10 @@ class WireGuardDriver:
                 self.counters["relay_datagrams_out"] += 1
             else:
                 self.counters["relay_send_drops"] += 1
-        mono = self._clock.now().mono
-        for peer, dest in sent:
-            self._paths[peer].handle_sent(dest, mono)
+        if sent:
+            when = self._clock.now().mono if mono is None else mono
+            for peer, dest in sent:
+                self._paths[peer].handle_sent(dest, when)
         return direct
 
     def _decide(self, addr: Address, probe: Probe | None) -> tuple[bytes | None, Address, bool]:
@@ -520,7 +526,7 @@ class WireGuardDriver:
             return ("::ffff:" + addr[0], addr[1])
         return addr
 
-    def _arm_timer(self) -> None:
+    def _arm_timer(self, mono: float) -> None:
         loop = self._loop
         if loop is None:
             return
@@ -539,7 +545,7 @@ class WireGuardDriver:
             return
         if self._timer is not None:
             self._timer.cancel()
-        delay = max(0.0, deadline.at - self._clock.now().mono)
+        delay = max(0.0, deadline.at - mono)
         self._timer = loop.call_later(delay, self._on_timer)
         self._timer_at = deadline.at
 
