@@ -321,15 +321,13 @@ class Traversal:
         return self._path_events.pop(0) if self._path_events else None
 
     def poll_timeout(self) -> Deadline | None:
-        deadlines = [
-            self.device.poll_timeout(),
-            self.stun.poll_timeout(),
-            self.agent.poll_timeout(),
-        ]
-        if self.turn is not None:
-            deadlines.append(self.turn.poll_timeout())
-        found = [d for d in deadlines if d is not None]
-        return min(found, key=lambda d: d.at) if found else None
+        # Asked after every packet: the earliest, compared in place (the first of equals).
+        best = self.device.poll_timeout()
+        turn = self.turn.poll_timeout() if self.turn is not None else None
+        for other in (self.stun.poll_timeout(), self.agent.poll_timeout(), turn):
+            if other is not None and (best is None or other.at < best.at):
+                best = other
+        return best
 
     def statistics(self) -> dict[str, object]:
         stats = self.device.statistics()

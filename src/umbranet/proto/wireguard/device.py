@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidTag
 
-from umbranet.clock import Deadline, Instant
+from umbranet.clock import Deadline, Instant, deadline
 from umbranet.proto.wireguard.config import DeviceConfig, NoiseIdentity
 from umbranet.proto.wireguard.cookie import CookieChecker, CookieGenerator, address_bytes
 from umbranet.proto.wireguard.crypto import public_key, tai64n
@@ -83,6 +83,7 @@ __all__ = ["Device"]
 
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
 _PADDING = bytes(16)
+_TIMER_REASONS = {name: f"wireguard {name}" for name in TIMER_NAMES}
 
 
 class Device:
@@ -240,12 +241,13 @@ class Device:
         return self._events.popleft() if self._events else None
 
     def poll_timeout(self) -> Deadline | None:
+        # Asked after every packet: no string is formatted and no named tuple built in Python.
         best: tuple[float, str] | None = None
         for peer in self._peers.values():
             for name, at in peer.timers.items():
                 if best is None or at < best[0]:
                     best = (at, name)
-        return None if best is None else Deadline(best[0], f"wireguard {best[1]}")
+        return None if best is None else deadline((best[0], _TIMER_REASONS[best[1]]))
 
     def under_load(self, now: float) -> bool:
         return self._under_load_until is not None and now < self._under_load_until
