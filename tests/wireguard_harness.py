@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from umbranet.proto.wireguard import Address, Device, DeviceConfig, Event, PacketReceived
+from umbranet.proto.wireguard import Address, Device, DeviceConfig, Event, PacketsReceived
 from umbranet.proto.wireguard.crypto import public_key
 from umbranet.testing.clock import FakeClock
 
@@ -108,7 +108,8 @@ class Pair:
         raise AssertionError("timers never settled")
 
     def received(self, addr: Address) -> list[bytes]:
-        return [e.packet for e in self.events.get(addr, []) if isinstance(e, PacketReceived)]
+        events = self.events.get(addr, [])
+        return [p for e in events if isinstance(e, PacketsReceived) for p in e.packets]
 
     def take_events(self, addr: Address) -> list[Event]:
         return self.events.pop(addr, [])

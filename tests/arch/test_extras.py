@@ -39,6 +39,7 @@ DISTRIBUTION = {
     "hypercorn": "hypercorn",
     "grpclib": "grpclib",
     "h2": "grpclib",  # grpclib's own HTTP/2 dependency, named in grpc_host's types
+    "numpy": "numpy",
 }
 # The parts of the package and the extra that must cover each ("" = the base install).
 PARTS = {
@@ -60,8 +61,10 @@ PARTS = {
 # Starlette/FastAPI authentication (integrations.auth): apps using it already have Starlette.
 # integrations.uvicorn_host imports uvicorn only when called: apps served by it already have it.
 # integrations.hypercorn_host and grpc_host are imported on their own, with umbranet[http2] and
-# umbranet[grpc].
+# umbranet[grpc]. aio.tun_offload (numpy) serves only the agent's network mode (`umbra up --tun`),
+# installed with umbranet[agent].
 OPTIONAL = {
+    ("aio", "numpy"),
     ("integrations", "hypercorn"),
     ("integrations", "grpclib"),
     ("integrations", "h2"),
@@ -141,3 +144,7 @@ def test_all_brings_every_part() -> None:
     everything = _closure("all")
     for extra in ("cli", "agent", "controller", "integrations", "http2", "grpc"):
         assert _closure(extra) <= everything, extra
+
+
+def test_network_mode_has_its_extra() -> None:
+    assert "numpy" in _closure("agent")  # aio.tun_offload, imported by `umbra up --tun`

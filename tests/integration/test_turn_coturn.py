@@ -176,7 +176,7 @@ def test_wireguard_between_two_devices_through_a_coturn_relay(coturn: tuple[str,
     from tests.wireguard_harness import A_IP, B_IP, ipv4_packet, key, seeded
     from umbranet.proto.ice import Candidate
     from umbranet.proto.traversal import Traversal
-    from umbranet.proto.wireguard import Device, PacketReceived
+    from umbranet.proto.wireguard import Device, PacketsReceived
     from umbranet.proto.wireguard.crypto import public_key
 
     da, db = Device(key("a"), random_bytes=seeded(1)), Device(key("b"), random_bytes=seeded(2))
@@ -228,8 +228,8 @@ def test_wireguard_between_two_devices_through_a_coturn_relay(coturn: tuple[str,
     def received() -> bool:
         for name, traversal in (("a", ta), ("b", tb)):
             while (event := traversal.poll_event()) is not None:
-                if isinstance(event, PacketReceived):
-                    got[name].append(event.packet)
+                if isinstance(event, PacketsReceived):
+                    got[name].extend(event.packets)
         return bool(got["a"] and got["b"])
 
     ta.send_packet(ipv4_packet(A_IP, B_IP, b"a to b via coturn"), now())

@@ -9,7 +9,7 @@ from tests.wireguard_harness import A_IP, B_IP, ipv4_packet, key, seeded
 from umbranet.proto.ice import Candidate, PathSelected
 from umbranet.proto.stun import BindingResponder
 from umbranet.proto.traversal import Traversal, is_wireguard
-from umbranet.proto.wireguard import Device, PacketReceived
+from umbranet.proto.wireguard import Device, PacketsReceived
 from umbranet.proto.wireguard.crypto import public_key
 from umbranet.testing.clock import FakeClock
 
@@ -75,8 +75,8 @@ def test_probes_point_the_device_at_the_peer_and_wireguard_flows() -> None:
     run(clock, sides, 1.0)
     got = []
     while (e := tb.poll_event()) is not None:
-        if isinstance(e, PacketReceived):
-            got.append(e.packet)
+        if isinstance(e, PacketsReceived):
+            got.extend(e.packets)
     # the packet staged while there was no endpoint goes out once there is one
     assert got == [ipv4_packet(A_IP, B_IP, b"early"), ipv4_packet(A_IP, B_IP, b"direct now")]
     stats = ta.statistics()["traversal"]

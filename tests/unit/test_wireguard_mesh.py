@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tests.wireguard_harness import ipv4_packet, key, seeded
-from umbranet.proto.wireguard import Address, Device, PacketReceived
+from umbranet.proto.wireguard import Address, Device, PacketsReceived
 from umbranet.proto.wireguard.crypto import public_key
 from umbranet.testing.clock import FakeClock
 
@@ -27,9 +27,9 @@ def _mesh() -> tuple[FakeClock, dict[str, Device]]:
     return clock, devices
 
 
-def _pump(clock: FakeClock, devices: dict[str, Device]) -> dict[str, list[PacketReceived]]:
+def _pump(clock: FakeClock, devices: dict[str, Device]) -> dict[str, list[tuple[bytes, bytes]]]:
     by_addr = {ADDR[n]: d for n, d in devices.items()}
-    got: dict[str, list[PacketReceived]] = {n: [] for n in NAMES}
+    got: dict[str, list[tuple[bytes, bytes]]] = {n: [] for n in NAMES}
     for _ in range(1000):
         moved = False
         for name, device in devices.items():
@@ -40,8 +40,8 @@ def _pump(clock: FakeClock, devices: dict[str, Device]) -> dict[str, list[Packet
             break
     for name, device in devices.items():
         while (event := device.poll_event()) is not None:
-            if isinstance(event, PacketReceived):
-                got[name].append(event)
+            if isinstance(event, PacketsReceived):
+                got[name].extend((event.peer, packet) for packet in event.packets)
     return got
 
 
@@ -53,11 +53,11 @@ def test_every_pair_talks_and_each_packet_reaches_only_its_destination() -> None
                 devices[src].send_packet(ipv4_packet(IP[src], IP[dst], src.encode()), clock.now())
     got = _pump(clock, devices)
     for dst in NAMES:
-        senders = sorted(e.packet[-1:].decode() for e in got[dst])
+        senders = sorted(packet[-1:].decode() for _, packet in got[dst])
         assert senders == sorted(n for n in NAMES if n != dst)
-        for event in got[dst]:
-            sender = event.packet[-1:].decode()
-            assert event.peer == public_key(key(sender))
+        for peer, packet in got[dst]:
+            sender = packet[-1:].decode()
+            assert peer == public_key(key(sender))
 
 
 def test_a_peer_cannot_use_another_peers_address() -> None:

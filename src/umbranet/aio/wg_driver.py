@@ -56,7 +56,7 @@ from umbranet.proto.paths import (
     relay_address,
     relay_peer,
 )
-from umbranet.proto.wireguard import Device, Event, PacketReceived
+from umbranet.proto.wireguard import Device, Event, PacketsReceived
 from umbranet.proto.wireguard.flowfilter import FlowFilter
 
 __all__ = ["MAX_LEARNED_PATHS", "PacketPort", "RelaySender", "WireGuardDriver"]
@@ -247,6 +247,7 @@ class WireGuardDriver:
         now = self._clock.now()
         device = self.device
         handle = device.handle_datagram
+        handle_all = device.handle_datagrams
         track = bool(self._paths)
         proofs: set[tuple[bytes, Address]] = set()
         for _ in range(self._batch):
@@ -265,10 +266,9 @@ class WireGuardDriver:
             segment = _gro_segment_size(ancdata)
             if segment and len(data) > segment:
                 self.counters["udp_gro_batches"] += 1
-                starts = range(0, len(data), segment)
-                self.counters["udp_datagrams_in"] += len(starts)
-                for start in starts:
-                    handle(data[start : start + segment], source, now)
+                datagrams = [data[i : i + segment] for i in range(0, len(data), segment)]
+                self.counters["udp_datagrams_in"] += len(datagrams)
+                handle_all(datagrams, source, now)
             else:
                 self.counters["udp_datagrams_in"] += 1
                 handle(data, source, now)
@@ -287,9 +287,7 @@ class WireGuardDriver:
         flows = self.flow_filter
         if flows is not None:
             flows.handle_outbound_batch(packets, now.mono)
-        send = self.device.send_packet
-        for packet in packets:
-            send(packet, now)
+        self.device.send_packets(packets, now)
         self._flush(now)
 
     def _on_timer(self) -> None:
@@ -313,22 +311,14 @@ class WireGuardDriver:
         flows = self.flow_filter
         mono = now.mono
         inbound: list[bytes] = []
-        run: list[bytes] = []  # consecutive packets of one peer, filtered as one batch
-        run_peer = b""
         while (event := device.poll_event()) is not None:
-            if isinstance(event, PacketReceived):
+            if type(event) is PacketsReceived:
                 if flows is None:
-                    inbound.append(event.packet)
-                    continue
-                if event.peer != run_peer and run:
-                    inbound.extend(self._filtered(flows, run_peer, run, mono))
-                    run = []
-                run_peer = event.peer
-                run.append(event.packet)
+                    inbound.extend(event.packets)
+                else:
+                    inbound.extend(self._filtered(flows, event.peer, event.packets, mono))
             elif self._on_event is not None:
                 self._on_event(event)
-        if run and flows is not None:
-            inbound.extend(self._filtered(flows, run_peer, run, mono))
         if inbound:
             self._write_port(inbound)
         self._arm_timer(mono)
@@ -361,9 +351,7 @@ class WireGuardDriver:
         """Send what the machine queued: each peer's datagrams on its current path (or, for
         a probe's peer, on the probed path)."""
         device = self.device
-        outgoing: list[tuple[bytes, tuple[str, int]]] = []
-        while (out := device.poll_transmit()) is not None:
-            outgoing.append(out)
+        outgoing = device.take_transmit()
         if not outgoing:
             return
         if self._paths:

@@ -214,6 +214,27 @@ class Traversal:
         if self.on_queued is not None and self._own_queued():
             self.on_queued()
 
+    def handle_datagrams(self, datagrams: Iterable[bytes], addr: Address, now: Instant) -> None:
+        """A burst from one address (a UDP GRO read): runs of WireGuard messages go to the
+        device as one batch, anything else is handled on its own, in order."""
+        if self.turn is not None:
+            for data in datagrams:
+                self._handle(data, addr, now)
+        else:
+            run: list[bytes] = []
+            for data in datagrams:
+                if len(data) >= 4 and 1 <= data[0] <= 4 and data[1:4] == b"\0\0\0":
+                    run.append(data)
+                    continue
+                if run:
+                    self.device.handle_datagrams(run, addr, now)
+                    run = []
+                self._handle(data, addr, now)
+            if run:
+                self.device.handle_datagrams(run, addr, now)
+        if self.on_queued is not None and self._own_queued():
+            self.on_queued()
+
     def _own_queued(self) -> bool:
         return bool(
             self.stun.queued
@@ -259,12 +280,19 @@ class Traversal:
     def send_packet(self, packet: bytes, now: Instant) -> None:
         self.device.send_packet(packet, now)
 
+    def send_packets(self, packets: Iterable[bytes], now: Instant) -> None:
+        self.device.send_packets(packets, now)
+
     def poll_transmit(self) -> tuple[bytes, Address] | None:
         """The device's datagrams. Traversal's own come from `poll_own_transmit`: a
         path-routing driver must not move a probe meant for one candidate onto the peer's
         current path. Either kind addressed to a peer heard only through our TURN relay
         must leave wrapped for it (`relay_wrap`), which the shell's socket does."""
         return self.device.poll_transmit()
+
+    def take_transmit(self) -> list[tuple[bytes, Address]]:
+        """Every datagram `poll_transmit` would give, at once."""
+        return self.device.take_transmit()
 
     def via_turn(self, address: Address) -> bool:
         """Whether `address` hears us only through our TURN relay."""

@@ -14,12 +14,13 @@ timer rules. The modules, smallest first:
     timers      the protocol's constants and timer names
     config      DeviceConfig (load threshold), NoiseIdentity
     peer, ip    per-peer state; cryptokey routing by allowed IPs
-    device      the machine: handle_datagram / send_packet / handle_timeout, poll_*
+    transport   sealing and opening transport data, one packet or a burst at a time
+    device      the machine: handle_datagram(s) / send_packet(s) / handle_timeout, poll_*
 """
 
 from umbranet.proto.wireguard.config import DeviceConfig, NoiseIdentity
 from umbranet.proto.wireguard.device import Device
-from umbranet.proto.wireguard.events import Event, HandshakeCompleted, PacketReceived, PeerSilent
+from umbranet.proto.wireguard.events import Event, HandshakeCompleted, PacketsReceived, PeerSilent
 from umbranet.proto.wireguard.peer import Address
 
 __all__ = [
@@ -29,6 +30,6 @@ __all__ = [
     "Event",
     "HandshakeCompleted",
     "NoiseIdentity",
-    "PacketReceived",
+    "PacketsReceived",
     "PeerSilent",
 ]

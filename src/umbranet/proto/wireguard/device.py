@@ -1,10 +1,12 @@
 """A WireGuard device as a sans-IO machine: one static key, many peers, no sockets, no clock.
 
-Inputs:  `handle_datagram(data, addr, now)` for every UDP datagram received,
-         `send_packet(ip_packet, now)` for every IP packet to send (routed by allowed IPs),
+Inputs:  `handle_datagram(data, addr, now)` for every UDP datagram received (or
+         `handle_datagrams(datagrams, addr, now)` for a burst from one address),
+         `send_packet(ip_packet, now)` for every IP packet to send, routed by allowed IPs
+         (or `send_packets(packets, now)` for a burst),
          `handle_timeout(now)` when `poll_timeout()` says so.
-Outputs: `poll_transmit() -> (datagram, addr) | None`, `poll_event() -> Event | None`,
-         `poll_timeout() -> Deadline | None`.
+Outputs: `poll_transmit() -> (datagram, addr) | None` (or `take_transmit()`: all of them),
+         `poll_event() -> Event | None`, `poll_timeout() -> Deadline | None`.
 
 Rules of this file:
 - Nothing raises on bad input. Every datagram that is not used is counted in
@@ -31,13 +33,11 @@ import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
-from cryptography.exceptions import InvalidTag
-
 from umbranet.clock import Deadline, Instant, deadline
 from umbranet.proto.wireguard.config import DeviceConfig, NoiseIdentity
 from umbranet.proto.wireguard.cookie import CookieChecker, CookieGenerator, address_bytes
 from umbranet.proto.wireguard.crypto import public_key, tai64n
-from umbranet.proto.wireguard.events import Event, HandshakeCompleted, PacketReceived, PeerSilent
+from umbranet.proto.wireguard.events import Event, HandshakeCompleted, PeerSilent
 from umbranet.proto.wireguard.handshake import (
     HandshakeError,
     consume_initiation,
@@ -45,7 +45,7 @@ from umbranet.proto.wireguard.handshake import (
     create_initiation,
     create_response,
 )
-from umbranet.proto.wireguard.ip import AllowedIps, IpNetwork, packet_fields
+from umbranet.proto.wireguard.ip import AllowedIps, IpNetwork
 from umbranet.proto.wireguard.messages import (
     COOKIE_REPLY_LEN,
     DATA_MIN_LEN,
@@ -55,10 +55,8 @@ from umbranet.proto.wireguard.messages import (
     TYPE_DATA,
     TYPE_INITIATION,
     TYPE_RESPONSE,
-    encode_data_header,
     message_type,
     parse_cookie_reply,
-    parse_data_header,
     parse_initiation,
     parse_response,
 )
@@ -67,26 +65,21 @@ from umbranet.proto.wireguard.ratelimit import HandshakeRateLimiter, source_key
 from umbranet.proto.wireguard.timers import (
     INITIATIONS_MIN_INTERVAL,
     KEEPALIVE_TIMEOUT,
-    MAX_STAGED_PACKETS,
     MAX_TIMER_HANDSHAKES,
-    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
-    REKEY_AFTER_MESSAGES,
-    REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER,
     TIMER_NAMES,
     UNDER_LOAD_AFTER,
 )
+from umbranet.proto.wireguard.transport import TransportData
 
 __all__ = ["Device"]
 
-_NONCE_PREFIX = b"\x00\x00\x00\x00"
-_PADDING = bytes(16)
 _TIMER_REASONS = {name: f"wireguard {name}" for name in TIMER_NAMES}
 
 
-class Device:
+class Device(TransportData):
     """A WireGuard interface's protocol state. See the module docstring for the rules."""
 
     def __init__(
@@ -170,19 +163,6 @@ class Device:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def send_packet(self, packet: bytes, now: Instant) -> None:
-        """Send an IP packet to the peer whose allowed IPs hold its destination."""
-        fields = packet_fields(packet)
-        if fields is None:
-            self._drops["tx_not_ip"] += 1
-            return
-        peer = self._routes.lookup(fields[0], fields[2])
-        if peer is None:
-            self._drops["tx_no_route"] += 1
-            return
-        self._stage(peer, packet)
-        self._send_staged(peer, now.mono, now)
-
     def send_to(self, public: bytes, packet: bytes, now: Instant) -> None:
         """Send a packet to one peer, whatever its destination (for relays and tests)."""
         peer = self._peers.get(public)
@@ -205,7 +185,7 @@ class Device:
             if len(data) < DATA_MIN_LEN:
                 self._drops["bad_length"] += 1
             else:
-                self._data(data, addr, now)
+                self._data(data, addr, now, {})
         elif kind in (TYPE_INITIATION, TYPE_RESPONSE):
             if len(data) != (INITIATION_LEN if kind == TYPE_INITIATION else RESPONSE_LEN):
                 self._drops["bad_length"] += 1
@@ -236,6 +216,12 @@ class Device:
 
     def poll_transmit(self) -> tuple[bytes, Address] | None:
         return self._transmit.popleft() if self._transmit else None
+
+    def take_transmit(self) -> list[tuple[bytes, Address]]:
+        """Every queued datagram at once, oldest first."""
+        out = list(self._transmit)
+        self._transmit.clear()
+        return out
 
     def poll_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -272,66 +258,6 @@ class Device:
         }
 
     # -- sending -------------------------------------------------------------------------
-
-    def _stage(self, peer: Peer, packet: bytes) -> None:
-        if len(peer.staged) >= MAX_STAGED_PACKETS:
-            peer.staged.popleft()
-            self._drops["staged_overflow"] += 1
-        peer.staged.append(packet)
-
-    def _send_staged(self, peer: Peer, t: float, now: Instant) -> None:
-        keypair = peer.current
-        if keypair is None or not keypair.usable_for_sending(t):
-            self._initiate(peer, now, retry=False)
-            return
-        if peer.endpoint is None:
-            self._drops["tx_no_endpoint"] += len(peer.staged)
-            peer.staged.clear()
-            return
-        sent_data = False
-        while peer.staged:
-            if keypair.send_counter >= REJECT_AFTER_MESSAGES:
-                break  # the rest wait for the new session the check below starts
-            packet = peer.staged.popleft()
-            self._seal(peer, keypair, packet, t)
-            sent_data = sent_data or bool(packet)
-        self._sent_authenticated(peer, t)
-        if sent_data and "new_handshake" not in peer.timers:
-            peer.timers["new_handshake"] = t + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
-        if keypair.send_counter > REKEY_AFTER_MESSAGES or (
-            keypair.initiator and t - keypair.created > REKEY_AFTER_TIME
-        ):
-            self._initiate(peer, now, retry=False)
-
-    def _seal(self, peer: Peer, keypair: Keypair, packet: bytes, t: float) -> None:
-        counter = keypair.send_counter
-        keypair.send_counter = counter + 1
-        pad = -len(packet) % 16
-        plaintext = packet + _PADDING[:pad] if pad else packet
-        nonce = _NONCE_PREFIX + counter.to_bytes(8, "little")
-        datagram = encode_data_header(keypair.remote_index, counter) + keypair.sealer.encrypt(
-            nonce, plaintext, None
-        )
-        peer.tx_bytes += len(datagram)
-        self._counts["tx_keepalives" if not packet else "tx_packets"] += 1
-        assert peer.endpoint is not None
-        self._transmit.append((datagram, peer.endpoint))
-
-    def _send_keepalive(self, peer: Peer, now: Instant) -> None:
-        if not peer.staged:
-            peer.staged.append(b"")
-        self._send_staged(peer, now.mono, now)
-
-    def _sent_authenticated(self, peer: Peer, t: float) -> None:
-        peer.timers.pop("send_keepalive", None)
-        if peer.persistent_keepalive:
-            peer.timers["persistent_keepalive"] = t + peer.persistent_keepalive
-
-    def _received_authenticated(self, peer: Peer, addr: Address, t: float) -> None:
-        self.last_authenticated = (peer.public_key, addr, t)
-        peer.timers.pop("new_handshake", None)
-        if peer.persistent_keepalive:
-            peer.timers["persistent_keepalive"] = t + peer.persistent_keepalive
 
     def _initiate(self, peer: Peer, now: Instant, *, retry: bool) -> None:
         t = now.mono
@@ -484,69 +410,6 @@ class Device:
             self._drops["bad_cookie_reply"] += 1
             return
         self._counts["rx_cookie_replies"] += 1
-
-    def _data(self, data: bytes, addr: Address, now: Instant) -> None:
-        t = now.mono
-        receiver, counter = parse_data_header(data)
-        entry = self._indices.get(receiver)
-        keypair = None if entry is None else entry[1]
-        if entry is None or keypair is None:
-            self._drops["unknown_index"] += 1
-            return
-        peer = entry[0]
-        if keypair.expired(t):
-            self._drops["expired_key"] += 1
-            return
-        if not keypair.replay.check(counter):
-            self._drops["replayed_data"] += 1
-            return
-        try:
-            plaintext = keypair.opener.decrypt(
-                _NONCE_PREFIX + counter.to_bytes(8, "little"), data[16:], None
-            )
-        except InvalidTag:
-            self._drops["decrypt_failed"] += 1
-            return
-        if not keypair.replay.accept(counter):
-            self._drops["replayed_data"] += 1
-            return
-        peer.rx_bytes += len(data)
-        if keypair is peer.next:
-            old_previous, peer.previous, peer.current = peer.previous, peer.current, keypair
-            peer.next = None
-            if old_previous is not None:
-                self._indices.pop(old_previous.local_index, None)
-            self._handshake_done(peer, now, initiator=False)
-            peer.endpoint = addr  # before sending what waited for this session
-            if peer.staged:
-                self._send_staged(peer, t, now)
-        peer.endpoint = addr
-        self._received_authenticated(peer, addr, t)
-        current = peer.current
-        if (
-            current is keypair
-            and keypair.initiator
-            and not peer.sent_last_minute_handshake
-            and t - keypair.created > REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
-        ):
-            peer.sent_last_minute_handshake = True
-            self._initiate(peer, now, retry=False)
-        if not plaintext:
-            self._counts["rx_keepalives"] += 1
-            return
-        fields = packet_fields(plaintext)
-        if fields is None:
-            self._drops["rx_not_ip"] += 1
-            return
-        if self._routes.lookup(fields[0], fields[1]) is not peer:
-            self._drops["source_not_allowed"] += 1
-            return
-        self._counts["rx_packets"] += 1
-        if "send_keepalive" in peer.timers:
-            peer.need_another_keepalive = True
-        else:
-            peer.timers["send_keepalive"] = t + KEEPALIVE_TIMEOUT
-        self._events.append(PacketReceived(peer.public_key, plaintext[: fields[3]]))
 
     # -- timers --------------------------------------------------------------------------
 

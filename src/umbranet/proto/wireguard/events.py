@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Event", "HandshakeCompleted", "PacketReceived", "PeerSilent"]
+__all__ = ["Event", "HandshakeCompleted", "PacketsReceived", "PeerSilent"]
 
 
 @dataclass(frozen=True, slots=True)
-class PacketReceived:
-    """An authenticated IP packet from `peer` whose source address the peer may use."""
+class PacketsReceived:
+    """Authenticated IP packets from `peer`, each from a source address the peer may use, in
+    the order they arrived. The device appends to the newest such event of the same peer
+    while it is still queued, so a burst reaches its owner as one batch."""
 
     peer: bytes  # the peer's X25519 public key
-    packet: bytes
+    packets: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,4 +33,4 @@ class PeerSilent:
     reason: str
 
 
-Event = PacketReceived | HandshakeCompleted | PeerSilent
+Event = PacketsReceived | HandshakeCompleted | PeerSilent

@@ -48,6 +48,11 @@ class ReplayWindow:
         """Record `counter`; False (and no change) if it is a replay or out of the window."""
         if not self.check(counter):
             return False
+        self.record(counter)
+        return True
+
+    def record(self, counter: int) -> None:
+        """Record a `counter` that `check` passed (the window moved by nothing since)."""
         ring = self._ring
         if counter > self._last:
             current = self._last >> 6
@@ -55,6 +60,4 @@ class ReplayWindow:
             for i in range(1, steps + 1):
                 ring[(current + i) % _BLOCKS] = 0
             self._last = counter
-        block = (counter >> 6) % _BLOCKS
-        ring[block] |= 1 << (counter & 63)
-        return True
+        ring[(counter >> 6) % _BLOCKS] |= 1 << (counter & 63)
