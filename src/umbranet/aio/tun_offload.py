@@ -220,13 +220,30 @@ def _segment_sums(packet: memoryview, hlen: int, mss: int, count: int) -> list[i
     return sums
 
 
+# (flow key, IP header length, header length, IPv6?, sequence number) of a mergeable segment
+_Segment = tuple[bytes, int, int, bool, int]
+
+
 class _Run:
     """Segments of one TCP flow that may leave as one GSO write."""
 
-    __slots__ = ("bodies", "closed", "head", "hlen", "ihl", "mss", "next_seq", "size", "v6")
+    __slots__ = (
+        "bodies",
+        "closed",
+        "head",
+        "hlen",
+        "ihl",
+        "mss",
+        "next_seq",
+        "shape",
+        "size",
+        "v6",
+    )
 
-    def __init__(self, packet: bytes, ihl: int, hlen: int, v6: bool, seq: int) -> None:
+    def __init__(self, packet: bytes, info: _Segment, shape: int) -> None:
+        _, ihl, hlen, v6, seq = info
         self.head = packet[:hlen]
+        self.shape = shape
         self.ihl = ihl
         self.hlen = hlen
         self.v6 = v6
@@ -236,28 +253,11 @@ class _Run:
         self.size = len(packet)
         self.closed = bool(packet[ihl + 13] & _PSH)
 
-    def take(self, packet: bytes, seq: int) -> bool:
-        """Append `packet` if it continues this run exactly; False if it does not fit."""
-        body = len(packet) - self.hlen
-        if (
-            self.closed
-            or seq != self.next_seq
-            or body > self.mss
-            or len(self.bodies) >= _MAX_SEGMENTS
-            or self.size + body > _MAX_GSO_BYTES
-            or not _same_header(self.head, packet, self.ihl, self.hlen, self.v6)
-        ):
-            return False
-        self.bodies.append(packet[self.hlen :])
-        self.size += body
-        self.next_seq = (seq + body) & 0xFFFFFFFF
-        if body < self.mss or packet[self.ihl + 13] & _PSH:
-            self.closed = True  # a short or pushed segment ends a burst
-            if packet[self.ihl + 13] & _PSH:
-                head = bytearray(self.head)
-                head[self.ihl + 13] |= _PSH
-                self.head = bytes(head)
-        return True
+    def push(self) -> None:
+        """The segment just taken had PSH: the merged write carries it."""
+        head = bytearray(self.head)
+        head[self.ihl + 13] |= _PSH
+        self.head = bytes(head)
 
     def emit(self) -> bytes:
         if len(self.bodies) == 1:
@@ -280,79 +280,102 @@ class _Run:
         return b"".join([vnet, head, *self.bodies])
 
 
-def _same_header(head: bytes, packet: bytes, ihl: int, hlen: int, v6: bool) -> bool:
-    """Whether `packet` carries the header a run started with, but for what changes per
-    segment (lengths, IPv4 ID and checksum, sequence number, TCP checksum, PSH)."""
-    if len(packet) < hlen or packet[ihl + 12] != head[ihl + 12]:
-        return False  # data offset
-    if (packet[ihl + 13] | _PSH) != (head[ihl + 13] | _PSH):
-        return False  # flags, PSH aside
-    if packet[ihl + 14 : ihl + 16] != head[ihl + 14 : ihl + 16]:
-        return False  # window
-    if packet[ihl + 8 : ihl + 12] != head[ihl + 8 : ihl + 12]:
-        return False  # acknowledgement number
-    if (
-        packet[ihl + 18 : hlen] != head[ihl + 18 : hlen]
-        or packet[ihl : ihl + 4] != head[ihl : ihl + 4]
-    ):
-        return False  # urgent pointer, options, ports
-    if v6:
-        return packet[:4] == head[:4] and packet[6:40] == head[6:40]
-    return packet[:2] == head[:2] and packet[6:10] == head[6:10] and packet[12:20] == head[12:20]
+def _shape_mask(ihl: int, hlen: int) -> int:
+    """A mask over a header of `hlen` bytes keeping what every segment of one GSO write
+    shares: all but the lengths, the IPv4 ID and checksum, the sequence number, the TCP
+    checksum and the PSH flag."""
+    mask = bytearray(b"\xff" * hlen)
+    changing = [(ihl + 4, ihl + 8), (ihl + 16, ihl + 18)]
+    changing += [(4, 6)] if ihl == 40 else [(2, 6), (10, 12)]
+    for start, end in changing:
+        mask[start:end] = bytes(end - start)
+    mask[ihl + 13] &= ~_PSH
+    return int.from_bytes(mask, "big")
 
 
-def _coalescable(packet: bytes) -> tuple[bytes, int, int, bool, int] | None:
+_MASKS = {
+    (ihl, ihl + extra): _shape_mask(ihl, ihl + extra)
+    for ihl in (20, 40)
+    for extra in range(20, 61, 4)
+}
+# total length, fragment field, protocol, addresses and ports, sequence number,
+# data offset, flags of an IPv4 (no options) + TCP header
+_V4_TCP = struct.Struct("!2xH2xHxB2x12sI4xBB")
+
+
+def _coalescable(packet: bytes) -> _Segment | None:
     """(flow key, IP header length, header length, IPv6?, seq) of a TCP segment that may
     join a GSO write: data-carrying, only ACK (and PSH) set, IPv4 without options."""
     if len(packet) < 40:
         return None
-    version = packet[0] >> 4
-    if version == 4:
-        if packet[0] != 0x45 or packet[9] != _PROTO_TCP or packet[6:8] not in (b"@\0", b"\0\0"):
+    if packet[0] == 0x45:
+        total, frag, proto, key, seq, offset, flags = _V4_TCP.unpack_from(packet)
+        if proto != _PROTO_TCP or frag & 0xBFFF or total != len(packet):
             return None
         ihl, v6 = 20, False
-        if int.from_bytes(packet[2:4], "big") != len(packet):
-            return None
-        key = packet[12:24]
-    elif version == 6:
+    elif packet[0] >> 4 == 6:
         if len(packet) < 60 or packet[6] != _PROTO_TCP:
             return None
         if int.from_bytes(packet[4:6], "big") + 40 != len(packet):
             return None
         ihl, v6 = 40, True
         key = packet[8:44]
+        seq = int.from_bytes(packet[44:48], "big")
+        offset, flags = packet[52], packet[53]
     else:
         return None
-    flags = packet[ihl + 13]
     if flags & ~_PSH != _ACK:
         return None
-    hlen = ihl + (packet[ihl + 12] >> 4) * 4
+    hlen = ihl + (offset >> 4) * 4
     if hlen < ihl + 20 or len(packet) <= hlen:
         return None
-    return key, ihl, hlen, v6, int.from_bytes(packet[ihl + 4 : ihl + 8], "big")
+    return key, ihl, hlen, v6, seq
 
 
 def coalesce(packets: Sequence[bytes], counters: Counter[str] | None = None) -> list[bytes]:
     """vnet-header frames for `packets`: in-order TCP segments of one flow merged into GSO
-    writes, every other packet on its own. Order within each flow is kept."""
+    writes, every other packet on its own. Order within each flow is kept.
+
+    A segment continues its flow's run if its header has the run's shape (`_shape_mask`: one
+    big-integer AND and compare rather than a slice compare per field), its sequence number
+    is the next expected, it is no longer than the first, and the write stays within the
+    kernel's limits; a short or pushed segment ends the run."""
     frames: list[bytes] = []
     runs: dict[bytes, _Run] = {}
+    merged = 0
     for packet in packets:
         info = _coalescable(packet)
         if info is None:
             frames.append(_PLAIN_HEADER + packet)
             continue
-        key, ihl, hlen, v6, seq = info
+        key, ihl, hlen, _, seq = info
+        shape = int.from_bytes(packet[:hlen], "big") & _MASKS[ihl, hlen]
         run = runs.get(key)
         if run is not None:
-            if run.take(packet, seq):
+            body = len(packet) - hlen
+            if (
+                not run.closed
+                and seq == run.next_seq
+                and shape == run.shape
+                and body <= run.mss
+                and len(run.bodies) < _MAX_SEGMENTS
+                and run.size + body <= _MAX_GSO_BYTES
+            ):
+                run.bodies.append(packet[hlen:])
+                run.size += body
+                run.next_seq = (seq + body) & 0xFFFFFFFF
+                pushed = packet[ihl + 13] & _PSH
+                if pushed or body < run.mss:
+                    run.closed = True  # a short or pushed segment ends a burst
+                    if pushed:
+                        run.push()
                 continue
             frames.append(run.emit())
-            if counters is not None and len(run.bodies) > 1:
-                counters["tun_gro_writes"] += 1
-        runs[key] = _Run(packet, ihl, hlen, v6, seq)
+            merged += len(run.bodies) > 1
+        runs[key] = _Run(packet, info, shape)
     for run in runs.values():
         frames.append(run.emit())
-        if counters is not None and len(run.bodies) > 1:
-            counters["tun_gro_writes"] += 1
+        merged += len(run.bodies) > 1
+    if counters is not None and merged:
+        counters["tun_gro_writes"] += merged
     return frames
