@@ -102,8 +102,10 @@ class TransportData:
                     routed.append(peer)
             staged = peer.staged
             if len(staged) >= MAX_STAGED_PACKETS:
-                staged.popleft()
-                drops["staged_overflow"] += 1
+                self._send_staged(peer, now.mono, now)  # what one by one would have sent
+                if len(staged) >= MAX_STAGED_PACKETS:
+                    staged.popleft()
+                    drops["staged_overflow"] += 1
             staged.append(packet)
         for peer in routed:
             self._send_staged(peer, now.mono, now)
