@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from umbranet.agent import dnswire, tunplan
 from umbranet.agent.config import ConfigError
 from umbranet.agent.dns_stub import Answer, decide
 from umbranet.agent.stats import Counters
-from umbranet.agent.tunmode import parse_peers
+from umbranet.agent.tunmode import SOCKET_BUFFER, enlarge_buffers, parse_peers
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -96,3 +98,15 @@ def test_peer_names_answer_a_and_aaaa_and_other_names_keep_their_old_answers() -
     assert ask("DEV-B.umbra.", dnswire.TYPE_AAAA) == [ipaddress.IPv6Address("fd00::2").packed]
     assert ask("web.umbra", dnswire.TYPE_AAAA) == []  # a service's proxy address: NODATA
     assert ask("web.umbra", dnswire.TYPE_A) == [ipaddress.IPv4Address("100.80.0.1").packed]
+
+
+def test_the_wireguard_socket_gets_large_kernel_buffers_or_the_most_it_may() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        default = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        enlarge_buffers(sock)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        sent = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    if os.geteuid() == 0:  # FORCE passes the sysctl cap (Linux reports twice the size asked)
+        assert got >= SOCKET_BUFFER and sent >= SOCKET_BUFFER
+    else:  # capped at net.core.rmem_max, never below what it had
+        assert got >= default
