@@ -46,6 +46,9 @@ TUN_F_TSO_ECN = 0x08
 _OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 _IFNAMSIZ = 16
 _MAX_READ = 65535 + tun_offload.VNET_HDR_LEN
+# A read this short is one small packet (a request, an answer, an ACK), not a burst: stop
+# reading rather than make a read that fails with EAGAIN (the driver's `_BULK`).
+_LONE = 1024
 
 
 class Tun:
@@ -125,8 +128,9 @@ class Tun:
             return None
 
     def read_batch(self, limit: int = 64) -> list[bytes]:
-        """IP packets from the waiting reads, until at least `limit` packets or none wait
-        (a super-packet is cut into its segments, so one read may give many)."""
+        """IP packets from the waiting reads, until at least `limit` packets, none wait, or a
+        read was one small packet (`_LONE`); a super-packet is cut into its segments, so one
+        read may give many."""
         packets: list[bytes] = []
         vnet = self.vnet
         while len(packets) < limit:
@@ -135,11 +139,13 @@ class Tun:
                 break
             if not vnet:
                 packets.append(data)
-                continue
-            segments = tun_offload.unpack(data, self.counters)
-            if len(segments) > 1:
-                self.counters["tun_tso_reads"] += 1
-            packets.extend(segments)
+            else:
+                segments = tun_offload.unpack(data, self.counters)
+                if len(segments) > 1:
+                    self.counters["tun_tso_reads"] += 1
+                packets.extend(segments)
+            if len(data) < _LONE:
+                break  # interactive traffic: let the level-triggered loop call again
         return packets
 
     def write(self, packet: bytes) -> bool:

@@ -69,6 +69,11 @@ _KEEPALIVE_SIZE = 32  # a transport-data header and tag around nothing
 PATH_TICK = 0.5  # seconds between path timer runs (probes, silence deadlines)
 
 _MAX_DATAGRAM = 65535
+# A lone datagram (or TUN packet) this small is interactive traffic: a request, an answer,
+# an ACK. The wake-up handles it and returns without another read that would only fail with
+# EAGAIN (a syscall and an exception, a tenth of a small packet's cost here); if more is
+# queued, the level-triggered loop calls again at once. Bulk traffic keeps draining.
+_BULK = 1024
 _SOL_UDP = 17
 _UDP_SEGMENT = 103
 _UDP_GRO = 104
@@ -276,6 +281,8 @@ class WireGuardDriver:
                 seen = device.last_authenticated
                 if seen is not None and seen[1] == source and seen[2] == now.mono:
                     proofs.add((seen[0], source))
+            if not segment and len(data) < _BULK:
+                break  # see _BULK
         for peer, source in proofs:
             self._authenticated(peer, source, now.mono)
         self._flush(now)

@@ -23,13 +23,15 @@ Rules of this file:
   data packet under it. Timers and their constants are in `timers.py`.
 - `now` is an `Instant`: `mono` for every timer, `wall` only for the TAI64N timestamp of
   initiations (the responder's replay check of initiations compares those).
-- Randomness (ephemeral keys, indices, cookie secrets and nonces, jitter) comes from one
-  injected `random_bytes(n)`, `os.urandom` by default, so tests can fix every byte.
+- Randomness (ephemeral keys, indices, cookie secrets and nonces, and the seed of the timers'
+  jitter) comes from one injected `random_bytes(n)`, `os.urandom` by default, so tests can
+  fix every byte.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
@@ -92,6 +94,9 @@ class Device(TransportData):
         self._private = private_key
         self.public_key = public_key(private_key)
         self._random = random_bytes
+        # Timer jitter needs no secrecy: a seeded PRNG, drawn from `random_bytes` once, rather
+        # than a getrandom(2) call on every send after a receive (a round trip's worth).
+        self._jitter_source = random.Random(int.from_bytes(random_bytes(8), "little"))
         self._config = config or DeviceConfig()
         self._checker = CookieChecker(self.public_key, random_bytes)
         self._limiter = HandshakeRateLimiter()
@@ -460,4 +465,4 @@ class Device(TransportData):
                 return index
 
     def _jitter(self) -> float:
-        return int.from_bytes(self._random(2), "little") / 65536 * REKEY_TIMEOUT_JITTER
+        return self._jitter_source.random() * REKEY_TIMEOUT_JITTER
