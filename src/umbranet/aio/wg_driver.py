@@ -465,6 +465,9 @@ class WireGuardDriver:
         self._start_path_timer()
 
     def _send_all(self, outgoing: list[tuple[bytes, tuple[str, int]]]) -> None:
+        if len(outgoing) == 1:  # an answer, an ACK, a keepalive
+            self._send_one(*outgoing[0])
+            return
         i, n = 0, len(outgoing)
         while i < n:
             first, addr = outgoing[i]

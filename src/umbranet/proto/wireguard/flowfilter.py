@@ -35,7 +35,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,10 +219,13 @@ class FlowFilter:
             self.drops[reason] += 1
         return reason
 
-    def handle_outbound_batch(self, packets: Iterable[bytes], now: float) -> None:
+    def handle_outbound_batch(self, packets: Sequence[bytes], now: float) -> None:
         """`handle_outbound` for each packet of one read: TCP segments of one flow that start
         nothing (no SYN) change the tables alike at one `now`, so only the first of each
         is looked at (the bulk of any transfer); every other packet is looked at alone."""
+        if len(packets) == 1:  # a request or an answer: nothing to share
+            self.handle_outbound(packets[0], now)
+            return
         seen: set[bytes] = set()
         for packet in packets:
             sig = _signature(packet)
@@ -235,10 +238,12 @@ class FlowFilter:
                 seen.add(sig)
             self.handle_outbound(packet, now)
 
-    def check_inbound_batch(self, peer: bytes, packets: Iterable[bytes], now: float) -> list[bytes]:
+    def check_inbound_batch(self, peer: bytes, packets: Sequence[bytes], now: float) -> list[bytes]:
         """The packets of `packets` that `peer` may deliver now (drops counted by reason, as
         `check_inbound`); one verdict per flow per batch, since grants and flow tables do not
         change between its packets."""
+        if len(packets) == 1:
+            return [packets[0]] if self.check_inbound(peer, packets[0], now) is None else []
         passed: list[bytes] = []
         verdicts: dict[bytes, str | None] = {}
         dropped = 0
