@@ -10,10 +10,12 @@ from __future__ import annotations
 import struct
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from umbranet.aio import tun_offload
+from umbranet.aio.tun import _carries_data
 from umbranet.aio.tun_offload import (
     DATA_VALID,
     GSO_NONE,
@@ -228,3 +230,14 @@ def test_arbitrary_frames_never_raise(
     refusals: Counter[str] = Counter()
     out = unpack(frame, refusals)
     assert out or sum(refusals.values()) == 1
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_tun_read_stops_after_one_small_message_but_not_after_a_pure_ack(v6: bool) -> None:
+    stamp = b"\x01\x01\x08\x0a" + bytes(8)
+    for vnet in (False, True):
+        head = tun_offload.frame(b"") if vnet else b""
+        assert _carries_data(head + _tcp_packet(v6, b"request", flags=ACK | PSH), vnet)
+        assert not _carries_data(head + _tcp_packet(v6, b"", options=stamp), vnet)
+        assert not _carries_data(head + _tcp_packet(v6, b""), vnet)
+        assert _carries_data(head + b"\x45garbage", vnet)  # too short to tell: stop reading

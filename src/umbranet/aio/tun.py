@@ -46,8 +46,10 @@ TUN_F_TSO_ECN = 0x08
 _OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 _IFNAMSIZ = 16
 _MAX_READ = 65535 + tun_offload.VNET_HDR_LEN
-# A read this short is one small packet (a request, an answer, an ACK), not a burst: stop
-# reading rather than make a read that fails with EAGAIN (the driver's `_BULK`).
+# A read this short that carries data is one message of an exchange (a request, an answer, a
+# DNS query): stop reading rather than make a read that fails with EAGAIN, a syscall and an
+# exception for every small packet; the level-triggered loop calls again if more wait. A
+# pure TCP ACK does not stop the reading: a bulk receiver's ACKs queue up and leave batched.
 _LONE = 1024
 
 
@@ -128,9 +130,8 @@ class Tun:
             return None
 
     def read_batch(self, limit: int = 64) -> list[bytes]:
-        """IP packets from the waiting reads, until at least `limit` packets, none wait, or a
-        read was one small packet (`_LONE`); a super-packet is cut into its segments, so one
-        read may give many."""
+        """IP packets from the waiting reads, until at least `limit` packets or none wait
+        (a super-packet is cut into its segments, so one read may give many)."""
         packets: list[bytes] = []
         vnet = self.vnet
         while len(packets) < limit:
@@ -144,8 +145,8 @@ class Tun:
                 if len(segments) > 1:
                     self.counters["tun_tso_reads"] += 1
                 packets.extend(segments)
-            if len(data) < _LONE:
-                break  # interactive traffic: let the level-triggered loop call again
+            if len(data) < _LONE and _carries_data(data, self.vnet):
+                break  # one small message: see `_LONE`
         return packets
 
     def write(self, packet: bytes) -> bool:
@@ -209,6 +210,22 @@ class Tun:
 def _set_iff(fd: int, name: bytes, flags: int) -> bytes:
     ifreq = struct.pack(f"{_IFNAMSIZ}sH22x", name, flags)
     return bytes(fcntl.ioctl(fd, TUNSETIFF, ifreq))
+
+
+def _carries_data(data: bytes, vnet: bool) -> bool:
+    """Whether a TUN read is anything but a pure TCP ACK (IPv4 or IPv6, no payload)."""
+    at = tun_offload.VNET_HDR_LEN if vnet else 0
+    if len(data) < at + 40:
+        return True
+    version = data[at] >> 4
+    if version == 4:
+        ihl = (data[at] & 0x0F) * 4
+        if data[at + 9] != 6 or len(data) < at + ihl + 13:
+            return True
+        return len(data) - at > ihl + (data[at + ihl + 12] >> 4) * 4
+    if version == 6 and data[at + 6] == 6 and len(data) >= at + 53:
+        return len(data) - at > 40 + (data[at + 52] >> 4) * 4
+    return True
 
 
 def _segments_in(framed: bytes) -> int:
