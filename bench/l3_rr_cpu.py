@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import struct
 import sys
@@ -96,7 +97,9 @@ def main() -> None:
     if delivered != (5 * args.rounds, 5 * args.rounds):
         sys.exit(f"not every packet arrived: {delivered}: {drv_a.counters}, {drv_b.counters}")
     if profile is not None:
-        pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profile).sort_stats(os.environ.get("SORT", "tottime")).print_stats(
+            int(os.environ.get("TOP", "30"))
+        )
     print(f"round trip CPU us {best:.2f} (4 driver wake-ups, 2 packets each way sealed/opened)")
     loop.close()
 

@@ -33,7 +33,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from umbranet.clock import Deadline, Instant
+from umbranet.clock import Deadline, Instant, deadline
 from umbranet.proto import probe as _probe
 from umbranet.proto.stun import BindingResult
 
@@ -383,12 +383,12 @@ class ProbeAgent:
         return self._events.pop(0) if self._events else None
 
     def poll_timeout(self) -> Deadline | None:
-        best: Deadline | None = None
+        best: tuple[float, str] | None = None
         for peer in self._peers.values():
-            for at, reason in _deadlines(peer, self.tries):
-                if best is None or at < best.at:
-                    best = Deadline(at, reason)
-        return best
+            due = _deadline(peer, self.tries)
+            if due is not None and (best is None or due[0] < best[0]):
+                best = due
+        return None if best is None else deadline(best)
 
     def statistics(self) -> dict[str, object]:
         peers = {
@@ -404,17 +404,22 @@ class ProbeAgent:
         return {"counters": dict(self.counters), "peers": peers}
 
 
-def _deadlines(peer: _Peer, tries: int) -> Iterable[tuple[float, str]]:
+def _deadline(peer: _Peer, tries: int) -> tuple[float, str] | None:
+    """The peer's earliest deadline and its reason (keepalive before a check at the same
+    time). Asked after every packet the device handles: one tuple, no generator."""
     if peer.state is PeerState.FAILED:
-        yield peer.retry_at, "ice retry"
-        return
-    if peer.state is PeerState.CONNECTED:
-        yield peer.keepalive_at, "ice keepalive"
+        return peer.retry_at, "ice retry"
+    best = (peer.keepalive_at, "ice keepalive") if peer.state is PeerState.CONNECTED else None
     pending = [c.next_at for c in peer.checks.values() if c.tries < tries]
     if pending:
-        yield min(pending), "ice check"
+        at = min(pending)
+        if best is None or at < best[0]:
+            best = (at, "ice check")
     elif peer.state is PeerState.CHECKING and peer.checks:
-        yield max(c.next_at for c in peer.checks.values()), "ice checks exhausted"
+        at = max(c.next_at for c in peer.checks.values())
+        if best is None or at < best[0]:
+            best = (at, "ice checks exhausted")
+    return best
 
 
 def _rank(check: _Check) -> tuple[int, float]:

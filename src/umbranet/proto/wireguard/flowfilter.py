@@ -51,6 +51,7 @@ _ECHO_REPLY = {_ICMP: 0, _ICMP6: 129}
 _ICMP_ERRORS = {_ICMP: {3, 11, 12}, _ICMP6: {1, 2, 3, 4}}
 _TCP_SYN, _TCP_ACK = 0x02, 0x10
 _PORTS = struct.Struct("!HH")
+_V4_FIELDS = struct.Struct("!6xHxB2xII")  # fragment field, protocol, source, destination
 
 # (ip version, protocol, local address, local port, remote address, remote port)
 FlowKey = tuple[int, int, int, int, int, int]
@@ -391,11 +392,9 @@ def _parse(packet: bytes) -> tuple[int, int, int, int, int, int, int] | str:
         header = (packet[0] & 0x0F) * 4
         if len(packet) < 20 or header < 20:
             return "not_ip"
-        if int.from_bytes(packet[6:8], "big") & 0x1FFF:
+        fragment, proto, src, dst = _V4_FIELDS.unpack_from(packet)
+        if fragment & 0x1FFF:
             return "fragment"
-        proto = packet[9]
-        src = int.from_bytes(packet[12:16], "big")
-        dst = int.from_bytes(packet[16:20], "big")
     elif version == 6:
         header = 40
         if len(packet) < 40:
