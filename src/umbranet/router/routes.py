@@ -63,8 +63,7 @@ class RouteTable:
         if binding is not None and (binding.precedence == 0 or not remote):
             return Local(binding)
         if remote:
-            link, cost = min(remote.items(), key=lambda item: item[1])
-            return Via(link, cost)
+            return _cheapest(remote)
         return Refuse(ErrorCode.NO_TERMINATOR, f"service {service!r} has no host at this router")
 
     def _to_instance(
@@ -75,8 +74,7 @@ class RouteTable:
             return Local(binding)
         remote = self._remote.get(service)
         if remote:
-            link, cost = min(remote.items(), key=lambda item: item[1])
-            return Via(link, cost)
+            return _cheapest(remote)
         if not self.terminators.serves(service):  # no way at all yet: as for any dial
             return Refuse(ErrorCode.NO_TERMINATOR, f"service {service!r} has no host here")
         return Refuse(
@@ -125,3 +123,9 @@ class RouteTable:
         self.terminators.remove_link(link)
         for service in list(self._remote):
             self.remove_route(service, link)
+
+
+def _cheapest(remote: Mapping[Hashable, float]) -> Via:
+    """The remote route of least cost (the first of equals)."""
+    link, cost = min(remote.items(), key=lambda item: item[1])
+    return Via(link, cost)
