@@ -101,7 +101,7 @@ def test_the_data_plane_keeps_working_while_the_controller_is_stopped(mesh) -> N
 
             controller = _child(net, "controller")
             controller.send_signal(signal.SIGTERM)
-            controller.wait(10)
+            await asyncio.to_thread(controller.wait, 10)  # the loop keeps answering keepalives
             outage_ends = time.monotonic() + OUTAGE
             rounds = 0
             while time.monotonic() < outage_ends:  # the established stream keeps flowing
@@ -162,7 +162,7 @@ def test_an_endpoint_linked_to_two_routers_moves_to_the_other_when_one_is_killed
 
             router1 = _child(net, "router")
             router1.send_signal(signal.SIGKILL)
-            router1.wait(10)
+            await asyncio.to_thread(router1.wait, 10)
             # The first link's loss is noticed by TCP (a killed process's sockets close);
             # the next dial goes through router2 without asking the controller.
             again = await asyncio.wait_for(client.dial("mesh"), BOUND)
@@ -226,7 +226,7 @@ def test_dials_fail_over_to_the_other_host_when_one_host_process_is_killed(mesh)
                 except DialError:
                     await asyncio.sleep(0.2)
             hosts[0].send_signal(signal.SIGKILL)
-            hosts[0].wait(10)
+            await asyncio.to_thread(hosts[0].wait, 10)
             # Every dial is answered, by the host still alive: one sent to the dead host
             # before the router saw its link close is sent on to the other host.
             answers = [await asyncio.wait_for(who(), BOUND) for _ in range(8)]
