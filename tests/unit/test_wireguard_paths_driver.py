@@ -45,7 +45,7 @@ class RelayEnd:
             return False
         self.relay.carried += 1
         self.relay.seen.append(datagram)
-        asyncio.get_running_loop().call_soon(target.handle_relayed, self.me, datagram)
+        asyncio.get_running_loop().call_soon(target.handle_relayed, self.me, [datagram])
         return True
 
 

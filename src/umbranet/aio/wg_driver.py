@@ -18,7 +18,7 @@ current path of its `PathSet` (direct UDP, a hole-punched candidate, or a router
 instead of wherever the machine last heard from it; the WireGuard session is the same on
 every path, so switching breaks no flow. A relayed path's address is a pseudo-address
 (`relay_address(key)`); datagrams to it go to `relay.send_relayed(key, datagram)` and
-datagrams relayed to us come in through `handle_relayed(key, datagram)`. An authenticated
+datagrams relayed to us come in through `handle_relayed(key, datagrams)`. An authenticated
 datagram (the machine's `last_authenticated`) is what the path set takes as proof; an
 authenticated datagram from an address no path names (the peer behind a NAT) becomes a
 `punched` path to prove (at most `MAX_LEARNED_PATHS` per peer). Path timers run on a tick.
@@ -227,12 +227,13 @@ class WireGuardDriver:
         pathset = self._paths.get(peer)
         return None if pathset is None else pathset.current
 
-    def handle_relayed(self, peer: bytes, datagram: bytes) -> None:
-        """A datagram the router relayed from `peer` (the key its link's SVID binds)."""
+    def handle_relayed(self, peer: bytes, datagrams: list[bytes]) -> None:
+        """Datagrams the router relayed from `peer` (the key its link's SVID binds), in the
+        order they came: opened as one burst, flushed once."""
         now = self._clock.now()
-        self.counters["relay_datagrams_in"] += 1
+        self.counters["relay_datagrams_in"] += len(datagrams)
         source = relay_address(peer)
-        self.device.handle_datagram(datagram, source, now)
+        self.device.handle_datagrams(datagrams, source, now)
         seen = self.device.last_authenticated
         if seen is not None and seen[2] == now.mono and seen[1] == source and seen[0] == peer:
             self._authenticated(peer, source, now.mono)

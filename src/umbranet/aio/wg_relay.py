@@ -7,7 +7,8 @@ for the router's side and `docs/wire.md` for the frames. It is a `RelaySender` f
 `WireGuardDriver`: `send_relayed(peer, datagram)` writes one frame, or drops the datagram
 (returns False, counted) when the link is not ready or its writes are paused, so the relay
 never queues more than the TLS transport's own buffer. Datagrams from the router go to
-`on_datagram(source_key, datagram)`.
+`on_datagrams(source_key, datagrams)`, a run of one source's datagrams from one read at a time,
+so the device opens them as one burst and the driver flushes once (one TUN write, coalesced).
 
 A separate link from the SDK context's: the datagram path should not share a write buffer
 with streams' flow control, and the relay lives as long as network mode does.
@@ -45,14 +46,14 @@ class RelayLink:
         self,
         identity: IdentityFile,
         address: str,
-        on_datagram: Callable[[bytes, bytes], None],
+        on_datagrams: Callable[[bytes, list[bytes]], None],
         *,
         clock: Clock = system_clock,
         timers: LinkTimers | None = None,
     ) -> None:
         self.identity = identity
         self.address = address
-        self._on_datagram = on_datagram
+        self._on_datagrams = on_datagrams
         self._clock = clock
         self._timers = timers
         self._link: Link | None = None
@@ -151,11 +152,22 @@ class RelayLink:
             return
         now = self._clock.now()
         session.heard(now)
+        run: list[bytes] = []  # consecutive datagrams of one source
+        source = b""
         try:
             for frame in frames:
                 ftype = frame.type
                 if ftype == _DATAGRAM:
-                    self._datagram(frame)
+                    payload = frame.payload
+                    if len(payload) <= WG_KEY_SIZE:
+                        self.counters["relay_bad_datagram"] += 1
+                        continue
+                    key = bytes(payload[:WG_KEY_SIZE])
+                    if key != source and run:
+                        self._deliver(source, run)
+                        run = []
+                    source = key
+                    run.append(bytes(payload[WG_KEY_SIZE:]))
                 elif frame.circuit == 0 and ftype < _LINK_FRAME_MAX:
                     session.handle_link_frame(frame, now)
                 elif ftype == FrameType.WG_RELAY_ERR:
@@ -164,6 +176,8 @@ class RelayLink:
                     self.counters["relay_unexpected_frames"] += 1
         except WireError as exc:
             session.close(exc.code, exc.reason)
+        if run:
+            self._deliver(source, run)
         self._step()
 
     def link_lost(self, link: Link, error: BaseException | None) -> None:
@@ -174,13 +188,9 @@ class RelayLink:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _datagram(self, frame: Frame) -> None:
-        payload = frame.payload
-        if len(payload) <= WG_KEY_SIZE:
-            self.counters["relay_bad_datagram"] += 1
-            return
-        self.counters["relay_datagrams_in"] += 1
-        self._on_datagram(bytes(payload[:WG_KEY_SIZE]), bytes(payload[WG_KEY_SIZE:]))
+    def _deliver(self, source: bytes, datagrams: list[bytes]) -> None:
+        self.counters["relay_datagrams_in"] += len(datagrams)
+        self._on_datagrams(source, datagrams)
 
     def _refused(self, frame: Frame) -> None:
         try:
