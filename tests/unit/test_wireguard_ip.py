@@ -47,6 +47,22 @@ def test_lookup_is_longest_prefix_match(
         holding = [n for n in reference if n.version == address.version and address in n]
         expected = reference[max(holding, key=lambda n: n.prefixlen)] if holding else None
         assert table.lookup(address.version, int(address)) == expected
+        assert table.owner_of(address.packed) == expected  # and again, from the memo
+        assert table.owner_of(address.packed) == expected
+
+
+def test_the_memoised_lookup_follows_every_change_of_the_networks() -> None:
+    table: AllowedIps[str] = AllowedIps()
+    inside = ipaddress.IPv4Address("10.1.2.3").packed
+    assert table.owner_of(inside) is None
+    table.add(["10.0.0.0/8"], "a")
+    assert table.owner_of(inside) == "a"
+    table.add(["10.1.0.0/16"], "b")
+    assert table.owner_of(inside) == "b"
+    table.remove_owner("b")
+    assert table.owner_of(inside) == "a"
+    table.add(["10.0.0.0/8"], "c")  # a network taken over, as `wg set` does
+    assert table.owner_of(inside) == "c"
 
 
 def test_networks_of_and_removal() -> None:

@@ -190,7 +190,7 @@ class Device(TransportData):
             if len(data) < DATA_MIN_LEN:
                 self._drops["bad_length"] += 1
             else:
-                self._data(data, addr, now, {})
+                self._data(data, addr, now)
         elif kind in (TYPE_INITIATION, TYPE_RESPONSE):
             if len(data) != (INITIATION_LEN if kind == TYPE_INITIATION else RESPONSE_LEN):
                 self._drops["bad_length"] += 1

@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 __all__ = ["AllowedIps", "IpNetwork", "packet_fields"]
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_MEMO_MAX = 4096
 T = TypeVar("T")
 
 
@@ -59,11 +60,13 @@ def packet_fields(packet: bytes) -> tuple[int, int, int, int] | None:
 class AllowedIps(Generic[T]):
     """Networks mapped to owners, looked up by longest prefix (one owner per network)."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_memo")
 
     def __init__(self) -> None:
         # (version, network as int, mask as int, prefix length, owner), longest prefix first
         self._entries: list[tuple[int, int, int, int, T]] = []
+        # address bytes -> owner, for `owner_of`; emptied whenever the networks change
+        self._memo: dict[bytes, T | None] = {}
 
     def add(self, networks: Iterable[str | IpNetwork], owner: T) -> None:
         """Give `owner` these networks (taking them from whoever had them, as `wg set` does)."""
@@ -77,10 +80,12 @@ class AllowedIps(Generic[T]):
             ]
             self._entries.append((version, base, mask, network.prefixlen, owner))
         self._entries.sort(key=lambda entry: entry[3], reverse=True)
+        self._memo.clear()
 
     def remove_owner(self, owner: T) -> None:
         """Forget every network of `owner`."""
         self._entries = [e for e in self._entries if e[4] is not owner]
+        self._memo.clear()
 
     def lookup(self, version: int, address: int) -> T | None:
         """The owner of the most specific network of that IP version holding `address`."""
@@ -88,6 +93,22 @@ class AllowedIps(Generic[T]):
             if entry_version == version and address & mask == base:
                 return owner
         return None
+
+    def owner_of(self, address: bytes) -> T | None:
+        """`lookup` by the address as it sits in a header (4 bytes IPv4, 16 IPv6), memoised:
+        a flow's packets ask for the same few addresses, and a scan per packet was a
+        round trip's worth of time. The memo is bounded and emptied when networks change."""
+        memo = self._memo
+        try:
+            return memo[address]
+        except KeyError:
+            pass
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        owner = memo[address] = self.lookup(
+            4 if len(address) == 4 else 6, int.from_bytes(address, "big")
+        )
+        return owner
 
     def networks_of(self, owner: T) -> list[IpNetwork]:
         """The networks `owner` holds."""
