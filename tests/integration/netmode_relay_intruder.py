@@ -20,7 +20,7 @@ from umbranet.pki import IdentityFile
 async def _run(args: argparse.Namespace) -> dict[str, object]:
     target = base64.b64decode(args.peer_key)
     got: list[bytes] = []
-    link = RelayLink(IdentityFile.load(args.identity), args.router, lambda k, d: got.append(d))
+    link = RelayLink(IdentityFile.load(args.identity), args.router, lambda k, ds: got.extend(ds))
     await link.connect(timeout=10)
     sent = 0
     for i in range(args.count):

@@ -83,9 +83,9 @@ def test_datagrams_cross_two_routers_only_for_the_ticketed_pair(two_routers) -> 
 
     async def main() -> None:
         got: dict[str, list[tuple[bytes, bytes]]] = {"a": [], "b": []}
-        a = RelayLink(a_id, first, lambda key, d: got["a"].append((key, d)))
-        b = RelayLink(b_id, second, lambda key, d: got["b"].append((key, d)))
-        c = RelayLink(c_id, first, lambda key, d: None)
+        a = RelayLink(a_id, first, lambda key, ds: got["a"].extend((key, d) for d in ds))
+        b = RelayLink(b_id, second, lambda key, ds: got["b"].extend((key, d) for d in ds))
+        c = RelayLink(c_id, first, lambda key, ds: None)
         for link in (a, b, c):
             await _connect(link)
         try:

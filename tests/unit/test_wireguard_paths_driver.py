@@ -48,6 +48,15 @@ class RelayEnd:
         asyncio.get_running_loop().call_soon(target.handle_relayed, self.me, [datagram])
         return True
 
+    def send_relayed_many(self, peer: bytes, datagrams: list[bytes]) -> int:
+        target = self.relay.drivers.get(peer)
+        if target is None:
+            return 0
+        self.relay.carried += len(datagrams)
+        self.relay.seen.extend(datagrams)
+        asyncio.get_running_loop().call_soon(target.handle_relayed, self.me, list(datagrams))
+        return len(datagrams)
+
 
 class Forwarder(asyncio.DatagramProtocol):
     """One UDP socket between A and B: what one sends to it reaches the other, unless cut."""

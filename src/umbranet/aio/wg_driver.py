@@ -99,6 +99,8 @@ class RelaySender(Protocol):
 
     def send_relayed(self, peer: bytes, datagram: bytes) -> bool: ...
 
+    def send_relayed_many(self, peer: bytes, datagrams: list[bytes]) -> int: ...
+
 
 class WireGuardDriver:
     """Runs `device` over `sock` (bound, non-blocking UDP) and `port` until closed."""
@@ -371,6 +373,7 @@ class WireGuardDriver:
         self, outgoing: list[tuple[bytes, Address]], probe: Probe | None, mono: float | None
     ) -> list[tuple[bytes, Address]]:
         direct: list[tuple[bytes, Address]] = []
+        relayed_to: dict[bytes, list[bytes]] = {}  # sent in one write per peer
         sent: set[tuple[bytes, Address]] = set()
         # A flush sends runs of datagrams to a few addresses: decide once per address.
         decided: dict[Address, tuple[bytes | None, Address, bool]] = {}
@@ -389,10 +392,13 @@ class WireGuardDriver:
                 sent.add((peer, dest))  # a keepalive is not answered: no silence clock
             if not relayed:
                 direct.append((data, dest))
-            elif self.relay is not None and self.relay.send_relayed(peer, data):
-                self.counters["relay_datagrams_out"] += 1
             else:
-                self.counters["relay_send_drops"] += 1
+                relayed_to.setdefault(peer, []).append(data)
+        for peer, datagrams in relayed_to.items():
+            taken = 0 if self.relay is None else self.relay.send_relayed_many(peer, datagrams)
+            self.counters["relay_datagrams_out"] += taken
+            if taken < len(datagrams):
+                self.counters["relay_send_drops"] += len(datagrams) - taken
         if sent:
             when = self._clock.now().mono if mono is None else mono
             for peer, dest in sent:

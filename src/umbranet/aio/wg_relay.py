@@ -108,6 +108,26 @@ class RelayLink:
         link.write(encode_header(_DATAGRAM, 0, WG_KEY_SIZE + len(datagram)) + peer + datagram)
         return True
 
+    def send_relayed_many(self, peer: bytes, datagrams: list[bytes]) -> int:
+        """`send_relayed` for a flush's datagrams to one peer, in one write (one run of TLS
+        records and one send instead of one per datagram); how many were taken (all or none;
+        an oversized one is dropped and counted)."""
+        link = self._link
+        if not self.live or link is None:
+            self.counters["relay_not_ready"] += len(datagrams)
+            return 0
+        if link.write_blocked() is not None:
+            self.counters["relay_backlog_drops"] += len(datagrams)
+            return 0
+        frames: list[bytes] = []
+        for datagram in datagrams:
+            if len(datagram) > MAX_WG_DATAGRAM:
+                self.counters["relay_not_ready"] += 1
+                continue
+            frames += (encode_header(_DATAGRAM, 0, WG_KEY_SIZE + len(datagram)), peer, datagram)
+        link.write_many(frames)
+        return len(frames) // 3
+
     def statistics(self) -> dict[str, object]:
         return {
             "router": self.router or self.address,
