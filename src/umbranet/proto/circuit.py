@@ -108,6 +108,8 @@ _WRITABLE = Writable()
 class Circuit(CircuitMoves):
     """One end of one circuit. Build with `Circuit.dial` or `Circuit.accept`."""
 
+    __slots__ = ()  # `CircuitMoves` names every attribute of a circuit
+
     def __init__(self, circuit_id: int, state: State, window: int) -> None:
         self.id = circuit_id
         self.state = state
