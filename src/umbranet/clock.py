@@ -74,7 +74,7 @@ class SystemClock:
         self._wall = datetime.now(UTC)
 
     def now(self) -> Instant:
-        mono = time.monotonic()
+        mono = _monotonic()
         # A slot, not the class constant: reading a class attribute through an instance is
         # not specialised by the interpreter, and shells read the clock once per socket read.
         if mono >= self._next_wall:
@@ -88,6 +88,7 @@ class SystemClock:
 
 
 _new_instant = tuple.__new__
+_monotonic = time.monotonic  # one global lookup per reading, not a module attribute too
 system_clock = SystemClock()
 
 

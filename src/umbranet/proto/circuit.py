@@ -96,6 +96,7 @@ _MIN_SEND = 4096
 # A plain int: `int & IntFlag` runs IntFlag's Python-level __rand__ (~0.5 us per frame).
 _FIN = int(Flag.FIN)
 _ABORT = int(Flag.ABORT)
+_FIN_OR_ABORT = _FIN | _ABORT
 # An abort's reason is cut so the sealed frame stays small (it needs credit to leave).
 _ABORT_REASON = 200
 
@@ -494,14 +495,18 @@ class Circuit(CircuitMoves):
             raise WireError(ErrorCode.FLOW_CONTROL_ERROR, "peer sent beyond its window")
         flags = frame.flags
         plaintext = self._session.open(frame.payload, flags)
-        if flags & _ABORT:
-            self._on_abort(plaintext, flags)
-            return
-        fin = bool(flags & _FIN)
+        # One test for the usual frame (neither flag): `&` is not specialised per type.
+        fin = False
+        if flags & _FIN_OR_ABORT:
+            if flags & _ABORT:
+                self._on_abort(plaintext, flags)
+                return
+            fin = True
         if plaintext:
             self._inbound.append(plaintext)
-            self.readable_bytes += len(plaintext)
-            self._received += len(plaintext)
+            held = len(plaintext)
+            self.readable_bytes += held
+            self._received += held
         else:
             self._return_credit(size)
         if fin:

@@ -189,14 +189,16 @@ class E2ESession:
 
     def open(self, sealed: bytes | memoryview, flags: int = 0) -> bytes:
         """Decrypt one DATA payload; forged, replayed or reordered frames raise E2EError."""
-        if flags & _NOT_DATA_FLAGS:
-            raise E2EError(ErrorCode.PROTOCOL_ERROR, f"unknown DATA flags {flags:#x}")
-        if (flags & _KEY_PHASE) != self._recv_phase:
-            # The peer moved to its next key with this frame; a forged flip fails to open.
-            self._receive.rekey()
-            self._recv_phase ^= _KEY_PHASE
-            self._received = 0
-            self.rekeys_received += 1
+        # Flags equal to the current key phase (the usual frame) need neither test below.
+        if flags != self._recv_phase:
+            if flags & _NOT_DATA_FLAGS:
+                raise E2EError(ErrorCode.PROTOCOL_ERROR, f"unknown DATA flags {flags:#x}")
+            if (flags & _KEY_PHASE) != self._recv_phase:
+                # The peer moved to its next key with this frame; a forged flip fails to open.
+                self._receive.rekey()
+                self._recv_phase ^= _KEY_PHASE
+                self._received = 0
+                self.rekeys_received += 1
         received = self._received = self._received + len(sealed)
         if received > self._receive_max:
             raise E2EError(
