@@ -65,18 +65,20 @@ class SystemClock:
     with minutes of skew allowed. `mono` is always read fresh: deadlines use it.
     """
 
-    __slots__ = ("_mono", "_wall")
+    __slots__ = ("_next_wall", "_wall")
 
     WALL_EVERY = 0.001
 
     def __init__(self) -> None:
-        self._mono = -1.0
+        self._next_wall = -1.0  # the monotonic moment the wall clock is next read
         self._wall = datetime.now(UTC)
 
     def now(self) -> Instant:
-        mono = time.monotonic()
-        if mono - self._mono >= self.WALL_EVERY:
-            self._mono, self._wall = mono, datetime.now(UTC)
+        mono = _monotonic()
+        # A slot, not the class constant: reading a class attribute through an instance is
+        # not specialised by the interpreter, and shells read the clock once per socket read.
+        if mono >= self._next_wall:
+            self._next_wall, self._wall = mono + self.WALL_EVERY, datetime.now(UTC)
         # tuple.__new__ directly: the named tuple's own __new__ is one more Python call.
         return _new_instant(Instant, (mono, self._wall))
 
@@ -86,6 +88,7 @@ class SystemClock:
 
 
 _new_instant = tuple.__new__
+_monotonic = time.monotonic  # one global lookup per reading, not a module attribute too
 system_clock = SystemClock()
 
 

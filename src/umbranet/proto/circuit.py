@@ -96,6 +96,12 @@ _MIN_SEND = 4096
 # A plain int: `int & IntFlag` runs IntFlag's Python-level __rand__ (~0.5 us per frame).
 _FIN = int(Flag.FIN)
 _ABORT = int(Flag.ABORT)
+_FIN_OR_ABORT = _FIN | _ABORT
+# Enum members as module constants: the interpreter specialises a global lookup, not an
+# attribute of a class (these are read for every frame).
+_OPEN, _CLOSED = State.OPEN, State.CLOSED
+_DATA, _CREDIT_FRAME = int(FrameType.DATA), int(FrameType.CREDIT)
+
 # An abort's reason is cut so the sealed frame stays small (it needs credit to leave).
 _ABORT_REASON = 200
 
@@ -107,6 +113,8 @@ _WRITABLE = Writable()
 
 class Circuit(CircuitMoves):
     """One end of one circuit. Build with `Circuit.dial` or `Circuit.accept`."""
+
+    __slots__ = ()  # `CircuitMoves` names every attribute of a circuit
 
     def __init__(self, circuit_id: int, state: State, window: int) -> None:
         self.id = circuit_id
@@ -296,15 +304,15 @@ class Circuit(CircuitMoves):
 
     def handle_frame(self, frame: Frame, now: datetime) -> None:
         """Feed one frame addressed to this circuit."""
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             return
         if self._session is not None:
             self._session.tick(now)
         try:
             ftype = frame.type
-            if ftype == FrameType.DATA:
+            if ftype == _DATA:
                 self._on_data(frame)
-            elif ftype == FrameType.CREDIT:
+            elif ftype == _CREDIT_FRAME:
                 self._on_credit(frame)
             elif ftype == FrameType.ACCEPT and self.state is State.DIALING and not self.in_session:
                 self._on_accept(frame, now)
@@ -337,7 +345,7 @@ class Circuit(CircuitMoves):
 
     def write(self, data: bytes) -> None:
         """Queue application bytes; they leave as credit allows (see `poll_transmit`)."""
-        if self.local_fin or self._fin_queued or self.state is State.CLOSED:
+        if self.local_fin or self._fin_queued or self.state is _CLOSED:
             raise ConnectionError("stream is closed for writing")
         if data:
             self._outbound.append(data)
@@ -346,7 +354,7 @@ class Circuit(CircuitMoves):
 
     def write_eof(self) -> None:
         """End our direction after the queued bytes (half-close)."""
-        if self.local_fin or self._fin_queued or self.state is State.CLOSED:
+        if self.local_fin or self._fin_queued or self.state is _CLOSED:
             return
         self._fin_queued = True
         self._pump()
@@ -387,7 +395,7 @@ class Circuit(CircuitMoves):
     def reset(self, code: ErrorCode, reason: str) -> None:
         """Abort the circuit: a sealed abort (when credit allows) and RESET to the peer;
         nothing more is sent or delivered."""
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             return
         # Reasons often quote what a peer or router sent (names, fields): never raw.
         reason = printable(reason)
@@ -402,12 +410,12 @@ class Circuit(CircuitMoves):
 
     def handle_timer(self, now: datetime) -> None:
         """Time passed: a send key past its age moves on before the next frame is sealed."""
-        if self._session is not None and self.state is State.OPEN:
+        if self._session is not None and self.state is _OPEN:
             self._session.tick(now)
 
     def poll_timeout(self) -> tuple[datetime, str] | None:
         """When `handle_timer` is next due, and why; None when no timer is needed."""
-        if self._session is None or self.state is not State.OPEN or self.local_fin:
+        if self._session is None or self.state is not _OPEN or self.local_fin:
             return None
         return self._session.rekey_deadline, "rekey"
 
@@ -427,7 +435,7 @@ class Circuit(CircuitMoves):
     @property
     def at_eof(self) -> bool:
         """The peer ended its direction and everything it sent was taken."""
-        return self.readable_bytes == 0 and (self.remote_fin or self.state is State.CLOSED)
+        return self.readable_bytes == 0 and (self.remote_fin or self.state is _CLOSED)
 
     def statistics(self) -> dict[str, int]:
         """Key updates so far (`rekeys_sent`, `rekeys_received`, on the current circuit),
@@ -483,7 +491,7 @@ class Circuit(CircuitMoves):
         self._pump()
 
     def _on_data(self, frame: Frame) -> None:
-        if self.state is not State.OPEN or self._session is None or self.remote_fin:
+        if self.state is not _OPEN or self._session is None or self.remote_fin:
             raise WireError(ErrorCode.PROTOCOL_ERROR, "DATA outside an open direction")
         size = len(frame.payload)
         if size > MAX_DATA_PAYLOAD:
@@ -492,14 +500,18 @@ class Circuit(CircuitMoves):
             raise WireError(ErrorCode.FLOW_CONTROL_ERROR, "peer sent beyond its window")
         flags = frame.flags
         plaintext = self._session.open(frame.payload, flags)
-        if flags & _ABORT:
-            self._on_abort(plaintext, flags)
-            return
-        fin = bool(flags & _FIN)
+        # One test for the usual frame (neither flag): `&` is not specialised per type.
+        fin = False
+        if flags & _FIN_OR_ABORT:
+            if flags & _ABORT:
+                self._on_abort(plaintext, flags)
+                return
+            fin = True
         if plaintext:
             self._inbound.append(plaintext)
-            self.readable_bytes += len(plaintext)
-            self._received += len(plaintext)
+            held = len(plaintext)
+            self.readable_bytes += held
+            self._received += held
         else:
             self._return_credit(size)
         if fin:
@@ -519,14 +531,14 @@ class Circuit(CircuitMoves):
         """Tell the peer, sealed, why we abort; skipped without credit or after our FIN
         (routers refuse DATA past FIN), so the peer sees only the unauthenticated RESET."""
         session = self._session
-        if session is None or self.state is State.CLOSED or self.local_fin:
+        if session is None or self.state is _CLOSED or self.local_fin:
             return
         body = encode_error(code, reason[:_ABORT_REASON])
         if self._credit.available < len(body) + TAG:
             return
         flags, sealed = session.seal(body, _ABORT)
         self._credit.consume(len(sealed))
-        self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), flags))
+        self._transmit.append(encode_header(_DATA, self.id, len(sealed), flags))
         self._transmit.append(sealed)
 
     def _on_credit(self, frame: Frame) -> None:
@@ -541,14 +553,12 @@ class Circuit(CircuitMoves):
 
     def _return_credit(self, nbytes: int) -> None:
         credit = self._window.consume(nbytes)
-        if credit and self.state is State.OPEN and not self.remote_fin:
-            self._transmit.append(
-                encode_header(FrameType.CREDIT, self.id, 4) + _CREDIT.pack(credit)
-            )
+        if credit and self.state is _OPEN and not self.remote_fin:
+            self._transmit.append(encode_header(_CREDIT_FRAME, self.id, 4) + _CREDIT.pack(credit))
 
     def _pump(self) -> None:
         """Seal queued bytes into DATA frames while credit lasts; then FIN if asked."""
-        if self.state is not State.OPEN or self._session is None:
+        if self.state is not _OPEN or self._session is None:
             return
         seal = self._session.seal
         keep = self._retained.sent_frame
@@ -560,13 +570,13 @@ class Circuit(CircuitMoves):
             flags, sealed = seal(piece)
             keep(len(sealed), piece)
             self._credit.consume(len(sealed))
-            self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), flags))
+            self._transmit.append(encode_header(_DATA, self.id, len(sealed), flags))
             self._transmit.append(sealed)
         if self._fin_queued and not self.local_fin and self._credit.available >= TAG:
             flags, sealed = seal(b"", _FIN)
             keep(len(sealed), b"", fin=True)
             self._credit.consume(len(sealed))
-            self._transmit.append(encode_header(FrameType.DATA, self.id, len(sealed), flags))
+            self._transmit.append(encode_header(_DATA, self.id, len(sealed), flags))
             self._transmit.append(sealed)
             self.local_fin = True
             if self.remote_fin:
@@ -591,7 +601,7 @@ class Circuit(CircuitMoves):
     def _finish(self, closed: Closed) -> None:
         if self._opening is not None:  # refused in-session open: its bytes may go again
             self._keep_unopened()
-        self.state = State.CLOSED
+        self.state = _CLOSED
         self.error = closed
         self._outbound.clear()
         self.unsent_bytes = 0

@@ -44,6 +44,17 @@ class DeferredOpen:
 class CircuitMoves:
     """The resume half of `Circuit` (state it shares is set by `Circuit.__init__`)."""
 
+    # Slots, not an instance dict: a circuit holds more attributes than an instance dict can
+    # share keys for (30), and then the interpreter specialises no method call on it; every
+    # DATA frame makes several.
+    __slots__ = ("_attempt", "_confirming", "_credit", "_detached", "_dialer", "_events",
+                 "_expected_dialer", "_fin_queued", "_gen", "_host", "_inbound", "_limits",
+                 "_opening", "_outbound", "_received", "_refused_bytes", "_resume", "_retained",
+                 "_session", "_transmit", "_unread", "_window", "deferred", "epoch", "error",
+                 "id", "in_session", "is_dialer", "local_fin", "owner", "peer", "peer_instance",
+                 "port", "readable_bytes", "remote_fin", "resumes", "service", "state",
+                 "unsent_bytes")  # fmt: skip
+
     id: int
     state: State
     peer: PeerIdentity | None

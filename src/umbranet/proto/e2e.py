@@ -57,6 +57,7 @@ HOST_TO_DIALER = 1
 # Every flag a DATA frame may carry; any other bit is refused, not ignored.
 DATA_FLAGS = int(Flag.FIN | Flag.KEY_PHASE | Flag.ABORT)
 _KEY_PHASE = int(Flag.KEY_PHASE)
+_NOT_DATA_FLAGS = ~DATA_FLAGS
 # Associated data per direction, indexed by the frame's flags: built once, not per frame.
 _AD = tuple(
     tuple(bytes([FrameType.DATA, flags, direction]) for flags in range(DATA_FLAGS + 1))
@@ -127,8 +128,8 @@ class E2ESession:
     key after `RekeyLimits` (see the module doc); counters make replay impossible."""
 
     __slots__ = ("_ad_in", "_ad_out", "_deadline", "_limits", "_now", "_open", "_receive",
-                 "_received", "_recv_phase", "_rekey_due", "_seal", "_send", "_send_phase",
-                 "_sent", "rekeys_received", "rekeys_sent", "resume")  # fmt: skip
+                 "_receive_max", "_received", "_recv_phase", "_seal", "_send", "_send_left",
+                 "_send_phase", "rekeys_received", "rekeys_sent", "resume")  # fmt: skip
 
     def __init__(
         self,
@@ -149,11 +150,13 @@ class E2ESession:
         self._limits = limits or _DEFAULT_LIMITS
         self._now = now
         self._deadline = now + self._limits.after
-        self._rekey_due = False
+        # Sealed bytes the send key may still take, counted down so a seal tests one number
+        # (0 once the key is too old: the next seal rekeys).
+        self._send_left = self._limits.bytes
         self._send_phase = 0
-        self._sent = 0  # sealed bytes under the current send key
         self._recv_phase = 0
         self._received = 0  # sealed bytes under the current receive key
+        self._receive_max = self._limits.receive_max
         self.rekeys_sent = 0
         self.rekeys_received = 0
         # The secret to move this session to another circuit (`proto/resume.py`); None for
@@ -164,7 +167,7 @@ class E2ESession:
         """Learn the time: once the send key is older than the limit, the next seal rekeys."""
         self._now = now
         if now >= self._deadline:
-            self._rekey_due = True
+            self._send_left = 0
 
     @property
     def rekey_deadline(self) -> datetime:
@@ -177,28 +180,30 @@ class E2ESession:
         The returned flags carry the key phase: the header must use them, as the associated
         data binds them.
         """
-        if self._rekey_due or self._sent >= self._limits.bytes:
+        if self._send_left <= 0:
             self._next_send_key()
         flags |= self._send_phase
         sealed = self._seal(self._ad_out[flags], plaintext)
-        self._sent += len(sealed)
+        self._send_left -= len(sealed)
         return flags, sealed
 
     def open(self, sealed: bytes | memoryview, flags: int = 0) -> bytes:
         """Decrypt one DATA payload; forged, replayed or reordered frames raise E2EError."""
-        if flags & ~DATA_FLAGS:
-            raise E2EError(ErrorCode.PROTOCOL_ERROR, f"unknown DATA flags {flags:#x}")
-        if (flags & _KEY_PHASE) != self._recv_phase:
-            # The peer moved to its next key with this frame; a forged flip fails to open.
-            self._receive.rekey()
-            self._recv_phase ^= _KEY_PHASE
-            self._received = 0
-            self.rekeys_received += 1
-        self._received += len(sealed)
-        if self._received > self._limits.receive_max:
+        # Flags equal to the current key phase (the usual frame) need neither test below.
+        if flags != self._recv_phase:
+            if flags & _NOT_DATA_FLAGS:
+                raise E2EError(ErrorCode.PROTOCOL_ERROR, f"unknown DATA flags {flags:#x}")
+            if (flags & _KEY_PHASE) != self._recv_phase:
+                # The peer moved to its next key with this frame; a forged flip fails to open.
+                self._receive.rekey()
+                self._recv_phase ^= _KEY_PHASE
+                self._received = 0
+                self.rekeys_received += 1
+        received = self._received = self._received + len(sealed)
+        if received > self._receive_max:
             raise E2EError(
                 ErrorCode.KEY_LIMIT_EXCEEDED,
-                f"peer sealed over {self._limits.receive_max} bytes under one key",
+                f"peer sealed over {self._receive_max} bytes under one key",
             )
         try:
             return self._open(self._ad_in[flags], sealed)
@@ -208,8 +213,7 @@ class E2ESession:
     def _next_send_key(self) -> None:
         self._send.rekey()
         self._send_phase ^= _KEY_PHASE
-        self._sent = 0
-        self._rekey_due = False
+        self._send_left = self._limits.bytes
         self._deadline = self._now + self._limits.after
         self.rekeys_sent += 1
 

@@ -102,6 +102,9 @@ _ANSWERED_WHEN_UNKNOWN = frozenset({int(FrameType.DATA), int(FrameType.HANDSHAKE
 _DATA_FRAMES = frozenset({int(FrameType.DATA), int(FrameType.CREDIT)})
 # Circuit events that only say "look again": the touched set already wakes the stream.
 _QUIET_EVENTS = (Readable, Writable)
+# Enum members as module constants: the interpreter specialises a global lookup, not an
+# attribute of a class (these are read for every frame).
+_OPEN, _CLOSED = State.OPEN, State.CLOSED
 
 DEFAULT_MAX_PENDING_ACCEPTS = 1024
 DEFAULT_BIND_TIMEOUT = 10.0
@@ -197,7 +200,7 @@ class EndpointLink(EndpointHosting):
                 pass  # the Detached just made: reported here, not by a later dispatch
             self._events.append(SessionDetached(circuit, "handshake_timeout", reason))
             return
-        if entry is not None and entry.circuit.state is not State.CLOSED:
+        if entry is not None and entry.circuit.state is not _CLOSED:
             entry.circuit.reset(ErrorCode.CANCELLED, reason)
             self._corked.pop(circuit_id, None)
             self.session.outbox.extend(entry.circuit.poll_transmit())
@@ -212,7 +215,7 @@ class EndpointLink(EndpointHosting):
                 self._released(held[1])
                 self.outbox.extend(held[0])
             self.outbox.extend(out)
-        if circuit.state is State.CLOSED and circuit.id in self._circuits:
+        if circuit.state is _CLOSED and circuit.id in self._circuits:
             self._dispatch(circuit)
 
     def flush_transmit(self, circuit: Circuit) -> list[bytes]:
@@ -228,7 +231,7 @@ class EndpointLink(EndpointHosting):
             outbox.extend(out)
             out = outbox[:]
             del outbox[:]
-        if circuit.state is State.CLOSED and circuit.id in self._circuits:
+        if circuit.state is _CLOSED and circuit.id in self._circuits:
             self._dispatch(circuit)
         return out
 
@@ -267,7 +270,7 @@ class EndpointLink(EndpointHosting):
                 out = circuit.poll_transmit()
                 if out:
                     self.outbox.extend(out)
-                if circuit.state is State.OPEN:
+                if circuit.state is _OPEN:
                     # DATA or CREDIT on an open circuit queues one "look again" event: no
                     # second poll, no dispatch (anything else goes the whole way).
                     event = circuit.poll_event()
@@ -365,7 +368,7 @@ class EndpointLink(EndpointHosting):
                 continue  # moved on to another link
             if circuit.resumable and movable:
                 circuit.detach(ErrorCode.PEER_GONE, "link to the router dropped")
-            elif circuit.state is not State.CLOSED:
+            elif circuit.state is not _CLOSED:
                 circuit.reset(ErrorCode.PEER_GONE, "link to the router dropped")
                 circuit.poll_transmit()
             self._dispatch(circuit)
@@ -498,7 +501,7 @@ class EndpointLink(EndpointHosting):
                 elif not event.clean:
                     self._ended(event)
             event = circuit.poll_event()
-        if circuit.state is State.CLOSED:
+        if circuit.state is _CLOSED:
             del self._circuits[circuit.id]
             self._corked.pop(circuit.id, None)
             self._dialing.pop(circuit.id, None)
@@ -555,7 +558,7 @@ class EndpointLink(EndpointHosting):
             entry is not None
             and entry.binding_id is None
             and not entry.opened
-            and circuit.state is State.OPEN
+            and circuit.state is _OPEN
             and circuit_id not in self._corked
         )
 

@@ -26,12 +26,19 @@ __all__ = ["Retained"]
 
 
 class Retained:
-    """Frames sent and not yet acknowledged, in order: (sealed length, plaintext)."""
+    """Frames sent and not yet acknowledged, in order: their sealed lengths and plaintexts.
 
-    __slots__ = ("_credit", "_frames", "base", "fin", "sent")
+    Two queues side by side rather than one of (length, plaintext) pairs: a pair would be one
+    more object built per DATA frame, and a tracked one, so a full window of them (thousands
+    of small frames before credit comes back) set off collections of the youngest generation
+    on a request/response stream.
+    """
+
+    __slots__ = ("_credit", "_plain", "_sealed", "base", "fin", "sent")
 
     def __init__(self, offset: int = 0) -> None:
-        self._frames: deque[tuple[int, bytes | memoryview]] = deque()
+        self._sealed: deque[int] = deque()
+        self._plain: deque[bytes | memoryview] = deque()
         self._credit = 0  # credit returned beyond the frames it freed
         self.base = offset  # offset of the first byte still kept
         self.sent = offset  # offset after the last byte sent
@@ -44,11 +51,12 @@ class Retained:
 
     @property
     def frames(self) -> int:
-        return len(self._frames)
+        return len(self._sealed)
 
     def sent_frame(self, sealed: int, plaintext: bytes | memoryview, fin: bool = False) -> None:
         """A DATA frame of `sealed` wire bytes left carrying `plaintext` (and FIN)."""
-        self._frames.append((sealed, plaintext))
+        self._sealed.append(sealed)
+        self._plain.append(plaintext)
         self.sent += len(plaintext)
         if fin:
             self.fin = True
@@ -56,12 +64,11 @@ class Retained:
     def credited(self, amount: int) -> None:
         """Credit came back: free every frame it fully covers."""
         credit = self._credit + amount
-        frames = self._frames
-        while frames and credit >= frames[0][0]:
-            sealed, plaintext = frames.popleft()
-            credit -= sealed
-            self.base += len(plaintext)
-        self._credit = credit if frames else 0
+        sealed, plain = self._sealed, self._plain
+        while sealed and credit >= sealed[0]:
+            credit -= sealed.popleft()
+            self.base += len(plain.popleft())
+        self._credit = credit if sealed else 0
 
     def rewind(self, received: int) -> list[bytes] | None:
         """The peer holds `received` bytes: what must be sent again, in order, or None when
@@ -70,13 +77,14 @@ class Retained:
             return None
         skip = received - self.base
         again: list[bytes] = []
-        for _, plaintext in self._frames:
+        for plaintext in self._plain:
             if skip >= len(plaintext):
                 skip -= len(plaintext)
                 continue
             again.append(bytes(plaintext[skip:]))
             skip = 0
-        self._frames.clear()
+        self._sealed.clear()
+        self._plain.clear()
         self._credit = 0
         self.base = self.sent = received
         return again

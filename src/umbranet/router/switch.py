@@ -54,6 +54,9 @@ _RELAYED = frozenset({_DATA, int(FrameType.CREDIT)})
 _LINK_FRAME_MAX = int(FrameType.BIND)  # HELLO, PING, PONG, GOAWAY sort below BIND
 _KEEPALIVE = frozenset({int(FrameType.PING), int(FrameType.PONG)})
 _WG_DATAGRAM = int(FrameType.WG_DATAGRAM)
+# An enum member as a module constant: the interpreter specialises a global lookup, not
+# an attribute of a class (read for every read of a link).
+_READY = LinkState.READY
 
 
 class Switch(CircuitOpening):
@@ -102,7 +105,7 @@ class Switch(CircuitOpening):
         # Stays True while the read only relays DATA and CREDIT: no deadline, shed link or
         # announcement can change then, so the shell only writes (`poll_relayed`).
         self.quiet = True
-        ready = session.state is LinkState.READY
+        ready = session.state is _READY
         for frame in frames:
             ftype = frame.type
             try:
@@ -120,7 +123,7 @@ class Switch(CircuitOpening):
                     raise WireError(ErrorCode.RATE_LIMITED, "too many control frames")
                 if not session.ready or (frame.circuit == 0 and ftype < _LINK_FRAME_MAX):
                     session.handle_link_frame(frame, now)
-                    ready = session.state is LinkState.READY
+                    ready = session.state is _READY
                     if self._session_closed(source):
                         return ErrorCode.NO_ERROR, "goodbye acknowledged"
                 elif ftype == FrameType.DIAL:

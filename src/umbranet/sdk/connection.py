@@ -48,6 +48,9 @@ if TYPE_CHECKING:
     from umbranet.sdk.moves import SessionMover
 
 log = logging.getLogger("umbranet.sdk")
+# An enum member as a module constant: the interpreter specialises a global lookup, not
+# an attribute of a class (read after every stream operation).
+_CLOSED = State.CLOSED
 
 
 class RouterConnection:
@@ -214,7 +217,7 @@ class RouterConnection:
             # its deadline is gone, so the timer need not wake for it.
             if machine.timeout_may_be_later and self._timer is not None:
                 self._timer.move(machine.poll_timeout())
-        if circuit.state is State.CLOSED and machine.has_news:
+        if circuit.state is _CLOSED and machine.has_news:
             self._deliver()
 
     # -- bindings -----------------------------------------------------------------------
@@ -372,7 +375,7 @@ class RouterConnection:
             elif isinstance(event, SessionResumed):
                 self._session_resumed(event.circuit)
         for circuit in machine.take_touched():
-            if circuit.state is State.CLOSED:
+            if circuit.state is _CLOSED:
                 stream = self._streams.pop(circuit.id, None)
                 # A closed circuit never moves, so nothing finds its stream through it any
                 # more: cut the stream <-> circuit cycle and let the session table go of

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 # drain() returns once at most this much is queued beyond the peer's window.
 _HIGH_WATER = 256 * 1024
+# An enum member as a module constant: the interpreter specialises a global lookup, not
+# an attribute of a class (read after every stream operation).
+_CLOSED = State.CLOSED
 
 
 class Stream:
@@ -209,7 +212,7 @@ class Stream:
         """End our direction after what is queued (the peer reads EOF)."""
         if self._replacing is not None:
             self._held_eof = True
-        elif self._circuit.state is not State.CLOSED:
+        elif self._circuit.state is not _CLOSED:
             self._circuit.write_eof()
             self._connection.flush(self._circuit)
 
@@ -230,7 +233,7 @@ class Stream:
         self.notify()
 
     def is_closing(self) -> bool:
-        return self._closing or self._circuit.state is State.CLOSED
+        return self._closing or self._circuit.state is _CLOSED
 
     async def wait_closed(self) -> None:
         """Wait until both directions ended (or the stream was reset)."""
@@ -251,7 +254,7 @@ class Stream:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._circuit.state is not State.CLOSED:
+        if self._circuit.state is not _CLOSED:
             self.close()
 
     # -- for the connection ---------------------------------------------------------------
@@ -269,7 +272,7 @@ class Stream:
 
     def _is_closed(self) -> bool:
         """Both directions ended for good (not a refused open being dialed again)."""
-        return self._circuit.state is State.CLOSED and self._replacing is None
+        return self._circuit.state is _CLOSED and self._replacing is None
 
     def moved_to(self, connection: RouterConnection) -> None:
         """The stream's session resumed on another router link (see `sdk/moves.py`)."""
