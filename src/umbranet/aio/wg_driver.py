@@ -69,10 +69,11 @@ _KEEPALIVE_SIZE = 32  # a transport-data header and tag around nothing
 PATH_TICK = 0.5  # seconds between path timer runs (probes, silence deadlines)
 
 _MAX_DATAGRAM = 65535
-# A lone datagram (or TUN packet) this small is interactive traffic: a request, an answer,
-# an ACK. The wake-up handles it and returns without another read that would only fail with
-# EAGAIN (a syscall and an exception, a tenth of a small packet's cost here); if more is
-# queued, the level-triggered loop calls again at once. Bulk traffic keeps draining.
+# A lone datagram this small, not a GRO batch, is interactive traffic: a request, an answer.
+# The wake-up handles it and returns without another read that would only fail with EAGAIN
+# (a syscall and an exception, a tenth of a small packet's cost here); if more is queued,
+# the level-triggered loop calls again at once. Bulk traffic (full-size or GRO-batched
+# datagrams) keeps draining. The TUN side has its own rule (`aio.tun._LONE`).
 _BULK = 1024
 _SOL_UDP = 17
 _UDP_SEGMENT = 103

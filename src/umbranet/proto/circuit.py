@@ -437,18 +437,6 @@ class Circuit(CircuitMoves):
         """The peer ended its direction and everything it sent was taken."""
         return self.readable_bytes == 0 and (self.remote_fin or self.state is _CLOSED)
 
-    def statistics(self) -> dict[str, int]:
-        """Key updates so far (`rekeys_sent`, `rekeys_received`, on the current circuit),
-        moves to another circuit, and the retransmit buffer's plaintext bytes."""
-        session = self._session
-        stats = {
-            "rekeys_sent": 0 if session is None else session.rekeys_sent,
-            "rekeys_received": 0 if session is None else session.rekeys_received,
-            "resumes": self.resumes,
-            "retained_bytes": self._retained.size,
-        }
-        return stats
-
     # -- internals ----------------------------------------------------------------------
 
     def _move(self, target: State) -> None:

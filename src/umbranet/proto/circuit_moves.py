@@ -135,6 +135,18 @@ class CircuitMoves:
         self.unsent_bytes -= len(early)
         return early
 
+    def statistics(self) -> dict[str, int]:
+        """Key updates so far (`rekeys_sent`, `rekeys_received`, on the current circuit),
+        moves to another circuit, and the retransmit buffer's plaintext bytes."""
+        session = self._session
+        stats = {
+            "rekeys_sent": 0 if session is None else session.rekeys_sent,
+            "rekeys_received": 0 if session is None else session.rekeys_received,
+            "resumes": self.resumes,
+            "retained_bytes": self._retained.size,
+        }
+        return stats
+
     @property
     def resumable(self) -> bool:
         """The session can move to a new circuit if this one fails."""

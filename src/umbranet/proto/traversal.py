@@ -223,7 +223,7 @@ class Traversal:
         else:
             run: list[bytes] = []
             for data in datagrams:
-                if len(data) >= 4 and 1 <= data[0] <= 4 and data[1:4] == b"\0\0\0":
+                if is_wireguard(data):
                     run.append(data)
                     continue
                 if run:
