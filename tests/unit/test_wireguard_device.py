@@ -24,7 +24,7 @@ from umbranet.proto.wireguard import Device, DeviceConfig, HandshakeCompleted, P
 from umbranet.proto.wireguard import device as device_module
 from umbranet.proto.wireguard.cookie import CookieGenerator
 from umbranet.proto.wireguard.crypto import public_key, tai64n
-from umbranet.proto.wireguard.handshake import create_initiation
+from umbranet.proto.wireguard.handshake import StaticKey, create_initiation
 from umbranet.proto.wireguard.messages import (
     TYPE_COOKIE_REPLY,
     TYPE_DATA,
@@ -112,7 +112,7 @@ def test_forged_mac1_is_dropped_before_any_diffie_hellman(
 ) -> None:
     pair = make_pair()
     body, _ = create_initiation(
-        key("a"), public_key(key("b")), key("e"), 7, tai64n(pair.clock.wall)
+        StaticKey(key("a")), public_key(key("b")), key("e"), 7, tai64n(pair.clock.wall)
     )
     good = CookieGenerator(public_key(key("b"))).add_macs(body, 0.0)
     forged = good[:116] + bytes(b ^ 0xFF for b in good[116:132]) + good[132:]
@@ -139,7 +139,7 @@ def test_a_handshake_flood_brings_cookie_replies_and_the_real_peer_still_gets_th
         # Valid MAC1 (anyone who knows B's public key can make it) from a spoofed source.
         for i in range(n):
             body, _ = create_initiation(
-                key(f"x{i}"), b_public, key(f"xe{i}"), i, tai64n(pair.clock.wall)
+                StaticKey(key(f"x{i}")), b_public, key(f"xe{i}"), i, tai64n(pair.clock.wall)
             )
             pair.b.handle_datagram(
                 CookieGenerator(b_public).add_macs(body, 0.0), attacker, pair.clock.now()
@@ -314,7 +314,7 @@ def test_a_device_uses_the_noise_key_its_svid_binds() -> None:
 
 def test_initiations_faster_than_the_flood_limit_are_dropped() -> None:
     pair = make_pair()
-    a_private, b_public = key("a"), public_key(key("b"))
+    a_private, b_public = StaticKey(key("a")), public_key(key("b"))
     first, _ = create_initiation(a_private, b_public, key("e1"), 1, tai64n(pair.clock.wall))
     pair.clock.advance(0.005)  # a newer timestamp, but 5 ms after the last one consumed
     later = tai64n(pair.clock.wall.replace(second=pair.clock.wall.second + 1))
@@ -374,7 +374,7 @@ def test_under_load_a_source_with_a_cookie_is_still_rate_limited() -> None:
 
     def initiation(i: int) -> bytes:
         stamp = tai64n(pair.clock.wall)
-        body, _ = create_initiation(key(f"s{i}"), b_public, key(f"se{i}"), i, stamp)
+        body, _ = create_initiation(StaticKey(key(f"s{i}")), b_public, key(f"se{i}"), i, stamp)
         return macs.add_macs(body, pair.clock.mono)
 
     pair.b.handle_datagram(initiation(0), source, pair.clock.now())

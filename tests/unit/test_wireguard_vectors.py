@@ -38,6 +38,7 @@ from umbranet.proto.wireguard.crypto import (
 from umbranet.proto.wireguard.handshake import (
     CONSTRUCTION,
     IDENTIFIER,
+    StaticKey,
     consume_initiation,
     consume_response,
     create_initiation,
@@ -139,6 +140,7 @@ def test_tai64n_labels_the_epoch_and_whitens_nanoseconds() -> None:
 # Fixed inputs for the handshake vectors (any 32 bytes are valid X25519 private keys).
 I_STATIC = hashlib.sha256(b"initiator static").digest()
 R_STATIC = hashlib.sha256(b"responder static").digest()
+I_KEY, R_KEY = StaticKey(I_STATIC), StaticKey(R_STATIC)  # nothing remembered: all computed
 I_EPHEMERAL = hashlib.sha256(b"initiator ephemeral").digest()
 R_EPHEMERAL = hashlib.sha256(b"responder ephemeral").digest()
 PSK = hashlib.sha256(b"preshared").digest()
@@ -147,7 +149,7 @@ SENDER, RESPONDER_INDEX = 0x11223344, 0x55667788
 
 
 def test_the_handshake_is_noise_ikpsk2_with_wireguards_prologue() -> None:
-    body, state = create_initiation(I_STATIC, public_key(R_STATIC), I_EPHEMERAL, SENDER, STAMP)
+    body, state = create_initiation(I_KEY, public_key(R_STATIC), I_EPHEMERAL, SENDER, STAMP)
     noise_i = HandshakeState(
         CONSTRUCTION.decode(), True, IDENTIFIER, s=I_STATIC, rs=public_key(R_STATIC),
         e=I_EPHEMERAL, psks=[PSK],
@@ -160,7 +162,7 @@ def test_the_handshake_is_noise_ikpsk2_with_wireguards_prologue() -> None:
     assert body[8:] == first
     assert noise_r.read_message(first) == STAMP
 
-    consumed = consume_initiation(R_STATIC, parse_initiation(body + bytes(32)))
+    consumed = consume_initiation(R_KEY, parse_initiation(body + bytes(32)))
     assert consumed.peer_public == public_key(I_STATIC)
     assert consumed.timestamp == STAMP
     response, r_keys = create_response(consumed, PSK, R_EPHEMERAL, RESPONDER_INDEX)
@@ -168,7 +170,7 @@ def test_the_handshake_is_noise_ikpsk2_with_wireguards_prologue() -> None:
     assert response[12:] == second
     noise_i.read_message(second)
 
-    i_keys = consume_response(state, I_STATIC, PSK, parse_response(response + bytes(32)))
+    i_keys = consume_response(state, I_KEY, PSK, parse_response(response + bytes(32)))
     i_send, i_recv = noise_i.split()
     # Transport keys agree with Noise's Split: a message sealed by one opens with the other.
     assert i_keys.send == r_keys.receive and i_keys.receive == r_keys.send
@@ -188,19 +190,19 @@ GOLDEN_INITIATION = (
 
 
 def test_initiation_bytes_are_reproducible_golden_vector() -> None:
-    body, _ = create_initiation(I_STATIC, public_key(R_STATIC), I_EPHEMERAL, SENDER, STAMP)
+    body, _ = create_initiation(I_KEY, public_key(R_STATIC), I_EPHEMERAL, SENDER, STAMP)
     message = CookieGenerator(public_key(R_STATIC)).add_macs(body, 0.0)
     assert len(message) == INITIATION_LEN
     assert message[:8] == bytes.fromhex("0100000044332211")  # type 1, reserved, index LE
     assert message[-16:] == bytes(16)  # no cookie yet: MAC2 is zeros
     assert message.hex() == GOLDEN_INITIATION
-    again, _ = create_initiation(I_STATIC, public_key(R_STATIC), I_EPHEMERAL, SENDER, STAMP)
+    again, _ = create_initiation(I_KEY, public_key(R_STATIC), I_EPHEMERAL, SENDER, STAMP)
     assert again == body
 
 
 def test_response_has_the_published_size() -> None:
-    body, _ = create_initiation(I_STATIC, public_key(R_STATIC), I_EPHEMERAL, SENDER, STAMP)
-    consumed = consume_initiation(R_STATIC, parse_initiation(body + bytes(32)))
+    body, _ = create_initiation(I_KEY, public_key(R_STATIC), I_EPHEMERAL, SENDER, STAMP)
+    consumed = consume_initiation(R_KEY, parse_initiation(body + bytes(32)))
     response, _ = create_response(consumed, None, R_EPHEMERAL, RESPONDER_INDEX)
     assert len(response) + 32 == RESPONSE_LEN
     assert response[:12] == bytes.fromhex("020000008877665544332211")

@@ -38,10 +38,11 @@ from collections.abc import Callable, Iterable
 from umbranet.clock import Deadline, Instant, deadline
 from umbranet.proto.wireguard.config import DeviceConfig, NoiseIdentity
 from umbranet.proto.wireguard.cookie import CookieChecker, CookieGenerator, address_bytes
-from umbranet.proto.wireguard.crypto import public_key, tai64n
+from umbranet.proto.wireguard.crypto import tai64n
 from umbranet.proto.wireguard.events import Event, HandshakeCompleted, PeerSilent
 from umbranet.proto.wireguard.handshake import (
     HandshakeError,
+    StaticKey,
     consume_initiation,
     consume_response,
     create_initiation,
@@ -91,8 +92,8 @@ class Device(TransportData):
         random_bytes: Callable[[int], bytes] = os.urandom,
         config: DeviceConfig | None = None,
     ) -> None:
-        self._private = private_key
-        self.public_key = public_key(private_key)
+        self._static = StaticKey(private_key)
+        self.public_key = self._static.public
         self._random = random_bytes
         # Timer jitter needs no secrecy: a seeded PRNG, drawn from `random_bytes` once, rather
         # than a getrandom(2) call on every send after a receive (a round trip's worth).
@@ -145,6 +146,7 @@ class Device(TransportData):
         if peer is None:
             peer = Peer(public_key=public, cookies=CookieGenerator(public))
             self._peers[public] = peer
+            self._static.remember(public)
         if endpoint is not None:
             peer.endpoint = endpoint
         peer.preshared_key = preshared_key
@@ -157,6 +159,7 @@ class Device(TransportData):
         if peer is None:
             return
         self._routes.remove_owner(peer)
+        self._static.forget(public)
         self._forget_sessions(peer)
 
     def peers(self) -> list[bytes]:
@@ -282,7 +285,7 @@ class Device(TransportData):
             self._indices.pop(peer.handshake_index, None)
         index = self._new_index(peer, None)
         body, state = create_initiation(
-            self._private, peer.public_key, self._random(32), index, tai64n(now.wall)
+            self._static, peer.public_key, self._random(32), index, tai64n(now.wall)
         )
         peer.handshake = state
         peer.handshake_index = index
@@ -321,7 +324,7 @@ class Device(TransportData):
     def _initiation(self, data: bytes, addr: Address, now: Instant) -> None:
         t = now.mono
         try:
-            consumed = consume_initiation(self._private, parse_initiation(data))
+            consumed = consume_initiation(self._static, parse_initiation(data))
         except HandshakeError as exc:
             self._drops[exc.reason] += 1
             return
@@ -370,7 +373,7 @@ class Device(TransportData):
         peer = entry[0]
         assert peer.handshake is not None
         try:
-            keys = consume_response(peer.handshake, self._private, peer.preshared_key, message)
+            keys = consume_response(peer.handshake, self._static, peer.preshared_key, message)
         except HandshakeError as exc:
             self._drops[exc.reason] += 1
             return
