@@ -51,6 +51,53 @@ def test_lookup_is_longest_prefix_match(
         assert table.owner_of(address.packed) == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.one_of(_v4_nets, _v6_nets), st.integers(0, 4)),
+            st.tuples(st.just("remove"), st.none(), st.integers(0, 4)),
+        ),
+        max_size=20,
+    ),
+    st.lists(
+        st.one_of(
+            st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
+            st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
+        ),
+        max_size=10,
+    ),
+)
+def test_adds_and_removals_keep_the_table_equal_to_a_reference(
+    steps: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network | None, int]],
+    probes: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
+) -> None:
+    table: AllowedIps[int] = AllowedIps()
+    reference: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, int] = {}
+    for action, network, owner in steps:
+        if action == "add" and network is not None:
+            table.add([network], owner)
+            reference[network] = owner
+            probes = [*probes, network.network_address]
+        else:
+            table.remove_owner(owner)
+            reference = {n: o for n, o in reference.items() if o != owner}
+    for owner in range(5):
+        held = sorted((n for n, o in reference.items() if o == owner), key=str)
+        assert sorted(table.networks_of(owner), key=str) == held
+    for address in probes:
+        holding = [n for n in reference if n.version == address.version and address in n]
+        expected = reference[max(holding, key=lambda n: n.prefixlen)] if holding else None
+        assert table.owner_of(address.packed) == expected
+
+
+def test_low_ipv6_networks_stay_ipv6() -> None:
+    table: AllowedIps[str] = AllowedIps()
+    table.add(["::/0", "::1/128", "0.0.0.0/0"], "a")
+    assert sorted(map(str, table.networks_of("a"))) == ["0.0.0.0/0", "::/0", "::1/128"]
+    assert table.owner_of(ipaddress.IPv6Address("2001:db8::1").packed) == "a"
+
+
 def test_the_memoised_lookup_follows_every_change_of_the_networks() -> None:
     table: AllowedIps[str] = AllowedIps()
     inside = ipaddress.IPv4Address("10.1.2.3").packed

@@ -58,13 +58,21 @@ def packet_fields(packet: bytes) -> tuple[int, int, int, int] | None:
 
 
 class AllowedIps(Generic[T]):
-    """Networks mapped to owners, looked up by longest prefix (one owner per network)."""
+    """Networks mapped to owners, looked up by longest prefix (one owner per network).
 
-    __slots__ = ("_entries", "_memo")
+    One hash table per (IP version, prefix length) in use, keyed by the network as an
+    integer: a lookup masks the address once per length in use, longest first, so its cost
+    does not grow with the number of peers (a network of thousands of /32s and /128s is two
+    lengths), and adding a network is a dict store, not a re-sort of every entry.
+    """
+
+    __slots__ = ("_by_owner", "_lengths", "_memo")
 
     def __init__(self) -> None:
-        # (version, network as int, mask as int, prefix length, owner), longest prefix first
-        self._entries: list[tuple[int, int, int, int, T]] = []
+        # version -> [(prefix length, mask, {network as int: owner})], longest prefix first
+        self._lengths: dict[int, list[tuple[int, int, dict[int, T]]]] = {4: [], 6: []}
+        # owner -> its networks as (version, prefix length, network as int)
+        self._by_owner: dict[T, set[tuple[int, int, int]]] = {}
         # address bytes -> owner, for `owner_of`; emptied whenever the networks change
         self._memo: dict[bytes, T | None] = {}
 
@@ -72,32 +80,37 @@ class AllowedIps(Generic[T]):
         """Give `owner` these networks (taking them from whoever had them, as `wg set` does)."""
         for item in networks:
             network = ipaddress.ip_network(item, strict=False)
-            version = network.version
-            mask = int(network.netmask)
-            base = int(network.network_address)
-            self._entries = [
-                e for e in self._entries if (e[0], e[1], e[3]) != (version, base, network.prefixlen)
-            ]
-            self._entries.append((version, base, mask, network.prefixlen, owner))
-        self._entries.sort(key=lambda entry: entry[3], reverse=True)
+            key = (network.version, network.prefixlen, int(network.network_address))
+            table = self._table(network.version, network.prefixlen, int(network.netmask))
+            previous = table.get(key[2], _NOBODY)
+            if previous is not _NOBODY and previous is not owner:
+                self._by_owner[previous].discard(key)  # type: ignore[index]
+            table[key[2]] = owner
+            self._by_owner.setdefault(owner, set()).add(key)
         self._memo.clear()
 
     def remove_owner(self, owner: T) -> None:
         """Forget every network of `owner`."""
-        self._entries = [e for e in self._entries if e[4] is not owner]
+        for version, prefixlen, base in self._by_owner.pop(owner, ()):
+            for length, _, table in self._lengths[version]:
+                if length == prefixlen:
+                    del table[base]
+        for version, lengths in self._lengths.items():
+            self._lengths[version] = [entry for entry in lengths if entry[2]]
         self._memo.clear()
 
     def lookup(self, version: int, address: int) -> T | None:
         """The owner of the most specific network of that IP version holding `address`."""
-        for entry_version, base, mask, _, owner in self._entries:
-            if entry_version == version and address & mask == base:
-                return owner
+        for _, mask, table in self._lengths[version]:
+            owner = table.get(address & mask, _NOBODY)
+            if owner is not _NOBODY:
+                return owner  # type: ignore[return-value]
         return None
 
     def owner_of(self, address: bytes) -> T | None:
         """`lookup` by the address as it sits in a header (4 bytes IPv4, 16 IPv6), memoised:
-        a flow's packets ask for the same few addresses, and a scan per packet was a
-        round trip's worth of time. The memo is bounded and emptied when networks change."""
+        a flow's packets ask for the same few addresses, and even a few table probes per
+        packet are a round trip's worth of time. Bounded, and emptied when networks change."""
         memo = self._memo
         try:
             return memo[address]
@@ -113,7 +126,19 @@ class AllowedIps(Generic[T]):
     def networks_of(self, owner: T) -> list[IpNetwork]:
         """The networks `owner` holds."""
         return [
-            ipaddress.ip_network((base, prefixlen))
-            for _, base, _, prefixlen, o in self._entries
-            if o is owner
+            (ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network)((base, prefixlen))
+            for version, prefixlen, base in sorted(self._by_owner.get(owner, ()))
         ]
+
+    def _table(self, version: int, prefixlen: int, mask: int) -> dict[int, T]:
+        lengths = self._lengths[version]
+        for length, _, table in lengths:
+            if length == prefixlen:
+                return table
+        table = {}
+        lengths.append((prefixlen, mask, table))
+        lengths.sort(key=lambda entry: entry[0], reverse=True)
+        return table
+
+
+_NOBODY = object()  # a table's answer for "no such network" (an owner may be falsy)
