@@ -19,18 +19,26 @@ _v6_nets = st.builds(
     st.integers(0, 2**128 - 1),
     st.integers(0, 128),
 )
+_probes = st.lists(
+    st.one_of(
+        st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
+        st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
+    ),
+    max_size=10,
+)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _longest_match(reference: dict[Network, int], address: ipaddress._BaseAddress) -> int | None:
+    """The owner `ipaddress` says holds `address` most specifically (the reference answer)."""
+    holding = [n for n in reference if n.version == address.version and address in n]
+    return reference[max(holding, key=lambda n: n.prefixlen)] if holding else None
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.one_of(_v4_nets, _v6_nets), st.integers(0, 4)), max_size=12),
-    st.lists(
-        st.one_of(
-            st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
-            st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
-        ),
-        max_size=10,
-    ),
+    _probes,
 )
 def test_lookup_is_longest_prefix_match(
     entries: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]],
@@ -44,8 +52,7 @@ def test_lookup_is_longest_prefix_match(
     # Probe inside each network too, not only at random.
     probes = probes + [network.network_address for network, _ in entries]
     for address in probes:
-        holding = [n for n in reference if n.version == address.version and address in n]
-        expected = reference[max(holding, key=lambda n: n.prefixlen)] if holding else None
+        expected = _longest_match(reference, address)
         assert table.lookup(address.version, int(address)) == expected
         assert table.owner_of(address.packed) == expected  # and again, from the memo
         assert table.owner_of(address.packed) == expected
@@ -60,13 +67,7 @@ def test_lookup_is_longest_prefix_match(
         ),
         max_size=20,
     ),
-    st.lists(
-        st.one_of(
-            st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
-            st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
-        ),
-        max_size=10,
-    ),
+    _probes,
 )
 def test_adds_and_removals_keep_the_table_equal_to_a_reference(
     steps: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network | None, int]],
@@ -86,8 +87,7 @@ def test_adds_and_removals_keep_the_table_equal_to_a_reference(
         held = sorted((n for n, o in reference.items() if o == owner), key=str)
         assert sorted(table.networks_of(owner), key=str) == held
     for address in probes:
-        holding = [n for n in reference if n.version == address.version and address in n]
-        expected = reference[max(holding, key=lambda n: n.prefixlen)] if holding else None
+        expected = _longest_match(reference, address)
         assert table.owner_of(address.packed) == expected
 
 
