@@ -66,11 +66,13 @@ class AllowedIps(Generic[T]):
     lengths), and adding a network is a dict store, not a re-sort of every entry.
     """
 
-    __slots__ = ("_by_owner", "_lengths", "_memo")
+    __slots__ = ("_by_owner", "_memo", "_order", "_tables")
 
     def __init__(self) -> None:
-        # version -> [(prefix length, mask, {network as int: owner})], longest prefix first
-        self._lengths: dict[int, list[tuple[int, int, dict[int, T]]]] = {4: [], 6: []}
+        # (version, prefix length) -> {network as int: owner}
+        self._tables: dict[tuple[int, int], dict[int, T]] = {}
+        # version -> [(mask, table)] of the lengths in use, longest prefix first
+        self._order: dict[int, list[tuple[int, dict[int, T]]]] = {4: [], 6: []}
         # owner -> its networks as (version, prefix length, network as int)
         self._by_owner: dict[T, set[tuple[int, int, int]]] = {}
         # address bytes -> owner, for `owner_of`; emptied whenever the networks change
@@ -80,28 +82,35 @@ class AllowedIps(Generic[T]):
         """Give `owner` these networks (taking them from whoever had them, as `wg set` does)."""
         for item in networks:
             network = ipaddress.ip_network(item, strict=False)
-            key = (network.version, network.prefixlen, int(network.network_address))
-            table = self._table(network.version, network.prefixlen, int(network.netmask))
-            previous = table.get(key[2], _NOBODY)
+            version, prefixlen = network.version, network.prefixlen
+            base = int(network.network_address)
+            table = self._tables.get((version, prefixlen))
+            if table is None:
+                table = self._tables[version, prefixlen] = {}
+                self._order_lengths(version)
+            previous = table.get(base, _NOBODY)
             if previous is not _NOBODY and previous is not owner:
-                self._by_owner[previous].discard(key)  # type: ignore[index]
-            table[key[2]] = owner
-            self._by_owner.setdefault(owner, set()).add(key)
+                self._drop_from_owner(previous, (version, prefixlen, base))  # type: ignore[arg-type]
+            table[base] = owner
+            self._by_owner.setdefault(owner, set()).add((version, prefixlen, base))
         self._memo.clear()
 
     def remove_owner(self, owner: T) -> None:
         """Forget every network of `owner`."""
+        emptied: set[int] = set()
         for version, prefixlen, base in self._by_owner.pop(owner, ()):
-            for length, _, table in self._lengths[version]:
-                if length == prefixlen:
-                    del table[base]
-        for version, lengths in self._lengths.items():
-            self._lengths[version] = [entry for entry in lengths if entry[2]]
+            table = self._tables[version, prefixlen]
+            del table[base]
+            if not table:
+                del self._tables[version, prefixlen]
+                emptied.add(version)
+        for version in emptied:
+            self._order_lengths(version)
         self._memo.clear()
 
     def lookup(self, version: int, address: int) -> T | None:
         """The owner of the most specific network of that IP version holding `address`."""
-        for _, mask, table in self._lengths[version]:
+        for mask, table in self._order[version]:
             owner = table.get(address & mask, _NOBODY)
             if owner is not _NOBODY:
                 return owner  # type: ignore[return-value]
@@ -130,15 +139,20 @@ class AllowedIps(Generic[T]):
             for version, prefixlen, base in sorted(self._by_owner.get(owner, ()))
         ]
 
-    def _table(self, version: int, prefixlen: int, mask: int) -> dict[int, T]:
-        lengths = self._lengths[version]
-        for length, _, table in lengths:
-            if length == prefixlen:
-                return table
-        table = {}
-        lengths.append((prefixlen, mask, table))
-        lengths.sort(key=lambda entry: entry[0], reverse=True)
-        return table
+    def _drop_from_owner(self, owner: T, network: tuple[int, int, int]) -> None:
+        held = self._by_owner[owner]
+        held.discard(network)
+        if not held:
+            del self._by_owner[owner]
+
+    def _order_lengths(self, version: int) -> None:
+        """The lookup order of `version`'s tables: longest prefix first."""
+        bits = 32 if version == 4 else 128
+        self._order[version] = [
+            (((1 << length) - 1) << (bits - length), table)
+            for (v, length), table in sorted(self._tables.items(), reverse=True)
+            if v == version
+        ]
 
 
 _NOBODY = object()  # a table's answer for "no such network" (an owner may be falsy)
