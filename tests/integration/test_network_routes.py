@@ -3,7 +3,7 @@
     A (dev-a)  ─┐                                     ┌─ L: a LAN host 10.91.0.2, no Umbranet
     B (dev-b)  ─┼── bridge in R (controller .254) ── GW (dev-gw) ─┤
                 │   devices at 198.18.91.1, .2, .10               └─ I: "internet" 203.0.113.1,
-                                                                       2001:db8:91::1
+                │   relay router at .253                                2001:db8:91::1
 
 GW runs ``umbra up --tun --advertise-routes 10.91.0.0/24 --advertise-exit-node``: the admin
 approves the subnet with ``umbra route approve``, the exit node is approved by the policy's
@@ -16,7 +16,8 @@ Checked: A reaches the LAN host (ping, TCP) through GW and the LAN host sees GW'
 (masquerade); a LAN port not granted is dropped at GW and counted; B has no peer, no route
 and no way in; A's traffic to the internet leaves through GW (I sees GW's addresses, IPv4
 and IPv6) while A's WireGuard datagrams take the underlay (the firewall mark), so nothing
-loops; ping6 and TCP over the overlay's IPv6; a policy change stops A's live TCP flow into
+loops, also when A's only path to GW is the relay of a router (at an address of its own)
+whose link carries the mark too; ping6 and TCP over the overlay's IPv6; a policy change stops A's live TCP flow into
 the LAN (time printed); after SIGKILL + ``umbra down`` (GW, A) and ``umbra down`` (B),
 links, addresses, routes, rules, nftables, forwarding switches and resolv.conf are as before.
 """
@@ -45,6 +46,10 @@ from umbranet.agent import LocalApiClient
 
 CORE = "198.18.91.254"
 CONTROLLER = f"{CORE}:8443"
+# The relay router on an address of its own: the controller's is kept out of the exit route
+# by a rule, a router's only by the mark on the agent's link to it.
+ROUTER_ADDRESS = "198.18.91.253"
+ROUTER = f"{ROUTER_ADDRESS}:7443"
 DEVICES = {"a": "198.18.91.1", "b": "198.18.91.2", "gw": "198.18.91.10"}
 LAN_HOST, LAN_GW, LAN = "10.91.0.2", "10.91.0.1", "10.91.0.0/24"
 NET_HOST, NET_GW = "203.0.113.1", "203.0.113.254"
@@ -187,6 +192,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         net.ns["core"] = r
         sh(["ip", "-n", r, "link", "add", "br0", "type", "bridge"])
         sh(["ip", "-n", r, "addr", "add", f"{CORE}/24", "dev", "br0"])
+        sh(["ip", "-n", r, "addr", "add", f"{ROUTER_ADDRESS}/24", "dev", "br0"])
         sh(["ip", "-n", r, "link", "set", "br0", "up"])
         for index, (device, address) in enumerate(DEVICES.items()):
             ns = lab.namespace(device.upper())
@@ -222,6 +228,12 @@ def _start_controller(net: Net) -> None:
     lab.spawn(r, "controller", argv)
     wait_for("the controller", lambda: lab.umbra(r, "--home", net.home, "--json", "service",
                                                  "list").returncode == 0, 60)  # fmt: skip
+    token = json.loads(net.admin("--json", "router", "create", "relay1"))["enrollment_token"]
+    router_file = str(net.root / "relay1.json")
+    done = lab.umbra(r, "router", "enroll", token, "-o", router_file)
+    assert done.returncode == 0, done.stderr
+    lab.spawn(r, "router", [sys.executable, "-m", "umbranet.cli.main", "router", "run",
+                            "-i", router_file, "--listen", ROUTER])  # fmt: skip
     for device in DEVICES:
         token = str(net.root / f"dev-{device}.token")
         attrs = ["--attr", "router"] if device == "gw" else []
@@ -249,6 +261,24 @@ def _tcp(net: Net, device: str, address: str, port: int) -> str | None:
         input=b"", capture_output=True, timeout=30, check=False,
     )  # fmt: skip
     return done.stdout.decode() if done.returncode == 0 else None
+
+
+def _path(net: Net, device: str) -> str | None:
+    peers = net.tun(device)["peers"]
+    return str(peers[0]["path"]) if peers else None
+
+
+def _block_udp(net: Net, device: str, other: str) -> None:
+    """`device` drops every UDP datagram to and from `other`: the direct path is dead."""
+    rules = (
+        "add table inet umbratest\n"
+        "add chain inet umbratest out { type filter hook output priority 0; }\n"
+        "add chain inet umbratest in { type filter hook input priority 0; }\n"
+        f"add rule inet umbratest out ip daddr {other} meta l4proto udp drop\n"
+        f"add rule inet umbratest in ip saddr {other} meta l4proto udp drop\n"
+    )
+    subprocess.run(net.lab.argv(net.ns[device], ["nft", "-f", "-"]), input=rules.encode(),
+                   check=True, timeout=30)  # fmt: skip
 
 
 def _listen(net: Net, where: str, port: int, reply: str, *, v6: bool = False) -> Any:
@@ -317,6 +347,18 @@ def test_subnet_router_exit_node_network_rules_and_ipv6_and_down_leaves_no_trace
         assert "umbra0" in net.run("a", "ip", "route", "get", NET_HOST)
         controller_path = net.run("a", "ip", "route", "get", CORE)
         assert "umbra0" not in controller_path, controller_path
+
+        # The internet again with A's path to GW forced through the router relay: the relay
+        # link is an underlay connection the exit route would take (the router's address is
+        # inside it) and for which it would carry itself; the link's mark keeps it out.
+        assert "umbra0" in net.run("a", "ip", "route", "get", ROUTER_ADDRESS)
+        _block_udp(net, "a", DEVICES["gw"])
+        try:
+            wait_for("A's path to GW to be the relay", lambda: _path(net, "a") == "relay", 60)
+            assert _ping(net, "a", NET_HOST)
+            assert _tcp(net, "a", NET_HOST, 8081) == f"from {NET_GW}\n"
+        finally:
+            net.run("a", "nft", "delete", "table", "inet", "umbratest")
 
         # IPv6 over the overlay: ping6 and TCP to GW's own address.
         v6_listener = _listen(net, "gw", 9000, "echo v6-ok", v6=True)

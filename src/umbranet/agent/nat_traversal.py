@@ -64,8 +64,10 @@ class NatTraversal:
         regather: float = REGATHER_SECONDS,
         skip_interfaces: Collection[str] = (),
         follow_up: tuple[float, ...] = FOLLOW_UP_DELAYS,
+        mark: int | None = None,
     ) -> None:
         self._sock = sock
+        self._mark = mark  # on a TURN server's TCP/TLS link: an exit node's route skips it
         self._skip = tuple(skip_interfaces)
         self._private = private_key
         self._clock = clock
@@ -257,7 +259,7 @@ class NatTraversal:
         context = ssl.create_default_context() if parsed.transport == "tls" else None
         try:
             self._bridge = await TurnBridge.open(
-                parsed.address, ssl_context=context, server_hostname=parsed.host
+                parsed.address, ssl_context=context, server_hostname=parsed.host, mark=self._mark
             )
         except OSError as exc:
             self._bridge = None

@@ -173,6 +173,12 @@ class TunMode:
         assert self.sock is not None, "prepare() first"
         return int(self.sock.getsockname()[1])
 
+    @property
+    def _exit_mark(self) -> int | None:
+        """The mark on every socket of ours to the underlay (the tunnel's UDP, the relay and
+        TURN links) when an exit node routes everything else through the tunnel."""
+        return self.settings.fwmark if self.settings.exit_node is not None else None
+
     async def prepare(self) -> None:
         """Check we may, undo a crashed run's leftovers, bind the WireGuard UDP port."""
         require_root()
@@ -184,9 +190,9 @@ class TunMode:
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise ConfigError("tun_port_in_use", f"cannot bind UDP {where}: {exc}") from None
         enlarge_buffers(sock)
-        if self.settings.exit_node is not None:
+        if self._exit_mark is not None:
             # The tunnel's own datagrams carry the mark, so the exit route never takes them.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.settings.fwmark)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self._exit_mark)
         sock.setblocking(False)
         self.sock = sock
 
@@ -357,7 +363,10 @@ class TunMode:
             self.flows.set_served(settings.advertise_routes)
             assert self.sock is not None
             self.nat = NatTraversal(
-                self.sock, self._identity.noise_private_key, skip_interfaces=[self.tun.name]
+                self.sock,
+                self._identity.noise_private_key,
+                skip_interfaces=[self.tun.name],
+                mark=self._exit_mark,
             )
             # the driver runs the device with STUN and probes merged in (same UDP port)
             machine = cast(Device, self.nat.wrap(self.device, paths=self._path_set))
@@ -429,7 +438,7 @@ class TunMode:
         if not routers or self.driver is None:
             return
         driver = self.driver
-        link = RelayLink(self._identity, routers[0], driver.handle_relayed)
+        link = RelayLink(self._identity, routers[0], driver.handle_relayed, mark=self._exit_mark)
         try:
             await link.connect(timeout=5.0)
         except (OSError, ConnectionError, TimeoutError) as exc:

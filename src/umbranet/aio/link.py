@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import Protocol, cast
 
+from umbranet.aio.marked import create_connection
 from umbranet.aio.tls import link_client_context
 from umbranet.pki import IdentityFile
 from umbranet.wire import ErrorCode, Frame, FrameDecoder, FrameType, WireError
@@ -159,21 +160,22 @@ async def open_router_link(
     identity: IdentityFile,
     ready: asyncio.Future[None],
     timeout: float,
+    *,
+    mark: int | None = None,
 ) -> None:
     """Open mutual TLS to the router at ``host:port`` as `identity` and wait until `owner`
-    resolves `ready` (its HELLO exchange): the one way endpoints dial a router link. Errors
-    are the caller's to map (the SDK turns them into `DialError`, the relay link re-raises)."""
+    resolves `ready` (its HELLO exchange): the one way endpoints dial a router link. `mark`:
+    a firewall mark for every packet of the link (`aio/marked.py`). Errors are the caller's
+    to map (the SDK turns them into `DialError`, the relay link re-raises)."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
-    loop = asyncio.get_running_loop()
-    await asyncio.wait_for(
-        loop.create_connection(
-            lambda: Link(owner),
-            host,
-            int(port),
-            ssl=link_client_context(identity),
-            server_hostname=host,
-        ),
-        timeout,
+    connecting = create_connection(
+        lambda: Link(owner),
+        host,
+        int(port),
+        ssl=link_client_context(identity),
+        server_hostname=host,
+        mark=mark,
     )
+    await asyncio.wait_for(connecting, timeout)
     await asyncio.wait_for(asyncio.shield(ready), timeout)

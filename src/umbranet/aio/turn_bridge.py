@@ -24,6 +24,7 @@ import ssl
 from collections import Counter
 from typing import cast
 
+from umbranet.aio.marked import create_connection
 from umbranet.proto.turn_stream import StreamDeframer, pad_channel_data
 
 __all__ = ["TurnBridge"]
@@ -54,19 +55,22 @@ class TurnBridge(asyncio.DatagramProtocol):
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         timeout: float = 10.0,
+        mark: int | None = None,
     ) -> TurnBridge:
         """Connect to `server` (TLS with `ssl_context`) and bind the loopback socket; raises
-        `OSError` when the server cannot be reached (counted as `refused_connect_failed`)."""
+        `OSError` when the server cannot be reached (counted as `refused_connect_failed`).
+        `mark`: a firewall mark for the connection's packets (`aio/marked.py`)."""
         bridge = cls()
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
-                loop.create_connection(
+                create_connection(
                     lambda: _StreamSide(bridge),
                     server[0],
                     server[1],
                     ssl=ssl_context,
                     server_hostname=server_hostname if ssl_context is not None else None,
+                    mark=mark,
                 ),
                 timeout,
             )

@@ -50,8 +50,10 @@ class RelayLink:
         *,
         clock: Clock = system_clock,
         timers: LinkTimers | None = None,
+        mark: int | None = None,
     ) -> None:
         self.identity = identity
+        self.mark = mark  # on the link's socket: an exit node's route never takes it
         self.address = address
         self._on_datagrams = on_datagrams
         self._clock = clock
@@ -69,7 +71,9 @@ class RelayLink:
     async def connect(self, timeout: float = 10.0) -> None:
         self._ready = asyncio.get_running_loop().create_future()
         try:
-            await open_router_link(self, self.address, self.identity, self._ready, timeout)
+            await open_router_link(
+                self, self.address, self.identity, self._ready, timeout, mark=self.mark
+            )
         except BaseException:
             self.close()
             raise
