@@ -264,6 +264,9 @@ def write_markdown(report: Report, out: Path) -> None:
         lines += _ratio_table(med, mesh, "umbranet-async")
     if ours and "nebula" in med:
         lines += ["## Targets (from the issue)", "", *_targets(med, ours), ""]
+    l3 = [p for p in ours if p.startswith("umbranet-l3")]
+    if l3 and ("wireguard" in med or "nebula" in med):
+        lines += ["## Network mode targets (issue 13)", "", *_network_targets(med, l3), ""]
     if report.scale:
         lines += scale_markdown(report.scale)
     lines += controller_markdown()
@@ -436,6 +439,31 @@ def _targets(med: dict[str, dict[str, float]], ours: list[str]) -> list[str]:
             False,
         ),
     ]
+    return _goal_table(med, ours, goals)
+
+
+def _network_targets(med: dict[str, dict[str, float]], l3: list[str]) -> list[str]:
+    """Network mode's goals (issue 13): twice the userspace WireGuard peers' throughput,
+    round trips no slower than theirs."""
+    goals: list[tuple[str, str, float | None, bool]] = []
+    for peer, name in (("wireguard", "wireguard-go"), ("nebula", "nebula")):
+        theirs = med.get(peer)
+        if theirs is None:
+            continue
+        for key, what in (("tput1_gbps", "1 stream"), ("tput4_gbps", "4 streams")):
+            bound = theirs.get(key)
+            goals.append((f"{what} >= 2x {name}", key, None if bound is None else 2 * bound, True))
+        for key, where in (("rr_pin_p50", "1 CPU"), ("rr_def_p50", "default")):
+            goals.append((f"64 B RR p50 <= {name} ({where})", key, theirs.get(key), False))
+    return _goal_table(med, l3, goals)
+
+
+def _goal_table(
+    med: dict[str, dict[str, float]],
+    ours: list[str],
+    goals: list[tuple[str, str, float | None, bool]],
+) -> list[str]:
+    """A row per goal: the bound, then each path's median and whether it meets the bound."""
     rows = []
     for label, key, bound, higher in goals:
         metric = _metric(key)
