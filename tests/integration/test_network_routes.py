@@ -16,10 +16,12 @@ Checked: A reaches the LAN host (ping, TCP) through GW and the LAN host sees GW'
 (masquerade); a LAN port not granted is dropped at GW and counted; B has no peer, no route
 and no way in; A's traffic to the internet leaves through GW (I sees GW's addresses, IPv4
 and IPv6) while A's WireGuard datagrams take the underlay (the firewall mark), so nothing
-loops, also when A's only path to GW is the relay of a router (at an address of its own)
-whose link carries the mark too; ping6 and TCP over the overlay's IPv6; a policy change stops A's live TCP flow into
-the LAN (time printed); after SIGKILL + ``umbra down`` (GW, A) and ``umbra down`` (B),
-links, addresses, routes, rules, nftables, forwarding switches and resolv.conf are as before.
+loops; ping6 and TCP over the overlay's IPv6; a policy change stops A's live TCP flow into
+the LAN (time printed); A's links to a router (at an address of its own, inside the exit
+route) carry the mark too: its link for services comes up, and with UDP between A and GW
+dropped A reaches the internet through GW over the router's relay; after SIGKILL +
+``umbra down`` (GW, A) and ``umbra down`` (B), links, addresses, routes, rules, nftables,
+forwarding switches and resolv.conf are as before.
 """
 
 from __future__ import annotations
@@ -268,6 +270,13 @@ def _path(net: Net, device: str) -> str | None:
     return str(peers[0]["path"]) if peers else None
 
 
+def _router_link(net: Net, device: str) -> str | None:
+    """The state of the device's link to the router, as `umbra status` shows it."""
+    status = LocalApiClient(net.state_dir(device) / "agent.sock").get("/v1/status")
+    links = [r["link"] for r in status["routers"] if r["address"] == ROUTER]
+    return str(links[0]) if links else None
+
+
 def _block_udp(net: Net, device: str, other: str) -> None:
     """`device` drops every UDP datagram to and from `other`: the direct path is dead."""
     rules = (
@@ -348,18 +357,6 @@ def test_subnet_router_exit_node_network_rules_and_ipv6_and_down_leaves_no_trace
         controller_path = net.run("a", "ip", "route", "get", CORE)
         assert "umbra0" not in controller_path, controller_path
 
-        # The internet again with A's path to GW forced through the router relay: the relay
-        # link is an underlay connection the exit route would take (the router's address is
-        # inside it) and for which it would carry itself; the link's mark keeps it out.
-        assert "umbra0" in net.run("a", "ip", "route", "get", ROUTER_ADDRESS)
-        _block_udp(net, "a", DEVICES["gw"])
-        try:
-            wait_for("A's path to GW to be the relay", lambda: _path(net, "a") == "relay", 60)
-            assert _ping(net, "a", NET_HOST)
-            assert _tcp(net, "a", NET_HOST, 8081) == f"from {NET_GW}\n"
-        finally:
-            net.run("a", "nft", "delete", "table", "inet", "umbratest")
-
         # IPv6 over the overlay: ping6 and TCP to GW's own address.
         v6_listener = _listen(net, "gw", 9000, "echo v6-ok", v6=True)
         listeners.append(v6_listener)
@@ -385,6 +382,21 @@ def test_subnet_router_exit_node_network_rules_and_ipv6_and_down_leaves_no_trace
         )
         assert net.tun("gw")["filter"]["drops"].get("route_no_grant", 0) >= 2
         net.lab.stop(live)
+
+        # A's links to the router: the exit route covers the router's address, and what it
+        # took would reach GW as traffic no rule grants. Their mark keeps them out: the link
+        # for services is up, and with A's path to GW forced through the router relay (a
+        # link that would otherwise carry itself) the internet is still reached.
+        assert "umbra0" in net.run("a", "ip", "route", "get", ROUTER_ADDRESS)
+        wait_for("A's link to the router", lambda: _router_link(net, "a") == "up", 30)
+        _block_udp(net, "a", DEVICES["gw"])
+        try:
+            wait_for("A's path to GW to be the relay", lambda: _path(net, "a") == "relay", 60)
+            wait_for("A to ping the internet over the relay", lambda: _ping(net, "a", NET_HOST))
+            assert _tcp(net, "a", NET_HOST, 8081) == f"from {NET_GW}\n"
+            assert _path(net, "a") == "relay"
+        finally:
+            net.run("a", "nft", "delete", "table", "inet", "umbratest")
 
         # Crashes: GW and A are killed; `umbra down` undoes what their plans recorded.
         for device in ("gw", "a"):

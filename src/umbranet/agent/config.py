@@ -128,13 +128,20 @@ class TunSettings:
     advertise_exit_node: bool = False
     exit_node: str | None = None
     exit_node_allow_lan: bool = False
-    fwmark: int = 0x756D  # on the WireGuard socket: its datagrams skip the exit route
+    fwmark: int = 0x756D  # on our underlay sockets with an exit node (`underlay_mark`)
     route_table: int = 7567
     rule_priority: int = 7560
     # How soon a silent direct path falls back to the relay, and how eagerly an unproven one
     # is re-probed (`umbranet.proto.paths`); lower values trade probe traffic for recovery.
     path_deadline: float = 15.0
     path_probe_interval: float = 5.0
+
+    @property
+    def underlay_mark(self) -> int | None:
+        """The firewall mark on every socket the agent opens to the underlay (the WireGuard
+        UDP socket, router links for services and for the relay, a TURN server's link) when
+        an exit node routes every unmarked packet into the tunnel; None without one."""
+        return self.fwmark if self.exit_node is not None else None
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -95,6 +95,9 @@ class Agent:
         try:
             _write_pidfile(config)
             self.context = self._given_context or Context.from_file(config.identity)
+            if config.tun is not None:
+                # Before any router link opens: with an exit node they keep out of the tunnel.
+                self.context.link_mark = config.tun.underlay_mark
             await self.context.__aenter__()
             # Links to the best few routers by RTT, not to every one (`routerlinks.py`).
             self.router_links = RouterLinks(self.context, self.counters)

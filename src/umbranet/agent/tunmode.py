@@ -173,12 +173,6 @@ class TunMode:
         assert self.sock is not None, "prepare() first"
         return int(self.sock.getsockname()[1])
 
-    @property
-    def _exit_mark(self) -> int | None:
-        """The mark on every socket of ours to the underlay (the tunnel's UDP, the relay and
-        TURN links) when an exit node routes everything else through the tunnel."""
-        return self.settings.fwmark if self.settings.exit_node is not None else None
-
     async def prepare(self) -> None:
         """Check we may, undo a crashed run's leftovers, bind the WireGuard UDP port."""
         require_root()
@@ -190,9 +184,10 @@ class TunMode:
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise ConfigError("tun_port_in_use", f"cannot bind UDP {where}: {exc}") from None
         enlarge_buffers(sock)
-        if self._exit_mark is not None:
+        mark = self.settings.underlay_mark
+        if mark is not None:
             # The tunnel's own datagrams carry the mark, so the exit route never takes them.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self._exit_mark)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         sock.setblocking(False)
         self.sock = sock
 
@@ -366,7 +361,7 @@ class TunMode:
                 self.sock,
                 self._identity.noise_private_key,
                 skip_interfaces=[self.tun.name],
-                mark=self._exit_mark,
+                mark=self.settings.underlay_mark,
             )
             # the driver runs the device with STUN and probes merged in (same UDP port)
             machine = cast(Device, self.nat.wrap(self.device, paths=self._path_set))
@@ -438,7 +433,8 @@ class TunMode:
         if not routers or self.driver is None:
             return
         driver = self.driver
-        link = RelayLink(self._identity, routers[0], driver.handle_relayed, mark=self._exit_mark)
+        mark = self.settings.underlay_mark
+        link = RelayLink(self._identity, routers[0], driver.handle_relayed, mark=mark)
         try:
             await link.connect(timeout=5.0)
         except (OSError, ConnectionError, TimeoutError) as exc:

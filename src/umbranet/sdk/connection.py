@@ -65,8 +65,10 @@ class RouterConnection:
         timers: LinkTimers | None = None,
         *,
         mover: SessionMover | None = None,
+        mark: int | None = None,
     ) -> None:
         self.identity = identity
+        self.mark = mark  # firewall mark on the link's packets (`aio/marked.py`)
         self._mover = mover
         self.address = address
         self.name = address
@@ -92,7 +94,9 @@ class RouterConnection:
         """Open TLS to the router, verify it is a router, exchange HELLO."""
         self._hello = asyncio.get_running_loop().create_future()
         try:
-            await open_router_link(self, self.address, self.identity, self._hello, timeout)
+            await open_router_link(
+                self, self.address, self.identity, self._hello, timeout, mark=self.mark
+            )
         except (OSError, TimeoutError) as exc:
             self.close()
             raise DialError("router_unreachable", f"router {self.address}: {exc!r}") from exc

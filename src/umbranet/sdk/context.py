@@ -100,6 +100,8 @@ class Context:
         # Later dials to a service open inside the session of an earlier one (0-RTT).
         self._session_streams = session_streams
         self.link_timers = link_timers  # keepalive: how soon a silent router is given up
+        # A firewall mark on every router link's packets (the agent's, with an exit node).
+        self.link_mark: int | None = None
         self._identity_path = identity_path
         self._state_path = state_path
         self._control_factory = control or default_control
@@ -407,7 +409,13 @@ class Context:
 
     async def _connect(self, address: str) -> RouterConnection:
         connection = RouterConnection(
-            self.identity, address, self.clock, self._lost, self.link_timers, mover=self._mover
+            self.identity,
+            address,
+            self.clock,
+            self._lost,
+            self.link_timers,
+            mover=self._mover,
+            mark=self.link_mark,
         )
         started = asyncio.get_running_loop().time()
         await connection.connect()
