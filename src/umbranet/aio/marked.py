@@ -1,10 +1,11 @@
 """TCP connections whose packets carry a firewall mark.
 
 A device using an exit node routes every unmarked packet into its tunnel (`agent/tunplan.py`,
-`route_through_exit`). The agent's own links to the underlay must not take that route: a link
-to the router that relays the tunnel's datagrams would otherwise carry itself, and the tunnel
-would stop the moment it needed the relay. Marking the socket before it connects keeps every
-packet of the connection, the handshake included, on the main routing table.
+`route_through_exit`). The agent's own links to the underlay must not take that route: a
+router link would reach the exit node as traffic no rule grants and be dropped there, and the
+link to the router that relays the tunnel's datagrams would have to carry itself. Marking the
+socket before it connects keeps every packet of the connection, the handshake included, on the
+main routing table.
 """
 
 from __future__ import annotations
