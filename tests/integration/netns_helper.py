@@ -105,6 +105,22 @@ class Lab:
     def run(self, ns: str, argv: Sequence[str], check: bool = True, timeout: float = 60) -> str:
         return sh(self.argv(ns, argv), check, timeout)
 
+    def block_udp(self, ns: str, other: str) -> None:
+        """`ns` drops every UDP datagram to and from the IPv4 address `other` (a direct
+        path killed), in an nftables table of its own; `unblock_udp` deletes it."""
+        rules = (
+            "add table inet umbratest\n"
+            "add chain inet umbratest out { type filter hook output priority 0; }\n"
+            "add chain inet umbratest in { type filter hook input priority 0; }\n"
+            f"add rule inet umbratest out ip daddr {other} meta l4proto udp drop\n"
+            f"add rule inet umbratest in ip saddr {other} meta l4proto udp drop\n"
+        )
+        subprocess.run(self.argv(ns, ["nft", "-f", "-"]), input=rules.encode(), check=True,
+                       timeout=30)  # fmt: skip
+
+    def unblock_udp(self, ns: str) -> None:
+        self.run(ns, ["nft", "delete", "table", "inet", "umbratest"], timeout=30)
+
     def iperf3(self, ns: str, argv: Sequence[str], attempts: int = 20) -> dict[str, Any]:
         """`end.sum_received` of an iperf3 client run (`argv` with -J) in `ns`.
 

@@ -140,20 +140,6 @@ def _iperf(net: Net, server_addr: str) -> float | None:
         net.lab.stop(server)
 
 
-def _block_direct(net: Net) -> None:
-    """A drops every UDP datagram to and from B's underlay address: direct is dead."""
-    b = DEVICES["b"]
-    rules = (
-        "add table inet umbratest\n"
-        "add chain inet umbratest out { type filter hook output priority 0; }\n"
-        "add chain inet umbratest in { type filter hook input priority 0; }\n"
-        f"add rule inet umbratest out ip daddr {b} meta l4proto udp drop\n"
-        f"add rule inet umbratest in ip saddr {b} meta l4proto udp drop\n"
-    )
-    subprocess.run(net.lab.argv(net.ns["a"], ["nft", "-f", "-"]), input=rules.encode(),
-                   check=True, timeout=30)  # fmt: skip
-
-
 def test_direct_then_forced_through_the_router_relay_and_policy_gates_the_relay(
     net: Net,
 ) -> None:
@@ -186,7 +172,7 @@ def test_direct_then_forced_through_the_router_relay_and_policy_gates_the_relay(
 
         # Forced through the relay: A drops all UDP with B. Pings keep the flow busy so
         # the silence is noticed; both sides fall back within the keepalive deadline.
-        _block_direct(net)
+        net.lab.block_udp(net.ns["a"], DEVICES["b"])
         started = time.monotonic()
 
         def fell_back() -> bool:
@@ -237,6 +223,6 @@ def test_direct_then_forced_through_the_router_relay_and_policy_gates_the_relay(
                 net.umbra(device, "down", "--state-dir", str(net.state_dir(device)))
         net.agents.clear()
         with contextlib.suppress(Exception):
-            net.run("a", "nft", "delete", "table", "inet", "umbratest")
+            net.lab.unblock_udp(net.ns["a"])
     for device in DEVICES:
         assert net.snapshot(device) == before[device], device

@@ -277,19 +277,6 @@ def _router_link(net: Net, device: str) -> str | None:
     return str(links[0]) if links else None
 
 
-def _block_udp(net: Net, device: str, other: str) -> None:
-    """`device` drops every UDP datagram to and from `other`: the direct path is dead."""
-    rules = (
-        "add table inet umbratest\n"
-        "add chain inet umbratest out { type filter hook output priority 0; }\n"
-        "add chain inet umbratest in { type filter hook input priority 0; }\n"
-        f"add rule inet umbratest out ip daddr {other} meta l4proto udp drop\n"
-        f"add rule inet umbratest in ip saddr {other} meta l4proto udp drop\n"
-    )
-    subprocess.run(net.lab.argv(net.ns[device], ["nft", "-f", "-"]), input=rules.encode(),
-                   check=True, timeout=30)  # fmt: skip
-
-
 def _listen(net: Net, where: str, port: int, reply: str, *, v6: bool = False) -> Any:
     kind = "TCP6-LISTEN" if v6 else "TCP-LISTEN"
     return net.lab.spawn(net.ns[where], f"listen-{where}-{port}",
@@ -389,14 +376,14 @@ def test_subnet_router_exit_node_network_rules_and_ipv6_and_down_leaves_no_trace
         # link that would otherwise carry itself) the internet is still reached.
         assert "umbra0" in net.run("a", "ip", "route", "get", ROUTER_ADDRESS)
         wait_for("A's link to the router", lambda: _router_link(net, "a") == "up", 30)
-        _block_udp(net, "a", DEVICES["gw"])
+        net.lab.block_udp(net.ns["a"], DEVICES["gw"])
         try:
             wait_for("A's path to GW to be the relay", lambda: _path(net, "a") == "relay", 60)
             wait_for("A to ping the internet over the relay", lambda: _ping(net, "a", NET_HOST))
             assert _tcp(net, "a", NET_HOST, 8081) == f"from {NET_GW}\n"
             assert _path(net, "a") == "relay"
         finally:
-            net.run("a", "nft", "delete", "table", "inet", "umbratest")
+            net.lab.unblock_udp(net.ns["a"])
 
         # Crashes: GW and A are killed; `umbra down` undoes what their plans recorded.
         for device in ("gw", "a"):
