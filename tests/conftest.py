@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import subprocess
 import sys
@@ -48,16 +49,50 @@ async def running_router(network: LocalNetwork, name: str = "r1") -> AsyncIterat
             network.routers.remove(router.address)
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands to outgoing connections (`ip_local_port_range`)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_FLOOR = _ephemeral_floor()
+_FREE_PORTS = range(max(1024, _EPHEMERAL_FLOOR - 12000), _EPHEMERAL_FLOOR)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a server started later.
+
+    Drawn from below the kernel's ephemeral range: a port that `bind(("", 0))` picks is one
+    the kernel may give next to some process's outgoing connection (an agent's router
+    link, say), which then holds it for as long as it lives and the server meant for it
+    cannot bind. Ports handed out once in this process are not handed out again.
+    """
+    for _ in range(1000):
+        port = random.choice(_FREE_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free port in {_FREE_PORTS}")
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll `check` until it returns something truthy (a deadline, not a timing assertion)."""
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 30.0,
+    explain: Callable[[], str] | None = None,
+) -> Any:
+    """Poll `check` until it returns something truthy (a deadline, not a timing assertion).
+
+    `explain` adds to the failure what would say why (a process's log, say)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -66,7 +101,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
             if last:
                 return last
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    detail = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}{detail}")
 
 
 def context(network: LocalNetwork, name: str, *attributes: str) -> Context:

@@ -15,7 +15,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port
 
 __all__ = ["PgCluster", "db_url", "pg_cluster", "pg_url"]
 
@@ -66,13 +67,6 @@ class PgCluster:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _find_bin() -> Path | None:
     for directory in _BIN_DIRS:
         if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
@@ -104,7 +98,7 @@ def start_cluster() -> tuple[PgCluster | None, str, Path | None]:
         entry = pwd.getpwnam(user)
         os.chown(tmp, entry.pw_uid, entry.pw_gid)
     data = tmp / "data"
-    cluster = PgCluster(_free_port(), data, bin_dir, user)
+    cluster = PgCluster(free_port(), data, bin_dir, user)
     init = cluster.run(
         str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
         check=False,

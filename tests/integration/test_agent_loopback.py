@@ -150,6 +150,7 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
         wait_for(
             "the client agent's listeners",
             lambda: len([d for d in agents.status(client_dir)["dial"] if d["listen"]]) == 5,
+            explain=lambda: _log_tail(net.logs / f"agent-{client_dir.name}.log"),
         )
         yield agents
     finally:
@@ -165,6 +166,14 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
         echo_server.close()
         whoami_server.close()
         net.stop()
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    with contextlib.suppress(OSError):
+        return f"--- {path.name}, last {lines} lines ---\n" + "\n".join(
+            path.read_text(errors="replace").splitlines()[-lines:]
+        )
+    return f"--- {path.name}: no log ---"
 
 
 async def _create_services(net: Quickstart, addresses: dict[str, str | None]) -> None:

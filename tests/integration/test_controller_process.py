@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from umbranet.client.controller import ControllerClient, ControllerError
 from umbranet.pki import IdentityFile, TrustBundle
 
@@ -49,13 +50,6 @@ class Controller:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _wait_until_serving(controller: Controller) -> None:
     """Poll the public bundle route until the process answers (or dies)."""
     deadline = time.monotonic() + 30
@@ -73,7 +67,7 @@ def _wait_until_serving(controller: Controller) -> None:
 @pytest.fixture
 def controller(tmp_path: Path) -> Iterator[Controller]:
     home = tmp_path / "home"
-    port = _free_port()
+    port = free_port()
     init = subprocess.run(
         [
             sys.executable,

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from umbranet.aio.turn_stream import TurnStream, parse_turn_url
 from umbranet.clock import Instant
 from umbranet.controller.service.nat import turn_password
@@ -51,12 +51,6 @@ REALM = "umbra.test"
 pytestmark = pytest.mark.skipif(
     shutil.which("turnserver") is None, reason="coturn is not installed (Debian package coturn)"
 )
-
-
-def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -97,7 +91,7 @@ class Coturn:
 
 @pytest.fixture
 def coturn(tmp_path: Path) -> Iterator[Coturn]:
-    tcp, tls = _free_tcp_port(), _free_tcp_port()
+    tcp, tls = free_port(), free_port()
     cert, key = _self_signed(tmp_path)
     low = 40000 + random.randrange(0, 20000)
     proc = subprocess.Popen(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import context, running_router
+from tests.conftest import context, free_port, running_router
 from umbranet.agent.config import derived_port
 from umbranet.agent.host import Hoster
 from umbranet.agent.intercept import Interceptor, PortBook
@@ -74,13 +74,6 @@ async def _bound(hoster: Hoster, service: str) -> None:
     await eventually(bound, within=60.0, interval=0.02)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_bytes_flow_end_to_end_and_whois_names_both_ends(
     network: LocalNetwork, tmp_path: Path
 ) -> None:
@@ -134,7 +127,7 @@ def test_refusing_host_address_and_failed_dial_reset_the_client(
             writer.close()
             assert agents.client_counters.get("dial_failed.no_terminator") == 1
 
-            agents.hoster.ensure("echo", f"tcp://127.0.0.1:{_free_port()}")
+            agents.hoster.ensure("echo", f"tcp://127.0.0.1:{free_port()}")
             await asyncio.wait_for(_bound(agents.hoster, "echo"), 10)
             reader, writer = await asyncio.open_connection("127.0.0.1", entry.port)
             writer.write(b"anyone?")
@@ -162,27 +155,37 @@ def test_ports_prefer_override_then_record_then_intercept_then_derived(tmp_path:
     assert reloaded.candidates("web", [80])[:2] == [(18080, "recorded"), (80, "intercept")]
 
 
-def test_a_taken_port_falls_through_but_a_taken_override_is_reported(
+def test_a_taken_port_falls_through_but_a_taken_override_is_reported_then_bound_when_freed(
     network: LocalNetwork, tmp_path: Path
 ) -> None:
     async def main() -> None:
-        with socket.socket() as squatter:
-            squatter.bind(("127.0.0.1", 0))
-            squatter.listen()
-            taken = squatter.getsockname()[1]
-            async with _agents(network, tmp_path) as agents:
-                entry = await agents.interceptor.ensure("echo", [taken])
-                assert entry.source == "derived" and entry.port != taken
-                interceptor = Interceptor(
-                    agents.client,
-                    PortBook(tmp_path / "other.json", {"echo": taken}),
-                    WhoisTable(),
-                    Counters(),
-                )
-                failed = await interceptor.ensure("echo")
-                assert failed.server is None
-                assert failed.error is not None and str(taken) in failed.error
-                assert interceptor.snapshot()[0]["listen"] is None
-                await interceptor.close()
+        squatter = socket.socket()
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        async with _agents(network, tmp_path) as agents:
+            entry = await agents.interceptor.ensure("echo", [taken])
+            assert entry.source == "derived" and entry.port != taken
+            counters = Counters()
+            interceptor = Interceptor(
+                agents.client,
+                PortBook(tmp_path / "other.json", {"echo": taken}),
+                WhoisTable(),
+                counters,
+            )
+            failed = await interceptor.ensure("echo")
+            assert failed.server is None
+            assert failed.error is not None and str(taken) in failed.error
+            assert interceptor.snapshot()[0]["listen"] is None
+            await interceptor.retry_unbound()
+            assert failed.server is None
+            assert counters.snapshot().get("listen_failed") == 1  # reported once, not per retry
+            squatter.close()
+            await interceptor.retry_unbound()
+            assert interceptor.snapshot()[0]["listen"] == f"127.0.0.1:{taken}"
+            assert failed.error is None
+            _, writer = await asyncio.open_connection("127.0.0.1", taken)
+            writer.close()
+            await interceptor.close()
 
     asyncio.run(main())

@@ -84,6 +84,7 @@ class LoopbackListener:
     """One service's listener and its live connections."""
 
     service: str
+    intercept_ports: Sequence[int] = ()
     port: int = 0
     source: str = ""
     server: asyncio.Server | None = None
@@ -129,7 +130,7 @@ class Interceptor:
         if current is not None and current.server is not None:
             return current
         entry = current or LoopbackListener(service)
-        self.listeners[service] = entry
+        entry.intercept_ports = intercept_ports
         errors: list[str] = []
         for port, source in self._book.candidates(service, intercept_ports):
             try:
@@ -143,13 +144,25 @@ class Interceptor:
                 errors.append(f"{port} ({source}): {exc.strerror or exc}")
                 continue
             entry.port, entry.source, entry.error = port, source, None
+            # Listed once bound (or failed), so status never shows one half-opened.
+            self.listeners[service] = entry
             self._book.record(service, port)
             log.info("intercept %s on %s:%d (%s)", service, self.listen_base, port, source)
             return entry
-        entry.error = "no port could be bound: " + "; ".join(errors)
-        self._counters.add("listen_failed")
-        log.warning("intercept %s: %s", service, entry.error)
+        error = "no port could be bound: " + "; ".join(errors)
+        if error != entry.error:  # said once per distinct failure, not on every retry
+            self._counters.add("listen_failed")
+            log.warning("intercept %s: %s", service, error)
+        entry.error = error
+        self.listeners[service] = entry
         return entry
+
+    async def retry_unbound(self) -> None:
+        """Try again to open the listeners that could not bind: the port a user asked for
+        may be freed at any time, and the next refresh can be minutes away."""
+        for service, entry in sorted(self.listeners.items()):
+            if entry.server is None:
+                await self.ensure(service, entry.intercept_ports)
 
     async def remove(self, service: str) -> None:
         """Stop intercepting `service` and end its connections (access was withdrawn)."""

@@ -53,6 +53,7 @@ __all__ = ["Agent", "run_agent"]
 log = logging.getLogger("umbranet.agent")
 
 _RETRY_AFTER_FAILURE = 5.0
+_REBIND_INTERVAL = 2.0
 _MAX_PINGS = 10
 _PROBE_LINGER = 5.0
 _STATUS_BY_CODE = {"not_authorized": 403, "identity_disabled": 403, "unknown_service": 404}
@@ -136,6 +137,7 @@ class Agent:
             raise
         self._spawn(self._refresh_forever())
         self._spawn(self._refresh_on_epoch())
+        self._spawn(self._rebind_forever())
         self._spawn(self.router_links.run())
         log.info(
             "agent up as %s (local API %s)", self.context.identity.spiffe_id, config.socket_path
@@ -260,6 +262,13 @@ class Agent:
             seen = await self.context.wait_epoch(seen)
             self.counters.add("epoch_refresh")
             await self.refresh()
+
+    async def _rebind_forever(self) -> None:
+        """Listeners whose port was taken bind as soon as it is free, not at the next refresh."""
+        while not self._stopped.is_set():
+            await asyncio.sleep(_REBIND_INTERVAL)
+            async with self._lock:
+                await self.interceptor.retry_unbound()
 
     # -- the local API ----------------------------------------------------------------------
 
