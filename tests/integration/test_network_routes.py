@@ -385,6 +385,14 @@ def test_subnet_router_exit_node_network_rules_and_ipv6_and_down_leaves_no_trace
         finally:
             net.lab.unblock_udp(net.ns["a"])
 
+        # A's controller clients. The rule for the controller's address keeps other processes'
+        # packets to it out of the tunnel; the agent's own carry the mark and need no rule,
+        # which is how it reaches a replica learned later at an address no rule names.
+        net.run("a", "ip", "rule", "del", "priority", "7560")
+        assert "umbra0" in net.run("a", "ip", "route", "get", CORE)
+        refreshed = LocalApiClient(net.state_dir("a") / "agent.sock").post("/v1/refresh", {})
+        assert refreshed == {"refreshed": True, "error": None}
+
         # Crashes: GW and A are killed; `umbra down` undoes what their plans recorded.
         for device in ("gw", "a"):
             net.lab.stop(net.agents.pop(device), signal.SIGKILL)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from umbranet.aio.marked import connect_marked, create_connection
+from umbranet.client.transport import http_client, mark_controller_sockets
 
 MARK = 0x756D
 needs_root = pytest.mark.skipif(
@@ -97,3 +98,39 @@ def test_without_a_mark_the_connection_is_a_plain_one() -> None:
         assert await _round_trip(None) == 0
 
     asyncio.run(scenario())
+
+
+async def _controller_socket_mark(mark: int | None) -> int:
+    """The mark on the socket a controller client's request went over, with `mark` set."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.read()  # the connection stays up until the client is done with it
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mark_controller_sockets(mark)
+    try:
+        async with http_client(f"http://127.0.0.1:{port}", False, 5.0, None) as http:
+            async with http.stream("GET", "/v1/me") as response:
+                sock = response.extensions["network_stream"].get_extra_info("socket")
+                mark_seen = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK))
+                assert await response.aread() == b"{}"
+            return mark_seen
+    finally:
+        mark_controller_sockets(None)
+        server.close()
+        await server.wait_closed()
+
+
+@needs_root
+def test_controller_clients_mark_their_sockets_once_asked() -> None:
+    """With an exit node, the agent's controller clients (to any replica) skip the tunnel."""
+    assert asyncio.run(_controller_socket_mark(MARK)) == MARK
+
+
+def test_controller_clients_leave_sockets_unmarked_by_default() -> None:
+    assert asyncio.run(_controller_socket_mark(None)) == 0

@@ -42,6 +42,7 @@ from umbranet.agent.whois import WhoisTable, parse_address
 from umbranet.agent.workload import WorkloadEndpoint
 from umbranet.client.controller import ControllerClient, ControllerError, RouterAddress
 from umbranet.client.current import CurrentClient
+from umbranet.client.transport import mark_controller_sockets
 from umbranet.pki import IdentityFile
 from umbranet.pki.tickets import Action
 from umbranet.proto.relay_choice import rank_relays
@@ -97,8 +98,9 @@ class Agent:
             _write_pidfile(config)
             self.context = self._given_context or Context.from_file(config.identity)
             if config.tun is not None:
-                # Before any router link opens: with an exit node they keep out of the tunnel.
+                # Before any link opens: with an exit node they keep out of the tunnel.
                 self.context.link_mark = config.tun.underlay_mark
+                mark_controller_sockets(config.tun.underlay_mark)
             await self.context.__aenter__()
             # Links to the best few routers by RTT, not to every one (`routerlinks.py`).
             self.router_links = RouterLinks(self.context, self.counters)
@@ -166,6 +168,8 @@ class Agent:
             await self.workload.close()
         await self.controller.aclose()
         await self.context.close()
+        if self.config.tun is not None:
+            mark_controller_sockets(None)
         _remove_pidfile(self.config)
         log.info("agent stopped")
 

@@ -31,6 +31,7 @@ import inspect
 import json as json_module
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -52,6 +53,7 @@ __all__ = [
     "http_client",
     "json_object",
     "malformed_answers_are_bad_responses",
+    "mark_controller_sockets",
     "request",
     "server_context",
 ]
@@ -106,12 +108,34 @@ def _checked_answer(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitab
     return checked
 
 
+class _SocketMark:
+    value: int | None = None
+
+
+_socket_mark = _SocketMark()
+
+
+def mark_controller_sockets(mark: int | None) -> None:
+    """Mark (SO_MARK) every socket a controller client of this process opens from now on.
+
+    A device using an exit node sends every unmarked packet into its tunnel. A rule keeps the
+    addresses of its identity's controller URL out, but the replicas it learns later for
+    failover live at addresses no rule names: marking the connections themselves keeps any
+    replica reachable. It is process-wide, like `directory`, because every client the agent
+    makes (its own, its SDK context's, a renewal's, NAT traversal's) must follow it.
+    """
+    _socket_mark.value = mark
+
+
 def http_client(
     base_url: str,
     verify: ssl.SSLContext | bool,
     timeout: float,
     transport: httpx.AsyncBaseTransport | None,
 ) -> httpx.AsyncClient:
+    if transport is None and _socket_mark.value is not None:
+        mark = (socket.SOL_SOCKET, socket.SO_MARK, _socket_mark.value)
+        transport = httpx.AsyncHTTPTransport(verify=verify, socket_options=[mark])
     return httpx.AsyncClient(
         base_url=base_url,
         verify=verify,
