@@ -62,8 +62,8 @@ MARK = "0x756d"
 POLICY = """{
   "tagOwners": {"tag:router": []},
   "network": [
-    {"src": ["dev-a"], "dst": ["10.91.0.0/24:8080", "autogroup:internet:8081,8082",
-     "dev-gw:9000"], "proto": ["tcp"]},
+    {"src": ["dev-a"], "dst": ["10.91.0.0/24:8080", "10.91.0.0/24:8083",
+     "autogroup:internet:8081,8082", "dev-gw:9000"], "proto": ["tcp"]},
     {"src": ["dev-a"], "dst": ["10.91.0.0/24", "autogroup:internet", "dev-gw"],
      "proto": ["icmp"]},
   ],
@@ -293,6 +293,7 @@ def test_subnet_router_exit_node_network_rules_and_ipv6_and_down_leaves_no_trace
     listeners = [
         _listen(net, "lan", 8080, "cat"),
         _listen(net, "lan", 22, "echo ssh"),
+        _listen(net, "lan", 8083, 'echo "from $SOCAT_PEERADDR"'),
         _listen(net, "inet", 8081, 'echo "from $SOCAT_PEERADDR"'),
         _listen(net, "inet", 8082, 'echo "v6 from $SOCAT_PEERADDR"', v6=True),
     ]
@@ -318,6 +319,7 @@ def test_subnet_router_exit_node_network_rules_and_ipv6_and_down_leaves_no_trace
 
         # The LAN, through the subnet router; the LAN host sees GW (masquerade).
         wait_for("A to ping the LAN host", lambda: _ping(net, "a", LAN_HOST), 30)
+        assert _tcp(net, "a", LAN_HOST, 8083) == f"from {LAN_GW}\n"
         live = net.lab.spawn(net.ns["a"], "keepalive",
                              [sys.executable, "-c", KEEPALIVE, LAN_HOST, "8080"])  # fmt: skip
         assert _tcp(net, "a", LAN_HOST, 22) is None  # not granted: dropped at GW
@@ -403,6 +405,19 @@ def test_subnet_router_exit_node_network_rules_and_ipv6_and_down_leaves_no_trace
                                  str(net.state_dir(device)))  # fmt: skip
             assert done.returncode == 0, done.stderr
         net.agents.pop("b", None)
+
+        # A subnet router that keeps clients' own addresses (--no-snat-subnet-routes): the
+        # LAN routes A's overlay address back via GW and sees it; the internet still sees GW.
+        net.up("gw", "--advertise-routes", LAN, "--advertise-exit-node", "--no-snat-subnet-routes")
+        net.up("a", "--exit-node", "dev-gw")
+        a_ipv4 = net.tun("a")["ipv4"]
+        net.lab.run(net.ns["lan"], ["ip", "route", "add", f"{a_ipv4}/32", "via", LAN_GW])
+        wait_for("A to be given GW's routes again", a_has_routes, 30)
+        said = wait_for("A to reach the LAN", lambda: _tcp(net, "a", LAN_HOST, 8083), 30)
+        assert said == f"from {a_ipv4}\n"
+        assert _tcp(net, "a", NET_HOST, 8081) == f"from {NET_GW}\n"
+        for device in ("gw", "a"):  # a clean stop undoes everything (checked below)
+            net.lab.stop(net.agents.pop(device))
     finally:
         for child in listeners:
             net.lab.stop(child)

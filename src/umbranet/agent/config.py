@@ -126,6 +126,7 @@ class TunSettings:
     # Subnet router / exit node (forwarding + masquerade) and exit-node client (policy routing).
     advertise_routes: tuple[str, ...] = ()
     advertise_exit_node: bool = False
+    snat_subnet_routes: bool = True  # False: the LAN sees clients' overlay addresses
     exit_node: str | None = None
     exit_node_allow_lan: bool = False
     fwmark: int = 0x756D  # on our underlay sockets with an exit node (`underlay_mark`)

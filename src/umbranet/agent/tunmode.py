@@ -407,7 +407,8 @@ class TunMode:
         node routes for us (both recorded in the plan before they are made)."""
         settings = self.settings
         if settings.advertise_routes or settings.advertise_exit_node:
-            plan = tunplan.forward_and_masquerade(self._state_dir, plan)
+            keep_source = () if settings.snat_subnet_routes else settings.advertise_routes
+            plan = tunplan.forward_and_masquerade(self._state_dir, plan, keep_source)
         if settings.exit_node is not None:
             plan = tunplan.route_through_exit(
                 self._state_dir,

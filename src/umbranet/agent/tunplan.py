@@ -13,7 +13,9 @@ What `umbra up --tun` changes (Linux, as root), and nothing else:
   forwarding turned on (``net.ipv4.ip_forward``, ``net.ipv6.conf.all.forwarding``; the
   original values recorded and put back) and an nftables table ``inet umbranet_tun`` that
   masquerades what arrives on the TUN and leaves by another interface, so the LAN answers
-  the router and needs no route back to the overlay;
+  the router and needs no route back to the overlay (``--no-snat-subnet-routes``: not to
+  the advertised prefixes, whose hosts then see each client's overlay address and must
+  route the overlay range back via the router);
 - on a client of an exit node (``--exit-node``): a routing table holding a default route
   via the TUN (its routes go with the link) and ``ip rule``s sending everything without the
   WireGuard socket's firewall mark there. The tunnel's own UDP carries the mark and so takes
@@ -34,6 +36,7 @@ another network namespace than the one the changes were made in.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -143,9 +146,13 @@ FORWARDING = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forw
 NFT_TABLE = "inet umbranet_tun"
 
 
-def forward_and_masquerade(state_dir: Path, plan: TunPlan) -> TunPlan:
+def forward_and_masquerade(
+    state_dir: Path, plan: TunPlan, keep_source: Iterable[str] = ()
+) -> TunPlan:
     """A subnet router or exit node: kernel forwarding on, and masquerade for traffic from
-    the TUN leaving by another interface. Recorded first; returns the new plan."""
+    the TUN leaving by another interface, except to the prefixes in `keep_source` (a LAN that
+    routes the overlay range back to us sees each client's own overlay address). Recorded
+    first; returns the new plan."""
     originals = {}
     for path in FORWARDING:
         with contextlib.suppress(OSError):
@@ -159,12 +166,24 @@ def forward_and_masquerade(state_dir: Path, plan: TunPlan) -> TunPlan:
         f"table {family} {name} {{\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f"{_unmasqueraded(plan.ifname, keep_source)}"
         f'    iifname "{plan.ifname}" oifname != "{plan.ifname}" masquerade\n'
         "  }\n"
         "}\n"
     )
     run_command(["nft", "-f", "-"], stdin=script)
     return plan
+
+
+def _unmasqueraded(ifname: str, prefixes: Iterable[str]) -> str:
+    """nftables lines that leave packets from the TUN to `prefixes` with their own source."""
+    lines = ""
+    for version, keyword in ((4, "ip"), (6, "ip6")):
+        networks = [ipaddress.ip_network(p, strict=False) for p in prefixes]
+        chosen = [str(n) for n in networks if n.version == version]
+        if chosen:
+            lines += f'    iifname "{ifname}" {keyword} daddr {{ {", ".join(chosen)} }} accept\n'
+    return lines
 
 
 def route_through_exit(

@@ -153,6 +153,15 @@ def up(
             help="Network mode: offer to carry peers' internet traffic (once approved).",
         ),
     ] = False,
+    snat_subnet_routes: Annotated[
+        bool,
+        typer.Option(
+            "--snat-subnet-routes/--no-snat-subnet-routes",
+            help="With --advertise-routes: masquerade clients' traffic into those prefixes "
+            "(default). --no-snat-subnet-routes keeps each client's overlay address as the "
+            "source; the LAN must then route the overlay range back via this router.",
+        ),
+    ] = True,
     exit_node: Annotated[
         str | None,
         typer.Option(
@@ -227,6 +236,7 @@ def up(
                     r.strip() for r in (advertise_routes or "").split(",") if r.strip()
                 ),
                 advertise_exit_node=advertise_exit_node,
+                snat_subnet_routes=snat_subnet_routes,
                 exit_node=exit_node,
                 exit_node_allow_lan=exit_node_allow_lan,
                 path_deadline=path_deadline,
