@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import free_port
 from tests.controller_harness import Harness, make_harness
-from tests.pg_harness import PgCluster, _free_port, start_cluster, stop_cluster
+from tests.pg_harness import PgCluster, start_cluster, stop_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def primary_and_standby() -> Iterator[tuple[PgCluster, PgCluster]]:
         if primary is None:
             pytest.skip(f"PostgreSQL cannot run here: {why}")
         assert tmp is not None
-        standby = PgCluster(_free_port(), tmp / "standby", primary.bin, primary.user)
+        standby = PgCluster(free_port(), tmp / "standby", primary.bin, primary.user)
         copy = primary.run(
             str(primary.bin / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
             "-U", "postgres", "-D", str(standby.data), "-R", "-X", "stream", check=False,
