@@ -178,8 +178,8 @@ def forward_and_masquerade(
 def _unmasqueraded(ifname: str, prefixes: Iterable[str]) -> str:
     """nftables lines that leave packets from the TUN to `prefixes` with their own source."""
     lines = ""
+    networks = [ipaddress.ip_network(p, strict=False) for p in prefixes]
     for version, keyword in ((4, "ip"), (6, "ip6")):
-        networks = [ipaddress.ip_network(p, strict=False) for p in prefixes]
         chosen = [str(n) for n in networks if n.version == version]
         if chosen:
             lines += f'    iifname "{ifname}" {keyword} daddr {{ {", ".join(chosen)} }} accept\n'
