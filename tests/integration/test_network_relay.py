@@ -42,6 +42,7 @@ INTRUDER = str(Path(__file__).with_name("netmode_relay_intruder.py"))
 CORE = "198.18.92.254"
 CONTROLLER = f"{CORE}:8443"
 ROUTER = f"{CORE}:7443"
+ROUTER2 = f"{CORE}:7444"  # started late: where the relay links move when ROUTER dies
 METRICS = f"{CORE}:9464"
 DEVICES = {"a": "198.18.92.1", "b": "198.18.92.2", "c": "198.18.92.3"}
 PORT_A, PORT_B = 7101, 7102
@@ -90,15 +91,11 @@ def _start_core(net: Net, r: str) -> None:
     main = [sys.executable, "-m", "umbranet.cli.main"]
     lab.spawn(r, "controller", [*main, "--home", home, "controller", "run"])
 
-    def router_created() -> str | None:
-        done = lab.umbra(r, "--home", home, "--json", "router", "create", "relay1")
-        return str(json.loads(done.stdout)["enrollment_token"]) if done.returncode == 0 else None
+    def router_created() -> bool:
+        return lab.umbra(r, "--home", home, "service", "list").returncode == 0
 
-    token = wait_for("the controller", router_created, 60)
-    router_file = str(net.root / "relay1.json")
-    _umbra_ok(lab, r, "router", "enroll", token, "-o", router_file)
-    lab.spawn(r, "router", [*main, "router", "run", "-i", router_file, "--listen", ROUTER,
-                            "--metrics-listen", METRICS])  # fmt: skip
+    wait_for("the controller", router_created, 60)
+    _start_router(net, "relay1", ROUTER, "--metrics-listen", METRICS)
     wait_for("the router", lambda: _router_metric(net, "umbra_router_links") is not None, 30)
     for device in DEVICES:
         path = str(net.root / f"dev-{device}.token")
@@ -108,6 +105,33 @@ def _start_core(net: Net, r: str) -> None:
     for service, host, dialer, port in (("on-a", "a", "b", PORT_A), ("on-b", "b", "a", PORT_B)):
         _umbra_ok(lab, r, "--home", home, "service", "create", service, "--dial-attr", dialer,
                   "--bind-attr", host, "--host", f"tcp://127.0.0.1:{port}")  # fmt: skip
+
+
+def _start_router(net: Net, name: str, listen: str, *extra: str) -> None:
+    """Create, enroll and run router `name` in the core namespace, listening at `listen`."""
+    lab, home = net.lab, str(net.root / "home")
+    done = lab.umbra(net.core, "--home", home, "--json", "router", "create", name)
+    assert done.returncode == 0, done.stderr
+    token = str(json.loads(done.stdout)["enrollment_token"])
+    router_file = str(net.root / f"{name}.json")
+    _umbra_ok(lab, net.core, "router", "enroll", token, "-o", router_file)
+    argv = [sys.executable, "-m", "umbranet.cli.main", "router", "run", "-i", router_file]
+    lab.spawn(net.core, name, [*argv, "--listen", listen, *extra])
+
+
+def _is_router(child: subprocess.Popen[bytes], listen: str) -> bool:
+    argv = [str(a) for a in child.args] if isinstance(child.args, list) else []
+    return "router" in argv and listen in argv
+
+
+def _knows_router(net: Net, device: str, address: str) -> bool:
+    return any(r["address"] == address for r in net.status(device)["routers"])
+
+
+def _live_relay(net: Net, device: str) -> str | None:
+    """The address of the router the device's live relay link goes to."""
+    relay = net.tun(device)["relay"]
+    return str(relay["address"]) if relay and relay["live"] else None
 
 
 def _router_metric(net: Net, name: str, label: str = "") -> float | None:
@@ -214,6 +238,22 @@ def test_direct_then_forced_through_the_router_relay_and_policy_gates_the_relay(
         # what A got relayed since is B's traffic only (the ping above), nothing from C
         assert net.tun("a")["device"]["drops"].get("unknown_peer", 0) == 0, a_io
         assert a_io.get("relay_datagrams_in", 0) >= a_in
+
+        # The relay router dies: A's and B's relay links move to the other router within
+        # seconds (not at the next refresh), and traffic keeps flowing through it.
+        _start_router(net, "relay2", ROUTER2)
+        wait_for("the agents to learn relay2", lambda: _knows_router(net, "a", ROUTER2), 30)
+        net.lab.stop(next(c for c in net.lab.children.values() if _is_router(c, ROUTER)))
+        moved = time.monotonic()
+
+        def relayed_via_relay2() -> bool:
+            return all(_live_relay(net, d) == ROUTER2 for d in ("a", "b"))
+
+        wait_for("the relay links to move to relay2", relayed_via_relay2, 30)
+        wait_for("A to ping B through relay2", lambda: _ping(net, "a", b["ipv4"]), 20)
+        print(f"relay links moved, ping through relay2 {time.monotonic() - moved:.1f} s after")
+        assert _path(net, "a") == "relay"
+        assert net.status("a")["counters"].get("tun_relay_moved", 0) >= 1
     finally:
         for child in servers:
             net.lab.stop(child)

@@ -54,7 +54,7 @@ __all__ = ["Agent", "run_agent"]
 log = logging.getLogger("umbranet.agent")
 
 _RETRY_AFTER_FAILURE = 5.0
-_REBIND_INTERVAL = 2.0
+_REPAIR_INTERVAL = 1.0
 _MAX_PINGS = 10
 _PROBE_LINGER = 5.0
 _STATUS_BY_CODE = {"not_authorized": 403, "identity_disabled": 403, "unknown_service": 404}
@@ -139,7 +139,7 @@ class Agent:
             raise
         self._spawn(self._refresh_forever())
         self._spawn(self._refresh_on_epoch())
-        self._spawn(self._rebind_forever())
+        self._spawn(self._repair_forever())
         self._spawn(self.router_links.run())
         log.info(
             "agent up as %s (local API %s)", self.context.identity.spiffe_id, config.socket_path
@@ -267,12 +267,16 @@ class Agent:
             self.counters.add("epoch_refresh")
             await self.refresh()
 
-    async def _rebind_forever(self) -> None:
-        """Listeners whose port was taken bind as soon as it is free, not at the next refresh."""
+    async def _repair_forever(self) -> None:
+        """What breaks between refreshes is mended within a second or two, not at the next
+        refresh: a listener whose port was taken binds once it is free, a relay link whose
+        router went away moves to another router."""
         while not self._stopped.is_set():
-            await asyncio.sleep(_REBIND_INTERVAL)
+            await asyncio.sleep(_REPAIR_INTERVAL)
             async with self._lock:
                 await self.interceptor.retry_unbound()
+                if self.tun is not None:
+                    await self.tun.keep_relay()
 
     # -- the local API ----------------------------------------------------------------------
 

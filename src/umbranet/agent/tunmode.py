@@ -78,6 +78,10 @@ log = logging.getLogger("umbranet.agent")
 # Relay tickets live 10 minutes; showing a fresh one every 2 keeps the router's allowance
 # ahead of expiry with room for failed refreshes.
 _REPRESENT_AFTER = 120.0
+# A relay link is made to the first of this many routers (fastest first) that answers; when
+# none does, the next try waits 2 s, doubling up to 30 s.
+_RELAY_CANDIDATES = 3
+_RELAY_RETRY_FIRST, _RELAY_RETRY_MAX = 2.0, 30.0
 # wireguard-go asks for 7 MiB each way too; the data plane's bursts need it (`enlarge_buffers`)
 SOCKET_BUFFER = 7 << 20
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -165,6 +169,10 @@ class TunMode:
         self._allowed: dict[bytes, list[str]] = {}
         self.has_ipv6 = False
         self.relay: RelayLink | None = None
+        # the routers to relay through, fastest first (the last refresh's ranking)
+        self._relay_routers: list[str] = []
+        self._relay_retry_at = 0.0  # monotonic; a relay link that could not be made waits
+        self._relay_backoff = _RELAY_RETRY_FIRST
         # when the relay link was last shown each peer's relay ticket (monotonic seconds)
         self._presented: dict[bytes, float] = {}
 
@@ -229,7 +237,7 @@ class TunMode:
             if self.driver is not None:
                 self.driver.forget_paths(key)
             self._presented.pop(key, None)
-        await self._relay_link(routers or [])
+        await self.use_relays(routers or [])
         for key, peer in wanted.items():
             allowed = [*peer.prefixes(), *choice.by_peer.get(key, [])]
             if self._allowed.get(key, allowed) != allowed:
@@ -424,10 +432,34 @@ class TunMode:
 
     # -- paths -------------------------------------------------------------------------------
 
+    async def use_relays(self, routers: list[str]) -> None:
+        """Relay through the first of `routers` (addresses, fastest first) that answers;
+        a live link stays where it is."""
+        self._relay_routers = list(routers)
+        await self._relay_link(self._relay_routers)
+
+    async def keep_relay(self) -> None:
+        """Between refreshes: a relay link that dropped (its router died or restarted) moves
+        to the next router at once, the lost one tried last, and every peer's ticket is shown
+        on the new link; a link that could not be made is retried with backoff."""
+        if self.driver is None or (self.relay is not None and self.relay.live):
+            return
+        if not self._relay_routers or time.monotonic() < self._relay_retry_at:
+            return
+        lost = self.relay.address if self.relay is not None else None
+        order = sorted(self._relay_routers, key=lambda router: router == lost)  # stable
+        await self._relay_link(order)
+        if self.relay is None:
+            return
+        for key, peer in self.peers.items():
+            self._set_paths(key, peer)
+
     async def _relay_link(self, routers: list[str]) -> None:
-        """Keep the relay link to the home router up; tickets are shown again on a new link."""
+        """Keep a relay link up, to the first of `routers` that answers (a few are tried);
+        tickets are shown again on a new link."""
         if self.relay is not None and self.relay.live:
             return
+        lost = self.relay is not None
         if self.relay is not None:
             self.relay.close()
             self.relay = None
@@ -435,17 +467,24 @@ class TunMode:
             return
         driver = self.driver
         mark = self.settings.underlay_mark
-        link = RelayLink(self._identity, routers[0], driver.handle_relayed, mark=mark)
-        try:
-            await link.connect(timeout=5.0)
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            self._counters.add("tun_relay_unreachable")
-            log.warning("network mode: relay router %s unreachable: %r", routers[0], str(exc))
+        for router in routers[:_RELAY_CANDIDATES]:
+            link = RelayLink(self._identity, router, driver.handle_relayed, mark=mark)
+            try:
+                await link.connect(timeout=5.0)
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                self._counters.add("tun_relay_unreachable")
+                log.warning("network mode: relay router %s unreachable: %r", router, str(exc))
+                continue
+            self.relay = link
+            driver.relay = link
+            self._presented.clear()
+            self._relay_backoff = _RELAY_RETRY_FIRST
+            if lost:
+                self._counters.add("tun_relay_moved")
+            log.info("network mode: relaying through router %s", link.router)
             return
-        self.relay = link
-        driver.relay = link
-        self._presented.clear()
-        log.info("network mode: relaying through router %s", link.router)
+        self._relay_retry_at = time.monotonic() + self._relay_backoff
+        self._relay_backoff = min(self._relay_backoff * 2, _RELAY_RETRY_MAX)
 
     def _set_paths(self, key: bytes, peer: PeerEntry) -> None:
         driver, relay = self.driver, self.relay

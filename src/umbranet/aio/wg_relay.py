@@ -135,6 +135,7 @@ class RelayLink:
     def statistics(self) -> dict[str, object]:
         return {
             "router": self.router or self.address,
+            "address": self.address,
             "live": self.live,
             "rtt": self._session.rtt if self._session is not None else None,
             "counters": dict(self.counters),
