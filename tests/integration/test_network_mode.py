@@ -246,7 +246,7 @@ def test_devices_ping_by_address_and_name_policy_decides_and_down_leaves_no_trac
         assert a_peer["ipv4"] == b["ipv4"] and b_peer["ipv4"] == a["ipv4"]
         assert a_peer["endpoint"] == f"{DEVICES['b']}:51820"  # what the controller saw
         # What each peer may open towards the device holding the view: its hosted port.
-        assert a_peer["reach"] == ["tcp/7001"] and b_peer["reach"] == ["tcp/7002"]
+        assert a_peer["reach"] == ["tcp/7001", "icmp"] and b_peer["reach"] == ["tcp/7002", "icmp"]
         assert net.tun("c")["peers"] == []  # no grant: no key, no address, no route
         assert net.status("c")["counters"].get("tun_ipv6_unavailable") == 1
 

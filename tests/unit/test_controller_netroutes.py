@@ -40,7 +40,7 @@ def test_network_rules_relate_peers_and_compile_grants_and_outsiders_learn_nothi
     alice, db, bob = (h.client(h.new_device(n)) for n in ("alice", "db-host", "bob"))
     for client in (alice, db, bob):
         assert client.get("/v1/me").status_code == 200  # network mode asks first
-    assert _peers(db)["alice"]["reach"] == ["tcp/5432"]
+    assert _peers(db)["alice"]["reach"] == ["tcp/5432"]  # "proto": ["tcp"]: no ping
     assert _peers(alice)["db-host"]["reach"] == []  # db-host may only answer alice
     assert "alice" not in _peers(bob) and "bob" not in _peers(db) and "bob" not in _peers(alice)
 

@@ -76,7 +76,7 @@ def test_view_gives_addresses_keys_endpoints_and_reach_only_to_allowed_peers(h: 
 
     seen_by_srv = srv.get("/v1/view").json()["peers"]
     assert [p["name"] for p in seen_by_srv] == ["cli"]
-    assert seen_by_srv[0]["reach"] == ["tcp/8080"]
+    assert seen_by_srv[0]["reach"] == ["tcp/8080", "icmp"]  # a service user may ping its host
     assert seen_by_srv[0]["endpoint"] is None  # cli never published one
 
     assert outsider.get("/v1/view").json()["peers"] == []
@@ -108,7 +108,7 @@ def test_a_policy_change_takes_the_peer_and_its_reach_out_of_the_view(h: Harness
     assert admin.put("/v1/policy", json={"text": POLICY}).status_code == 200
     srv = h.client(h.new_device("srv"))
     h.new_device("cli")
-    assert [p["reach"] for p in srv.get("/v1/view").json()["peers"]] == [["tcp/8080"]]
+    assert [p["reach"] for p in srv.get("/v1/view").json()["peers"]] == [["tcp/8080", "icmp"]]
     only_bind = """{"rules": [{"action": "bind", "src": ["srv"], "dst": ["svc:web"]}]}"""
     assert admin.put("/v1/policy", json={"text": only_bind}).status_code == 200
     assert srv.get("/v1/view").json()["peers"] == []

@@ -104,9 +104,13 @@ def test_return_traffic_of_our_flows_passes_only_from_that_peer_and_while_fresh(
     assert f.check_inbound(K_PEER, ipv4(PEER, ME, 6, tcp(443, 50001, ACK)), 2.0) == "no_grant"
 
 
-def test_ping_needs_a_grant_but_replies_to_our_pings_pass() -> None:
+def test_ping_needs_an_icmp_grant_but_replies_to_our_pings_pass() -> None:
     f = make()
+    # A grant of ports only (a network rule with "proto": ["tcp"]) does not let it ping us.
+    assert f.check_inbound(K_PEER, ipv4(PEER, ME, 1, echo(8, 7)), 0.0) == "icmp_no_grant"
+    f.set_grants({K_PEER: parse_grant(["tcp/8080", "icmp"])})
     assert f.check_inbound(K_PEER, ipv4(PEER, ME, 1, echo(8, 7)), 0.0) is None
+    assert f.check_inbound(K_PEER, ipv6(PEER6, ME6, 58, echo(128, 7)), 0.0) is None
     assert f.check_inbound(K_OTHER, ipv4(OTHER, ME, 1, echo(8, 7)), 0.0) == "icmp_no_grant"
     assert f.check_inbound(K_OTHER, ipv4(OTHER, ME, 1, echo(0, 9)), 0.0) == "icmp_no_grant"
     f.handle_outbound(ipv4(ME, OTHER, 1, echo(8, 9)), 0.0, K_OTHER)
@@ -183,7 +187,9 @@ _op = st.one_of(
         st.just("in"), st.sampled_from(["tcp", "udp", "icmp"]), st.integers(1, 2),
         st.integers(1, 2), st.sampled_from([SYN, SYNACK, ACK]),
     ),
-    st.tuples(st.just("grant"), st.sets(st.sampled_from(["tcp/1", "tcp/2", "udp/1", "udp/2"]))),
+    st.tuples(
+        st.just("grant"), st.sets(st.sampled_from(["tcp/1", "tcp/2", "udp/1", "udp/2", "icmp"]))
+    ),
     st.tuples(st.just("wait"), st.sampled_from([0.0, 1.0, 31.0, 61.0, 301.0])),
 )  # fmt: skip
 
@@ -223,7 +229,7 @@ class _Model:
         idle = FLOW_IDLE[_PROTO[proto]]
         if proto == "icmp":
             if flags == SYN:  # the peer's echo request
-                return None if self.grant else "icmp_no_grant"
+                return None if "icmp" in self.grant else "icmp_no_grant"
             key = ("icmp", sport, 0)
         else:
             key = (proto, dport, sport)

@@ -10,7 +10,8 @@ appear in it.
 For network mode each peer also carries its overlay addresses, its published WireGuard
 endpoint and `reach`: what that peer may open towards the caller, as ``tcp/8080``-style
 entries, one per service the caller hosts (its host address names the protocol and port) that
-the peer may dial under the peer's own posture, plus what the policy's ``network`` rules let
+the peer may dial under the peer's own posture, with ``icmp`` (a peer that may use a service
+of the caller may ping it), plus what the policy's ``network`` rules let
 the peer open towards the caller's addresses and approved routes (`policy.netgrants`). The
 caller's packet filter admits exactly these new flows (see `proto.wireguard.flowfilter`); a
 peer with an empty `reach` may only answer flows the caller started. ``routes`` are the
@@ -193,6 +194,8 @@ def _reach(
             )
             if verdict.allowed and entry not in entries:
                 entries.append(entry)
+        if entries and "icmp" not in entries:
+            entries.append("icmp")
     return out
 
 

@@ -11,7 +11,8 @@ the peer may use). This filter decides whether that peer may send it *to us*:
 - anything else is a new flow of the peer's and passes only if the peer's grant holds it:
   ``tcp/PORT`` or ``udp/PORT`` (from the controller's view: the services we host that the
   peer may dial, at their host ports, and the network rules of the policy), and ICMP echo
-  requests from a peer with any grant;
+  requests only from a peer whose grant has ``icmp`` (a network rule whose protocols include
+  it, or any service of ours the peer may dial: the controller adds it to the view);
 - a packet for an address inside a route we serve (a subnet router's LAN, an exit node's
   internet) passes only if the grant names that prefix, protocol and port and no deny entry
   does (``route_denied``, ``route_no_grant``); a destination inside no granted route is
@@ -301,7 +302,7 @@ class FlowFilter:
             pinned = bool(grant.routed) and grant.route(version, proto, dst, 0, served) is None
             if routed:
                 return None if pinned else "icmp_no_grant"
-            return None if grant.any or pinned else "icmp_no_grant"
+            return None if grant.icmp or pinned else "icmp_no_grant"
         if self._return_traffic(key, peer, now):
             return None
         if grant is None:
