@@ -39,6 +39,7 @@ def test_cli_reference_is_generated_from_the_commands() -> None:
 @pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (.[dev])"
 )
+@pytest.mark.slow
 def test_site_builds_without_warnings(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],

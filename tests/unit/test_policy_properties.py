@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,8 @@ from umbranet.policy import (
     compile_policy,
 )
 from umbranet.policy.peers import NameSet, resolve_union
+
+pytestmark = pytest.mark.slow  # hundreds of examples per property: about 90 s in all
 
 NAMES = ["a", "b", "c", "d"]
 TAGS = ["t1", "t2"]

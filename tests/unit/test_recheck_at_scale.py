@@ -24,6 +24,8 @@ from umbranet.pki import IdentityFile
 from umbranet.router import Router, RouterConfig
 from umbranet.wire import ErrorCode
 
+pytestmark = pytest.mark.slow  # 10,000 identities: half a minute each
+
 SERVICES = 50
 IDENTITIES = 200  # x 50 services = 10,000 distinct dial grants
 TD = "spiffe://demo.umbra/device"
