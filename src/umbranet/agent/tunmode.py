@@ -22,8 +22,9 @@ peers offer us (``routes`` in the view, `tunroutes`) become their allowed IPs an
 routes, and with ``--exit-node NAME`` everything else goes to that peer.
 
 Paths: each peer's datagrams go direct (UDP to the endpoint in the view) or through the
-relay: a link to our home router (the first router the controller lists, `aio.wg_relay`)
-over which the view's per-peer relay ticket is presented. The driver's path set starts a
+relay: a link to our home router (the fastest that answers, `aio.wg_relay`; when it drops,
+`keep_relay` moves it to the next within a second) over which the view's per-peer relay
+ticket is presented. The driver's path set starts a
 peer relayed at once and moves it to direct when an authenticated exchange proves the
 direct path, back to the relay when direct goes silent (`proto.paths`); a peer with no
 endpoint is reached through the relay alone.
