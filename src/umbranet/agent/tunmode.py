@@ -441,26 +441,24 @@ class TunMode:
 
     async def keep_relay(self) -> None:
         """Between refreshes: a relay link that dropped (its router died or restarted) moves
-        to the next router at once, the lost one tried last, and every peer's ticket is shown
-        on the new link; a link that could not be made is retried with backoff."""
+        to another router at once (`_relay_link`), and every peer's ticket is shown on the new
+        link; a link that could not be made is retried with backoff."""
         if self.driver is None or (self.relay is not None and self.relay.live):
             return
         if not self._relay_routers or time.monotonic() < self._relay_retry_at:
             return
-        lost = self.relay.address if self.relay is not None else None
-        order = sorted(self._relay_routers, key=lambda router: router == lost)  # stable
-        await self._relay_link(order)
+        await self._relay_link(self._relay_routers)
         if self.relay is None:
             return
         for key, peer in self.peers.items():
             self._set_paths(key, peer)
 
     async def _relay_link(self, routers: list[str]) -> None:
-        """Keep a relay link up, to the first of `routers` that answers (a few are tried);
-        tickets are shown again on a new link."""
+        """Keep a relay link up, to the first of `routers` that answers (a few are tried,
+        the router of a link that dropped last); tickets are shown again on a new link."""
         if self.relay is not None and self.relay.live:
             return
-        lost = self.relay is not None
+        lost = self.relay.address if self.relay is not None else None
         if self.relay is not None:
             self.relay.close()
             self.relay = None
@@ -468,7 +466,7 @@ class TunMode:
             return
         driver = self.driver
         mark = self.settings.underlay_mark
-        for router in routers[:_RELAY_CANDIDATES]:
+        for router in sorted(routers, key=lambda r: r == lost)[:_RELAY_CANDIDATES]:  # stable
             link = RelayLink(self._identity, router, driver.handle_relayed, mark=mark)
             try:
                 await link.connect(timeout=5.0)
@@ -480,7 +478,7 @@ class TunMode:
             driver.relay = link
             self._presented.clear()
             self._relay_backoff = _RELAY_RETRY_FIRST
-            if lost:
+            if lost is not None:
                 self._counters.add("tun_relay_moved")
             log.info("network mode: relaying through router %s", link.router)
             return
